@@ -1,0 +1,44 @@
+//! Starling's wire protocol: the one place where client and peer messages are defined.
+//!
+//! Peers and clients exchange length-prefixed [`frame`]s on long-lived QUIC streams. Each frame
+//! carries a version, a [`FrameKind`], a request id (responses echo it, which is what lets many
+//! requests be in flight on one stream) and an `rmp-serde` body: a [`Request`] or a [`Response`].
+//!
+//! IO contract: this crate does no IO. Senders append frames to a buffer ([`encode_request`] and
+//! friends) and write the buffer however they like; receivers [`FrameDecoder::feed`] whatever bytes
+//! arrived and pop frames. Every input from the network is checked and refused with a
+//! [`FrameError`] that names what was wrong; nothing here panics on received bytes.
+//!
+//! ```
+//! use starling_wire::{encode_request, encode_response, FrameDecoder, FrameKind, Request, Response};
+//!
+//! // The client pipelines two requests in one write.
+//! let mut out = Vec::new();
+//! encode_request(&mut out, 1, &Request::Status).unwrap();
+//! encode_request(&mut out, 2, &Request::Echo(b"hi".to_vec())).unwrap();
+//!
+//! // The server may receive them split anywhere.
+//! let mut dec = FrameDecoder::new();
+//! dec.feed(&out[..5]);
+//! assert!(dec.decode().unwrap().is_none());
+//! dec.feed(&out[5..]);
+//! let first = dec.decode().unwrap().unwrap();
+//! assert_eq!((first.kind, first.id), (FrameKind::Request, 1));
+//! assert_eq!(first.request().unwrap(), Request::Status);
+//! let second = dec.decode().unwrap().unwrap();
+//! assert_eq!(second.request().unwrap(), Request::Echo(b"hi".to_vec()));
+//!
+//! // And answers by id.
+//! let mut back = Vec::new();
+//! encode_response(&mut back, second.id, &Response::Echo(b"hi".to_vec())).unwrap();
+//! ```
+
+mod bin;
+pub mod frame;
+mod message;
+
+pub use frame::{
+    encode, encode_one_way, encode_request, encode_response, Frame, FrameDecoder, FrameError,
+    FrameKind, HEADER_LEN, MAX_ONEWAY_BODY, MAX_REQUEST_BODY, MAX_RESPONSE_BODY, VERSION,
+};
+pub use message::{ErrorCode, Request, Response};
