@@ -1,1 +1,204 @@
-fn main() {}
+//! `starling`: the Starling command line. See `starling --help` and the README.
+
+mod cert_cmd;
+mod client;
+mod dev;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use client::{Auth, Client, ClientError, EXIT_UNREACHABLE};
+use starling_wire::Request;
+
+#[derive(Parser, Debug)]
+#[command(name = "starling", version, about = "Command line of the Starling data store")]
+struct Cli {
+    /// Node to talk to (QUIC address).
+    #[arg(long, global = true, env = "STARLING_NODE", default_value = "127.0.0.1:7400")]
+    node: String,
+    /// Client certificate dir (ca.pem, node.pem, node.key from `starling cert issue --name client`).
+    #[arg(long, global = true, env = "STARLING_CERTS")]
+    certs: Option<PathBuf>,
+    /// Talk to a node started with --insecure.
+    #[arg(long, global = true, env = "STARLING_INSECURE")]
+    insecure: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Members, their state and phi, and whether the node has converged.
+    Status {
+        /// Refresh every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Print the status JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the node to leave the cluster gracefully and stop.
+    Leave,
+    /// Create the cluster CA and node/client certificates.
+    #[command(subcommand)]
+    Cert(CertCmd),
+    /// Start a local N-node cluster in the foreground (Ctrl-C stops it).
+    Dev {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Folder for certificates, data and logs.
+        #[arg(long, default_value = ".starling-dev")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 7400)]
+        base_port: u16,
+        #[arg(long, default_value_t = 7480)]
+        http_base_port: u16,
+    },
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCmd {
+    /// Create the cluster CA (ca.pem, ca.key) in --out.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep an existing CA instead of failing.
+        #[arg(long)]
+        if_missing: bool,
+    },
+    /// Issue a node or client certificate signed by the CA in --ca.
+    Issue {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses for the certificate.
+        #[arg(long)]
+        san: Vec<String>,
+        /// Keep an existing certificate in --out instead of failing.
+        #[arg(long)]
+        if_missing: bool,
+    },
+    /// Idempotently create OUT/ca and OUT/<name> for each name (e.g. node1,node2,client).
+    Bootstrap {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_delimiter = ',', required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// RPCs/s and CPU per RPC between two local QUIC endpoints with mutual TLS.
+    Transport {
+        #[arg(long, default_value_t = 1_000_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if std::env::var_os("STARLING_LOG").is_some() {
+        starling_node::logging::init(false);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("starling: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("starling: {e:#}");
+            if e.downcast_ref::<ClientError>().is_some() {
+                ExitCode::from(EXIT_UNREACHABLE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn auth(cli: &Cli) -> Result<Auth> {
+    match (&cli.certs, cli.insecure) {
+        (Some(_), true) => anyhow::bail!("--certs and --insecure exclude each other"),
+        (Some(d), false) => Ok(Auth::Certs(d.clone())),
+        (None, true) => Ok(Auth::Insecure),
+        (None, false) => anyhow::bail!(
+            "no client certificate: pass --certs DIR (or STARLING_CERTS) from `starling cert issue --name client`, or --insecure for a node started with --insecure"
+        ),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Status { watch, json } => {
+            let client = Client::connect(&cli.node, &auth(&cli)?).await?;
+            loop {
+                let s = client.status().await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    if *watch {
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    print!("{}", status::render(&s));
+                }
+                if !*watch {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+            client.close().await;
+        }
+        Cmd::Leave => {
+            let client = Client::connect(&cli.node, &auth(&cli)?).await?;
+            client.call(Request::Leave).await?;
+            println!("{} is leaving the cluster and will stop", cli.node);
+            client.close().await;
+        }
+        Cmd::Cert(c) => match c {
+            CertCmd::Init { out, if_missing } => cert_cmd::init(out, *if_missing)?,
+            CertCmd::Issue { ca, name, out, san, if_missing } => {
+                cert_cmd::issue(ca, name, out, san, *if_missing)?
+            }
+            CertCmd::Bootstrap { out, names } => cert_cmd::bootstrap(out, names)?,
+        },
+        Cmd::Dev { nodes, dir, base_port, http_base_port } => {
+            dev::run(dev::DevOptions {
+                nodes: *nodes,
+                dir: dir.clone(),
+                base_port: *base_port,
+                http_base_port: *http_base_port,
+                insecure: cli.insecure,
+            })
+            .await?
+        }
+        Cmd::Bench(BenchCmd::Transport { requests, in_flight, payload }) => {
+            let report = starling_node::bench::transport_bench(*requests, *in_flight, *payload)
+                .await
+                .map_err(|e| anyhow::anyhow!("transport bench: {e}"))?;
+            println!("{report}");
+        }
+    }
+    Ok(())
+}

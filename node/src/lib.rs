@@ -33,5 +33,12 @@
 
 pub mod bench;
 pub mod cert;
+pub mod config;
+pub mod datadir;
+pub mod driver;
+pub mod http;
+pub mod logging;
+pub mod node;
+pub mod status;
 pub mod tls;
 pub mod transport;

@@ -18,6 +18,8 @@ pub struct Log {
     /// `(subject, key)` whose first change is timed.
     pub watch: Option<(NodeId, String)>,
     pub watch_seen: Option<Instant>,
+    /// `MemberSuspect` events are counted, not kept: under loss they are frequent and refuted.
+    pub suspicions: u64,
 }
 
 /// One simulated gossip node.
@@ -43,6 +45,7 @@ impl GossipProc {
                         }
                     }
                 }
+                Event::MemberSuspect { .. } => self.log.suspicions += 1,
                 _ => self.log.membership.push((now, e)),
             }
         }

@@ -200,14 +200,10 @@ fn false_under_loss(args: &Args, cfg: &Config) {
         sim.run_for(Duration::from_secs(chunk));
         left -= chunk;
     }
-    let suspects: usize = sim
-        .up()
-        .flat_map(|(_, p)| p.log.membership.iter())
-        .filter(|(_, e)| matches!(e, Event::MemberSuspect { .. }))
-        .count();
+    let suspects: u64 = sim.up().map(|(_, p)| p.log.suspicions).sum();
     let refutes: u64 = sim.up().map(|(_, p)| p.g.stats().refutations).sum();
     println!(
-        "falsepos {:>5} nodes, 20% loss for {} s: healthy nodes marked down: {} (suspicions raised {}, refuted {})",
+        "falsepos {:>5} nodes, 20% loss for {} s: healthy nodes marked down: {} (suspicion events seen {}, refutations {})",
         args.nodes,
         args.loss_secs,
         count_downs(&sim),

@@ -1,0 +1,88 @@
+//! `starling status`: the members table.
+
+use std::fmt::Write;
+
+use starling_node::status::Status;
+
+/// Renders a status as the human table.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let conv = if s.converged { "converged" } else { "converging" };
+    let _ = writeln!(
+        out,
+        "node {} at {}  generation {}  {}  digest {}{}",
+        short(&s.node_id),
+        s.addr,
+        s.generation,
+        conv,
+        s.digest,
+        if s.insecure { "  [INSECURE]" } else { "" }
+    );
+    let counts: Vec<String> = ["alive", "suspect", "down", "left"]
+        .iter()
+        .map(|st| (st, s.count(st)))
+        .filter(|(_, n)| *n > 0)
+        .map(|(st, n)| format!("{n} {st}"))
+        .collect();
+    let _ = writeln!(out, "members: {} ({})", s.members.len(), counts.join(", "));
+    let _ = writeln!(
+        out,
+        "{:<10} {:<22} {:<6} {:<8} {:>7} {:>5} {:>12}  {}",
+        "NODE", "ADDRESS", "ZONE", "STATE", "PHI", "INC", "GENERATION", "DIGEST"
+    );
+    for m in &s.members {
+        let digest = m.digest.as_deref().unwrap_or("-");
+        let mark = if m.is_self { "*" } else { "" };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<22} {:<6} {:<8} {:>7.2} {:>5} {:>12}  {}{}",
+            format!("{}{mark}", short(&m.node_id)),
+            m.addr,
+            m.zone.as_deref().unwrap_or("-"),
+            m.state,
+            m.phi,
+            m.incarnation,
+            m.generation,
+            digest,
+            if digest != s.digest && m.state == "alive" { " (differs)" } else { "" }
+        );
+    }
+    out
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_node::status::MemberStatus;
+
+    #[test]
+    fn table_shows_every_member_and_convergence() {
+        let m = |id: &str, state: &str, me: bool| MemberStatus {
+            node_id: id.into(),
+            addr: "127.0.0.1:7400".into(),
+            state: state.into(),
+            phi: 0.5,
+            incarnation: 1,
+            generation: 9,
+            zone: Some("z1".into()),
+            digest: Some("d".into()),
+            is_self: me,
+        };
+        let s = Status {
+            node_id: "aaaaaaaa11".into(),
+            digest: "d".into(),
+            converged: true,
+            members: vec![m("aaaaaaaa11", "alive", true), m("bbbbbbbb22", "down", false)],
+            ..Status::default()
+        };
+        let t = render(&s);
+        assert!(t.contains("converged"), "{t}");
+        assert!(t.contains("aaaaaaaa*"), "{t}");
+        assert!(t.contains("bbbbbbbb") && t.contains("down"), "{t}");
+        assert!(t.contains("1 alive, 1 down"), "{t}");
+    }
+}

@@ -1,0 +1,232 @@
+//! `starlingd` configuration: flags, `STARLING_*` environment variables and a TOML file, in that
+//! order of precedence, validated into a [`NodeConfig`] before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default QUIC (UDP) port peers and clients use.
+pub const DEFAULT_PORT: u16 = 7400;
+/// Default HTTP status port.
+pub const DEFAULT_HTTP_PORT: u16 = 7480;
+
+/// Flags of `starlingd`. Every flag can also come from the environment (`STARLING_<FLAG>`) or
+/// from the `--config` TOML file (same names, with `_` for `-`).
+#[derive(Parser, Debug, Default, Clone)]
+#[command(name = "starlingd", version, about = "The Starling node daemon")]
+pub struct Args {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "STARLING_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the node keeps its identity and data.
+    #[arg(long, env = "STARLING_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// QUIC (UDP) address to listen on [default: 127.0.0.1:7400].
+    #[arg(long, env = "STARLING_LISTEN")]
+    pub listen: Option<String>,
+    /// Address peers reach this node at (DNS names allowed) [default: the listen address].
+    #[arg(long, env = "STARLING_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// HTTP status address [default: 127.0.0.1:7480].
+    #[arg(long, env = "STARLING_HTTP")]
+    pub http: Option<String>,
+    /// Seed peers, comma-separated host:port (DNS names allowed).
+    #[arg(long, env = "STARLING_SEEDS", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Failure zone (rack, availability zone).
+    #[arg(long, env = "STARLING_ZONE")]
+    pub zone: Option<String>,
+    /// Directory with ca.pem, node.pem and node.key (from `starling cert issue`).
+    #[arg(long, env = "STARLING_CERTS", conflicts_with = "insecure")]
+    pub certs: Option<PathBuf>,
+    /// Run WITHOUT authentication or peer verification: for throwaway local runs only.
+    #[arg(long, env = "STARLING_INSECURE")]
+    pub insecure: bool,
+    /// Log format: text or json.
+    #[arg(long, env = "STARLING_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    http: Option<String>,
+    seeds: Option<Vec<String>>,
+    zone: Option<String>,
+    certs: Option<PathBuf>,
+    insecure: Option<bool>,
+    log_format: Option<String>,
+}
+
+/// How the node authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Security {
+    Certs(PathBuf),
+    Insecure,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `host:port` as given; resolved when the node starts.
+    pub advertise: Option<String>,
+    pub http: SocketAddr,
+    pub seeds: Vec<String>,
+    pub zone: Option<String>,
+    pub security: Security,
+    pub log_json: bool,
+}
+
+impl NodeConfig {
+    /// Merges flags/env over the TOML file and validates. Errors name the setting at fault.
+    pub fn from_args(args: Args) -> Result<NodeConfig> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .context("--data-dir is required (or STARLING_DATA_DIR, or data_dir in --config)")?;
+        let listen_s = args.listen.or(file.listen).unwrap_or(format!("127.0.0.1:{DEFAULT_PORT}"));
+        let listen = parse_socket_addr("--listen", &listen_s)?;
+        let http_s = args.http.or(file.http).unwrap_or(format!("127.0.0.1:{DEFAULT_HTTP_PORT}"));
+        let http = parse_socket_addr("--http", &http_s)?;
+        let advertise = args.advertise.or(file.advertise);
+        if let Some(a) = &advertise {
+            check_host_port("--advertise", a)?;
+        } else if listen.ip().is_unspecified() {
+            bail!("--listen {listen} is a wildcard address: say which address peers should use with --advertise HOST:PORT");
+        }
+        let seeds: Vec<String> = args
+            .seeds
+            .or(file.seeds)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for s in &seeds {
+            check_host_port("--seeds", s)?;
+        }
+        let insecure = args.insecure || file.insecure.unwrap_or(false);
+        let certs = args.certs.or(file.certs);
+        let security = match (certs, insecure) {
+            (Some(_), true) => bail!("--certs and --insecure exclude each other"),
+            (Some(dir), false) => Security::Certs(dir),
+            (None, true) => Security::Insecure,
+            (None, false) => bail!(
+                "no --certs DIR given: create certificates with `starling cert init` and `starling cert issue`, or pass --insecure for a throwaway run"
+            ),
+        };
+        let log_json = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => bail!("--log-format {other:?}: expected text or json"),
+        };
+        Ok(NodeConfig {
+            data_dir,
+            listen,
+            advertise,
+            http,
+            seeds,
+            zone: args.zone.or(file.zone),
+            security,
+            log_json,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn parse_socket_addr(flag: &str, s: &str) -> Result<SocketAddr> {
+    s.parse().with_context(|| format!("{flag} {s:?}: expected IP:PORT, e.g. 127.0.0.1:7400"))
+}
+
+/// `host:port` with a non-empty host and a numeric port (the host may be a DNS name).
+pub fn check_host_port(flag: &str, s: &str) -> Result<()> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        bail!("{flag} {s:?}: expected HOST:PORT");
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        bail!("{flag} {s:?}: expected HOST:PORT with a port from 0 to 65535");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["starlingd"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).expect("flags parse")
+    }
+
+    #[test]
+    fn flags_win_over_file_and_defaults_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("starling.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"/tmp/x\"\nlisten = \"127.0.0.1:9000\"\nzone = \"a\"\ninsecure = true\n",
+        )
+        .expect("write");
+        let c =
+            NodeConfig::from_args(args(&["--config", f.to_str().expect("utf8"), "--zone", "b"]))
+                .expect("valid");
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().expect("addr"));
+        assert_eq!(c.zone.as_deref(), Some("b"));
+        assert_eq!(c.http.port(), DEFAULT_HTTP_PORT);
+        assert_eq!(c.security, Security::Insecure);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let e = NodeConfig::from_args(args(&["--insecure"])).unwrap_err().to_string();
+        assert!(e.contains("--data-dir"), "{e}");
+        let e = NodeConfig::from_args(args(&["--data-dir", "d", "--insecure", "--listen", "nope"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--listen"), "{e}");
+        let e = NodeConfig::from_args(args(&["--data-dir", "d"])).unwrap_err().to_string();
+        assert!(e.contains("--certs"), "{e}");
+        let e = NodeConfig::from_args(args(&["--data-dir", "d", "--insecure", "--seeds", "a:1,b"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--seeds"), "{e}");
+        let e = NodeConfig::from_args(args(&[
+            "--data-dir",
+            "d",
+            "--insecure",
+            "--listen",
+            "0.0.0.0:1",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--advertise"), "{e}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "data_dri = \"x\"\n").expect("write");
+        let e = NodeConfig::from_args(args(&["--config", f.to_str().expect("utf8")])).unwrap_err();
+        assert!(format!("{e:#}").contains("data_dri"), "{e:#}");
+    }
+}

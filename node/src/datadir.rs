@@ -1,0 +1,152 @@
+//! The data directory: node identity, generation, and an exclusive lock so two daemons never
+//! share one directory.
+//!
+//! Files (all small, written atomically: temp file, fsync, rename, fsync dir):
+//! - `node-id`: the 128-bit node id in hex, created on first start and never changed.
+//! - `generation`: the last generation used; each start takes `max(unix seconds, last + 1)`, so a
+//!   generation grows across restarts even if the clock steps back.
+//! - `addresses.json`: the addresses actually bound (useful with port 0), rewritten each start.
+//! - `LOCK`: held with an exclusive file lock while the daemon runs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use starling_gossip::NodeId;
+
+/// An opened, locked data directory.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    _lock: File,
+    pub node_id: NodeId,
+    pub generation: u64,
+}
+
+/// What `addresses.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Addresses {
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+    pub http: SocketAddr,
+    pub pid: u32,
+}
+
+impl DataDir {
+    /// Opens (creating if needed) and locks `path`, loads or creates the node id and takes the
+    /// next generation.
+    pub fn open(path: &Path) -> Result<DataDir> {
+        fs::create_dir_all(path)
+            .with_context(|| format!("cannot create data dir {}", path.display()))?;
+        let lock_path = path.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("data dir {} is not writable", path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => bail!(
+                "data dir {} is in use by another starlingd (lock {} is held)",
+                path.display(),
+                lock_path.display()
+            ),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+            }
+        }
+        let id_path = path.join("node-id");
+        let node_id = match fs::read_to_string(&id_path) {
+            Ok(s) => s.trim().parse::<NodeId>().map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is corrupt ({e}); it must hold the node's 32-hex-digit id. Restore it, or remove the data dir to start as a new node",
+                    id_path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = NodeId(rand::random::<u128>() | 1);
+                write_atomic(&id_path, format!("{id}\n").as_bytes())?;
+                id
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", id_path.display())),
+        };
+        let gen_path = path.join("generation");
+        let last = match fs::read_to_string(&gen_path) {
+            Ok(s) => s.trim().parse::<u64>().with_context(|| {
+                format!("{} is corrupt: it must hold a number", gen_path.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", gen_path.display())),
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let generation = now.max(last + 1);
+        write_atomic(&gen_path, format!("{generation}\n").as_bytes())?;
+        Ok(DataDir { path: path.to_owned(), _lock: lock, node_id, generation })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records the bound addresses (tests and scripts read them when ports were 0).
+    pub fn write_addresses(&self, a: &Addresses) -> Result<()> {
+        let json = serde_json::to_vec_pretty(a).context("encode addresses")?;
+        write_atomic(&self.path.join("addresses.json"), &json)
+    }
+
+    /// Reads `addresses.json` of a data dir.
+    pub fn read_addresses(path: &Path) -> Result<Addresses> {
+        let p = path.join("addresses.json");
+        let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", p.display()))
+    }
+}
+
+/// Write-then-rename so a crash leaves either the old or the new file, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_persists_and_generation_grows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = DataDir::open(dir.path()).expect("open");
+        let (id, g1) = (a.node_id, a.generation);
+        // A second daemon on the same dir is refused while the first holds it.
+        let e = DataDir::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("in use"), "{e}");
+        drop(a);
+        let b = DataDir::open(dir.path()).expect("reopen");
+        assert_eq!(b.node_id, id);
+        assert!(b.generation > g1);
+    }
+
+    #[test]
+    fn corrupt_identity_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("node-id"), "not hex").expect("write");
+        let e = DataDir::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("corrupt"), "{e}");
+        assert_eq!(fs::read_to_string(dir.path().join("node-id")).expect("read"), "not hex");
+    }
+}

@@ -1,0 +1,248 @@
+//! The gossip driver: one task that owns the sans-IO [`Gossip`] core and connects it to the
+//! transport, the clock and the rest of the node. It `select!`s over received messages, the
+//! core's next deadline and commands; after every input it drains transmits (each sent on its own
+//! task, so a slow peer never blocks the loop) and events, and publishes a fresh [`Status`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use starling_gossip::state::keys;
+use starling_gossip::{Command, Event, Gossip, MemberState};
+use starling_wire::Request;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::status::{GossipStatus, MemberStatus, RingStatus, Status};
+use crate::transport::Transport;
+
+/// Messages queued for the driver beyond this are dropped (gossip tolerates loss; memory does
+/// not tolerate unbounded queues).
+pub const INBOUND_QUEUE: usize = 4096;
+/// How often seed host names are resolved again (DNS may change, e.g. in containers).
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// After `leave`, the node keeps gossiping this long so the news spreads before it exits.
+const LEAVE_LINGER: Duration = Duration::from_millis(1500);
+
+/// Requests to the driver.
+#[derive(Debug)]
+pub enum DriverCommand {
+    /// Announce `left`, linger, then stop; the sender is told when the driver has stopped.
+    Leave(oneshot::Sender<()>),
+    /// Publish application state.
+    Set { key: String, value: String },
+}
+
+/// What the status snapshot needs besides the core.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub insecure: bool,
+    pub zone: Option<String>,
+    pub started: Instant,
+}
+
+/// Channels to a running driver.
+#[derive(Debug, Clone)]
+pub struct DriverHandle {
+    pub inbound: mpsc::Sender<Vec<u8>>,
+    pub commands: mpsc::Sender<DriverCommand>,
+    pub status: watch::Receiver<Arc<Status>>,
+}
+
+/// Runs the driver until it is told to leave (returns) or the transport goes away.
+pub async fn run<T: Transport>(
+    mut gossip: Gossip,
+    transport: Arc<T>,
+    seeds: Vec<String>,
+    info: NodeInfo,
+    mut inbound: mpsc::Receiver<Vec<u8>>,
+    mut commands: mpsc::Receiver<DriverCommand>,
+    status: watch::Sender<Arc<Status>>,
+) {
+    if let Some(zone) = &info.zone {
+        gossip.handle_command(
+            Instant::now(),
+            Command::Set { key: keys::ZONE.into(), value: zone.clone() },
+        );
+    }
+    let (seed_tx, mut seed_rx) = mpsc::channel::<Vec<SocketAddr>>(1);
+    if !seeds.is_empty() {
+        tokio::spawn(resolve_seeds(seeds, seed_tx));
+    }
+    let mut leaving: Option<(Instant, oneshot::Sender<()>)> = None;
+    let mut last_publish = Instant::now() - Duration::from_secs(1);
+    loop {
+        let deadline =
+            gossip.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let deadline = match &leaving {
+            Some((until, _)) => deadline.min(*until),
+            None => deadline,
+        };
+        tokio::select! {
+            msg = inbound.recv() => {
+                let Some(bytes) = msg else { break };
+                if let Err(e) = gossip.handle_message(Instant::now(), &bytes) {
+                    debug!(error = %e, "gossip message refused");
+                }
+            }
+            cmd = commands.recv() => match cmd {
+                Some(DriverCommand::Leave(done)) => {
+                    info!("leaving the cluster");
+                    gossip.handle_command(Instant::now(), Command::Leave);
+                    leaving = Some((Instant::now() + LEAVE_LINGER, done));
+                }
+                Some(DriverCommand::Set { key, value }) => {
+                    gossip.handle_command(Instant::now(), Command::Set { key, value });
+                }
+                None => break,
+            },
+            Some(addrs) = seed_rx.recv() => {
+                gossip.handle_command(Instant::now(), Command::SetSeeds(addrs));
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                gossip.handle_timeout(Instant::now());
+            }
+        }
+        while let Some(t) = gossip.poll_transmit() {
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                if let Err(e) = transport.send_one_way(t.to, Request::Gossip(t.payload)).await {
+                    debug!(peer = %t.to, error = %e, "gossip send failed");
+                }
+            });
+        }
+        let mut changed = false;
+        while let Some(e) = gossip.poll_event() {
+            changed |= log_event(&gossip, &e);
+        }
+        if changed || last_publish.elapsed() >= Duration::from_millis(200) {
+            last_publish = Instant::now();
+            status.send_replace(Arc::new(snapshot(&gossip, &info)));
+        }
+        if leaving.as_ref().is_some_and(|(until, _)| Instant::now() >= *until) {
+            if let Some((_, done)) = leaving.take() {
+                let _ = done.send(());
+            }
+            break;
+        }
+    }
+    status.send_replace(Arc::new(snapshot(&gossip, &info)));
+}
+
+fn log_event(g: &Gossip, e: &Event) -> bool {
+    let addr = |id| g.member(id).map(|m| m.addr.to_string()).unwrap_or_default();
+    match e {
+        Event::MemberUp { id, generation, incarnation } => {
+            info!(member = %id, addr = %addr(*id), generation, incarnation, "member up")
+        }
+        Event::MemberSuspect { id, incarnation } => {
+            info!(member = %id, addr = %addr(*id), incarnation, "member suspect")
+        }
+        Event::MemberDown { id, incarnation } => {
+            warn!(member = %id, addr = %addr(*id), incarnation, "member down")
+        }
+        Event::MemberLeft { id } => info!(member = %id, addr = %addr(*id), "member left"),
+        Event::MemberForgotten { id } => info!(member = %id, "member forgotten"),
+        Event::StateChanged { .. } => return false,
+    }
+    true
+}
+
+/// Builds the status snapshot from the core.
+pub fn snapshot(g: &Gossip, info: &NodeInfo) -> Status {
+    let mut members: Vec<MemberStatus> = g
+        .members()
+        .map(|m| MemberStatus {
+            node_id: m.id.to_string(),
+            addr: m.addr.to_string(),
+            state: m.state.as_str().to_owned(),
+            phi: (m.phi * 100.0).round() / 100.0,
+            incarnation: m.incarnation,
+            generation: m.generation,
+            zone: m.node_state.get(keys::ZONE).map(str::to_owned),
+            digest: m.node_state.get(keys::DIGEST).map(str::to_owned),
+            is_self: false,
+        })
+        .collect();
+    members.push(MemberStatus {
+        node_id: g.id().to_string(),
+        addr: g.addr().to_string(),
+        state: if g.local_state().get(keys::STATUS) == Some("left") {
+            MemberState::Left.as_str().into()
+        } else {
+            MemberState::Alive.as_str().into()
+        },
+        phi: 0.0,
+        incarnation: g.incarnation(),
+        generation: g.generation(),
+        zone: info.zone.clone(),
+        digest: g.local_state().get(keys::DIGEST).map(str::to_owned),
+        is_self: true,
+    });
+    members.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.node_id.cmp(&b.node_id)));
+    let s = g.stats();
+    Status {
+        node_id: g.id().to_string(),
+        generation: g.generation(),
+        incarnation: g.incarnation(),
+        addr: g.addr().to_string(),
+        zone: info.zone.clone(),
+        converged: g.converged(),
+        digest: g.view_digest(),
+        insecure: info.insecure,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_secs: (info.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        members,
+        ring: RingStatus::default(),
+        gossip: GossipStatus {
+            rounds: s.rounds,
+            messages_sent: s.messages_sent,
+            bytes_sent: s.bytes_sent,
+            messages_received: s.messages_received,
+            bytes_received: s.bytes_received,
+            refused: s.decode_errors,
+            probes: s.probes,
+            probes_failed: s.probes_failed,
+            refutations: s.refutations,
+            local_health: g.local_health(),
+        },
+    }
+}
+
+/// Resolves seed `host:port` names now and every [`RESOLVE_EVERY`], sending the result when it
+/// changes. Unresolvable names are logged, not fatal: a seed may come up later.
+async fn resolve_seeds(seeds: Vec<String>, tx: mpsc::Sender<Vec<SocketAddr>>) {
+    let mut last: Vec<SocketAddr> = Vec::new();
+    let mut warned = std::collections::HashSet::new();
+    loop {
+        let mut addrs = Vec::new();
+        for s in &seeds {
+            match tokio::net::lookup_host(s.as_str()).await {
+                Ok(it) => {
+                    // One address per seed name: the first IPv4 if any (peers advertise IPv4).
+                    let all: Vec<SocketAddr> = it.collect();
+                    if let Some(a) = all.iter().find(|a| a.is_ipv4()).or(all.first()) {
+                        addrs.push(*a);
+                    }
+                    warned.remove(s);
+                }
+                Err(e) => {
+                    if warned.insert(s.clone()) {
+                        warn!(seed = %s, error = %e, "cannot resolve seed; will retry");
+                    }
+                }
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        if addrs != last {
+            last = addrs.clone();
+            if tx.send(addrs).await.is_err() {
+                return;
+            }
+        }
+        // Retry soon while some seed is unresolved, otherwise rarely.
+        let wait = if warned.is_empty() { RESOLVE_EVERY } else { Duration::from_secs(2) };
+        tokio::time::sleep(wait).await;
+    }
+}

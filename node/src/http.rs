@@ -1,0 +1,116 @@
+//! The node's HTTP surface for operators (DESIGN §8): `GET /status` (JSON), `GET /metrics`
+//! (Prometheus / OpenMetrics text) and `GET /`, a self-contained page that polls `/status` and
+//! shows the cluster converging live.
+//!
+//! Read-only by construction: every route is a `GET` that reads the latest [`Status`] snapshot
+//! from a `watch` channel the gossip driver publishes to, so a slow or hostile HTTP client can
+//! neither change the node nor hold a lock the driver needs.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use starling_node::http::{self, HttpState, Metrics};
+//! use starling_node::status::Status;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let (_publish, status) = tokio::sync::watch::channel(Arc::new(Status::default()));
+//! let state = HttpState { status, metrics: Arc::new(Metrics::new()) };
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! // Resolves at once because the shutdown future is ready.
+//! http::serve(listener, state, async {}).await.unwrap();
+//! # });
+//! ```
+
+mod limit;
+mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use self::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE, MEMBER_STATES};
+use crate::status::Status;
+
+/// Most HTTP connections served at once. The page keeps one keep-alive connection per open
+/// browser tab and a scraper one more; beyond this, new connections wait in the kernel backlog
+/// instead of costing the node memory and tasks.
+pub const MAX_HTTP_CONNECTIONS: usize = 64;
+
+/// The live page: one file with its CSS and JS inline, so it works offline and needs no build.
+const INDEX_HTML: &str = include_str!("http/index.html");
+
+/// What the handlers read. Cloned per request; both fields are shared handles.
+#[derive(Clone, Debug)]
+pub struct HttpState {
+    /// The latest snapshot, published by the gossip driver.
+    pub status: watch::Receiver<Arc<Status>>,
+    /// The node's own measurements, exported next to the snapshot's figures.
+    pub metrics: Arc<Metrics>,
+}
+
+impl HttpState {
+    /// The current snapshot. Clones the `Arc` so the channel's read lock is released at once and
+    /// never held while a response is written.
+    fn snapshot(&self) -> Arc<Status> {
+        Arc::clone(&self.status.borrow())
+    }
+}
+
+/// The routes; anything else answers 404 (and a non-`GET` on a known path 405).
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves [`router`] on an already-bound `listener` (tests bind port 0) until `shutdown`
+/// resolves, then finishes the requests in flight and returns.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = limit::LimitedListener::new(listener, MAX_HTTP_CONNECTIONS);
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn index() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX_HTML))
+}
+
+async fn status(State(state): State<HttpState>) -> Response {
+    let snapshot = state.snapshot();
+    match serde_json::to_vec(&*snapshot) {
+        Ok(body) => fresh(body, "application/json"),
+        Err(e) => internal_error(format!("cannot encode status: {e}")),
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    match state.metrics.encode(state.snapshot()) {
+        Ok(body) => fresh(body, metrics::CONTENT_TYPE),
+        Err(e) => internal_error(format!("cannot encode metrics: {e}")),
+    }
+}
+
+/// A 200 that no cache may keep: both endpoints describe this instant.
+fn fresh(body: impl Into<axum::body::Body>, content_type: &'static str) -> Response {
+    let mut resp = Response::new(body.into());
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn internal_error(message: String) -> Response {
+    tracing::warn!(error = %message, "http: cannot answer");
+    (StatusCode::INTERNAL_SERVER_ERROR, message).into_response()
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics for `GET /metrics`.
+//!
+//! Two kinds of figures, kept apart on purpose:
+//! - what the node measures as it works (RPC latency) lives in [`Metrics`] and is updated by the
+//!   code that does the work;
+//! - what the gossip core already counts is read from the [`Status`] snapshot at scrape time by a
+//!   collector, so the same numbers never live in two places that could drift apart. The snapshot
+//!   totals only grow, which keeps the exported counters monotonic as Prometheus requires.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::status::Status;
+
+/// Every exported name starts with this, so one node's figures are easy to select.
+const PREFIX: &str = "starling";
+
+/// Smallest RPC latency bucket: a request answered in memory takes tens of microseconds.
+const RPC_BUCKET_START_SECS: f64 = 0.000_1;
+/// Buckets double: 100 µs .. ~3.3 s in 16 steps covers a local echo up to a stalled peer.
+const RPC_BUCKET_FACTOR: f64 = 2.0;
+const RPC_BUCKET_COUNT: u16 = 16;
+
+/// The member states the page and the `starling_members` gauge always show, even at 0, so a
+/// dashboard sees a state drop to zero instead of the series vanishing.
+pub const MEMBER_STATES: [&str; 4] = ["alive", "suspect", "down", "left"];
+
+/// The `Content-Type` of what [`Metrics::encode`] returns (prometheus-client speaks OpenMetrics).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    kind: &'static str,
+}
+
+type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
+
+/// The node's own measurements, shared by every task that handles requests.
+///
+/// Cheap to update from many tasks at once: each observation touches one atomic histogram.
+#[derive(Debug)]
+pub struct Metrics {
+    rpc_duration: HistogramFamily,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        fn rpc_histogram() -> Histogram {
+            Histogram::new(exponential_buckets(
+                RPC_BUCKET_START_SECS,
+                RPC_BUCKET_FACTOR,
+                RPC_BUCKET_COUNT,
+            ))
+        }
+        Self { rpc_duration: Family::new_with_constructor(rpc_histogram as fn() -> Histogram) }
+    }
+
+    /// Records how long handling one RPC of `kind` (`"status"`, `"gossip"`, ...) took.
+    ///
+    /// `kind` is `'static` so that label values come from code, never from a peer: a peer that
+    /// could choose the label could grow the series without bound.
+    pub fn observe_rpc(&self, kind: &'static str, elapsed: Duration) {
+        self.rpc_duration.get_or_create(&RpcLabels { kind }).observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition of these measurements and of `status`.
+    ///
+    /// The registry is built per scrape: it only borrows the long-lived histogram family (an
+    /// `Arc` clone) and wraps this scrape's snapshot, which keeps [`Metrics`] free of any link
+    /// to where status snapshots come from.
+    pub fn encode(&self, status: Arc<Status>) -> Result<String, fmt::Error> {
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_with_unit(
+            "rpc_duration",
+            "Time to handle one RPC, by request kind",
+            Unit::Seconds,
+            self.rpc_duration.clone(),
+        );
+        registry.register_collector(Box::new(StatusCollector(status)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+/// Exposes one [`Status`] snapshot; lives for a single scrape.
+#[derive(Debug)]
+struct StatusCollector(Arc<Status>);
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = &*self.0;
+        let g = &s.gossip;
+        let counters: [(&str, &str, u64); 9] = [
+            ("gossip_rounds", "Gossip rounds started", g.rounds),
+            ("gossip_messages_sent", "Gossip messages sent", g.messages_sent),
+            ("gossip_bytes_sent", "Gossip payload bytes sent", g.bytes_sent),
+            ("gossip_messages_received", "Gossip messages received", g.messages_received),
+            ("gossip_bytes_received", "Gossip payload bytes received", g.bytes_received),
+            ("gossip_refused", "Gossip messages refused as malformed or unexpected", g.refused),
+            ("gossip_probes", "SWIM probes sent", g.probes),
+            ("gossip_probes_failed", "SWIM probes that got no ack in time", g.probes_failed),
+            ("gossip_refutations", "Suspicions of this node it refuted", g.refutations),
+        ];
+        for (name, help, value) in counters {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+
+        let gauges: [(&str, &str, i64); 3] = [
+            (
+                "gossip_local_health",
+                "Lifeguard local-health multiplier (0 = healthy)",
+                i64::from(g.local_health),
+            ),
+            (
+                "converged",
+                "1 when every alive member reports this node's membership digest",
+                i64::from(s.converged),
+            ),
+            (
+                "insecure",
+                "1 when this node runs without authentication (--insecure)",
+                i64::from(s.insecure),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = ConstGauge::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+
+        let uptime = ConstGauge::new(s.uptime_secs);
+        uptime.encode(encoder.encode_descriptor(
+            "uptime",
+            "Time since this node started",
+            Some(&Unit::Seconds),
+            uptime.metric_type(),
+        )?)?;
+
+        let mut members = encoder.encode_descriptor(
+            "members",
+            "Members this node sees, by state (including itself)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for state in MEMBER_STATES {
+            // A member count fits i64 on any machine this runs on; saturate rather than wrap.
+            let count = i64::try_from(s.count(state)).unwrap_or(i64::MAX);
+            ConstGauge::new(count).encode(members.encode_family(&[("state", state)])?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,75 @@
+//! The node's self-description: what `GET /status`, `starling status` and the live page show.
+//! Built by the gossip driver from its core; read by the HTTP server and the QUIC `Status` RPC.
+
+use serde::{Deserialize, Serialize};
+
+/// One member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub node_id: String,
+    pub addr: String,
+    /// `alive`, `suspect`, `down` or `left`.
+    pub state: String,
+    /// Phi-accrual suspicion level of this member's heartbeats (0 for this node itself).
+    pub phi: f64,
+    pub incarnation: u64,
+    pub generation: u64,
+    pub zone: Option<String>,
+    /// The membership digest this member last reported.
+    pub digest: Option<String>,
+    /// True for the node answering.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+/// Ring placement summary (filled once the ring exists).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RingStatus {
+    pub digest: Option<String>,
+}
+
+/// Gossip counters since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GossipStatus {
+    pub rounds: u64,
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_received: u64,
+    pub bytes_received: u64,
+    pub refused: u64,
+    pub probes: u64,
+    pub probes_failed: u64,
+    pub refutations: u64,
+    /// Lifeguard local-health multiplier (0 = healthy).
+    pub local_health: u32,
+}
+
+/// `GET /status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node_id: String,
+    pub generation: u64,
+    pub incarnation: u64,
+    /// Advertised QUIC address.
+    pub addr: String,
+    pub zone: Option<String>,
+    /// Every member this node sees alive reports the same membership digest.
+    pub converged: bool,
+    /// The membership digest of this node's view.
+    pub digest: String,
+    /// This node runs without authentication (`--insecure`).
+    pub insecure: bool,
+    pub version: String,
+    pub uptime_secs: f64,
+    /// Members including this node (`self: true`), sorted by address.
+    pub members: Vec<MemberStatus>,
+    pub ring: RingStatus,
+    pub gossip: GossipStatus,
+}
+
+impl Status {
+    /// Members in `state`.
+    pub fn count(&self, state: &str) -> usize {
+        self.members.iter().filter(|m| m.state == state).count()
+    }
+}

@@ -1,0 +1,219 @@
+//! The HTTP surface (DESIGN §8) over a real loopback socket: `/status`, `/metrics`, `/`, 404s,
+//! live updates through the watch channel, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_node::http::{self, HttpState, Metrics};
+use starling_node::status::{GossipStatus, MemberStatus, RingStatus, Status};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+fn member(n: u8, state: &str, is_self: bool) -> MemberStatus {
+    MemberStatus {
+        node_id: format!("{n:02x}{}", "ab".repeat(15)),
+        addr: format!("127.0.0.1:{}", 7000 + u16::from(n)),
+        state: state.to_owned(),
+        phi: if is_self { 0.0 } else { 0.25 * f64::from(n) },
+        incarnation: u64::from(n),
+        generation: 1_700_000_000 + u64::from(n),
+        zone: Some(format!("z{}", n % 2)),
+        digest: Some("d1ge57".to_owned()),
+        is_self,
+    }
+}
+
+/// Three alive members, this node first.
+fn three_alive() -> Status {
+    Status {
+        node_id: member(1, "alive", true).node_id,
+        generation: 1_700_000_001,
+        incarnation: 1,
+        addr: "127.0.0.1:7001".to_owned(),
+        zone: Some("z1".to_owned()),
+        converged: true,
+        digest: "d1ge57".to_owned(),
+        insecure: true,
+        version: "0.1.0".to_owned(),
+        uptime_secs: 12.5,
+        members: vec![
+            member(1, "alive", true),
+            member(2, "alive", false),
+            member(3, "alive", false),
+        ],
+        ring: RingStatus::default(),
+        gossip: GossipStatus {
+            rounds: 42,
+            messages_sent: 84,
+            bytes_sent: 9_000,
+            messages_received: 80,
+            bytes_received: 8_500,
+            refused: 1,
+            probes: 40,
+            probes_failed: 2,
+            refutations: 0,
+            local_health: 0,
+        },
+    }
+}
+
+struct Server {
+    base: String,
+    publish: watch::Sender<Arc<Status>>,
+    metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(status: Status) -> Self {
+        let (publish, rx) = watch::channel(Arc::new(status));
+        let metrics = Arc::new(Metrics::new());
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let state = HttpState { status: rx, metrics: Arc::clone(&metrics) };
+        let task = tokio::spawn(http::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Server { base: format!("http://{addr}"), publish, metrics, stop: Some(stop), task }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        client().get(format!("{}{path}", self.base)).send().await.expect("GET")
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().expect("client")
+}
+
+fn content_type(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn status_round_trips_as_json() {
+    let server = Server::start(three_alive()).await;
+    let resp = server.get("/status").await;
+    assert_eq!(resp.status(), 200);
+    assert!(content_type(&resp).starts_with("application/json"));
+    let got: Status = resp.json().await.expect("status JSON");
+    assert_eq!(got, three_alive());
+}
+
+#[tokio::test]
+async fn status_json_uses_the_documented_field_names() {
+    let server = Server::start(three_alive()).await;
+    let raw: serde_json::Value = server.get("/status").await.json().await.expect("JSON");
+    // The page and scripts read these names; `self` is renamed from `is_self`.
+    assert_eq!(raw["members"][0]["self"], true);
+    assert_eq!(raw["members"][1]["state"], "alive");
+    assert_eq!(raw["converged"], true);
+    assert_eq!(raw["gossip"]["rounds"], 42);
+}
+
+#[tokio::test]
+async fn status_follows_the_watch_channel() {
+    let server = Server::start(three_alive()).await;
+    let mut next = three_alive();
+    next.members[2].state = "suspect".to_owned();
+    next.converged = false;
+    next.gossip.rounds = 43;
+    server.publish.send_replace(Arc::new(next.clone()));
+
+    let got: Status = server.get("/status").await.json().await.expect("JSON");
+    assert_eq!(got, next);
+    let metrics = server.get("/metrics").await.text().await.expect("text");
+    assert!(metrics.contains("starling_members{state=\"alive\"} 2\n"), "{metrics}");
+    assert!(metrics.contains("starling_members{state=\"suspect\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("starling_converged 0\n"), "{metrics}");
+    assert!(metrics.contains("starling_gossip_rounds_total 43\n"), "{metrics}");
+}
+
+#[tokio::test]
+async fn metrics_expose_the_snapshot_and_rpc_latency() {
+    let server = Server::start(three_alive()).await;
+    server.metrics.observe_rpc("echo", Duration::from_micros(150));
+    server.metrics.observe_rpc("echo", Duration::from_millis(3));
+    server.metrics.observe_rpc("gossip", Duration::from_millis(1));
+
+    let resp = server.get("/metrics").await;
+    assert_eq!(resp.status(), 200);
+    assert!(content_type(&resp).starts_with("application/openmetrics-text"));
+    let text = resp.text().await.expect("text");
+    for line in [
+        "starling_members{state=\"alive\"} 3",
+        "starling_members{state=\"suspect\"} 0",
+        "starling_members{state=\"down\"} 0",
+        "starling_members{state=\"left\"} 0",
+        "starling_gossip_rounds_total 42",
+        "starling_gossip_messages_sent_total 84",
+        "starling_gossip_bytes_sent_total 9000",
+        "starling_gossip_messages_received_total 80",
+        "starling_gossip_bytes_received_total 8500",
+        "starling_gossip_refused_total 1",
+        "starling_gossip_probes_total 40",
+        "starling_gossip_probes_failed_total 2",
+        "starling_gossip_refutations_total 0",
+        "starling_gossip_local_health 0",
+        "starling_converged 1",
+        "starling_insecure 1",
+        "starling_uptime_seconds 12.5",
+        "# TYPE starling_gossip_rounds counter",
+        "# TYPE starling_rpc_duration_seconds histogram",
+        "starling_rpc_duration_seconds_count{kind=\"echo\"} 2",
+        "starling_rpc_duration_seconds_count{kind=\"gossip\"} 1",
+        "# EOF",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing line {line:?} in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn index_is_one_self_contained_page() {
+    let server = Server::start(three_alive()).await;
+    let resp = server.get("/").await;
+    assert_eq!(resp.status(), 200);
+    assert!(content_type(&resp).starts_with("text/html"));
+    let html = resp.text().await.expect("text");
+    assert!(html.contains("id=\"members\""));
+    assert!(html.contains("data-state"));
+    assert!(html.contains("fetch(\"status\""));
+    // Works offline: nothing is loaded from another host.
+    for external in ["http://", "https://", "//cdn", "src=\""] {
+        assert!(!html.contains(external), "page references {external:?}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_and_routes_are_read_only() {
+    let server = Server::start(three_alive()).await;
+    for path in ["/nope", "/status/extra", "/metrics.txt", "/index.html"] {
+        assert_eq!(server.get(path).await.status(), 404, "{path}");
+    }
+    for path in ["/", "/status", "/metrics"] {
+        let resp =
+            client().post(format!("{}{path}", server.base)).body("x").send().await.expect("POST");
+        assert_eq!(resp.status(), 405, "POST {path}");
+    }
+}
+
+#[tokio::test]
+async fn serve_returns_after_shutdown() {
+    let mut server = Server::start(three_alive()).await;
+    assert_eq!(server.get("/status").await.status(), 200);
+    let _ = server.stop.take().expect("stop").send(());
+    let result = tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("serve stops within 5 s")
+        .expect("serve task");
+    assert!(result.is_ok(), "{result:?}");
+}
