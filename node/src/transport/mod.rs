@@ -118,8 +118,8 @@ impl Default for TransportConfig {
             max_concurrent_requests_per_stream: 1024,
             max_connections: 1024,
             max_queued_bytes: 16 << 20,
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
             socket_recv_buffer: 4 << 20,
         }
     }

@@ -189,13 +189,10 @@ async fn accept_loop(inner: Weak<Inner>, endpoint: Endpoint) {
                 Ok(conn) => {
                     let Some(this) = inner.upgrade() else { return };
                     let pc = Arc::new(PeerConn { conn, pipe: Mutex::new(None), _slot: slot });
-                    {
-                        let mut conns = lock(&this.conns);
-                        let live = conns.get(&peer).is_some_and(|c| c.is_alive());
-                        if !live {
-                            conns.insert(peer, pc.clone());
-                        }
-                    }
+                    // The newest connection from an address wins: a peer that dials us again
+                    // may have restarted, and the connection we hold may lead to a dead process
+                    // (it would only be noticed at the idle timeout).
+                    lock(&this.conns).insert(peer, pc.clone());
                     (this.serve.0)(inner, pc);
                 }
                 // A peer without a valid certificate ends here.

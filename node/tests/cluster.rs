@@ -1,0 +1,241 @@
+//! Real `starlingd` processes on loopback: join through seeds, kill -9 and restart, leave, a
+//! foreign certificate refused, garbage gossip refused while the node keeps serving.
+//! Every node binds port 0; tests read the bound ports from `addresses.json`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use starling_node::cert;
+use starling_node::datadir::{Addresses, DataDir};
+use starling_node::status::Status;
+use starling_node::tls::{self, TlsMaterial};
+use starling_node::transport::quic::QuicTransport;
+use starling_node::transport::{service_fn, Transport, TransportConfig};
+use starling_wire::{Request, Response};
+
+struct Node {
+    child: Option<Child>,
+    data: PathBuf,
+    certs: PathBuf,
+    addrs: Addresses,
+}
+
+impl Node {
+    fn start(data: &Path, certs: &Path, listen: &str, seeds: &[SocketAddr]) -> Node {
+        let _ = std::fs::remove_file(data.join("addresses.json"));
+        let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
+        let log = std::fs::File::create(data.with_extension("log")).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_starlingd"));
+        cmd.arg("--data-dir")
+            .arg(data)
+            .args(["--listen", listen, "--http", "127.0.0.1:0"])
+            .arg("--certs")
+            .arg(certs)
+            .env("STARLING_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if !seeds.is_empty() {
+            cmd.args(["--seeds", &seeds.join(",")]);
+        }
+        let child = cmd.spawn().expect("spawn starlingd");
+        let pid = child.id();
+        let addrs = wait_for(Duration::from_secs(15), || {
+            DataDir::read_addresses(data).ok().filter(|a| a.pid == pid)
+        })
+        .unwrap_or_else(|| panic!("starlingd did not start; log:\n{}", log_of(data)));
+        Node { child: Some(child), data: data.to_owned(), certs: certs.to_owned(), addrs }
+    }
+
+    fn status(&self) -> Option<Status> {
+        http_status(self.addrs.http)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("reap");
+        }
+    }
+
+    fn restart(&mut self, seeds: &[SocketAddr]) {
+        let listen = self.addrs.listen.to_string();
+        *self = Node::start(&self.data, &self.certs, &listen, seeds);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn log_of(data: &Path) -> String {
+    std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+}
+
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET /status with a plain HTTP/1.0 request (no client library needed).
+fn http_status(addr: SocketAddr) -> Option<Status> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8(buf).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
+}
+
+/// A cluster CA and one certificate dir per name, under `dir`.
+fn certs(dir: &Path, names: &[&str]) -> PathBuf {
+    let ca = dir.join("ca");
+    cert::init_ca(&ca).expect("ca");
+    for n in names {
+        cert::issue(&ca, n, &dir.join(n), &[]).expect("issue");
+    }
+    dir.to_owned()
+}
+
+fn cluster(dir: &Path, n: usize) -> Vec<Node> {
+    let names: Vec<String> = (1..=n).map(|i| format!("node{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).chain(["client"]).collect();
+    let certs = certs(&dir.join("certs"), &refs);
+    let first = Node::start(&dir.join("node1"), &certs.join("node1"), "127.0.0.1:0", &[]);
+    let seed = first.addrs.listen;
+    let mut nodes = vec![first];
+    for name in &names[1..] {
+        nodes.push(Node::start(&dir.join(name), &certs.join(name), "127.0.0.1:0", &[seed]));
+    }
+    nodes
+}
+
+fn all_see(nodes: &[&Node], alive: usize) -> bool {
+    nodes.iter().all(|n| n.status().is_some_and(|s| s.converged && s.count("alive") == alive))
+}
+
+fn state_of(observer: &Node, subject: &Node) -> Option<String> {
+    let s = observer.status()?;
+    let addr = subject.addrs.advertise.to_string();
+    s.members.into_iter().find(|m| m.addr == addr && !m.is_self).map(|m| m.state)
+}
+
+async fn client(certs: &Path) -> QuicTransport {
+    let tls = tls::mutual(&TlsMaterial::load(certs).expect("client certs")).expect("tls");
+    let cfg =
+        TransportConfig { request_timeout: Duration::from_secs(3), ..TransportConfig::default() };
+    QuicTransport::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        &tls,
+        cfg,
+        service_fn(|_, _| async { Response::Ok }),
+    )
+    .await
+    .expect("client endpoint")
+}
+
+#[test]
+fn nodes_join_through_a_seed_and_converge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = cluster(dir.path(), 3);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let ok = wait_for(Duration::from_secs(20), || all_see(&refs, 3).then_some(()));
+    assert!(ok.is_some(), "3 nodes did not converge; node3 log:\n{}", log_of(&nodes[2].data));
+    let s = nodes[0].status().expect("status");
+    assert_eq!(s.members.len(), 3);
+    assert!(s.members.iter().all(|m| m.state == "alive" && m.zone.is_none()));
+    assert!(!s.insecure);
+}
+
+#[test]
+fn killed_node_is_marked_down_and_rejoins_with_a_new_generation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = cluster(dir.path(), 3);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(wait_for(Duration::from_secs(20), || all_see(&refs, 3).then_some(())).is_some());
+    let old_gen = nodes[2].status().expect("status").generation;
+
+    nodes[2].kill9();
+    let down = wait_for(Duration::from_secs(20), || {
+        (state_of(&nodes[0], &nodes[2]).as_deref() == Some("down")
+            && state_of(&nodes[1], &nodes[2]).as_deref() == Some("down"))
+        .then_some(())
+    });
+    assert!(down.is_some(), "killed node not marked down; node1 log:\n{}", log_of(&nodes[0].data));
+
+    let seed = nodes[0].addrs.listen;
+    nodes[2].restart(&[seed]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let back = wait_for(Duration::from_secs(20), || all_see(&refs, 3).then_some(()));
+    assert!(back.is_some(), "restarted node not alive again; its log:\n{}", log_of(&nodes[2].data));
+    let s = nodes[2].status().expect("status");
+    assert!(s.generation > old_gen, "generation must grow across restarts");
+    let seen = nodes[0].status().expect("status");
+    let m =
+        seen.members.iter().find(|m| m.node_id == s.node_id).expect("same node id after restart");
+    assert_eq!(m.generation, s.generation);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_is_gossiped_and_the_node_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = cluster(dir.path(), 3);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(wait_for(Duration::from_secs(20), || all_see(&refs, 3).then_some(())).is_some());
+    let c = client(&dir.path().join("certs/client")).await;
+    let resp = c.request(nodes[2].addrs.listen, Request::Leave).await.expect("leave");
+    assert_eq!(resp, Response::Ok);
+    let mut child = nodes[2].child.take().expect("child");
+    let exited = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
+    assert!(exited.is_some_and(|s| s.success()), "node did not stop after leave");
+    let left = wait_for(Duration::from_secs(10), || {
+        (state_of(&nodes[0], &nodes[2]).as_deref() == Some("left")
+            && state_of(&nodes[1], &nodes[2]).as_deref() == Some("left"))
+        .then_some(())
+    });
+    assert!(left.is_some(), "others do not show the node as left");
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_certificates_are_refused_and_garbage_gossip_does_not_hurt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = cluster(dir.path(), 2);
+    let foreign = certs(&dir.path().join("foreign"), &["client"]);
+    let intruder = client(&foreign.join("client")).await;
+    let r = intruder.request(nodes[0].addrs.listen, Request::Status).await;
+    assert!(r.is_err(), "a client from another CA must be refused, got {r:?}");
+
+    let c = client(&dir.path().join("certs/client")).await;
+    for garbage in [&b""[..], b"\x01", b"\x01\xff\xff\xff", b"\x09hello", &[0x01; 5000]] {
+        c.send_one_way(nodes[0].addrs.listen, Request::Gossip(garbage.to_vec()))
+            .await
+            .expect("send");
+    }
+    let refused = wait_for(Duration::from_secs(10), || {
+        nodes[0].status().filter(|s| s.gossip.refused >= 5).map(|s| s.gossip.refused)
+    });
+    assert!(refused.is_some(), "garbage gossip should be counted as refused");
+    // The node still answers a legitimate client and still gossips with its peer.
+    let resp = c.request(nodes[0].addrs.listen, Request::Status).await.expect("status");
+    assert!(matches!(resp, Response::Status(_)));
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(wait_for(Duration::from_secs(20), || all_see(&refs, 2).then_some(())).is_some());
+    intruder.close().await;
+    c.close().await;
+}
