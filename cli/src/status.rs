@@ -27,8 +27,8 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(out, "members: {} ({})", s.members.len(), counts.join(", "));
     let _ = writeln!(
         out,
-        "{:<10} {:<22} {:<6} {:<8} {:>7} {:>5} {:>12}  {}",
-        "NODE", "ADDRESS", "ZONE", "STATE", "PHI", "INC", "GENERATION", "DIGEST"
+        "{:<10} {:<22} {:<6} {:<8} {:>7} {:>5} {:>12}  DIGEST",
+        "NODE", "ADDRESS", "ZONE", "STATE", "PHI", "INC", "GENERATION"
     );
     for m in &s.members {
         let digest = m.digest.as_deref().unwrap_or("-");
