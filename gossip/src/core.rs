@@ -77,6 +77,9 @@ pub enum Command {
     Leave,
     /// Replace the seed list (e.g. after re-resolving DNS names).
     SetSeeds(Vec<SocketAddr>),
+    /// This node's address changed (e.g. a container came back with a new IP). Peers take the
+    /// new address from our next messages; it also travels in our deltas.
+    SetAddr(SocketAddr),
 }
 
 /// Counters for metrics and simulation reports.
@@ -100,6 +103,7 @@ enum Timer {
     Probe,
     ProbeTimeout { seq: u64 },
     Relay { seq: u64 },
+    RelayRetry { seq: u64 },
     Suspicion { id: NodeId },
 }
 
@@ -120,6 +124,7 @@ struct Relay {
     requester: SocketAddr,
     requester_seq: u64,
     target: NodeId,
+    target_addr: SocketAddr,
 }
 
 /// One node's gossip protocol instance. Sans-IO: feed it messages and timeouts with the current
@@ -300,7 +305,7 @@ impl Gossip {
     /// simulator calls it after steps, and a failure there is a bug here.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut buckets = [0u64; BUCKETS];
-        let mut view = subject_hash(self.me.id, self.me.generation, 0);
+        let mut view = subject_hash(self.me.id, self.me.generation, is_left(&self.local));
         let mut counts = [0usize; 4];
         buckets[bucket_of(self.me.id)] ^=
             subject_hash(self.me.id, self.me.generation, self.local.max_version());
@@ -410,11 +415,13 @@ impl Gossip {
             Body::PingAck { seq, target } => self.on_ping_ack(seq, target),
             Body::PingReq { seq, target, target_addr } => {
                 let my_seq = self.next_seq();
-                self.relays
-                    .insert(my_seq, Relay { requester: from.addr, requester_seq: seq, target });
+                let relay = Relay { requester: from.addr, requester_seq: seq, target, target_addr };
+                self.relays.insert(my_seq, relay);
                 self.send(target_addr, Body::Ping { seq: my_seq, target });
-                let at = self.now + self.probe_timeout();
-                self.arm(at, Timer::Relay { seq: my_seq });
+                // One retry half-way: a relay path has four hops, each of which may lose it.
+                let timeout = self.probe_timeout();
+                self.arm(self.now + timeout / 2, Timer::RelayRetry { seq: my_seq });
+                self.arm(self.now + timeout, Timer::Relay { seq: my_seq });
             }
             Body::Nack { seq, target } => {
                 if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq && p.target == target)
@@ -444,6 +451,12 @@ impl Gossip {
                 self.fan_out_rumors();
             }
             Command::SetSeeds(seeds) => self.set_seeds(seeds),
+            Command::SetAddr(addr) => {
+                if addr != self.me.addr {
+                    self.me.addr = addr;
+                    self.broadcasts.push(self.alive_rumor());
+                }
+            }
         }
     }
 
@@ -524,6 +537,12 @@ impl Gossip {
                 self.arm(at, Timer::Probe);
             }
             Timer::ProbeTimeout { seq } => self.probe_timeout_fired(seq),
+            Timer::RelayRetry { seq } => {
+                if let Some(r) = self.relays.get(&seq) {
+                    let (to, target) = (r.target_addr, r.target);
+                    self.send(to, Body::Ping { seq, target });
+                }
+            }
             Timer::Relay { seq } => {
                 if let Some(r) = self.relays.remove(&seq) {
                     self.send(r.requester, Body::Nack { seq: r.requester_seq, target: r.target });

@@ -54,6 +54,7 @@ pub async fn run<T: Transport>(
     mut gossip: Gossip,
     transport: Arc<T>,
     seeds: Vec<String>,
+    advertise: Option<String>,
     info: NodeInfo,
     mut inbound: mpsc::Receiver<Vec<u8>>,
     mut commands: mpsc::Receiver<DriverCommand>,
@@ -68,6 +69,10 @@ pub async fn run<T: Transport>(
     let (seed_tx, mut seed_rx) = mpsc::channel::<Vec<SocketAddr>>(1);
     if !seeds.is_empty() {
         tokio::spawn(resolve_seeds(seeds, seed_tx));
+    }
+    let (addr_tx, mut addr_rx) = mpsc::channel::<SocketAddr>(1);
+    if let Some(name) = advertise {
+        tokio::spawn(resolve_advertise(name, gossip.addr(), addr_tx));
     }
     let mut leaving: Option<(Instant, oneshot::Sender<()>)> = None;
     let mut last_publish = Instant::now() - Duration::from_secs(1);
@@ -98,6 +103,10 @@ pub async fn run<T: Transport>(
             },
             Some(addrs) = seed_rx.recv() => {
                 gossip.handle_command(Instant::now(), Command::SetSeeds(addrs));
+            }
+            Some(addr) = addr_rx.recv() => {
+                info!(advertise = %addr, "advertised address changed");
+                gossip.handle_command(Instant::now(), Command::SetAddr(addr));
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 gossip.handle_timeout(Instant::now());
@@ -206,6 +215,28 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo) -> Status {
             refutations: s.refutations,
             local_health: g.local_health(),
         },
+    }
+}
+
+/// Re-resolves `--advertise` every [`RESOLVE_EVERY`]: a container that comes back with a new IP
+/// tells its peers (they take the address from its messages).
+async fn resolve_advertise(name: String, mut current: SocketAddr, tx: mpsc::Sender<SocketAddr>) {
+    loop {
+        tokio::time::sleep(RESOLVE_EVERY / 6).await;
+        let Ok(it) = tokio::net::lookup_host(name.as_str()).await else { continue };
+        let all: Vec<SocketAddr> = it.collect();
+        let Some(mut addr) = all.iter().find(|a| a.is_ipv4()).or(all.first()).copied() else {
+            continue;
+        };
+        if addr.port() == 0 {
+            addr.set_port(current.port());
+        }
+        if addr != current && !all.contains(&current) {
+            current = addr;
+            if tx.send(addr).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

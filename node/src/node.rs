@@ -143,6 +143,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         gossip,
         transport.clone(),
         cfg.seeds.clone(),
+        cfg.advertise.clone(),
         info,
         inbound_rx,
         cmd_rx,

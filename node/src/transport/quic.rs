@@ -145,7 +145,7 @@ impl QuicTransport {
             serve,
         });
         tokio::spawn(accept_loop(Arc::downgrade(&inner), inner.endpoint.clone()));
-        tracing::info!(addr = %local_addr, insecure = tls.insecure, "QUIC transport listening");
+        tracing::debug!(addr = %local_addr, insecure = tls.insecure, "QUIC transport listening");
         Ok(QuicTransport { inner })
     }
 
