@@ -239,3 +239,73 @@ async fn foreign_certificates_are_refused_and_garbage_gossip_does_not_hurt() {
     intruder.close().await;
     c.close().await;
 }
+
+/// Runs starlingd expecting it to refuse to start; returns (exit code, stderr).
+fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_starlingd"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run starlingd");
+    assert!(!out.status.success(), "starlingd {args:?} should fail");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("d");
+    let d = data.to_str().expect("utf8");
+    let certs = certs(&dir.path().join("certs"), &["node1"]);
+    let c = certs.join("node1");
+    let c = c.to_str().expect("utf8");
+
+    let (code, err) = refused(&["--data-dir", d, "--insecure", "--listen", "localhost"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--listen"), "{err}");
+
+    let (code, err) =
+        refused(&["--data-dir", d, "--certs", "/nonexistent/certs", "--http", "127.0.0.1:0"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot load certificates from /nonexistent/certs"), "{err}");
+
+    // A port in use (UDP for QUIC, TCP for HTTP).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let busy = udp.local_addr().expect("addr").to_string();
+    let (_, err) =
+        refused(&["--data-dir", d, "--certs", c, "--listen", &busy, "--http", "127.0.0.1:0"]);
+    assert!(err.contains("cannot listen for QUIC on"), "{err}");
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let busy = tcp.local_addr().expect("addr").to_string();
+    let (_, err) =
+        refused(&["--data-dir", d, "--certs", c, "--listen", "127.0.0.1:0", "--http", &busy]);
+    assert!(err.contains("cannot listen for HTTP on"), "{err}");
+
+    // A data dir another starlingd holds.
+    let running = Node::start(&data, &certs.join("node1"), "127.0.0.1:0", &[]);
+    let (_, err) = refused(&[
+        "--data-dir",
+        d,
+        "--certs",
+        c,
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    assert!(err.contains("in use by another starlingd"), "{err}");
+    drop(running);
+
+    // An unusable data dir (a file where the directory should be).
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").expect("write");
+    let (_, err) = refused(&[
+        "--data-dir",
+        file.to_str().expect("utf8"),
+        "--insecure",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    assert!(err.contains("cannot create data dir"), "{err}");
+}
