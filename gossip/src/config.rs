@@ -61,7 +61,7 @@ impl Default for Config {
             phi_probe_threshold: 8.0,
             recent_rounds: 10,
             left_ttl: Duration::from_secs(3600),
-            new_member_pings: 64,
+            new_member_pings: 128,
         }
     }
 }

@@ -966,12 +966,13 @@ impl Gossip {
         }
         let news = h.generation > m.generation || h.incarnation > m.incarnation;
         if news || matches!(&m.liveness, Liveness::Suspect(s) if s.unconfirmed) {
-            self.on_rumor(Rumor::Alive {
+            let r = Rumor::Alive {
                 id: h.id,
                 generation: h.generation,
                 incarnation: h.incarnation,
                 addr: h.addr,
-            });
+            };
+            self.on_rumor_heard(r, true);
         }
         let now = self.now;
         let m = &mut self.members[i];
@@ -1009,6 +1010,11 @@ impl Gossip {
     }
 
     fn on_rumor(&mut self, r: Rumor) {
+        self.on_rumor_heard(r, false)
+    }
+
+    /// `direct`: the rumour is the subject's own message to us, not news relayed by others.
+    fn on_rumor_heard(&mut self, r: Rumor, direct: bool) {
         if r.subject() == self.me.id {
             return self.rumor_about_me(r);
         }
@@ -1071,6 +1077,28 @@ impl Gossip {
                     _ => incarnation > cur || newer_gen,
                 };
                 if !revives {
+                    return;
+                }
+                // Relayed news cannot bring back a member we saw die, nor confirm one we never
+                // heard from: it may predate a crash (a refutation still spreading when its
+                // sender died). Keep the incarnation, and let the member answer for itself.
+                let unheard =
+                    !m.liveness.confirmed_alive() && !matches!(m.liveness, Liveness::Left { .. });
+                if !direct && !newer_gen && unheard {
+                    let was_down = matches!(m.liveness, Liveness::Down { .. });
+                    let liveness = self.unconfirmed();
+                    let m = &mut self.members[idx];
+                    m.incarnation = incarnation;
+                    m.addr = addr;
+                    // Queue one confirmation ping per transition, not one per relayed copy.
+                    if was_down {
+                        Self::transition(&mut self.counts, &mut self.left_queue, m, liveness);
+                        self.arm_suspicion(idx);
+                        self.to_confirm.push_back(r.subject());
+                    }
+                    if incarnation > cur {
+                        self.broadcasts.push(r);
+                    }
                     return;
                 }
                 let was_alive = m.liveness.confirmed_alive() && !newer_gen;
@@ -1277,9 +1305,14 @@ impl Gossip {
         let m = &mut self.members[i];
         Self::transition(&mut self.counts, &mut self.left_queue, m, Liveness::Down { told: None });
         self.events.push_back(Event::MemberDown { id, incarnation });
-        // An unconfirmed member simply never answered us; only a real suspicion is news.
-        if !unconfirmed {
-            self.broadcasts.push(Rumor::Down { id, generation, incarnation, from: self.me.id });
+        let rumor = Rumor::Down { id, generation, incarnation, from: self.me.id };
+        if unconfirmed {
+            // It never answered us: not news for the cluster, but the member itself must hear
+            // it, so that if it is alive it refutes (and answers) with a higher incarnation.
+            let addr = self.members[i].addr;
+            self.send_rumor_to(addr, rumor);
+        } else {
+            self.broadcasts.push(rumor);
         }
     }
 

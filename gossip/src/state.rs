@@ -114,3 +114,155 @@ impl NodeState {
 pub(crate) fn entry_cost(key: &str, value: &str) -> usize {
     key.len() + value.len() + 16
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step of a run: the owner writes, a delta is cut (from the owner's state or from a
+    /// replica's copy, as relays do), or a cut delta is delivered (again: duplicates).
+    #[derive(Clone, Debug)]
+    enum Step {
+        Write {
+            key: u8,
+            value: u8,
+        },
+        /// Owner -> replica 0, from a watermark in `0..=owner max`, cut to `budget` bytes.
+        CutFromOwner {
+            from: prop::sample::Index,
+            budget: usize,
+        },
+        /// Replica 0 -> replica 1 (second-hand state).
+        CutFromReplica {
+            from: prop::sample::Index,
+            budget: usize,
+        },
+        Deliver {
+            which: prop::sample::Index,
+        },
+    }
+
+    type InFlight = (usize, u64, Vec<(String, Entry)>);
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0u8..4, any::<u8>()).prop_map(|(key, value)| Step::Write { key, value }),
+            2 => (any::<prop::sample::Index>(), 0usize..80)
+                .prop_map(|(from, budget)| Step::CutFromOwner { from, budget }),
+            1 => (any::<prop::sample::Index>(), 0usize..80)
+                .prop_map(|(from, budget)| Step::CutFromReplica { from, budget }),
+            4 => any::<prop::sample::Index>().prop_map(|which| Step::Deliver { which }),
+        ]
+    }
+
+    /// The watermark invariant of `copy` against the owner's current state and its history of
+    /// writes (`written[v]` = the `(key, value)` written at version `v`).
+    fn check_watermark(
+        copy: &NodeState,
+        owner: &NodeState,
+        written: &[(String, String)],
+    ) -> Result<(), TestCaseError> {
+        let w = copy.max_version();
+        // Complete up to the watermark: every entry the owner holds at or below it is there.
+        for (k, e) in owner.iter() {
+            if e.version <= w {
+                prop_assert_eq!(
+                    copy.entries.get(k),
+                    Some(e),
+                    "gap: {} missing at watermark {}",
+                    k,
+                    w
+                );
+            }
+        }
+        // Nothing invented, nothing above the watermark, nothing newer than the owner has.
+        for (k, e) in copy.iter() {
+            prop_assert!(e.version >= 1 && e.version <= w, "{k}@{} above watermark {w}", e.version);
+            let (wk, wv) = &written[e.version as usize];
+            prop_assert_eq!((wk.as_str(), wv.as_str()), (k, e.value.as_str()));
+            let cur = owner.entries.get(k).map_or(0, |o| o.version);
+            prop_assert!(cur >= e.version);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Deltas applied in any order, any number of times, cut short anywhere, first- or
+        /// second-hand: the watermark never goes down and never covers a gap.
+        #[test]
+        fn watermark_is_monotone_and_gap_free(steps in prop::collection::vec(step(), 1..80)) {
+            let mut owner = NodeState::default();
+            let mut written = vec![(String::new(), String::new())]; // version 0: nothing
+            let mut replicas = [NodeState::default(), NodeState::default()];
+            // (to which replica, from watermark, entries)
+            let mut in_flight: Vec<InFlight> = Vec::new();
+            for s in steps {
+                match s {
+                    Step::Write { key, value } => {
+                        let (k, v) = (format!("k{key}"), value.to_string());
+                        let ver = owner.set_local(&k, v.clone());
+                        prop_assert_eq!(ver as usize, written.len());
+                        written.push((k, v));
+                    }
+                    Step::CutFromOwner { from, budget } => {
+                        let from = from.index(owner.max_version() as usize + 1) as u64;
+                        let (entries, _) = owner.entries_after(from, budget);
+                        in_flight.push((0, from, entries));
+                    }
+                    Step::CutFromReplica { from, budget } => {
+                        let src = &replicas[0];
+                        let from = from.index(src.max_version() as usize + 1) as u64;
+                        let (entries, _) = src.entries_after(from, budget);
+                        in_flight.push((1, from, entries));
+                    }
+                    Step::Deliver { which } => {
+                        if in_flight.is_empty() {
+                            continue;
+                        }
+                        let (to, from, entries) = in_flight[which.index(in_flight.len())].clone();
+                        // Cut deltas come oldest first.
+                        prop_assert!(entries.windows(2).all(|p| p[0].1.version < p[1].1.version));
+                        let r = &mut replicas[to];
+                        let before = r.clone();
+                        match r.apply(from, entries) {
+                            None => {
+                                prop_assert!(from > before.max_version());
+                                prop_assert_eq!(&*r, &before, "refused delta changed state");
+                            }
+                            Some(_) => prop_assert!(r.max_version() >= before.max_version()),
+                        }
+                    }
+                }
+                for r in &replicas {
+                    check_watermark(r, &owner, &written)?;
+                }
+            }
+            // Whatever happened, one full delta from the owner brings a replica level with it.
+            for r in replicas.iter_mut() {
+                let (entries, _) = owner.entries_after(r.max_version(), usize::MAX);
+                prop_assert!(r.apply(r.max_version(), entries).is_some());
+                prop_assert_eq!(&*r, &owner);
+            }
+        }
+    }
+
+    #[test]
+    fn budget_takes_a_prefix_in_version_order() {
+        let mut s = NodeState::default();
+        s.set_local("b", "1".into()); // v1, overwritten at v3
+        s.set_local("a", "2".into()); // v2
+        s.set_local("b", "3".into()); // v3
+        let cost = entry_cost("a", "2");
+        let (all, used) = s.entries_after(0, usize::MAX);
+        assert_eq!(all.iter().map(|(_, e)| e.version).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(used, 2 * cost);
+        let (one, used) = s.entries_after(0, cost);
+        assert_eq!((one.len(), used), (1, cost));
+        assert_eq!(one[0].0, "a");
+        assert!(s.entries_after(0, cost - 1).0.is_empty());
+        assert!(s.entries_after(3, usize::MAX).0.is_empty());
+    }
+}

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use starling_gossip::{Config, Event, Gossip, Header, MemberState, NodeId, NodeState};
+use starling_gossip::state::keys;
+use starling_gossip::{Command, Config, Event, Gossip, Header, MemberState, NodeId, NodeState};
 
 use crate::sim::{NetConfig, Process, Sim};
 
@@ -120,23 +121,40 @@ pub fn joining_cluster(n: usize, cfg: &Config, net: NetConfig, seed: u64) -> Sim
 }
 
 /// A cluster of `n` nodes that already know each other (as after convergence): for measuring
-/// steady-state behaviour of large clusters without simulating their O(n^2) bootstrap.
+/// steady-state behaviour of large clusters without simulating their O(n^2) bootstrap. Every
+/// node already publishes the common view digest, as a converged cluster does, so the warm start
+/// itself spreads nothing.
 pub fn warm_cluster(n: usize, cfg: &Config, net: NetConfig, seed: u64) -> Sim<GossipProc> {
     let mut sim = joining_cluster(n, cfg, net, seed);
-    let snapshot: Vec<(Header, Arc<NodeState>)> = sim
-        .up()
-        .map(|(_, p)| {
-            let h = Header {
-                id: p.g.id(),
-                generation: p.g.generation(),
-                incarnation: p.g.incarnation(),
-                addr: p.g.addr(),
-            };
-            (h, p.g.local_state().clone())
-        })
-        .collect();
+    let snapshot = |sim: &Sim<GossipProc>| -> Vec<(Header, Arc<NodeState>)> {
+        sim.up()
+            .map(|(_, p)| {
+                let h = Header {
+                    id: p.g.id(),
+                    generation: p.g.generation(),
+                    incarnation: p.g.incarnation(),
+                    addr: p.g.addr(),
+                };
+                (h, p.g.local_state().clone())
+            })
+            .collect()
+    };
+    // The view digest depends only on who is a member: compute it once, on a copy of node 0.
+    let first = snapshot(&sim);
+    let digest = {
+        let mut copy = make_node(cfg, seed, 0, 1, first[0].0.addr, vec![], sim.now());
+        copy.g.warm_start(first, true);
+        copy.g.view_digest()
+    };
     for i in 0..n {
-        let snap = snapshot.clone();
+        let d = digest.clone();
+        sim.with_node(i, |p, now| {
+            p.g.handle_command(now, Command::Set { key: keys::DIGEST.into(), value: d })
+        });
+    }
+    let fin = snapshot(&sim);
+    for i in 0..n {
+        let snap = fin.clone();
         sim.with_node(i, |p, _| p.g.warm_start(snap, true));
     }
     sim

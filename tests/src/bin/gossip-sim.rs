@@ -36,6 +36,9 @@ struct Args {
     stall_secs: u64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Message loss levels (percent) of the spread scenario.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 10.0, 30.0])]
+    losses: Vec<f64>,
 }
 
 fn main() -> Result<()> {
@@ -55,8 +58,8 @@ fn main() -> Result<()> {
         let wall = Instant::now();
         match s.as_str() {
             "spread" => {
-                for loss in [0.0, 0.1, 0.3] {
-                    spread(&args, &cfg, loss);
+                for loss in &args.losses {
+                    spread(&args, &cfg, loss / 100.0);
                 }
             }
             "detect" => detect(&args, &cfg),
