@@ -49,17 +49,33 @@ pub struct DriverHandle {
     pub status: watch::Receiver<Arc<Status>>,
 }
 
+/// The driver's ends of its channels.
+#[derive(Debug)]
+pub struct DriverChannels {
+    pub inbound: mpsc::Receiver<Vec<u8>>,
+    pub commands: mpsc::Receiver<DriverCommand>,
+    pub status: watch::Sender<Arc<Status>>,
+}
+
+/// Where the node finds its peers and how it is reached.
+#[derive(Debug, Clone)]
+pub struct Addressing {
+    /// Seed `host:port` names, resolved now and every 30 s.
+    pub seeds: Vec<String>,
+    /// `--advertise` as given, re-resolved every 5 s (None: the bound address never changes).
+    pub advertise: Option<String>,
+}
+
 /// Runs the driver until it is told to leave (returns) or the transport goes away.
 pub async fn run<T: Transport>(
     mut gossip: Gossip,
     transport: Arc<T>,
-    seeds: Vec<String>,
-    advertise: Option<String>,
+    addressing: Addressing,
     info: NodeInfo,
-    mut inbound: mpsc::Receiver<Vec<u8>>,
-    mut commands: mpsc::Receiver<DriverCommand>,
-    status: watch::Sender<Arc<Status>>,
+    channels: DriverChannels,
 ) {
+    let DriverChannels { mut inbound, mut commands, status } = channels;
+    let Addressing { seeds, advertise } = addressing;
     if let Some(zone) = &info.zone {
         gossip.handle_command(
             Instant::now(),

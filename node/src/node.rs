@@ -139,16 +139,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         "starlingd started"
     );
     let info = NodeInfo { insecure, zone: cfg.zone.clone(), started };
-    let mut driver = tokio::spawn(driver::run(
-        gossip,
-        transport.clone(),
-        cfg.seeds.clone(),
-        cfg.advertise.clone(),
-        info,
-        inbound_rx,
-        cmd_rx,
-        status_tx,
-    ));
+    let addressing =
+        driver::Addressing { seeds: cfg.seeds.clone(), advertise: cfg.advertise.clone() };
+    let channels =
+        driver::DriverChannels { inbound: inbound_rx, commands: cmd_rx, status: status_tx };
+    let mut driver =
+        tokio::spawn(driver::run(gossip, transport.clone(), addressing, info, channels));
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let http_state = HttpState { status: status_rx, metrics };
     let http_task = tokio::spawn(http::serve(http_listener, http_state, async move {
