@@ -50,7 +50,7 @@ impl Default for Config {
             probe_timeout: Duration::from_millis(150),
             indirect_probes: 3,
             suspicion_min_mult: 1.0,
-            suspicion_max_mult: 3.0,
+            suspicion_max_mult: 2.5,
             suspicion_confirmations: 3,
             max_local_health: 8,
             retransmit_mult: 4,
