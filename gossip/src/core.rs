@@ -780,14 +780,7 @@ impl Gossip {
             self.recent.iter().filter(|(id, _)| mask & (1 << bucket_of(**id)) != 0).collect();
         ids.sort_by_key(|(id, (t, _))| (Reverse(*t), **id));
         for (&id, &(_, prev)) in ids {
-            let (generation, addr, state) = if id == self.me.id {
-                (self.me.generation, self.me.addr, &self.local)
-            } else if let Some(&i) = self.index.get(&id) {
-                let m = &self.members[i as usize];
-                (m.generation, m.addr, &m.state)
-            } else {
-                continue;
-            };
+            let Some((generation, addr, state)) = self.subject(id) else { continue };
             if budget < DELTA_OVERHEAD + 64 {
                 break;
             }
@@ -799,6 +792,15 @@ impl Gossip {
             out.push(Delta { id, generation, addr, from_version: prev, entries });
         }
         out
+    }
+
+    /// Generation, address and state copy of a subject (this node or a member).
+    fn subject(&self, id: NodeId) -> Option<(u64, SocketAddr, &Arc<NodeState>)> {
+        if id == self.me.id {
+            return Some((self.me.generation, self.me.addr, &self.local));
+        }
+        let m = &self.members[*self.index.get(&id)? as usize];
+        Some((m.generation, m.addr, &m.state))
     }
 
     fn note_recent(&mut self, id: NodeId, prev: u64) {
@@ -813,14 +815,7 @@ impl Gossip {
         let mut out = Vec::new();
         let mut truncated = false;
         for w in wanted {
-            let (generation, addr, state) = if w.id == self.me.id {
-                (self.me.generation, self.me.addr, &self.local)
-            } else if let Some(&i) = self.index.get(&w.id) {
-                let m = &self.members[i as usize];
-                (m.generation, m.addr, &m.state)
-            } else {
-                continue;
-            };
+            let Some((generation, addr, state)) = self.subject(w.id) else { continue };
             let from = if w.generation == generation { w.max_version } else { 0 };
             if from >= state.max_version() {
                 continue;
