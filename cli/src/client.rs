@@ -11,8 +11,14 @@ use starling_node::transport::quic::QuicTransport;
 use starling_node::transport::{service_fn, Transport, TransportConfig};
 use starling_wire::{ErrorCode, Request, Response};
 
-/// Exit code when the node cannot be reached (documented in the README).
+/// Exit code for bad input: flags, or a key or value over the limits (documented in the README).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code when the node cannot be reached.
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code of `kv get` for a key that does not exist (or was deleted).
+pub const EXIT_NOT_FOUND: u8 = 4;
+/// Exit code when the consistency level could not be met (too few replicas up, or answering).
+pub const EXIT_UNAVAILABLE: u8 = 5;
 
 /// How the CLI authenticates to nodes.
 #[derive(Debug, Clone)]
@@ -26,12 +32,36 @@ pub enum Auth {
 pub enum ClientError {
     #[error("cannot reach node {node}: {reason}")]
     Unreachable { node: String, reason: String },
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl ClientError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+            ClientError::BadInput(_) => EXIT_USAGE,
+            ClientError::NotFound(_) => EXIT_NOT_FOUND,
+            ClientError::Refused { code: ErrorCode::BadRequest | ErrorCode::TooLarge, .. } => {
+                EXIT_USAGE
+            }
+            ClientError::Refused { code: ErrorCode::Unavailable | ErrorCode::Timeout, .. } => {
+                EXIT_UNAVAILABLE
+            }
+            ClientError::Refused { .. } => 1,
+        }
+    }
 }
 
 /// A connected client.
 #[derive(Debug)]
 pub struct Client {
-    transport: QuicTransport,
+    transport: std::sync::Arc<QuicTransport>,
     node: SocketAddr,
     node_name: String,
 }
@@ -64,14 +94,18 @@ impl Client {
         let transport = QuicTransport::bind(bind, &tls, cfg, refuse)
             .await
             .map_err(|e| anyhow!("cannot open a QUIC endpoint: {e}"))?;
-        Ok(Client { transport, node: node_addr, node_name: node.to_owned() })
+        Ok(Client {
+            transport: std::sync::Arc::new(transport),
+            node: node_addr,
+            node_name: node.to_owned(),
+        })
     }
 
     /// Sends one request; transport failures become [`ClientError::Unreachable`].
     pub async fn call(&self, req: Request) -> Result<Response> {
         match self.transport.request(self.node, req).await {
             Ok(Response::Error { code, message }) => {
-                bail!("node refused the request ({code:?}): {message}")
+                Err(ClientError::Refused { code, message: format!("{code}: {message}") }.into())
             }
             Ok(r) => Ok(r),
             Err(e) => Err(ClientError::Unreachable {
@@ -90,6 +124,11 @@ impl Client {
             }
             other => bail!("unexpected answer to status: {other:?}"),
         }
+    }
+
+    /// The transport, for callers that pipeline many requests (benchmarks).
+    pub fn transport(&self) -> std::sync::Arc<QuicTransport> {
+        self.transport.clone()
     }
 
     pub async fn close(self) {

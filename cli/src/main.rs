@@ -3,6 +3,7 @@
 mod cert_cmd;
 mod client;
 mod dev;
+mod kv;
 mod status;
 
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use client::{Auth, Client, ClientError, EXIT_UNREACHABLE};
+use client::{Auth, Client, ClientError};
 use starling_wire::Request;
 
 #[derive(Parser, Debug)]
@@ -58,6 +59,9 @@ enum Cmd {
         #[arg(long, default_value_t = 7480)]
         http_base_port: u16,
     },
+    /// Read and write the key-value store.
+    #[command(subcommand)]
+    Kv(kv::KvCmd),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -108,6 +112,8 @@ enum BenchCmd {
         #[arg(long, default_value_t = 100)]
         payload: usize,
     },
+    /// Ops/s and latency of KV requests against running nodes.
+    Kv(kv::BenchKvArgs),
 }
 
 fn main() -> ExitCode {
@@ -126,10 +132,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("starling: {e:#}");
-            if e.downcast_ref::<ClientError>().is_some() {
-                ExitCode::from(EXIT_UNREACHABLE)
-            } else {
-                ExitCode::FAILURE
+            match e.downcast_ref::<ClientError>() {
+                Some(c) => ExitCode::from(c.exit_code()),
+                None => ExitCode::FAILURE,
             }
         }
     }
@@ -193,6 +198,8 @@ async fn run(cli: Cli) -> Result<()> {
             })
             .await?
         }
+        Cmd::Kv(c) => kv::run(&cli.node, &auth(&cli)?, c).await?,
+        Cmd::Bench(BenchCmd::Kv(args)) => kv::bench(&auth(&cli)?, args).await?,
         Cmd::Bench(BenchCmd::Transport { requests, in_flight, payload }) => {
             let report = starling_node::bench::transport_bench(*requests, *in_flight, *payload)
                 .await

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -48,6 +49,25 @@ pub struct Args {
     /// Log format: text or json.
     #[arg(long, env = "STARLING_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Replicas per key, N (the same on every node) [default: 3].
+    #[arg(long, env = "STARLING_REPLICATION")]
+    pub replication: Option<usize>,
+    /// Virtual nodes (tokens) this node takes when it first joins [default: 16].
+    #[arg(long, env = "STARLING_VNODES")]
+    pub vnodes: Option<usize>,
+    /// When writes reach the disk: `periodic` (WAL written at once, fsynced every
+    /// --sync-interval) or `always` (fsynced before each acknowledgement) [default: periodic].
+    #[arg(long, env = "STARLING_SYNC")]
+    pub sync: Option<String>,
+    /// Background WAL fsync interval for --sync periodic, e.g. 10ms [default: 10ms].
+    #[arg(long, env = "STARLING_SYNC_INTERVAL")]
+    pub sync_interval: Option<String>,
+    /// How long deletes (tombstones) are kept before compaction drops them, e.g. 10d [default: 10d].
+    #[arg(long, env = "STARLING_TOMBSTONE_GRACE")]
+    pub tombstone_grace: Option<String>,
+    /// Hints are kept for a replica that is down at most this long, e.g. 3h [default: 3h].
+    #[arg(long, env = "STARLING_HINT_WINDOW")]
+    pub hint_window: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -63,6 +83,12 @@ struct FileConfig {
     certs: Option<PathBuf>,
     insecure: Option<bool>,
     log_format: Option<String>,
+    replication: Option<usize>,
+    vnodes: Option<usize>,
+    sync: Option<String>,
+    sync_interval: Option<String>,
+    tombstone_grace: Option<String>,
+    hint_window: Option<String>,
 }
 
 /// How the node authenticates.
@@ -84,6 +110,13 @@ pub struct NodeConfig {
     pub zone: Option<String>,
     pub security: Security,
     pub log_json: bool,
+    /// Replicas per key.
+    pub replication: usize,
+    /// Tokens taken on first join.
+    pub vnodes: usize,
+    pub sync: crate::storage::rocks::SyncMode,
+    pub tombstone_grace: Duration,
+    pub hint_window: Duration,
 }
 
 impl NodeConfig {
@@ -133,7 +166,40 @@ impl NodeConfig {
             Some("json") => true,
             Some(other) => bail!("--log-format {other:?}: expected text or json"),
         };
+        let replication = args.replication.or(file.replication).unwrap_or(3);
+        if !(1..=7).contains(&replication) {
+            bail!("--replication {replication}: expected 1 to 7");
+        }
+        let vnodes = args.vnodes.or(file.vnodes).unwrap_or(starling_ring::DEFAULT_VNODES);
+        if !(1..=256).contains(&vnodes) {
+            bail!("--vnodes {vnodes}: expected 1 to 256");
+        }
+        let interval = match args.sync_interval.or(file.sync_interval) {
+            Some(s) => parse_duration("--sync-interval", &s)?,
+            None => Duration::from_millis(10),
+        };
+        if interval.is_zero() || interval > Duration::from_secs(10) {
+            bail!("--sync-interval {interval:?}: expected 1ms to 10s");
+        }
+        let sync = match args.sync.or(file.sync).as_deref() {
+            None | Some("periodic") => crate::storage::rocks::SyncMode::Periodic(interval),
+            Some("always") => crate::storage::rocks::SyncMode::Always,
+            Some(other) => bail!("--sync {other:?}: expected periodic or always"),
+        };
+        let tombstone_grace = match args.tombstone_grace.or(file.tombstone_grace) {
+            Some(s) => parse_duration("--tombstone-grace", &s)?,
+            None => Duration::from_secs(10 * 86400),
+        };
+        let hint_window = match args.hint_window.or(file.hint_window) {
+            Some(s) => parse_duration("--hint-window", &s)?,
+            None => Duration::from_secs(3 * 3600),
+        };
         Ok(NodeConfig {
+            replication,
+            vnodes,
+            sync,
+            tombstone_grace,
+            hint_window,
             data_dir,
             listen,
             advertise,
@@ -150,6 +216,25 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// `10ms`, `90s`, `15m`, `3h`, `10d` (a bare number is seconds).
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().with_context(|| {
+        format!("{flag} {s:?}: expected a number with a unit, e.g. 10ms, 90s, 3h, 10d")
+    })?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86400)),
+        _ => bail!("{flag} {s:?}: unknown unit {unit:?} (ms, s, m, h, d)"),
+    };
+    Ok(d)
 }
 
 fn parse_socket_addr(flag: &str, s: &str) -> Result<SocketAddr> {
@@ -219,6 +304,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("--advertise"), "{e}");
+    }
+
+    #[test]
+    fn kv_settings_parse_and_bad_ones_are_named() {
+        let c = NodeConfig::from_args(args(&[
+            "--data-dir",
+            "d",
+            "--insecure",
+            "--replication",
+            "2",
+            "--sync",
+            "always",
+            "--tombstone-grace",
+            "2h",
+        ]))
+        .expect("valid");
+        assert_eq!(c.replication, 2);
+        assert_eq!(c.sync, crate::storage::rocks::SyncMode::Always);
+        assert_eq!(c.tombstone_grace, Duration::from_secs(7200));
+        assert_eq!(c.hint_window, Duration::from_secs(3 * 3600));
+        for (flag, value) in [
+            ("--replication", "0"),
+            ("--vnodes", "1000"),
+            ("--sync", "sometimes"),
+            ("--hint-window", "3 weeks"),
+            ("--sync-interval", "0ms"),
+        ] {
+            let e = NodeConfig::from_args(args(&["--data-dir", "d", "--insecure", flag, value]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ use starling_wire::Request;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::kv::view::{self, MemberRingState, RingView};
+use crate::kv::KvStatus;
 use crate::status::{GossipStatus, MemberStatus, RingStatus, Status};
 use crate::transport::Transport;
 
@@ -33,12 +35,25 @@ pub enum DriverCommand {
     Set { key: String, value: String },
 }
 
+/// Reads the KV layer's counters for the status snapshot.
+#[derive(Clone)]
+pub struct KvStatusFn(pub Arc<dyn Fn() -> KvStatus + Send + Sync>);
+
+impl std::fmt::Debug for KvStatusFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvStatusFn")
+    }
+}
+
 /// What the status snapshot needs besides the core.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub insecure: bool,
     pub zone: Option<String>,
     pub started: Instant,
+    /// Replicas per key.
+    pub replication: usize,
+    pub kv_status: Option<KvStatusFn>,
 }
 
 /// Channels to a running driver.
@@ -55,6 +70,8 @@ pub struct DriverChannels {
     pub inbound: mpsc::Receiver<Vec<u8>>,
     pub commands: mpsc::Receiver<DriverCommand>,
     pub status: watch::Sender<Arc<Status>>,
+    /// The ring view, rebuilt when membership or ring state changes.
+    pub ring: watch::Sender<Arc<RingView>>,
 }
 
 /// Where the node finds its peers and how it is reached.
@@ -74,7 +91,7 @@ pub async fn run<T: Transport>(
     info: NodeInfo,
     channels: DriverChannels,
 ) {
-    let DriverChannels { mut inbound, mut commands, status } = channels;
+    let DriverChannels { mut inbound, mut commands, status, ring } = channels;
     let Addressing { seeds, advertise } = addressing;
     if let Some(zone) = &info.zone {
         gossip.handle_command(
@@ -92,6 +109,7 @@ pub async fn run<T: Transport>(
     }
     let mut leaving: Option<(Instant, oneshot::Sender<()>)> = None;
     let mut last_publish = Instant::now() - Duration::from_secs(1);
+    let mut first = true;
     loop {
         let deadline =
             gossip.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -137,12 +155,38 @@ pub async fn run<T: Transport>(
             });
         }
         let mut changed = false;
+        let mut ring_changed = false;
         while let Some(e) = gossip.poll_event() {
             changed |= log_event(&gossip, &e);
+            ring_changed = true;
+        }
+        if ring_changed || first {
+            first = false;
+            let previous = ring.borrow().clone();
+            let next = Arc::new(RingView::build(
+                gossip.id().0,
+                info.replication,
+                &ring_members(&gossip),
+                Some(&previous),
+            ));
+            let digest = next.ring.digest();
+            if !Arc::ptr_eq(&previous.ring, &next.ring) {
+                debug!(ring = %digest, nodes = next.ring.nodes().count(), "ring changed");
+                changed = true;
+            }
+            ring.send_replace(next);
+            if !is_empty_ring(&ring.borrow())
+                && gossip.local_state().get(view::keys::RING) != Some(digest.as_str())
+            {
+                gossip.handle_command(
+                    Instant::now(),
+                    Command::Set { key: view::keys::RING.into(), value: digest },
+                );
+            }
         }
         if changed || last_publish.elapsed() >= Duration::from_millis(200) {
             last_publish = Instant::now();
-            status.send_replace(Arc::new(snapshot(&gossip, &info)));
+            status.send_replace(Arc::new(snapshot(&gossip, &info, &ring.borrow())));
         }
         if leaving.as_ref().is_some_and(|(until, _)| Instant::now() >= *until) {
             if let Some((_, done)) = leaving.take() {
@@ -151,7 +195,39 @@ pub async fn run<T: Transport>(
             break;
         }
     }
-    status.send_replace(Arc::new(snapshot(&gossip, &info)));
+    status.send_replace(Arc::new(snapshot(&gossip, &info, &ring.borrow())));
+}
+
+fn is_empty_ring(v: &RingView) -> bool {
+    v.ring.is_empty()
+}
+
+/// Every member's ring-relevant state, this node included.
+fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
+    let get = |s: &starling_gossip::NodeState, k: &str| s.get(k).map(str::to_owned);
+    let mut out: Vec<MemberRingState> = g
+        .members()
+        .map(|m| MemberRingState {
+            id: m.id.0,
+            addr: m.addr,
+            down: m.state == MemberState::Down,
+            left: m.state == MemberState::Left || m.node_state.get(keys::STATUS) == Some("left"),
+            tokens: get(m.node_state, view::keys::TOKENS),
+            status: get(m.node_state, keys::STATUS),
+            zone: get(m.node_state, keys::ZONE),
+        })
+        .collect();
+    let local = g.local_state();
+    out.push(MemberRingState {
+        id: g.id().0,
+        addr: g.addr(),
+        down: false,
+        left: local.get(keys::STATUS) == Some("left"),
+        tokens: get(local, view::keys::TOKENS),
+        status: get(local, keys::STATUS),
+        zone: get(local, keys::ZONE),
+    });
+    out
 }
 
 fn log_event(g: &Gossip, e: &Event) -> bool {
@@ -173,8 +249,8 @@ fn log_event(g: &Gossip, e: &Event) -> bool {
     true
 }
 
-/// Builds the status snapshot from the core.
-pub fn snapshot(g: &Gossip, info: &NodeInfo) -> Status {
+/// Builds the status snapshot from the core and the ring view.
+pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView) -> Status {
     let mut members: Vec<MemberStatus> = g
         .members()
         .map(|m| MemberStatus {
@@ -206,19 +282,43 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo) -> Status {
     });
     members.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.node_id.cmp(&b.node_id)));
     let s = g.stats();
+    let ring_digest = (!rv.ring.is_empty()).then(|| rv.ring.digest());
+    let agreed = ring_digest.as_deref().is_some_and(|d| {
+        g.members()
+            .filter(|m| m.state == MemberState::Alive)
+            .all(|m| m.node_state.get(view::keys::RING) == Some(d))
+    });
+    let me = rv.ring.node(g.id().0);
+    let ring = RingStatus {
+        digest: ring_digest,
+        agreed,
+        status: me.map(|n| n.status.as_str().to_owned()),
+        tokens: me.map_or(0, |n| n.tokens.len()),
+        nodes: rv.ring.nodes().count(),
+        replication: info.replication,
+        ownership: rv
+            .ring
+            .ownership(info.replication)
+            .get(&g.id().0)
+            .copied()
+            .map_or(0.0, |o| (o * 1e4).round() / 1e4),
+    };
+    let gossip_converged = g.converged();
     Status {
         node_id: g.id().to_string(),
         generation: g.generation(),
         incarnation: g.incarnation(),
         addr: g.addr().to_string(),
         zone: info.zone.clone(),
-        converged: g.converged(),
+        converged: gossip_converged && (agreed || rv.ring.is_empty()),
+        gossip_converged,
         digest: g.view_digest(),
         insecure: info.insecure,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: (info.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         members,
-        ring: RingStatus::default(),
+        ring,
+        kv: info.kv_status.as_ref().map(|f| (f.0)()),
         gossip: GossipStatus {
             rounds: s.rounds,
             messages_sent: s.messages_sent,

@@ -3,7 +3,9 @@
 //! - [`cert`]: the cluster CA and the certificates it issues (`starling cert`).
 //! - [`tls`]: rustls configurations for mutual TLS (or `--insecure`).
 //! - [`transport`]: pipelined request/response and one-way messages over QUIC, or in memory.
-//! - [`bench`]: the transport benchmark behind `starling bench transport`.
+//! - [`storage`]: the local store (RocksDB, or memory) behind one trait.
+//! - [`kv`]: the replicated key-value store: coordinator, replica, hints, read repair, join.
+//! - [`bench`]: the benchmarks behind `starling bench transport` and `starling bench kv`.
 //!
 //! IO contract: this crate owns every socket, timer and task (on a tokio runtime of either
 //! flavour); the protocol cores it drives (gossip, ...) own none. A node answers requests through a
@@ -37,8 +39,10 @@ pub mod config;
 pub mod datadir;
 pub mod driver;
 pub mod http;
+pub mod kv;
 pub mod logging;
 pub mod node;
 pub mod status;
+pub mod storage;
 pub mod tls;
 pub mod transport;

@@ -14,12 +14,18 @@ use tracing::{info, warn};
 
 use crate::config::{NodeConfig, Security};
 use crate::datadir::{Addresses, DataDir};
-use crate::driver::{self, DriverCommand, NodeInfo, INBOUND_QUEUE};
+use crate::driver::{self, DriverCommand, KvStatusFn, NodeInfo, INBOUND_QUEUE};
 use crate::http::{self, HttpState, Metrics};
+use crate::kv::view::RingView;
+use crate::kv::{bootstrap, Kv, KvConfig};
 use crate::status::Status;
+use crate::storage::rocks::{RocksConfig, RocksStorage};
 use crate::tls::{self, TlsMaterial};
 use crate::transport::quic::QuicTransport;
 use crate::transport::{PeerInfo, Service, Transport, TransportConfig};
+
+/// The node's KV layer over QUIC and RocksDB.
+pub type NodeKv = Kv<QuicTransport, RocksStorage>;
 
 /// Answers peers and clients over QUIC.
 #[derive(Debug, Clone)]
@@ -28,11 +34,29 @@ pub struct NodeService {
     commands: mpsc::Sender<DriverCommand>,
     status: watch::Receiver<Arc<Status>>,
     metrics: Arc<Metrics>,
+    /// Set once the transport exists (the KV layer needs the transport, which needs the service).
+    kv: Arc<std::sync::OnceLock<NodeKv>>,
+}
+
+fn kind_of(req: &Request) -> &'static str {
+    match req {
+        Request::Gossip(_) => "gossip",
+        Request::Status => "status",
+        Request::Leave => "leave",
+        Request::Echo(_) => "echo",
+        Request::KvPut { value: Some(_), .. } => "kv_put",
+        Request::KvPut { value: None, .. } => "kv_delete",
+        Request::KvGet { .. } => "kv_get",
+        Request::ReplicaWrite(_) => "replica_write",
+        Request::ReplicaRead(_) => "replica_read",
+        Request::ReplicaScan { .. } => "replica_scan",
+    }
 }
 
 impl Service for NodeService {
     async fn call(&self, _peer: PeerInfo, req: Request) -> Response {
         let started = Instant::now();
+        let kind = kind_of(&req);
         let (kind, resp) = match req {
             Request::Gossip(bytes) => {
                 // Full queue: drop, as a lossy network would; gossip recovers.
@@ -48,14 +72,45 @@ impl Service for NodeService {
                 ("status", resp)
             }
             Request::Leave => {
-                let (tx, _rx) = oneshot::channel();
-                let resp = match self.commands.send(DriverCommand::Leave(tx)).await {
-                    Ok(()) => Response::Ok,
-                    Err(_) => Response::error(ErrorCode::Unavailable, "node is shutting down"),
+                let resp = match self.kv.get() {
+                    Some(kv) => {
+                        // Hand the data over first, then leave the gossip cluster.
+                        let (kv, commands, status) =
+                            (kv.clone(), self.commands.clone(), self.status.clone());
+                        tokio::spawn(async move {
+                            match bootstrap::decommission(kv, commands.clone(), status).await {
+                                Ok(n) => info!(records = n, "decommissioned"),
+                                Err(e) => {
+                                    warn!(error = %e, "decommission failed; leaving anyway (anti-entropy and hints cover the rest)")
+                                }
+                            }
+                            let (tx, _rx) = oneshot::channel();
+                            let _ = commands.send(DriverCommand::Leave(tx)).await;
+                        });
+                        Response::Ok
+                    }
+                    None => {
+                        let (tx, _rx) = oneshot::channel();
+                        match self.commands.send(DriverCommand::Leave(tx)).await {
+                            Ok(()) => Response::Ok,
+                            Err(_) => {
+                                Response::error(ErrorCode::Unavailable, "node is shutting down")
+                            }
+                        }
+                    }
                 };
                 ("leave", resp)
             }
             Request::Echo(bytes) => ("echo", Response::Echo(bytes)),
+            other => {
+                let resp = match self.kv.get() {
+                    Some(kv) => kv.handle(other).await.unwrap_or_else(|| {
+                        Response::error(ErrorCode::BadRequest, "request not supported")
+                    }),
+                    None => Response::error(ErrorCode::Unavailable, "node is starting"),
+                };
+                (kind, resp)
+            }
         };
         self.metrics.observe_rpc(kind, started.elapsed());
         resp
@@ -74,6 +129,16 @@ pub struct Bound {
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let started = Instant::now();
     let data = DataDir::open(&cfg.data_dir)?;
+    let rocks_cfg = RocksConfig { sync: cfg.sync, tombstone_grace: cfg.tombstone_grace };
+    let db_path = cfg.data_dir.join("db");
+    let storage = Arc::new(
+        tokio::task::spawn_blocking(move || RocksStorage::open(&db_path, &rocks_cfg))
+            .await
+            .context("storage open task")?
+            .with_context(|| {
+                format!("cannot open the store in {}", cfg.data_dir.join("db").display())
+            })?,
+    );
     let insecure = cfg.security == Security::Insecure;
     let tls = match &cfg.security {
         Security::Certs(dir) => {
@@ -96,7 +161,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         commands: cmd_tx.clone(),
         status: status_rx.clone(),
         metrics: metrics.clone(),
+        kv: Arc::default(),
     };
+    let kv_cell = service.kv.clone();
     let transport = QuicTransport::bind(cfg.listen, &tls, TransportConfig::default(), service)
         .await
         .map_err(|e| {
@@ -138,13 +205,48 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         insecure,
         "starlingd started"
     );
-    let info = NodeInfo { insecure, zone: cfg.zone.clone(), started };
+    let (ring_tx, ring_rx) =
+        watch::channel(Arc::new(RingView::empty(data.node_id.0, cfg.replication)));
+    let kv_cfg = KvConfig {
+        replication: cfg.replication,
+        hint_window: cfg.hint_window,
+        ..KvConfig::default()
+    };
+    let kv = Kv::new(data.node_id.0, kv_cfg, storage, transport.clone(), ring_rx)
+        .context("cannot start the storage writer")?;
+    let _ = kv_cell.set(kv.clone());
+    let kv_status = {
+        let kv = kv.clone();
+        KvStatusFn(Arc::new(move || kv.status()))
+    };
+    info!(sync = %cfg.sync, replication = cfg.replication, "store open");
+    let info = NodeInfo {
+        insecure,
+        zone: cfg.zone.clone(),
+        started,
+        replication: cfg.replication,
+        kv_status: Some(kv_status),
+    };
     let addressing =
         driver::Addressing { seeds: cfg.seeds.clone(), advertise: cfg.advertise.clone() };
-    let channels =
-        driver::DriverChannels { inbound: inbound_rx, commands: cmd_rx, status: status_tx };
+    let channels = driver::DriverChannels {
+        inbound: inbound_rx,
+        commands: cmd_rx,
+        status: status_tx,
+        ring: ring_tx,
+    };
     let mut driver =
         tokio::spawn(driver::run(gossip, transport.clone(), addressing, info, channels));
+    let join =
+        tokio::spawn(bootstrap::join(kv.clone(), cfg.vnodes, cmd_tx.clone(), status_rx.clone()));
+    let replay = tokio::spawn(kv.clone().replay_hints());
+    tokio::spawn(async move {
+        match join.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "cannot join the ring"),
+            Err(e) => tracing::error!(error = %e, "join task failed"),
+        }
+    });
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let http_state = HttpState { status: status_rx, metrics };
     let http_task = tokio::spawn(http::serve(http_listener, http_state, async move {
@@ -161,6 +263,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         }
     }
     driver.abort();
+    replay.abort();
     let _ = http_stop_tx.send(());
     let _ = http_task.await;
     transport.close().await;

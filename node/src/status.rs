@@ -22,10 +22,23 @@ pub struct MemberStatus {
     pub is_self: bool,
 }
 
-/// Ring placement summary (filled once the ring exists).
+/// The ring as this node computes it from gossip.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RingStatus {
+    /// Digest of the ring (`None` until some node has tokens).
     pub digest: Option<String>,
+    /// Every alive member reports this same ring digest.
+    pub agreed: bool,
+    /// This node's place: `joining`, `normal`, `leaving`, or `None` before it has tokens.
+    pub status: Option<String>,
+    /// This node's virtual-node tokens.
+    pub tokens: usize,
+    /// Nodes on the ring (joining and leaving included).
+    pub nodes: usize,
+    /// Replicas per key (`N`).
+    pub replication: usize,
+    /// Fraction of the keyspace this node replicates (sums to `N` over the ring).
+    pub ownership: f64,
 }
 
 /// Gossip counters since start.
@@ -53,8 +66,11 @@ pub struct Status {
     /// Advertised QUIC address.
     pub addr: String,
     pub zone: Option<String>,
-    /// Every member this node sees alive reports the same membership digest.
+    /// Every member this node sees alive reports the same membership digest and the same ring
+    /// digest as this node.
     pub converged: bool,
+    /// Membership alone agrees (the ring may not yet).
+    pub gossip_converged: bool,
     /// The membership digest of this node's view.
     pub digest: String,
     /// This node runs without authentication (`--insecure`).
@@ -65,6 +81,8 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
     pub ring: RingStatus,
     pub gossip: GossipStatus,
+    /// The key-value store's counters (absent on a node without storage).
+    pub kv: Option<crate::kv::KvStatus>,
 }
 
 impl Status {

@@ -46,3 +46,24 @@ impl<'de> Visitor<'de> for BytesVisitor {
         Ok(out)
     }
 }
+
+/// `Option<Vec<u8>>` as nil or a msgpack `bin`.
+pub(crate) mod opt {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Bin(#[serde(with = "crate::bin")] Vec<u8>);
+
+    pub(crate) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&Bin(b.clone())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<Bin>::deserialize(d)?.map(|b| b.0))
+    }
+}

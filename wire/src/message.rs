@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kv::{Consistency, Record, Version};
+
 /// What one peer (or a client) asks another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -20,6 +22,34 @@ pub enum Request {
     Leave,
     /// Answered with [`Response::Echo`] carrying the same bytes; for benchmarks and tests.
     Echo(#[serde(with = "crate::bin")] Vec<u8>),
+    /// Client: write `value` under `key` (`None` deletes), coordinated by the receiving node.
+    KvPut {
+        #[serde(with = "crate::bin")]
+        key: Vec<u8>,
+        #[serde(with = "crate::bin::opt")]
+        value: Option<Vec<u8>>,
+        consistency: Consistency,
+    },
+    /// Client: read `key`, coordinated by the receiving node.
+    KvGet {
+        #[serde(with = "crate::bin")]
+        key: Vec<u8>,
+        consistency: Consistency,
+    },
+    /// Coordinator to replica (and hint replay): store these records, keeping the newer version
+    /// of each key. Answered once they are in the replica's write-ahead log.
+    ReplicaWrite(Vec<Record>),
+    /// Coordinator to replica: this replica's record of `key` (tombstones included).
+    ReplicaRead(#[serde(with = "crate::bin")] Vec<u8>),
+    /// Streaming (bootstrap): records whose token is in `(start, end]` (wrapping; `start == end`
+    /// is the whole ring), in storage order, after the `after` cursor, at most `limit`.
+    ReplicaScan {
+        start: u64,
+        end: u64,
+        #[serde(with = "crate::bin::opt")]
+        after: Option<Vec<u8>>,
+        limit: u32,
+    },
 }
 
 /// What a node answers to a [`Request`].
@@ -32,6 +62,20 @@ pub enum Response {
     Ok,
     /// The bytes of a [`Request::Echo`].
     Echo(#[serde(with = "crate::bin")] Vec<u8>),
+    /// A write was acknowledged by `acked` replicas (at least as many as its level needs).
+    KvWritten { version: Version, acked: u32, required: u32 },
+    /// The newest record among the `replicas` that answered (`None`: no replica has the key; a
+    /// tombstone means it was deleted).
+    KvValue { record: Option<Record>, replicas: u32 },
+    /// A replica's record of one key.
+    ReplicaRecord(Option<Record>),
+    /// One page of a [`Request::ReplicaScan`]: `cursor` is where the next page starts (`None`:
+    /// the range is done).
+    ReplicaRecords {
+        records: Vec<Record>,
+        #[serde(with = "crate::bin::opt")]
+        cursor: Option<Vec<u8>>,
+    },
     /// The request failed; `code` is for programs, `message` for people.
     Error {
         /// Machine-readable category.
@@ -63,6 +107,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected failure on the serving node.
     Internal,
+    /// Sent, but too few replicas answered in time; the write may still have been applied by
+    /// some of them.
+    Timeout,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -72,6 +119,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::TooLarge => "too large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal error",
+            ErrorCode::Timeout => "timed out",
         };
         f.write_str(s)
     }

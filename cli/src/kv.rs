@@ -1,0 +1,373 @@
+//! `starling kv put|get|del` and `starling bench kv`.
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hdrhistogram::Histogram;
+use starling_node::transport::Transport;
+use starling_wire::{check_key_value, Consistency, Record, Request, Response, MAX_VALUE_BYTES};
+
+use crate::client::{Auth, Client, ClientError};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum KvCmd {
+    /// Store VALUE under KEY (VALUE from the argument, --file, or standard input).
+    Put {
+        key: String,
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        opts: KvOpts,
+    },
+    /// Print the value of KEY (raw bytes) to standard output.
+    Get {
+        key: String,
+        #[command(flatten)]
+        opts: KvOpts,
+    },
+    /// Delete KEY.
+    Del {
+        key: String,
+        #[command(flatten)]
+        opts: KvOpts,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct KvOpts {
+    /// How many replicas must answer: one, quorum, all (and any, for writes).
+    #[arg(long, short = 'c', default_value = "quorum")]
+    consistency: Consistency,
+    /// Print JSON: the version, when it was written, and how many replicas answered.
+    #[arg(long)]
+    json: bool,
+}
+
+fn version_json(r: &Record) -> serde_json::Value {
+    serde_json::json!({
+        "ts": r.version.ts,
+        "node": format!("{:032x}", r.version.node),
+        "written_at_ms": r.version.millis(),
+    })
+}
+
+pub async fn run(node: &str, auth: &Auth, cmd: &KvCmd) -> Result<()> {
+    let (key, value, opts) = match cmd {
+        KvCmd::Put { key, value, file, opts } => {
+            let v = match (value, file) {
+                (Some(v), _) => v.as_bytes().to_vec(),
+                (None, Some(f)) => {
+                    let meta = std::fs::metadata(f)
+                        .with_context(|| format!("--file {}: cannot read", f.display()))?;
+                    if meta.len() > MAX_VALUE_BYTES as u64 {
+                        return Err(ClientError::BadInput(format!(
+                            "--file {}: the value is {} bytes; the limit is {MAX_VALUE_BYTES} bytes (1 MiB)",
+                            f.display(),
+                            meta.len()
+                        ))
+                        .into());
+                    }
+                    std::fs::read(f)
+                        .with_context(|| format!("--file {}: cannot read", f.display()))?
+                }
+                (None, None) => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .take(MAX_VALUE_BYTES as u64 + 1)
+                        .read_to_end(&mut buf)
+                        .context("cannot read the value from standard input")?;
+                    buf
+                }
+            };
+            (key, Some(v), opts)
+        }
+        KvCmd::Get { key, opts } | KvCmd::Del { key, opts } => (key, None, opts),
+    };
+    check_key_value(key.as_bytes(), value.as_deref()).map_err(ClientError::BadInput)?;
+    let client = Client::connect(node, auth).await?;
+    let result = match cmd {
+        KvCmd::Get { .. } => {
+            if opts.consistency == Consistency::Any {
+                return Err(
+                    ClientError::BadInput("--consistency any is for writes only".into()).into()
+                );
+            }
+            let req =
+                Request::KvGet { key: key.as_bytes().to_vec(), consistency: opts.consistency };
+            match client.call(req).await? {
+                Response::KvValue { record, replicas } => {
+                    match record.filter(|r| !r.is_tombstone()) {
+                        None => Err(ClientError::NotFound(format!(
+                            "key {key:?} not found ({replicas} replicas answered)"
+                        ))
+                        .into()),
+                        Some(r) => {
+                            if opts.json {
+                                let value = r.value.clone().unwrap_or_default();
+                                let mut j = serde_json::json!({
+                                    "key": key,
+                                    "version": version_json(&r),
+                                    "replicas": replicas,
+                                    "consistency": opts.consistency.as_str(),
+                                });
+                                match String::from_utf8(value) {
+                                    Ok(s) => j["value"] = s.into(),
+                                    Err(e) => j["value_hex"] = hex(e.as_bytes()).into(),
+                                }
+                                println!("{}", serde_json::to_string_pretty(&j)?);
+                            } else {
+                                let mut out = std::io::stdout().lock();
+                                out.write_all(r.value.as_deref().unwrap_or_default())?;
+                                out.flush()?;
+                            }
+                            Ok(())
+                        }
+                    }
+                }
+                other => Err(anyhow!("unexpected answer: {other:?}")),
+            }
+        }
+        _ => {
+            let deleting = value.is_none();
+            let req = Request::KvPut {
+                key: key.as_bytes().to_vec(),
+                value,
+                consistency: opts.consistency,
+            };
+            match client.call(req).await? {
+                Response::KvWritten { version, acked, required } => {
+                    if opts.json {
+                        let j = serde_json::json!({
+                            "key": key,
+                            "deleted": deleting,
+                            "version": {"ts": version.ts, "node": format!("{:032x}", version.node), "written_at_ms": version.millis()},
+                            "acked": acked,
+                            "required": required,
+                            "consistency": opts.consistency.as_str(),
+                        });
+                        println!("{}", serde_json::to_string_pretty(&j)?);
+                    } else {
+                        eprintln!(
+                            "{} {key:?} ({acked} replicas acknowledged, {} needed {required})",
+                            if deleting { "deleted" } else { "stored" },
+                            opts.consistency
+                        );
+                    }
+                    Ok(())
+                }
+                other => Err(anyhow!("unexpected answer: {other:?}")),
+            }
+        }
+    };
+    client.close().await;
+    result
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchKvArgs {
+    /// Nodes to spread requests over (QUIC addresses), comma-separated.
+    #[arg(long = "nodes", alias = "nodes-url", value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
+    /// Requests to send.
+    #[arg(long, default_value_t = 200_000)]
+    ops: u64,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Reads:writes, e.g. 0:1 (writes only), 1:0 (reads only), 9:1.
+    #[arg(long, default_value = "0:1")]
+    ratio: String,
+    #[arg(long, default_value = "quorum")]
+    consistency: Consistency,
+    /// Distinct keys (`bench-<n>`); writes go through them in order, reads pick at random
+    /// [default: --ops].
+    #[arg(long)]
+    keys: Option<u64>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Default)]
+struct Counts {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    not_found: AtomicU64,
+    errors: AtomicU64,
+    done: AtomicU64,
+}
+
+pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
+    let (r, w) = a
+        .ratio
+        .split_once(':')
+        .and_then(|(r, w)| Some((r.trim().parse::<u32>().ok()?, w.trim().parse::<u32>().ok()?)))
+        .filter(|(r, w)| r + w > 0)
+        .ok_or_else(|| {
+            ClientError::BadInput(format!("--ratio {:?}: expected READS:WRITES, e.g. 9:1", a.ratio))
+        })?;
+    if a.concurrency == 0 || a.ops == 0 {
+        return Err(
+            ClientError::BadInput("--ops and --concurrency must be at least 1".into()).into()
+        );
+    }
+    if a.value_size > MAX_VALUE_BYTES {
+        return Err(ClientError::BadInput(format!(
+            "--value-size: the limit is {MAX_VALUE_BYTES} bytes"
+        ))
+        .into());
+    }
+    if r > 0 && a.consistency == Consistency::Any {
+        return Err(ClientError::BadInput("--consistency any is for writes only".into()).into());
+    }
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for n in &a.nodes {
+        let addr = tokio::net::lookup_host(n.as_str())
+            .await
+            .with_context(|| format!("--nodes {n}: cannot resolve"))?
+            .next()
+            .ok_or_else(|| anyhow!("--nodes {n}: no address"))?;
+        addrs.push(addr);
+    }
+    let client = Client::connect(&a.nodes[0], auth).await?;
+    let transport = client.transport();
+    let keys = a.keys.unwrap_or(a.ops).max(1);
+    let counts = Arc::new(Counts::default());
+    let next = Arc::new(AtomicU64::new(0));
+    let value = Arc::new(vec![b'v'; a.value_size]);
+    let bar =
+        if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(a.ops) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} ops  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for wid in 0..a.concurrency {
+        let (transport, counts, next, value, addrs) =
+            (transport.clone(), counts.clone(), next.clone(), value.clone(), addrs.clone());
+        let (ops, cl) = (a.ops, a.consistency);
+        workers.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let mut rng =
+                0x9e37_79b9_7f4a_7c15u64 ^ (wid as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let mut first_error: Option<String> = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= ops {
+                    break;
+                }
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let is_read = (rng % u64::from(r + w)) < u64::from(r);
+                let addr = addrs[(i % addrs.len() as u64) as usize];
+                let req = if is_read {
+                    Request::KvGet {
+                        key: format!("bench-{:010}", (rng >> 11) % keys).into_bytes(),
+                        consistency: cl,
+                    }
+                } else {
+                    Request::KvPut {
+                        key: format!("bench-{:010}", i % keys).into_bytes(),
+                        value: Some(value.to_vec()),
+                        consistency: cl,
+                    }
+                };
+                let t = Instant::now();
+                let resp = transport.request(addr, req).await;
+                let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
+                match resp {
+                    Ok(Response::KvWritten { .. }) => {
+                        counts.writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Response::KvValue { record, .. }) => {
+                        counts.reads.fetch_add(1, Ordering::Relaxed);
+                        if record.is_none_or(|r| r.is_tombstone()) {
+                            counts.not_found.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    other => {
+                        counts.errors.fetch_add(1, Ordering::Relaxed);
+                        if first_error.is_none() {
+                            first_error = Some(match other {
+                                Ok(Response::Error { code, message }) => {
+                                    format!("{code}: {message}")
+                                }
+                                Ok(o) => format!("unexpected {o:?}"),
+                                Err(e) => e.to_string(),
+                            });
+                        }
+                    }
+                }
+                counts.done.fetch_add(1, Ordering::Relaxed);
+            }
+            (hist, first_error)
+        }));
+    }
+    let ticker = {
+        let (bar, counts) = (bar.clone(), counts.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bar.set_position(counts.done.load(Ordering::Relaxed));
+            }
+        })
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut first_error = None;
+    for w in workers {
+        let (h, e) = w.await.context("bench worker")?;
+        hist.add(h).map_err(|e| anyhow!("histogram: {e}"))?;
+        first_error = first_error.or(e);
+    }
+    let elapsed = started.elapsed();
+    ticker.abort();
+    bar.finish_and_clear();
+    client.close().await;
+    let done = counts.done.load(Ordering::Relaxed);
+    let ok = done - counts.errors.load(Ordering::Relaxed);
+    let us = |q: f64| Duration::from_micros(hist.value_at_quantile(q));
+    println!(
+        "bench kv: {} nodes, {} ops ({} reads, {} writes, {} errors, {} reads not found), {} in flight, {} B values, consistency {}",
+        addrs.len(),
+        done,
+        counts.reads.load(Ordering::Relaxed),
+        counts.writes.load(Ordering::Relaxed),
+        counts.errors.load(Ordering::Relaxed),
+        counts.not_found.load(Ordering::Relaxed),
+        a.concurrency,
+        a.value_size,
+        a.consistency
+    );
+    println!(
+        "  {:.0} ops/s over {:.2} s; latency p50 {:?}, p99 {:?}, p999 {:?}, max {:?}",
+        ok as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        us(0.5),
+        us(0.99),
+        us(0.999),
+        Duration::from_micros(hist.max())
+    );
+    if let Some(e) = first_error {
+        println!("  first error: {e}");
+    }
+    if counts.errors.load(Ordering::Relaxed) == done {
+        bail!("every request failed");
+    }
+    Ok(())
+}

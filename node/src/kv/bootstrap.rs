@@ -1,0 +1,261 @@
+//! How a node takes its place on the ring, and gives it up.
+//!
+//! **Join.** A node with no tokens waits until gossip has converged (or it has heard of nobody for
+//! a few seconds: the first node), then until every alive token-less member with a lower id has
+//! taken its tokens (so nodes started together choose one at a time, each seeing the others'
+//! choice). It allocates `V` tokens against the future ring ([`starling_ring::Ring::allocate_tokens`]),
+//! stores them, and publishes them with status `joining` (`normal` directly for the first node).
+//! From then on coordinators send it the writes of the ranges it will own (pending ranges). Once
+//! every alive member reports the same ring digest, and one write timeout later (writes that were
+//! in flight before have finished), it streams each pending range from the current replicas — all
+//! that are up, at least a quorum, merged by version, so every acknowledged write is among them —
+//! and then announces `normal`. A restart during the join resumes it (the status is stored).
+//!
+//! **Leave** (`starling leave`): status `leaving`; once the ring is agreed, the node pushes every
+//! record of its ranges to the replicas that gain them, then announces `left` through gossip.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_ring::{token_of, NodeKey, NodeStatus, Range};
+use starling_wire::{Record, Request, Response};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::view::{format_tokens, keys};
+use super::Kv;
+use crate::driver::DriverCommand;
+use crate::status::Status;
+use crate::storage::Storage;
+use crate::transport::Transport;
+
+const META_TOKENS: &str = "tokens";
+const META_STATUS: &str = "ring-status";
+/// Records per stream page.
+const PAGE: u32 = 1024;
+/// A node that hears of no other member for this long starts a ring of its own.
+const ALONE_AFTER: Duration = Duration::from_secs(3);
+
+/// Takes this node's place on the ring (see the module docs); returns once it is `normal`.
+pub async fn join<T: Transport, S: Storage>(
+    kv: Kv<T, S>,
+    vnodes: usize,
+    commands: mpsc::Sender<DriverCommand>,
+    mut status: watch::Receiver<Arc<Status>>,
+) -> anyhow::Result<()> {
+    let storage = kv.storage().clone();
+    let me = kv.view().me;
+    let stored_tokens = storage.get_meta(META_TOKENS)?;
+    let stored_status = storage.get_meta(META_STATUS)?;
+    let set = |key: &str, value: String| {
+        let commands = commands.clone();
+        let key = key.to_owned();
+        async move {
+            commands
+                .send(DriverCommand::Set { key, value })
+                .await
+                .map_err(|_| anyhow::anyhow!("gossip driver stopped"))
+        }
+    };
+    let joining = match (stored_tokens, stored_status.as_deref()) {
+        (Some(tokens), st) => {
+            let tokens = String::from_utf8(tokens)?;
+            let joining = st == Some(b"joining".as_slice());
+            set("status", if joining { "joining" } else { "normal" }.into()).await?;
+            set(keys::TOKENS, tokens).await?;
+            info!(joining, "tokens loaded");
+            joining
+        }
+        (None, _) => {
+            let started = tokio::time::Instant::now();
+            loop {
+                let s = status.borrow_and_update().clone();
+                let view = kv.view();
+                let others_alive: Vec<NodeKey> = s
+                    .members
+                    .iter()
+                    .filter(|m| !m.is_self && m.state == "alive")
+                    .filter_map(|m| u128::from_str_radix(&m.node_id, 16).ok())
+                    .collect();
+                let heard = !others_alive.is_empty();
+                let ready =
+                    (heard && s.gossip_converged) || (!heard && started.elapsed() >= ALONE_AFTER);
+                let my_turn =
+                    others_alive.iter().all(|id| *id > me || view.ring.node(*id).is_some());
+                if ready && my_turn && started.elapsed() >= Duration::from_millis(500) {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
+            }
+            let view = kv.view();
+            let future = view.ring.future();
+            let tokens = future.allocate_tokens(me, vnodes, rand::random());
+            let first = future.is_empty();
+            let st = if first { "normal" } else { "joining" };
+            storage.put_meta(META_TOKENS, format_tokens(&tokens).as_bytes())?;
+            storage.put_meta(META_STATUS, st.as_bytes())?;
+            set("status", st.into()).await?;
+            set(keys::TOKENS, format_tokens(&tokens)).await?;
+            info!(vnodes, status = st, "tokens allocated");
+            !first
+        }
+    };
+    if !joining {
+        return Ok(());
+    }
+    wait_for_agreement(&kv, &mut status).await;
+    tokio::time::sleep(kv.inner.cfg.write_timeout).await;
+    loop {
+        match stream_pending(&kv).await {
+            Ok(n) => {
+                info!(records = n, "bootstrap streaming done");
+                break;
+            }
+            Err(e) => {
+                warn!(error = %e, "bootstrap streaming failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    storage.put_meta(META_STATUS, b"normal")?;
+    set("status", "normal".into()).await?;
+    info!("joined the ring");
+    Ok(())
+}
+
+/// Waits until this node's ring is published and every alive member reports the same digest.
+async fn wait_for_agreement<T: Transport, S: Storage>(
+    kv: &Kv<T, S>,
+    status: &mut watch::Receiver<Arc<Status>>,
+) {
+    loop {
+        let s = status.borrow_and_update().clone();
+        let mine = kv.view().ring.digest();
+        if s.converged && s.ring.digest.as_deref() == Some(mine.as_str()) {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
+    }
+}
+
+/// Streams every pending range of this node from the current replicas into local storage.
+async fn stream_pending<T: Transport, S: Storage>(kv: &Kv<T, S>) -> anyhow::Result<u64> {
+    let view = kv.view();
+    let mut total = 0;
+    for (range, sources) in view.ring.pending_ranges(view.me, view.rf) {
+        let up: Vec<NodeKey> =
+            sources.iter().copied().filter(|s| view.is_up(*s) && *s != view.me).collect();
+        let need = (sources.len() / 2 + 1).min(sources.len());
+        let mut ok = 0;
+        for src in &up {
+            match stream_range(kv, *src, range).await {
+                Ok(n) => {
+                    ok += 1;
+                    total += n;
+                }
+                Err(e) => warn!(source = %format!("{src:032x}"), error = %e, "range stream failed"),
+            }
+        }
+        if ok < need {
+            anyhow::bail!(
+                "range {range:?}: {ok} of {} replicas streamed, {need} needed",
+                sources.len()
+            );
+        }
+    }
+    Ok(total)
+}
+
+async fn stream_range<T: Transport, S: Storage>(
+    kv: &Kv<T, S>,
+    source: NodeKey,
+    range: Range,
+) -> anyhow::Result<u64> {
+    let view = kv.view();
+    let addr = *view.addrs.get(&source).ok_or_else(|| anyhow::anyhow!("no address"))?;
+    let mut cursor = None;
+    let mut n = 0u64;
+    loop {
+        let req =
+            Request::ReplicaScan { start: range.start, end: range.end, after: cursor, limit: PAGE };
+        match kv.inner.transport.request(addr, req).await? {
+            Response::ReplicaRecords { records, cursor: next } => {
+                n += records.len() as u64;
+                if !records.is_empty() {
+                    kv.inner.writer.apply(records).await.map_err(anyhow::Error::msg)?;
+                }
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => return Ok(n),
+                }
+            }
+            Response::Error { code, message } => anyhow::bail!("{code}: {message}"),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+}
+
+/// Hands this node's data to the nodes that take over its ranges (status `leaving` first).
+pub async fn decommission<T: Transport, S: Storage>(
+    kv: Kv<T, S>,
+    commands: mpsc::Sender<DriverCommand>,
+    mut status: watch::Receiver<Arc<Status>>,
+) -> anyhow::Result<u64> {
+    let storage = kv.storage().clone();
+    let me = kv.view().me;
+    if kv.view().ring.node(me).is_none() {
+        return Ok(0);
+    }
+    storage.put_meta(META_STATUS, b"leaving")?;
+    commands
+        .send(DriverCommand::Set { key: "status".into(), value: "leaving".into() })
+        .await
+        .map_err(|_| anyhow::anyhow!("gossip driver stopped"))?;
+    // Wait until our own view shows us leaving, then until everyone agrees.
+    while kv.view().ring.node(me).map(|n| n.status) != Some(NodeStatus::Leaving) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_agreement(&kv, &mut status).await;
+    tokio::time::sleep(kv.inner.cfg.write_timeout).await;
+    let view = kv.view();
+    let future = view.ring.future().placement(view.rf);
+    let mut sent = 0u64;
+    for range in view.ring.ranges_of(me, view.rf) {
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let st = storage.clone();
+            let c = cursor.clone();
+            let page =
+                tokio::task::spawn_blocking(move || st.scan(range, c.as_deref(), PAGE as usize))
+                    .await??;
+            let mut by_target: std::collections::BTreeMap<NodeKey, Vec<Record>> =
+                Default::default();
+            for r in &page.records {
+                let token = token_of(&r.key);
+                let now = view.placement.replicas(token);
+                for t in future.replicas(token) {
+                    if !now.contains(t) {
+                        by_target.entry(*t).or_default().push(r.clone());
+                    }
+                }
+            }
+            for (t, records) in by_target {
+                let n = records.len() as u64;
+                let addr = *view
+                    .addrs
+                    .get(&t)
+                    .ok_or_else(|| anyhow::anyhow!("no address for {t:032x}"))?;
+                match kv.inner.transport.request(addr, Request::ReplicaWrite(records)).await? {
+                    Response::Ok => sent += n,
+                    other => anyhow::bail!("{t:032x} refused streamed records: {other:?}"),
+                }
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+    }
+    info!(records = sent, "decommission: data handed over");
+    Ok(sent)
+}

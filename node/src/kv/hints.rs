@@ -1,0 +1,162 @@
+//! Hinted handoff. A coordinator keeps a write for a replica that was down, failed or timed out
+//! (in the `hints` column family, keyed by target) and replays it when gossip shows the target
+//! up again. Hints older than the hint window are dropped, and none are stored for a replica down
+//! longer than the window: past it, anti-entropy repairs the replica (Cassandra's
+//! `max_hint_window`).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use starling_ring::NodeKey;
+use starling_wire::{Request, Response};
+use tracing::{debug, info, warn};
+
+use super::hlc::wall_millis;
+use super::Kv;
+use crate::storage::Storage;
+use crate::transport::Transport;
+
+/// Hints sent to a target per request.
+const PAGE: usize = 256;
+/// How often targets with hints are checked.
+const EVERY: Duration = Duration::from_millis(500);
+
+/// Which targets have hints waiting (counts are approximate: a hint overwritten in place is
+/// counted twice until the next replay).
+#[derive(Debug, Default)]
+pub struct HintIndex {
+    targets: Mutex<BTreeMap<NodeKey, u64>>,
+}
+
+impl HintIndex {
+    /// Reads the targets from storage (once, at start).
+    pub fn load<S: Storage + ?Sized>(storage: &S) -> Self {
+        let mut targets = BTreeMap::new();
+        match storage.hint_targets() {
+            Ok(list) => {
+                for (t, n) in list {
+                    targets.insert(t, n as u64);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list stored hints"),
+        }
+        HintIndex { targets: Mutex::new(targets) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeKey, u64>> {
+        self.targets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn add(&self, target: NodeKey, n: u64) {
+        *self.lock().entry(target).or_default() += n;
+    }
+
+    fn sub(&self, target: NodeKey, n: u64) {
+        let mut g = self.lock();
+        if let Some(c) = g.get_mut(&target) {
+            *c = c.saturating_sub(n);
+        }
+    }
+
+    fn clear(&self, target: NodeKey) {
+        self.lock().remove(&target);
+    }
+
+    /// Hints waiting, all targets together.
+    pub fn pending(&self) -> u64 {
+        self.lock().values().sum()
+    }
+
+    fn targets(&self) -> Vec<NodeKey> {
+        self.lock().keys().copied().collect()
+    }
+}
+
+impl<T: Transport, S: Storage> Kv<T, S> {
+    /// Replays hints forever (spawn it).
+    pub async fn replay_hints(self) {
+        loop {
+            tokio::time::sleep(EVERY).await;
+            for target in self.inner.hints.targets() {
+                self.replay_to(target).await;
+            }
+        }
+    }
+
+    /// Delivers `target`'s hints while it is up; drops expired ones and those of members that
+    /// left.
+    async fn replay_to(&self, target: NodeKey) {
+        let window_ms = self.inner.cfg.hint_window.as_millis() as u64;
+        let mut delivered = 0u64;
+        loop {
+            let view = self.view();
+            let storage = self.inner.storage.clone();
+            let page = tokio::task::spawn_blocking(move || storage.hints_for(target, PAGE)).await;
+            let hints = match page {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot read hints");
+                    return;
+                }
+                Err(_) => return,
+            };
+            if hints.is_empty() {
+                self.inner.hints.clear(target);
+                break;
+            }
+            let now = wall_millis();
+            let left = view.left.contains(&target);
+            let (expired, live): (Vec<_>, Vec<_>) = hints
+                .into_iter()
+                .partition(|h| left || h.record.version.millis().saturating_add(window_ms) < now);
+            if !expired.is_empty() {
+                let ids: Vec<Vec<u8>> = expired.iter().map(|h| h.id.clone()).collect();
+                if let Err(e) = self.inner.storage.delete_hints(&ids) {
+                    warn!(error = %e, "cannot delete expired hints");
+                    return;
+                }
+                self.inner
+                    .stats
+                    .hints_dropped
+                    .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.inner.hints.sub(target, ids.len() as u64);
+                debug!(target = %format!("{target:032x}"), dropped = ids.len(), "hints expired");
+            }
+            if live.is_empty() {
+                continue;
+            }
+            if target == self.inner.me || !view.is_up(target) {
+                break;
+            }
+            let Some(addr) = view.addrs.get(&target).copied() else { break };
+            let ids: Vec<Vec<u8>> = live.iter().map(|h| h.id.clone()).collect();
+            let records = live.into_iter().map(|h| h.record).collect();
+            match self.inner.transport.request(addr, Request::ReplicaWrite(records)).await {
+                Ok(Response::Ok) => {
+                    if let Err(e) = self.inner.storage.delete_hints(&ids) {
+                        warn!(error = %e, "cannot delete delivered hints");
+                        return;
+                    }
+                    delivered += ids.len() as u64;
+                    self.inner.hints.sub(target, ids.len() as u64);
+                    self.inner
+                        .stats
+                        .hints_replayed
+                        .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(other) => {
+                    debug!(peer = %addr, resp = ?other, "hint replay refused");
+                    break;
+                }
+                Err(e) => {
+                    debug!(peer = %addr, error = %e, "hint replay failed");
+                    break;
+                }
+            }
+        }
+        if delivered > 0 {
+            info!(target = %format!("{target:032x}"), delivered, "hints replayed");
+        }
+    }
+}

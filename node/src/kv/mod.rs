@@ -1,0 +1,583 @@
+//! The key-value store: any node coordinates a request, data lives on the `N` replicas the ring
+//! assigns to the key's token.
+//!
+//! - **Writes** get a [`hlc::Hlc`] version, go to every natural and pending replica at once, and
+//!   are acknowledged when the consistency level's count of replicas have them in their
+//!   write-ahead log. A replica that is down, fails or times out gets a **hint** stored on the
+//!   coordinator, replayed when gossip sees it back ([`hints`]).
+//! - **Reads** ask as many replicas as the level needs (this node first when it is one), return
+//!   the newest version, and write it back to the replicas that answered with an older one
+//!   before answering (blocking read repair: a quorum read never goes back in time).
+//! - **Deletes** are writes of a tombstone.
+//!
+//! Levels count replicas of the key's preference list (`N`, default 3): `one` = 1,
+//! `quorum` = N/2 + 1, `all` = N; while a range moves, writes also need one more acknowledgement
+//! per pending replica (Cassandra's rule). `any` (writes only) also counts a stored hint. A level
+//! that cannot be met by the replicas gossip sees up fails at once (`unavailable`) without
+//! writing anything; one that is sent but not met in time fails with `timeout`, and then the
+//! write may exist on some replicas (as in Cassandra, a retry is safe: last write wins).
+
+pub mod bootstrap;
+pub mod hints;
+pub mod hlc;
+pub mod view;
+pub mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+use starling_ring::{token_of, NodeKey};
+use starling_wire::{check_key_value, Consistency, ErrorCode, Record, Request, Response, Version};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::storage::Storage;
+use crate::transport::Transport;
+use hlc::Hlc;
+use view::RingView;
+use writer::Writer;
+
+/// Settings of the KV layer.
+#[derive(Debug, Clone)]
+pub struct KvConfig {
+    /// Replicas per key (`N`).
+    pub replication: usize,
+    /// How long a coordinator waits for write acknowledgements.
+    pub write_timeout: Duration,
+    /// How long a coordinator waits for read answers.
+    pub read_timeout: Duration,
+    /// Hints are kept for a replica down at most this long, and dropped when older.
+    pub hint_window: Duration,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig {
+            replication: 3,
+            write_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(2),
+            hint_window: Duration::from_secs(3 * 3600),
+        }
+    }
+}
+
+/// Why a KV request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl KvError {
+    /// The wire form.
+    pub fn to_response(&self) -> Response {
+        let code = match self {
+            KvError::BadRequest(_) => ErrorCode::BadRequest,
+            KvError::Unavailable(_) => ErrorCode::Unavailable,
+            KvError::Timeout(_) => ErrorCode::Timeout,
+            KvError::Internal(_) => ErrorCode::Internal,
+        };
+        Response::error(code, self.to_string())
+    }
+}
+
+/// Counters since start (shown in `/status` and `/metrics`).
+#[derive(Debug, Default)]
+pub struct KvStats {
+    pub writes: AtomicU64,
+    pub reads: AtomicU64,
+    pub write_failures: AtomicU64,
+    pub read_failures: AtomicU64,
+    pub hints_stored: AtomicU64,
+    pub hints_replayed: AtomicU64,
+    pub hints_dropped: AtomicU64,
+    pub read_repairs: AtomicU64,
+    pub replica_writes: AtomicU64,
+    pub replica_reads: AtomicU64,
+}
+
+/// A snapshot of [`KvStats`] plus the store's size.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KvStatus {
+    pub replication: usize,
+    pub keys_estimate: u64,
+    pub hints_pending: u64,
+    pub writes: u64,
+    pub reads: u64,
+    pub write_failures: u64,
+    pub read_failures: u64,
+    pub hints_stored: u64,
+    pub hints_replayed: u64,
+    pub hints_dropped: u64,
+    pub read_repairs: u64,
+    pub replica_writes: u64,
+    pub replica_reads: u64,
+}
+
+/// A successful write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub version: Version,
+    pub acked: u32,
+    pub required: u32,
+}
+
+/// A successful read: the newest record among `replicas` answers (`None`: no replica has it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    pub record: Option<Record>,
+    pub replicas: u32,
+}
+
+/// The KV layer of one node: coordinator and replica. Cheap to clone.
+pub struct Kv<T, S> {
+    inner: Arc<Inner<T, S>>,
+}
+
+impl<T, S> Clone for Kv<T, S> {
+    fn clone(&self) -> Self {
+        Kv { inner: self.inner.clone() }
+    }
+}
+
+impl<T, S> std::fmt::Debug for Kv<T, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv").field("me", &self.inner.me).finish()
+    }
+}
+
+struct Inner<T, S> {
+    me: NodeKey,
+    cfg: KvConfig,
+    hlc: Hlc,
+    storage: Arc<S>,
+    writer: Writer,
+    transport: Arc<T>,
+    view: watch::Receiver<Arc<RingView>>,
+    stats: KvStats,
+    hints: hints::HintIndex,
+}
+
+/// How one replica's part of a write ended.
+enum Ack {
+    Stored,
+    Hinted,
+    Failed,
+}
+
+fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+impl<T: Transport, S: Storage> Kv<T, S> {
+    /// The KV layer over `storage`, reaching peers through `transport`, placing by `view`.
+    pub fn new(
+        me: NodeKey,
+        cfg: KvConfig,
+        storage: Arc<S>,
+        transport: Arc<T>,
+        view: watch::Receiver<Arc<RingView>>,
+    ) -> std::io::Result<Self> {
+        let writer = Writer::start(storage.clone())?;
+        let hints = hints::HintIndex::load(&*storage);
+        Ok(Kv {
+            inner: Arc::new(Inner {
+                me,
+                cfg,
+                hlc: Hlc::new(),
+                storage,
+                writer,
+                transport,
+                view,
+                stats: KvStats::default(),
+                hints,
+            }),
+        })
+    }
+
+    /// The local store.
+    pub fn storage(&self) -> &Arc<S> {
+        &self.inner.storage
+    }
+
+    /// The current ring view.
+    pub fn view(&self) -> Arc<RingView> {
+        self.inner.view.borrow().clone()
+    }
+
+    /// Counters and sizes.
+    pub fn status(&self) -> KvStatus {
+        let s = &self.inner.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        KvStatus {
+            replication: self.inner.cfg.replication,
+            keys_estimate: self.inner.storage.approximate_keys(),
+            hints_pending: self.inner.hints.pending(),
+            writes: l(&s.writes),
+            reads: l(&s.reads),
+            write_failures: l(&s.write_failures),
+            read_failures: l(&s.read_failures),
+            hints_stored: l(&s.hints_stored),
+            hints_replayed: l(&s.hints_replayed),
+            hints_dropped: l(&s.hints_dropped),
+            read_repairs: l(&s.read_repairs),
+            replica_writes: l(&s.replica_writes),
+            replica_reads: l(&s.replica_reads),
+        }
+    }
+
+    /// Answers the KV requests; `None` for requests that are not KV requests.
+    pub async fn handle(&self, req: Request) -> Option<Response> {
+        Some(match req {
+            Request::KvPut { key, value, consistency } => {
+                match self.put(key, value, consistency).await {
+                    Ok(w) => Response::KvWritten {
+                        version: w.version,
+                        acked: w.acked,
+                        required: w.required,
+                    },
+                    Err(e) => e.to_response(),
+                }
+            }
+            Request::KvGet { key, consistency } => match self.get(key, consistency).await {
+                Ok(r) => Response::KvValue { record: r.record, replicas: r.replicas },
+                Err(e) => e.to_response(),
+            },
+            Request::ReplicaWrite(records) => self.replica_write(records).await,
+            Request::ReplicaRead(key) => {
+                self.inner.stats.replica_reads.fetch_add(1, Ordering::Relaxed);
+                match self.inner.storage.get(&key) {
+                    Ok(r) => Response::ReplicaRecord(r),
+                    Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+                }
+            }
+            Request::ReplicaScan { start, end, after, limit } => {
+                let storage = self.inner.storage.clone();
+                let range = starling_ring::Range { start, end };
+                let limit = (limit as usize).clamp(1, 4096);
+                let page = tokio::task::spawn_blocking(move || {
+                    storage.scan(range, after.as_deref(), limit)
+                })
+                .await;
+                match page {
+                    Ok(Ok(p)) => Response::ReplicaRecords { records: p.records, cursor: p.cursor },
+                    Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
+                    Err(e) => Response::error(ErrorCode::Internal, format!("scan task: {e}")),
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// A replica stores records sent by a coordinator, a hint replay, read repair or a stream.
+    async fn replica_write(&self, records: Vec<Record>) -> Response {
+        for r in &records {
+            if let Err(e) = check_key_value(&r.key, r.value.as_deref()) {
+                return Response::error(ErrorCode::BadRequest, e);
+            }
+        }
+        if let Some(max) = records.iter().map(|r| r.version.ts).max() {
+            self.inner.hlc.observe(max);
+        }
+        let n = records.len() as u64;
+        match self.inner.writer.apply(records).await {
+            Ok(()) => {
+                self.inner.stats.replica_writes.fetch_add(n, Ordering::Relaxed);
+                Response::Ok
+            }
+            Err(e) => Response::error(ErrorCode::Unavailable, format!("replica cannot write: {e}")),
+        }
+    }
+
+    /// Writes `value` under `key` (`None` deletes) at `level`.
+    pub async fn put(
+        &self,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        level: Consistency,
+    ) -> Result<Written, KvError> {
+        let r = self.put_inner(key, value, level).await;
+        let s = &self.inner.stats;
+        match &r {
+            Ok(_) => s.writes.fetch_add(1, Ordering::Relaxed),
+            Err(_) => s.write_failures.fetch_add(1, Ordering::Relaxed),
+        };
+        r
+    }
+
+    async fn put_inner(
+        &self,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        level: Consistency,
+    ) -> Result<Written, KvError> {
+        check_key_value(&key, value.as_deref()).map_err(KvError::BadRequest)?;
+        let view = self.view();
+        if view.ring.is_empty() {
+            return Err(KvError::Unavailable(
+                "no node owns any token yet (the cluster is still starting)".into(),
+            ));
+        }
+        let (natural, pending) = view.placement.write_set(token_of(&key));
+        let n = natural.len();
+        let required = match level {
+            Consistency::Any => 1,
+            Consistency::One => 1 + pending.len(),
+            Consistency::Quorum => quorum(n) + pending.len(),
+            Consistency::All => n + pending.len(),
+        };
+        let targets: Vec<NodeKey> = natural.iter().chain(pending).copied().collect();
+        let up = targets.iter().filter(|t| view.is_up(**t)).count();
+        if level != Consistency::Any && up < required {
+            return Err(KvError::Unavailable(format!(
+                "{level} write needs {required} of {} replicas, but only {up} are up",
+                targets.len()
+            )));
+        }
+        let record = Record {
+            key,
+            version: Version { ts: self.inner.hlc.now(), node: self.inner.me },
+            value,
+        };
+        let version = record.version;
+        let deadline = Instant::now() + self.inner.cfg.write_timeout;
+        let mut acks: FuturesUnordered<_> = targets
+            .iter()
+            .map(|&t| {
+                let kv = self.clone();
+                let view = view.clone();
+                let record = record.clone();
+                async move { kv.write_replica(&view, t, record, deadline).await }
+            })
+            .collect();
+        let (mut stored, mut hinted) = (0usize, 0usize);
+        let counted = |stored: usize, hinted: usize| {
+            if level == Consistency::Any {
+                stored + hinted
+            } else {
+                stored
+            }
+        };
+        while counted(stored, hinted) < required {
+            match acks.next().await {
+                Some(Ack::Stored) => stored += 1,
+                Some(Ack::Hinted) => hinted += 1,
+                Some(Ack::Failed) => {}
+                None => break,
+            }
+        }
+        if !acks.is_empty() {
+            // The rest finish in the background (their failures become hints).
+            tokio::spawn(async move { while acks.next().await.is_some() {} });
+        }
+        let got = counted(stored, hinted);
+        if got < required {
+            return Err(KvError::Timeout(format!(
+                "{level} write: {stored} of {} replicas acknowledged within {} ms, {required} needed{}",
+                targets.len(),
+                self.inner.cfg.write_timeout.as_millis(),
+                if hinted > 0 { format!(" ({hinted} hinted for later delivery)") } else { String::new() }
+            )));
+        }
+        Ok(Written { version, acked: got as u32, required: required as u32 })
+    }
+
+    /// Sends one replica its copy; on failure stores a hint. Never takes longer than `deadline`
+    /// (plus the local hint write).
+    async fn write_replica(
+        &self,
+        view: &RingView,
+        target: NodeKey,
+        record: Record,
+        deadline: Instant,
+    ) -> Ack {
+        if target == self.inner.me {
+            return match self.inner.writer.apply(vec![record]).await {
+                Ok(()) => Ack::Stored,
+                Err(e) => {
+                    tracing::error!(error = %e, "local write failed");
+                    Ack::Failed
+                }
+            };
+        }
+        if view.is_up(target) {
+            if let Some(addr) = view.addrs.get(&target) {
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                let req = Request::ReplicaWrite(vec![record.clone()]);
+                match self.inner.transport.request_within(*addr, req, timeout).await {
+                    Ok(Response::Ok) => return Ack::Stored,
+                    Ok(other) => {
+                        tracing::debug!(peer = %addr, resp = ?other, "replica refused write")
+                    }
+                    Err(e) => tracing::debug!(peer = %addr, error = %e, "replica write failed"),
+                }
+            }
+        }
+        self.hint(view, target, record).await
+    }
+
+    /// Keeps `record` for `target` unless it has been down longer than the hint window.
+    async fn hint(&self, view: &RingView, target: NodeKey, record: Record) -> Ack {
+        if let Some(since) = view.down.get(&target) {
+            if since.elapsed() > self.inner.cfg.hint_window {
+                return Ack::Failed;
+            }
+        }
+        match self.inner.writer.put_hints(vec![(target, record)]).await {
+            Ok(()) => {
+                self.inner.hints.add(target, 1);
+                self.inner.stats.hints_stored.fetch_add(1, Ordering::Relaxed);
+                Ack::Hinted
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store hint");
+                Ack::Failed
+            }
+        }
+    }
+
+    /// Reads `key` at `level`.
+    pub async fn get(&self, key: Vec<u8>, level: Consistency) -> Result<Read, KvError> {
+        let r = self.get_inner(key, level).await;
+        let s = &self.inner.stats;
+        match &r {
+            Ok(_) => s.reads.fetch_add(1, Ordering::Relaxed),
+            Err(_) => s.read_failures.fetch_add(1, Ordering::Relaxed),
+        };
+        r
+    }
+
+    async fn get_inner(&self, key: Vec<u8>, level: Consistency) -> Result<Read, KvError> {
+        check_key_value(&key, None).map_err(KvError::BadRequest)?;
+        let view = self.view();
+        if view.ring.is_empty() {
+            return Err(KvError::Unavailable(
+                "no node owns any token yet (the cluster is still starting)".into(),
+            ));
+        }
+        let natural = view.placement.replicas(token_of(&key));
+        let n = natural.len();
+        let required = match level {
+            Consistency::Any => {
+                return Err(KvError::BadRequest("consistency `any` is for writes only".into()))
+            }
+            Consistency::One => 1,
+            Consistency::Quorum => quorum(n),
+            Consistency::All => n,
+        };
+        // This node first (no network hop), then the others in ring order.
+        let mut candidates: Vec<NodeKey> =
+            natural.iter().copied().filter(|t| view.is_up(*t)).collect();
+        if candidates.len() < required {
+            return Err(KvError::Unavailable(format!(
+                "{level} read needs {required} of {n} replicas, but only {} are up",
+                candidates.len()
+            )));
+        }
+        if let Some(i) = candidates.iter().position(|t| *t == self.inner.me) {
+            candidates[..=i].rotate_right(1);
+        }
+        let deadline = Instant::now() + self.inner.cfg.read_timeout;
+        let mut next = 0;
+        let mut asks = FuturesUnordered::new();
+        while next < required {
+            asks.push(self.read_replica(&view, candidates[next], key.clone(), deadline));
+            next += 1;
+        }
+        let mut answers: Vec<(NodeKey, Option<Record>)> = Vec::with_capacity(required);
+        while answers.len() < required {
+            match asks.next().await {
+                Some((from, Some(rec))) => answers.push((from, rec)),
+                Some((_, None)) => {
+                    // That replica failed: ask the next one, if any is left.
+                    if next < candidates.len() && Instant::now() < deadline {
+                        asks.push(self.read_replica(
+                            &view,
+                            candidates[next],
+                            key.clone(),
+                            deadline,
+                        ));
+                        next += 1;
+                    }
+                }
+                None => break,
+            }
+        }
+        drop(asks);
+        if answers.len() < required {
+            return Err(KvError::Timeout(format!(
+                "{level} read: {} of {n} replicas answered within {} ms, {required} needed",
+                answers.len(),
+                self.inner.cfg.read_timeout.as_millis()
+            )));
+        }
+        let newest =
+            answers.iter().filter_map(|(_, r)| r.as_ref()).max_by_key(|r| r.version).cloned();
+        if let Some(newest) = &newest {
+            let stale: Vec<NodeKey> = answers
+                .iter()
+                .filter(|(_, r)| r.as_ref().is_none_or(|r| r.version < newest.version))
+                .map(|(id, _)| *id)
+                .collect();
+            if !stale.is_empty() {
+                self.repair(&view, &stale, newest, deadline).await;
+            }
+        }
+        Ok(Read { record: newest, replicas: answers.len() as u32 })
+    }
+
+    /// One replica's record of `key`: `(id, None)` if it failed, `(id, Some(record or None))`.
+    async fn read_replica(
+        &self,
+        view: &RingView,
+        target: NodeKey,
+        key: Vec<u8>,
+        deadline: Instant,
+    ) -> (NodeKey, Option<Option<Record>>) {
+        if target == self.inner.me {
+            return match self.inner.storage.get(&key) {
+                Ok(r) => (target, Some(r)),
+                Err(e) => {
+                    tracing::error!(error = %e, "local read failed");
+                    (target, None)
+                }
+            };
+        }
+        let Some(addr) = view.addrs.get(&target) else { return (target, None) };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match self.inner.transport.request_within(*addr, Request::ReplicaRead(key), timeout).await {
+            Ok(Response::ReplicaRecord(r)) => {
+                if let Some(rec) = &r {
+                    self.inner.hlc.observe(rec.version.ts);
+                }
+                (target, Some(r))
+            }
+            Ok(other) => {
+                tracing::debug!(peer = %addr, resp = ?other, "replica refused read");
+                (target, None)
+            }
+            Err(e) => {
+                tracing::debug!(peer = %addr, error = %e, "replica read failed");
+                (target, None)
+            }
+        }
+    }
+
+    /// Writes the newest record back to replicas that answered with an older one, and waits for
+    /// them (until the read deadline), so the next quorum read sees at least this version.
+    async fn repair(&self, view: &RingView, stale: &[NodeKey], newest: &Record, deadline: Instant) {
+        self.inner.stats.read_repairs.fetch_add(stale.len() as u64, Ordering::Relaxed);
+        let mut repairs: FuturesUnordered<_> =
+            stale.iter().map(|&t| self.write_replica(view, t, newest.clone(), deadline)).collect();
+        while repairs.next().await.is_some() {}
+    }
+}

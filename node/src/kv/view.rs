@@ -1,0 +1,142 @@
+//! What the KV layer knows of the cluster: the ring computed from gossip, where each member is
+//! reached, and which members are down. The gossip driver rebuilds it when membership or a
+//! member's ring state changes and publishes it on a `watch` channel; requests read the latest.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use starling_ring::{NodeKey, NodeStatus, Placement, Ring, RingNode, Token};
+
+/// Gossip keys the ring is built from.
+pub mod keys {
+    /// This node's tokens: comma-separated hex.
+    pub const TOKENS: &str = "tokens";
+    /// The digest of the ring this node computed (ring agreement is part of `converged`).
+    pub const RING: &str = "ring";
+}
+
+/// One immutable snapshot.
+#[derive(Debug, Clone)]
+pub struct RingView {
+    pub me: NodeKey,
+    pub rf: usize,
+    pub ring: Arc<Ring>,
+    pub placement: Arc<Placement>,
+    pub addrs: HashMap<NodeKey, SocketAddr>,
+    /// Members gossip reports `down`, with when this node first saw them down.
+    pub down: HashMap<NodeKey, Instant>,
+    /// Members that left for good (their hints are dropped).
+    pub left: HashSet<NodeKey>,
+}
+
+/// A member as the view builder sees it.
+#[derive(Debug, Clone)]
+pub struct MemberRingState {
+    pub id: NodeKey,
+    pub addr: SocketAddr,
+    /// `alive`/`suspect` (false) or `down` (true).
+    pub down: bool,
+    pub left: bool,
+    pub tokens: Option<String>,
+    pub status: Option<String>,
+    pub zone: Option<String>,
+}
+
+impl RingView {
+    /// An empty view: no ring yet.
+    pub fn empty(me: NodeKey, rf: usize) -> Self {
+        let ring = Ring::new([]);
+        let placement = Arc::new(ring.placement(rf));
+        RingView {
+            me,
+            rf,
+            ring: Arc::new(ring),
+            placement,
+            addrs: HashMap::new(),
+            down: HashMap::new(),
+            left: HashSet::new(),
+        }
+    }
+
+    /// Builds the view from member states (this node included, with `down: false`). Members that
+    /// left, or have not published tokens yet, are not on the ring.
+    pub fn build(
+        me: NodeKey,
+        rf: usize,
+        members: &[MemberRingState],
+        previous: Option<&RingView>,
+    ) -> RingView {
+        let now = Instant::now();
+        let mut nodes = Vec::new();
+        let mut addrs = HashMap::new();
+        let mut down = HashMap::new();
+        let mut left = HashSet::new();
+        for m in members {
+            addrs.insert(m.id, m.addr);
+            if m.left {
+                left.insert(m.id);
+                continue;
+            }
+            if m.down {
+                let since = previous.and_then(|p| p.down.get(&m.id).copied()).unwrap_or(now);
+                down.insert(m.id, since);
+            }
+            let Some(tokens) = m.tokens.as_deref().and_then(parse_tokens) else { continue };
+            let status = match m.status.as_deref() {
+                Some("joining") => NodeStatus::Joining,
+                Some("leaving") => NodeStatus::Leaving,
+                Some("left") => continue,
+                _ => NodeStatus::Normal,
+            };
+            nodes.push(RingNode { id: m.id, tokens, zone: m.zone.clone(), status });
+        }
+        let ring = Ring::new(nodes);
+        if let Some(p) = previous {
+            if p.ring.digest() == ring.digest() {
+                return RingView {
+                    ring: p.ring.clone(),
+                    placement: p.placement.clone(),
+                    addrs,
+                    down,
+                    left,
+                    ..p.clone()
+                };
+            }
+        }
+        let placement = Arc::new(ring.placement(rf));
+        RingView { me, rf, ring: Arc::new(ring), placement, addrs, down, left }
+    }
+
+    /// Whether requests should be sent to `id` (this node always; others unless gossip says down).
+    pub fn is_up(&self, id: NodeKey) -> bool {
+        id == self.me || (!self.down.contains_key(&id) && self.addrs.contains_key(&id))
+    }
+}
+
+/// Encodes tokens for gossip.
+pub fn format_tokens(tokens: &[Token]) -> String {
+    tokens.iter().map(|t| format!("{t:x}")).collect::<Vec<_>>().join(",")
+}
+
+/// Decodes gossiped tokens; `None` if empty or malformed (the member is then left off the ring).
+pub fn parse_tokens(s: &str) -> Option<Vec<Token>> {
+    if s.is_empty() {
+        return None;
+    }
+    s.split(',').map(|t| Token::from_str_radix(t, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_refuse_garbage() {
+        let t = vec![0, 1, u64::MAX, 0xdead_beef];
+        assert_eq!(parse_tokens(&format_tokens(&t)), Some(t));
+        assert_eq!(parse_tokens(""), None);
+        assert_eq!(parse_tokens("12,zz"), None);
+    }
+}

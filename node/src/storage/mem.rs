@@ -1,0 +1,176 @@
+//! [`Storage`] in memory: sorted maps behind a mutex. For tests and in-process clusters; it
+//! forgets everything when dropped, so a "restart" keeps the same value.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+
+use starling_ring::Range;
+use starling_wire::Record;
+
+use super::{
+    data_key, decode_value, encode_value, hint_key, parse_hint_key, range_pieces, token_bounds,
+    Hint, ScanPage, Storage, StorageError,
+};
+
+#[derive(Debug, Default)]
+struct Inner {
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    hints: BTreeMap<Vec<u8>, Vec<u8>>,
+    meta: BTreeMap<String, Vec<u8>>,
+}
+
+/// An in-memory store.
+#[derive(Debug, Default)]
+pub struct MemStorage {
+    inner: Mutex<Inner>,
+}
+
+impl MemStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn corrupt(cf: &'static str, key: &[u8], why: String) -> StorageError {
+    StorageError::Corrupt { cf, key: format!("{key:02x?}"), why }
+}
+
+/// Whether the incoming encoded value replaces the stored one: it has the greater version
+/// (shared with the RocksDB merge operator). An unreadable stored value loses to a readable one.
+pub(crate) fn incoming_wins(old: &[u8], new: &[u8]) -> bool {
+    match (super::decode_version(old), super::decode_version(new)) {
+        (Ok((a, _)), Ok((b, _))) => b > a,
+        (Err(_), _) => true,
+        (_, Err(_)) => false,
+    }
+}
+
+impl Storage for MemStorage {
+    fn apply(&self, records: &[Record]) -> Result<(), StorageError> {
+        let mut g = self.lock();
+        for r in records {
+            let k = data_key(&r.key);
+            let v = encode_value(r.version, r.value.as_deref());
+            match g.data.get_mut(&k) {
+                Some(old) => {
+                    if incoming_wins(old, &v) {
+                        *old = v;
+                    }
+                }
+                None => {
+                    g.data.insert(k, v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        let g = self.lock();
+        match g.data.get(&data_key(key)) {
+            None => Ok(None),
+            Some(v) => decode_value(key, v).map(Some).map_err(|e| corrupt("data", key, e)),
+        }
+    }
+
+    fn scan(
+        &self,
+        range: Range,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ScanPage, StorageError> {
+        let g = self.lock();
+        let mut page = ScanPage::default();
+        for (start, end) in range_pieces(range) {
+            let (lower, upper) = token_bounds(start, end);
+            let lo = match cursor {
+                Some(c) if c >= lower.as_slice() => Bound::Excluded(c.to_vec()),
+                _ => Bound::Included(lower),
+            };
+            let hi = match upper {
+                Some(u) => Bound::Excluded(u),
+                None => Bound::Unbounded,
+            };
+            if let (Bound::Excluded(l), Bound::Excluded(h)) = (&lo, &hi) {
+                if l >= h {
+                    continue;
+                }
+            }
+            for (k, v) in g.data.range((lo, hi)) {
+                if page.records.len() >= limit {
+                    page.cursor = page.records.last().map(|r| data_key(&r.key));
+                    return Ok(page);
+                }
+                let key =
+                    super::user_key(k).ok_or_else(|| corrupt("data", k, "short key".into()))?;
+                page.records.push(decode_value(key, v).map_err(|e| corrupt("data", k, e))?);
+            }
+        }
+        Ok(page)
+    }
+
+    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<(), StorageError> {
+        let mut g = self.lock();
+        for (target, r) in hints {
+            g.hints.insert(hint_key(*target, r), encode_value(r.version, r.value.as_deref()));
+        }
+        Ok(())
+    }
+
+    fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError> {
+        let g = self.lock();
+        let prefix = target.to_be_bytes();
+        let mut out = Vec::new();
+        for (k, v) in g.hints.range(prefix.to_vec()..) {
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let (_, dk) =
+                parse_hint_key(k).ok_or_else(|| corrupt("hints", k, "short key".into()))?;
+            let key = super::user_key(dk).ok_or_else(|| corrupt("hints", k, "short key".into()))?;
+            let record = decode_value(key, v).map_err(|e| corrupt("hints", k, e))?;
+            out.push(Hint { id: k.clone(), target, record });
+        }
+        Ok(out)
+    }
+
+    fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError> {
+        let g = self.lock();
+        let mut out: Vec<(u128, usize)> = Vec::new();
+        for k in g.hints.keys() {
+            let Some((t, _)) = parse_hint_key(k) else { continue };
+            match out.last_mut() {
+                Some((last, n)) if *last == t => *n += 1,
+                _ => out.push((t, 1)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError> {
+        let mut g = self.lock();
+        for id in ids {
+            g.hints.remove(id);
+        }
+        Ok(())
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().meta.get(name).cloned())
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.lock().meta.insert(name.to_owned(), value.to_vec());
+        Ok(())
+    }
+
+    fn approximate_keys(&self) -> u64 {
+        self.lock().data.len() as u64
+    }
+}

@@ -1,0 +1,184 @@
+//! Where a node keeps its data: the [`Storage`] trait, its RocksDB implementation
+//! ([`rocks::RocksStorage`]) and an in-memory one ([`mem::MemStorage`]) for tests and simulation.
+//! Both pass one conformance suite (`node/tests/storage.rs`).
+//!
+//! Three keyspaces (RocksDB column families):
+//! - **data**: `token (8 bytes, big-endian) ‖ key` → encoded [`Record`] (version, tombstone flag,
+//!   value). Keys sorted by token make one token range one contiguous scan.
+//! - **hints**: `target node (16) ‖ hlc (8) ‖ data key` → encoded record: writes kept for a replica
+//!   that was down, replayed when it is back ([`crate::kv::hints`]).
+//! - **meta**: small local facts (this node's tokens and ring status).
+//!
+//! Writes merge by version (last write wins, ties by node id): applying an older version of a key
+//! than the stored one changes nothing, so replays, read repair and streaming are idempotent and
+//! can arrive in any order.
+
+pub mod mem;
+pub mod rocks;
+
+use starling_ring::{token_of, Range, Token};
+use starling_wire::{Record, Version};
+
+/// What a storage operation failed with.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The engine refused or failed the operation (disk full, I/O error, ...).
+    #[error("storage: {0}")]
+    Engine(String),
+    /// Bytes read from disk are not a valid record: the file is corrupt.
+    #[error("corrupt record in {cf} at key {key}: {why}")]
+    Corrupt { cf: &'static str, key: String, why: String },
+}
+
+/// A hint: a record to deliver to `target` when it is reachable again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    /// The storage key of the hint (pass it back to [`Storage::delete_hints`]).
+    pub id: Vec<u8>,
+    pub target: u128,
+    pub record: Record,
+}
+
+/// One page of a range scan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScanPage {
+    pub records: Vec<Record>,
+    /// Storage key to continue after; `None` when the range is exhausted.
+    pub cursor: Option<Vec<u8>>,
+}
+
+/// A node's local store. Implementations are internally synchronised; calls may block on disk,
+/// so async callers use the [`crate::kv::writer`] thread for writes.
+pub trait Storage: Send + Sync + 'static {
+    /// Applies `records` atomically (one write batch), each merged by version with what is
+    /// stored. Durable in the write-ahead log when it returns (fsynced too in `sync = always`).
+    fn apply(&self, records: &[Record]) -> Result<(), StorageError>;
+    /// The stored record of `key` (a tombstone included), if any.
+    fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError>;
+    /// Records whose token is in `range`, in storage order, after `cursor`, at most `limit`.
+    fn scan(
+        &self,
+        range: Range,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ScanPage, StorageError>;
+    /// Stores hints (one batch, durable like [`Storage::apply`]).
+    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<(), StorageError>;
+    /// Up to `limit` hints for `target`, oldest first.
+    fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError>;
+    /// Every node that has hints waiting, with their count.
+    fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError>;
+    /// Removes delivered or expired hints.
+    fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError>;
+    /// A local metadata value.
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Sets a local metadata value (synced to disk before returning).
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError>;
+    /// Number of data keys (estimate for RocksDB), for status and metrics.
+    fn approximate_keys(&self) -> u64;
+}
+
+/// `token ‖ key`.
+pub fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&token_of(key).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// The user key of a data key.
+pub fn user_key(data_key: &[u8]) -> Option<&[u8]> {
+    data_key.get(8..)
+}
+
+/// The token prefix of a data key.
+pub fn key_token(data_key: &[u8]) -> Option<Token> {
+    Some(u64::from_be_bytes(data_key.get(..8)?.try_into().ok()?))
+}
+
+/// `target ‖ ts ‖ data key`.
+pub fn hint_key(target: u128, record: &Record) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24 + 8 + record.key.len());
+    k.extend_from_slice(&target.to_be_bytes());
+    k.extend_from_slice(&record.version.ts.to_be_bytes());
+    k.extend_from_slice(&data_key(&record.key));
+    k
+}
+
+/// Parses a hint key back into its target and user key.
+pub fn parse_hint_key(k: &[u8]) -> Option<(u128, &[u8])> {
+    let target = u128::from_be_bytes(k.get(..16)?.try_into().ok()?);
+    Some((target, k.get(32..)?))
+}
+
+/// On-disk value format, version 1:
+/// `format (1) ‖ flags (1: bit 0 = tombstone) ‖ ts (8, BE) ‖ node (16, BE) ‖ value bytes`.
+const FORMAT: u8 = 1;
+const HEADER: usize = 26;
+
+/// Encodes the stored form of a record (the key is stored separately).
+pub fn encode_value(version: Version, value: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + value.map_or(0, <[u8]>::len));
+    out.push(FORMAT);
+    out.push(u8::from(value.is_none()));
+    out.extend_from_slice(&version.ts.to_be_bytes());
+    out.extend_from_slice(&version.node.to_be_bytes());
+    if let Some(v) = value {
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// The version of a stored value, without copying the value.
+pub fn decode_version(bytes: &[u8]) -> Result<(Version, bool), String> {
+    if bytes.len() < HEADER {
+        return Err(format!("{} bytes, shorter than the {HEADER}-byte header", bytes.len()));
+    }
+    if bytes[0] != FORMAT {
+        return Err(format!("unknown value format {}", bytes[0]));
+    }
+    if bytes[1] > 1 {
+        return Err(format!("unknown flags {:#x}", bytes[1]));
+    }
+    let tombstone = bytes[1] == 1;
+    if tombstone && bytes.len() != HEADER {
+        return Err("tombstone with a value".into());
+    }
+    let ts = u64::from_be_bytes(bytes[2..10].try_into().map_err(|_| "ts")?);
+    let node = u128::from_be_bytes(bytes[10..26].try_into().map_err(|_| "node")?);
+    Ok((Version { ts, node }, tombstone))
+}
+
+/// Decodes a stored value into a record for `key`.
+pub fn decode_value(key: &[u8], bytes: &[u8]) -> Result<Record, String> {
+    let (version, tombstone) = decode_version(bytes)?;
+    let value = if tombstone { None } else { Some(bytes[HEADER..].to_vec()) };
+    Ok(Record { key: key.to_vec(), version, value })
+}
+
+/// Storage-key bounds `[lower, upper)` of the token interval `(start, end]` that does not wrap;
+/// `upper = None` means "to the end of the keyspace".
+pub(crate) fn token_bounds(start: Option<Token>, end: Token) -> (Vec<u8>, Option<Vec<u8>>) {
+    let lower = match start {
+        None => 0u64,
+        Some(s) => s.saturating_add(1),
+    };
+    let upper = end.checked_add(1).map(|u| u.to_be_bytes().to_vec());
+    (lower.to_be_bytes().to_vec(), upper)
+}
+
+/// The non-wrapping pieces of `range`, in storage order: `(exclusive start or None for the
+/// keyspace start, inclusive end)`.
+pub(crate) fn range_pieces(range: Range) -> Vec<(Option<Token>, Token)> {
+    if range.start == range.end {
+        return vec![(None, Token::MAX)];
+    }
+    if range.start < range.end {
+        vec![(Some(range.start), range.end)]
+    } else if range.start == Token::MAX {
+        vec![(None, range.end)]
+    } else {
+        // Wraps: (start, MAX] then [0, end]; storage order puts [0, end] first.
+        vec![(None, range.end), (Some(range.start), Token::MAX)]
+    }
+}

@@ -1,0 +1,336 @@
+//! [`Storage`] on RocksDB (Debian's librocksdb 7.8 through the `rocksdb` 0.21 crate).
+//!
+//! - Data writes are RocksDB **merges** with a last-write-wins merge operator: a write never reads
+//!   first, and RocksDB keeps the newest version when it reads or compacts.
+//! - Tombstones older than the grace period are dropped by a **compaction filter** (RocksDB turns
+//!   the removal into a deletion marker until the bottom level, so older copies underneath do not
+//!   come back).
+//! - Durability: every write goes to the write-ahead log before `apply` returns. With
+//!   [`SyncMode::Periodic`] a background thread fsyncs the log every `sync_interval`; with
+//!   [`SyncMode::Always`] each batch is fsynced before it returns (the writer thread batches
+//!   concurrent writes, so they share one fsync: group commit).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, MergeOperands, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
+};
+use starling_ring::Range;
+use starling_wire::Record;
+
+use super::{
+    data_key, decode_value, decode_version, encode_value, hint_key, parse_hint_key, range_pieces,
+    token_bounds, user_key, Hint, ScanPage, Storage, StorageError,
+};
+
+const CF_DATA: &str = "data";
+const CF_HINTS: &str = "hints";
+const CF_META: &str = "meta";
+
+/// When the write-ahead log reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Written at once, fsynced every `sync_interval` in the background: survives any process
+    /// kill; a power loss can lose the last interval on that machine.
+    Periodic(Duration),
+    /// Fsynced before every acknowledgement (group commit).
+    Always,
+}
+
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncMode::Periodic(d) => write!(f, "periodic ({} ms)", d.as_millis()),
+            SyncMode::Always => f.write_str("always"),
+        }
+    }
+}
+
+/// Settings of the RocksDB store.
+#[derive(Debug, Clone)]
+pub struct RocksConfig {
+    pub sync: SyncMode,
+    /// How long a tombstone is kept before compaction may drop it.
+    pub tombstone_grace: Duration,
+}
+
+impl Default for RocksConfig {
+    fn default() -> Self {
+        RocksConfig {
+            sync: SyncMode::Periodic(Duration::from_millis(10)),
+            tombstone_grace: Duration::from_secs(10 * 24 * 3600),
+        }
+    }
+}
+
+/// The RocksDB store. Dropping it stops the sync thread and closes the database.
+pub struct RocksStorage {
+    db: Arc<DB>,
+    write_opts: WriteOptions,
+    syncer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    dirty: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for RocksStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStorage").field("path", &self.db.path()).finish()
+    }
+}
+
+fn engine(e: rocksdb::Error) -> StorageError {
+    StorageError::Engine(e.into_string())
+}
+
+fn corrupt(cf: &'static str, key: &[u8], why: String) -> StorageError {
+    StorageError::Corrupt { cf, key: format!("{key:02x?}"), why }
+}
+
+/// Last write wins: the newest readable version among the stored value and the operands.
+fn lww_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut best: Option<&[u8]> = existing;
+    for op in operands.iter() {
+        best = Some(match best {
+            None => op,
+            Some(b) => {
+                if super::mem::incoming_wins(b, op) {
+                    op
+                } else {
+                    b
+                }
+            }
+        });
+    }
+    // Never fail a merge (that would make the key unreadable); with no input keep nothing valid.
+    Some(best.map(<[u8]>::to_vec).unwrap_or_default())
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RocksStorage {
+    /// Opens (creating if needed) the store in `path`.
+    pub fn open(path: &Path, cfg: &RocksConfig) -> Result<RocksStorage, StorageError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_open_files(512);
+        db_opts.set_keep_log_file_num(4);
+        db_opts.increase_parallelism(2);
+
+        let mut data = Options::default();
+        data.set_merge_operator_associative("starling-lww", lww_merge);
+        let grace_ms = cfg.tombstone_grace.as_millis() as u64;
+        data.set_compaction_filter("starling-tombstones", move |_level, _key, value: &[u8]| {
+            match decode_version(value) {
+                Ok((v, true)) if v.millis().saturating_add(grace_ms) < now_millis() => {
+                    Decision::Remove
+                }
+                _ => Decision::Keep,
+            }
+        });
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_DATA, data),
+            ColumnFamilyDescriptor::new(CF_HINTS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(engine)?;
+        let db = Arc::new(db);
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(cfg.sync == SyncMode::Always);
+        let dirty = Arc::new(AtomicBool::new(false));
+        let syncer = match cfg.sync {
+            SyncMode::Always => None,
+            SyncMode::Periodic(every) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let (db, dirty, stop2) = (db.clone(), dirty.clone(), stop.clone());
+                let handle = std::thread::Builder::new()
+                    .name("wal-sync".into())
+                    .spawn(move || {
+                        while !stop2.load(Ordering::Relaxed) {
+                            std::thread::sleep(every);
+                            if dirty.swap(false, Ordering::AcqRel) {
+                                if let Err(e) = db.flush_wal(true) {
+                                    tracing::error!(error = %e, "WAL fsync failed");
+                                }
+                            }
+                        }
+                    })
+                    .map_err(|e| {
+                        StorageError::Engine(format!("cannot start WAL sync thread: {e}"))
+                    })?;
+                Some((stop, handle))
+            }
+        };
+        Ok(RocksStorage { db, write_opts, syncer: Mutex::new(syncer), dirty })
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StorageError::Engine(format!("no column family {name}")))
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.db.write_opt(batch, &self.write_opts).map_err(engine)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Compacts everything now (tests: tombstone expiry; benchmarks: steady-state memory).
+    pub fn compact(&self) -> Result<(), StorageError> {
+        for name in [CF_DATA, CF_HINTS] {
+            self.db.compact_range_cf(self.cf(name)?, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RocksStorage {
+    fn drop(&mut self) {
+        let syncer = self.syncer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((stop, handle)) = syncer {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+        let _ = self.db.flush_wal(true);
+    }
+}
+
+impl Storage for RocksStorage {
+    fn apply(&self, records: &[Record]) -> Result<(), StorageError> {
+        let cf = self.cf(CF_DATA)?;
+        let mut batch = WriteBatch::default();
+        for r in records {
+            batch.merge_cf(cf, data_key(&r.key), encode_value(r.version, r.value.as_deref()));
+        }
+        self.write(batch)
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        let cf = self.cf(CF_DATA)?;
+        match self.db.get_pinned_cf(cf, data_key(key)).map_err(engine)? {
+            None => Ok(None),
+            Some(v) => decode_value(key, &v).map(Some).map_err(|e| corrupt(CF_DATA, key, e)),
+        }
+    }
+
+    fn scan(
+        &self,
+        range: Range,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ScanPage, StorageError> {
+        let cf = self.cf(CF_DATA)?;
+        let mut page = ScanPage::default();
+        for (start, end) in range_pieces(range) {
+            let (lower, upper) = token_bounds(start, end);
+            let mut opts = ReadOptions::default();
+            if let Some(u) = &upper {
+                if cursor.is_some_and(|c| c >= u.as_slice()) {
+                    continue;
+                }
+                opts.set_iterate_upper_bound(u.clone());
+            }
+            let mut it = self.db.raw_iterator_cf_opt(cf, opts);
+            match cursor {
+                Some(c) if c >= lower.as_slice() => {
+                    it.seek(c);
+                    if it.key() == Some(c) {
+                        it.next();
+                    }
+                }
+                _ => it.seek(&lower),
+            }
+            while it.valid() {
+                let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+                if page.records.len() >= limit {
+                    page.cursor = page.records.last().map(|r| data_key(&r.key));
+                    return Ok(page);
+                }
+                let key = user_key(k).ok_or_else(|| corrupt(CF_DATA, k, "short key".into()))?;
+                page.records.push(decode_value(key, v).map_err(|e| corrupt(CF_DATA, k, e))?);
+                it.next();
+            }
+            it.status().map_err(engine)?;
+        }
+        Ok(page)
+    }
+
+    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<(), StorageError> {
+        let cf = self.cf(CF_HINTS)?;
+        let mut batch = WriteBatch::default();
+        for (target, r) in hints {
+            batch.put_cf(cf, hint_key(*target, r), encode_value(r.version, r.value.as_deref()));
+        }
+        self.write(batch)
+    }
+
+    fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError> {
+        let cf = self.cf(CF_HINTS)?;
+        let prefix = target.to_be_bytes();
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(engine)?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let (_, dk) =
+                parse_hint_key(&k).ok_or_else(|| corrupt(CF_HINTS, &k, "short key".into()))?;
+            let key = user_key(dk).ok_or_else(|| corrupt(CF_HINTS, &k, "short key".into()))?;
+            let record = decode_value(key, &v).map_err(|e| corrupt(CF_HINTS, &k, e))?;
+            out.push(Hint { id: k.to_vec(), target, record });
+        }
+        Ok(out)
+    }
+
+    fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError> {
+        let cf = self.cf(CF_HINTS)?;
+        let mut out: Vec<(u128, usize)> = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item.map_err(engine)?;
+            let Some((t, _)) = parse_hint_key(&k) else { continue };
+            match out.last_mut() {
+                Some((last, n)) if *last == t => *n += 1,
+                _ => out.push((t, 1)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError> {
+        let cf = self.cf(CF_HINTS)?;
+        let mut batch = WriteBatch::default();
+        for id in ids {
+            batch.delete_cf(cf, id);
+        }
+        self.write(batch)
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get_cf(self.cf(CF_META)?, name).map_err(engine)
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META)?, name, value);
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts).map_err(engine)
+    }
+
+    fn approximate_keys(&self) -> u64 {
+        self.cf(CF_DATA)
+            .ok()
+            .and_then(|cf| self.db.property_int_value_cf(cf, "rocksdb.estimate-num-keys").ok())
+            .flatten()
+            .unwrap_or(0)
+    }
+}
