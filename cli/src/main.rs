@@ -15,6 +15,10 @@ use clap::{Parser, Subcommand};
 use client::{Auth, Client, ClientError};
 use starling_wire::Request;
 
+/// mimalloc: the KV paths allocate per request, and glibc's malloc cost about 8% of CPU there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "starling", version, about = "Command line of the Starling data store")]
 struct Cli {

@@ -248,7 +248,7 @@ impl Ring {
         let mut ends: Vec<Token> =
             self.entries.iter().filter(|entry| entry.views != 0).map(|entry| entry.token).collect();
         ends.dedup();
-        let mut lists = Vec::with_capacity(ends.len() * n);
+        let mut lists = Vec::with_capacity(ends.len() * n.min(self.nodes.len()));
         let mut bounds = Vec::with_capacity(ends.len() * 2 + 1);
         bounds.push(0);
         for &end in &ends {
@@ -403,6 +403,7 @@ mod tests {
         assert_eq!(ring.replicas(301, 1), vec![1], "wraps to the smallest token");
         assert_eq!(ring.replicas(0, 2), vec![1, 2]);
         assert_eq!(ring.replicas(250, 5), vec![3, 1, 2], "fewer nodes than n");
+        assert_eq!(ring.placement(usize::MAX).replicas(250), &[3, 1, 2]);
     }
 
     #[test]
