@@ -26,7 +26,8 @@ apt_install() {
 # What building Starling needs on Debian.
 install_build_deps() {
   command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
-  apt_install gcc libc6-dev pkg-config curl python3 ca-certificates
+  # RocksDB: Debian's librocksdb-dev is linked (see .cargo/config.toml); bindgen needs clang.
+  apt_install gcc g++ libc6-dev pkg-config curl python3 ca-certificates clang libclang-dev librocksdb-dev
 }
 
 build_release() {

@@ -111,6 +111,15 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     }
     println!("  starling status --watch                  # members, states, phi, convergence");
     println!("  curl -s http://{}/status                # the same as JSON", nodes[0].http);
+    println!(
+        "  starling kv put greeting hello           # stored on 3 replicas, quorum acknowledged"
+    );
+    println!("  starling kv get greeting --json          # value, version, replicas that answered");
+    println!("  starling kv del greeting");
+    println!(
+        "  starling bench kv --nodes {}   # ops/s and latency",
+        nodes.iter().map(|n| n.listen.as_str()).collect::<Vec<_>>().join(",")
+    );
     if let Some(last) = nodes.last() {
         println!(
             "  kill -9 {}                            # watch the others mark it down",
@@ -166,11 +175,17 @@ async fn wait_converged(node: &str, auth: &Auth, n: usize, limit: Duration) -> R
     let mut last_err = None;
     while start.elapsed() < limit {
         match client.status().await {
-            Ok(s) if s.converged && s.count("alive") == n => {
+            Ok(s) if s.converged && s.count("alive") == n && s.ring.nodes == n => {
                 client.close().await;
                 return Ok(());
             }
-            Ok(s) => last_err = Some(anyhow::anyhow!("{} of {n} alive", s.count("alive"))),
+            Ok(s) => {
+                last_err = Some(anyhow::anyhow!(
+                    "{} of {n} alive, {} of {n} on the ring",
+                    s.count("alive"),
+                    s.ring.nodes
+                ))
+            }
             Err(e) => last_err = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -25,6 +25,31 @@ pub fn render(s: &Status) -> String {
         .map(|(st, n)| format!("{n} {st}"))
         .collect();
     let _ = writeln!(out, "members: {} ({})", s.members.len(), counts.join(", "));
+    let r = &s.ring;
+    let _ = writeln!(
+        out,
+        "ring: {} nodes, digest {}{}, this node {} with {} tokens, replicates {:.1}% of keys (N={})",
+        r.nodes,
+        r.digest.as_deref().unwrap_or("-"),
+        if r.agreed { " (agreed)" } else { " (not agreed yet)" },
+        r.status.as_deref().unwrap_or("not on the ring yet"),
+        r.tokens,
+        r.ownership * 100.0,
+        r.replication
+    );
+    if let Some(kv) = &s.kv {
+        let _ = writeln!(
+            out,
+            "kv: ~{} keys, {} hints pending; since start {} writes, {} reads, {} failed, {} read repairs, {} hints replayed",
+            kv.keys_estimate,
+            kv.hints_pending,
+            kv.writes,
+            kv.reads,
+            kv.write_failures + kv.read_failures,
+            kv.read_repairs,
+            kv.hints_replayed
+        );
+    }
     let _ = writeln!(
         out,
         "{:<10} {:<22} {:<6} {:<8} {:>7} {:>5} {:>12}  DIGEST",

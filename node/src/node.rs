@@ -49,6 +49,7 @@ fn kind_of(req: &Request) -> &'static str {
         Request::KvGet { .. } => "kv_get",
         Request::ReplicaWrite(_) => "replica_write",
         Request::ReplicaRead(_) => "replica_read",
+        Request::ReplicaReadMany(_) => "replica_read_many",
         Request::ReplicaScan { .. } => "replica_scan",
     }
 }

@@ -44,6 +44,25 @@ impl Record {
     }
 }
 
+/// A key as a msgpack `bin` (for lists of keys).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key(#[serde(with = "crate::bin")] pub Vec<u8>);
+
+/// One replica's answer for one key of a batched read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadAnswer {
+    /// The replica's record (a tombstone included).
+    Found(Record),
+    /// The replica has no record of the key.
+    Missing,
+    /// The record would not fit in this response; ask for it alone.
+    TooLarge,
+}
+
+/// Bytes of records one batched replica request or response carries at most (the frame limit
+/// is 4 MiB).
+pub const MAX_BATCH_BYTES: usize = 2 << 20;
+
 /// How many replicas must answer before the coordinator does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Consistency {

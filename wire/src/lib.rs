@@ -42,5 +42,8 @@ pub use frame::{
     encode, encode_one_way, encode_request, encode_response, Frame, FrameDecoder, FrameError,
     FrameKind, HEADER_LEN, MAX_ONEWAY_BODY, MAX_REQUEST_BODY, MAX_RESPONSE_BODY, VERSION,
 };
-pub use kv::{check_key_value, Consistency, Record, Version, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use kv::{
+    check_key_value, Consistency, Key, ReadAnswer, Record, Version, MAX_BATCH_BYTES, MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+};
 pub use message::{ErrorCode, Request, Response};

@@ -41,6 +41,9 @@ pub enum Request {
     ReplicaWrite(Vec<Record>),
     /// Coordinator to replica: this replica's record of `key` (tombstones included).
     ReplicaRead(#[serde(with = "crate::bin")] Vec<u8>),
+    /// Coordinator to replica: this replica's records of several keys, answered in order with
+    /// [`Response::ReplicaRecordMany`] (coordinators batch the reads bound for one peer).
+    ReplicaReadMany(Vec<crate::kv::Key>),
     /// Streaming (bootstrap): records whose token is in `(start, end]` (wrapping; `start == end`
     /// is the whole ring), in storage order, after the `after` cursor, at most `limit`.
     ReplicaScan {
@@ -69,6 +72,8 @@ pub enum Response {
     KvValue { record: Option<Record>, replicas: u32 },
     /// A replica's record of one key.
     ReplicaRecord(Option<Record>),
+    /// Answers to a [`Request::ReplicaReadMany`], one per key, in order.
+    ReplicaRecordMany(Vec<crate::kv::ReadAnswer>),
     /// One page of a [`Request::ReplicaScan`]: `cursor` is where the next page starts (`None`:
     /// the range is done).
     ReplicaRecords {

@@ -122,6 +122,60 @@ impl Collector for StatusCollector {
             let metric = ConstCounter::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
+        if let Some(kv) = &s.kv {
+            let kv_counters: [(&str, &str, u64); 9] = [
+                ("kv_writes", "Writes coordinated by this node that succeeded", kv.writes),
+                ("kv_reads", "Reads coordinated by this node that succeeded", kv.reads),
+                (
+                    "kv_write_failures",
+                    "Writes that failed (unavailable, timeout)",
+                    kv.write_failures,
+                ),
+                ("kv_read_failures", "Reads that failed (unavailable, timeout)", kv.read_failures),
+                (
+                    "kv_hints_stored",
+                    "Hints stored for replicas that did not acknowledge",
+                    kv.hints_stored,
+                ),
+                ("kv_hints_replayed", "Hints delivered to their replica", kv.hints_replayed),
+                ("kv_hints_dropped", "Hints dropped after the hint window", kv.hints_dropped),
+                ("kv_read_repairs", "Stale replicas repaired by reads", kv.read_repairs),
+                ("kv_replica_writes", "Records stored as a replica", kv.replica_writes),
+            ];
+            for (name, help, value) in kv_counters {
+                let metric = ConstCounter::new(value);
+                metric.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    metric.metric_type(),
+                )?)?;
+            }
+            let kv_gauges: [(&str, &str, i64); 2] = [
+                ("kv_hints_pending", "Hints waiting for their replica", kv.hints_pending as i64),
+                (
+                    "kv_keys_estimate",
+                    "Keys in the local store (RocksDB estimate)",
+                    kv.keys_estimate as i64,
+                ),
+            ];
+            for (name, help, value) in kv_gauges {
+                let metric = ConstGauge::new(value);
+                metric.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    metric.metric_type(),
+                )?)?;
+            }
+        }
+        let ring_agreed = ConstGauge::new(i64::from(s.ring.agreed));
+        ring_agreed.encode(encoder.encode_descriptor(
+            "ring_agreed",
+            "1 when every alive member reports this node's ring digest",
+            None,
+            ring_agreed.metric_type(),
+        )?)?;
 
         let gauges: [(&str, &str, i64); 3] = [
             (
@@ -131,7 +185,7 @@ impl Collector for StatusCollector {
             ),
             (
                 "converged",
-                "1 when every alive member reports this node's membership digest",
+                "1 when every alive member reports this node's membership and ring digests",
                 i64::from(s.converged),
             ),
             (

@@ -19,6 +19,9 @@ use crate::transport::Transport;
 
 /// Hints sent to a target per request.
 const PAGE: usize = 256;
+/// ... and at most about this many bytes of them (always at least one), so a request of 1 MiB
+/// values stays under the 4 MiB frame limit.
+const PAGE_BYTES: usize = 2 << 20;
 /// How often targets with hints are checked.
 const EVERY: Duration = Duration::from_millis(500);
 
@@ -107,7 +110,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             }
             let now = wall_millis();
             let left = view.left.contains(&target);
-            let (expired, live): (Vec<_>, Vec<_>) = hints
+            let (expired, mut live): (Vec<_>, Vec<_>) = hints
                 .into_iter()
                 .partition(|h| left || h.record.version.millis().saturating_add(window_ms) < now);
             if !expired.is_empty() {
@@ -130,6 +133,17 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 break;
             }
             let Some(addr) = view.addrs.get(&target).copied() else { break };
+            // Cut the request to PAGE_BYTES; the rest stay stored and go on the next pass.
+            let mut bytes = 0;
+            let fits = live
+                .iter()
+                .take_while(|h| {
+                    let r = &h.record;
+                    bytes += r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 64;
+                    bytes <= PAGE_BYTES
+                })
+                .count();
+            live.truncate(fits.max(1));
             let ids: Vec<Vec<u8>> = live.iter().map(|h| h.id.clone()).collect();
             let records = live.into_iter().map(|h| h.record).collect();
             match self.inner.transport.request(addr, Request::ReplicaWrite(records)).await {

@@ -17,6 +17,7 @@
 //! writing anything; one that is sent but not met in time fails with `timeout`, and then the
 //! write may exist on some replicas (as in Cassandra, a retry is safe: last write wins).
 
+mod batch;
 pub mod bootstrap;
 pub mod hints;
 pub mod hlc;
@@ -165,6 +166,7 @@ struct Inner<T, S> {
     view: watch::Receiver<Arc<RingView>>,
     stats: KvStats,
     hints: hints::HintIndex,
+    batcher: Arc<batch::PeerBatcher<T>>,
 }
 
 /// How one replica's part of a write ended.
@@ -189,6 +191,10 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     ) -> std::io::Result<Self> {
         let writer = Writer::start(storage.clone())?;
         let hints = hints::HintIndex::load(&*storage);
+        let batcher = Arc::new(batch::PeerBatcher::new(
+            transport.clone(),
+            cfg.write_timeout.max(cfg.read_timeout),
+        ));
         Ok(Kv {
             inner: Arc::new(Inner {
                 me,
@@ -200,6 +206,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 view,
                 stats: KvStats::default(),
                 hints,
+                batcher,
             }),
         })
     }
@@ -257,6 +264,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 self.inner.stats.replica_reads.fetch_add(1, Ordering::Relaxed);
                 match self.inner.storage.get(&key) {
                     Ok(r) => Response::ReplicaRecord(r),
+                    Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+                }
+            }
+            Request::ReplicaReadMany(keys) => {
+                self.inner.stats.replica_reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                let keys: Vec<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
+                match self.inner.storage.get_many(&keys) {
+                    Ok(records) => Response::ReplicaRecordMany(batch::answer_reads(records)),
                     Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
                 }
             }
@@ -411,14 +426,9 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         }
         if view.is_up(target) {
             if let Some(addr) = view.addrs.get(&target) {
-                let timeout = deadline.saturating_duration_since(Instant::now());
-                let req = Request::ReplicaWrite(vec![record.clone()]);
-                match self.inner.transport.request_within(*addr, req, timeout).await {
-                    Ok(Response::Ok) => return Ack::Stored,
-                    Ok(other) => {
-                        tracing::debug!(peer = %addr, resp = ?other, "replica refused write")
-                    }
-                    Err(e) => tracing::debug!(peer = %addr, error = %e, "replica write failed"),
+                let send = self.inner.batcher.write(*addr, record.clone());
+                if let Ok(true) = tokio::time::timeout_at(deadline, send).await {
+                    return Ack::Stored;
                 }
             }
         }
@@ -553,22 +563,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             };
         }
         let Some(addr) = view.addrs.get(&target) else { return (target, None) };
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        match self.inner.transport.request_within(*addr, Request::ReplicaRead(key), timeout).await {
-            Ok(Response::ReplicaRecord(r)) => {
+        match tokio::time::timeout_at(deadline, self.inner.batcher.read(*addr, key)).await {
+            Ok(Some(r)) => {
                 if let Some(rec) = &r {
                     self.inner.hlc.observe(rec.version.ts);
                 }
                 (target, Some(r))
             }
-            Ok(other) => {
-                tracing::debug!(peer = %addr, resp = ?other, "replica refused read");
-                (target, None)
-            }
-            Err(e) => {
-                tracing::debug!(peer = %addr, error = %e, "replica read failed");
-                (target, None)
-            }
+            _ => (target, None),
         }
     }
 

@@ -87,6 +87,7 @@ impl Storage for MemStorage {
     ) -> Result<ScanPage, StorageError> {
         let g = self.lock();
         let mut page = ScanPage::default();
+        let mut bytes = 0usize;
         for (start, end) in range_pieces(range) {
             let (lower, upper) = token_bounds(start, end);
             let lo = match cursor {
@@ -103,10 +104,14 @@ impl Storage for MemStorage {
                 }
             }
             for (k, v) in g.data.range((lo, hi)) {
-                if page.records.len() >= limit {
+                let size = super::scan_bytes(k, v);
+                if page.records.len() >= limit
+                    || (bytes > 0 && bytes + size > super::SCAN_PAGE_BYTES)
+                {
                     page.cursor = page.records.last().map(|r| data_key(&r.key));
                     return Ok(page);
                 }
+                bytes += size;
                 let key =
                     super::user_key(k).ok_or_else(|| corrupt("data", k, "short key".into()))?;
                 page.records.push(decode_value(key, v).map_err(|e| corrupt("data", k, e))?);
@@ -131,9 +136,9 @@ impl Storage for MemStorage {
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            let (_, dk) =
+            // `parse_hint_key` already skips the data key's token: this is the user key.
+            let (_, key) =
                 parse_hint_key(k).ok_or_else(|| corrupt("hints", k, "short key".into()))?;
-            let key = super::user_key(dk).ok_or_else(|| corrupt("hints", k, "short key".into()))?;
             let record = decode_value(key, v).map_err(|e| corrupt("hints", k, e))?;
             out.push(Hint { id: k.clone(), target, record });
         }

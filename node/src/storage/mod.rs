@@ -55,7 +55,12 @@ pub trait Storage: Send + Sync + 'static {
     fn apply(&self, records: &[Record]) -> Result<(), StorageError>;
     /// The stored record of `key` (a tombstone included), if any.
     fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError>;
-    /// Records whose token is in `range`, in storage order, after `cursor`, at most `limit`.
+    /// The stored records of several keys, in order (one batched lookup where the engine has one).
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Record>>, StorageError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+    /// Records whose token is in `range`, in storage order, after `cursor`, at most `limit`, and
+    /// at most about [`SCAN_PAGE_BYTES`] of them (always at least one record).
     fn scan(
         &self,
         range: Range,
@@ -76,6 +81,20 @@ pub trait Storage: Send + Sync + 'static {
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError>;
     /// Number of data keys (estimate for RocksDB), for status and metrics.
     fn approximate_keys(&self) -> u64;
+    /// True when writes wait for the disk (fsync) and must not run on an async thread.
+    fn slow_writes(&self) -> bool {
+        false
+    }
+}
+
+/// A scan page ends once its keys and values reach this size (plus one record), so a page sent
+/// as one response (streaming) stays well under the 4 MiB frame limit even with 1 MiB values.
+pub const SCAN_PAGE_BYTES: usize = 2 << 20;
+
+/// What a stored record counts toward [`SCAN_PAGE_BYTES`]: its storage key, stored value, and
+/// a margin for the record's encoding.
+pub(crate) fn scan_bytes(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + 64
 }
 
 /// `token ‖ key`.

@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
-    MergeOperands, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
+    IteratorMode, MergeOperands, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use starling_ring::Range;
 use starling_wire::Record;
@@ -75,6 +75,7 @@ pub struct RocksStorage {
     write_opts: WriteOptions,
     syncer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
     dirty: Arc<AtomicBool>,
+    always: bool,
 }
 
 impl std::fmt::Debug for RocksStorage {
@@ -138,6 +139,9 @@ impl RocksStorage {
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         data.set_block_based_table_factory(&table);
+        // Values are small and random-looking; decompressing a block on every read cost more
+        // than the disk it saved.
+        data.set_compression_type(DBCompressionType::None);
         // A bloom filter on the memtables too: most point reads are of keys not in them.
         data.set_memtable_whole_key_filtering(true);
         data.set_memtable_prefix_bloom_ratio(0.1);
@@ -184,7 +188,8 @@ impl RocksStorage {
                 Some((stop, handle))
             }
         };
-        Ok(RocksStorage { db, write_opts, syncer: Mutex::new(syncer), dirty })
+        let always = cfg.sync == SyncMode::Always;
+        Ok(RocksStorage { db, write_opts, syncer: Mutex::new(syncer), dirty, always })
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StorageError> {
@@ -200,8 +205,12 @@ impl RocksStorage {
     }
 
     /// Compacts everything now (tests: tombstone expiry; benchmarks: steady-state memory).
+    ///
+    /// Data is compacted twice: writes are merge operands, and RocksDB does not run the
+    /// compaction filter on the value a compaction merges them into, so an expired tombstone
+    /// written as a merge is only dropped by the next compaction of its file.
     pub fn compact(&self) -> Result<(), StorageError> {
-        for name in [CF_DATA, CF_HINTS] {
+        for name in [CF_DATA, CF_DATA, CF_HINTS] {
             self.db.compact_range_cf(self.cf(name)?, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
@@ -237,6 +246,20 @@ impl Storage for RocksStorage {
         }
     }
 
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Record>>, StorageError> {
+        let cf = self.cf(CF_DATA)?;
+        let data_keys: Vec<Vec<u8>> = keys.iter().map(|k| data_key(k)).collect();
+        let found = self.db.batched_multi_get_cf(cf, &data_keys, false);
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, r) in keys.iter().zip(found) {
+            out.push(match r.map_err(engine)? {
+                None => None,
+                Some(v) => Some(decode_value(k, &v).map_err(|e| corrupt(CF_DATA, k, e))?),
+            });
+        }
+        Ok(out)
+    }
+
     fn scan(
         &self,
         range: Range,
@@ -245,6 +268,7 @@ impl Storage for RocksStorage {
     ) -> Result<ScanPage, StorageError> {
         let cf = self.cf(CF_DATA)?;
         let mut page = ScanPage::default();
+        let mut bytes = 0usize;
         for (start, end) in range_pieces(range) {
             let (lower, upper) = token_bounds(start, end);
             let mut opts = ReadOptions::default();
@@ -266,10 +290,14 @@ impl Storage for RocksStorage {
             }
             while it.valid() {
                 let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-                if page.records.len() >= limit {
+                let size = super::scan_bytes(k, v);
+                if page.records.len() >= limit
+                    || (bytes > 0 && bytes + size > super::SCAN_PAGE_BYTES)
+                {
                     page.cursor = page.records.last().map(|r| data_key(&r.key));
                     return Ok(page);
                 }
+                bytes += size;
                 let key = user_key(k).ok_or_else(|| corrupt(CF_DATA, k, "short key".into()))?;
                 page.records.push(decode_value(key, v).map_err(|e| corrupt(CF_DATA, k, e))?);
                 it.next();
@@ -298,9 +326,9 @@ impl Storage for RocksStorage {
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            let (_, dk) =
+            // `parse_hint_key` already skips the data key's token: this is the user key.
+            let (_, key) =
                 parse_hint_key(&k).ok_or_else(|| corrupt(CF_HINTS, &k, "short key".into()))?;
-            let key = user_key(dk).ok_or_else(|| corrupt(CF_HINTS, &k, "short key".into()))?;
             let record = decode_value(key, &v).map_err(|e| corrupt(CF_HINTS, &k, e))?;
             out.push(Hint { id: k.to_vec(), target, record });
         }
@@ -340,6 +368,10 @@ impl Storage for RocksStorage {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts).map_err(engine)
+    }
+
+    fn slow_writes(&self) -> bool {
+        self.always
     }
 
     fn approximate_keys(&self) -> u64 {

@@ -1,0 +1,195 @@
+//! Per-peer batching of replica requests. A coordinator handles many client requests at once; the
+//! replica writes and reads they send to one peer during one scheduler pass travel as **one**
+//! `ReplicaWrite` / `ReplicaReadMany` request, so the peer decodes one frame, applies one write
+//! batch and answers once. The first request queued for a peer spawns a flush task that yields
+//! once (letting every request ready in this pass queue its part) and then sends the batch.
+//! Batches are cut at [`MAX_BATCH_BYTES`] so a frame never nears its size limit.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use starling_wire::{Key, ReadAnswer, Record, Request, Response, MAX_BATCH_BYTES};
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::transport::Transport;
+
+type WriteQueue = Vec<(Record, oneshot::Sender<bool>)>;
+/// `None`: the read failed; `Some(answer)` otherwise.
+type ReadQueue = Vec<(Vec<u8>, oneshot::Sender<Option<Option<Record>>>)>;
+
+/// Queues of replica requests per peer.
+pub(crate) struct PeerBatcher<T> {
+    transport: Arc<T>,
+    timeout: Duration,
+    writes: Mutex<HashMap<SocketAddr, WriteQueue>>,
+    reads: Mutex<HashMap<SocketAddr, ReadQueue>>,
+}
+
+fn lock<V>(m: &Mutex<V>) -> MutexGuard<'_, V> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn record_bytes(r: &Record) -> usize {
+    r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 48
+}
+
+impl<T: Transport> PeerBatcher<T> {
+    pub(crate) fn new(transport: Arc<T>, timeout: Duration) -> Self {
+        PeerBatcher {
+            transport,
+            timeout,
+            writes: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `record` to the replica at `addr` in the next batch; true once it acknowledged.
+    pub(crate) async fn write(self: &Arc<Self>, addr: SocketAddr, record: Record) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut q = lock(&self.writes);
+            let v = q.entry(addr).or_default();
+            v.push((record, tx));
+            v.len() == 1
+        };
+        if first {
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                let batch = lock(&me.writes).remove(&addr).unwrap_or_default();
+                me.flush_writes(addr, batch).await;
+            });
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    async fn flush_writes(&self, addr: SocketAddr, mut batch: WriteQueue) {
+        while !batch.is_empty() {
+            let mut bytes = 0;
+            let mut n = 0;
+            while n < batch.len()
+                && (n == 0 || bytes + record_bytes(&batch[n].0) <= MAX_BATCH_BYTES)
+            {
+                bytes += record_bytes(&batch[n].0);
+                n += 1;
+            }
+            let rest = batch.split_off(n);
+            let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
+            let ok = match self
+                .transport
+                .request_within(addr, Request::ReplicaWrite(records), self.timeout)
+                .await
+            {
+                Ok(Response::Ok) => true,
+                Ok(other) => {
+                    debug!(peer = %addr, resp = ?other, "replica refused writes");
+                    false
+                }
+                Err(e) => {
+                    debug!(peer = %addr, error = %e, "replica writes failed");
+                    false
+                }
+            };
+            for w in waiters {
+                let _ = w.send(ok);
+            }
+            batch = rest;
+        }
+    }
+
+    /// The replica at `addr`'s record of `key` (`None` if the read failed).
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        key: Vec<u8>,
+    ) -> Option<Option<Record>> {
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut q = lock(&self.reads);
+            let v = q.entry(addr).or_default();
+            v.push((key, tx));
+            v.len() == 1
+        };
+        if first {
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                let batch = lock(&me.reads).remove(&addr).unwrap_or_default();
+                me.flush_reads(addr, batch).await;
+            });
+        }
+        rx.await.ok().flatten()
+    }
+
+    async fn flush_reads(&self, addr: SocketAddr, batch: ReadQueue) {
+        // Keys are at most 1 KiB, so 256 of them are far from any limit; the replica cuts the
+        // answer itself when the values would be too large.
+        let mut batch = batch.into_iter().peekable();
+        while batch.peek().is_some() {
+            let chunk: ReadQueue = batch.by_ref().take(256).collect();
+            let (keys, waiters): (Vec<Vec<u8>>, Vec<_>) = chunk.into_iter().unzip();
+            let req = if keys.len() == 1 {
+                Request::ReplicaRead(keys[0].clone())
+            } else {
+                Request::ReplicaReadMany(keys.iter().cloned().map(Key).collect())
+            };
+            let answers: Vec<Option<Option<Record>>> =
+                match self.transport.request_within(addr, req, self.timeout).await {
+                    Ok(Response::ReplicaRecord(r)) if keys.len() == 1 => vec![Some(r)],
+                    Ok(Response::ReplicaRecordMany(list)) if list.len() == keys.len() => {
+                        let mut out = Vec::with_capacity(list.len());
+                        for (answer, key) in list.into_iter().zip(&keys) {
+                            out.push(match answer {
+                                ReadAnswer::Found(r) => Some(Some(r)),
+                                ReadAnswer::Missing => Some(None),
+                                ReadAnswer::TooLarge => self.read_one(addr, key.clone()).await,
+                            });
+                        }
+                        out
+                    }
+                    Ok(other) => {
+                        debug!(peer = %addr, resp = ?other, "replica refused reads");
+                        vec![None; keys.len()]
+                    }
+                    Err(e) => {
+                        debug!(peer = %addr, error = %e, "replica reads failed");
+                        vec![None; keys.len()]
+                    }
+                };
+            for (w, a) in waiters.into_iter().zip(answers) {
+                let _ = w.send(a);
+            }
+        }
+    }
+
+    async fn read_one(&self, addr: SocketAddr, key: Vec<u8>) -> Option<Option<Record>> {
+        match self.transport.request_within(addr, Request::ReplicaRead(key), self.timeout).await {
+            Ok(Response::ReplicaRecord(r)) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// The replica side of [`Request::ReplicaReadMany`]: answers in order, cutting values once the
+/// answer reaches [`MAX_BATCH_BYTES`].
+pub(crate) fn answer_reads(records: Vec<Option<Record>>) -> Vec<ReadAnswer> {
+    let mut bytes = 0;
+    records
+        .into_iter()
+        .map(|r| match r {
+            None => ReadAnswer::Missing,
+            Some(r) => {
+                let size = record_bytes(&r);
+                if bytes + size > MAX_BATCH_BYTES && bytes > 0 {
+                    ReadAnswer::TooLarge
+                } else {
+                    bytes += size;
+                    ReadAnswer::Found(r)
+                }
+            }
+        })
+        .collect()
+}
