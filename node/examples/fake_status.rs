@@ -71,6 +71,7 @@ fn snapshot(n: u64, elapsed: Duration, insecure: bool) -> Status {
         addr: "127.0.0.1:7400".to_owned(),
         zone: Some(ZONES[0].to_owned()),
         converged,
+        gossip_converged: converged,
         digest: "5f1c9a2e7b".to_owned(),
         insecure,
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -89,6 +90,7 @@ fn snapshot(n: u64, elapsed: Duration, insecure: bool) -> Status {
             refutations: u64::from(secs > 2.0),
             local_health: u32::from(!converged),
         },
+        kv: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn three_alive() -> Status {
         addr: "127.0.0.1:7001".to_owned(),
         zone: Some("z1".to_owned()),
         converged: true,
+        gossip_converged: true,
         digest: "d1ge57".to_owned(),
         insecure: true,
         version: "0.1.0".to_owned(),
@@ -55,6 +56,7 @@ fn three_alive() -> Status {
             refutations: 0,
             local_health: 0,
         },
+        kv: Some(starling_node::kv::KvStatus { writes: 7, hints_pending: 2, ..Default::default() }),
     }
 }
 
@@ -136,6 +138,8 @@ async fn status_follows_the_watch_channel() {
     assert!(metrics.contains("starling_members{state=\"suspect\"} 1\n"), "{metrics}");
     assert!(metrics.contains("starling_converged 0\n"), "{metrics}");
     assert!(metrics.contains("starling_gossip_rounds_total 43\n"), "{metrics}");
+    assert!(metrics.contains("starling_kv_writes_total 7\n"), "{metrics}");
+    assert!(metrics.contains("starling_kv_hints_pending 2\n"), "{metrics}");
 }
 
 #[tokio::test]

@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bits of the logical counter.
 pub const LOGICAL_BITS: u32 = 16;
+/// Observed timestamps further ahead of the wall clock than this are not followed.
+pub const MAX_AHEAD_MS: u64 = 60_000;
 
 /// A node's hybrid logical clock. Lock-free; share it by reference.
 #[derive(Debug, Default)]
@@ -39,8 +41,13 @@ impl Hlc {
         phys.max(prev.saturating_add(1))
     }
 
-    /// Takes a timestamp seen in a peer's message into account.
+    /// Takes a timestamp seen in a peer's message into account. A timestamp more than
+    /// [`MAX_AHEAD_MS`] ahead of this node's wall clock is ignored (a peer with a broken clock must
+    /// not drag every clock in the cluster into the future); its value still wins by version.
     pub fn observe(&self, ts: u64) {
+        if ts > physical().saturating_add(MAX_AHEAD_MS << LOGICAL_BITS) {
+            return;
+        }
         self.last.fetch_max(ts, Ordering::AcqRel);
     }
 }
@@ -63,6 +70,10 @@ mod tests {
         let ahead = a + (5_000 << LOGICAL_BITS);
         c.observe(ahead);
         assert!(c.now() > ahead);
+        // A clock an hour ahead is not followed.
+        let broken = a + (3_600_000 << LOGICAL_BITS);
+        c.observe(broken);
+        assert!(c.now() < broken);
         assert!(c.now() >> LOGICAL_BITS >= wall_millis() - 1);
     }
 }

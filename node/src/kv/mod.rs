@@ -52,6 +52,8 @@ pub struct KvConfig {
     pub read_timeout: Duration,
     /// Hints are kept for a replica down at most this long, and dropped when older.
     pub hint_window: Duration,
+    /// A read that lacks answers this long after it was sent also asks the next replica.
+    pub speculative_retry: Duration,
 }
 
 impl Default for KvConfig {
@@ -61,6 +63,7 @@ impl Default for KvConfig {
             write_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
             hint_window: Duration::from_secs(3 * 3600),
+            speculative_retry: Duration::from_millis(100),
         }
     }
 }
@@ -504,8 +507,22 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             next += 1;
         }
         let mut answers: Vec<(NodeKey, Option<Record>)> = Vec::with_capacity(required);
+        // Speculative retry: replicas that have not answered by then may have failed without
+        // gossip knowing yet; ask one more (Cassandra's `speculative_retry`).
+        let speculate_at = Instant::now() + self.inner.cfg.speculative_retry;
+        let mut speculated = false;
         while answers.len() < required {
-            match asks.next().await {
+            let spare = next < candidates.len();
+            let answer = tokio::select! {
+                a = asks.next() => a,
+                _ = tokio::time::sleep_until(speculate_at), if !speculated && spare => {
+                    speculated = true;
+                    asks.push(self.read_replica(&view, candidates[next], key.clone(), deadline));
+                    next += 1;
+                    continue;
+                }
+            };
+            match answer {
                 Some((from, Some(rec))) => answers.push((from, rec)),
                 Some((_, None)) => {
                     // That replica failed: ask the next one, if any is left.

@@ -58,6 +58,7 @@ impl Service for TestService {
                 Response::Ok
             }
             Request::Leave => Response::Ok,
+            _ => Response::error(starling_wire::ErrorCode::BadRequest, "not served here"),
         }
     }
 }

@@ -1,0 +1,325 @@
+//! `starling kv put|get|del` against a real 3-node cluster: output, exit codes (0 ok, 2 bad
+//! input, 3 unreachable, 4 not found, 5 unavailable) and messages.
+//!
+//! `starlingd` belongs to another package, so cargo does not build it for these tests: the first
+//! test that needs it runs `cargo build -p starling-node --bin starlingd` into the same target
+//! directory (a no-op when it is up to date).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use starling_node::cert;
+use starling_node::datadir::{Addresses, DataDir};
+use starling_node::status::Status;
+
+const STARLING: &str = env!("CARGO_BIN_EXE_starling");
+
+/// The `starlingd` next to `starling`, built (or brought up to date) once per test process.
+fn starlingd() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = Path::new(STARLING).with_file_name("starlingd");
+        // <target>/debug/starling -> <target>
+        let target = Path::new(STARLING).parent().and_then(Path::parent).expect("target dir");
+        let built = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "starling-node", "--bin", "starlingd"])
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status();
+        match built {
+            Ok(s) if s.success() => {}
+            other => {
+                assert!(bin.exists(), "cannot build starlingd ({other:?}) and none is there");
+                eprintln!("note: `cargo build -p starling-node` failed ({other:?}); using the existing {}", bin.display());
+            }
+        }
+        bin
+    })
+}
+
+struct Node {
+    child: Option<Child>,
+    data: PathBuf,
+    addrs: Addresses,
+}
+
+impl Node {
+    fn start(data: &Path, certs: &Path, seeds: &[SocketAddr]) -> Node {
+        let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
+        let log = std::fs::File::create(data.with_extension("log")).expect("log file");
+        let mut cmd = Command::new(starlingd());
+        cmd.arg("--data-dir")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .arg("--certs")
+            .arg(certs)
+            .env("STARLING_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if !seeds.is_empty() {
+            cmd.args(["--seeds", &seeds.join(",")]);
+        }
+        let child = cmd.spawn().expect("spawn starlingd");
+        let pid = child.id();
+        let addrs = wait_for(Duration::from_secs(30), || {
+            DataDir::read_addresses(data).ok().filter(|a| a.pid == pid)
+        })
+        .unwrap_or_else(|| panic!("starlingd did not start; log:\n{}", log_of(data)));
+        Node { child: Some(child), data: data.to_owned(), addrs }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("reap");
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn log_of(data: &Path) -> String {
+    std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+}
+
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn http_status(addr: SocketAddr) -> Option<Status> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8(buf).ok()?;
+    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Three nodes, converged, each `normal` on a ring of three.
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        cert::init_ca(&certs.join("ca")).expect("ca");
+        for name in ["node1", "node2", "node3", "client"] {
+            cert::issue(&certs.join("ca"), name, &certs.join(name), &[]).expect("issue");
+        }
+        let mut nodes: Vec<Node> = Vec::new();
+        for name in ["node1", "node2", "node3"] {
+            let seeds: Vec<SocketAddr> =
+                nodes.first().map(|n| n.addrs.listen).into_iter().collect();
+            nodes.push(Node::start(&dir.path().join(name), &certs.join(name), &seeds));
+        }
+        let ready = wait_for(Duration::from_secs(60), || {
+            nodes
+                .iter()
+                .all(|n| {
+                    http_status(n.addrs.http).is_some_and(|s| {
+                        s.converged
+                            && s.count("alive") == 3
+                            && s.ring.nodes == 3
+                            && s.ring.status.as_deref() == Some("normal")
+                    })
+                })
+                .then_some(())
+        });
+        assert!(ready.is_some(), "cluster not ready; node1 log:\n{}", log_of(&nodes[0].data));
+        Cluster { dir, nodes }
+    }
+
+    /// Runs `starling --node <node i> --certs <client> ARGS`, with `stdin` if given.
+    fn starling(&self, i: usize, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        self.starling_at(&self.nodes[i].addrs.listen.to_string(), args, stdin)
+    }
+
+    fn starling_at(&self, node: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(STARLING);
+        cmd.args(["--node", node, "--certs"])
+            .arg(self.dir.path().join("certs/client"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("STARLING_NODE")
+            .env_remove("STARLING_CERTS")
+            .env_remove("STARLING_INSECURE")
+            .env_remove("STARLING_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = cmd.spawn().expect("run starling");
+        if let Some(bytes) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin");
+            pipe.write_all(bytes).expect("write stdin");
+        }
+        child.wait_with_output().expect("starling output")
+    }
+}
+
+/// Asserts the exit code, showing the output otherwise.
+fn expect_exit(out: &Output, code: i32, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: expected exit {code}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn kv_put_get_del_print_values_and_exit_with_documented_codes() {
+    let c = Cluster::start();
+
+    let out = c.starling(0, &["kv", "put", "greeting", "hello"], None);
+    expect_exit(&out, 0, "kv put");
+    assert!(out.stdout.is_empty(), "put prints to stderr only");
+    assert!(stderr(&out).contains("stored"), "{}", stderr(&out));
+    // Read back through every node: exactly the value, nothing else on stdout.
+    for i in 0..3 {
+        let out = c.starling(i, &["kv", "get", "greeting"], None);
+        expect_exit(&out, 0, "kv get");
+        assert_eq!(out.stdout, b"hello", "node{}", i + 1);
+    }
+
+    let out = c.starling(1, &["kv", "get", "no-such-key"], None);
+    expect_exit(&out, 4, "kv get of a missing key");
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+
+    // Values from standard input are taken byte for byte.
+    let piped = b"from stdin\n\x00\xff binary too";
+    let out = c.starling(2, &["kv", "put", "piped"], Some(piped));
+    expect_exit(&out, 0, "kv put from stdin");
+    let out = c.starling(0, &["kv", "get", "piped"], None);
+    expect_exit(&out, 0, "kv get");
+    assert_eq!(out.stdout, piped);
+    let out = c.starling(0, &["kv", "get", "greeting", "--json", "-c", "all"], None);
+    expect_exit(&out, 0, "kv get --json");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["value"], "hello");
+    assert_eq!(j["replicas"], 3);
+    assert!(j["version"]["ts"].as_u64().is_some_and(|ts| ts > 0), "{j}");
+
+    // Value size limit: exactly 1 MiB is accepted (and read back whole), one byte more is not.
+    let max = c.dir.path().join("max.bin");
+    let over = c.dir.path().join("over.bin");
+    let value: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&max, &value).expect("write");
+    std::fs::write(&over, vec![b'x'; (1 << 20) + 1]).expect("write");
+    let out = c.starling(0, &["kv", "put", "max", "--file", max.to_str().expect("utf8")], None);
+    expect_exit(&out, 0, "kv put of a 1 MiB value");
+    let out = c.starling(1, &["kv", "get", "max"], None);
+    expect_exit(&out, 0, "kv get of a 1 MiB value");
+    assert!(out.stdout == value, "the 1 MiB value read back differs");
+    let out = c.starling(0, &["kv", "put", "over", "--file", over.to_str().expect("utf8")], None);
+    expect_exit(&out, 2, "kv put of a value over 1 MiB");
+    let err = stderr(&out);
+    assert!(
+        err.contains("1048577") && err.contains("1048576"),
+        "names the size and the limit: {err}"
+    );
+    let out = c.starling(0, &["kv", "put", "over"], Some(&vec![b'x'; (1 << 20) + 1]));
+    expect_exit(&out, 2, "kv put of a value over 1 MiB from stdin");
+    let out = c.starling(0, &["kv", "get", "over"], None);
+    expect_exit(&out, 4, "a refused put writes nothing");
+
+    // Bad keys and levels.
+    let out = c.starling(0, &["kv", "put", "", "v"], None);
+    expect_exit(&out, 2, "kv put with an empty key");
+    assert!(stderr(&out).contains("empty"), "{}", stderr(&out));
+    let long_key = "k".repeat(1025);
+    let out = c.starling(0, &["kv", "get", &long_key], None);
+    expect_exit(&out, 2, "kv get with a key over 1 KiB");
+    assert!(stderr(&out).contains("1024"), "{}", stderr(&out));
+    let out = c.starling(0, &["kv", "get", "greeting", "-c", "any"], None);
+    expect_exit(&out, 2, "kv get at consistency any");
+    let out = c.starling(0, &["kv", "get", "greeting", "-c", "most"], None);
+    expect_exit(&out, 2, "an unknown consistency level");
+
+    // Delete: gone for every node.
+    let out = c.starling(1, &["kv", "del", "greeting"], None);
+    expect_exit(&out, 0, "kv del");
+    assert!(stderr(&out).contains("deleted"), "{}", stderr(&out));
+    for i in 0..3 {
+        let out = c.starling(i, &["kv", "get", "greeting"], None);
+        expect_exit(&out, 4, "kv get after kv del");
+    }
+    // Deleting again is fine (a delete is a write).
+    expect_exit(&c.starling(2, &["kv", "del", "greeting"], None), 0, "kv del twice");
+
+    // Nobody listening.
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr");
+    let out = c.starling_at(&free.to_string(), &["kv", "get", "piped"], None);
+    expect_exit(&out, 3, "kv get from an unreachable node");
+}
+
+#[test]
+fn quorum_with_two_of_three_nodes_down_exits_5_and_says_how_many_are_up() {
+    let mut c = Cluster::start();
+    expect_exit(&c.starling(0, &["kv", "put", "k", "v"], None), 0, "kv put");
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    let ids: Vec<String> = c.nodes[1..]
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(n.data.join("node-id")).expect("node id").trim().to_owned()
+        })
+        .collect();
+    let down = wait_for(Duration::from_secs(60), || {
+        let s = http_status(c.nodes[0].addrs.http)?;
+        ids.iter()
+            .all(|id| s.members.iter().any(|m| &m.node_id == id && m.state == "down"))
+            .then_some(())
+    });
+    assert!(
+        down.is_some(),
+        "node1 does not see the others down; log:\n{}",
+        log_of(&c.nodes[0].data)
+    );
+
+    let out = c.starling(0, &["kv", "put", "k2", "v2"], None);
+    expect_exit(&out, 5, "quorum put with 1 of 3 replicas up");
+    let err = stderr(&out);
+    assert!(err.contains("needs 2 of 3") && err.contains("only 1 are up"), "{err}");
+    let out = c.starling(0, &["kv", "get", "k"], None);
+    expect_exit(&out, 5, "quorum get with 1 of 3 replicas up");
+    assert!(stderr(&out).contains("only 1 are up"), "{}", stderr(&out));
+    let out = c.starling(0, &["kv", "del", "k", "-c", "all"], None);
+    expect_exit(&out, 5, "all delete with 1 of 3 replicas up");
+    // The levels that can be met still work.
+    let out = c.starling(0, &["kv", "get", "k", "-c", "one"], None);
+    expect_exit(&out, 0, "one get");
+    assert_eq!(out.stdout, b"v");
+    expect_exit(&c.starling(0, &["kv", "put", "k3", "v3", "-c", "one"], None), 0, "one put");
+    expect_exit(&c.starling(0, &["kv", "put", "k4", "v4", "-c", "any"], None), 0, "any put");
+    let out = c.starling(0, &["kv", "get", "k3", "-c", "one"], None);
+    expect_exit(&out, 0, "one get");
+    assert_eq!(out.stdout, b"v3");
+}

@@ -1,0 +1,711 @@
+//! The key-value store across real `starlingd` processes on loopback, driven by a QUIC client
+//! with a client certificate: kill -9 and restart, a delete that must stay deleted, a stopped
+//! (SIGSTOP) replica, concurrent writers of one key, and a node joining under write load.
+//!
+//! The standard: no acknowledged write is ever lost. Every test records each write the cluster
+//! acknowledged (key, version, value) and checks it afterwards on the coordinators and, through
+//! `ReplicaRead`, on the replica that missed it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use starling_node::cert;
+use starling_node::datadir::{Addresses, DataDir};
+use starling_node::kv::view::parse_tokens;
+use starling_node::status::Status;
+use starling_node::tls::{self, TlsMaterial};
+use starling_node::transport::quic::QuicTransport;
+use starling_node::transport::{service_fn, Transport, TransportConfig};
+use starling_ring::{token_of, NodeKey, NodeStatus, Ring, RingNode};
+use starling_wire::{Consistency, Record, Request, Response, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Deadline for anything the cluster does on its own (start, join, detect, replay).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+struct Node {
+    child: Option<Child>,
+    data: PathBuf,
+    certs: PathBuf,
+    addrs: Addresses,
+}
+
+impl Node {
+    async fn start(data: &Path, certs: &Path, listen: &str, seeds: &[SocketAddr]) -> Node {
+        let _ = std::fs::remove_file(data.join("addresses.json"));
+        let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_starlingd"));
+        cmd.arg("--data-dir")
+            .arg(data)
+            .args(["--listen", listen, "--http", "127.0.0.1:0"])
+            .arg("--certs")
+            .arg(certs)
+            .env("STARLING_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if !seeds.is_empty() {
+            cmd.args(["--seeds", &seeds.join(",")]);
+        }
+        let child = cmd.spawn().expect("spawn starlingd");
+        let pid = child.id();
+        let start = Instant::now();
+        let addrs = loop {
+            if let Some(a) = DataDir::read_addresses(data).ok().filter(|a| a.pid == pid) {
+                break a;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "starlingd did not start; log:\n{}",
+                tail(data, 60)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Node { child: Some(child), data: data.to_owned(), certs: certs.to_owned(), addrs }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("reap");
+        }
+    }
+
+    async fn restart(&mut self, seeds: &[SocketAddr]) {
+        self.kill9();
+        let listen = self.addrs.listen.to_string();
+        *self = Node::start(&self.data, &self.certs, &listen, seeds).await;
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal");
+    }
+
+    async fn status(&self) -> Option<Status> {
+        http_status(self.addrs.http).await
+    }
+
+    fn id(&self) -> NodeKey {
+        let id = std::fs::read_to_string(self.data.join("node-id")).ok();
+        id.and_then(|s| u128::from_str_radix(s.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("node id of {}", self.data.display()))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn tail(data: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// GET /status over plain HTTP/1.0.
+async fn http_status(addr: SocketAddr) -> Option<Status> {
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n").await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8(buf).ok()?;
+        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(3), fetch).await.ok().flatten()
+}
+
+/// Polls `f` until it holds; panics with `what` (and `context()`) after `limit`.
+async fn wait_until<F, Fut>(limit: Duration, what: &str, context: impl Fn() -> String, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}\n{}", context());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    client: Arc<QuicTransport>,
+}
+
+const NAMES: [&str; 5] = ["node1", "node2", "node3", "node4", "node5"];
+
+async fn client(certs: &Path) -> Arc<QuicTransport> {
+    let tls = tls::mutual(&TlsMaterial::load(certs).expect("client certs")).expect("tls");
+    let cfg =
+        TransportConfig { request_timeout: Duration::from_secs(10), ..TransportConfig::default() };
+    let t = QuicTransport::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        &tls,
+        cfg,
+        service_fn(|_, _| async { Response::Ok }),
+    )
+    .await
+    .expect("client endpoint");
+    Arc::new(t)
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        cert::init_ca(&certs.join("ca")).expect("ca");
+        for name in NAMES.iter().chain(&["client"]) {
+            cert::issue(&certs.join("ca"), name, &certs.join(name), &[]).expect("issue");
+        }
+        let client = client(&certs.join("client")).await;
+        let mut c = Cluster { dir, nodes: Vec::new(), client };
+        for _ in 0..n {
+            c.add_node().await;
+        }
+        c.wait_ready(n).await;
+        c
+    }
+
+    /// Starts the next node, seeded with the first one.
+    async fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let seeds: Vec<SocketAddr> =
+            self.nodes.first().map(|n| n.addrs.listen).into_iter().collect();
+        let data = self.dir.path().join(NAMES[i]);
+        let certs = self.dir.path().join("certs").join(NAMES[i]);
+        self.nodes.push(Node::start(&data, &certs, "127.0.0.1:0", &seeds).await);
+        i
+    }
+
+    /// Restarts node `i` (kill -9 first if running) and waits until the cluster is ready. The
+    /// client starts afresh, like a new client process: its connection to the old process is
+    /// dead, and a restarted node cannot reset it (QUIC stateless-reset keys are per process),
+    /// so it would only be dropped at the idle timeout.
+    async fn restart(&mut self, i: usize) {
+        let seed = self.nodes[if i == 0 { 1 } else { 0 }].addrs.listen;
+        self.nodes[i].restart(&[seed]).await;
+        self.client.close().await;
+        self.client = client(&self.dir.path().join("certs/client")).await;
+        let ring = self.nodes.len();
+        self.wait_ready(ring).await;
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- node{} log (tail) ---\n{}", i + 1, tail(&n.data, 25)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].child.is_some()).collect()
+    }
+
+    async fn statuses(&self) -> Vec<Option<Status>> {
+        join_all(self.live().into_iter().map(|i| self.nodes[i].status())).await
+    }
+
+    /// Every running node: converged, sees every running node alive, `ring` nodes on the ring,
+    /// and itself `normal`.
+    async fn ready(&self, ring: usize) -> bool {
+        let live = self.live().len();
+        self.statuses().await.iter().all(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.converged
+                    && s.count("alive") == live
+                    && s.ring.nodes == ring
+                    && s.ring.status.as_deref() == Some("normal")
+            })
+        })
+    }
+
+    async fn wait_ready(&self, ring: usize) {
+        let what = format!("{} nodes converged with a normal ring of {ring}", self.live().len());
+        wait_until(PATIENCE, &what, || self.logs(), || self.ready(ring)).await;
+    }
+
+    /// Sum of one KV counter over `nodes` (`None` if one does not answer).
+    async fn kv_sum(
+        &self,
+        nodes: &[usize],
+        f: impl Fn(&starling_node::kv::KvStatus) -> u64,
+    ) -> Option<u64> {
+        let mut sum = 0;
+        for s in join_all(nodes.iter().map(|i| self.nodes[*i].status())).await {
+            sum += f(s?.kv.as_ref()?);
+        }
+        Some(sum)
+    }
+
+    async fn wait_hints_delivered(&self) {
+        wait_until(
+            PATIENCE,
+            "every hint delivered (hints_pending == 0 on every node)",
+            || self.logs(),
+            || async { self.kv_sum(&self.live(), |k| k.hints_pending).await == Some(0) },
+        )
+        .await;
+    }
+
+    async fn sees_down(&self, observer: usize, subject: usize) -> bool {
+        let id = format!("{:032x}", self.nodes[subject].id());
+        self.nodes[observer]
+            .status()
+            .await
+            .is_some_and(|s| s.members.iter().any(|m| m.node_id == id && m.state == "down"))
+    }
+
+    async fn call(&self, i: usize, req: Request) -> Result<Response, String> {
+        match self.client.request(self.nodes[i].addrs.listen, req).await {
+            Ok(Response::Error { code, message }) => Err(format!("{code}: {message}")),
+            Ok(r) => Ok(r),
+            Err(e) => Err(format!("transport: {e}")),
+        }
+    }
+
+    /// Writes through node `i`; the record the cluster acknowledged.
+    async fn put(
+        &self,
+        i: usize,
+        key: &[u8],
+        value: Option<&[u8]>,
+        consistency: Consistency,
+    ) -> Result<Record, String> {
+        let req =
+            Request::KvPut { key: key.to_vec(), value: value.map(<[u8]>::to_vec), consistency };
+        match self.call(i, req).await? {
+            Response::KvWritten { version, acked, required } => {
+                assert!(acked >= required, "acked {acked} < required {required}");
+                Ok(Record { key: key.to_vec(), version, value: value.map(<[u8]>::to_vec) })
+            }
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    async fn get(
+        &self,
+        i: usize,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<Record>, String> {
+        match self.call(i, Request::KvGet { key: key.to_vec(), consistency }).await? {
+            Response::KvValue { record, .. } => Ok(record),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    async fn replica_read(&self, i: usize, key: &[u8]) -> Result<Option<Record>, String> {
+        match self.call(i, Request::ReplicaRead(key.to_vec())).await? {
+            Response::ReplicaRecord(r) => Ok(r),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// Writes `keys` at quorum, `in_flight` at a time, coordinators in turn; every write must be
+    /// acknowledged. Records them in `acked`.
+    async fn write_all(
+        &self,
+        coordinators: &[usize],
+        keys: Vec<String>,
+        acked: &mut BTreeMap<Vec<u8>, Record>,
+    ) {
+        for (chunk_no, chunk) in keys.chunks(8).enumerate() {
+            let writes = chunk.iter().enumerate().map(|(j, k)| {
+                let i = coordinators[(chunk_no * 8 + j) % coordinators.len()];
+                let value = format!("value of {k}");
+                async move {
+                    let r = self
+                        .put(i, k.as_bytes(), Some(value.as_bytes()), Consistency::Quorum)
+                        .await;
+                    (i, k, r)
+                }
+            });
+            for (i, k, r) in join_all(writes).await {
+                match r {
+                    Ok(rec) => {
+                        acked.insert(rec.key.clone(), rec);
+                    }
+                    Err(e) => panic!(
+                        "quorum write of {k} through node{} failed: {e}\n{}",
+                        i + 1,
+                        self.logs()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Every acknowledged write reads back at `level` (coordinators in turn) with its version.
+    async fn check_reads(
+        &self,
+        coordinators: &[usize],
+        acked: &BTreeMap<Vec<u8>, Record>,
+        level: Consistency,
+    ) {
+        let list: Vec<&Record> = acked.values().collect();
+        for (n, chunk) in list.chunks(16).enumerate() {
+            let reads = chunk.iter().enumerate().map(|(j, r)| {
+                let i = coordinators[(n * 16 + j) % coordinators.len()];
+                async move { (i, *r, self.get(i, &r.key, level).await) }
+            });
+            for (i, want, got) in join_all(reads).await {
+                match got {
+                    Ok(Some(r)) if r == *want => {}
+                    other => panic!(
+                        "{level} read of {:?} through node{}: expected {want:?}, got {other:?}\n{}",
+                        String::from_utf8_lossy(&want.key),
+                        i + 1,
+                        self.logs()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Node `i` holds each record (`ReplicaRead`), with exactly the acknowledged version.
+    async fn check_replica(&self, i: usize, records: &[&Record]) {
+        for chunk in records.chunks(32) {
+            let reads =
+                chunk.iter().map(|r| async move { (*r, self.replica_read(i, &r.key).await) });
+            for (want, got) in join_all(reads).await {
+                match got {
+                    Ok(Some(r)) if r == *want => {}
+                    other => {
+                        panic!("node{} should hold {want:?}, has {other:?}\n{}", i + 1, self.logs())
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:04}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_a_replica_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3).await;
+    let mut acked = BTreeMap::new();
+    c.write_all(&[0, 1, 2], keys("before", 40), &mut acked).await;
+
+    c.nodes[2].kill9();
+    // Before gossip notices: writes to the dead replica time out and become hints; quorum
+    // writes are acknowledged by the two others all along.
+    c.write_all(&[0, 1], keys("unnoticed", 100), &mut acked).await;
+    // Reads may time out while the dead node is still thought up (it is asked and does not
+    // answer), but never return anything but the acknowledged value.
+    let mut timeouts = 0;
+    for r in acked.values().take(60) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match c.get(0, &r.key, Consistency::Quorum).await {
+                Ok(Some(got)) if got == *r => break,
+                Ok(other) => panic!("read of {r:?} returned {other:?}"),
+                Err(e) => {
+                    assert!(e.contains("timed out") || e.contains("unavailable"), "{e}");
+                    timeouts += 1;
+                    assert!(Instant::now() < deadline, "reads keep failing: {e}");
+                }
+            }
+        }
+    }
+    wait_until(
+        PATIENCE,
+        "node3 seen down by node1 and node2",
+        || c.logs(),
+        || async { c.sees_down(0, 2).await && c.sees_down(1, 2).await },
+    )
+    .await;
+    c.write_all(&[0, 1], keys("down", 100), &mut acked).await;
+    // With the dead node known down, quorum reads work at once, through both coordinators.
+    c.check_reads(&[0, 1], &acked, Consistency::Quorum).await;
+    wait_until(
+        PATIENCE,
+        "a hint stored for each of the 200 writes node3 missed",
+        || c.logs(),
+        || async { c.kv_sum(&[0, 1], |k| k.hints_stored).await.is_some_and(|n| n >= 200) },
+    )
+    .await;
+
+    c.restart(2).await;
+    c.wait_hints_delivered().await;
+    let replayed = c.kv_sum(&[0, 1], |k| k.hints_replayed).await.expect("status");
+    assert!(replayed >= 200, "{replayed} hints replayed, 200 expected");
+    // Checked before any read, which would repair it: the hints alone brought these.
+    let missed: Vec<&Record> = acked.values().filter(|r| !r.key.starts_with(b"before")).collect();
+    c.check_replica(2, &missed).await;
+    c.check_reads(&[0, 1, 2], &acked, Consistency::All).await;
+    eprintln!(
+        "kill9: {} writes acknowledged, {timeouts} reads timed out before detection",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_missed_by_a_killed_replica_does_not_come_back() {
+    let mut c = Cluster::start(3).await;
+    let old = c.put(0, b"victim", Some(b"old value"), Consistency::All).await.expect("put");
+    let old2 = c.put(1, b"victim-2", Some(b"old value"), Consistency::All).await.expect("put");
+    let other = c.put(1, b"bystander", Some(b"stays"), Consistency::All).await.expect("put");
+    c.check_replica(2, &[&old, &old2, &other]).await;
+
+    c.nodes[2].kill9();
+    let del = c.put(0, b"victim", None, Consistency::Quorum).await.expect("delete at quorum");
+    let del2 = c.put(1, b"victim-2", None, Consistency::Quorum).await.expect("delete at quorum");
+    assert!(del.version > old.version && del2.version > old2.version);
+    wait_until(
+        PATIENCE,
+        "both deletes hinted for node3",
+        || c.logs(),
+        || async { c.kv_sum(&[0, 1], |k| k.hints_stored).await.is_some_and(|n| n >= 2) },
+    )
+    .await;
+    c.restart(2).await;
+    // Even before the hint arrives, a quorum read through the stale replica sees the delete
+    // (and repairs it).
+    match c.get(2, b"victim", Consistency::Quorum).await {
+        Ok(r) => {
+            assert!(r.as_ref().is_none_or(Record::is_tombstone), "deleted key read back: {r:?}")
+        }
+        Err(e) => panic!("quorum read through the restarted node: {e}"),
+    }
+    c.wait_hints_delivered().await;
+    // The second delete reached it through its hint alone (nobody read that key).
+    c.check_replica(2, &[&del, &del2, &other]).await;
+    for i in 0..3 {
+        for key in [&b"victim"[..], b"victim-2"] {
+            let r = c.get(i, key, Consistency::All).await.expect("get at all");
+            assert!(r.as_ref().is_none_or(Record::is_tombstone), "node{} reads {r:?}", i + 1);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_gets_every_write_after_it_resumes() {
+    let c = Cluster::start(3).await;
+    let mut acked = BTreeMap::new();
+    c.nodes[2].signal(Signal::SIGSTOP);
+    // Stopped, not yet suspected: its copies time out and become hints.
+    c.write_all(&[0, 1], keys("stopped", 40), &mut acked).await;
+    wait_until(
+        PATIENCE,
+        "node3 seen down by node1 and node2",
+        || c.logs(),
+        || async { c.sees_down(0, 2).await && c.sees_down(1, 2).await },
+    )
+    .await;
+    c.write_all(&[0, 1], keys("stopped-down", 40), &mut acked).await;
+    c.check_reads(&[0, 1], &acked, Consistency::Quorum).await;
+    wait_until(
+        PATIENCE,
+        "hints stored for the stopped node",
+        || c.logs(),
+        || async { c.kv_sum(&[0, 1], |k| k.hints_stored).await.is_some_and(|n| n >= 80) },
+    )
+    .await;
+
+    c.nodes[2].signal(Signal::SIGCONT);
+    c.wait_ready(3).await;
+    c.wait_hints_delivered().await;
+    let all: Vec<&Record> = acked.values().collect();
+    c.check_replica(2, &all).await;
+    c.check_reads(&[2, 0, 1], &acked, Consistency::All).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_of_one_key_converge_on_every_replica() {
+    let c = Cluster::start(3).await;
+    let key = b"contended".to_vec();
+    let mut newest: Option<Record> = None;
+    for round in 0..40 {
+        let writes = (0..3).map(|i| {
+            let value = format!("node{}-round{round}", i + 1).into_bytes();
+            let key = key.clone();
+            let c = &c;
+            async move { c.put(i, &key, Some(&value), Consistency::Quorum).await }
+        });
+        let results = join_all(writes).await;
+        let mut versions: Vec<Version> = Vec::new();
+        for r in results {
+            let r = r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            versions.push(r.version);
+            if newest.as_ref().is_none_or(|n| r.version > n.version) {
+                newest = Some(r);
+            }
+        }
+        versions.sort();
+        versions.dedup();
+        assert_eq!(versions.len(), 3, "round {round}: each write its own version");
+    }
+    let newest = newest.expect("writes");
+    // Every replica ends with the newest acknowledged version (the third copies land in the
+    // background), and every coordinator reads it.
+    wait_until(
+        PATIENCE,
+        "every replica holds the newest version",
+        || c.logs(),
+        || async {
+            let reads = join_all((0..3).map(|i| c.replica_read(i, &key))).await;
+            reads.iter().all(|r| r.as_ref().is_ok_and(|r| r.as_ref() == Some(&newest)))
+        },
+    )
+    .await;
+    c.wait_hints_delivered().await;
+    for i in 0..3 {
+        let got = c.get(i, &key, Consistency::All).await.expect("get at all");
+        assert_eq!(got.as_ref(), Some(&newest), "node{}", i + 1);
+    }
+}
+
+/// The ring as the nodes compute it, from each node's stored tokens (RocksDB opened read-only
+/// while the node runs).
+fn ring_from_disk(c: &Cluster) -> Ring {
+    let nodes = c.nodes.iter().map(|n| {
+        let path = n.data.join("db");
+        let db = rocksdb::DB::open_cf_for_read_only(
+            &rocksdb::Options::default(),
+            &path,
+            ["meta"],
+            false,
+        )
+        .unwrap_or_else(|e| panic!("open {} read-only: {e}", path.display()));
+        let cf = db.cf_handle("meta").expect("meta column family");
+        let tokens = db.get_cf(cf, "tokens").expect("read meta").expect("tokens stored");
+        let tokens = parse_tokens(std::str::from_utf8(&tokens).expect("utf8")).expect("tokens");
+        RingNode { id: n.id(), tokens, zone: None, status: NodeStatus::Normal }
+    });
+    Ring::new(nodes.collect::<Vec<_>>())
+}
+
+/// Writes `join-<n>` keys at quorum through `coordinators` in turn until `stop`; returns the
+/// acknowledged records and the failures.
+async fn keep_writing(
+    client: Arc<QuicTransport>,
+    coordinators: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<Vec<u8>, Record>>>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        // A few at once, like several clients.
+        let writes = (0..4).map(|j| {
+            let key = format!("join-{:05}", n + j).into_bytes();
+            let addr = coordinators[(n + j) % coordinators.len()];
+            let client = client.clone();
+            async move {
+                let req = Request::KvPut {
+                    key: key.clone(),
+                    value: Some(key.clone()),
+                    consistency: Consistency::Quorum,
+                };
+                (key, client.request(addr, req).await)
+            }
+        });
+        for (key, r) in join_all(writes).await {
+            match r {
+                Ok(Response::KvWritten { version, .. }) => {
+                    let rec = Record { key: key.clone(), version, value: Some(key.clone()) };
+                    acked.lock().expect("lock").insert(key, rec);
+                }
+                other => failures.push(format!("{}: {other:?}", String::from_utf8_lossy(&key))),
+            }
+        }
+        n += 4;
+        // Paced (at most ~800 writes/s), so checking them all afterwards stays quick.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    failures
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_under_write_load_gets_its_data_and_nothing_is_lost() {
+    let mut c = Cluster::start(3).await;
+    let mut acked = BTreeMap::new();
+    c.write_all(&[0, 1, 2], keys("before", 150), &mut acked).await;
+
+    let during = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let coordinators: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addrs.listen).collect();
+    let writer =
+        tokio::spawn(keep_writing(c.client.clone(), coordinators, stop.clone(), during.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let new = c.add_node().await;
+    c.wait_ready(4).await;
+    // Some more writes once it is normal, through it too.
+    c.write_all(&[new, 0, 1, 2], keys("after", 60), &mut acked).await;
+    stop.store(true, Ordering::Relaxed);
+    let failures = writer.await.expect("writer");
+    let during = std::mem::take(&mut *during.lock().expect("lock"));
+    assert!(
+        during.len() >= 20,
+        "the writer should have written through the join: {}",
+        during.len()
+    );
+    let during_count = during.len();
+    acked.extend(during);
+    c.wait_hints_delivered().await;
+
+    // The new node holds everything the ring gives it: checked before any read, which would
+    // repair it, so streaming and the writes it got while joining alone brought these.
+    let ring = ring_from_disk(&c);
+    let status = c.nodes[0].status().await.expect("status");
+    assert_eq!(
+        status.ring.digest.as_deref(),
+        Some(ring.digest().as_str()),
+        "the ring rebuilt from the nodes' stored tokens is the one they use"
+    );
+    let new_id = c.nodes[new].id();
+    let mine: Vec<&Record> =
+        acked.values().filter(|r| ring.replicas(token_of(&r.key), 3).contains(&new_id)).collect();
+    assert!(!mine.is_empty(), "the new node replicates some keys");
+    c.check_replica(new, &mine).await;
+
+    // Every acknowledged write, before, during and after the join, reads back.
+    c.check_reads(&[new, 0, 1, 2], &acked, Consistency::Quorum).await;
+    c.check_reads(&[0, 1, 2, new], &acked, Consistency::All).await;
+    eprintln!(
+        "join: {} writes acknowledged ({during_count} during the join, {} failed: {:?}); the new node replicates {}",
+        acked.len(),
+        failures.len(),
+        failures.iter().take(3).collect::<Vec<_>>(),
+        mine.len()
+    );
+}

@@ -1,0 +1,833 @@
+//! The KV layer in one process: `Kv<MemTransport, MemStorage>` nodes over one `MemNetwork`, with
+//! the ring built by hand and "gossip" played by the test (views republished with members marked
+//! down or moved to a new address). Covers consistency levels, hinted handoff (down, refusing and
+//! hanging replicas), read repair, deletes that must not come back, concurrent writers, and
+//! request validation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use starling_node::kv::view::{format_tokens, MemberRingState, RingView};
+use starling_node::kv::{Kv, KvConfig, KvError, Written};
+use starling_node::storage::mem::MemStorage;
+use starling_node::storage::{data_key, Storage};
+use starling_node::transport::mem::{MemNetwork, MemTransport};
+use starling_node::transport::{PeerInfo, Service, Transport, TransportConfig};
+use starling_ring::{token_of, NodeKey, NodeStatus, Range, Ring, RingNode};
+use starling_wire::{
+    Consistency, ErrorCode, Record, Request, Response, Version, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+type MemKv = Kv<MemTransport, MemStorage>;
+
+const SERVE: u8 = 0;
+/// Answer every request with an error (a replica that cannot write).
+const REFUSE: u8 = 1;
+/// Hold every request until the mode changes (a stopped process: requests queue up and are
+/// carried out late).
+const HANG: u8 = 2;
+
+/// Routes requests to the node's `Kv` (set once the transport exists, as `node.rs` does).
+struct KvService {
+    kv: Arc<OnceLock<MemKv>>,
+    mode: Arc<AtomicU8>,
+}
+
+impl Service for KvService {
+    async fn call(&self, _peer: PeerInfo, req: Request) -> Response {
+        loop {
+            match self.mode.load(Ordering::Acquire) {
+                REFUSE => return Response::error(ErrorCode::Unavailable, "refusing (test)"),
+                HANG => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ => break,
+            }
+        }
+        match self.kv.get() {
+            Some(kv) => kv
+                .handle(req)
+                .await
+                .unwrap_or_else(|| Response::error(ErrorCode::BadRequest, "not a KV request")),
+            None => Response::error(ErrorCode::Unavailable, "starting"),
+        }
+    }
+}
+
+struct TestNode {
+    id: NodeKey,
+    storage: Arc<MemStorage>,
+    kv: MemKv,
+    transport: Arc<MemTransport>,
+    mode: Arc<AtomicU8>,
+    view: watch::Sender<Arc<RingView>>,
+    replay: Option<JoinHandle<()>>,
+    alive: bool,
+}
+
+impl TestNode {
+    fn stop_replay(&mut self) {
+        if let Some(h) = self.replay.take() {
+            h.abort();
+        }
+    }
+
+    fn start_replay(&mut self) {
+        if self.replay.is_none() {
+            self.replay = Some(tokio::spawn(self.kv.clone().replay_hints()));
+        }
+    }
+
+    fn hints_pending(&self) -> u64 {
+        self.kv.status().hints_pending
+    }
+}
+
+struct Cluster {
+    net: MemNetwork,
+    cfg: KvConfig,
+    members: Vec<MemberRingState>,
+    nodes: Vec<TestNode>,
+    /// Per observer: the members it sees down.
+    down: Vec<HashSet<NodeKey>>,
+}
+
+fn node_id(i: usize) -> NodeKey {
+    (i as u128 + 1) * 0x1111_1111_1111_1111_1111_1111_1111_1111
+}
+
+fn test_cfg() -> KvConfig {
+    KvConfig {
+        replication: 3,
+        write_timeout: Duration::from_millis(1500),
+        read_timeout: Duration::from_millis(1500),
+        ..KvConfig::default()
+    }
+}
+
+impl Cluster {
+    /// `ring` nodes with tokens, then `extra` nodes that coordinate but own nothing.
+    async fn new(ring: usize, extra: usize) -> Cluster {
+        let net = MemNetwork::new();
+        let cfg = test_cfg();
+        let mut cluster =
+            Cluster { net, cfg, members: Vec::new(), nodes: Vec::new(), down: Vec::new() };
+        let mut placed: Vec<RingNode> = Vec::new();
+        for i in 0..ring + extra {
+            let id = node_id(i);
+            let tokens = if i < ring {
+                let tokens = Ring::new(placed.clone()).allocate_tokens(id, 16, 7 + i as u64);
+                placed.push(RingNode {
+                    id,
+                    tokens: tokens.clone(),
+                    zone: None,
+                    status: NodeStatus::Normal,
+                });
+                Some(format_tokens(&tokens))
+            } else {
+                None
+            };
+            let node = cluster.spawn_node(id, Arc::new(MemStorage::new()));
+            cluster.members.push(MemberRingState {
+                id,
+                addr: node.transport.local_addr(),
+                down: false,
+                left: false,
+                tokens,
+                status: Some("normal".into()),
+                zone: None,
+            });
+            cluster.nodes.push(node);
+            cluster.down.push(HashSet::new());
+        }
+        cluster.publish();
+        for n in &cluster.nodes {
+            assert_eq!(n.kv.view().ring.nodes().count(), ring);
+        }
+        cluster
+    }
+
+    fn spawn_node(&self, id: NodeKey, storage: Arc<MemStorage>) -> TestNode {
+        let cell: Arc<OnceLock<MemKv>> = Arc::default();
+        let mode = Arc::new(AtomicU8::new(SERVE));
+        let tcfg = TransportConfig {
+            request_timeout: Duration::from_secs(2),
+            ..TransportConfig::default()
+        };
+        let transport =
+            Arc::new(self.net.bind(KvService { kv: cell.clone(), mode: mode.clone() }, tcfg));
+        let (view, rx) = watch::channel(Arc::new(RingView::empty(id, self.cfg.replication)));
+        let kv = Kv::new(id, self.cfg.clone(), storage.clone(), transport.clone(), rx)
+            .expect("kv starts");
+        assert!(cell.set(kv.clone()).is_ok());
+        let replay = Some(tokio::spawn(kv.clone().replay_hints()));
+        TestNode { id, storage, kv, transport, mode, view, replay, alive: true }
+    }
+
+    /// Plays gossip: every live node gets a view built from the members as it sees them.
+    fn publish(&self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.alive {
+                continue;
+            }
+            let members: Vec<MemberRingState> = self
+                .members
+                .iter()
+                .map(|m| MemberRingState { down: self.down[i].contains(&m.id), ..m.clone() })
+                .collect();
+            let prev = n.view.borrow().clone();
+            let next = RingView::build(n.id, self.cfg.replication, &members, Some(&prev));
+            n.view.send_replace(Arc::new(next));
+        }
+    }
+
+    /// Every other node sees `i` down.
+    fn mark_down(&mut self, i: usize) {
+        let id = self.nodes[i].id;
+        for (o, set) in self.down.iter_mut().enumerate() {
+            if o != i {
+                set.insert(id);
+            }
+        }
+        self.publish();
+    }
+
+    fn mark_up(&mut self, i: usize) {
+        let id = self.nodes[i].id;
+        for set in &mut self.down {
+            set.remove(&id);
+        }
+        self.publish();
+    }
+
+    /// A crash: the node stops answering and stops replaying (gossip has not noticed yet).
+    async fn kill(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.stop_replay();
+        n.transport.close().await;
+        n.alive = false;
+    }
+
+    /// The same node (id and store) back at a new address; gossip sees it up.
+    async fn restart(&mut self, i: usize) {
+        if self.nodes[i].alive {
+            self.kill(i).await;
+        }
+        let (id, storage) = (self.nodes[i].id, self.nodes[i].storage.clone());
+        let node = self.spawn_node(id, storage);
+        self.members[i].addr = node.transport.local_addr();
+        self.nodes[i] = node;
+        self.mark_up(i);
+    }
+
+    fn kv(&self, i: usize) -> &MemKv {
+        &self.nodes[i].kv
+    }
+
+    /// The replicas of `key` in preference order, as node indexes.
+    fn replicas(&self, key: &[u8]) -> Vec<usize> {
+        let view = self.nodes[0].kv.view();
+        view.placement
+            .replicas(token_of(key))
+            .iter()
+            .map(|id| self.nodes.iter().position(|n| n.id == *id).expect("known node"))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop_replay();
+        }
+    }
+}
+
+/// Polls `f` until it holds; panics with `what` after `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn record(key: &[u8], w: &Written, value: Option<&[u8]>) -> Record {
+    Record { key: key.to_vec(), version: w.version, value: value.map(<[u8]>::to_vec) }
+}
+
+async fn put(kv: &MemKv, key: &[u8], value: &[u8], level: Consistency) -> Record {
+    let w = kv.put(key.to_vec(), Some(value.to_vec()), level).await.unwrap_or_else(|e| {
+        panic!("{level} put of {:?} failed: {e}", String::from_utf8_lossy(key))
+    });
+    assert!(w.acked >= w.required, "{w:?}");
+    record(key, &w, Some(value))
+}
+
+fn stored(n: &TestNode, key: &[u8]) -> Option<Record> {
+    n.storage.get(key).expect("storage get")
+}
+
+async fn replica_read(from: &TestNode, to: &TestNode, key: &[u8]) -> Option<Record> {
+    let addr = to.transport.local_addr();
+    match from.transport.request(addr, Request::ReplicaRead(key.to_vec())).await {
+        Ok(Response::ReplicaRecord(r)) => r,
+        other => panic!("ReplicaRead from {addr}: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_writes_are_read_back_from_every_coordinator() {
+    let c = Cluster::new(3, 0).await;
+    let mut acked = Vec::new();
+    for i in 0..60usize {
+        let key = format!("key-{i}");
+        let value = format!("value-{i}");
+        let kv = c.kv(i % 3);
+        let w = kv
+            .put(key.clone().into_bytes(), Some(value.clone().into_bytes()), Consistency::Quorum)
+            .await
+            .expect("quorum put");
+        assert_eq!(w.required, 2);
+        assert!(w.acked >= 2);
+        assert_eq!(w.version.node, c.nodes[i % 3].id, "the coordinator stamps the version");
+        acked.push(record(key.as_bytes(), &w, Some(value.as_bytes())));
+    }
+    for r in &acked {
+        for (j, n) in c.nodes.iter().enumerate() {
+            let got = n.kv.get(r.key.clone(), Consistency::Quorum).await.expect("quorum get");
+            assert_eq!(got.record.as_ref(), Some(r), "coordinator {j}");
+            assert_eq!(got.replicas, 2);
+        }
+    }
+    // The third copy of every write lands in the background.
+    eventually(PATIENCE, "every replica holds every write", || async {
+        acked.iter().all(|r| c.nodes.iter().all(|n| stored(n, &r.key).as_ref() == Some(r)))
+    })
+    .await;
+    for n in &c.nodes {
+        let got = n.kv.get(b"key-7".to_vec(), Consistency::One).await.expect("one");
+        assert_eq!(got.record.as_ref(), Some(&acked[7]));
+        let got = n.kv.get(b"key-8".to_vec(), Consistency::All).await.expect("all");
+        assert_eq!((got.record.as_ref(), got.replicas), (Some(&acked[8]), 3));
+        let missing = n.kv.get(b"never-written".to_vec(), Consistency::Quorum).await.expect("get");
+        assert_eq!(missing.record, None);
+    }
+    // An overwrite is seen everywhere, and versions grow.
+    let again = put(c.kv(2), b"key-0", b"second", Consistency::All).await;
+    assert!(again.version > acked[0].version);
+    for n in &c.nodes {
+        assert_eq!(stored(n, b"key-0"), Some(again.clone()), "`all` waits for every replica");
+    }
+    for n in &c.nodes {
+        let s = n.kv.status();
+        assert_eq!(s.hints_pending, 0);
+        assert_eq!(s.write_failures, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_was_down_gets_every_acknowledged_write_through_hints() {
+    let mut c = Cluster::new(3, 0).await;
+    let mut acked: Vec<Record> = Vec::new();
+    // Crashed, and nobody has noticed yet: its writes fail and become hints.
+    c.kill(2).await;
+    for i in 0..20 {
+        let key = format!("unnoticed-{i}");
+        acked.push(put(c.kv(i % 2), key.as_bytes(), b"v1", Consistency::Quorum).await);
+    }
+    // Gossip marks it down: hints at once, and levels it cannot meet fail without writing.
+    c.mark_down(2);
+    for i in 0..20 {
+        let key = format!("down-{i}");
+        acked.push(put(c.kv(i % 2), key.as_bytes(), b"v2", Consistency::Quorum).await);
+    }
+    let err = c.kv(0).put(b"needs-all".to_vec(), Some(b"x".to_vec()), Consistency::All).await;
+    match err {
+        Err(KvError::Unavailable(m)) => assert!(m.contains("only 2 are up"), "{m}"),
+        other => panic!("`all` with a replica down must be unavailable, got {other:?}"),
+    }
+    assert_eq!(stored(&c.nodes[0], b"needs-all"), None, "an unavailable write writes nothing");
+    assert_eq!(stored(&c.nodes[1], b"needs-all"), None, "an unavailable write writes nothing");
+    // Reads keep working at quorum.
+    for r in &acked {
+        let got = c.kv(1).get(r.key.clone(), Consistency::Quorum).await.expect("quorum get");
+        assert_eq!(got.record.as_ref(), Some(r));
+    }
+    eventually(PATIENCE, "one hint per write for the down replica", || async {
+        c.nodes[0].kv.status().hints_stored + c.nodes[1].kv.status().hints_stored == 40
+    })
+    .await;
+    assert_eq!(c.nodes[0].hints_pending() + c.nodes[1].hints_pending(), 40);
+    for n in &c.nodes[..2] {
+        let targets = n.storage.hint_targets().expect("targets");
+        assert!(targets.iter().all(|(t, _)| *t == c.nodes[2].id), "{targets:?}");
+    }
+
+    c.restart(2).await;
+    eventually(PATIENCE, "hints delivered", || async {
+        c.nodes[0].hints_pending() == 0 && c.nodes[1].hints_pending() == 0
+    })
+    .await;
+    let replayed: u64 = c.nodes.iter().map(|n| n.kv.status().hints_replayed).sum();
+    assert_eq!(replayed, 40);
+    for n in &c.nodes[..2] {
+        assert!(n.storage.hint_targets().expect("targets").is_empty(), "delivered hints deleted");
+    }
+    for r in &acked {
+        assert_eq!(stored(&c.nodes[2], &r.key).as_ref(), Some(r), "restarted replica's copy");
+        assert_eq!(replica_read(&c.nodes[0], &c.nodes[2], &r.key).await.as_ref(), Some(r));
+    }
+    // It serves `all` again.
+    put(c.kv(2), b"needs-all", b"x", Consistency::All).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_and_hanging_replicas_get_hints_and_late_writes_converge() {
+    let c = Cluster::new(3, 0).await;
+    let mut acked: Vec<Record> = Vec::new();
+
+    // A replica that answers with errors.
+    c.nodes[2].mode.store(REFUSE, Ordering::Release);
+    for i in 0..10 {
+        acked.push(
+            put(c.kv(i % 2), format!("refused-{i}").as_bytes(), b"r", Consistency::Quorum).await,
+        );
+    }
+    eventually(PATIENCE, "hints for the refusing replica", || async {
+        c.nodes[0].kv.status().hints_stored + c.nodes[1].kv.status().hints_stored >= 10
+    })
+    .await;
+
+    // A replica that stops answering (SIGSTOP): quorum writes succeed, `all` times out.
+    c.nodes[2].mode.store(HANG, Ordering::Release);
+    for i in 0..10 {
+        acked.push(
+            put(c.kv(i % 2), format!("hung-{i}").as_bytes(), b"h", Consistency::Quorum).await,
+        );
+    }
+    let t = tokio::time::Instant::now();
+    match c.kv(0).put(b"all-timeout".to_vec(), Some(b"t".to_vec()), Consistency::All).await {
+        Err(KvError::Timeout(m)) => assert!(m.contains("2 of 3"), "{m}"),
+        other => panic!("`all` with a hung replica must time out, got {other:?}"),
+    }
+    assert!(t.elapsed() >= c.cfg.write_timeout, "a timeout comes after the write timeout");
+    // The timed-out write was applied by the two live replicas and hinted for the third.
+    assert!(stored(&c.nodes[0], b"all-timeout").is_some());
+    eventually(PATIENCE, "timed-out writes become hints", || async {
+        c.nodes[0].kv.status().hints_stored + c.nodes[1].kv.status().hints_stored >= 21
+    })
+    .await;
+
+    // Resumed: the queued requests are carried out late, the hints are replayed on top; every
+    // acknowledged write ends up on the replica with its own version.
+    c.nodes[2].mode.store(SERVE, Ordering::Release);
+    eventually(PATIENCE, "hints delivered", || async {
+        c.nodes.iter().all(|n| n.hints_pending() == 0)
+    })
+    .await;
+    for r in &acked {
+        assert_eq!(stored(&c.nodes[2], &r.key).as_ref(), Some(r));
+    }
+    let timed_out = stored(&c.nodes[0], b"all-timeout").expect("on the coordinator");
+    assert_eq!(stored(&c.nodes[2], b"all-timeout"), Some(timed_out));
+}
+
+/// A key whose preference list puts `second` right after `coordinator` among the others, so a
+/// quorum read on `coordinator` asks exactly those two.
+fn key_read_by(c: &Cluster, coordinator: usize, second: usize, tag: &str) -> Vec<u8> {
+    (0..10_000)
+        .map(|i| format!("{tag}-{i}").into_bytes())
+        .find(|k| {
+            let others: Vec<usize> =
+                c.replicas(k).into_iter().filter(|r| *r != coordinator).collect();
+            others.first() == Some(&second)
+        })
+        .expect("some key has that preference list")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_reads_return_the_newest_version_and_repair_stale_replicas() {
+    let c = Cluster::new(3, 0).await;
+    let (a, b, third) = (0, 1, 2);
+    let v = |ts: u64, node: u128| Version { ts: ts << 16, node };
+    let rec = |key: &[u8], version: Version, value: Option<&[u8]>| Record {
+        key: key.to_vec(),
+        version,
+        value: value.map(<[u8]>::to_vec),
+    };
+    let now_ms = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+        .expect("clock")
+        .as_millis() as u64;
+
+    // The coordinator holds the older copy: it repairs itself.
+    let k1 = key_read_by(&c, a, b, "repair-local");
+    let old = rec(&k1, v(now_ms - 1000, 9), Some(b"old"));
+    let new = rec(&k1, v(now_ms - 500, 1), Some(b"new"));
+    c.nodes[a].storage.apply(std::slice::from_ref(&old)).expect("apply");
+    c.nodes[b].storage.apply(std::slice::from_ref(&new)).expect("apply");
+    let got = c.kv(a).get(k1.clone(), Consistency::Quorum).await.expect("get");
+    assert_eq!(got.record, Some(new.clone()));
+    assert_eq!(
+        stored(&c.nodes[a], &k1),
+        Some(new.clone()),
+        "coordinator repaired before answering"
+    );
+    assert_eq!(stored(&c.nodes[b], &k1), Some(new.clone()));
+    assert_eq!(stored(&c.nodes[third], &k1), None, "a quorum read asks two replicas");
+
+    // The other replica holds the older copy: repaired over the network before the answer.
+    let k2 = key_read_by(&c, a, b, "repair-remote");
+    let old = rec(&k2, v(now_ms - 1000, 1), Some(b"old"));
+    let new = rec(&k2, v(now_ms - 1000, 2), Some(b"new, tie broken by node id"));
+    c.nodes[a].storage.apply(std::slice::from_ref(&new)).expect("apply");
+    c.nodes[b].storage.apply(std::slice::from_ref(&old)).expect("apply");
+    let repairs = c.kv(a).status().read_repairs;
+    let got = c.kv(a).get(k2.clone(), Consistency::Quorum).await.expect("get");
+    assert_eq!(got.record, Some(new.clone()));
+    assert_eq!(stored(&c.nodes[b], &k2), Some(new.clone()));
+    assert_eq!(c.kv(a).status().read_repairs, repairs + 1);
+
+    // A replica that has nothing gets the record; a newer tombstone wins over a value.
+    let k3 = key_read_by(&c, b, a, "repair-missing");
+    let tomb = rec(&k3, v(now_ms - 100, 3), None);
+    c.nodes[b].storage.apply(std::slice::from_ref(&tomb)).expect("apply");
+    c.nodes[third].storage.apply(&[rec(&k3, v(now_ms - 200, 3), Some(b"deleted"))]).expect("apply");
+    let got = c.kv(b).get(k3.clone(), Consistency::All).await.expect("get");
+    assert_eq!(got.record, Some(tomb.clone()));
+    for n in &c.nodes {
+        assert_eq!(stored(n, &k3), Some(tomb.clone()), "`all` read repairs every replica");
+    }
+
+    // The next reads find nothing to repair.
+    let repairs = c.kv(a).status().read_repairs;
+    c.kv(a).get(k1.clone(), Consistency::Quorum).await.expect("get");
+    c.kv(a).get(k2.clone(), Consistency::Quorum).await.expect("get");
+    assert_eq!(c.kv(a).status().read_repairs, repairs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_is_not_resurrected_by_an_older_copy() {
+    let mut c = Cluster::new(3, 0).await;
+    let before = put(c.kv(0), b"doomed", b"alive", Consistency::All).await;
+    let before2 = put(c.kv(0), b"doomed-2", b"alive", Consistency::All).await;
+    c.kill(2).await;
+    c.mark_down(2);
+    let del = c.kv(0).put(b"doomed".to_vec(), None, Consistency::Quorum).await.expect("delete");
+    let del2 = c.kv(1).put(b"doomed-2".to_vec(), None, Consistency::Quorum).await.expect("delete");
+    let tomb = record(b"doomed", &del, None);
+    let tomb2 = record(b"doomed-2", &del2, None);
+    assert!(tomb.version > before.version);
+    eventually(PATIENCE, "delete hinted", || async {
+        c.nodes[0].hints_pending() + c.nodes[1].hints_pending() == 2
+    })
+    .await;
+
+    // Back with its old copies, before any hint is replayed.
+    for n in &mut c.nodes[..2] {
+        n.stop_replay();
+    }
+    c.restart(2).await;
+    assert_eq!(stored(&c.nodes[2], b"doomed"), Some(before.clone()));
+    // A quorum read through the stale replica: the tombstone wins and is written back.
+    let key_first_on_2 = c.kv(2).get(b"doomed".to_vec(), Consistency::Quorum).await.expect("get");
+    assert_eq!(key_first_on_2.record, Some(tomb.clone()));
+    assert_eq!(stored(&c.nodes[2], b"doomed"), Some(tomb.clone()));
+    // The old value delivered late (a stale hint, a slow stream) changes nothing anywhere.
+    for n in &c.nodes {
+        let addr = n.transport.local_addr();
+        let resp = c.nodes[0]
+            .transport
+            .request(addr, Request::ReplicaWrite(vec![before.clone(), before2.clone()]))
+            .await
+            .expect("replica write");
+        assert_eq!(resp, Response::Ok);
+    }
+    for n in &c.nodes[..2] {
+        assert_eq!(stored(n, b"doomed"), Some(tomb.clone()));
+        assert_eq!(stored(n, b"doomed-2"), Some(tomb2.clone()));
+    }
+    // Hints replayed: the restarted replica gets the second tombstone too.
+    for n in &mut c.nodes[..2] {
+        n.start_replay();
+    }
+    eventually(PATIENCE, "hints delivered", || async {
+        c.nodes.iter().all(|n| n.hints_pending() == 0)
+    })
+    .await;
+    // Every copy checked before any read (an `all` read would repair them).
+    for n in &c.nodes {
+        assert_eq!(stored(n, b"doomed"), Some(tomb.clone()));
+        assert_eq!(stored(n, b"doomed-2"), Some(tomb2.clone()), "the hint carried the delete");
+    }
+    for n in &c.nodes {
+        let got = n.kv.get(b"doomed-2".to_vec(), Consistency::All).await.expect("get");
+        assert!(got.record.as_ref().is_some_and(Record::is_tombstone), "{got:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_writes_are_hinted_when_every_replica_is_down() {
+    // Node 3 owns no tokens: it coordinates, but replicates nothing.
+    let mut c = Cluster::new(3, 1).await;
+    let d = 3;
+    for i in 0..3 {
+        c.down[d].insert(c.nodes[i].id);
+    }
+    c.publish();
+    for level in [Consistency::One, Consistency::Quorum, Consistency::All] {
+        match c.kv(d).put(b"k".to_vec(), Some(b"v".to_vec()), level).await {
+            Err(KvError::Unavailable(m)) => assert!(m.contains("only 0 are up"), "{level}: {m}"),
+            other => panic!("{level} with every replica down: {other:?}"),
+        }
+    }
+    assert_eq!(c.kv(d).status().hints_stored, 0, "an unavailable write stores no hint");
+    let w = c.kv(d).put(b"k".to_vec(), Some(b"v".to_vec()), Consistency::Any).await.expect("any");
+    assert_eq!((w.acked, w.required), (1, 1));
+    let acked = record(b"k", &w, Some(b"v"));
+    assert_eq!(stored(&c.nodes[d], b"k"), None, "not a replica: nothing in its data");
+    eventually(PATIENCE, "a hint for each replica", || async { c.nodes[d].hints_pending() == 3 })
+        .await;
+    match c.kv(d).get(b"k".to_vec(), Consistency::One).await {
+        Err(KvError::Unavailable(_)) => {}
+        other => panic!("read with every replica down: {other:?}"),
+    }
+    for i in 0..3 {
+        assert_eq!(stored(&c.nodes[i], b"k"), None);
+    }
+    // They come back (for node 3): the write reaches all three.
+    c.down[d].clear();
+    c.publish();
+    eventually(PATIENCE, "hints delivered", || async { c.nodes[d].hints_pending() == 0 }).await;
+    for i in 0..3 {
+        assert_eq!(stored(&c.nodes[i], b"k"), Some(acked.clone()));
+    }
+    let got = c.kv(d).get(b"k".to_vec(), Consistency::All).await.expect("all");
+    assert_eq!(got.record, Some(acked));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_one_key_converge_on_every_replica() {
+    let c = Cluster::new(3, 0).await;
+    let key = b"contended".to_vec();
+    let mut winners = Vec::new();
+    for round in 0..40 {
+        let writes: Vec<_> = (0..3)
+            .map(|i| {
+                let kv = c.kv(i).clone();
+                let key = key.clone();
+                let value = format!("node{i}-round{round}").into_bytes();
+                tokio::spawn(async move {
+                    let w = kv.put(key.clone(), Some(value.clone()), Consistency::Quorum).await;
+                    (w, value)
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for w in writes {
+            let (w, value) = w.await.expect("task");
+            let w = w.expect("concurrent quorum put");
+            results.push(record(&key, &w, Some(&value)));
+        }
+        let versions: HashSet<Version> = results.iter().map(|r| r.version).collect();
+        assert_eq!(versions.len(), 3, "every write gets its own version");
+        let newest = results.iter().max_by_key(|r| r.version).cloned().expect("3 results");
+        if let Some(prev) = winners.last() {
+            assert!(newest.version > *prev, "later rounds win over earlier ones");
+        }
+        winners.push(newest.version);
+        eventually(PATIENCE, "replicas agree on the newest write", || async {
+            c.nodes.iter().all(|n| stored(n, &key).as_ref() == Some(&newest))
+        })
+        .await;
+        // Every coordinator reads the same.
+        for n in &c.nodes {
+            let got = n.kv.get(key.clone(), Consistency::Quorum).await.expect("get");
+            assert_eq!(got.record.as_ref(), Some(&newest), "round {round}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_keys_values_and_levels_are_refused() {
+    let c = Cluster::new(3, 0).await;
+    let kv = c.kv(0);
+    fn bad<T>(r: Result<T, KvError>) -> bool {
+        matches!(r, Err(KvError::BadRequest(_)))
+    }
+    let long_key = vec![b'k'; MAX_KEY_BYTES + 1];
+    let big_value = vec![0u8; MAX_VALUE_BYTES + 1];
+    assert!(bad(kv.put(Vec::new(), Some(b"v".to_vec()), Consistency::Quorum).await));
+    assert!(bad(kv.put(Vec::new(), None, Consistency::Quorum).await));
+    assert!(bad(kv.put(long_key.clone(), Some(b"v".to_vec()), Consistency::One).await));
+    assert!(bad(kv.put(b"k".to_vec(), Some(big_value.clone()), Consistency::Any).await));
+    assert!(bad(kv.get(Vec::new(), Consistency::One).await));
+    assert!(bad(kv.get(long_key.clone(), Consistency::One).await));
+    match kv.get(b"k".to_vec(), Consistency::Any).await {
+        Err(KvError::BadRequest(m)) => assert!(m.contains("writes only"), "{m}"),
+        other => panic!("`any` read: {other:?}"),
+    }
+    // The limits themselves are accepted.
+    let max_key = vec![b'k'; MAX_KEY_BYTES];
+    let max_value = vec![7u8; MAX_VALUE_BYTES];
+    let w = put(kv, &max_key, &max_value, Consistency::All).await;
+    for n in &c.nodes {
+        assert_eq!(stored(n, &max_key), Some(w.clone()));
+    }
+    // The same over the wire, and replicas check too.
+    let resp = c.nodes[1]
+        .transport
+        .request(
+            c.nodes[0].transport.local_addr(),
+            Request::KvGet { key: b"k".to_vec(), consistency: Consistency::Any },
+        )
+        .await
+        .expect("request");
+    assert!(matches!(resp, Response::Error { code: ErrorCode::BadRequest, .. }), "{resp:?}");
+    let bad_record =
+        Record { key: Vec::new(), version: Version { ts: 1, node: 1 }, value: Some(b"v".to_vec()) };
+    let resp = c.nodes[1]
+        .transport
+        .request(c.nodes[0].transport.local_addr(), Request::ReplicaWrite(vec![bad_record]))
+        .await
+        .expect("request");
+    assert!(matches!(resp, Response::Error { code: ErrorCode::BadRequest, .. }), "{resp:?}");
+    // Nothing was written by the refused requests.
+    assert_eq!(stored(&c.nodes[0], b"k"), None);
+    assert_eq!(c.nodes[0].storage.approximate_keys(), 1);
+    assert_eq!(kv.status().writes, 1);
+    assert_eq!(kv.status().hints_stored, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_before_the_ring_exists_are_unavailable() {
+    let net = MemNetwork::new();
+    let transport =
+        Arc::new(net.bind(
+            KvService { kv: Arc::default(), mode: Arc::default() },
+            TransportConfig::default(),
+        ));
+    let (_tx, rx) = watch::channel(Arc::new(RingView::empty(1, 3)));
+    let kv: MemKv = Kv::new(1, test_cfg(), Arc::new(MemStorage::new()), transport, rx).expect("kv");
+    assert!(matches!(
+        kv.put(b"k".to_vec(), Some(b"v".to_vec()), Consistency::Any).await,
+        Err(KvError::Unavailable(_))
+    ));
+    assert!(matches!(kv.get(b"k".to_vec(), Consistency::One).await, Err(KvError::Unavailable(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_of_large_values_are_delivered() {
+    // Hint replay batches records; a batch must still fit in one request frame.
+    let mut c = Cluster::new(3, 0).await;
+    c.kill(2).await;
+    c.mark_down(2);
+    let mut acked = Vec::new();
+    for i in 0..8u8 {
+        let value = vec![i; MAX_VALUE_BYTES];
+        acked.push(put(c.kv(0), format!("big-{i}").as_bytes(), &value, Consistency::Quorum).await);
+    }
+    acked.push(put(c.kv(0), b"small-after", b"s", Consistency::Quorum).await);
+    eventually(PATIENCE, "hints stored", || async { c.nodes[0].hints_pending() == 9 }).await;
+    c.restart(2).await;
+    eventually(PATIENCE, "large hints delivered", || async { c.nodes[0].hints_pending() == 0 })
+        .await;
+    for r in &acked {
+        assert_eq!(stored(&c.nodes[2], &r.key).as_ref(), Some(r));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_writes_all_succeed() {
+    // Writes to one replica may travel together; together they must still fit in a frame.
+    let c = Cluster::new(3, 0).await;
+    let tasks: Vec<_> = (0..8u8)
+        .map(|i| {
+            let kv = c.kv(0).clone();
+            tokio::spawn(async move {
+                let key = format!("big-{i}").into_bytes();
+                let value = vec![i; MAX_VALUE_BYTES];
+                let w = kv.put(key.clone(), Some(value.clone()), Consistency::All).await;
+                (key, value, w)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (key, value, w) = t.await.expect("task");
+        let w = w.unwrap_or_else(|e| panic!("a concurrent 1 MiB `all` write failed: {e}"));
+        let r = record(&key, &w, Some(&value));
+        for n in &c.nodes {
+            assert_eq!(stored(n, &key).as_ref(), Some(&r));
+        }
+    }
+    for n in &c.nodes {
+        assert_eq!(n.kv.status().hints_stored, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_scans_page_large_values_within_the_frame_limit() {
+    // What a joining node streams: every record of a range, page by page, whatever the sizes.
+    let c = Cluster::new(3, 0).await;
+    let mut expected = BTreeMap::new();
+    for i in 0..8u8 {
+        let r = put(
+            c.kv(0),
+            format!("big-{i}").as_bytes(),
+            &vec![i; MAX_VALUE_BYTES],
+            Consistency::All,
+        )
+        .await;
+        expected.insert(data_key(&r.key), r);
+    }
+    for i in 0..50 {
+        let r = put(c.kv(0), format!("small-{i}").as_bytes(), b"s", Consistency::All).await;
+        expected.insert(data_key(&r.key), r);
+    }
+    let del = c.kv(0).put(b"small-3".to_vec(), None, Consistency::All).await.expect("delete");
+    expected.insert(data_key(b"small-3"), record(b"small-3", &del, None));
+    let to = c.nodes[1].transport.local_addr();
+    let mut got = BTreeMap::new();
+    let mut after = None;
+    for _ in 0..1000 {
+        let req = Request::ReplicaScan { start: 0, end: 0, after: after.clone(), limit: 1024 };
+        match c.nodes[0].transport.request(to, req).await {
+            Ok(Response::ReplicaRecords { records, cursor }) => {
+                for r in records {
+                    assert!(got.insert(data_key(&r.key), r).is_none(), "a record came twice");
+                }
+                match cursor {
+                    Some(cur) => after = Some(cur),
+                    None => break,
+                }
+            }
+            other => panic!("ReplicaScan: {other:?}"),
+        }
+    }
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "the scan returns every record, tombstones included");
+    // And a partial range holds exactly its keys.
+    let tokens: Vec<u64> = expected.values().map(|r| token_of(&r.key)).collect();
+    let range = Range { start: tokens[10], end: tokens[40] };
+    let req = Request::ReplicaScan { start: range.start, end: range.end, after: None, limit: 4096 };
+    match c.nodes[0].transport.request(to, req).await {
+        Ok(Response::ReplicaRecords { records, .. }) => {
+            assert!(records.iter().all(|r| range.contains(token_of(&r.key))));
+        }
+        other => panic!("ReplicaScan: {other:?}"),
+    }
+}

@@ -1,0 +1,612 @@
+//! One conformance suite for every [`Storage`]: `MemStorage` and `RocksStorage` must behave the
+//! same (last write wins by version, tombstones, range scans with paging, hints, metadata).
+//! RocksDB-only: data survives close and reopen, and compaction drops tombstones past the grace
+//! period but keeps fresh ones. Plus: decoding garbage bytes is an error, never a panic.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proptest::prelude::*;
+use starling_node::storage::mem::MemStorage;
+use starling_node::storage::rocks::{RocksConfig, RocksStorage};
+use starling_node::storage::{
+    data_key, decode_value, decode_version, encode_value, Hint, Storage, SCAN_PAGE_BYTES,
+};
+use starling_ring::{token_of, Range, Token};
+use starling_wire::{Record, Version};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn rec(key: &[u8], ts: u64, node: u128, value: Option<&[u8]>) -> Record {
+    Record { key: key.to_vec(), version: Version { ts, node }, value: value.map(<[u8]>::to_vec) }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64
+}
+
+/// An HLC timestamp `ago` before now.
+fn hlc_ago(ago: Duration) -> u64 {
+    (now_millis() - ago.as_millis() as u64) << 16
+}
+
+/// A store and whatever must live as long as it (the RocksDB temp dir).
+struct Fixture<S> {
+    store: S,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn mem() -> Fixture<MemStorage> {
+    Fixture { store: MemStorage::new(), _dir: None }
+}
+
+fn rocks() -> Fixture<RocksStorage> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RocksStorage::open(&dir.path().join("db"), &RocksConfig::default()).expect("open");
+    Fixture { store, _dir: Some(dir) }
+}
+
+fn get<S: Storage>(s: &S, key: &[u8]) -> Option<Record> {
+    s.get(key).expect("get")
+}
+
+/// Every record of `range`, following the cursor with pages of `limit`; panics on a cursor that
+/// does not advance (an endless scan).
+fn scan_all<S: Storage>(s: &S, range: Range, limit: usize) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    for _ in 0..100_000 {
+        let page = s.scan(range, cursor.as_deref(), limit).expect("scan");
+        assert!(page.records.len() <= limit, "page of {} over limit {limit}", page.records.len());
+        if page.cursor.is_some() {
+            assert!(!page.records.is_empty(), "an empty page must end the scan");
+            assert_eq!(
+                page.cursor.as_deref(),
+                page.records.last().map(|r| data_key(&r.key)).as_deref(),
+                "the cursor continues after the last record returned"
+            );
+        }
+        out.extend(page.records);
+        match page.cursor {
+            Some(c) => {
+                if let Some(prev) = &cursor {
+                    assert!(c > *prev, "cursor did not advance");
+                }
+                cursor = Some(c);
+            }
+            None => return out,
+        }
+    }
+    panic!("scan of {range:?} with limit {limit} never ended");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite, generic over the store.
+
+fn apply_then_get<S: Storage>(s: &S) {
+    assert_eq!(get(s, b"absent"), None);
+    let a = rec(b"a", 10, 1, Some(b"alpha"));
+    let b = rec(b"a-much-longer-key-than-eight-bytes", 11, 2, Some(b""));
+    s.apply(&[a.clone(), b.clone()]).expect("apply");
+    assert_eq!(get(s, b"a"), Some(a));
+    // An empty value is a value, not a tombstone.
+    assert_eq!(get(s, &b.key), Some(b.clone()));
+    assert!(!get(s, &b.key).expect("present").is_tombstone());
+    // Binary keys and values, including a key at the maximum size.
+    let big_key = vec![0xffu8; starling_wire::MAX_KEY_BYTES];
+    let bin = rec(&big_key, 12, 3, Some(&[0, 1, 2, 255]));
+    s.apply(std::slice::from_ref(&bin)).expect("apply");
+    assert_eq!(get(s, &big_key), Some(bin));
+    assert_eq!(get(s, b"absent"), None);
+}
+
+fn last_write_wins_in_both_orders<S: Storage>(s: &S) {
+    let old = |k: &[u8]| rec(k, 100, 9, Some(b"old"));
+    let new = |k: &[u8]| rec(k, 200, 1, Some(b"new"));
+    // Old then new.
+    s.apply(&[old(b"k1")]).expect("apply");
+    s.apply(&[new(b"k1")]).expect("apply");
+    assert_eq!(get(s, b"k1"), Some(new(b"k1")));
+    // New then old: the older write arriving later changes nothing.
+    s.apply(&[new(b"k2")]).expect("apply");
+    s.apply(&[old(b"k2")]).expect("apply");
+    assert_eq!(get(s, b"k2"), Some(new(b"k2")));
+    // Both in one batch, in either order.
+    s.apply(&[old(b"k3"), new(b"k3")]).expect("apply");
+    assert_eq!(get(s, b"k3"), Some(new(b"k3")));
+    s.apply(&[new(b"k4"), old(b"k4")]).expect("apply");
+    assert_eq!(get(s, b"k4"), Some(new(b"k4")));
+    // The same version again (a replay) is harmless.
+    s.apply(&[new(b"k4")]).expect("apply");
+    assert_eq!(get(s, b"k4"), Some(new(b"k4")));
+}
+
+fn equal_timestamps_are_broken_by_node_id<S: Storage>(s: &S) {
+    let low = |k: &[u8]| rec(k, 500, 1, Some(b"from node 1"));
+    let high = |k: &[u8]| rec(k, 500, 2, Some(b"from node 2"));
+    s.apply(&[low(b"t1")]).expect("apply");
+    s.apply(&[high(b"t1")]).expect("apply");
+    assert_eq!(get(s, b"t1"), Some(high(b"t1")));
+    s.apply(&[high(b"t2")]).expect("apply");
+    s.apply(&[low(b"t2")]).expect("apply");
+    assert_eq!(get(s, b"t2"), Some(high(b"t2")));
+    // Node ids compare as full 128-bit numbers, not by a prefix.
+    let a = rec(b"t3", 500, u128::MAX - 1, Some(b"a"));
+    let b = rec(b"t3", 500, u128::MAX, Some(b"b"));
+    s.apply(std::slice::from_ref(&b)).expect("apply");
+    s.apply(&[a]).expect("apply");
+    assert_eq!(get(s, b"t3"), Some(b));
+    // The timestamp dominates the node id.
+    let c = rec(b"t4", 501, 0, Some(b"c"));
+    s.apply(&[rec(b"t4", 500, u128::MAX, Some(b"d")), c.clone()]).expect("apply");
+    assert_eq!(get(s, b"t4"), Some(c));
+}
+
+fn tombstones_are_stored_and_win_by_version<S: Storage>(s: &S) {
+    let value = rec(b"d1", 100, 1, Some(b"v"));
+    let tomb = rec(b"d1", 200, 1, None);
+    s.apply(std::slice::from_ref(&value)).expect("apply");
+    s.apply(std::slice::from_ref(&tomb)).expect("apply");
+    let got = get(s, b"d1").expect("the tombstone is stored");
+    assert!(got.is_tombstone());
+    assert_eq!(got, tomb);
+    // An older value replayed after the delete does not resurrect the key.
+    s.apply(std::slice::from_ref(&value)).expect("apply");
+    assert_eq!(get(s, b"d1"), Some(tomb.clone()));
+    // A tombstone for a key never written is stored too.
+    let lone = rec(b"d2", 300, 2, None);
+    s.apply(std::slice::from_ref(&lone)).expect("apply");
+    assert_eq!(get(s, b"d2"), Some(lone));
+    // An older tombstone does not delete a newer value.
+    let newer = rec(b"d3", 400, 1, Some(b"alive"));
+    s.apply(std::slice::from_ref(&newer)).expect("apply");
+    s.apply(&[rec(b"d3", 399, 7, None)]).expect("apply");
+    assert_eq!(get(s, b"d3"), Some(newer));
+    // A newer write after the delete brings the key back.
+    let again = rec(b"d1", 201, 1, Some(b"again"));
+    s.apply(std::slice::from_ref(&again)).expect("apply");
+    assert_eq!(get(s, b"d1"), Some(again));
+}
+
+/// 400 keys, every fifth a tombstone; returns them sorted by storage key.
+fn fill<S: Storage>(s: &S) -> Vec<Record> {
+    let mut records: Vec<Record> = (0..400u32)
+        .map(|i| {
+            let key = format!("scan-{i}");
+            let value = (i % 5 != 0).then(|| format!("value-{i}"));
+            rec(key.as_bytes(), 1000 + u64::from(i), 1, value.as_deref().map(str::as_bytes))
+        })
+        .collect();
+    for chunk in records.chunks(64) {
+        s.apply(chunk).expect("apply");
+    }
+    records.sort_by_key(|r| data_key(&r.key));
+    records
+}
+
+fn check_scan<S: Storage>(s: &S, all: &[Record], range: Range) {
+    let expected: Vec<&Record> = all.iter().filter(|r| range.contains(token_of(&r.key))).collect();
+    for limit in [1usize, 3, 64, 1000] {
+        let got = scan_all(s, range, limit);
+        // Exactly once each, in storage order (wrapping ranges too: [0, end] comes first).
+        let keys: Vec<Vec<u8>> = got.iter().map(|r| data_key(&r.key)).collect();
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "{range:?} limit {limit}: records out of order or repeated"
+        );
+        for r in &got {
+            assert!(
+                range.contains(token_of(&r.key)),
+                "{range:?} limit {limit}: {:?} is outside the range",
+                String::from_utf8_lossy(&r.key)
+            );
+        }
+        let got_refs: Vec<&Record> = got.iter().collect();
+        assert_eq!(
+            got_refs.len(),
+            expected.len(),
+            "{range:?} limit {limit}: {} records, expected {}",
+            got_refs.len(),
+            expected.len()
+        );
+        assert_eq!(got_refs, expected, "{range:?} limit {limit}: wrong records");
+    }
+}
+
+fn scans_cover_ranges_exactly_once<S: Storage>(s: &S) {
+    let all = fill(s);
+    let tokens: Vec<Token> = all.iter().map(|r| token_of(&r.key)).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "test keys must have distinct tokens");
+    // Boundaries on key tokens check that start is exclusive and end inclusive.
+    let normal = Range { start: tokens[100], end: tokens[300] };
+    let wrapping = Range { start: tokens[350], end: tokens[40] };
+    let full = Range { start: tokens[200], end: tokens[200] };
+    let ranges = [
+        normal,
+        wrapping,
+        full,
+        Range::FULL,
+        Range { start: tokens[100] - 1, end: tokens[101] },
+        Range { start: 0, end: tokens[10] },
+        Range { start: tokens[390], end: Token::MAX },
+        Range { start: Token::MAX, end: tokens[20] },
+        Range { start: tokens[399], end: tokens[0] },
+        Range { start: tokens[5], end: tokens[5] + 1 },
+    ];
+    for range in ranges {
+        check_scan(s, &all, range);
+    }
+    // Spot checks of the boundaries themselves.
+    let n = scan_all(s, normal, 1000);
+    assert_eq!(n.len(), 200, "(t100, t300] holds keys 101..=300");
+    assert_eq!(token_of(&n[0].key), tokens[101]);
+    assert_eq!(token_of(&n[199].key), tokens[300]);
+    assert_eq!(scan_all(s, wrapping, 1000).len(), 49 + 41);
+    assert_eq!(scan_all(s, full, 7).len(), 400);
+    // Tombstones are part of a scan (streaming must carry deletes).
+    let full_scan = scan_all(s, Range::FULL, 1000);
+    assert_eq!(full_scan.iter().filter(|r| r.is_tombstone()).count(), 80);
+    // A range with no keys in it.
+    let empty = Range { start: tokens[7], end: tokens[8] - 1 };
+    if tokens[8] - 1 > tokens[7] {
+        assert!(scan_all(s, empty, 10).is_empty());
+    }
+}
+
+fn scan_sees_only_the_newest_version<S: Storage>(s: &S) {
+    s.apply(&[rec(b"sv", 1, 1, Some(b"one"))]).expect("apply");
+    s.apply(&[rec(b"sv", 3, 1, None)]).expect("apply");
+    s.apply(&[rec(b"sv", 2, 1, Some(b"two"))]).expect("apply");
+    let t = token_of(b"sv");
+    let got = scan_all(s, Range { start: t - 1, end: t }, 10);
+    assert_eq!(got, vec![rec(b"sv", 3, 1, None)]);
+}
+
+/// Pages stay a bounded size (they travel as one response when a node streams a range), and
+/// paging still returns every record once.
+fn scan_pages_are_bounded_in_bytes<S: Storage>(s: &S) {
+    let big = vec![9u8; starling_wire::MAX_VALUE_BYTES];
+    let mut all: Vec<Record> = (0..7u64)
+        .map(|i| rec(format!("big-{i}").as_bytes(), 10 + i, 1, Some(&big)))
+        .chain((0..20u64).map(|i| rec(format!("small-{i}").as_bytes(), 10 + i, 1, Some(b"s"))))
+        .collect();
+    for r in &all {
+        s.apply(std::slice::from_ref(r)).expect("apply");
+    }
+    all.sort_by_key(|r| data_key(&r.key));
+    let mut got = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    let mut pages = 0;
+    loop {
+        let page = s.scan(Range::FULL, cursor.as_deref(), 4096).expect("scan");
+        pages += 1;
+        assert!(!page.records.is_empty() || page.cursor.is_none());
+        let bytes: usize =
+            page.records.iter().map(|r| r.key.len() + r.value.as_ref().map_or(0, Vec::len)).sum();
+        assert!(
+            bytes
+                <= SCAN_PAGE_BYTES + starling_wire::MAX_VALUE_BYTES + starling_wire::MAX_KEY_BYTES,
+            "a page of {bytes} bytes"
+        );
+        got.extend(page.records);
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        assert!(pages < 100, "endless scan");
+    }
+    assert!(pages >= 3, "7 MiB of values need several pages, got {pages}");
+    assert_eq!(got, all);
+}
+
+fn hints_round_trip<S: Storage>(s: &S) {
+    let (a, b, c) = (1u128, 2u128, u128::MAX);
+    assert!(s.hint_targets().expect("targets").is_empty());
+    assert!(s.hints_for(a, 10).expect("hints").is_empty());
+    // Keys shorter and longer than 8 bytes, a binary key, a tombstone.
+    let for_a = vec![
+        rec(b"x", 30, 5, Some(b"3")),
+        rec(b"a-long-key-for-hints", 10, 5, Some(b"1")),
+        rec(&[0, 0xff, 7], 20, 5, None),
+        rec(b"other", 40, 6, Some(b"4")),
+    ];
+    let for_b = [rec(b"bkey-0123456789", 15, 5, Some(b"b"))];
+    let for_c = [rec(b"c", 16, 5, Some(b"c"))];
+    let mut batch: Vec<(u128, Record)> = Vec::new();
+    batch.extend(for_a.iter().cloned().map(|r| (a, r)));
+    batch.extend(for_b.iter().cloned().map(|r| (b, r)));
+    batch.extend(for_c.iter().cloned().map(|r| (c, r)));
+    s.put_hints(&batch).expect("put hints");
+
+    // Hints are not data.
+    assert_eq!(get(s, b"x"), None);
+    assert!(scan_all(s, Range::FULL, 100).is_empty());
+
+    assert_eq!(s.hint_targets().expect("targets"), vec![(a, 4), (b, 1), (c, 1)]);
+    let got = s.hints_for(a, 100).expect("hints");
+    let records: Vec<Record> = got.iter().map(|h| h.record.clone()).collect();
+    let mut oldest_first = for_a.clone();
+    oldest_first.sort_by_key(|r| r.version.ts);
+    assert_eq!(records, oldest_first, "hints for a, oldest first, keys and values intact");
+    assert!(got.iter().all(|h| h.target == a));
+    let limited = s.hints_for(a, 2).expect("hints");
+    assert_eq!(limited, got[..2].to_vec());
+    let hb: Vec<Hint> = s.hints_for(b, 100).expect("hints");
+    assert_eq!(hb.len(), 1);
+    assert_eq!(hb[0].record, for_b[0]);
+    assert_eq!(s.hints_for(c, 100).expect("hints")[0].record, for_c[0]);
+    assert!(s.hints_for(3, 100).expect("hints").is_empty());
+
+    // Deleting some leaves the rest.
+    s.delete_hints(&[got[0].id.clone(), got[1].id.clone()]).expect("delete");
+    let left = s.hints_for(a, 100).expect("hints");
+    assert_eq!(left, got[2..].to_vec());
+    assert_eq!(s.hint_targets().expect("targets"), vec![(a, 2), (b, 1), (c, 1)]);
+    // Deleting an id twice, or one that never existed, is harmless.
+    s.delete_hints(&[got[0].id.clone(), b"nonsense".to_vec()]).expect("delete");
+    s.delete_hints(&[hb[0].id.clone()]).expect("delete");
+    assert_eq!(s.hint_targets().expect("targets"), vec![(a, 2), (c, 1)]);
+    let ids: Vec<Vec<u8>> = left.iter().map(|h| h.id.clone()).collect();
+    s.delete_hints(&ids).expect("delete");
+    assert_eq!(s.hint_targets().expect("targets"), vec![(c, 1)]);
+    assert!(s.hints_for(a, 100).expect("hints").is_empty());
+}
+
+fn meta_get_put<S: Storage>(s: &S) {
+    assert_eq!(s.get_meta("tokens").expect("meta"), None);
+    s.put_meta("tokens", b"1,2,3").expect("put");
+    s.put_meta("ring-status", b"joining").expect("put");
+    assert_eq!(s.get_meta("tokens").expect("meta").as_deref(), Some(&b"1,2,3"[..]));
+    s.put_meta("ring-status", b"normal").expect("put");
+    assert_eq!(s.get_meta("ring-status").expect("meta").as_deref(), Some(&b"normal"[..]));
+    // Metadata is not data.
+    assert_eq!(get(s, b"tokens"), None);
+    assert!(scan_all(s, Range::FULL, 10).is_empty());
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[test]
+            fn apply_then_get() {
+                super::apply_then_get(&$make.store);
+            }
+            #[test]
+            fn last_write_wins_in_both_orders() {
+                super::last_write_wins_in_both_orders(&$make.store);
+            }
+            #[test]
+            fn equal_timestamps_are_broken_by_node_id() {
+                super::equal_timestamps_are_broken_by_node_id(&$make.store);
+            }
+            #[test]
+            fn tombstones_are_stored_and_win_by_version() {
+                super::tombstones_are_stored_and_win_by_version(&$make.store);
+            }
+            #[test]
+            fn scans_cover_ranges_exactly_once() {
+                super::scans_cover_ranges_exactly_once(&$make.store);
+            }
+            #[test]
+            fn scan_sees_only_the_newest_version() {
+                super::scan_sees_only_the_newest_version(&$make.store);
+            }
+            #[test]
+            fn scan_pages_are_bounded_in_bytes() {
+                super::scan_pages_are_bounded_in_bytes(&$make.store);
+            }
+            #[test]
+            fn hints_round_trip() {
+                super::hints_round_trip(&$make.store);
+            }
+            #[test]
+            fn meta_get_put() {
+                super::meta_get_put(&$make.store);
+            }
+        }
+    };
+}
+
+conformance!(mem_storage, mem());
+conformance!(rocks_storage, rocks());
+
+// ---------------------------------------------------------------------------------------------
+// RocksDB only.
+
+#[test]
+fn rocks_data_hints_and_meta_survive_close_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    // Current timestamps: a tombstone from 1970 would be past the grace period.
+    let ts = hlc_ago(Duration::ZERO);
+    let value = rec(b"kept", ts, 1, Some(b"v"));
+    let tomb = rec(b"gone", ts, 1, None);
+    let hint = rec(b"hinted-key-xyz", ts, 1, Some(b"h"));
+    {
+        let s = RocksStorage::open(&path, &RocksConfig::default()).expect("open");
+        s.apply(&[value.clone(), tomb.clone(), rec(b"gone", ts - 1, 1, Some(b"old"))])
+            .expect("apply");
+        s.put_hints(&[(42, hint.clone())]).expect("hints");
+        s.put_meta("tokens", b"abc").expect("meta");
+    }
+    {
+        let s = RocksStorage::open(&path, &RocksConfig::default()).expect("reopen");
+        assert_eq!(get(&s, b"kept"), Some(value.clone()));
+        assert_eq!(get(&s, b"gone"), Some(tomb.clone()));
+        assert_eq!(s.hint_targets().expect("targets"), vec![(42, 1)]);
+        assert_eq!(s.hints_for(42, 10).expect("hints")[0].record, hint);
+        assert_eq!(s.get_meta("tokens").expect("meta").as_deref(), Some(&b"abc"[..]));
+        // The merge operator still applies to what was written before the reopen.
+        s.apply(&[rec(b"kept", ts - 1, 9, Some(b"older"))]).expect("apply");
+        assert_eq!(get(&s, b"kept"), Some(value.clone()));
+        s.compact().expect("compact");
+        assert_eq!(get(&s, b"kept"), Some(value.clone()));
+        assert_eq!(get(&s, b"gone"), Some(tomb.clone()));
+    }
+    let s = RocksStorage::open(&path, &RocksConfig::default()).expect("reopen twice");
+    assert_eq!(scan_all(&s, Range::FULL, 10), {
+        let mut v = vec![value, tomb];
+        v.sort_by_key(|r| data_key(&r.key));
+        v
+    });
+}
+
+#[test]
+fn rocks_compaction_drops_tombstones_past_the_grace_period() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = RocksConfig { tombstone_grace: Duration::ZERO, ..RocksConfig::default() };
+    let s = RocksStorage::open(&dir.path().join("db"), &cfg).expect("open");
+    let old_ts = hlc_ago(Duration::from_secs(3600));
+    // A plain tombstone, and one over an older value (merged with it in the same compaction).
+    let tomb = rec(b"expired", old_ts, 1, None);
+    s.apply(std::slice::from_ref(&tomb)).expect("apply");
+    s.apply(&[rec(b"expired-over-value", old_ts - (10 << 16), 1, Some(b"v"))]).expect("apply");
+    s.apply(&[rec(b"expired-over-value", old_ts, 1, None)]).expect("apply");
+    // Old values are never dropped: only tombstones expire.
+    let old_value = rec(b"old-value", old_ts, 1, Some(b"still here"));
+    s.apply(std::slice::from_ref(&old_value)).expect("apply");
+    assert_eq!(get(&s, b"expired"), Some(tomb));
+    s.compact().expect("compact");
+    assert_eq!(get(&s, b"expired"), None, "an expired tombstone must be dropped by compaction");
+    assert_eq!(get(&s, b"expired-over-value"), None, "the value under it must not come back");
+    assert_eq!(get(&s, b"old-value"), Some(old_value));
+    assert_eq!(scan_all(&s, Range::FULL, 10).len(), 1);
+}
+
+#[test]
+fn rocks_compaction_keeps_tombstones_within_the_grace_period() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = RocksStorage::open(&dir.path().join("db"), &RocksConfig::default()).expect("open");
+    let fresh = rec(b"fresh", hlc_ago(Duration::ZERO), 1, None);
+    let day_old = rec(b"day-old", hlc_ago(Duration::from_secs(24 * 3600)), 1, None);
+    s.apply(&[rec(b"fresh", 1 << 16, 1, Some(b"v")), fresh.clone(), day_old.clone()])
+        .expect("apply");
+    s.compact().expect("compact");
+    assert_eq!(get(&s, b"fresh"), Some(fresh.clone()));
+    assert_eq!(get(&s, b"day-old"), Some(day_old));
+    // Still there, and still winning, after another compaction and a late older value.
+    s.apply(&[rec(b"fresh", 2 << 16, 1, Some(b"late"))]).expect("apply");
+    s.compact().expect("compact");
+    assert_eq!(get(&s, b"fresh"), Some(fresh));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The value codec.
+
+#[test]
+fn decode_refuses_truncated_and_malformed_values() {
+    let v = Version { ts: 0x0102_0304_0506_0708, node: 0xaabb };
+    let value = encode_value(v, Some(b"payload"));
+    let tomb = encode_value(v, None);
+    assert_eq!(decode_version(&value), Ok((v, false)));
+    assert_eq!(decode_version(&tomb), Ok((v, true)));
+    assert_eq!(decode_value(b"k", &value), Ok(rec(b"k", v.ts, v.node, Some(b"payload"))));
+    assert_eq!(decode_value(b"k", &tomb), Ok(rec(b"k", v.ts, v.node, None)));
+    for cut in 0..tomb.len() {
+        assert!(decode_version(&tomb[..cut]).is_err(), "{cut}-byte prefix accepted");
+        assert!(decode_value(b"k", &value[..cut]).is_err(), "{cut}-byte prefix accepted");
+    }
+    let mut bad_format = value.clone();
+    bad_format[0] = 2;
+    assert!(decode_value(b"k", &bad_format).is_err());
+    let mut bad_flags = value.clone();
+    bad_flags[1] = 2;
+    assert!(decode_value(b"k", &bad_flags).is_err());
+    let mut tomb_with_value = tomb.clone();
+    tomb_with_value.push(0);
+    assert!(decode_value(b"k", &tomb_with_value).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let version = decode_version(&bytes);
+        let record = decode_value(b"key", &bytes);
+        prop_assert_eq!(version.is_ok(), record.is_ok());
+        if let Ok(r) = record {
+            // Whatever decodes re-encodes to the same bytes.
+            prop_assert_eq!(encode_value(r.version, r.value.as_deref()), bytes);
+        }
+    }
+
+    #[test]
+    fn decode_never_panics_on_mutated_values(
+        ts in any::<u64>(),
+        node in any::<u128>(),
+        value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)),
+        cut in any::<proptest::sample::Index>(),
+        flip in any::<proptest::sample::Index>(),
+        xor in 1u8..,
+    ) {
+        let v = Version { ts, node };
+        let mut bytes = encode_value(v, value.as_deref());
+        prop_assert_eq!(decode_value(b"k", &bytes), Ok(Record { key: b"k".to_vec(), version: v, value: value.clone() }));
+        let i = flip.index(bytes.len());
+        bytes[i] ^= xor;
+        let _ = decode_value(b"k", &bytes);
+        let _ = decode_version(&bytes);
+        let n = cut.index(bytes.len());
+        let _ = decode_value(b"k", &bytes[..n]);
+        prop_assert!(decode_version(&bytes[..n.min(25)]).is_err());
+    }
+
+}
+
+/// Whatever order (and batching) versions of a key arrive in, the store keeps the greatest: the
+/// in-memory comparison and RocksDB's merge operator agree. One RocksDB store serves every case
+/// (each case its own key) and is closed before the test returns: a process exiting with RocksDB
+/// open can crash in its background threads.
+#[test]
+fn any_arrival_order_keeps_the_greatest_version() {
+    use proptest::test_runner::{Config, TestRunner};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rocks = RocksStorage::open(&dir.path().join("db"), &RocksConfig::default()).expect("open");
+    // Current timestamps, so no tombstone is old enough for compaction to drop.
+    let base = hlc_ago(Duration::ZERO);
+    let strategy = (
+        proptest::collection::btree_set((0u64..6, 0u128..3), 1..8),
+        proptest::collection::vec(any::<bool>(), 8),
+        any::<u64>(),
+        1usize..4,
+    );
+    let case = std::cell::Cell::new(0u64);
+    let mut runner = TestRunner::new(Config::with_cases(300));
+    let result = runner.run(&strategy, |(versions, dels, order, batch)| {
+        case.set(case.get() + 1);
+        let key = format!("case-{}", case.get());
+        let mut records: Vec<Record> = versions
+            .iter()
+            .zip(&dels)
+            .map(|(&(ts, node), &del)| {
+                let v = format!("{ts}-{node}");
+                rec(key.as_bytes(), base + ts, node, (!del).then_some(v.as_bytes()))
+            })
+            .collect();
+        let newest = records.iter().max_by_key(|r| r.version).cloned().expect("non-empty");
+        // A deterministic shuffle from the generated seed.
+        let mut seed = order | 1;
+        for i in (1..records.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            records.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        let m = MemStorage::new();
+        for chunk in records.chunks(batch) {
+            m.apply(chunk).expect("apply");
+            rocks.apply(chunk).expect("apply");
+        }
+        prop_assert_eq!(m.get(key.as_bytes()).expect("get"), Some(newest.clone()));
+        prop_assert_eq!(rocks.get(key.as_bytes()).expect("get"), Some(newest));
+        Ok(())
+    });
+    drop(rocks);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
