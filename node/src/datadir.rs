@@ -6,6 +6,8 @@
 //! - `generation`: the last generation used; each start takes `max(unix seconds, last + 1)`, so a
 //!   generation grows across restarts even if the clock steps back.
 //! - `addresses.json`: the addresses actually bound (useful with port 0), rewritten each start.
+//! - `reset-key`: the QUIC stateless-reset secret, so a restarted node resets peers' stale
+//!   connections to its previous process.
 //! - `LOCK`: held with an exclusive file lock while the daemon runs.
 
 use std::fs::{self, File, OpenOptions};
@@ -18,6 +20,27 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use starling_gossip::NodeId;
 
+/// The QUIC stateless-reset secret: peers still holding a connection to this node's previous
+/// process get a stateless reset from the new one (it can compute the same reset tokens) and
+/// reconnect at once, instead of waiting for the idle timeout. A missing or unreadable file is
+/// replaced by a fresh secret (the cost is only that one restart's fast reconnect).
+fn load_reset_key(p: &Path) -> Result<[u8; 32]> {
+    if let Ok(s) = fs::read_to_string(p) {
+        let s = s.trim();
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut key = [0u8; 32];
+            for (i, byte) in key.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)?;
+            }
+            return Ok(key);
+        }
+    }
+    let key: [u8; 32] = rand::random();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    write_atomic(p, format!("{hex}\n").as_bytes())?;
+    Ok(key)
+}
+
 /// An opened, locked data directory.
 #[derive(Debug)]
 pub struct DataDir {
@@ -25,6 +48,8 @@ pub struct DataDir {
     _lock: File,
     pub node_id: NodeId,
     pub generation: u64,
+    /// Secret for QUIC stateless resets, kept across restarts (see [`DataDir::open`]).
+    pub reset_key: [u8; 32],
 }
 
 /// What `addresses.json` holds.
@@ -86,9 +111,11 @@ impl DataDir {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let generation = now.max(last + 1);
         write_atomic(&gen_path, format!("{generation}\n").as_bytes())?;
-        Ok(DataDir { path: path.to_owned(), _lock: lock, node_id, generation })
+        let reset_key = load_reset_key(&path.join("reset-key"))?;
+        Ok(DataDir { path: path.to_owned(), _lock: lock, node_id, generation, reset_key })
     }
 
+    /// The data dir's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -165,9 +165,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         kv: Arc::default(),
     };
     let kv_cell = service.kv.clone();
-    let transport = QuicTransport::bind(cfg.listen, &tls, TransportConfig::default(), service)
-        .await
-        .map_err(|e| {
+    let transport_cfg =
+        TransportConfig { reset_key: Some(data.reset_key), ..TransportConfig::default() };
+    let transport =
+        QuicTransport::bind(cfg.listen, &tls, transport_cfg, service).await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot listen for QUIC on {}: {e} (is another node using this port?)",
                 cfg.listen

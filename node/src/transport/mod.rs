@@ -107,6 +107,9 @@ pub struct TransportConfig {
     pub keep_alive: Duration,
     /// UDP socket receive buffer; 4 MiB removed bulk packet loss in `PERFORMANCE.md`.
     pub socket_recv_buffer: usize,
+    /// Stateless-reset secret (QUIC): the same across restarts lets a restarted node reset peers'
+    /// connections to its previous process. `None`: a random one per endpoint.
+    pub reset_key: Option<[u8; 32]>,
 }
 
 impl Default for TransportConfig {
@@ -121,6 +124,7 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
             socket_recv_buffer: 4 << 20,
+            reset_key: None,
         }
     }
 }

@@ -126,8 +126,27 @@ impl QuicTransport {
         let runtime = quinn::default_runtime().ok_or_else(|| {
             bind_err(std::io::Error::other("no async runtime (call inside tokio)"))
         })?;
-        let mut endpoint = Endpoint::new(EndpointConfig::default(), Some(server), socket, runtime)
-            .map_err(bind_err)?;
+        let endpoint_config = match &config.reset_key {
+            Some(key) => {
+                // Both the reset tokens and the connection-id check derive from the kept secret:
+                // a restarted process must accept its predecessor's connection ids as its own
+                // (quinn drops packets with ids it did not sign) to answer them with a reset.
+                let mut c = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                    ring::hmac::HMAC_SHA256,
+                    key,
+                )));
+                let mut cid_key = [0u8; 8];
+                cid_key.copy_from_slice(&key[..8]);
+                let cid_key = u64::from_le_bytes(cid_key) ^ 0x5354_4152_4c49_4e47;
+                c.cid_generator(move || {
+                    Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+                });
+                c
+            }
+            None => EndpointConfig::default(),
+        };
+        let mut endpoint =
+            Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_err)?;
         endpoint.set_default_client_config(client);
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
 
