@@ -20,6 +20,7 @@ use crate::kv::view::RingView;
 use crate::kv::{bootstrap, Kv, KvConfig};
 use crate::status::Status;
 use crate::storage::rocks::{RocksConfig, RocksStorage};
+use crate::storage::Storage;
 use crate::tls::{self, TlsMaterial};
 use crate::transport::quic::QuicTransport;
 use crate::transport::{PeerInfo, Service, Transport, TransportConfig};
@@ -79,11 +80,16 @@ impl Service for NodeService {
                         let (kv, commands, status) =
                             (kv.clone(), self.commands.clone(), self.status.clone());
                         tokio::spawn(async move {
+                            let storage = kv.storage().clone();
                             match bootstrap::decommission(kv, commands.clone(), status).await {
                                 Ok(n) => info!(records = n, "decommissioned"),
-                                Err(e) => {
-                                    warn!(error = %e, "decommission failed; leaving anyway (anti-entropy and hints cover the rest)")
-                                }
+                                Err(e) => warn!(
+                                    error = %format!("{e:#}"),
+                                    "handing data over failed; leaving anyway: the remaining replicas still hold every key (reads repair the new one)"
+                                ),
+                            }
+                            if let Err(e) = storage.put_meta(bootstrap::META_STATUS, b"left") {
+                                warn!(error = %e, "cannot record the leave");
                             }
                             let (tx, _rx) = oneshot::channel();
                             let _ = commands.send(DriverCommand::Leave(tx)).await;
@@ -165,6 +171,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         kv: Arc::default(),
     };
     let kv_cell = service.kv.clone();
+    if storage.get_meta(bootstrap::META_STATUS)?.as_deref() == Some(b"left".as_slice()) {
+        bail!(
+            "this node left the cluster (`starling leave`) and its data in {} is stale: it must not rejoin. To join again as a new node, start with an empty --data-dir",
+            cfg.data_dir.display()
+        );
+    }
     let transport_cfg =
         TransportConfig { reset_key: Some(data.reset_key), ..TransportConfig::default() };
     let transport =

@@ -238,6 +238,11 @@ async fn leave_is_gossiped_and_the_node_stops() {
     });
     assert!(left.is_some(), "others do not show the node as left");
     c.close().await;
+    // Its data is stale now: starting it again with the same data dir is refused.
+    let data = nodes[2].data.to_str().expect("utf8").to_owned();
+    let certs = nodes[2].certs.to_str().expect("utf8").to_owned();
+    let (_, err) = refused(&["--data-dir", &data, "--certs", &certs, "--listen", "127.0.0.1:0"]);
+    assert!(err.contains("left the cluster") && err.contains("empty --data-dir"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The key-value store across real `starlingd` processes on loopback, driven by a QUIC client
 //! with a client certificate: kill -9 and restart, a delete that must stay deleted, a stopped
-//! (SIGSTOP) replica, concurrent writers of one key, and a node joining under write load.
+//! (SIGSTOP) replica, concurrent writers of one key, a node joining under write load, a node
+//! killed mid-join and restarted, and a node leaving under write load.
 //!
 //! The standard: no acknowledged write is ever lost. Every test records each write the cluster
 //! acknowledged (key, version, value) and checks it afterwards on the coordinators and, through
@@ -90,6 +91,25 @@ impl Node {
         if let Some(mut c) = self.child.take() {
             c.kill().expect("kill -9");
             c.wait().expect("reap");
+        }
+    }
+
+    /// Waits until the process exits by itself (within `limit`); its exit status.
+    async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{} did not exit within {limit:?}; log:\n{}",
+                self.data.display(),
+                tail(&self.data, 40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -594,29 +614,32 @@ async fn concurrent_writers_of_one_key_converge_on_every_replica() {
     }
 }
 
-/// The ring as the nodes compute it, from each node's stored tokens (RocksDB opened read-only
-/// while the node runs).
+/// One entry of a node's `meta` column family (RocksDB opened read-only, which works while the
+/// node runs).
+fn stored_meta(data: &Path, key: &str) -> Option<String> {
+    let path = data.join("db");
+    let db =
+        rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, ["meta"], false)
+            .unwrap_or_else(|e| panic!("open {} read-only: {e}", path.display()));
+    let cf = db.cf_handle("meta").expect("meta column family");
+    let value = db.get_cf(cf, key).expect("read meta")?;
+    Some(String::from_utf8(value).expect("utf8 meta"))
+}
+
+/// The ring as the nodes compute it, from each node's stored tokens.
 fn ring_from_disk(c: &Cluster) -> Ring {
     let nodes = c.nodes.iter().map(|n| {
-        let path = n.data.join("db");
-        let db = rocksdb::DB::open_cf_for_read_only(
-            &rocksdb::Options::default(),
-            &path,
-            ["meta"],
-            false,
-        )
-        .unwrap_or_else(|e| panic!("open {} read-only: {e}", path.display()));
-        let cf = db.cf_handle("meta").expect("meta column family");
-        let tokens = db.get_cf(cf, "tokens").expect("read meta").expect("tokens stored");
-        let tokens = parse_tokens(std::str::from_utf8(&tokens).expect("utf8")).expect("tokens");
+        let tokens = stored_meta(&n.data, "tokens").expect("tokens stored");
+        let tokens = parse_tokens(&tokens).expect("tokens");
         RingNode { id: n.id(), tokens, zone: None, status: NodeStatus::Normal }
     });
     Ring::new(nodes.collect::<Vec<_>>())
 }
 
-/// Writes `join-<n>` keys at quorum through `coordinators` in turn until `stop`; returns the
+/// Writes `<prefix>-<n>` keys at quorum through `coordinators` in turn until `stop`; returns the
 /// acknowledged records and the failures.
 async fn keep_writing(
+    prefix: &'static str,
     client: Arc<QuicTransport>,
     coordinators: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
@@ -627,7 +650,7 @@ async fn keep_writing(
     while !stop.load(Ordering::Relaxed) {
         // A few at once, like several clients.
         let writes = (0..4).map(|j| {
-            let key = format!("join-{:05}", n + j).into_bytes();
+            let key = format!("{prefix}-{:05}", n + j).into_bytes();
             let addr = coordinators[(n + j) % coordinators.len()];
             let client = client.clone();
             async move {
@@ -664,8 +687,13 @@ async fn a_node_joining_under_write_load_gets_its_data_and_nothing_is_lost() {
     let during = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let coordinators: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addrs.listen).collect();
-    let writer =
-        tokio::spawn(keep_writing(c.client.clone(), coordinators, stop.clone(), during.clone()));
+    let writer = tokio::spawn(keep_writing(
+        "join",
+        c.client.clone(),
+        coordinators,
+        stop.clone(),
+        during.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let new = c.add_node().await;
     c.wait_ready(4).await;
@@ -707,5 +735,172 @@ async fn a_node_joining_under_write_load_gets_its_data_and_nothing_is_lost() {
         failures.len(),
         failures.iter().take(3).collect::<Vec<_>>(),
         mine.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_during_join_resumes() {
+    let mut c = Cluster::start(3).await;
+    let mut acked = BTreeMap::new();
+    c.write_all(&[0, 1, 2], keys("before", 300), &mut acked).await;
+
+    let new = c.add_node().await;
+    // A joining node waits for agreement and a write timeout (2 s) before it streams, so polling
+    // quickly catches it joining; if it is somehow normal already, the kill is skipped.
+    let started = Instant::now();
+    let caught_joining = loop {
+        match c.nodes[new].status().await.and_then(|s| s.ring.status) {
+            Some(s) if s == "joining" => break true,
+            Some(s) if s == "normal" => break false,
+            _ => {}
+        }
+        assert!(started.elapsed() < PATIENCE, "node4 never reported joining\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if caught_joining {
+        c.nodes[new].kill9();
+        let tokens = stored_meta(&c.nodes[new].data, "tokens").expect("tokens stored");
+        assert_eq!(
+            stored_meta(&c.nodes[new].data, "ring-status").as_deref(),
+            Some("joining"),
+            "killed mid-join"
+        );
+        // Written while the joiner is dead (it is a pending replica of some of them: its copies
+        // become hints, and its streaming brings them too).
+        c.write_all(&[0, 1, 2], keys("while-dead", 100), &mut acked).await;
+        c.restart(new).await;
+        assert_eq!(
+            stored_meta(&c.nodes[new].data, "tokens").as_deref(),
+            Some(tokens.as_str()),
+            "the restarted node keeps the tokens it had chosen"
+        );
+        let log = std::fs::read_to_string(c.nodes[new].data.with_extension("log")).expect("log");
+        assert!(
+            log.lines().any(|l| l.contains("tokens loaded") && l.contains("joining=true")),
+            "the restarted node resumed its join from the stored state\n{}",
+            tail(&c.nodes[new].data, 40)
+        );
+    } else {
+        eprintln!("restart_during_join: node4 was already normal when first polled; kill skipped");
+        c.wait_ready(4).await;
+    }
+    assert_eq!(stored_meta(&c.nodes[new].data, "ring-status").as_deref(), Some("normal"));
+    c.write_all(&[new, 0, 1, 2], keys("after", 60), &mut acked).await;
+    c.wait_hints_delivered().await;
+
+    // Checked before any read, which would repair it.
+    let ring = ring_from_disk(&c);
+    let status = c.nodes[0].status().await.expect("status");
+    assert_eq!(status.ring.digest.as_deref(), Some(ring.digest().as_str()));
+    let new_id = c.nodes[new].id();
+    let mine: Vec<&Record> =
+        acked.values().filter(|r| ring.replicas(token_of(&r.key), 3).contains(&new_id)).collect();
+    assert!(!mine.is_empty(), "the new node replicates some keys");
+    c.check_replica(new, &mine).await;
+    c.check_reads(&[new, 0, 1, 2], &acked, Consistency::All).await;
+    eprintln!(
+        "restart_during_join: killed while joining: {caught_joining}; {} writes acknowledged, the new node replicates {}",
+        acked.len(),
+        mine.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_hands_data_over() {
+    let started = Instant::now();
+    let mut c = Cluster::start(4).await;
+    let mut acked = BTreeMap::new();
+    c.write_all(&[0, 1, 2, 3], keys("before", 500), &mut acked).await;
+
+    let leaver = 3;
+    let stay = [0, 1, 2];
+    let leaver_id = format!("{:032x}", c.nodes[leaver].id());
+    // Each key node4 replicates gains one replica when it leaves (with 4 nodes and N = 3 the
+    // survivors replicate everything): at least that many records must be handed over.
+    let ring = ring_from_disk(&c);
+    let handed_min = acked
+        .keys()
+        .filter(|k| ring.replicas(token_of(k), 3).contains(&c.nodes[leaver].id()))
+        .count();
+    assert!(handed_min > 0);
+    // Writes through the nodes that stay, all through the leave.
+    let during = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let coordinators: Vec<SocketAddr> = stay.iter().map(|i| c.nodes[*i].addrs.listen).collect();
+    let writer = tokio::spawn(keep_writing(
+        "leave",
+        c.client.clone(),
+        coordinators,
+        stop.clone(),
+        during.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let leave_at = Instant::now();
+    match c.call(leaver, Request::Leave).await {
+        Ok(Response::Ok) => {}
+        other => panic!("leave: {other:?}"),
+    }
+    // It hands its data over, announces `left` and stops by itself.
+    let exit = c.nodes[leaver].wait_exit(PATIENCE).await;
+    assert!(exit.success(), "node4 exited with {exit}\n{}", tail(&c.nodes[leaver].data, 40));
+    let exited_after = leave_at.elapsed();
+    let left_everywhere = || async {
+        join_all(stay.iter().map(|i| c.nodes[*i].status())).await.iter().all(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.members.iter().any(|m| m.node_id == leaver_id && m.state == "left")
+            })
+        })
+    };
+    wait_until(
+        PATIENCE,
+        "the 3 others converged on a normal ring of 3, node4 `left`",
+        || c.logs(),
+        || async { c.ready(3).await && left_everywhere().await },
+    )
+    .await;
+    // A little more writing on the 3-node ring, then stop; one write timeout later every copy
+    // has landed or is a hint.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let failures = writer.await.expect("writer");
+    let during = std::mem::take(&mut *during.lock().expect("lock"));
+    assert!(
+        during.len() >= 20,
+        "the writer should have written through the leave: {}",
+        during.len()
+    );
+    let during_count = during.len();
+    acked.extend(during);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.wait_hints_delivered().await;
+
+    let log = std::fs::read_to_string(c.nodes[leaver].data.with_extension("log")).expect("log");
+    let handed: Option<usize> = log
+        .lines()
+        .find(|l| l.contains("decommission: data handed over"))
+        .and_then(|l| l.split("records=").nth(1))
+        .and_then(|n| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    assert!(
+        handed.is_some_and(|n| n >= handed_min) && !log.contains("decommission failed"),
+        "node4 should hand over at least {handed_min} records, handed {handed:?}\n{}",
+        tail(&c.nodes[leaver].data, 40)
+    );
+    // With N = 3 and 3 nodes left, each holds every key: checked before any read, which would
+    // repair it, so the handover and the writes alone brought these.
+    let all: Vec<&Record> = acked.values().collect();
+    for i in stay {
+        c.check_replica(i, &all).await;
+    }
+    c.check_reads(&stay, &acked, Consistency::All).await;
+    eprintln!(
+        "leave: {} writes acknowledged ({during_count} during the leave, {} failed: {:?}); node4 handed over {} records (>= {handed_min}) and exited {:.1} s after `leave`; test took {:.1} s",
+        acked.len(),
+        failures.len(),
+        failures.iter().take(3).collect::<Vec<_>>(),
+        handed.unwrap_or(0),
+        exited_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
     );
 }

@@ -2,7 +2,9 @@
 //! `Ring::allocate_tokens` (or, for comparison, purely random tokens), and the spread of
 //! ownership is printed as max/min over the nodes, primary (n = 1) and replicated (n = 3).
 //!
-//! `cargo run --release -p starling-ring --example balance [SIZES...]` (default 3 10 100).
+//! `cargo run --release -p starling-ring --example balance [SIZES...]` (default `3,10,100`).
+//! Sizes are node counts, separated by commas or spaces; `4-8` stands for `4,5,6,7,8`. Each size
+//! prints one row per strategy, e.g. `... --example balance 3-8,10,100`.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,8 +42,15 @@ fn spread(ring: &Ring, n: usize) -> f64 {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|arg| arg.parse().ok()).collect();
-    let sizes = if sizes.is_empty() { vec![3, 10, 100] } else { sizes };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sizes = match parse_sizes(&args) {
+        Ok(sizes) if sizes.is_empty() => vec![3, 10, 100],
+        Ok(sizes) => sizes,
+        Err(bad) => {
+            eprintln!("not a node count or range: {bad:?} (expected e.g. 3,4,5 or 4-8)");
+            std::process::exit(2);
+        }
+    };
     println!(
         "V = {DEFAULT_VNODES}, nodes join one by one; max/min ownership, mean (worst) of {RUNS} seeds"
     );
@@ -66,6 +75,26 @@ fn main() {
             );
         }
     }
+}
+
+/// Node counts from arguments like `3,4,5`, `4-8` or `3 10 100`, in the order given.
+fn parse_sizes(args: &[String]) -> Result<Vec<usize>, String> {
+    let mut sizes = Vec::new();
+    for part in args.iter().flat_map(|arg| arg.split(',')).filter(|part| !part.is_empty()) {
+        let bad = || part.to_string();
+        match part.split_once('-') {
+            Some((low, high)) => {
+                let low: usize = low.trim().parse().map_err(|_| bad())?;
+                let high: usize = high.trim().parse().map_err(|_| bad())?;
+                if low > high {
+                    return Err(bad());
+                }
+                sizes.extend(low..=high);
+            }
+            None => sizes.push(part.trim().parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(sizes)
 }
 
 fn summary(ratios: &[f64]) -> String {

@@ -1,6 +1,6 @@
-//! Token allocation for a joining node: balanced primary ownership first, replicated ownership
-//! second, in the spirit of Cassandra 4's `allocate_tokens_for_local_replication_factor` but
-//! greedy and much smaller (`ALGORITHM.md` §5).
+//! Token allocation for a joining node: primary and replicated ownership evened out together,
+//! in the spirit of Cassandra 4's `allocate_tokens_for_local_replication_factor` but greedy with
+//! a local-search polish and much smaller (`ALGORITHM.md` §5).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -10,17 +10,30 @@ use crate::{NodeKey, Ring, Token};
 /// The token space, `2^64`, as a float for share arithmetic.
 const SPACE: f64 = 18_446_744_073_709_551_616.0;
 
-/// A new token takes at most this fraction of the range it splits, so the node it splits keeps
-/// a piece and later allocations still have room there.
+/// A new token takes at most this fraction of the range it splits (before jitter), so the node
+/// it splits keeps a piece and later allocations still have room there.
 const MAX_SPLIT: f64 = 0.9;
 
-/// Relative jitter on each share, so two nodes that join at once from the same view (different
-/// ids) pick different tokens.
+/// Relative jitter on the split points of each step, so two nodes that join at once from the
+/// same view (different ids) pick different tokens.
 const JITTER: f64 = 0.02;
 
-/// The replication factor the choice among a node's ranges evens out replicated load for.
-/// Starling's default; primary balance, the main goal, does not depend on it.
+/// The replication factor whose ownership allocation evens out alongside primary ownership.
+/// Starling's default.
 const REPLICATION_HINT: usize = 3;
+
+/// Weight of the replicated term of the score against the primary one.
+const REPLICATED_WEIGHT: f64 = 1.0;
+
+/// Weight of the range-width term of the score, which keeps ranges near their mean width.
+const WIDTH_WEIGHT: f64 = 0.1;
+
+/// Rounds of taking each placed token out and putting it back where it scores best.
+const POLISH_ROUNDS: usize = 2;
+
+/// In a ring of more nodes than this, only the ranges that relieve one of this many most-loaded
+/// nodes (primary or replicated), or are among the widest, are tried; in smaller rings, all.
+const CANDIDATE_NODES: usize = 32;
 
 impl Ring {
     /// Chooses `v` tokens for node `id` about to join this ring, sorted.
@@ -31,12 +44,13 @@ impl Ring {
     /// ignores any tokens `id` itself already has.
     ///
     /// - Empty ring: `v` evenly spaced tokens at a random offset.
-    /// - Otherwise, for each token in turn: take the node with the largest primary ownership (as
-    ///   updated by the tokens placed so far) and split one of its ranges `(a, b]` at
-    ///   `a + share`, so the new node takes `(a, a + share]`. `share` is the new node's remaining
-    ///   need toward `1 / (nodes + 1)` divided by its remaining tokens, at most 90% of the range,
-    ///   with ±2% jitter. Of that node's ranges wide enough for the share, the one whose split
-    ///   best evens out replicated (`n = 3`) ownership is chosen.
+    /// - Otherwise, each token in turn goes to the best of many candidate splits: ranges (all of
+    ///   them in small rings, those of the most-loaded nodes in large ones) split at several
+    ///   fractions and at the new node's per-token need. A split's score is the change in the
+    ///   squared relative distance of each node's primary and replicated (`n = 3`) ownership from
+    ///   its goal, plus a small term for range widths far from the mean. Then each token is taken
+    ///   out again and put back where it scores best, for a few rounds. Split points carry ±2%
+    ///   seeded jitter.
     pub fn allocate_tokens(&self, id: NodeKey, v: usize, seed: u64) -> Vec<Token> {
         if v == 0 {
             return Vec::new();
@@ -55,28 +69,41 @@ impl Ring {
             return evenly_spaced(v, &mut rng, &taken);
         }
 
-        let mut state = Allocation::new(points, self.nodes().count());
+        let mut state = Allocation::new(points, self.nodes().count(), v);
         let mut chosen = Vec::with_capacity(v);
+        // Greedy: the new node's goals grow with the tokens it has placed.
         for placed in 0..v {
-            let per_token = (state.need() / (v - placed) as f64).max(0.0);
-            let replicated = state.replicated();
-            let new_goal = state.replicated_goal * (placed + 1) as f64 / v as f64;
-            let Some(j) = state.heaviest().and_then(|heaviest| {
-                state
-                    .best_split(heaviest, per_token, &replicated, new_goal)
-                    .or_else(|| state.widest(|owner| owner == heaviest))
-                    .or_else(|| state.widest(|_| true))
-            }) else {
+            let progress = (placed + 1) as f64 / v as f64;
+            let jitter = 1.0 + rng.gen_range(-JITTER..=JITTER);
+            let Some(token) = state
+                .best_split(jitter, progress, None)
+                .and_then(|split| state.token_for(split, &taken))
+            else {
                 break;
             };
-            let range = state.width(j);
-            let start = state.start(j);
-            let share = per_token.min(MAX_SPLIT * range) * (1.0 + rng.gen_range(-JITTER..=JITTER));
-            let Some(token) = free_token(start, range, share, &taken, &state.points) else {
-                break;
-            };
-            state.split(j, token);
+            state.insert(token);
             chosen.push(token);
+        }
+        // Polish: move each token to where it serves the final goals best, if that is better.
+        for _ in 0..tune().rounds {
+            let mut moved = false;
+            for token in chosen.iter_mut() {
+                state.remove(*token);
+                let jitter = 1.0 + rng.gen_range(-JITTER..=JITTER);
+                let here = state.split_at(*token);
+                let better = state
+                    .best_split(jitter, 1.0, Some(here))
+                    .filter(|split| split.token.is_none())
+                    .and_then(|split| state.token_for(split, &taken));
+                if let Some(better) = better {
+                    moved = true;
+                    *token = better;
+                }
+                state.insert(*token);
+            }
+            if !moved {
+                break;
+            }
         }
         // Only a ring whose every range is one token wide runs out of room; fill from anywhere.
         while chosen.len() < v {
@@ -94,42 +121,79 @@ impl Ring {
     }
 }
 
+/// A candidate token for the new node: split point `j`'s range `(a, b]` at `a + take`.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    j: usize,
+    take: f64,
+    /// The exact token, when the candidate is a token the new node already had.
+    token: Option<Token>,
+}
+
+/// One node's change under a candidate split: `(owner, primary, replicated)`, in tokens.
+type Change = (usize, f64, f64);
+
 /// The future ring as allocation reshapes it. Owners are node indices of the ring; the new node
 /// is owner `new`, one past the last.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Allocation {
     /// Sorted `(token, owner)`; point `j` owns `(points[j - 1], points[j]]`.
     points: Vec<(Token, usize)>,
     /// Primary ownership in tokens, per owner.
     primary: Vec<f64>,
+    /// Replicated ownership in tokens for `REPLICATION_HINT` replicas, per owner (only kept
+    /// when `replicates`).
+    replicated: Vec<f64>,
+    /// Per point: the `REPLICATION_HINT`-th distinct owner clockwise from it, the one a new
+    /// replica in front of it displaces.
+    last: Vec<usize>,
+    /// Per point: whether the new node is already among its replicas.
+    has_new: Vec<bool>,
+    /// Per owner: whether its ranges are tried (all owners in small rings).
+    heavy: Vec<bool>,
+    /// Ranges at least this wide are always tried.
+    wide: f64,
+    /// The number of existing nodes holding tokens.
+    present: usize,
     new: usize,
     /// Primary share each node should end with: the space over (nodes + 1).
     target: f64,
-    /// Mean replicated share after the join, for `REPLICATION_HINT` replicas.
+    /// Replicated share each node should end with: `min(3, nodes + 1)` targets.
     replicated_goal: f64,
+    /// The mean range width once the new node's tokens are in.
+    mean_width: f64,
+    /// Whether replicated ownership can differ between nodes at all: with at most
+    /// `REPLICATION_HINT` nodes after the join, every node replicates everything.
+    replicates: bool,
 }
 
 impl Allocation {
-    fn new(points: Vec<(Token, usize)>, nodes: usize) -> Allocation {
+    fn new(points: Vec<(Token, usize)>, nodes: usize, v: usize) -> Allocation {
         let mut state = Allocation {
             points,
             primary: vec![0.0; nodes + 1],
+            replicated: Vec::new(),
+            last: Vec::new(),
+            has_new: Vec::new(),
+            heavy: Vec::new(),
+            wide: 0.0,
+            present: 0,
             new: nodes,
             target: 0.0,
             replicated_goal: 0.0,
+            mean_width: 0.0,
+            replicates: false,
         };
         for j in 0..state.points.len() {
             state.primary[state.points[j].1] += state.width(j);
         }
-        let present = state.primary.iter().filter(|&&share| share > 0.0).count();
-        state.target = SPACE / (present + 1) as f64;
-        state.replicated_goal = REPLICATION_HINT.min(present + 1) as f64 * state.target;
+        state.present = state.primary.iter().filter(|&&share| share > 0.0).count();
+        state.target = SPACE / (state.present + 1) as f64;
+        state.replicated_goal = REPLICATION_HINT.min(state.present + 1) as f64 * state.target;
+        state.replicates = state.present >= REPLICATION_HINT;
+        state.mean_width = SPACE / (state.points.len() + v) as f64;
+        state.refresh();
         state
-    }
-
-    /// What the new node still lacks of its target.
-    fn need(&self) -> f64 {
-        self.target - self.primary[self.new]
     }
 
     /// Width of point `j`'s range, wrapping; the whole space for a single point.
@@ -145,107 +209,274 @@ impl Allocation {
         self.points[(j + self.points.len() - 1) % self.points.len()].0
     }
 
-    /// The existing node with the largest primary share, the lowest index on ties.
-    fn heaviest(&self) -> Option<usize> {
-        let mut best: Option<usize> = None;
-        for (owner, &share) in self.primary[..self.new].iter().enumerate() {
-            if share > 0.0 && best.is_none_or(|b| share > self.primary[b]) {
-                best = Some(owner);
+    /// Recomputes replicated ownership, the per-point replica facts and the candidate filter
+    /// after the points changed.
+    fn refresh(&mut self) {
+        let m = self.points.len();
+        if self.replicates {
+            self.replicated = vec![0.0; self.primary.len()];
+            self.last = vec![0; m];
+            self.has_new = vec![false; m];
+            let mut owners = Vec::with_capacity(REPLICATION_HINT);
+            for j in 0..m {
+                owners.clear();
+                for step in 0..m {
+                    let owner = self.points[(j + step) % m].1;
+                    if !owners.contains(&owner) {
+                        owners.push(owner);
+                        if owners.len() == REPLICATION_HINT {
+                            break;
+                        }
+                    }
+                }
+                let width = self.width(j);
+                for &owner in &owners {
+                    self.replicated[owner] += width;
+                }
+                // At least REPLICATION_HINT nodes hold points, so the walk fills the list.
+                self.last[j] = owners[owners.len() - 1];
+                self.has_new[j] = owners.contains(&self.new);
             }
         }
-        best
+        let limit = tune().cand;
+        if limit == 0 || self.present <= limit {
+            self.heavy = vec![true; self.primary.len()];
+            return;
+        }
+        self.heavy = vec![false; self.primary.len()];
+        let mut existing: Vec<usize> =
+            (0..self.new).filter(|&owner| self.primary[owner] > 0.0).collect();
+        let mut mark = |values: &[f64], existing: &mut Vec<usize>| {
+            existing.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+            for &owner in &existing[..limit] {
+                self.heavy[owner] = true;
+            }
+        };
+        mark(&self.primary, &mut existing);
+        if self.replicates {
+            let replicated = std::mem::take(&mut self.replicated);
+            mark(&replicated, &mut existing);
+            self.replicated = replicated;
+        }
+        let mut widths: Vec<f64> = (0..m).map(|j| self.width(j)).collect();
+        let widest = (limit * 4).min(m - 1);
+        widths.select_nth_unstable_by(widest, |a, b| b.total_cmp(a));
+        self.wide = widths[widest];
     }
 
-    /// The first `count` distinct owners clockwise from point `j`, `j`'s owner first.
-    fn successors(&self, j: usize, count: usize) -> Vec<usize> {
+    /// Whether splitting point `j`'s range is worth scoring: it takes from a most-loaded node
+    /// (primary from its owner; replicated, in the usual case, from the `last` of it and of the
+    /// two points before it), or it is among the widest.
+    fn worth_trying(&self, j: usize, width: f64) -> bool {
         let m = self.points.len();
-        let mut owners = Vec::with_capacity(count);
-        for step in 0..m {
-            let owner = self.points[(j + step) % m].1;
-            if !owners.contains(&owner) {
-                owners.push(owner);
-                if owners.len() == count {
+        if width >= self.wide || self.heavy[self.points[j].1] {
+            return true;
+        }
+        self.replicates
+            && (0..REPLICATION_HINT).any(|back| self.heavy[self.last[(j + m - back) % m]])
+    }
+
+    /// The replicated changes of splitting point `j`'s range that do not depend on where it is
+    /// split, merged per owner into `back`.
+    ///
+    /// With distinct owners `P2 P1 | victim N1 N2` around `(a, b]` and 3 replicas, the ranges
+    /// owned by P1 and P2 take the new node in place of N1 and the victim. In general, every
+    /// range before `a` whose replica walk reaches the new token before filling up, and that
+    /// does not have the new node yet, takes it in place of its last replica (`last`).
+    fn preceding_changes(&self, j: usize, back: &mut Vec<Change>) {
+        back.clear();
+        if !self.replicates {
+            return;
+        }
+        let m = self.points.len();
+        let mut seen = [usize::MAX; REPLICATION_HINT];
+        let mut distinct = 0;
+        let mut p = j;
+        for _ in 1..m {
+            p = (p + m - 1) % m;
+            let owner = self.points[p].1;
+            if owner == self.new {
+                break;
+            }
+            if !seen[..distinct].contains(&owner) {
+                seen[distinct] = owner;
+                distinct += 1;
+                if distinct == REPLICATION_HINT {
                     break;
                 }
             }
-        }
-        owners
-    }
-
-    /// Replicated share per owner for `REPLICATION_HINT` replicas, one zone.
-    fn replicated(&self) -> Vec<f64> {
-        let mut replicated = vec![0.0; self.primary.len()];
-        for j in 0..self.points.len() {
-            let width = self.width(j);
-            for owner in self.successors(j, REPLICATION_HINT) {
-                replicated[owner] += width;
+            if !self.has_new[p] {
+                let width = self.width(p);
+                add(back, (self.new, 0.0, width));
+                add(back, (self.last[p], 0.0, -width));
             }
         }
-        replicated
     }
 
-    /// Among `victim`'s ranges wide enough to give `share`, the one whose split brings the
-    /// replicated shares closest to their goals (least squares over the nodes it changes).
-    ///
-    /// Splitting `(a, b]` at `x` (replication 3, distinct owners `P2 P1 | victim N1 N2`): the
-    /// new node gains `(a, x]` and the two ranges before `a`; N2 loses `(a, x]`, N1 loses the
-    /// range ending at `a`, the victim the one before that.
-    fn best_split(
-        &self,
-        victim: usize,
-        share: f64,
-        replicated: &[f64],
-        new_goal: f64,
-    ) -> Option<usize> {
-        let m = self.points.len();
-        let mut best: Option<(usize, f64)> = None;
-        for j in 0..m {
+    /// All changes of splitting point `j`'s range with a new-node token `take` tokens after its
+    /// start, given its `preceding_changes`: the new node gains `(a, a + take]` from the owner,
+    /// and that range's replicas become the new node and the first ones of `(a, b]`'s.
+    fn changes(&self, j: usize, take: f64, back: &[Change], changes: &mut Vec<Change>) {
+        changes.clear();
+        changes.extend_from_slice(back);
+        add(changes, (self.new, take, 0.0));
+        add(changes, (self.points[j].1, -take, 0.0));
+        if self.replicates && !self.has_new[j] {
+            add(changes, (self.new, 0.0, take));
+            add(changes, (self.last[j], 0.0, -take));
+        }
+    }
+
+    /// The score change of `changes` to the ownership: the squared distance of each node's
+    /// primary and replicated ownership from its goal, relative to the goal. The new node's
+    /// goals are scaled by `progress`.
+    fn score(&self, changes: &[Change], progress: f64) -> f64 {
+        let rw = tune().rw;
+        let mut score = 0.0;
+        for &(owner, primary, replicated) in changes {
+            let scale = if owner == self.new { progress } else { 1.0 };
+            let off = self.primary[owner] / self.target - scale;
+            let moved = primary / self.target;
+            score += moved * (2.0 * off + moved);
+            if self.replicates {
+                let off = self.replicated[owner] / self.replicated_goal - scale;
+                let moved = replicated / self.replicated_goal;
+                score += rw * moved * (2.0 * off + moved);
+            }
+        }
+        score
+    }
+
+    /// The score change of splitting a range of `width` into `take` and the rest: the squared
+    /// distance of range widths from the mean width, relative to the primary target.
+    fn width_score(&self, width: f64, take: f64) -> f64 {
+        let off = |w: f64| (w - self.mean_width) / self.target;
+        let (a, b, whole) = (off(take), off(width - take), off(width));
+        tune().tok * (a * a + b * b - whole * whole)
+    }
+
+    /// The take that minimises the score of splitting point `j`'s range, at most `MAX_SPLIT` of
+    /// its `width`. The score is a quadratic `a·take² + b·take + c` in the take: the new node
+    /// gains `take` primary (and replicated, unless it already replicates the range), the owner
+    /// loses it in primary and `last` in replicated, and the range widths change.
+    fn best_take(&self, j: usize, width: f64, back: &[Change], progress: f64) -> f64 {
+        let Tune { rw, tok, .. } = tune();
+        let (t, g) = (self.target, self.replicated_goal);
+        let owner = self.points[j].1;
+        let mut a = 2.0 / (t * t) + 2.0 * tok / (t * t);
+        let mut b = 2.0 * (self.primary[self.new] / t - progress) / t
+            - 2.0 * (self.primary[owner] / t - 1.0) / t
+            - 2.0 * tok * width / (t * t);
+        if self.replicates && !self.has_new[j] {
+            let last = self.last[j];
+            let before = |node: usize| {
+                back.iter().find(|c| c.0 == node).map_or(0.0, |c| c.2) + self.replicated[node]
+            };
+            a += 2.0 * rw / (g * g);
+            b += 2.0 * rw * ((before(self.new) / g - progress) - (before(last) / g - 1.0)) / g;
+        }
+        (-b / (2.0 * a)).clamp(0.0, MAX_SPLIT * width)
+    }
+
+    /// The candidate that puts the new node's token back at `token`, which is free again.
+    fn split_at(&self, token: Token) -> Split {
+        let j = self.points.partition_point(|&(t, _)| t < token) % self.points.len();
+        Split { j, take: token.wrapping_sub(self.start(j)) as f64, token: Some(token) }
+    }
+
+    /// The best-scoring split: of every range worth trying that an existing node owns, split at
+    /// `need` (at most `MAX_SPLIT` of the range) and at each of `FRACTIONS`, all scaled by
+    /// `jitter`. `keep`, when given, is scored first and wins ties.
+    fn best_split(&self, jitter: f64, progress: f64, keep: Option<Split>) -> Option<Split> {
+        let mut back = Vec::new();
+        let mut changes = Vec::new();
+        let mut best: Option<(Split, f64)> = keep.map(|split| {
+            self.preceding_changes(split.j, &mut back);
+            self.changes(split.j, split.take, &back, &mut changes);
+            let width = self.width(split.j);
+            (split, self.score(&changes, progress) + self.width_score(width, split.take))
+        });
+        for j in 0..self.points.len() {
             let width = self.width(j);
-            if self.points[j].1 != victim || width < 2.0 || MAX_SPLIT * width < share {
+            if self.points[j].1 == self.new || width < 2.0 || !self.worth_trying(j, width) {
                 continue;
             }
-            let take = share.min(MAX_SPLIT * width);
-            let before = self.width((j + m - 1) % m);
-            let before_that = self.width((j + 2 * m - 2) % m);
-            let next = self.successors(j, REPLICATION_HINT);
-            let losses = [before_that, before, take];
-            let mut changes = vec![(self.new, -(take + before + before_that))];
-            changes.extend(next.iter().zip(losses).map(|(&owner, loss)| (owner, loss)));
-            let score: f64 = changes
-                .iter()
-                .map(|&(owner, loss)| {
-                    let goal = if owner == self.new { new_goal } else { self.replicated_goal };
-                    let off = replicated[owner] - goal;
-                    (off - loss) * (off - loss) - off * off
-                })
-                .sum();
+            self.preceding_changes(j, &mut back);
+            let take = (self.best_take(j, width, &back, progress) * jitter).clamp(1.0, width - 1.0);
+            self.changes(j, take, &back, &mut changes);
+            let score = self.score(&changes, progress) + self.width_score(width, take);
             if best.is_none_or(|(_, s)| score < s) {
-                best = Some((j, score));
+                best = Some((Split { j, take, token: None }, score));
             }
         }
-        best.map(|(j, _)| j)
+        best.map(|(split, _)| split)
     }
 
-    /// The widest splittable range among owners accepted by `owned`.
-    fn widest(&self, owned: impl Fn(usize) -> bool) -> Option<usize> {
-        let mut best: Option<(usize, f64)> = None;
-        for j in 0..self.points.len() {
-            let width = self.width(j);
-            if owned(self.points[j].1) && width >= 2.0 && best.is_none_or(|(_, w)| width > w) {
-                best = Some((j, width));
-            }
+    /// A free token for `split`: its own token if it has one, else the nearest free token to
+    /// `a + take` inside the range.
+    fn token_for(&self, split: Split, taken: &[Token]) -> Option<Token> {
+        if split.token.is_some() {
+            return split.token;
         }
-        best.map(|(j, _)| j)
+        free_token(self.start(split.j), self.width(split.j), split.take, taken, &self.points)
     }
 
-    /// Places the new node's `token` inside point `j`'s range.
-    fn split(&mut self, j: usize, token: Token) {
+    /// Places a new-node `token`, which is free.
+    fn insert(&mut self, token: Token) {
+        let at = self.points.partition_point(|&(t, _)| t < token);
+        let j = at % self.points.len();
         let took = token.wrapping_sub(self.start(j)) as f64;
         self.primary[self.points[j].1] -= took;
         self.primary[self.new] += took;
-        let at = self.points.partition_point(|&(t, _)| t < token);
         self.points.insert(at, (token, self.new));
+        self.refresh();
     }
+
+    /// Takes a new-node `token` out again; its range goes back to the next point's owner.
+    fn remove(&mut self, token: Token) {
+        let Ok(at) = self.points.binary_search_by_key(&token, |&(t, _)| t) else {
+            return;
+        };
+        let width = self.width(at);
+        self.points.remove(at);
+        let next = at % self.points.len();
+        self.primary[self.new] -= width;
+        self.primary[self.points[next].1] += width;
+        self.refresh();
+    }
+}
+
+/// Adds `change` to `changes`, merged with the same owner's.
+fn add(changes: &mut Vec<Change>, change: Change) {
+    match changes.iter_mut().find(|c| c.0 == change.0) {
+        Some(c) => {
+            c.1 += change.1;
+            c.2 += change.2;
+        }
+        None => changes.push(change),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Tune {
+    rw: f64,
+    tok: f64,
+    rounds: usize,
+    cand: usize,
+}
+
+fn tune() -> Tune {
+    static K: std::sync::OnceLock<Tune> = std::sync::OnceLock::new();
+    *K.get_or_init(|| {
+        let get =
+            |name: &str, d: f64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        Tune {
+            rw: get("K_RW", REPLICATED_WEIGHT),
+            tok: get("K_TOK", WIDTH_WEIGHT),
+            rounds: get("K_ROUNDS", POLISH_ROUNDS as f64) as usize,
+            cand: get("K_CAND", CANDIDATE_NODES as f64) as usize,
+        }
+    })
 }
 
 /// The allocation RNG: ChaCha8 keyed by the caller's seed and the node id.
@@ -385,6 +616,52 @@ mod tests {
         assert_eq!(tokens.len(), 3);
         for token in &tokens {
             assert!(![1, 2, 3, 5].contains(token));
+        }
+    }
+}
+
+#[cfg(test)]
+mod delta_tests {
+    use super::*;
+
+    #[test]
+    fn changes_match_recomputation() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for case in 0..200 {
+            let nodes = 3 + case % 6;
+            let per = 1 + case % 5;
+            let mut points: Vec<(Token, usize)> =
+                (0..nodes * per).map(|i| (rng.gen(), i % nodes)).collect();
+            points.sort_unstable();
+            points.dedup_by_key(|p| p.0);
+            let mut state = Allocation::new(points, nodes, 4);
+            for _ in 0..case % 3 {
+                let j = rng.gen_range(0..state.points.len());
+                if state.points[j].1 != state.new && state.width(j) >= 4.0 {
+                    let token = state.start(j).wrapping_add((state.width(j) / 2.0) as u64);
+                    state.insert(token);
+                }
+            }
+            let (mut back, mut changes) = (Vec::new(), Vec::new());
+            for j in 0..state.points.len() {
+                if state.points[j].1 == state.new || state.width(j) < 4.0 {
+                    continue;
+                }
+                let take = (state.width(j) / 3.0).floor();
+                state.preceding_changes(j, &mut back);
+                state.changes(j, take, &back, &mut changes);
+                let mut expected = (state.primary.clone(), state.replicated.clone());
+                for &(owner, primary, replicated) in &changes {
+                    expected.0[owner] += primary;
+                    expected.1[owner] += replicated;
+                }
+                let mut after = state.clone();
+                after.insert(state.start(j).wrapping_add(take as u64));
+                for owner in 0..=nodes {
+                    assert!((after.primary[owner] - expected.0[owner]).abs() < 1e6);
+                    assert!((after.replicated[owner] - expected.1[owner]).abs() < 1e6);
+                }
+            }
         }
     }
 }

@@ -30,7 +30,10 @@ use crate::storage::Storage;
 use crate::transport::Transport;
 
 const META_TOKENS: &str = "tokens";
-const META_STATUS: &str = "ring-status";
+/// Local metadata: this node's ring status (`joining`, `normal`, `leaving`, `left`).
+pub const META_STATUS: &str = "ring-status";
+/// Attempts to hand one batch over to a new replica during a leave.
+const HANDOVER_ATTEMPTS: u32 = 20;
 /// Records per stream page.
 const PAGE: u32 = 1024;
 /// A node that hears of no other member for this long starts a ring of its own.
@@ -61,6 +64,10 @@ pub async fn join<T: Transport, S: Storage>(
         (Some(tokens), st) => {
             let tokens = String::from_utf8(tokens)?;
             let joining = st == Some(b"joining".as_slice());
+            if st == Some(b"leaving".as_slice()) {
+                warn!("this node stopped while leaving; it rejoins as normal (run `starling leave` again to finish leaving)");
+                storage.put_meta(META_STATUS, b"normal")?;
+            }
             set("status", if joining { "joining" } else { "normal" }.into()).await?;
             set(keys::TOKENS, tokens).await?;
             info!(joining, "tokens loaded");
@@ -92,8 +99,10 @@ pub async fn join<T: Transport, S: Storage>(
             let tokens = future.allocate_tokens(me, vnodes, rand::random());
             let first = future.is_empty();
             let st = if first { "normal" } else { "joining" };
+            if !status_unless_left(&*storage, st)? {
+                return Ok(());
+            }
             storage.put_meta(META_TOKENS, format_tokens(&tokens).as_bytes())?;
-            storage.put_meta(META_STATUS, st.as_bytes())?;
             set("status", st.into()).await?;
             set(keys::TOKENS, format_tokens(&tokens)).await?;
             info!(vnodes, status = st, "tokens allocated");
@@ -117,10 +126,24 @@ pub async fn join<T: Transport, S: Storage>(
             }
         }
     }
-    storage.put_meta(META_STATUS, b"normal")?;
+    if !status_unless_left(&*storage, "normal")? {
+        return Ok(());
+    }
     set("status", "normal".into()).await?;
     info!("joined the ring");
     Ok(())
+}
+
+/// Stores this node's ring status unless it has left meanwhile (`starling leave` during a join):
+/// a node that left never takes its place again. No `.await` between the check and the write, so
+/// on the node's runtime it cannot interleave with the leave.
+fn status_unless_left<S: Storage + ?Sized>(storage: &S, st: &str) -> anyhow::Result<bool> {
+    if storage.get_meta(META_STATUS)?.as_deref() == Some(b"left".as_slice()) {
+        info!("left the cluster during the join; not taking a place on the ring");
+        return Ok(false);
+    }
+    storage.put_meta(META_STATUS, st.as_bytes())?;
+    Ok(true)
 }
 
 /// Waits until this node's ring is published and every alive member reports the same digest.
@@ -245,9 +268,23 @@ pub async fn decommission<T: Transport, S: Storage>(
                     .addrs
                     .get(&t)
                     .ok_or_else(|| anyhow::anyhow!("no address for {t:032x}"))?;
-                match kv.inner.transport.request(addr, Request::ReplicaWrite(records)).await? {
-                    Response::Ok => sent += n,
-                    other => anyhow::bail!("{t:032x} refused streamed records: {other:?}"),
+                let mut attempt = 0;
+                loop {
+                    let req = Request::ReplicaWrite(records.clone());
+                    match kv.inner.transport.request(addr, req).await {
+                        Ok(Response::Ok) => {
+                            sent += n;
+                            break;
+                        }
+                        other => {
+                            attempt += 1;
+                            if attempt >= HANDOVER_ATTEMPTS {
+                                anyhow::bail!("{t:032x} did not take {n} records: {other:?}");
+                            }
+                            warn!(replica = %format!("{t:032x}"), answer = ?other, attempt, "handover failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
                 }
             }
             match page.cursor {
