@@ -1,9 +1,11 @@
 //! `starling kv put|get|del` against a real 3-node cluster: output, exit codes (0 ok, 2 bad
 //! input, 3 unreachable, 4 not found, 5 unavailable) and messages.
 //!
-//! `starlingd` belongs to another package, so cargo does not build it for these tests: the first
-//! test that needs it runs `cargo build -p starling-node --bin starlingd` into the same target
-//! directory (a no-op when it is up to date).
+//! `starlingd` belongs to another package, so cargo does not build it for these tests. A
+//! workspace run (`cargo nextest run --workspace`, as `scripts/test` does) builds it; when it is
+//! missing, the first test that needs it runs `cargo build -p starling-node --bin starlingd` into
+//! the same target directory. Run the workspace tests after changing `node/`, or `starlingd` here
+//! may be an older build.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -25,6 +27,11 @@ fn starlingd() -> &'static Path {
         let bin = Path::new(STARLING).with_file_name("starlingd");
         // <target>/debug/starling -> <target>
         let target = Path::new(STARLING).parent().and_then(Path::parent).expect("target dir");
+        // A workspace test run (`scripts/test`) has just built it; building it again with `-p`
+        // could resolve other features and rewrite the binary other tests are running.
+        if bin.exists() {
+            return bin;
+        }
         let built = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "starling-node", "--bin", "starlingd"])
             .env("CARGO_TARGET_DIR", target)

@@ -99,6 +99,30 @@ impl Metrics {
     }
 }
 
+/// Encodes `(name, help, value)` counters.
+fn encode_counters(
+    enc: &mut DescriptorEncoder,
+    list: &[(&str, &str, u64)],
+) -> Result<(), fmt::Error> {
+    for &(name, help, value) in list {
+        let metric = ConstCounter::new(value);
+        metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)?;
+    }
+    Ok(())
+}
+
+/// Encodes `(name, help, value)` gauges.
+fn encode_gauges(
+    enc: &mut DescriptorEncoder,
+    list: &[(&str, &str, i64)],
+) -> Result<(), fmt::Error> {
+    for &(name, help, value) in list {
+        let metric = ConstGauge::new(value);
+        metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)?;
+    }
+    Ok(())
+}
+
 /// Exposes one [`Status`] snapshot; lives for a single scrape.
 #[derive(Debug)]
 struct StatusCollector(Arc<Status>);
@@ -118,10 +142,7 @@ impl Collector for StatusCollector {
             ("gossip_probes_failed", "SWIM probes that got no ack in time", g.probes_failed),
             ("gossip_refutations", "Suspicions of this node it refuted", g.refutations),
         ];
-        for (name, help, value) in counters {
-            let metric = ConstCounter::new(value);
-            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
-        }
+        encode_counters(&mut encoder, &counters)?;
         if let Some(kv) = &s.kv {
             let kv_counters: [(&str, &str, u64); 9] = [
                 ("kv_writes", "Writes coordinated by this node that succeeded", kv.writes),
@@ -142,15 +163,7 @@ impl Collector for StatusCollector {
                 ("kv_read_repairs", "Stale replicas repaired by reads", kv.read_repairs),
                 ("kv_replica_writes", "Records stored as a replica", kv.replica_writes),
             ];
-            for (name, help, value) in kv_counters {
-                let metric = ConstCounter::new(value);
-                metric.encode(encoder.encode_descriptor(
-                    name,
-                    help,
-                    None,
-                    metric.metric_type(),
-                )?)?;
-            }
+            encode_counters(&mut encoder, &kv_counters)?;
             let kv_gauges: [(&str, &str, i64); 2] = [
                 ("kv_hints_pending", "Hints waiting for their replica", kv.hints_pending as i64),
                 (
@@ -159,15 +172,7 @@ impl Collector for StatusCollector {
                     kv.keys_estimate as i64,
                 ),
             ];
-            for (name, help, value) in kv_gauges {
-                let metric = ConstGauge::new(value);
-                metric.encode(encoder.encode_descriptor(
-                    name,
-                    help,
-                    None,
-                    metric.metric_type(),
-                )?)?;
-            }
+            encode_gauges(&mut encoder, &kv_gauges)?;
         }
         let ring_agreed = ConstGauge::new(i64::from(s.ring.agreed));
         ring_agreed.encode(encoder.encode_descriptor(
@@ -194,10 +199,7 @@ impl Collector for StatusCollector {
                 i64::from(s.insecure),
             ),
         ];
-        for (name, help, value) in gauges {
-            let metric = ConstGauge::new(value);
-            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
-        }
+        encode_gauges(&mut encoder, &gauges)?;
 
         let uptime = ConstGauge::new(s.uptime_secs);
         uptime.encode(encoder.encode_descriptor(

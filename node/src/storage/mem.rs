@@ -104,17 +104,9 @@ impl Storage for MemStorage {
                 }
             }
             for (k, v) in g.data.range((lo, hi)) {
-                let size = super::scan_bytes(k, v);
-                if page.records.len() >= limit
-                    || (bytes > 0 && bytes + size > super::SCAN_PAGE_BYTES)
-                {
-                    page.cursor = page.records.last().map(|r| data_key(&r.key));
+                if !super::page_push(&mut page, &mut bytes, limit, k, v)? {
                     return Ok(page);
                 }
-                bytes += size;
-                let key =
-                    super::user_key(k).ok_or_else(|| corrupt("data", k, "short key".into()))?;
-                page.records.push(decode_value(key, v).map_err(|e| corrupt("data", k, e))?);
             }
         }
         Ok(page)

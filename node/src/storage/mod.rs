@@ -97,6 +97,31 @@ pub(crate) fn scan_bytes(key: &[u8], value: &[u8]) -> usize {
     key.len() + value.len() + 64
 }
 
+/// A decoding failure of bytes read from `cf` at `key`.
+pub(crate) fn corrupt(cf: &'static str, key: &[u8], why: impl Into<String>) -> StorageError {
+    StorageError::Corrupt { cf, key: format!("{key:02x?}"), why: why.into() }
+}
+
+/// Adds one scanned data entry to `page`. Returns `false`, with the page's cursor set, when the
+/// page is already full (by count or by [`SCAN_PAGE_BYTES`]); the entry then starts the next one.
+pub(crate) fn page_push(
+    page: &mut ScanPage,
+    bytes: &mut usize,
+    limit: usize,
+    k: &[u8],
+    v: &[u8],
+) -> Result<bool, StorageError> {
+    let size = scan_bytes(k, v);
+    if page.records.len() >= limit || (*bytes > 0 && *bytes + size > SCAN_PAGE_BYTES) {
+        page.cursor = page.records.last().map(|r| data_key(&r.key));
+        return Ok(false);
+    }
+    *bytes += size;
+    let key = user_key(k).ok_or_else(|| corrupt("data", k, "short key"))?;
+    page.records.push(decode_value(key, v).map_err(|e| corrupt("data", k, e))?);
+    Ok(true)
+}
+
 /// `token ‖ key`.
 pub fn data_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());

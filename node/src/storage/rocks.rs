@@ -26,7 +26,7 @@ use starling_wire::Record;
 
 use super::{
     data_key, decode_value, decode_version, encode_value, hint_key, parse_hint_key, range_pieces,
-    token_bounds, user_key, Hint, ScanPage, Storage, StorageError,
+    token_bounds, Hint, ScanPage, Storage, StorageError,
 };
 
 const CF_DATA: &str = "data";
@@ -290,16 +290,9 @@ impl Storage for RocksStorage {
             }
             while it.valid() {
                 let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-                let size = super::scan_bytes(k, v);
-                if page.records.len() >= limit
-                    || (bytes > 0 && bytes + size > super::SCAN_PAGE_BYTES)
-                {
-                    page.cursor = page.records.last().map(|r| data_key(&r.key));
+                if !super::page_push(&mut page, &mut bytes, limit, k, v)? {
                     return Ok(page);
                 }
-                bytes += size;
-                let key = user_key(k).ok_or_else(|| corrupt(CF_DATA, k, "short key".into()))?;
-                page.records.push(decode_value(key, v).map_err(|e| corrupt(CF_DATA, k, e))?);
                 it.next();
             }
             it.status().map_err(engine)?;
