@@ -37,6 +37,19 @@ pub async fn run(opts: DevOptions) -> Result<()> {
         .with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = opts.dir.canonicalize().context("dev dir")?;
     let starlingd = find_starlingd()?;
+    // Listen for Ctrl-C / SIGTERM from the very start: a signal that arrives while the nodes are
+    // still starting must stop them too (a listener created later would miss it).
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for SIGINT")?;
+    let stop = async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    };
+    tokio::pin!(stop);
     let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let certs = dir.join("certs");
     if !opts.insecure {
@@ -76,8 +89,13 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     }
     let auth = if opts.insecure { Auth::Insecure } else { Auth::Certs(certs.join("client")) };
     let started = Instant::now();
-    let converged =
-        wait_converged(&nodes[0].listen, &auth, opts.nodes, Duration::from_secs(30)).await;
+    let converged = tokio::select! {
+        r = wait_converged(&nodes[0].listen, &auth, opts.nodes, Duration::from_secs(30)) => r,
+        _ = &mut stop => {
+            stop_nodes(&mut nodes).await;
+            return Ok(());
+        }
+    };
     println!();
     match converged {
         Ok(()) => println!(
@@ -131,8 +149,6 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     println!("Ctrl-C stops the cluster.");
 
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let stop = starling_node::logging::shutdown_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -148,6 +164,16 @@ pub async fn run(opts: DevOptions) -> Result<()> {
             }
         }
     }
+    stop_nodes(&mut nodes).await;
+    println!(
+        "stopped. Start again with the same command: nodes keep their identity in {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// SIGTERM to every node still running, then SIGKILL to those not gone within 10 s.
+async fn stop_nodes(nodes: &mut [Node]) {
     println!("stopping {} nodes ...", nodes.len());
     for n in nodes.iter_mut().filter(|n| !n.exited) {
         let _ = kill(Pid::from_raw(n.child.id() as i32), Signal::SIGTERM);
@@ -162,11 +188,6 @@ pub async fn run(opts: DevOptions) -> Result<()> {
             let _ = n.child.wait();
         }
     }
-    println!(
-        "stopped. Start again with the same command: nodes keep their identity in {}",
-        dir.display()
-    );
-    Ok(())
 }
 
 async fn wait_converged(node: &str, auth: &Auth, n: usize, limit: Duration) -> Result<()> {
