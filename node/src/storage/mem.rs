@@ -9,8 +9,8 @@ use starling_ring::Range;
 use starling_wire::Record;
 
 use super::{
-    data_key, decode_value, encode_value, hint_key, parse_hint_key, range_pieces, token_bounds,
-    Hint, ScanPage, Storage, StorageError,
+    corrupt, data_key, decode_value, encode_value, hint_key, incoming_wins, parse_hint_key,
+    range_pieces, token_bounds, Hint, ScanPage, Storage, StorageError,
 };
 
 #[derive(Debug, Default)]
@@ -34,20 +34,6 @@ impl MemStorage {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn corrupt(cf: &'static str, key: &[u8], why: String) -> StorageError {
-    StorageError::Corrupt { cf, key: format!("{key:02x?}"), why }
-}
-
-/// Whether the incoming encoded value replaces the stored one: it has the greater version
-/// (shared with the RocksDB merge operator). An unreadable stored value loses to a readable one.
-pub(crate) fn incoming_wins(old: &[u8], new: &[u8]) -> bool {
-    match (super::decode_version(old), super::decode_version(new)) {
-        (Ok((a, _)), Ok((b, _))) => b > a,
-        (Err(_), _) => true,
-        (_, Err(_)) => false,
     }
 }
 
@@ -129,8 +115,7 @@ impl Storage for MemStorage {
                 break;
             }
             // `parse_hint_key` already skips the data key's token: this is the user key.
-            let (_, key) =
-                parse_hint_key(k).ok_or_else(|| corrupt("hints", k, "short key".into()))?;
+            let (_, key) = parse_hint_key(k).ok_or_else(|| corrupt("hints", k, "short key"))?;
             let record = decode_value(key, v).map_err(|e| corrupt("hints", k, e))?;
             out.push(Hint { id: k.clone(), target, record });
         }
@@ -139,15 +124,7 @@ impl Storage for MemStorage {
 
     fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError> {
         let g = self.lock();
-        let mut out: Vec<(u128, usize)> = Vec::new();
-        for k in g.hints.keys() {
-            let Some((t, _)) = parse_hint_key(k) else { continue };
-            match out.last_mut() {
-                Some((last, n)) if *last == t => *n += 1,
-                _ => out.push((t, 1)),
-            }
-        }
-        Ok(out)
+        super::count_hint_targets(g.hints.keys().map(Ok::<_, StorageError>))
     }
 
     fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError> {

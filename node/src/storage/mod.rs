@@ -97,6 +97,32 @@ pub(crate) fn scan_bytes(key: &[u8], value: &[u8]) -> usize {
     key.len() + value.len() + 64
 }
 
+/// Whether the incoming encoded value replaces the stored one: it has the greater version
+/// (the memory store and the RocksDB merge operator both decide by this). An unreadable stored
+/// value loses to a readable one.
+pub(crate) fn incoming_wins(old: &[u8], new: &[u8]) -> bool {
+    match (decode_version(old), decode_version(new)) {
+        (Ok((a, _)), Ok((b, _))) => b > a,
+        (Err(_), _) => true,
+        (_, Err(_)) => false,
+    }
+}
+
+/// Hint targets with their counts, from hint keys in storage order (grouped by target).
+pub(crate) fn count_hint_targets<K: AsRef<[u8]>, E>(
+    keys: impl IntoIterator<Item = Result<K, E>>,
+) -> Result<Vec<(u128, usize)>, E> {
+    let mut out: Vec<(u128, usize)> = Vec::new();
+    for k in keys {
+        let Some((t, _)) = parse_hint_key(k?.as_ref()) else { continue };
+        match out.last_mut() {
+            Some((last, n)) if *last == t => *n += 1,
+            _ => out.push((t, 1)),
+        }
+    }
+    Ok(out)
+}
+
 /// A decoding failure of bytes read from `cf` at `key`.
 pub(crate) fn corrupt(cf: &'static str, key: &[u8], why: impl Into<String>) -> StorageError {
     StorageError::Corrupt { cf, key: format!("{key:02x?}"), why: why.into() }

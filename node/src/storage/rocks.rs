@@ -25,8 +25,8 @@ use starling_ring::Range;
 use starling_wire::Record;
 
 use super::{
-    data_key, decode_value, decode_version, encode_value, hint_key, parse_hint_key, range_pieces,
-    token_bounds, Hint, ScanPage, Storage, StorageError,
+    corrupt, data_key, decode_value, decode_version, encode_value, hint_key, incoming_wins,
+    parse_hint_key, range_pieces, token_bounds, Hint, ScanPage, Storage, StorageError,
 };
 
 const CF_DATA: &str = "data";
@@ -88,10 +88,6 @@ fn engine(e: rocksdb::Error) -> StorageError {
     StorageError::Engine(e.into_string())
 }
 
-fn corrupt(cf: &'static str, key: &[u8], why: String) -> StorageError {
-    StorageError::Corrupt { cf, key: format!("{key:02x?}"), why }
-}
-
 /// Last write wins: the newest readable version among the stored value and the operands.
 fn lww_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
     let mut best: Option<&[u8]> = existing;
@@ -99,7 +95,7 @@ fn lww_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> 
         best = Some(match best {
             None => op,
             Some(b) => {
-                if super::mem::incoming_wins(b, op) {
+                if incoming_wins(b, op) {
                     op
                 } else {
                     b
@@ -320,8 +316,7 @@ impl Storage for RocksStorage {
                 break;
             }
             // `parse_hint_key` already skips the data key's token: this is the user key.
-            let (_, key) =
-                parse_hint_key(&k).ok_or_else(|| corrupt(CF_HINTS, &k, "short key".into()))?;
+            let (_, key) = parse_hint_key(&k).ok_or_else(|| corrupt(CF_HINTS, &k, "short key"))?;
             let record = decode_value(key, &v).map_err(|e| corrupt(CF_HINTS, &k, e))?;
             out.push(Hint { id: k.to_vec(), target, record });
         }
@@ -330,16 +325,8 @@ impl Storage for RocksStorage {
 
     fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError> {
         let cf = self.cf(CF_HINTS)?;
-        let mut out: Vec<(u128, usize)> = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, _) = item.map_err(engine)?;
-            let Some((t, _)) = parse_hint_key(&k) else { continue };
-            match out.last_mut() {
-                Some((last, n)) if *last == t => *n += 1,
-                _ => out.push((t, 1)),
-            }
-        }
-        Ok(out)
+        let keys = self.db.iterator_cf(cf, IteratorMode::Start).map(|item| item.map(|(k, _)| k));
+        super::count_hint_targets(keys).map_err(engine)
     }
 
     fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError> {
