@@ -174,10 +174,10 @@ pub async fn run<T: Transport>(
                 debug!(ring = %digest, nodes = next.ring.nodes().count(), "ring changed");
                 changed = true;
             }
+            let publish = !next.ring.is_empty()
+                && gossip.local_state().get(view::keys::RING) != Some(digest.as_str());
             ring.send_replace(next);
-            if !is_empty_ring(&ring.borrow())
-                && gossip.local_state().get(view::keys::RING) != Some(digest.as_str())
-            {
+            if publish {
                 gossip.handle_command(
                     Instant::now(),
                     Command::Set { key: view::keys::RING.into(), value: digest },
@@ -196,10 +196,6 @@ pub async fn run<T: Transport>(
         }
     }
     status.send_replace(Arc::new(snapshot(&gossip, &info, &ring.borrow())));
-}
-
-fn is_empty_ring(v: &RingView) -> bool {
-    v.ring.is_empty()
 }
 
 /// Every member's ring-relevant state, this node included.
@@ -296,12 +292,7 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView) -> Status {
         tokens: me.map_or(0, |n| n.tokens.len()),
         nodes: rv.ring.nodes().count(),
         replication: info.replication,
-        ownership: rv
-            .ring
-            .ownership(info.replication)
-            .get(&g.id().0)
-            .copied()
-            .map_or(0.0, |o| (o * 1e4).round() / 1e4),
+        ownership: (rv.my_ownership * 1e4).round() / 1e4,
     };
     let gossip_converged = g.converged();
     Status {

@@ -78,12 +78,7 @@ pub async fn join<T: Transport, S: Storage>(
             loop {
                 let s = status.borrow_and_update().clone();
                 let view = kv.view();
-                let others_alive: Vec<NodeKey> = s
-                    .members
-                    .iter()
-                    .filter(|m| !m.is_self && m.state == "alive")
-                    .filter_map(|m| u128::from_str_radix(&m.node_id, 16).ok())
-                    .collect();
+                let others_alive: Vec<NodeKey> = view.others_up().collect();
                 let heard = !others_alive.is_empty();
                 let ready =
                     (heard && s.gossip_converged) || (!heard && started.elapsed() >= ALONE_AFTER);

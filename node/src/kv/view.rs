@@ -29,6 +29,8 @@ pub struct RingView {
     pub down: HashMap<NodeKey, Instant>,
     /// Members that left for good (their hints are dropped).
     pub left: HashSet<NodeKey>,
+    /// Fraction of the keyspace this node replicates (computed when the ring changes).
+    pub my_ownership: f64,
 }
 
 /// A member as the view builder sees it.
@@ -57,6 +59,7 @@ impl RingView {
             addrs: HashMap::new(),
             down: HashMap::new(),
             left: HashSet::new(),
+            my_ownership: 0.0,
         }
     }
 
@@ -106,7 +109,16 @@ impl RingView {
             }
         }
         let placement = Arc::new(ring.placement(rf));
-        RingView { me, rf, ring: Arc::new(ring), placement, addrs, down, left }
+        let my_ownership = ring.ownership(rf).get(&me).copied().unwrap_or(0.0);
+        RingView { me, rf, ring: Arc::new(ring), placement, addrs, down, left, my_ownership }
+    }
+
+    /// Members other than this node that gossip does not report down or left.
+    pub fn others_up(&self) -> impl Iterator<Item = NodeKey> + '_ {
+        self.addrs
+            .keys()
+            .copied()
+            .filter(|id| *id != self.me && !self.down.contains_key(id) && !self.left.contains(id))
     }
 
     /// Whether requests should be sent to `id` (this node always; others unless gossip says down).
