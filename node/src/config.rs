@@ -68,6 +68,10 @@ pub struct Args {
     /// Hints are kept for a replica that is down at most this long, e.g. 3h [default: 3h].
     #[arg(long, env = "STARLING_HINT_WINDOW")]
     pub hint_window: Option<String>,
+    /// Keys whose stored version is kept in memory (about 70 bytes each) so digest reads and
+    /// overwrites skip the disk; 0 turns the cache off [default: 1000000].
+    #[arg(long, env = "STARLING_VERSION_CACHE")]
+    pub version_cache: Option<usize>,
 }
 
 /// The same settings as read from a TOML file.
@@ -89,6 +93,7 @@ struct FileConfig {
     sync_interval: Option<String>,
     tombstone_grace: Option<String>,
     hint_window: Option<String>,
+    version_cache: Option<usize>,
 }
 
 /// How the node authenticates.
@@ -117,6 +122,8 @@ pub struct NodeConfig {
     pub sync: crate::storage::rocks::SyncMode,
     pub tombstone_grace: Duration,
     pub hint_window: Duration,
+    /// Keys in the version cache.
+    pub version_cache: usize,
 }
 
 impl NodeConfig {
@@ -194,7 +201,15 @@ impl NodeConfig {
             Some(s) => parse_duration("--hint-window", &s)?,
             None => Duration::from_secs(3 * 3600),
         };
+        let version_cache = args
+            .version_cache
+            .or(file.version_cache)
+            .unwrap_or(crate::storage::rocks::DEFAULT_VERSION_CACHE);
+        if version_cache > 1 << 30 {
+            bail!("--version-cache {version_cache}: expected at most {} keys", 1u64 << 30);
+        }
         Ok(NodeConfig {
+            version_cache,
             replication,
             vnodes,
             sync,

@@ -51,6 +51,7 @@ fn kind_of(req: &Request) -> &'static str {
         Request::ReplicaWrite(_) => "replica_write",
         Request::ReplicaRead(_) => "replica_read",
         Request::ReplicaReadMany(_) => "replica_read_many",
+        Request::ReplicaVersions(_) => "replica_versions",
         Request::ReplicaScan { .. } => "replica_scan",
     }
 }
@@ -136,7 +137,11 @@ pub struct Bound {
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let started = Instant::now();
     let data = DataDir::open(&cfg.data_dir)?;
-    let rocks_cfg = RocksConfig { sync: cfg.sync, tombstone_grace: cfg.tombstone_grace };
+    let rocks_cfg = RocksConfig {
+        sync: cfg.sync,
+        tombstone_grace: cfg.tombstone_grace,
+        version_cache: cfg.version_cache,
+    };
     let db_path = cfg.data_dir.join("db");
     let storage = Arc::new(
         tokio::task::spawn_blocking(move || RocksStorage::open(&db_path, &rocks_cfg))

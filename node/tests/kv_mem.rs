@@ -520,6 +520,60 @@ async fn quorum_reads_return_the_newest_version_and_repair_stale_replicas() {
     assert_eq!(c.kv(a).status().read_repairs, repairs);
 }
 
+/// Quorum reads send one replica a data read and the others digest reads. A coordinator outside
+/// the preference list reads the record from the first replica; when a digest shows a newer
+/// version, the record is fetched from the replica that has it; when the data replica hangs, the
+/// speculative retry asks another replica for the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_reads_fetch_the_newest_record_from_whichever_replica_has_it() {
+    let c = Cluster::new(3, 1).await;
+    let coordinator = 3;
+    let now_ms = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+        .expect("clock")
+        .as_millis() as u64;
+    let rec = |key: &[u8], ms: u64, value: &[u8]| Record {
+        key: key.to_vec(),
+        version: Version { ts: ms << 16, node: 7 },
+        value: Some(value.to_vec()),
+    };
+
+    // The data replica (first in ring order) is stale; the digest replica has the newer version.
+    let k = b"digest-newer-on-second".to_vec();
+    let r = c.replicas(&k);
+    assert!(!r.contains(&coordinator), "the extra node owns nothing");
+    let (old, new) = (rec(&k, now_ms - 900, b"old"), rec(&k, now_ms - 400, b"new"));
+    c.nodes[r[0]].storage.apply(std::slice::from_ref(&old)).expect("apply");
+    c.nodes[r[1]].storage.apply(std::slice::from_ref(&new)).expect("apply");
+    let got = c.kv(coordinator).get(k.clone(), Consistency::Quorum).await.expect("get");
+    assert_eq!(got.record, Some(new.clone()), "the newer record, fetched after its digest");
+    assert_eq!(got.replicas, 2);
+    assert_eq!(stored(&c.nodes[r[0]], &k), Some(new.clone()), "the data replica is repaired");
+    assert_eq!(stored(&c.nodes[r[2]], &k), None, "a quorum read asks two replicas");
+
+    // A digest replica with nothing is stale too, and is repaired.
+    let k = b"digest-missing-on-second".to_vec();
+    let r = c.replicas(&k);
+    let only = rec(&k, now_ms - 300, b"only copy");
+    c.nodes[r[0]].storage.apply(std::slice::from_ref(&only)).expect("apply");
+    let got = c.kv(coordinator).get(k.clone(), Consistency::Quorum).await.expect("get");
+    assert_eq!(got.record, Some(only.clone()));
+    assert_eq!(stored(&c.nodes[r[1]], &k), Some(only.clone()));
+
+    // The data replica hangs (gossip has not noticed): after the speculative-retry delay another
+    // replica is asked for the record, and the read still returns the newest version.
+    let k = b"digest-data-replica-hangs".to_vec();
+    let r = c.replicas(&k);
+    let (old, new) = (rec(&k, now_ms - 800, b"old"), rec(&k, now_ms - 200, b"new"));
+    c.nodes[r[1]].storage.apply(std::slice::from_ref(&old)).expect("apply");
+    c.nodes[r[2]].storage.apply(std::slice::from_ref(&new)).expect("apply");
+    c.nodes[r[0]].mode.store(HANG, Ordering::Release);
+    let got = c.kv(coordinator).get(k.clone(), Consistency::Quorum).await;
+    c.nodes[r[0]].mode.store(SERVE, Ordering::Release);
+    let got = got.expect("read with the data replica hanging");
+    assert_eq!(got.record, Some(new.clone()));
+    assert_eq!(stored(&c.nodes[r[1]], &k), Some(new), "the stale replica is repaired");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_is_not_resurrected_by_an_older_copy() {
     let mut c = Cluster::new(3, 0).await;

@@ -453,6 +453,54 @@ fn rocks_data_hints_and_meta_survive_close_and_reopen() {
     });
 }
 
+/// The version cache never answers for a store it does not describe: reopened over existing
+/// data it starts empty and incomplete, so versions come from disk, older writes still lose
+/// (merged, or dropped once the cache knows the key), and digests match full reads.
+#[test]
+fn rocks_version_cache_stays_exact_across_reopen_and_eviction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let ts = hlc_ago(Duration::ZERO);
+    let cfg = RocksConfig { version_cache: 4, ..RocksConfig::default() };
+    let keys: Vec<Vec<u8>> = (0..20).map(|i| format!("key-{i}").into_bytes()).collect();
+    {
+        let s = RocksStorage::open(&path, &cfg).expect("open");
+        for (i, k) in keys.iter().enumerate() {
+            s.apply(&[rec(k, ts + 10, i as u128, Some(b"first"))]).expect("apply");
+        }
+        // More keys than the cache holds: the evicted ones are answered from disk.
+        let want: Vec<Option<Version>> =
+            (0..keys.len()).map(|i| Some(Version { ts: ts + 10, node: i as u128 })).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        assert_eq!(s.versions(&refs).expect("versions"), want);
+        assert_eq!(s.versions(&[b"never-written"]).expect("versions"), vec![None]);
+    }
+    let s = RocksStorage::open(&path, &cfg).expect("reopen");
+    let k = keys[0].as_slice();
+    // Cold cache: an older write is merged and loses; a newer one wins.
+    s.apply(&[rec(k, ts + 5, 99, Some(b"older"))]).expect("apply");
+    assert_eq!(s.versions(&[k]).expect("versions"), vec![Some(Version { ts: ts + 10, node: 0 })]);
+    assert_eq!(get(&s, k).and_then(|r| r.value).as_deref(), Some(&b"first"[..]));
+    // Now cached: older writes are dropped, newer ones put, tombstones too.
+    s.apply(&[rec(k, ts + 1, 99, Some(b"older again"))]).expect("apply");
+    s.apply(&[rec(k, ts + 20, 1, Some(b"newer"))]).expect("apply");
+    assert_eq!(get(&s, k), Some(rec(k, ts + 20, 1, Some(b"newer"))));
+    s.apply(&[rec(k, ts + 30, 1, None), rec(k, ts + 25, 2, Some(b"in the same batch"))])
+        .expect("apply");
+    assert_eq!(get(&s, k), Some(rec(k, ts + 30, 1, None)));
+    assert_eq!(s.versions(&[k]).expect("versions"), vec![Some(Version { ts: ts + 30, node: 1 })]);
+    // A key never written, after the reopen: absent, then written.
+    assert_eq!(s.versions(&[b"fresh"]).expect("versions"), vec![None]);
+    s.apply(&[rec(b"fresh", ts, 3, Some(b"x"))]).expect("apply");
+    assert_eq!(get(&s, b"fresh"), Some(rec(b"fresh", ts, 3, Some(b"x"))));
+    // Everything still right after compaction (puts and merges folded together).
+    s.compact().expect("compact");
+    assert_eq!(get(&s, k), Some(rec(k, ts + 30, 1, None)));
+    for (i, key) in keys.iter().enumerate().skip(1) {
+        assert_eq!(get(&s, key), Some(rec(key, ts + 10, i as u128, Some(b"first"))));
+    }
+}
+
 #[test]
 fn rocks_compaction_drops_tombstones_past_the_grace_period() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -565,7 +613,15 @@ fn any_arrival_order_keeps_the_greatest_version() {
     use proptest::test_runner::{Config, TestRunner};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let rocks = RocksStorage::open(&dir.path().join("db"), &RocksConfig::default()).expect("open");
+    // Three RocksDB stores: with the default version cache (complete: it opened empty), without
+    // one (every write a merge), and with a cache of 3 keys (evicting at once: puts, skips and
+    // merges mixed).
+    let open = |name: &str, version_cache: usize| {
+        let cfg = RocksConfig { version_cache, ..RocksConfig::default() };
+        RocksStorage::open(&dir.path().join(name), &cfg).expect("open")
+    };
+    let stores =
+        [open("cached", RocksConfig::default().version_cache), open("plain", 0), open("tiny", 3)];
     // Current timestamps, so no tombstone is old enough for compaction to drop.
     let base = hlc_ago(Duration::ZERO);
     let strategy = (
@@ -573,10 +629,11 @@ fn any_arrival_order_keeps_the_greatest_version() {
         proptest::collection::vec(any::<bool>(), 8),
         any::<u64>(),
         1usize..4,
+        proptest::collection::vec(any::<bool>(), 8),
     );
     let case = std::cell::Cell::new(0u64);
     let mut runner = TestRunner::new(Config::with_cases(300));
-    let result = runner.run(&strategy, |(versions, dels, order, batch)| {
+    let result = runner.run(&strategy, |(versions, dels, order, batch, reads)| {
         case.set(case.get() + 1);
         let key = format!("case-{}", case.get());
         let mut records: Vec<Record> = versions
@@ -597,15 +654,25 @@ fn any_arrival_order_keeps_the_greatest_version() {
             records.swap(i, (seed % (i as u64 + 1)) as usize);
         }
         let m = MemStorage::new();
-        for chunk in records.chunks(batch) {
+        let k = key.as_bytes();
+        for (chunk, read) in records.chunks(batch).zip(reads.iter().cycle()) {
             m.apply(chunk).expect("apply");
-            rocks.apply(chunk).expect("apply");
+            for rocks in &stores {
+                rocks.apply(chunk).expect("apply");
+                // A read in between puts the key's version in the cache (or refreshes it).
+                if *read {
+                    prop_assert_eq!(rocks.get(k).expect("get"), m.get(k).expect("get"));
+                }
+            }
         }
-        prop_assert_eq!(m.get(key.as_bytes()).expect("get"), Some(newest.clone()));
-        prop_assert_eq!(rocks.get(key.as_bytes()).expect("get"), Some(newest));
+        prop_assert_eq!(m.get(k).expect("get"), Some(newest.clone()));
+        for rocks in &stores {
+            prop_assert_eq!(rocks.versions(&[k]).expect("versions"), vec![Some(newest.version)]);
+            prop_assert_eq!(rocks.get(k).expect("get"), Some(newest.clone()));
+        }
         Ok(())
     });
-    drop(rocks);
+    drop(stores);
     if let Err(e) = result {
         panic!("{e}");
     }

@@ -53,6 +53,10 @@ pub enum Request {
         after: Option<Vec<u8>>,
         limit: u32,
     },
+    /// Coordinator to replica, a digest read: only the stored version of each key, answered in
+    /// order with [`Response::ReplicaVersions`]. A quorum read fetches the record from one
+    /// replica and versions from the others.
+    ReplicaVersions(Vec<crate::kv::Key>),
 }
 
 /// What a node answers to a [`Request`].
@@ -81,6 +85,8 @@ pub enum Response {
         #[serde(with = "crate::bin::opt")]
         cursor: Option<Vec<u8>>,
     },
+    /// Answers to a [`Request::ReplicaVersions`], one per key, in order (`None`: not stored).
+    ReplicaVersions(Vec<Option<Version>>),
     /// The request failed; `code` is for programs, `message` for people.
     Error {
         /// Machine-readable category.

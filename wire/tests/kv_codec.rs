@@ -39,6 +39,7 @@ fn arb_kv_request() -> impl Strategy<Value = Request> {
         proptest::collection::vec(arb_record(), 0..8).prop_map(Request::ReplicaWrite),
         bytes(64).prop_map(Request::ReplicaRead),
         proptest::collection::vec(bytes(64).prop_map(Key), 0..8).prop_map(Request::ReplicaReadMany),
+        proptest::collection::vec(bytes(64).prop_map(Key), 0..8).prop_map(Request::ReplicaVersions),
         (any::<u64>(), any::<u64>(), proptest::option::of(bytes(64)), any::<u32>()).prop_map(
             |(start, end, after, limit)| Request::ReplicaScan { start, end, after, limit }
         ),
@@ -63,6 +64,8 @@ fn arb_kv_response() -> impl Strategy<Value = Response> {
             .prop_map(|(record, replicas)| Response::KvValue { record, replicas }),
         proptest::option::of(arb_record()).prop_map(Response::ReplicaRecord),
         proptest::collection::vec(arb_read_answer(), 0..8).prop_map(Response::ReplicaRecordMany),
+        proptest::collection::vec(proptest::option::of(arb_version()), 0..8)
+            .prop_map(Response::ReplicaVersions),
         (proptest::collection::vec(arb_record(), 0..8), proptest::option::of(bytes(64)))
             .prop_map(|(records, cursor)| Response::ReplicaRecords { records, cursor }),
         ".{0,64}".prop_map(|message| Response::Error { code: ErrorCode::Timeout, message }),

@@ -1,7 +1,7 @@
 //! Per-peer batching of replica requests. A coordinator handles many client requests at once; the
-//! replica writes and reads they send to one peer during one scheduler pass travel as **one**
-//! `ReplicaWrite` / `ReplicaReadMany` request, so the peer decodes one frame, applies one write
-//! batch and answers once. The first request queued for a peer spawns a flush task that yields
+//! replica writes, reads and digest reads they send to one peer during one scheduler pass travel
+//! as **one** `ReplicaWrite` / `ReplicaReadMany` / `ReplicaVersions` request, so the peer decodes
+//! one frame, applies one write batch (or makes one multi-get) and answers once. The first request queued for a peer spawns a flush task that yields
 //! once (letting every request ready in this pass queue its part) and then sends the batch.
 //! Batches are cut at [`MAX_BATCH_BYTES`] so a frame never nears its size limit.
 
@@ -10,22 +10,52 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use starling_wire::{Key, ReadAnswer, Record, Request, Response, MAX_BATCH_BYTES};
+use starling_wire::{Key, ReadAnswer, Record, Request, Response, Version, MAX_BATCH_BYTES};
 use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::transport::Transport;
 
-type WriteQueue = Vec<(Record, oneshot::Sender<bool>)>;
+type WriteItem = (Record, oneshot::Sender<bool>);
+type WriteQueue = Vec<WriteItem>;
 /// `None`: the read failed; `Some(answer)` otherwise.
-type ReadQueue = Vec<(Vec<u8>, oneshot::Sender<Option<Option<Record>>>)>;
+type ReadItem = (Vec<u8>, oneshot::Sender<Option<Option<Record>>>);
+type ReadQueue = Vec<ReadItem>;
+/// `None`: the digest read failed; `Some(version or None)` otherwise.
+type VersionItem = (Vec<u8>, oneshot::Sender<Option<Option<Version>>>);
+type VersionQueue = Vec<VersionItem>;
+/// Keys per read request (keys are at most 1 KiB, so far from any frame limit; the replica cuts
+/// a read answer itself when the values would be too large).
+const READ_CHUNK: usize = 256;
+
+/// One kind of queued request, per peer.
+struct Queues<Q>(Mutex<HashMap<SocketAddr, Vec<Q>>>);
+
+impl<Q> Queues<Q> {
+    fn new() -> Self {
+        Queues(Mutex::new(HashMap::new()))
+    }
+
+    /// Queues `item` for `addr`; true if it is the first one (the caller schedules the flush).
+    fn push(&self, addr: SocketAddr, item: Q) -> bool {
+        let mut q = lock(&self.0);
+        let v = q.entry(addr).or_default();
+        v.push(item);
+        v.len() == 1
+    }
+
+    fn take(&self, addr: SocketAddr) -> Vec<Q> {
+        lock(&self.0).remove(&addr).unwrap_or_default()
+    }
+}
 
 /// Queues of replica requests per peer.
 pub(crate) struct PeerBatcher<T> {
     transport: Arc<T>,
     timeout: Duration,
-    writes: Mutex<HashMap<SocketAddr, WriteQueue>>,
-    reads: Mutex<HashMap<SocketAddr, ReadQueue>>,
+    writes: Queues<WriteItem>,
+    reads: Queues<ReadItem>,
+    versions: Queues<VersionItem>,
 }
 
 fn lock<V>(m: &Mutex<V>) -> MutexGuard<'_, V> {
@@ -41,25 +71,31 @@ impl<T: Transport> PeerBatcher<T> {
         PeerBatcher {
             transport,
             timeout,
-            writes: Mutex::new(HashMap::new()),
-            reads: Mutex::new(HashMap::new()),
+            writes: Queues::new(),
+            reads: Queues::new(),
+            versions: Queues::new(),
         }
+    }
+
+    /// Runs `flush` after every request ready in this scheduler pass has queued its part.
+    fn schedule<F, Fut>(self: &Arc<Self>, flush: F)
+    where
+        F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            flush(me).await;
+        });
     }
 
     /// Sends `record` to the replica at `addr` in the next batch; true once it acknowledged.
     pub(crate) async fn write(self: &Arc<Self>, addr: SocketAddr, record: Record) -> bool {
         let (tx, rx) = oneshot::channel();
-        let first = {
-            let mut q = lock(&self.writes);
-            let v = q.entry(addr).or_default();
-            v.push((record, tx));
-            v.len() == 1
-        };
-        if first {
-            let me = self.clone();
-            tokio::spawn(async move {
-                tokio::task::yield_now().await;
-                let batch = lock(&me.writes).remove(&addr).unwrap_or_default();
+        if self.writes.push(addr, (record, tx)) {
+            self.schedule(move |me| async move {
+                let batch = me.writes.take(addr);
                 me.flush_writes(addr, batch).await;
             });
         }
@@ -107,29 +143,62 @@ impl<T: Transport> PeerBatcher<T> {
         key: Vec<u8>,
     ) -> Option<Option<Record>> {
         let (tx, rx) = oneshot::channel();
-        let first = {
-            let mut q = lock(&self.reads);
-            let v = q.entry(addr).or_default();
-            v.push((key, tx));
-            v.len() == 1
-        };
-        if first {
-            let me = self.clone();
-            tokio::spawn(async move {
-                tokio::task::yield_now().await;
-                let batch = lock(&me.reads).remove(&addr).unwrap_or_default();
+        if self.reads.push(addr, (key, tx)) {
+            self.schedule(move |me| async move {
+                let batch = me.reads.take(addr);
                 me.flush_reads(addr, batch).await;
             });
         }
         rx.await.ok().flatten()
     }
 
-    async fn flush_reads(&self, addr: SocketAddr, batch: ReadQueue) {
-        // Keys are at most 1 KiB, so 256 of them are far from any limit; the replica cuts the
-        // answer itself when the values would be too large.
+    /// The version the replica at `addr` stores for `key` (`None` if the digest read failed).
+    pub(crate) async fn version(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        key: Vec<u8>,
+    ) -> Option<Option<Version>> {
+        let (tx, rx) = oneshot::channel();
+        if self.versions.push(addr, (key, tx)) {
+            self.schedule(move |me| async move {
+                let batch = me.versions.take(addr);
+                me.flush_versions(addr, batch).await;
+            });
+        }
+        rx.await.ok().flatten()
+    }
+
+    async fn flush_versions(&self, addr: SocketAddr, batch: VersionQueue) {
         let mut batch = batch.into_iter().peekable();
         while batch.peek().is_some() {
-            let chunk: ReadQueue = batch.by_ref().take(256).collect();
+            let chunk: VersionQueue = batch.by_ref().take(READ_CHUNK).collect();
+            let (keys, waiters): (Vec<Vec<u8>>, Vec<_>) = chunk.into_iter().unzip();
+            let n = keys.len();
+            let req = Request::ReplicaVersions(keys.into_iter().map(Key).collect());
+            let answers: Vec<Option<Option<Version>>> =
+                match self.transport.request_within(addr, req, self.timeout).await {
+                    Ok(Response::ReplicaVersions(list)) if list.len() == n => {
+                        list.into_iter().map(Some).collect()
+                    }
+                    Ok(other) => {
+                        debug!(peer = %addr, resp = ?other, "replica refused digest reads");
+                        vec![None; n]
+                    }
+                    Err(e) => {
+                        debug!(peer = %addr, error = %e, "replica digest reads failed");
+                        vec![None; n]
+                    }
+                };
+            for (w, a) in waiters.into_iter().zip(answers) {
+                let _ = w.send(a);
+            }
+        }
+    }
+
+    async fn flush_reads(&self, addr: SocketAddr, batch: ReadQueue) {
+        let mut batch = batch.into_iter().peekable();
+        while batch.peek().is_some() {
+            let chunk: ReadQueue = batch.by_ref().take(READ_CHUNK).collect();
             let (keys, waiters): (Vec<Vec<u8>>, Vec<_>) = chunk.into_iter().unzip();
             let req = if keys.len() == 1 {
                 Request::ReplicaRead(keys[0].clone())

@@ -172,6 +172,23 @@ struct Inner<T, S> {
     batcher: Arc<batch::PeerBatcher<T>>,
 }
 
+/// One replica's answer to a read.
+enum Answer {
+    /// Its whole record (`None`: it stores nothing for the key).
+    Record(Option<Record>),
+    /// Only its version (a digest read).
+    Digest(Option<Version>),
+}
+
+impl Answer {
+    fn version(&self) -> Option<Version> {
+        match self {
+            Answer::Record(r) => r.as_ref().map(|r| r.version),
+            Answer::Digest(v) => *v,
+        }
+    }
+}
+
 /// How one replica's part of a write ended.
 enum Ack {
     Stored,
@@ -275,6 +292,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 let keys: Vec<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
                 match self.inner.storage.get_many(&keys) {
                     Ok(records) => Response::ReplicaRecordMany(batch::answer_reads(records)),
+                    Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+                }
+            }
+            Request::ReplicaVersions(keys) => {
+                self.inner.stats.replica_reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                let keys: Vec<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
+                match self.inner.storage.versions(&keys) {
+                    Ok(versions) => Response::ReplicaVersions(versions),
                     Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
                 }
             }
@@ -499,14 +524,18 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         if let Some(i) = candidates.iter().position(|t| *t == self.inner.me) {
             candidates[..=i].rotate_right(1);
         }
+        // Digest reads (Cassandra's): the first replica (this node when it is one) returns the
+        // record, the others only their version; the record travels once unless versions differ.
         let deadline = Instant::now() + self.inner.cfg.read_timeout;
-        let mut next = 0;
         let mut asks = FuturesUnordered::new();
+        let (mut next, mut data_in_flight, mut have_record) = (0, 0usize, false);
         while next < required {
-            asks.push(self.read_replica(&view, candidates[next], key.clone(), deadline));
+            let digest = next > 0;
+            data_in_flight += usize::from(!digest);
+            asks.push(self.read_replica(&view, candidates[next], key.clone(), deadline, digest));
             next += 1;
         }
-        let mut answers: Vec<(NodeKey, Option<Record>)> = Vec::with_capacity(required);
+        let mut answers: Vec<(NodeKey, Answer)> = Vec::with_capacity(required);
         // Speculative retry: replicas that have not answered by then may have failed without
         // gossip knowing yet; ask one more (Cassandra's `speculative_retry`).
         let speculate_at = Instant::now() + self.inner.cfg.speculative_retry;
@@ -517,26 +546,37 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 a = asks.next() => a,
                 _ = tokio::time::sleep_until(speculate_at), if !speculated && spare => {
                     speculated = true;
-                    asks.push(self.read_replica(&view, candidates[next], key.clone(), deadline));
+                    data_in_flight += usize::from(!have_record);
+                    asks.push(self.read_replica(
+                        &view, candidates[next], key.clone(), deadline, have_record,
+                    ));
                     next += 1;
                     continue;
                 }
             };
+            let Some((from, digest, answer)) = answer else { break };
+            data_in_flight -= usize::from(!digest);
             match answer {
-                Some((from, Some(rec))) => answers.push((from, rec)),
-                Some((_, None)) => {
-                    // That replica failed: ask the next one, if any is left.
+                Some(a) => {
+                    have_record |= !digest;
+                    answers.push((from, a));
+                }
+                None => {
+                    // That replica failed: ask the next one, if any is left; for the record if
+                    // no other replica is sending it.
                     if next < candidates.len() && Instant::now() < deadline {
+                        let digest = have_record || data_in_flight > 0;
+                        data_in_flight += usize::from(!digest);
                         asks.push(self.read_replica(
                             &view,
                             candidates[next],
                             key.clone(),
                             deadline,
+                            digest,
                         ));
                         next += 1;
                     }
                 }
-                None => break,
             }
         }
         drop(asks);
@@ -547,12 +587,11 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 self.inner.cfg.read_timeout.as_millis()
             )));
         }
-        let newest =
-            answers.iter().filter_map(|(_, r)| r.as_ref()).max_by_key(|r| r.version).cloned();
+        let newest = self.newest_record(&view, &key, &answers, deadline).await?;
         if let Some(newest) = &newest {
             let stale: Vec<NodeKey> = answers
                 .iter()
-                .filter(|(_, r)| r.as_ref().is_none_or(|r| r.version < newest.version))
+                .filter(|(_, a)| a.version().is_none_or(|v| v < newest.version))
                 .map(|(id, _)| *id)
                 .collect();
             if !stale.is_empty() {
@@ -562,33 +601,86 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         Ok(Read { record: newest, replicas: answers.len() as u32 })
     }
 
-    /// One replica's record of `key`: `(id, None)` if it failed, `(id, Some(record or None))`.
+    /// The newest record among `answers`. When only a digest shows the newest version, the
+    /// record is fetched from a replica that reported it.
+    async fn newest_record(
+        &self,
+        view: &RingView,
+        key: &[u8],
+        answers: &[(NodeKey, Answer)],
+        deadline: Instant,
+    ) -> Result<Option<Record>, KvError> {
+        let claimed = answers.iter().filter_map(|(_, a)| a.version()).max();
+        let mut best: Option<Record> = answers
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Answer::Record(r) => r.as_ref(),
+                Answer::Digest(_) => None,
+            })
+            .max_by_key(|r| r.version)
+            .cloned();
+        let Some(claimed) = claimed else { return Ok(best) };
+        let mut failed = None;
+        for (holder, _) in answers.iter().filter(|(_, a)| a.version() == Some(claimed)) {
+            if best.as_ref().is_some_and(|b| b.version >= claimed) {
+                break;
+            }
+            match self.read_replica(view, *holder, key.to_vec(), deadline, false).await {
+                (_, _, Some(Answer::Record(Some(r)))) => {
+                    if best.as_ref().is_none_or(|b| r.version > b.version) {
+                        best = Some(r);
+                    }
+                }
+                // It no longer holds that version (a tombstone purged since): what it holds now
+                // is what the others answered.
+                (_, _, Some(_)) => {}
+                (id, _, None) => failed = Some(id),
+            }
+        }
+        match failed {
+            Some(id) if best.as_ref().is_none_or(|b| b.version < claimed) => {
+                Err(KvError::Timeout(format!(
+                    "read: replica {id:032x} reported the newest version but did not send it within {} ms",
+                    self.inner.cfg.read_timeout.as_millis()
+                )))
+            }
+            _ => Ok(best),
+        }
+    }
+
+    /// One replica's answer for `key`: its record, or only its version when `digest`.
+    /// `(id, digest, None)` if it failed.
     async fn read_replica(
         &self,
         view: &RingView,
         target: NodeKey,
         key: Vec<u8>,
         deadline: Instant,
-    ) -> (NodeKey, Option<Option<Record>>) {
-        if target == self.inner.me {
-            return match self.inner.storage.get(&key) {
-                Ok(r) => (target, Some(r)),
-                Err(e) => {
-                    tracing::error!(error = %e, "local read failed");
-                    (target, None)
+        digest: bool,
+    ) -> (NodeKey, bool, Option<Answer>) {
+        let answer = if target == self.inner.me {
+            let local = if digest {
+                self.inner.storage.versions(&[&key]).map(|v| Answer::Digest(v[0]))
+            } else {
+                self.inner.storage.get(&key).map(Answer::Record)
+            };
+            local.map_err(|e| tracing::error!(error = %e, "local read failed")).ok()
+        } else if let Some(addr) = view.addrs.get(&target) {
+            let read = async {
+                if digest {
+                    self.inner.batcher.version(*addr, key).await.map(Answer::Digest)
+                } else {
+                    self.inner.batcher.read(*addr, key).await.map(Answer::Record)
                 }
             };
+            tokio::time::timeout_at(deadline, read).await.ok().flatten()
+        } else {
+            None
+        };
+        if let Some(v) = answer.as_ref().and_then(Answer::version) {
+            self.inner.hlc.observe(v.ts);
         }
-        let Some(addr) = view.addrs.get(&target) else { return (target, None) };
-        match tokio::time::timeout_at(deadline, self.inner.batcher.read(*addr, key)).await {
-            Ok(Some(r)) => {
-                if let Some(rec) = &r {
-                    self.inner.hlc.observe(rec.version.ts);
-                }
-                (target, Some(r))
-            }
-            _ => (target, None),
-        }
+        (target, digest, answer)
     }
 
     /// Writes the newest record back to replicas that answered with an older one, and waits for

@@ -15,6 +15,7 @@
 
 pub mod mem;
 pub mod rocks;
+mod versions;
 
 use starling_ring::{token_of, Range, Token};
 use starling_wire::{Record, Version};
@@ -58,6 +59,11 @@ pub trait Storage: Send + Sync + 'static {
     /// The stored records of several keys, in order (one batched lookup where the engine has one).
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Record>>, StorageError> {
         keys.iter().map(|k| self.get(k)).collect()
+    }
+    /// The stored version of each key (`None`: nothing stored), in order: what a replica answers
+    /// to a digest read. Engines that keep versions in memory answer without reading records.
+    fn versions(&self, keys: &[&[u8]]) -> Result<Vec<Option<Version>>, StorageError> {
+        Ok(self.get_many(keys)?.into_iter().map(|r| r.map(|r| r.version)).collect())
     }
     /// Records whose token is in `range`, in storage order, after `cursor`, at most `limit`, and
     /// at most about [`SCAN_PAGE_BYTES`] of them (always at least one record).

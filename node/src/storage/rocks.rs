@@ -10,6 +10,7 @@
 //!   [`SyncMode::Always`] each batch is fsynced before it returns (the writer thread batches
 //!   concurrent writes, so they share one fsync: group commit).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,8 +23,9 @@ use rocksdb::{
     IteratorMode, MergeOperands, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use starling_ring::Range;
-use starling_wire::Record;
+use starling_wire::{Record, Version};
 
+use super::versions::{key_hash, KeyHash, Known, VersionCache};
 use super::{
     corrupt, data_key, decode_value, decode_version, encode_value, hint_key, incoming_wins,
     parse_hint_key, range_pieces, token_bounds, Hint, ScanPage, Storage, StorageError,
@@ -52,12 +54,17 @@ impl std::fmt::Display for SyncMode {
     }
 }
 
+/// Default size of the version cache, in keys (about 70 bytes each).
+pub const DEFAULT_VERSION_CACHE: usize = 1_000_000;
+
 /// Settings of the RocksDB store.
 #[derive(Debug, Clone)]
 pub struct RocksConfig {
     pub sync: SyncMode,
     /// How long a tombstone is kept before compaction may drop it.
     pub tombstone_grace: Duration,
+    /// Keys whose stored version is kept in memory (the version cache); 0 turns it off.
+    pub version_cache: usize,
 }
 
 impl Default for RocksConfig {
@@ -65,6 +72,7 @@ impl Default for RocksConfig {
         RocksConfig {
             sync: SyncMode::Periodic(Duration::from_millis(10)),
             tombstone_grace: Duration::from_secs(10 * 24 * 3600),
+            version_cache: DEFAULT_VERSION_CACHE,
         }
     }
 }
@@ -76,12 +84,19 @@ pub struct RocksStorage {
     syncer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
     dirty: Arc<AtomicBool>,
     always: bool,
+    /// Stored versions of recent keys; changed only under `apply_lock` (see [`super::versions`]).
+    versions: Option<VersionCache>,
+    apply_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for RocksStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RocksStorage").field("path", &self.db.path()).finish()
     }
+}
+
+fn lock(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn engine(e: rocksdb::Error) -> StorageError {
@@ -120,6 +135,10 @@ impl RocksStorage {
         db_opts.set_max_open_files(512);
         db_opts.set_keep_log_file_num(4);
         db_opts.increase_parallelism(2);
+        // The small `hints` and `meta` families rarely fill a memtable, and a log file is kept
+        // until every family has flushed what it holds: past this size RocksDB flushes them, so
+        // the logs (and the replay after a restart) stay bounded.
+        db_opts.set_max_total_wal_size(64 << 20);
 
         let mut data = Options::default();
         // Keys are token-prefixed, so inserts land at random places in the memtable's skip list;
@@ -185,7 +204,26 @@ impl RocksStorage {
             }
         };
         let always = cfg.sync == SyncMode::Always;
-        Ok(RocksStorage { db, write_opts, syncer: Mutex::new(syncer), dirty, always })
+        let versions = if cfg.version_cache == 0 {
+            None
+        } else {
+            let cf =
+                db.cf_handle(CF_DATA).ok_or_else(|| StorageError::Engine("no data CF".into()))?;
+            let mut it = db.raw_iterator_cf(cf);
+            it.seek_to_first();
+            let empty = !it.valid();
+            it.status().map_err(engine)?;
+            Some(VersionCache::new(cfg.version_cache, empty))
+        };
+        Ok(RocksStorage {
+            db,
+            write_opts,
+            syncer: Mutex::new(syncer),
+            dirty,
+            always,
+            versions,
+            apply_lock: Mutex::new(()),
+        })
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StorageError> {
@@ -228,30 +266,99 @@ impl Storage for RocksStorage {
     fn apply(&self, records: &[Record]) -> Result<(), StorageError> {
         let cf = self.cf(CF_DATA)?;
         let mut batch = WriteBatch::default();
+        let Some(cache) = &self.versions else {
+            for r in records {
+                batch.merge_cf(cf, data_key(&r.key), encode_value(r.version, r.value.as_deref()));
+            }
+            return self.write(batch);
+        };
+        let _guard = lock(&self.apply_lock);
+        // What each key of this batch will hold once it is written: `Some(known)`, or `None`
+        // when it was merged without knowing what was stored.
+        let mut after: HashMap<KeyHash, Option<Known>> = HashMap::with_capacity(records.len());
         for r in records {
-            batch.merge_cf(cf, data_key(&r.key), encode_value(r.version, r.value.as_deref()));
+            let hash = key_hash(&r.key);
+            let key = data_key(&r.key);
+            let known = match after.get(&hash) {
+                Some(k) => *k,
+                None => cache.get(hash).or_else(|| {
+                    // Bloom filters and memtables only, no disk read: "surely absent" or "maybe".
+                    (!self.db.key_may_exist_cf(cf, &key)).then_some(None)
+                }),
+            };
+            let value = encode_value(r.version, r.value.as_deref());
+            match known {
+                // The stored version is at least as new: last write wins, nothing to write.
+                Some(Some(stored)) if stored >= r.version => {}
+                Some(_) => {
+                    batch.put_cf(cf, key, value);
+                    after.insert(hash, Some(Some(r.version)));
+                }
+                None => {
+                    batch.merge_cf(cf, key, value);
+                    after.insert(hash, None);
+                }
+            }
         }
-        self.write(batch)
+        self.write(batch)?;
+        for (hash, known) in after {
+            match known {
+                Some(k) => cache.set(hash, k),
+                None => cache.forget(hash),
+            }
+        }
+        Ok(())
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
         let cf = self.cf(CF_DATA)?;
-        match self.db.get_pinned_cf(cf, data_key(key)).map_err(engine)? {
-            None => Ok(None),
-            Some(v) => decode_value(key, &v).map(Some).map_err(|e| corrupt(CF_DATA, key, e)),
+        let _guard = self.versions.as_ref().map(|_| lock(&self.apply_lock));
+        let record = match self.db.get_pinned_cf(cf, data_key(key)).map_err(engine)? {
+            None => None,
+            Some(v) => Some(decode_value(key, &v).map_err(|e| corrupt(CF_DATA, key, e))?),
+        };
+        if let Some(cache) = &self.versions {
+            cache.set(key_hash(key), record.as_ref().map(|r| r.version));
         }
+        Ok(record)
     }
 
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Record>>, StorageError> {
         let cf = self.cf(CF_DATA)?;
         let data_keys: Vec<Vec<u8>> = keys.iter().map(|k| data_key(k)).collect();
+        let _guard = self.versions.as_ref().map(|_| lock(&self.apply_lock));
         let found = self.db.batched_multi_get_cf(cf, &data_keys, false);
         let mut out = Vec::with_capacity(keys.len());
         for (k, r) in keys.iter().zip(found) {
-            out.push(match r.map_err(engine)? {
+            let record = match r.map_err(engine)? {
                 None => None,
                 Some(v) => Some(decode_value(k, &v).map_err(|e| corrupt(CF_DATA, k, e))?),
-            });
+            };
+            if let Some(cache) = &self.versions {
+                cache.set(key_hash(k), record.as_ref().map(|r| r.version));
+            }
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    fn versions(&self, keys: &[&[u8]]) -> Result<Vec<Option<Version>>, StorageError> {
+        let Some(cache) = &self.versions else {
+            return Ok(self.get_many(keys)?.into_iter().map(|r| r.map(|r| r.version)).collect());
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            out.push(cache.get(key_hash(k)).unwrap_or_else(|| {
+                missing.push(i);
+                None
+            }));
+        }
+        if !missing.is_empty() {
+            let ks: Vec<&[u8]> = missing.iter().map(|&i| keys[i]).collect();
+            for (i, r) in missing.into_iter().zip(self.get_many(&ks)?) {
+                out[i] = r.map(|r| r.version);
+            }
         }
         Ok(out)
     }

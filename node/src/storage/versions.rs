@@ -1,0 +1,152 @@
+//! The **version cache**: the stored version of recently used keys, kept in memory so that the
+//! two hottest storage questions skip RocksDB:
+//!
+//! - *which version does this replica hold?* — a quorum read asks the other replicas only for
+//!   their version (a digest read, [`super::Storage::versions`]), not for the record;
+//! - *is this write newer than what is stored?* — when the cache knows, a newer write is a plain
+//!   put (a later point read stops at it) and an older one is dropped, instead of a merge operand
+//!   that every later read must resolve.
+//!
+//! The cache is **exact or silent**: an entry is the version RocksDB would return for that key
+//! (or "absent"), never a guess. [`super::rocks::RocksStorage`] keeps it so by changing it only
+//! under its apply lock, after the write batch it describes is in RocksDB, or with the result of a
+//! read made under the same lock. A key the cache does not hold falls back to RocksDB (a read) or
+//! to a merge (a write).
+//!
+//! A cache opened over an empty store is **complete** until its first eviction: it holds every
+//! stored key, so a key it does not hold is known to be absent (no bloom-filter probe on a write
+//! of a new key, no disk read for a digest of a missing one).
+//!
+//! Entries are keyed by 128 bits of the key's blake3 hash (two keys sharing an entry would need a
+//! 128-bit collision) and hold the timestamp and an index into a small table of node ids: about
+//! 50 bytes each with the cache's own bookkeeping. Eviction is `quick_cache`'s (S3-FIFO).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
+use starling_wire::Version;
+
+/// What the cache knows of a key: its stored version, or `None` when nothing is stored.
+pub(crate) type Known = Option<Version>;
+
+/// 128 bits of the key's hash, as two words (8-byte alignment keeps entries small).
+pub(crate) type KeyHash = (u64, u64);
+
+/// The cache's index of a key.
+pub(crate) fn key_hash(key: &[u8]) -> KeyHash {
+    let h = blake3::hash(key);
+    let b = h.as_bytes();
+    let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    (word(8), word(16))
+}
+
+/// A stored version packed small: `node` indexes the node table; `ABSENT` marks a key
+/// with nothing stored.
+#[derive(Clone, Copy)]
+struct Packed {
+    ts: u64,
+    node: u32,
+}
+
+const ABSENT: u32 = u32::MAX;
+/// Distinct node ids the table holds; versions from further nodes are not cached.
+const MAX_NODES: usize = 1 << 16;
+
+/// Notes the first eviction: from then on the cache is no longer complete.
+#[derive(Clone)]
+struct Evictions(Arc<AtomicBool>);
+
+impl Lifecycle<KeyHash, Packed> for Evictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: KeyHash, _: Packed) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Node ids seen in versions, by index.
+#[derive(Default)]
+struct NodeTable {
+    ids: Vec<u128>,
+    index: HashMap<u128, u32>,
+}
+
+/// Stored versions of up to `capacity` keys.
+pub(crate) struct VersionCache {
+    cache: Cache<KeyHash, Packed, UnitWeighter, DefaultHashBuilder, Evictions>,
+    nodes: RwLock<NodeTable>,
+    /// Every stored key is in the cache (it started empty over an empty store, and has evicted
+    /// nothing since).
+    complete: Arc<AtomicBool>,
+}
+
+impl VersionCache {
+    /// A cache of `capacity` keys; `complete` when the store it describes is empty.
+    pub(crate) fn new(capacity: usize, complete: bool) -> Self {
+        let complete = Arc::new(AtomicBool::new(complete));
+        let capacity = capacity.max(1);
+        VersionCache {
+            cache: Cache::with(
+                capacity,
+                capacity as u64,
+                UnitWeighter,
+                DefaultHashBuilder::default(),
+                Evictions(complete.clone()),
+            ),
+            nodes: RwLock::new(NodeTable::default()),
+            complete,
+        }
+    }
+
+    /// What the cache knows of the key, if anything.
+    pub(crate) fn get(&self, hash: KeyHash) -> Option<Known> {
+        match self.cache.get(&hash) {
+            Some(p) if p.node == ABSENT => Some(None),
+            Some(p) => {
+                let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+                Some(Some(Version { ts: p.ts, node: *nodes.ids.get(p.node as usize)? }))
+            }
+            None if self.complete.load(Ordering::Relaxed) => Some(None),
+            None => None,
+        }
+    }
+
+    /// Records what the store now holds for the key.
+    pub(crate) fn set(&self, hash: KeyHash, known: Known) {
+        let packed = match known {
+            None => Packed { ts: 0, node: ABSENT },
+            Some(v) => match self.node_index(v.node) {
+                Some(node) => Packed { ts: v.ts, node },
+                None => return self.forget(hash),
+            },
+        };
+        self.cache.insert(hash, packed);
+    }
+
+    /// Drops what the cache knew of the key (the store changed in a way it cannot describe).
+    pub(crate) fn forget(&self, hash: KeyHash) {
+        self.cache.remove(&hash);
+        // The key is stored but no longer described: a miss no longer means "absent".
+        self.complete.store(false, Ordering::Relaxed);
+    }
+
+    fn node_index(&self, node: u128) -> Option<u32> {
+        if let Some(i) = self.nodes.read().unwrap_or_else(|e| e.into_inner()).index.get(&node) {
+            return Some(*i);
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = nodes.index.get(&node) {
+            return Some(*i);
+        }
+        if nodes.ids.len() >= MAX_NODES {
+            return None;
+        }
+        let i = nodes.ids.len() as u32;
+        nodes.ids.push(node);
+        nodes.index.insert(node, i);
+        Some(i)
+    }
+}
