@@ -72,6 +72,11 @@ pub struct Args {
     /// overwrites skip the disk; 0 turns the cache off [default: 1000000].
     #[arg(long, env = "STARLING_VERSION_CACHE")]
     pub version_cache: Option<usize>,
+    /// `sloppy`: a write whose replicas are down is also handed to the next healthy nodes on the
+    /// ring, which keep it as a hint and count toward its quorum; `strict`: only the replicas
+    /// count [default: sloppy].
+    #[arg(long, env = "STARLING_QUORUM")]
+    pub quorum: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -94,6 +99,7 @@ struct FileConfig {
     tombstone_grace: Option<String>,
     hint_window: Option<String>,
     version_cache: Option<usize>,
+    quorum: Option<String>,
 }
 
 /// How the node authenticates.
@@ -124,6 +130,8 @@ pub struct NodeConfig {
     pub hint_window: Duration,
     /// Keys in the version cache.
     pub version_cache: usize,
+    /// Fallback nodes count toward write quorums (`--quorum sloppy`).
+    pub sloppy_quorum: bool,
 }
 
 impl NodeConfig {
@@ -208,7 +216,13 @@ impl NodeConfig {
         if version_cache > 1 << 30 {
             bail!("--version-cache {version_cache}: expected at most {} keys", 1u64 << 30);
         }
+        let sloppy_quorum = match args.quorum.or(file.quorum).as_deref() {
+            None | Some("sloppy") => true,
+            Some("strict") => false,
+            Some(other) => bail!("--quorum {other:?}: expected sloppy or strict"),
+        };
         Ok(NodeConfig {
+            sloppy_quorum,
             version_cache,
             replication,
             vnodes,
@@ -333,18 +347,29 @@ mod tests {
             "always",
             "--tombstone-grace",
             "2h",
+            "--quorum",
+            "strict",
+            "--version-cache",
+            "0",
         ]))
         .expect("valid");
+        assert!(!c.sloppy_quorum);
+        assert_eq!(c.version_cache, 0);
         assert_eq!(c.replication, 2);
         assert_eq!(c.sync, crate::storage::rocks::SyncMode::Always);
         assert_eq!(c.tombstone_grace, Duration::from_secs(7200));
         assert_eq!(c.hint_window, Duration::from_secs(3 * 3600));
+        let d = NodeConfig::from_args(args(&["--data-dir", "d", "--insecure"])).expect("defaults");
+        assert!(d.sloppy_quorum);
+        assert_eq!(d.version_cache, crate::storage::rocks::DEFAULT_VERSION_CACHE);
         for (flag, value) in [
             ("--replication", "0"),
             ("--vnodes", "1000"),
             ("--sync", "sometimes"),
             ("--hint-window", "3 weeks"),
             ("--sync-interval", "0ms"),
+            ("--quorum", "loose"),
+            ("--version-cache", "99999999999"),
         ] {
             let e = NodeConfig::from_args(args(&["--data-dir", "d", "--insecure", flag, value]))
                 .unwrap_err()

@@ -52,6 +52,7 @@ fn kind_of(req: &Request) -> &'static str {
         Request::ReplicaRead(_) => "replica_read",
         Request::ReplicaReadMany(_) => "replica_read_many",
         Request::ReplicaVersions(_) => "replica_versions",
+        Request::ReplicaHint { .. } => "replica_hint",
         Request::ReplicaScan { .. } => "replica_scan",
     }
 }
@@ -229,6 +230,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let kv_cfg = KvConfig {
         replication: cfg.replication,
         hint_window: cfg.hint_window,
+        sloppy_quorum: cfg.sloppy_quorum,
         ..KvConfig::default()
     };
     let kv = Kv::new(data.node_id.0, kv_cfg, storage, transport.clone(), ring_rx)

@@ -498,6 +498,72 @@ async fn kill9_of_a_replica_loses_no_acknowledged_write() {
     );
 }
 
+/// Sloppy quorum across processes: five nodes, two killed with -9. Keys with both dead nodes
+/// among their three replicas are still written at quorum: the next healthy nodes on the ring
+/// stand in and keep the writes as hints, and deliver them once the dead nodes are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_killed_writes_go_to_fallback_nodes_and_reach_them_later() {
+    let mut c = Cluster::start(5).await;
+    let ring = ring_from_disk(&c);
+    let dead = [3usize, 4];
+    let dead_ids: Vec<NodeKey> = dead.iter().map(|&i| c.nodes[i].id()).collect();
+    // Keys whose replicas include both dead nodes: only fallbacks can make their quorum.
+    let both: Vec<String> = (0..5000)
+        .map(|i| format!("sloppy-{i:04}"))
+        .filter(|k| {
+            let r = ring.replicas(token_of(k.as_bytes()), 3);
+            dead_ids.iter().all(|d| r.contains(d))
+        })
+        .take(40)
+        .collect();
+    assert_eq!(both.len(), 40, "enough keys with both dead nodes as replicas");
+
+    for &i in &dead {
+        c.nodes[i].kill9();
+    }
+    wait_until(
+        PATIENCE,
+        "node4 and node5 seen down by the three others",
+        || c.logs(),
+        || async {
+            let mut all = true;
+            for o in 0..3 {
+                for &d in &dead {
+                    all &= c.sees_down(o, d).await;
+                }
+            }
+            all
+        },
+    )
+    .await;
+    let mut acked = BTreeMap::new();
+    c.write_all(&[0, 1, 2], both, &mut acked).await;
+    c.write_all(&[0, 1, 2], keys("mixed", 60), &mut acked).await;
+    // Each of the 40 keys had two writes handed to fallbacks (status counters lag a little).
+    wait_until(
+        PATIENCE,
+        "at least 80 writes acknowledged by fallback nodes",
+        || c.logs(),
+        || async { c.kv_sum(&[0, 1, 2], |k| k.fallback_writes).await.is_some_and(|n| n >= 80) },
+    )
+    .await;
+    let handed = c.kv_sum(&[0, 1, 2], |k| k.fallback_writes).await.expect("status");
+
+    for &i in &dead {
+        c.restart(i).await;
+    }
+    c.wait_hints_delivered().await;
+    // Checked before any read could repair them: the fallbacks' hints alone brought these.
+    for (&i, id) in dead.iter().zip(&dead_ids) {
+        let theirs: Vec<&Record> =
+            acked.values().filter(|r| ring.replicas(token_of(&r.key), 3).contains(id)).collect();
+        assert!(!theirs.is_empty());
+        c.check_replica(i, &theirs).await;
+    }
+    c.check_reads(&[0, 3, 4], &acked, Consistency::All).await;
+    eprintln!("sloppy quorum: {} writes acknowledged, {handed} through fallbacks", acked.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_missed_by_a_killed_replica_does_not_come_back() {
     let mut c = Cluster::start(3).await;

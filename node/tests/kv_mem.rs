@@ -111,8 +111,11 @@ fn test_cfg() -> KvConfig {
 impl Cluster {
     /// `ring` nodes with tokens, then `extra` nodes that coordinate but own nothing.
     async fn new(ring: usize, extra: usize) -> Cluster {
+        Cluster::with_config(ring, extra, test_cfg()).await
+    }
+
+    async fn with_config(ring: usize, extra: usize, cfg: KvConfig) -> Cluster {
         let net = MemNetwork::new();
-        let cfg = test_cfg();
         let mut cluster =
             Cluster { net, cfg, members: Vec::new(), nodes: Vec::new(), down: Vec::new() };
         let mut placed: Vec<RingNode> = Vec::new();
@@ -518,6 +521,59 @@ async fn quorum_reads_return_the_newest_version_and_repair_stale_replicas() {
     c.kv(a).get(k1.clone(), Consistency::Quorum).await.expect("get");
     c.kv(a).get(k2.clone(), Consistency::Quorum).await.expect("get");
     assert_eq!(c.kv(a).status().read_repairs, repairs);
+}
+
+/// Sloppy quorum: with two of a key's three replicas down, a quorum write is handed to the next
+/// healthy ring nodes, which keep it as hints (not as data) and deliver it when the replicas are
+/// back. With `strict` quorums the same write is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sloppy_quorum_hands_writes_for_down_replicas_to_fallback_nodes() {
+    let mut c = Cluster::new(5, 0).await;
+    let key = b"sloppy-key".to_vec();
+    let r = c.replicas(&key);
+    let others: Vec<usize> = (0..5).filter(|i| !r.contains(i)).collect();
+    let coordinator = r[0];
+    c.kill(r[1]).await;
+    c.kill(r[2]).await;
+    c.mark_down(r[1]);
+    c.mark_down(r[2]);
+
+    let w = put(c.kv(coordinator), &key, b"while two replicas are down", Consistency::Quorum).await;
+    eventually(Duration::from_secs(5), "both fallbacks acknowledged", || async {
+        c.kv(coordinator).status().fallback_writes == 2
+    })
+    .await;
+    for &o in &others {
+        assert_eq!(stored(&c.nodes[o], &key), None, "a fallback keeps a hint, not the data");
+        assert_eq!(c.nodes[o].hints_pending(), 1, "node {o} keeps the write for a replica");
+    }
+    let all = c.kv(coordinator).put(key.clone(), Some(b"x".to_vec()), Consistency::All).await;
+    assert!(matches!(all, Err(KvError::Unavailable(_))), "`all` needs the replicas: {all:?}");
+
+    // A strict node refuses the same write.
+    let strict = KvConfig { sloppy_quorum: false, ..c.cfg.clone() };
+    let mut strict_cluster = Cluster::with_config(5, 0, strict).await;
+    let (sr, sc) = (strict_cluster.replicas(&key), strict_cluster.replicas(&key)[0]);
+    strict_cluster.kill(sr[1]).await;
+    strict_cluster.kill(sr[2]).await;
+    strict_cluster.mark_down(sr[1]);
+    strict_cluster.mark_down(sr[2]);
+    let refused =
+        strict_cluster.kv(sc).put(key.clone(), Some(b"x".to_vec()), Consistency::Quorum).await;
+    assert!(matches!(refused, Err(KvError::Unavailable(_))), "strict: {refused:?}");
+
+    // The replicas come back: the fallbacks deliver, and every replica holds the write.
+    c.restart(r[1]).await;
+    c.restart(r[2]).await;
+    eventually(Duration::from_secs(10), "fallback hints delivered", || async {
+        others.iter().all(|&o| c.nodes[o].hints_pending() == 0)
+    })
+    .await;
+    for &i in &r {
+        assert_eq!(stored(&c.nodes[i], &key), Some(w.clone()), "replica {i} has the write");
+    }
+    let got = c.kv(others[0]).get(key.clone(), Consistency::All).await.expect("get");
+    assert_eq!(got.record, Some(w));
 }
 
 /// Quorum reads send one replica a data read and the others digest reads. A coordinator outside

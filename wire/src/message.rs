@@ -57,6 +57,10 @@ pub enum Request {
     /// order with [`Response::ReplicaVersions`]. A quorum read fetches the record from one
     /// replica and versions from the others.
     ReplicaVersions(Vec<crate::kv::Key>),
+    /// Coordinator to a fallback node (sloppy quorum): keep these records as hints for `target`,
+    /// a replica that is down, and deliver them when it is back. Answered once they are in the
+    /// fallback's write-ahead log.
+    ReplicaHint { target: u128, records: Vec<Record> },
 }
 
 /// What a node answers to a [`Request`].

@@ -40,6 +40,8 @@ fn arb_kv_request() -> impl Strategy<Value = Request> {
         bytes(64).prop_map(Request::ReplicaRead),
         proptest::collection::vec(bytes(64).prop_map(Key), 0..8).prop_map(Request::ReplicaReadMany),
         proptest::collection::vec(bytes(64).prop_map(Key), 0..8).prop_map(Request::ReplicaVersions),
+        (any::<u128>(), proptest::collection::vec(arb_record(), 0..8))
+            .prop_map(|(target, records)| Request::ReplicaHint { target, records }),
         (any::<u64>(), any::<u64>(), proptest::option::of(bytes(64)), any::<u32>()).prop_map(
             |(start, end, after, limit)| Request::ReplicaScan { start, end, after, limit }
         ),

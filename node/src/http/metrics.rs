@@ -144,7 +144,7 @@ impl Collector for StatusCollector {
         ];
         encode_counters(&mut encoder, &counters)?;
         if let Some(kv) = &s.kv {
-            let kv_counters: [(&str, &str, u64); 9] = [
+            let kv_counters: [(&str, &str, u64); 10] = [
                 ("kv_writes", "Writes coordinated by this node that succeeded", kv.writes),
                 ("kv_reads", "Reads coordinated by this node that succeeded", kv.reads),
                 (
@@ -162,6 +162,11 @@ impl Collector for StatusCollector {
                 ("kv_hints_dropped", "Hints dropped after the hint window", kv.hints_dropped),
                 ("kv_read_repairs", "Stale replicas repaired by reads", kv.read_repairs),
                 ("kv_replica_writes", "Records stored as a replica", kv.replica_writes),
+                (
+                    "kv_fallback_writes",
+                    "Writes for a down replica acknowledged by a fallback node (sloppy quorum)",
+                    kv.fallback_writes,
+                ),
             ];
             encode_counters(&mut encoder, &kv_counters)?;
             let kv_gauges: [(&str, &str, i64); 2] = [

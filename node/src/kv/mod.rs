@@ -54,6 +54,10 @@ pub struct KvConfig {
     pub hint_window: Duration,
     /// A read that lacks answers this long after it was sent also asks the next replica.
     pub speculative_retry: Duration,
+    /// Sloppy quorum: a write whose replicas gossip shows down is handed to the next healthy
+    /// nodes on the ring instead, which keep it as a hint for the replica; their acknowledgements
+    /// count toward the write's level.
+    pub sloppy_quorum: bool,
 }
 
 impl Default for KvConfig {
@@ -64,6 +68,7 @@ impl Default for KvConfig {
             read_timeout: Duration::from_secs(2),
             hint_window: Duration::from_secs(3 * 3600),
             speculative_retry: Duration::from_millis(100),
+            sloppy_quorum: true,
         }
     }
 }
@@ -107,6 +112,7 @@ pub struct KvStats {
     pub read_repairs: AtomicU64,
     pub replica_writes: AtomicU64,
     pub replica_reads: AtomicU64,
+    pub fallback_writes: AtomicU64,
 }
 
 /// A snapshot of [`KvStats`] plus the store's size.
@@ -125,6 +131,9 @@ pub struct KvStatus {
     pub read_repairs: u64,
     pub replica_writes: u64,
     pub replica_reads: u64,
+    /// Writes for a down replica that a fallback node acknowledged (sloppy quorum).
+    #[serde(default)]
+    pub fallback_writes: u64,
 }
 
 /// A successful write.
@@ -192,12 +201,34 @@ impl Answer {
 /// How one replica's part of a write ended.
 enum Ack {
     Stored,
+    /// A fallback node keeps it as a hint for the replica (sloppy quorum).
+    HandedOff,
+    /// This node keeps it as a hint.
     Hinted,
     Failed,
 }
 
 fn quorum(n: usize) -> usize {
     n / 2 + 1
+}
+
+/// Sloppy quorum (Dynamo §4.6): for each write target gossip shows down, a stand-in: the next
+/// up ring node clockwise (in preference-list order past the replicas) that is not a target
+/// itself. Pairs `(down target, fallback)`; fewer when the ring has no more healthy nodes.
+fn fallbacks(
+    view: &RingView,
+    token: starling_ring::Token,
+    targets: &[NodeKey],
+) -> Vec<(NodeKey, NodeKey)> {
+    let down: Vec<NodeKey> = targets.iter().filter(|t| !view.is_up(**t)).copied().collect();
+    if down.is_empty() {
+        return Vec::new();
+    }
+    let everyone = view.ring.replicas(token, view.ring.nodes().count());
+    let spare = everyone
+        .into_iter()
+        .filter(|id| !targets.contains(id) && view.is_up(*id) && !view.left.contains(id));
+    down.into_iter().zip(spare).collect()
 }
 
 impl<T: Transport, S: Storage> Kv<T, S> {
@@ -259,6 +290,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             read_repairs: l(&s.read_repairs),
             replica_writes: l(&s.replica_writes),
             replica_reads: l(&s.replica_reads),
+            fallback_writes: l(&s.fallback_writes),
         }
     }
 
@@ -280,6 +312,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 Err(e) => e.to_response(),
             },
             Request::ReplicaWrite(records) => self.replica_write(records).await,
+            Request::ReplicaHint { target, records } => self.keep_for(target, records).await,
             Request::ReplicaRead(key) => {
                 self.inner.stats.replica_reads.fetch_add(1, Ordering::Relaxed);
                 match self.inner.storage.get(&key) {
@@ -341,6 +374,45 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         }
     }
 
+    /// A fallback node (sloppy quorum) keeps records for `target` as hints.
+    async fn keep_for(&self, target: NodeKey, records: Vec<Record>) -> Response {
+        if target == self.inner.me {
+            return self.replica_write(records).await;
+        }
+        for r in &records {
+            if let Err(e) = check_key_value(&r.key, r.value.as_deref()) {
+                return Response::error(ErrorCode::BadRequest, e);
+            }
+        }
+        let view = self.view();
+        if view.left.contains(&target) {
+            return Response::error(
+                ErrorCode::BadRequest,
+                format!("{target:032x} left the cluster"),
+            );
+        }
+        if view.down.get(&target).is_some_and(|since| since.elapsed() > self.inner.cfg.hint_window)
+        {
+            return Response::error(
+                ErrorCode::Unavailable,
+                format!("{target:032x} has been down longer than the hint window"),
+            );
+        }
+        if let Some(max) = records.iter().map(|r| r.version.ts).max() {
+            self.inner.hlc.observe(max);
+        }
+        let n = records.len() as u64;
+        match self.inner.writer.put_hints(records.into_iter().map(|r| (target, r)).collect()).await
+        {
+            Ok(()) => {
+                self.inner.hints.add(target, n);
+                self.inner.stats.hints_stored.fetch_add(n, Ordering::Relaxed);
+                Response::Ok
+            }
+            Err(e) => Response::error(ErrorCode::Unavailable, format!("cannot keep hints: {e}")),
+        }
+    }
+
     /// Writes `value` under `key` (`None` deletes) at `level`.
     pub async fn put(
         &self,
@@ -370,7 +442,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 "no node owns any token yet (the cluster is still starting)".into(),
             ));
         }
-        let (natural, pending) = view.placement.write_set(token_of(&key));
+        let token = token_of(&key);
+        let (natural, pending) = view.placement.write_set(token);
         let n = natural.len();
         let required = match level {
             Consistency::Any => 1,
@@ -380,10 +453,20 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         };
         let targets: Vec<NodeKey> = natural.iter().chain(pending).copied().collect();
         let up = targets.iter().filter(|t| view.is_up(**t)).count();
-        if level != Consistency::Any && up < required {
+        // Stand-ins count toward `one` and `quorum`; `all` means every replica, and `any` counts
+        // this node's own hints already.
+        let sloppy =
+            self.inner.cfg.sloppy_quorum && matches!(level, Consistency::One | Consistency::Quorum);
+        let fallbacks = if sloppy { fallbacks(&view, token, &targets) } else { Vec::new() };
+        if level != Consistency::Any && up + fallbacks.len() < required {
             return Err(KvError::Unavailable(format!(
-                "{level} write needs {required} of {} replicas, but only {up} are up",
-                targets.len()
+                "{level} write needs {required} of {} replicas, but only {up} are up{}",
+                targets.len(),
+                if sloppy {
+                    format!(" and {} other nodes can stand in", fallbacks.len())
+                } else {
+                    String::new()
+                }
             )));
         }
         let record = Record {
@@ -399,20 +482,27 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 let kv = self.clone();
                 let view = view.clone();
                 let record = record.clone();
-                async move { kv.write_replica(&view, t, record, deadline).await }
+                let fallback = fallbacks.iter().find(|(down, _)| *down == t).map(|(_, f)| *f);
+                async move {
+                    match fallback {
+                        Some(f) => kv.hand_off(&view, f, t, record, deadline).await,
+                        None => kv.write_replica(&view, t, record, deadline).await,
+                    }
+                }
             })
             .collect();
-        let (mut stored, mut hinted) = (0usize, 0usize);
-        let counted = |stored: usize, hinted: usize| {
+        let (mut stored, mut handed, mut hinted) = (0usize, 0usize, 0usize);
+        let counted = |stored: usize, handed: usize, hinted: usize| {
             if level == Consistency::Any {
-                stored + hinted
+                stored + handed + hinted
             } else {
-                stored
+                stored + handed
             }
         };
-        while counted(stored, hinted) < required {
+        while counted(stored, handed, hinted) < required {
             match acks.next().await {
                 Some(Ack::Stored) => stored += 1,
+                Some(Ack::HandedOff) => handed += 1,
                 Some(Ack::Hinted) => hinted += 1,
                 Some(Ack::Failed) => {}
                 None => break,
@@ -422,13 +512,23 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             // The rest finish in the background (their failures become hints).
             tokio::spawn(async move { while acks.next().await.is_some() {} });
         }
-        let got = counted(stored, hinted);
+        let got = counted(stored, handed, hinted);
         if got < required {
             return Err(KvError::Timeout(format!(
-                "{level} write: {stored} of {} replicas acknowledged within {} ms, {required} needed{}",
+                "{level} write: {} of {} replicas acknowledged within {} ms{}, {required} needed{}",
+                stored + handed,
                 targets.len(),
                 self.inner.cfg.write_timeout.as_millis(),
-                if hinted > 0 { format!(" ({hinted} hinted for later delivery)") } else { String::new() }
+                if handed > 0 {
+                    format!(" ({handed} through fallback nodes)")
+                } else {
+                    String::new()
+                },
+                if hinted > 0 {
+                    format!(" ({hinted} hinted for later delivery)")
+                } else {
+                    String::new()
+                }
             )));
         }
         Ok(Written { version, acked: got as u32, required: required as u32 })
@@ -458,6 +558,44 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 if let Ok(true) = tokio::time::timeout_at(deadline, send).await {
                     return Ack::Stored;
                 }
+            }
+        }
+        self.hint(view, target, record).await
+    }
+
+    /// Sloppy quorum: hands `record` for the down replica `target` to the fallback node, which
+    /// keeps it as a hint. If the fallback does not take it, this node keeps the hint (which then
+    /// does not count toward the quorum).
+    async fn hand_off(
+        &self,
+        view: &RingView,
+        fallback: NodeKey,
+        target: NodeKey,
+        record: Record,
+        deadline: Instant,
+    ) -> Ack {
+        if fallback == self.inner.me {
+            return match self.hint(view, target, record).await {
+                Ack::Hinted => {
+                    self.inner.stats.fallback_writes.fetch_add(1, Ordering::Relaxed);
+                    Ack::HandedOff
+                }
+                other => other,
+            };
+        }
+        if let Some(addr) = view.addrs.get(&fallback) {
+            let req = Request::ReplicaHint { target, records: vec![record.clone()] };
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            match self.inner.transport.request_within(*addr, req, timeout).await {
+                Ok(Response::Ok) => {
+                    self.inner.stats.fallback_writes.fetch_add(1, Ordering::Relaxed);
+                    return Ack::HandedOff;
+                }
+                other => tracing::debug!(
+                    fallback = %format!("{fallback:032x}"),
+                    answer = ?other,
+                    "fallback node did not take the write"
+                ),
             }
         }
         self.hint(view, target, record).await
