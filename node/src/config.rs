@@ -68,7 +68,7 @@ pub struct Args {
     /// Hints are kept for a replica that is down at most this long, e.g. 3h [default: 3h].
     #[arg(long, env = "STARLING_HINT_WINDOW")]
     pub hint_window: Option<String>,
-    /// Keys whose stored version is kept in memory (about 70 bytes each) so digest reads and
+    /// Keys whose stored version is kept in memory (about 60 bytes each) so digest reads and
     /// overwrites skip the disk; 0 turns the cache off [default: 1000000].
     #[arg(long, env = "STARLING_VERSION_CACHE")]
     pub version_cache: Option<usize>,

@@ -1,7 +1,8 @@
 //! [`Storage`] on RocksDB (Debian's librocksdb 7.8 through the `rocksdb` 0.21 crate).
 //!
-//! - Data writes are RocksDB **merges** with a last-write-wins merge operator: a write never reads
-//!   first, and RocksDB keeps the newest version when it reads or compacts.
+//! - A data write is a plain **put** when the version cache ([`super::versions`]) shows it is newer
+//!   than what is stored, is dropped when it is older, and is otherwise a RocksDB **merge** with a
+//!   last-write-wins merge operator: RocksDB keeps the newest version when it reads or compacts.
 //! - Tombstones older than the grace period are dropped by a **compaction filter** (RocksDB turns
 //!   the removal into a deletion marker until the bottom level, so older copies underneath do not
 //!   come back).
@@ -54,7 +55,7 @@ impl std::fmt::Display for SyncMode {
     }
 }
 
-/// Default size of the version cache, in keys (about 70 bytes each).
+/// Default size of the version cache, in keys (about 60 bytes each).
 pub const DEFAULT_VERSION_CACHE: usize = 1_000_000;
 
 /// Settings of the RocksDB store.

@@ -19,7 +19,7 @@
 //!
 //! Entries are keyed by 128 bits of the key's blake3 hash (two keys sharing an entry would need a
 //! 128-bit collision) and hold the timestamp and an index into a small table of node ids: about
-//! 50 bytes each with the cache's own bookkeeping. Eviction is `quick_cache`'s (S3-FIFO).
+//! 60 bytes each with the cache's own bookkeeping. Eviction is `quick_cache`'s (S3-FIFO).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
