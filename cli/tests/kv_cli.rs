@@ -7,16 +7,12 @@
 //! the same target directory. Run the workspace tests after changing `node/`, or `starlingd` here
 //! may be an older build.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
-
-use starling_node::cert;
-use starling_node::datadir::{Addresses, DataDir};
-use starling_node::status::Status;
+use std::time::Duration;
 
 const STARLING: &str = env!("CARGO_BIN_EXE_starling");
 
@@ -48,77 +44,13 @@ fn starlingd() -> &'static Path {
     })
 }
 
-struct Node {
-    child: Option<Child>,
-    data: PathBuf,
-    addrs: Addresses,
-}
+#[path = "../../node/tests/common/process.rs"]
+mod process;
 
-impl Node {
-    fn start(data: &Path, certs: &Path, seeds: &[SocketAddr]) -> Node {
-        let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
-        let log = std::fs::File::create(data.with_extension("log")).expect("log file");
-        let mut cmd = Command::new(starlingd());
-        cmd.arg("--data-dir")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .arg("--certs")
-            .arg(certs)
-            .env("STARLING_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        if !seeds.is_empty() {
-            cmd.args(["--seeds", &seeds.join(",")]);
-        }
-        let child = cmd.spawn().expect("spawn starlingd");
-        let pid = child.id();
-        let addrs = wait_for(Duration::from_secs(30), || {
-            DataDir::read_addresses(data).ok().filter(|a| a.pid == pid)
-        })
-        .unwrap_or_else(|| panic!("starlingd did not start; log:\n{}", log_of(data)));
-        Node { child: Some(child), data: data.to_owned(), addrs }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("kill -9");
-            c.wait().expect("reap");
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
+use process::{certs, http_status, tail, wait_for, Node};
 
 fn log_of(data: &Path) -> String {
-    std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
-}
-
-fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn http_status(addr: SocketAddr) -> Option<Status> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8(buf).ok()?;
-    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+    tail(data, usize::MAX)
 }
 
 struct Cluster {
@@ -130,16 +62,13 @@ impl Cluster {
     /// Three nodes, converged, each `normal` on a ring of three.
     fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let certs = dir.path().join("certs");
-        cert::init_ca(&certs.join("ca")).expect("ca");
-        for name in ["node1", "node2", "node3", "client"] {
-            cert::issue(&certs.join("ca"), name, &certs.join(name), &[]).expect("issue");
-        }
+        let certs = certs(&dir.path().join("certs"), &["node1", "node2", "node3", "client"]);
         let mut nodes: Vec<Node> = Vec::new();
         for name in ["node1", "node2", "node3"] {
             let seeds: Vec<SocketAddr> =
                 nodes.first().map(|n| n.addrs.listen).into_iter().collect();
-            nodes.push(Node::start(&dir.path().join(name), &certs.join(name), &seeds));
+            let data = dir.path().join(name);
+            nodes.push(Node::start(starlingd(), &data, &certs.join(name), "127.0.0.1:0", &seeds));
         }
         let ready = wait_for(Duration::from_secs(60), || {
             nodes

@@ -2,125 +2,40 @@
 //! foreign certificate refused, garbage gossip refused while the node keeps serving.
 //! Every node binds port 0; tests read the bound ports from `addresses.json`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use starling_node::cert;
-use starling_node::datadir::{Addresses, DataDir};
-use starling_node::status::Status;
 use starling_node::tls::{self, TlsMaterial};
 use starling_node::transport::quic::QuicTransport;
 use starling_node::transport::{service_fn, Transport, TransportConfig};
 use starling_wire::{Request, Response};
 
-struct Node {
-    child: Option<Child>,
-    data: PathBuf,
-    certs: PathBuf,
-    addrs: Addresses,
-}
+#[path = "common/process.rs"]
+mod process;
 
-impl Node {
-    fn start(data: &Path, certs: &Path, listen: &str, seeds: &[SocketAddr]) -> Node {
-        let _ = std::fs::remove_file(data.join("addresses.json"));
-        let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
-        let log = std::fs::File::create(data.with_extension("log")).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_starlingd"));
-        cmd.arg("--data-dir")
-            .arg(data)
-            .args(["--listen", listen, "--http", "127.0.0.1:0"])
-            .arg("--certs")
-            .arg(certs)
-            .env("STARLING_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        if !seeds.is_empty() {
-            cmd.args(["--seeds", &seeds.join(",")]);
-        }
-        let child = cmd.spawn().expect("spawn starlingd");
-        let pid = child.id();
-        let addrs = wait_for(Duration::from_secs(15), || {
-            DataDir::read_addresses(data).ok().filter(|a| a.pid == pid)
-        })
-        .unwrap_or_else(|| panic!("starlingd did not start; log:\n{}", log_of(data)));
-        Node { child: Some(child), data: data.to_owned(), certs: certs.to_owned(), addrs }
-    }
+use process::{certs, tail, wait_for, Node};
 
-    fn status(&self) -> Option<Status> {
-        http_status(self.addrs.http)
-    }
+const STARLINGD: &str = env!("CARGO_BIN_EXE_starlingd");
 
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("kill -9");
-            c.wait().expect("reap");
-        }
-    }
-
-    fn restart(&mut self, seeds: &[SocketAddr]) {
-        let listen = self.addrs.listen.to_string();
-        *self = Node::start(&self.data, &self.certs, &listen, seeds);
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+fn start(data: &Path, certs: &Path, listen: &str, seeds: &[SocketAddr]) -> Node {
+    Node::start(Path::new(STARLINGD), data, certs, listen, seeds)
 }
 
 fn log_of(data: &Path) -> String {
-    std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
-}
-
-fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// GET /status with a plain HTTP/1.0 request (no client library needed).
-fn http_status(addr: SocketAddr) -> Option<Status> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8(buf).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    serde_json::from_str(body).ok()
-}
-
-/// A cluster CA and one certificate dir per name, under `dir`.
-fn certs(dir: &Path, names: &[&str]) -> PathBuf {
-    let ca = dir.join("ca");
-    cert::init_ca(&ca).expect("ca");
-    for n in names {
-        cert::issue(&ca, n, &dir.join(n), &[]).expect("issue");
-    }
-    dir.to_owned()
+    tail(data, usize::MAX)
 }
 
 fn cluster(dir: &Path, n: usize) -> Vec<Node> {
     let names: Vec<String> = (1..=n).map(|i| format!("node{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).chain(["client"]).collect();
     let certs = certs(&dir.join("certs"), &refs);
-    let first = Node::start(&dir.join("node1"), &certs.join("node1"), "127.0.0.1:0", &[]);
+    let first = start(&dir.join("node1"), &certs.join("node1"), "127.0.0.1:0", &[]);
     let seed = first.addrs.listen;
     let mut nodes = vec![first];
     for name in &names[1..] {
-        nodes.push(Node::start(&dir.join(name), &certs.join(name), "127.0.0.1:0", &[seed]));
+        nodes.push(start(&dir.join(name), &certs.join(name), "127.0.0.1:0", &[seed]));
     }
     nodes
 }
@@ -316,7 +231,7 @@ fn bad_configuration_is_refused_with_a_clear_error() {
     assert!(err.contains("cannot listen for HTTP on"), "{err}");
 
     // A data dir another starlingd holds.
-    let running = Node::start(&data, &certs.join("node1"), "127.0.0.1:0", &[]);
+    let running = start(&data, &certs.join("node1"), "127.0.0.1:0", &[]);
     let (_, err) = refused(&[
         "--data-dir",
         d,

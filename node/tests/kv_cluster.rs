@@ -10,8 +10,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +19,6 @@ use futures_util::future::join_all;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use starling_node::cert;
-use starling_node::datadir::{Addresses, DataDir};
 use starling_node::kv::view::parse_tokens;
 use starling_node::status::Status;
 use starling_node::tls::{self, TlsMaterial};
@@ -28,7 +26,6 @@ use starling_node::transport::quic::QuicTransport;
 use starling_node::transport::{service_fn, Transport, TransportConfig};
 use starling_ring::{token_of, NodeKey, NodeStatus, Ring, RingNode};
 use starling_wire::{Consistency, Record, Request, Response, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// Deadline for anything the cluster does on its own (start, join, detect, replay).
@@ -37,61 +34,45 @@ const PATIENCE: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-struct Node {
-    child: Option<Child>,
-    data: PathBuf,
-    certs: PathBuf,
-    addrs: Addresses,
+#[path = "common/process.rs"]
+mod process;
+
+use process::tail;
+
+/// A `starlingd` process ([`process::Node`]) with what these async tests add: start and restart
+/// off the runtime's threads, status fetched without blocking, signals, waiting for an exit.
+struct Node(process::Node);
+
+impl std::ops::Deref for Node {
+    type Target = process::Node;
+    fn deref(&self) -> &process::Node {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut process::Node {
+        &mut self.0
+    }
 }
 
 impl Node {
     async fn start(data: &Path, certs: &Path, listen: &str, seeds: &[SocketAddr]) -> Node {
-        let _ = std::fs::remove_file(data.join("addresses.json"));
-        let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.with_extension("log"))
-            .expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_starlingd"));
-        cmd.arg("--data-dir")
-            .arg(data)
-            .args(["--listen", listen, "--http", "127.0.0.1:0"])
-            .arg("--certs")
-            .arg(certs)
-            .env("STARLING_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        if !seeds.is_empty() {
-            cmd.args(["--seeds", &seeds.join(",")]);
-        }
-        let child = cmd.spawn().expect("spawn starlingd");
-        let pid = child.id();
-        let start = Instant::now();
-        let addrs = loop {
-            if let Some(a) = DataDir::read_addresses(data).ok().filter(|a| a.pid == pid) {
-                break a;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "starlingd did not start; log:\n{}",
-                tail(data, 60)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        Node { child: Some(child), data: data.to_owned(), certs: certs.to_owned(), addrs }
+        let bin = Path::new(env!("CARGO_BIN_EXE_starlingd"));
+        Node(tokio::task::block_in_place(|| process::Node::start(bin, data, certs, listen, seeds)))
     }
 
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    async fn restart(&mut self, seeds: &[SocketAddr]) {
+        tokio::task::block_in_place(|| self.0.restart(seeds));
     }
 
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("kill -9");
-            c.wait().expect("reap");
-        }
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), sig).expect("signal");
+    }
+
+    async fn status(&self) -> Option<Status> {
+        let addr = self.addrs.http;
+        tokio::task::spawn_blocking(move || process::http_status(addr)).await.ok().flatten()
     }
 
     /// Waits until the process exits by itself (within `limit`); its exit status.
@@ -112,51 +93,6 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    async fn restart(&mut self, seeds: &[SocketAddr]) {
-        self.kill9();
-        let listen = self.addrs.listen.to_string();
-        *self = Node::start(&self.data, &self.certs, &listen, seeds).await;
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(self.pid(), sig).expect("signal");
-    }
-
-    async fn status(&self) -> Option<Status> {
-        http_status(self.addrs.http).await
-    }
-
-    fn id(&self) -> NodeKey {
-        let id = std::fs::read_to_string(self.data.join("node-id")).ok();
-        id.and_then(|s| u128::from_str_radix(s.trim(), 16).ok())
-            .unwrap_or_else(|| panic!("node id of {}", self.data.display()))
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn tail(data: &Path, lines: usize) -> String {
-    let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// GET /status over plain HTTP/1.0.
-async fn http_status(addr: SocketAddr) -> Option<Status> {
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n").await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8(buf).ok()?;
-        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(3), fetch).await.ok().flatten()
 }
 
 /// Polls `f` until it holds; panics with `what` (and `context()`) after `limit`.
@@ -306,6 +242,32 @@ impl Cluster {
             .status()
             .await
             .is_some_and(|s| s.members.iter().any(|m| m.node_id == id && m.state == "down"))
+    }
+
+    /// Waits until every observer's gossip shows every subject `down`.
+    async fn wait_seen_down(&self, observers: &[usize], subjects: &[usize]) {
+        let name = |i: &usize| format!("node{}", i + 1);
+        let what = format!(
+            "{} seen down by {}",
+            subjects.iter().map(name).collect::<Vec<_>>().join(" and "),
+            observers.iter().map(name).collect::<Vec<_>>().join(" and ")
+        );
+        wait_until(
+            PATIENCE,
+            &what,
+            || self.logs(),
+            || async {
+                for o in observers {
+                    for s in subjects {
+                        if !self.sees_down(*o, *s).await {
+                            return false;
+                        }
+                    }
+                }
+                true
+            },
+        )
+        .await;
     }
 
     async fn call(&self, i: usize, req: Request) -> Result<Response, String> {
@@ -466,13 +428,7 @@ async fn kill9_of_a_replica_loses_no_acknowledged_write() {
             }
         }
     }
-    wait_until(
-        PATIENCE,
-        "node3 seen down by node1 and node2",
-        || c.logs(),
-        || async { c.sees_down(0, 2).await && c.sees_down(1, 2).await },
-    )
-    .await;
+    c.wait_seen_down(&[0, 1], &[2]).await;
     c.write_all(&[0, 1], keys("down", 100), &mut acked).await;
     // With the dead node known down, quorum reads work at once, through both coordinators.
     c.check_reads(&[0, 1], &acked, Consistency::Quorum).await;
@@ -521,21 +477,7 @@ async fn two_replicas_killed_writes_go_to_fallback_nodes_and_reach_them_later() 
     for &i in &dead {
         c.nodes[i].kill9();
     }
-    wait_until(
-        PATIENCE,
-        "node4 and node5 seen down by the three others",
-        || c.logs(),
-        || async {
-            let mut all = true;
-            for o in 0..3 {
-                for &d in &dead {
-                    all &= c.sees_down(o, d).await;
-                }
-            }
-            all
-        },
-    )
-    .await;
+    c.wait_seen_down(&[0, 1, 2], &dead).await;
     let mut acked = BTreeMap::new();
     c.write_all(&[0, 1, 2], both, &mut acked).await;
     c.write_all(&[0, 1, 2], keys("mixed", 60), &mut acked).await;
@@ -610,13 +552,7 @@ async fn a_stopped_replica_gets_every_write_after_it_resumes() {
     c.nodes[2].signal(Signal::SIGSTOP);
     // Stopped, not yet suspected: its copies time out and become hints.
     c.write_all(&[0, 1], keys("stopped", 40), &mut acked).await;
-    wait_until(
-        PATIENCE,
-        "node3 seen down by node1 and node2",
-        || c.logs(),
-        || async { c.sees_down(0, 2).await && c.sees_down(1, 2).await },
-    )
-    .await;
+    c.wait_seen_down(&[0, 1], &[2]).await;
     c.write_all(&[0, 1], keys("stopped-down", 40), &mut acked).await;
     c.check_reads(&[0, 1], &acked, Consistency::Quorum).await;
     wait_until(
