@@ -676,13 +676,17 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         let mut answers: Vec<(NodeKey, Answer)> = Vec::with_capacity(required);
         // Speculative retry: replicas that have not answered by then may have failed without
         // gossip knowing yet; ask one more (Cassandra's `speculative_retry`).
-        let speculate_at = Instant::now() + self.inner.cfg.speculative_retry;
+        let speculate = tokio::time::sleep(self.inner.cfg.speculative_retry);
+        tokio::pin!(speculate);
         let mut speculated = false;
         while answers.len() < required {
             let spare = next < candidates.len();
             let answer = tokio::select! {
+                // Answers first: the local one is usually ready at once, and the timer need not
+                // be armed for it.
+                biased;
                 a = asks.next() => a,
-                _ = tokio::time::sleep_until(speculate_at), if !speculated && spare => {
+                _ = &mut speculate, if !speculated && spare => {
                     speculated = true;
                     data_in_flight += usize::from(!have_record);
                     asks.push(self.read_replica(
