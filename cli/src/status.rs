@@ -40,14 +40,16 @@ pub fn render(s: &Status) -> String {
     if let Some(kv) = &s.kv {
         let _ = writeln!(
             out,
-            "kv: ~{} keys, {} hints pending; since start {} writes, {} reads, {} failed, {} read repairs, {} hints replayed",
+            "kv: ~{} keys, {} hints pending, {} versions cached; since start {} writes, {} reads, {} failed, {} read repairs, {} hints replayed, {} writes handed to stand-ins",
             kv.keys_estimate,
             kv.hints_pending,
+            kv.version_cache_keys,
             kv.writes,
             kv.reads,
             kv.write_failures + kv.read_failures,
             kv.read_repairs,
-            kv.hints_replayed
+            kv.hints_replayed,
+            kv.fallback_writes
         );
     }
     let _ = writeln!(

@@ -56,7 +56,13 @@ fn three_alive() -> Status {
             refutations: 0,
             local_health: 0,
         },
-        kv: Some(starling_node::kv::KvStatus { writes: 7, hints_pending: 2, ..Default::default() }),
+        kv: Some(starling_node::kv::KvStatus {
+            writes: 7,
+            hints_pending: 2,
+            fallback_writes: 3,
+            version_cache_keys: 5,
+            ..Default::default()
+        }),
     }
 }
 
@@ -140,6 +146,8 @@ async fn status_follows_the_watch_channel() {
     assert!(metrics.contains("starling_gossip_rounds_total 43\n"), "{metrics}");
     assert!(metrics.contains("starling_kv_writes_total 7\n"), "{metrics}");
     assert!(metrics.contains("starling_kv_hints_pending 2\n"), "{metrics}");
+    assert!(metrics.contains("starling_kv_fallback_writes_total 3\n"), "{metrics}");
+    assert!(metrics.contains("starling_kv_version_cache_keys 5\n"), "{metrics}");
 }
 
 #[tokio::test]

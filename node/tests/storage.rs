@@ -474,7 +474,12 @@ fn rocks_version_cache_stays_exact_across_reopen_and_eviction() {
         let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         assert_eq!(s.versions(&refs).expect("versions"), want);
         assert_eq!(s.versions(&[b"never-written"]).expect("versions"), vec![None]);
+        let (held, capacity) = s.version_cache().expect("a version cache");
+        assert_eq!(capacity, 4);
+        assert!((1..=4).contains(&held), "{held} keys cached");
     }
+    let off = RocksConfig { version_cache: 0, ..RocksConfig::default() };
+    assert_eq!(RocksStorage::open(&path, &off).expect("reopen").version_cache(), None);
     let s = RocksStorage::open(&path, &cfg).expect("reopen");
     let k = keys[0].as_slice();
     // Cold cache: an older write is merged and loses; a newer one wins.

@@ -169,12 +169,22 @@ impl Collector for StatusCollector {
                 ),
             ];
             encode_counters(&mut encoder, &kv_counters)?;
-            let kv_gauges: [(&str, &str, i64); 2] = [
+            let kv_gauges: [(&str, &str, i64); 4] = [
                 ("kv_hints_pending", "Hints waiting for their replica", kv.hints_pending as i64),
                 (
                     "kv_keys_estimate",
                     "Keys in the local store (RocksDB estimate)",
                     kv.keys_estimate as i64,
+                ),
+                (
+                    "kv_version_cache_keys",
+                    "Keys whose stored version is cached in memory",
+                    kv.version_cache_keys as i64,
+                ),
+                (
+                    "kv_version_cache_capacity",
+                    "Most keys the version cache holds (0: off)",
+                    kv.version_cache_capacity as i64,
                 ),
             ];
             encode_gauges(&mut encoder, &kv_gauges)?;

@@ -134,6 +134,12 @@ pub struct KvStatus {
     /// Writes for a down replica that a fallback node acknowledged (sloppy quorum).
     #[serde(default)]
     pub fallback_writes: u64,
+    /// Keys in the version cache (0 without one).
+    #[serde(default)]
+    pub version_cache_keys: u64,
+    /// The version cache's capacity in keys (0: no cache).
+    #[serde(default)]
+    pub version_cache_capacity: u64,
 }
 
 /// A successful write.
@@ -276,6 +282,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     pub fn status(&self) -> KvStatus {
         let s = &self.inner.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let cache = self.inner.storage.version_cache().unwrap_or_default();
         KvStatus {
             replication: self.inner.cfg.replication,
             keys_estimate: self.inner.storage.approximate_keys(),
@@ -291,6 +298,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             replica_writes: l(&s.replica_writes),
             replica_reads: l(&s.replica_reads),
             fallback_writes: l(&s.fallback_writes),
+            version_cache_keys: cache.0,
+            version_cache_capacity: cache.1,
         }
     }
 

@@ -87,6 +87,10 @@ pub trait Storage: Send + Sync + 'static {
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError>;
     /// Number of data keys (estimate for RocksDB), for status and metrics.
     fn approximate_keys(&self) -> u64;
+    /// Keys in the version cache and its capacity, if the engine has one.
+    fn version_cache(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// True when writes wait for the disk (fsync) and must not run on an async thread.
     fn slow_writes(&self) -> bool {
         false

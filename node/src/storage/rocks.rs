@@ -458,6 +458,10 @@ impl Storage for RocksStorage {
         self.db.write_opt(batch, &opts).map_err(engine)
     }
 
+    fn version_cache(&self) -> Option<(u64, u64)> {
+        self.versions.as_ref().map(VersionCache::usage)
+    }
+
     fn slow_writes(&self) -> bool {
         self.always
     }

@@ -101,6 +101,11 @@ impl VersionCache {
         }
     }
 
+    /// Keys held, and the most it holds.
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        (self.cache.len() as u64, self.cache.capacity())
+    }
+
     /// What the cache knows of the key, if anything.
     pub(crate) fn get(&self, hash: KeyHash) -> Option<Known> {
         match self.cache.get(&hash) {
