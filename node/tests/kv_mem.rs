@@ -526,17 +526,24 @@ async fn quorum_reads_return_the_newest_version_and_repair_stale_replicas() {
 /// Sloppy quorum: with two of a key's three replicas down, a quorum write is handed to the next
 /// healthy ring nodes, which keep it as hints (not as data) and deliver it when the replicas are
 /// back. With `strict` quorums the same write is refused.
+/// A 5-node cluster with `cfg` where `key`'s second and third replicas are dead and seen down;
+/// returns it, the key's replicas and its first replica (a live coordinator).
+async fn two_replicas_down(cfg: KvConfig, key: &[u8]) -> (Cluster, Vec<usize>, usize) {
+    let mut c = Cluster::with_config(5, 0, cfg).await;
+    let r = c.replicas(key);
+    for &i in &r[1..] {
+        c.kill(i).await;
+        c.mark_down(i);
+    }
+    let coordinator = r[0];
+    (c, r, coordinator)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sloppy_quorum_hands_writes_for_down_replicas_to_fallback_nodes() {
-    let mut c = Cluster::new(5, 0).await;
     let key = b"sloppy-key".to_vec();
-    let r = c.replicas(&key);
+    let (mut c, r, coordinator) = two_replicas_down(test_cfg(), &key).await;
     let others: Vec<usize> = (0..5).filter(|i| !r.contains(i)).collect();
-    let coordinator = r[0];
-    c.kill(r[1]).await;
-    c.kill(r[2]).await;
-    c.mark_down(r[1]);
-    c.mark_down(r[2]);
 
     let w = put(c.kv(coordinator), &key, b"while two replicas are down", Consistency::Quorum).await;
     eventually(Duration::from_secs(5), "both fallbacks acknowledged", || async {
@@ -547,20 +554,28 @@ async fn sloppy_quorum_hands_writes_for_down_replicas_to_fallback_nodes() {
         assert_eq!(stored(&c.nodes[o], &key), None, "a fallback keeps a hint, not the data");
         assert_eq!(c.nodes[o].hints_pending(), 1, "node {o} keeps the write for a replica");
     }
+    assert_eq!(c.nodes[coordinator].hints_pending(), 0, "the stand-ins took the hints");
     let all = c.kv(coordinator).put(key.clone(), Some(b"x".to_vec()), Consistency::All).await;
     assert!(matches!(all, Err(KvError::Unavailable(_))), "`all` needs the replicas: {all:?}");
 
     // A strict node refuses the same write.
     let strict = KvConfig { sloppy_quorum: false, ..c.cfg.clone() };
-    let mut strict_cluster = Cluster::with_config(5, 0, strict).await;
-    let (sr, sc) = (strict_cluster.replicas(&key), strict_cluster.replicas(&key)[0]);
-    strict_cluster.kill(sr[1]).await;
-    strict_cluster.kill(sr[2]).await;
-    strict_cluster.mark_down(sr[1]);
-    strict_cluster.mark_down(sr[2]);
+    let (strict_cluster, _, sc) = two_replicas_down(strict, &key).await;
     let refused =
         strict_cluster.kv(sc).put(key.clone(), Some(b"x".to_vec()), Consistency::Quorum).await;
     assert!(matches!(refused, Err(KvError::Unavailable(_))), "strict: {refused:?}");
+
+    // Replicas down longer than the hint window get no hints, so no stand-ins either: the write
+    // is refused up front rather than half done.
+    let short = KvConfig { hint_window: Duration::ZERO, ..c.cfg.clone() };
+    let (expired, _, ec) = two_replicas_down(short, &key).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let refused = expired.kv(ec).put(key.clone(), Some(b"x".to_vec()), Consistency::Quorum).await;
+    assert!(
+        matches!(&refused, Err(KvError::Unavailable(m)) if m.contains("0 other nodes can stand in")),
+        "past the hint window: {refused:?}"
+    );
+    assert_eq!(stored(&expired.nodes[ec], &key), None, "nothing written");
 
     // The replicas come back: the fallbacks deliver, and every replica holds the write.
     c.restart(r[1]).await;

@@ -207,12 +207,14 @@ impl<T: Transport> PeerBatcher<T> {
             };
             let answers: Vec<Option<Option<Record>>> =
                 match self.transport.request_within(addr, req, self.timeout).await {
-                    Ok(Response::ReplicaRecord(r)) if keys.len() == 1 => vec![Some(r)],
+                    Ok(Response::ReplicaRecord(r)) if keys.len() == 1 => {
+                        vec![for_key(addr, &keys[0], r)]
+                    }
                     Ok(Response::ReplicaRecordMany(list)) if list.len() == keys.len() => {
                         let mut out = Vec::with_capacity(list.len());
                         for (answer, key) in list.into_iter().zip(&keys) {
                             out.push(match answer {
-                                ReadAnswer::Found(r) => Some(Some(r)),
+                                ReadAnswer::Found(r) => for_key(addr, key, Some(r)),
                                 ReadAnswer::Missing => Some(None),
                                 ReadAnswer::TooLarge => self.read_one(addr, key.clone()).await,
                             });
@@ -235,10 +237,22 @@ impl<T: Transport> PeerBatcher<T> {
     }
 
     async fn read_one(&self, addr: SocketAddr, key: Vec<u8>) -> Option<Option<Record>> {
-        match self.transport.request_within(addr, Request::ReplicaRead(key), self.timeout).await {
-            Ok(Response::ReplicaRecord(r)) => Some(r),
+        let req = Request::ReplicaRead(key.clone());
+        match self.transport.request_within(addr, req, self.timeout).await {
+            Ok(Response::ReplicaRecord(r)) => for_key(addr, &key, r),
             _ => None,
         }
+    }
+}
+
+/// A replica's answer for `key`, or a failed read if the record it sent is for another key.
+fn for_key(addr: SocketAddr, key: &[u8], record: Option<Record>) -> Option<Option<Record>> {
+    match record {
+        Some(r) if r.key != key => {
+            debug!(peer = %addr, "replica answered a read with another key's record");
+            None
+        }
+        r => Some(r),
     }
 }
 

@@ -225,8 +225,15 @@ fn fallbacks(
     view: &RingView,
     token: starling_ring::Token,
     targets: &[NodeKey],
+    hint_window: Duration,
 ) -> Vec<(NodeKey, NodeKey)> {
-    let down: Vec<NodeKey> = targets.iter().filter(|t| !view.is_up(**t)).copied().collect();
+    // A replica down longer than the hint window gets no hints, so no stand-in either.
+    let down: Vec<NodeKey> = targets
+        .iter()
+        .filter(|t| !view.is_up(**t))
+        .filter(|t| view.down.get(t).is_none_or(|since| since.elapsed() <= hint_window))
+        .copied()
+        .collect();
     if down.is_empty() {
         return Vec::new();
     }
@@ -466,7 +473,11 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         // this node's own hints already.
         let sloppy =
             self.inner.cfg.sloppy_quorum && matches!(level, Consistency::One | Consistency::Quorum);
-        let fallbacks = if sloppy { fallbacks(&view, token, &targets) } else { Vec::new() };
+        let fallbacks = if sloppy {
+            fallbacks(&view, token, &targets, self.inner.cfg.hint_window)
+        } else {
+            Vec::new()
+        };
         if level != Consistency::Any && up + fallbacks.len() < required {
             return Err(KvError::Unavailable(format!(
                 "{level} write needs {required} of {} replicas, but only {up} are up{}",
@@ -761,7 +772,6 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         answers: &[(NodeKey, Answer)],
         deadline: Instant,
     ) -> Result<Option<Record>, KvError> {
-        let claimed = answers.iter().filter_map(|(_, a)| a.version()).max();
         let mut best: Option<Record> = answers
             .iter()
             .filter_map(|(_, a)| match a {
@@ -770,28 +780,39 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             })
             .max_by_key(|r| r.version)
             .cloned();
-        let Some(claimed) = claimed else { return Ok(best) };
-        let mut failed = None;
-        for (holder, _) in answers.iter().filter(|(_, a)| a.version() == Some(claimed)) {
-            if best.as_ref().is_some_and(|b| b.version >= claimed) {
+        // Digests newer than every record at hand, newest first: fetch the record from them
+        // until one is at least as new as every claim left.
+        let mut claims: Vec<(NodeKey, Version)> = answers
+            .iter()
+            .filter_map(|(id, a)| match a {
+                Answer::Digest(Some(v)) => Some((*id, *v)),
+                _ => None,
+            })
+            .collect();
+        claims.sort_by_key(|c| std::cmp::Reverse(c.1));
+        let mut failed: Option<(NodeKey, Version)> = None;
+        for (holder, claim) in claims {
+            if best.as_ref().is_some_and(|b| b.version >= claim) {
                 break;
             }
-            match self.read_replica(view, *holder, key.to_vec(), deadline, false).await {
+            match self.read_replica(view, holder, key.to_vec(), deadline, false).await {
                 (_, _, Some(Answer::Record(Some(r)))) => {
                     if best.as_ref().is_none_or(|b| r.version > b.version) {
                         best = Some(r);
                     }
                 }
-                // It no longer holds that version (a tombstone purged since): what it holds now
-                // is what the others answered.
+                // It no longer holds that version (a tombstone compacted away since): the next
+                // claim decides.
                 (_, _, Some(_)) => {}
-                (id, _, None) => failed = Some(id),
+                (_, _, None) => {
+                    failed.get_or_insert((holder, claim));
+                }
             }
         }
         match failed {
-            Some(id) if best.as_ref().is_none_or(|b| b.version < claimed) => {
+            Some((id, claim)) if best.as_ref().is_none_or(|b| b.version < claim) => {
                 Err(KvError::Timeout(format!(
-                    "read: replica {id:032x} reported the newest version but did not send it within {} ms",
+                    "read: replica {id:032x} reported a newer version but did not send it within {} ms",
                     self.inner.cfg.read_timeout.as_millis()
                 )))
             }

@@ -214,7 +214,7 @@ impl RocksStorage {
             it.seek_to_first();
             let empty = !it.valid();
             it.status().map_err(engine)?;
-            Some(VersionCache::new(cfg.version_cache, empty))
+            Some(VersionCache::new(cfg.version_cache, empty, cfg.tombstone_grace))
         };
         Ok(RocksStorage {
             db,
@@ -274,14 +274,15 @@ impl Storage for RocksStorage {
             return self.write(batch);
         };
         let _guard = lock(&self.apply_lock);
-        // What each key of this batch will hold once it is written: `Some(known)`, or `None`
-        // when it was merged without knowing what was stored.
-        let mut after: HashMap<KeyHash, Option<Known>> = HashMap::with_capacity(records.len());
+        // What each key of this batch will hold once it is written: `Some((version, tombstone))`,
+        // or `None` when it was merged without knowing what was stored.
+        let mut after: HashMap<KeyHash, Option<(Version, bool)>> =
+            HashMap::with_capacity(records.len());
         for r in records {
             let hash = key_hash(&r.key);
             let key = data_key(&r.key);
-            let known = match after.get(&hash) {
-                Some(k) => *k,
+            let known: Option<Known> = match after.get(&hash) {
+                Some(k) => k.map(|(v, _)| Some(v)),
                 None => cache.get(hash).or_else(|| {
                     // Bloom filters and memtables only, no disk read: "surely absent" or "maybe".
                     (!self.db.key_may_exist_cf(cf, &key)).then_some(None)
@@ -293,7 +294,7 @@ impl Storage for RocksStorage {
                 Some(Some(stored)) if stored >= r.version => {}
                 Some(_) => {
                     batch.put_cf(cf, key, value);
-                    after.insert(hash, Some(Some(r.version)));
+                    after.insert(hash, Some((r.version, r.value.is_none())));
                 }
                 None => {
                     batch.merge_cf(cf, key, value);
@@ -304,41 +305,62 @@ impl Storage for RocksStorage {
         self.write(batch)?;
         for (hash, known) in after {
             match known {
-                Some(k) => cache.set(hash, k),
+                Some((v, tombstone)) => cache.set(hash, Some(v), tombstone),
                 None => cache.forget(hash),
             }
+            cache.bump(hash);
         }
         Ok(())
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
-        let cf = self.cf(CF_DATA)?;
-        let _guard = self.versions.as_ref().map(|_| lock(&self.apply_lock));
-        let record = match self.db.get_pinned_cf(cf, data_key(key)).map_err(engine)? {
-            None => None,
-            Some(v) => Some(decode_value(key, &v).map_err(|e| corrupt(CF_DATA, key, e))?),
-        };
-        if let Some(cache) = &self.versions {
-            cache.set(key_hash(key), record.as_ref().map(|r| r.version));
-        }
-        Ok(record)
+        Ok(self.get_many(&[key])?.pop().flatten())
     }
 
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Record>>, StorageError> {
         let cf = self.cf(CF_DATA)?;
-        let data_keys: Vec<Vec<u8>> = keys.iter().map(|k| data_key(k)).collect();
-        let _guard = self.versions.as_ref().map(|_| lock(&self.apply_lock));
-        let found = self.db.batched_multi_get_cf(cf, &data_keys, false);
+        // Each key's stripe epoch before the read: the cache is filled with what was read only if
+        // no write to the stripe landed since (see `versions.rs`).
+        let before: Vec<(KeyHash, u64)> = match &self.versions {
+            Some(cache) => keys
+                .iter()
+                .map(|k| {
+                    let h = key_hash(k);
+                    (h, cache.epoch(h))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let mut out = Vec::with_capacity(keys.len());
-        for (k, r) in keys.iter().zip(found) {
-            let record = match r.map_err(engine)? {
-                None => None,
-                Some(v) => Some(decode_value(k, &v).map_err(|e| corrupt(CF_DATA, k, e))?),
-            };
-            if let Some(cache) = &self.versions {
-                cache.set(key_hash(k), record.as_ref().map(|r| r.version));
+        if let [key] = keys {
+            out.push(self.db.get_pinned_cf(cf, data_key(key)).map_err(engine).and_then(|v| {
+                v.map(|v| decode_value(key, &v).map_err(|e| corrupt(CF_DATA, key, e))).transpose()
+            })?);
+        } else {
+            let data_keys: Vec<Vec<u8>> = keys.iter().map(|k| data_key(k)).collect();
+            let found = self.db.batched_multi_get_cf(cf, &data_keys, false);
+            for (k, r) in keys.iter().zip(found) {
+                out.push(match r.map_err(engine)? {
+                    None => None,
+                    Some(v) => Some(decode_value(k, &v).map_err(|e| corrupt(CF_DATA, k, e))?),
+                });
             }
-            out.push(record);
+        }
+        if let Some(cache) = &self.versions {
+            // Never wait for a writer (it may be in an fsync): no lock, no fill.
+            let guard = match self.apply_lock.try_lock() {
+                Ok(g) => Some(g),
+                Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if guard.is_some() {
+                for ((hash, epoch), record) in before.into_iter().zip(&out) {
+                    if cache.epoch(hash) == epoch {
+                        let stored = record.as_ref().map(|r| (r.version, r.value.is_none()));
+                        cache.set(hash, stored.map(|(v, _)| v), stored.is_some_and(|(_, t)| t));
+                    }
+                }
+            }
         }
         Ok(out)
     }

@@ -8,22 +8,27 @@
 //!   that every later read must resolve.
 //!
 //! The cache is **exact or silent**: an entry is the version RocksDB would return for that key
-//! (or "absent"), never a guess. [`super::rocks::RocksStorage`] keeps it so by changing it only
-//! under its apply lock, after the write batch it describes is in RocksDB, or with the result of a
-//! read made under the same lock. A key the cache does not hold falls back to RocksDB (a read) or
-//! to a merge (a write).
+//! (or "absent"), never a guess. [`super::rocks::RocksStorage`] keeps it so:
+//! - writes change it only under the store's apply lock, after the write batch it describes is in
+//!   RocksDB, and bump the *epoch* of each key's stripe;
+//! - reads never wait for that lock: a read notes its key's stripe epoch before reading RocksDB
+//!   and fills the cache only if it then gets the lock at once and the epoch has not moved (no
+//!   write of that stripe can have landed in between);
+//! - a cached tombstone stops counting once the compaction filter may have dropped it (older than
+//!   the grace period, less a minute for clock steps): the key is then looked up on disk.
 //!
-//! A cache opened over an empty store is **complete** until its first eviction: it holds every
-//! stored key, so a key it does not hold is known to be absent (no bloom-filter probe on a write
-//! of a new key, no disk read for a digest of a missing one).
+//! A key the cache does not hold falls back to RocksDB (a read) or to a merge (a write). A cache
+//! opened over an empty store is **complete** until it first evicts a key: it holds every stored
+//! key, so a key it does not hold is known to be absent.
 //!
 //! Entries are keyed by 128 bits of the key's blake3 hash (two keys sharing an entry would need a
 //! 128-bit collision) and hold the timestamp and an index into a small table of node ids: about
 //! 60 bytes each with the cache's own bookkeeping. Eviction is `quick_cache`'s (S3-FIFO).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
@@ -43,27 +48,39 @@ pub(crate) fn key_hash(key: &[u8]) -> KeyHash {
     (word(8), word(16))
 }
 
-/// A stored version packed small: `node` indexes the node table; `ABSENT` marks a key
-/// with nothing stored.
+/// A stored version packed small: `node` indexes the node table; `ABSENT` marks a key with
+/// nothing stored.
 #[derive(Clone, Copy)]
 struct Packed {
     ts: u64,
     node: u32,
+    tombstone: bool,
 }
 
 const ABSENT: u32 = u32::MAX;
 /// Distinct node ids the table holds; versions from further nodes are not cached.
 const MAX_NODES: usize = 1 << 16;
+/// Stripes of write epochs (a read's fill is dropped only if a write touched its stripe).
+const STRIPES: usize = 256;
+/// Margin for wall-clock steps when deciding that a tombstone may have been compacted away.
+const CLOCK_MARGIN: Duration = Duration::from_secs(60);
 
-/// Notes the first eviction: from then on the cache is no longer complete.
+/// What one insert may evict: the key it replaces does not count as an eviction.
+#[derive(Default)]
+struct Inserting(Option<KeyHash>);
+
+/// Notes the first eviction of another key: from then on the cache is no longer complete.
 #[derive(Clone)]
 struct Evictions(Arc<AtomicBool>);
 
 impl Lifecycle<KeyHash, Packed> for Evictions {
-    type RequestState = ();
+    type RequestState = Inserting;
 
-    fn on_evict(&self, _: &mut (), _: KeyHash, _: Packed) {
-        self.0.store(false, Ordering::Relaxed);
+    fn on_evict(&self, state: &mut Inserting, key: KeyHash, _: Packed) {
+        // quick_cache reports a replaced value as evicted too.
+        if state.0 != Some(key) {
+            self.0.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -81,11 +98,18 @@ pub(crate) struct VersionCache {
     /// Every stored key is in the cache (it started empty over an empty store, and has evicted
     /// nothing since).
     complete: Arc<AtomicBool>,
+    epochs: Vec<AtomicU64>,
+    /// Tombstones older than this (ms) may be gone from the store.
+    tombstone_grace_ms: u64,
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl VersionCache {
     /// A cache of `capacity` keys; `complete` when the store it describes is empty.
-    pub(crate) fn new(capacity: usize, complete: bool) -> Self {
+    pub(crate) fn new(capacity: usize, complete: bool, tombstone_grace: Duration) -> Self {
         let complete = Arc::new(AtomicBool::new(complete));
         let capacity = capacity.max(1);
         VersionCache {
@@ -98,6 +122,8 @@ impl VersionCache {
             ),
             nodes: RwLock::new(NodeTable::default()),
             complete,
+            epochs: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            tombstone_grace_ms: tombstone_grace.saturating_sub(CLOCK_MARGIN).as_millis() as u64,
         }
     }
 
@@ -111,31 +137,54 @@ impl VersionCache {
         match self.cache.get(&hash) {
             Some(p) if p.node == ABSENT => Some(None),
             Some(p) => {
+                if p.tombstone
+                    && (p.ts >> 16).saturating_add(self.tombstone_grace_ms) < now_millis()
+                {
+                    // The compaction filter may have dropped it: ask the store.
+                    return None;
+                }
                 let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
                 Some(Some(Version { ts: p.ts, node: *nodes.ids.get(p.node as usize)? }))
             }
-            None if self.complete.load(Ordering::Relaxed) => Some(None),
+            None if self.complete.load(Ordering::Acquire) => Some(None),
             None => None,
         }
     }
 
-    /// Records what the store now holds for the key.
-    pub(crate) fn set(&self, hash: KeyHash, known: Known) {
+    /// Records what the store now holds for the key (`tombstone`: the version is a delete).
+    /// Callers hold the store's apply lock.
+    pub(crate) fn set(&self, hash: KeyHash, known: Known, tombstone: bool) {
         let packed = match known {
-            None => Packed { ts: 0, node: ABSENT },
+            None => Packed { ts: 0, node: ABSENT, tombstone: false },
             Some(v) => match self.node_index(v.node) {
-                Some(node) => Packed { ts: v.ts, node },
+                Some(node) => Packed { ts: v.ts, node, tombstone },
                 None => return self.forget(hash),
             },
         };
-        self.cache.insert(hash, packed);
+        self.cache.insert_with_lifecycle(hash, packed, &mut Inserting(Some(hash)));
     }
 
     /// Drops what the cache knew of the key (the store changed in a way it cannot describe).
     pub(crate) fn forget(&self, hash: KeyHash) {
+        // The key is stored but no longer described: a miss no longer means "absent". Cleared
+        // first, so no reader sees the miss while the cache still claims to be complete.
+        self.complete.store(false, Ordering::Release);
         self.cache.remove(&hash);
-        // The key is stored but no longer described: a miss no longer means "absent".
-        self.complete.store(false, Ordering::Relaxed);
+    }
+
+    /// The write epoch of the key's stripe: a read notes it before reading the store.
+    pub(crate) fn epoch(&self, hash: KeyHash) -> u64 {
+        self.epochs[Self::stripe(hash)].load(Ordering::Acquire)
+    }
+
+    /// A write to the key is in the store and described: reads that started before must not
+    /// fill the cache.
+    pub(crate) fn bump(&self, hash: KeyHash) {
+        self.epochs[Self::stripe(hash)].fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn stripe(hash: KeyHash) -> usize {
+        (hash.0 as usize) % STRIPES
     }
 
     fn node_index(&self, node: u128) -> Option<u32> {
