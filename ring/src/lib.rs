@@ -70,9 +70,13 @@ pub const DEFAULT_VNODES: usize = 16;
 
 /// The token of a key: the first 8 bytes of its blake3 hash, read as a big-endian `u64`.
 pub fn token_of(key: &[u8]) -> Token {
-    let hash = blake3::hash(key);
+    token_of_hash(blake3::hash(key).as_bytes())
+}
+
+/// The token of a key from its blake3 hash, for callers that use the hash for more than this.
+pub fn token_of_hash(hash: &[u8; 32]) -> Token {
     let mut first = [0u8; 8];
-    first.copy_from_slice(&hash.as_bytes()[..8]);
+    first.copy_from_slice(&hash[..8]);
     Token::from_be_bytes(first)
 }
 

@@ -160,8 +160,13 @@ pub(crate) fn page_push(
 
 /// `token ‖ key`.
 pub fn data_key(key: &[u8]) -> Vec<u8> {
+    data_key_with(token_of(key), key)
+}
+
+/// `token ‖ key` with the token already computed.
+pub(crate) fn data_key_with(token: Token, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());
-    k.extend_from_slice(&token_of(key).to_be_bytes());
+    k.extend_from_slice(&token.to_be_bytes());
     k.extend_from_slice(key);
     k
 }

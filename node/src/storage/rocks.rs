@@ -26,7 +26,7 @@ use rocksdb::{
 use starling_ring::Range;
 use starling_wire::{Record, Version};
 
-use super::versions::{key_hash, KeyHash, Known, VersionCache};
+use super::versions::{key_hash, keyed, KeyHash, Known, VersionCache};
 use super::{
     corrupt, data_key, decode_value, decode_version, encode_value, hint_key, incoming_wins,
     parse_hint_key, range_pieces, token_bounds, Hint, ScanPage, Storage, StorageError,
@@ -279,8 +279,7 @@ impl Storage for RocksStorage {
         let mut after: HashMap<KeyHash, Option<(Version, bool)>> =
             HashMap::with_capacity(records.len());
         for r in records {
-            let hash = key_hash(&r.key);
-            let key = data_key(&r.key);
+            let (key, hash) = keyed(&r.key);
             let known: Option<Known> = match after.get(&hash) {
                 Some(k) => k.map(|(v, _)| Some(v)),
                 None => cache.get(hash).or_else(|| {

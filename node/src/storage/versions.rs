@@ -42,10 +42,15 @@ pub(crate) type KeyHash = (u64, u64);
 
 /// The cache's index of a key.
 pub(crate) fn key_hash(key: &[u8]) -> KeyHash {
+    keyed(key).1
+}
+
+/// A key's storage key (`token ‖ key`) and cache index, from one blake3 hash.
+pub(crate) fn keyed(key: &[u8]) -> (Vec<u8>, KeyHash) {
     let h = blake3::hash(key);
     let b = h.as_bytes();
     let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
-    (word(8), word(16))
+    (super::data_key_with(starling_ring::token_of_hash(b), key), (word(8), word(16)))
 }
 
 /// A stored version packed small: `node` indexes the node table; `ABSENT` marks a key with
@@ -202,5 +207,15 @@ impl VersionCache {
         nodes.ids.push(node);
         nodes.index.insert(node, i);
         Some(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_hash_gives_the_same_storage_key_as_data_key() {
+        for key in [&b""[..], b"a", b"some longer key \xff\x00"] {
+            assert_eq!(super::keyed(key).0, super::super::data_key(key));
+        }
     }
 }
