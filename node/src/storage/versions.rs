@@ -117,14 +117,20 @@ impl VersionCache {
     pub(crate) fn new(capacity: usize, complete: bool, tombstone_grace: Duration) -> Self {
         let complete = Arc::new(AtomicBool::new(complete));
         let capacity = capacity.max(1);
+        let cache = Cache::with(
+            capacity,
+            capacity as u64,
+            UnitWeighter,
+            DefaultHashBuilder::default(),
+            Evictions(complete.clone()),
+        );
+        // Sized once, up front: grown on demand, each shard's table doubles (a copy and a rehash
+        // of the whole shard) under the store's apply lock, a pause of milliseconds for every
+        // write behind it. Only the tables' control bytes are touched now; the rest of the
+        // memory is touched as keys arrive.
+        cache.reserve(capacity);
         VersionCache {
-            cache: Cache::with(
-                capacity,
-                capacity as u64,
-                UnitWeighter,
-                DefaultHashBuilder::default(),
-                Evictions(complete.clone()),
-            ),
+            cache,
             nodes: RwLock::new(NodeTable::default()),
             complete,
             epochs: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
