@@ -211,6 +211,11 @@ struct Counts {
     done: AtomicU64,
 }
 
+/// Latencies in microseconds, up to a minute.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
 pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
     let (r, w) = a
         .ratio
@@ -245,6 +250,15 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
     }
     let client = Client::connect(&a.nodes[0], auth).await?;
     let transport = client.transport();
+    // Connect to every node before the clock starts: the figures are for requests on open
+    // connections, as a long-lived client sees them, not for QUIC and TLS handshakes.
+    for &addr in &addrs {
+        match transport.request(addr, Request::Echo(Vec::new())).await {
+            Ok(Response::Echo(_)) => {}
+            Ok(other) => bail!("{addr}: unexpected answer to echo: {other:?}"),
+            Err(e) => bail!("{addr}: cannot connect: {e}"),
+        }
+    }
     let keys = a.keys.unwrap_or(a.ops).max(1);
     let counts = Arc::new(Counts::default());
     let next = Arc::new(AtomicU64::new(0));
@@ -255,14 +269,16 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} ops  {per_sec}  eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // Allocated before the clock starts, so that no worker's first request waits while the
+    // others set up.
+    let hists: Vec<Histogram<u64>> = (0..a.concurrency).map(|_| new_histogram()).collect();
     let started = Instant::now();
     let mut workers = Vec::new();
-    for wid in 0..a.concurrency {
+    for (wid, mut hist) in hists.into_iter().enumerate() {
         let (transport, counts, next, value, addrs) =
             (transport.clone(), counts.clone(), next.clone(), value.clone(), addrs.clone());
         let (ops, cl) = (a.ops, a.consistency);
         workers.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             let mut rng =
                 0x9e37_79b9_7f4a_7c15u64 ^ (wid as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
             let mut first_error: Option<String> = None;
@@ -328,7 +344,7 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
             }
         })
     };
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut hist = new_histogram();
     let mut first_error = None;
     for w in workers {
         let (h, e) = w.await.context("bench worker")?;
