@@ -243,10 +243,10 @@ fn quorum_with_two_of_three_nodes_down_exits_5_and_says_how_many_are_up() {
     let out = c.starling(0, &["kv", "put", "k2", "v2"], None);
     expect_exit(&out, 5, "quorum put with 1 of 3 replicas up");
     let err = stderr(&out);
-    assert!(err.contains("needs 2 of 3") && err.contains("only 1 are up"), "{err}");
+    assert!(err.contains("needs 2 of 3") && err.contains("only 1 is up"), "{err}");
     let out = c.starling(0, &["kv", "get", "k"], None);
     expect_exit(&out, 5, "quorum get with 1 of 3 replicas up");
-    assert!(stderr(&out).contains("only 1 are up"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("only 1 is up"), "{}", stderr(&out));
     let out = c.starling(0, &["kv", "del", "k", "-c", "all"], None);
     expect_exit(&out, 5, "all delete with 1 of 3 replicas up");
     // The levels that can be met still work.

@@ -221,6 +221,15 @@ fn quorum(n: usize) -> usize {
 /// Sloppy quorum (Dynamo §4.6): for each write target gossip shows down, a stand-in: the next
 /// up ring node clockwise (in preference-list order past the replicas) that is not a target
 /// itself. Pairs `(down target, fallback)`; fewer when the ring has no more healthy nodes.
+/// "1 is up", "2 are up": for `unavailable` messages.
+fn up_count(n: usize) -> String {
+    if n == 1 {
+        "1 is up".to_string()
+    } else {
+        format!("{n} are up")
+    }
+}
+
 fn fallbacks(
     view: &RingView,
     token: starling_ring::Token,
@@ -480,10 +489,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         };
         if level != Consistency::Any && up + fallbacks.len() < required {
             return Err(KvError::Unavailable(format!(
-                "{level} write needs {required} of {} replicas, but only {up} are up{}",
+                "{level} write needs {required} of {} replicas, but only {}{}",
                 targets.len(),
+                up_count(up),
                 if sloppy {
-                    format!(" and {} other nodes can stand in", fallbacks.len())
+                    match fallbacks.len() {
+                        1 => " and 1 other node can stand in".to_string(),
+                        n => format!(" and {n} other nodes can stand in"),
+                    }
                 } else {
                     String::new()
                 }
@@ -675,8 +688,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             natural.iter().copied().filter(|t| view.is_up(*t)).collect();
         if candidates.len() < required {
             return Err(KvError::Unavailable(format!(
-                "{level} read needs {required} of {n} replicas, but only {} are up",
-                candidates.len()
+                "{level} read needs {required} of {n} replicas, but only {}",
+                up_count(candidates.len())
             )));
         }
         if let Some(i) = candidates.iter().position(|t| *t == self.inner.me) {
