@@ -345,6 +345,10 @@ impl Storage for RocksStorage {
                 });
             }
         }
+        #[cfg(test)]
+        if let Some(hook) = race_tests::BETWEEN_READ_AND_FILL.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
         if let Some(cache) = &self.versions {
             // Never wait for a writer (it may be in an fsync): no lock, no fill.
             let guard = match self.apply_lock.try_lock() {
@@ -493,5 +497,55 @@ impl Storage for RocksStorage {
             .and_then(|cf| self.db.property_int_value_cf(cf, "rocksdb.estimate-num-keys").ok())
             .flatten()
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod race_tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::storage::Storage;
+
+    thread_local! {
+        /// Runs once in `get_many`, between its RocksDB read and its cache fill.
+        pub(super) static BETWEEN_READ_AND_FILL: RefCell<Option<Box<dyn FnOnce()>>> =
+            const { RefCell::new(None) };
+    }
+
+    fn record(key: &[u8], ts: u64) -> Record {
+        Record {
+            key: key.to_vec(),
+            version: Version { ts, node: 7 },
+            value: Some(format!("v{ts}").into_bytes()),
+        }
+    }
+
+    /// A read that finds an old version, while a newer write lands before it can fill the cache,
+    /// must leave the cache describing the newer write: otherwise digests would report the old
+    /// version, and a write older than the newer one would be stored over it as a put.
+    #[test]
+    fn a_read_overtaken_by_a_write_leaves_the_cache_describing_the_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = Arc::new(RocksStorage::open(dir.path(), &RocksConfig::default()).expect("open"));
+        let key = b"raced";
+        st.apply(&[record(key, 100)]).expect("first write");
+        let writer = st.clone();
+        BETWEEN_READ_AND_FILL.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                writer.apply(&[record(key, 300)]).expect("write during the read");
+            }))
+        });
+        let read = st.get_many(&[&key[..]]).expect("read");
+        assert_eq!(read[0].as_ref().map(|r| r.version.ts), Some(100), "read before the write");
+        assert!(BETWEEN_READ_AND_FILL.with(|h| h.borrow().is_none()), "the hook ran");
+
+        let versions = st.versions(&[&key[..]]).expect("versions");
+        assert_eq!(versions[0].map(|v| v.ts), Some(300), "the cache must show the newer write");
+        // Older than what is stored, newer than what the read saw: last write wins keeps 300.
+        st.apply(&[record(key, 200)]).expect("older write");
+        let now = st.get(key).expect("get").expect("stored");
+        assert_eq!(now.version.ts, 300, "an older write replaced a newer one");
+        assert_eq!(now.value.as_deref(), Some(&b"v300"[..]));
     }
 }
