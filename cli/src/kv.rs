@@ -197,6 +197,10 @@ pub struct BenchKvArgs {
     /// [default: --ops].
     #[arg(long)]
     keys: Option<u64>,
+    /// Reads go through the keys in order, like writes, instead of at random (to check every
+    /// key: with --ratio 1:0 --ops K --keys K, each key is read once).
+    #[arg(long)]
+    reads_in_order: bool,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -277,7 +281,7 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
     for (wid, mut hist) in hists.into_iter().enumerate() {
         let (transport, counts, next, value, addrs) =
             (transport.clone(), counts.clone(), next.clone(), value.clone(), addrs.clone());
-        let (ops, cl) = (a.ops, a.consistency);
+        let (ops, cl, in_order) = (a.ops, a.consistency, a.reads_in_order);
         workers.push(tokio::spawn(async move {
             let mut rng =
                 0x9e37_79b9_7f4a_7c15u64 ^ (wid as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -293,10 +297,8 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
                 let is_read = (rng % u64::from(r + w)) < u64::from(r);
                 let addr = addrs[(i % addrs.len() as u64) as usize];
                 let req = if is_read {
-                    Request::KvGet {
-                        key: format!("bench-{:010}", (rng >> 11) % keys).into_bytes(),
-                        consistency: cl,
-                    }
+                    let k = if in_order { i % keys } else { (rng >> 11) % keys };
+                    Request::KvGet { key: format!("bench-{k:010}").into_bytes(), consistency: cl }
                 } else {
                     Request::KvPut {
                         key: format!("bench-{:010}", i % keys).into_bytes(),

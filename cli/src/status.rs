@@ -51,6 +51,9 @@ pub fn render(s: &Status) -> String {
             kv.hints_replayed,
             kv.fallback_writes
         );
+        if let Some(why) = &kv.storage_failure {
+            let _ = writeln!(out, "STORAGE FAILED, no writes taken until restarted: {why}");
+        }
     }
     let _ = writeln!(
         out,

@@ -169,7 +169,7 @@ impl Collector for StatusCollector {
                 ),
             ];
             encode_counters(&mut encoder, &kv_counters)?;
-            let kv_gauges: [(&str, &str, i64); 4] = [
+            let kv_gauges: [(&str, &str, i64); 5] = [
                 ("kv_hints_pending", "Hints waiting for their replica", kv.hints_pending as i64),
                 (
                     "kv_keys_estimate",
@@ -185,6 +185,11 @@ impl Collector for StatusCollector {
                     "kv_version_cache_capacity",
                     "Most keys the version cache holds (0: off)",
                     kv.version_cache_capacity as i64,
+                ),
+                (
+                    "kv_storage_failed",
+                    "1 once a write or WAL sync failed: the node takes no more writes until restarted",
+                    i64::from(kv.storage_failure.is_some()),
                 ),
             ];
             encode_gauges(&mut encoder, &kv_gauges)?;

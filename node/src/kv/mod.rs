@@ -140,6 +140,9 @@ pub struct KvStatus {
     /// The version cache's capacity in keys (0: no cache).
     #[serde(default)]
     pub version_cache_capacity: u64,
+    /// Why the local store refuses writes (a failed write or WAL sync), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_failure: Option<String>,
 }
 
 /// A successful write.
@@ -316,6 +319,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             fallback_writes: l(&s.fallback_writes),
             version_cache_keys: cache.0,
             version_cache_capacity: cache.1,
+            storage_failure: self.inner.storage.failure(),
         }
     }
 

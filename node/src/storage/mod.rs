@@ -29,6 +29,12 @@ pub enum StorageError {
     /// Bytes read from disk are not a valid record: the file is corrupt.
     #[error("corrupt record in {cf} at key {key}: {why}")]
     Corrupt { cf: &'static str, key: String, why: String },
+    /// A write or a WAL sync failed earlier; the store takes no more writes until a restart.
+    #[error(
+        "storage failed and takes no more writes: {0}; free disk space if it is full, then \
+         restart the node (its acknowledged writes are kept)"
+    )]
+    Failed(String),
 }
 
 /// A hint: a record to deliver to `target` when it is reachable again.
@@ -94,6 +100,11 @@ pub trait Storage: Send + Sync + 'static {
     /// True when writes wait for the disk (fsync) and must not run on an async thread.
     fn slow_writes(&self) -> bool {
         false
+    }
+    /// Why the store refuses writes, once a write or a WAL sync has failed (a full disk, an I/O
+    /// error): from then on every write fails with this, until the node is restarted.
+    fn failure(&self) -> Option<String> {
+        None
     }
 }
 

@@ -14,14 +14,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    IteratorMode, MergeOperands, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    IteratorMode, LogLevel, MergeOperands, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use starling_ring::Range;
 use starling_wire::{Record, Version};
@@ -88,11 +88,24 @@ pub struct RocksStorage {
     /// Stored versions of recent keys; changed only under `apply_lock` (see [`super::versions`]).
     versions: Option<VersionCache>,
     apply_lock: Mutex<()>,
+    /// Set by the first failed write or WAL sync (see [`RocksStorage::write_with`]).
+    failed: Arc<OnceLock<String>>,
 }
 
 impl std::fmt::Debug for RocksStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RocksStorage").field("path", &self.db.path()).finish()
+    }
+}
+
+/// Marks the store failed (the first reason stays) and says so once in the log.
+fn fail(failed: &OnceLock<String>, why: String) {
+    if failed.set(why.clone()).is_ok() {
+        tracing::error!(
+            error = %why,
+            "storage failed: this node takes no more writes until it is restarted \
+             (free disk space first if it is full); reads go on"
+        );
     }
 }
 
@@ -135,6 +148,11 @@ impl RocksStorage {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_open_files(512);
         db_opts.set_keep_log_file_num(4);
+        // RocksDB's own info LOG keeps fatal messages only. It lives on the data disk, and once
+        // a write to it has failed (a full disk) the next log line aborts the process in the
+        // assertion-enabled builds Linux distributions ship: on a full disk RocksDB logs its
+        // own write error, which would take the node down. Starling logs storage errors itself.
+        db_opts.set_log_level(LogLevel::Fatal);
         db_opts.increase_parallelism(2);
         // The small `hints` and `meta` families rarely fill a memtable, and a log file is kept
         // until every family has flushed what it holds: past this size RocksDB flushes them, so
@@ -186,19 +204,25 @@ impl RocksStorage {
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(cfg.sync == SyncMode::Always);
         let dirty = Arc::new(AtomicBool::new(false));
+        let failed: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
         let syncer = match cfg.sync {
             SyncMode::Always => None,
             SyncMode::Periodic(every) => {
                 let stop = Arc::new(AtomicBool::new(false));
                 let (db, dirty, stop2) = (db.clone(), dirty.clone(), stop.clone());
+                let failed = failed.clone();
                 let handle = std::thread::Builder::new()
                     .name("wal-sync".into())
                     .spawn(move || {
                         while !stop2.load(Ordering::Relaxed) {
                             std::thread::sleep(every);
-                            if dirty.swap(false, Ordering::AcqRel) {
+                            // Never sync a log after a failed write: RocksDB does not expect it
+                            // (its debug builds abort).
+                            if failed.get().is_none() && dirty.swap(false, Ordering::AcqRel) {
                                 if let Err(e) = db.flush_wal(true) {
-                                    tracing::error!(error = %e, "WAL fsync failed");
+                                    // What the failed fsync covered may be gone from the page
+                                    // cache: nothing may be acknowledged on top of it.
+                                    fail(&failed, format!("WAL fsync: {e}"));
                                 }
                             }
                         }
@@ -229,6 +253,7 @@ impl RocksStorage {
             always,
             versions,
             apply_lock: Mutex::new(()),
+            failed,
         })
     }
 
@@ -239,9 +264,28 @@ impl RocksStorage {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        self.db.write_opt(batch, &self.write_opts).map_err(engine)?;
-        self.dirty.store(true, Ordering::Release);
-        Ok(())
+        self.write_with(batch, &self.write_opts)
+    }
+
+    /// Every write goes through here. The first failure (a full disk, an I/O error) fails the
+    /// store: later writes are refused without touching RocksDB, whose log writer is not to be
+    /// used again after an error, and the WAL is no longer synced. Reads go on. Cassandra's
+    /// `disk_failure_policy: stop` does the same for the node as a whole.
+    fn write_with(&self, batch: WriteBatch, opts: &WriteOptions) -> Result<(), StorageError> {
+        if let Some(why) = self.failed.get() {
+            return Err(StorageError::Failed(why.clone()));
+        }
+        match self.db.write_opt(batch, opts) {
+            Ok(()) => {
+                self.dirty.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("write: {e}");
+                fail(&self.failed, why.clone());
+                Err(StorageError::Failed(why))
+            }
+        }
     }
 
     /// Compacts everything now (tests: tombstone expiry; benchmarks: steady-state memory).
@@ -264,7 +308,9 @@ impl Drop for RocksStorage {
             stop.store(true, Ordering::Relaxed);
             let _ = handle.join();
         }
-        let _ = self.db.flush_wal(true);
+        if self.failed.get().is_none() {
+            let _ = self.db.flush_wal(true);
+        }
     }
 }
 
@@ -485,7 +531,7 @@ impl Storage for RocksStorage {
         batch.put_cf(self.cf(CF_META)?, name, value);
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        self.db.write_opt(batch, &opts).map_err(engine)
+        self.write_with(batch, &opts)
     }
 
     fn version_cache(&self) -> Option<(u64, u64)> {
@@ -494,6 +540,10 @@ impl Storage for RocksStorage {
 
     fn slow_writes(&self) -> bool {
         self.always
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed.get().cloned()
     }
 
     fn approximate_keys(&self) -> u64 {
