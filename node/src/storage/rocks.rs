@@ -369,25 +369,27 @@ impl Storage for RocksStorage {
 
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Record>>, StorageError> {
         let cf = self.cf(CF_DATA)?;
-        // Each key's stripe epoch before the read: the cache is filled with what was read only if
-        // no write to the stripe landed since (see `versions.rs`).
-        let before: Vec<(KeyHash, u64)> = match &self.versions {
-            Some(cache) => keys
-                .iter()
-                .map(|k| {
-                    let h = key_hash(k);
-                    (h, cache.epoch(h))
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        // Each key's storage key and, with a cache, its stripe epoch before the read: the cache is
+        // filled with what was read only if no write to the stripe landed since (see
+        // `versions.rs`). One blake3 hash per key gives both the storage key and the cache index.
+        let mut data_keys: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
+        let mut before: Vec<(KeyHash, u64)> = Vec::new();
+        for k in keys {
+            match &self.versions {
+                Some(cache) => {
+                    let (data_key, hash) = keyed(k);
+                    data_keys.push(data_key);
+                    before.push((hash, cache.epoch(hash)));
+                }
+                None => data_keys.push(data_key(k)),
+            }
+        }
         let mut out = Vec::with_capacity(keys.len());
-        if let [key] = keys {
-            out.push(self.db.get_pinned_cf(cf, data_key(key)).map_err(engine).and_then(|v| {
+        if let ([key], [data_key]) = (keys, &data_keys[..]) {
+            out.push(self.db.get_pinned_cf(cf, data_key).map_err(engine).and_then(|v| {
                 v.map(|v| decode_value(key, &v).map_err(|e| corrupt(CF_DATA, key, e))).transpose()
             })?);
         } else {
-            let data_keys: Vec<Vec<u8>> = keys.iter().map(|k| data_key(k)).collect();
             let found = self.db.batched_multi_get_cf(cf, &data_keys, false);
             for (k, r) in keys.iter().zip(found) {
                 out.push(match r.map_err(engine)? {
@@ -410,8 +412,8 @@ impl Storage for RocksStorage {
             if guard.is_some() {
                 for ((hash, epoch), record) in before.into_iter().zip(&out) {
                     if cache.epoch(hash) == epoch {
-                        let stored = record.as_ref().map(|r| (r.version, r.value.is_none()));
-                        cache.set(hash, stored.map(|(v, _)| v), stored.is_some_and(|(_, t)| t));
+                        let tombstone = record.as_ref().is_some_and(|r| r.value.is_none());
+                        cache.set(hash, record.as_ref().map(|r| r.version), tombstone);
                     }
                 }
             }
