@@ -142,15 +142,17 @@ pub async fn run(node: &str, auth: &Auth, cmd: &KvCmd) -> Result<()> {
                 consistency: opts.consistency,
             };
             match client.call(req).await? {
-                Response::KvWritten { version, acked, required } => {
+                Response::KvWritten { version, acked, required, superseded } => {
+                    let version_json = |v: starling_wire::Version| serde_json::json!({"ts": v.ts, "node": format!("{:032x}", v.node), "written_at_ms": v.millis()});
                     if opts.json {
                         let j = serde_json::json!({
                             "key": key,
                             "deleted": deleting,
-                            "version": {"ts": version.ts, "node": format!("{:032x}", version.node), "written_at_ms": version.millis()},
+                            "version": version_json(version),
                             "acked": acked,
                             "required": required,
                             "consistency": opts.consistency.as_str(),
+                            "superseded_by": superseded.map(version_json),
                         });
                         println!("{}", serde_json::to_string_pretty(&j)?);
                     } else {
@@ -159,6 +161,14 @@ pub async fn run(node: &str, auth: &Auth, cmd: &KvCmd) -> Result<()> {
                             if deleting { "deleted" } else { "stored" },
                             opts.consistency
                         );
+                        if let Some(newer) = superseded {
+                            eprintln!(
+                                "warning: a replica already held a newer version of {key:?} \
+                                 (written at {} ms by node {:032x}); reads return that one",
+                                newer.millis(),
+                                newer.node
+                            );
+                        }
                     }
                     Ok(())
                 }

@@ -168,6 +168,7 @@ pub async fn run<T: Transport>(
                 info.replication,
                 &ring_members(&gossip),
                 Some(&previous),
+                std::time::Instant::now(),
             ));
             let digest = next.ring.digest();
             if !Arc::ptr_eq(&previous.ring, &next.ring) {

@@ -289,7 +289,7 @@ impl Cluster {
         let req =
             Request::KvPut { key: key.to_vec(), value: value.map(<[u8]>::to_vec), consistency };
         match self.call(i, req).await? {
-            Response::KvWritten { version, acked, required } => {
+            Response::KvWritten { version, acked, required, .. } => {
                 assert!(acked >= required, "acked {acked} < required {required}");
                 Ok(Record { key: key.to_vec(), version, value: value.map(<[u8]>::to_vec) })
             }

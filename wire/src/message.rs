@@ -74,7 +74,15 @@ pub enum Response {
     /// The bytes of a [`Request::Echo`].
     Echo(#[serde(with = "crate::bin")] Vec<u8>),
     /// A write was acknowledged by `acked` replicas (at least as many as its level needs).
-    KvWritten { version: Version, acked: u32, required: u32 },
+    /// `superseded`: a replica already held this newer version of the key, so the write lost to
+    /// it (last write wins) and reads will not return it.
+    KvWritten {
+        version: Version,
+        acked: u32,
+        required: u32,
+        #[serde(default)]
+        superseded: Option<Version>,
+    },
     /// The newest record among the `replicas` that answered (`None`: no replica has the key; a
     /// tombstone means it was deleted).
     KvValue { record: Option<Record>, replicas: u32 },
@@ -91,6 +99,10 @@ pub enum Response {
     },
     /// Answers to a [`Request::ReplicaVersions`], one per key, in order (`None`: not stored).
     ReplicaVersions(Vec<Option<Version>>),
+    /// Answer to a [`Request::ReplicaWrite`]: the records are in the replica's write-ahead log.
+    /// One entry per record, in order: the newer version the replica already held for that key
+    /// (the record lost to it), or `None`.
+    ReplicaWritten(Vec<Option<Version>>),
     /// The request failed; `code` is for programs, `message` for people.
     Error {
         /// Machine-readable category.

@@ -58,9 +58,16 @@ fn arb_read_answer() -> impl Strategy<Value = ReadAnswer> {
 
 fn arb_kv_response() -> impl Strategy<Value = Response> {
     prop_oneof![
-        (arb_version(), any::<u32>(), any::<u32>()).prop_map(|(version, acked, required)| {
-            Response::KvWritten { version, acked, required }
-        }),
+        (arb_version(), any::<u32>(), any::<u32>(), proptest::option::of(arb_version())).prop_map(
+            |(version, acked, required, superseded)| Response::KvWritten {
+                version,
+                acked,
+                required,
+                superseded
+            }
+        ),
+        proptest::collection::vec(proptest::option::of(arb_version()), 0..8)
+            .prop_map(Response::ReplicaWritten),
         // Tombstones come from arb_record's `value: None`.
         (proptest::option::of(arb_record()), any::<u32>())
             .prop_map(|(record, replicas)| Response::KvValue { record, replicas }),
@@ -296,7 +303,12 @@ fn extreme_versions_round_trip() {
         let rec = Record { key: b"k".to_vec(), version, value: None };
         let msgs = [
             Msg::Req(Request::ReplicaWrite(vec![rec.clone()])),
-            Msg::Resp(Response::KvWritten { version, acked: u32::MAX, required: 0 }),
+            Msg::Resp(Response::KvWritten {
+                version,
+                acked: u32::MAX,
+                required: 0,
+                superseded: Some(version),
+            }),
             Msg::Resp(Response::KvValue { record: Some(rec.clone()), replicas: 3 }),
             Msg::Resp(Response::ReplicaRecordMany(vec![
                 ReadAnswer::Found(rec.clone()),

@@ -16,7 +16,9 @@ use tracing::debug;
 
 use crate::transport::Transport;
 
-type WriteItem = (Record, oneshot::Sender<bool>);
+/// `None`: the write failed; `Some(newer)`: stored, `newer` the version the replica already held
+/// if it was newer.
+type WriteItem = (Record, oneshot::Sender<Option<Option<Version>>>);
 type WriteQueue = Vec<WriteItem>;
 /// `None`: the read failed; `Some(answer)` otherwise.
 type ReadItem = (Vec<u8>, oneshot::Sender<Option<Option<Record>>>);
@@ -90,8 +92,13 @@ impl<T: Transport> PeerBatcher<T> {
         });
     }
 
-    /// Sends `record` to the replica at `addr` in the next batch; true once it acknowledged.
-    pub(crate) async fn write(self: &Arc<Self>, addr: SocketAddr, record: Record) -> bool {
+    /// Sends `record` to the replica at `addr` in the next batch: `Some(newer)` once it
+    /// acknowledged (`newer`: the newer version it already held, if so), `None` if it failed.
+    pub(crate) async fn write(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        record: Record,
+    ) -> Option<Option<Version>> {
         let (tx, rx) = oneshot::channel();
         if self.writes.push(addr, (record, tx)) {
             self.schedule(move |me| async move {
@@ -99,7 +106,7 @@ impl<T: Transport> PeerBatcher<T> {
                 me.flush_writes(addr, batch).await;
             });
         }
-        rx.await.unwrap_or(false)
+        rx.await.ok().flatten()
     }
 
     async fn flush_writes(&self, addr: SocketAddr, mut batch: WriteQueue) {
@@ -114,23 +121,27 @@ impl<T: Transport> PeerBatcher<T> {
             }
             let rest = batch.split_off(n);
             let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
-            let ok = match self
+            let n = records.len();
+            let answers: Vec<Option<Option<Version>>> = match self
                 .transport
                 .request_within(addr, Request::ReplicaWrite(records), self.timeout)
                 .await
             {
-                Ok(Response::Ok) => true,
+                Ok(Response::Ok) => vec![Some(None); n],
+                Ok(Response::ReplicaWritten(newer)) if newer.len() == n => {
+                    newer.into_iter().map(Some).collect()
+                }
                 Ok(other) => {
                     debug!(peer = %addr, resp = ?other, "replica refused writes");
-                    false
+                    vec![None; n]
                 }
                 Err(e) => {
                     debug!(peer = %addr, error = %e, "replica writes failed");
-                    false
+                    vec![None; n]
                 }
             };
-            for w in waiters {
-                let _ = w.send(ok);
+            for (w, a) in waiters.into_iter().zip(answers) {
+                let _ = w.send(a);
             }
             batch = rest;
         }

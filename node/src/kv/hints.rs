@@ -12,7 +12,7 @@ use starling_ring::NodeKey;
 use starling_wire::{Request, Response};
 use tracing::{debug, info, warn};
 
-use super::hlc::wall_millis;
+use super::wall_millis;
 use super::Kv;
 use crate::storage::Storage;
 use crate::transport::Transport;

@@ -17,86 +17,38 @@
 //! writing anything; one that is sent but not met in time fails with `timeout`, and then the
 //! write may exist on some replicas (as in Cassandra, a retry is safe: last write wins).
 
+//!
+//! The protocol of each request (placement, levels, stand-ins, the tally, digest reads,
+//! speculative retry, read repair, deadlines) is the sans-IO state machines of `starling-kv`
+//! ([`WriteOp`], [`ReadOp`]); this module drives them: it carries their sends out over the
+//! transport and the local store, and feeds the answers and the time back.
+
 mod batch;
 pub mod bootstrap;
 pub mod hints;
-pub mod hlc;
-pub mod view;
 pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
-use starling_ring::{token_of, NodeKey};
+use starling_kv::{hlc::Hlc, Answer, Op, Outgoing, ReadOp, Send, SendId, WriteOp};
+use starling_ring::NodeKey;
 use starling_wire::{check_key_value, Consistency, ErrorCode, Record, Request, Response, Version};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::storage::Storage;
 use crate::transport::Transport;
-use hlc::Hlc;
-use view::RingView;
 use writer::Writer;
 
-/// Settings of the KV layer.
-#[derive(Debug, Clone)]
-pub struct KvConfig {
-    /// Replicas per key (`N`).
-    pub replication: usize,
-    /// How long a coordinator waits for write acknowledgements.
-    pub write_timeout: Duration,
-    /// How long a coordinator waits for read answers.
-    pub read_timeout: Duration,
-    /// Hints are kept for a replica down at most this long, and dropped when older.
-    pub hint_window: Duration,
-    /// A read that lacks answers this long after it was sent also asks the next replica.
-    pub speculative_retry: Duration,
-    /// Sloppy quorum: a write whose replicas gossip shows down is handed to the next healthy
-    /// nodes on the ring instead, which keep it as a hint for the replica; their acknowledgements
-    /// count toward the write's level.
-    pub sloppy_quorum: bool,
-}
+pub use starling_kv::{hlc, view, KvConfig, KvError, Read, RingView, Written};
 
-impl Default for KvConfig {
-    fn default() -> Self {
-        KvConfig {
-            replication: 3,
-            write_timeout: Duration::from_secs(2),
-            read_timeout: Duration::from_secs(2),
-            hint_window: Duration::from_secs(3 * 3600),
-            speculative_retry: Duration::from_millis(100),
-            sloppy_quorum: true,
-        }
-    }
-}
-
-/// Why a KV request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KvError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Timeout(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl KvError {
-    /// The wire form.
-    pub fn to_response(&self) -> Response {
-        let code = match self {
-            KvError::BadRequest(_) => ErrorCode::BadRequest,
-            KvError::Unavailable(_) => ErrorCode::Unavailable,
-            KvError::Timeout(_) => ErrorCode::Timeout,
-            KvError::Internal(_) => ErrorCode::Internal,
-        };
-        Response::error(code, self.to_string())
-    }
+/// Milliseconds since the Unix epoch, now: the wall clock the HLC and the hint window read.
+pub fn wall_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Counters since start (shown in `/status` and `/metrics`).
@@ -113,6 +65,8 @@ pub struct KvStats {
     pub replica_writes: AtomicU64,
     pub replica_reads: AtomicU64,
     pub fallback_writes: AtomicU64,
+    pub superseded_writes: AtomicU64,
+    pub refused_ahead: AtomicU64,
 }
 
 /// A snapshot of [`KvStats`] plus the store's size.
@@ -140,24 +94,16 @@ pub struct KvStatus {
     /// The version cache's capacity in keys (0: no cache).
     #[serde(default)]
     pub version_cache_capacity: u64,
+    /// Writes acknowledged as superseded: a replica already held a newer version.
+    #[serde(default)]
+    pub superseded_writes: u64,
+    /// Replica writes refused because their version was further ahead of this node's clock
+    /// than the maximum clock offset.
+    #[serde(default)]
+    pub refused_ahead: u64,
     /// Why the local store refuses writes (a failed write or WAL sync), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_failure: Option<String>,
-}
-
-/// A successful write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    pub version: Version,
-    pub acked: u32,
-    pub required: u32,
-}
-
-/// A successful read: the newest record among `replicas` answers (`None`: no replica has it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Read {
-    pub record: Option<Record>,
-    pub replicas: u32,
 }
 
 /// The KV layer of one node: coordinator and replica. Cheap to clone.
@@ -188,72 +134,6 @@ struct Inner<T, S> {
     stats: KvStats,
     hints: hints::HintIndex,
     batcher: Arc<batch::PeerBatcher<T>>,
-}
-
-/// One replica's answer to a read.
-enum Answer {
-    /// Its whole record (`None`: it stores nothing for the key).
-    Record(Option<Record>),
-    /// Only its version (a digest read).
-    Digest(Option<Version>),
-}
-
-impl Answer {
-    fn version(&self) -> Option<Version> {
-        match self {
-            Answer::Record(r) => r.as_ref().map(|r| r.version),
-            Answer::Digest(v) => *v,
-        }
-    }
-}
-
-/// How one replica's part of a write ended.
-enum Ack {
-    Stored,
-    /// A fallback node keeps it as a hint for the replica (sloppy quorum).
-    HandedOff,
-    /// This node keeps it as a hint.
-    Hinted,
-    Failed,
-}
-
-fn quorum(n: usize) -> usize {
-    n / 2 + 1
-}
-
-/// Sloppy quorum (Dynamo §4.6): for each write target gossip shows down, a stand-in: the next
-/// up ring node clockwise (in preference-list order past the replicas) that is not a target
-/// itself. Pairs `(down target, fallback)`; fewer when the ring has no more healthy nodes.
-/// "1 is up", "2 are up": for `unavailable` messages.
-fn up_count(n: usize) -> String {
-    if n == 1 {
-        "1 is up".to_string()
-    } else {
-        format!("{n} are up")
-    }
-}
-
-fn fallbacks(
-    view: &RingView,
-    token: starling_ring::Token,
-    targets: &[NodeKey],
-    hint_window: Duration,
-) -> Vec<(NodeKey, NodeKey)> {
-    // A replica down longer than the hint window gets no hints, so no stand-in either.
-    let down: Vec<NodeKey> = targets
-        .iter()
-        .filter(|t| !view.is_up(**t))
-        .filter(|t| view.down.get(t).is_none_or(|since| since.elapsed() <= hint_window))
-        .copied()
-        .collect();
-    if down.is_empty() {
-        return Vec::new();
-    }
-    let everyone = view.ring.replicas(token, view.ring.nodes().count());
-    let spare = everyone
-        .into_iter()
-        .filter(|id| !targets.contains(id) && view.is_up(*id) && !view.left.contains(id));
-    down.into_iter().zip(spare).collect()
 }
 
 impl<T: Transport, S: Storage> Kv<T, S> {
@@ -317,6 +197,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             replica_writes: l(&s.replica_writes),
             replica_reads: l(&s.replica_reads),
             fallback_writes: l(&s.fallback_writes),
+            superseded_writes: l(&s.superseded_writes),
+            refused_ahead: l(&s.refused_ahead),
             version_cache_keys: cache.0,
             version_cache_capacity: cache.1,
             storage_failure: self.inner.storage.failure(),
@@ -332,6 +214,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                         version: w.version,
                         acked: w.acked,
                         required: w.required,
+                        superseded: w.superseded,
                     },
                     Err(e) => e.to_response(),
                 }
@@ -383,24 +266,51 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         })
     }
 
-    /// A replica stores records sent by a coordinator, a hint replay, read repair or a stream.
+    /// A replica stores records sent by a coordinator, a hint replay, read repair or a stream,
+    /// and says for each whether it already held a newer version (the record lost to it).
     async fn replica_write(&self, records: Vec<Record>) -> Response {
-        for r in &records {
-            if let Err(e) = check_key_value(&r.key, r.value.as_deref()) {
-                return Response::error(ErrorCode::BadRequest, e);
-            }
+        if let Err(refused) = self.check_incoming(&records) {
+            return refused;
         }
-        if let Some(max) = records.iter().map(|r| r.version.ts).max() {
-            self.inner.hlc.observe(max);
-        }
+        let keys: Vec<&[u8]> = records.iter().map(|r| r.key.as_slice()).collect();
+        let held = match self.inner.storage.versions(&keys) {
+            Ok(v) => v,
+            Err(e) => return Response::error(ErrorCode::Internal, format!("replica read: {e}")),
+        };
+        let newer: Vec<Option<Version>> =
+            records.iter().zip(held).map(|(r, held)| held.filter(|h| *h > r.version)).collect();
         let n = records.len() as u64;
         match self.inner.writer.apply(records).await {
             Ok(()) => {
                 self.inner.stats.replica_writes.fetch_add(n, Ordering::Relaxed);
-                Response::Ok
+                if newer.iter().all(Option::is_none) {
+                    Response::Ok
+                } else {
+                    Response::ReplicaWritten(newer)
+                }
             }
             Err(e) => Response::error(ErrorCode::Unavailable, format!("replica cannot write: {e}")),
         }
+    }
+
+    /// Refuses records that are not valid, or whose version is further ahead of this node's
+    /// clock than the maximum clock offset (a coordinator with a broken clock must not plant
+    /// versions no later write can beat); otherwise moves this node's clock past them.
+    fn check_incoming(&self, records: &[Record]) -> Result<(), Response> {
+        for r in records {
+            if let Err(e) = check_key_value(&r.key, r.value.as_deref()) {
+                return Err(Response::error(ErrorCode::BadRequest, e));
+            }
+        }
+        if let Some(max) = records.iter().map(|r| r.version.ts).max() {
+            let bound = self.inner.cfg.max_clock_offset.as_millis() as u64;
+            if let Err(e) = self.inner.hlc.observe(max, wall_millis(), bound) {
+                self.inner.stats.refused_ahead.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "refused a write from the future");
+                return Err(Response::error(ErrorCode::BadRequest, e.to_string()));
+            }
+        }
+        Ok(())
     }
 
     /// A fallback node (sloppy quorum) keeps records for `target` as hints.
@@ -408,10 +318,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         if target == self.inner.me {
             return self.replica_write(records).await;
         }
-        for r in &records {
-            if let Err(e) = check_key_value(&r.key, r.value.as_deref()) {
-                return Response::error(ErrorCode::BadRequest, e);
-            }
+        if let Err(refused) = self.check_incoming(&records) {
+            return refused;
         }
         let view = self.view();
         if view.left.contains(&target) {
@@ -420,15 +328,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 format!("{target:032x} left the cluster"),
             );
         }
-        if view.down.get(&target).is_some_and(|since| since.elapsed() > self.inner.cfg.hint_window)
+        if view
+            .down_for(target, std::time::Instant::now())
+            .is_some_and(|d| d > self.inner.cfg.hint_window)
         {
             return Response::error(
                 ErrorCode::Unavailable,
                 format!("{target:032x} has been down longer than the hint window"),
             );
-        }
-        if let Some(max) = records.iter().map(|r| r.version.ts).max() {
-            self.inner.hlc.observe(max);
         }
         let n = records.len() as u64;
         match self.inner.writer.put_hints(records.into_iter().map(|r| (target, r)).collect()).await
@@ -452,8 +359,15 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         let r = self.put_inner(key, value, level).await;
         let s = &self.inner.stats;
         match &r {
-            Ok(_) => s.writes.fetch_add(1, Ordering::Relaxed),
-            Err(_) => s.write_failures.fetch_add(1, Ordering::Relaxed),
+            Ok(w) => {
+                s.writes.fetch_add(1, Ordering::Relaxed);
+                if w.superseded.is_some() {
+                    s.superseded_writes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                s.write_failures.fetch_add(1, Ordering::Relaxed);
+            }
         };
         r
     }
@@ -466,196 +380,10 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     ) -> Result<Written, KvError> {
         check_key_value(&key, value.as_deref()).map_err(KvError::BadRequest)?;
         let view = self.view();
-        if view.ring.is_empty() {
-            return Err(KvError::Unavailable(
-                "no node owns any token yet (the cluster is still starting)".into(),
-            ));
-        }
-        let token = token_of(&key);
-        let (natural, pending) = view.placement.write_set(token);
-        let n = natural.len();
-        let required = match level {
-            Consistency::Any => 1,
-            Consistency::One => 1 + pending.len(),
-            Consistency::Quorum => quorum(n) + pending.len(),
-            Consistency::All => n + pending.len(),
-        };
-        let targets: Vec<NodeKey> = natural.iter().chain(pending).copied().collect();
-        let up = targets.iter().filter(|t| view.is_up(**t)).count();
-        // Stand-ins count toward `one` and `quorum`; `all` means every replica, and `any` counts
-        // this node's own hints already.
-        let sloppy =
-            self.inner.cfg.sloppy_quorum && matches!(level, Consistency::One | Consistency::Quorum);
-        let fallbacks = if sloppy {
-            fallbacks(&view, token, &targets, self.inner.cfg.hint_window)
-        } else {
-            Vec::new()
-        };
-        if level != Consistency::Any && up + fallbacks.len() < required {
-            return Err(KvError::Unavailable(format!(
-                "{level} write needs {required} of {} replicas, but only {}{}",
-                targets.len(),
-                up_count(up),
-                if sloppy {
-                    match fallbacks.len() {
-                        1 => " and 1 other node can stand in".to_string(),
-                        n => format!(" and {n} other nodes can stand in"),
-                    }
-                } else {
-                    String::new()
-                }
-            )));
-        }
-        let record = Record {
-            key,
-            version: Version { ts: self.inner.hlc.now(), node: self.inner.me },
-            value,
-        };
-        let version = record.version;
-        let deadline = Instant::now() + self.inner.cfg.write_timeout;
-        let mut acks: FuturesUnordered<_> = targets
-            .iter()
-            .map(|&t| {
-                let kv = self.clone();
-                let view = view.clone();
-                let record = record.clone();
-                let fallback = fallbacks.iter().find(|(down, _)| *down == t).map(|(_, f)| *f);
-                async move {
-                    match fallback {
-                        Some(f) => kv.hand_off(&view, f, t, record, deadline).await,
-                        None => kv.write_replica(&view, t, record, deadline).await,
-                    }
-                }
-            })
-            .collect();
-        let (mut stored, mut handed, mut hinted) = (0usize, 0usize, 0usize);
-        let counted = |stored: usize, handed: usize, hinted: usize| {
-            if level == Consistency::Any {
-                stored + handed + hinted
-            } else {
-                stored + handed
-            }
-        };
-        while counted(stored, handed, hinted) < required {
-            match acks.next().await {
-                Some(Ack::Stored) => stored += 1,
-                Some(Ack::HandedOff) => handed += 1,
-                Some(Ack::Hinted) => hinted += 1,
-                Some(Ack::Failed) => {}
-                None => break,
-            }
-        }
-        if !acks.is_empty() {
-            // The rest finish in the background (their failures become hints).
-            tokio::spawn(async move { while acks.next().await.is_some() {} });
-        }
-        let got = counted(stored, handed, hinted);
-        if got < required {
-            return Err(KvError::Timeout(format!(
-                "{level} write: {} of {} replicas acknowledged within {} ms{}, {required} needed{}",
-                stored + handed,
-                targets.len(),
-                self.inner.cfg.write_timeout.as_millis(),
-                if handed > 0 {
-                    format!(" ({handed} through fallback nodes)")
-                } else {
-                    String::new()
-                },
-                if hinted > 0 {
-                    format!(" ({hinted} hinted for later delivery)")
-                } else {
-                    String::new()
-                }
-            )));
-        }
-        Ok(Written { version, acked: got as u32, required: required as u32 })
-    }
-
-    /// Sends one replica its copy; on failure stores a hint. Never takes longer than `deadline`
-    /// (plus the local hint write).
-    async fn write_replica(
-        &self,
-        view: &RingView,
-        target: NodeKey,
-        record: Record,
-        deadline: Instant,
-    ) -> Ack {
-        if target == self.inner.me {
-            return match self.inner.writer.apply(vec![record]).await {
-                Ok(()) => Ack::Stored,
-                Err(e) => {
-                    tracing::error!(error = %e, "local write failed");
-                    Ack::Failed
-                }
-            };
-        }
-        if view.is_up(target) {
-            if let Some(addr) = view.addrs.get(&target) {
-                let send = self.inner.batcher.write(*addr, record.clone());
-                if let Ok(true) = tokio::time::timeout_at(deadline, send).await {
-                    return Ack::Stored;
-                }
-            }
-        }
-        self.hint(view, target, record).await
-    }
-
-    /// Sloppy quorum: hands `record` for the down replica `target` to the fallback node, which
-    /// keeps it as a hint. If the fallback does not take it, this node keeps the hint (which then
-    /// does not count toward the quorum).
-    async fn hand_off(
-        &self,
-        view: &RingView,
-        fallback: NodeKey,
-        target: NodeKey,
-        record: Record,
-        deadline: Instant,
-    ) -> Ack {
-        if fallback == self.inner.me {
-            return match self.hint(view, target, record).await {
-                Ack::Hinted => {
-                    self.inner.stats.fallback_writes.fetch_add(1, Ordering::Relaxed);
-                    Ack::HandedOff
-                }
-                other => other,
-            };
-        }
-        if let Some(addr) = view.addrs.get(&fallback) {
-            let req = Request::ReplicaHint { target, records: vec![record.clone()] };
-            let timeout = deadline.saturating_duration_since(Instant::now());
-            match self.inner.transport.request_within(*addr, req, timeout).await {
-                Ok(Response::Ok) => {
-                    self.inner.stats.fallback_writes.fetch_add(1, Ordering::Relaxed);
-                    return Ack::HandedOff;
-                }
-                other => tracing::debug!(
-                    fallback = %format!("{fallback:032x}"),
-                    answer = ?other,
-                    "fallback node did not take the write"
-                ),
-            }
-        }
-        self.hint(view, target, record).await
-    }
-
-    /// Keeps `record` for `target` unless it has been down longer than the hint window.
-    async fn hint(&self, view: &RingView, target: NodeKey, record: Record) -> Ack {
-        if let Some(since) = view.down.get(&target) {
-            if since.elapsed() > self.inner.cfg.hint_window {
-                return Ack::Failed;
-            }
-        }
-        match self.inner.writer.put_hints(vec![(target, record)]).await {
-            Ok(()) => {
-                self.inner.hints.add(target, 1);
-                self.inner.stats.hints_stored.fetch_add(1, Ordering::Relaxed);
-                Ack::Hinted
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot store hint");
-                Ack::Failed
-            }
-        }
+        let version = Version { ts: self.inner.hlc.now(wall_millis()), node: self.inner.me };
+        let record = Record { key, version, value };
+        let op = WriteOp::start(std::time::Instant::now(), &self.inner.cfg, &view, level, record)?;
+        self.drive(view, op).await
     }
 
     /// Reads `key` at `level`.
@@ -663,221 +391,194 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         let r = self.get_inner(key, level).await;
         let s = &self.inner.stats;
         match &r {
-            Ok(_) => s.reads.fetch_add(1, Ordering::Relaxed),
-            Err(_) => s.read_failures.fetch_add(1, Ordering::Relaxed),
+            Ok(read) => {
+                s.reads.fetch_add(1, Ordering::Relaxed);
+                s.read_repairs.fetch_add(u64::from(read.repaired), Ordering::Relaxed);
+            }
+            Err(_) => {
+                s.read_failures.fetch_add(1, Ordering::Relaxed);
+            }
         };
         r
     }
 
     async fn get_inner(&self, key: Vec<u8>, level: Consistency) -> Result<Read, KvError> {
-        check_key_value(&key, None).map_err(KvError::BadRequest)?;
         let view = self.view();
-        if view.ring.is_empty() {
-            return Err(KvError::Unavailable(
-                "no node owns any token yet (the cluster is still starting)".into(),
-            ));
-        }
-        let natural = view.placement.replicas(token_of(&key));
-        let n = natural.len();
-        let required = match level {
-            Consistency::Any => {
-                return Err(KvError::BadRequest("consistency `any` is for writes only".into()))
-            }
-            Consistency::One => 1,
-            Consistency::Quorum => quorum(n),
-            Consistency::All => n,
-        };
-        // This node first (no network hop), then the others in ring order.
-        let mut candidates: Vec<NodeKey> =
-            natural.iter().copied().filter(|t| view.is_up(*t)).collect();
-        if candidates.len() < required {
-            return Err(KvError::Unavailable(format!(
-                "{level} read needs {required} of {n} replicas, but only {}",
-                up_count(candidates.len())
-            )));
-        }
-        if let Some(i) = candidates.iter().position(|t| *t == self.inner.me) {
-            candidates[..=i].rotate_right(1);
-        }
-        // Digest reads (Cassandra's): the first replica (this node when it is one) returns the
-        // record, the others only their version; the record travels once unless versions differ.
-        let deadline = Instant::now() + self.inner.cfg.read_timeout;
-        let mut asks = FuturesUnordered::new();
-        let (mut next, mut data_in_flight, mut have_record) = (0, 0usize, false);
-        while next < required {
-            let digest = next > 0;
-            data_in_flight += usize::from(!digest);
-            asks.push(self.read_replica(&view, candidates[next], key.clone(), deadline, digest));
-            next += 1;
-        }
-        let mut answers: Vec<(NodeKey, Answer)> = Vec::with_capacity(required);
-        // Speculative retry: replicas that have not answered by then may have failed without
-        // gossip knowing yet; ask one more (Cassandra's `speculative_retry`).
-        let speculate = tokio::time::sleep(self.inner.cfg.speculative_retry);
-        tokio::pin!(speculate);
-        let mut speculated = false;
-        while answers.len() < required {
-            let spare = next < candidates.len();
-            let answer = tokio::select! {
-                // Answers first: the local one is usually ready at once, and the timer need not
-                // be armed for it.
-                biased;
-                a = asks.next() => a,
-                _ = &mut speculate, if !speculated && spare => {
-                    speculated = true;
-                    data_in_flight += usize::from(!have_record);
-                    asks.push(self.read_replica(
-                        &view, candidates[next], key.clone(), deadline, have_record,
-                    ));
-                    next += 1;
-                    continue;
-                }
-            };
-            let Some((from, digest, answer)) = answer else { break };
-            data_in_flight -= usize::from(!digest);
-            match answer {
-                Some(a) => {
-                    have_record |= !digest;
-                    answers.push((from, a));
-                }
-                None => {
-                    // That replica failed: ask the next one, if any is left; for the record if
-                    // no other replica is sending it.
-                    if next < candidates.len() && Instant::now() < deadline {
-                        let digest = have_record || data_in_flight > 0;
-                        data_in_flight += usize::from(!digest);
-                        asks.push(self.read_replica(
-                            &view,
-                            candidates[next],
-                            key.clone(),
-                            deadline,
-                            digest,
-                        ));
-                        next += 1;
-                    }
-                }
-            }
-        }
-        drop(asks);
-        if answers.len() < required {
-            return Err(KvError::Timeout(format!(
-                "{level} read: {} of {n} replicas answered within {} ms, {required} needed",
-                answers.len(),
-                self.inner.cfg.read_timeout.as_millis()
-            )));
-        }
-        let newest = self.newest_record(&view, &key, &answers, deadline).await?;
-        if let Some(newest) = &newest {
-            let stale: Vec<NodeKey> = answers
-                .iter()
-                .filter(|(_, a)| a.version().is_none_or(|v| v < newest.version))
-                .map(|(id, _)| *id)
-                .collect();
-            if !stale.is_empty() {
-                self.repair(&view, &stale, newest, deadline).await;
-            }
-        }
-        Ok(Read { record: newest, replicas: answers.len() as u32 })
+        let op = ReadOp::start(std::time::Instant::now(), &self.inner.cfg, &view, level, key)?;
+        self.drive(view, op).await
     }
 
-    /// The newest record among `answers`. When only a digest shows the newest version, the
-    /// record is fetched from a replica that reported it.
-    async fn newest_record(
-        &self,
-        view: &RingView,
-        key: &[u8],
-        answers: &[(NodeKey, Answer)],
-        deadline: Instant,
-    ) -> Result<Option<Record>, KvError> {
-        let mut best: Option<Record> = answers
-            .iter()
-            .filter_map(|(_, a)| match a {
-                Answer::Record(r) => r.as_ref(),
-                Answer::Digest(_) => None,
-            })
-            .max_by_key(|r| r.version)
-            .cloned();
-        // Digests newer than every record at hand, newest first: fetch the record from them
-        // until one is at least as new as every claim left.
-        let mut claims: Vec<(NodeKey, Version)> = answers
-            .iter()
-            .filter_map(|(id, a)| match a {
-                Answer::Digest(Some(v)) => Some((*id, *v)),
-                _ => None,
-            })
-            .collect();
-        claims.sort_by_key(|c| std::cmp::Reverse(c.1));
-        let mut failed: Option<(NodeKey, Version)> = None;
-        for (holder, claim) in claims {
-            if best.as_ref().is_some_and(|b| b.version >= claim) {
-                break;
+    /// Runs `op` until its result; whatever it still awaits then (late replicas turning into
+    /// hints, read repairs past the level) finishes in a background task.
+    async fn drive<O>(&self, view: Arc<RingView>, mut op: O) -> Result<O::Output, KvError>
+    where
+        O: Op + std::marker::Send + 'static,
+    {
+        let mut inflight = FuturesUnordered::new();
+        loop {
+            while let Some(out) = op.poll_send() {
+                inflight.push(self.clone().carry(view.clone(), out));
             }
-            match self.read_replica(view, holder, key.to_vec(), deadline, false).await {
-                (_, _, Some(Answer::Record(Some(r)))) => {
-                    if best.as_ref().is_none_or(|b| r.version > b.version) {
-                        best = Some(r);
-                    }
+            if let Some(result) = op.poll_result() {
+                if !op.is_finished() {
+                    let kv = self.clone();
+                    tokio::spawn(async move {
+                        while !op.is_finished() {
+                            while let Some(out) = op.poll_send() {
+                                inflight.push(kv.clone().carry(view.clone(), out));
+                            }
+                            if !step(&mut op, &mut inflight).await {
+                                break;
+                            }
+                        }
+                    });
                 }
-                // It no longer holds that version (a tombstone compacted away since): the next
-                // claim decides.
-                (_, _, Some(_)) => {}
-                (_, _, None) => {
-                    failed.get_or_insert((holder, claim));
-                }
+                return result;
             }
-        }
-        match failed {
-            Some((id, claim)) if best.as_ref().is_none_or(|b| b.version < claim) => {
-                Err(KvError::Timeout(format!(
-                    "read: replica {id:032x} reported a newer version but did not send it within {} ms",
-                    self.inner.cfg.read_timeout.as_millis()
-                )))
+            if !step(&mut op, &mut inflight).await {
+                return Err(KvError::Internal("request ended without a result".into()));
             }
-            _ => Ok(best),
         }
     }
 
-    /// One replica's answer for `key`: its record, or only its version when `digest`.
-    /// `(id, digest, None)` if it failed.
-    async fn read_replica(
-        &self,
-        view: &RingView,
-        target: NodeKey,
-        key: Vec<u8>,
-        deadline: Instant,
-        digest: bool,
-    ) -> (NodeKey, bool, Option<Answer>) {
-        let answer = if target == self.inner.me {
-            let local = if digest {
-                self.inner.storage.versions(&[&key]).map(|v| Answer::Digest(v[0]))
-            } else {
-                self.inner.storage.get(&key).map(Answer::Record)
-            };
-            local.map_err(|e| tracing::error!(error = %e, "local read failed")).ok()
-        } else if let Some(addr) = view.addrs.get(&target) {
-            let read = async {
-                if digest {
-                    self.inner.batcher.version(*addr, key).await.map(Answer::Digest)
+    /// Carries one send out: over the network, or to this node's own store.
+    async fn carry(self, view: Arc<RingView>, out: Outgoing) -> (SendId, Answer) {
+        let me = self.inner.me;
+        let answer = match out.send {
+            Send::Write { to, record } if to == me => self.store_local(record).await,
+            Send::Write { to, record } => match view.addrs.get(&to) {
+                Some(addr) => match self.inner.batcher.write(*addr, record).await {
+                    Some(newer) => Answer::Stored { newer },
+                    None => Answer::Failed,
+                },
+                None => Answer::Failed,
+            },
+            Send::HandOff { via, target, record } => {
+                let answer = if via == me {
+                    self.keep_hint(&view, target, record).await
                 } else {
-                    self.inner.batcher.read(*addr, key).await.map(Answer::Record)
+                    self.hand_off(&view, via, target, record).await
+                };
+                if matches!(answer, Answer::Stored { .. }) {
+                    self.inner.stats.fallback_writes.fetch_add(1, Ordering::Relaxed);
                 }
-            };
-            tokio::time::timeout_at(deadline, read).await.ok().flatten()
-        } else {
-            None
+                answer
+            }
+            Send::Hint { target, record } => self.keep_hint(&view, target, record).await,
+            Send::Read { to, key, digest } => {
+                let answer = if to == me {
+                    let local = if digest {
+                        self.inner.storage.versions(&[&key]).map(|v| Answer::Digest(v[0]))
+                    } else {
+                        self.inner.storage.get(&key).map(Answer::Record)
+                    };
+                    local.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "local read failed");
+                        Answer::Failed
+                    })
+                } else if let Some(addr) = view.addrs.get(&to) {
+                    let read = if digest {
+                        self.inner.batcher.version(*addr, key).await.map(Answer::Digest)
+                    } else {
+                        self.inner.batcher.read(*addr, key).await.map(Answer::Record)
+                    };
+                    read.unwrap_or(Answer::Failed)
+                } else {
+                    Answer::Failed
+                };
+                let seen = match &answer {
+                    Answer::Record(Some(r)) => Some(r.version),
+                    Answer::Digest(v) => *v,
+                    _ => None,
+                };
+                if let Some(v) = seen {
+                    // A version from a clock too far ahead is not followed (its value still
+                    // wins by version).
+                    let bound = self.inner.cfg.max_clock_offset.as_millis() as u64;
+                    let _ = self.inner.hlc.observe(v.ts, wall_millis(), bound);
+                }
+                answer
+            }
         };
-        if let Some(v) = answer.as_ref().and_then(Answer::version) {
-            self.inner.hlc.observe(v.ts);
-        }
-        (target, digest, answer)
+        (out.id, answer)
     }
 
-    /// Writes the newest record back to replicas that answered with an older one, and waits for
-    /// them (until the read deadline), so the next quorum read sees at least this version.
-    async fn repair(&self, view: &RingView, stale: &[NodeKey], newest: &Record, deadline: Instant) {
-        self.inner.stats.read_repairs.fetch_add(stale.len() as u64, Ordering::Relaxed);
-        let mut repairs: FuturesUnordered<_> =
-            stale.iter().map(|&t| self.write_replica(view, t, newest.clone(), deadline)).collect();
-        while repairs.next().await.is_some() {}
+    /// This node's own replica write; says whether it already held a newer version.
+    async fn store_local(&self, record: Record) -> Answer {
+        let newer = match self.inner.storage.versions(&[&record.key]) {
+            Ok(v) => v[0].filter(|held| *held > record.version),
+            Err(e) => {
+                tracing::error!(error = %e, "local read failed");
+                return Answer::Failed;
+            }
+        };
+        match self.inner.writer.apply(vec![record]).await {
+            Ok(()) => Answer::Stored { newer },
+            Err(e) => {
+                tracing::error!(error = %e, "local write failed");
+                Answer::Failed
+            }
+        }
     }
+
+    /// Sloppy quorum: asks the stand-in `via` to keep `record` as a hint for `target`.
+    async fn hand_off(
+        &self,
+        view: &RingView,
+        via: NodeKey,
+        target: NodeKey,
+        record: Record,
+    ) -> Answer {
+        let Some(addr) = view.addrs.get(&via) else { return Answer::Failed };
+        let req = Request::ReplicaHint { target, records: vec![record] };
+        match self.inner.transport.request_within(*addr, req, self.inner.cfg.write_timeout).await {
+            Ok(Response::Ok) => Answer::Stored { newer: None },
+            other => {
+                tracing::debug!(
+                    fallback = %format!("{via:032x}"),
+                    answer = ?other,
+                    "fallback node did not take the write"
+                );
+                Answer::Failed
+            }
+        }
+    }
+
+    /// Keeps `record` for `target` in this node's hint store.
+    async fn keep_hint(&self, view: &RingView, target: NodeKey, record: Record) -> Answer {
+        if view.left.contains(&target) {
+            return Answer::Failed;
+        }
+        match self.inner.writer.put_hints(vec![(target, record)]).await {
+            Ok(()) => {
+                self.inner.hints.add(target, 1);
+                self.inner.stats.hints_stored.fetch_add(1, Ordering::Relaxed);
+                Answer::Stored { newer: None }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store hint");
+                Answer::Failed
+            }
+        }
+    }
+}
+
+/// One turn of a driven op: the next answer (answers first), or its timer. False if the op
+/// awaits nothing and has no timer (it cannot make progress).
+async fn step<O: Op>(
+    op: &mut O,
+    inflight: &mut FuturesUnordered<impl std::future::Future<Output = (SendId, Answer)>>,
+) -> bool {
+    let timer = op.poll_timeout();
+    tokio::select! {
+        biased;
+        Some((id, answer)) = inflight.next() => {
+            op.handle_answer(std::time::Instant::now(), id, answer);
+        }
+        _ = tokio::time::sleep_until(Instant::from_std(timer.unwrap_or_else(std::time::Instant::now))), if timer.is_some() => {
+            op.handle_timeout(std::time::Instant::now());
+        }
+        else => return false,
+    }
+    true
 }

@@ -64,14 +64,15 @@ impl RingView {
     }
 
     /// Builds the view from member states (this node included, with `down: false`). Members that
-    /// left, or have not published tokens yet, are not on the ring.
+    /// left, or have not published tokens yet, are not on the ring. `now` dates members newly seen
+    /// down.
     pub fn build(
         me: NodeKey,
         rf: usize,
         members: &[MemberRingState],
         previous: Option<&RingView>,
+        now: Instant,
     ) -> RingView {
-        let now = Instant::now();
         let mut nodes = Vec::new();
         let mut addrs = HashMap::new();
         let mut down = HashMap::new();
@@ -124,6 +125,11 @@ impl RingView {
     /// Whether requests should be sent to `id` (this node always; others unless gossip says down).
     pub fn is_up(&self, id: NodeKey) -> bool {
         id == self.me || (!self.down.contains_key(&id) && self.addrs.contains_key(&id))
+    }
+
+    /// How long `id` has been down at `now` (`None`: not down).
+    pub fn down_for(&self, id: NodeKey, now: Instant) -> Option<std::time::Duration> {
+        self.down.get(&id).map(|since| now.saturating_duration_since(*since))
     }
 }
 
