@@ -51,6 +51,20 @@ pub fn render(s: &Status) -> String {
             kv.hints_replayed,
             kv.fallback_writes
         );
+        if kv.max_clock_offset_ms > 0 && kv.clock_offset_ms.unsigned_abs() > kv.max_clock_offset_ms
+        {
+            let _ = writeln!(
+                out,
+                "CLOCK OFF by {} ms from {} peers (at most {} ms allowed): this node coordinates no writes until its clock is fixed",
+                kv.clock_offset_ms, kv.clock_peers, kv.max_clock_offset_ms
+            );
+        } else if kv.clock_peers > 0 {
+            let _ = writeln!(
+                out,
+                "clock: {:+} ms from the cluster ({} peers measured, at most {} ms allowed)",
+                kv.clock_offset_ms, kv.clock_peers, kv.max_clock_offset_ms
+            );
+        }
         if let Some(why) = &kv.storage_failure {
             let _ = writeln!(out, "STORAGE FAILED, no writes taken until restarted: {why}");
         }

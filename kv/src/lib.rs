@@ -38,6 +38,7 @@
 //! assert!(op.is_finished());
 //! ```
 
+pub mod clock;
 pub mod hlc;
 mod read;
 pub mod view;

@@ -77,6 +77,11 @@ pub struct Args {
     /// count [default: sloppy].
     #[arg(long, env = "STARLING_QUORUM")]
     pub quorum: Option<String>,
+    /// How far this node's clock may be from the cluster's (the median of its peers) before it
+    /// refuses to coordinate writes, and how far ahead of this node's clock a version it stores
+    /// may be, e.g. 500ms [default: 500ms].
+    #[arg(long, env = "STARLING_MAX_CLOCK_OFFSET")]
+    pub max_clock_offset: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -100,6 +105,7 @@ struct FileConfig {
     hint_window: Option<String>,
     version_cache: Option<usize>,
     quorum: Option<String>,
+    max_clock_offset: Option<String>,
 }
 
 /// How the node authenticates.
@@ -132,6 +138,8 @@ pub struct NodeConfig {
     pub version_cache: usize,
     /// Fallback nodes count toward write quorums (`--quorum sloppy`).
     pub sloppy_quorum: bool,
+    /// The clock bound (`--max-clock-offset`).
+    pub max_clock_offset: Duration,
 }
 
 impl NodeConfig {
@@ -221,7 +229,15 @@ impl NodeConfig {
             Some("strict") => false,
             Some(other) => bail!("--quorum {other:?}: expected sloppy or strict"),
         };
+        let max_clock_offset = match args.max_clock_offset.or(file.max_clock_offset) {
+            Some(s) => parse_duration("--max-clock-offset", &s)?,
+            None => Duration::from_millis(500),
+        };
+        if max_clock_offset.is_zero() {
+            bail!("--max-clock-offset must be above zero");
+        }
         Ok(NodeConfig {
+            max_clock_offset,
             sloppy_quorum,
             version_cache,
             replication,

@@ -17,7 +17,7 @@ use crate::datadir::{Addresses, DataDir};
 use crate::driver::{self, DriverCommand, KvStatusFn, NodeInfo, INBOUND_QUEUE};
 use crate::http::{self, HttpState, Metrics};
 use crate::kv::view::RingView;
-use crate::kv::{bootstrap, Kv, KvConfig};
+use crate::kv::{self, bootstrap, Kv, KvConfig};
 use crate::status::Status;
 use crate::storage::rocks::{RocksConfig, RocksStorage};
 use crate::storage::Storage;
@@ -54,6 +54,7 @@ fn kind_of(req: &Request) -> &'static str {
         Request::ReplicaVersions(_) => "replica_versions",
         Request::ReplicaHint { .. } => "replica_hint",
         Request::ReplicaScan { .. } => "replica_scan",
+        Request::Clock => "clock",
     }
 }
 
@@ -111,6 +112,7 @@ impl Service for NodeService {
                 ("leave", resp)
             }
             Request::Echo(bytes) => ("echo", Response::Echo(bytes)),
+            Request::Clock => ("clock", Response::Clock { wall_ms: crate::kv::wall_millis() }),
             other => {
                 let resp = match self.kv.get() {
                     Some(kv) => kv.handle(other).await.unwrap_or_else(|| {
@@ -231,8 +233,25 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         replication: cfg.replication,
         hint_window: cfg.hint_window,
         sloppy_quorum: cfg.sloppy_quorum,
+        max_clock_offset: cfg.max_clock_offset,
         ..KvConfig::default()
     };
+    // The clock's high mark from before the restart runs ahead of the wall clock by design: wait
+    // it out (CockroachDB does the same), so this node's first versions are greater than every
+    // version it issued before, and not ahead of its peers' clocks.
+    let mark_ms = kv::hlc::millis(kv::hlc_high_mark(&*storage));
+    let wall_ms = kv::wall_millis();
+    if mark_ms > wall_ms {
+        let ahead = mark_ms - wall_ms;
+        if ahead <= 2 * kv::HLC_MARK_AHEAD_MS {
+            tokio::time::sleep(std::time::Duration::from_millis(ahead)).await;
+        } else {
+            warn!(
+                behind_ms = ahead,
+                "this node's clock is behind the versions it issued before it restarted (was it set back?): its versions continue above them, and it coordinates no writes until its clock agrees with the cluster's"
+            );
+        }
+    }
     let kv = Kv::new(data.node_id.0, kv_cfg, storage, transport.clone(), ring_rx)
         .context("cannot start the storage writer")?;
     let _ = kv_cell.set(kv.clone());
@@ -261,6 +280,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let join =
         tokio::spawn(bootstrap::join(kv.clone(), cfg.vnodes, cmd_tx.clone(), status_rx.clone()));
     let replay = tokio::spawn(kv.clone().replay_hints());
+    let clocks = tokio::spawn(kv.clone().monitor_clocks());
     tokio::spawn(async move {
         match join.await {
             Ok(Ok(())) => {}
@@ -285,6 +305,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     }
     driver.abort();
     replay.abort();
+    clocks.abort();
     let _ = http_stop_tx.send(());
     let _ = http_task.await;
     transport.close().await;

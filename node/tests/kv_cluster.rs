@@ -66,6 +66,18 @@ impl Node {
         tokio::task::block_in_place(|| self.0.restart(seeds));
     }
 
+    async fn start_with_env(
+        data: &Path,
+        certs: &Path,
+        seeds: &[SocketAddr],
+        env: &[(String, String)],
+    ) -> Node {
+        let bin = Path::new(env!("CARGO_BIN_EXE_starlingd"));
+        Node(tokio::task::block_in_place(|| {
+            process::Node::start_with_env(bin, data, certs, "127.0.0.1:0", seeds, env)
+        }))
+    }
+
     fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.pid() as i32), sig).expect("signal");
     }
@@ -161,6 +173,17 @@ impl Cluster {
         let data = self.dir.path().join(NAMES[i]);
         let certs = self.dir.path().join("certs").join(NAMES[i]);
         self.nodes.push(Node::start(&data, &certs, "127.0.0.1:0", &seeds).await);
+        i
+    }
+
+    /// Starts the next node with extra environment variables (a skewed clock), seeded with the
+    /// first one.
+    async fn add_node_with_env(&mut self, env: &[(String, String)]) -> usize {
+        let i = self.nodes.len();
+        let seeds = [self.nodes[0].addrs.listen];
+        let data = self.dir.path().join(NAMES[i]);
+        let certs = self.dir.path().join("certs").join(NAMES[i]);
+        self.nodes.push(Node::start_with_env(&data, &certs, &seeds, env).await);
         i
     }
 
@@ -905,4 +928,98 @@ async fn leave_hands_data_over() {
         exited_after.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// libfaketime's preload library, if installed (`scripts/test` installs Debian's `faketime`).
+fn faketime_lib() -> Option<std::path::PathBuf> {
+    ["x86_64", "aarch64"]
+        .iter()
+        .map(|a| {
+            std::path::PathBuf::from(format!("/usr/lib/{a}-linux-gnu/faketime/libfaketime.so.1"))
+        })
+        .find(|p| p.exists())
+}
+
+/// The environment that sets a process's wall clock `offset` seconds off (e.g. "-120"), leaving
+/// its monotonic clock (timers, timeouts) alone.
+fn skewed_clock(lib: &Path, offset: &str) -> Vec<(String, String)> {
+    [
+        ("LD_PRELOAD", lib.display().to_string()),
+        ("FAKETIME", offset.to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+        ("FAKETIME_NO_CACHE", "1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A node whose wall clock is two minutes slow, then two minutes fast (libfaketime), among two
+/// correct ones. Before: with node3 slow, a put through node3 after one through node1 was
+/// acknowledged and silently lost (every replica kept the older-stamped v1); with node3 fast,
+/// its writes planted versions two minutes ahead and every later put and delete through the
+/// correct nodes was acknowledged and lost. Now node3 measures its clock against its peers',
+/// refuses to coordinate writes while it is off, and replicas refuse versions too far ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_is_two_minutes_off_coordinates_no_write_and_none_is_lost() {
+    let Some(lib) = faketime_lib() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "libfaketime is missing (apt-get install faketime): this test must run in CI"
+        );
+        eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
+        return;
+    };
+    for skew in ["-120", "+120"] {
+        let mut c = Cluster::start(2).await;
+        c.add_node_with_env(&skewed_clock(&lib, skew)).await;
+        c.wait_ready(3).await;
+        let off = |k: &starling_node::kv::KvStatus| {
+            k.clock_peers >= 2 && k.clock_offset_ms.unsigned_abs() > k.max_clock_offset_ms
+        };
+        wait_until(
+            PATIENCE,
+            &format!("node3 ({skew} s) sees its clock off the cluster's"),
+            || c.logs(),
+            || async { c.nodes[2].status().await.and_then(|s| s.kv).is_some_and(|k| off(&k)) },
+        )
+        .await;
+        for i in 0..2 {
+            let k = c.nodes[i].status().await.and_then(|s| s.kv).expect("status");
+            assert!(!off(&k) && k.clock_offset_ms.abs() < 500, "node{} ({skew}): {k:?}", i + 1);
+        }
+        let key = format!("skewed{skew}");
+        let key = key.as_bytes();
+        let v1 = c.put(0, key, Some(b"v1"), Consistency::Quorum).await.expect("v1 through node1");
+        let refused = c.put(2, key, Some(b"v2"), Consistency::Quorum).await;
+        match &refused {
+            Err(e) => assert!(e.contains("unavailable") && e.contains("clock"), "{skew}: {e}"),
+            Ok(r) => panic!("{skew}: a write through the skewed node was acknowledged: {r:?}"),
+        }
+        // A replica refuses a version planted far ahead of its clock.
+        let planted = Record {
+            key: key.to_vec(),
+            version: Version { ts: (v1.version.millis() + 10 * 365 * 86_400_000) << 16, node: 7 },
+            value: Some(b"from the future".to_vec()),
+        };
+        match c.call(0, Request::ReplicaWrite(vec![planted])).await {
+            Err(e) => assert!(e.contains("ahead"), "{e}"),
+            Ok(r) => panic!("a version ten years ahead was stored: {r:?}"),
+        }
+        // Later writes through the correct nodes are not lost.
+        let v3 = c.put(1, key, Some(b"v3"), Consistency::Quorum).await.expect("v3 through node2");
+        assert!(v3.version > v1.version);
+        let del = c.put(0, b"deleted", None, Consistency::Quorum).await.expect("delete");
+        for i in 0..2 {
+            let got = c.get(i, key, Consistency::All).await.expect("read at all");
+            assert_eq!(
+                got.and_then(|r| r.value),
+                Some(b"v3".to_vec()),
+                "{skew}: read via node{}",
+                i + 1
+            );
+            let gone = c.get(i, b"deleted", Consistency::All).await.expect("read at all");
+            assert_eq!(gone.map(|r| r.version), Some(del.version), "{skew}");
+        }
+    }
 }

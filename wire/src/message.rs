@@ -61,6 +61,9 @@ pub enum Request {
     /// a replica that is down, and deliver them when it is back. Answered once they are in the
     /// fallback's write-ahead log.
     ReplicaHint { target: u128, records: Vec<Record> },
+    /// Peer to peer: this node's wall clock, answered with [`Response::Clock`] (clock-offset
+    /// monitoring: a node too far off the cluster refuses to coordinate writes).
+    Clock,
 }
 
 /// What a node answers to a [`Request`].
@@ -103,6 +106,8 @@ pub enum Response {
     /// One entry per record, in order: the newer version the replica already held for that key
     /// (the record lost to it), or `None`.
     ReplicaWritten(Vec<Option<Version>>),
+    /// The answering node's wall clock, in milliseconds since the Unix epoch.
+    Clock { wall_ms: u64 },
     /// The request failed; `code` is for programs, `message` for people.
     Error {
         /// Machine-readable category.

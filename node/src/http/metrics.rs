@@ -144,7 +144,7 @@ impl Collector for StatusCollector {
         ];
         encode_counters(&mut encoder, &counters)?;
         if let Some(kv) = &s.kv {
-            let kv_counters: [(&str, &str, u64); 10] = [
+            let kv_counters: [(&str, &str, u64); 13] = [
                 ("kv_writes", "Writes coordinated by this node that succeeded", kv.writes),
                 ("kv_reads", "Reads coordinated by this node that succeeded", kv.reads),
                 (
@@ -167,9 +167,34 @@ impl Collector for StatusCollector {
                     "Writes for a down replica acknowledged by a fallback node (sloppy quorum)",
                     kv.fallback_writes,
                 ),
+                (
+                    "kv_superseded_writes",
+                    "Writes acknowledged as superseded: a replica already held a newer version",
+                    kv.superseded_writes,
+                ),
+                (
+                    "kv_refused_ahead",
+                    "Replica writes refused: their version was further ahead of this node's clock than the maximum clock offset",
+                    kv.refused_ahead,
+                ),
+                (
+                    "kv_refused_clock",
+                    "Writes this node refused to coordinate because its clock was off the cluster's",
+                    kv.refused_clock,
+                ),
             ];
             encode_counters(&mut encoder, &kv_counters)?;
-            let kv_gauges: [(&str, &str, i64); 5] = [
+            let kv_gauges: [(&str, &str, i64); 7] = [
+                (
+                    "clock_offset_ms",
+                    "This node's clock minus the cluster's (median over its peers), in ms",
+                    kv.clock_offset_ms,
+                ),
+                (
+                    "clock_offset_too_large",
+                    "1 while this node's clock is further off the cluster's than --max-clock-offset (it coordinates no writes)",
+                    i64::from(kv.clock_offset_ms.unsigned_abs() > kv.max_clock_offset_ms),
+                ),
                 ("kv_hints_pending", "Hints waiting for their replica", kv.hints_pending as i64),
                 (
                     "kv_keys_estimate",

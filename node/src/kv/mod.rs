@@ -34,6 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
+use starling_kv::clock::{ClockHealth, ClockMonitor};
 use starling_kv::{hlc::Hlc, Answer, Op, Outgoing, ReadOp, Send, SendId, WriteOp};
 use starling_ring::NodeKey;
 use starling_wire::{check_key_value, Consistency, ErrorCode, Record, Request, Response, Version};
@@ -45,6 +46,25 @@ use crate::transport::Transport;
 use writer::Writer;
 
 pub use starling_kv::{hlc, view, KvConfig, KvError, Read, RingView, Written};
+
+/// Local metadata key of the HLC's persisted high mark (8 bytes, big-endian): the node's versions
+/// after a restart are greater than it.
+pub const META_HLC: &str = "hlc_high_mark";
+/// The high mark persisted runs this far ahead of the wall clock, so a restart within it issues
+/// no version at or below one issued before (the node waits out the rest at start).
+pub const HLC_MARK_AHEAD_MS: u64 = 1_000;
+/// How often the high mark is persisted.
+const HLC_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often peers' clocks are sampled.
+const CLOCK_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The persisted HLC high mark in `storage` (0 if none).
+pub fn hlc_high_mark<S: Storage + ?Sized>(storage: &S) -> u64 {
+    match storage.get_meta(META_HLC) {
+        Ok(Some(b)) if b.len() == 8 => u64::from_be_bytes(b.try_into().unwrap_or([0; 8])),
+        _ => 0,
+    }
+}
 
 /// Milliseconds since the Unix epoch, now: the wall clock the HLC and the hint window read.
 pub fn wall_millis() -> u64 {
@@ -67,6 +87,7 @@ pub struct KvStats {
     pub fallback_writes: AtomicU64,
     pub superseded_writes: AtomicU64,
     pub refused_ahead: AtomicU64,
+    pub refused_clock: AtomicU64,
 }
 
 /// A snapshot of [`KvStats`] plus the store's size.
@@ -101,6 +122,18 @@ pub struct KvStatus {
     /// than the maximum clock offset.
     #[serde(default)]
     pub refused_ahead: u64,
+    /// Writes this node refused to coordinate because its clock was off the cluster's.
+    #[serde(default)]
+    pub refused_clock: u64,
+    /// This node's clock minus the cluster's (the median over its peers), in ms.
+    #[serde(default)]
+    pub clock_offset_ms: i64,
+    /// Peers whose clocks were measured recently.
+    #[serde(default)]
+    pub clock_peers: u64,
+    /// The bound (`--max-clock-offset`), in ms.
+    #[serde(default)]
+    pub max_clock_offset_ms: u64,
     /// Why the local store refuses writes (a failed write or WAL sync), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_failure: Option<String>,
@@ -134,6 +167,10 @@ struct Inner<T, S> {
     stats: KvStats,
     hints: hints::HintIndex,
     batcher: Arc<batch::PeerBatcher<T>>,
+    clock: std::sync::Mutex<ClockMonitor>,
+    /// This node's clock minus the cluster's, in ms, as last measured (read on every replica
+    /// write, so kept apart from the monitor's lock).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 impl<T: Transport, S: Storage> Kv<T, S> {
@@ -154,8 +191,10 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         Ok(Kv {
             inner: Arc::new(Inner {
                 me,
+                clock: std::sync::Mutex::new(ClockMonitor::new(cfg.max_clock_offset)),
+                clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
                 cfg,
-                hlc: Hlc::new(),
+                hlc: Hlc::starting_after(hlc_high_mark(&*storage)),
                 storage,
                 writer,
                 transport,
@@ -182,6 +221,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         let s = &self.inner.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let cache = self.inner.storage.version_cache().unwrap_or_default();
+        let clock = self.clock_health();
         KvStatus {
             replication: self.inner.cfg.replication,
             keys_estimate: self.inner.storage.approximate_keys(),
@@ -199,6 +239,10 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             fallback_writes: l(&s.fallback_writes),
             superseded_writes: l(&s.superseded_writes),
             refused_ahead: l(&s.refused_ahead),
+            refused_clock: l(&s.refused_clock),
+            clock_offset_ms: clock.offset_ms,
+            clock_peers: clock.peers as u64,
+            max_clock_offset_ms: self.inner.cfg.max_clock_offset.as_millis() as u64,
             version_cache_keys: cache.0,
             version_cache_capacity: cache.1,
             storage_failure: self.inner.storage.failure(),
@@ -224,6 +268,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 Err(e) => e.to_response(),
             },
             Request::ReplicaWrite(records) => self.replica_write(records).await,
+            Request::Clock => Response::Clock { wall_ms: wall_millis() },
             Request::ReplicaHint { target, records } => self.keep_for(target, records).await,
             Request::ReplicaRead(key) => {
                 self.inner.stats.replica_reads.fetch_add(1, Ordering::Relaxed);
@@ -304,7 +349,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         }
         if let Some(max) = records.iter().map(|r| r.version.ts).max() {
             let bound = self.inner.cfg.max_clock_offset.as_millis() as u64;
-            if let Err(e) = self.inner.hlc.observe(max, wall_millis(), bound) {
+            if let Err(e) = self.inner.hlc.observe(max, self.cluster_millis(), bound) {
                 self.inner.stats.refused_ahead.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "refused a write from the future");
                 return Err(Response::error(ErrorCode::BadRequest, e.to_string()));
@@ -379,6 +424,19 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         level: Consistency,
     ) -> Result<Written, KvError> {
         check_key_value(&key, value.as_deref()).map_err(KvError::BadRequest)?;
+        let clock = self.clock_health();
+        if !clock.healthy {
+            self.inner.stats.refused_clock.fetch_add(1, Ordering::Relaxed);
+            return Err(KvError::Unavailable(format!(
+                "this node's clock is {} ms {} the cluster's (the median of {} peers), more than \
+                 the {} ms allowed (--max-clock-offset): it coordinates no writes until its \
+                 clock is fixed (NTP); send the write to another node",
+                clock.offset_ms.unsigned_abs(),
+                if clock.offset_ms < 0 { "behind" } else { "ahead of" },
+                clock.peers,
+                self.inner.cfg.max_clock_offset.as_millis()
+            )));
+        }
         let view = self.view();
         let version = Version { ts: self.inner.hlc.now(wall_millis()), node: self.inner.me };
         let record = Record { key, version, value };
@@ -406,6 +464,71 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         let view = self.view();
         let op = ReadOp::start(std::time::Instant::now(), &self.inner.cfg, &view, level, key)?;
         self.drive(view, op).await
+    }
+
+    /// The cluster's time as this node estimates it: its wall clock corrected by its measured
+    /// offset. Versions are checked against this, so a replica whose own clock is off still
+    /// takes the cluster's writes (it coordinates none itself until its clock is fixed).
+    fn cluster_millis(&self) -> u64 {
+        let offset = self.inner.clock_offset_ms.load(Ordering::Relaxed);
+        (wall_millis() as i64).saturating_sub(offset).max(0) as u64
+    }
+
+    /// This node's clock against its peers'.
+    pub fn clock_health(&self) -> ClockHealth {
+        let m = self.inner.clock.lock().unwrap_or_else(|e| e.into_inner());
+        m.health(std::time::Instant::now())
+    }
+
+    /// Forever (spawn it): samples every peer's clock and persists the HLC's high mark.
+    pub async fn monitor_clocks(self) {
+        let mut persist = tokio::time::interval(HLC_PERSIST_EVERY);
+        let mut probe = tokio::time::interval(CLOCK_PROBE_EVERY);
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                _ = persist.tick() => {
+                    let mark = self.inner.hlc.last().max(hlc::from_millis(wall_millis() + HLC_MARK_AHEAD_MS));
+                    let storage = self.inner.storage.clone();
+                    let r = tokio::task::spawn_blocking(move || storage.put_meta(META_HLC, &mark.to_be_bytes())).await;
+                    if let Ok(Err(e)) = r {
+                        tracing::debug!(error = %e, "cannot persist the clock's high mark");
+                    }
+                }
+                _ = probe.tick() => {
+                    self.probe_clocks().await;
+                    let h = self.clock_health();
+                    self.inner.clock_offset_ms.store(h.offset_ms, Ordering::Relaxed);
+                    if !h.healthy && !warned {
+                        tracing::error!(offset_ms = h.offset_ms, peers = h.peers, max_ms = self.inner.cfg.max_clock_offset.as_millis() as u64, "this node's clock is off the cluster's: it refuses to coordinate writes until it is fixed");
+                    } else if h.healthy && warned {
+                        tracing::info!(offset_ms = h.offset_ms, "this node's clock is back within the bound");
+                    }
+                    warned = !h.healthy;
+                }
+            }
+        }
+    }
+
+    async fn probe_clocks(&self) {
+        let view = self.view();
+        let peers: Vec<(NodeKey, std::net::SocketAddr)> =
+            view.others_up().filter_map(|id| Some((id, *view.addrs.get(&id)?))).collect();
+        let probes = peers.into_iter().map(|(id, addr)| async move {
+            let sent_ms = wall_millis();
+            let started = std::time::Instant::now();
+            let r =
+                self.inner.transport.request_within(addr, Request::Clock, CLOCK_PROBE_EVERY).await;
+            (id, sent_ms, started.elapsed(), r)
+        });
+        let answers = futures_util::future::join_all(probes).await;
+        let now = std::time::Instant::now();
+        let mut m = self.inner.clock.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, sent_ms, rtt, r) in answers {
+            if let Ok(Response::Clock { wall_ms }) = r {
+                m.handle_sample(now, id, sent_ms, wall_ms, rtt);
+            }
+        }
     }
 
     /// Runs `op` until its result; whatever it still awaits then (late replicas turning into
@@ -495,7 +618,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                     // A version from a clock too far ahead is not followed (its value still
                     // wins by version).
                     let bound = self.inner.cfg.max_clock_offset.as_millis() as u64;
-                    let _ = self.inner.hlc.observe(v.ts, wall_millis(), bound);
+                    let _ = self.inner.hlc.observe(v.ts, self.cluster_millis(), bound);
                 }
                 answer
             }

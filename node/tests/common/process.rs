@@ -35,6 +35,18 @@ impl Node {
         listen: &str,
         seeds: &[SocketAddr],
     ) -> Node {
+        Node::start_with_env(bin, data, certs, listen, seeds, &[])
+    }
+
+    /// [`Node::start`] with extra environment variables (e.g. libfaketime's, to skew its clock).
+    pub fn start_with_env(
+        bin: &Path,
+        data: &Path,
+        certs: &Path,
+        listen: &str,
+        seeds: &[SocketAddr],
+        env: &[(String, String)],
+    ) -> Node {
         let _ = std::fs::remove_file(data.join("addresses.json"));
         let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
         let log = std::fs::OpenOptions::new()
@@ -55,6 +67,7 @@ impl Node {
         if !seeds.is_empty() {
             cmd.args(["--seeds", &seeds.join(",")]);
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("spawn starlingd");
         let pid = child.id();
         let addrs =

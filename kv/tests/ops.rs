@@ -1,0 +1,253 @@
+//! The coordinator's state machines driven by hand: every answer, failure and timer is chosen by
+//! the test, so each rule of the protocol is pinned down by one case.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use starling_kv::view::{format_tokens, MemberRingState};
+use starling_kv::{Answer, KvConfig, KvError, Outgoing, ReadOp, RingView, Send, WriteOp};
+use starling_ring::{token_of, NodeKey};
+use starling_wire::{Consistency, Record, Version};
+
+/// A view of `n` nodes with ids 1..=n, each with 16 spread tokens; `down` are marked down since
+/// `now`.
+fn view(me: NodeKey, n: u128, down: &[NodeKey], now: Instant) -> RingView {
+    let members: Vec<MemberRingState> = (1..=n)
+        .map(|id| {
+            let tokens: Vec<u64> = (0..16u64)
+                .map(|i| (i * n as u64 + id as u64) * (u64::MAX / (16 * n as u64)))
+                .collect();
+            MemberRingState {
+                id,
+                addr: SocketAddr::from(([127, 0, 0, id as u8], 7000)),
+                down: down.contains(&id),
+                left: false,
+                tokens: Some(format_tokens(&tokens)),
+                status: Some("normal".into()),
+                zone: None,
+            }
+        })
+        .collect();
+    RingView::build(me, 3, &members, None, now)
+}
+
+fn record(key: &[u8], ts: u64, value: Option<&[u8]>) -> Record {
+    Record { key: key.to_vec(), version: Version { ts, node: 1 }, value: value.map(<[u8]>::to_vec) }
+}
+
+fn drain<O: starling_kv::Op>(op: &mut O) -> Vec<Outgoing> {
+    std::iter::from_fn(|| op.poll_send()).collect()
+}
+
+fn cfg() -> KvConfig {
+    KvConfig { sloppy_quorum: false, ..KvConfig::default() }
+}
+
+#[test]
+fn a_quorum_write_answers_at_two_acks_and_hints_the_replica_that_fails_later() {
+    let now = Instant::now();
+    let v = view(1, 3, &[], now);
+    let mut op =
+        WriteOp::start(now, &cfg(), &v, Consistency::Quorum, record(b"k", 10, Some(b"x"))).unwrap();
+    let sends = drain(&mut op);
+    assert_eq!(sends.len(), 3, "one write per replica");
+    op.handle_answer(now, sends[0].id, Answer::Stored { newer: None });
+    assert!(op.poll_result().is_none(), "one ack is not a quorum");
+    op.handle_answer(now, sends[1].id, Answer::Stored { newer: None });
+    let w = op.poll_result().expect("decided").expect("ok");
+    assert_eq!((w.acked, w.required, w.superseded), (2, 2, None));
+    assert!(!op.is_finished(), "the third replica is still awaited");
+    op.handle_answer(now, sends[2].id, Answer::Failed);
+    let hint = drain(&mut op);
+    assert!(
+        matches!(&hint[..], [Outgoing { send: Send::Hint { .. }, .. }]),
+        "a failed replica gets a hint: {hint:?}"
+    );
+    op.handle_answer(now, hint[0].id, Answer::Stored { newer: None });
+    assert!(op.is_finished());
+}
+
+#[test]
+fn a_write_that_lost_to_a_newer_version_is_acknowledged_as_superseded() {
+    let now = Instant::now();
+    let v = view(1, 3, &[], now);
+    let mut op =
+        WriteOp::start(now, &cfg(), &v, Consistency::Quorum, record(b"k", 10, Some(b"x"))).unwrap();
+    let sends = drain(&mut op);
+    let newer = Version { ts: 99, node: 2 };
+    op.handle_answer(now, sends[0].id, Answer::Stored { newer: None });
+    op.handle_answer(now, sends[1].id, Answer::Stored { newer: Some(newer) });
+    let w = op.poll_result().unwrap().unwrap();
+    assert_eq!(w.superseded, Some(newer));
+}
+
+#[test]
+fn at_the_deadline_an_undecided_write_times_out_and_silent_replicas_get_hints() {
+    let now = Instant::now();
+    let v = view(1, 3, &[], now);
+    let c = cfg();
+    let mut op =
+        WriteOp::start(now, &c, &v, Consistency::All, record(b"k", 10, Some(b"x"))).unwrap();
+    let sends = drain(&mut op);
+    op.handle_answer(now, sends[0].id, Answer::Stored { newer: None });
+    assert_eq!(op.poll_timeout(), Some(now + c.write_timeout));
+    op.handle_timeout(now + c.write_timeout);
+    match op.poll_result() {
+        Some(Err(KvError::Timeout(m))) => assert!(m.contains("1 of 3"), "{m}"),
+        other => panic!("expected a timeout: {other:?}"),
+    }
+    let hints = drain(&mut op);
+    let remote_silent = sends[1..].iter().filter(|s| !matches!(s.send, Send::Write { to: 1, .. }));
+    assert_eq!(hints.len(), remote_silent.count(), "{hints:?}");
+    // A late answer to an abandoned write changes nothing.
+    op.handle_answer(now, sends[1].id, Answer::Stored { newer: None });
+    for h in hints {
+        op.handle_answer(now, h.id, Answer::Stored { newer: None });
+    }
+    assert!(op.is_finished());
+    assert!(op.poll_result().is_none(), "the result is given once");
+}
+
+#[test]
+fn a_write_that_cannot_reach_its_level_fails_as_soon_as_that_is_certain() {
+    let now = Instant::now();
+    let v = view(1, 3, &[], now);
+    let mut op =
+        WriteOp::start(now, &cfg(), &v, Consistency::Quorum, record(b"k", 10, Some(b"x"))).unwrap();
+    let sends = drain(&mut op);
+    op.handle_answer(now, sends[0].id, Answer::Failed);
+    assert!(op.poll_result().is_none());
+    op.handle_answer(now, sends[1].id, Answer::Failed);
+    assert!(matches!(op.poll_result(), Some(Err(KvError::Timeout(_)))));
+}
+
+#[test]
+fn too_few_replicas_up_is_refused_before_anything_is_sent() {
+    let now = Instant::now();
+    let v = view(1, 3, &[2, 3], now);
+    let r = WriteOp::start(now, &cfg(), &v, Consistency::Quorum, record(b"k", 1, None));
+    assert!(matches!(r, Err(KvError::Unavailable(m)) if m.contains("only 1 is up")));
+    let r = ReadOp::start(now, &cfg(), &v, Consistency::Quorum, b"k".to_vec());
+    assert!(matches!(r, Err(KvError::Unavailable(_))));
+}
+
+/// Starts a quorum read of `key` on node 1 of 3 and returns the op and its two first sends
+/// (one record read, one digest read).
+fn quorum_read(key: &[u8], now: Instant) -> (ReadOp, Vec<Outgoing>) {
+    let v = view(1, 3, &[], now);
+    let mut op = ReadOp::start(now, &cfg(), &v, Consistency::Quorum, key.to_vec()).unwrap();
+    let sends = drain(&mut op);
+    assert_eq!(sends.len(), 2);
+    let digests: Vec<bool> = sends
+        .iter()
+        .map(|s| match s.send {
+            Send::Read { digest, .. } => digest,
+            _ => panic!("not a read: {s:?}"),
+        })
+        .collect();
+    assert_eq!(digests, [false, true], "one record, one digest");
+    (op, sends)
+}
+
+#[test]
+fn a_stale_replica_is_repaired_before_the_read_answers() {
+    let now = Instant::now();
+    let newest = record(b"k", 20, Some(b"new"));
+    let (mut op, sends) = quorum_read(b"k", now);
+    op.handle_answer(now, sends[0].id, Answer::Record(Some(newest.clone())));
+    op.handle_answer(now, sends[1].id, Answer::Digest(Some(Version { ts: 10, node: 1 })));
+    assert!(op.poll_result().is_none(), "must repair first");
+    let repair = drain(&mut op);
+    assert!(
+        matches!(&repair[..], [Outgoing { send: Send::Write { record, .. }, .. }] if *record == newest)
+    );
+    op.handle_answer(now, repair[0].id, Answer::Stored { newer: None });
+    let read = op.poll_result().unwrap().unwrap();
+    assert_eq!((read.record, read.repaired), (Some(newest), 1));
+}
+
+#[test]
+fn a_quorum_read_whose_repair_fails_times_out_instead_of_answering() {
+    // Issue path 2: answering here would let a later quorum read (of the stale replica and the
+    // third one) go back in time.
+    let now = Instant::now();
+    let (mut op, sends) = quorum_read(b"k", now);
+    op.handle_answer(now, sends[0].id, Answer::Record(Some(record(b"k", 20, Some(b"new")))));
+    op.handle_answer(now, sends[1].id, Answer::Digest(None));
+    let repair = drain(&mut op);
+    op.handle_answer(now, repair[0].id, Answer::Failed);
+    match op.poll_result() {
+        Some(Err(KvError::Timeout(m))) => assert!(m.contains("read repair"), "{m}"),
+        other => panic!("expected a timeout: {other:?}"),
+    }
+}
+
+#[test]
+fn a_quorum_read_whose_repair_is_not_answered_by_the_deadline_times_out() {
+    let now = Instant::now();
+    let c = cfg();
+    let (mut op, sends) = quorum_read(b"k", now);
+    op.handle_answer(now, sends[0].id, Answer::Digest(None)); // a wrong shape counts as failed
+    let retry = drain(&mut op);
+    assert_eq!(retry.len(), 1, "the failed replica is replaced by the third");
+    op.handle_answer(now, sends[1].id, Answer::Digest(Some(Version { ts: 5, node: 3 })));
+    op.handle_answer(now, retry[0].id, Answer::Record(Some(record(b"k", 20, Some(b"new")))));
+    let repair = drain(&mut op);
+    assert_eq!(repair.len(), 1);
+    op.handle_timeout(now + c.read_timeout);
+    assert!(matches!(op.poll_result(), Some(Err(KvError::Timeout(_)))));
+}
+
+#[test]
+fn a_newer_digest_makes_the_read_fetch_that_record() {
+    let now = Instant::now();
+    let (mut op, sends) = quorum_read(b"k", now);
+    let newest = record(b"k", 30, Some(b"newest"));
+    op.handle_answer(now, sends[0].id, Answer::Record(Some(record(b"k", 10, Some(b"old")))));
+    op.handle_answer(now, sends[1].id, Answer::Digest(Some(newest.version)));
+    let fetch = drain(&mut op);
+    assert!(matches!(&fetch[..], [Outgoing { send: Send::Read { digest: false, .. }, .. }]));
+    op.handle_answer(now, fetch[0].id, Answer::Record(Some(newest.clone())));
+    let repair = drain(&mut op);
+    assert_eq!(repair.len(), 1, "the first replica is stale");
+    op.handle_answer(now, repair[0].id, Answer::Stored { newer: None });
+    assert_eq!(op.poll_result().unwrap().unwrap().record, Some(newest));
+}
+
+#[test]
+fn a_slow_replica_gets_a_speculative_retry() {
+    let now = Instant::now();
+    let c = cfg();
+    let (mut op, sends) = quorum_read(b"k", now);
+    op.handle_answer(now, sends[0].id, Answer::Record(None));
+    assert_eq!(op.poll_timeout(), Some(now + c.speculative_retry));
+    op.handle_timeout(now + c.speculative_retry);
+    let extra = drain(&mut op);
+    assert_eq!(extra.len(), 1);
+    op.handle_answer(now, extra[0].id, Answer::Digest(None));
+    let read = op.poll_result().unwrap().unwrap();
+    assert_eq!(read.record, None);
+    // The slow replica's late answer is ignored.
+    op.handle_answer(now, sends[1].id, Answer::Digest(None));
+    assert!(op.is_finished());
+}
+
+#[test]
+fn a_read_at_one_answers_without_waiting_for_repairs() {
+    let now = Instant::now();
+    let v = view(1, 3, &[], now);
+    let mut op = ReadOp::start(now, &cfg(), &v, Consistency::One, b"k".to_vec()).unwrap();
+    let sends = drain(&mut op);
+    assert_eq!(sends.len(), 1);
+    let newest = record(b"k", 1, Some(b"v"));
+    op.handle_answer(now, sends[0].id, Answer::Record(Some(newest.clone())));
+    assert_eq!(op.poll_result().unwrap().unwrap().record, Some(newest));
+    assert!(op.is_finished());
+}
+
+#[test]
+fn the_key_token_used_by_the_tests_has_three_replicas() {
+    let v = view(1, 3, &[], Instant::now());
+    assert_eq!(v.placement.replicas(token_of(b"k")).len(), 3);
+    assert!(Duration::from_millis(1) > Duration::ZERO);
+}
