@@ -277,8 +277,14 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     };
     let mut driver =
         tokio::spawn(driver::run(gossip, transport.clone(), addressing, info, channels));
-    let join =
-        tokio::spawn(bootstrap::join(kv.clone(), cfg.vnodes, cmd_tx.clone(), status_rx.clone()));
+    let founder = may_found(&cfg.seeds, listen, advertise).await;
+    let join = tokio::spawn(bootstrap::join(
+        kv.clone(),
+        cfg.vnodes,
+        founder,
+        cmd_tx.clone(),
+        status_rx.clone(),
+    ));
     let replay = tokio::spawn(kv.clone().replay_hints());
     let clocks = tokio::spawn(kv.clone().monitor_clocks());
     tokio::spawn(async move {
@@ -312,6 +318,22 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     drop(cmd_tx);
     info!("stopped");
     Ok(())
+}
+
+/// Whether this node may start a cluster (take tokens on an empty ring): it has no seeds, or it is
+/// one of its own seeds (Cassandra's rule). Any other node only ever joins an existing ring.
+async fn may_found(seeds: &[String], listen: SocketAddr, advertise: SocketAddr) -> bool {
+    if seeds.is_empty() {
+        return true;
+    }
+    for s in seeds {
+        if let Ok(addrs) = tokio::net::lookup_host(s.as_str()).await {
+            if addrs.into_iter().any(|a| a == advertise || a == listen) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// The address peers use: `--advertise` resolved (DNS names allowed), else the bound address.

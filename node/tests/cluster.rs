@@ -257,3 +257,39 @@ fn bad_configuration_is_refused_with_a_clear_error() {
     ]);
     assert!(err.contains("cannot create data dir"), "{err}");
 }
+
+/// A node whose seeds cannot be reached never takes tokens on a ring of its own (before, it
+/// founded a one-node cluster after 3 s, split from the real one); once its seed comes up, it
+/// joins that seed's ring.
+#[test]
+fn a_node_that_cannot_reach_its_seeds_never_starts_a_ring_of_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = certs(&dir.path().join("certs"), &["node1", "node2"]);
+    // An address nobody listens on (yet).
+    let seed = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr");
+    let lonely = start(&dir.path().join("node2"), &certs.join("node2"), "127.0.0.1:0", &[seed]);
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < Duration::from_secs(6) {
+        let s = lonely.status().expect("status");
+        assert_eq!(
+            (s.ring.tokens, s.ring.status.as_deref()),
+            (0, None),
+            "a node cut off from its seeds took tokens; log:\n{}",
+            log_of(&lonely.data)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The seed comes up (it has no seeds itself, so it may found the cluster).
+    let founder = start(&dir.path().join("node1"), &certs.join("node1"), &seed.to_string(), &[]);
+    let joined = wait_for(Duration::from_secs(60), || {
+        let s = lonely.status()?;
+        (s.ring.nodes == 2 && s.ring.status.as_deref() == Some("normal") && s.converged)
+            .then_some(s)
+    });
+    assert!(
+        joined.is_some(),
+        "the node did not join its seed's ring; logs:\n{}\n---\n{}",
+        log_of(&lonely.data),
+        log_of(&founder.data)
+    );
+}

@@ -1,9 +1,12 @@
 //! How a node takes its place on the ring, and gives it up.
 //!
-//! **Join.** A node with no tokens waits until gossip has converged (or it has heard of nobody for
-//! a few seconds: the first node), then until every alive token-less member with a lower id has
+//! **Join.** A node with no tokens waits until gossip has converged, then until every alive token-less member with a lower id has
 //! taken its tokens (so nodes started together choose one at a time, each seeing the others'
-//! choice). It allocates `V` tokens against the future ring ([`starling_ring::Ring::allocate_tokens`]),
+//! choice). Only a node that may **found** a cluster (it was started with no seeds, or it is one of
+//! its own seeds: Cassandra's rule) takes tokens on an empty ring, and it does so once it has heard
+//! of nobody for a second; any other node waits, however long, for a ring to exist, and says that
+//! it cannot reach its seeds: a node cut off from its seeds never starts a cluster of its own.
+//! It allocates `V` tokens against the future ring ([`starling_ring::Ring::allocate_tokens`]),
 //! stores them, and publishes them with status `joining` (`normal` directly for the first node).
 //! From then on coordinators send it the writes of the ranges it will own (pending ranges). Once
 //! every alive member reports the same ring digest, and one write timeout later (writes that were
@@ -36,13 +39,19 @@ pub const META_STATUS: &str = "ring-status";
 const HANDOVER_ATTEMPTS: u32 = 20;
 /// Records per stream page.
 const PAGE: u32 = 1024;
-/// A node that hears of no other member for this long starts a ring of its own.
-const ALONE_AFTER: Duration = Duration::from_secs(3);
+/// A node that may found a cluster and hears of no other member for this long starts the ring.
+const ALONE_AFTER: Duration = Duration::from_secs(1);
+/// A founder facing an empty ring stops waiting for lower ids (which may not be founders) after
+/// this.
+const FOUNDER_TURN: Duration = Duration::from_secs(3);
+/// How often a node that cannot join says why.
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Takes this node's place on the ring (see the module docs); returns once it is `normal`.
 pub async fn join<T: Transport, S: Storage>(
     kv: Kv<T, S>,
     vnodes: usize,
+    may_found: bool,
     commands: mpsc::Sender<DriverCommand>,
     mut status: watch::Receiver<Arc<Status>>,
 ) -> anyhow::Result<()> {
@@ -75,17 +84,36 @@ pub async fn join<T: Transport, S: Storage>(
         }
         (None, _) => {
             let started = tokio::time::Instant::now();
+            let mut said = started;
             loop {
                 let s = status.borrow_and_update().clone();
                 let view = kv.view();
                 let others_alive: Vec<NodeKey> = view.others_up().collect();
                 let heard = !others_alive.is_empty();
-                let ready =
-                    (heard && s.gossip_converged) || (!heard && started.elapsed() >= ALONE_AFTER);
+                let ready = if view.ring.is_empty() && !may_found {
+                    // Only a founder starts the ring.
+                    false
+                } else if heard {
+                    s.gossip_converged
+                } else {
+                    may_found && started.elapsed() >= ALONE_AFTER
+                };
+                // Nodes take tokens one at a time, lowest id first. A node that may not found
+                // waits for a ring however low its id, so a founder facing an empty ring goes
+                // after a while even if a lower id has not taken tokens.
                 let my_turn =
-                    others_alive.iter().all(|id| *id > me || view.ring.node(*id).is_some());
+                    others_alive.iter().all(|id| *id > me || view.ring.node(*id).is_some())
+                        || (view.ring.is_empty() && may_found && started.elapsed() >= FOUNDER_TURN);
                 if ready && my_turn && started.elapsed() >= Duration::from_millis(500) {
                     break;
+                }
+                if view.ring.is_empty() && !may_found && said.elapsed() >= WAITING_LOG_EVERY {
+                    said = tokio::time::Instant::now();
+                    warn!(
+                        waited_secs = started.elapsed().as_secs(),
+                        members_heard = others_alive.len(),
+                        "Unable to contact any seeds that own tokens: waiting for a ring to exist (only a node started without --seeds, or listed among its own seeds, starts a cluster)"
+                    );
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
             }
