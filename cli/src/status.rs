@@ -65,6 +65,13 @@ pub fn render(s: &Status) -> String {
                 kv.clock_offset_ms, kv.clock_peers, kv.max_clock_offset_ms
             );
         }
+        if kv.unreadable_records > 0 {
+            let _ = writeln!(
+                out,
+                "UNREADABLE RECORDS: {} reads found a corrupt record on this node's disk (each repaired from other replicas); check the disk",
+                kv.unreadable_records
+            );
+        }
         if let Some(why) = &kv.storage_failure {
             let _ = writeln!(out, "STORAGE FAILED, no writes taken until restarted: {why}");
         }

@@ -160,6 +160,9 @@ pub enum Answer {
     Record(Option<Record>),
     /// A replica's version only (a digest read).
     Digest(Option<Version>),
+    /// The replica holds the key but cannot read it (a corrupt record): its answer counts as
+    /// failed, and it gets the newest record written back.
+    Unreadable,
     /// Refused, failed, or no answer in time.
     Failed,
 }

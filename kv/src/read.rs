@@ -78,6 +78,8 @@ pub struct ReadOp {
     /// Digest claims newer than `best`, newest first, not yet fetched.
     claims: Vec<(NodeKey, Version)>,
     failed_claim: Option<(NodeKey, Version)>,
+    /// Replicas that could not read their record: repaired with the newest one.
+    unreadable: Vec<NodeKey>,
     holders: usize,
     repaired: u32,
     phase: Phase,
@@ -142,6 +144,7 @@ impl ReadOp {
             best: None,
             claims: Vec::new(),
             failed_claim: None,
+            unreadable: Vec::new(),
             holders: 0,
             repaired: 0,
             phase: Phase::Gather,
@@ -187,6 +190,9 @@ impl ReadOp {
         match part {
             Part::Ask { from, digest } => {
                 self.data_in_flight -= usize::from(!digest);
+                if answer == Answer::Unreadable && !self.unreadable.contains(&from) {
+                    self.unreadable.push(from);
+                }
                 if self.phase != Phase::Gather {
                     // A speculative extra answer after the level was met: not needed.
                     return;
@@ -229,6 +235,9 @@ impl ReadOp {
                     // next claim decides.
                     Answer::Record(None) => self.set_answer(from, None),
                     _ => {
+                        if answer == Answer::Unreadable && !self.unreadable.contains(&from) {
+                            self.unreadable.push(from);
+                        }
                         let claim = self.answers.iter().find(|a| a.0 == from).and_then(|a| a.1);
                         if let Some(v) = claim {
                             self.failed_claim.get_or_insert((from, v));
@@ -344,12 +353,17 @@ impl ReadOp {
         };
         self.holders =
             self.answers.iter().filter(|(_, v)| v.is_some_and(|v| v >= best.version)).count();
-        let stale: Vec<NodeKey> = self
+        let mut stale: Vec<NodeKey> = self
             .answers
             .iter()
             .filter(|(_, v)| v.is_none_or(|v| v < best.version))
             .map(|(id, _)| *id)
             .collect();
+        for id in &self.unreadable {
+            if !stale.contains(id) && !self.answers.iter().any(|a| a.0 == *id) {
+                stale.push(*id);
+            }
+        }
         for to in stale {
             self.repaired += 1;
             self.sends.push(Send::Write { to, record: best.clone() }, Part::Repair { to });

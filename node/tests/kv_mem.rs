@@ -18,7 +18,8 @@ use starling_node::transport::mem::{MemNetwork, MemTransport};
 use starling_node::transport::{PeerInfo, Service, Transport, TransportConfig};
 use starling_ring::{token_of, NodeKey, NodeStatus, Range, Ring, RingNode};
 use starling_wire::{
-    Consistency, ErrorCode, Record, Request, Response, Version, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    Consistency, ErrorCode, Key, ReadAnswer, Record, Request, Response, Version, MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -963,5 +964,46 @@ async fn replica_scans_page_large_values_within_the_frame_limit() {
             assert!(records.iter().all(|r| range.contains(token_of(&r.key))));
         }
         other => panic!("ReplicaScan: {other:?}"),
+    }
+}
+
+/// A record this replica cannot read (a corrupt value) fails only that key's answer: a batched
+/// read of it and a healthy key answers the healthy one, the coordinator answers from the other
+/// replicas and writes the newest record back over the corrupt one, and the replica counts it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_corrupt_record_fails_only_its_own_key_and_is_repaired() {
+    let c = Cluster::new(3, 0).await;
+    let bad = put(c.kv(0), b"flipped", b"v1", Consistency::All).await;
+    let good = put(c.kv(0), b"healthy", b"v2", Consistency::All).await;
+    assert!(c.nodes[1].storage.corrupt(b"flipped"));
+    assert!(c.nodes[1].storage.get(b"flipped").is_err(), "the record must be unreadable");
+
+    let addr = c.nodes[1].transport.local_addr();
+    let keys = vec![Key(b"flipped".to_vec()), Key(b"healthy".to_vec())];
+    match c.nodes[0].transport.request(addr, Request::ReplicaReadMany(keys)).await {
+        Ok(Response::ReplicaRecordMany(answers)) => {
+            assert!(
+                matches!(&answers[0], ReadAnswer::Unreadable(why) if !why.contains('/')),
+                "{answers:?}"
+            );
+            assert_eq!(answers[1], ReadAnswer::Found(good.clone()));
+        }
+        other => panic!("batched read: {other:?}"),
+    }
+    assert!(c.nodes[1].kv.status().unreadable_records >= 1);
+
+    // The corrupt replica coordinates: its own copy fails, the other replicas answer, and the
+    // newest record is written back over the corrupt one.
+    let read = c.kv(1).get(b"flipped".to_vec(), Consistency::Quorum).await.expect("quorum read");
+    assert_eq!(read.record, Some(bad.clone()));
+    // The read answers once a quorum holds the value; the repair lands right after.
+    eventually(PATIENCE, "the corrupt copy repaired", || async {
+        c.nodes[1].storage.get(b"flipped").ok().flatten().as_ref() == Some(&bad)
+    })
+    .await;
+    for i in 0..3 {
+        let read = c.kv(i).get(b"flipped".to_vec(), Consistency::All).await;
+        let read = read.unwrap_or_else(|e| panic!("read through node {i}: {e}"));
+        assert_eq!(read.record, Some(bad.clone()), "through node {i}");
     }
 }

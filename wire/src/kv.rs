@@ -57,6 +57,9 @@ pub enum ReadAnswer {
     Missing,
     /// The record would not fit in this response; ask for it alone.
     TooLarge,
+    /// The replica holds the key but cannot read it (a corrupt record on its disk): count this
+    /// replica's answer as failed, and write the newest record back to it.
+    Unreadable(String),
 }
 
 /// Bytes of records one batched replica request or response carries at most (the frame limit

@@ -53,6 +53,7 @@ fn arb_read_answer() -> impl Strategy<Value = ReadAnswer> {
         arb_record().prop_map(ReadAnswer::Found),
         Just(ReadAnswer::Missing),
         Just(ReadAnswer::TooLarge),
+        ".{0,40}".prop_map(ReadAnswer::Unreadable),
     ]
 }
 

@@ -144,7 +144,7 @@ impl Collector for StatusCollector {
         ];
         encode_counters(&mut encoder, &counters)?;
         if let Some(kv) = &s.kv {
-            let kv_counters: [(&str, &str, u64); 13] = [
+            let kv_counters: [(&str, &str, u64); 14] = [
                 ("kv_writes", "Writes coordinated by this node that succeeded", kv.writes),
                 ("kv_reads", "Reads coordinated by this node that succeeded", kv.reads),
                 (
@@ -176,6 +176,11 @@ impl Collector for StatusCollector {
                     "kv_refused_ahead",
                     "Replica writes refused: their version was further ahead of this node's clock than the maximum clock offset",
                     kv.refused_ahead,
+                ),
+                (
+                    "kv_unreadable_records",
+                    "Records this node's store could not read (corrupt): each failed only its own key and was repaired from other replicas",
+                    kv.unreadable_records,
                 ),
                 (
                     "kv_refused_clock",

@@ -20,8 +20,17 @@ use crate::transport::Transport;
 /// if it was newer.
 type WriteItem = (Record, oneshot::Sender<Option<Option<Version>>>);
 type WriteQueue = Vec<WriteItem>;
+/// What a replica answered for one key of a read.
+#[derive(Debug, Clone)]
+pub(crate) enum Got {
+    /// Its record (`None`: it stores nothing for the key).
+    Record(Option<Record>),
+    /// It holds the key but cannot read it (a corrupt record).
+    Unreadable,
+}
+
 /// `None`: the read failed; `Some(answer)` otherwise.
-type ReadItem = (Vec<u8>, oneshot::Sender<Option<Option<Record>>>);
+type ReadItem = (Vec<u8>, oneshot::Sender<Option<Got>>);
 type ReadQueue = Vec<ReadItem>;
 /// `None`: the digest read failed; `Some(version or None)` otherwise.
 type VersionItem = (Vec<u8>, oneshot::Sender<Option<Option<Version>>>);
@@ -148,11 +157,7 @@ impl<T: Transport> PeerBatcher<T> {
     }
 
     /// The replica at `addr`'s record of `key` (`None` if the read failed).
-    pub(crate) async fn read(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        key: Vec<u8>,
-    ) -> Option<Option<Record>> {
+    pub(crate) async fn read(self: &Arc<Self>, addr: SocketAddr, key: Vec<u8>) -> Option<Got> {
         let (tx, rx) = oneshot::channel();
         if self.reads.push(addr, (key, tx)) {
             self.schedule(move |me| async move {
@@ -216,7 +221,7 @@ impl<T: Transport> PeerBatcher<T> {
             } else {
                 Request::ReplicaReadMany(keys.iter().cloned().map(Key).collect())
             };
-            let answers: Vec<Option<Option<Record>>> =
+            let answers: Vec<Option<Got>> =
                 match self.transport.request_within(addr, req, self.timeout).await {
                     Ok(Response::ReplicaRecord(r)) if keys.len() == 1 => {
                         vec![for_key(addr, &keys[0], r)]
@@ -226,8 +231,12 @@ impl<T: Transport> PeerBatcher<T> {
                         for (answer, key) in list.into_iter().zip(&keys) {
                             out.push(match answer {
                                 ReadAnswer::Found(r) => for_key(addr, key, Some(r)),
-                                ReadAnswer::Missing => Some(None),
+                                ReadAnswer::Missing => Some(Got::Record(None)),
                                 ReadAnswer::TooLarge => self.read_one(addr, key.clone()).await,
+                                ReadAnswer::Unreadable(why) => {
+                                    debug!(peer = %addr, why = %why, "replica cannot read a key");
+                                    Some(Got::Unreadable)
+                                }
                             });
                         }
                         out
@@ -247,23 +256,27 @@ impl<T: Transport> PeerBatcher<T> {
         }
     }
 
-    async fn read_one(&self, addr: SocketAddr, key: Vec<u8>) -> Option<Option<Record>> {
+    async fn read_one(&self, addr: SocketAddr, key: Vec<u8>) -> Option<Got> {
         let req = Request::ReplicaRead(key.clone());
         match self.transport.request_within(addr, req, self.timeout).await {
             Ok(Response::ReplicaRecord(r)) => for_key(addr, &key, r),
+            Ok(Response::ReplicaRecordMany(list)) if list.len() == 1 => match &list[0] {
+                ReadAnswer::Unreadable(_) => Some(Got::Unreadable),
+                _ => None,
+            },
             _ => None,
         }
     }
 }
 
 /// A replica's answer for `key`, or a failed read if the record it sent is for another key.
-fn for_key(addr: SocketAddr, key: &[u8], record: Option<Record>) -> Option<Option<Record>> {
+fn for_key(addr: SocketAddr, key: &[u8], record: Option<Record>) -> Option<Got> {
     match record {
         Some(r) if r.key != key => {
             debug!(peer = %addr, "replica answered a read with another key's record");
             None
         }
-        r => Some(r),
+        r => Some(Got::Record(r)),
     }
 }
 

@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 use starling_kv::clock::{ClockHealth, ClockMonitor};
 use starling_kv::{hlc::Hlc, Answer, Op, Outgoing, ReadOp, Send, SendId, WriteOp};
 use starling_ring::NodeKey;
-use starling_wire::{check_key_value, Consistency, ErrorCode, Record, Request, Response, Version};
+use starling_wire::{
+    check_key_value, Consistency, ErrorCode, ReadAnswer, Record, Request, Response, Version,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -88,6 +90,7 @@ pub struct KvStats {
     pub superseded_writes: AtomicU64,
     pub refused_ahead: AtomicU64,
     pub refused_clock: AtomicU64,
+    pub unreadable_records: AtomicU64,
 }
 
 /// A snapshot of [`KvStats`] plus the store's size.
@@ -125,6 +128,10 @@ pub struct KvStatus {
     /// Writes this node refused to coordinate because its clock was off the cluster's.
     #[serde(default)]
     pub refused_clock: u64,
+    /// Reads of this node's store that found a record it could not read (corrupt on disk); each
+    /// failed only its own key, which the coordinator then repaired from other replicas.
+    #[serde(default)]
+    pub unreadable_records: u64,
     /// This node's clock minus the cluster's (the median over its peers), in ms.
     #[serde(default)]
     pub clock_offset_ms: i64,
@@ -240,6 +247,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             superseded_writes: l(&s.superseded_writes),
             refused_ahead: l(&s.refused_ahead),
             refused_clock: l(&s.refused_clock),
+            unreadable_records: l(&s.unreadable_records),
             clock_offset_ms: clock.offset_ms,
             clock_peers: clock.peers as u64,
             max_clock_offset_ms: self.inner.cfg.max_clock_offset.as_millis() as u64,
@@ -274,16 +282,32 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 self.inner.stats.replica_reads.fetch_add(1, Ordering::Relaxed);
                 match self.inner.storage.get(&key) {
                     Ok(r) => Response::ReplicaRecord(r),
-                    Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+                    Err(e) => {
+                        let answer = self.unreadable(&e);
+                        Response::ReplicaRecordMany(vec![ReadAnswer::Unreadable(answer)])
+                    }
                 }
             }
             Request::ReplicaReadMany(keys) => {
                 self.inner.stats.replica_reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
                 let keys: Vec<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
-                match self.inner.storage.get_many(&keys) {
-                    Ok(records) => Response::ReplicaRecordMany(batch::answer_reads(records)),
-                    Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+                let each = self.inner.storage.get_each(&keys);
+                let mut records = Vec::with_capacity(each.len());
+                let mut failed = Vec::new();
+                for (i, r) in each.into_iter().enumerate() {
+                    match r {
+                        Ok(r) => records.push(r),
+                        Err(e) => {
+                            records.push(None);
+                            failed.push((i, self.unreadable(&e)));
+                        }
+                    }
                 }
+                let mut answers = batch::answer_reads(records);
+                for (i, why) in failed {
+                    answers[i] = ReadAnswer::Unreadable(why);
+                }
+                Response::ReplicaRecordMany(answers)
             }
             Request::ReplicaVersions(keys) => {
                 self.inner.stats.replica_reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
@@ -317,13 +341,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         if let Err(refused) = self.check_incoming(&records) {
             return refused;
         }
-        let keys: Vec<&[u8]> = records.iter().map(|r| r.key.as_slice()).collect();
-        let held = match self.inner.storage.versions(&keys) {
-            Ok(v) => v,
-            Err(e) => return Response::error(ErrorCode::Internal, format!("replica read: {e}")),
-        };
-        let newer: Vec<Option<Version>> =
-            records.iter().zip(held).map(|(r, held)| held.filter(|h| *h > r.version)).collect();
+        let newer = self.newer_held(&records);
         let n = records.len() as u64;
         match self.inner.writer.apply(records).await {
             Ok(()) => {
@@ -336,6 +354,20 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             }
             Err(e) => Response::error(ErrorCode::Unavailable, format!("replica cannot write: {e}")),
         }
+    }
+
+    /// For each record, the newer version this node already holds for its key, if any. A key
+    /// whose stored record cannot be read holds nothing that can win: the record replaces it.
+    fn newer_held(&self, records: &[Record]) -> Vec<Option<Version>> {
+        let keys: Vec<&[u8]> = records.iter().map(|r| r.key.as_slice()).collect();
+        let held: Vec<Option<Version>> = match self.inner.storage.versions(&keys) {
+            Ok(v) => v,
+            Err(_) => keys
+                .iter()
+                .map(|k| self.inner.storage.versions(&[k]).ok().and_then(|v| v[0]))
+                .collect(),
+        };
+        records.iter().zip(held).map(|(r, held)| held.filter(|h| *h > r.version)).collect()
     }
 
     /// Refuses records that are not valid, or whose version is further ahead of this node's
@@ -464,6 +496,16 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         let view = self.view();
         let op = ReadOp::start(std::time::Instant::now(), &self.inner.cfg, &view, level, key)?;
         self.drive(view, op).await
+    }
+
+    /// Counts and logs a record this node could not read; what the coordinator is told.
+    fn unreadable(&self, e: &crate::storage::StorageError) -> String {
+        self.inner.stats.unreadable_records.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "unreadable record: the coordinator repairs it from other replicas");
+        match e {
+            crate::storage::StorageError::Corrupt { .. } => "corrupt record".to_string(),
+            _ => "the replica's store cannot read this key".to_string(),
+        }
     }
 
     /// The cluster's time as this node estimates it: its wall clock corrected by its measured
@@ -596,14 +638,21 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                         self.inner.storage.get(&key).map(Answer::Record)
                     };
                     local.unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "local read failed");
-                        Answer::Failed
+                        self.unreadable(&e);
+                        if digest {
+                            Answer::Failed
+                        } else {
+                            Answer::Unreadable
+                        }
                     })
                 } else if let Some(addr) = view.addrs.get(&to) {
                     let read = if digest {
                         self.inner.batcher.version(*addr, key).await.map(Answer::Digest)
                     } else {
-                        self.inner.batcher.read(*addr, key).await.map(Answer::Record)
+                        self.inner.batcher.read(*addr, key).await.map(|r| match r {
+                            batch::Got::Record(r) => Answer::Record(r),
+                            batch::Got::Unreadable => Answer::Unreadable,
+                        })
                     };
                     read.unwrap_or(Answer::Failed)
                 } else {
@@ -628,13 +677,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
 
     /// This node's own replica write; says whether it already held a newer version.
     async fn store_local(&self, record: Record) -> Answer {
-        let newer = match self.inner.storage.versions(&[&record.key]) {
-            Ok(v) => v[0].filter(|held| *held > record.version),
-            Err(e) => {
-                tracing::error!(error = %e, "local read failed");
-                return Answer::Failed;
-            }
-        };
+        let newer = self.newer_held(std::slice::from_ref(&record)).pop().flatten();
         match self.inner.writer.apply(vec![record]).await {
             Ok(()) => Answer::Stored { newer },
             Err(e) => {

@@ -32,6 +32,18 @@ impl MemStorage {
         Self::default()
     }
 
+    /// Replaces the stored bytes of `key` with bytes no record decodes from, as a flipped byte on
+    /// a disk would (for tests of how corruption is handled). False if `key` is not stored.
+    pub fn corrupt(&self, key: &[u8]) -> bool {
+        match self.lock().data.get_mut(&data_key(key)) {
+            Some(v) => {
+                *v = vec![0xff; 3];
+                true
+            }
+            None => false,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -66,6 +66,14 @@ pub trait Storage: Send + Sync + 'static {
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Record>>, StorageError> {
         keys.iter().map(|k| self.get(k)).collect()
     }
+    /// Like [`Storage::get_many`], but each key succeeds or fails on its own: one corrupt record
+    /// fails only its own key's answer.
+    fn get_each(&self, keys: &[&[u8]]) -> Vec<Result<Option<Record>, StorageError>> {
+        match self.get_many(keys) {
+            Ok(records) => records.into_iter().map(Ok).collect(),
+            Err(_) => keys.iter().map(|k| self.get(k)).collect(),
+        }
+    }
     /// The stored version of each key (`None`: nothing stored), in order: what a replica answers
     /// to a digest read. Engines that keep versions in memory answer without reading records.
     fn versions(&self, keys: &[&[u8]]) -> Result<Vec<Option<Version>>, StorageError> {
