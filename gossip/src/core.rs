@@ -1023,17 +1023,25 @@ impl Gossip {
                 if self.is_forgotten(&Digest { id, generation, max_version: 0 }) {
                     return;
                 }
+                // Its own message makes it alive; relayed news only makes it a member to ask
+                // (L2): the news may predate its crash.
+                let liveness = if direct { Liveness::Alive } else { self.unconfirmed() };
                 let idx = self.insert_member(Member {
                     id,
                     addr,
                     generation,
                     incarnation,
-                    liveness: Liveness::Alive,
+                    liveness,
                     state: Arc::new(NodeState::default()),
                     phi: None,
                     gone: false,
                 });
-                self.member_up(idx);
+                if direct {
+                    self.member_up(idx);
+                } else {
+                    self.arm_suspicion(idx);
+                    self.to_confirm.push_back(id);
+                }
                 self.broadcasts.push(r);
                 return;
             }
