@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use starling_gossip::{Config as GossipConfig, Gossip};
 use starling_wire::{ErrorCode, Request, Response};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{NodeConfig, Security};
 use crate::datadir::{Addresses, DataDir};
@@ -78,6 +78,10 @@ impl Service for NodeService {
             }
             Request::Leave => {
                 let resp = match self.kv.get() {
+                    Some(kv) if leave_would_lose_copies(&kv.view()).is_some() => {
+                        let why = leave_would_lose_copies(&kv.view()).unwrap_or_default();
+                        Response::error(ErrorCode::BadRequest, why)
+                    }
                     Some(kv) => {
                         // Hand the data over first, then leave the gossip cluster.
                         let (kv, commands, status) =
@@ -86,10 +90,26 @@ impl Service for NodeService {
                             let storage = kv.storage().clone();
                             match bootstrap::decommission(kv, commands.clone(), status).await {
                                 Ok(n) => info!(records = n, "decommissioned"),
-                                Err(e) => warn!(
-                                    error = %format!("{e:#}"),
-                                    "handing data over failed; leaving anyway: the remaining replicas still hold every key (reads repair the new one)"
-                                ),
+                                Err(e) => {
+                                    // Leaving now could leave ranges with fewer than N copies:
+                                    // stay, as a normal member.
+                                    error!(
+                                        error = %format!("{e:#}"),
+                                        "leave aborted: handing the data over failed; this node stays in the cluster as normal (run `starling leave` again once the nodes taking over are up)"
+                                    );
+                                    if let Err(e) =
+                                        storage.put_meta(bootstrap::META_STATUS, b"normal")
+                                    {
+                                        warn!(error = %e, "cannot record the aborted leave");
+                                    }
+                                    let _ = commands
+                                        .send(DriverCommand::Set {
+                                            key: "status".into(),
+                                            value: "normal".into(),
+                                        })
+                                        .await;
+                                    return;
+                                }
                             }
                             if let Err(e) = storage.put_meta(bootstrap::META_STATUS, b"left") {
                                 warn!(error = %e, "cannot record the leave");
@@ -318,6 +338,24 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     drop(cmd_tx);
     info!("stopped");
     Ok(())
+}
+
+/// Why this node may not leave now (`None`: it may): every key it replicates must keep `N`
+/// copies on the nodes that stay.
+fn leave_would_lose_copies(view: &kv::RingView) -> Option<String> {
+    view.ring.node(view.me)?;
+    let staying = view
+        .ring
+        .nodes()
+        .filter(|n| n.id != view.me && n.status != starling_ring::NodeStatus::Leaving)
+        .count();
+    (staying < view.rf).then(|| {
+        format!(
+            "cannot leave: {staying} other node{} would stay on the ring, fewer than the {} copies              of every key (--replication); add a node first",
+            if staying == 1 { "" } else { "s" },
+            view.rf
+        )
+    })
 }
 
 /// Whether this node may start a cluster (take tokens on an empty ring): it has no seeds, or it is

@@ -293,3 +293,34 @@ fn a_node_that_cannot_reach_its_seeds_never_starts_a_ring_of_its_own() {
         log_of(&founder.data)
     );
 }
+
+/// Leaving a ring of N nodes (N = 3 copies of every key) would leave every key with fewer than
+/// N copies: the leave is refused with the reason, and the node stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_that_would_leave_fewer_than_n_copies_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = cluster(dir.path(), 3);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let ready = wait_for(Duration::from_secs(60), || {
+        nodes
+            .iter()
+            .all(|n| {
+                n.status().is_some_and(|s| {
+                    s.ring.nodes == 3 && s.ring.status.as_deref() == Some("normal")
+                })
+            })
+            .then_some(())
+            .filter(|_| all_see(&refs, 3))
+    });
+    assert!(ready.is_some(), "cluster not ready");
+    let client = client(&dir.path().join("certs/client")).await;
+    match client.request(nodes[0].addrs.listen, Request::Leave).await {
+        Ok(Response::Error { message, .. }) => {
+            assert!(message.contains("fewer than the 3 copies"), "{message}")
+        }
+        other => panic!("the leave was not refused: {other:?}"),
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let s = nodes[0].status().expect("still running");
+    assert_eq!(s.ring.status.as_deref(), Some("normal"));
+}

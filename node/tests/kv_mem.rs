@@ -1007,3 +1007,31 @@ async fn a_corrupt_record_fails_only_its_own_key_and_is_repaired() {
         assert_eq!(read.record, Some(bad.clone()), "through node {i}");
     }
 }
+
+/// A hint whose replica has meanwhile stored a newer version is delivered all the same (the
+/// replica answers that it held a newer one) and leaves the hint store, instead of being retried
+/// forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_older_than_the_replicas_copy_is_delivered_and_dropped() {
+    let mut c = Cluster::new(3, 0).await;
+    c.kill(2).await;
+    c.mark_down(2);
+    put(c.kv(0), b"overtaken", b"old", Consistency::Quorum).await;
+    eventually(PATIENCE, "a hint kept for node 2", || async {
+        c.nodes.iter().map(TestNode::hints_pending).sum::<u64>() == 1
+    })
+    .await;
+    for n in &mut c.nodes[..2] {
+        n.stop_replay();
+    }
+    c.restart(2).await;
+    let new = put(c.kv(0), b"overtaken", b"new", Consistency::All).await;
+    for n in &mut c.nodes[..2] {
+        n.start_replay();
+    }
+    eventually(PATIENCE, "the stale hint delivered and dropped", || async {
+        c.nodes.iter().all(|n| n.hints_pending() == 0)
+    })
+    .await;
+    assert_eq!(stored(&c.nodes[2], b"overtaken"), Some(new));
+}

@@ -14,8 +14,10 @@
 //! that are up, at least a quorum, merged by version, so every acknowledged write is among them —
 //! and then announces `normal`. A restart during the join resumes it (the status is stored).
 //!
-//! **Leave** (`starling leave`): status `leaving`; once the ring is agreed, the node pushes every
-//! record of its ranges to the replicas that gain them, then announces `left` through gossip.
+//! **Leave** (`starling leave`): refused if fewer than `N` other nodes would stay. Status
+//! `leaving`; once the ring is agreed, the node pushes every record of its ranges to the replicas
+//! that gain them, then announces `left` through gossip; if that handover fails the leave is
+//! aborted and the node stays `normal`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -295,7 +297,7 @@ pub async fn decommission<T: Transport, S: Storage>(
                 loop {
                     let req = Request::ReplicaWrite(records.clone());
                     match kv.inner.transport.request(addr, req).await {
-                        Ok(Response::Ok) => {
+                        Ok(Response::Ok | Response::ReplicaWritten(_)) => {
                             sent += n;
                             break;
                         }

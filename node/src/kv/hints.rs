@@ -147,7 +147,9 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             let ids: Vec<Vec<u8>> = live.iter().map(|h| h.id.clone()).collect();
             let records = live.into_iter().map(|h| h.record).collect();
             match self.inner.transport.request(addr, Request::ReplicaWrite(records)).await {
-                Ok(Response::Ok) => {
+                // Stored (`ReplicaWritten`: some were older than what the replica holds, which
+                // is delivered just the same).
+                Ok(Response::Ok | Response::ReplicaWritten(_)) => {
                     if let Err(e) = self.inner.storage.delete_hints(&ids) {
                         warn!(error = %e, "cannot delete delivered hints");
                         return;
