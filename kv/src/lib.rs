@@ -75,6 +75,10 @@ pub struct KvConfig {
     /// A version whose clock is further ahead of a replica's own clock than this is refused
     /// (CockroachDB's `max-offset`).
     pub max_clock_offset: Duration,
+    /// Bytes of hints a node keeps for one replica (Cassandra's `max_hints_size_per_host`).
+    pub max_hint_bytes_per_target: u64,
+    /// Bytes of hints a node keeps for all replicas together.
+    pub max_hint_bytes: u64,
 }
 
 impl Default for KvConfig {
@@ -87,6 +91,8 @@ impl Default for KvConfig {
             speculative_retry: Duration::from_millis(100),
             sloppy_quorum: true,
             max_clock_offset: Duration::from_millis(500),
+            max_hint_bytes_per_target: 256 << 20,
+            max_hint_bytes: 1 << 30,
         }
     }
 }

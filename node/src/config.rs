@@ -82,6 +82,13 @@ pub struct Args {
     /// may be, e.g. 500ms [default: 500ms].
     #[arg(long, env = "STARLING_MAX_CLOCK_OFFSET")]
     pub max_clock_offset: Option<String>,
+    /// Bytes of hints kept for one replica that is down, e.g. 256MiB [default: 256MiB]; past it
+    /// writes for that replica are left to read repair and anti-entropy.
+    #[arg(long, env = "STARLING_MAX_HINTS_PER_NODE")]
+    pub max_hints_per_node: Option<String>,
+    /// Bytes of hints kept for all replicas together, e.g. 1GiB [default: 1GiB].
+    #[arg(long, env = "STARLING_MAX_HINTS")]
+    pub max_hints: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -106,6 +113,8 @@ struct FileConfig {
     version_cache: Option<usize>,
     quorum: Option<String>,
     max_clock_offset: Option<String>,
+    max_hints_per_node: Option<String>,
+    max_hints: Option<String>,
 }
 
 /// How the node authenticates.
@@ -140,6 +149,9 @@ pub struct NodeConfig {
     pub sloppy_quorum: bool,
     /// The clock bound (`--max-clock-offset`).
     pub max_clock_offset: Duration,
+    /// Hint store caps in bytes: per replica, and in all (`--max-hints-per-node`, `--max-hints`).
+    pub max_hints_per_node: u64,
+    pub max_hints: u64,
 }
 
 impl NodeConfig {
@@ -236,7 +248,17 @@ impl NodeConfig {
         if max_clock_offset.is_zero() {
             bail!("--max-clock-offset must be above zero");
         }
+        let max_hints_per_node = match args.max_hints_per_node.or(file.max_hints_per_node) {
+            Some(s) => parse_size("--max-hints-per-node", &s)?,
+            None => 256 << 20,
+        };
+        let max_hints = match args.max_hints.or(file.max_hints) {
+            Some(s) => parse_size("--max-hints", &s)?,
+            None => 1 << 30,
+        };
         Ok(NodeConfig {
+            max_hints_per_node,
+            max_hints,
             max_clock_offset,
             sloppy_quorum,
             version_cache,
@@ -280,6 +302,24 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
         _ => bail!("{flag} {s:?}: unknown unit {unit:?} (ms, s, m, h, d)"),
     };
     Ok(d)
+}
+
+/// A size with a unit: `B`, `KiB`, `MiB`, `GiB` (e.g. `256MiB`).
+pub fn parse_size(flag: &str, s: &str) -> Result<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{flag} {s:?}: expected a number with a unit, e.g. 256MiB"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        other => bail!("{flag} {s:?}: unknown unit {other:?} (B, KiB, MiB, GiB)"),
+    };
+    n.checked_mul(1 << shift).with_context(|| format!("{flag} {s:?}: too large"))
 }
 
 fn parse_socket_addr(flag: &str, s: &str) -> Result<SocketAddr> {

@@ -254,6 +254,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         hint_window: cfg.hint_window,
         sloppy_quorum: cfg.sloppy_quorum,
         max_clock_offset: cfg.max_clock_offset,
+        max_hint_bytes_per_target: cfg.max_hints_per_node,
+        max_hint_bytes: cfg.max_hints,
         ..KvConfig::default()
     };
     // The clock's high mark from before the restart runs ahead of the wall clock by design: wait

@@ -1035,3 +1035,21 @@ async fn a_hint_older_than_the_replicas_copy_is_delivered_and_dropped() {
     .await;
     assert_eq!(stored(&c.nodes[2], b"overtaken"), Some(new));
 }
+
+/// The hint store is bounded: past the per-replica cap, a write for a down replica keeps no
+/// hint (it is counted, and left to read repair and anti-entropy), and the writes themselves are
+/// still acknowledged by the replicas that are up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_past_the_cap_are_not_kept_and_are_counted() {
+    let cfg = KvConfig { max_hint_bytes_per_target: 2_000, ..test_cfg() };
+    let mut c = Cluster::with_config(3, 0, cfg).await;
+    c.kill(2).await;
+    c.mark_down(2);
+    for i in 0..100 {
+        put(c.kv(0), format!("capped-{i}").as_bytes(), &[b'x'; 100], Consistency::Quorum).await;
+    }
+    let s = c.nodes[0].kv.status();
+    assert!(s.hints_bytes <= 2_000, "{s:?}");
+    assert!(s.hints_pending >= 5 && s.hints_pending < 100, "{s:?}");
+    assert_eq!(s.hints_pending + s.hints_over_cap, 100, "every hint kept or counted: {s:?}");
+}

@@ -144,7 +144,7 @@ impl Collector for StatusCollector {
         ];
         encode_counters(&mut encoder, &counters)?;
         if let Some(kv) = &s.kv {
-            let kv_counters: [(&str, &str, u64); 14] = [
+            let kv_counters: [(&str, &str, u64); 15] = [
                 ("kv_writes", "Writes coordinated by this node that succeeded", kv.writes),
                 ("kv_reads", "Reads coordinated by this node that succeeded", kv.reads),
                 (
@@ -178,6 +178,11 @@ impl Collector for StatusCollector {
                     kv.refused_ahead,
                 ),
                 (
+                    "kv_hints_over_cap",
+                    "Hints not kept because the hint store was at its cap (left to read repair and anti-entropy)",
+                    kv.hints_over_cap,
+                ),
+                (
                     "kv_unreadable_records",
                     "Records this node's store could not read (corrupt): each failed only its own key and was repaired from other replicas",
                     kv.unreadable_records,
@@ -189,7 +194,8 @@ impl Collector for StatusCollector {
                 ),
             ];
             encode_counters(&mut encoder, &kv_counters)?;
-            let kv_gauges: [(&str, &str, i64); 7] = [
+            let kv_gauges: [(&str, &str, i64); 8] = [
+                ("kv_hints_bytes", "Bytes of hints kept for other replicas", kv.hints_bytes as i64),
                 (
                     "clock_offset_ms",
                     "This node's clock minus the cluster's (median over its peers), in ms",

@@ -5,15 +5,15 @@
 //! `max_hint_window`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use starling_ring::NodeKey;
-use starling_wire::{Request, Response};
+use starling_wire::{Record, Request, Response};
 use tracing::{debug, info, warn};
 
-use super::wall_millis;
-use super::Kv;
+use super::{wall_millis, Kv, KvConfig};
 use crate::storage::Storage;
 use crate::transport::Transport;
 
@@ -25,41 +25,78 @@ const PAGE_BYTES: usize = 2 << 20;
 /// How often targets with hints are checked.
 const EVERY: Duration = Duration::from_millis(500);
 
-/// Which targets have hints waiting (counts are approximate: a hint overwritten in place is
-/// counted twice until the next replay).
+/// Which targets have hints waiting, how many and how many bytes (approximate: a hint
+/// overwritten in place is counted twice until the next replay). The byte counts enforce the
+/// caps (Cassandra's `max_hints_size_per_host`, [`KvConfig::max_hint_bytes_per_target`] and
+/// [`KvConfig::max_hint_bytes`]): a hint past either is not kept; the write it carried is left to
+/// read repair and anti-entropy, and counted.
 #[derive(Debug, Default)]
 pub struct HintIndex {
-    targets: Mutex<BTreeMap<NodeKey, u64>>,
+    targets: Mutex<BTreeMap<NodeKey, (u64, u64)>>,
+}
+
+/// What one hint of `record` counts toward the caps (as stored: key, version, value, target).
+pub fn hint_bytes(record: &Record) -> u64 {
+    (record.key.len() + record.value.as_ref().map_or(0, Vec::len) + 64) as u64
 }
 
 impl HintIndex {
     /// Reads the targets from storage (once, at start).
     pub fn load<S: Storage + ?Sized>(storage: &S) -> Self {
-        let mut targets = BTreeMap::new();
-        match storage.hint_targets() {
-            Ok(list) => {
-                for (t, n) in list {
-                    targets.insert(t, n as u64);
+        let mut targets: BTreeMap<NodeKey, (u64, u64)> = BTreeMap::new();
+        match (storage.hint_targets(), storage.hint_bytes()) {
+            (Ok(counts), Ok(bytes)) => {
+                for (t, n) in counts {
+                    targets.entry(t).or_default().0 = n as u64;
+                }
+                for (t, b) in bytes {
+                    targets.entry(t).or_default().1 = b;
                 }
             }
-            Err(e) => warn!(error = %e, "cannot list stored hints"),
+            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "cannot list stored hints"),
         }
         HintIndex { targets: Mutex::new(targets) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeKey, u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeKey, (u64, u64)>> {
         self.targets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn add(&self, target: NodeKey, n: u64) {
-        *self.lock().entry(target).or_default() += n;
+    /// Reserves room for `n` hints of `bytes` for `target`: false (nothing reserved) if that
+    /// would pass a cap.
+    pub(crate) fn reserve(&self, cfg: &KvConfig, target: NodeKey, n: u64, bytes: u64) -> bool {
+        let mut g = self.lock();
+        let total: u64 = g.values().map(|c| c.1).sum();
+        let mine = g.get(&target).map_or(0, |c| c.1);
+        if mine + bytes > cfg.max_hint_bytes_per_target || total + bytes > cfg.max_hint_bytes {
+            return false;
+        }
+        let c = g.entry(target).or_default();
+        c.0 += n;
+        c.1 += bytes;
+        true
     }
 
-    fn sub(&self, target: NodeKey, n: u64) {
+    /// Gives back what [`HintIndex::reserve`] took for hints that were not stored after all.
+    pub(crate) fn unreserve(&self, target: NodeKey, n: u64, bytes: u64) {
+        self.sub(target, n, bytes);
+    }
+
+    fn sub(&self, target: NodeKey, n: u64, bytes: u64) {
         let mut g = self.lock();
         if let Some(c) = g.get_mut(&target) {
-            *c = c.saturating_sub(n);
+            c.0 = c.0.saturating_sub(n);
+            c.1 = c.1.saturating_sub(bytes);
         }
+    }
+
+    /// Bytes of hints kept, all targets together.
+    pub fn bytes(&self) -> u64 {
+        self.lock().values().map(|c| c.1).sum()
+    }
+
+    fn count(&self, target: NodeKey) -> u64 {
+        self.lock().get(&target).map_or(0, |c| c.0)
     }
 
     fn clear(&self, target: NodeKey) {
@@ -68,7 +105,7 @@ impl HintIndex {
 
     /// Hints waiting, all targets together.
     pub fn pending(&self) -> u64 {
-        self.lock().values().sum()
+        self.lock().values().map(|c| c.0).sum()
     }
 
     fn targets(&self) -> Vec<NodeKey> {
@@ -88,10 +125,32 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     }
 
     /// Delivers `target`'s hints while it is up; drops expired ones and those of members that
-    /// left.
+    /// left. Hints for a target that is down are not even read; once it has been down longer than
+    /// the hint window they are dropped unread.
     async fn replay_to(&self, target: NodeKey) {
         let window_ms = self.inner.cfg.hint_window.as_millis() as u64;
         let mut delivered = 0u64;
+        {
+            let view = self.view();
+            let up = target != self.inner.me && view.is_up(target);
+            if !up && !view.left.contains(&target) {
+                let gone = view
+                    .down_for(target, std::time::Instant::now())
+                    .is_some_and(|d| d > self.inner.cfg.hint_window);
+                if gone {
+                    let storage = self.inner.storage.clone();
+                    let dropped =
+                        tokio::task::spawn_blocking(move || storage.drop_hints_for(target)).await;
+                    if let Ok(Ok(())) = dropped {
+                        let n = self.inner.hints.count(target);
+                        self.inner.stats.hints_dropped.fetch_add(n, Ordering::Relaxed);
+                        self.inner.hints.clear(target);
+                        info!(target = %format!("{target:032x}"), dropped = n, "hints dropped: the replica has been down longer than the hint window");
+                    }
+                }
+                return;
+            }
+        }
         loop {
             let view = self.view();
             let storage = self.inner.storage.clone();
@@ -119,11 +178,9 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                     warn!(error = %e, "cannot delete expired hints");
                     return;
                 }
-                self.inner
-                    .stats
-                    .hints_dropped
-                    .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                self.inner.hints.sub(target, ids.len() as u64);
+                self.inner.stats.hints_dropped.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                let bytes = expired.iter().map(|h| hint_bytes(&h.record)).sum();
+                self.inner.hints.sub(target, ids.len() as u64, bytes);
                 debug!(target = %format!("{target:032x}"), dropped = ids.len(), "hints expired");
             }
             if live.is_empty() {
@@ -145,6 +202,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 .count();
             live.truncate(fits.max(1));
             let ids: Vec<Vec<u8>> = live.iter().map(|h| h.id.clone()).collect();
+            let bytes: u64 = live.iter().map(|h| hint_bytes(&h.record)).sum();
             let records = live.into_iter().map(|h| h.record).collect();
             match self.inner.transport.request(addr, Request::ReplicaWrite(records)).await {
                 // Stored (`ReplicaWritten`: some were older than what the replica holds, which
@@ -155,11 +213,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                         return;
                     }
                     delivered += ids.len() as u64;
-                    self.inner.hints.sub(target, ids.len() as u64);
-                    self.inner
-                        .stats
-                        .hints_replayed
-                        .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    self.inner.hints.sub(target, ids.len() as u64, bytes);
+                    self.inner.stats.hints_replayed.fetch_add(ids.len() as u64, Ordering::Relaxed);
                 }
                 Ok(other) => {
                     debug!(peer = %addr, resp = ?other, "hint replay refused");

@@ -91,6 +91,7 @@ pub struct KvStats {
     pub refused_ahead: AtomicU64,
     pub refused_clock: AtomicU64,
     pub unreadable_records: AtomicU64,
+    pub hints_over_cap: AtomicU64,
 }
 
 /// A snapshot of [`KvStats`] plus the store's size.
@@ -132,6 +133,13 @@ pub struct KvStatus {
     /// failed only its own key, which the coordinator then repaired from other replicas.
     #[serde(default)]
     pub unreadable_records: u64,
+    /// Hints not kept because the hint store was at its cap (left to read repair and
+    /// anti-entropy).
+    #[serde(default)]
+    pub hints_over_cap: u64,
+    /// Bytes of hints kept.
+    #[serde(default)]
+    pub hints_bytes: u64,
     /// This node's clock minus the cluster's (the median over its peers), in ms.
     #[serde(default)]
     pub clock_offset_ms: i64,
@@ -248,6 +256,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             refused_ahead: l(&s.refused_ahead),
             refused_clock: l(&s.refused_clock),
             unreadable_records: l(&s.unreadable_records),
+            hints_over_cap: l(&s.hints_over_cap),
+            hints_bytes: self.inner.hints.bytes(),
             clock_offset_ms: clock.offset_ms,
             clock_peers: clock.peers as u64,
             max_clock_offset_ms: self.inner.cfg.max_clock_offset.as_millis() as u64,
@@ -414,15 +424,34 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 format!("{target:032x} has been down longer than the hint window"),
             );
         }
+        match self.store_hints(target, records).await {
+            Ok(()) => Response::Ok,
+            Err(e) => Response::error(ErrorCode::Unavailable, e),
+        }
+    }
+
+    /// Keeps `records` as hints for `target`, within the hint store's caps.
+    async fn store_hints(&self, target: NodeKey, records: Vec<Record>) -> Result<(), String> {
         let n = records.len() as u64;
+        let bytes: u64 = records.iter().map(hints::hint_bytes).sum();
+        if !self.inner.hints.reserve(&self.inner.cfg, target, n, bytes) {
+            self.inner.stats.hints_over_cap.fetch_add(n, Ordering::Relaxed);
+            return Err(format!(
+                "the hint store is full ({} bytes for {target:032x} at most, {} in all): the \
+                 write is left to read repair and anti-entropy",
+                self.inner.cfg.max_hint_bytes_per_target, self.inner.cfg.max_hint_bytes
+            ));
+        }
         match self.inner.writer.put_hints(records.into_iter().map(|r| (target, r)).collect()).await
         {
             Ok(()) => {
-                self.inner.hints.add(target, n);
                 self.inner.stats.hints_stored.fetch_add(n, Ordering::Relaxed);
-                Response::Ok
+                Ok(())
             }
-            Err(e) => Response::error(ErrorCode::Unavailable, format!("cannot keep hints: {e}")),
+            Err(e) => {
+                self.inner.hints.unreserve(target, n, bytes);
+                Err(format!("cannot keep hints: {e}"))
+            }
         }
     }
 
@@ -715,14 +744,10 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         if view.left.contains(&target) {
             return Answer::Failed;
         }
-        match self.inner.writer.put_hints(vec![(target, record)]).await {
-            Ok(()) => {
-                self.inner.hints.add(target, 1);
-                self.inner.stats.hints_stored.fetch_add(1, Ordering::Relaxed);
-                Answer::Stored { newer: None }
-            }
+        match self.store_hints(target, vec![record]).await {
+            Ok(()) => Answer::Stored { newer: None },
             Err(e) => {
-                tracing::error!(error = %e, "cannot store hint");
+                tracing::debug!(error = %e, "hint not kept");
                 Answer::Failed
             }
         }

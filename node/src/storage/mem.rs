@@ -139,6 +139,17 @@ impl Storage for MemStorage {
         super::count_hint_targets(g.hints.keys().map(Ok::<_, StorageError>))
     }
 
+    fn hint_bytes(&self) -> Result<Vec<(u128, u64)>, StorageError> {
+        let g = self.lock();
+        super::hint_bytes_of(g.hints.iter().map(Ok::<_, StorageError>))
+    }
+
+    fn drop_hints_for(&self, target: u128) -> Result<(), StorageError> {
+        let prefix = target.to_be_bytes();
+        self.lock().hints.retain(|k, _| !k.starts_with(&prefix));
+        Ok(())
+    }
+
     fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError> {
         let mut g = self.lock();
         for id in ids {

@@ -93,8 +93,13 @@ pub trait Storage: Send + Sync + 'static {
     fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError>;
     /// Every node that has hints waiting, with their count.
     fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError>;
+    /// Every node that has hints waiting, with the bytes their hints take (keys and values).
+    fn hint_bytes(&self) -> Result<Vec<(u128, u64)>, StorageError>;
     /// Removes delivered or expired hints.
     fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError>;
+    /// Removes every hint kept for `target`, without reading them (a replica down past the hint
+    /// window, or gone).
+    fn drop_hints_for(&self, target: u128) -> Result<(), StorageError>;
     /// A local metadata value.
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Sets a local metadata value (synced to disk before returning).
@@ -147,6 +152,24 @@ pub(crate) fn count_hint_targets<K: AsRef<[u8]>, E>(
         match out.last_mut() {
             Some((last, n)) if *last == t => *n += 1,
             _ => out.push((t, 1)),
+        }
+    }
+    Ok(out)
+}
+
+/// Hint targets with the bytes of their hints (keys and values), from hint entries in storage
+/// order (grouped by target).
+pub(crate) fn hint_bytes_of<K: AsRef<[u8]>, V: AsRef<[u8]>, E>(
+    entries: impl IntoIterator<Item = Result<(K, V), E>>,
+) -> Result<Vec<(u128, u64)>, E> {
+    let mut out: Vec<(u128, u64)> = Vec::new();
+    for e in entries {
+        let (k, v) = e?;
+        let Some((t, _)) = parse_hint_key(k.as_ref()) else { continue };
+        let b = (k.as_ref().len() + v.as_ref().len()) as u64;
+        match out.last_mut() {
+            Some((last, n)) if *last == t => *n += b,
+            _ => out.push((t, b)),
         }
     }
     Ok(out)

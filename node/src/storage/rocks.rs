@@ -515,6 +515,22 @@ impl Storage for RocksStorage {
         super::count_hint_targets(keys).map_err(engine)
     }
 
+    fn hint_bytes(&self) -> Result<Vec<(u128, u64)>, StorageError> {
+        let cf = self.cf(CF_HINTS)?;
+        super::hint_bytes_of(self.db.iterator_cf(cf, IteratorMode::Start)).map_err(engine)
+    }
+
+    fn drop_hints_for(&self, target: u128) -> Result<(), StorageError> {
+        let cf = self.cf(CF_HINTS)?;
+        let from = target.to_be_bytes().to_vec();
+        let mut batch = WriteBatch::default();
+        match target.checked_add(1) {
+            Some(next) => batch.delete_range_cf(cf, from, next.to_be_bytes().to_vec()),
+            None => batch.delete_range_cf(cf, from, vec![0xff; 17]),
+        }
+        self.write(batch)
+    }
+
     fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError> {
         let cf = self.cf(CF_HINTS)?;
         let mut batch = WriteBatch::default();
