@@ -36,6 +36,14 @@ pub struct ClockHealth {
     pub healthy: bool,
 }
 
+/// Peers whose clocks a node must have measured before it coordinates writes, given the
+/// `up_peers` other ring nodes gossip shows up: two (one alone could be the wrong one), or all of
+/// them if fewer. Until then its offset is unknown: a node that just started with a clock far
+/// off would otherwise look healthy (no sample says otherwise) and plant versions from the future.
+pub fn peers_needed(up_peers: usize) -> usize {
+    up_peers.min(2)
+}
+
 /// Offsets measured to each peer.
 #[derive(Debug)]
 pub struct ClockMonitor {

@@ -87,7 +87,15 @@ impl RingView {
                 let since = previous.and_then(|p| p.down.get(&m.id).copied()).unwrap_or(now);
                 down.insert(m.id, since);
             }
-            let Some(tokens) = m.tokens.as_deref().and_then(parse_tokens) else { continue };
+            let Some(tokens) = m.tokens.as_deref().and_then(parse_tokens) else {
+                // A member restarting shows a new generation before its state arrives: until its
+                // tokens are gossiped again it keeps its place (dropping it would move its ranges
+                // to nodes that do not hold them, and send its writes there without a hint).
+                if let Some(kept) = previous.and_then(|p| p.ring.node(m.id)) {
+                    nodes.push(kept.clone());
+                }
+                continue;
+            };
             let status = match m.status.as_deref() {
                 Some("joining") => NodeStatus::Joining,
                 Some("leaving") => NodeStatus::Leaving,

@@ -309,6 +309,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     ));
     let replay = tokio::spawn(kv.clone().replay_hints());
     let clocks = tokio::spawn(kv.clone().monitor_clocks());
+    let ring_keeper = tokio::spawn(kv.clone().remember_ring());
     tokio::spawn(async move {
         match join.await {
             Ok(Ok(())) => {}
@@ -334,6 +335,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     driver.abort();
     replay.abort();
     clocks.abort();
+    ring_keeper.abort();
     let _ = http_stop_tx.send(());
     let _ = http_task.await;
     transport.close().await;

@@ -151,7 +151,19 @@ impl Cluster {
         for n in &cluster.nodes {
             assert_eq!(n.kv.view().ring.nodes().count(), ring);
         }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_clock_measured(i).await;
+        }
         cluster
+    }
+
+    /// Waits until node `i` has measured its peers' clocks (it coordinates no writes before).
+    async fn wait_clock_measured(&self, i: usize) {
+        let kv = &self.nodes[i].kv;
+        eventually(PATIENCE, "clocks measured", || async {
+            kv.clock_health().peers >= kv.clock_peers_needed(&kv.view())
+        })
+        .await;
     }
 
     fn spawn_node(&self, id: NodeKey, storage: Arc<MemStorage>) -> TestNode {
@@ -168,6 +180,7 @@ impl Cluster {
             .expect("kv starts");
         assert!(cell.set(kv.clone()).is_ok());
         let replay = Some(tokio::spawn(kv.clone().replay_hints()));
+        tokio::spawn(kv.clone().monitor_clocks());
         TestNode { id, storage, kv, transport, mode, view, replay, alive: true }
     }
 
@@ -231,6 +244,7 @@ impl Cluster {
         self.members[i].addr = node.transport.local_addr();
         self.nodes[i] = node;
         self.mark_up(i);
+        self.wait_clock_measured(i).await;
     }
 
     fn kv(&self, i: usize) -> &MemKv {

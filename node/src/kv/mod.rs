@@ -59,6 +59,20 @@ pub const HLC_MARK_AHEAD_MS: u64 = 1_000;
 const HLC_PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// How often peers' clocks are sampled.
 const CLOCK_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// ... and while this node has not measured enough of them.
+const CLOCK_EARLY_PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Local metadata key of the ring's members (16-byte node ids), kept so that a restarted node
+/// coordinates only once they are all back on its ring.
+pub const META_RING_MEMBERS: &str = "ring-members";
+
+/// The ring members persisted in `storage` (`None` if none).
+fn ring_members<S: Storage + ?Sized>(storage: &S) -> Option<std::collections::HashSet<NodeKey>> {
+    let bytes = storage.get_meta(META_RING_MEMBERS).ok()??;
+    let ids: std::collections::HashSet<NodeKey> =
+        bytes.chunks_exact(16).filter_map(|c| c.try_into().ok().map(u128::from_be_bytes)).collect();
+    (!ids.is_empty()).then_some(ids)
+}
 
 /// The persisted HLC high mark in `storage` (0 if none).
 pub fn hlc_high_mark<S: Storage + ?Sized>(storage: &S) -> u64 {
@@ -186,6 +200,8 @@ struct Inner<T, S> {
     /// This node's clock minus the cluster's, in ms, as last measured (read on every replica
     /// write, so kept apart from the monitor's lock).
     clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// After a restart: the ring members to wait for before coordinating (`None`: ready).
+    ring_gate: std::sync::Mutex<Option<std::collections::HashSet<NodeKey>>>,
 }
 
 impl<T: Transport, S: Storage> Kv<T, S> {
@@ -208,6 +224,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 me,
                 clock: std::sync::Mutex::new(ClockMonitor::new(cfg.max_clock_offset)),
                 clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
+                ring_gate: std::sync::Mutex::new(ring_members(&*storage)),
                 cfg,
                 hlc: Hlc::starting_after(hlc_high_mark(&*storage)),
                 storage,
@@ -485,7 +502,18 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         level: Consistency,
     ) -> Result<Written, KvError> {
         check_key_value(&key, value.as_deref()).map_err(KvError::BadRequest)?;
+        let view = self.ready_view()?;
         let clock = self.clock_health();
+        let needed = self.clock_peers_needed(&view);
+        if clock.peers < needed {
+            self.inner.stats.refused_clock.fetch_add(1, Ordering::Relaxed);
+            return Err(KvError::Unavailable(format!(
+                "this node has measured its clock against {} of the {needed} peers it needs \
+                 before it coordinates writes (it just started, or cannot reach them); try \
+                 again in a moment or send the write to another node",
+                clock.peers
+            )));
+        }
         if !clock.healthy {
             self.inner.stats.refused_clock.fetch_add(1, Ordering::Relaxed);
             return Err(KvError::Unavailable(format!(
@@ -498,7 +526,6 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 self.inner.cfg.max_clock_offset.as_millis()
             )));
         }
-        let view = self.view();
         let version = Version { ts: self.inner.hlc.now(wall_millis()), node: self.inner.me };
         let record = Record { key, version, value };
         let op = WriteOp::start(std::time::Instant::now(), &self.inner.cfg, &view, level, record)?;
@@ -522,9 +549,66 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     }
 
     async fn get_inner(&self, key: Vec<u8>, level: Consistency) -> Result<Read, KvError> {
-        let view = self.view();
+        let view = self.ready_view()?;
         let op = ReadOp::start(std::time::Instant::now(), &self.inner.cfg, &view, level, key)?;
         self.drive(view, op).await
+    }
+
+    /// The ring view to coordinate with, once this node knows the ring again after a restart:
+    /// every node that was on its ring before (persisted in [`META_RING_MEMBERS`]) must be back
+    /// on it (or known to have left). Until then a restarted node would place keys on the few
+    /// nodes it has heard of so far (itself alone, at first) and acknowledge writes that no real
+    /// replica holds.
+    fn ready_view(&self) -> Result<Arc<RingView>, KvError> {
+        let view = self.view();
+        let mut gate = self.inner.ring_gate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(expected) = gate.as_ref() {
+            let missing = expected
+                .iter()
+                .filter(|id| view.ring.node(**id).is_none() && !view.left.contains(id))
+                .count();
+            if missing > 0 {
+                return Err(KvError::Unavailable(format!(
+                    "this node restarted and has not yet learned the ring again ({missing} of \
+                     the {} nodes it knew are not back on it); try again in a moment",
+                    expected.len()
+                )));
+            }
+            *gate = None;
+        }
+        Ok(view)
+    }
+
+    /// Forever (spawn it): keeps the ring's members in the local metadata, so a restart knows
+    /// whom to wait for before it coordinates ([`Kv::ready_view`]).
+    pub async fn remember_ring(self) {
+        let mut view = self.inner.view.clone();
+        let mut stored: Vec<NodeKey> = Vec::new();
+        loop {
+            let ids: Vec<NodeKey> = {
+                let v = view.borrow_and_update();
+                let mut ids: Vec<NodeKey> = v.ring.nodes().map(|n| n.id).collect();
+                ids.sort_unstable();
+                ids
+            };
+            let gated = self.inner.ring_gate.lock().map_or(true, |g| g.is_some());
+            if !ids.is_empty() && !gated && ids != stored {
+                let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+                let storage = self.inner.storage.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    storage.put_meta(META_RING_MEMBERS, &bytes)
+                })
+                .await;
+                match r {
+                    Ok(Ok(())) => stored = ids,
+                    _ => tracing::debug!("cannot persist the ring's members"),
+                }
+            }
+            let wait = tokio::time::timeout(std::time::Duration::from_secs(1), view.changed());
+            if let Ok(Err(_)) = wait.await {
+                return;
+            }
+        }
     }
 
     /// Counts and logs a record this node could not read; what the coordinator is told.
@@ -545,6 +629,13 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         (wall_millis() as i64).saturating_sub(offset).max(0) as u64
     }
 
+    /// Peers whose clocks must be measured before this node coordinates writes.
+    pub fn clock_peers_needed(&self, view: &RingView) -> usize {
+        let me = self.inner.me;
+        let up = view.ring.nodes().filter(|n| n.id != me && view.is_up(n.id)).count();
+        starling_kv::clock::peers_needed(up)
+    }
+
     /// This node's clock against its peers'.
     pub fn clock_health(&self) -> ClockHealth {
         let m = self.inner.clock.lock().unwrap_or_else(|e| e.into_inner());
@@ -554,7 +645,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     /// Forever (spawn it): samples every peer's clock and persists the HLC's high mark.
     pub async fn monitor_clocks(self) {
         let mut persist = tokio::time::interval(HLC_PERSIST_EVERY);
-        let mut probe = tokio::time::interval(CLOCK_PROBE_EVERY);
+        let mut probe = tokio::time::interval(CLOCK_EARLY_PROBE_EVERY);
         let mut warned = false;
         loop {
             tokio::select! {
@@ -570,6 +661,13 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                     self.probe_clocks().await;
                     let h = self.clock_health();
                     self.inner.clock_offset_ms.store(h.offset_ms, Ordering::Relaxed);
+                    // Until it has measured enough peers, it probes often (it coordinates no
+                    // writes until then).
+                    let needed = self.clock_peers_needed(&self.view());
+                    let every = if h.peers < needed || needed == 0 { CLOCK_EARLY_PROBE_EVERY } else { CLOCK_PROBE_EVERY };
+                    if probe.period() != every {
+                        probe = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    }
                     if !h.healthy && !warned {
                         tracing::error!(offset_ms = h.offset_ms, peers = h.peers, max_ms = self.inner.cfg.max_clock_offset.as_millis() as u64, "this node's clock is off the cluster's: it refuses to coordinate writes until it is fixed");
                     } else if h.healthy && warned {
