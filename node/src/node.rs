@@ -355,7 +355,8 @@ fn leave_would_lose_copies(view: &kv::RingView) -> Option<String> {
         .count();
     (staying < view.rf).then(|| {
         format!(
-            "cannot leave: {staying} other node{} would stay on the ring, fewer than the {} copies              of every key (--replication); add a node first",
+            "cannot leave: {staying} other node{} would stay on the ring, fewer than the {} copies \
+             of every key (--replication); add a node first",
             if staying == 1 { "" } else { "s" },
             view.rf
         )

@@ -137,9 +137,10 @@ async fn stale_connections_to_a_restarted_node_are_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_is_gossiped_and_the_node_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut nodes = cluster(dir.path(), 3);
+    // Four nodes: three stay, enough for N = 3 copies (a leave from three is refused).
+    let mut nodes = cluster(dir.path(), 4);
     let refs: Vec<&Node> = nodes.iter().collect();
-    assert!(wait_for(Duration::from_secs(20), || all_see(&refs, 3).then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(20), || all_see(&refs, 4).then_some(())).is_some());
     let c = client(&dir.path().join("certs/client")).await;
     let resp = c.request(nodes[2].addrs.listen, Request::Leave).await.expect("leave");
     assert_eq!(resp, Response::Ok);

@@ -197,6 +197,8 @@ struct Inner<T, S> {
     hints: hints::HintIndex,
     batcher: Arc<batch::PeerBatcher<T>>,
     clock: std::sync::Mutex<ClockMonitor>,
+    /// The monitor's verdict after the last probe round.
+    clock_health: std::sync::Mutex<ClockHealth>,
     /// This node's clock minus the cluster's, in ms, as last measured (read on every replica
     /// write, so kept apart from the monitor's lock).
     clock_offset_ms: std::sync::atomic::AtomicI64,
@@ -223,6 +225,11 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             inner: Arc::new(Inner {
                 me,
                 clock: std::sync::Mutex::new(ClockMonitor::new(cfg.max_clock_offset)),
+                clock_health: std::sync::Mutex::new(ClockHealth {
+                    offset_ms: 0,
+                    peers: 0,
+                    healthy: true,
+                }),
                 clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
                 ring_gate: std::sync::Mutex::new(ring_members(&*storage)),
                 cfg,
@@ -636,10 +643,10 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         starling_kv::clock::peers_needed(up)
     }
 
-    /// This node's clock against its peers'.
+    /// This node's clock against its peers', as of the last probe round (every write reads it,
+    /// so it is computed once per round, not per write).
     pub fn clock_health(&self) -> ClockHealth {
-        let m = self.inner.clock.lock().unwrap_or_else(|e| e.into_inner());
-        m.health(std::time::Instant::now())
+        *self.inner.clock_health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Forever (spawn it): samples every peer's clock and persists the HLC's high mark.
@@ -659,7 +666,11 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 }
                 _ = probe.tick() => {
                     self.probe_clocks().await;
-                    let h = self.clock_health();
+                    let h = {
+                        let m = self.inner.clock.lock().unwrap_or_else(|e| e.into_inner());
+                        m.health(std::time::Instant::now())
+                    };
+                    *self.inner.clock_health.lock().unwrap_or_else(|e| e.into_inner()) = h;
                     self.inner.clock_offset_ms.store(h.offset_ms, Ordering::Relaxed);
                     // Until it has measured enough peers, it probes often (it coordinates no
                     // writes until then).
@@ -707,6 +718,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         O: Op + std::marker::Send + 'static,
     {
         let mut inflight = FuturesUnordered::new();
+        let mut timer = Timer::default();
         loop {
             while let Some(out) = op.poll_send() {
                 inflight.push(self.clone().carry(view.clone(), out));
@@ -719,7 +731,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                             while let Some(out) = op.poll_send() {
                                 inflight.push(kv.clone().carry(view.clone(), out));
                             }
-                            if !step(&mut op, &mut inflight).await {
+                            if !step(&mut op, &mut inflight, &mut timer).await {
                                 break;
                             }
                         }
@@ -727,7 +739,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 }
                 return result;
             }
-            if !step(&mut op, &mut inflight).await {
+            if !step(&mut op, &mut inflight, &mut timer).await {
                 return Err(KvError::Internal("request ended without a result".into()));
             }
         }
@@ -852,19 +864,40 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     }
 }
 
+/// An op's timer: one `Sleep` for the whole op, reset only when the op's deadline moves (each
+/// new `Sleep` is a registration in the runtime's timer wheel, measurable per request).
+#[derive(Default)]
+struct Timer {
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    at: Option<std::time::Instant>,
+}
+
 /// One turn of a driven op: the next answer (answers first), or its timer. False if the op
 /// awaits nothing and has no timer (it cannot make progress).
 async fn step<O: Op>(
     op: &mut O,
     inflight: &mut FuturesUnordered<impl std::future::Future<Output = (SendId, Answer)>>,
+    timer: &mut Timer,
 ) -> bool {
-    let timer = op.poll_timeout();
+    let at = op.poll_timeout();
+    if at != timer.at {
+        timer.at = at;
+        if let Some(at) = at {
+            let at = Instant::from_std(at);
+            match timer.sleep.as_mut() {
+                Some(s) => s.as_mut().reset(at),
+                None => timer.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+    }
+    let armed = at.is_some() && timer.sleep.is_some();
     tokio::select! {
         biased;
         Some((id, answer)) = inflight.next() => {
             op.handle_answer(std::time::Instant::now(), id, answer);
         }
-        _ = tokio::time::sleep_until(Instant::from_std(timer.unwrap_or_else(std::time::Instant::now))), if timer.is_some() => {
+        _ = async { if let Some(s) = timer.sleep.as_mut() { s.as_mut().await } }, if armed => {
+            timer.at = None;
             op.handle_timeout(std::time::Instant::now());
         }
         else => return false,
