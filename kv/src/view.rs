@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use starling_gossip::state::keys as gossip_keys;
+use starling_gossip::{Gossip, MemberState};
 use starling_ring::{NodeKey, NodeStatus, Placement, Ring, RingNode, Token};
 
 /// Gossip keys the ring is built from.
@@ -139,6 +141,36 @@ impl RingView {
     pub fn down_for(&self, id: NodeKey, now: Instant) -> Option<std::time::Duration> {
         self.down.get(&id).map(|since| now.saturating_duration_since(*since))
     }
+}
+
+/// Every member's ring-relevant state as `g` knows it, this node included: what
+/// [`RingView::build`] takes. One place for `starlingd` and the simulator.
+pub fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
+    let get = |s: &starling_gossip::NodeState, k: &str| s.get(k).map(str::to_owned);
+    let mut out: Vec<MemberRingState> = g
+        .members()
+        .map(|m| MemberRingState {
+            id: m.id.0,
+            addr: m.addr,
+            down: m.state == MemberState::Down,
+            left: m.state == MemberState::Left
+                || m.node_state.get(gossip_keys::STATUS) == Some("left"),
+            tokens: get(m.node_state, keys::TOKENS),
+            status: get(m.node_state, gossip_keys::STATUS),
+            zone: get(m.node_state, gossip_keys::ZONE),
+        })
+        .collect();
+    let local = g.local_state();
+    out.push(MemberRingState {
+        id: g.id().0,
+        addr: g.addr(),
+        down: false,
+        left: local.get(gossip_keys::STATUS) == Some("left"),
+        tokens: get(local, keys::TOKENS),
+        status: get(local, gossip_keys::STATUS),
+        zone: get(local, gossip_keys::ZONE),
+    });
+    out
 }
 
 /// Encodes tokens for gossip.

@@ -13,7 +13,7 @@ use starling_wire::Request;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::kv::view::{self, MemberRingState, RingView};
+use crate::kv::view::{self, RingView};
 use crate::kv::KvStatus;
 use crate::status::{GossipStatus, MemberStatus, RingStatus, Status};
 use crate::transport::Transport;
@@ -166,7 +166,7 @@ pub async fn run<T: Transport>(
             let next = Arc::new(RingView::build(
                 gossip.id().0,
                 info.replication,
-                &ring_members(&gossip),
+                &view::ring_members(&gossip),
                 Some(&previous),
                 std::time::Instant::now(),
             ));
@@ -197,34 +197,6 @@ pub async fn run<T: Transport>(
         }
     }
     status.send_replace(Arc::new(snapshot(&gossip, &info, &ring.borrow())));
-}
-
-/// Every member's ring-relevant state, this node included.
-fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
-    let get = |s: &starling_gossip::NodeState, k: &str| s.get(k).map(str::to_owned);
-    let mut out: Vec<MemberRingState> = g
-        .members()
-        .map(|m| MemberRingState {
-            id: m.id.0,
-            addr: m.addr,
-            down: m.state == MemberState::Down,
-            left: m.state == MemberState::Left || m.node_state.get(keys::STATUS) == Some("left"),
-            tokens: get(m.node_state, view::keys::TOKENS),
-            status: get(m.node_state, keys::STATUS),
-            zone: get(m.node_state, keys::ZONE),
-        })
-        .collect();
-    let local = g.local_state();
-    out.push(MemberRingState {
-        id: g.id().0,
-        addr: g.addr(),
-        down: false,
-        left: local.get(keys::STATUS) == Some("left"),
-        tokens: get(local, view::keys::TOKENS),
-        status: get(local, keys::STATUS),
-        zone: get(local, keys::ZONE),
-    });
-    out
 }
 
 fn log_event(g: &Gossip, e: &Event) -> bool {

@@ -21,7 +21,7 @@ use starling_gossip::state::keys as gossip_keys;
 use starling_gossip::{Command, Config as GossipConfig, Gossip, MemberState, NodeId};
 use starling_kv::clock::ClockMonitor;
 use starling_kv::hlc::{self, Hlc};
-use starling_kv::view::{self, MemberRingState};
+use starling_kv::view;
 use starling_kv::{
     Answer, KvConfig, KvError, Outgoing, Read, ReadOp, RingView, Send, SendId, WriteOp, Written,
 };
@@ -1018,43 +1018,12 @@ impl KvProc {
         }
     }
 
-    /// Every member's ring-relevant state, this node included (`ring_members` in
-    /// `node/src/driver.rs`).
-    fn ring_members(&self) -> Vec<MemberRingState> {
-        let g = &self.g;
-        let get = |s: &starling_gossip::NodeState, k: &str| s.get(k).map(str::to_owned);
-        let mut out: Vec<MemberRingState> = g
-            .members()
-            .map(|m| MemberRingState {
-                id: m.id.0,
-                addr: m.addr,
-                down: m.state == MemberState::Down,
-                left: m.state == MemberState::Left
-                    || m.node_state.get(gossip_keys::STATUS) == Some("left"),
-                tokens: get(m.node_state, view::keys::TOKENS),
-                status: get(m.node_state, gossip_keys::STATUS),
-                zone: get(m.node_state, gossip_keys::ZONE),
-            })
-            .collect();
-        let local = g.local_state();
-        out.push(MemberRingState {
-            id: g.id().0,
-            addr: g.addr(),
-            down: false,
-            left: local.get(gossip_keys::STATUS) == Some("left"),
-            tokens: get(local, view::keys::TOKENS),
-            status: get(local, gossip_keys::STATUS),
-            zone: get(local, gossip_keys::ZONE),
-        });
-        out
-    }
-
     /// Rebuilds the ring view and publishes its digest, as the gossip driver does.
     fn rebuild_view(&mut self, now: Instant) {
         let next = Arc::new(RingView::build(
             self.spec.id,
             self.spec.kv.replication,
-            &self.ring_members(),
+            &view::ring_members(&self.g),
             Some(&self.view),
             now,
         ));
