@@ -212,7 +212,7 @@ async fn run(cli: Cli) -> Result<()> {
             // The reference measured on a machine like this one (2 cores, loopback, quinn 0.11,
             // rustls 0.23, mutual TLS, 100-byte request and response, pipelined).
             println!(
-                "ceiling (PERFORMANCE.md): 64 in flight ~487,000 req/s at 2.4 µs CPU/request; 16: ~166,000 at 7 µs; 4: ~42,000 at 21 µs; 1: ~11,000 at 81 µs"
+                "ceiling (docs/CEILINGS.md): 64 in flight ~487,000 req/s at 2.4 µs CPU/request; 16: ~166,000 at 7 µs; 4: ~42,000 at 21 µs; 1: ~11,000 at 81 µs"
             );
         }
     }

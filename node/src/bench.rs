@@ -1,5 +1,5 @@
 //! `starling bench transport`: two QUIC endpoints with mutual TLS on loopback, `Echo` requests
-//! pipelined at a fixed depth. The figures compare with `PERFORMANCE.md`'s transport table
+//! pipelined at a fixed depth. The figures compare with `docs/CEILINGS.md`'s transport table
 //! (~487,000 requests/s and 2.4 µs of CPU per request, both ends, at 64 in flight, 100 bytes, on a
 //! `current_thread` runtime).
 
@@ -64,7 +64,7 @@ impl std::fmt::Display for BenchReport {
 
 /// Runs `requests` echo requests of `payload` bytes with `in_flight` outstanding at once, between
 /// two endpoints of this process, on the caller's runtime (both ends share it: run it on a
-/// `current_thread` runtime to compare with `PERFORMANCE.md`).
+/// `current_thread` runtime to compare with `docs/CEILINGS.md`).
 pub async fn transport_bench(
     requests: u64,
     in_flight: usize,

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     };
     starling_node::logging::init(cfg.log_json);
     // One current-thread runtime: on 2 cores it costs about a quarter of the CPU per request of
-    // a multi-threaded one (PERFORMANCE.md); blocking work goes to the blocking pool.
+    // a multi-threaded one (docs/CEILINGS.md); blocking work goes to the blocking pool.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

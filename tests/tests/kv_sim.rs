@@ -272,7 +272,7 @@ fn a_quorum_read_whose_repair_cannot_reach_a_quorum_fails_with_timeout() {
 // ----- bugs the simulator found (each fails with the rule that fixed it turned off) ------------
 
 #[test]
-fn restarted_node_acknowledges_with_a_ring_of_itself() {
+fn a_restarted_node_does_not_acknowledge_with_a_ring_of_itself() {
     let seed = seed_from_env(17);
     let _g = SeedGuard(seed);
     let mut c = cluster(seed, 5, false, |_| {});

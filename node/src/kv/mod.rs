@@ -204,6 +204,8 @@ struct Inner<T, S> {
     clock_offset_ms: std::sync::atomic::AtomicI64,
     /// After a restart: the ring members to wait for before coordinating (`None`: ready).
     ring_gate: std::sync::Mutex<Option<std::collections::HashSet<NodeKey>>>,
+    /// Set once the gate is open, so requests skip its lock.
+    ring_ready: std::sync::atomic::AtomicBool,
 }
 
 impl<T: Transport, S: Storage> Kv<T, S> {
@@ -216,6 +218,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         view: watch::Receiver<Arc<RingView>>,
     ) -> std::io::Result<Self> {
         let writer = Writer::start(storage.clone())?;
+        let gate = ring_members(&*storage);
         let hints = hints::HintIndex::load(&*storage);
         let batcher = Arc::new(batch::PeerBatcher::new(
             transport.clone(),
@@ -231,7 +234,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                     healthy: true,
                 }),
                 clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
-                ring_gate: std::sync::Mutex::new(ring_members(&*storage)),
+                ring_ready: std::sync::atomic::AtomicBool::new(gate.is_none()),
+                ring_gate: std::sync::Mutex::new(gate),
                 cfg,
                 hlc: Hlc::starting_after(hlc_high_mark(&*storage)),
                 storage,
@@ -568,6 +572,9 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     /// replica holds.
     fn ready_view(&self) -> Result<Arc<RingView>, KvError> {
         let view = self.view();
+        if self.inner.ring_ready.load(Ordering::Acquire) {
+            return Ok(view);
+        }
         let mut gate = self.inner.ring_gate.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(expected) = gate.as_ref() {
             let missing = expected
@@ -583,6 +590,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             }
             *gate = None;
         }
+        self.inner.ring_ready.store(true, Ordering::Release);
         Ok(view)
     }
 
@@ -598,7 +606,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 ids.sort_unstable();
                 ids
             };
-            let gated = self.inner.ring_gate.lock().map_or(true, |g| g.is_some());
+            // Opens the gate once the ring is whole again, even with no request to coordinate.
+            let gated = self.ready_view().is_err();
             if !ids.is_empty() && !gated && ids != stored {
                 let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
                 let storage = self.inner.storage.clone();

@@ -4,7 +4,7 @@
 //! it, [`quic::QuicTransport`] runs it over the network and [`mem::MemNetwork`] runs many nodes in
 //! one process. Both pass the same conformance suite (`node/tests/transport.rs`).
 //!
-//! The shape follows `PERFORMANCE.md`: each peer connection carries one long-lived bidirectional
+//! The shape follows `docs/CEILINGS.md`: each peer connection carries one long-lived bidirectional
 //! stream on which requests are **pipelined**, up to [`TransportConfig::max_in_flight_per_peer`]
 //! at once. One writer per stream sends everything queued since its last write in one write
 //! (coalescing), a reader hands responses to waiters by request id. The server side decodes every
@@ -105,7 +105,7 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// Keep-alive interval; below `idle_timeout` so idle peer connections stay up.
     pub keep_alive: Duration,
-    /// UDP socket receive buffer; 4 MiB removed bulk packet loss in `PERFORMANCE.md`.
+    /// UDP socket receive buffer; 4 MiB removed bulk packet loss in `docs/CEILINGS.md`.
     pub socket_recv_buffer: usize,
     /// Stateless-reset secret (QUIC): the same across restarts lets a restarted node reset peers'
     /// connections to its previous process. `None`: a random one per endpoint.

@@ -78,7 +78,7 @@ impl PeerConn {
     }
 }
 
-/// quinn's transport settings, from `PERFORMANCE.md`.
+/// quinn's transport settings, from `docs/CEILINGS.md`.
 fn quinn_transport_config(config: &TransportConfig) -> Result<quinn::TransportConfig, String> {
     let mut t = quinn::TransportConfig::default();
     // Our single request stream, plus room for the dedicated streams of bulk transfers; at least
@@ -94,7 +94,7 @@ fn quinn_transport_config(config: &TransportConfig) -> Result<quinn::TransportCo
     // flow-control round trips.
     t.stream_receive_window(VarInt::from_u32(8 << 20));
     t.receive_window(VarInt::from_u32(16 << 20));
-    // ~10% less CPU per request when the peer supports it (PERFORMANCE.md).
+    // ~10% less CPU per request when the peer supports it (docs/CEILINGS.md).
     t.ack_frequency_config(Some(AckFrequencyConfig::default()));
     Ok(t)
 }
