@@ -269,7 +269,7 @@ impl Gossip {
     /// Every known member except this node.
     pub fn members(&self) -> impl Iterator<Item = MemberView<'_>> {
         let now = self.now;
-        self.members.iter().filter(|m| !m.gone).map(move |m| MemberView {
+        self.members.iter().map(move |m| MemberView {
             id: m.id,
             addr: m.addr,
             generation: m.generation,
@@ -285,6 +285,13 @@ impl Gossip {
         self.members().find(|m| m.id == id)
     }
 
+    /// Member slots this node holds (known members and tombstones, not us); for tests and
+    /// status pages. Forgotten members give their slot back, so this follows the membership
+    /// rather than every id ever seen.
+    pub fn slots(&self) -> usize {
+        self.members.len()
+    }
+
     /// Count of known members (not us) in each state.
     pub fn count(&self, state: MemberState) -> usize {
         self.counts[state as usize]
@@ -297,7 +304,7 @@ impl Gossip {
             && self
                 .members
                 .iter()
-                .filter(|m| !m.gone && m.liveness.state() == MemberState::Alive)
+                .filter(|m| m.liveness.state() == MemberState::Alive)
                 .all(|m| m.state.get(keys::DIGEST) == Some(mine.as_str()))
     }
 
@@ -309,13 +316,41 @@ impl Gossip {
         let mut counts = [0usize; 4];
         buckets[bucket_of(self.me.id)] ^=
             subject_hash(self.me.id, self.me.generation, self.local.max_version());
-        for (i, m) in self.members.iter().enumerate() {
-            if m.gone {
-                if self.index.contains_key(&m.id) && self.index[&m.id] as usize == i {
-                    return Err(format!("forgotten {:?} still indexed", m.id));
+        // Slots are reused (a forgotten member's slot takes the last member): every structure
+        // holding slot numbers must name each slot in use once, and nothing beyond them.
+        let n = self.members.len();
+        if self.index.len() != n {
+            return Err(format!("{} indexed ids for {n} member slots", self.index.len()));
+        }
+        for (id, (generation, _)) in &self.forgotten {
+            if let Some(&i) = self.index.get(id) {
+                if self.members[i as usize].generation <= *generation {
+                    return Err(format!("forgotten {id:?} still indexed"));
                 }
-                continue;
             }
+        }
+        let mut seen = vec![false; n];
+        for (b, slots) in self.bucket_members.iter().enumerate() {
+            for &i in slots {
+                let i = i as usize;
+                if i >= n || seen[i] || bucket_of(self.members[i].id) != b {
+                    return Err(format!("bucket {b} holds slot {i} wrongly"));
+                }
+                seen[i] = true;
+            }
+        }
+        let mut seen = vec![false; n];
+        for &i in &self.probe_order {
+            let i = i as usize;
+            if i >= n || seen[i] {
+                return Err(format!("probe order holds slot {i} of {n} wrongly"));
+            }
+            seen[i] = true;
+        }
+        if self.probe_pos > self.probe_order.len() {
+            return Err("probe position past the probe order".into());
+        }
+        for (i, m) in self.members.iter().enumerate() {
             if self.index.get(&m.id) != Some(&(i as u32)) {
                 return Err(format!("index of {:?} is wrong", m.id));
             }
@@ -465,7 +500,8 @@ impl Gossip {
     /// each is pinged and only becomes alive when it answers.
     pub fn warm_start(&mut self, peers: Vec<(Header, Arc<NodeState>)>, confirmed: bool) {
         for (h, state) in peers {
-            if h.id == self.me.id || self.index.contains_key(&h.id) {
+            let d = Digest { id: h.id, generation: h.generation, max_version: 0 };
+            if h.id == self.me.id || self.index.contains_key(&h.id) || self.is_forgotten(&d) {
                 continue;
             }
             let inc = parse_inc(&state).max(h.incarnation);
@@ -478,7 +514,6 @@ impl Gossip {
                 liveness,
                 state,
                 phi: None,
-                gone: false,
             });
             if !confirmed {
                 self.to_confirm.push_back(h.id);
@@ -866,7 +901,6 @@ impl Gossip {
                     liveness,
                     state: Arc::new(NodeState::default()),
                     phi: None,
-                    gone: false,
                 });
                 self.to_confirm.push_back(d.id);
                 self.arm_suspicion(idx);
@@ -942,7 +976,6 @@ impl Gossip {
                 liveness: Liveness::Alive,
                 state: Arc::new(NodeState::default()),
                 phi: Some(Box::default()),
-                gone: false,
             });
             self.heartbeat(idx);
             self.member_up(idx);
@@ -1034,7 +1067,6 @@ impl Gossip {
                     liveness,
                     state: Arc::new(NodeState::default()),
                     phi: None,
-                    gone: false,
                 });
                 if direct {
                     self.member_up(idx);
@@ -1422,8 +1454,7 @@ impl Gossip {
             }
             let i = self.probe_order[self.probe_pos] as usize;
             self.probe_pos += 1;
-            let m = &self.members[i];
-            if !m.gone && m.liveness.reachable() {
+            if self.members[i].liveness.reachable() {
                 return Some(i);
             }
         }
@@ -1458,27 +1489,56 @@ impl Gossip {
             let Some((_, id)) = self.left_queue.pop_front() else { break };
             let Some(&i) = self.index.get(&id) else { continue };
             let i = i as usize;
-            let m = &mut self.members[i];
+            let m = &self.members[i];
             // Only if it is still the same tombstone (not back in a new generation since).
             if !matches!(m.liveness, Liveness::Left { until } if until <= now) {
                 continue;
             }
-            m.gone = true;
             let generation = m.generation;
             let sub = subject_hash(id, generation, m.state.max_version());
             let view = subject_hash(id, generation, is_left(&m.state));
-            m.state = Arc::new(NodeState::default());
             self.counts[MemberState::Left as usize] -= 1;
             self.bucket_hash[bucket_of(id)] ^= sub;
             self.view_hash ^= view;
-            self.bucket_members[bucket_of(id)].retain(|&x| x as usize != i);
-            self.index.remove(&id);
+            self.remove_member(i);
             // Remember for another TTL so lagging peers' digests cannot bring it back.
             self.forgotten.insert(id, (generation, now + self.cfg.left_ttl));
             self.events.push_back(Event::MemberForgotten { id });
         }
         if !self.forgotten.is_empty() {
             self.forgotten.retain(|_, (_, until)| *until > now);
+        }
+    }
+
+    /// Gives slot `i` back: the member in it is dropped (its state and phi with it) and the last
+    /// slot moves into it, so `members` holds exactly the members known now, not every id ever
+    /// seen. Every structure holding slot numbers follows the move; hashes and counts are the
+    /// caller's.
+    fn remove_member(&mut self, i: usize) {
+        let last = self.members.len() - 1;
+        let gone = self.members.swap_remove(i);
+        self.index.remove(&gone.id);
+        self.bucket_members[bucket_of(gone.id)].retain(|&x| x as usize != i);
+        let mut pos = 0;
+        while pos < self.probe_order.len() {
+            if self.probe_order[pos] as usize == i {
+                self.probe_order.remove(pos);
+                if pos < self.probe_pos {
+                    self.probe_pos -= 1;
+                }
+            } else {
+                pos += 1;
+            }
+        }
+        if i == last {
+            return;
+        }
+        let (moved, from, to) = (self.members[i].id, last as u32, i as u32);
+        self.index.insert(moved, to);
+        let holders =
+            self.bucket_members[bucket_of(moved)].iter_mut().chain(self.probe_order.iter_mut());
+        for x in holders.filter(|x| **x == from) {
+            *x = to;
         }
     }
 
@@ -1508,13 +1568,11 @@ impl Gossip {
         }
         for _ in 0..8 {
             let i = self.rng.gen_range(0..n);
-            let m = &self.members[i];
-            if !m.gone && pred(&m.liveness) {
+            if pred(&self.members[i].liveness) {
                 return Some(i);
             }
         }
-        let all: Vec<usize> =
-            (0..n).filter(|&i| !self.members[i].gone && pred(&self.members[i].liveness)).collect();
+        let all: Vec<usize> = (0..n).filter(|&i| pred(&self.members[i].liveness)).collect();
         all.choose(&mut self.rng).copied()
     }
 

@@ -83,8 +83,6 @@ pub(crate) struct Member {
     pub liveness: Liveness,
     pub state: Arc<NodeState>,
     pub phi: Option<Box<Phi>>,
-    /// Slot no longer in use (member forgotten); kept so indices stay stable.
-    pub gone: bool,
 }
 
 impl Member {
