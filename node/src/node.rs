@@ -275,7 +275,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         }
     }
     let kv = Kv::new(data.node_id.0, kv_cfg, storage, transport.clone(), ring_rx)
-        .context("cannot start the storage writer")?;
+        .context("cannot start the storage threads")?;
     let _ = kv_cell.set(kv.clone());
     let kv_status = {
         let kv = kv.clone();

@@ -612,6 +612,44 @@ async fn sloppy_quorum_hands_writes_for_down_replicas_to_fallback_nodes() {
     assert_eq!(got.record, Some(w));
 }
 
+/// A leaving node hands the hints it keeps for a replica that is down to a node that stays, and
+/// that node delivers them once the replica is back: no acknowledged write is lost with the node
+/// that leaves. Before, the hints were dropped with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_hands_its_hints_to_a_node_that_stays() {
+    let key = b"hinted-by-a-leaver".to_vec();
+    let mut c = Cluster::new(5, 0).await;
+    let r = c.replicas(&key);
+    let (leaver, down) = (r[0], r[2]);
+    // The replica crashes before gossip notices: the write to it fails, and the coordinator
+    // keeps it as a hint (a replica already seen down would get a stand-in instead).
+    c.kill(down).await;
+    let w = put(c.kv(leaver), &key, b"kept as a hint", Consistency::Quorum).await;
+    eventually(Duration::from_secs(5), "the coordinator keeps a hint for the replica", || async {
+        c.nodes[leaver].hints_pending() == 1
+    })
+    .await;
+    c.mark_down(down);
+
+    let handed = c.kv(leaver).hand_over_hints().await.expect("hint handover");
+    assert_eq!(handed, 1);
+    assert_eq!(c.nodes[leaver].hints_pending(), 0, "the hint left with the handover");
+    let keepers: Vec<usize> =
+        (0..5).filter(|&i| i != leaver && c.nodes[i].hints_pending() == 1).collect();
+    assert_eq!(keepers.len(), 1, "exactly one node that stays keeps it");
+    assert_ne!(keepers[0], down);
+
+    // The leaver is gone for good; the replica comes back and gets the write from the keeper.
+    c.kill(leaver).await;
+    c.mark_down(leaver);
+    c.restart(down).await;
+    eventually(Duration::from_secs(10), "the kept hint delivered", || async {
+        c.nodes[keepers[0]].hints_pending() == 0
+    })
+    .await;
+    assert_eq!(stored(&c.nodes[down], &key), Some(w), "the replica holds the write");
+}
+
 /// Quorum reads send one replica a data read and the others digest reads. A coordinator outside
 /// the preference list reads the record from the first replica; when a digest shows a newer
 /// version, the record is fetched from the replica that has it; when the data replica hangs, the

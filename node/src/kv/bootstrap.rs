@@ -22,6 +22,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use starling_ring::{token_of, NodeKey, NodeStatus, Range};
 use starling_wire::{Record, Request, Response};
 use tokio::sync::{mpsc, watch};
@@ -230,7 +232,7 @@ async fn stream_range<T: Transport, S: Storage>(
             Response::ReplicaRecords { records, cursor: next } => {
                 n += records.len() as u64;
                 if !records.is_empty() {
-                    kv.inner.writer.apply(records).await.map_err(anyhow::Error::msg)?;
+                    kv.inner.io.apply(records).await.map_err(anyhow::Error::msg)?;
                 }
                 match next {
                     Some(c) => cursor = Some(c),
@@ -319,5 +321,6 @@ pub async fn decommission<T: Transport, S: Storage>(
         }
     }
     info!(records = sent, "decommission: data handed over");
+    kv.hand_over_hints().await.context("handing over the hints kept for other nodes")?;
     Ok(sent)
 }

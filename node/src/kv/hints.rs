@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use starling_ring::NodeKey;
+use starling_ring::{NodeKey, NodeStatus};
 use starling_wire::{Record, Request, Response};
 use tracing::{debug, info, warn};
 
@@ -22,6 +22,8 @@ const PAGE: usize = 256;
 /// ... and at most about this many bytes of them (always at least one), so a request of 1 MiB
 /// values stays under the 4 MiB frame limit.
 const PAGE_BYTES: usize = 2 << 20;
+/// Attempts to hand one page of hints to a node that stays, during a leave.
+const HANDOVER_ATTEMPTS: u32 = 20;
 /// How often targets with hints are checked.
 const EVERY: Duration = Duration::from_millis(500);
 
@@ -124,6 +126,69 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         }
     }
 
+    /// A leaving node's hints for other replicas, so that none is lost with it: each target's
+    /// hints are delivered to the target if it is up; those still here (the target is down) are
+    /// given to a node that stays, which keeps them for the target as a stand-in of a sloppy
+    /// quorum would, and are deleted here only once it has them. Hints that have expired, or are
+    /// for a member that left or has been down past the hint window, are dropped as in a replay.
+    /// Returns how many hints were handed to other nodes; fails when some could not be (the
+    /// leave is then aborted, and the hints stay here).
+    pub async fn hand_over_hints(&self) -> anyhow::Result<u64> {
+        let mut handed = 0u64;
+        for target in self.inner.hints.targets() {
+            self.replay_to(target).await;
+            let mut attempt = 0;
+            loop {
+                let storage = self.inner.storage.clone();
+                let mut page =
+                    tokio::task::spawn_blocking(move || storage.hints_for(target, PAGE)).await??;
+                if page.is_empty() {
+                    self.inner.hints.clear(target);
+                    break;
+                }
+                cut_to_page(&mut page);
+                let view = self.view();
+                // A stand-in: a node on the ring that stays (neither the target nor leaving).
+                let keeper = view
+                    .others_up()
+                    .filter(|id| *id != target)
+                    .find(|id| view.ring.node(*id).is_some_and(|n| n.status == NodeStatus::Normal));
+                let n = page.len() as u64;
+                let bytes: u64 = page.iter().map(|h| hint_bytes(&h.record)).sum();
+                let ids: Vec<Vec<u8>> = page.iter().map(|h| h.id.clone()).collect();
+                let records: Vec<Record> = page.into_iter().map(|h| h.record).collect();
+                let answer = match keeper.and_then(|k| view.addrs.get(&k).copied()) {
+                    Some(addr) => {
+                        let req = Request::ReplicaHint { target, records };
+                        Some(self.inner.transport.request(addr, req).await)
+                    }
+                    None => None,
+                };
+                match answer {
+                    Some(Ok(Response::Ok)) => {
+                        self.inner.io.delete_hints(ids).await.map_err(anyhow::Error::msg)?;
+                        self.inner.hints.sub(target, n, bytes);
+                        handed += n;
+                    }
+                    other => {
+                        attempt += 1;
+                        if attempt >= HANDOVER_ATTEMPTS {
+                            anyhow::bail!(
+                                "no node that stays took the {n} hints kept for {target:032x}: {other:?}"
+                            );
+                        }
+                        warn!(target = %format!("{target:032x}"), answer = ?other, attempt, "hint handover failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+        if handed > 0 {
+            info!(hints = handed, "hints handed over to nodes that stay");
+        }
+        Ok(handed)
+    }
+
     /// Delivers `target`'s hints while it is up; drops expired ones and those of members that
     /// left. Hints for a target that is down are not even read; once it has been down longer than
     /// the hint window they are dropped unread.
@@ -173,15 +238,16 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 .into_iter()
                 .partition(|h| left || h.record.version.millis().saturating_add(window_ms) < now);
             if !expired.is_empty() {
-                let ids: Vec<Vec<u8>> = expired.iter().map(|h| h.id.clone()).collect();
-                if let Err(e) = self.inner.storage.delete_hints(&ids) {
+                let n = expired.len() as u64;
+                let bytes = expired.iter().map(|h| hint_bytes(&h.record)).sum();
+                let ids: Vec<Vec<u8>> = expired.into_iter().map(|h| h.id).collect();
+                if let Err(e) = self.inner.io.delete_hints(ids).await {
                     warn!(error = %e, "cannot delete expired hints");
                     return;
                 }
-                self.inner.stats.hints_dropped.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                let bytes = expired.iter().map(|h| hint_bytes(&h.record)).sum();
-                self.inner.hints.sub(target, ids.len() as u64, bytes);
-                debug!(target = %format!("{target:032x}"), dropped = ids.len(), "hints expired");
+                self.inner.stats.hints_dropped.fetch_add(n, Ordering::Relaxed);
+                self.inner.hints.sub(target, n, bytes);
+                debug!(target = %format!("{target:032x}"), dropped = n, "hints expired");
             }
             if live.is_empty() {
                 continue;
@@ -190,17 +256,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 break;
             }
             let Some(addr) = view.addrs.get(&target).copied() else { break };
-            // Cut the request to PAGE_BYTES; the rest stay stored and go on the next pass.
-            let mut bytes = 0;
-            let fits = live
-                .iter()
-                .take_while(|h| {
-                    let r = &h.record;
-                    bytes += r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 64;
-                    bytes <= PAGE_BYTES
-                })
-                .count();
-            live.truncate(fits.max(1));
+            // The rest stay stored and go on the next pass.
+            cut_to_page(&mut live);
             let ids: Vec<Vec<u8>> = live.iter().map(|h| h.id.clone()).collect();
             let bytes: u64 = live.iter().map(|h| hint_bytes(&h.record)).sum();
             let records = live.into_iter().map(|h| h.record).collect();
@@ -208,13 +265,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 // Stored (`ReplicaWritten`: some were older than what the replica holds, which
                 // is delivered just the same).
                 Ok(Response::Ok | Response::ReplicaWritten(_)) => {
-                    if let Err(e) = self.inner.storage.delete_hints(&ids) {
+                    let n = ids.len() as u64;
+                    if let Err(e) = self.inner.io.delete_hints(ids).await {
                         warn!(error = %e, "cannot delete delivered hints");
                         return;
                     }
-                    delivered += ids.len() as u64;
-                    self.inner.hints.sub(target, ids.len() as u64, bytes);
-                    self.inner.stats.hints_replayed.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                    delivered += n;
+                    self.inner.hints.sub(target, n, bytes);
+                    self.inner.stats.hints_replayed.fetch_add(n, Ordering::Relaxed);
                 }
                 Ok(other) => {
                     debug!(peer = %addr, resp = ?other, "hint replay refused");
@@ -230,4 +288,19 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             info!(target = %format!("{target:032x}"), delivered, "hints replayed");
         }
     }
+}
+
+/// Cuts a page of hints to about [`PAGE_BYTES`] (at least one hint): one request of 1 MiB values
+/// stays under the 4 MiB frame limit.
+fn cut_to_page(hints: &mut Vec<crate::storage::Hint>) {
+    let mut bytes = 0;
+    let fits = hints
+        .iter()
+        .take_while(|h| {
+            let r = &h.record;
+            bytes += r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 64;
+            bytes <= PAGE_BYTES
+        })
+        .count();
+    hints.truncate(fits.max(1));
 }

@@ -26,7 +26,7 @@
 mod batch;
 pub mod bootstrap;
 pub mod hints;
-pub mod writer;
+pub mod io;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::storage::Storage;
 use crate::transport::Transport;
-use writer::Writer;
+use io::StorageIo;
 
 pub use starling_kv::{hlc, view, KvConfig, KvError, Read, RingView, Written};
 
@@ -190,7 +190,7 @@ struct Inner<T, S> {
     cfg: KvConfig,
     hlc: Hlc,
     storage: Arc<S>,
-    writer: Writer,
+    io: StorageIo<S>,
     transport: Arc<T>,
     view: watch::Receiver<Arc<RingView>>,
     stats: KvStats,
@@ -217,7 +217,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         transport: Arc<T>,
         view: watch::Receiver<Arc<RingView>>,
     ) -> std::io::Result<Self> {
-        let writer = Writer::start(storage.clone())?;
+        let io = StorageIo::start(storage.clone())?;
         let gate = ring_members(&*storage);
         let hints = hints::HintIndex::load(&*storage);
         let batcher = Arc::new(batch::PeerBatcher::new(
@@ -239,7 +239,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 cfg,
                 hlc: Hlc::starting_after(hlc_high_mark(&*storage)),
                 storage,
-                writer,
+                io,
                 transport,
                 view,
                 stats: KvStats::default(),
@@ -318,18 +318,23 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             Request::ReplicaHint { target, records } => self.keep_for(target, records).await,
             Request::ReplicaRead(key) => {
                 self.inner.stats.replica_reads.fetch_add(1, Ordering::Relaxed);
-                match self.inner.storage.get(&key) {
-                    Ok(r) => Response::ReplicaRecord(r),
-                    Err(e) => {
+                match self.inner.io.get_each(vec![key]).await.map(|mut r| r.pop()) {
+                    Ok(Some(Ok(r))) => Response::ReplicaRecord(r),
+                    Ok(Some(Err(e))) => {
                         let answer = self.unreadable(&e);
                         Response::ReplicaRecordMany(vec![ReadAnswer::Unreadable(answer)])
                     }
+                    Ok(None) => Response::error(ErrorCode::Internal, "no answer from storage"),
+                    Err(e) => Response::error(ErrorCode::Unavailable, e),
                 }
             }
             Request::ReplicaReadMany(keys) => {
                 self.inner.stats.replica_reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                let keys: Vec<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
-                let each = self.inner.storage.get_each(&keys);
+                let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.0).collect();
+                let each = match self.inner.io.get_each(keys).await {
+                    Ok(each) => each,
+                    Err(e) => return Some(Response::error(ErrorCode::Unavailable, e)),
+                };
                 let mut records = Vec::with_capacity(each.len());
                 let mut failed = Vec::new();
                 for (i, r) in each.into_iter().enumerate() {
@@ -349,10 +354,11 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             }
             Request::ReplicaVersions(keys) => {
                 self.inner.stats.replica_reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                let keys: Vec<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
-                match self.inner.storage.versions(&keys) {
-                    Ok(versions) => Response::ReplicaVersions(versions),
-                    Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+                let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.0).collect();
+                match self.inner.io.versions(keys).await {
+                    Ok(Ok(versions)) => Response::ReplicaVersions(versions),
+                    Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
+                    Err(e) => Response::error(ErrorCode::Unavailable, e),
                 }
             }
             Request::ReplicaScan { start, end, after, limit } => {
@@ -379,10 +385,9 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         if let Err(refused) = self.check_incoming(&records) {
             return refused;
         }
-        let newer = self.newer_held(&records);
         let n = records.len() as u64;
-        match self.inner.writer.apply(records).await {
-            Ok(()) => {
+        match self.inner.io.apply_checked(records).await {
+            Ok(newer) => {
                 self.inner.stats.replica_writes.fetch_add(n, Ordering::Relaxed);
                 if newer.iter().all(Option::is_none) {
                     Response::Ok
@@ -392,20 +397,6 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             }
             Err(e) => Response::error(ErrorCode::Unavailable, format!("replica cannot write: {e}")),
         }
-    }
-
-    /// For each record, the newer version this node already holds for its key, if any. A key
-    /// whose stored record cannot be read holds nothing that can win: the record replaces it.
-    fn newer_held(&self, records: &[Record]) -> Vec<Option<Version>> {
-        let keys: Vec<&[u8]> = records.iter().map(|r| r.key.as_slice()).collect();
-        let held: Vec<Option<Version>> = match self.inner.storage.versions(&keys) {
-            Ok(v) => v,
-            Err(_) => keys
-                .iter()
-                .map(|k| self.inner.storage.versions(&[k]).ok().and_then(|v| v[0]))
-                .collect(),
-        };
-        records.iter().zip(held).map(|(r, held)| held.filter(|h| *h > r.version)).collect()
     }
 
     /// Refuses records that are not valid, or whose version is further ahead of this node's
@@ -470,8 +461,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 self.inner.cfg.max_hint_bytes_per_target, self.inner.cfg.max_hint_bytes
             ));
         }
-        match self.inner.writer.put_hints(records.into_iter().map(|r| (target, r)).collect()).await
-        {
+        match self.inner.io.put_hints(records.into_iter().map(|r| (target, r)).collect()).await {
             Ok(()) => {
                 self.inner.stats.hints_stored.fetch_add(n, Ordering::Relaxed);
                 Ok(())
@@ -757,77 +747,87 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     /// Carries one send out: over the network, or to this node's own store.
     async fn carry(self, view: Arc<RingView>, out: Outgoing) -> (SendId, Answer) {
         let me = self.inner.me;
-        let answer = match out.send {
-            Send::Write { to, record } if to == me => self.store_local(record).await,
-            Send::Write { to, record } => match view.addrs.get(&to) {
-                Some(addr) => match self.inner.batcher.write(*addr, record).await {
-                    Some(newer) => Answer::Stored { newer },
+        let answer =
+            match out.send {
+                Send::Write { to, record } if to == me => self.store_local(record).await,
+                Send::Write { to, record } => match view.addrs.get(&to) {
+                    Some(addr) => match self.inner.batcher.write(*addr, record).await {
+                        Some(newer) => Answer::Stored { newer },
+                        None => Answer::Failed,
+                    },
                     None => Answer::Failed,
                 },
-                None => Answer::Failed,
-            },
-            Send::HandOff { via, target, record } => {
-                let answer = if via == me {
-                    self.keep_hint(&view, target, record).await
-                } else {
-                    self.hand_off(&view, via, target, record).await
-                };
-                if matches!(answer, Answer::Stored { .. }) {
-                    self.inner.stats.fallback_writes.fetch_add(1, Ordering::Relaxed);
-                }
-                answer
-            }
-            Send::Hint { target, record } => self.keep_hint(&view, target, record).await,
-            Send::Read { to, key, digest } => {
-                let answer = if to == me {
-                    let local = if digest {
-                        self.inner.storage.versions(&[&key]).map(|v| Answer::Digest(v[0]))
+                Send::HandOff { via, target, record } => {
+                    let answer = if via == me {
+                        self.keep_hint(&view, target, record).await
                     } else {
-                        self.inner.storage.get(&key).map(Answer::Record)
+                        self.hand_off(&view, via, target, record).await
                     };
-                    local.unwrap_or_else(|e| {
-                        self.unreadable(&e);
-                        if digest {
-                            Answer::Failed
+                    if matches!(answer, Answer::Stored { .. }) {
+                        self.inner.stats.fallback_writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    answer
+                }
+                Send::Hint { target, record } => self.keep_hint(&view, target, record).await,
+                Send::Read { to, key, digest } => {
+                    let answer =
+                        if to == me {
+                            let local =
+                                if digest {
+                                    self.inner.io.versions(vec![key]).await.map(|v| {
+                                        v.map(|v| Answer::Digest(v.first().copied().flatten()))
+                                    })
+                                } else {
+                                    self.inner.io.get_each(vec![key]).await.map(|mut r| {
+                                        r.pop().unwrap_or(Ok(None)).map(Answer::Record)
+                                    })
+                                };
+                            let local = match local {
+                                Ok(local) => local,
+                                Err(_) => return (out.id, Answer::Failed),
+                            };
+                            local.unwrap_or_else(|e| {
+                                self.unreadable(&e);
+                                if digest {
+                                    Answer::Failed
+                                } else {
+                                    Answer::Unreadable
+                                }
+                            })
+                        } else if let Some(addr) = view.addrs.get(&to) {
+                            let read = if digest {
+                                self.inner.batcher.version(*addr, key).await.map(Answer::Digest)
+                            } else {
+                                self.inner.batcher.read(*addr, key).await.map(|r| match r {
+                                    batch::Got::Record(r) => Answer::Record(r),
+                                    batch::Got::Unreadable => Answer::Unreadable,
+                                })
+                            };
+                            read.unwrap_or(Answer::Failed)
                         } else {
-                            Answer::Unreadable
-                        }
-                    })
-                } else if let Some(addr) = view.addrs.get(&to) {
-                    let read = if digest {
-                        self.inner.batcher.version(*addr, key).await.map(Answer::Digest)
-                    } else {
-                        self.inner.batcher.read(*addr, key).await.map(|r| match r {
-                            batch::Got::Record(r) => Answer::Record(r),
-                            batch::Got::Unreadable => Answer::Unreadable,
-                        })
+                            Answer::Failed
+                        };
+                    let seen = match &answer {
+                        Answer::Record(Some(r)) => Some(r.version),
+                        Answer::Digest(v) => *v,
+                        _ => None,
                     };
-                    read.unwrap_or(Answer::Failed)
-                } else {
-                    Answer::Failed
-                };
-                let seen = match &answer {
-                    Answer::Record(Some(r)) => Some(r.version),
-                    Answer::Digest(v) => *v,
-                    _ => None,
-                };
-                if let Some(v) = seen {
-                    // A version from a clock too far ahead is not followed (its value still
-                    // wins by version).
-                    let bound = self.inner.cfg.max_clock_offset.as_millis() as u64;
-                    let _ = self.inner.hlc.observe(v.ts, self.cluster_millis(), bound);
+                    if let Some(v) = seen {
+                        // A version from a clock too far ahead is not followed (its value still
+                        // wins by version).
+                        let bound = self.inner.cfg.max_clock_offset.as_millis() as u64;
+                        let _ = self.inner.hlc.observe(v.ts, self.cluster_millis(), bound);
+                    }
+                    answer
                 }
-                answer
-            }
-        };
+            };
         (out.id, answer)
     }
 
     /// This node's own replica write; says whether it already held a newer version.
     async fn store_local(&self, record: Record) -> Answer {
-        let newer = self.newer_held(std::slice::from_ref(&record)).pop().flatten();
-        match self.inner.writer.apply(vec![record]).await {
-            Ok(()) => Answer::Stored { newer },
+        match self.inner.io.apply_checked(vec![record]).await {
+            Ok(mut newer) => Answer::Stored { newer: newer.pop().flatten() },
             Err(e) => {
                 tracing::error!(error = %e, "local write failed");
                 Answer::Failed

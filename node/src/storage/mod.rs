@@ -55,7 +55,7 @@ pub struct ScanPage {
 }
 
 /// A node's local store. Implementations are internally synchronised; calls may block on disk,
-/// so async callers use the [`crate::kv::writer`] thread for writes.
+/// so async callers go through the storage threads of [`crate::kv::io`].
 pub trait Storage: Send + Sync + 'static {
     /// Applies `records` atomically (one write batch), each merged by version with what is
     /// stored. Durable in the write-ahead log when it returns (fsynced too in `sync = always`).
@@ -73,6 +73,11 @@ pub trait Storage: Send + Sync + 'static {
             Ok(records) => records.into_iter().map(Ok).collect(),
             Err(_) => keys.iter().map(|k| self.get(k)).collect(),
         }
+    }
+    /// The stored version of each key if an in-memory cache knows every one of them (`None`
+    /// otherwise): never touches the disk, so it may run on the thread that answers the network.
+    fn cached_versions(&self, _keys: &[&[u8]]) -> Option<Vec<Option<Version>>> {
+        None
     }
     /// The stored version of each key (`None`: nothing stored), in order: what a replica answers
     /// to a digest read. Engines that keep versions in memory answer without reading records.
@@ -109,10 +114,6 @@ pub trait Storage: Send + Sync + 'static {
     /// Keys in the version cache and its capacity, if the engine has one.
     fn version_cache(&self) -> Option<(u64, u64)> {
         None
-    }
-    /// True when writes wait for the disk (fsync) and must not run on an async thread.
-    fn slow_writes(&self) -> bool {
-        false
     }
     /// Why the store refuses writes, once a write or a WAL sync has failed (a full disk, an I/O
     /// error): from then on every write fails with this, until the node is restarted.

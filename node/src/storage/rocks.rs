@@ -84,7 +84,6 @@ pub struct RocksStorage {
     write_opts: WriteOptions,
     syncer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
     dirty: Arc<AtomicBool>,
-    always: bool,
     /// Stored versions of recent keys; changed only under `apply_lock` (see [`super::versions`]).
     versions: Option<VersionCache>,
     apply_lock: Mutex<()>,
@@ -233,7 +232,6 @@ impl RocksStorage {
                 Some((stop, handle))
             }
         };
-        let always = cfg.sync == SyncMode::Always;
         let versions = if cfg.version_cache == 0 {
             None
         } else {
@@ -250,7 +248,6 @@ impl RocksStorage {
             write_opts,
             syncer: Mutex::new(syncer),
             dirty,
-            always,
             versions,
             apply_lock: Mutex::new(()),
             failed,
@@ -421,6 +418,11 @@ impl Storage for RocksStorage {
         Ok(out)
     }
 
+    fn cached_versions(&self, keys: &[&[u8]]) -> Option<Vec<Option<Version>>> {
+        let cache = self.versions.as_ref()?;
+        keys.iter().map(|k| cache.get(key_hash(k))).collect()
+    }
+
     fn versions(&self, keys: &[&[u8]]) -> Result<Vec<Option<Version>>, StorageError> {
         let Some(cache) = &self.versions else {
             return Ok(self.get_many(keys)?.into_iter().map(|r| r.map(|r| r.version)).collect());
@@ -554,10 +556,6 @@ impl Storage for RocksStorage {
 
     fn version_cache(&self) -> Option<(u64, u64)> {
         self.versions.as_ref().map(VersionCache::usage)
-    }
-
-    fn slow_writes(&self) -> bool {
-        self.always
     }
 
     fn failure(&self) -> Option<String> {

@@ -57,12 +57,36 @@ impl std::fmt::Debug for ServeFn {
     }
 }
 
-/// One connection and the request stream we opened on it (if any yet).
+/// One connection and the request streams we opened on it (if any yet), one per [`Lane`].
 #[derive(Debug)]
 struct PeerConn {
     conn: Connection,
-    pipe: Mutex<Option<Arc<ClientPipe>>>,
+    pipes: [Mutex<Option<Arc<ClientPipe>>>; LANES],
     _slot: OwnedSemaphorePermit,
+}
+
+/// Request streams per connection.
+const LANES: usize = 2;
+
+/// Which of a connection's request streams carries a request. Gossip and clock probes have a
+/// stream of their own, so requests piling up behind a peer's stalled disk (the data stream's
+/// in-flight slots all taken, its flow-control window full) never hold up the probes that tell
+/// whether the peer is alive. Cassandra keeps an "urgent" connection for gossip for the same
+/// reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Data = 0,
+    Control = 1,
+}
+
+impl Lane {
+    fn of(req: &starling_wire::Request) -> Lane {
+        use starling_wire::Request;
+        match req {
+            Request::Gossip(_) | Request::Clock | Request::Status => Lane::Control,
+            _ => Lane::Data,
+        }
+    }
 }
 
 impl PeerConn {
@@ -70,11 +94,15 @@ impl PeerConn {
         self.conn.close_reason().is_none()
     }
 
-    fn live_pipe(&self) -> Option<Arc<ClientPipe>> {
+    fn new(conn: Connection, slot: OwnedSemaphorePermit) -> PeerConn {
+        PeerConn { conn, pipes: Default::default(), _slot: slot }
+    }
+
+    fn live_pipe(&self, lane: Lane) -> Option<Arc<ClientPipe>> {
         if !self.is_alive() {
             return None;
         }
-        lock(&self.pipe).as_ref().filter(|p| p.is_alive()).cloned()
+        lock(&self.pipes[lane as usize]).as_ref().filter(|p| p.is_alive()).cloned()
     }
 }
 
@@ -207,7 +235,7 @@ async fn accept_loop(inner: Weak<Inner>, endpoint: Endpoint) {
             match conn {
                 Ok(conn) => {
                     let Some(this) = inner.upgrade() else { return };
-                    let pc = Arc::new(PeerConn { conn, pipe: Mutex::new(None), _slot: slot });
+                    let pc = Arc::new(PeerConn::new(conn, slot));
                     // The newest connection from an address wins: a peer that dials us again
                     // may have restarted, and the connection we hold may lead to a dead process
                     // (it would only be noticed at the idle timeout).
@@ -251,16 +279,17 @@ impl Inner {
     async fn pipe(
         self: &Arc<Self>,
         peer: SocketAddr,
+        lane: Lane,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Arc<ClientPipe>, TransportError> {
-        if let Some(p) = lock(&self.conns).get(&peer).and_then(|c| c.live_pipe()) {
+        if let Some(p) = lock(&self.conns).get(&peer).and_then(|c| c.live_pipe(lane)) {
             return Ok(p);
         }
         let timed_out = || TransportError::Timeout { peer, timeout };
         let dial_lock = lock(&self.dialing).entry(peer).or_default().clone();
         let _guard = timeout_at(deadline, dial_lock.lock()).await.map_err(|_| timed_out())?;
-        let result = self.pipe_locked(peer, deadline, timeout).await;
+        let result = self.pipe_locked(peer, lane, deadline, timeout).await;
         lock(&self.dialing).remove(&peer);
         result
     }
@@ -268,6 +297,7 @@ impl Inner {
     async fn pipe_locked(
         self: &Arc<Self>,
         peer: SocketAddr,
+        lane: Lane,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Arc<ClientPipe>, TransportError> {
@@ -281,7 +311,7 @@ impl Inner {
                 pc
             }
         };
-        if let Some(p) = pc.live_pipe() {
+        if let Some(p) = pc.live_pipe(lane) {
             return Ok(p);
         }
         let lost = |e: quinn::ConnectionError| TransportError::ConnectionLost {
@@ -293,7 +323,7 @@ impl Inner {
             .map_err(|_| TransportError::Timeout { peer, timeout })?
             .map_err(lost)?;
         let pipe = ClientPipe::spawn(peer, recv, send, &self.config);
-        *lock(&pc.pipe) = Some(pipe.clone());
+        *lock(&pc.pipes[lane as usize]) = Some(pipe.clone());
         Ok(pipe)
     }
 
@@ -320,7 +350,7 @@ impl Inner {
             Err(_) => return Err(TransportError::Timeout { peer, timeout }),
         };
         tracing::debug!(%peer, "connected");
-        Ok(Arc::new(PeerConn { conn, pipe: Mutex::new(None), _slot: slot }))
+        Ok(Arc::new(PeerConn::new(conn, slot)))
     }
 }
 
@@ -340,14 +370,14 @@ impl Transport for QuicTransport {
         timeout: Duration,
     ) -> Result<starling_wire::Response, TransportError> {
         let deadline = Instant::now() + timeout;
-        let pipe = self.inner.pipe(peer, deadline, timeout).await?;
+        let pipe = self.inner.pipe(peer, Lane::of(&req), deadline, timeout).await?;
         pipe.request(&req, deadline, timeout).await
     }
 
     async fn send_one_way(&self, peer: SocketAddr, msg: Request) -> Result<(), TransportError> {
         let timeout = self.inner.config.request_timeout;
         let deadline = Instant::now() + timeout;
-        self.inner.pipe(peer, deadline, timeout).await?.send_one_way(&msg)
+        self.inner.pipe(peer, Lane::of(&msg), deadline, timeout).await?.send_one_way(&msg)
     }
 
     async fn close(&self) {

@@ -1,0 +1,231 @@
+//! The storage threads: no RocksDB work runs on the runtime thread that answers the network.
+//!
+//! A node answers gossip probes, clock probes and every QUIC packet on one runtime thread. If a
+//! write waited there for a stalled disk (a RocksDB write stall, a WAL `write()` on a frozen or
+//! throttled file system, a cold-cache read), the node would stop answering probes and its
+//! peers would mark a healthy node down. So every storage call of the request paths goes to a
+//! thread of its own, and the runtime only waits for the answer:
+//! - **the writer thread** folds every write queued since its last batch into one storage batch
+//!   (one RocksDB `WriteBatch`), so concurrent requests share one write and, in `sync = always`,
+//!   one fsync (group commit). Before writing it looks up, for the writes that ask, which keys
+//!   already hold a newer version (the answer a replica gives when a write lost to a newer one).
+//! - **reader threads** ([`READERS`] of them) run point reads and version look-ups; a read slow
+//!   on a cold cache holds up one of them, not the node. Version look-ups that the version cache
+//!   answers (memory only, never the disk) are answered at once, without the hop.
+//!
+//! The hop costs a wake-up per batch, not per request, once requests arrive faster than the
+//! threads drain them.
+
+use std::sync::Arc;
+
+use starling_wire::{Record, Version};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::storage::{Storage, StorageError};
+
+/// Write jobs queued beyond this wait (backpressure on the writers).
+const QUEUE: usize = 8192;
+/// Most write jobs folded into one batch.
+const MAX_BATCH: usize = 1024;
+/// Threads serving reads.
+pub const READERS: usize = 2;
+
+type Done<T> = oneshot::Sender<Result<T, String>>;
+
+/// Why a storage call did not run: the storage threads have stopped (the node is stopping).
+pub const STOPPED: &str = "storage threads stopped";
+
+enum Job {
+    /// Records to apply; with `check`, the answer says for each record the newer version this
+    /// node already held for its key, if any.
+    Apply {
+        records: Vec<Record>,
+        check: bool,
+        done: Done<Vec<Option<Version>>>,
+    },
+    Hints(Vec<(u128, Record)>, Done<()>),
+    DeleteHints(Vec<Vec<u8>>, Done<()>),
+}
+
+type ReadJob = Box<dyn FnOnce() + Send>;
+
+/// Handle to the storage threads; cheap to clone. The threads stop when every handle is dropped.
+pub struct StorageIo<S> {
+    storage: Arc<S>,
+    writes: mpsc::Sender<Job>,
+    reads: crossbeam_channel::Sender<ReadJob>,
+}
+
+impl<S> Clone for StorageIo<S> {
+    fn clone(&self) -> Self {
+        StorageIo {
+            storage: self.storage.clone(),
+            writes: self.writes.clone(),
+            reads: self.reads.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for StorageIo<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StorageIo")
+    }
+}
+
+impl<S: Storage> StorageIo<S> {
+    /// Starts the writer and reader threads over `storage`.
+    pub fn start(storage: Arc<S>) -> std::io::Result<StorageIo<S>> {
+        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        let writer = storage.clone();
+        std::thread::Builder::new().name("storage-writer".into()).spawn(move || {
+            let mut jobs = Vec::with_capacity(MAX_BATCH);
+            while let Some(first) = rx.blocking_recv() {
+                jobs.push(first);
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                run_batch(&*writer, &mut jobs);
+            }
+        })?;
+        let (reads, read_rx) = crossbeam_channel::unbounded::<ReadJob>();
+        for i in 0..READERS {
+            let rx = read_rx.clone();
+            std::thread::Builder::new().name(format!("storage-reader-{i}")).spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })?;
+        }
+        Ok(StorageIo { storage, writes: tx, reads })
+    }
+
+    /// Runs `f` on the store on a reader thread and returns what it returns.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&S) -> R + Send + 'static,
+    ) -> Result<R, String> {
+        let (tx, rx) = oneshot::channel();
+        let storage = self.storage.clone();
+        self.reads
+            .send(Box::new(move || {
+                let _ = tx.send(f(&storage));
+            }))
+            .map_err(|_| STOPPED.to_string())?;
+        rx.await.map_err(|_| STOPPED.to_string())
+    }
+
+    /// Point reads of `keys` on a reader thread, each succeeding or failing on its own.
+    pub async fn get_each(
+        &self,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<Result<Option<Record>, StorageError>>, String> {
+        self.read(move |s| {
+            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            s.get_each(&keys)
+        })
+        .await
+    }
+
+    /// The stored version of each key: at once when the version cache knows them all, else
+    /// looked up on a reader thread.
+    pub async fn versions(
+        &self,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Result<Vec<Option<Version>>, StorageError>, String> {
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        if let Some(known) = self.storage.cached_versions(&refs) {
+            return Ok(Ok(known));
+        }
+        self.read(move |s| {
+            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            s.versions(&keys)
+        })
+        .await
+    }
+
+    async fn submit<T>(
+        &self,
+        job: Job,
+        rx: oneshot::Receiver<Result<T, String>>,
+    ) -> Result<T, String> {
+        self.writes.send(job).await.map_err(|_| STOPPED.to_string())?;
+        rx.await.map_err(|_| STOPPED.to_string())?
+    }
+
+    /// Applies records (merged by version); returns once they are in the write-ahead log.
+    pub async fn apply(&self, records: Vec<Record>) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.submit(Job::Apply { records, check: false, done }, rx).await.map(drop)
+    }
+
+    /// Like [`StorageIo::apply`], and says for each record the newer version this node already
+    /// held for its key (the record lost to it), if any.
+    pub async fn apply_checked(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<Vec<Option<Version>>, String> {
+        let (done, rx) = oneshot::channel();
+        self.submit(Job::Apply { records, check: true, done }, rx).await
+    }
+
+    /// Stores hints for replicas that did not acknowledge.
+    pub async fn put_hints(&self, hints: Vec<(u128, Record)>) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.submit(Job::Hints(hints, done), rx).await
+    }
+
+    /// Removes delivered or expired hints.
+    pub async fn delete_hints(&self, ids: Vec<Vec<u8>>) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.submit(Job::DeleteHints(ids, done), rx).await
+    }
+}
+
+/// For each record, the newer version `storage` already holds for its key, if any. A key whose
+/// stored record cannot be read holds nothing that can win: the record replaces it.
+fn newer_held<S: Storage + ?Sized>(storage: &S, records: &[Record]) -> Vec<Option<Version>> {
+    let keys: Vec<&[u8]> = records.iter().map(|r| r.key.as_slice()).collect();
+    let held: Vec<Option<Version>> = match storage.versions(&keys) {
+        Ok(v) => v,
+        Err(_) => keys.iter().map(|k| storage.versions(&[k]).ok().and_then(|v| v[0])).collect(),
+    };
+    records.iter().zip(held).map(|(r, held)| held.filter(|h| *h > r.version)).collect()
+}
+
+fn run_batch<S: Storage + ?Sized>(storage: &S, jobs: &mut Vec<Job>) {
+    let mut records = Vec::new();
+    let mut hints = Vec::new();
+    let mut deletes = Vec::new();
+    let mut newer = Vec::with_capacity(jobs.len());
+    for j in jobs.iter_mut() {
+        match j {
+            Job::Apply { records: r, check, .. } => {
+                newer.push(if *check { newer_held(storage, r) } else { Vec::new() });
+                records.append(r);
+            }
+            Job::Hints(h, _) => hints.append(h),
+            Job::DeleteHints(ids, _) => deletes.append(ids),
+        }
+    }
+    let data = if records.is_empty() { Ok(()) } else { storage.apply(&records) };
+    let hinted = if hints.is_empty() { Ok(()) } else { storage.put_hints(&hints) };
+    let deleted = if deletes.is_empty() { Ok(()) } else { storage.delete_hints(&deletes) };
+    let mut newer = newer.into_iter();
+    for j in jobs.drain(..) {
+        match j {
+            Job::Apply { done, .. } => {
+                let newer = newer.next().unwrap_or_default();
+                let _ = done.send(data.as_ref().map(|()| newer).map_err(ToString::to_string));
+            }
+            Job::Hints(_, done) => {
+                let _ = done.send(hinted.as_ref().map_err(ToString::to_string).copied());
+            }
+            Job::DeleteHints(_, done) => {
+                let _ = done.send(deleted.as_ref().map_err(ToString::to_string).copied());
+            }
+        }
+    }
+}
