@@ -56,6 +56,14 @@ enum Phase {
 /// (those that had it plus those repaired). A repair that does not reach enough replicas before
 /// the deadline fails the read with `timeout`: answering would let a later read at the same level
 /// miss a value this one returned.
+///
+/// **While the key's range moves** (a node joining or leaving: the placement has pending
+/// replicas), the level must be met in the current replica set *and* in the future one: writes
+/// go to both (one more acknowledgement per pending replica), but a coordinator that already
+/// sees the move completed writes to a quorum of the future set only, and gossip tells the
+/// nodes at different times. Counting both sets (joint quorums, as Raft's joint consensus does)
+/// makes a read overlap every acknowledged write under either placement; the same goes for the
+/// replicas a blocking read repair must reach.
 #[derive(Debug)]
 pub struct ReadOp {
     me: NodeKey,
@@ -63,6 +71,10 @@ pub struct ReadOp {
     level: Consistency,
     required: usize,
     n: usize,
+    /// The current replicas.
+    natural: Vec<NodeKey>,
+    /// The future replicas and the level's count among them, while the range moves.
+    future: Option<(Vec<NodeKey>, usize)>,
     read_timeout: Duration,
     hint_window: Duration,
     down: Vec<(NodeKey, Duration)>,
@@ -80,7 +92,8 @@ pub struct ReadOp {
     failed_claim: Option<(NodeKey, Version)>,
     /// Replicas that could not read their record: repaired with the newest one.
     unreadable: Vec<NodeKey>,
-    holders: usize,
+    /// Replicas known to hold the newest version (during the repair phase).
+    holders: Vec<NodeKey>,
     repaired: u32,
     phase: Phase,
     sends: Sends<Part>,
@@ -104,17 +117,17 @@ impl ReadOp {
                 "no node owns any token yet (the cluster is still starting)".into(),
             ));
         }
-        let natural = view.placement.replicas(token_of(&key));
+        let token = token_of(&key);
+        let natural = view.placement.replicas(token);
+        let (pending, dropping) = view.placement.transition(token);
         let n = natural.len();
         let Some(required) = required_for_read(level, n) else {
             return Err(KvError::BadRequest("consistency `any` is for writes only".into()));
         };
-        // This node first (no network hop), then the others in ring order.
-        let mut candidates: Vec<NodeKey> = natural
-            .iter()
-            .copied()
-            .filter(|t| view.is_up(*t) && (*t == view.me || view.addrs.contains_key(t)))
-            .collect();
+        let reachable =
+            |t: &NodeKey| view.is_up(*t) && (*t == view.me || view.addrs.contains_key(t));
+        // This node first (no network hop), then the others in ring order, then the pending ones.
+        let mut candidates: Vec<NodeKey> = natural.iter().copied().filter(reachable).collect();
         if candidates.len() < required {
             return Err(KvError::Unavailable(format!(
                 "{level} read needs {required} of {n} replicas, but only {}",
@@ -124,6 +137,24 @@ impl ReadOp {
         if let Some(i) = candidates.iter().position(|t| *t == view.me) {
             candidates[..=i].rotate_right(1);
         }
+        let future = if pending.is_empty() && dropping.is_empty() {
+            None
+        } else {
+            let future: Vec<NodeKey> =
+                natural.iter().filter(|t| !dropping.contains(t)).chain(pending).copied().collect();
+            let needed = required_for_read(level, future.len()).unwrap_or(required);
+            let up = future.iter().filter(|t| reachable(t)).count();
+            if up < needed {
+                return Err(KvError::Unavailable(format!(
+                    "{level} read while its range moves needs {needed} of the {} future replicas \
+                     too, but only {}",
+                    future.len(),
+                    up_count(up)
+                )));
+            }
+            candidates.extend(pending.iter().copied().filter(reachable));
+            Some((future, needed))
+        };
         let down = natural.iter().filter_map(|t| Some((*t, view.down_for(*t, now)?))).collect();
         let mut op = ReadOp {
             me: view.me,
@@ -131,6 +162,8 @@ impl ReadOp {
             level,
             required,
             n,
+            natural: natural.to_vec(),
+            future,
             read_timeout: cfg.read_timeout,
             hint_window: cfg.hint_window,
             down,
@@ -145,7 +178,7 @@ impl ReadOp {
             claims: Vec::new(),
             failed_claim: None,
             unreadable: Vec::new(),
-            holders: 0,
+            holders: Vec::new(),
             repaired: 0,
             phase: Phase::Gather,
             sends: Sends::default(),
@@ -155,6 +188,7 @@ impl ReadOp {
         for i in 0..required {
             op.ask(i > 0);
         }
+        op.top_up();
         Ok(op)
     }
 
@@ -214,10 +248,11 @@ impl ReadOp {
                         if self.spare() && now < self.deadline {
                             let digest = self.have_record || self.data_in_flight > 0;
                             self.ask(digest);
+                            self.top_up();
                         }
                     }
                 }
-                if self.answers.len() >= self.required {
+                if self.answered_enough() {
                     self.resolve();
                 } else if self.sends.iter().all(|p| !matches!(p, Part::Ask { .. })) {
                     self.fail_gather();
@@ -248,7 +283,7 @@ impl ReadOp {
             }
             Part::Repair { to } => {
                 match answer {
-                    Answer::Stored { .. } => self.holders += 1,
+                    Answer::Stored { .. } => self.holders.push(to),
                     _ => {
                         if to != self.me && self.hintable(to) {
                             if let Some(best) = self.best.clone() {
@@ -284,6 +319,46 @@ impl ReadOp {
 
     fn spare(&self) -> bool {
         self.next < self.candidates.len()
+    }
+
+    /// Whether `replicas` meet the level: in the current set, and in the future one while the
+    /// range moves.
+    fn enough(&self, replicas: &[NodeKey]) -> bool {
+        let count = |set: &[NodeKey]| replicas.iter().filter(|r| set.contains(r)).count();
+        count(&self.natural) >= self.required
+            && self.future.as_ref().is_none_or(|(future, needed)| count(future) >= *needed)
+    }
+
+    fn answered_enough(&self) -> bool {
+        if self.future.is_none() {
+            // The common case, without collecting.
+            return self.answers.len() >= self.required;
+        }
+        let answered: Vec<NodeKey> = self.answers.iter().map(|a| a.0).collect();
+        self.enough(&answered)
+    }
+
+    /// Asks more replicas (digests) until those answered and asked could meet the level in
+    /// both sets, while any is left.
+    fn top_up(&mut self) {
+        if self.future.is_none() {
+            return;
+        }
+        loop {
+            let asked: Vec<NodeKey> = self
+                .answers
+                .iter()
+                .map(|a| a.0)
+                .chain(self.sends.iter().filter_map(|p| match p {
+                    Part::Ask { from, .. } => Some(*from),
+                    _ => None,
+                }))
+                .collect();
+            if self.enough(&asked) || !self.spare() {
+                return;
+            }
+            self.ask(true);
+        }
     }
 
     fn hintable(&self, id: NodeKey) -> bool {
@@ -348,11 +423,15 @@ impl ReadOp {
         self.phase = Phase::Repair;
         let Some(best) = self.best.clone() else {
             // No replica has the key: nothing to repair.
-            self.holders = self.answers.len();
+            self.holders = self.answers.iter().map(|a| a.0).collect();
             return self.check_repaired();
         };
-        self.holders =
-            self.answers.iter().filter(|(_, v)| v.is_some_and(|v| v >= best.version)).count();
+        self.holders = self
+            .answers
+            .iter()
+            .filter(|(_, v)| v.is_some_and(|v| v >= best.version))
+            .map(|a| a.0)
+            .collect();
         let mut stale: Vec<NodeKey> = self
             .answers
             .iter()
@@ -375,7 +454,7 @@ impl ReadOp {
         if self.phase != Phase::Repair {
             return;
         }
-        if self.holders >= self.required {
+        if self.enough(&self.holders) {
             let read = Read {
                 record: self.best.clone(),
                 replicas: self.answers.len() as u32,
@@ -401,7 +480,7 @@ impl ReadOp {
         self.finish(Err(KvError::Timeout(format!(
             "{level} read: read repair brought the newest version to {} of the {required} \
              replicas needed within {} ms",
-            self.holders,
+            self.holders.len(),
             self.read_timeout.as_millis()
         ))));
     }

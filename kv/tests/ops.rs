@@ -251,3 +251,75 @@ fn the_key_token_used_by_the_tests_has_three_replicas() {
     assert_eq!(v.placement.replicas(token_of(b"k")).len(), 3);
     assert!(Duration::from_millis(1) > Duration::ZERO);
 }
+
+/// Three normal nodes (ids 1..=3) and node 4 joining, each with 16 spread tokens.
+fn joining_view(me: NodeKey, now: Instant) -> RingView {
+    let n = 4u64;
+    let members: Vec<MemberRingState> = (1..=4u128)
+        .map(|id| {
+            let tokens: Vec<u64> =
+                (0..16u64).map(|i| (i * n + id as u64) * (u64::MAX / (16 * n))).collect();
+            MemberRingState {
+                id,
+                addr: SocketAddr::from(([127, 0, 0, id as u8], 7000)),
+                down: false,
+                left: false,
+                tokens: Some(format_tokens(&tokens)),
+                status: Some(if id == 4 { "joining" } else { "normal" }.into()),
+                zone: None,
+            }
+        })
+        .collect();
+    RingView::build(me, 3, &members, None, now)
+}
+
+/// While node 4 joins, a key's range moves from {a, b, c} to {a, b, 4} (c drops out). A coordinator
+/// that already sees the join completed writes to a quorum of the future set only ({b, 4}, say),
+/// so a quorum read of the current set ({c, a}) alone could miss it: the read also needs a quorum
+/// of the future set. Before, it answered from {c, a}.
+#[test]
+fn a_read_while_a_node_joins_needs_a_quorum_of_the_future_replicas_too() {
+    let now = Instant::now();
+    let probe = joining_view(1, now);
+    let key = (0..1000)
+        .map(|i| format!("moving-{i}").into_bytes())
+        .find(|k| !probe.placement.transition(token_of(k)).1.is_empty())
+        .expect("a key whose range moves");
+    let natural = probe.placement.replicas(token_of(&key)).to_vec();
+    let (pending, dropping) = probe.placement.transition(token_of(&key));
+    assert_eq!((pending, dropping.len()), (&[4][..], 1), "node 4 takes c's place");
+    let dropped = dropping[0];
+    // The coordinator is the replica that drops out, so it asks itself first.
+    let v = joining_view(dropped, now);
+    let mut op = ReadOp::start(now, &cfg(), &v, Consistency::Quorum, key.clone()).unwrap();
+    let sends = drain(&mut op);
+    let to = |s: &Outgoing| match &s.send {
+        Send::Read { to, .. } => *to,
+        other => panic!("a read sends reads: {other:?}"),
+    };
+    assert_eq!(to(&sends[0]), dropped, "this node first");
+    assert!(sends.len() >= 3, "asks enough replicas to meet both sets: {sends:?}");
+    let future_node = sends.iter().find(|s| to(s) != dropped && !natural[..].contains(&to(s)));
+    // The current set's quorum answers first: the dropping replica and one that stays.
+    let stays = sends.iter().position(|s| to(s) != dropped && natural.contains(&to(s))).unwrap();
+    let answer = |s: &Outgoing| match &s.send {
+        Send::Read { digest: true, .. } => Answer::Digest(None),
+        _ => Answer::Record(None),
+    };
+    op.handle_answer(now, sends[0].id, answer(&sends[0]));
+    op.handle_answer(now, sends[stays].id, answer(&sends[stays]));
+    assert!(op.poll_result().is_none(), "a quorum of the current set alone is not enough");
+    // One more replica of the future set (the other that stays, or node 4) answers.
+    let next = sends
+        .iter()
+        .enumerate()
+        .find(|(i, s)| *i != 0 && *i != stays && to(s) != dropped)
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| {
+            panic!("a third replica asked: {sends:?} (future node {future_node:?})")
+        });
+    op.handle_answer(now, sends[next].id, answer(&sends[next]));
+    let read = op.poll_result().expect("decided").expect("ok");
+    assert_eq!(read.record, None);
+    assert_eq!(read.replicas, 3);
+}

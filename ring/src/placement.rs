@@ -13,8 +13,10 @@ pub struct Placement {
     n: usize,
     /// Sorted vnode positions; position `i` covers `(ends[i - 1], ends[i]]`, wrapping.
     ends: Vec<Token>,
-    /// `lists[bounds[2i]..bounds[2i + 1]]` is position `i`'s natural list and
-    /// `lists[bounds[2i + 1]..bounds[2i + 2]]` its pending list.
+    /// `lists[bounds[3i]..bounds[3i + 1]]` is position `i`'s natural list,
+    /// `lists[bounds[3i + 1]..bounds[3i + 2]]` its pending list (future owners not current yet)
+    /// and `lists[bounds[3i + 2]..bounds[3i + 3]]` its dropping list (current owners that are
+    /// not future ones).
     bounds: Vec<usize>,
     lists: Vec<NodeKey>,
 }
@@ -26,7 +28,7 @@ impl Placement {
         bounds: Vec<usize>,
         lists: Vec<NodeKey>,
     ) -> Placement {
-        debug_assert_eq!(bounds.len(), 2 * ends.len() + 1);
+        debug_assert_eq!(bounds.len(), 3 * ends.len() + 1);
         debug_assert_eq!(bounds.last().copied(), Some(lists.len()));
         Placement { n, ends, bounds, lists }
     }
@@ -54,7 +56,24 @@ impl Placement {
     /// `(natural, pending)` for a write of `token`: [`crate::Ring::write_set`].
     pub fn write_set(&self, token: Token) -> (&[NodeKey], &[NodeKey]) {
         match self.position(token) {
-            Some(i) => self.lists_at(i),
+            Some(i) => {
+                let l = self.lists_at(i);
+                (l.0, l.1)
+            }
+            None => (&[], &[]),
+        }
+    }
+
+    /// `(pending, dropping)` for `token`: the future owners that are not current yet, and the
+    /// current owners that are not future ones. Both empty unless a range that holds `token` is
+    /// moving (a node joining or leaving). The future owners are the natural ones less
+    /// `dropping`, plus `pending`.
+    pub fn transition(&self, token: Token) -> (&[NodeKey], &[NodeKey]) {
+        match self.position(token) {
+            Some(i) => {
+                let l = self.lists_at(i);
+                (l.1, l.2)
+            }
             None => (&[], &[]),
         }
     }
@@ -67,7 +86,7 @@ impl Placement {
             let end = self.ends[i];
             let range =
                 if m == 1 { Range::FULL } else { Range { start: self.ends[(i + m - 1) % m], end } };
-            let (natural, pending) = self.lists_at(i);
+            let (natural, pending, _) = self.lists_at(i);
             (range, natural, pending)
         })
     }
@@ -81,9 +100,9 @@ impl Placement {
         Some(if i == self.ends.len() { 0 } else { i })
     }
 
-    fn lists_at(&self, i: usize) -> (&[NodeKey], &[NodeKey]) {
-        let (a, b, c) = (self.bounds[2 * i], self.bounds[2 * i + 1], self.bounds[2 * i + 2]);
-        (&self.lists[a..b], &self.lists[b..c])
+    fn lists_at(&self, i: usize) -> (&[NodeKey], &[NodeKey], &[NodeKey]) {
+        let b = &self.bounds[3 * i..3 * i + 4];
+        (&self.lists[b[0]..b[1]], &self.lists[b[1]..b[2]], &self.lists[b[2]..b[3]])
     }
 }
 

@@ -249,7 +249,7 @@ impl Ring {
             self.entries.iter().filter(|entry| entry.views != 0).map(|entry| entry.token).collect();
         ends.dedup();
         let mut lists = Vec::with_capacity(ends.len() * n.min(self.nodes.len()));
-        let mut bounds = Vec::with_capacity(ends.len() * 2 + 1);
+        let mut bounds = Vec::with_capacity(ends.len() * 3 + 1);
         bounds.push(0);
         for &end in &ends {
             let natural = self.walk(end, n, View::Current);
@@ -260,6 +260,13 @@ impl Ring {
                 future
                     .iter()
                     .filter(|node| !natural.contains(node))
+                    .map(|&node| self.nodes[node as usize].id),
+            );
+            bounds.push(lists.len());
+            lists.extend(
+                natural
+                    .iter()
+                    .filter(|node| !future.contains(node))
                     .map(|&node| self.nodes[node as usize].id),
             );
             bounds.push(lists.len());
