@@ -299,7 +299,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     };
     let mut driver =
         tokio::spawn(driver::run(gossip, transport.clone(), addressing, info, channels));
-    let founder = may_found(&cfg.seeds, listen, advertise).await;
+    let founder = founders(&cfg.seeds, listen, advertise).await;
     let join = tokio::spawn(bootstrap::join(
         kv.clone(),
         cfg.vnodes,
@@ -365,18 +365,21 @@ fn leave_would_lose_copies(view: &kv::RingView) -> Option<String> {
 
 /// Whether this node may start a cluster (take tokens on an empty ring): it has no seeds, or it is
 /// one of its own seeds (Cassandra's rule). Any other node only ever joins an existing ring.
-async fn may_found(seeds: &[String], listen: SocketAddr, advertise: SocketAddr) -> bool {
-    if seeds.is_empty() {
-        return true;
-    }
+/// Who may found a cluster: this node if it has no seeds or is one of its own seeds (Cassandra's
+/// rule), and the addresses of its seeds (the other nodes that may).
+async fn founders(
+    seeds: &[String],
+    listen: SocketAddr,
+    advertise: SocketAddr,
+) -> bootstrap::Founders {
+    let mut seed_addrs = std::collections::HashSet::new();
     for s in seeds {
         if let Ok(addrs) = tokio::net::lookup_host(s.as_str()).await {
-            if addrs.into_iter().any(|a| a == advertise || a == listen) {
-                return true;
-            }
+            seed_addrs.extend(addrs);
         }
     }
-    false
+    let me = seeds.is_empty() || seed_addrs.contains(&advertise) || seed_addrs.contains(&listen);
+    bootstrap::Founders { me, seeds: seed_addrs }
 }
 
 /// The address peers use: `--advertise` resolved (DNS names allowed), else the bound address.

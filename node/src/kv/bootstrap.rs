@@ -51,16 +51,26 @@ const FOUNDER_TURN: Duration = Duration::from_secs(3);
 /// How often a node that cannot join says why.
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Who may found a cluster, as this node can tell from its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Founders {
+    /// This node may: it has no seeds, or it is one of them.
+    pub me: bool,
+    /// The seeds' addresses: the other nodes that may (nodes list the same seeds).
+    pub seeds: std::collections::HashSet<std::net::SocketAddr>,
+}
+
 /// Takes this node's place on the ring (see the module docs); returns once it is `normal`.
 pub async fn join<T: Transport, S: Storage>(
     kv: Kv<T, S>,
     vnodes: usize,
-    may_found: bool,
+    founders: Founders,
     commands: mpsc::Sender<DriverCommand>,
     mut status: watch::Receiver<Arc<Status>>,
 ) -> anyhow::Result<()> {
     let storage = kv.storage().clone();
     let me = kv.view().me;
+    let may_found = founders.me;
     let stored_tokens = storage.get_meta(META_TOKENS)?;
     let stored_status = storage.get_meta(META_STATUS)?;
     let set = |key: &str, value: String| {
@@ -102,12 +112,18 @@ pub async fn join<T: Transport, S: Storage>(
                 } else {
                     may_found && started.elapsed() >= ALONE_AFTER
                 };
-                // Nodes take tokens one at a time, lowest id first. A node that may not found
-                // waits for a ring however low its id, so a founder facing an empty ring goes
-                // after a while even if a lower id has not taken tokens.
-                let my_turn =
-                    others_alive.iter().all(|id| *id > me || view.ring.node(*id).is_some())
-                        || (view.ring.is_empty() && may_found && started.elapsed() >= FOUNDER_TURN);
+                // Nodes take tokens one at a time, lowest id first. On an empty ring only
+                // founders take turns: a lower id that is not among the seeds never founds, so a
+                // founder does not wait for it; and a founder facing an empty ring goes after a
+                // while in any case (another founder may have a different seed list).
+                let may_precede = |id: &NodeKey| {
+                    !view.ring.is_empty()
+                        || view.addrs.get(id).is_some_and(|a| founders.seeds.contains(a))
+                };
+                let my_turn = others_alive
+                    .iter()
+                    .all(|id| *id > me || view.ring.node(*id).is_some() || !may_precede(id))
+                    || (view.ring.is_empty() && may_found && started.elapsed() >= FOUNDER_TURN);
                 if ready && my_turn && started.elapsed() >= Duration::from_millis(500) {
                     break;
                 }
