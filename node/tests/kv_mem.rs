@@ -13,7 +13,7 @@ use std::time::Duration;
 use starling_node::kv::view::{format_tokens, MemberRingState, RingView};
 use starling_node::kv::{Kv, KvConfig, KvError, Written};
 use starling_node::storage::mem::MemStorage;
-use starling_node::storage::{data_key, Storage};
+use starling_node::storage::{data_key, hint_size, Storage};
 use starling_node::transport::mem::{MemNetwork, MemTransport};
 use starling_node::transport::{PeerInfo, Service, Transport, TransportConfig};
 use starling_ring::{token_of, NodeKey, NodeStatus, Range, Ring, RingNode};
@@ -1086,6 +1086,36 @@ async fn a_hint_older_than_the_replicas_copy_is_delivered_and_dropped() {
     })
     .await;
     assert_eq!(stored(&c.nodes[2], b"overtaken"), Some(new));
+}
+
+/// A key written again and again while a replica is down keeps one hint for that replica (the
+/// newest write), counted once in the hint store's size, and the replica gets the newest value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrites_of_a_key_for_a_down_replica_keep_one_hint() {
+    let mut c = Cluster::new(3, 0).await;
+    c.kill(2).await;
+    c.mark_down(2);
+    let mut last = None;
+    for i in 0..200 {
+        last =
+            Some(put(c.kv(0), b"hot", format!("value {i}").as_bytes(), Consistency::Quorum).await);
+    }
+    let last = last.expect("written");
+    // Every hint stored (some may land after a newer one: those are not kept).
+    eventually(PATIENCE, "each write handed to the hint store", || async {
+        c.nodes[0].kv.status().hints_stored == 200
+    })
+    .await;
+    let s = c.nodes[0].kv.status();
+    assert_eq!(s.hints_pending, 1, "one hint for the key: {s:?}");
+    assert_eq!(s.hints_bytes, hint_size(&last), "counted once: {s:?}");
+    assert_eq!(c.nodes[0].storage.hint_targets().expect("targets"), vec![(c.nodes[2].id, 1)]);
+
+    c.restart(2).await;
+    eventually(PATIENCE, "the hint delivered", || async { c.nodes[0].hints_pending() == 0 }).await;
+    assert_eq!(c.nodes[0].kv.status().hints_replayed, 1, "one hint replayed, not 200");
+    assert!(c.nodes[0].storage.hint_targets().expect("targets").is_empty());
+    assert_eq!(stored(&c.nodes[2], b"hot"), Some(last));
 }
 
 /// The hint store is bounded: past the per-replica cap, a write for a down replica keeps no

@@ -1,5 +1,6 @@
 //! One conformance suite for every [`Storage`]: `MemStorage` and `RocksStorage` must behave the
-//! same (last write wins by version, tombstones, range scans with paging, hints, metadata).
+//! same (last write wins by version, tombstones, range scans with paging, hints kept one per target and
+//! key, metadata).
 //! RocksDB-only: data survives close and reopen, and compaction drops tombstones past the grace
 //! period but keeps fresh ones. Plus: decoding garbage bytes is an error, never a panic.
 
@@ -9,7 +10,8 @@ use proptest::prelude::*;
 use starling_node::storage::mem::MemStorage;
 use starling_node::storage::rocks::{RocksConfig, RocksStorage};
 use starling_node::storage::{
-    data_key, decode_value, decode_version, encode_value, Hint, Storage, SCAN_PAGE_BYTES,
+    data_key, decode_value, decode_version, encode_value, hint_size, Hint, HintPut, Storage,
+    SCAN_PAGE_BYTES,
 };
 use starling_ring::{token_of, Range, Token};
 use starling_wire::{Record, Version};
@@ -316,7 +318,7 @@ fn hints_round_trip<S: Storage>(s: &S) {
     batch.extend(for_a.iter().cloned().map(|r| (a, r)));
     batch.extend(for_b.iter().cloned().map(|r| (b, r)));
     batch.extend(for_c.iter().cloned().map(|r| (c, r)));
-    s.put_hints(&batch).expect("put hints");
+    assert_eq!(s.put_hints(&batch).expect("put hints"), vec![HintPut::Added; 6]);
 
     // Hints are not data.
     assert_eq!(get(s, b"x"), None);
@@ -325,10 +327,16 @@ fn hints_round_trip<S: Storage>(s: &S) {
     assert_eq!(s.hint_targets().expect("targets"), vec![(a, 4), (b, 1), (c, 1)]);
     let got = s.hints_for(a, 100).expect("hints");
     let records: Vec<Record> = got.iter().map(|h| h.record.clone()).collect();
-    let mut oldest_first = for_a.clone();
-    oldest_first.sort_by_key(|r| r.version.ts);
-    assert_eq!(records, oldest_first, "hints for a, oldest first, keys and values intact");
+    let mut in_key_order = for_a.clone();
+    in_key_order.sort_by_key(|r| data_key(&r.key));
+    assert_eq!(records, in_key_order, "hints for a, by token and key, keys and values intact");
     assert!(got.iter().all(|h| h.target == a));
+    let size = |rs: &[Record]| rs.iter().map(hint_size).sum::<u64>();
+    assert_eq!(
+        s.hint_bytes().expect("bytes"),
+        vec![(a, size(&for_a)), (b, size(&for_b)), (c, size(&for_c))],
+        "hint bytes are what the hint caps count"
+    );
     let limited = s.hints_for(a, 2).expect("hints");
     assert_eq!(limited, got[..2].to_vec());
     let hb: Vec<Hint> = s.hints_for(b, 100).expect("hints");
@@ -338,18 +346,122 @@ fn hints_round_trip<S: Storage>(s: &S) {
     assert!(s.hints_for(3, 100).expect("hints").is_empty());
 
     // Deleting some leaves the rest.
-    s.delete_hints(&[got[0].id.clone(), got[1].id.clone()]).expect("delete");
+    let removed = s.delete_hints(&[got[0].delivered(), got[1].delivered()]).expect("delete");
+    assert_eq!(removed, vec![true, true]);
     let left = s.hints_for(a, 100).expect("hints");
     assert_eq!(left, got[2..].to_vec());
     assert_eq!(s.hint_targets().expect("targets"), vec![(a, 2), (b, 1), (c, 1)]);
-    // Deleting an id twice, or one that never existed, is harmless.
-    s.delete_hints(&[got[0].id.clone(), b"nonsense".to_vec()]).expect("delete");
-    s.delete_hints(&[hb[0].id.clone()]).expect("delete");
+    // Deleting an id twice, or one that never existed, is harmless (and removes nothing).
+    let nonsense = (b"nonsense".to_vec(), got[0].record.version);
+    let removed = s.delete_hints(&[got[0].delivered(), nonsense]).expect("delete");
+    assert_eq!(removed, vec![false, false]);
+    assert_eq!(s.delete_hints(&[hb[0].delivered()]).expect("delete"), vec![true]);
     assert_eq!(s.hint_targets().expect("targets"), vec![(a, 2), (c, 1)]);
-    let ids: Vec<Vec<u8>> = left.iter().map(|h| h.id.clone()).collect();
-    s.delete_hints(&ids).expect("delete");
+    let delivered: Vec<_> = left.iter().map(Hint::delivered).collect();
+    assert_eq!(s.delete_hints(&delivered).expect("delete"), vec![true, true]);
     assert_eq!(s.hint_targets().expect("targets"), vec![(c, 1)]);
     assert!(s.hints_for(a, 100).expect("hints").is_empty());
+    assert_eq!(s.hint_bytes().expect("bytes"), vec![(c, size(&for_c))]);
+}
+
+/// One hint per target and key: the newest version is kept whatever order hints arrive in (an
+/// older one stored later does not replace it), each put says what it did, and the same key for
+/// another target is a hint of its own.
+fn hints_keep_only_the_newest_per_target_and_key<S: Storage>(s: &S) {
+    let (a, b) = (1u128, 2u128);
+    let key = b"hot-key";
+    let mut kept: Option<Record> = None;
+    for i in 1..=100u64 {
+        let r = rec(key, i * 10, 5, Some(format!("value {i}").as_bytes()));
+        let put = s.put_hints(&[(a, r.clone())]).expect("put");
+        let expected = match &kept {
+            None => HintPut::Added,
+            Some(old) => HintPut::Replaced { bytes: hint_size(old) },
+        };
+        assert_eq!(put, vec![expected], "overwrite {i}");
+        kept = Some(r);
+    }
+    let newest = kept.expect("kept");
+    let records = |t: u128| -> Vec<Record> {
+        s.hints_for(t, 1000).expect("hints").into_iter().map(|h| h.record).collect()
+    };
+    assert_eq!(s.hint_targets().expect("targets"), vec![(a, 1)], "100 overwrites, one hint");
+    assert_eq!(records(a), vec![newest.clone()]);
+    assert_eq!(s.hint_bytes().expect("bytes"), vec![(a, hint_size(&newest))]);
+
+    // Older, or the same version again, arriving later: not stored.
+    let older = rec(key, 500, 9, Some(b"late and older"));
+    assert_eq!(s.put_hints(&[(a, older)]).expect("put"), vec![HintPut::Kept]);
+    assert_eq!(s.put_hints(&[(a, newest.clone())]).expect("put"), vec![HintPut::Kept]);
+    assert_eq!(records(a), vec![newest.clone()], "an older hint replaced a newer one");
+
+    // Equal timestamps: the higher node id wins, as for data; a newer tombstone replaces a value.
+    let tie = rec(key, newest.version.ts, 6, Some(b"tie"));
+    let put = s.put_hints(&[(a, tie.clone())]).expect("put");
+    assert_eq!(put, vec![HintPut::Replaced { bytes: hint_size(&newest) }]);
+    let tomb = rec(key, 2_000, 5, None);
+    let put = s.put_hints(&[(a, tomb.clone())]).expect("put");
+    assert_eq!(put, vec![HintPut::Replaced { bytes: hint_size(&tie) }]);
+    assert_eq!(records(a), vec![tomb.clone()]);
+
+    // Several versions in one batch, in any order: the newest stays, each replaced one once.
+    let (v1, v3, v2) = (
+        rec(key, 3_000, 5, Some(b"batch 1")),
+        rec(key, 3_300, 5, Some(b"batch 3")),
+        rec(key, 3_200, 5, Some(b"batch 2, older than 3")),
+    );
+    let put = s.put_hints(&[(a, v1.clone()), (a, v3.clone()), (a, v2)]).expect("put");
+    assert_eq!(
+        put,
+        vec![
+            HintPut::Replaced { bytes: hint_size(&tomb) },
+            HintPut::Replaced { bytes: hint_size(&v1) },
+            HintPut::Kept,
+        ]
+    );
+    assert_eq!(records(a), vec![v3.clone()]);
+
+    // The same key for another target is its own hint, even when older.
+    let for_b = rec(key, 50, 5, Some(b"for b"));
+    assert_eq!(s.put_hints(&[(b, for_b.clone())]).expect("put"), vec![HintPut::Added]);
+    assert_eq!(s.hint_targets().expect("targets"), vec![(a, 1), (b, 1)]);
+    assert_eq!(records(a), vec![v3.clone()]);
+    assert_eq!(records(b), vec![for_b.clone()]);
+    assert_eq!(
+        s.hint_bytes().expect("bytes"),
+        vec![(a, hint_size(&v3)), (b, hint_size(&for_b))],
+        "a replaced hint counts no more"
+    );
+}
+
+/// A replay reads a hint, sends it, and deletes it once delivered; if a newer hint for the same
+/// target and key replaced it meanwhile, the deletion must leave the newer one (it has not been
+/// delivered).
+fn deleting_a_delivered_hint_spares_a_newer_one<S: Storage>(s: &S) {
+    let t = 9u128;
+    let v1 = rec(b"k", 10, 1, Some(b"v1"));
+    let other = rec(b"other", 10, 1, Some(b"o"));
+    s.put_hints(&[(t, v1.clone()), (t, other.clone())]).expect("put");
+    let page = s.hints_for(t, 10).expect("read by the replay");
+    assert_eq!(page.len(), 2);
+    // Meanwhile, a newer write for `k` is hinted: it replaces the hint being delivered.
+    let v2 = rec(b"k", 20, 1, Some(b"v2"));
+    let put = s.put_hints(&[(t, v2.clone())]).expect("put");
+    assert_eq!(put, vec![HintPut::Replaced { bytes: hint_size(&v1) }]);
+    // The replay deletes what it delivered: `other`, but not v2.
+    let delivered: Vec<_> = page.iter().map(Hint::delivered).collect();
+    let removed = s.delete_hints(&delivered).expect("delete");
+    let expected: Vec<bool> = page.iter().map(|h| h.record.key != b"k").collect();
+    assert_eq!(removed, expected, "only the hint still at the version delivered is removed");
+    let left = s.hints_for(t, 10).expect("hints");
+    assert_eq!(left.len(), 1, "the newer hint was deleted with the one it replaced: {left:?}");
+    assert_eq!(left[0].record, v2);
+    assert_eq!(s.hint_targets().expect("targets"), vec![(t, 1)]);
+    assert_eq!(s.hint_bytes().expect("bytes"), vec![(t, hint_size(&v2))]);
+    // The next pass delivers v2 and deletes it; given twice, it is removed once.
+    let removed = s.delete_hints(&[left[0].delivered(), left[0].delivered()]).expect("delete");
+    assert_eq!(removed, vec![true, false]);
+    assert!(s.hint_targets().expect("targets").is_empty());
 }
 
 fn meta_get_put<S: Storage>(s: &S) {
@@ -400,6 +512,14 @@ macro_rules! conformance {
             #[test]
             fn hints_round_trip() {
                 super::hints_round_trip(&$make.store);
+            }
+            #[test]
+            fn hints_keep_only_the_newest_per_target_and_key() {
+                super::hints_keep_only_the_newest_per_target_and_key(&$make.store);
+            }
+            #[test]
+            fn deleting_a_delivered_hint_spares_a_newer_one() {
+                super::deleting_a_delivered_hint_spares_a_newer_one(&$make.store);
             }
             #[test]
             fn meta_get_put() {

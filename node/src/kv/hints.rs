@@ -3,6 +3,12 @@
 //! up again. Hints older than the hint window are dropped, and none are stored for a replica down
 //! longer than the window: past it, anti-entropy repairs the replica (Cassandra's
 //! `max_hint_window`).
+//!
+//! Only the newest hint per target and key is kept: a newer write replaces the hint, an older
+//! one is not stored, so a key overwritten many times while its replica is down is replayed
+//! once. A delivered hint is deleted only if it still has the version delivered: a newer hint
+//! that replaced it meanwhile stays for the next pass. Replay goes in key order, not by age
+//! (each hint carries its own version, and the replica keeps the newest).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -10,11 +16,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use starling_ring::{NodeKey, NodeStatus};
-use starling_wire::{Record, Request, Response};
+use starling_wire::{Record, Request, Response, Version};
 use tracing::{debug, info, warn};
 
 use super::{wall_millis, Kv, KvConfig};
-use crate::storage::Storage;
+use crate::storage::{Hint, HintPut, Storage};
 use crate::transport::Transport;
 
 /// Hints sent to a target per request.
@@ -27,9 +33,16 @@ const HANDOVER_ATTEMPTS: u32 = 20;
 /// How often targets with hints are checked.
 const EVERY: Duration = Duration::from_millis(500);
 
-/// Which targets have hints waiting, how many and how many bytes (approximate: a hint
-/// overwritten in place is counted twice until the next replay). The byte counts enforce the
-/// caps (Cassandra's `max_hints_size_per_host`, [`KvConfig::max_hint_bytes_per_target`] and
+/// Which targets have hints waiting, how many and how many bytes ([`hint_bytes`] each). Loaded
+/// from storage, then kept in step with it: a hint is reserved before it is stored; if it
+/// replaces the hint kept for its key and target, the replaced one is taken out, and if an
+/// equal or newer one is kept, its own reservation is given back ([`HintPut`]); a delivered or
+/// expired hint is taken out only if it was deleted (not when a newer one replaced it
+/// meanwhile). So the counts match what is stored, except while a store is under way (its
+/// reservation is counted whole) and when a pass that found no hint for a target clears the
+/// target while a hint for it is being stored (that hint is then counted, and replayed, from
+/// the next hint for the target or the next start). The byte counts enforce the caps
+/// (Cassandra's `max_hints_size_per_host`, [`KvConfig::max_hint_bytes_per_target`] and
 /// [`KvConfig::max_hint_bytes`]): a hint past either is not kept; the write it carried is left to
 /// read repair and anti-entropy, and counted.
 #[derive(Debug, Default)]
@@ -37,9 +50,23 @@ pub struct HintIndex {
     targets: Mutex<BTreeMap<NodeKey, (u64, u64)>>,
 }
 
-/// What one hint of `record` counts toward the caps (as stored: key, version, value, target).
+/// What one hint of `record` counts toward the caps (as stored: key, version, value, target):
+/// [`crate::storage::hint_size`], what [`Storage::hint_bytes`] sums too.
 pub fn hint_bytes(record: &Record) -> u64 {
-    (record.key.len() + record.value.as_ref().map_or(0, Vec::len) + 64) as u64
+    crate::storage::hint_size(record)
+}
+
+/// A hint sent to a node: what deleting it needs once that node has it.
+struct Sent {
+    id: Vec<u8>,
+    version: Version,
+    bytes: u64,
+}
+
+impl Sent {
+    fn of(h: &Hint) -> Sent {
+        Sent { id: h.id.clone(), version: h.record.version, bytes: hint_bytes(&h.record) }
+    }
 }
 
 impl HintIndex {
@@ -81,6 +108,27 @@ impl HintIndex {
 
     /// Gives back what [`HintIndex::reserve`] took for hints that were not stored after all.
     pub(crate) fn unreserve(&self, target: NodeKey, n: u64, bytes: u64) {
+        self.sub(target, n, bytes);
+    }
+
+    /// Settles the reservation of hints for `target` of `sizes` ([`hint_bytes`]) by what storing
+    /// them did: a hint that replaced an older one takes that one out, a hint not stored (an
+    /// equal or newer one is kept) gives back its own.
+    pub(crate) fn stored(&self, target: NodeKey, sizes: &[u64], puts: &[HintPut]) {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for (size, put) in sizes.iter().zip(puts) {
+            match put {
+                HintPut::Added => {}
+                HintPut::Replaced { bytes: old } => {
+                    n += 1;
+                    bytes += old;
+                }
+                HintPut::Kept => {
+                    n += 1;
+                    bytes += size;
+                }
+            }
+        }
         self.sub(target, n, bytes);
     }
 
@@ -154,8 +202,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                     .filter(|id| *id != target)
                     .find(|id| view.ring.node(*id).is_some_and(|n| n.status == NodeStatus::Normal));
                 let n = page.len() as u64;
-                let bytes: u64 = page.iter().map(|h| hint_bytes(&h.record)).sum();
-                let ids: Vec<Vec<u8>> = page.iter().map(|h| h.id.clone()).collect();
+                let sent: Vec<Sent> = page.iter().map(Sent::of).collect();
                 let records: Vec<Record> = page.into_iter().map(|h| h.record).collect();
                 let answer = match keeper.and_then(|k| view.addrs.get(&k).copied()) {
                     Some(addr) => {
@@ -166,8 +213,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 };
                 match answer {
                     Some(Ok(Response::Ok)) => {
-                        self.inner.io.delete_hints(ids).await.map_err(anyhow::Error::msg)?;
-                        self.inner.hints.sub(target, n, bytes);
+                        // A hint replaced by a newer one meanwhile stays, and goes next.
+                        self.forget(target, sent).await.map_err(anyhow::Error::msg)?;
                         handed += n;
                     }
                     other => {
@@ -187,6 +234,27 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             info!(hints = handed, "hints handed over to nodes that stay");
         }
         Ok(handed)
+    }
+
+    /// Deletes hints `sent` to a node (or expired), each only if it still has the version sent
+    /// (not if a newer hint replaced it meanwhile), and takes those deleted out of the index.
+    /// Returns how many were deleted.
+    async fn forget(&self, target: NodeKey, sent: Vec<Sent>) -> Result<u64, String> {
+        let bytes: Vec<u64> = sent.iter().map(|s| s.bytes).collect();
+        let removed = self
+            .inner
+            .io
+            .delete_hints(sent.into_iter().map(|s| (s.id, s.version)).collect())
+            .await?;
+        let (mut n, mut b) = (0u64, 0u64);
+        for (bytes, removed) in bytes.into_iter().zip(removed) {
+            if removed {
+                n += 1;
+                b += bytes;
+            }
+        }
+        self.inner.hints.sub(target, n, b);
+        Ok(n)
     }
 
     /// Delivers `target`'s hints while it is up; drops expired ones and those of members that
@@ -238,15 +306,15 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 .into_iter()
                 .partition(|h| left || h.record.version.millis().saturating_add(window_ms) < now);
             if !expired.is_empty() {
-                let n = expired.len() as u64;
-                let bytes = expired.iter().map(|h| hint_bytes(&h.record)).sum();
-                let ids: Vec<Vec<u8>> = expired.into_iter().map(|h| h.id).collect();
-                if let Err(e) = self.inner.io.delete_hints(ids).await {
-                    warn!(error = %e, "cannot delete expired hints");
-                    return;
-                }
+                let sent = expired.iter().map(Sent::of).collect();
+                let n = match self.forget(target, sent).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        warn!(error = %e, "cannot delete expired hints");
+                        return;
+                    }
+                };
                 self.inner.stats.hints_dropped.fetch_add(n, Ordering::Relaxed);
-                self.inner.hints.sub(target, n, bytes);
                 debug!(target = %format!("{target:032x}"), dropped = n, "hints expired");
             }
             if live.is_empty() {
@@ -258,20 +326,19 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             let Some(addr) = view.addrs.get(&target).copied() else { break };
             // The rest stay stored and go on the next pass.
             cut_to_page(&mut live);
-            let ids: Vec<Vec<u8>> = live.iter().map(|h| h.id.clone()).collect();
-            let bytes: u64 = live.iter().map(|h| hint_bytes(&h.record)).sum();
+            let sent: Vec<Sent> = live.iter().map(Sent::of).collect();
             let records = live.into_iter().map(|h| h.record).collect();
             match self.inner.transport.request(addr, Request::ReplicaWrite(records)).await {
                 // Stored (`ReplicaWritten`: some were older than what the replica holds, which
                 // is delivered just the same).
                 Ok(Response::Ok | Response::ReplicaWritten(_)) => {
-                    let n = ids.len() as u64;
-                    if let Err(e) = self.inner.io.delete_hints(ids).await {
+                    let n = sent.len() as u64;
+                    // A hint replaced by a newer one meanwhile stays, and goes next.
+                    if let Err(e) = self.forget(target, sent).await {
                         warn!(error = %e, "cannot delete delivered hints");
                         return;
                     }
                     delivered += n;
-                    self.inner.hints.sub(target, n, bytes);
                     self.inner.stats.hints_replayed.fetch_add(n, Ordering::Relaxed);
                 }
                 Ok(other) => {
@@ -292,7 +359,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
 
 /// Cuts a page of hints to about [`PAGE_BYTES`] (at least one hint): one request of 1 MiB values
 /// stays under the 4 MiB frame limit.
-fn cut_to_page(hints: &mut Vec<crate::storage::Hint>) {
+fn cut_to_page(hints: &mut Vec<Hint>) {
     let mut bytes = 0;
     let fits = hints
         .iter()

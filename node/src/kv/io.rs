@@ -9,6 +9,8 @@
 //!   (one RocksDB `WriteBatch`), so concurrent requests share one write and, in `sync = always`,
 //!   one fsync (group commit). Before writing it looks up, for the writes that ask, which keys
 //!   already hold a newer version (the answer a replica gives when a write lost to a newer one).
+//!   Every hint it is asked to store or delete goes through it too, so those changes, which
+//!   compare versions with what is stored (one hint per target and key), run one at a time.
 //! - **reader threads** ([`READERS`] of them) run point reads and version look-ups; a read slow
 //!   on a cold cache holds up one of them, not the node. Version look-ups that the version cache
 //!   answers (memory only, never the disk) are answered at once, without the hop.
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use starling_wire::{Record, Version};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::storage::{Storage, StorageError};
+use crate::storage::{HintPut, Storage, StorageError};
 
 /// Write jobs queued beyond this wait (backpressure on the writers).
 const QUEUE: usize = 8192;
@@ -38,13 +40,12 @@ pub const STOPPED: &str = "storage threads stopped";
 enum Job {
     /// Records to apply; with `check`, the answer says for each record the newer version this
     /// node already held for its key, if any.
-    Apply {
-        records: Vec<Record>,
-        check: bool,
-        done: Done<Vec<Option<Version>>>,
-    },
-    Hints(Vec<(u128, Record)>, Done<()>),
-    DeleteHints(Vec<Vec<u8>>, Done<()>),
+    Apply { records: Vec<Record>, check: bool, done: Done<Vec<Option<Version>>> },
+    /// Hints to store; the answer says what each did ([`Storage::put_hints`]).
+    Hints(Vec<(u128, Record)>, Done<Vec<HintPut>>),
+    /// Delivered hints `(id, version)`; the answer says which were removed
+    /// ([`Storage::delete_hints`]).
+    DeleteHints(Vec<(Vec<u8>, Version)>, Done<Vec<bool>>),
 }
 
 type ReadJob = Box<dyn FnOnce() + Send>;
@@ -171,16 +172,18 @@ impl<S: Storage> StorageIo<S> {
         self.submit(Job::Apply { records, check: true, done }, rx).await
     }
 
-    /// Stores hints for replicas that did not acknowledge.
-    pub async fn put_hints(&self, hints: Vec<(u128, Record)>) -> Result<(), String> {
+    /// Stores hints for replicas that did not acknowledge (one per target and key: see
+    /// [`Storage::put_hints`]); says what each did.
+    pub async fn put_hints(&self, hints: Vec<(u128, Record)>) -> Result<Vec<HintPut>, String> {
         let (done, rx) = oneshot::channel();
         self.submit(Job::Hints(hints, done), rx).await
     }
 
-    /// Removes delivered or expired hints.
-    pub async fn delete_hints(&self, ids: Vec<Vec<u8>>) -> Result<(), String> {
+    /// Removes delivered or expired hints, each only if it still has the version given (see
+    /// [`Storage::delete_hints`]); says for each whether it was removed.
+    pub async fn delete_hints(&self, hints: Vec<(Vec<u8>, Version)>) -> Result<Vec<bool>, String> {
         let (done, rx) = oneshot::channel();
-        self.submit(Job::DeleteHints(ids, done), rx).await
+        self.submit(Job::DeleteHints(hints, done), rx).await
     }
 }
 
@@ -200,20 +203,31 @@ fn run_batch<S: Storage + ?Sized>(storage: &S, jobs: &mut Vec<Job>) {
     let mut hints = Vec::new();
     let mut deletes = Vec::new();
     let mut newer = Vec::with_capacity(jobs.len());
+    // How many hints (or deletions) each hint job brought, to split the answers.
+    let mut counts = Vec::new();
     for j in jobs.iter_mut() {
         match j {
             Job::Apply { records: r, check, .. } => {
                 newer.push(if *check { newer_held(storage, r) } else { Vec::new() });
                 records.append(r);
             }
-            Job::Hints(h, _) => hints.append(h),
-            Job::DeleteHints(ids, _) => deletes.append(ids),
+            Job::Hints(h, _) => {
+                counts.push(h.len());
+                hints.append(h);
+            }
+            Job::DeleteHints(d, _) => {
+                counts.push(d.len());
+                deletes.append(d);
+            }
         }
     }
     let data = if records.is_empty() { Ok(()) } else { storage.apply(&records) };
-    let hinted = if hints.is_empty() { Ok(()) } else { storage.put_hints(&hints) };
-    let deleted = if deletes.is_empty() { Ok(()) } else { storage.delete_hints(&deletes) };
+    let hinted = if hints.is_empty() { Ok(Vec::new()) } else { storage.put_hints(&hints) };
+    let deleted = if deletes.is_empty() { Ok(Vec::new()) } else { storage.delete_hints(&deletes) };
+    let mut hinted = hinted.map(Vec::into_iter).map_err(|e| e.to_string());
+    let mut deleted = deleted.map(Vec::into_iter).map_err(|e| e.to_string());
     let mut newer = newer.into_iter();
+    let mut counts = counts.into_iter();
     for j in jobs.drain(..) {
         match j {
             Job::Apply { done, .. } => {
@@ -221,11 +235,24 @@ fn run_batch<S: Storage + ?Sized>(storage: &S, jobs: &mut Vec<Job>) {
                 let _ = done.send(data.as_ref().map(|()| newer).map_err(ToString::to_string));
             }
             Job::Hints(_, done) => {
-                let _ = done.send(hinted.as_ref().map_err(ToString::to_string).copied());
+                let n = counts.next().unwrap_or_default();
+                let _ = done.send(take(&mut hinted, n));
             }
             Job::DeleteHints(_, done) => {
-                let _ = done.send(deleted.as_ref().map_err(ToString::to_string).copied());
+                let n = counts.next().unwrap_or_default();
+                let _ = done.send(take(&mut deleted, n));
             }
         }
+    }
+}
+
+/// The next `n` answers of a batch's (the answers of one job), or the batch's error.
+fn take<T>(
+    answers: &mut Result<std::vec::IntoIter<T>, String>,
+    n: usize,
+) -> Result<Vec<T>, String> {
+    match answers {
+        Ok(it) => Ok(it.by_ref().take(n).collect()),
+        Err(e) => Err(e.clone()),
     }
 }

@@ -452,7 +452,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     /// Keeps `records` as hints for `target`, within the hint store's caps.
     async fn store_hints(&self, target: NodeKey, records: Vec<Record>) -> Result<(), String> {
         let n = records.len() as u64;
-        let bytes: u64 = records.iter().map(hints::hint_bytes).sum();
+        let sizes: Vec<u64> = records.iter().map(hints::hint_bytes).collect();
+        let bytes: u64 = sizes.iter().sum();
         if !self.inner.hints.reserve(&self.inner.cfg, target, n, bytes) {
             self.inner.stats.hints_over_cap.fetch_add(n, Ordering::Relaxed);
             return Err(format!(
@@ -462,7 +463,11 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             ));
         }
         match self.inner.io.put_hints(records.into_iter().map(|r| (target, r)).collect()).await {
-            Ok(()) => {
+            Ok(puts) => {
+                // One hint per key and target: a hint that replaced one, or lost to one, is
+                // counted once in the index. Every write kept counts as stored, including one a
+                // newer hint for its key already covers.
+                self.inner.hints.stored(target, &sizes, &puts);
                 self.inner.stats.hints_stored.fetch_add(n, Ordering::Relaxed);
                 Ok(())
             }

@@ -6,11 +6,11 @@ use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use starling_ring::Range;
-use starling_wire::Record;
+use starling_wire::{Record, Version};
 
 use super::{
-    corrupt, data_key, decode_value, encode_value, hint_key, incoming_wins, parse_hint_key,
-    range_pieces, token_bounds, Hint, ScanPage, Storage, StorageError,
+    corrupt, data_key, decode_value, encode_value, hint_is, hint_key, hint_put, incoming_wins,
+    parse_hint_key, range_pieces, token_bounds, Hint, HintPut, ScanPage, Storage, StorageError,
 };
 
 #[derive(Debug, Default)]
@@ -110,12 +110,20 @@ impl Storage for MemStorage {
         Ok(page)
     }
 
-    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<(), StorageError> {
+    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<Vec<HintPut>, StorageError> {
+        // One lock for the batch: the comparison and the write are one step.
         let mut g = self.lock();
+        let mut out = Vec::with_capacity(hints.len());
         for (target, r) in hints {
-            g.hints.insert(hint_key(*target, r), encode_value(r.version, r.value.as_deref()));
+            let k = hint_key(*target, &r.key);
+            let v = encode_value(r.version, r.value.as_deref());
+            let put = hint_put(&k, g.hints.get(&k).map(Vec::as_slice), &v);
+            if put != HintPut::Kept {
+                g.hints.insert(k, v);
+            }
+            out.push(put);
         }
-        Ok(())
+        Ok(out)
     }
 
     fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError> {
@@ -150,12 +158,18 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError> {
+    fn delete_hints(&self, hints: &[(Vec<u8>, Version)]) -> Result<Vec<bool>, StorageError> {
+        // One lock for the batch: a newer hint cannot replace one between its check and removal.
         let mut g = self.lock();
-        for id in ids {
-            g.hints.remove(id);
+        let mut out = Vec::with_capacity(hints.len());
+        for (id, version) in hints {
+            let delivered = g.hints.get(id).is_some_and(|v| hint_is(v, *version));
+            if delivered {
+                g.hints.remove(id);
+            }
+            out.push(delivered);
         }
-        Ok(())
+        Ok(out)
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {

@@ -5,8 +5,9 @@
 //! Three keyspaces (RocksDB column families):
 //! - **data**: `token (8 bytes, big-endian) ‖ key` → encoded [`Record`] (version, tombstone flag,
 //!   value). Keys sorted by token make one token range one contiguous scan.
-//! - **hints**: `target node (16) ‖ hlc (8) ‖ data key` → encoded record: writes kept for a replica
-//!   that was down, replayed when it is back ([`crate::kv::hints`]).
+//! - **hints**: `target node (16) ‖ data key` → encoded record: writes kept for a replica that was
+//!   down, replayed when it is back ([`crate::kv::hints`]). One hint per key and target: a newer
+//!   version replaces the hint kept, an older one is not stored.
 //! - **meta**: small local facts (this node's tokens and ring status).
 //!
 //! Writes merge by version (last write wins, ties by node id): applying an older version of a key
@@ -40,10 +41,30 @@ pub enum StorageError {
 /// A hint: a record to deliver to `target` when it is reachable again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hint {
-    /// The storage key of the hint (pass it back to [`Storage::delete_hints`]).
+    /// The storage key of the hint: one per target and key (pass it back, with the record's
+    /// version, to [`Storage::delete_hints`]).
     pub id: Vec<u8>,
     pub target: u128,
     pub record: Record,
+}
+
+impl Hint {
+    /// What [`Storage::delete_hints`] takes to remove this hint once it is delivered.
+    pub fn delivered(&self) -> (Vec<u8>, Version) {
+        (self.id.clone(), self.record.version)
+    }
+}
+
+/// What [`Storage::put_hints`] did with one hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintPut {
+    /// Stored; no hint was kept for its key and target.
+    Added,
+    /// Stored in place of the older hint kept for its key and target, which counted `bytes`
+    /// (as [`hint_size`] measures).
+    Replaced { bytes: u64 },
+    /// Not stored: the hint kept for its key and target has this version or a newer one.
+    Kept,
 }
 
 /// One page of a range scan.
@@ -92,16 +113,23 @@ pub trait Storage: Send + Sync + 'static {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<ScanPage, StorageError>;
-    /// Stores hints (one batch, durable like [`Storage::apply`]).
-    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<(), StorageError>;
-    /// Up to `limit` hints for `target`, oldest first.
+    /// Stores hints (one batch, durable like [`Storage::apply`]), at most one per target and key:
+    /// a hint replaces the one kept for its target and key only if its version is newer (last
+    /// write wins, as for data; within `hints` too). Says for each hint what it did, in order.
+    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<Vec<HintPut>, StorageError>;
+    /// Up to `limit` hints for `target`, in storage order (by token, then key; not by age: each
+    /// hint carries its own version).
     fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError>;
     /// Every node that has hints waiting, with their count.
     fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError>;
-    /// Every node that has hints waiting, with the bytes their hints take (keys and values).
+    /// Every node that has hints waiting, with the bytes their hints count toward the hint caps
+    /// (the sum of [`hint_size`] over them).
     fn hint_bytes(&self) -> Result<Vec<(u128, u64)>, StorageError>;
-    /// Removes delivered or expired hints.
-    fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError>;
+    /// Removes delivered or expired hints, given as `(id, version)` ([`Hint::delivered`]): each
+    /// only if the hint stored under `id` still has that version, so a newer hint that replaced
+    /// the one delivered stays. Says for each whether it removed a hint (an id given twice
+    /// removes once).
+    fn delete_hints(&self, hints: &[(Vec<u8>, Version)]) -> Result<Vec<bool>, StorageError>;
     /// Removes every hint kept for `target`, without reading them (a replica down past the hint
     /// window, or gone).
     fn drop_hints_for(&self, target: u128) -> Result<(), StorageError>;
@@ -158,7 +186,7 @@ pub(crate) fn count_hint_targets<K: AsRef<[u8]>, E>(
     Ok(out)
 }
 
-/// Hint targets with the bytes of their hints (keys and values), from hint entries in storage
+/// Hint targets with the bytes of their hints ([`hint_size`]), from hint entries in storage
 /// order (grouped by target).
 pub(crate) fn hint_bytes_of<K: AsRef<[u8]>, V: AsRef<[u8]>, E>(
     entries: impl IntoIterator<Item = Result<(K, V), E>>,
@@ -166,8 +194,8 @@ pub(crate) fn hint_bytes_of<K: AsRef<[u8]>, V: AsRef<[u8]>, E>(
     let mut out: Vec<(u128, u64)> = Vec::new();
     for e in entries {
         let (k, v) = e?;
+        let Some(b) = stored_hint_size(k.as_ref(), v.as_ref()) else { continue };
         let Some((t, _)) = parse_hint_key(k.as_ref()) else { continue };
-        let b = (k.as_ref().len() + v.as_ref().len()) as u64;
         match out.last_mut() {
             Some((last, n)) if *last == t => *n += b,
             _ => out.push((t, b)),
@@ -224,19 +252,47 @@ pub fn key_token(data_key: &[u8]) -> Option<Token> {
     Some(u64::from_be_bytes(data_key.get(..8)?.try_into().ok()?))
 }
 
-/// `target ‖ ts ‖ data key`.
-pub fn hint_key(target: u128, record: &Record) -> Vec<u8> {
-    let mut k = Vec::with_capacity(24 + 8 + record.key.len());
+/// What one hint counts toward the hint caps: its key, its value and 64 bytes for the target,
+/// the version and the encoding.
+pub fn hint_size(record: &Record) -> u64 {
+    (record.key.len() + record.value.as_ref().map_or(0, Vec::len) + 64) as u64
+}
+
+/// [`hint_size`] of a stored hint entry, without decoding it (`None`: not a hint key).
+pub(crate) fn stored_hint_size(k: &[u8], v: &[u8]) -> Option<u64> {
+    let (_, key) = parse_hint_key(k)?;
+    Some((key.len() + v.len().saturating_sub(HEADER) + 64) as u64)
+}
+
+/// `target ‖ data key` (`target ‖ token ‖ key`): one hint per target and key.
+pub fn hint_key(target: u128, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + 8 + key.len());
     k.extend_from_slice(&target.to_be_bytes());
-    k.extend_from_slice(&record.version.ts.to_be_bytes());
-    k.extend_from_slice(&data_key(&record.key));
+    k.extend_from_slice(&data_key(key));
     k
 }
 
 /// Parses a hint key back into its target and user key.
 pub fn parse_hint_key(k: &[u8]) -> Option<(u128, &[u8])> {
     let target = u128::from_be_bytes(k.get(..16)?.try_into().ok()?);
-    Some((target, k.get(32..)?))
+    Some((target, k.get(24..)?))
+}
+
+/// What storing the encoded hint `new` under hint key `k` does, given what is stored there.
+pub(crate) fn hint_put(k: &[u8], stored: Option<&[u8]>, new: &[u8]) -> HintPut {
+    match stored {
+        None => HintPut::Added,
+        Some(old) if incoming_wins(old, new) => {
+            HintPut::Replaced { bytes: stored_hint_size(k, old).unwrap_or(0) }
+        }
+        Some(_) => HintPut::Kept,
+    }
+}
+
+/// Whether the stored hint value `stored` has version `version` (a delivered hint that no newer
+/// one has replaced since).
+pub(crate) fn hint_is(stored: &[u8], version: Version) -> bool {
+    decode_version(stored).is_ok_and(|(v, _)| v == version)
 }
 
 /// On-disk value format, version 1:

@@ -10,8 +10,13 @@
 //!   [`SyncMode::Periodic`] a background thread fsyncs the log every `sync_interval`; with
 //!   [`SyncMode::Always`] each batch is fsynced before it returns (the writer thread batches
 //!   concurrent writes, so they share one fsync: group commit).
+//! - Hints: one per target and key. Storing one reads the hint kept for its key first and writes
+//!   only a newer version; deleting a delivered one checks that it still has the version
+//!   delivered. Both run under one lock, so neither can interleave with the other. A store whose
+//!   hints are still in the format before that (`target ‖ hlc ‖ token ‖ key`, several per key) is
+//!   rewritten when opened ([`RocksStorage::open`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,21 +25,32 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    IteratorMode, LogLevel, MergeOperands, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    DBPinnableSlice, Direction, IteratorMode, LogLevel, MergeOperands, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
 };
-use starling_ring::Range;
+use starling_ring::{token_of, Range};
 use starling_wire::{Record, Version};
 
 use super::versions::{key_hash, keyed, KeyHash, Known, VersionCache};
 use super::{
-    corrupt, data_key, decode_value, decode_version, encode_value, hint_key, incoming_wins,
-    parse_hint_key, range_pieces, token_bounds, Hint, ScanPage, Storage, StorageError,
+    corrupt, data_key, decode_value, decode_version, encode_value, hint_is, hint_key, hint_put,
+    incoming_wins, parse_hint_key, range_pieces, token_bounds, Hint, HintPut, ScanPage, Storage,
+    StorageError,
 };
 
 const CF_DATA: &str = "data";
 const CF_HINTS: &str = "hints";
 const CF_META: &str = "meta";
+
+/// Meta key: the format of the hint keys. `2`: `target ‖ token ‖ key`, one hint per target and
+/// key. Absent: not yet known to be `2` (a store written before it may hold `target ‖ hlc ‖ token
+/// ‖ key` hints, several per key); [`RocksStorage::open`] rewrites those, then sets it.
+const HINT_FORMAT: &str = "hint_format";
+const HINT_FORMAT_NOW: &[u8] = b"2";
+/// The rewrite of old hints goes in write batches of this many hints, or about this many bytes.
+const MIGRATE_BATCH: usize = 1024;
+const MIGRATE_BATCH_BYTES: usize = 4 << 20;
 
 /// When the write-ahead log reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +103,9 @@ pub struct RocksStorage {
     /// Stored versions of recent keys; changed only under `apply_lock` (see [`super::versions`]).
     versions: Option<VersionCache>,
     apply_lock: Mutex<()>,
+    /// Held by every change to the hints: a hint's check (what version is stored) and its write
+    /// or deletion are one step.
+    hints_lock: Mutex<()>,
     /// Set by the first failed write or WAL sync (see [`RocksStorage::write_with`]).
     failed: Arc<OnceLock<String>>,
 }
@@ -140,7 +159,8 @@ fn now_millis() -> u64 {
 }
 
 impl RocksStorage {
-    /// Opens (creating if needed) the store in `path`.
+    /// Opens (creating if needed) the store in `path`; hints in the format before one per target
+    /// and key are rewritten first (see `migrate_hints`).
     pub fn open(path: &Path, cfg: &RocksConfig) -> Result<RocksStorage, StorageError> {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -193,9 +213,15 @@ impl RocksStorage {
                 _ => Decision::Keep,
             }
         });
+        // Storing a hint looks up the one kept for its key and target: bloom filters spare the
+        // reads of files that cannot hold it.
+        let mut hints = Options::default();
+        let mut hint_table = BlockBasedOptions::default();
+        hint_table.set_bloom_filter(10.0, false);
+        hints.set_block_based_table_factory(&hint_table);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_DATA, data),
-            ColumnFamilyDescriptor::new(CF_HINTS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_HINTS, hints),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(engine)?;
@@ -243,15 +269,132 @@ impl RocksStorage {
             it.status().map_err(engine)?;
             Some(VersionCache::new(cfg.version_cache, empty, cfg.tombstone_grace))
         };
-        Ok(RocksStorage {
+        let store = RocksStorage {
             db,
             write_opts,
             syncer: Mutex::new(syncer),
             dirty,
             versions,
             apply_lock: Mutex::new(()),
+            hints_lock: Mutex::new(()),
             failed,
-        })
+        };
+        store.migrate_hints()?;
+        Ok(store)
+    }
+
+    /// Rewrites hints stored in the format before [`HINT_FORMAT_NOW`] (`target ‖ hlc ‖ token ‖
+    /// key`) as `target ‖ token ‖ key`, keeping the newest version per target and key, then
+    /// records the format in `meta`. Runs once; a rewrite cut short (a crash) goes on at the next
+    /// open: a key's form says which format it is in (its 8 bytes before the key are the key's
+    /// token, a blake3 hash, at offset 16 in the current format and 24 in the old one). A hint
+    /// whose key or value cannot be read is dropped and counted in the log. Returns how many old
+    /// hints were rewritten and how many were dropped.
+    fn migrate_hints(&self) -> Result<(u64, u64), StorageError> {
+        match self.db.get_cf(self.cf(CF_META)?, HINT_FORMAT).map_err(engine)? {
+            Some(f) if f == HINT_FORMAT_NOW => return Ok((0, 0)),
+            Some(f) => {
+                return Err(StorageError::Engine(format!(
+                    "hints are stored in format {:?}, which this version of Starling cannot read",
+                    String::from_utf8_lossy(&f)
+                )))
+            }
+            None => {}
+        }
+        let cf = self.cf(CF_HINTS)?;
+        let (mut rewritten, mut dropped) = (0u64, 0u64);
+        let mut old_keys: Vec<Vec<u8>> = Vec::new();
+        let mut hints: Vec<(u128, Record)> = Vec::new();
+        let mut bytes = 0usize;
+        // An iterator reads one snapshot: the hints rewritten meanwhile are not seen again.
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek_to_first();
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            if !is_current_hint_key(k) {
+                old_keys.push(k.to_vec());
+                bytes += k.len() + v.len();
+                match old_hint_key(k).map(|(t, key)| decode_value(key, v).map(|r| (t, r))) {
+                    Some(Ok(hint)) => hints.push(hint),
+                    _ => dropped += 1,
+                }
+                if old_keys.len() >= MIGRATE_BATCH || bytes >= MIGRATE_BATCH_BYTES {
+                    rewritten += hints.len() as u64;
+                    self.rewrite_hints(cf, &mut old_keys, &mut hints)?;
+                    bytes = 0;
+                }
+            }
+            it.next();
+        }
+        it.status().map_err(engine)?;
+        drop(it);
+        rewritten += hints.len() as u64;
+        self.rewrite_hints(cf, &mut old_keys, &mut hints)?;
+        self.put_meta(HINT_FORMAT, HINT_FORMAT_NOW)?;
+        if rewritten > 0 || dropped > 0 {
+            tracing::info!(rewritten, dropped, "hints rewritten: one per target and key");
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "unreadable hints dropped; anti-entropy repairs their replicas"
+            );
+        }
+        Ok((rewritten, dropped))
+    }
+
+    /// One write batch of the hint rewrite: deletes `old_keys`, stores `hints` (last write wins
+    /// per target and key, against what earlier batches stored too), and empties both.
+    fn rewrite_hints(
+        &self,
+        cf: &ColumnFamily,
+        old_keys: &mut Vec<Vec<u8>>,
+        hints: &mut Vec<(u128, Record)>,
+    ) -> Result<(), StorageError> {
+        if old_keys.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        // Deletions first: in one batch, a later put of the same key wins.
+        for k in old_keys.drain(..) {
+            batch.delete_cf(cf, k);
+        }
+        self.stage_hints(cf, hints, &mut batch)?;
+        hints.clear();
+        self.write(batch)
+    }
+
+    /// Adds to `batch` the puts of those `hints` newer than the hint kept for their target and
+    /// key (stored, or earlier in `hints`), and says what each does. Call under `hints_lock`
+    /// (or before the store is shared), and write the batch before letting it go.
+    fn stage_hints(
+        &self,
+        cf: &ColumnFamily,
+        hints: &[(u128, Record)],
+        batch: &mut WriteBatch,
+    ) -> Result<Vec<HintPut>, StorageError> {
+        let keys: Vec<Vec<u8>> = hints.iter().map(|(t, r)| hint_key(*t, &r.key)).collect();
+        let values: Vec<Vec<u8>> =
+            hints.iter().map(|(_, r)| encode_value(r.version, r.value.as_deref())).collect();
+        let stored: Vec<Option<DBPinnableSlice>> = self
+            .db
+            .batched_multi_get_cf(cf, &keys, false)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(engine)?;
+        // What each key holds once the puts staged so far are written.
+        let mut staged: HashMap<&[u8], &[u8]> = HashMap::new();
+        let mut out = Vec::with_capacity(hints.len());
+        for ((k, v), stored) in keys.iter().zip(&values).zip(&stored) {
+            let now = staged.get(k.as_slice()).copied().or(stored.as_deref());
+            let put = hint_put(k, now, v);
+            if put != HintPut::Kept {
+                batch.put_cf(cf, k, v);
+                staged.insert(k, v);
+            }
+            out.push(put);
+        }
+        Ok(out)
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StorageError> {
@@ -484,13 +627,15 @@ impl Storage for RocksStorage {
         Ok(page)
     }
 
-    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<(), StorageError> {
+    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<Vec<HintPut>, StorageError> {
         let cf = self.cf(CF_HINTS)?;
+        let _guard = lock(&self.hints_lock);
         let mut batch = WriteBatch::default();
-        for (target, r) in hints {
-            batch.put_cf(cf, hint_key(*target, r), encode_value(r.version, r.value.as_deref()));
+        let out = self.stage_hints(cf, hints, &mut batch)?;
+        if !batch.is_empty() {
+            self.write(batch)?;
         }
-        self.write(batch)
+        Ok(out)
     }
 
     fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError> {
@@ -526,6 +671,7 @@ impl Storage for RocksStorage {
         let cf = self.cf(CF_HINTS)?;
         let from = target.to_be_bytes().to_vec();
         let mut batch = WriteBatch::default();
+        let _guard = lock(&self.hints_lock);
         match target.checked_add(1) {
             Some(next) => batch.delete_range_cf(cf, from, next.to_be_bytes().to_vec()),
             None => batch.delete_range_cf(cf, from, vec![0xff; 17]),
@@ -533,13 +679,25 @@ impl Storage for RocksStorage {
         self.write(batch)
     }
 
-    fn delete_hints(&self, ids: &[Vec<u8>]) -> Result<(), StorageError> {
+    fn delete_hints(&self, hints: &[(Vec<u8>, Version)]) -> Result<Vec<bool>, StorageError> {
         let cf = self.cf(CF_HINTS)?;
+        let _guard = lock(&self.hints_lock);
+        let stored = self.db.batched_multi_get_cf(cf, hints.iter().map(|(id, _)| id), false);
+        let mut removed: HashSet<&[u8]> = HashSet::new();
         let mut batch = WriteBatch::default();
-        for id in ids {
-            batch.delete_cf(cf, id);
+        let mut out = Vec::with_capacity(hints.len());
+        for ((id, version), stored) in hints.iter().zip(stored) {
+            let delivered = stored.map_err(engine)?.is_some_and(|v| hint_is(&v, *version))
+                && removed.insert(id);
+            if delivered {
+                batch.delete_cf(cf, id);
+            }
+            out.push(delivered);
         }
-        self.write(batch)
+        if !batch.is_empty() {
+            self.write(batch)?;
+        }
+        Ok(out)
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -569,6 +727,19 @@ impl Storage for RocksStorage {
             .flatten()
             .unwrap_or(0)
     }
+}
+
+/// Whether `k` is a hint key of the current format: `target ‖ token ‖ key`.
+fn is_current_hint_key(k: &[u8]) -> bool {
+    k.len() >= 24 && k[16..24] == token_of(&k[24..]).to_be_bytes()
+}
+
+/// The target and user key of a hint key of the format before the current one, `target ‖ hlc ‖
+/// token ‖ key`; `None` if `k` is not one.
+fn old_hint_key(k: &[u8]) -> Option<(u128, &[u8])> {
+    let target = u128::from_be_bytes(k.get(..16)?.try_into().ok()?);
+    let key = k.get(32..)?;
+    (k[24..32] == token_of(key).to_be_bytes()).then_some((target, key))
 }
 
 #[cfg(test)]
@@ -618,5 +789,123 @@ mod race_tests {
         let now = st.get(key).expect("get").expect("stored");
         assert_eq!(now.version.ts, 300, "an older write replaced a newer one");
         assert_eq!(now.value.as_deref(), Some(&b"v300"[..]));
+    }
+}
+
+#[cfg(test)]
+mod hint_format_tests {
+    use super::*;
+
+    fn record(key: &[u8], ts: u64, value: Option<&[u8]>) -> Record {
+        Record {
+            key: key.to_vec(),
+            version: Version { ts, node: 7 },
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+
+    /// A hint key as stores wrote them before one hint per target and key: `target ‖ hlc ‖
+    /// token ‖ key`.
+    fn old_key(target: u128, r: &Record) -> Vec<u8> {
+        let mut k = target.to_be_bytes().to_vec();
+        k.extend_from_slice(&r.version.ts.to_be_bytes());
+        k.extend_from_slice(&data_key(&r.key));
+        k
+    }
+
+    /// Writes hints in the old format, as a store written before it, with no format marker.
+    fn put_old(st: &RocksStorage, hints: &[(u128, Record)], raw: &[(Vec<u8>, Vec<u8>)]) {
+        let cf = st.cf(CF_HINTS).expect("cf");
+        st.db.delete_cf(st.cf(CF_META).expect("meta"), HINT_FORMAT).expect("unmark");
+        for (t, r) in hints {
+            st.db
+                .put_cf(cf, old_key(*t, r), encode_value(r.version, r.value.as_deref()))
+                .expect("put");
+        }
+        for (k, v) in raw {
+            st.db.put_cf(cf, k, v).expect("put raw");
+        }
+    }
+
+    fn records(st: &RocksStorage, target: u128) -> Vec<Record> {
+        st.hints_for(target, 100).expect("hints").into_iter().map(|h| h.record).collect()
+    }
+
+    /// Hints of the old format (several per key, keyed by time) are rewritten when the store is
+    /// opened: one per target and key, the newest; unreadable ones are dropped without a panic;
+    /// hints already in the new format (a rewrite cut short) are kept, newest version winning.
+    #[test]
+    fn old_format_hints_are_rewritten_one_per_target_and_key_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let cfg = RocksConfig::default();
+        let (a, b) = (1u128, 2u128);
+        let hot = [30, 10, 50, 20].map(|ts| record(b"hot", ts, Some(format!("v{ts}").as_bytes())));
+        let cold = record(b"cold", 5, None);
+        let warm_new = record(b"warm", 70, Some(b"new format, older"));
+        let warm_old = record(b"warm", 80, Some(b"old format, newer"));
+        let for_b = record(b"hot", 15, Some(b"for b"));
+        let for_b_new = record(b"hot", 40, Some(b"for b, new format, newer"));
+        {
+            let st = RocksStorage::open(&path, &cfg).expect("open");
+            let marker = st.get_meta(HINT_FORMAT).expect("meta");
+            assert_eq!(marker.as_deref(), Some(HINT_FORMAT_NOW), "a new store is current");
+            // Already rewritten before a crash cut the rewrite short.
+            st.put_hints(&[(a, warm_new.clone()), (b, for_b_new.clone())]).expect("put");
+            let mut old: Vec<(u128, Record)> = hot.iter().map(|r| (a, r.clone())).collect();
+            old.extend([(a, cold.clone()), (a, warm_old.clone()), (b, for_b)]);
+            let wrong_token = [&a.to_be_bytes()[..], &[0; 8], &[1; 8], b"k"].concat();
+            let garbage = old_key(a, &record(b"garbage", 1, None));
+            let unreadable = vec![
+                (b"short".to_vec(), encode_value(Version { ts: 1, node: 1 }, None)),
+                (wrong_token, encode_value(Version { ts: 1, node: 1 }, Some(b"x"))),
+                (garbage, vec![0xff; 3]),
+            ];
+            put_old(&st, &old, &unreadable);
+            assert_eq!(st.get_meta(HINT_FORMAT).expect("meta"), None);
+        }
+        let st = RocksStorage::open(&path, &cfg).expect("reopen");
+        let marker = st.get_meta(HINT_FORMAT).expect("meta");
+        assert_eq!(marker.as_deref(), Some(HINT_FORMAT_NOW), "marked once rewritten");
+        let mut for_a = vec![hot[2].clone(), cold.clone(), warm_old.clone()];
+        for_a.sort_by_key(|r| data_key(&r.key));
+        assert_eq!(records(&st, a), for_a, "the newest per key, old and new formats merged");
+        assert_eq!(records(&st, b), vec![for_b_new.clone()]);
+        assert_eq!(st.hint_targets().expect("targets"), vec![(a, 3), (b, 1)]);
+        let size = |rs: &[Record]| rs.iter().map(super::super::hint_size).sum::<u64>();
+        assert_eq!(
+            st.hint_bytes().expect("bytes"),
+            vec![(a, size(&for_a)), (b, size(&[for_b_new]))]
+        );
+        let cf = st.cf(CF_HINTS).expect("cf");
+        for item in st.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item.expect("read");
+            assert!(is_current_hint_key(&k), "left in the old format: {k:02x?}");
+        }
+        // A newer hint replaces a rewritten one, and the delivered-version check applies to it.
+        let newer = record(b"hot", 60, Some(b"v60"));
+        let put = st.put_hints(&[(a, newer.clone())]).expect("put");
+        assert_eq!(put, vec![HintPut::Replaced { bytes: super::super::hint_size(&hot[2]) }]);
+
+        // The rewrite says what it did, and runs only while the marker is missing.
+        put_old(&st, &[(a, record(b"hot", 55, Some(b"older")))], &[(b"tiny".to_vec(), vec![])]);
+        assert_eq!(st.migrate_hints().expect("rewrite"), (1, 1));
+        assert_eq!(st.migrate_hints().expect("again"), (0, 0));
+        let hot_now: Vec<Record> =
+            records(&st, a).into_iter().filter(|r| r.key == b"hot").collect();
+        assert_eq!(hot_now, vec![newer], "an older rewritten hint replaced a newer one");
+    }
+
+    /// A marker of a format this version does not know fails the open with a clear error.
+    #[test]
+    fn an_unknown_hint_format_fails_the_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        RocksStorage::open(&path, &RocksConfig::default())
+            .expect("open")
+            .put_meta(HINT_FORMAT, b"3")
+            .expect("meta");
+        let err = RocksStorage::open(&path, &RocksConfig::default()).expect_err("unknown format");
+        assert!(err.to_string().contains("hints are stored in format \"3\""), "{err}");
     }
 }
