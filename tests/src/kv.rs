@@ -300,7 +300,10 @@ pub struct Completed {
     pub result: Result<OpOutput, KvError>,
 }
 
+/// An op in flight. A node has a few at a time, kept in a map: boxing the larger kind would buy
+/// nothing.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum AnyOp {
     Write(WriteOp),
     Read(ReadOp),

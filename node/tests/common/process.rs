@@ -1,6 +1,7 @@
-//! Real `starlingd` processes for the multi-process tests (`cluster.rs`, `kv_cluster.rs`, and the
-//! CLI's `kv_cli.rs`, which includes this file by path): start one on a data dir, kill -9 it,
-//! restart it on the same address, read its log and its status page.
+//! Real `starlingd` processes for the multi-process tests (`cluster.rs`, `kv_cluster.rs` and
+//! `kv_history.rs` through `kv_process.rs`, and the CLI's `kv_cli.rs`, which includes this file
+//! by path): start one on a data dir, kill -9 it, restart it on the same address, read its log
+//! and its status page.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -23,6 +24,8 @@ pub struct Node {
     pub data: PathBuf,
     pub certs: PathBuf,
     pub addrs: Addresses,
+    /// Extra environment it was started with, and restarts with.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -79,6 +82,7 @@ impl Node {
             data: data.to_owned(),
             certs: certs.to_owned(),
             addrs,
+            env: env.to_vec(),
         }
     }
 
@@ -94,11 +98,12 @@ impl Node {
         }
     }
 
-    /// kill -9 (if running), then the same binary, data dir and listen address again.
+    /// kill -9 (if running), then the same binary, data dir, listen address and environment
+    /// again.
     pub fn restart(&mut self, seeds: &[SocketAddr]) {
         self.kill9();
         let listen = self.addrs.listen.to_string();
-        *self = Node::start(&self.bin, &self.data, &self.certs, &listen, seeds);
+        *self = Node::start_with_env(&self.bin, &self.data, &self.certs, &listen, seeds, &self.env);
     }
 
     pub fn pid(&self) -> u32 {
