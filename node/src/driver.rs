@@ -109,6 +109,7 @@ pub async fn run<T: Transport>(
     }
     let mut leaving: Option<(Instant, oneshot::Sender<()>)> = None;
     let mut last_publish = Instant::now() - Duration::from_secs(1);
+    let mut local_set = false;
     let mut first = true;
     loop {
         let deadline =
@@ -132,6 +133,9 @@ pub async fn run<T: Transport>(
                 }
                 Some(DriverCommand::Set { key, value }) => {
                     gossip.handle_command(Instant::now(), Command::Set { key, value });
+                    // This node's own tokens or status changed: no gossip event says so (a node
+                    // alone would never see its ring), so rebuild the view now.
+                    local_set = true;
                 }
                 None => break,
             },
@@ -155,7 +159,7 @@ pub async fn run<T: Transport>(
             });
         }
         let mut changed = false;
-        let mut ring_changed = false;
+        let mut ring_changed = std::mem::take(&mut local_set);
         while let Some(e) = gossip.poll_event() {
             changed |= log_event(&gossip, &e);
             ring_changed = true;

@@ -295,6 +295,22 @@ fn a_node_that_cannot_reach_its_seeds_never_starts_a_ring_of_its_own() {
     );
 }
 
+/// A node started alone (no seeds) founds a one-node ring: it is `normal` with its tokens within
+/// seconds. Before, nothing rebuilt a lone node's ring view after it took its tokens (no gossip
+/// event came), so its ring stayed empty and every request was `unavailable`.
+#[test]
+fn a_node_started_alone_founds_its_ring() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = certs(&dir.path().join("certs"), &["node1"]);
+    let alone = start(&dir.path().join("node1"), &certs.join("node1"), "127.0.0.1:0", &[]);
+    let ready = wait_for(Duration::from_secs(10), || {
+        let s = alone.status()?;
+        (s.ring.nodes == 1 && s.ring.status.as_deref() == Some("normal") && s.ring.tokens > 0)
+            .then_some(s)
+    });
+    assert!(ready.is_some(), "a lone node never founded its ring; log:\n{}", log_of(&alone.data));
+}
+
 /// Leaving a ring of N nodes (N = 3 copies of every key) would leave every key with fewer than
 /// N copies: the leave is refused with the reason, and the node stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
