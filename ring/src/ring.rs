@@ -251,24 +251,16 @@ impl Ring {
         let mut lists = Vec::with_capacity(ends.len() * n.min(self.nodes.len()));
         let mut bounds = Vec::with_capacity(ends.len() * 3 + 1);
         bounds.push(0);
+        let id = |&node: &u32| self.nodes[node as usize].id;
         for &end in &ends {
             let natural = self.walk(end, n, View::Current);
             let future = self.walk(end, n, View::Future);
-            lists.extend(natural.iter().map(|&node| self.nodes[node as usize].id));
+            // Natural, then pending (future, not natural), then dropping (natural, not future).
+            lists.extend(natural.iter().map(id));
             bounds.push(lists.len());
-            lists.extend(
-                future
-                    .iter()
-                    .filter(|node| !natural.contains(node))
-                    .map(|&node| self.nodes[node as usize].id),
-            );
+            lists.extend(future.iter().filter(|node| !natural.contains(node)).map(id));
             bounds.push(lists.len());
-            lists.extend(
-                natural
-                    .iter()
-                    .filter(|node| !future.contains(node))
-                    .map(|&node| self.nodes[node as usize].id),
-            );
+            lists.extend(natural.iter().filter(|node| !future.contains(node)).map(id));
             bounds.push(lists.len());
         }
         Placement::from_parts(n, ends, bounds, lists)

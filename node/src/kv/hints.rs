@@ -174,6 +174,12 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         }
     }
 
+    /// The next page of `target`'s hints, read on a storage thread.
+    async fn hint_page(&self, target: NodeKey) -> anyhow::Result<Vec<crate::storage::Hint>> {
+        let page = self.inner.io.read(move |s| s.hints_for(target, PAGE)).await;
+        Ok(page.map_err(anyhow::Error::msg)??)
+    }
+
     /// A leaving node's hints for other replicas, so that none is lost with it: each target's
     /// hints are delivered to the target if it is up; those still here (the target is down) are
     /// given to a node that stays, which keeps them for the target as a stand-in of a sloppy
@@ -187,9 +193,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             self.replay_to(target).await;
             let mut attempt = 0;
             loop {
-                let storage = self.inner.storage.clone();
-                let mut page =
-                    tokio::task::spawn_blocking(move || storage.hints_for(target, PAGE)).await??;
+                let mut page = self.hint_page(target).await?;
                 if page.is_empty() {
                     self.inner.hints.clear(target);
                     break;
@@ -286,15 +290,12 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         }
         loop {
             let view = self.view();
-            let storage = self.inner.storage.clone();
-            let page = tokio::task::spawn_blocking(move || storage.hints_for(target, PAGE)).await;
-            let hints = match page {
-                Ok(Ok(h)) => h,
-                Ok(Err(e)) => {
+            let hints = match self.hint_page(target).await {
+                Ok(h) => h,
+                Err(e) => {
                     warn!(error = %e, "cannot read hints");
                     return;
                 }
-                Err(_) => return,
             };
             if hints.is_empty() {
                 self.inner.hints.clear(target);
