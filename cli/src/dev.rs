@@ -53,9 +53,7 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let certs = dir.join("certs");
     if !opts.insecure {
-        let mut all = names.clone();
-        all.push("client".into());
-        crate::cert_cmd::bootstrap(&certs, &all)?;
+        crate::cert_cmd::bootstrap(&certs, &names, &["client".to_string()])?;
     }
     let seeds: Vec<String> = (0..opts.nodes.min(3))
         .map(|i| format!("127.0.0.1:{}", opts.base_port + i as u16))
@@ -143,7 +141,15 @@ pub async fn run(opts: DevOptions) -> Result<()> {
             "  kill -9 {}                            # watch the others mark it down",
             last.child.id()
         );
-        println!("  starling --node {} leave          # a graceful leave", last.listen);
+        let leave_auth = if opts.insecure {
+            String::new()
+        } else {
+            format!(" --certs {}", certs.join(names.last().map_or("", String::as_str)).display())
+        };
+        println!(
+            "  starling --node {}{leave_auth} leave   # a graceful leave (with the node's own certificate)",
+            last.listen
+        );
     }
     println!();
     println!("Ctrl-C stops the cluster.");

@@ -46,7 +46,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Ask the node to leave the cluster gracefully and stop.
+    /// Ask the node to leave the cluster gracefully and stop (an operator action: needs a node
+    /// certificate, e.g. `--certs` with that node's own certificate dir).
     Leave,
     /// Create the cluster CA and node/client certificates.
     #[command(subcommand)]
@@ -89,19 +90,30 @@ enum CertCmd {
         name: String,
         #[arg(long)]
         out: PathBuf,
-        /// Extra DNS names or IP addresses for the certificate.
+        /// Extra DNS names or IP addresses for the certificate (node certificates).
         #[arg(long)]
         san: Vec<String>,
+        /// `node` (runs starlingd, sends peer RPCs) or `client` (kv, status: the client API only).
+        #[arg(long, default_value = "node")]
+        role: starling_node::cert::Role,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = starling_node::cert::LEAF_VALIDITY_DAYS)]
+        days: i64,
         /// Keep an existing certificate in --out instead of failing.
         #[arg(long)]
         if_missing: bool,
     },
-    /// Idempotently create OUT/ca and OUT/<name> for each name (e.g. node1,node2,client).
+    /// Idempotently create OUT/ca, OUT/<name> (a node certificate) for each of --names and
+    /// OUT/<name> (a client certificate) for each of --clients.
     Bootstrap {
         #[arg(long)]
         out: PathBuf,
+        /// Node names (e.g. node1,node2,node3).
         #[arg(long, value_delimiter = ',', required = true)]
         names: Vec<String>,
+        /// Client names (e.g. client).
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<String>,
     },
 }
 
@@ -187,10 +199,18 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Cert(c) => match c {
             CertCmd::Init { out, if_missing } => cert_cmd::init(out, *if_missing)?,
-            CertCmd::Issue { ca, name, out, san, if_missing } => {
-                cert_cmd::issue(ca, name, out, san, *if_missing)?
+            CertCmd::Issue { ca, name, out, san, role, days, if_missing } => {
+                cert_cmd::issue(&cert_cmd::IssueOptions {
+                    ca,
+                    name,
+                    out,
+                    sans: san,
+                    role: *role,
+                    days: *days,
+                    if_missing: *if_missing,
+                })?
             }
-            CertCmd::Bootstrap { out, names } => cert_cmd::bootstrap(out, names)?,
+            CertCmd::Bootstrap { out, names, clients } => cert_cmd::bootstrap(out, names, clients)?,
         },
         Cmd::Dev { nodes, dir, base_port, http_base_port } => {
             dev::run(dev::DevOptions {

@@ -74,6 +74,7 @@ fn snapshot(n: u64, elapsed: Duration, insecure: bool) -> Status {
         gossip_converged: converged,
         digest: "5f1c9a2e7b".to_owned(),
         insecure,
+        tls: None,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: 3_725.0 + secs,
         members,

@@ -74,7 +74,9 @@ pub async fn transport_bench(
     let tls_err = |e: &dyn std::fmt::Display| TransportError::Tls(e.to_string());
     let ca = Ca::generate().map_err(|e| tls_err(&e))?;
     let configs = |name: &str| -> Result<_, TransportError> {
-        let issued = ca.issue(name, &[]).map_err(|e| tls_err(&e))?;
+        let issued = ca
+            .issue(name, &[], crate::cert::Role::Node, crate::cert::Validity::days_from_now(1))
+            .map_err(|e| tls_err(&e))?;
         let material = TlsMaterial::from_pem(&ca.cert_pem(), &issued.cert_pem, &issued.key_pem)
             .map_err(|e| tls_err(&e))?;
         tls::mutual(&material).map_err(|e| tls_err(&e))

@@ -9,10 +9,23 @@
 //! | `node.pem`, `node.key` | this node's (or client's) certificate and key |
 //!
 //! [`issue`] writes `node.pem`/`node.key` (fixed names, not `<name>.pem`) plus a copy of `ca.pem`
-//! into its output directory, so each output directory is a complete `--certs` directory. Every
-//! issued certificate is valid for both TLS server and client authentication and carries the
-//! [`CLUSTER_SAN`] DNS name, which is the server name peers verify: peers are dialled by IP
-//! address from gossip, and a fixed name is what makes that verifiable.
+//! into its output directory, so each output directory is a complete `--certs` directory.
+//!
+//! ## Roles
+//!
+//! Every issued certificate has a [`Role`], written into it by the CA as a DNS name:
+//!
+//! | role | DNS names | extended key usage | may |
+//! |---|---|---|---|
+//! | `node` | [`NODE_ROLE_SAN`], [`CLUSTER_SAN`], `localhost`, `127.0.0.1`, `::1`, the name, `--san`s | server and client auth | run `starlingd`; send peer RPCs (replica reads and writes, hints, scans, gossip, clock probes, leave) |
+//! | `client` | [`CLIENT_ROLE_SAN`], the name | client auth only | send client requests (`kv`, `status`, `echo`) |
+//!
+//! [`CLUSTER_SAN`] is the server name peers verify (peers are dialled by IP address from gossip,
+//! and a fixed name is what makes that verifiable), so a client certificate, which lacks it and
+//! lacks server authentication, cannot pose as a node to anyone. A node serves a connection with
+//! the role its peer's certificate carries ([`Role::of_der`]); a certificate without
+//! [`NODE_ROLE_SAN`] (a client one, or one issued before roles existed) is a client. A node
+//! refuses to start with a certificate that is not a node's.
 //!
 //! rcgen 0.13 cannot parse an existing certificate without its `x509-parser` feature, so issuing
 //! re-creates the CA's signer from `ca.key` and the fixed CA name [`CA_COMMON_NAME`]; it checks
@@ -37,15 +50,115 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const NODE_CERT_FILE: &str = "node.pem";
 /// File name of an issued private key.
 pub const NODE_KEY_FILE: &str = "node.key";
-/// DNS name carried by every issued certificate and verified by every client.
+/// DNS name carried by every node certificate and verified by every client.
 pub const CLUSTER_SAN: &str = "starling";
+/// DNS name that marks a certificate's role as [`Role::Node`].
+pub const NODE_ROLE_SAN: &str = "node.role.starling";
+/// DNS name that marks a certificate's role as [`Role::Client`].
+pub const CLIENT_ROLE_SAN: &str = "client.role.starling";
+
+/// What the holder of a certificate may do (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A cluster member: peer RPCs and client requests.
+    Node,
+    /// An application or operator: client requests only.
+    Client,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Node => "node",
+            Role::Client => "client",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "node" => Ok(Role::Node),
+            "client" => Ok(Role::Client),
+            other => Err(format!("unknown role {other:?}: expected node or client")),
+        }
+    }
+}
+
+impl Role {
+    /// The role a DER certificate carries: [`Role::Node`] only if it names [`NODE_ROLE_SAN`]
+    /// (anything else, unparsable bytes included, is a client: the least privilege). The
+    /// certificate's signature and validity are checked by TLS, not here.
+    pub fn of_der(der: &[u8]) -> Role {
+        let names = CertInfo::of_der(der).map(|i| i.dns_names).unwrap_or_default();
+        if names.iter().any(|n| n == NODE_ROLE_SAN) {
+            Role::Node
+        } else {
+            Role::Client
+        }
+    }
+}
+
+/// What a certificate says about itself, read without verifying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Its DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// Valid from (Unix seconds).
+    pub not_before: i64,
+    /// Valid until (Unix seconds).
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    /// Parses a DER certificate (`None`: not one).
+    pub fn of_der(der: &[u8]) -> Option<CertInfo> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let mut dns_names = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::DNSName(n) = name {
+                    dns_names.push((*n).to_string());
+                }
+            }
+        }
+        let validity = cert.validity();
+        Some(CertInfo {
+            dns_names,
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+        })
+    }
+}
+
+/// When an issued certificate is valid: from `not_before` until `not_after` (Unix days).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// First valid day, in days since 1970-01-01.
+    pub not_before_day: i64,
+    /// Last valid day, in days since 1970-01-01.
+    pub not_after_day: i64,
+}
+
+impl Validity {
+    /// From yesterday (so clocks a little behind accept a fresh certificate) for `days`.
+    pub fn days_from_now(days: i64) -> Validity {
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| (d.as_secs() / 86_400) as i64)
+            .unwrap_or(0);
+        Validity { not_before_day: today - BACKDATE_DAYS, not_after_day: today + days }
+    }
+}
 /// Common name of every cluster CA; see the module doc for why it is fixed.
 pub const CA_COMMON_NAME: &str = "Starling cluster CA";
 
 /// How long a CA is valid.
 const CA_VALIDITY_DAYS: i64 = 10 * 365;
-/// How long an issued certificate is valid.
-const LEAF_VALIDITY_DAYS: i64 = 2 * 365;
+/// How long an issued certificate is valid unless `--days` says otherwise.
+pub const LEAF_VALIDITY_DAYS: i64 = 2 * 365;
 /// Backdating of `not_before`, so clocks a little behind still accept a fresh certificate.
 const BACKDATE_DAYS: i64 = 1;
 
@@ -149,7 +262,7 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        set_validity(&mut params, CA_VALIDITY_DAYS);
+        set_validity(&mut params, Validity::days_from_now(CA_VALIDITY_DAYS));
         let cert = params.self_signed(&key).map_err(|source| gen_err("the CA", source))?;
         Ok(Ca { cert, key })
     }
@@ -164,15 +277,24 @@ impl Ca {
         self.key.serialize_pem()
     }
 
-    /// Issues a certificate named `name` (its common name and a DNS SAN) for both server and
-    /// client authentication. SANs: [`CLUSTER_SAN`], `localhost`, `127.0.0.1`, `::1`, `name`,
-    /// then `sans` (IP addresses become IP SANs, the rest DNS names); duplicates are dropped.
-    pub fn issue(&self, name: &str, sans: &[String]) -> Result<Issued, CertError> {
+    /// Issues a certificate named `name` (its common name) with `role`, valid for `validity`.
+    /// A node certificate is for both server and client authentication, with the DNS names
+    /// [`NODE_ROLE_SAN`], [`CLUSTER_SAN`], `localhost`, `127.0.0.1`, `::1`, `name`, then `sans`
+    /// (IP addresses become IP SANs, the rest DNS names); a client certificate is for client
+    /// authentication only, with [`CLIENT_ROLE_SAN`] and `name`. Duplicates are dropped.
+    pub fn issue(
+        &self,
+        name: &str,
+        sans: &[String],
+        role: Role,
+        validity: Validity,
+    ) -> Result<Issued, CertError> {
+        let base: &[&str] = match role {
+            Role::Node => &[NODE_ROLE_SAN, CLUSTER_SAN, "localhost", "127.0.0.1", "::1"],
+            Role::Client => &[CLIENT_ROLE_SAN],
+        };
         let mut all: Vec<String> = Vec::new();
-        for s in [CLUSTER_SAN, "localhost", "127.0.0.1", "::1", name]
-            .into_iter()
-            .chain(sans.iter().map(String::as_str))
-        {
+        for s in base.iter().copied().chain([name]).chain(sans.iter().map(String::as_str)) {
             if !s.is_empty() && !all.iter().any(|a| a == s) {
                 all.push(s.to_string());
             }
@@ -183,10 +305,14 @@ impl Ca {
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = match role {
+            Role::Node => {
+                vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+            }
+            Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, LEAF_VALIDITY_DAYS);
+        set_validity(&mut params, validity);
         let key = KeyPair::generate().map_err(|source| gen_err(&what, source))?;
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
@@ -220,6 +346,8 @@ pub fn issue(
     name: &str,
     out_dir: &Path,
     sans: &[String],
+    role: Role,
+    days: i64,
 ) -> Result<PathBuf, CertError> {
     let ca_pem = read(&ca_dir.join(CA_CERT_FILE))?;
     let ca = Ca::from_pem(&ca_pem, &read(&ca_dir.join(CA_KEY_FILE))?, ca_dir)?;
@@ -239,7 +367,7 @@ pub fn issue(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(source) => return Err(CertError::Io { path: out_ca, source }),
     };
-    let issued = ca.issue(name, sans)?;
+    let issued = ca.issue(name, sans, role, Validity::days_from_now(days))?;
     write_new(&key_path, &issued.key_pem, 0o600)?;
     write_new(&cert_path, &issued.cert_pem, 0o644)?;
     if copy_ca {
@@ -283,15 +411,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Valid from yesterday, for `days`.
-fn set_validity(params: &mut CertificateParams, days: i64) {
-    let today = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| (d.as_secs() / 86_400) as i64)
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days(today - BACKDATE_DAYS);
+fn set_validity(params: &mut CertificateParams, validity: Validity) {
+    let (y, m, d) = civil_from_days(validity.not_before_day);
     params.not_before = rcgen::date_time_ymd(y, m, d);
-    let (y, m, d) = civil_from_days(today + days);
+    let (y, m, d) = civil_from_days(validity.not_after_day);
     params.not_after = rcgen::date_time_ymd(y, m, d);
 }
 

@@ -45,10 +45,22 @@ impl std::fmt::Debug for KvStatusFn {
     }
 }
 
+/// This node's certificate, for the status snapshot.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub role: crate::cert::Role,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Peer RPCs refused because the sender's certificate is a client's.
+    pub refused_peer_rpcs: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// What the status snapshot needs besides the core.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub insecure: bool,
+    /// This node's certificate (`None` with `--insecure`).
+    pub tls: Option<TlsInfo>,
     pub zone: Option<String>,
     pub started: Instant,
     /// Replicas per key.
@@ -282,6 +294,17 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView) -> Status {
         gossip_converged,
         digest: g.view_digest(),
         insecure: info.insecure,
+        tls: info.tls.as_ref().map(|t| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            crate::status::TlsStatus {
+                role: t.role.to_string(),
+                not_after: t.not_after,
+                expires_in_days: ((t.not_after - now) as f64 / 86_400.0 * 10.0).round() / 10.0,
+                refused_peer_rpcs: t.refused_peer_rpcs.load(std::sync::atomic::Ordering::Relaxed),
+            }
+        }),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: (info.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         members,

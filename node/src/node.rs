@@ -23,7 +23,7 @@ use crate::storage::rocks::{RocksConfig, RocksStorage};
 use crate::storage::Storage;
 use crate::tls::{self, TlsMaterial};
 use crate::transport::quic::QuicTransport;
-use crate::transport::{PeerInfo, Service, Transport, TransportConfig};
+use crate::transport::{PeerInfo, Role, Service, Transport, TransportConfig};
 
 /// The node's KV layer over QUIC and RocksDB.
 pub type NodeKv = Kv<QuicTransport, RocksStorage>;
@@ -37,6 +37,33 @@ pub struct NodeService {
     metrics: Arc<Metrics>,
     /// Set once the transport exists (the KV layer needs the transport, which needs the service).
     kv: Arc<std::sync::OnceLock<NodeKv>>,
+    /// Peer RPCs refused because the sender's certificate is a client's.
+    refused_peer_rpcs: Arc<std::sync::atomic::AtomicU64>,
+    /// When a refusal was last logged (ms since start), so a flood writes a line a second.
+    refusal_logged_ms: Arc<std::sync::atomic::AtomicU64>,
+    started: Instant,
+}
+
+impl NodeService {
+    /// Refuses a peer RPC from a client certificate: counted, logged at most once a second.
+    fn refuse_peer_rpc(&self, peer: PeerInfo, kind: &'static str) -> Response {
+        use std::sync::atomic::Ordering;
+        let n = self.refused_peer_rpcs.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.refusal_logged_ms.load(Ordering::Relaxed);
+        if (n == 1 || now.saturating_sub(last) >= 1_000)
+            && self
+                .refusal_logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(peer = %peer.addr, kind, refused_total = n, "refused a peer RPC from a client certificate");
+        }
+        Response::error(
+            ErrorCode::Forbidden,
+            format!("{kind} is a peer RPC and needs a node certificate; this connection presented a client certificate"),
+        )
+    }
 }
 
 fn kind_of(req: &Request) -> &'static str {
@@ -59,9 +86,12 @@ fn kind_of(req: &Request) -> &'static str {
 }
 
 impl Service for NodeService {
-    async fn call(&self, _peer: PeerInfo, req: Request) -> Response {
+    async fn call(&self, peer: PeerInfo, req: Request) -> Response {
         let started = Instant::now();
         let kind = kind_of(&req);
+        if peer.role != Role::Node && req.is_peer_rpc() {
+            return self.refuse_peer_rpc(peer, kind);
+        }
         let (kind, resp) = match req {
             Request::Gossip(bytes) => {
                 // Full queue: drop, as a lossy network would; gossip recovers.
@@ -175,10 +205,18 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             })?,
     );
     let insecure = cfg.security == Security::Insecure;
+    let refused_peer_rpcs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tls_info = None;
     let tls = match &cfg.security {
         Security::Certs(dir) => {
             let material = TlsMaterial::load(dir)
                 .with_context(|| format!("cannot load certificates from {}", dir.display()))?;
+            let own = check_own_certificate(&material, dir)?;
+            tls_info = Some(driver::TlsInfo {
+                role: Role::Node,
+                not_after: own.not_after,
+                refused_peer_rpcs: refused_peer_rpcs.clone(),
+            });
             tls::mutual(&material).context("invalid certificates")?
         }
         Security::Insecure => {
@@ -197,6 +235,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         status: status_rx.clone(),
         metrics: metrics.clone(),
         kv: Arc::default(),
+        refused_peer_rpcs,
+        refusal_logged_ms: Arc::default(),
+        started,
     };
     let kv_cell = service.kv.clone();
     if storage.get_meta(bootstrap::META_STATUS)?.as_deref() == Some(b"left".as_slice()) {
@@ -284,6 +325,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     info!(sync = %cfg.sync, replication = cfg.replication, "store open");
     let info = NodeInfo {
         insecure,
+        tls: tls_info,
         zone: cfg.zone.clone(),
         started,
         replication: cfg.replication,
@@ -395,4 +437,41 @@ async fn resolve_advertise(advertise: Option<&str>, listen: SocketAddr) -> Resul
         addr.set_port(listen.port());
     }
     Ok(addr)
+}
+
+/// A node must hold a node certificate that is valid now: a client certificate (or one issued
+/// before roles existed) would be refused by every peer, and an expired one by every handshake.
+fn check_own_certificate(
+    material: &TlsMaterial,
+    dir: &std::path::Path,
+) -> Result<crate::cert::CertInfo> {
+    let leaf = material.chain.first().context("no certificate")?;
+    let path = dir.join(crate::cert::NODE_CERT_FILE);
+    let info = crate::cert::CertInfo::of_der(leaf)
+        .with_context(|| format!("{}: not a readable X.509 certificate", path.display()))?;
+    if Role::of_der(leaf) != Role::Node {
+        bail!(
+            "{} is not a node certificate (it lacks the role name {}): a node needs one issued with `starling cert issue --role node`; client certificates may only make client requests",
+            path.display(),
+            crate::cert::NODE_ROLE_SAN
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if now > info.not_after {
+        bail!(
+            "{} expired {} days ago: issue a new one with `starling cert issue --role node`",
+            path.display(),
+            (now - info.not_after) / 86_400
+        );
+    }
+    if now < info.not_before {
+        bail!(
+            "{} is not valid yet (valid from {} s from now): check this machine's clock",
+            path.display(),
+            info.not_before - now
+        );
+    }
+    Ok(info)
 }

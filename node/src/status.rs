@@ -57,6 +57,19 @@ pub struct GossipStatus {
     pub local_health: u32,
 }
 
+/// This node's certificate and what it refused for lack of one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    /// The role this node's certificate carries (`node`).
+    pub role: String,
+    /// When this node's certificate expires (Unix seconds).
+    pub not_after: i64,
+    /// Days until then (negative once expired).
+    pub expires_in_days: f64,
+    /// Peer RPCs refused because the sender's certificate is a client's.
+    pub refused_peer_rpcs: u64,
+}
+
 /// `GET /status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -75,6 +88,9 @@ pub struct Status {
     pub digest: String,
     /// This node runs without authentication (`--insecure`).
     pub insecure: bool,
+    /// This node's certificate (absent with `--insecure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
     pub version: String,
     pub uptime_secs: f64,
     /// Members including this node (`self: true`), sorted by address.

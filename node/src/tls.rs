@@ -181,7 +181,7 @@ pub fn insecure() -> Result<TlsConfigs, TlsError> {
          use --certs for anything but a throwaway local run"
     );
     let ca = cert::Ca::generate()?;
-    let issued = ca.issue("insecure", &[])?;
+    let issued = ca.issue("insecure", &[], cert::Role::Node, cert::Validity::days_from_now(1))?;
     let material = TlsMaterial::from_pem(&ca.cert_pem(), &issued.cert_pem, &issued.key_pem)?;
 
     let mut server = rustls::ServerConfig::builder_with_provider(provider())

@@ -10,7 +10,7 @@ use std::time::Duration;
 use starling_node::tls::{self, TlsMaterial};
 use starling_node::transport::quic::QuicTransport;
 use starling_node::transport::{service_fn, Transport, TransportConfig};
-use starling_wire::{Request, Response};
+use starling_wire::{ErrorCode, Record, Request, Response, Version};
 
 #[path = "common/process.rs"]
 mod process;
@@ -141,7 +141,16 @@ async fn leave_is_gossiped_and_the_node_stops() {
     let mut nodes = cluster(dir.path(), 4);
     let refs: Vec<&Node> = nodes.iter().collect();
     assert!(wait_for(Duration::from_secs(20), || all_see(&refs, 4).then_some(())).is_some());
-    let c = client(&dir.path().join("certs/client")).await;
+    // Leave is an operator action: a client certificate may not ask for it; the node's own
+    // certificate may.
+    let client_cert = client(&dir.path().join("certs/client")).await;
+    let resp = client_cert.request(nodes[2].addrs.listen, Request::Leave).await.expect("leave");
+    assert!(
+        matches!(&resp, Response::Error { code: ErrorCode::Forbidden, .. }),
+        "a client certificate asked a node to leave: {resp:?}"
+    );
+    client_cert.close().await;
+    let c = client(&nodes[2].certs).await;
     let resp = c.request(nodes[2].addrs.listen, Request::Leave).await.expect("leave");
     assert_eq!(resp, Response::Ok);
     let mut child = nodes[2].child.take().expect("child");
@@ -170,7 +179,8 @@ async fn foreign_certificates_are_refused_and_garbage_gossip_does_not_hurt() {
     let r = intruder.request(nodes[0].addrs.listen, Request::Status).await;
     assert!(r.is_err(), "a client from another CA must be refused, got {r:?}");
 
-    let c = client(&dir.path().join("certs/client")).await;
+    // Garbage from a node certificate reaches the gossip decoder (a client's is refused before).
+    let c = client(&dir.path().join("certs/node2")).await;
     for garbage in [&b""[..], b"\x01", b"\x01\xff\xff\xff", b"\x09hello", &[0x01; 5000]] {
         c.send_one_way(nodes[0].addrs.listen, Request::Gossip(garbage.to_vec()))
             .await
@@ -330,7 +340,7 @@ async fn a_leave_that_would_leave_fewer_than_n_copies_is_refused() {
             .filter(|_| all_see(&refs, 3))
     });
     assert!(ready.is_some(), "cluster not ready");
-    let client = client(&dir.path().join("certs/client")).await;
+    let client = client(&nodes[0].certs).await;
     match client.request(nodes[0].addrs.listen, Request::Leave).await {
         Ok(Response::Error { message, .. }) => {
             assert!(message.contains("fewer than the 3 copies"), "{message}")
@@ -340,4 +350,161 @@ async fn a_leave_that_would_leave_fewer_than_n_copies_is_refused() {
     std::thread::sleep(Duration::from_secs(1));
     let s = nodes[0].status().expect("still running");
     assert_eq!(s.ring.status.as_deref(), Some("normal"));
+}
+
+/// Every peer RPC, as an attacker holding a client certificate would send it: a replica write of
+/// `victim` ten years ahead (read repair would spread it and no later write could beat it), a
+/// hint for a made-up node, reads, scans, gossip, a clock probe, a leave.
+fn peer_rpcs() -> Vec<Request> {
+    let ten_years_ms = 10 * 365 * 86_400_000u64;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let forged = Record {
+        key: b"victim".to_vec(),
+        value: Some(b"forged".to_vec()),
+        version: Version { ts: (now_ms + ten_years_ms) << 16, node: 7 },
+    };
+    vec![
+        Request::ReplicaWrite(vec![forged.clone()]),
+        Request::ReplicaHint { target: 0xdead_beef, records: vec![forged] },
+        Request::ReplicaRead(b"victim".to_vec()),
+        Request::ReplicaReadMany(vec![starling_wire::Key(b"victim".to_vec())]),
+        Request::ReplicaVersions(vec![starling_wire::Key(b"victim".to_vec())]),
+        Request::ReplicaScan { start: 0, end: 0, after: None, limit: 10 },
+        Request::Gossip(vec![1, 2, 3]),
+        Request::Clock,
+        Request::Leave,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_gets_the_client_api_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = cluster(dir.path(), 3);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(wait_for(Duration::from_secs(20), || all_see(&refs, 3).then_some(())).is_some());
+    let target = nodes[0].addrs.listen;
+    let attacker = client(&dir.path().join("certs/client")).await;
+    let rpcs = peer_rpcs();
+    for req in &rpcs {
+        assert!(req.is_peer_rpc(), "{req:?}");
+        let resp = attacker.request(target, req.clone()).await.expect("answer");
+        match &resp {
+            Response::Error { code: ErrorCode::Forbidden, message } => {
+                assert!(message.contains("node certificate"), "{message}")
+            }
+            other => panic!("{req:?} from a client certificate was answered {other:?}"),
+        }
+    }
+    // The client API works for the same certificate, and the forged write did not land: a put
+    // of victim now is the newest, and reads back.
+    let put = Request::KvPut {
+        key: b"victim".to_vec(),
+        value: Some(b"real".to_vec()),
+        consistency: starling_wire::Consistency::Quorum,
+    };
+    let resp = attacker.request(target, put).await.expect("put");
+    assert!(matches!(resp, Response::KvWritten { superseded: None, .. }), "{resp:?}");
+    let get =
+        Request::KvGet { key: b"victim".to_vec(), consistency: starling_wire::Consistency::All };
+    match attacker.request(target, get).await.expect("get") {
+        Response::KvValue { record: Some(r), .. } => {
+            assert_eq!(r.value.as_deref(), Some(&b"real"[..]))
+        }
+        other => panic!("victim reads back {other:?}"),
+    }
+    // Counted in /status (published with the next status snapshot) and /metrics.
+    let n = rpcs.len() as u64;
+    let tls = wait_for(Duration::from_secs(5), || {
+        nodes[0].status().and_then(|s| s.tls).filter(|t| t.refused_peer_rpcs >= n)
+    })
+    .expect("refusals counted in /status");
+    assert_eq!(tls.refused_peer_rpcs, n);
+    assert_eq!(tls.role, "node");
+    assert!(tls.expires_in_days > 20.0 && tls.expires_in_days <= 31.0, "{}", tls.expires_in_days);
+    let metrics = process::http_get(nodes[0].addrs.http, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains(&format!("starling_refused_peer_rpcs_total {}", rpcs.len())),
+        "{metrics}"
+    );
+    // A node certificate gets the peer API.
+    let peer = client(&nodes[1].certs).await;
+    let resp = peer.request(target, Request::ReplicaRead(b"victim".to_vec())).await.expect("read");
+    assert!(matches!(resp, Response::ReplicaRecord(Some(_))), "{resp:?}");
+    peer.close().await;
+    attacker.close().await;
+
+    // A node will not run with a client certificate.
+    let data = dir.path().join("impostor");
+    let client_certs = dir.path().join("certs/client");
+    let (_, err) = refused(&[
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--certs",
+        client_certs.to_str().expect("utf8"),
+        "--listen",
+        "127.0.0.1:0",
+        "--seeds",
+        &target.to_string(),
+    ]);
+    assert!(err.contains("not a node certificate"), "{err}");
+}
+
+/// Issues `name` into `dir/name` from the CA in `ca_dir`, valid from `from_day` to `to_day`
+/// (days from today).
+fn issue_valid(
+    ca_dir: &Path,
+    dir: &Path,
+    name: &str,
+    from_day: i64,
+    to_day: i64,
+) -> std::path::PathBuf {
+    use starling_node::cert;
+    let read = |f: &str| std::fs::read_to_string(ca_dir.join(f)).expect("ca file");
+    let ca = cert::Ca::from_pem(&read(cert::CA_CERT_FILE), &read(cert::CA_KEY_FILE), ca_dir)
+        .expect("ca");
+    let today = cert::Validity::days_from_now(0).not_after_day;
+    let validity =
+        cert::Validity { not_before_day: today + from_day, not_after_day: today + to_day };
+    let issued = ca.issue(name, &[], cert::Role::Node, validity).expect("issue");
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).expect("dir");
+    std::fs::write(out.join(cert::CA_CERT_FILE), read(cert::CA_CERT_FILE)).expect("write");
+    std::fs::write(out.join(cert::NODE_CERT_FILE), issued.cert_pem).expect("write");
+    std::fs::write(out.join(cert::NODE_KEY_FILE), issued.key_pem).expect("write");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_not_yet_valid_certificates_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = cluster(dir.path(), 1);
+    let target = nodes[0].addrs.listen;
+    let ca_dir = dir.path().join("certs/ca");
+    let expired = issue_valid(&ca_dir, dir.path(), "expired", -30, -2);
+    let future = issue_valid(&ca_dir, dir.path(), "future", 2, 30);
+    let fine = issue_valid(&ca_dir, dir.path(), "fine", -1, 30);
+    for (what, certs) in [("expired", &expired), ("not yet valid", &future)] {
+        let c = client(certs).await;
+        let r = c.request(target, Request::Status).await;
+        assert!(r.is_err(), "a client with an {what} certificate was served: {r:?}");
+        c.close().await;
+        // ... and a node will not start with one.
+        let data = dir.path().join(format!("data-{}", what.replace(' ', "-")));
+        let (_, err) = refused(&[
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--certs",
+            certs.to_str().expect("utf8"),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let expect = if what == "expired" { "expired" } else { "not valid yet" };
+        assert!(err.contains(expect), "{what}: {err}");
+    }
+    let c = client(&fine).await;
+    assert!(matches!(c.request(target, Request::Status).await, Ok(Response::Status(_))));
+    c.close().await;
 }

@@ -36,6 +36,7 @@ fn three_alive() -> Status {
         gossip_converged: true,
         digest: "d1ge57".to_owned(),
         insecure: true,
+        tls: None,
         version: "0.1.0".to_owned(),
         uptime_secs: 12.5,
         members: vec![

@@ -55,7 +55,8 @@ async fn client_from_another_ca_is_refused() {
     let tls = issued_configs(dir.path(), "server");
     let (srv, svc) = server(&tls).await;
     let ca = cert::Ca::generate().unwrap();
-    let issued = ca.issue("stranger", &[]).unwrap();
+    let issued =
+        ca.issue("stranger", &[], cert::Role::Node, cert::Validity::days_from_now(1)).unwrap();
     let foreign = TlsMaterial::from_pem(&ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
     let config = client_trusting(&dir.path().join("server"), Some(&foreign));
     let stranger = client(&TlsConfigs { client: Arc::new(config), ..tls.clone() }).await;
@@ -118,16 +119,25 @@ fn ca_is_never_overwritten_and_missing_files_are_named() {
     assert!(err.to_string().contains("ca.pem"), "{err}");
 
     let out = dir.path().join("n1");
-    cert::issue(&ca_dir, "n1", &out, &["10.0.0.7".into(), "n1.example".into()]).unwrap();
+    cert::issue(
+        &ca_dir,
+        "n1",
+        &out,
+        &["10.0.0.7".into(), "n1.example".into()],
+        cert::Role::Node,
+        30,
+    )
+    .unwrap();
     for f in [cert::CA_CERT_FILE, cert::NODE_CERT_FILE, cert::NODE_KEY_FILE] {
         assert!(out.join(f).exists(), "{f}");
     }
     assert!(matches!(
-        cert::issue(&ca_dir, "n1", &out, &[]).unwrap_err(),
+        cert::issue(&ca_dir, "n1", &out, &[], cert::Role::Node, 30).unwrap_err(),
         CertError::AlreadyExists { .. }
     ));
     let missing = dir.path().join("nope");
-    let err = cert::issue(&missing, "n2", &dir.path().join("n2"), &[]).unwrap_err();
+    let err =
+        cert::issue(&missing, "n2", &dir.path().join("n2"), &[], cert::Role::Node, 30).unwrap_err();
     assert!(err.to_string().contains("nope/ca.pem"), "{err}");
     let err = TlsMaterial::load(&missing).unwrap_err();
     assert!(err.to_string().contains("nope/ca.pem"), "{err}");
@@ -137,7 +147,8 @@ fn ca_is_never_overwritten_and_missing_files_are_named() {
     cert::init_ca(&other).unwrap();
     std::fs::copy(other.join(cert::CA_CERT_FILE), ca_dir.join("swapped.pem")).unwrap();
     std::fs::rename(ca_dir.join("swapped.pem"), ca_dir.join(cert::CA_CERT_FILE)).unwrap();
-    let err = cert::issue(&ca_dir, "n3", &dir.path().join("n3"), &[]).unwrap_err();
+    let err =
+        cert::issue(&ca_dir, "n3", &dir.path().join("n3"), &[], cert::Role::Node, 30).unwrap_err();
     assert!(err.to_string().contains("does not match"), "{err}");
 }
 

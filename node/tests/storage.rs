@@ -301,6 +301,41 @@ fn scan_pages_are_bounded_in_bytes<S: Storage>(s: &S) {
     assert_eq!(got, all);
 }
 
+/// A page of hints read for replay stays near `SCAN_PAGE_BYTES` (it goes out as one request),
+/// whatever the count asked for, and always holds at least one hint; paging on (deleting each
+/// page as delivered) reads them all.
+fn hint_pages_are_bounded_in_bytes<S: Storage>(s: &S) {
+    let target = 9u128;
+    let big = vec![7u8; 700 << 10];
+    let hints: Vec<(u128, Record)> =
+        (0..10u8).map(|i| (target, rec(&[b'k', i], 10 + u64::from(i), 1, Some(&big)))).collect();
+    s.put_hints(&hints).expect("put hints");
+    let mut seen = 0;
+    let mut pages = 0;
+    loop {
+        let page = s.hints_for(target, 256).expect("hints");
+        if page.is_empty() {
+            break;
+        }
+        let bytes: u64 = page.iter().map(|h| hint_size(&h.record)).sum();
+        assert!(
+            page.len() == 1 || bytes <= SCAN_PAGE_BYTES as u64,
+            "{} hints of {bytes} bytes in one page",
+            page.len()
+        );
+        seen += page.len();
+        pages += 1;
+        let delivered: Vec<_> = page.iter().map(Hint::delivered).collect();
+        s.delete_hints(&delivered).expect("delete");
+    }
+    assert_eq!(seen, 10);
+    assert!(pages >= 4, "7 MiB of hints need several pages, got {pages}");
+    // A single hint larger than a page still comes out, alone.
+    let huge = vec![1u8; SCAN_PAGE_BYTES + 1];
+    s.put_hints(&[(target, rec(b"huge", 50, 1, Some(&huge)))]).expect("put");
+    assert_eq!(s.hints_for(target, 256).expect("hints").len(), 1);
+}
+
 fn hints_round_trip<S: Storage>(s: &S) {
     let (a, b, c) = (1u128, 2u128, u128::MAX);
     assert!(s.hint_targets().expect("targets").is_empty());
@@ -508,6 +543,10 @@ macro_rules! conformance {
             #[test]
             fn scan_pages_are_bounded_in_bytes() {
                 super::scan_pages_are_bounded_in_bytes(&$make.store);
+            }
+            #[test]
+            fn hint_pages_are_bounded_in_bytes() {
+                super::hint_pages_are_bounded_in_bytes(&$make.store);
             }
             #[test]
             fn hints_round_trip() {

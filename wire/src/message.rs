@@ -66,6 +66,28 @@ pub enum Request {
     Clock,
 }
 
+impl Request {
+    /// Whether this is a peer RPC, which only a node may send (replica reads and writes, hints,
+    /// scans, gossip, clock probes, leave), as opposed to the client API (`KvPut`, `KvGet`,
+    /// `Status`, `Echo`).
+    pub fn is_peer_rpc(&self) -> bool {
+        match self {
+            Request::Status | Request::Echo(_) | Request::KvPut { .. } | Request::KvGet { .. } => {
+                false
+            }
+            Request::Gossip(_)
+            | Request::Leave
+            | Request::ReplicaWrite(_)
+            | Request::ReplicaRead(_)
+            | Request::ReplicaReadMany(_)
+            | Request::ReplicaScan { .. }
+            | Request::ReplicaVersions(_)
+            | Request::ReplicaHint { .. }
+            | Request::Clock => true,
+        }
+    }
+}
+
 /// What a node answers to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -142,6 +164,9 @@ pub enum ErrorCode {
     /// Sent, but too few replicas answered in time; the write may still have been applied by
     /// some of them.
     Timeout,
+    /// The sender's certificate does not allow this request (a peer RPC from a client
+    /// certificate).
+    Forbidden,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -152,6 +177,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal error",
             ErrorCode::Timeout => "timed out",
+            ErrorCode::Forbidden => "forbidden",
         };
         f.write_str(s)
     }

@@ -143,6 +143,24 @@ impl Collector for StatusCollector {
             ("gossip_refutations", "Suspicions of this node it refuted", g.refutations),
         ];
         encode_counters(&mut encoder, &counters)?;
+        if let Some(tls) = &s.tls {
+            encode_counters(
+                &mut encoder,
+                &[(
+                    "refused_peer_rpcs",
+                    "Peer RPCs refused because the sender presented a client certificate",
+                    tls.refused_peer_rpcs,
+                )],
+            )?;
+            encode_gauges(
+                &mut encoder,
+                &[(
+                    "certificate_expiry_timestamp_seconds",
+                    "When this node's certificate expires (Unix time)",
+                    tls.not_after,
+                )],
+            )?;
+        }
         if let Some(kv) = &s.kv {
             let kv_counters: [(&str, &str, u64); 15] = [
                 ("kv_writes", "Writes coordinated by this node that succeeded", kv.writes),

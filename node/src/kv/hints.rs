@@ -23,11 +23,10 @@ use super::{wall_millis, Kv, KvConfig};
 use crate::storage::{Hint, HintPut, Storage};
 use crate::transport::Transport;
 
-/// Hints sent to a target per request.
+/// Hints sent to a target per request (and at most about
+/// [`SCAN_PAGE_BYTES`](crate::storage::SCAN_PAGE_BYTES) of them, so a request of 1 MiB values
+/// stays under the 4 MiB frame limit: the storage reads pages by both).
 const PAGE: usize = 256;
-/// ... and at most about this many bytes of them (always at least one), so a request of 1 MiB
-/// values stays under the 4 MiB frame limit.
-const PAGE_BYTES: usize = 2 << 20;
 /// Attempts to hand one page of hints to a node that stays, during a leave.
 const HANDOVER_ATTEMPTS: u32 = 20;
 /// How often targets with hints are checked.
@@ -193,12 +192,11 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             self.replay_to(target).await;
             let mut attempt = 0;
             loop {
-                let mut page = self.hint_page(target).await?;
+                let page = self.hint_page(target).await?;
                 if page.is_empty() {
                     self.inner.hints.clear(target);
                     break;
                 }
-                cut_to_page(&mut page);
                 let view = self.view();
                 // A stand-in: a node on the ring that stays (neither the target nor leaving).
                 let keeper = view
@@ -303,7 +301,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             }
             let now = wall_millis();
             let left = view.left.contains(&target);
-            let (expired, mut live): (Vec<_>, Vec<_>) = hints
+            let (expired, live): (Vec<_>, Vec<_>) = hints
                 .into_iter()
                 .partition(|h| left || h.record.version.millis().saturating_add(window_ms) < now);
             if !expired.is_empty() {
@@ -325,8 +323,6 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 break;
             }
             let Some(addr) = view.addrs.get(&target).copied() else { break };
-            // The rest stay stored and go on the next pass.
-            cut_to_page(&mut live);
             let sent: Vec<Sent> = live.iter().map(Sent::of).collect();
             let records = live.into_iter().map(|h| h.record).collect();
             match self.inner.transport.request(addr, Request::ReplicaWrite(records)).await {
@@ -356,19 +352,4 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             info!(target = %format!("{target:032x}"), delivered, "hints replayed");
         }
     }
-}
-
-/// Cuts a page of hints to about [`PAGE_BYTES`] (at least one hint): one request of 1 MiB values
-/// stays under the 4 MiB frame limit.
-fn cut_to_page(hints: &mut Vec<Hint>) {
-    let mut bytes = 0;
-    let fits = hints
-        .iter()
-        .take_while(|h| {
-            let r = &h.record;
-            bytes += r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 64;
-            bytes <= PAGE_BYTES
-        })
-        .count();
-    hints.truncate(fits.max(1));
 }

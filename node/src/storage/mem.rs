@@ -10,7 +10,7 @@ use starling_wire::{Record, Version};
 
 use super::{
     corrupt, data_key, decode_value, encode_value, hint_is, hint_key, hint_put, incoming_wins,
-    parse_hint_key, range_pieces, token_bounds, Hint, HintPut, ScanPage, Storage, StorageError,
+    range_pieces, token_bounds, Hint, HintPut, ScanPage, Storage, StorageError,
 };
 
 #[derive(Debug, Default)]
@@ -129,15 +129,13 @@ impl Storage for MemStorage {
     fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError> {
         let g = self.lock();
         let prefix = target.to_be_bytes();
-        let mut out = Vec::new();
+        let (mut out, mut bytes) = (Vec::new(), 0);
         for (k, v) in g.hints.range(prefix.to_vec()..) {
-            if !k.starts_with(&prefix) || out.len() >= limit {
+            if !k.starts_with(&prefix)
+                || !super::hint_page_push(&mut out, &mut bytes, limit, target, k, v)?
+            {
                 break;
             }
-            // `parse_hint_key` already skips the data key's token: this is the user key.
-            let (_, key) = parse_hint_key(k).ok_or_else(|| corrupt("hints", k, "short key"))?;
-            let record = decode_value(key, v).map_err(|e| corrupt("hints", k, e))?;
-            out.push(Hint { id: k.clone(), target, record });
         }
         Ok(out)
     }

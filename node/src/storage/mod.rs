@@ -118,7 +118,8 @@ pub trait Storage: Send + Sync + 'static {
     /// write wins, as for data; within `hints` too). Says for each hint what it did, in order.
     fn put_hints(&self, hints: &[(u128, Record)]) -> Result<Vec<HintPut>, StorageError>;
     /// Up to `limit` hints for `target`, in storage order (by token, then key; not by age: each
-    /// hint carries its own version).
+    /// hint carries its own version), and at most about [`SCAN_PAGE_BYTES`] of them by
+    /// [`hint_size`] (always at least one): a page is sent as one request.
     fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError>;
     /// Every node that has hints waiting, with their count.
     fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError>;
@@ -207,6 +208,28 @@ pub(crate) fn hint_bytes_of<K: AsRef<[u8]>, V: AsRef<[u8]>, E>(
 /// A decoding failure of bytes read from `cf` at `key`.
 pub(crate) fn corrupt(cf: &'static str, key: &[u8], why: impl Into<String>) -> StorageError {
     StorageError::Corrupt { cf, key: format!("{key:02x?}"), why: why.into() }
+}
+
+/// Adds one stored hint entry of `target` to `page`. Returns `false` when the page is already
+/// full (by count, or by [`SCAN_PAGE_BYTES`] of [`hint_size`]); the entry then starts the next.
+pub(crate) fn hint_page_push(
+    page: &mut Vec<Hint>,
+    bytes: &mut usize,
+    limit: usize,
+    target: u128,
+    k: &[u8],
+    v: &[u8],
+) -> Result<bool, StorageError> {
+    let size = stored_hint_size(k, v).ok_or_else(|| corrupt("hints", k, "short key"))? as usize;
+    if page.len() >= limit || (*bytes > 0 && *bytes + size > SCAN_PAGE_BYTES) {
+        return Ok(false);
+    }
+    *bytes += size;
+    // `parse_hint_key` already skips the data key's token: this is the user key.
+    let (_, key) = parse_hint_key(k).ok_or_else(|| corrupt("hints", k, "short key"))?;
+    let record = decode_value(key, v).map_err(|e| corrupt("hints", k, e))?;
+    page.push(Hint { id: k.to_vec(), target, record });
+    Ok(true)
 }
 
 /// Adds one scanned data entry to `page`. Returns `false`, with the page's cursor set, when the

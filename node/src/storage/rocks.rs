@@ -35,8 +35,7 @@ use starling_wire::{Record, Version};
 use super::versions::{key_hash, keyed, KeyHash, Known, VersionCache};
 use super::{
     corrupt, data_key, decode_value, decode_version, encode_value, hint_is, hint_key, hint_put,
-    incoming_wins, parse_hint_key, range_pieces, token_bounds, Hint, HintPut, ScanPage, Storage,
-    StorageError,
+    incoming_wins, range_pieces, token_bounds, Hint, HintPut, ScanPage, Storage, StorageError,
 };
 
 const CF_DATA: &str = "data";
@@ -641,17 +640,15 @@ impl Storage for RocksStorage {
     fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError> {
         let cf = self.cf(CF_HINTS)?;
         let prefix = target.to_be_bytes();
-        let mut out = Vec::new();
+        let (mut out, mut bytes) = (Vec::new(), 0);
         let it = self.db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward));
         for item in it {
             let (k, v) = item.map_err(engine)?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
+            if !k.starts_with(&prefix)
+                || !super::hint_page_push(&mut out, &mut bytes, limit, target, &k, &v)?
+            {
                 break;
             }
-            // `parse_hint_key` already skips the data key's token: this is the user key.
-            let (_, key) = parse_hint_key(&k).ok_or_else(|| corrupt(CF_HINTS, &k, "short key"))?;
-            let record = decode_value(key, &v).map_err(|e| corrupt(CF_HINTS, &k, e))?;
-            out.push(Hint { id: k.to_vec(), target, record });
         }
         Ok(out)
     }

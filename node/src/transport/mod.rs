@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use starling_wire::{FrameError, Request, Response};
 
+pub use crate::cert::Role;
+
 pub use pipe::SERVICE_ERROR_ID;
 
 /// Who sent a request.
@@ -34,12 +36,20 @@ pub struct PeerInfo {
     /// The remote address of the connection (for a peer node, its listen address: a node's
     /// endpoint dials from the socket it listens on).
     pub addr: SocketAddr,
+    /// What the sender's certificate lets it do ([`Role::Node`] for every peer in `--insecure`
+    /// mode and in memory).
+    pub role: Role,
 }
 
 impl PeerInfo {
-    /// A peer seen at `addr`.
+    /// A node seen at `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        PeerInfo { addr }
+        PeerInfo { addr, role: Role::Node }
+    }
+
+    /// A peer at `addr` whose certificate carries `role`.
+    pub fn with_role(addr: SocketAddr, role: Role) -> Self {
+        PeerInfo { addr, role }
     }
 }
 

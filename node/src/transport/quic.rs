@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
 use super::pipe::{serve_stream, ClientPipe};
-use super::{PeerInfo, Service, Transport, TransportConfig, TransportError};
+use super::{PeerInfo, Role, Service, Transport, TransportConfig, TransportError};
 use crate::tls::{TlsConfigs, SERVER_NAME};
 
 /// Application close code sent when the transport shuts down.
@@ -46,6 +46,8 @@ struct Inner {
     conn_slots: Arc<Semaphore>,
     /// Starts serving the streams a peer opens on a connection (the `Service`, type-erased).
     serve: ServeFn,
+    /// `--insecure`: no peer presents a certificate, and every peer is a node.
+    insecure: bool,
 }
 
 /// Spawns [`serve_connection`] with the node's service; boxed so `Inner` is not generic.
@@ -190,6 +192,7 @@ impl QuicTransport {
             conns: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
             serve,
+            insecure: tls.insecure,
         });
         tokio::spawn(accept_loop(Arc::downgrade(&inner), inner.endpoint.clone()));
         tracing::debug!(addr = %local_addr, insecure = tls.insecure, "QUIC transport listening");
@@ -252,15 +255,16 @@ async fn accept_loop(inner: Weak<Inner>, endpoint: Endpoint) {
 /// Serves the streams the peer opens on `pc` until the connection closes, then forgets it.
 async fn serve_connection<S: Service>(inner: Weak<Inner>, pc: Arc<PeerConn>, service: Arc<S>) {
     let peer = pc.conn.remote_address();
-    let config = match inner.upgrade() {
-        Some(i) => i.config.clone(),
+    let (config, role) = match inner.upgrade() {
+        Some(i) => (i.config.clone(), role_of(&pc.conn, i.insecure)),
         None => return,
     };
     let reason = loop {
         match pc.conn.accept_bi().await {
             Ok((send, recv)) => {
                 let svc = service.clone();
-                tokio::spawn(serve_stream(PeerInfo::new(peer), recv, send, svc, config.clone()));
+                let from = PeerInfo::with_role(peer, role);
+                tokio::spawn(serve_stream(from, recv, send, svc, config.clone()));
             }
             Err(e) => break e,
         }
@@ -271,6 +275,21 @@ async fn serve_connection<S: Service>(inner: Weak<Inner>, pc: Arc<PeerConn>, ser
         if conns.get(&peer).is_some_and(|c| Arc::ptr_eq(c, &pc)) {
             conns.remove(&peer);
         }
+    }
+}
+
+/// The role of the certificate `conn`'s peer presented (verified against the cluster CA by the
+/// handshake). Without one, a node only in `--insecure` mode; otherwise a client, the least
+/// privilege (mutual TLS requires a certificate, so this does not happen).
+fn role_of(conn: &Connection, insecure: bool) -> Role {
+    let chain = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok());
+    match chain.as_deref().and_then(|c| c.first()) {
+        Some(_) if insecure => Role::Node,
+        Some(leaf) => Role::of_der(leaf),
+        None if insecure => Role::Node,
+        None => Role::Client,
     }
 }
 

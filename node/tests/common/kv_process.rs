@@ -151,7 +151,8 @@ impl Cluster {
         let certs = dir.path().join("certs");
         cert::init_ca(&certs.join("ca")).expect("ca");
         for name in NAMES.iter().chain(&["client"]) {
-            cert::issue(&certs.join("ca"), name, &certs.join(name), &[]).expect("issue");
+            let role = if *name == "client" { cert::Role::Client } else { cert::Role::Node };
+            cert::issue(&certs.join("ca"), name, &certs.join(name), &[], role, 30).expect("issue");
         }
         let client = client(&certs.join("client")).await;
         let mut c = Cluster { dir, nodes: Vec::new(), client, env };

@@ -70,14 +70,24 @@ pub fn issued_configs(dir: &Path, name: &str) -> TlsConfigs {
         cert::init_ca(&ca_dir).unwrap();
     }
     let out = dir.join(name);
-    cert::issue(&ca_dir, name, &out, &[]).unwrap();
+    cert::issue(&ca_dir, name, &out, &[], role_of_name(name), cert::LEAF_VALIDITY_DAYS).unwrap();
     tls::mutual(&TlsMaterial::load(&out).unwrap()).unwrap()
+}
+
+/// The role tests give a certificate named `name`: names starting with `client` are clients.
+pub fn role_of_name(name: &str) -> cert::Role {
+    if name.starts_with("client") {
+        cert::Role::Client
+    } else {
+        cert::Role::Node
+    }
 }
 
 /// Mutual-TLS configs from a fresh in-memory CA (a different CA on every call).
 pub fn foreign_configs() -> TlsConfigs {
     let ca = cert::Ca::generate().unwrap();
-    let issued = ca.issue("stranger", &[]).unwrap();
+    let issued =
+        ca.issue("stranger", &[], cert::Role::Node, cert::Validity::days_from_now(1)).unwrap();
     let material =
         TlsMaterial::from_pem(&ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
     tls::mutual(&material).unwrap()

@@ -147,13 +147,19 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 
 /// GET /status with a plain HTTP/1.0 request (no client library needed).
 pub fn http_status(addr: SocketAddr) -> Option<Status> {
+    serde_json::from_str(&http_get(addr, "/status")?).ok()
+}
+
+/// The body of `GET path` from a node's HTTP port.
+#[allow(dead_code)]
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8(buf).ok()?;
-    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+    Some(text.split_once("\r\n\r\n")?.1.to_owned())
 }
 
 /// A cluster CA in `dir/ca` and one certificate dir per name, `dir/<name>`; returns `dir`.
@@ -161,7 +167,8 @@ pub fn certs(dir: &Path, names: &[&str]) -> PathBuf {
     let ca = dir.join("ca");
     cert::init_ca(&ca).expect("ca");
     for n in names {
-        cert::issue(&ca, n, &dir.join(n), &[]).expect("issue");
+        let role = if n.starts_with("client") { cert::Role::Client } else { cert::Role::Node };
+        cert::issue(&ca, n, &dir.join(n), &[], role, 30).expect("issue");
     }
     dir.to_owned()
 }
