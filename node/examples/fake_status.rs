@@ -92,6 +92,7 @@ fn snapshot(n: u64, elapsed: Duration, insecure: bool) -> Status {
             local_health: u32::from(!converged),
         },
         kv: None,
+        transport: None,
     }
 }
 

@@ -174,3 +174,40 @@ pub fn process_cpu() -> Duration {
     let total = ticks(14 - 3) + ticks(15 - 3);
     Duration::from_millis(total * 1000 / USER_HZ)
 }
+
+/// Starts `count` QUIC handshakes with `target` and never finishes any: one Initial packet each
+/// (a ClientHello without a client certificate), sent from one UDP socket that is never read, so
+/// the node's answers (its half of each handshake, or a Retry) go unanswered. Each attempt has a
+/// connection id of its own, so the node sees `count` clients. Returns the packets sent.
+///
+/// The load of `scripts/test-quic-flood` and of the transport's flood tests: a node must keep
+/// serving real clients through it.
+pub fn handshake_flood(target: SocketAddr, count: usize) -> anyhow::Result<usize> {
+    let tls = tls::insecure()?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client)?;
+    let client = quinn::ClientConfig::new(Arc::new(crypto));
+    let bind: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let mut endpoint = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        false,
+        None,
+    );
+    let mut buf = Vec::with_capacity(2048);
+    let mut sent = 0;
+    for _ in 0..count {
+        let now = Instant::now();
+        let (_, mut conn) = endpoint.connect(now, client.clone(), target, tls::SERVER_NAME)?;
+        buf.clear();
+        if let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
+            socket.send_to(&buf[..t.size], t.destination)?;
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}

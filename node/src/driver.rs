@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::kv::view::{self, RingView};
 use crate::kv::KvStatus;
-use crate::status::{GossipStatus, MemberStatus, RingStatus, Status};
+use crate::status::{GossipStatus, MemberStatus, RingStatus, Status, TransportStatus};
 use crate::transport::Transport;
 
 /// Messages queued for the driver beyond this are dropped (gossip tolerates loss; memory does
@@ -55,6 +55,16 @@ pub struct TlsInfo {
     pub refused_peer_rpcs: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Reads the QUIC endpoint's counters for the status snapshot.
+#[derive(Clone)]
+pub struct TransportStatusFn(pub Arc<dyn Fn() -> TransportStatus + Send + Sync>);
+
+impl std::fmt::Debug for TransportStatusFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransportStatusFn")
+    }
+}
+
 /// What the status snapshot needs besides the core.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -66,6 +76,7 @@ pub struct NodeInfo {
     /// Replicas per key.
     pub replication: usize,
     pub kv_status: Option<KvStatusFn>,
+    pub transport_status: Option<TransportStatusFn>,
 }
 
 /// Channels to a running driver.
@@ -310,6 +321,7 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView) -> Status {
         members,
         ring,
         kv: info.kv_status.as_ref().map(|f| (f.0)()),
+        transport: info.transport_status.as_ref().map(|f| (f.0)()),
         gossip: GossipStatus {
             rounds: s.rounds,
             messages_sent: s.messages_sent,

@@ -24,15 +24,21 @@ mod limit;
 mod metrics;
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 pub use self::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE, MEMBER_STATES};
 use crate::status::Status;
@@ -41,6 +47,13 @@ use crate::status::Status;
 /// browser tab and a scraper one more; beyond this, new connections wait in the kernel backlog
 /// instead of costing the node memory and tasks.
 pub const MAX_HTTP_CONNECTIONS: usize = 64;
+
+/// How long a connection may take to send a whole request head, counted from when it was
+/// accepted or from the end of its previous response. A client that connects and sends nothing,
+/// an idle keep-alive connection, and one that sends half a header and stops are all closed then,
+/// so clients that hold connections open cannot keep the [`MAX_HTTP_CONNECTIONS`] slots from
+/// real ones for longer than this. The live page polls every second, well within it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The live page: one file with its CSS and JS inline, so it works offline and needs no build.
 const INDEX_HTML: &str = include_str!("http/index.html");
@@ -73,13 +86,51 @@ pub fn router(state: HttpState) -> Router {
 
 /// Serves [`router`] on an already-bound `listener` (tests bind port 0) until `shutdown`
 /// resolves, then finishes the requests in flight and returns.
+///
+/// At most [`MAX_HTTP_CONNECTIONS`] connections are served at once, each closed if it does not
+/// send a request head within [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = limit::LimitedListener::new(listener, MAX_HTTP_CONNECTIONS);
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let mut listener = limit::LimitedListener::new(listener, MAX_HTTP_CONNECTIONS);
+    let router = router(state);
+    let (stop_tx, stop_rx) = watch::channel(());
+    let mut shutdown = pin!(shutdown);
+    let mut connections = JoinSet::new();
+    loop {
+        let io = tokio::select! {
+            (io, _) = axum::serve::Listener::accept(&mut listener) => io,
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "http: connection closed");
+                    }
+                }
+                _ = stop.changed() => {
+                    // Finishes the response in flight, if any. A connection that has not sent a
+                    // request yet waits for one, so the wait is bounded like a header read.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, conn).await;
+                }
+            }
+        });
+        // Forget the connections that have ended, so the set holds only open ones.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    drop(stop_tx);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 async fn index() -> impl IntoResponse {

@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{NodeConfig, Security};
 use crate::datadir::{Addresses, DataDir};
-use crate::driver::{self, DriverCommand, KvStatusFn, NodeInfo, INBOUND_QUEUE};
+use crate::driver::{self, DriverCommand, KvStatusFn, NodeInfo, TransportStatusFn, INBOUND_QUEUE};
 use crate::http::{self, HttpState, Metrics};
 use crate::kv::view::RingView;
 use crate::kv::{self, bootstrap, Kv, KvConfig};
@@ -330,6 +330,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         started,
         replication: cfg.replication,
         kv_status: Some(kv_status),
+        transport_status: Some({
+            let transport = transport.clone();
+            TransportStatusFn(Arc::new(move || transport.status()))
+        }),
     };
     let addressing =
         driver::Addressing { seeds: cfg.seeds.clone(), advertise: cfg.advertise.clone() };

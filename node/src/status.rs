@@ -70,6 +70,23 @@ pub struct TlsStatus {
     pub refused_peer_rpcs: u64,
 }
 
+/// The QUIC endpoint's connections and what it turned away, since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransportStatus {
+    /// Connections open (handshake completed), incoming and outgoing.
+    pub connections: u64,
+    /// Incoming handshakes in progress.
+    pub pending_handshakes: u64,
+    /// Incoming connection attempts refused: too many handshakes in progress, or too many
+    /// connections open when a handshake completed.
+    pub refused: u64,
+    /// Incoming connection attempts answered with a stateless Retry (address validation) while
+    /// many handshakes were in progress.
+    pub retries: u64,
+    /// Incoming handshakes dropped because they did not finish within the handshake timeout.
+    pub handshake_timeouts: u64,
+}
+
 /// `GET /status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -99,6 +116,9 @@ pub struct Status {
     pub gossip: GossipStatus,
     /// The key-value store's counters (absent on a node without storage).
     pub kv: Option<crate::kv::KvStatus>,
+    /// The QUIC endpoint's counters (absent on a node without a QUIC endpoint, as in tests).
+    #[serde(default)]
+    pub transport: Option<TransportStatus>,
 }
 
 impl Status {

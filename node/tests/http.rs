@@ -64,6 +64,13 @@ fn three_alive() -> Status {
             version_cache_keys: 5,
             ..Default::default()
         }),
+        transport: Some(starling_node::status::TransportStatus {
+            connections: 2,
+            pending_handshakes: 1,
+            refused: 476,
+            retries: 1468,
+            handshake_timeouts: 32,
+        }),
     }
 }
 
@@ -180,6 +187,11 @@ async fn metrics_expose_the_snapshot_and_rpc_latency() {
         "starling_converged 1",
         "starling_insecure 1",
         "starling_uptime_seconds 12.5",
+        "starling_quic_connections 2",
+        "starling_quic_pending_handshakes 1",
+        "starling_quic_refused_total 476",
+        "starling_quic_retries_total 1468",
+        "starling_quic_handshake_timeouts_total 32",
         "# TYPE starling_gossip_rounds counter",
         "# TYPE starling_rpc_duration_seconds histogram",
         "starling_rpc_duration_seconds_count{kind=\"echo\"} 2",
@@ -229,4 +241,47 @@ async fn serve_returns_after_shutdown() {
         .expect("serve stops within 5 s")
         .expect("serve task");
     assert!(result.is_ok(), "{result:?}");
+}
+
+/// Clients that connect and send nothing, or half a request head, hold a connection slot only
+/// until the header-read timeout. More of them than the server serves at once, all kept open by
+/// their side, do not stop `/status` and `/metrics` from answering, and the server closes them.
+#[tokio::test]
+async fn idle_and_half_sent_connections_do_not_block_status() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = Server::start(three_alive()).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for i in 0..http::MAX_HTTP_CONNECTIONS + 16 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        if i % 4 == 0 {
+            s.write_all(b"GET /status HTTP/1.1\r\nhost: x\r\nx-slow: ").await.expect("half a head");
+        }
+        held.push(s);
+    }
+    // Generous: a request waits at most for one header-read timeout to free a slot.
+    let deadline = 3 * http::HEADER_READ_TIMEOUT;
+    let patient = reqwest::Client::builder().no_proxy().timeout(deadline).build().expect("client");
+    for path in ["/status", "/metrics", "/status"] {
+        let resp = patient.get(format!("{}{path}", server.base)).send().await;
+        match resp {
+            Ok(r) => assert_eq!(r.status(), 200, "{path}"),
+            Err(e) => panic!("{path} with {} idle connections open: {e}", held.len()),
+        }
+    }
+    // The server closed the first idle ones (it answers nothing, or an error, then EOF).
+    for s in held.iter_mut().take(8) {
+        let mut buf = vec![0; 4096];
+        let closed = tokio::time::timeout(deadline, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "an idle connection was not closed by the server");
+    }
 }

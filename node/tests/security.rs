@@ -253,3 +253,40 @@ async fn read_frames(
     }
     out
 }
+
+/// Handshakes that never finish must not lock real clients out. 1,500 QUIC Initial packets from
+/// a client without a certificate that never reads the answers, four times over: between floods,
+/// clients with certificates open fresh connections, and every one of their requests succeeds.
+/// The flood holds at most the pending-handshake slots (never a connection slot), and past the
+/// Retry threshold it gets stateless Retries it never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_handshakes_do_not_lock_clients_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = issued_configs(dir.path(), "server");
+    let (srv, _) = server(&tls).await;
+    let addr = srv.local_addr();
+    let client_tls = issued_configs(dir.path(), "client");
+    let mut failures = Vec::new();
+    for round in 0..4u8 {
+        let sent =
+            tokio::task::spawn_blocking(move || starling_node::bench::handshake_flood(addr, 1500))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(sent, 1500);
+        for i in 0..3u8 {
+            // A fresh endpoint, so a new connection that must get through.
+            let c = client(&client_tls).await;
+            match c.request(addr, Request::Echo(vec![round, i])).await {
+                Ok(Response::Echo(b)) if b == [round, i] => {}
+                other => failures.push(format!("round {round}, client {i}: {other:?}")),
+            }
+            c.close().await;
+        }
+    }
+    assert!(failures.is_empty(), "requests failed during the floods: {failures:#?}");
+    let status = srv.status();
+    let config = TransportConfig::default();
+    assert!(status.retries > 0, "no Retry sent under the flood: {status:?}");
+    assert!(status.pending_handshakes <= config.max_pending_handshakes as u64, "{status:?}");
+}

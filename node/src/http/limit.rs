@@ -1,9 +1,9 @@
 //! A cap on concurrent HTTP connections.
 //!
-//! `axum::serve` accepts without limit; this listener takes a semaphore permit *before* it
-//! accepts, so at the cap further clients wait in the kernel's backlog rather than each costing
-//! the node a task and buffers. The permit rides along with the connection and is returned when
-//! hyper drops it.
+//! This listener takes a semaphore permit *before* it accepts, so at the cap further clients wait
+//! in the kernel's backlog rather than each costing the node a task and buffers. The permit rides
+//! along with the connection and is returned when hyper drops it, which the header-read timeout
+//! ([`super::HEADER_READ_TIMEOUT`]) bounds for a client that sends nothing.
 
 use std::io;
 use std::net::SocketAddr;

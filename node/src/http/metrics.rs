@@ -248,6 +248,39 @@ impl Collector for StatusCollector {
             ];
             encode_gauges(&mut encoder, &kv_gauges)?;
         }
+        if let Some(t) = &s.transport {
+            let transport_counters: [(&str, &str, u64); 3] = [
+                (
+                    "quic_refused",
+                    "Incoming QUIC connections refused: too many handshakes in progress, or too many connections open",
+                    t.refused,
+                ),
+                (
+                    "quic_retries",
+                    "Incoming QUIC connection attempts answered with a stateless Retry (address validation) under load",
+                    t.retries,
+                ),
+                (
+                    "quic_handshake_timeouts",
+                    "Incoming QUIC handshakes dropped because they did not finish in time",
+                    t.handshake_timeouts,
+                ),
+            ];
+            encode_counters(&mut encoder, &transport_counters)?;
+            let transport_gauges: [(&str, &str, i64); 2] = [
+                (
+                    "quic_connections",
+                    "QUIC connections open (handshake completed), incoming and outgoing",
+                    i64::try_from(t.connections).unwrap_or(i64::MAX),
+                ),
+                (
+                    "quic_pending_handshakes",
+                    "Incoming QUIC handshakes in progress",
+                    i64::try_from(t.pending_handshakes).unwrap_or(i64::MAX),
+                ),
+            ];
+            encode_gauges(&mut encoder, &transport_gauges)?;
+        }
         let ring_agreed = ConstGauge::new(i64::from(s.ring.agreed));
         ring_agreed.encode(encoder.encode_descriptor(
             "ring_agreed",

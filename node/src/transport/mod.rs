@@ -99,15 +99,26 @@ where
 pub struct TransportConfig {
     /// Deadline of [`Transport::request`], connecting included.
     pub request_timeout: Duration,
-    /// Deadline of a QUIC handshake.
+    /// Deadline of a QUIC handshake, dialled or accepted: an incoming handshake not finished by
+    /// then is dropped and its slot among [`TransportConfig::max_pending_handshakes`] freed.
     pub connect_timeout: Duration,
     /// Requests in flight to one peer; more wait for a slot (within their deadline).
     pub max_in_flight_per_peer: usize,
     /// Requests of one incoming stream whose handlers run at once; past it the stream is not read
     /// until one finishes, so QUIC flow control pushes back on the sender.
     pub max_concurrent_requests_per_stream: usize,
-    /// Open connections, incoming and outgoing together.
+    /// Open connections, incoming and outgoing together. An incoming connection counts once its
+    /// handshake has completed (the peer proved its certificate), never while it is pending.
     pub max_connections: usize,
+    /// Incoming handshakes in progress at once; past it new attempts are refused. Separate from
+    /// `max_connections` and smaller, so clients that start handshakes and never finish them
+    /// can hold these slots (each for at most `connect_timeout`) but never a connection slot.
+    pub max_pending_handshakes: usize,
+    /// Incoming handshakes in progress above which a client whose address is not yet validated
+    /// is answered with a QUIC Retry (stateless: the node keeps nothing until the client echoes
+    /// the token from its real address). Below it clients are accepted at once, saving the
+    /// round trip.
+    pub retry_above_pending: usize,
     /// Bytes queued for one stream's writer: past it one-way sends fail with
     /// [`TransportError::Overloaded`] and a server stream stops reading.
     pub max_queued_bytes: usize,
@@ -130,6 +141,8 @@ impl Default for TransportConfig {
             max_in_flight_per_peer: 256,
             max_concurrent_requests_per_stream: 1024,
             max_connections: 1024,
+            max_pending_handshakes: 256,
+            retry_above_pending: 32,
             max_queued_bytes: 16 << 20,
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),

@@ -5,9 +5,23 @@
 //! incoming connection comes from its listen address and is cached under that address too. Either
 //! side opens its own request stream on it and serves the other's; two nodes that dial each other
 //! at once may keep two connections, which is harmless.
+//!
+//! Incoming handshakes are admitted in two stages, so clients that start handshakes and never
+//! finish them (a flood of QUIC Initial packets, with or without a certificate) cannot lock real
+//! clients out:
+//! - a handshake in progress holds one of [`TransportConfig::max_pending_handshakes`] slots, for
+//!   at most [`TransportConfig::connect_timeout`]; past that many, attempts are refused;
+//! - above [`TransportConfig::retry_above_pending`] handshakes in progress, a client whose address
+//!   is not validated gets a stateless QUIC Retry instead: the node keeps no state for it until it
+//!   echoes the token from the address it claims, which a flooder that never reads its answers
+//!   (or spoofs its source) never does;
+//! - only a completed handshake takes one of [`TransportConfig::max_connections`] slots.
+//!
+//! Refusals are counted ([`QuicTransport::status`]) and logged at most once a second.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -18,10 +32,22 @@ use tokio::time::{timeout_at, Instant};
 
 use super::pipe::{serve_stream, ClientPipe};
 use super::{PeerInfo, Role, Service, Transport, TransportConfig, TransportError};
+use crate::status::TransportStatus;
 use crate::tls::{TlsConfigs, SERVER_NAME};
 
 /// Application close code sent when the transport shuts down.
 const CLOSE_SHUTDOWN: u32 = 0;
+/// Application close code sent to a peer whose handshake completed while every connection slot
+/// was taken.
+const CLOSE_TOO_MANY: u32 = 1;
+
+/// Connection attempts quinn holds for the accept loop to decide on (accept, retry or refuse).
+/// The loop decides on each at once, so this only absorbs bursts; past it quinn refuses.
+const MAX_INCOMING: usize = 4096;
+
+/// Most lines a second about refused or failed incoming connections; the rest are counted and
+/// the count is logged with the next line.
+const LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -44,10 +70,58 @@ struct Inner {
     dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     /// A permit per open connection ([`TransportConfig::max_connections`]).
     conn_slots: Arc<Semaphore>,
+    /// A permit per incoming handshake in progress
+    /// ([`TransportConfig::max_pending_handshakes`]).
+    pending: Arc<Semaphore>,
+    /// What the accept loop turned away.
+    counters: Counters,
     /// Starts serving the streams a peer opens on a connection (the `Service`, type-erased).
     serve: ServeFn,
     /// `--insecure`: no peer presents a certificate, and every peer is a node.
     insecure: bool,
+}
+
+/// Incoming connection attempts turned away, since start.
+#[derive(Debug, Default)]
+struct Counters {
+    refused: AtomicU64,
+    retries: AtomicU64,
+    handshake_timeouts: AtomicU64,
+    /// Log lines about refused attempts, at most one per [`LOG_INTERVAL`].
+    refused_log: RateLimitedLog,
+    /// Log lines about failed incoming handshakes (a bad certificate, a timeout), likewise.
+    failed_log: RateLimitedLog,
+}
+
+/// Lets one log line through per [`LOG_INTERVAL`] and counts the ones it holds back, so a flood
+/// of refused packets costs a line a second rather than a line a packet.
+#[derive(Debug, Default)]
+struct RateLimitedLog {
+    /// When the last line was let through, and how many were held back since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimitedLog {
+    /// `Some(n)` if a line may be written now (`n` lines were held back since the last one),
+    /// `None` if this one is held back.
+    fn allow(&self) -> Option<u64> {
+        self.allow_at(Instant::now())
+    }
+
+    fn allow_at(&self, now: Instant) -> Option<u64> {
+        let mut state = lock(&self.state);
+        match state.0 {
+            Some(last) if now.duration_since(last) < LOG_INTERVAL => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = std::mem::take(&mut state.1);
+                state.0 = Some(now);
+                Some(suppressed)
+            }
+        }
+    }
 }
 
 /// Spawns [`serve_connection`] with the node's service; boxed so `Inner` is not generic.
@@ -147,7 +221,7 @@ impl QuicTransport {
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(transport.clone());
-        server.max_incoming(config.max_connections);
+        server.max_incoming(MAX_INCOMING);
         let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client.clone())
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
@@ -188,6 +262,8 @@ impl QuicTransport {
             endpoint,
             local_addr,
             conn_slots: Arc::new(Semaphore::new(config.max_connections)),
+            pending: Arc::new(Semaphore::new(config.max_pending_handshakes)),
+            counters: Counters::default(),
             config,
             conns: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
@@ -202,6 +278,21 @@ impl QuicTransport {
     /// Connections open now, incoming and outgoing.
     pub fn open_connections(&self) -> usize {
         self.inner.endpoint.open_connections()
+    }
+
+    /// Connections, handshakes in progress and what was turned away, for `/status` and
+    /// `/metrics`.
+    pub fn status(&self) -> TransportStatus {
+        let i = &self.inner;
+        let taken =
+            |sem: &Semaphore, max: usize| max.saturating_sub(sem.available_permits()) as u64;
+        TransportStatus {
+            connections: taken(&i.conn_slots, i.config.max_connections),
+            pending_handshakes: taken(&i.pending, i.config.max_pending_handshakes),
+            refused: i.counters.refused.load(Ordering::Relaxed),
+            retries: i.counters.retries.load(Ordering::Relaxed),
+            handshake_timeouts: i.counters.handshake_timeouts.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -223,21 +314,47 @@ fn set_recv_buffer(socket: &UdpSocket, bytes: usize) {
 async fn accept_loop(inner: Weak<Inner>, endpoint: Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let Some(this) = inner.upgrade() else { break };
-        let Ok(slot) = this.conn_slots.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %incoming.remote_address(), "connection refused: too many connections");
+        let peer = incoming.remote_address();
+        let pending =
+            this.config.max_pending_handshakes.saturating_sub(this.pending.available_permits());
+        // Under load, a client must first prove it receives at the address it sends from. A
+        // Retry costs the node no state, so a flood of Initials that are never followed up costs
+        // nothing either; a real client answers it within a round trip.
+        let incoming =
+            if pending >= this.config.retry_above_pending && !incoming.remote_address_validated() {
+                match incoming.retry() {
+                    Ok(()) => {
+                        this.counters.retries.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(e) => e.into_incoming(),
+                }
+            } else {
+                incoming
+            };
+        let Ok(pending) = this.pending.clone().try_acquire_owned() else {
+            this.refuse(peer, "too many handshakes in progress");
             incoming.refuse();
             continue;
         };
         let inner = inner.clone();
+        let handshake_timeout = this.config.connect_timeout;
+        drop(this);
         tokio::spawn(async move {
-            let peer = incoming.remote_address();
             let conn = match incoming.accept() {
-                Ok(connecting) => connecting.await,
-                Err(e) => Err(e),
+                // Dropping the handshake at the deadline closes it and frees its slot.
+                Ok(connecting) => tokio::time::timeout(handshake_timeout, connecting).await,
+                Err(e) => Ok(Err(e)),
             };
+            drop(pending);
+            let Some(this) = inner.upgrade() else { return };
             match conn {
-                Ok(conn) => {
-                    let Some(this) = inner.upgrade() else { return };
+                Ok(Ok(conn)) => {
+                    let Ok(slot) = this.conn_slots.clone().try_acquire_owned() else {
+                        this.refuse(peer, "too many connections");
+                        conn.close(VarInt::from_u32(CLOSE_TOO_MANY), b"too many connections");
+                        return;
+                    };
                     let pc = Arc::new(PeerConn::new(conn, slot));
                     // The newest connection from an address wins: a peer that dials us again
                     // may have restarted, and the connection we hold may lead to a dead process
@@ -246,9 +363,40 @@ async fn accept_loop(inner: Weak<Inner>, endpoint: Endpoint) {
                     (this.serve.0)(inner, pc);
                 }
                 // A peer without a valid certificate ends here.
-                Err(e) => tracing::info!(%peer, error = %e, "incoming handshake failed"),
+                Ok(Err(e)) => {
+                    if let Some(suppressed) = this.counters.failed_log.allow() {
+                        tracing::info!(%peer, error = %e, suppressed, "incoming handshake failed");
+                    }
+                }
+                Err(_) => {
+                    this.counters.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = this.counters.failed_log.allow() {
+                        tracing::info!(
+                            %peer,
+                            timeout = ?handshake_timeout,
+                            suppressed,
+                            "incoming handshake not finished in time; dropped"
+                        );
+                    }
+                }
             }
         });
+    }
+}
+
+impl Inner {
+    /// Counts a refused incoming connection and logs it, at most once per [`LOG_INTERVAL`].
+    fn refuse(&self, peer: SocketAddr, reason: &'static str) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.counters.refused_log.allow() {
+            tracing::warn!(
+                %peer,
+                reason,
+                suppressed,
+                total = self.counters.refused.load(Ordering::Relaxed),
+                "incoming connection refused (suppressed: refusals not logged since the last line)"
+            );
+        }
     }
 }
 
@@ -411,5 +559,23 @@ impl Transport for QuicTransport {
 impl Drop for QuicTransport {
     fn drop(&mut self) {
         self.inner.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_once_a_second_with_the_count_held_back() {
+        let log = RateLimitedLog::default();
+        let start = Instant::now();
+        assert_eq!(log.allow_at(start), Some(0));
+        for _ in 0..500 {
+            assert_eq!(log.allow_at(start + LOG_INTERVAL / 2), None);
+        }
+        assert_eq!(log.allow_at(start + LOG_INTERVAL), Some(500));
+        assert_eq!(log.allow_at(start + LOG_INTERVAL), None);
+        assert_eq!(log.allow_at(start + LOG_INTERVAL * 3), Some(1));
     }
 }
