@@ -48,7 +48,15 @@ enum Cmd {
     },
     /// Ask the node to leave the cluster gracefully and stop (an operator action: needs a node
     /// certificate, e.g. `--certs` with that node's own certificate dir).
-    Leave,
+    Leave {
+        /// Return only once the node has handed its data over and stopped (exit 1 if the leave
+        /// was aborted or did not finish within --timeout).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 30m.
+        #[arg(long, default_value = "1h", requires = "wait")]
+        timeout: String,
+    },
     /// Create the cluster CA and node/client certificates.
     #[command(subcommand)]
     Cert(CertCmd),
@@ -156,6 +164,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// After a `leave`: polls the node's status until it stops answering (it has handed its data over
+/// and exited). Fails if its ring status goes back to `normal` (the leave was aborted: the node
+/// logs why) or after `limit`.
+async fn wait_until_stopped(client: &Client, node: &str, limit: Duration) -> Result<()> {
+    let started = tokio::time::Instant::now();
+    let mut seen_leaving = false;
+    let mut unreachable = 0;
+    loop {
+        match client.status().await {
+            Ok(s) => {
+                unreachable = 0;
+                match s.ring.status.as_deref() {
+                    Some("leaving") => seen_leaving = true,
+                    Some("normal") if seen_leaving => anyhow::bail!(
+                        "{node} aborted its leave and stays in the cluster (its log says why)"
+                    ),
+                    Some("normal") if started.elapsed() > Duration::from_secs(30) => {
+                        anyhow::bail!("{node} did not start leaving within 30 s (its log says why)")
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) if matches!(e.downcast_ref(), Some(ClientError::Unreachable { .. })) => {
+                // Twice in a row, so one lost request is not taken for a stopped node.
+                unreachable += 1;
+                if unreachable == 2 {
+                    println!("{node} has left the cluster and stopped");
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("{node} is still leaving after {limit:?} (--timeout)");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 fn auth(cli: &Cli) -> Result<Auth> {
     match (&cli.certs, cli.insecure) {
         (Some(_), true) => anyhow::bail!("--certs and --insecure exclude each other"),
@@ -191,10 +238,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             client.close().await;
         }
-        Cmd::Leave => {
+        Cmd::Leave { wait, timeout } => {
+            let limit = starling_node::config::parse_duration("--timeout", timeout)
+                .map_err(|e| ClientError::BadInput(format!("{e:#}")))?;
             let client = Client::connect(&cli.node, &auth(&cli)?).await?;
             client.call(Request::Leave).await?;
             println!("{} is leaving the cluster and will stop", cli.node);
+            if *wait {
+                wait_until_stopped(&client, &cli.node, limit).await?;
+            }
             client.close().await;
         }
         Cmd::Cert(c) => match c {

@@ -1,6 +1,7 @@
 //! The node's HTTP surface for operators (DESIGN §8): `GET /status` (JSON), `GET /metrics`
-//! (Prometheus / OpenMetrics text) and `GET /`, a self-contained page that polls `/status` and
-//! shows the cluster converging live.
+//! (Prometheus / OpenMetrics text), `GET /ready` (200 once the node is converged and `normal` on
+//! the ring, 503 before: a readiness probe) and `GET /`, a self-contained page that polls
+//! `/status` and shows the cluster converging live.
 //!
 //! Read-only by construction: every route is a `GET` that reads the latest [`Status`] snapshot
 //! from a `watch` channel the gossip driver publishes to, so a slow or hostile HTTP client can
@@ -80,6 +81,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/status", get(status))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -143,6 +145,25 @@ async fn status(State(state): State<HttpState>) -> Response {
         Ok(body) => fresh(body, "application/json"),
         Err(e) => internal_error(format!("cannot encode status: {e}")),
     }
+}
+
+/// 200 when this node is converged (every member it sees alive agrees on membership and ring)
+/// and `normal` on the ring (not joining, leaving, or without tokens); 503 otherwise. The body
+/// says which, in one line.
+async fn ready(State(state): State<HttpState>) -> Response {
+    let snapshot = state.snapshot();
+    let ring = snapshot.ring.status.as_deref().unwrap_or("none");
+    let ready = snapshot.converged && ring == "normal";
+    let body = format!(
+        "{} (converged: {}, ring: {ring})\n",
+        if ready { "ready" } else { "not ready" },
+        snapshot.converged
+    );
+    let mut resp = fresh(body, "text/plain; charset=utf-8");
+    if !ready {
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    resp
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {

@@ -1,4 +1,4 @@
-//! The HTTP surface (DESIGN §8) over a real loopback socket: `/status`, `/metrics`, `/`, 404s,
+//! The HTTP surface (DESIGN §8) over a real loopback socket: `/status`, `/metrics`, `/ready`, `/`, 404s,
 //! live updates through the watch channel, and graceful shutdown.
 
 use std::net::SocketAddr;
@@ -203,6 +203,38 @@ async fn metrics_expose_the_snapshot_and_rpc_latency() {
 }
 
 #[tokio::test]
+async fn ready_only_when_converged_and_normal_on_the_ring() {
+    let normal = |mut s: Status| {
+        s.ring.status = Some("normal".to_owned());
+        s
+    };
+    let server = Server::start(normal(three_alive())).await;
+    let resp = server.get("/ready").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()[reqwest::header::CACHE_CONTROL], "no-store");
+    assert_eq!(resp.text().await.expect("text"), "ready (converged: true, ring: normal)\n");
+
+    // Not converged, joining, leaving, no tokens yet: 503, and the body says why.
+    for (converged, ring, body) in [
+        (false, Some("normal"), "not ready (converged: false, ring: normal)\n"),
+        (true, Some("joining"), "not ready (converged: true, ring: joining)\n"),
+        (true, Some("leaving"), "not ready (converged: true, ring: leaving)\n"),
+        (true, None, "not ready (converged: true, ring: none)\n"),
+    ] {
+        let mut s = three_alive();
+        s.converged = converged;
+        s.ring.status = ring.map(str::to_owned);
+        server.publish.send_replace(Arc::new(s));
+        let resp = server.get("/ready").await;
+        assert_eq!(resp.status(), 503, "{body}");
+        assert_eq!(resp.text().await.expect("text"), body);
+    }
+
+    server.publish.send_replace(Arc::new(normal(three_alive())));
+    assert_eq!(server.get("/ready").await.status(), 200);
+}
+
+#[tokio::test]
 async fn index_is_one_self_contained_page() {
     let server = Server::start(three_alive()).await;
     let resp = server.get("/").await;
@@ -224,7 +256,7 @@ async fn unknown_paths_are_404_and_routes_are_read_only() {
     for path in ["/nope", "/status/extra", "/metrics.txt", "/index.html"] {
         assert_eq!(server.get(path).await.status(), 404, "{path}");
     }
-    for path in ["/", "/status", "/metrics"] {
+    for path in ["/", "/status", "/metrics", "/ready"] {
         let resp =
             client().post(format!("{}{path}", server.base)).body("x").send().await.expect("POST");
         assert_eq!(resp.status(), 405, "POST {path}");
