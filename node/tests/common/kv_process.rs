@@ -116,7 +116,11 @@ where
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
+    /// Sends the client API, with a client certificate.
     pub client: Arc<QuicTransport>,
+    /// Sends peer RPCs (replica reads to inspect a node, leave), with a node certificate of its
+    /// own, as an operator on a node's machine would.
+    pub operator: Arc<QuicTransport>,
     /// Environment every node starts (and restarts) with, e.g. `STARLING_QUORUM=strict`.
     pub env: Vec<(String, String)>,
 }
@@ -150,12 +154,13 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().join("certs");
         cert::init_ca(&certs.join("ca")).expect("ca");
-        for name in NAMES.iter().chain(&["client"]) {
+        for name in NAMES.iter().chain(&["client", "operator"]) {
             let role = if *name == "client" { cert::Role::Client } else { cert::Role::Node };
             cert::issue(&certs.join("ca"), name, &certs.join(name), &[], role, 30).expect("issue");
         }
+        let operator = client(&certs.join("operator")).await;
         let client = client(&certs.join("client")).await;
-        let mut c = Cluster { dir, nodes: Vec::new(), client, env };
+        let mut c = Cluster { dir, nodes: Vec::new(), client, operator, env };
         for _ in 0..n {
             c.add_node().await;
         }
@@ -204,6 +209,8 @@ impl Cluster {
         let seed = self.nodes[if i == 0 { 1 } else { 0 }].addrs.listen;
         self.nodes[i].restart(&[seed]).await;
         let fresh = client(&self.dir.path().join("certs/client")).await;
+        let operator = client(&self.dir.path().join("certs/operator")).await;
+        std::mem::replace(&mut self.operator, operator).close().await;
         std::mem::replace(&mut self.client, fresh)
     }
 
@@ -300,8 +307,11 @@ impl Cluster {
         .await;
     }
 
+    /// Sends `req` to node `i`: the client API with the client certificate, peer RPCs with the
+    /// operator's node certificate.
     pub async fn call(&self, i: usize, req: Request) -> Result<Response, String> {
-        match self.client.request(self.nodes[i].addrs.listen, req).await {
+        let via = if req.is_peer_rpc() { &self.operator } else { &self.client };
+        match via.request(self.nodes[i].addrs.listen, req).await {
             Ok(Response::Error { code, message }) => Err(format!("{code}: {message}")),
             Ok(r) => Ok(r),
             Err(e) => Err(format!("transport: {e}")),
