@@ -199,16 +199,10 @@ impl KvProc {
         if !matches!(self.phase, Phase::Normal) {
             return Err(LeaveRefused::NotNormal(self.phase.name()));
         }
-        let me = self.spec.id;
-        if self.view.ring.node(me).is_none() {
+        if self.view.ring.node(self.spec.id).is_none() {
             return Err(LeaveRefused::NotNormal("off the ring"));
         }
-        let staying = self
-            .view
-            .ring
-            .nodes()
-            .filter(|n| n.id != me && n.status != NodeStatus::Leaving)
-            .count();
+        let staying = self.staying();
         if staying < self.view.rf {
             return Err(LeaveRefused::TooFew { staying });
         }
@@ -216,6 +210,12 @@ impl KvProc {
         self.phase = Phase::LeaveAgree { settled_at: None };
         self.next_change = now;
         Ok(())
+    }
+
+    /// Nodes that stay on the ring if this one leaves: neither this node nor leaving.
+    fn staying(&self) -> usize {
+        let me = self.spec.id;
+        self.view.ring.nodes().filter(|n| n.id != me && n.status != NodeStatus::Leaving).count()
     }
 
     fn abort_leave(&mut self, now: Instant) {
@@ -259,6 +259,13 @@ impl KvProc {
             Phase::Streaming(s) => self.phase = self.streams_progress(s, now),
             Phase::LeaveAgree { settled_at } => {
                 self.phase = match settled_at {
+                    // Nodes asked to leave at about the same time each saw enough others stay;
+                    // once the ring is agreed, every leave announced before is on it: count
+                    // again, or three of five nodes could leave, and their keys on two.
+                    None if self.ring_agreed() && self.staying() < self.view.rf => {
+                        self.phase = Phase::LeaveAgree { settled_at: None };
+                        return self.abort_leave(now);
+                    }
                     None if self.ring_agreed() => {
                         Phase::LeaveAgree { settled_at: Some(now + self.spec.kv.write_timeout) }
                     }
