@@ -415,8 +415,7 @@ impl KvProc {
     }
 
     fn handover_progress(&mut self, mut batches: Vec<Batch>, now: Instant) {
-        for b in 0..batches.len() {
-            let batch = &mut batches[b];
+        for (b, batch) in batches.iter_mut().enumerate() {
             if batch.done || batch.next_at.is_none_or(|at| at > now) {
                 continue;
             }
