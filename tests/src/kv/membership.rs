@@ -496,10 +496,12 @@ impl KvProc {
             let page: Vec<HintKey> = keys.into_iter().take(HINT_PAGE).collect();
             let records: Vec<Record> =
                 page.iter().filter_map(|k| self.disk.hints.get(k).cloned()).collect();
+            // The lowest id among them (the address map's order would make runs differ).
             let keeper = view
                 .others_up()
                 .filter(|id| *id != target)
-                .find(|id| view.ring.node(*id).is_some_and(|n| n.status == NodeStatus::Normal));
+                .filter(|id| view.ring.node(*id).is_some_and(|n| n.status == NodeStatus::Normal))
+                .min();
             let (to, req) = if target != self.spec.id && view.is_up(target) {
                 (Some(target), Req::Write(records))
             } else {
