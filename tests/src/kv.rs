@@ -9,6 +9,7 @@
 //! faults, final state, check).
 
 pub mod cluster;
+pub mod membership;
 pub mod scenario;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -25,10 +26,11 @@ use starling_kv::view;
 use starling_kv::{
     Answer, KvConfig, KvError, Outgoing, Read, ReadOp, RingView, Send, SendId, WriteOp, Written,
 };
-use starling_ring::{NodeKey, Token};
+use starling_ring::{NodeKey, Range, Token};
 use starling_wire::{check_key_value, Consistency, Record, Version};
 
 use crate::sim::Process;
+use membership::{Cursor, Phase};
 
 /// Hints are replayed this often (as `node/src/kv/hints.rs`); the HLC's high mark is persisted
 /// on the same beat ([`HLC_PERSIST_EVERY`]).
@@ -130,6 +132,10 @@ pub struct Disk {
     pub hlc_mark: u64,
     /// Nodes this node has seen on the ring (`meta`; only with [`NodeSpec::wait_for_ring`]).
     pub ring_members: BTreeSet<NodeKey>,
+    /// This node's tokens once it took them (`meta`, fsynced).
+    pub tokens: Option<Vec<Token>>,
+    /// This node's ring status: `joining`, `normal`, `leaving`, `left` (`meta`, fsynced).
+    pub ring_status: Option<String>,
 }
 
 /// Stores `r` unless a record of at least its version is held. True if it was stored.
@@ -190,6 +196,8 @@ impl Disk {
             tail: VecDeque::new(),
             hlc_mark: self.hlc_mark,
             ring_members: self.ring_members,
+            tokens: self.tokens,
+            ring_status: self.ring_status,
         }
     }
 
@@ -227,6 +235,17 @@ pub struct KvStats {
     pub late_responses: u64,
     /// Writes this node refused to coordinate because its clock is off the cluster's.
     pub refused_clock: u64,
+    /// Records received by streaming during a join.
+    pub records_streamed: u64,
+    /// Join streams that fell short and were started again.
+    pub stream_retries: u64,
+    pub joins_done: u64,
+    /// Records pushed to the nodes gaining this node's ranges during a leave.
+    pub records_handed: u64,
+    /// Hints handed to their target or to a node that stays during a leave.
+    pub hints_handed: u64,
+    pub leaves_done: u64,
+    pub leaves_aborted: u64,
 }
 
 /// Replica requests (one per `Send` the coordinator carries; the real node batches them, which
@@ -241,6 +260,9 @@ pub enum Req {
     Read { key: Vec<u8>, digest: bool },
     /// `Clock`: the peer's wall clock.
     Clock,
+    /// `ReplicaScan`: the records whose token is in `range`, in `(token, key)` order, after
+    /// `after`, at most `limit`.
+    Scan { range: Range, after: Option<Cursor>, limit: usize },
 }
 
 /// Answers to [`Req`].
@@ -253,6 +275,11 @@ pub enum Resp {
     Digest(Option<Version>),
     Clock {
         wall_ms: u64,
+    },
+    /// `ReplicaRecords`: a scan page, and where to go on from if there may be more.
+    Records {
+        records: Vec<Record>,
+        cursor: Option<Cursor>,
     },
     Error {
         code: ErrCode,
@@ -367,9 +394,34 @@ enum Expect {
 
 #[derive(Debug)]
 enum Pending {
-    Op { op: u64, send: SendId, expect: Expect, key: Option<Vec<u8>> },
-    Replay { target: NodeKey, hints: Vec<HintKey> },
-    Clock { peer: NodeKey, sent_ms: u64, sent_at: Instant },
+    Op {
+        op: u64,
+        send: SendId,
+        expect: Expect,
+        key: Option<Vec<u8>>,
+    },
+    Replay {
+        target: NodeKey,
+        hints: Vec<HintKey>,
+    },
+    Clock {
+        peer: NodeKey,
+        sent_ms: u64,
+        sent_at: Instant,
+    },
+    /// A page of a join's stream task.
+    Scan {
+        task: usize,
+    },
+    /// A batch of records a leaving node hands over.
+    Handover {
+        batch: usize,
+    },
+    /// A page of hints a leaving node hands over.
+    HintHandover {
+        target: NodeKey,
+        hints: Vec<HintKey>,
+    },
 }
 
 #[derive(Debug)]
@@ -407,6 +459,9 @@ pub struct KvProc {
     /// This node's clock minus the cluster's, as last measured.
     pub clock_offset_ms: i64,
     next_clock_probe: Instant,
+    /// Joining, leaving or neither ([`membership`]).
+    phase: Phase,
+    next_change: Instant,
 }
 
 impl KvProc {
@@ -429,18 +484,29 @@ impl KvProc {
             rng_seed,
             now,
         );
-        // As `bootstrap::start` does for a node that already owns its tokens.
-        g.handle_command(
-            now,
-            Command::Set { key: gossip_keys::STATUS.into(), value: "normal".into() },
-        );
-        g.handle_command(
-            now,
-            Command::Set {
-                key: view::keys::TOKENS.into(),
-                value: view::format_tokens(&spec.tokens),
-            },
-        );
+        // As `bootstrap::join` does: a node that owns tokens announces them with its stored
+        // status (`leaving` comes back `normal`: the leave must be asked for again); a node
+        // without tokens waits for its turn to take them.
+        let mut disk = disk;
+        let tokens =
+            disk.tokens.clone().or_else(|| Some(spec.tokens.clone()).filter(|t| !t.is_empty()));
+        let phase = match (&tokens, disk.ring_status.as_deref()) {
+            (None, _) => Phase::Waiting { since: now },
+            (Some(_), Some("joining")) => Phase::JoinAgree { settled_at: None },
+            (Some(_), _) => Phase::Normal,
+        };
+        if let Some(tokens) = &tokens {
+            let status = if matches!(phase, Phase::Normal) { "normal" } else { "joining" };
+            disk.ring_status = Some(status.into());
+            g.handle_command(
+                now,
+                Command::Set { key: gossip_keys::STATUS.into(), value: status.into() },
+            );
+            g.handle_command(
+                now,
+                Command::Set { key: view::keys::TOKENS.into(), value: view::format_tokens(tokens) },
+            );
+        }
         let view = Arc::new(RingView::empty(spec.id, spec.kv.replication));
         let spec_max_offset = spec.kv.max_clock_offset;
         let mut p = KvProc {
@@ -467,6 +533,8 @@ impl KvProc {
             clock: ClockMonitor::new(spec_max_offset),
             clock_offset_ms: 0,
             next_clock_probe: now,
+            phase,
+            next_change: now,
         };
         p.rebuild_view(now);
         p.after_gossip(now);
@@ -482,12 +550,12 @@ impl KvProc {
             // partition hear each other, converge, and would form a ring of two) waits for every
             // node it had on its ring before.
             let ring = &self.view.ring;
+            let left = &self.view.left;
             let all_placed = self
                 .g
                 .members()
-                .filter(|m| m.state != MemberState::Left)
+                .filter(|m| m.state != MemberState::Left && !left.contains(&m.id.0))
                 .all(|m| ring.node(m.id.0).is_some());
-            let left = &self.view.left;
             let all_back = self
                 .disk
                 .ring_members
@@ -877,6 +945,11 @@ impl KvProc {
             Req::Clock => unreachable!("answered above"),
             Req::Write(records) => self.replica_write(records, now),
             Req::Hint { target, records } => self.keep_for(target, records, now),
+            Req::Scan { range, after, limit } => {
+                let (records, cursor) =
+                    membership::scan(&self.disk.data, range, after.as_ref(), limit.clamp(1, 4096));
+                Resp::Records { records, cursor }
+            }
             Req::Read { key, digest } => {
                 self.stats.replica_reads += 1;
                 let held = self.disk.data.get(&key).cloned();
@@ -936,6 +1009,11 @@ impl KvProc {
                     self.clock_offset_ms = self.clock.health(now).offset_ms;
                 }
             }
+            Pending::Scan { task } => self.on_scan(task, body, now),
+            Pending::Handover { batch } => self.on_handover(batch, body, now),
+            Pending::HintHandover { target, hints } => {
+                self.on_hint_handover(target, hints, body, now)
+            }
             Pending::Replay { target, hints } => {
                 self.replaying.remove(&target);
                 let ok = match body {
@@ -961,7 +1039,9 @@ impl KvProc {
     /// `Kv::replay_to` for every target: drops expired hints and those of members that left,
     /// and sends one page to each target gossip shows up.
     fn replay_hints(&mut self, now: Instant) {
-        if self.disk.hints.is_empty() {
+        // A leaving node hands its hints over instead.
+        if self.disk.hints.is_empty() || matches!(self.phase, Phase::Hints(_) | Phase::Left { .. })
+        {
             return;
         }
         let window_ms = self.spec.kv.hint_window.as_millis() as u64;
@@ -1141,6 +1221,7 @@ impl Process for KvProc {
             self.next_clock_probe = now + every;
             self.probe_clocks(now);
         }
+        self.advance(now);
     }
 
     fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
@@ -1160,6 +1241,7 @@ impl Process for KvProc {
         }
         take(self.deferred.keys().next().map(|k| k.0));
         take(self.deadlines.iter().next().map(|k| k.0));
+        take(self.change_timeout());
         for r in self.ops.values() {
             take(r.op.poll_timeout());
         }

@@ -369,3 +369,72 @@ fn history_checker_is_not_vacuous_on_simulated_histories() {
     let r = check(&stale, &honest, CheckOptions { recency: true });
     assert_eq!(r.count(ViolationKind::StaleRead), 1, "{r}");
 }
+
+/// Quorum writes and reads through every live node, one client after another, while `pred`
+/// does not hold (at most `limit`): each read must see the last acknowledged write of its key.
+fn traffic_until(
+    c: &mut Cluster,
+    n: &mut usize,
+    limit: Duration,
+    mut pred: impl FnMut(&Cluster) -> bool,
+) {
+    let until = c.now() + limit;
+    while !pred(c) && c.now() < until {
+        let up: Vec<usize> = c.members().into_iter().filter(|&i| c.is_up(i)).collect();
+        let key = format!("k{}", *n % 6);
+        let value = format!("c0-{n}");
+        let _ = c.call(0, up[*n % up.len()], put(&key, &value), Quorum);
+        let _ = c.call(1, up[(*n + 1) % up.len()], get(&key), Quorum);
+        *n += 1;
+        c.run_for(ms(20));
+    }
+}
+
+#[test]
+fn a_node_joins_and_another_leaves_under_quorum_traffic_without_stale_reads_or_lost_writes() {
+    let seed = seed_from_env(21);
+    let _g = SeedGuard(seed);
+    let mut c = cluster(seed, 5, false, |_| {});
+    measure_clocks(&mut c);
+    let mut n = 0;
+    let joiner = c.add_node(ClockSpec::default());
+    traffic_until(&mut c, &mut n, Duration::from_secs(30), |c| {
+        c.moving() == 0
+            && c.sim.node(joiner).is_some_and(|p| p.view.ring.node(c.id(joiner)).is_some())
+    });
+    assert!(c.sim.node(joiner).expect("up").stats.records_streamed > 0, "the joiner streamed");
+    assert_eq!(c.leave(1), Ok(()));
+    traffic_until(&mut c, &mut n, Duration::from_secs(30), |c| c.is_gone(1));
+    assert_eq!(c.ring_changes(), (1, 1, 0), "(joined, left, aborted)");
+    let keys: Vec<String> = (0..6).map(|k| format!("k{k}")).collect();
+    let (report, _) = settle_and_check(&mut c, joiner, &keys, true);
+    assert!(report.is_ok(), "{report}\n{}", c.explain(&report));
+    assert!(report.ops > 200, "only {} ops", report.ops);
+}
+
+#[test]
+fn nodes_told_to_leave_at_once_leave_at_least_n_behind() {
+    let seed = seed_from_env(22);
+    let _g = SeedGuard(seed);
+    let mut c = cluster(seed, 5, false, |_| {});
+    measure_clocks(&mut c);
+    let keys: Vec<String> = (0..6).map(|k| format!("k{k}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(
+            c.call(0, i % 5, put(k, &format!("c0-{i}")), All),
+            Outcome::Written { superseded: false }
+        );
+    }
+    // Each of the three sees four others stay when it is asked.
+    for i in 0..3 {
+        assert_eq!(c.leave(i), Ok(()), "node {i}");
+    }
+    assert!(c.run_until(ms(100), Duration::from_secs(60), |c| c.moving() == 0));
+    let (joined, left, aborted) = c.ring_changes();
+    assert_eq!(joined, 0);
+    assert!(left <= 2 && left + aborted as usize == 3, "left {left}, aborted {aborted}");
+    let via = c.members()[0];
+    let (report, state) = settle_and_check(&mut c, via, &keys, true);
+    assert!(report.is_ok(), "{report}");
+    assert!(state.values().all(Option::is_some), "every key reads back: {state:?}");
+}

@@ -15,9 +15,10 @@
 //! and then announces `normal`. A restart during the join resumes it (the status is stored).
 //!
 //! **Leave** (`starling leave`): refused if fewer than `N` other nodes would stay. Status
-//! `leaving`; once the ring is agreed, the node pushes every record of its ranges to the replicas
-//! that gain them, then announces `left` through gossip; if that handover fails the leave is
-//! aborted and the node stays `normal`.
+//! `leaving`; once the ring is agreed, the node counts again (other nodes may have been told to
+//! leave at the same time) and aborts if fewer than `N` others stay; otherwise it pushes every
+//! record of its ranges to the replicas that gain them, then announces `left` through gossip; if
+//! that handover fails the leave is aborted and the node stays `normal`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -282,6 +283,19 @@ pub async fn decommission<T: Transport, S: Storage>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_for_agreement(&kv, &mut status).await;
+    // Nodes told to leave at about the same time each saw enough others stay when they were
+    // asked; once the ring is agreed, every leave announced before is on it. Count again: three
+    // of five nodes leaving at once would leave their keys on two.
+    let view = kv.view();
+    let staying =
+        view.ring.nodes().filter(|n| n.id != me && n.status != NodeStatus::Leaving).count();
+    if staying < view.rf {
+        anyhow::bail!(
+            "only {staying} other nodes would stay on the ring (other nodes are leaving too), \
+             fewer than the {} copies of every key",
+            view.rf
+        );
+    }
     tokio::time::sleep(kv.inner.cfg.write_timeout).await;
     let view = kv.view();
     let future = view.ring.future().placement(view.rf);

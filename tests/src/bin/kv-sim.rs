@@ -143,6 +143,7 @@ fn main() -> Result<()> {
     let (mut read_failed, mut mismatched, mut unconverged, mut hints_left, mut decode) =
         (0usize, 0usize, 0usize, 0usize, 0u64);
     let mut stranded = 0usize;
+    let (mut joined, mut left, mut aborted, mut moving) = (0usize, 0usize, 0u64, 0usize);
     for &seed in &seeds {
         let r = run_seed(seed, &sc);
         ops += r.ops;
@@ -163,6 +164,10 @@ fn main() -> Result<()> {
         unconverged += usize::from(!r.converged);
         hints_left += r.hints_left;
         decode += r.decode_errors;
+        joined += r.ring_changes.0;
+        left += r.ring_changes.1;
+        aborted += r.ring_changes.2;
+        moving += r.moving_left;
         for v in r.failures() {
             *kinds.entry(format!("{:?}", v.kind)).or_default() += 1;
         }
@@ -175,12 +180,14 @@ fn main() -> Result<()> {
             || !r.final_state.read_failed.is_empty()
             || !r.final_state.stranded.is_empty()
             || r.hints_left > 0
+            || r.moving_left > 0
             || !r.converged;
         if (args.seed.is_some() || (args.verbose && odd)) && !args.json {
             println!(
                 "seed {seed}: profile {}, skew {:?}, recency {}, {} ops {:?}, faults {:?}, \
                  final reads failed {:?}, mismatched {:?}, stranded {:?}, converged {}, \
-                 hints left {}, refused ahead {}, simulated {:.1} s",
+                 hints left {}, refused ahead {}, (joined, left, leaves aborted) {:?}, \
+                 still moving {:?}, simulated {:.1} s",
                 r.profile.name(),
                 r.skew,
                 r.recency,
@@ -193,6 +200,8 @@ fn main() -> Result<()> {
                 r.converged,
                 r.hints_left,
                 r.refused_ahead,
+                r.ring_changes,
+                r.moving_nodes,
                 r.sim_time.as_secs_f64()
             );
         }
@@ -231,6 +240,10 @@ fn main() -> Result<()> {
             "unconverged_seeds": unconverged,
             "hints_left": hints_left,
             "decode_errors": decode,
+            "nodes_joined": joined,
+            "nodes_left": left,
+            "leaves_aborted": aborted,
+            "nodes_still_moving": moving,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -249,6 +262,10 @@ fn main() -> Result<()> {
         );
         println!("  operations checked: {ops} {outcomes:?}");
         println!("  faults injected: {faults:?}");
+        println!(
+            "  ring changes: {joined} nodes joined, {left} left, {aborted} leaves aborted; \
+             {moving} still joining or leaving at the end"
+        );
         if args.verbose {
             let mut rs: Vec<_> = reasons.iter().collect();
             rs.sort_by_key(|(_, n)| std::cmp::Reverse(**n));

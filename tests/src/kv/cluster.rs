@@ -13,6 +13,7 @@ use starling_kv::{KvConfig, KvError};
 use starling_ring::{token_of, NodeKey, Token};
 use starling_wire::{Consistency, Record, Version};
 
+use super::membership::{LeaveRefused, Phase, LEAVE_LINGER};
 use super::{ClockSpec, Completed, Disk, KvProc, NodeSpec, OpOutput, TOKENS_PER_NODE};
 use crate::gossip::node_id;
 use crate::history::{check, Call, CheckOptions, History, OpId, Outcome, Report};
@@ -102,6 +103,12 @@ pub struct Cluster {
     next_block: u64,
     /// Restarts waiting out their HLC high mark: `(when, node)`.
     restarts: Vec<(Instant, usize)>,
+    /// Nodes that left the cluster (stopped for good, their store discarded).
+    gone: Vec<bool>,
+    /// Nodes added with [`Cluster::add_node`] so far.
+    added: usize,
+    /// Leaves aborted by nodes since stopped (their counters die with them).
+    aborted_leaves: u64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -180,6 +187,103 @@ impl Cluster {
             blocks: BTreeMap::new(),
             next_block: 0,
             restarts: Vec::new(),
+            gone: vec![false; cfg.nodes],
+            added: 0,
+            aborted_leaves: 0,
+        }
+    }
+
+    /// Starts a new node with an empty store and no tokens: it gossips in through the seeds,
+    /// takes its tokens as `joining`, streams its ranges and becomes `normal` (see
+    /// [`super::membership`]). Returns its slot.
+    pub fn add_node(&mut self, clock: ClockSpec) -> usize {
+        let i = self.specs.len();
+        self.added += 1;
+        let seed = self.sim.seed;
+        let spec = NodeSpec {
+            index: i,
+            id: node_id(seed, i).0,
+            tokens: Vec::new(),
+            seeds: self.seeds(),
+            clock,
+            rng_seed: mix(seed, 1000 + i as u64),
+            ..self.specs[0].clone()
+        };
+        self.specs.push(spec.clone());
+        self.generations.push(1);
+        self.saved.push(None);
+        self.gone.push(false);
+        let now = self.sim.now();
+        let slot = self.sim.add(|addr| KvProc::new(spec, 1, Disk::default(), addr, now));
+        debug_assert_eq!(slot, i);
+        i
+    }
+
+    /// Asks node `i` to leave the cluster (`starling leave`); the node refuses if fewer than
+    /// `N` other nodes would stay, or it is not a ready, normal member.
+    pub fn leave(&mut self, i: usize) -> Result<(), LeaveRefused> {
+        self.sim.with_node(i, |p, now| p.leave(now)).unwrap_or(Err(LeaveRefused::NotReady))
+    }
+
+    /// The seeds a node (re)started now is given: the first three nodes that have not left (an
+    /// operator takes nodes that left out of the seed lists).
+    fn seeds(&self) -> Vec<SocketAddr> {
+        self.members().into_iter().take(3).map(|i| self.sim.addr(i)).collect()
+    }
+
+    /// Whether node `i` left the cluster for good.
+    pub fn is_gone(&self, i: usize) -> bool {
+        self.gone[i]
+    }
+
+    /// Nodes that have not left (up or down).
+    pub fn members(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| !self.gone[i]).collect()
+    }
+
+    /// Nodes joining or leaving (live ones, as they see themselves).
+    pub fn moving(&self) -> usize {
+        self.sim.up().filter(|(_, p)| !matches!(p.phase(), Phase::Normal)).count()
+    }
+
+    /// `(joined, left, leaves aborted)`: nodes added that became normal (or since left), nodes
+    /// that left, and leaves that were given up.
+    pub fn ring_changes(&self) -> (usize, usize, u64) {
+        let first_added = self.len() - self.added;
+        let joined = (first_added..self.len())
+            .filter(|&i| {
+                self.gone[i] || self.sim.node(i).is_some_and(|p| matches!(p.phase(), Phase::Normal))
+            })
+            .count();
+        let left = self.gone.iter().filter(|g| **g).count();
+        let aborted =
+            self.aborted_leaves + self.sim.up().map(|(_, p)| p.stats.leaves_aborted).sum::<u64>();
+        (joined, left, aborted)
+    }
+
+    fn count_stopped(&mut self, i: usize) {
+        if let Some(p) = self.sim.node(i) {
+            self.aborted_leaves += p.stats.leaves_aborted;
+        }
+    }
+
+    /// Stops the nodes that recorded `left` at least [`LEAVE_LINGER`] ago, for good.
+    fn reap_left(&mut self) {
+        let now = self.sim.now();
+        let done: Vec<usize> = self
+            .sim
+            .up()
+            .filter(|(_, p)| p.left_at().is_some_and(|at| now >= at + LEAVE_LINGER))
+            .map(|(i, _)| i)
+            .collect();
+        for i in done {
+            self.drain();
+            self.count_stopped(i);
+            self.sim.crash(i);
+            self.saved[i] = None;
+            self.gone[i] = true;
+            self.restarts.retain(|r| r.1 != i);
+            self.lose_inflight(i, "coordinator left the cluster");
         }
     }
 
@@ -303,6 +407,7 @@ impl Cluster {
                 let (_, i) = self.restarts.remove(k);
                 self.start_node(i);
             }
+            self.reap_left();
         }
     }
 
@@ -382,6 +487,7 @@ impl Cluster {
         self.drain();
         let Some(p) = self.sim.node(i) else { return };
         self.saved[i] = Some(p.disk.clone());
+        self.count_stopped(i);
         self.sim.crash(i);
         self.lose_inflight(i, "coordinator killed");
     }
@@ -392,6 +498,7 @@ impl Cluster {
         let now = self.sim.now();
         let Some(p) = self.sim.node(i) else { return };
         self.saved[i] = Some(p.disk.clone().after_power_loss(now));
+        self.count_stopped(i);
         self.sim.crash(i);
         self.lose_inflight(i, "coordinator lost power");
     }
@@ -401,8 +508,17 @@ impl Cluster {
     /// persisted high mark is ahead of its wall clock (at most 2 s; [`Cluster::run_for`] starts
     /// it then).
     pub fn restart(&mut self, i: usize) {
+        if self.gone[i] {
+            return;
+        }
         if self.sim.is_up(i) {
             self.kill(i);
+        }
+        if self.saved[i].as_ref().is_some_and(|d| d.ring_status.as_deref() == Some("left")) {
+            // It recorded `left` before it died: `starlingd` refuses to start on that store.
+            self.saved[i] = None;
+            self.gone[i] = true;
+            return;
         }
         if self.restarts.iter().any(|r| r.1 == i) {
             return;
@@ -426,6 +542,7 @@ impl Cluster {
         self.generations[i] += 1;
         let generation = self.generations[i];
         let disk = self.saved[i].take().unwrap_or_default();
+        self.specs[i].seeds = self.seeds();
         let spec = self.specs[i].clone();
         let now = self.sim.now();
         self.sim.restart(i, move |addr| KvProc::new(spec, generation, disk, addr, now));

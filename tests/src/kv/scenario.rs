@@ -109,8 +109,9 @@ impl Default for Scenario {
     }
 }
 
-/// Every fault kind, as counted in [`SeedReport::faults`].
-pub const FAULT_KINDS: [&str; 11] = [
+/// Every fault kind, as counted in [`SeedReport::faults`]. `join` starts a new node (empty
+/// store) that joins the ring; `leave` asks a node to leave it (decommission).
+pub const FAULT_KINDS: [&str; 13] = [
     "kill",
     "power-loss",
     "partition",
@@ -122,10 +123,17 @@ pub const FAULT_KINDS: [&str; 11] = [
     "duplicate",
     "clog",
     "clock-skew",
+    "join",
+    "leave",
 ];
 
-/// Faults that do not break recency (no crash, no partition, no clock beyond the bound).
-const CALM_FAULTS: [&str; 5] = ["store-stall", "pause", "loss", "duplicate", "clog"];
+/// Faults that do not break recency (no crash, no partition, no clock beyond the bound). Ring
+/// changes must not either: reads meet their level in the current and the future replicas.
+const CALM_FAULTS: [&str; 7] =
+    ["store-stall", "pause", "loss", "duplicate", "clog", "join", "leave"];
+
+/// At most this many nodes beyond [`Scenario::nodes`] at once.
+const MAX_EXTRA_NODES: usize = 2;
 
 /// What one seed did and what the checker found.
 #[derive(Debug)]
@@ -152,6 +160,12 @@ pub struct SeedReport {
     pub final_state: FinalState,
     pub converged: bool,
     pub hints_left: usize,
+    /// Nodes still joining or leaving when the history was checked.
+    pub moving_left: usize,
+    /// Those nodes, with where they are (`waiting`, `joining`, `leaving`).
+    pub moving_nodes: Vec<(usize, &'static str)>,
+    /// `(joined, left, leaves aborted)` ([`Cluster::ring_changes`]).
+    pub ring_changes: (usize, usize, u64),
     pub decode_errors: u64,
     pub refused_ahead: u64,
     pub sim_time: Duration,
@@ -318,7 +332,7 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
         }
         if now < end && now >= next_fault && !allowed.is_empty() {
             let kind = *allowed.choose(&mut rng).expect("non-empty");
-            if inject(&mut c, &mut rng, kind, profile, &mut undo) {
+            if inject(&mut c, &mut rng, kind, profile, sc, skew, &mut undo) {
                 *faults.entry(kind).or_default() += 1;
             }
             let gap = -(1.0 - rng.gen::<f64>()).ln() * sc.fault_every.as_secs_f64();
@@ -335,7 +349,7 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
             if now >= end || now < cl.next_at {
                 continue;
             }
-            let up: Vec<usize> = (0..n).filter(|&i| c.is_up(i)).collect();
+            let up: Vec<usize> = c.members().into_iter().filter(|&i| c.is_up(i)).collect();
             let Some(&node) = up.choose(&mut rng) else { continue };
             let key = keys.choose(&mut rng).expect("keys").clone();
             let roll = rng.gen_range(0..100);
@@ -363,20 +377,27 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
     }
     c.heal();
     c.sim.net = NetConfig::default();
-    for i in 0..n {
+    for i in c.members() {
         c.sim.clog(i, Duration::ZERO);
         let full = c.sim.node(i).is_some_and(|p| p.store.full);
         if !c.is_up(i) || full {
             c.restart(i);
         }
     }
+    // Joins and leaves in progress finish (or, for a leave, give up).
+    c.run_until(Duration::from_millis(100), Duration::from_secs(40), |c| c.moving() == 0);
     let converged =
         c.run_until(Duration::from_millis(100), Duration::from_secs(20), Cluster::converged);
     c.run_for(Duration::from_secs(3));
     c.run_until(Duration::from_millis(100), Duration::from_secs(15), |c| c.hints_pending() == 0);
     c.run_for(Duration::from_millis(500));
     let hints_left = c.hints_pending();
-    let via = rng.gen_range(0..n);
+    let moving_left = c.moving();
+    let moving_nodes: Vec<(usize, &'static str)> =
+        c.sim.up().map(|(i, p)| (i, p.phase().name())).filter(|(_, ph)| *ph != "normal").collect();
+    let ring_changes = c.ring_changes();
+    let up: Vec<usize> = c.members().into_iter().filter(|&i| c.is_up(i)).collect();
+    let via = *up.choose(&mut rng).unwrap_or(&0);
     let final_state = c.final_state(via, &keys);
     let report = c.check(&final_state, recency);
     let durable = strong_writes && !faults.contains_key("power-loss");
@@ -419,6 +440,9 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
         final_state,
         converged,
         hints_left,
+        moving_left,
+        moving_nodes,
+        ring_changes,
         decode_errors,
         refused_ahead,
         sim_time: c.sim.elapsed(),
@@ -436,16 +460,20 @@ fn apply_undo(c: &mut Cluster, u: Undo) {
 }
 
 /// Injects one fault of `kind`; false if it could not be (e.g. too many nodes down already).
+#[allow(clippy::too_many_arguments)]
 fn inject(
     c: &mut Cluster,
     rng: &mut ChaCha8Rng,
     kind: &str,
     profile: Profile,
+    sc: &Scenario,
+    skew: Skew,
     undo: &mut Vec<(Instant, Undo)>,
 ) -> bool {
-    let n = c.len();
+    let members = c.members();
+    let n = members.len();
     let now = c.now();
-    let up: Vec<usize> = (0..n).filter(|&i| c.is_up(i)).collect();
+    let up: Vec<usize> = members.iter().copied().filter(|&i| c.is_up(i)).collect();
     let down = n - up.len();
     let Some(&node) = up.choose(rng) else { return false };
     match kind {
@@ -462,8 +490,32 @@ fn inject(
             }
             undo.push((now + dur(rng, 300, 5000), Undo::Restart(node)));
         }
+        "join" => {
+            // One join at a time, and at most a couple of nodes beyond the starting size.
+            let joining = c.sim.up().filter(|(_, p)| p.phase().name() == "joining").count()
+                + c.sim.up().filter(|(_, p)| p.phase().name() == "waiting").count();
+            if joining > 0 || n >= sc.nodes + MAX_EXTRA_NODES {
+                return false;
+            }
+            let clock = match skew {
+                Skew::Near => ClockSpec { offset_ms: rng.gen_range(-20..=20), drift: 0.0 },
+                _ => ClockSpec::default(),
+            };
+            c.add_node(clock);
+        }
+        "leave" => {
+            let normal: Vec<usize> = up
+                .iter()
+                .copied()
+                .filter(|&i| c.sim.node(i).is_some_and(|p| p.phase().name() == "normal"))
+                .collect();
+            let Some(&node) = normal.choose(rng) else { return false };
+            if c.leave(node).is_err() {
+                return false;
+            }
+        }
         "partition" => {
-            let mut nodes: Vec<usize> = (0..n).collect();
+            let mut nodes: Vec<usize> = members.clone();
             nodes.shuffle(rng);
             let k = rng.gen_range(1..=(n - 1) / 2).max(1);
             let (minority, rest) = nodes.split_at(k);
@@ -471,7 +523,7 @@ fn inject(
             undo.push((now + dur(rng, 500, 5000), Undo::Unblock(b)));
         }
         "one-way" => {
-            let others: Vec<usize> = (0..n).filter(|&j| j != node).collect();
+            let others: Vec<usize> = members.iter().copied().filter(|&j| j != node).collect();
             let k = rng.gen_range(1..=others.len());
             let to: Vec<usize> = others.choose_multiple(rng, k).copied().collect();
             let links = if rng.gen_bool(0.5) {

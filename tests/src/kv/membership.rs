@@ -1,0 +1,560 @@
+//! Ring changes of a simulated node, as `node/src/kv/bootstrap.rs` and the `leave` handler of
+//! `node/src/node.rs` do them.
+//!
+//! **Join.** A node started without tokens waits until it has heard of another member, gossip has
+//! converged, the ring exists, every alive member with a lower id is on it, and half a second
+//! has passed; then it allocates its tokens against the future ring, stores them with status
+//! `joining` (fsynced), and announces both. Coordinators then send it the writes of its pending
+//! ranges. Once every alive member reports its ring digest, and one write timeout later, it
+//! streams each pending range from every up current replica (`ReplicaScan` pages), at least a
+//! quorum of them per range, merging by version; if too few answer it tries again a second
+//! later. Then it stores and announces `normal`. A restart during the join resumes it.
+//!
+//! **Leave.** Refused unless at least `N` other nodes stay on the ring (not leaving). Status
+//! `leaving` (stored, announced); once the ring is agreed and one write timeout has passed, every
+//! record of its ranges goes to the future replicas that do not hold the range now (20 attempts
+//! per batch, 500 ms apart), then its hints go to their target if it is up, otherwise to a node
+//! that stays and is `normal`, which keeps them as a stand-in would. Then it stores `left`,
+//! announces it, leaves the gossip cluster and stops (the cluster reaps it after
+//! [`LEAVE_LINGER`]). If a batch or a page of hints finds no taker, the leave is aborted: status
+//! `normal` again, stored and announced. A restart while leaving comes back `normal`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use starling_gossip::state::keys as gossip_keys;
+use starling_gossip::{Command, MemberState};
+use starling_kv::view;
+use starling_ring::{token_of, NodeKey, NodeStatus, Range, Token};
+use starling_wire::Record;
+
+use super::{HintKey, KvProc, Pending, Req, Resp, HINT_PAGE, TOKENS_PER_NODE};
+
+/// Records per scan page (`bootstrap::PAGE`).
+pub const SCAN_PAGE: usize = 1024;
+/// Attempts to hand one batch (of records or hints) over during a leave.
+pub const HANDOVER_ATTEMPTS: u32 = 20;
+/// Pause between two handover attempts.
+pub const HANDOVER_RETRY: Duration = Duration::from_millis(500);
+/// A join whose streams fell short tries again after this.
+pub const STREAM_RETRY: Duration = Duration::from_secs(1);
+/// After recording `left`, the node keeps gossiping this long before it stops (the driver's
+/// `LEAVE_LINGER`).
+pub const LEAVE_LINGER: Duration = Duration::from_millis(1500);
+/// How often the ring-change state machine looks at the view when it waits.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Where a node is in its life on the ring.
+#[derive(Debug, Clone, Default)]
+pub enum Phase {
+    /// A member with its tokens (or the join finished).
+    #[default]
+    Normal,
+    /// Started without tokens: waiting for its turn to take them.
+    Waiting { since: Instant },
+    /// Announced `joining`; waits for the ring to be agreed, then one write timeout.
+    JoinAgree { settled_at: Option<Instant> },
+    /// Streaming its pending ranges in.
+    Streaming(Streams),
+    /// The streams fell short: starts them again then.
+    JoinRetry { at: Instant },
+    /// Announced `leaving`; waits for the ring to be agreed, then one write timeout.
+    LeaveAgree { settled_at: Option<Instant> },
+    /// Pushing its records to the replicas that gain its ranges.
+    Handover(Vec<Batch>),
+    /// Handing its hints over.
+    Hints(HintHandover),
+    /// Recorded `left` then: it stops after [`LEAVE_LINGER`].
+    Left { at: Instant },
+}
+
+impl Phase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Normal => "normal",
+            Phase::Waiting { .. } => "waiting",
+            Phase::JoinAgree { .. } | Phase::Streaming(_) | Phase::JoinRetry { .. } => "joining",
+            Phase::LeaveAgree { .. } | Phase::Handover(_) | Phase::Hints(_) => "leaving",
+            Phase::Left { .. } => "left",
+        }
+    }
+}
+
+/// A scan cursor: the last `(token, key)` sent.
+pub type Cursor = (Token, Vec<u8>);
+
+#[derive(Debug, Clone)]
+pub struct StreamTask {
+    range: usize,
+    source: NodeKey,
+    cursor: Option<Cursor>,
+    /// `None`: running; `Some(ok)`: finished.
+    done: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Streams {
+    /// Each pending range with the number of its current replicas that must stream it.
+    ranges: Vec<(Range, usize)>,
+    tasks: Vec<StreamTask>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Batch {
+    target: NodeKey,
+    records: Vec<Record>,
+    attempts: u32,
+    /// Send again at (`None`: in flight or done).
+    next_at: Option<Instant>,
+    done: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HintHandover {
+    /// Targets with a page in flight.
+    in_flight: Vec<NodeKey>,
+    attempts: BTreeMap<NodeKey, u32>,
+    next_at: BTreeMap<NodeKey, Instant>,
+}
+
+/// What a leave request got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaveRefused {
+    NotReady,
+    NotNormal(&'static str),
+    /// Fewer than `N` other nodes would stay.
+    TooFew {
+        staying: usize,
+    },
+}
+
+/// Records in `range` held by `data`, in `(token, key)` order, after `after`, at most `limit`;
+/// with the cursor to continue from if there may be more (`Storage::scan`).
+pub fn scan(
+    data: &BTreeMap<Vec<u8>, Record>,
+    range: Range,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> (Vec<Record>, Option<Cursor>) {
+    let mut all: Vec<(Token, &Record)> = data
+        .values()
+        .map(|r| (token_of(&r.key), r))
+        .filter(|(t, _)| range.contains(*t))
+        .filter(|(t, r)| after.is_none_or(|(at, ak)| (*t, &r.key) > (*at, ak)))
+        .collect();
+    all.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
+    let more = all.len() > limit;
+    all.truncate(limit.max(1));
+    let cursor = more.then(|| all.last().map(|(t, r)| (*t, r.key.clone()))).flatten();
+    (all.into_iter().map(|(_, r)| r.clone()).collect(), cursor)
+}
+
+impl KvProc {
+    /// Where this node is in its life on the ring.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// When this node recorded `left` (the cluster stops it [`LEAVE_LINGER`] later).
+    pub fn left_at(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Left { at } => Some(at),
+            _ => None,
+        }
+    }
+
+    /// Stores and announces this node's ring status.
+    fn announce(&mut self, status: &str, now: Instant) {
+        self.disk.ring_status = Some(status.to_string());
+        self.g.handle_command(
+            now,
+            Command::Set { key: gossip_keys::STATUS.into(), value: status.into() },
+        );
+        // No gossip event tells a node of its own change: rebuild now, as the driver does.
+        self.rebuild_view(now);
+        self.after_gossip(now);
+    }
+
+    /// Every alive member reports the ring digest this node computed, and gossip converged
+    /// (`status.converged` with the ring part, as `bootstrap::wait_for_agreement` waits for).
+    fn ring_agreed(&self) -> bool {
+        if self.view.ring.is_empty() || !self.g.converged() {
+            return false;
+        }
+        let mine = self.view.ring.digest();
+        self.g.local_state().get(view::keys::RING) == Some(mine.as_str())
+            && self
+                .g
+                .members()
+                .filter(|m| m.state == MemberState::Alive)
+                .all(|m| m.node_state.get(view::keys::RING) == Some(mine.as_str()))
+    }
+
+    /// `starling leave`: refused (with the reason) unless this node is a normal, ready member
+    /// and at least `N` other nodes stay on the ring.
+    pub fn leave(&mut self, now: Instant) -> Result<(), LeaveRefused> {
+        if !self.ready {
+            return Err(LeaveRefused::NotReady);
+        }
+        if !matches!(self.phase, Phase::Normal) {
+            return Err(LeaveRefused::NotNormal(self.phase.name()));
+        }
+        if self.view.ring.node(self.spec.id).is_none() {
+            return Err(LeaveRefused::NotNormal("off the ring"));
+        }
+        let staying = self.staying();
+        if staying < self.view.rf {
+            return Err(LeaveRefused::TooFew { staying });
+        }
+        self.announce("leaving", now);
+        self.phase = Phase::LeaveAgree { settled_at: None };
+        self.next_change = now;
+        Ok(())
+    }
+
+    /// Nodes that stay on the ring if this one leaves: neither this node nor leaving.
+    fn staying(&self) -> usize {
+        let me = self.spec.id;
+        self.view.ring.nodes().filter(|n| n.id != me && n.status != NodeStatus::Leaving).count()
+    }
+
+    fn abort_leave(&mut self, now: Instant) {
+        self.stats.leaves_aborted += 1;
+        self.announce("normal", now);
+        self.phase = Phase::Normal;
+    }
+
+    /// The ring-change state machine's timer.
+    pub(super) fn change_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Normal | Phase::Left { .. } => None,
+            _ => Some(self.next_change),
+        }
+    }
+
+    /// Moves the join or leave on (called on every timeout and answer).
+    pub(super) fn advance(&mut self, now: Instant) {
+        if now < self.next_change {
+            return;
+        }
+        self.next_change = now + TICK;
+        match std::mem::take(&mut self.phase) {
+            Phase::Normal => {}
+            Phase::Left { at } => self.phase = Phase::Left { at },
+            Phase::Waiting { since } => {
+                self.phase = Phase::Waiting { since };
+                self.maybe_take_tokens(since, now);
+            }
+            Phase::JoinAgree { settled_at } => {
+                self.phase = match settled_at {
+                    None if self.ring_agreed() => {
+                        Phase::JoinAgree { settled_at: Some(now + self.spec.kv.write_timeout) }
+                    }
+                    Some(at) if now >= at => self.start_streams(now),
+                    s => Phase::JoinAgree { settled_at: s },
+                };
+            }
+            Phase::JoinRetry { at } if now >= at => self.phase = self.start_streams(now),
+            p @ Phase::JoinRetry { .. } => self.phase = p,
+            Phase::Streaming(s) => self.phase = self.streams_progress(s, now),
+            Phase::LeaveAgree { settled_at } => {
+                self.phase = match settled_at {
+                    // Nodes asked to leave at about the same time each saw enough others stay;
+                    // once the ring is agreed, every leave announced before is on it: count
+                    // again, or three of five nodes could leave, and their keys on two.
+                    None if self.ring_agreed() && self.staying() < self.view.rf => {
+                        self.phase = Phase::LeaveAgree { settled_at: None };
+                        return self.abort_leave(now);
+                    }
+                    None if self.ring_agreed() => {
+                        Phase::LeaveAgree { settled_at: Some(now + self.spec.kv.write_timeout) }
+                    }
+                    Some(at) if now >= at => Phase::Handover(self.handover_batches()),
+                    s => Phase::LeaveAgree { settled_at: s },
+                };
+                if matches!(self.phase, Phase::Handover(_)) {
+                    self.next_change = now;
+                    self.advance(now);
+                }
+            }
+            Phase::Handover(batches) => self.handover_progress(batches, now),
+            Phase::Hints(h) => self.hints_progress(h, now),
+        }
+    }
+
+    fn maybe_take_tokens(&mut self, since: Instant, now: Instant) {
+        let view = self.view.clone();
+        let me = self.spec.id;
+        let others: Vec<NodeKey> = view.others_up().collect();
+        let ready = !others.is_empty()
+            && !view.ring.is_empty()
+            && self.g.converged()
+            && others.iter().all(|id| *id > me || view.ring.node(*id).is_some())
+            && now.saturating_duration_since(since) >= Duration::from_millis(500);
+        if !ready {
+            return;
+        }
+        let future = view.ring.future();
+        let tokens = future.allocate_tokens(me, TOKENS_PER_NODE, self.spec.rng_seed);
+        self.disk.tokens = Some(tokens.clone());
+        self.g.handle_command(
+            now,
+            Command::Set { key: view::keys::TOKENS.into(), value: view::format_tokens(&tokens) },
+        );
+        self.announce("joining", now);
+        self.phase = Phase::JoinAgree { settled_at: None };
+    }
+
+    fn start_streams(&mut self, now: Instant) -> Phase {
+        let view = self.view.clone();
+        let mut s = Streams::default();
+        for (range, sources) in view.ring.pending_ranges(view.me, view.rf) {
+            let need = (sources.len() / 2 + 1).min(sources.len());
+            let r = s.ranges.len();
+            s.ranges.push((range, need));
+            for src in sources.iter().copied().filter(|x| view.is_up(*x) && *x != view.me) {
+                s.tasks.push(StreamTask { range: r, source: src, cursor: None, done: None });
+            }
+        }
+        for t in 0..s.tasks.len() {
+            self.send_scan(&mut s, t, now);
+        }
+        self.streams_progress(s, now)
+    }
+
+    fn send_scan(&mut self, s: &mut Streams, t: usize, now: Instant) {
+        let task = &mut s.tasks[t];
+        let Some(addr) = self.view.addrs.get(&task.source).copied() else {
+            task.done = Some(false);
+            return;
+        };
+        let req = Req::Scan {
+            range: s.ranges[task.range].0,
+            after: task.cursor.clone(),
+            limit: SCAN_PAGE,
+        };
+        let deadline = now + self.spec.kv.read_timeout;
+        self.send_request(addr, req, Pending::Scan { task: t }, deadline);
+    }
+
+    /// A scan page (or its failure) for stream task `task`.
+    pub(super) fn on_scan(&mut self, task: usize, body: Option<Resp>, now: Instant) {
+        let Phase::Streaming(mut s) = std::mem::take(&mut self.phase) else {
+            return; // a page of streams given up since
+        };
+        if task < s.tasks.len() && s.tasks[task].done.is_none() {
+            match body {
+                Some(Resp::Records { records, cursor }) if !self.store.full => {
+                    let at = self.synced_at(now);
+                    self.stats.records_streamed += records.len() as u64;
+                    for r in records {
+                        self.disk.put(at, r);
+                    }
+                    match cursor {
+                        Some(c) => {
+                            s.tasks[task].cursor = Some(c);
+                            self.send_scan(&mut s, task, now);
+                        }
+                        None => s.tasks[task].done = Some(true),
+                    }
+                }
+                _ => s.tasks[task].done = Some(false),
+            }
+        }
+        self.phase = self.streams_progress(s, now);
+    }
+
+    fn streams_progress(&mut self, s: Streams, now: Instant) -> Phase {
+        if s.tasks.iter().any(|t| t.done.is_none()) {
+            return Phase::Streaming(s);
+        }
+        let short = s.ranges.iter().enumerate().any(|(r, (_, need))| {
+            s.tasks.iter().filter(|t| t.range == r && t.done == Some(true)).count() < *need
+        });
+        if short {
+            self.stats.stream_retries += 1;
+            return Phase::JoinRetry { at: now + STREAM_RETRY };
+        }
+        self.stats.joins_done += 1;
+        self.announce("normal", now);
+        Phase::Normal
+    }
+
+    /// Every record of this node's ranges, by future replica that does not hold its range now,
+    /// in batches of [`SCAN_PAGE`].
+    fn handover_batches(&self) -> Vec<Batch> {
+        let view = &self.view;
+        let future = view.ring.future().placement(view.rf);
+        let mine = view.ring.ranges_of(view.me, view.rf);
+        let mut by_target: BTreeMap<NodeKey, Vec<Record>> = BTreeMap::new();
+        for range in mine {
+            let (records, _) = scan(&self.disk.data, range, None, usize::MAX);
+            for r in records {
+                let token = token_of(&r.key);
+                let now = view.placement.replicas(token);
+                for t in future.replicas(token) {
+                    if !now.contains(t) {
+                        by_target.entry(*t).or_default().push(r.clone());
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (target, records) in by_target {
+            for chunk in records.chunks(SCAN_PAGE) {
+                out.push(Batch {
+                    target,
+                    records: chunk.to_vec(),
+                    attempts: 0,
+                    next_at: Some(self.spec.epoch),
+                    done: false,
+                });
+            }
+        }
+        out
+    }
+
+    fn handover_progress(&mut self, mut batches: Vec<Batch>, now: Instant) {
+        for (b, batch) in batches.iter_mut().enumerate() {
+            if batch.done || batch.next_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            batch.next_at = None;
+            let Some(addr) = self.view.addrs.get(&batch.target).copied() else {
+                batch.attempts = HANDOVER_ATTEMPTS;
+                continue;
+            };
+            let req = Req::Write(batch.records.clone());
+            let deadline = now + self.spec.kv.write_timeout;
+            self.send_request(addr, req, Pending::Handover { batch: b }, deadline);
+        }
+        if batches.iter().any(|b| b.attempts >= HANDOVER_ATTEMPTS) {
+            self.phase = Phase::Handover(batches);
+            return self.abort_leave(now);
+        }
+        if batches.iter().all(|b| b.done) {
+            self.stats.records_handed +=
+                batches.iter().map(|b| b.records.len() as u64).sum::<u64>();
+            self.phase = Phase::Hints(HintHandover::default());
+            return self.hints_progress(HintHandover::default(), now);
+        }
+        self.phase = Phase::Handover(batches);
+    }
+
+    /// The answer to handover batch `batch`.
+    pub(super) fn on_handover(&mut self, batch: usize, body: Option<Resp>, now: Instant) {
+        let Phase::Handover(mut batches) = std::mem::take(&mut self.phase) else { return };
+        if let Some(b) = batches.get_mut(batch) {
+            match body {
+                Some(Resp::Ok | Resp::Written(_)) => b.done = true,
+                _ => {
+                    b.attempts += 1;
+                    b.next_at = Some(now + HANDOVER_RETRY);
+                }
+            }
+        }
+        self.next_change = now;
+        self.handover_progress(batches, now);
+    }
+
+    /// `Kv::hand_over_hints`: each target's hints to the target if it is up, otherwise to a node
+    /// that stays and is normal; expired hints and those of members that left are dropped.
+    fn hints_progress(&mut self, mut h: HintHandover, now: Instant) {
+        let window_ms = self.spec.kv.hint_window.as_millis() as u64;
+        let wall = self.wall_ms(now);
+        let at = self.synced_at(now);
+        let view = self.view.clone();
+        let mut by_target: BTreeMap<NodeKey, Vec<HintKey>> = BTreeMap::new();
+        for k in self.disk.hints.keys() {
+            by_target.entry(k.0).or_default().push(k.clone());
+        }
+        let dead: Vec<HintKey> = by_target
+            .values()
+            .flatten()
+            .filter(|k| view.left.contains(&k.0) || k.1.millis().saturating_add(window_ms) < wall)
+            .cloned()
+            .collect();
+        for k in &dead {
+            self.disk.del_hint(at, k);
+        }
+        self.stats.hints_dropped += dead.len() as u64;
+        by_target.retain(|_, ks| {
+            ks.retain(|k| !dead.contains(k));
+            !ks.is_empty()
+        });
+        if by_target.is_empty() && h.in_flight.is_empty() {
+            return self.record_left(now);
+        }
+        for (target, keys) in by_target {
+            if h.in_flight.contains(&target) || h.next_at.get(&target).is_some_and(|t| *t > now) {
+                continue;
+            }
+            if h.attempts.get(&target).copied().unwrap_or(0) >= HANDOVER_ATTEMPTS {
+                self.phase = Phase::Hints(h);
+                return self.abort_leave(now);
+            }
+            let page: Vec<HintKey> = keys.into_iter().take(HINT_PAGE).collect();
+            let records: Vec<Record> =
+                page.iter().filter_map(|k| self.disk.hints.get(k).cloned()).collect();
+            // The lowest id among them (the address map's order would make runs differ).
+            let keeper = view
+                .others_up()
+                .filter(|id| *id != target)
+                .filter(|id| view.ring.node(*id).is_some_and(|n| n.status == NodeStatus::Normal))
+                .min();
+            let (to, req) = if target != self.spec.id && view.is_up(target) {
+                (Some(target), Req::Write(records))
+            } else {
+                (keeper, Req::Hint { target, records })
+            };
+            match to.and_then(|t| view.addrs.get(&t).copied()) {
+                Some(addr) => {
+                    h.in_flight.push(target);
+                    let deadline = now + self.spec.kv.write_timeout;
+                    let pending = Pending::HintHandover { target, hints: page };
+                    self.send_request(addr, req, pending, deadline);
+                }
+                None => {
+                    *h.attempts.entry(target).or_default() += 1;
+                    h.next_at.insert(target, now + HANDOVER_RETRY);
+                }
+            }
+        }
+        self.phase = Phase::Hints(h);
+    }
+
+    /// The answer to a page of hints handed over.
+    pub(super) fn on_hint_handover(
+        &mut self,
+        target: NodeKey,
+        hints: Vec<HintKey>,
+        body: Option<Resp>,
+        now: Instant,
+    ) {
+        let Phase::Hints(mut h) = std::mem::take(&mut self.phase) else { return };
+        h.in_flight.retain(|t| *t != target);
+        match body {
+            Some(Resp::Ok | Resp::Written(_)) => {
+                let at = self.synced_at(now);
+                for k in &hints {
+                    self.disk.del_hint(at, k);
+                }
+                self.stats.hints_handed += hints.len() as u64;
+            }
+            _ => {
+                *h.attempts.entry(target).or_default() += 1;
+                h.next_at.insert(target, now + HANDOVER_RETRY);
+            }
+        }
+        self.next_change = now;
+        self.hints_progress(h, now);
+    }
+
+    fn record_left(&mut self, now: Instant) {
+        self.stats.leaves_done += 1;
+        self.announce("left", now);
+        self.g.handle_command(now, Command::Leave);
+        self.after_gossip(now);
+        self.phase = Phase::Left { at: now };
+    }
+}
