@@ -1228,6 +1228,7 @@ impl Gossip {
                     Liveness::Left { until: now + self.cfg.left_ttl },
                 );
                 self.events.push_back(Event::MemberLeft { id: r.subject() });
+                self.record_left(idx);
                 self.broadcasts.push(r);
             }
         }
@@ -1581,6 +1582,30 @@ impl Gossip {
         self.seeds = seeds.into_iter().filter(|s| *s != me).collect();
         self.seeds.sort();
         self.seeds.dedup();
+    }
+
+    /// A `Left` rumour is the member's last word: its state says `left` from now on too, as
+    /// the leaver's own state does once it has set it. The rumour is retransmitted only a few
+    /// times and the leaver stops soon after; push-pull syncs compare states, so without this a
+    /// member the rumour missed (a partition, lost messages) would keep the leaver as `leaving`
+    /// forever, and its membership digest would hide the disagreement. A member this node holds
+    /// older state of ends up with `status = left` at a version of its own; a peer holding the
+    /// leaver's full state sends the rest, and `left` wins either way.
+    fn record_left(&mut self, idx: usize) {
+        let m = &self.members[idx];
+        if is_left(&m.state) == 1 {
+            return;
+        }
+        let (id, generation, prev) = (m.id, m.generation, m.state.max_version());
+        let old_sub = subject_hash(id, generation, prev);
+        let old_view = subject_hash(id, generation, 0);
+        self.note_recent(id, prev);
+        let m = &mut self.members[idx];
+        Arc::make_mut(&mut m.state).set_local(keys::STATUS, "left".into());
+        let new_sub = subject_hash(id, generation, m.state.max_version());
+        self.bucket_hash[bucket_of(id)] ^= old_sub ^ new_sub;
+        self.view_hash ^= old_view ^ subject_hash(id, generation, 1);
+        self.events.push_back(Event::StateChanged { id, keys: vec![keys::STATUS.to_owned()] });
     }
 
     fn set_local(&mut self, key: &str, value: String) {
