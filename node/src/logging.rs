@@ -41,3 +41,55 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Most lines a second a [`RateLimitedLog`] lets through.
+pub const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Lets one log line through per [`LOG_INTERVAL`] and counts the ones it holds back, so a flood
+/// (refused handshakes, refused peer RPCs) costs a line a second rather than a line a packet.
+#[derive(Debug, Default)]
+pub struct RateLimitedLog {
+    /// When the last line was let through, and how many were held back since.
+    state: std::sync::Mutex<(Option<tokio::time::Instant>, u64)>,
+}
+
+impl RateLimitedLog {
+    /// `Some(n)` if a line may be written now (`n` lines were held back since the last one),
+    /// `None` if this one is held back.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(tokio::time::Instant::now())
+    }
+
+    fn allow_at(&self, now: tokio::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.0 {
+            Some(last) if now.duration_since(last) < LOG_INTERVAL => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = std::mem::take(&mut state.1);
+                state.0 = Some(now);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_once_a_second_with_the_count_held_back() {
+        let log = RateLimitedLog::default();
+        let start = tokio::time::Instant::now();
+        assert_eq!(log.allow_at(start), Some(0));
+        for _ in 0..500 {
+            assert_eq!(log.allow_at(start + LOG_INTERVAL / 2), None);
+        }
+        assert_eq!(log.allow_at(start + LOG_INTERVAL), Some(500));
+        assert_eq!(log.allow_at(start + LOG_INTERVAL), None);
+        assert_eq!(log.allow_at(start + LOG_INTERVAL * 3), Some(1));
+    }
+}

@@ -18,6 +18,7 @@ use crate::driver::{self, DriverCommand, KvStatusFn, NodeInfo, TransportStatusFn
 use crate::http::{self, HttpState, Metrics};
 use crate::kv::view::RingView;
 use crate::kv::{self, bootstrap, Kv, KvConfig};
+use crate::logging::RateLimitedLog;
 use crate::status::Status;
 use crate::storage::rocks::{RocksConfig, RocksStorage};
 use crate::storage::Storage;
@@ -39,25 +40,16 @@ pub struct NodeService {
     kv: Arc<std::sync::OnceLock<NodeKv>>,
     /// Peer RPCs refused because the sender's certificate is a client's.
     refused_peer_rpcs: Arc<std::sync::atomic::AtomicU64>,
-    /// When a refusal was last logged (ms since start), so a flood writes a line a second.
-    refusal_logged_ms: Arc<std::sync::atomic::AtomicU64>,
-    started: Instant,
+    /// Log lines about those refusals, at most one a second.
+    refusal_log: Arc<RateLimitedLog>,
 }
 
 impl NodeService {
     /// Refuses a peer RPC from a client certificate: counted, logged at most once a second.
     fn refuse_peer_rpc(&self, peer: PeerInfo, kind: &'static str) -> Response {
-        use std::sync::atomic::Ordering;
-        let n = self.refused_peer_rpcs.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.started.elapsed().as_millis() as u64;
-        let last = self.refusal_logged_ms.load(Ordering::Relaxed);
-        if (n == 1 || now.saturating_sub(last) >= 1_000)
-            && self
-                .refusal_logged_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            warn!(peer = %peer.addr, kind, refused_total = n, "refused a peer RPC from a client certificate");
+        let n = self.refused_peer_rpcs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if let Some(suppressed) = self.refusal_log.allow() {
+            warn!(peer = %peer.addr, kind, refused_total = n, suppressed, "refused a peer RPC from a client certificate");
         }
         Response::error(
             ErrorCode::Forbidden,
@@ -236,8 +228,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         metrics: metrics.clone(),
         kv: Arc::default(),
         refused_peer_rpcs,
-        refusal_logged_ms: Arc::default(),
-        started,
+        refusal_log: Arc::default(),
     };
     let kv_cell = service.kv.clone();
     if storage.get_meta(bootstrap::META_STATUS)?.as_deref() == Some(b"left".as_slice()) {

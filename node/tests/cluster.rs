@@ -199,6 +199,13 @@ async fn foreign_certificates_are_refused_and_garbage_gossip_does_not_hurt() {
     c.close().await;
 }
 
+/// Runs starlingd on `data` with the certificates in `certs`, expecting it to refuse to start;
+/// returns its stderr.
+fn refused_with_certs(data: &Path, certs: &Path) -> String {
+    let (data, certs) = (data.to_str().expect("utf8"), certs.to_str().expect("utf8"));
+    refused(&["--data-dir", data, "--certs", certs, "--listen", "127.0.0.1:0"]).1
+}
+
 /// Runs starlingd expecting it to refuse to start; returns (exit code, stderr).
 fn refused(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_starlingd"))
@@ -439,16 +446,7 @@ async fn a_client_certificate_gets_the_client_api_only() {
     // A node will not run with a client certificate.
     let data = dir.path().join("impostor");
     let client_certs = dir.path().join("certs/client");
-    let (_, err) = refused(&[
-        "--data-dir",
-        data.to_str().expect("utf8"),
-        "--certs",
-        client_certs.to_str().expect("utf8"),
-        "--listen",
-        "127.0.0.1:0",
-        "--seeds",
-        &target.to_string(),
-    ]);
+    let err = refused_with_certs(&data, &client_certs);
     assert!(err.contains("not a node certificate"), "{err}");
 }
 
@@ -493,14 +491,7 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
         c.close().await;
         // ... and a node will not start with one.
         let data = dir.path().join(format!("data-{}", what.replace(' ', "-")));
-        let (_, err) = refused(&[
-            "--data-dir",
-            data.to_str().expect("utf8"),
-            "--certs",
-            certs.to_str().expect("utf8"),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
+        let err = refused_with_certs(&data, certs);
         let expect = if what == "expired" { "expired" } else { "not valid yet" };
         assert!(err.contains(expect), "{what}: {err}");
     }

@@ -32,6 +32,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::pipe::{serve_stream, ClientPipe};
 use super::{PeerInfo, Role, Service, Transport, TransportConfig, TransportError};
+use crate::logging::RateLimitedLog;
 use crate::status::TransportStatus;
 use crate::tls::{TlsConfigs, SERVER_NAME};
 
@@ -44,10 +45,6 @@ const CLOSE_TOO_MANY: u32 = 1;
 /// Connection attempts quinn holds for the accept loop to decide on (accept, retry or refuse).
 /// The loop decides on each at once, so this only absorbs bursts; past it quinn refuses.
 const MAX_INCOMING: usize = 4096;
-
-/// Most lines a second about refused or failed incoming connections; the rest are counted and
-/// the count is logged with the next line.
-const LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -87,41 +84,10 @@ struct Counters {
     refused: AtomicU64,
     retries: AtomicU64,
     handshake_timeouts: AtomicU64,
-    /// Log lines about refused attempts, at most one per [`LOG_INTERVAL`].
+    /// Log lines about refused attempts, at most one a second.
     refused_log: RateLimitedLog,
     /// Log lines about failed incoming handshakes (a bad certificate, a timeout), likewise.
     failed_log: RateLimitedLog,
-}
-
-/// Lets one log line through per [`LOG_INTERVAL`] and counts the ones it holds back, so a flood
-/// of refused packets costs a line a second rather than a line a packet.
-#[derive(Debug, Default)]
-struct RateLimitedLog {
-    /// When the last line was let through, and how many were held back since.
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl RateLimitedLog {
-    /// `Some(n)` if a line may be written now (`n` lines were held back since the last one),
-    /// `None` if this one is held back.
-    fn allow(&self) -> Option<u64> {
-        self.allow_at(Instant::now())
-    }
-
-    fn allow_at(&self, now: Instant) -> Option<u64> {
-        let mut state = lock(&self.state);
-        match state.0 {
-            Some(last) if now.duration_since(last) < LOG_INTERVAL => {
-                state.1 += 1;
-                None
-            }
-            _ => {
-                let suppressed = std::mem::take(&mut state.1);
-                state.0 = Some(now);
-                Some(suppressed)
-            }
-        }
-    }
 }
 
 /// Spawns [`serve_connection`] with the node's service; boxed so `Inner` is not generic.
@@ -385,7 +351,7 @@ async fn accept_loop(inner: Weak<Inner>, endpoint: Endpoint) {
 }
 
 impl Inner {
-    /// Counts a refused incoming connection and logs it, at most once per [`LOG_INTERVAL`].
+    /// Counts a refused incoming connection and logs it, at most once a second.
     fn refuse(&self, peer: SocketAddr, reason: &'static str) {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = self.counters.refused_log.allow() {
@@ -559,23 +525,5 @@ impl Transport for QuicTransport {
 impl Drop for QuicTransport {
     fn drop(&mut self) {
         self.inner.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_are_logged_once_a_second_with_the_count_held_back() {
-        let log = RateLimitedLog::default();
-        let start = Instant::now();
-        assert_eq!(log.allow_at(start), Some(0));
-        for _ in 0..500 {
-            assert_eq!(log.allow_at(start + LOG_INTERVAL / 2), None);
-        }
-        assert_eq!(log.allow_at(start + LOG_INTERVAL), Some(500));
-        assert_eq!(log.allow_at(start + LOG_INTERVAL), None);
-        assert_eq!(log.allow_at(start + LOG_INTERVAL * 3), Some(1));
     }
 }
