@@ -1,4 +1,4 @@
-//! The node's HTTP surface for operators (DESIGN §8): `GET /status` (JSON), `GET /metrics`
+//! The node's HTTP surface for operators (README, "The status endpoint"): `GET /status` (JSON), `GET /metrics`
 //! (Prometheus / OpenMetrics text), `GET /ready` (200 once the node is converged and `normal` on
 //! the ring, 503 before: a readiness probe) and `GET /`, a self-contained page that polls
 //! `/status` and shows the cluster converging live.

@@ -1,4 +1,4 @@
-//! The HTTP surface (DESIGN §8) over a real loopback socket: `/status`, `/metrics`, `/ready`, `/`, 404s,
+//! The HTTP surface over a real loopback socket: `/status`, `/metrics`, `/ready`, `/`, 404s,
 //! live updates through the watch channel, and graceful shutdown.
 
 use std::net::SocketAddr;

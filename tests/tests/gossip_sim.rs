@@ -590,8 +590,8 @@ fn crashed_nodes_are_not_revived() {
     assert_no_revival(&sim, &crashed);
 }
 
-/// The hard case for "no revival" (DESIGN §3: "dead nodes are not brought back by stale
-/// rumours"). The victim refutes a suspicion, but its new incarnation reaches only one peer,
+/// The hard case for "no revival" (gossip/ALGORITHM.md §2, rumour precedence: dead nodes are
+/// not brought back by stale rumours). The victim refutes a suspicion, but its new incarnation reaches only one peer,
 /// `w`, before the victim dies; `w` then pauses (a GC stall) while everyone else marks the
 /// victim down at its old incarnation. When `w` wakes, it still holds the victim's pre-crash
 /// refutation, in its rumour queue and in the victim's gossiped state (`inc` key). That is

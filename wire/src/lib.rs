@@ -37,6 +37,7 @@ mod bin;
 pub mod frame;
 pub mod kv;
 mod message;
+pub mod status;
 
 pub use frame::{
     encode, encode_one_way, encode_request, encode_response, Frame, FrameDecoder, FrameError,

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use serde::{Deserialize, Serialize};
 use starling_kv::clock::{ClockHealth, ClockMonitor};
 use starling_kv::{hlc::Hlc, Answer, Op, Outgoing, ReadOp, Send, SendId, WriteOp};
 use starling_ring::NodeKey;
@@ -108,65 +107,7 @@ pub struct KvStats {
     pub hints_over_cap: AtomicU64,
 }
 
-/// A snapshot of [`KvStats`] plus the store's size.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct KvStatus {
-    pub replication: usize,
-    pub keys_estimate: u64,
-    pub hints_pending: u64,
-    pub writes: u64,
-    pub reads: u64,
-    pub write_failures: u64,
-    pub read_failures: u64,
-    pub hints_stored: u64,
-    pub hints_replayed: u64,
-    pub hints_dropped: u64,
-    pub read_repairs: u64,
-    pub replica_writes: u64,
-    pub replica_reads: u64,
-    /// Writes for a down replica that a fallback node acknowledged (sloppy quorum).
-    #[serde(default)]
-    pub fallback_writes: u64,
-    /// Keys in the version cache (0 without one).
-    #[serde(default)]
-    pub version_cache_keys: u64,
-    /// The version cache's capacity in keys (0: no cache).
-    #[serde(default)]
-    pub version_cache_capacity: u64,
-    /// Writes acknowledged as superseded: a replica already held a newer version.
-    #[serde(default)]
-    pub superseded_writes: u64,
-    /// Replica writes refused because their version was further ahead of this node's clock
-    /// than the maximum clock offset.
-    #[serde(default)]
-    pub refused_ahead: u64,
-    /// Writes this node refused to coordinate because its clock was off the cluster's.
-    #[serde(default)]
-    pub refused_clock: u64,
-    /// Reads of this node's store that found a record it could not read (corrupt on disk); each
-    /// failed only its own key, which the coordinator then repaired from other replicas.
-    #[serde(default)]
-    pub unreadable_records: u64,
-    /// Hints not kept because the hint store was at its cap (left to read repair and
-    /// anti-entropy).
-    #[serde(default)]
-    pub hints_over_cap: u64,
-    /// Bytes of hints kept.
-    #[serde(default)]
-    pub hints_bytes: u64,
-    /// This node's clock minus the cluster's (the median over its peers), in ms.
-    #[serde(default)]
-    pub clock_offset_ms: i64,
-    /// Peers whose clocks were measured recently.
-    #[serde(default)]
-    pub clock_peers: u64,
-    /// The bound (`--max-clock-offset`), in ms.
-    #[serde(default)]
-    pub max_clock_offset_ms: u64,
-    /// Why the local store refuses writes (a failed write or WAL sync), if it does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_failure: Option<String>,
-}
+pub use starling_wire::status::KvStatus;
 
 /// The KV layer of one node: coordinator and replica. Cheap to clone.
 pub struct Kv<T, S> {

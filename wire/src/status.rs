@@ -1,0 +1,189 @@
+//! The node's self-description: what `GET /status`, `starling status` and the live page show.
+//! Built by the node's gossip driver; read by the HTTP server, the `Status` RPC and clients.
+
+use serde::{Deserialize, Serialize};
+
+/// One member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub node_id: String,
+    pub addr: String,
+    /// `alive`, `suspect`, `down` or `left`.
+    pub state: String,
+    /// Phi-accrual suspicion level of this member's heartbeats (0 for this node itself).
+    pub phi: f64,
+    pub incarnation: u64,
+    pub generation: u64,
+    pub zone: Option<String>,
+    /// The membership digest this member last reported.
+    pub digest: Option<String>,
+    /// True for the node answering.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+/// The ring as this node computes it from gossip.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RingStatus {
+    /// Digest of the ring (`None` until some node has tokens).
+    pub digest: Option<String>,
+    /// Every alive member reports this same ring digest.
+    pub agreed: bool,
+    /// This node's place: `joining`, `normal`, `leaving`, or `None` before it has tokens.
+    pub status: Option<String>,
+    /// This node's virtual-node tokens.
+    pub tokens: usize,
+    /// Nodes on the ring (joining and leaving included).
+    pub nodes: usize,
+    /// Replicas per key (`N`).
+    pub replication: usize,
+    /// Fraction of the keyspace this node replicates (sums to `N` over the ring).
+    pub ownership: f64,
+}
+
+/// Gossip counters since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GossipStatus {
+    pub rounds: u64,
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_received: u64,
+    pub bytes_received: u64,
+    pub refused: u64,
+    pub probes: u64,
+    pub probes_failed: u64,
+    pub refutations: u64,
+    /// Lifeguard local-health multiplier (0 = healthy).
+    pub local_health: u32,
+}
+
+/// This node's certificate and what it refused for lack of one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    /// The role this node's certificate carries (`node`).
+    pub role: String,
+    /// When this node's certificate expires (Unix seconds).
+    pub not_after: i64,
+    /// Days until then (negative once expired).
+    pub expires_in_days: f64,
+    /// Peer RPCs refused because the sender's certificate is a client's.
+    pub refused_peer_rpcs: u64,
+}
+
+/// The QUIC endpoint's connections and what it turned away, since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransportStatus {
+    /// Connections open (handshake completed), incoming and outgoing.
+    pub connections: u64,
+    /// Incoming handshakes in progress.
+    pub pending_handshakes: u64,
+    /// Incoming connection attempts refused: too many handshakes in progress, or too many
+    /// connections open when a handshake completed.
+    pub refused: u64,
+    /// Incoming connection attempts answered with a stateless Retry (address validation) while
+    /// many handshakes were in progress.
+    pub retries: u64,
+    /// Incoming handshakes dropped because they did not finish within the handshake timeout.
+    pub handshake_timeouts: u64,
+}
+
+/// `GET /status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node_id: String,
+    pub generation: u64,
+    pub incarnation: u64,
+    /// Advertised QUIC address.
+    pub addr: String,
+    pub zone: Option<String>,
+    /// Every member this node sees alive reports the same membership digest and the same ring
+    /// digest as this node.
+    pub converged: bool,
+    /// Membership alone agrees (the ring may not yet).
+    pub gossip_converged: bool,
+    /// The membership digest of this node's view.
+    pub digest: String,
+    /// This node runs without authentication (`--insecure`).
+    pub insecure: bool,
+    /// This node's certificate (absent with `--insecure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+    pub version: String,
+    pub uptime_secs: f64,
+    /// Members including this node (`self: true`), sorted by address.
+    pub members: Vec<MemberStatus>,
+    pub ring: RingStatus,
+    pub gossip: GossipStatus,
+    /// The key-value store's counters (absent on a node without storage).
+    pub kv: Option<KvStatus>,
+    /// The QUIC endpoint's counters (absent on a node without a QUIC endpoint, as in tests).
+    #[serde(default)]
+    pub transport: Option<TransportStatus>,
+}
+
+impl Status {
+    /// Members in `state`.
+    pub fn count(&self, state: &str) -> usize {
+        self.members.iter().filter(|m| m.state == state).count()
+    }
+}
+
+/// The key-value layer's counters (a snapshot of the node's `KvStats`) plus the store's size.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KvStatus {
+    pub replication: usize,
+    pub keys_estimate: u64,
+    pub hints_pending: u64,
+    pub writes: u64,
+    pub reads: u64,
+    pub write_failures: u64,
+    pub read_failures: u64,
+    pub hints_stored: u64,
+    pub hints_replayed: u64,
+    pub hints_dropped: u64,
+    pub read_repairs: u64,
+    pub replica_writes: u64,
+    pub replica_reads: u64,
+    /// Writes for a down replica that a fallback node acknowledged (sloppy quorum).
+    #[serde(default)]
+    pub fallback_writes: u64,
+    /// Keys in the version cache (0 without one).
+    #[serde(default)]
+    pub version_cache_keys: u64,
+    /// The version cache's capacity in keys (0: no cache).
+    #[serde(default)]
+    pub version_cache_capacity: u64,
+    /// Writes acknowledged as superseded: a replica already held a newer version.
+    #[serde(default)]
+    pub superseded_writes: u64,
+    /// Replica writes refused because their version was further ahead of this node's clock
+    /// than the maximum clock offset.
+    #[serde(default)]
+    pub refused_ahead: u64,
+    /// Writes this node refused to coordinate because its clock was off the cluster's.
+    #[serde(default)]
+    pub refused_clock: u64,
+    /// Reads of this node's store that found a record it could not read (corrupt on disk); each
+    /// failed only its own key, which the coordinator then repaired from other replicas.
+    #[serde(default)]
+    pub unreadable_records: u64,
+    /// Hints not kept because the hint store was at its cap (left to read repair and
+    /// anti-entropy).
+    #[serde(default)]
+    pub hints_over_cap: u64,
+    /// Bytes of hints kept.
+    #[serde(default)]
+    pub hints_bytes: u64,
+    /// This node's clock minus the cluster's (the median over its peers), in ms.
+    #[serde(default)]
+    pub clock_offset_ms: i64,
+    /// Peers whose clocks were measured recently.
+    #[serde(default)]
+    pub clock_peers: u64,
+    /// The bound (`--max-clock-offset`), in ms.
+    #[serde(default)]
+    pub max_clock_offset_ms: u64,
+    /// Why the local store refuses writes (a failed write or WAL sync), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_failure: Option<String>,
+}
