@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use starling_node::cert::{self, CertError, Role, CA_CERT_FILE, NODE_CERT_FILE};
+use starling_net::cert::{self, CertError, Role, CA_CERT_FILE, NODE_CERT_FILE};
 
 /// Creates the cluster CA in `out`. With `if_missing`, an existing CA is kept.
 pub fn init(out: &Path, if_missing: bool) -> Result<()> {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::client::{Auth, Client};
+use crate::client::{self, Auth};
 
 /// Options of `starling dev`.
 #[derive(Debug, Clone)]
@@ -198,7 +198,7 @@ async fn stop_nodes(nodes: &mut [Node]) {
 
 async fn wait_converged(node: &str, auth: &Auth, n: usize, limit: Duration) -> Result<()> {
     let start = Instant::now();
-    let client = Client::connect(node, auth).await?;
+    let client = client::connect(node, auth).await?;
     let mut last_err = None;
     while start.elapsed() < limit {
         match client.status().await {
@@ -213,7 +213,7 @@ async fn wait_converged(node: &str, auth: &Auth, n: usize, limit: Duration) -> R
                     s.ring.nodes
                 ))
             }
-            Err(e) => last_err = Some(e),
+            Err(e) => last_err = Some(e.into()),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -1,7 +1,6 @@
 //! `starling kv put|get|del` and `starling bench kv`.
 
 use std::io::{Read as _, Write as _};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
-use starling_node::transport::Transport;
-use starling_wire::{check_key_value, Consistency, Record, Request, Response, MAX_VALUE_BYTES};
+use starling_wire::{
+    check_key_value, Consistency, Get, Put, Value, Version, Written, MAX_VALUE_BYTES,
+};
 
-use crate::client::{Auth, Client, ClientError};
+use crate::client::{self, Auth, Client, ClientError};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum KvCmd {
@@ -50,11 +50,11 @@ pub struct KvOpts {
     json: bool,
 }
 
-fn version_json(r: &Record) -> serde_json::Value {
+fn version_json(v: Version) -> serde_json::Value {
     serde_json::json!({
-        "ts": r.version.ts,
-        "node": format!("{:032x}", r.version.node),
-        "written_at_ms": r.version.millis(),
+        "ts": v.ts,
+        "node": format!("{:032x}", v.node),
+        "written_at_ms": v.millis(),
     })
 }
 
@@ -91,93 +91,91 @@ pub async fn run(node: &str, auth: &Auth, cmd: &KvCmd) -> Result<()> {
         KvCmd::Get { key, opts } | KvCmd::Del { key, opts } => (key, None, opts),
     };
     check_key_value(key.as_bytes(), value.as_deref()).map_err(ClientError::BadInput)?;
-    let client = Client::connect(node, auth).await?;
-    let result = match cmd {
-        KvCmd::Get { .. } => {
-            if opts.consistency == Consistency::Any {
-                return Err(
-                    ClientError::BadInput("--consistency any is for writes only".into()).into()
-                );
-            }
-            let req =
-                Request::KvGet { key: key.as_bytes().to_vec(), consistency: opts.consistency };
-            match client.call(req).await? {
-                Response::KvValue { record, replicas } => {
-                    match record.filter(|r| !r.is_tombstone()) {
-                        None => Err(ClientError::NotFound(format!(
-                            "key {key:?} not found ({replicas} replicas answered)"
-                        ))
-                        .into()),
-                        Some(r) => {
-                            if opts.json {
-                                let value = r.value.clone().unwrap_or_default();
-                                let mut j = serde_json::json!({
-                                    "key": key,
-                                    "version": version_json(&r),
-                                    "replicas": replicas,
-                                    "consistency": opts.consistency.as_str(),
-                                });
-                                match String::from_utf8(value) {
-                                    Ok(s) => j["value"] = s.into(),
-                                    Err(e) => j["value_hex"] = hex(e.as_bytes()).into(),
-                                }
-                                println!("{}", serde_json::to_string_pretty(&j)?);
-                            } else {
-                                let mut out = std::io::stdout().lock();
-                                out.write_all(r.value.as_deref().unwrap_or_default())?;
-                                out.flush()?;
-                            }
-                            Ok(())
-                        }
-                    }
-                }
-                other => Err(anyhow!("unexpected answer: {other:?}")),
+    if matches!(cmd, KvCmd::Get { .. }) && opts.consistency == Consistency::Any {
+        return Err(ClientError::BadInput("--consistency any is for writes only".into()).into());
+    }
+    let client = client::connect(node, auth).await?;
+    let result = match value {
+        None if matches!(cmd, KvCmd::Get { .. }) => {
+            match client.get(key.as_bytes(), opts.consistency).await {
+                Ok(v) => print_value(key, v, opts),
+                Err(e) => Err(ClientError::from(e).into()),
             }
         }
-        _ => {
+        value => {
             let deleting = value.is_none();
-            let req = Request::KvPut {
-                key: key.as_bytes().to_vec(),
-                value,
-                consistency: opts.consistency,
+            let written = match value {
+                Some(v) => client.put(key.as_bytes(), v, opts.consistency).await,
+                None => client.delete(key.as_bytes(), opts.consistency).await,
             };
-            match client.call(req).await? {
-                Response::KvWritten { version, acked, required, superseded } => {
-                    let version_json = |v: starling_wire::Version| serde_json::json!({"ts": v.ts, "node": format!("{:032x}", v.node), "written_at_ms": v.millis()});
-                    if opts.json {
-                        let j = serde_json::json!({
-                            "key": key,
-                            "deleted": deleting,
-                            "version": version_json(version),
-                            "acked": acked,
-                            "required": required,
-                            "consistency": opts.consistency.as_str(),
-                            "superseded_by": superseded.map(version_json),
-                        });
-                        println!("{}", serde_json::to_string_pretty(&j)?);
-                    } else {
-                        eprintln!(
-                            "{} {key:?} ({acked} replicas acknowledged, {} needed {required})",
-                            if deleting { "deleted" } else { "stored" },
-                            opts.consistency
-                        );
-                        if let Some(newer) = superseded {
-                            eprintln!(
-                                "warning: a replica already held a newer version of {key:?} \
-                                 (written at {} ms by node {:032x}); reads return that one",
-                                newer.millis(),
-                                newer.node
-                            );
-                        }
-                    }
-                    Ok(())
-                }
-                other => Err(anyhow!("unexpected answer: {other:?}")),
+            match written {
+                Ok(w) => print_written(key, deleting, w, opts),
+                Err(e) => Err(ClientError::from(e).into()),
             }
         }
     };
     client.close().await;
     result
+}
+
+fn print_value(key: &str, v: Value, opts: &KvOpts) -> Result<()> {
+    let Value { record, replicas } = v;
+    let Some(r) = record.filter(|r| !r.is_tombstone()) else {
+        return Err(ClientError::NotFound(format!(
+            "key {key:?} not found ({replicas} replicas answered)"
+        ))
+        .into());
+    };
+    if opts.json {
+        let value = r.value.clone().unwrap_or_default();
+        let mut j = serde_json::json!({
+            "key": key,
+            "version": version_json(r.version),
+            "replicas": replicas,
+            "consistency": opts.consistency.as_str(),
+        });
+        match String::from_utf8(value) {
+            Ok(s) => j["value"] = s.into(),
+            Err(e) => j["value_hex"] = hex(e.as_bytes()).into(),
+        }
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(r.value.as_deref().unwrap_or_default())?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn print_written(key: &str, deleting: bool, w: Written, opts: &KvOpts) -> Result<()> {
+    let Written { version, acked, required, superseded } = w;
+    if opts.json {
+        let j = serde_json::json!({
+            "key": key,
+            "deleted": deleting,
+            "version": version_json(version),
+            "acked": acked,
+            "required": required,
+            "consistency": opts.consistency.as_str(),
+            "superseded_by": superseded.map(version_json),
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        eprintln!(
+            "{} {key:?} ({acked} replicas acknowledged, {} needed {required})",
+            if deleting { "deleted" } else { "stored" },
+            opts.consistency
+        );
+        if let Some(newer) = superseded {
+            eprintln!(
+                "warning: a replica already held a newer version of {key:?} \
+                 (written at {} ms by node {:032x}); reads return that one",
+                newer.millis(),
+                newer.node
+            );
+        }
+    }
+    Ok(())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -253,26 +251,10 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
     if r > 0 && a.consistency == Consistency::Any {
         return Err(ClientError::BadInput("--consistency any is for writes only".into()).into());
     }
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for n in &a.nodes {
-        let addr = tokio::net::lookup_host(n.as_str())
-            .await
-            .with_context(|| format!("--nodes {n}: cannot resolve"))?
-            .next()
-            .ok_or_else(|| anyhow!("--nodes {n}: no address"))?;
-        addrs.push(addr);
-    }
-    let client = Client::connect(&a.nodes[0], auth).await?;
-    let transport = client.transport();
+    let client = Client::connect(&a.nodes, auth).await.map_err(ClientError::from)?;
     // Connect to every node before the clock starts: the figures are for requests on open
     // connections, as a long-lived client sees them, not for QUIC and TLS handshakes.
-    for &addr in &addrs {
-        match transport.request(addr, Request::Echo(Vec::new())).await {
-            Ok(Response::Echo(_)) => {}
-            Ok(other) => bail!("{addr}: unexpected answer to echo: {other:?}"),
-            Err(e) => bail!("{addr}: cannot connect: {e}"),
-        }
-    }
+    client.connect_all().await.map_err(ClientError::from)?;
     let keys = a.keys.unwrap_or(a.ops).max(1);
     let counts = Arc::new(Counts::default());
     let next = Arc::new(AtomicU64::new(0));
@@ -289,8 +271,8 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for (wid, mut hist) in hists.into_iter().enumerate() {
-        let (transport, counts, next, value, addrs) =
-            (transport.clone(), counts.clone(), next.clone(), value.clone(), addrs.clone());
+        let (client, counts, next, value) =
+            (client.clone(), counts.clone(), next.clone(), value.clone());
         let (ops, cl, in_order) = (a.ops, a.consistency, a.reads_in_order);
         workers.push(tokio::spawn(async move {
             let mut rng =
@@ -305,42 +287,31 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
                 let is_read = (rng % u64::from(r + w)) < u64::from(r);
-                let addr = addrs[(i % addrs.len() as u64) as usize];
-                let req = if is_read {
+                // Requests rotate over the nodes (the client skips a node it cannot connect to).
+                let t = Instant::now();
+                let result = if is_read {
                     let k = if in_order { i % keys } else { (rng >> 11) % keys };
-                    Request::KvGet { key: format!("bench-{k:010}").into_bytes(), consistency: cl }
+                    let get = Get { key: format!("bench-{k:010}").into_bytes(), consistency: cl };
+                    client.call(get).await.map(|v| {
+                        counts.reads.fetch_add(1, Ordering::Relaxed);
+                        if v.record.is_none_or(|r| r.is_tombstone()) {
+                            counts.not_found.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
                 } else {
-                    Request::KvPut {
+                    let put = Put {
                         key: format!("bench-{:010}", i % keys).into_bytes(),
                         value: Some(value.to_vec()),
                         consistency: cl,
-                    }
-                };
-                let t = Instant::now();
-                let resp = transport.request(addr, req).await;
-                let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
-                match resp {
-                    Ok(Response::KvWritten { .. }) => {
+                    };
+                    client.call(put).await.map(|_| {
                         counts.writes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Response::KvValue { record, .. }) => {
-                        counts.reads.fetch_add(1, Ordering::Relaxed);
-                        if record.is_none_or(|r| r.is_tombstone()) {
-                            counts.not_found.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    other => {
-                        counts.errors.fetch_add(1, Ordering::Relaxed);
-                        if first_error.is_none() {
-                            first_error = Some(match other {
-                                Ok(Response::Error { code, message }) => {
-                                    format!("{code}: {message}")
-                                }
-                                Ok(o) => format!("unexpected {o:?}"),
-                                Err(e) => e.to_string(),
-                            });
-                        }
-                    }
+                    })
+                };
+                let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
+                if let Err(e) = result {
+                    counts.errors.fetch_add(1, Ordering::Relaxed);
+                    first_error.get_or_insert_with(|| e.to_string());
                 }
                 counts.done.fetch_add(1, Ordering::Relaxed);
             }
@@ -372,7 +343,7 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
     let us = |q: f64| Duration::from_micros(hist.value_at_quantile(q));
     println!(
         "bench kv: {} nodes, {} ops ({} reads, {} writes, {} errors, {} reads not found), {} in flight, {} B values, consistency {}",
-        addrs.len(),
+        a.nodes.len(),
         done,
         counts.reads.load(Ordering::Relaxed),
         counts.writes.load(Ordering::Relaxed),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use client::{Auth, Client, ClientError};
-use starling_wire::Request;
+use starling_wire::Leave;
 
 /// mimalloc: the KV paths allocate per request, and glibc's malloc cost about 8% of CPU there.
 #[global_allocator]
@@ -54,8 +54,8 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
         /// How long --wait waits, e.g. 30m.
-        #[arg(long, default_value = "1h", requires = "wait")]
-        timeout: String,
+        #[arg(long, default_value = "1h", requires = "wait", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Create the cluster CA and node/client certificates.
     #[command(subcommand)]
@@ -103,9 +103,9 @@ enum CertCmd {
         san: Vec<String>,
         /// `node` (runs starlingd, sends peer RPCs) or `client` (kv, status: the client API only).
         #[arg(long, default_value = "node")]
-        role: starling_node::cert::Role,
+        role: starling_net::cert::Role,
         /// Days the certificate is valid.
-        #[arg(long, default_value_t = starling_node::cert::LEAF_VALIDITY_DAYS)]
+        #[arg(long, default_value_t = starling_net::cert::LEAF_VALIDITY_DAYS)]
         days: i64,
         /// Keep an existing certificate in --out instead of failing.
         #[arg(long)]
@@ -143,7 +143,7 @@ enum BenchCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if std::env::var_os("STARLING_LOG").is_some() {
-        starling_node::logging::init(false);
+        starling_net::logging::init(false);
     }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -186,7 +186,10 @@ async fn wait_until_stopped(client: &Client, node: &str, limit: Duration) -> Res
                     _ => {}
                 }
             }
-            Err(e) if matches!(e.downcast_ref(), Some(ClientError::Unreachable { .. })) => {
+            Err(
+                starling_client::Error::Unreachable { .. }
+                | starling_client::Error::NoAnswer { .. },
+            ) => {
                 // Twice in a row, so one lost request is not taken for a stopped node.
                 unreachable += 1;
                 if unreachable == 2 {
@@ -194,7 +197,7 @@ async fn wait_until_stopped(client: &Client, node: &str, limit: Duration) -> Res
                     return Ok(());
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(ClientError::from(e).into()),
         }
         if started.elapsed() > limit {
             anyhow::bail!("{node} is still leaving after {limit:?} (--timeout)");
@@ -217,9 +220,9 @@ fn auth(cli: &Cli) -> Result<Auth> {
 async fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Status { watch, json } => {
-            let client = Client::connect(&cli.node, &auth(&cli)?).await?;
+            let client = client::connect(&cli.node, &auth(&cli)?).await?;
             loop {
-                let s = client.status().await?;
+                let s = client.status().await.map_err(ClientError::from)?;
                 if *json {
                     println!("{}", serde_json::to_string_pretty(&s)?);
                 } else {
@@ -239,10 +242,9 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
         }
         Cmd::Leave { wait, timeout } => {
-            let limit = starling_node::config::parse_duration("--timeout", timeout)
-                .map_err(|e| ClientError::BadInput(format!("{e:#}")))?;
-            let client = Client::connect(&cli.node, &auth(&cli)?).await?;
-            client.call(Request::Leave).await?;
+            let limit = *timeout;
+            let client = client::connect(&cli.node, &auth(&cli)?).await?;
+            client.call_node(0, Leave).await.map_err(ClientError::from)?;
             println!("{} is leaving the cluster and will stop", cli.node);
             if *wait {
                 wait_until_stopped(&client, &cli.node, limit).await?;
@@ -277,7 +279,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Kv(c) => kv::run(&cli.node, &auth(&cli)?, c).await?,
         Cmd::Bench(BenchCmd::Kv(args)) => kv::bench(&auth(&cli)?, args).await?,
         Cmd::Bench(BenchCmd::Transport { requests, in_flight, payload }) => {
-            let report = starling_node::bench::transport_bench(*requests, *in_flight, *payload)
+            let report = starling_net::bench::transport_bench(*requests, *in_flight, *payload)
                 .await
                 .map_err(|e| anyhow::anyhow!("transport bench: {e}"))?;
             println!("{report}");

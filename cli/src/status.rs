@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use starling_node::status::Status;
+use starling_wire::status::Status;
 
 /// Renders a status as the human table.
 pub fn render(s: &Status) -> String {
@@ -108,7 +108,7 @@ fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use starling_node::status::MemberStatus;
+    use starling_wire::status::MemberStatus;
 
     #[test]
     fn table_shows_every_member_and_convergence() {

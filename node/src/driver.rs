@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use starling_gossip::state::keys;
 use starling_gossip::{Command, Event, Gossip, MemberState};
-use starling_wire::Request;
+use starling_wire::PeerRequest;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -176,7 +176,9 @@ pub async fn run<T: Transport>(
         while let Some(t) = gossip.poll_transmit() {
             let transport = transport.clone();
             tokio::spawn(async move {
-                if let Err(e) = transport.send_one_way(t.to, Request::Gossip(t.payload)).await {
+                if let Err(e) =
+                    transport.send_one_way(t.to, PeerRequest::Gossip(t.payload).into()).await
+                {
                     debug!(peer = %t.to, error = %e, "gossip send failed");
                 }
             });

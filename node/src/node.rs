@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use starling_gossip::{Config as GossipConfig, Gossip};
-use starling_wire::{ErrorCode, Request, Response};
+use starling_wire::{
+    Call, ClientRequest, Clock, Echo, ErrorCode, GetStatus, PeerRequest, Request, Response,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -58,48 +60,52 @@ impl NodeService {
     }
 }
 
-fn kind_of(req: &Request) -> &'static str {
-    match req {
-        Request::Gossip(_) => "gossip",
-        Request::Status => "status",
-        Request::Leave => "leave",
-        Request::Echo(_) => "echo",
-        Request::KvPut { value: Some(_), .. } => "kv_put",
-        Request::KvPut { value: None, .. } => "kv_delete",
-        Request::KvGet { .. } => "kv_get",
-        Request::ReplicaWrite(_) => "replica_write",
-        Request::ReplicaRead(_) => "replica_read",
-        Request::ReplicaReadMany(_) => "replica_read_many",
-        Request::ReplicaVersions(_) => "replica_versions",
-        Request::ReplicaHint { .. } => "replica_hint",
-        Request::ReplicaScan { .. } => "replica_scan",
-        Request::Clock => "clock",
-    }
-}
-
 impl Service for NodeService {
     async fn call(&self, peer: PeerInfo, req: Request) -> Response {
         let started = Instant::now();
-        let kind = kind_of(&req);
-        if peer.role != Role::Node && req.is_peer_rpc() {
-            return self.refuse_peer_rpc(peer, kind);
+        let kind = req.kind();
+        let resp = match req {
+            Request::Client(c) => self.client_call(c).await,
+            Request::Peer(_) if peer.role != Role::Node => self.refuse_peer_rpc(peer, kind),
+            Request::Peer(p) => self.peer_call(p).await,
+        };
+        self.metrics.observe_rpc(kind, started.elapsed());
+        resp
+    }
+}
+
+impl NodeService {
+    async fn client_call(&self, req: ClientRequest) -> Response {
+        match req {
+            ClientRequest::Status => {
+                let status = self.status.borrow().clone();
+                match serde_json::to_vec(&*status) {
+                    Ok(json) => GetStatus::respond(json),
+                    Err(e) => Response::error(ErrorCode::Internal, format!("encode status: {e}")),
+                }
+            }
+            ClientRequest::Echo(bytes) => Echo::respond(bytes),
+            ClientRequest::Kv(kv_req) => match self.kv.get() {
+                Some(kv) => kv.handle_client(kv_req).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
         }
-        let (kind, resp) = match req {
-            Request::Gossip(bytes) => {
+    }
+
+    async fn peer_call(&self, req: PeerRequest) -> Response {
+        match req {
+            PeerRequest::Gossip(bytes) => {
                 // Full queue: drop, as a lossy network would; gossip recovers.
                 let _ = self.inbound.try_send(bytes);
-                ("gossip", Response::Ok)
+                Response::Ok
             }
-            Request::Status => {
-                let status = self.status.borrow().clone();
-                let resp = match serde_json::to_vec(&*status) {
-                    Ok(json) => Response::Status(json),
-                    Err(e) => Response::error(ErrorCode::Internal, format!("encode status: {e}")),
-                };
-                ("status", resp)
-            }
-            Request::Leave => {
-                let resp = match self.kv.get() {
+            PeerRequest::Clock => Clock::respond(crate::kv::wall_millis()),
+            PeerRequest::Replica(r) => match self.kv.get() {
+                Some(kv) => kv.handle_replica(r).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
+            PeerRequest::Leave => {
+                match self.kv.get() {
                     Some(kv) if leave_would_lose_copies(&kv.view()).is_some() => {
                         let why = leave_would_lose_copies(&kv.view()).unwrap_or_default();
                         Response::error(ErrorCode::BadRequest, why)
@@ -150,23 +156,9 @@ impl Service for NodeService {
                             }
                         }
                     }
-                };
-                ("leave", resp)
+                }
             }
-            Request::Echo(bytes) => ("echo", Response::Echo(bytes)),
-            Request::Clock => ("clock", Response::Clock { wall_ms: crate::kv::wall_millis() }),
-            other => {
-                let resp = match self.kv.get() {
-                    Some(kv) => kv.handle(other).await.unwrap_or_else(|| {
-                        Response::error(ErrorCode::BadRequest, "request not supported")
-                    }),
-                    None => Response::error(ErrorCode::Unavailable, "node is starting"),
-                };
-                (kind, resp)
-            }
-        };
-        self.metrics.observe_rpc(kind, started.elapsed());
-        resp
+        }
     }
 }
 

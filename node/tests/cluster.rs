@@ -10,7 +10,11 @@ use std::time::Duration;
 use starling_node::tls::{self, TlsMaterial};
 use starling_node::transport::quic::QuicTransport;
 use starling_node::transport::{service_fn, Transport, TransportConfig};
-use starling_wire::{ErrorCode, Record, Request, Response, Version};
+use starling_wire::{
+    Call, Clock, ErrorCode, Get, GetStatus, KvResponse, Leave, PeerRequest, Put, ReadAnswer,
+    Record, ReplicaHint, ReplicaRead, ReplicaReadMany, ReplicaScan, ReplicaVersions, ReplicaWrite,
+    Request, Response, Value, Version, Written,
+};
 
 #[path = "common/process.rs"]
 mod process;
@@ -115,7 +119,7 @@ async fn stale_connections_to_a_restarted_node_are_reset() {
     let mut nodes = cluster(dir.path(), 1);
     let c = client(&dir.path().join("certs/client")).await;
     let addr = nodes[0].addrs.listen;
-    assert!(matches!(c.request(addr, Request::Status).await, Ok(Response::Status(_))));
+    assert!(matches!(c.request(addr, GetStatus.into_request()).await, Ok(Response::Status(_))));
     nodes[0].kill9();
     nodes[0].restart(&[]);
     assert_eq!(nodes[0].addrs.listen, addr, "restarted on the same port");
@@ -123,7 +127,7 @@ async fn stale_connections_to_a_restarted_node_are_reset() {
     // must then succeed, each within 3 s: without the reset both would wait out the idle timeout.
     let mut errors = Vec::new();
     for _ in 0..2 {
-        match c.request(addr, Request::Status).await {
+        match c.request(addr, GetStatus.into_request()).await {
             Ok(Response::Status(_)) => {
                 c.close().await;
                 return;
@@ -144,14 +148,15 @@ async fn leave_is_gossiped_and_the_node_stops() {
     // Leave is an operator action: a client certificate may not ask for it; the node's own
     // certificate may.
     let client_cert = client(&dir.path().join("certs/client")).await;
-    let resp = client_cert.request(nodes[2].addrs.listen, Request::Leave).await.expect("leave");
+    let resp =
+        client_cert.request(nodes[2].addrs.listen, Leave.into_request()).await.expect("leave");
     assert!(
         matches!(&resp, Response::Error { code: ErrorCode::Forbidden, .. }),
         "a client certificate asked a node to leave: {resp:?}"
     );
     client_cert.close().await;
     let c = client(&nodes[2].certs).await;
-    let resp = c.request(nodes[2].addrs.listen, Request::Leave).await.expect("leave");
+    let resp = c.request(nodes[2].addrs.listen, Leave.into_request()).await.expect("leave");
     assert_eq!(resp, Response::Ok);
     let mut child = nodes[2].child.take().expect("child");
     let exited = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
@@ -176,13 +181,13 @@ async fn foreign_certificates_are_refused_and_garbage_gossip_does_not_hurt() {
     let nodes = cluster(dir.path(), 2);
     let foreign = certs(&dir.path().join("foreign"), &["client"]);
     let intruder = client(&foreign.join("client")).await;
-    let r = intruder.request(nodes[0].addrs.listen, Request::Status).await;
+    let r = intruder.request(nodes[0].addrs.listen, GetStatus.into_request()).await;
     assert!(r.is_err(), "a client from another CA must be refused, got {r:?}");
 
     // Garbage from a node certificate reaches the gossip decoder (a client's is refused before).
     let c = client(&dir.path().join("certs/node2")).await;
     for garbage in [&b""[..], b"\x01", b"\x01\xff\xff\xff", b"\x09hello", &[0x01; 5000]] {
-        c.send_one_way(nodes[0].addrs.listen, Request::Gossip(garbage.to_vec()))
+        c.send_one_way(nodes[0].addrs.listen, Request::Peer(PeerRequest::Gossip(garbage.to_vec())))
             .await
             .expect("send");
     }
@@ -191,7 +196,7 @@ async fn foreign_certificates_are_refused_and_garbage_gossip_does_not_hurt() {
     });
     assert!(refused.is_some(), "garbage gossip should be counted as refused");
     // The node still answers a legitimate client and still gossips with its peer.
-    let resp = c.request(nodes[0].addrs.listen, Request::Status).await.expect("status");
+    let resp = c.request(nodes[0].addrs.listen, GetStatus.into_request()).await.expect("status");
     assert!(matches!(resp, Response::Status(_)));
     let refs: Vec<&Node> = nodes.iter().collect();
     assert!(wait_for(Duration::from_secs(20), || all_see(&refs, 2).then_some(())).is_some());
@@ -348,7 +353,7 @@ async fn a_leave_that_would_leave_fewer_than_n_copies_is_refused() {
     });
     assert!(ready.is_some(), "cluster not ready");
     let client = client(&nodes[0].certs).await;
-    match client.request(nodes[0].addrs.listen, Request::Leave).await {
+    match client.request(nodes[0].addrs.listen, Leave.into_request()).await {
         Ok(Response::Error { message, .. }) => {
             assert!(message.contains("fewer than the 3 copies"), "{message}")
         }
@@ -374,15 +379,15 @@ fn peer_rpcs() -> Vec<Request> {
         version: Version { ts: (now_ms + ten_years_ms) << 16, node: 7 },
     };
     vec![
-        Request::ReplicaWrite(vec![forged.clone()]),
-        Request::ReplicaHint { target: 0xdead_beef, records: vec![forged] },
-        Request::ReplicaRead(b"victim".to_vec()),
-        Request::ReplicaReadMany(vec![starling_wire::Key(b"victim".to_vec())]),
-        Request::ReplicaVersions(vec![starling_wire::Key(b"victim".to_vec())]),
-        Request::ReplicaScan { start: 0, end: 0, after: None, limit: 10 },
-        Request::Gossip(vec![1, 2, 3]),
-        Request::Clock,
-        Request::Leave,
+        ReplicaWrite(vec![forged.clone()]).into_request(),
+        ReplicaHint { target: 0xdead_beef, records: vec![forged] }.into_request(),
+        ReplicaRead(b"victim".to_vec()).into_request(),
+        ReplicaReadMany(vec![starling_wire::Key(b"victim".to_vec())]).into_request(),
+        ReplicaVersions(vec![starling_wire::Key(b"victim".to_vec())]).into_request(),
+        ReplicaScan { start: 0, end: 0, after: None, limit: 10 }.into_request(),
+        Request::Peer(PeerRequest::Gossip(vec![1, 2, 3])),
+        Clock.into_request(),
+        Leave.into_request(),
     ]
 }
 
@@ -407,17 +412,21 @@ async fn a_client_certificate_gets_the_client_api_only() {
     }
     // The client API works for the same certificate, and the forged write did not land: a put
     // of victim now is the newest, and reads back.
-    let put = Request::KvPut {
+    let put = Put {
         key: b"victim".to_vec(),
         value: Some(b"real".to_vec()),
         consistency: starling_wire::Consistency::Quorum,
-    };
+    }
+    .into_request();
     let resp = attacker.request(target, put).await.expect("put");
-    assert!(matches!(resp, Response::KvWritten { superseded: None, .. }), "{resp:?}");
-    let get =
-        Request::KvGet { key: b"victim".to_vec(), consistency: starling_wire::Consistency::All };
+    assert!(
+        matches!(resp, Response::Kv(KvResponse::Written(Written { superseded: None, .. }))),
+        "{resp:?}"
+    );
+    let get = Get { key: b"victim".to_vec(), consistency: starling_wire::Consistency::All }
+        .into_request();
     match attacker.request(target, get).await.expect("get") {
-        Response::KvValue { record: Some(r), .. } => {
+        Response::Kv(KvResponse::Value(Value { record: Some(r), .. })) => {
             assert_eq!(r.value.as_deref(), Some(&b"real"[..]))
         }
         other => panic!("victim reads back {other:?}"),
@@ -438,8 +447,8 @@ async fn a_client_certificate_gets_the_client_api_only() {
     );
     // A node certificate gets the peer API.
     let peer = client(&nodes[1].certs).await;
-    let resp = peer.request(target, Request::ReplicaRead(b"victim".to_vec())).await.expect("read");
-    assert!(matches!(resp, Response::ReplicaRecord(Some(_))), "{resp:?}");
+    let answer = peer.call(target, ReplicaRead(b"victim".to_vec())).await.expect("read");
+    assert!(matches!(answer, ReadAnswer::Found(_)), "{answer:?}");
     peer.close().await;
     attacker.close().await;
 
@@ -486,7 +495,7 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
     let fine = issue_valid(&ca_dir, dir.path(), "fine", -1, 30);
     for (what, certs) in [("expired", &expired), ("not yet valid", &future)] {
         let c = client(certs).await;
-        let r = c.request(target, Request::Status).await;
+        let r = c.request(target, GetStatus.into_request()).await;
         assert!(r.is_err(), "a client with an {what} certificate was served: {r:?}");
         c.close().await;
         // ... and a node will not start with one.
@@ -496,6 +505,6 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
         assert!(err.contains(expect), "{what}: {err}");
     }
     let c = client(&fine).await;
-    assert!(matches!(c.request(target, Request::Status).await, Ok(Response::Status(_))));
+    assert!(matches!(c.request(target, GetStatus.into_request()).await, Ok(Response::Status(_))));
     c.close().await;
 }

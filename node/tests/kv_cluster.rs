@@ -20,7 +20,9 @@ use starling_node::kv::view::parse_tokens;
 use starling_node::transport::quic::QuicTransport;
 use starling_node::transport::Transport;
 use starling_ring::{token_of, NodeKey, NodeStatus, Ring, RingNode};
-use starling_wire::{Consistency, Record, Request, Response, Version};
+use starling_wire::{
+    Call, Consistency, KvResponse, Leave, Put, Record, ReplicaWrite, Response, Version, Written,
+};
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------------------------
@@ -297,17 +299,18 @@ async fn keep_writing(
             let addr = coordinators[(n + j) % coordinators.len()];
             let client = client.clone();
             async move {
-                let req = Request::KvPut {
+                let req = Put {
                     key: key.clone(),
                     value: Some(key.clone()),
                     consistency: Consistency::Quorum,
-                };
+                }
+                .into_request();
                 (key, client.request(addr, req).await)
             }
         });
         for (key, r) in join_all(writes).await {
             match r {
-                Ok(Response::KvWritten { version, .. }) => {
+                Ok(Response::Kv(KvResponse::Written(Written { version, .. }))) => {
                     let rec = Record { key: key.clone(), version, value: Some(key.clone()) };
                     acked.lock().expect("lock").insert(key, rec);
                 }
@@ -480,10 +483,7 @@ async fn leave_hands_data_over() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let leave_at = Instant::now();
-    match c.call(leaver, Request::Leave).await {
-        Ok(Response::Ok) => {}
-        other => panic!("leave: {other:?}"),
-    }
+    c.call(leaver, Leave).await.expect("leave");
     // It hands its data over, announces `left` and stops by itself.
     let exit = c.nodes[leaver].wait_exit(PATIENCE).await;
     assert!(exit.success(), "node4 exited with {exit}\n{}", tail(&c.nodes[leaver].data, 40));
@@ -620,7 +620,7 @@ async fn a_node_whose_clock_is_two_minutes_off_coordinates_no_write_and_none_is_
             version: Version { ts: (v1.version.millis() + 10 * 365 * 86_400_000) << 16, node: 7 },
             value: Some(b"from the future".to_vec()),
         };
-        match c.call(0, Request::ReplicaWrite(vec![planted])).await {
+        match c.call(0, ReplicaWrite(vec![planted])).await {
             Err(e) => assert!(e.contains("ahead"), "{e}"),
             Ok(r) => panic!("a version ten years ahead was stored: {r:?}"),
         }

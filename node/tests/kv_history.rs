@@ -28,7 +28,10 @@ use rand::{Rng, SeedableRng};
 use starling_node::transport::quic::QuicTransport;
 use starling_node::transport::{Transport, TransportError};
 use starling_tests::history::{check, Call, CheckOptions, History, Outcome, Recorder};
-use starling_wire::{Consistency, ErrorCode, Record, Request, Response};
+use starling_wire::{
+    Call as _, Consistency, ErrorCode, Get, KvResponse, Put, Record, Request, Response, Value,
+    Written,
+};
 use tokio::time::{sleep, Instant};
 
 #[path = "common/process.rs"]
@@ -70,15 +73,18 @@ impl Shared {
 /// The request that carries `call` at `level`.
 fn request_of(call: &Call, level: Consistency) -> Request {
     match call {
-        Call::Put { key, value } => Request::KvPut {
+        Call::Put { key, value } => Put {
             key: key.clone().into_bytes(),
             value: Some(value.clone().into_bytes()),
             consistency: level,
-        },
-        Call::Delete { key } => {
-            Request::KvPut { key: key.clone().into_bytes(), value: None, consistency: level }
         }
-        Call::Get { key } => Request::KvGet { key: key.clone().into_bytes(), consistency: level },
+        .into_request(),
+        Call::Delete { key } => {
+            Put { key: key.clone().into_bytes(), value: None, consistency: level }.into_request()
+        }
+        Call::Get { key } => {
+            Get { key: key.clone().into_bytes(), consistency: level }.into_request()
+        }
     }
 }
 
@@ -94,10 +100,12 @@ fn value_of(record: Option<Record>) -> Option<String> {
 /// call is recorded as it is, for the checker to report.
 fn outcome_of(answer: Result<Response, TransportError>) -> Outcome {
     match answer {
-        Ok(Response::KvWritten { superseded, .. }) => {
+        Ok(Response::Kv(KvResponse::Written(Written { superseded, .. }))) => {
             Outcome::Written { superseded: superseded.is_some() }
         }
-        Ok(Response::KvValue { record, .. }) => Outcome::Read(value_of(record)),
+        Ok(Response::Kv(KvResponse::Value(Value { record, .. }))) => {
+            Outcome::Read(value_of(record))
+        }
         Ok(Response::Error {
             code: code @ (ErrorCode::Unavailable | ErrorCode::BadRequest | ErrorCode::TooLarge),
             message,

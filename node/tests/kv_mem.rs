@@ -18,8 +18,9 @@ use starling_node::transport::mem::{MemNetwork, MemTransport};
 use starling_node::transport::{PeerInfo, Service, Transport, TransportConfig};
 use starling_ring::{token_of, NodeKey, NodeStatus, Range, Ring, RingNode};
 use starling_wire::{
-    Consistency, ErrorCode, Key, ReadAnswer, Record, Request, Response, Version, MAX_KEY_BYTES,
-    MAX_VALUE_BYTES,
+    Call, ClientRequest, Clock, Consistency, ErrorCode, Get, Key, Page, PeerRequest, ReadAnswer,
+    Record, ReplicaRead, ReplicaReadMany, ReplicaResponse, ReplicaScan, ReplicaWrite, Request,
+    Response, Version, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -48,12 +49,14 @@ impl Service for KvService {
                 _ => break,
             }
         }
-        match self.kv.get() {
-            Some(kv) => kv
-                .handle(req)
-                .await
-                .unwrap_or_else(|| Response::error(ErrorCode::BadRequest, "not a KV request")),
-            None => Response::error(ErrorCode::Unavailable, "starting"),
+        let Some(kv) = self.kv.get() else {
+            return Response::error(ErrorCode::Unavailable, "starting");
+        };
+        match req {
+            Request::Client(ClientRequest::Kv(r)) => kv.handle_client(r).await,
+            Request::Peer(PeerRequest::Replica(r)) => kv.handle_replica(r).await,
+            Request::Peer(PeerRequest::Clock) => Clock::respond(starling_node::kv::wall_millis()),
+            _ => Response::error(ErrorCode::BadRequest, "not a KV request"),
         }
     }
 }
@@ -306,8 +309,9 @@ fn stored(n: &TestNode, key: &[u8]) -> Option<Record> {
 
 async fn replica_read(from: &TestNode, to: &TestNode, key: &[u8]) -> Option<Record> {
     let addr = to.transport.local_addr();
-    match from.transport.request(addr, Request::ReplicaRead(key.to_vec())).await {
-        Ok(Response::ReplicaRecord(r)) => r,
+    match from.transport.call(addr, ReplicaRead(key.to_vec())).await {
+        Ok(ReadAnswer::Found(r)) => Some(r),
+        Ok(ReadAnswer::Missing) => None,
         other => panic!("ReplicaRead from {addr}: {other:?}"),
     }
 }
@@ -737,12 +741,16 @@ async fn a_delete_is_not_resurrected_by_an_older_copy() {
         let addr = n.transport.local_addr();
         let resp = c.nodes[0]
             .transport
-            .request(addr, Request::ReplicaWrite(vec![before.clone(), before2.clone()]))
+            .request(addr, ReplicaWrite(vec![before.clone(), before2.clone()]).into_request())
             .await
             .expect("replica write");
         // Node 2 has the first tombstone (read repair), not yet the second (a hint).
         let second = (i != 2).then_some(tomb2.version);
-        assert_eq!(resp, Response::ReplicaWritten(vec![Some(tomb.version), second]), "node {i}");
+        assert_eq!(
+            resp,
+            Response::Replica(ReplicaResponse::Written(vec![Some(tomb.version), second])),
+            "node {i}"
+        );
     }
     for n in &c.nodes[..2] {
         assert_eq!(stored(n, b"doomed"), Some(tomb.clone()));
@@ -880,7 +888,7 @@ async fn bad_keys_values_and_levels_are_refused() {
         .transport
         .request(
             c.nodes[0].transport.local_addr(),
-            Request::KvGet { key: b"k".to_vec(), consistency: Consistency::Any },
+            Get { key: b"k".to_vec(), consistency: Consistency::Any }.into_request(),
         )
         .await
         .expect("request");
@@ -889,7 +897,7 @@ async fn bad_keys_values_and_levels_are_refused() {
         Record { key: Vec::new(), version: Version { ts: 1, node: 1 }, value: Some(b"v".to_vec()) };
     let resp = c.nodes[1]
         .transport
-        .request(c.nodes[0].transport.local_addr(), Request::ReplicaWrite(vec![bad_record]))
+        .request(c.nodes[0].transport.local_addr(), ReplicaWrite(vec![bad_record]).into_request())
         .await
         .expect("request");
     assert!(matches!(resp, Response::Error { code: ErrorCode::BadRequest, .. }), "{resp:?}");
@@ -991,9 +999,10 @@ async fn replica_scans_page_large_values_within_the_frame_limit() {
     let mut got = BTreeMap::new();
     let mut after = None;
     for _ in 0..1000 {
-        let req = Request::ReplicaScan { start: 0, end: 0, after: after.clone(), limit: 1024 };
+        let req =
+            ReplicaScan { start: 0, end: 0, after: after.clone(), limit: 1024 }.into_request();
         match c.nodes[0].transport.request(to, req).await {
-            Ok(Response::ReplicaRecords { records, cursor }) => {
+            Ok(Response::Replica(ReplicaResponse::Page(Page { records, cursor }))) => {
                 for r in records {
                     assert!(got.insert(data_key(&r.key), r).is_none(), "a record came twice");
                 }
@@ -1010,9 +1019,10 @@ async fn replica_scans_page_large_values_within_the_frame_limit() {
     // And a partial range holds exactly its keys.
     let tokens: Vec<u64> = expected.values().map(|r| token_of(&r.key)).collect();
     let range = Range { start: tokens[10], end: tokens[40] };
-    let req = Request::ReplicaScan { start: range.start, end: range.end, after: None, limit: 4096 };
+    let req =
+        ReplicaScan { start: range.start, end: range.end, after: None, limit: 4096 }.into_request();
     match c.nodes[0].transport.request(to, req).await {
-        Ok(Response::ReplicaRecords { records, .. }) => {
+        Ok(Response::Replica(ReplicaResponse::Page(Page { records, .. }))) => {
             assert!(records.iter().all(|r| range.contains(token_of(&r.key))));
         }
         other => panic!("ReplicaScan: {other:?}"),
@@ -1032,8 +1042,8 @@ async fn a_corrupt_record_fails_only_its_own_key_and_is_repaired() {
 
     let addr = c.nodes[1].transport.local_addr();
     let keys = vec![Key(b"flipped".to_vec()), Key(b"healthy".to_vec())];
-    match c.nodes[0].transport.request(addr, Request::ReplicaReadMany(keys)).await {
-        Ok(Response::ReplicaRecordMany(answers)) => {
+    match c.nodes[0].transport.request(addr, ReplicaReadMany(keys).into_request()).await {
+        Ok(Response::Replica(ReplicaResponse::Records(answers))) => {
             assert!(
                 matches!(&answers[0], ReadAnswer::Unreadable(why) if !why.contains('/')),
                 "{answers:?}"

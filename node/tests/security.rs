@@ -12,7 +12,8 @@ use starling_node::tls::{self, TlsConfigs, TlsMaterial, ALPN, SERVER_NAME};
 use starling_node::transport::quic::QuicTransport;
 use starling_node::transport::{Transport, TransportConfig, SERVICE_ERROR_ID};
 use starling_wire::{
-    encode_request, ErrorCode, FrameDecoder, FrameKind, Request, Response, MAX_REQUEST_BODY,
+    encode_request, Call, Echo, ErrorCode, FrameDecoder, FrameKind, GetStatus, Leave, Response,
+    MAX_REQUEST_BODY, VERSION,
 };
 
 async fn server(tls: &TlsConfigs) -> (QuicTransport, TestService) {
@@ -61,7 +62,7 @@ async fn client_from_another_ca_is_refused() {
     let config = client_trusting(&dir.path().join("server"), Some(&foreign));
     let stranger = client(&TlsConfigs { client: Arc::new(config), ..tls.clone() }).await;
     let err = stranger
-        .request_within(srv.local_addr(), Request::Status, Duration::from_secs(3))
+        .request_within(srv.local_addr(), GetStatus.into_request(), Duration::from_secs(3))
         .await
         .unwrap_err();
     eprintln!("foreign CA: {err}");
@@ -69,7 +70,7 @@ async fn client_from_another_ca_is_refused() {
     assert_eq!(svc.calls.load(Ordering::Relaxed), 0, "no request reached the service");
     // A legitimate client is served meanwhile.
     let friend = client(&issued_configs(dir.path(), "friend")).await;
-    assert_eq!(friend.request(srv.local_addr(), Request::Leave).await.unwrap(), Response::Ok);
+    assert_eq!(friend.request(srv.local_addr(), Leave.into_request()).await.unwrap(), Response::Ok);
 }
 
 #[tokio::test]
@@ -78,7 +79,7 @@ async fn server_from_another_ca_is_refused_by_the_client() {
     let (srv, svc) = server(&foreign_configs()).await;
     // The client trusts only its own cluster CA.
     let c = client(&issued_configs(dir.path(), "client")).await;
-    let err = c.request(srv.local_addr(), Request::Status).await.unwrap_err();
+    let err = c.request(srv.local_addr(), GetStatus.into_request()).await.unwrap_err();
     assert!(err.to_string().contains("cannot connect"), "{err}");
     assert_eq!(svc.calls.load(Ordering::Relaxed), 0);
 }
@@ -92,7 +93,7 @@ async fn client_without_certificate_is_refused() {
     let no_cert = client_trusting(&dir.path().join("server"), None);
     let anonymous = client(&TlsConfigs { client: Arc::new(no_cert), ..tls.clone() }).await;
     let err = anonymous
-        .request_within(srv.local_addr(), Request::Status, Duration::from_secs(3))
+        .request_within(srv.local_addr(), GetStatus.into_request(), Duration::from_secs(3))
         .await
         .unwrap_err();
     eprintln!("no certificate: {err}");
@@ -106,7 +107,7 @@ async fn insecure_mode_talks_to_itself() {
     assert!(tls.insecure);
     let (srv, _) = server(&tls).await;
     let c = client(&tls::insecure().unwrap()).await;
-    assert_eq!(c.request(srv.local_addr(), Request::Leave).await.unwrap(), Response::Ok);
+    assert_eq!(c.request(srv.local_addr(), Leave.into_request()).await.unwrap(), Response::Ok);
 }
 
 #[test]
@@ -170,13 +171,13 @@ async fn malformed_and_oversized_frames_get_errors_and_node_keeps_serving() {
     // 1. Oversized request: answered TooLarge with its id, then the same stream goes on.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let body_len = MAX_REQUEST_BODY + 1;
-    let mut bytes = header(1, 1, (body_len + 10) as u32, 77);
+    let mut bytes = header(VERSION, 1, (body_len + 10) as u32, 77);
     bytes.extend(std::iter::repeat_n(0xEE, body_len));
     // 2. A valid header with a garbage body: BadRequest with its id.
-    bytes.extend(header(1, 1, 10 + 3, 78));
+    bytes.extend(header(VERSION, 1, 10 + 3, 78));
     bytes.extend([0xC1, 0xC1, 0xC1]);
     // 3. A good request on the same stream still works.
-    encode_request(&mut bytes, 79, &Request::Echo(b"still here".to_vec())).unwrap();
+    encode_request(&mut bytes, 79, &Echo(b"still here".to_vec()).into_request()).unwrap();
     let write = async {
         send.write_all(&bytes).await.unwrap();
     };
@@ -212,11 +213,11 @@ async fn malformed_and_oversized_frames_get_errors_and_node_keeps_serving() {
 
     // The node still serves other clients and the raw connection's good stream.
     assert_eq!(
-        good.request(to, Request::Echo(vec![1, 2])).await.unwrap(),
+        good.request(to, Echo(vec![1, 2]).into_request()).await.unwrap(),
         Response::Echo(vec![1, 2])
     );
     let mut again = Vec::new();
-    encode_request(&mut again, 80, &Request::Leave).unwrap();
+    encode_request(&mut again, 80, &Leave.into_request()).unwrap();
     send.write_all(&again).await.unwrap();
     let frames = read_frames(&mut recv, &mut dec, 1).await;
     assert_eq!(frames[0], (80, Response::Ok));
@@ -277,7 +278,7 @@ async fn unfinished_handshakes_do_not_lock_clients_out() {
         for i in 0..3u8 {
             // A fresh endpoint, so a new connection that must get through.
             let c = client(&client_tls).await;
-            match c.request(addr, Request::Echo(vec![round, i])).await {
+            match c.request(addr, Echo(vec![round, i]).into_request()).await {
                 Ok(Response::Echo(b)) if b == [round, i] => {}
                 other => failures.push(format!("round {round}, client {i}: {other:?}")),
             }

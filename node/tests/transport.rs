@@ -13,7 +13,8 @@ use starling_node::transport::mem::MemNetwork;
 use starling_node::transport::quic::QuicTransport;
 use starling_node::transport::{Transport, TransportConfig, TransportError};
 use starling_wire::{
-    ErrorCode, Request, Response, MAX_ONEWAY_BODY, MAX_REQUEST_BODY, MAX_RESPONSE_BODY,
+    Call, Echo, ErrorCode, GetStatus, Leave, PeerRequest, Request, Response, MAX_ONEWAY_BODY,
+    MAX_REQUEST_BODY, MAX_RESPONSE_BODY,
 };
 use tokio::sync::mpsc;
 
@@ -83,14 +84,15 @@ async fn pair<H: Harness>(h: &mut H) -> Pair<H::T> {
 async fn request_response<H: Harness>(h: &mut H) {
     let p = pair(h).await;
     let to = p.server.local_addr();
-    let resp = p.client.request(to, Request::Echo(b"hello".to_vec())).await.unwrap();
+    let resp = p.client.request(to, Echo(b"hello".to_vec()).into_request()).await.unwrap();
     assert_eq!(resp, Response::Echo(b"hello".to_vec()));
     // The server sees the client's own address (a node dials from its listen socket).
-    let resp = p.client.request(to, Request::Status).await.unwrap();
+    let resp = p.client.request(to, GetStatus.into_request()).await.unwrap();
     assert_eq!(resp, Response::Status(p.client.local_addr().to_string().into_bytes()));
-    assert_eq!(p.client.request(to, Request::Leave).await.unwrap(), Response::Ok);
+    assert_eq!(p.client.request(to, Leave.into_request()).await.unwrap(), Response::Ok);
     // And the other way round, over whichever connection the transport picks.
-    let back = p.server.request(p.client.local_addr(), Request::Echo(vec![7; 3])).await.unwrap();
+    let back =
+        p.server.request(p.client.local_addr(), Echo(vec![7; 3]).into_request()).await.unwrap();
     assert_eq!(back, Response::Echo(vec![7; 3]));
 }
 
@@ -99,7 +101,7 @@ async fn many_pipelined<H: Harness>(h: &mut H) {
     let to = p.server.local_addr();
     let calls = (0..2000u32).map(|i| {
         let client = p.client.clone();
-        async move { (i, client.request(to, Request::Echo(i.to_be_bytes().to_vec())).await) }
+        async move { (i, client.request(to, Echo(i.to_be_bytes().to_vec()).into_request()).await) }
     });
     let results = futures_util::future::join_all(calls).await;
     for (i, r) in results {
@@ -108,8 +110,8 @@ async fn many_pipelined<H: Harness>(h: &mut H) {
     // Large frames pipelined with small ones.
     let big = vec![3u8; MAX_RESPONSE_BODY - 64];
     let (a, b) = tokio::join!(
-        p.client.request(to, Request::Echo(big.clone())),
-        p.client.request(to, Request::Echo(vec![1]))
+        p.client.request(to, Echo(big.clone()).into_request()),
+        p.client.request(to, Echo(vec![1]).into_request())
     );
     assert_eq!(a.unwrap(), Response::Echo(big));
     assert_eq!(b.unwrap(), Response::Echo(vec![1]));
@@ -119,7 +121,10 @@ async fn one_way_delivery<H: Harness>(h: &mut H) {
     let mut p = pair(h).await;
     let to = p.server.local_addr();
     for i in 0..500u32 {
-        p.client.send_one_way(to, Request::Gossip(i.to_be_bytes().to_vec())).await.unwrap();
+        p.client
+            .send_one_way(to, Request::Peer(PeerRequest::Gossip(i.to_be_bytes().to_vec())))
+            .await
+            .unwrap();
     }
     for i in 0..500u32 {
         let (from, body) =
@@ -128,9 +133,12 @@ async fn one_way_delivery<H: Harness>(h: &mut H) {
         assert_eq!(body, i.to_be_bytes().to_vec(), "one-way messages arrive in order");
     }
     // Over the one-way limit: refused locally, nothing sent, the stream stays usable.
-    let err = p.client.send_one_way(to, Request::Gossip(vec![0; MAX_ONEWAY_BODY])).await;
+    let err = p
+        .client
+        .send_one_way(to, Request::Peer(PeerRequest::Gossip(vec![0; MAX_ONEWAY_BODY])))
+        .await;
     assert!(matches!(err, Err(TransportError::Frame { .. })), "{err:?}");
-    p.client.send_one_way(to, Request::Gossip(vec![9])).await.unwrap();
+    p.client.send_one_way(to, Request::Peer(PeerRequest::Gossip(vec![9]))).await.unwrap();
     let (_, body) = p.gossip.recv().await.unwrap();
     assert_eq!(body, vec![9]);
 }
@@ -138,11 +146,11 @@ async fn one_way_delivery<H: Harness>(h: &mut H) {
 async fn timeouts<H: Harness>(h: &mut H) {
     let p = pair(h).await;
     let to = p.server.local_addr();
-    p.client.request(to, Request::Leave).await.unwrap();
+    p.client.request(to, Leave.into_request()).await.unwrap();
     let started = tokio::time::Instant::now();
     let err = p
         .client
-        .request_within(to, Request::Echo(SLOW.to_vec()), Duration::from_millis(200))
+        .request_within(to, Echo(SLOW.to_vec()).into_request(), Duration::from_millis(200))
         .await
         .unwrap_err();
     assert!(started.elapsed() < SLOW_FOR, "gave up at the deadline, not after the handler");
@@ -150,10 +158,10 @@ async fn timeouts<H: Harness>(h: &mut H) {
     let msg = err.to_string();
     assert!(msg.contains(&to.to_string()) && msg.contains("200ms"), "{msg}");
     // A slow request does not hold up the ones behind it on the same stream.
-    let slow = p.client.request(to, Request::Echo(SLOW.to_vec()));
+    let slow = p.client.request(to, Echo(SLOW.to_vec()).into_request());
     let fast = async {
         let t = tokio::time::Instant::now();
-        let r = p.client.request(to, Request::Echo(vec![1])).await;
+        let r = p.client.request(to, Echo(vec![1]).into_request()).await;
         (r, t.elapsed())
     };
     let (slow, (fast, fast_took)) = tokio::join!(slow, fast);
@@ -167,8 +175,11 @@ async fn unreachable_peer<H: Harness>(h: &mut H) {
     let p = pair(h).await;
     let nobody = h.nobody();
     let started = tokio::time::Instant::now();
-    let err =
-        p.client.request_within(nobody, Request::Status, Duration::from_secs(3)).await.unwrap_err();
+    let err = p
+        .client
+        .request_within(nobody, GetStatus.into_request(), Duration::from_secs(3))
+        .await
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(4));
     match &err {
         TransportError::Connect { peer, .. } | TransportError::Timeout { peer, .. } => {
@@ -180,27 +191,28 @@ async fn unreachable_peer<H: Harness>(h: &mut H) {
     assert!(err.to_string().contains(&nobody.to_string()), "{err}");
     // The transport still works for reachable peers.
     let to = p.server.local_addr();
-    assert_eq!(p.client.request(to, Request::Leave).await.unwrap(), Response::Ok);
+    assert_eq!(p.client.request(to, Leave.into_request()).await.unwrap(), Response::Ok);
 }
 
 async fn peer_restart<H: Harness>(h: &mut H) {
     let p = pair(h).await;
     let to = p.server.local_addr();
-    p.client.request(to, Request::Leave).await.unwrap();
+    p.client.request(to, Leave.into_request()).await.unwrap();
     p.server.close().await;
-    let err = p.client.request_within(to, Request::Leave, Duration::from_secs(2)).await;
+    let err = p.client.request_within(to, Leave.into_request(), Duration::from_secs(2)).await;
     assert!(err.is_err(), "a closed node does not answer");
     // A response too large to send becomes an error response, not a hang or a broken stream.
     let p2 = pair(h).await;
     let to2 = p2.server.local_addr();
-    let resp = p2.client.request(to2, Request::Echo(HUGE.to_vec())).await.unwrap();
+    let resp = p2.client.request(to2, Echo(HUGE.to_vec()).into_request()).await.unwrap();
     assert!(
         matches!(&resp, Response::Error { code: ErrorCode::Internal, message } if message.contains("limit")),
         "{resp:?}"
     );
-    assert_eq!(p2.client.request(to2, Request::Leave).await.unwrap(), Response::Ok);
+    assert_eq!(p2.client.request(to2, Leave.into_request()).await.unwrap(), Response::Ok);
     // A request over the limit is refused before it is sent.
-    let err = p2.client.request(to2, Request::Echo(vec![0; MAX_REQUEST_BODY])).await.unwrap_err();
+    let err =
+        p2.client.request(to2, Echo(vec![0; MAX_REQUEST_BODY]).into_request()).await.unwrap_err();
     assert!(matches!(err, TransportError::Frame { .. }), "{err:?}");
 }
 

@@ -20,8 +20,9 @@ use serde::Serialize;
 
 use crate::{Request, Response};
 
-/// The frame format version this build writes and accepts.
-pub const VERSION: u8 = 1;
+/// The frame format and message shape version this build writes and accepts (2: the client and
+/// peer APIs split into typed enums per subsystem; 1 had one flat enum).
+pub const VERSION: u8 = 2;
 
 /// Bytes before the body: length (4), version (1), kind (1), request id (8).
 pub const HEADER_LEN: usize = 14;

@@ -3,6 +3,8 @@
 //! Peers and clients exchange length-prefixed [`frame`]s on long-lived QUIC streams. Each frame
 //! carries a version, a [`FrameKind`], a request id (responses echo it, which is what lets many
 //! requests be in flight on one stream) and an `rmp-serde` body: a [`Request`] or a [`Response`].
+//! Requests are split into a client API and a peer API, each typed per subsystem, with one struct
+//! per call that knows its answer's type ([`Call`]); see [`message`](crate::Call).
 //!
 //! IO contract: this crate does no IO. Senders append frames to a buffer ([`encode_request`] and
 //! friends) and write the buffer however they like; receivers [`FrameDecoder::feed`] whatever bytes
@@ -10,12 +12,12 @@
 //! [`FrameError`] that names what was wrong; nothing here panics on received bytes.
 //!
 //! ```
-//! use starling_wire::{encode_request, encode_response, FrameDecoder, FrameKind, Request, Response};
+//! use starling_wire::{encode_request, encode_response, Call, Echo, FrameDecoder, FrameKind, GetStatus, Response};
 //!
 //! // The client pipelines two requests in one write.
 //! let mut out = Vec::new();
-//! encode_request(&mut out, 1, &Request::Status).unwrap();
-//! encode_request(&mut out, 2, &Request::Echo(b"hi".to_vec())).unwrap();
+//! encode_request(&mut out, 1, &GetStatus.into_request()).unwrap();
+//! encode_request(&mut out, 2, &Echo(b"hi".to_vec()).into_request()).unwrap();
 //!
 //! // The server may receive them split anywhere.
 //! let mut dec = FrameDecoder::new();
@@ -24,13 +26,13 @@
 //! dec.feed(&out[5..]);
 //! let first = dec.decode().unwrap().unwrap();
 //! assert_eq!((first.kind, first.id), (FrameKind::Request, 1));
-//! assert_eq!(first.request().unwrap(), Request::Status);
+//! assert_eq!(first.request().unwrap(), GetStatus.into_request());
 //! let second = dec.decode().unwrap().unwrap();
-//! assert_eq!(second.request().unwrap(), Request::Echo(b"hi".to_vec()));
+//! assert_eq!(second.request().unwrap(), Echo(b"hi".to_vec()).into_request());
 //!
 //! // And answers by id.
 //! let mut back = Vec::new();
-//! encode_response(&mut back, second.id, &Response::Echo(b"hi".to_vec())).unwrap();
+//! encode_response(&mut back, second.id, &Echo::respond(b"hi".to_vec())).unwrap();
 //! ```
 
 mod bin;
@@ -47,4 +49,9 @@ pub use kv::{
     check_key_value, Consistency, Key, ReadAnswer, Record, Version, MAX_BATCH_BYTES, MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
 };
-pub use message::{ErrorCode, Request, Response};
+pub use message::{
+    answer_of, AnswerError, Call, ClientRequest, Clock, Echo, ErrorCode, Get, GetStatus, KvRequest,
+    KvResponse, Leave, Page, PeerRequest, Put, ReplicaHint, ReplicaRead, ReplicaReadMany,
+    ReplicaRequest, ReplicaResponse, ReplicaScan, ReplicaVersions, ReplicaWrite, Request, Response,
+    Value, Written,
+};

@@ -1,135 +1,145 @@
-//! The messages carried inside frames.
+//! The messages carried inside frames: a client API and a peer API, each a typed enum per
+//! subsystem, and one struct per call that knows its answer's type ([`Call`]).
 //!
-//! Both enums are serde *externally tagged* and encoded with field and variant **names**
-//! (`rmp_serde::encode::write_named`), so adding a variant (the KV store's `Put`/`Get`/`Delete`,
-//! the metadata service's calls) or a field with `#[serde(default)]` later does not change how the
-//! existing ones look on the wire. An old peer that receives a variant it does not know fails to
-//! decode that one body and answers `ErrorCode::BadRequest`; the stream and connection stay up.
+//! ```text
+//! Request ─┬─ Client(ClientRequest) ─┬─ Status | Echo
+//!          │   (any certificate)      └─ Kv(KvRequest): Put | Get
+//!          └─ Peer(PeerRequest) ──────┬─ Gossip | Leave | Clock
+//!              (node certificates)    └─ Replica(ReplicaRequest): Write | Read | ReadMany
+//!                                         | Versions | Scan | Hint
+//! Response ── Ok | Error | Status | Echo | Clock | Kv(KvResponse) | Replica(ReplicaResponse)
+//! ```
+//!
+//! A node refuses every [`Request::Peer`] from a client certificate; the split is structural, so
+//! a new peer RPC cannot be forgotten in an allow-list. The metadata service and topics add their
+//! own subsystem variants to both sides.
+//!
+//! **Versions.** The frame header's version byte ([`crate::VERSION`]) names this message shape;
+//! a node refuses frames of another version with a fatal error that says which version it speaks.
+//! Within a version the enums evolve additively only: they are serde *externally tagged* and
+//! encoded with field and variant **names** (`rmp_serde::encode::write_named`), so a new variant
+//! or a new field with `#[serde(default)]` does not change how the existing ones look on the wire.
+//! A node that receives a variant it does not know fails to decode that one body and answers
+//! [`ErrorCode::BadRequest`] naming it; the stream and connection stay up. Anything else bumps the
+//! version.
+//!
+//! **Typed calls.** Each call is a struct implementing [`Call`]: it turns itself into a
+//! [`Request`] and takes its answer out of a [`Response`], so the shape of every answer is checked
+//! in one place (here) and callers get `Result<Answer, CallError>`:
+//!
+//! ```
+//! use starling_wire::{Call, Consistency, Get, Response, Value, KvResponse};
+//!
+//! let get = Get { key: b"k".to_vec(), consistency: Consistency::Quorum };
+//! let _request = get.into_request();
+//! let answer = Response::Kv(KvResponse::Value(Value { record: None, replicas: 2 }));
+//! assert_eq!(Get::answer(answer).unwrap(), Value { record: None, replicas: 2 });
+//! assert!(Get::answer(Response::Ok).is_err()); // the wrong shape is an error, never a panic
+//! ```
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{Consistency, Record, Version};
+use crate::kv::{Consistency, Key, ReadAnswer, Record, Version};
 
-/// What one peer (or a client) asks another.
+/// What a client or a peer asks a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// An opaque `starling-gossip` message. Always sent as a [`crate::FrameKind::OneWay`] frame:
-    /// gossip answers with its own messages, never with a response.
-    Gossip(#[serde(with = "crate::bin")] Vec<u8>),
-    /// Ask for the node's status (the same JSON the HTTP status endpoint serves).
-    Status,
-    /// Ask the node to leave the cluster gracefully.
-    Leave,
-    /// Answered with [`Response::Echo`] carrying the same bytes; for benchmarks and tests.
-    Echo(#[serde(with = "crate::bin")] Vec<u8>),
-    /// Client: write `value` under `key` (`None` deletes), coordinated by the receiving node.
-    KvPut {
-        #[serde(with = "crate::bin")]
-        key: Vec<u8>,
-        #[serde(with = "crate::bin::opt")]
-        value: Option<Vec<u8>>,
-        consistency: Consistency,
-    },
-    /// Client: read `key`, coordinated by the receiving node.
-    KvGet {
-        #[serde(with = "crate::bin")]
-        key: Vec<u8>,
-        consistency: Consistency,
-    },
-    /// Coordinator to replica (and hint replay): store these records, keeping the newer version
-    /// of each key. Answered once they are in the replica's write-ahead log.
-    ReplicaWrite(Vec<Record>),
-    /// Coordinator to replica: this replica's record of `key` (tombstones included).
-    ReplicaRead(#[serde(with = "crate::bin")] Vec<u8>),
-    /// Coordinator to replica: this replica's records of several keys, answered in order with
-    /// [`Response::ReplicaRecordMany`] (coordinators batch the reads bound for one peer).
-    ReplicaReadMany(Vec<crate::kv::Key>),
-    /// Streaming (bootstrap): records whose token is in `(start, end]` (wrapping; `start == end`
-    /// is the whole ring), in storage order, after the `after` cursor, at most `limit`.
-    ReplicaScan {
-        start: u64,
-        end: u64,
-        #[serde(with = "crate::bin::opt")]
-        after: Option<Vec<u8>>,
-        limit: u32,
-    },
-    /// Coordinator to replica, a digest read: only the stored version of each key, answered in
-    /// order with [`Response::ReplicaVersions`]. A quorum read fetches the record from one
-    /// replica and versions from the others.
-    ReplicaVersions(Vec<crate::kv::Key>),
-    /// Coordinator to a fallback node (sloppy quorum): keep these records as hints for `target`,
-    /// a replica that is down, and deliver them when it is back. Answered once they are in the
-    /// fallback's write-ahead log.
-    ReplicaHint { target: u128, records: Vec<Record> },
-    /// Peer to peer: this node's wall clock, answered with [`Response::Clock`] (clock-offset
-    /// monitoring: a node too far off the cluster refuses to coordinate writes).
-    Clock,
+    /// The client API: any certificate of the cluster may call it.
+    Client(ClientRequest),
+    /// Node to node: only a node certificate may call it.
+    Peer(PeerRequest),
 }
 
 impl Request {
-    /// Whether this is a peer RPC, which only a node may send (replica reads and writes, hints,
-    /// scans, gossip, clock probes, leave), as opposed to the client API (`KvPut`, `KvGet`,
-    /// `Status`, `Echo`).
+    /// Whether this is a peer RPC, which only a node may send.
     pub fn is_peer_rpc(&self) -> bool {
+        matches!(self, Request::Peer(_))
+    }
+
+    /// A short name for logs and metrics (`kv_put`, `replica_write`, ...).
+    pub fn kind(&self) -> &'static str {
         match self {
-            Request::Status | Request::Echo(_) | Request::KvPut { .. } | Request::KvGet { .. } => {
-                false
+            Request::Client(ClientRequest::Status) => "status",
+            Request::Client(ClientRequest::Echo(_)) => "echo",
+            Request::Client(ClientRequest::Kv(KvRequest::Put(Put { value: Some(_), .. }))) => {
+                "kv_put"
             }
-            Request::Gossip(_)
-            | Request::Leave
-            | Request::ReplicaWrite(_)
-            | Request::ReplicaRead(_)
-            | Request::ReplicaReadMany(_)
-            | Request::ReplicaScan { .. }
-            | Request::ReplicaVersions(_)
-            | Request::ReplicaHint { .. }
-            | Request::Clock => true,
+            Request::Client(ClientRequest::Kv(KvRequest::Put(Put { value: None, .. }))) => {
+                "kv_delete"
+            }
+            Request::Client(ClientRequest::Kv(KvRequest::Get(_))) => "kv_get",
+            Request::Peer(PeerRequest::Gossip(_)) => "gossip",
+            Request::Peer(PeerRequest::Leave) => "leave",
+            Request::Peer(PeerRequest::Clock) => "clock",
+            Request::Peer(PeerRequest::Replica(r)) => match r {
+                ReplicaRequest::Write(_) => "replica_write",
+                ReplicaRequest::Read(_) => "replica_read",
+                ReplicaRequest::ReadMany(_) => "replica_read_many",
+                ReplicaRequest::Versions(_) => "replica_versions",
+                ReplicaRequest::Scan(_) => "replica_scan",
+                ReplicaRequest::Hint(_) => "replica_hint",
+            },
         }
     }
+}
+
+/// The client API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// The node's status (the same JSON the HTTP status endpoint serves).
+    Status,
+    /// Answered with the same bytes; for benchmarks and tests.
+    Echo(#[serde(with = "crate::bin")] Vec<u8>),
+    /// The key-value store, coordinated by the receiving node.
+    Kv(KvRequest),
+}
+
+/// The key-value store's client calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvRequest {
+    /// Write or delete one key.
+    Put(Put),
+    /// Read one key.
+    Get(Get),
+}
+
+/// The peer API: only node certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// An opaque `starling-gossip` message. Always sent as a [`crate::FrameKind::OneWay`] frame:
+    /// gossip answers with its own messages, never with a response.
+    Gossip(#[serde(with = "crate::bin")] Vec<u8>),
+    /// Leave the cluster gracefully (hand the data over first).
+    Leave,
+    /// This node's wall clock (clock-offset monitoring: a node too far off the cluster refuses
+    /// to coordinate writes).
+    Clock,
+    /// Coordinator to replica, hint replay, streaming.
+    Replica(ReplicaRequest),
+}
+
+/// What a coordinator (or a joining, leaving or hint-holding node) asks a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaRequest {
+    /// See [`ReplicaWrite`].
+    Write(Vec<Record>),
+    /// See [`ReplicaRead`].
+    Read(#[serde(with = "crate::bin")] Vec<u8>),
+    /// See [`ReplicaReadMany`].
+    ReadMany(Vec<Key>),
+    /// See [`ReplicaVersions`].
+    Versions(Vec<Key>),
+    /// See [`ReplicaScan`].
+    Scan(ReplicaScan),
+    /// See [`ReplicaHint`].
+    Hint(ReplicaHint),
 }
 
 /// What a node answers to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// The status document as UTF-8 JSON bytes. Kept as bytes so this crate does not pin the
-    /// status schema, which belongs to `node`.
-    Status(#[serde(with = "crate::bin")] Vec<u8>),
-    /// The request was carried out and has nothing to return.
+    /// Done, nothing to return ([`Leave`], [`ReplicaHint`], one-way gossip).
     Ok,
-    /// The bytes of a [`Request::Echo`].
-    Echo(#[serde(with = "crate::bin")] Vec<u8>),
-    /// A write was acknowledged by `acked` replicas (at least as many as its level needs).
-    /// `superseded`: a replica already held this newer version of the key, so the write lost to
-    /// it (last write wins) and reads will not return it.
-    KvWritten {
-        version: Version,
-        acked: u32,
-        required: u32,
-        #[serde(default)]
-        superseded: Option<Version>,
-    },
-    /// The newest record among the `replicas` that answered (`None`: no replica has the key; a
-    /// tombstone means it was deleted).
-    KvValue { record: Option<Record>, replicas: u32 },
-    /// A replica's record of one key.
-    ReplicaRecord(Option<Record>),
-    /// Answers to a [`Request::ReplicaReadMany`], one per key, in order.
-    ReplicaRecordMany(Vec<crate::kv::ReadAnswer>),
-    /// One page of a [`Request::ReplicaScan`]: `cursor` is where the next page starts (`None`:
-    /// the range is done).
-    ReplicaRecords {
-        records: Vec<Record>,
-        #[serde(with = "crate::bin::opt")]
-        cursor: Option<Vec<u8>>,
-    },
-    /// Answers to a [`Request::ReplicaVersions`], one per key, in order (`None`: not stored).
-    ReplicaVersions(Vec<Option<Version>>),
-    /// Answer to a [`Request::ReplicaWrite`]: the records are in the replica's write-ahead log.
-    /// One entry per record, in order: the newer version the replica already held for that key
-    /// (the record lost to it), or `None`.
-    ReplicaWritten(Vec<Option<Version>>),
-    /// The answering node's wall clock, in milliseconds since the Unix epoch.
-    Clock { wall_ms: u64 },
     /// The request failed; `code` is for programs, `message` for people.
     Error {
         /// Machine-readable category.
@@ -137,6 +147,19 @@ pub enum Response {
         /// Human-readable detail.
         message: String,
     },
+    /// The status document as UTF-8 JSON bytes ([`crate::status::Status`]).
+    Status(#[serde(with = "crate::bin")] Vec<u8>),
+    /// The bytes of an [`Echo`].
+    Echo(#[serde(with = "crate::bin")] Vec<u8>),
+    /// The answering node's wall clock, in milliseconds since the Unix epoch.
+    Clock {
+        /// Milliseconds since the Unix epoch.
+        wall_ms: u64,
+    },
+    /// Answers of the key-value client calls.
+    Kv(KvResponse),
+    /// Answers of the replica calls.
+    Replica(ReplicaResponse),
 }
 
 impl Response {
@@ -144,6 +167,313 @@ impl Response {
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Response::Error { code, message: message.into() }
     }
+
+    /// A short name of the answer's shape, for "unexpected answer" errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Ok => "ok",
+            Response::Error { .. } => "error",
+            Response::Status(_) => "status",
+            Response::Echo(_) => "echo",
+            Response::Clock { .. } => "clock",
+            Response::Kv(KvResponse::Written(_)) => "kv written",
+            Response::Kv(KvResponse::Value(_)) => "kv value",
+            Response::Replica(ReplicaResponse::Written(_)) => "replica written",
+            Response::Replica(ReplicaResponse::Record(_)) => "replica record",
+            Response::Replica(ReplicaResponse::Records(_)) => "replica records",
+            Response::Replica(ReplicaResponse::Versions(_)) => "replica versions",
+            Response::Replica(ReplicaResponse::Page(_)) => "replica page",
+        }
+    }
+}
+
+/// Answers of [`KvRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvResponse {
+    /// Answer to a [`Put`].
+    Written(Written),
+    /// Answer to a [`Get`].
+    Value(Value),
+}
+
+/// Answers of [`ReplicaRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaResponse {
+    /// Answer to a [`ReplicaWrite`].
+    Written(Vec<Option<Version>>),
+    /// Answer to a [`ReplicaRead`].
+    Record(ReadAnswer),
+    /// Answer to a [`ReplicaReadMany`].
+    Records(Vec<ReadAnswer>),
+    /// Answer to a [`ReplicaVersions`].
+    Versions(Vec<Option<Version>>),
+    /// Answer to a [`ReplicaScan`].
+    Page(Page),
+}
+
+/// Client: write `value` under `key` (`None` deletes), coordinated by the receiving node.
+/// Answered with [`Written`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Put {
+    /// The key (1 to [`crate::MAX_KEY_BYTES`] bytes).
+    #[serde(with = "crate::bin")]
+    pub key: Vec<u8>,
+    /// The value (at most [`crate::MAX_VALUE_BYTES`]); `None` deletes the key.
+    #[serde(with = "crate::bin::opt")]
+    pub value: Option<Vec<u8>>,
+    /// How many replicas must acknowledge.
+    pub consistency: Consistency,
+}
+
+/// A write acknowledged by `acked` replicas (at least as many as its level needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    /// The version the coordinator gave the write.
+    pub version: Version,
+    /// Replicas (or hint-holding stand-ins) that acknowledged it.
+    pub acked: u32,
+    /// How many the consistency level needed.
+    pub required: u32,
+    /// A replica already held this newer version of the key, so the write lost to it (last
+    /// write wins) and reads will not return it.
+    #[serde(default)]
+    pub superseded: Option<Version>,
+}
+
+/// Client: read `key`, coordinated by the receiving node. Answered with [`Value`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Get {
+    /// The key.
+    #[serde(with = "crate::bin")]
+    pub key: Vec<u8>,
+    /// How many replicas must answer ([`Consistency::Any`] is for writes only).
+    pub consistency: Consistency,
+}
+
+/// The newest record among the `replicas` that answered a [`Get`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Value {
+    /// `None`: no replica has the key; a tombstone means it was deleted.
+    pub record: Option<Record>,
+    /// Replicas that answered.
+    pub replicas: u32,
+}
+
+/// Client: the node's status. Answered with the JSON of [`crate::status::Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GetStatus;
+
+/// Client: answered with the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Echo(pub Vec<u8>);
+
+/// Peer: leave the cluster gracefully. Answered once the leave has started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leave;
+
+/// Peer: the node's wall clock in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock;
+
+/// Coordinator to replica (and hint replay, streaming): store these records, keeping the newer
+/// version of each key. Answered once they are in the replica's write-ahead log, with one entry
+/// per record, in order: the newer version the replica already held for that key (the record
+/// lost to it), or `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaWrite(pub Vec<Record>);
+
+/// Coordinator to replica: this replica's record of one key (tombstones included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRead(pub Vec<u8>);
+
+/// Coordinator to replica: this replica's records of several keys, answered in order
+/// (coordinators batch the reads bound for one peer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaReadMany(pub Vec<Key>);
+
+/// Coordinator to replica, a digest read: only the stored version of each key, answered in
+/// order (`None`: not stored). A quorum read fetches the record from one replica and versions
+/// from the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaVersions(pub Vec<Key>);
+
+/// Streaming (bootstrap, decommission): records whose token is in `(start, end]` (wrapping;
+/// `start == end` is the whole ring), in storage order, after the `after` cursor, at most
+/// `limit`. Answered with a [`Page`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaScan {
+    /// Exclusive start token.
+    pub start: u64,
+    /// Inclusive end token.
+    pub end: u64,
+    /// Where the previous page stopped.
+    #[serde(with = "crate::bin::opt")]
+    pub after: Option<Vec<u8>>,
+    /// Most records in the page.
+    pub limit: u32,
+}
+
+/// One page of a [`ReplicaScan`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// The records, in storage order.
+    pub records: Vec<Record>,
+    /// Where the next page starts (`None`: the range is done).
+    #[serde(with = "crate::bin::opt")]
+    pub cursor: Option<Vec<u8>>,
+}
+
+/// Coordinator to a fallback node (sloppy quorum): keep these records as hints for `target`, a
+/// replica that is down, and deliver them when it is back. Answered once they are in the
+/// fallback's write-ahead log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaHint {
+    /// The node id of the replica the hints are for.
+    pub target: u128,
+    /// The records.
+    pub records: Vec<Record>,
+}
+
+/// One call of the client or peer API: how it travels as a [`Request`], and what its answer is.
+pub trait Call: Sized {
+    /// What a successful call returns.
+    type Answer;
+    /// True for a peer call (only node certificates may send it).
+    const PEER: bool;
+    /// The request that carries this call.
+    fn into_request(self) -> Request;
+    /// The answer out of a response of the right shape; any other response comes back as the
+    /// error (a [`Response::Error`] from the node, or an answer of the wrong shape).
+    fn answer(response: Response) -> Result<Self::Answer, Response>;
+    /// The response that carries `answer` (the serving side).
+    fn respond(answer: Self::Answer) -> Response;
+}
+
+/// Implements [`Call`] for a call struct from the request and response patterns.
+macro_rules! call {
+    ($api:ident $call:ty => $answer:ty,
+     |$s:ident| $req:expr,
+     |$a:ident| $resp:expr, $pat:pat => $out:expr) => {
+        impl Call for $call {
+            type Answer = $answer;
+            const PEER: bool = call!(@peer $api);
+            fn into_request($s) -> Request {
+                $req
+            }
+            fn answer(response: Response) -> Result<$answer, Response> {
+                match response {
+                    $pat => Ok($out),
+                    other => Err(other),
+                }
+            }
+            fn respond($a: $answer) -> Response {
+                $resp
+            }
+        }
+    };
+    (@peer client) => {
+        false
+    };
+    (@peer peer) => {
+        true
+    };
+}
+
+call!(client Put => Written,
+    |self| Request::Client(ClientRequest::Kv(KvRequest::Put(self))),
+    |a| Response::Kv(KvResponse::Written(a)), Response::Kv(KvResponse::Written(w)) => w);
+call!(client Get => Value,
+    |self| Request::Client(ClientRequest::Kv(KvRequest::Get(self))),
+    |a| Response::Kv(KvResponse::Value(a)), Response::Kv(KvResponse::Value(v)) => v);
+call!(client GetStatus => Vec<u8>,
+    |self| Request::Client(ClientRequest::Status),
+    |a| Response::Status(a), Response::Status(json) => json);
+call!(client Echo => Vec<u8>,
+    |self| Request::Client(ClientRequest::Echo(self.0)),
+    |a| Response::Echo(a), Response::Echo(b) => b);
+call!(peer Leave => (),
+    |self| Request::Peer(PeerRequest::Leave),
+    |_a| Response::Ok, Response::Ok => ());
+call!(peer Clock => u64,
+    |self| Request::Peer(PeerRequest::Clock),
+    |a| Response::Clock { wall_ms: a }, Response::Clock { wall_ms } => wall_ms);
+call!(peer ReplicaWrite => Vec<Option<Version>>,
+    |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::Write(self.0))),
+    |a| Response::Replica(ReplicaResponse::Written(a)),
+    Response::Replica(ReplicaResponse::Written(newer)) => newer);
+call!(peer ReplicaRead => ReadAnswer,
+    |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::Read(self.0))),
+    |a| Response::Replica(ReplicaResponse::Record(a)),
+    Response::Replica(ReplicaResponse::Record(r)) => r);
+call!(peer ReplicaReadMany => Vec<ReadAnswer>,
+    |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::ReadMany(self.0))),
+    |a| Response::Replica(ReplicaResponse::Records(a)),
+    Response::Replica(ReplicaResponse::Records(list)) => list);
+call!(peer ReplicaVersions => Vec<Option<Version>>,
+    |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::Versions(self.0))),
+    |a| Response::Replica(ReplicaResponse::Versions(a)),
+    Response::Replica(ReplicaResponse::Versions(list)) => list);
+call!(peer ReplicaScan => Page,
+    |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::Scan(self))),
+    |a| Response::Replica(ReplicaResponse::Page(a)),
+    Response::Replica(ReplicaResponse::Page(p)) => p);
+call!(peer ReplicaHint => (),
+    |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::Hint(self))),
+    |_a| Response::Ok, Response::Ok => ());
+
+impl From<PeerRequest> for Request {
+    fn from(r: PeerRequest) -> Self {
+        Request::Peer(r)
+    }
+}
+
+impl From<ClientRequest> for Request {
+    fn from(r: ClientRequest) -> Self {
+        Request::Client(r)
+    }
+}
+
+/// Why a typed call failed after its request was delivered: the node refused it, or it answered
+/// with the wrong shape (a bug, or a node of another build).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// The node answered with [`Response::Error`].
+    #[error("{code}: {message}")]
+    Refused {
+        /// Machine-readable category.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// The node answered, but not with this call's answer.
+    #[error("unexpected answer to {call}: {got}")]
+    Unexpected {
+        /// The call's name.
+        call: &'static str,
+        /// The shape of what came back.
+        got: &'static str,
+    },
+}
+
+impl AnswerError {
+    /// The node's error code, if the node refused the call.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            AnswerError::Refused { code, .. } => Some(*code),
+            AnswerError::Unexpected { .. } => None,
+        }
+    }
+}
+
+/// The answer of call `C` out of `response`, with the error named.
+pub fn answer_of<C: Call>(response: Response) -> Result<C::Answer, AnswerError> {
+    C::answer(response).map_err(|other| match other {
+        Response::Error { code, message } => AnswerError::Refused { code, message },
+        other => AnswerError::Unexpected {
+            call: std::any::type_name::<C>().rsplit("::").next().unwrap_or("call"),
+            got: other.kind(),
+        },
+    })
 }
 
 /// Why a request failed.

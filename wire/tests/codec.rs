@@ -6,10 +6,10 @@ use starling_wire::*;
 fn arb_request() -> impl Strategy<Value = Request> {
     let bytes = proptest::collection::vec(any::<u8>(), 0..512);
     prop_oneof![
-        bytes.clone().prop_map(Request::Gossip),
-        Just(Request::Status),
-        Just(Request::Leave),
-        bytes.prop_map(Request::Echo),
+        bytes.clone().prop_map(|x| Request::Peer(PeerRequest::Gossip(x))),
+        Just(GetStatus.into_request()),
+        Just(Leave.into_request()),
+        bytes.prop_map(|x| Echo(x).into_request()),
     ]
 }
 
@@ -104,7 +104,7 @@ proptest! {
     /// A valid header followed by random body bytes gives a decode error naming the id.
     #[test]
     fn garbage_body_is_a_decode_error(id in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 1..256)) {
-        let mut out = raw_header(1, 1, (body.len() + 10) as u32, id);
+        let mut out = raw_header(VERSION, 1, (body.len() + 10) as u32, id);
         out.extend_from_slice(&body);
         let mut dec = FrameDecoder::new();
         dec.feed(&out);
@@ -128,7 +128,7 @@ fn raw_header(version: u8, kind: u8, len: u32, id: u64) -> Vec<u8> {
 #[test]
 fn truncated_frame_is_reported_at_end_of_stream() {
     let mut out = Vec::new();
-    encode_request(&mut out, 7, &Request::Echo(vec![1; 100])).unwrap();
+    encode_request(&mut out, 7, &Echo(vec![1; 100]).into_request()).unwrap();
     for cut in [1, 4, HEADER_LEN - 1, HEADER_LEN, out.len() - 1] {
         let mut dec = FrameDecoder::new();
         dec.feed(&out[..cut]);
@@ -142,21 +142,23 @@ fn truncated_frame_is_reported_at_end_of_stream() {
 #[test]
 fn wrong_version_is_fatal() {
     let mut dec = FrameDecoder::new();
-    dec.feed(&raw_header(2, 1, 10, 1));
+    // Version 1 is the flat message shape of earlier builds: refused, naming both versions.
+    dec.feed(&raw_header(1, 1, 10, 1));
     let err = dec.decode().unwrap_err();
-    assert_eq!(err, FrameError::UnsupportedVersion { found: 2 });
+    assert_eq!(err, FrameError::UnsupportedVersion { found: 1 });
     assert!(err.is_fatal());
-    assert!(err.to_string().contains("version 2"), "{err}");
+    assert!(err.to_string().contains("version 1"), "{err}");
+    assert!(err.to_string().contains(&format!("speaks version {VERSION}")), "{err}");
 }
 
 #[test]
 fn unknown_kind_and_short_length_are_fatal() {
     let mut dec = FrameDecoder::new();
-    dec.feed(&raw_header(1, 9, 10, 1));
+    dec.feed(&raw_header(VERSION, 9, 10, 1));
     assert_eq!(dec.decode().unwrap_err(), FrameError::UnknownKind { found: 9 });
 
     let mut dec = FrameDecoder::new();
-    dec.feed(&raw_header(1, 1, 3, 1));
+    dec.feed(&raw_header(VERSION, 1, 3, 1));
     assert_eq!(dec.decode().unwrap_err(), FrameError::LengthTooShort { len: 3 });
 }
 
@@ -164,7 +166,7 @@ fn unknown_kind_and_short_length_are_fatal() {
 fn oversized_frame_is_skipped_without_buffering_and_next_frame_decodes() {
     let body_len = MAX_ONEWAY_BODY + 1;
     let mut dec = FrameDecoder::new();
-    dec.feed(&raw_header(1, 3, (body_len + 10) as u32, 42));
+    dec.feed(&raw_header(VERSION, 3, (body_len + 10) as u32, 42));
     let err = dec.decode().unwrap_err();
     assert_eq!(
         err,
@@ -188,29 +190,31 @@ fn oversized_frame_is_skipped_without_buffering_and_next_frame_decodes() {
         left -= n;
     }
     let mut next = Vec::new();
-    encode_request(&mut next, 43, &Request::Leave).unwrap();
+    encode_request(&mut next, 43, &Leave.into_request()).unwrap();
     dec.feed(&next);
     let f = dec.decode().unwrap().unwrap();
-    assert_eq!((f.id, f.request().unwrap()), (43, Request::Leave));
+    assert_eq!((f.id, f.request().unwrap()), (43, Leave.into_request()));
 }
 
 #[test]
 fn huge_declared_length_does_not_allocate() {
     let mut dec = FrameDecoder::new();
-    dec.feed(&raw_header(1, 1, u32::MAX, 5));
+    dec.feed(&raw_header(VERSION, 1, u32::MAX, 5));
     assert!(matches!(dec.decode().unwrap_err(), FrameError::TooLarge { id: 5, .. }));
 }
 
 #[test]
 fn encoder_refuses_oversized_body_and_leaves_buffer_intact() {
     let mut out = Vec::new();
-    encode_request(&mut out, 1, &Request::Status).unwrap();
+    encode_request(&mut out, 1, &GetStatus.into_request()).unwrap();
     let before = out.clone();
-    let err = encode_one_way(&mut out, 2, &Request::Gossip(vec![0; MAX_ONEWAY_BODY])).unwrap_err();
+    let err =
+        encode_one_way(&mut out, 2, &Request::Peer(PeerRequest::Gossip(vec![0; MAX_ONEWAY_BODY])))
+            .unwrap_err();
     assert!(matches!(err, FrameError::TooLarge { id: 2, kind: FrameKind::OneWay, .. }), "{err}");
     assert_eq!(out, before);
     // The same payload is fine as a request, whose limit is larger.
-    encode_request(&mut out, 3, &Request::Echo(vec![0; MAX_ONEWAY_BODY])).unwrap();
+    encode_request(&mut out, 3, &Echo(vec![0; MAX_ONEWAY_BODY]).into_request()).unwrap();
 }
 
 #[test]
@@ -227,7 +231,8 @@ fn response_where_request_expected_is_refused() {
 #[test]
 fn bytes_are_encoded_as_msgpack_bin() {
     let mut out = Vec::new();
-    encode_request(&mut out, 1, &Request::Echo(vec![0xFF; 100])).unwrap();
-    // {"Echo": bin8(100)}: fixmap(1) + fixstr(4) "Echo" + 0xc4 0x64 + 100 bytes.
-    assert_eq!(out.len(), HEADER_LEN + 1 + 5 + 2 + 100);
+    encode_request(&mut out, 1, &Echo(vec![0xFF; 100]).into_request()).unwrap();
+    // {"Client": {"Echo": bin8(100)}}: fixmap(1) + fixstr(6) "Client" + fixmap(1) + fixstr(4)
+    // "Echo" + 0xc4 0x64 + 100 bytes.
+    assert_eq!(out.len(), HEADER_LEN + 1 + 7 + 1 + 5 + 2 + 100);
 }

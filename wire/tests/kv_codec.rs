@@ -33,18 +33,20 @@ fn arb_consistency() -> impl Strategy<Value = Consistency> {
 fn arb_kv_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (bytes(64), proptest::option::of(bytes(256)), arb_consistency())
-            .prop_map(|(key, value, consistency)| Request::KvPut { key, value, consistency }),
+            .prop_map(|(key, value, consistency)| Put { key, value, consistency }.into_request()),
         (bytes(64), arb_consistency())
-            .prop_map(|(key, consistency)| Request::KvGet { key, consistency }),
-        proptest::collection::vec(arb_record(), 0..8).prop_map(Request::ReplicaWrite),
-        bytes(64).prop_map(Request::ReplicaRead),
-        proptest::collection::vec(bytes(64).prop_map(Key), 0..8).prop_map(Request::ReplicaReadMany),
-        proptest::collection::vec(bytes(64).prop_map(Key), 0..8).prop_map(Request::ReplicaVersions),
+            .prop_map(|(key, consistency)| Get { key, consistency }.into_request()),
+        proptest::collection::vec(arb_record(), 0..8).prop_map(|x| ReplicaWrite(x).into_request()),
+        bytes(64).prop_map(|x| ReplicaRead(x).into_request()),
+        proptest::collection::vec(bytes(64).prop_map(Key), 0..8)
+            .prop_map(|x| ReplicaReadMany(x).into_request()),
+        proptest::collection::vec(bytes(64).prop_map(Key), 0..8)
+            .prop_map(|x| ReplicaVersions(x).into_request()),
         (any::<u128>(), proptest::collection::vec(arb_record(), 0..8))
-            .prop_map(|(target, records)| Request::ReplicaHint { target, records }),
-        (any::<u64>(), any::<u64>(), proptest::option::of(bytes(64)), any::<u32>()).prop_map(
-            |(start, end, after, limit)| Request::ReplicaScan { start, end, after, limit }
-        ),
+            .prop_map(|(target, records)| ReplicaHint { target, records }.into_request()),
+        (any::<u64>(), any::<u64>(), proptest::option::of(bytes(64)), any::<u32>())
+            .prop_map(|(start, end, after, limit)| ReplicaScan { start, end, after, limit }
+                .into_request()),
     ]
 }
 
@@ -60,24 +62,27 @@ fn arb_read_answer() -> impl Strategy<Value = ReadAnswer> {
 fn arb_kv_response() -> impl Strategy<Value = Response> {
     prop_oneof![
         (arb_version(), any::<u32>(), any::<u32>(), proptest::option::of(arb_version())).prop_map(
-            |(version, acked, required, superseded)| Response::KvWritten {
+            |(version, acked, required, superseded)| Response::Kv(KvResponse::Written(Written {
                 version,
                 acked,
                 required,
                 superseded
-            }
+            }))
         ),
         proptest::collection::vec(proptest::option::of(arb_version()), 0..8)
-            .prop_map(Response::ReplicaWritten),
+            .prop_map(|x| Response::Replica(ReplicaResponse::Written(x))),
         // Tombstones come from arb_record's `value: None`.
-        (proptest::option::of(arb_record()), any::<u32>())
-            .prop_map(|(record, replicas)| Response::KvValue { record, replicas }),
-        proptest::option::of(arb_record()).prop_map(Response::ReplicaRecord),
-        proptest::collection::vec(arb_read_answer(), 0..8).prop_map(Response::ReplicaRecordMany),
+        (proptest::option::of(arb_record()), any::<u32>()).prop_map(|(record, replicas)| {
+            Response::Kv(KvResponse::Value(Value { record, replicas }))
+        }),
+        arb_read_answer().prop_map(|x| Response::Replica(ReplicaResponse::Record(x))),
+        proptest::collection::vec(arb_read_answer(), 0..8)
+            .prop_map(|x| Response::Replica(ReplicaResponse::Records(x))),
         proptest::collection::vec(proptest::option::of(arb_version()), 0..8)
-            .prop_map(Response::ReplicaVersions),
-        (proptest::collection::vec(arb_record(), 0..8), proptest::option::of(bytes(64)))
-            .prop_map(|(records, cursor)| Response::ReplicaRecords { records, cursor }),
+            .prop_map(|x| Response::Replica(ReplicaResponse::Versions(x))),
+        (proptest::collection::vec(arb_record(), 0..8), proptest::option::of(bytes(64))).prop_map(
+            |(records, cursor)| Response::Replica(ReplicaResponse::Page(Page { records, cursor }))
+        ),
         ".{0,64}".prop_map(|message| Response::Error { code: ErrorCode::Timeout, message }),
     ]
 }
@@ -303,19 +308,22 @@ fn extreme_versions_round_trip() {
     for version in extremes {
         let rec = Record { key: b"k".to_vec(), version, value: None };
         let msgs = [
-            Msg::Req(Request::ReplicaWrite(vec![rec.clone()])),
-            Msg::Resp(Response::KvWritten {
+            Msg::Req(ReplicaWrite(vec![rec.clone()]).into_request()),
+            Msg::Resp(Response::Kv(KvResponse::Written(Written {
                 version,
                 acked: u32::MAX,
                 required: 0,
                 superseded: Some(version),
-            }),
-            Msg::Resp(Response::KvValue { record: Some(rec.clone()), replicas: 3 }),
-            Msg::Resp(Response::ReplicaRecordMany(vec![
+            }))),
+            Msg::Resp(Response::Kv(KvResponse::Value(Value {
+                record: Some(rec.clone()),
+                replicas: 3,
+            }))),
+            Msg::Resp(Response::Replica(ReplicaResponse::Records(vec![
                 ReadAnswer::Found(rec.clone()),
                 ReadAnswer::Missing,
                 ReadAnswer::TooLarge,
-            ])),
+            ]))),
         ];
         for m in msgs {
             let mut out = Vec::new();
@@ -335,11 +343,8 @@ fn largest_allowed_put_and_batch_fit_in_one_frame() {
     let key = vec![0xAB; MAX_KEY_BYTES];
     let value = vec![0xCD; MAX_VALUE_BYTES];
     check_key_value(&key, Some(&value)).unwrap();
-    let put = Request::KvPut {
-        key: key.clone(),
-        value: Some(value.clone()),
-        consistency: Consistency::All,
-    };
+    let put = Put { key: key.clone(), value: Some(value.clone()), consistency: Consistency::All }
+        .into_request();
     let mut out = Vec::new();
     encode_request(&mut out, 1, &put).unwrap();
     assert_eq!(decode_all(&out, 64 * 1024)[0].request().unwrap(), put);
@@ -350,9 +355,13 @@ fn largest_allowed_put_and_batch_fit_in_one_frame() {
     let n = MAX_BATCH_BYTES / (MAX_KEY_BYTES + MAX_VALUE_BYTES);
     let records = vec![rec.clone(); n];
     let mut out = Vec::new();
-    encode_request(&mut out, 2, &Request::ReplicaWrite(records.clone())).unwrap();
-    encode_response(&mut out, 2, &Response::ReplicaRecords { records, cursor: Some(rec.key) })
-        .unwrap();
+    encode_request(&mut out, 2, &ReplicaWrite(records.clone()).into_request()).unwrap();
+    encode_response(
+        &mut out,
+        2,
+        &Response::Replica(ReplicaResponse::Page(Page { records, cursor: Some(rec.key) })),
+    )
+    .unwrap();
     assert_eq!(decode_all(&out, 1 << 20).len(), 2);
 }
 

@@ -10,11 +10,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use starling_wire::{Key, ReadAnswer, Record, Request, Response, Version, MAX_BATCH_BYTES};
+use starling_wire::{
+    Key, ReadAnswer, Record, ReplicaRead, ReplicaReadMany, ReplicaVersions, ReplicaWrite, Version,
+    MAX_BATCH_BYTES,
+};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::transport::Transport;
+use crate::transport::{CallError, Transport};
 
 /// `None`: the write failed; `Some(newer)`: stored, `newer` the version the replica already held
 /// if it was newer.
@@ -131,24 +134,8 @@ impl<T: Transport> PeerBatcher<T> {
             let rest = batch.split_off(n);
             let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
             let n = records.len();
-            let answers: Vec<Option<Option<Version>>> = match self
-                .transport
-                .request_within(addr, Request::ReplicaWrite(records), self.timeout)
-                .await
-            {
-                Ok(Response::Ok) => vec![Some(None); n],
-                Ok(Response::ReplicaWritten(newer)) if newer.len() == n => {
-                    newer.into_iter().map(Some).collect()
-                }
-                Ok(other) => {
-                    debug!(peer = %addr, resp = ?other, "replica refused writes");
-                    vec![None; n]
-                }
-                Err(e) => {
-                    debug!(peer = %addr, error = %e, "replica writes failed");
-                    vec![None; n]
-                }
-            };
+            let answered = self.transport.call_within(addr, ReplicaWrite(records), self.timeout);
+            let answers = per_key(addr, "writes", n, answered.await);
             for (w, a) in waiters.into_iter().zip(answers) {
                 let _ = w.send(a);
             }
@@ -190,21 +177,9 @@ impl<T: Transport> PeerBatcher<T> {
             let chunk: VersionQueue = batch.by_ref().take(READ_CHUNK).collect();
             let (keys, waiters): (Vec<Vec<u8>>, Vec<_>) = chunk.into_iter().unzip();
             let n = keys.len();
-            let req = Request::ReplicaVersions(keys.into_iter().map(Key).collect());
-            let answers: Vec<Option<Option<Version>>> =
-                match self.transport.request_within(addr, req, self.timeout).await {
-                    Ok(Response::ReplicaVersions(list)) if list.len() == n => {
-                        list.into_iter().map(Some).collect()
-                    }
-                    Ok(other) => {
-                        debug!(peer = %addr, resp = ?other, "replica refused digest reads");
-                        vec![None; n]
-                    }
-                    Err(e) => {
-                        debug!(peer = %addr, error = %e, "replica digest reads failed");
-                        vec![None; n]
-                    }
-                };
+            let req = ReplicaVersions(keys.into_iter().map(Key).collect());
+            let answered = self.transport.call_within(addr, req, self.timeout).await;
+            let answers = per_key(addr, "digest reads", n, answered);
             for (w, a) in waiters.into_iter().zip(answers) {
                 let _ = w.send(a);
             }
@@ -216,40 +191,33 @@ impl<T: Transport> PeerBatcher<T> {
         while batch.peek().is_some() {
             let chunk: ReadQueue = batch.by_ref().take(READ_CHUNK).collect();
             let (keys, waiters): (Vec<Vec<u8>>, Vec<_>) = chunk.into_iter().unzip();
-            let req = if keys.len() == 1 {
-                Request::ReplicaRead(keys[0].clone())
+            let answered = if keys.len() == 1 {
+                let one = ReplicaRead(keys[0].clone());
+                self.transport.call_within(addr, one, self.timeout).await.map(|a| vec![a])
             } else {
-                Request::ReplicaReadMany(keys.iter().cloned().map(Key).collect())
+                let many = ReplicaReadMany(keys.iter().cloned().map(Key).collect());
+                self.transport.call_within(addr, many, self.timeout).await
             };
-            let answers: Vec<Option<Got>> =
-                match self.transport.request_within(addr, req, self.timeout).await {
-                    Ok(Response::ReplicaRecord(r)) if keys.len() == 1 => {
-                        vec![for_key(addr, &keys[0], r)]
+            let answers: Vec<Option<Got>> = match answered {
+                Ok(list) if list.len() == keys.len() => {
+                    let mut out = Vec::with_capacity(list.len());
+                    for (answer, key) in list.into_iter().zip(&keys) {
+                        out.push(match answer {
+                            ReadAnswer::TooLarge => self.read_one(addr, key.clone()).await,
+                            other => got(addr, key, other),
+                        });
                     }
-                    Ok(Response::ReplicaRecordMany(list)) if list.len() == keys.len() => {
-                        let mut out = Vec::with_capacity(list.len());
-                        for (answer, key) in list.into_iter().zip(&keys) {
-                            out.push(match answer {
-                                ReadAnswer::Found(r) => for_key(addr, key, Some(r)),
-                                ReadAnswer::Missing => Some(Got::Record(None)),
-                                ReadAnswer::TooLarge => self.read_one(addr, key.clone()).await,
-                                ReadAnswer::Unreadable(why) => {
-                                    debug!(peer = %addr, why = %why, "replica cannot read a key");
-                                    Some(Got::Unreadable)
-                                }
-                            });
-                        }
-                        out
-                    }
-                    Ok(other) => {
-                        debug!(peer = %addr, resp = ?other, "replica refused reads");
-                        vec![None; keys.len()]
-                    }
-                    Err(e) => {
-                        debug!(peer = %addr, error = %e, "replica reads failed");
-                        vec![None; keys.len()]
-                    }
-                };
+                    out
+                }
+                Ok(list) => {
+                    debug!(peer = %addr, sent = keys.len(), answers = list.len(), "replica answered reads with the wrong count");
+                    vec![None; keys.len()]
+                }
+                Err(e) => {
+                    debug!(peer = %addr, error = %e, "replica reads failed");
+                    vec![None; keys.len()]
+                }
+            };
             for (w, a) in waiters.into_iter().zip(answers) {
                 let _ = w.send(a);
             }
@@ -257,30 +225,53 @@ impl<T: Transport> PeerBatcher<T> {
     }
 
     async fn read_one(&self, addr: SocketAddr, key: Vec<u8>) -> Option<Got> {
-        let req = Request::ReplicaRead(key.clone());
-        match self.transport.request_within(addr, req, self.timeout).await {
-            Ok(Response::ReplicaRecord(r)) => for_key(addr, &key, r),
-            Ok(Response::ReplicaRecordMany(list)) if list.len() == 1 => match &list[0] {
-                ReadAnswer::Unreadable(_) => Some(Got::Unreadable),
-                _ => None,
-            },
-            _ => None,
+        match self.transport.call_within(addr, ReplicaRead(key.clone()), self.timeout).await {
+            Ok(ReadAnswer::TooLarge) => None,
+            Ok(answer) => got(addr, &key, answer),
+            Err(_) => None,
         }
     }
 }
 
-/// A replica's answer for `key`, or a failed read if the record it sent is for another key.
-fn for_key(addr: SocketAddr, key: &[u8], record: Option<Record>) -> Option<Got> {
-    match record {
-        Some(r) if r.key != key => {
+/// One answer per key of a batched call of `n` keys, `None` for each when the call failed or
+/// answered with the wrong count.
+fn per_key<T: Clone>(
+    addr: SocketAddr,
+    what: &str,
+    n: usize,
+    answered: Result<Vec<T>, CallError>,
+) -> Vec<Option<T>> {
+    match answered {
+        Ok(list) if list.len() == n => list.into_iter().map(Some).collect(),
+        Ok(list) => {
+            debug!(peer = %addr, sent = n, answers = list.len(), "replica answered {what} with the wrong count");
+            vec![None; n]
+        }
+        Err(e) => {
+            debug!(peer = %addr, error = %e, "replica {what} failed");
+            vec![None; n]
+        }
+    }
+}
+
+/// A replica's answer for `key` (`None`: a failed read, such as a record of another key).
+fn got(addr: SocketAddr, key: &[u8], answer: ReadAnswer) -> Option<Got> {
+    match answer {
+        ReadAnswer::Found(r) if r.key != key => {
             debug!(peer = %addr, "replica answered a read with another key's record");
             None
         }
-        r => Some(Got::Record(r)),
+        ReadAnswer::Found(r) => Some(Got::Record(Some(r))),
+        ReadAnswer::Missing => Some(Got::Record(None)),
+        ReadAnswer::TooLarge => None,
+        ReadAnswer::Unreadable(why) => {
+            debug!(peer = %addr, why = %why, "replica cannot read a key");
+            Some(Got::Unreadable)
+        }
     }
 }
 
-/// The replica side of [`Request::ReplicaReadMany`]: answers in order, cutting values once the
+/// The replica side of [`ReplicaReadMany`]: answers in order, cutting values once the
 /// answer reaches [`MAX_BATCH_BYTES`].
 pub(crate) fn answer_reads(records: Vec<Option<Record>>) -> Vec<ReadAnswer> {
     let mut bytes = 0;

@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use starling_ring::{token_of, NodeKey, NodeStatus, Range};
-use starling_wire::{Record, Request, Response};
+use starling_wire::{Page, Record, ReplicaScan, ReplicaWrite};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -243,21 +243,15 @@ async fn stream_range<T: Transport, S: Storage>(
     let mut cursor = None;
     let mut n = 0u64;
     loop {
-        let req =
-            Request::ReplicaScan { start: range.start, end: range.end, after: cursor, limit: PAGE };
-        match kv.inner.transport.request(addr, req).await? {
-            Response::ReplicaRecords { records, cursor: next } => {
-                n += records.len() as u64;
-                if !records.is_empty() {
-                    kv.inner.io.apply(records).await.map_err(anyhow::Error::msg)?;
-                }
-                match next {
-                    Some(c) => cursor = Some(c),
-                    None => return Ok(n),
-                }
-            }
-            Response::Error { code, message } => anyhow::bail!("{code}: {message}"),
-            other => anyhow::bail!("unexpected answer {other:?}"),
+        let scan = ReplicaScan { start: range.start, end: range.end, after: cursor, limit: PAGE };
+        let Page { records, cursor: next } = kv.inner.transport.call(addr, scan).await?;
+        n += records.len() as u64;
+        if !records.is_empty() {
+            kv.inner.io.apply(records).await.map_err(anyhow::Error::msg)?;
+        }
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(n),
         }
     }
 }
@@ -327,18 +321,17 @@ pub async fn decommission<T: Transport, S: Storage>(
                     .ok_or_else(|| anyhow::anyhow!("no address for {t:032x}"))?;
                 let mut attempt = 0;
                 loop {
-                    let req = Request::ReplicaWrite(records.clone());
-                    match kv.inner.transport.request(addr, req).await {
-                        Ok(Response::Ok | Response::ReplicaWritten(_)) => {
+                    match kv.inner.transport.call(addr, ReplicaWrite(records.clone())).await {
+                        Ok(_) => {
                             sent += n;
                             break;
                         }
-                        other => {
+                        Err(e) => {
                             attempt += 1;
                             if attempt >= HANDOVER_ATTEMPTS {
-                                anyhow::bail!("{t:032x} did not take {n} records: {other:?}");
+                                anyhow::bail!("{t:032x} did not take {n} records: {e}");
                             }
-                            warn!(replica = %format!("{t:032x}"), answer = ?other, attempt, "handover failed; retrying");
+                            warn!(replica = %format!("{t:032x}"), error = %e, attempt, "handover failed; retrying");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
                     }

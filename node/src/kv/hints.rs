@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use starling_ring::{NodeKey, NodeStatus};
-use starling_wire::{Record, Request, Response, Version};
+use starling_wire::{Record, ReplicaHint, ReplicaWrite, Version};
 use tracing::{debug, info, warn};
 
 use super::{wall_millis, Kv, KvConfig};
@@ -208,13 +208,13 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 let records: Vec<Record> = page.into_iter().map(|h| h.record).collect();
                 let answer = match keeper.and_then(|k| view.addrs.get(&k).copied()) {
                     Some(addr) => {
-                        let req = Request::ReplicaHint { target, records };
-                        Some(self.inner.transport.request(addr, req).await)
+                        let hint = ReplicaHint { target, records };
+                        Some(self.inner.transport.call(addr, hint).await)
                     }
                     None => None,
                 };
                 match answer {
-                    Some(Ok(Response::Ok)) => {
+                    Some(Ok(())) => {
                         // A hint replaced by a newer one meanwhile stays, and goes next.
                         self.forget(target, sent).await.map_err(anyhow::Error::msg)?;
                         handed += n;
@@ -325,10 +325,10 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             let Some(addr) = view.addrs.get(&target).copied() else { break };
             let sent: Vec<Sent> = live.iter().map(Sent::of).collect();
             let records = live.into_iter().map(|h| h.record).collect();
-            match self.inner.transport.request(addr, Request::ReplicaWrite(records)).await {
-                // Stored (`ReplicaWritten`: some were older than what the replica holds, which
-                // is delivered just the same).
-                Ok(Response::Ok | Response::ReplicaWritten(_)) => {
+            match self.inner.transport.call(addr, ReplicaWrite(records)).await {
+                // Stored (a record older than what the replica holds is delivered just the
+                // same).
+                Ok(_) => {
                     let n = sent.len() as u64;
                     // A hint replaced by a newer one meanwhile stays, and goes next.
                     if let Err(e) = self.forget(target, sent).await {
@@ -337,10 +337,6 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                     }
                     delivered += n;
                     self.inner.stats.hints_replayed.fetch_add(n, Ordering::Relaxed);
-                }
-                Ok(other) => {
-                    debug!(peer = %addr, resp = ?other, "hint replay refused");
-                    break;
                 }
                 Err(e) => {
                     debug!(peer = %addr, error = %e, "hint replay failed");

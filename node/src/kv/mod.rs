@@ -37,7 +37,9 @@ use starling_kv::clock::{ClockHealth, ClockMonitor};
 use starling_kv::{hlc::Hlc, Answer, Op, Outgoing, ReadOp, Send, SendId, WriteOp};
 use starling_ring::NodeKey;
 use starling_wire::{
-    check_key_value, Consistency, ErrorCode, ReadAnswer, Record, Request, Response, Version,
+    check_key_value, Call, Clock, Consistency, ErrorCode, Get, KvRequest, Page, Put, ReadAnswer,
+    Record, ReplicaHint, ReplicaRead, ReplicaReadMany, ReplicaRequest, ReplicaScan,
+    ReplicaVersions, ReplicaWrite, Response, Value, Version,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -236,45 +238,53 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         }
     }
 
-    /// Answers the KV requests; `None` for requests that are not KV requests.
-    pub async fn handle(&self, req: Request) -> Option<Response> {
-        Some(match req {
-            Request::KvPut { key, value, consistency } => {
+    /// Answers the key-value client calls.
+    pub async fn handle_client(&self, req: KvRequest) -> Response {
+        match req {
+            KvRequest::Put(Put { key, value, consistency }) => {
                 match self.put(key, value, consistency).await {
-                    Ok(w) => Response::KvWritten {
+                    Ok(w) => Put::respond(starling_wire::Written {
                         version: w.version,
                         acked: w.acked,
                         required: w.required,
                         superseded: w.superseded,
-                    },
+                    }),
                     Err(e) => e.to_response(),
                 }
             }
-            Request::KvGet { key, consistency } => match self.get(key, consistency).await {
-                Ok(r) => Response::KvValue { record: r.record, replicas: r.replicas },
+            KvRequest::Get(Get { key, consistency }) => match self.get(key, consistency).await {
+                Ok(r) => Get::respond(Value { record: r.record, replicas: r.replicas }),
                 Err(e) => e.to_response(),
             },
-            Request::ReplicaWrite(records) => self.replica_write(records).await,
-            Request::Clock => Response::Clock { wall_ms: wall_millis() },
-            Request::ReplicaHint { target, records } => self.keep_for(target, records).await,
-            Request::ReplicaRead(key) => {
+        }
+    }
+
+    /// Answers the replica calls of coordinators, hint holders and streams.
+    pub async fn handle_replica(&self, req: ReplicaRequest) -> Response {
+        match req {
+            ReplicaRequest::Write(records) => self.replica_write(records).await,
+            ReplicaRequest::Hint(ReplicaHint { target, records }) => {
+                self.keep_for(target, records).await
+            }
+            ReplicaRequest::Read(key) => {
                 self.inner.stats.replica_reads.fetch_add(1, Ordering::Relaxed);
                 match self.inner.io.get_each(vec![key]).await.map(|mut r| r.pop()) {
-                    Ok(Some(Ok(r))) => Response::ReplicaRecord(r),
+                    Ok(Some(Ok(r))) => {
+                        ReplicaRead::respond(r.map_or(ReadAnswer::Missing, ReadAnswer::Found))
+                    }
                     Ok(Some(Err(e))) => {
-                        let answer = self.unreadable(&e);
-                        Response::ReplicaRecordMany(vec![ReadAnswer::Unreadable(answer)])
+                        ReplicaRead::respond(ReadAnswer::Unreadable(self.unreadable(&e)))
                     }
                     Ok(None) => Response::error(ErrorCode::Internal, "no answer from storage"),
                     Err(e) => Response::error(ErrorCode::Unavailable, e),
                 }
             }
-            Request::ReplicaReadMany(keys) => {
+            ReplicaRequest::ReadMany(keys) => {
                 self.inner.stats.replica_reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
                 let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.0).collect();
                 let each = match self.inner.io.get_each(keys).await {
                     Ok(each) => each,
-                    Err(e) => return Some(Response::error(ErrorCode::Unavailable, e)),
+                    Err(e) => return Response::error(ErrorCode::Unavailable, e),
                 };
                 let mut records = Vec::with_capacity(each.len());
                 let mut failed = Vec::new();
@@ -291,18 +301,18 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 for (i, why) in failed {
                     answers[i] = ReadAnswer::Unreadable(why);
                 }
-                Response::ReplicaRecordMany(answers)
+                ReplicaReadMany::respond(answers)
             }
-            Request::ReplicaVersions(keys) => {
+            ReplicaRequest::Versions(keys) => {
                 self.inner.stats.replica_reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
                 let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.0).collect();
                 match self.inner.io.versions(keys).await {
-                    Ok(Ok(versions)) => Response::ReplicaVersions(versions),
+                    Ok(Ok(versions)) => ReplicaVersions::respond(versions),
                     Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
                     Err(e) => Response::error(ErrorCode::Unavailable, e),
                 }
             }
-            Request::ReplicaScan { start, end, after, limit } => {
+            ReplicaRequest::Scan(ReplicaScan { start, end, after, limit }) => {
                 let storage = self.inner.storage.clone();
                 let range = starling_ring::Range { start, end };
                 let limit = (limit as usize).clamp(1, 4096);
@@ -311,13 +321,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 })
                 .await;
                 match page {
-                    Ok(Ok(p)) => Response::ReplicaRecords { records: p.records, cursor: p.cursor },
+                    Ok(Ok(p)) => {
+                        ReplicaScan::respond(Page { records: p.records, cursor: p.cursor })
+                    }
                     Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
                     Err(e) => Response::error(ErrorCode::Internal, format!("scan task: {e}")),
                 }
             }
-            _ => return None,
-        })
+        }
     }
 
     /// A replica stores records sent by a coordinator, a hint replay, read repair or a stream,
@@ -330,11 +341,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         match self.inner.io.apply_checked(records).await {
             Ok(newer) => {
                 self.inner.stats.replica_writes.fetch_add(n, Ordering::Relaxed);
-                if newer.iter().all(Option::is_none) {
-                    Response::Ok
-                } else {
-                    Response::ReplicaWritten(newer)
-                }
+                ReplicaWrite::respond(newer)
             }
             Err(e) => Response::error(ErrorCode::Unavailable, format!("replica cannot write: {e}")),
         }
@@ -642,15 +649,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         let probes = peers.into_iter().map(|(id, addr)| async move {
             let sent_ms = wall_millis();
             let started = std::time::Instant::now();
-            let r =
-                self.inner.transport.request_within(addr, Request::Clock, CLOCK_PROBE_EVERY).await;
+            let r = self.inner.transport.call_within(addr, Clock, CLOCK_PROBE_EVERY).await;
             (id, sent_ms, started.elapsed(), r)
         });
         let answers = futures_util::future::join_all(probes).await;
         let now = std::time::Instant::now();
         let mut m = self.inner.clock.lock().unwrap_or_else(|e| e.into_inner());
         for (id, sent_ms, rtt, r) in answers {
-            if let Ok(Response::Clock { wall_ms }) = r {
+            if let Ok(wall_ms) = r {
                 m.handle_sample(now, id, sent_ms, wall_ms, rtt);
             }
         }
@@ -790,13 +796,13 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         record: Record,
     ) -> Answer {
         let Some(addr) = view.addrs.get(&via) else { return Answer::Failed };
-        let req = Request::ReplicaHint { target, records: vec![record] };
-        match self.inner.transport.request_within(*addr, req, self.inner.cfg.write_timeout).await {
-            Ok(Response::Ok) => Answer::Stored { newer: None },
-            other => {
+        let hint = ReplicaHint { target, records: vec![record] };
+        match self.inner.transport.call_within(*addr, hint, self.inner.cfg.write_timeout).await {
+            Ok(()) => Answer::Stored { newer: None },
+            Err(e) => {
                 tracing::debug!(
                     fallback = %format!("{via:032x}"),
-                    answer = ?other,
+                    error = %e,
                     "fallback node did not take the write"
                 );
                 Answer::Failed

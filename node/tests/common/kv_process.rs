@@ -18,8 +18,8 @@ use starling_node::cert;
 use starling_node::status::Status;
 use starling_node::tls::{self, TlsMaterial};
 use starling_node::transport::quic::QuicTransport;
-use starling_node::transport::{service_fn, Transport, TransportConfig};
-use starling_wire::{Consistency, Record, Request, Response};
+use starling_node::transport::{Transport, TransportConfig};
+use starling_wire::{Call, Consistency, Get, Put, ReadAnswer, Record, ReplicaRead, Written};
 use tokio::time::Instant;
 
 use crate::process::{self, tail};
@@ -131,14 +131,9 @@ pub async fn client(certs: &Path) -> Arc<QuicTransport> {
     let tls = tls::mutual(&TlsMaterial::load(certs).expect("client certs")).expect("tls");
     let cfg =
         TransportConfig { request_timeout: Duration::from_secs(10), ..TransportConfig::default() };
-    let t = QuicTransport::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        &tls,
-        cfg,
-        service_fn(|_, _| async { Response::Ok }),
-    )
-    .await
-    .expect("client endpoint");
+    let t = QuicTransport::client("127.0.0.1:0".parse().expect("addr"), &tls, cfg)
+        .await
+        .expect("client endpoint");
     Arc::new(t)
 }
 
@@ -309,13 +304,14 @@ impl Cluster {
 
     /// Sends `req` to node `i`: the client API with the client certificate, peer RPCs with the
     /// operator's node certificate.
-    pub async fn call(&self, i: usize, req: Request) -> Result<Response, String> {
-        let via = if req.is_peer_rpc() { &self.operator } else { &self.client };
-        match via.request(self.nodes[i].addrs.listen, req).await {
-            Ok(Response::Error { code, message }) => Err(format!("{code}: {message}")),
-            Ok(r) => Ok(r),
-            Err(e) => Err(format!("transport: {e}")),
-        }
+    pub async fn call<C>(&self, i: usize, c: C) -> Result<C::Answer, String>
+    where
+        C: Call + Send,
+        C::Answer: Send,
+    {
+        let addr = self.nodes[i].addrs.listen;
+        let via = if C::PEER { &self.operator } else { &self.client };
+        via.call(addr, c).await.map_err(|e| e.to_string())
     }
 
     /// Writes through node `i`; the record the cluster acknowledged.
@@ -326,15 +322,10 @@ impl Cluster {
         value: Option<&[u8]>,
         consistency: Consistency,
     ) -> Result<Record, String> {
-        let req =
-            Request::KvPut { key: key.to_vec(), value: value.map(<[u8]>::to_vec), consistency };
-        match self.call(i, req).await? {
-            Response::KvWritten { version, acked, required, .. } => {
-                assert!(acked >= required, "acked {acked} < required {required}");
-                Ok(Record { key: key.to_vec(), version, value: value.map(<[u8]>::to_vec) })
-            }
-            other => Err(format!("unexpected answer {other:?}")),
-        }
+        let put = Put { key: key.to_vec(), value: value.map(<[u8]>::to_vec), consistency };
+        let Written { version, acked, required, .. } = self.call(i, put).await?;
+        assert!(acked >= required, "acked {acked} < required {required}");
+        Ok(Record { key: key.to_vec(), version, value: value.map(<[u8]>::to_vec) })
     }
 
     pub async fn get(
@@ -343,15 +334,13 @@ impl Cluster {
         key: &[u8],
         consistency: Consistency,
     ) -> Result<Option<Record>, String> {
-        match self.call(i, Request::KvGet { key: key.to_vec(), consistency }).await? {
-            Response::KvValue { record, .. } => Ok(record),
-            other => Err(format!("unexpected answer {other:?}")),
-        }
+        Ok(self.call(i, Get { key: key.to_vec(), consistency }).await?.record)
     }
 
     pub async fn replica_read(&self, i: usize, key: &[u8]) -> Result<Option<Record>, String> {
-        match self.call(i, Request::ReplicaRead(key.to_vec())).await? {
-            Response::ReplicaRecord(r) => Ok(r),
+        match self.call(i, ReplicaRead(key.to_vec())).await? {
+            ReadAnswer::Found(r) => Ok(Some(r)),
+            ReadAnswer::Missing => Ok(None),
             other => Err(format!("unexpected answer {other:?}")),
         }
     }

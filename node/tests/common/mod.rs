@@ -10,7 +10,7 @@ use std::time::Duration;
 use starling_node::cert;
 use starling_node::tls::{self, TlsConfigs, TlsMaterial};
 use starling_node::transport::{PeerInfo, Service};
-use starling_wire::{Request, Response};
+use starling_wire::{ClientRequest, PeerRequest, Request, Response};
 use tokio::sync::mpsc;
 
 /// `127.0.0.1:0`: tests only ever bind loopback, any port.
@@ -44,20 +44,22 @@ impl Service for TestService {
     async fn call(&self, peer: PeerInfo, req: Request) -> Response {
         self.calls.fetch_add(1, Ordering::Relaxed);
         match req {
-            Request::Echo(b) if b == SLOW => {
+            Request::Client(ClientRequest::Echo(b)) if b == SLOW => {
                 tokio::time::sleep(SLOW_FOR).await;
                 Response::Echo(b)
             }
-            Request::Echo(b) if b == HUGE => {
+            Request::Client(ClientRequest::Echo(b)) if b == HUGE => {
                 Response::Echo(vec![0; starling_wire::MAX_RESPONSE_BODY + 1])
             }
-            Request::Echo(b) => Response::Echo(b),
-            Request::Status => Response::Status(peer.addr.to_string().into_bytes()),
-            Request::Gossip(b) => {
+            Request::Client(ClientRequest::Echo(b)) => Response::Echo(b),
+            Request::Client(ClientRequest::Status) => {
+                Response::Status(peer.addr.to_string().into_bytes())
+            }
+            Request::Peer(PeerRequest::Gossip(b)) => {
                 let _ = self.gossip.send((peer, b));
                 Response::Ok
             }
-            Request::Leave => Response::Ok,
+            Request::Peer(PeerRequest::Leave) => Response::Ok,
             _ => Response::error(starling_wire::ErrorCode::BadRequest, "not served here"),
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use starling_wire::{Request, Response};
+use starling_wire::{Call, ClientRequest, Echo, Request, Response};
 
 use crate::cert::Ca;
 use crate::tls::{self, TlsMaterial};
@@ -85,7 +85,7 @@ pub async fn transport_bench(
     let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let echo = service_fn(|_: PeerInfo, req: Request| async move {
         match req {
-            Request::Echo(b) => Response::Echo(b),
+            Request::Client(ClientRequest::Echo(b)) => Response::Echo(b),
             _ => Response::Ok,
         }
     });
@@ -105,7 +105,7 @@ pub async fn transport_bench(
 
     // Warm up: connect, open the stream, let the congestion window grow.
     for _ in 0..(in_flight as u64 * 20).min(requests) {
-        client.request(target, Request::Echo(body.clone())).await?;
+        client.request(target, Echo(body.clone()).into_request()).await?;
     }
 
     let next = Arc::new(AtomicU64::new(0));
@@ -119,7 +119,7 @@ pub async fn transport_bench(
             let mut errors = 0u64;
             while next.fetch_add(1, Ordering::Relaxed) < requests {
                 let t = Instant::now();
-                match client.request(target, Request::Echo(body.clone())).await {
+                match client.request(target, Echo(body.clone()).into_request()).await {
                     Ok(_) => {
                         let _ = hist.record(t.elapsed().as_nanos() as u64);
                     }

@@ -33,8 +33,8 @@ use tokio::time::{timeout_at, Instant};
 use super::pipe::{serve_stream, ClientPipe};
 use super::{PeerInfo, Role, Service, Transport, TransportConfig, TransportError};
 use crate::logging::RateLimitedLog;
-use crate::status::TransportStatus;
 use crate::tls::{TlsConfigs, SERVER_NAME};
+use starling_wire::status::TransportStatus;
 
 /// Application close code sent when the transport shuts down.
 const CLOSE_SHUTDOWN: u32 = 0;
@@ -123,9 +123,10 @@ enum Lane {
 
 impl Lane {
     fn of(req: &starling_wire::Request) -> Lane {
-        use starling_wire::Request;
+        use starling_wire::{ClientRequest, PeerRequest, Request};
         match req {
-            Request::Gossip(_) | Request::Clock | Request::Status => Lane::Control,
+            Request::Peer(PeerRequest::Gossip(_) | PeerRequest::Clock)
+            | Request::Client(ClientRequest::Status) => Lane::Control,
             _ => Lane::Data,
         }
     }
@@ -178,6 +179,33 @@ impl QuicTransport {
         config: TransportConfig,
         service: S,
     ) -> Result<Self, TransportError> {
+        Self::open(addr, tls, config, service, true).await
+    }
+
+    /// A client-only endpoint on an ephemeral port of `addr`'s family: it dials nodes and
+    /// accepts no connections (no server configuration, no accept loop). Requests the nodes send
+    /// back on its connections are refused. For clients (`starling`, `starling-client`).
+    pub async fn client(
+        addr: SocketAddr,
+        tls: &TlsConfigs,
+        config: TransportConfig,
+    ) -> Result<Self, TransportError> {
+        let refuse = super::service_fn(|_, _| async {
+            starling_wire::Response::error(
+                starling_wire::ErrorCode::BadRequest,
+                "this is a client, not a node",
+            )
+        });
+        Self::open(addr, tls, config, refuse, false).await
+    }
+
+    async fn open<S: Service>(
+        addr: SocketAddr,
+        tls: &TlsConfigs,
+        config: TransportConfig,
+        service: S,
+        listen: bool,
+    ) -> Result<Self, TransportError> {
         let bind_err = |source| TransportError::Bind { addr, source };
         let socket = UdpSocket::bind(addr).map_err(bind_err)?;
         set_recv_buffer(&socket, config.socket_recv_buffer);
@@ -216,7 +244,8 @@ impl QuicTransport {
             None => EndpointConfig::default(),
         };
         let mut endpoint =
-            Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_err)?;
+            Endpoint::new(endpoint_config, listen.then_some(server), socket, runtime)
+                .map_err(bind_err)?;
         endpoint.set_default_client_config(client);
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
 
@@ -236,8 +265,10 @@ impl QuicTransport {
             serve,
             insecure: tls.insecure,
         });
-        tokio::spawn(accept_loop(Arc::downgrade(&inner), inner.endpoint.clone()));
-        tracing::debug!(addr = %local_addr, insecure = tls.insecure, "QUIC transport listening");
+        if listen {
+            tokio::spawn(accept_loop(Arc::downgrade(&inner), inner.endpoint.clone()));
+            tracing::debug!(addr = %local_addr, insecure = tls.insecure, "QUIC transport listening");
+        }
         Ok(QuicTransport { inner })
     }
 

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use starling_wire::{FrameError, Request, Response};
+use starling_wire::{answer_of, AnswerError, Call, ErrorCode, FrameError, Request, Response};
 
 pub use crate::cert::Role;
 
@@ -217,6 +217,28 @@ pub enum TransportError {
     Tls(String),
 }
 
+/// Why a typed call ([`Transport::call`]) failed: the request did not get an answer, or the
+/// answer was a refusal or of the wrong shape.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No answer: timeout, connection failure, a frame that could not be sent or read.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The node answered with an error, or with something other than this call's answer.
+    #[error(transparent)]
+    Answer(#[from] AnswerError),
+}
+
+impl CallError {
+    /// The node's error code, when the node refused the call.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            CallError::Answer(a) => a.code(),
+            CallError::Transport(_) => None,
+        }
+    }
+}
+
 /// Sends requests and one-way messages to peers by address. Cheap to share (`Arc`).
 pub trait Transport: Send + Sync + 'static {
     /// The address peers reach this node at.
@@ -241,6 +263,35 @@ pub trait Transport: Send + Sync + 'static {
         req: Request,
     ) -> impl Future<Output = Result<Response, TransportError>> + Send {
         self.request_within(peer, req, self.config().request_timeout)
+    }
+
+    /// Sends the typed call `c` to `peer` and returns its answer, at most `timeout`: the node's
+    /// refusal and an answer of the wrong shape are errors ([`CallError`]), checked in one place.
+    fn call_within<C>(
+        &self,
+        peer: SocketAddr,
+        c: C,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<C::Answer, CallError>> + Send
+    where
+        C: Call + Send,
+        C::Answer: Send,
+    {
+        let fut = self.request_within(peer, c.into_request(), timeout);
+        async move { Ok(answer_of::<C>(fut.await?)?) }
+    }
+
+    /// [`Transport::call_within`] with [`TransportConfig::request_timeout`].
+    fn call<C>(
+        &self,
+        peer: SocketAddr,
+        c: C,
+    ) -> impl Future<Output = Result<C::Answer, CallError>> + Send
+    where
+        C: Call + Send,
+        C::Answer: Send,
+    {
+        self.call_within(peer, c, self.config().request_timeout)
     }
 
     /// Queues a one-way message (gossip) to `peer`. Returns once the message is queued for the
