@@ -40,6 +40,11 @@ pub struct Config {
     pub left_ttl: Duration,
     /// Newly learned members that are pinged directly per gossip interval.
     pub new_member_pings: usize,
+    /// A leaving node waits this long for every reachable member to confirm its leave (it stops
+    /// earlier once they all have); past it, one confirmation is enough.
+    pub leave_linger: Duration,
+    /// A leaving node that no member confirmed stops after this long anyway.
+    pub leave_give_up: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +67,8 @@ impl Default for Config {
             recent_rounds: 10,
             left_ttl: Duration::from_secs(3600),
             new_member_pings: 128,
+            leave_linger: Duration::from_secs(30),
+            leave_give_up: Duration::from_secs(300),
         }
     }
 }

@@ -107,6 +107,18 @@ enum Timer {
     Suspicion { id: NodeId },
 }
 
+/// A leave in progress: the members that were reachable when it started and have not yet
+/// answered a ping that carried the `Left` rumour (SWIM processes piggybacked rumours before it
+/// answers, so the answer proves the rumour arrived).
+#[derive(Debug)]
+struct Leaving {
+    since: Instant,
+    /// Pings with a sequence number from here on carried the `Left` rumour.
+    first_seq: u64,
+    unconfirmed: Vec<NodeId>,
+    confirmed: usize,
+}
+
 #[derive(Debug)]
 struct Probe {
     seq: u64,
@@ -163,7 +175,8 @@ pub struct Gossip {
     left_queue: VecDeque<(Instant, NodeId)>,
     /// Lifeguard local-health multiplier.
     lhm: u32,
-    leaving: bool,
+    /// Set by [`Command::Leave`]: who still has to confirm they heard it.
+    leaving: Option<Leaving>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -211,7 +224,7 @@ impl Gossip {
             counts: [0; 4],
             left_queue: VecDeque::new(),
             lhm: 0,
-            leaving: false,
+            leaving: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -475,15 +488,21 @@ impl Gossip {
         match cmd {
             Command::Set { key, value } => self.set_local(&key, value),
             Command::Leave => {
-                self.leaving = true;
                 self.set_local(keys::STATUS, "left".into());
-                self.broadcasts.push(Rumor::Left {
-                    id: self.me.id,
-                    generation: self.me.generation,
-                    incarnation: self.me.incarnation,
+                self.broadcasts.push(self.left_rumor());
+                let mut unconfirmed: Vec<NodeId> =
+                    self.members.iter().filter(|m| m.liveness.reachable()).map(|m| m.id).collect();
+                unconfirmed.sort();
+                self.leaving = Some(Leaving {
+                    since: now,
+                    first_seq: self.next_seq + 1,
+                    unconfirmed,
+                    confirmed: 0,
                 });
-                // Tell a few members at once rather than waiting for the next tick.
+                // Tell a few members at once rather than waiting for the next tick, and ask
+                // every reachable member to confirm.
                 self.fan_out_rumors();
+                self.leave_pings();
             }
             Command::SetSeeds(seeds) => self.set_seeds(seeds),
             Command::SetAddr(addr) => {
@@ -1240,7 +1259,10 @@ impl Gossip {
             | Rumor::Down { generation, incarnation, .. } => (generation, incarnation),
             _ => return,
         };
-        if generation != self.me.generation || incarnation < self.me.incarnation || self.leaving {
+        if generation != self.me.generation
+            || incarnation < self.me.incarnation
+            || self.leaving.is_some()
+        {
             return;
         }
         // Refute (SWIM §4.2): only we can declare ourselves alive, with a higher incarnation.
@@ -1352,11 +1374,63 @@ impl Gossip {
         }
     }
 
+    fn left_rumor(&self) -> Rumor {
+        Rumor::Left {
+            id: self.me.id,
+            generation: self.me.generation,
+            incarnation: self.me.incarnation,
+        }
+    }
+
+    /// While leaving: pings every member that has not yet confirmed the leave, each ping
+    /// carrying the `Left` rumour (whatever the rumour's retransmit budget says). Members that
+    /// went down meanwhile are no longer waited for.
+    fn leave_pings(&mut self) {
+        let Some(l) = self.leaving.as_mut() else { return };
+        let members = &self.members;
+        let index = &self.index;
+        l.unconfirmed
+            .retain(|id| index.get(id).is_some_and(|&i| members[i as usize].liveness.reachable()));
+        let targets: Vec<(NodeId, SocketAddr)> = l
+            .unconfirmed
+            .iter()
+            .filter_map(|id| self.index.get(id).map(|&i| (*id, self.members[i as usize].addr)))
+            .collect();
+        for (target, addr) in targets {
+            let seq = self.next_seq();
+            let msg = Message {
+                from: self.header(),
+                rumors: vec![self.left_rumor()],
+                body: Body::Ping { seq, target },
+            };
+            self.push_transmit(addr, msg);
+        }
+    }
+
+    /// Whether a leave may end here (the driver stops the node then): every member that was
+    /// reachable when it started has confirmed it (or gone down since), or `cfg.leave_linger`
+    /// has passed and at least one did (the members that heard record `left` in their state of
+    /// this node, which push-pull carries to the rest), or `cfg.leave_give_up` has passed.
+    /// False when not leaving.
+    pub fn leave_done(&self) -> bool {
+        let Some(l) = &self.leaving else { return false };
+        let waited = self.now.saturating_duration_since(l.since);
+        l.unconfirmed.is_empty()
+            || (waited >= self.cfg.leave_linger && l.confirmed > 0)
+            || waited >= self.cfg.leave_give_up
+    }
+
+    /// While leaving: the members that have not confirmed it yet.
+    pub fn leave_unconfirmed(&self) -> usize {
+        self.leaving.as_ref().map_or(0, |l| l.unconfirmed.len())
+    }
+
     fn probe_round(&mut self) {
         if let Some(p) = self.probe.take() {
             self.finish_probe(p);
         }
-        if self.leaving {
+        if self.leaving.is_some() {
+            self.leave_pings();
             return;
         }
         let Some(idx) = self.next_probe_target() else { return };
@@ -1432,6 +1506,12 @@ impl Gossip {
     }
 
     fn on_ping_ack(&mut self, seq: u64, target: NodeId) {
+        if let Some(l) = self.leaving.as_mut().filter(|l| seq >= l.first_seq) {
+            if let Ok(i) = l.unconfirmed.binary_search(&target) {
+                l.unconfirmed.remove(i);
+                l.confirmed += 1;
+            }
+        }
         if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq && p.target == target) {
             p.acked = true;
             return;

@@ -114,3 +114,53 @@ fn a_leave_heard_by_one_member_reaches_the_others_after_a_partition() {
     let digests: Vec<String> = net.nodes.values().map(Gossip::view_digest).collect();
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "views agree: {digests:?}");
 }
+
+/// A leaver waits for the members to confirm they heard it (`leave_done`), and a leaver cut off
+/// from all of them at the moment it leaves keeps trying: it does not stop with nobody told
+/// (which would leave it on everyone's ring as a `leaving` member that is down, for good).
+#[test]
+fn a_leaver_cut_off_from_everyone_waits_until_it_is_heard() {
+    let mut net = Net::new(4);
+    net.run(Duration::from_secs(10), &|_, _| true);
+    let now = net.now;
+    net.nodes.get_mut(&4).expect("leaver").handle_command(now, Command::Leave);
+    assert!(!net.nodes[&4].leave_done(), "nobody has confirmed yet");
+    // Every message to and from node 4 is lost for 20 s: far longer than the rumour's
+    // retransmissions, shorter than the linger.
+    let cut = |a: u128, b: u128| a != 4 && b != 4;
+    net.run(Duration::from_secs(20), &cut);
+    assert!(!net.nodes[&4].leave_done(), "a leave nobody heard is not done");
+    assert_eq!(net.nodes[&4].leave_unconfirmed(), 3);
+    for i in 1..=3 {
+        assert_ne!(net.state_of(i, 4), Some(MemberState::Left), "the cut held");
+    }
+    // Healed: the leaver's pings carry the `Left` rumour and every member confirms.
+    let mut waited = Duration::ZERO;
+    while !net.nodes[&4].leave_done() {
+        assert!(waited < Duration::from_secs(5), "the leave was never confirmed");
+        net.run(Duration::from_millis(500), &|_, _| true);
+        waited += Duration::from_millis(500);
+    }
+    assert_eq!(net.nodes[&4].leave_unconfirmed(), 0);
+    net.nodes.remove(&4);
+    for i in 1..=3 {
+        assert_eq!(net.state_of(i, 4), Some(MemberState::Left), "node {i} heard the leave");
+    }
+}
+
+/// With every member reachable, a leave is done as soon as they all confirmed: well before the
+/// linger.
+#[test]
+fn a_leave_everyone_hears_is_done_at_once() {
+    let mut net = Net::new(5);
+    net.run(Duration::from_secs(10), &|_, _| true);
+    let now = net.now;
+    net.nodes.get_mut(&5).expect("leaver").handle_command(now, Command::Leave);
+    net.run(Duration::from_secs(1), &|_, _| true);
+    assert!(net.nodes[&5].leave_done());
+    for i in 1..=4 {
+        assert_eq!(net.state_of(i, 5), Some(MemberState::Left), "node {i}");
+    }
+    // A member that is not leaving is never "done".
+    assert!(!net.nodes[&1].leave_done());
+}

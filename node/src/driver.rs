@@ -23,8 +23,6 @@ use crate::transport::Transport;
 pub const INBOUND_QUEUE: usize = 4096;
 /// How often seed host names are resolved again (DNS may change, e.g. in containers).
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
-/// After `leave`, the node keeps gossiping this long so the news spreads before it exits.
-const LEAVE_LINGER: Duration = Duration::from_millis(1500);
 
 /// Requests to the driver.
 #[derive(Debug)]
@@ -130,6 +128,8 @@ pub async fn run<T: Transport>(
     if let Some(name) = advertise {
         tokio::spawn(resolve_advertise(name, gossip.addr(), addr_tx));
     }
+    // After `leave`, the node keeps gossiping until the members confirm they heard it
+    // (`Gossip::leave_done`), then exits.
     let mut leaving: Option<(Instant, oneshot::Sender<()>)> = None;
     let mut last_publish = Instant::now() - Duration::from_secs(1);
     let mut local_set = false;
@@ -137,10 +137,7 @@ pub async fn run<T: Transport>(
     loop {
         let deadline =
             gossip.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        let deadline = match &leaving {
-            Some((until, _)) => deadline.min(*until),
-            None => deadline,
-        };
+
         tokio::select! {
             msg = inbound.recv() => {
                 let Some(bytes) = msg else { break };
@@ -152,7 +149,7 @@ pub async fn run<T: Transport>(
                 Some(DriverCommand::Leave(done)) => {
                     info!("leaving the cluster");
                     gossip.handle_command(Instant::now(), Command::Leave);
-                    leaving = Some((Instant::now() + LEAVE_LINGER, done));
+                    leaving = Some((Instant::now(), done));
                 }
                 Some(DriverCommand::Set { key, value }) => {
                     gossip.handle_command(Instant::now(), Command::Set { key, value });
@@ -218,8 +215,18 @@ pub async fn run<T: Transport>(
             last_publish = Instant::now();
             status.send_replace(Arc::new(snapshot(&gossip, &info, &ring.borrow())));
         }
-        if leaving.as_ref().is_some_and(|(until, _)| Instant::now() >= *until) {
-            if let Some((_, done)) = leaving.take() {
+        if leaving.is_some() && gossip.leave_done() {
+            if let Some((since, done)) = leaving.take() {
+                let unconfirmed = gossip.leave_unconfirmed();
+                if unconfirmed > 0 {
+                    warn!(
+                        unconfirmed,
+                        waited = ?since.elapsed(),
+                        "leaving without every member's confirmation; the members that heard pass it on"
+                    );
+                } else {
+                    info!(waited = ?since.elapsed(), "every reachable member confirmed the leave");
+                }
                 let _ = done.send(());
             }
             break;

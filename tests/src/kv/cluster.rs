@@ -13,7 +13,7 @@ use starling_kv::{KvConfig, KvError};
 use starling_ring::{token_of, NodeKey, Token};
 use starling_wire::{Consistency, Record, Version};
 
-use super::membership::{LeaveRefused, Phase, LEAVE_LINGER};
+use super::membership::{LeaveRefused, Phase};
 use super::{ClockSpec, Completed, Disk, KvProc, NodeSpec, OpOutput, TOKENS_PER_NODE};
 use crate::gossip::node_id;
 use crate::history::{check, Call, CheckOptions, History, OpId, Outcome, Report};
@@ -267,13 +267,14 @@ impl Cluster {
         }
     }
 
-    /// Stops the nodes that recorded `left` at least [`LEAVE_LINGER`] ago, for good.
+    /// Stops the nodes that recorded `left` once their leave is done (every reachable member
+    /// confirmed it, or the linger passed with one confirmation: `Gossip::leave_done`, as
+    /// `starlingd`), for good.
     fn reap_left(&mut self) {
-        let now = self.sim.now();
         let done: Vec<usize> = self
             .sim
             .up()
-            .filter(|(_, p)| p.left_at().is_some_and(|at| now >= at + LEAVE_LINGER))
+            .filter(|(_, p)| p.left_at().is_some() && p.g.leave_done())
             .map(|(i, _)| i)
             .collect();
         for i in done {

@@ -15,8 +15,8 @@
 //! record of its ranges goes to the future replicas that do not hold the range now (20 attempts
 //! per batch, 500 ms apart), then its hints go to their target if it is up, otherwise to a node
 //! that stays and is `normal`, which keeps them as a stand-in would. Then it stores `left`,
-//! announces it, leaves the gossip cluster and stops (the cluster reaps it after
-//! [`LEAVE_LINGER`]). If a batch or a page of hints finds no taker, the leave is aborted: status
+//! announces it, leaves the gossip cluster and stops once the members confirmed they heard
+//! (`Gossip::leave_done`, as `starlingd`'s driver). If a batch or a page of hints finds no taker, the leave is aborted: status
 //! `normal` again, stored and announced. A restart while leaving comes back `normal`.
 
 use std::collections::BTreeMap;
@@ -38,9 +38,6 @@ pub const HANDOVER_ATTEMPTS: u32 = 20;
 pub const HANDOVER_RETRY: Duration = Duration::from_millis(500);
 /// A join whose streams fell short tries again after this.
 pub const STREAM_RETRY: Duration = Duration::from_secs(1);
-/// After recording `left`, the node keeps gossiping this long before it stops (the driver's
-/// `LEAVE_LINGER`).
-pub const LEAVE_LINGER: Duration = Duration::from_millis(1500);
 /// How often the ring-change state machine looks at the view when it waits.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -64,7 +61,7 @@ pub enum Phase {
     Handover(Vec<Batch>),
     /// Handing its hints over.
     Hints(HintHandover),
-    /// Recorded `left` then: it stops after [`LEAVE_LINGER`].
+    /// Recorded `left` then: it stops once the members confirmed it.
     Left { at: Instant },
 }
 
@@ -155,7 +152,7 @@ impl KvProc {
         &self.phase
     }
 
-    /// When this node recorded `left` (the cluster stops it [`LEAVE_LINGER`] later).
+    /// When this node recorded `left` (the cluster stops it once its leave is done).
     pub fn left_at(&self) -> Option<Instant> {
         match self.phase {
             Phase::Left { at } => Some(at),
