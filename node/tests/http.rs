@@ -352,6 +352,10 @@ async fn index_is_one_self_contained_page() {
     assert!(html.contains("id=\"members\""));
     assert!(html.contains("data-state"));
     assert!(html.contains("fetch(\"status\""));
+    assert!(html.contains("fetch(\"history\""));
+    for id in ["id=\"ring\"", "id=\"spark-ops\"", "id=\"spark-latency\"", "id=\"timeline\""] {
+        assert!(html.contains(id), "page has no {id}");
+    }
     // Works offline: nothing is loaded from another host.
     for external in ["http://", "https://", "//cdn", "src=\""] {
         assert!(!html.contains(external), "page references {external:?}");
