@@ -8,14 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use starling_gossip::state::keys;
-use starling_gossip::{Command, Event, Gossip, MemberState};
+use starling_gossip::{Command, Event, Gossip, MemberState, NodeId};
+use starling_ring::{Placement, Ring};
 use starling_wire::PeerRequest;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::kv::view::{self, RingView};
 use crate::kv::KvStatus;
-use crate::status::{GossipStatus, MemberStatus, RingStatus, Status, TransportStatus};
+use crate::status::{
+    GossipStatus, MemberStatus, RingMemberStatus, RingStatus, Status, TransportStatus,
+};
 use crate::transport::Transport;
 
 /// Messages queued for the driver beyond this are dropped (gossip tolerates loss; memory does
@@ -23,6 +26,10 @@ use crate::transport::Transport;
 pub const INBOUND_QUEUE: usize = 4096;
 /// How often seed host names are resolved again (DNS may change, e.g. in containers).
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// How many equal slices of the token space the status's `ring.arcs` draws the ring with:
+/// half-degree slices are finer than a picture of the ring shows, and keep the status small
+/// whatever the number of tokens (README, "The status endpoint").
+pub const ARC_BINS: u32 = 720;
 
 /// Requests to the driver.
 #[derive(Debug)]
@@ -134,6 +141,7 @@ pub async fn run<T: Transport>(
     let mut last_publish = Instant::now() - Duration::from_secs(1);
     let mut local_set = false;
     let mut first = true;
+    let mut picture = RingPicture::default();
     loop {
         let deadline =
             gossip.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -213,7 +221,9 @@ pub async fn run<T: Transport>(
         }
         if changed || last_publish.elapsed() >= Duration::from_millis(200) {
             last_publish = Instant::now();
-            status.send_replace(Arc::new(snapshot(&gossip, &info, &ring.borrow())));
+            let rv = ring.borrow().clone();
+            picture.update(&rv);
+            status.send_replace(Arc::new(snapshot(&gossip, &info, &rv, &picture)));
         }
         if leaving.is_some() && gossip.leave_done() {
             if let Some((since, done)) = leaving.take() {
@@ -232,7 +242,9 @@ pub async fn run<T: Transport>(
             break;
         }
     }
-    status.send_replace(Arc::new(snapshot(&gossip, &info, &ring.borrow())));
+    let rv = ring.borrow().clone();
+    picture.update(&rv);
+    status.send_replace(Arc::new(snapshot(&gossip, &info, &rv, &picture)));
 }
 
 fn log_event(g: &Gossip, e: &Event) -> bool {
@@ -254,8 +266,119 @@ fn log_event(g: &Gossip, e: &Event) -> bool {
     true
 }
 
-/// Builds the status snapshot from the core and the ring view.
-pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView) -> Status {
+/// The ring's members with their shares of the keyspace and the ring drawn at [`ARC_BINS`]
+/// resolution, for the status: recomputed only when the ring view's placement changes, not
+/// for every snapshot.
+#[derive(Debug, Default)]
+pub struct RingPicture {
+    /// The placement these were computed from.
+    placement: Option<Arc<Placement>>,
+    members: Vec<RingMemberStatus>,
+    arcs: Vec<Vec<(u32, u32)>>,
+}
+
+impl RingPicture {
+    /// Recomputes the picture if `rv` has another placement than the last one.
+    pub fn update(&mut self, rv: &RingView) {
+        if self.placement.as_ref().is_some_and(|p| Arc::ptr_eq(p, &rv.placement)) {
+            return;
+        }
+        let (members, arcs) = ring_picture(&rv.ring, &rv.placement, ARC_BINS);
+        *self = RingPicture { placement: Some(rv.placement.clone()), members, arcs };
+    }
+}
+
+/// Each node of `ring` with its shares of the keyspace, and the ring drawn in `bins` equal
+/// slices of the token space: for each replica rank, runs of `(slices, node index)` from token 0
+/// (the status's `ring.members` and `ring.arcs`). `placement` is `ring.placement(N)`.
+///
+/// A slice goes to the node that holds most of it at that rank (the lower index on a tie), so the
+/// picture is exact to a slice; the fractions are exact (to 4 decimals).
+pub fn ring_picture(
+    ring: &Ring,
+    placement: &Placement,
+    bins: u32,
+) -> (Vec<RingMemberStatus>, Vec<Vec<(u32, u32)>>) {
+    const SPACE: u128 = 1 << 64;
+    let nodes: Vec<_> = ring.nodes().collect();
+    let index = |id| nodes.binary_search_by_key(&id, |n| n.id).ok();
+    let ranks = placement.segments().map(|(_, natural, _)| natural.len()).max().unwrap_or(0);
+    let bins = bins.max(1);
+    let mut owned = vec![0u128; nodes.len()];
+    let mut replicated = vec![0u128; nodes.len()];
+    // Per rank and slice, how much of the slice each node holds: a few entries per slice.
+    let mut held: Vec<Vec<Vec<(u32, u128)>>> = vec![vec![Vec::new(); bins as usize]; ranks];
+    // Slice `k` is `[bound(k), bound(k + 1))`, the tokens `x` with `x * bins / 2^64 == k`.
+    let bound = |k: u128| (k * SPACE).div_ceil(u128::from(bins));
+    for (range, natural, _) in placement.segments() {
+        // `(start, end]` as half-open pieces of `[0, 2^64)`: two when it wraps past the top.
+        let (start, end) = (u128::from(range.start) + 1, u128::from(range.end) + 1);
+        let pieces = if range.is_full() {
+            [(0, SPACE), (0, 0)]
+        } else if start < end {
+            [(start, end), (0, 0)]
+        } else {
+            [(start, SPACE), (0, end)]
+        };
+        for (rank, id) in natural.iter().enumerate() {
+            let Some(i) = index(*id) else { continue };
+            if rank == 0 {
+                owned[i] += range.width();
+            }
+            replicated[i] += range.width();
+            for &(mut a, b) in &pieces {
+                while a < b {
+                    let k = a * u128::from(bins) / SPACE;
+                    let upto = b.min(bound(k + 1));
+                    let slice = &mut held[rank][k as usize];
+                    match slice.iter_mut().find(|(node, _)| *node == i as u32) {
+                        Some((_, w)) => *w += upto - a,
+                        None => slice.push((i as u32, upto - a)),
+                    }
+                    a = upto;
+                }
+            }
+        }
+    }
+    let fraction = |w: u128| ((w as f64 / SPACE as f64) * 1e4).round() / 1e4;
+    let members = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| RingMemberStatus {
+            node_id: NodeId(n.id).to_string(),
+            status: n.status.as_str().to_owned(),
+            zone: n.zone.clone(),
+            tokens: n.tokens.len(),
+            owned_fraction: fraction(owned[i]),
+            replicated_fraction: fraction(replicated[i]),
+        })
+        .collect();
+    let arcs = held
+        .into_iter()
+        .map(|slices| {
+            let mut runs: Vec<(u32, u32)> = Vec::new();
+            for slice in slices {
+                // Every slice is covered at every rank (the segments cover the ring once, each
+                // with `ranks` replicas); an uncovered one would continue the run before it.
+                let winner = slice
+                    .iter()
+                    .max_by(|x, y| x.1.cmp(&y.1).then(y.0.cmp(&x.0)))
+                    .map(|&(node, _)| node)
+                    .or(runs.last().map(|r| r.1));
+                match (runs.last_mut(), winner) {
+                    (Some(run), Some(node)) if run.1 == node => run.0 += 1,
+                    (_, Some(node)) => runs.push((1, node)),
+                    (_, None) => {}
+                }
+            }
+            runs
+        })
+        .collect();
+    (members, arcs)
+}
+
+/// Builds the status snapshot from the core, the ring view and its picture.
+pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView, picture: &RingPicture) -> Status {
     let mut members: Vec<MemberStatus> = g
         .members()
         .map(|m| MemberStatus {
@@ -294,6 +417,11 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView) -> Status {
             .all(|m| m.node_state.get(view::keys::RING) == Some(d))
     });
     let me = rv.ring.node(g.id().0);
+    let member_digests = g
+        .members()
+        .filter_map(|m| Some((m.id.to_string(), m.node_state.get(view::keys::RING)?.to_owned())))
+        .chain(g.local_state().get(view::keys::RING).map(|d| (g.id().to_string(), d.to_owned())))
+        .collect();
     let ring = RingStatus {
         digest: ring_digest,
         agreed,
@@ -302,6 +430,10 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView) -> Status {
         nodes: rv.ring.nodes().count(),
         replication: info.replication,
         ownership: (rv.my_ownership * 1e4).round() / 1e4,
+        members: picture.members.clone(),
+        arc_bins: if picture.arcs.is_empty() { 0 } else { ARC_BINS },
+        arcs: picture.arcs.clone(),
+        member_digests,
     };
     let gossip_converged = g.converged();
     Status {
@@ -403,5 +535,126 @@ async fn resolve_seeds(seeds: Vec<String>, tx: mpsc::Sender<Vec<SocketAddr>>) {
         // Retry soon while some seed is unresolved, otherwise rarely.
         let wait = if warned.is_empty() { RESOLVE_EVERY } else { Duration::from_secs(2) };
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use starling_ring::{NodeStatus, RingNode, DEFAULT_VNODES};
+
+    use super::*;
+
+    /// A ring of `zones.len()` nodes (ids 1, 2, ...) that joined one after the other, each with
+    /// balanced tokens; `status` of the last one.
+    fn ring_of(zones: &[Option<&str>], vnodes: usize, last: NodeStatus) -> Ring {
+        let mut ring = Ring::new([]);
+        for (i, zone) in zones.iter().enumerate() {
+            let id = i as u128 + 1;
+            let tokens = ring.allocate_tokens(id, vnodes, 7);
+            let status = if i + 1 == zones.len() { last } else { NodeStatus::Normal };
+            let node = RingNode { id, tokens, zone: zone.map(str::to_owned), status };
+            ring = Ring::new(ring.nodes().cloned().chain([node]));
+        }
+        ring
+    }
+
+    fn sum(members: &[RingMemberStatus], f: fn(&RingMemberStatus) -> f64) -> f64 {
+        members.iter().map(f).sum()
+    }
+
+    #[test]
+    fn shares_sum_to_one_owner_and_n_replicas() {
+        for (nodes, rf, vnodes) in [(3, 3, DEFAULT_VNODES), (5, 3, DEFAULT_VNODES), (7, 2, 64)] {
+            let zones = vec![None; nodes];
+            let ring = ring_of(&zones, vnodes, NodeStatus::Normal);
+            let (members, arcs) = ring_picture(&ring, &ring.placement(rf), ARC_BINS);
+            assert_eq!(members.len(), nodes);
+            let owned = sum(&members, |m| m.owned_fraction);
+            let replicated = sum(&members, |m| m.replicated_fraction);
+            assert!((owned - 1.0).abs() < 1e-3, "{nodes} nodes: owned shares sum to {owned}");
+            assert!(
+                (replicated - rf as f64).abs() < 1e-3,
+                "{nodes} nodes, N={rf}: replicated shares sum to {replicated}"
+            );
+            let exact = ring.ownership(rf);
+            for (m, (id, share)) in members.iter().zip(&exact) {
+                assert_eq!(m.node_id, NodeId(*id).to_string());
+                assert!((m.replicated_fraction - share).abs() < 1e-4, "{m:?} vs {share}");
+                assert!(m.owned_fraction <= m.replicated_fraction);
+                assert_eq!(m.tokens, vnodes);
+                assert_eq!(m.status, "normal");
+            }
+            assert_eq!(arcs.len(), rf, "one list of runs per replica rank");
+            for runs in &arcs {
+                assert_eq!(runs.iter().map(|r| r.0).sum::<u32>(), ARC_BINS);
+                assert!(runs.iter().all(|r| (r.1 as usize) < nodes));
+                assert!(runs.windows(2).all(|w| w[0].1 != w[1].1), "runs merge: {runs:?}");
+            }
+        }
+    }
+
+    /// The picture agrees with the exact shares to within the slices' resolution, and every node
+    /// appears in it.
+    #[test]
+    fn arcs_draw_each_node_in_proportion_to_its_share() {
+        let ring = ring_of(&[None, None, None, None], DEFAULT_VNODES, NodeStatus::Normal);
+        let (members, arcs) = ring_picture(&ring, &ring.placement(2), ARC_BINS);
+        for (rank, runs) in arcs.iter().enumerate() {
+            for (i, m) in members.iter().enumerate() {
+                let slices: u32 = runs.iter().filter(|r| r.1 as usize == i).map(|r| r.0).sum();
+                assert!(slices > 0, "node {i} missing at rank {rank}");
+                if rank == 0 {
+                    let drawn = f64::from(slices) / f64::from(ARC_BINS);
+                    // Each of its ranges may gain or lose up to a slice at either end.
+                    let slack = 2.0 * (m.tokens as f64) / f64::from(ARC_BINS);
+                    assert!(
+                        (drawn - m.owned_fraction).abs() <= slack,
+                        "node {i}: drawn {drawn}, owns {}",
+                        m.owned_fraction
+                    );
+                }
+            }
+        }
+        // With few tokens the slices show the ranges exactly where they are.
+        let two = Ring::new([
+            RingNode { id: 1, tokens: vec![u64::MAX / 4], zone: None, status: NodeStatus::Normal },
+            RingNode {
+                id: 2,
+                tokens: vec![u64::MAX / 4 * 3],
+                zone: None,
+                status: NodeStatus::Normal,
+            },
+        ]);
+        let (members, arcs) = ring_picture(&two, &two.placement(1), 8);
+        assert_eq!(arcs, vec![vec![(2, 0), (4, 1), (2, 0)]]);
+        assert_eq!(members[0].owned_fraction, 0.5);
+        assert_eq!(members[1].owned_fraction, 0.5);
+    }
+
+    #[test]
+    fn a_joining_node_owns_nothing_yet_and_few_nodes_replicate_everything() {
+        let ring = ring_of(&[Some("a"), Some("b"), Some("a")], DEFAULT_VNODES, NodeStatus::Joining);
+        let (members, arcs) = ring_picture(&ring, &ring.placement(3), ARC_BINS);
+        assert_eq!(members[2].status, "joining");
+        assert_eq!(members[2].owned_fraction, 0.0);
+        assert_eq!(members[2].replicated_fraction, 0.0);
+        // Two nodes serve reads: each holds a copy of everything, in two ranks.
+        assert_eq!(members[0].replicated_fraction, 1.0);
+        assert_eq!(members[1].replicated_fraction, 1.0);
+        assert_eq!(arcs.len(), 2);
+
+        // One node with one token: the whole ring, one run.
+        let one = Ring::new([RingNode {
+            id: 9,
+            tokens: vec![42],
+            zone: None,
+            status: NodeStatus::Normal,
+        }]);
+        let (members, arcs) = ring_picture(&one, &one.placement(3), ARC_BINS);
+        assert_eq!(members[0].owned_fraction, 1.0);
+        assert_eq!(arcs, vec![vec![(ARC_BINS, 0)]]);
+
+        let (members, arcs) = ring_picture(&Ring::new([]), &Ring::new([]).placement(3), ARC_BINS);
+        assert!(members.is_empty() && arcs.is_empty());
     }
 }

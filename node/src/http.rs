@@ -1,11 +1,14 @@
 //! The node's HTTP surface for operators (README, "The status endpoint"): `GET /status` (JSON), `GET /metrics`
 //! (Prometheus / OpenMetrics text), `GET /ready` (200 once the node is converged and `normal` on
-//! the ring, 503 before: a readiness probe) and `GET /`, a self-contained page that polls
-//! `/status` and shows the cluster converging live.
+//! the ring, 503 before: a readiness probe), `GET /history` (the last minutes: operations,
+//! latency and every member's view, sampled every second) and `GET /`, a self-contained page
+//! that polls `/status` and `/history` and shows the ring, the load and the cluster converging
+//! live.
 //!
 //! Read-only by construction: every route is a `GET` that reads the latest [`Status`] snapshot
-//! from a `watch` channel the gossip driver publishes to, so a slow or hostile HTTP client can
-//! neither change the node nor hold a lock the driver needs.
+//! from a `watch` channel the gossip driver publishes to, or the history a task of [`serve`]
+//! samples from it, so a slow or hostile HTTP client can neither change the node nor hold a lock
+//! the driver needs.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -21,6 +24,7 @@
 //! # });
 //! ```
 
+pub mod history;
 mod limit;
 mod metrics;
 
@@ -83,6 +87,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/status", get(status))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/history", get(history))
         .with_state(state)
 }
 
@@ -90,12 +95,14 @@ pub fn router(state: HttpState) -> Router {
 /// resolves, then finishes the requests in flight and returns.
 ///
 /// At most [`MAX_HTTP_CONNECTIONS`] connections are served at once, each closed if it does not
-/// send a request head within [`HEADER_READ_TIMEOUT`].
+/// send a request head within [`HEADER_READ_TIMEOUT`]. While it serves, the history of
+/// `GET /history` is sampled every [`history::SAMPLE_EVERY`].
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let _sampler = AbortOnDrop(tokio::spawn(sample(state.clone())));
     let mut listener = limit::LimitedListener::new(listener, MAX_HTTP_CONNECTIONS);
     let router = router(state);
     let (stop_tx, stop_rx) = watch::channel(());
@@ -135,6 +142,25 @@ pub async fn serve(
     Ok(())
 }
 
+/// Stops a task when dropped, so the sampler ends with `serve` even if its future is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Adds a sample to the history now and every [`history::SAMPLE_EVERY`], until aborted.
+async fn sample(state: HttpState) {
+    let mut tick = tokio::time::interval(history::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        state.metrics.recent.sample(&state.snapshot());
+    }
+}
+
 async fn index() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX_HTML))
 }
@@ -144,6 +170,13 @@ async fn status(State(state): State<HttpState>) -> Response {
     match serde_json::to_vec(&*snapshot) {
         Ok(body) => fresh(body, "application/json"),
         Err(e) => internal_error(format!("cannot encode status: {e}")),
+    }
+}
+
+async fn history(State(state): State<HttpState>) -> Response {
+    match serde_json::to_vec(&state.metrics.recent.to_json()) {
+        Ok(body) => fresh(body, "application/json"),
+        Err(e) => internal_error(format!("cannot encode history: {e}")),
     }
 }
 

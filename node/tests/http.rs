@@ -1,12 +1,12 @@
-//! The HTTP surface over a real loopback socket: `/status`, `/metrics`, `/ready`, `/`, 404s,
-//! live updates through the watch channel, and graceful shutdown.
+//! The HTTP surface over a real loopback socket: `/status`, `/metrics`, `/ready`, `/history`, `/`,
+//! 404s, live updates through the watch channel, and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use starling_node::http::{self, HttpState, Metrics};
-use starling_node::status::{GossipStatus, MemberStatus, RingStatus, Status};
+use starling_node::status::{GossipStatus, MemberStatus, RingMemberStatus, RingStatus, Status};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -44,7 +44,7 @@ fn three_alive() -> Status {
             member(2, "alive", false),
             member(3, "alive", false),
         ],
-        ring: RingStatus::default(),
+        ring: three_node_ring(),
         gossip: GossipStatus {
             rounds: 42,
             messages_sent: 84,
@@ -71,6 +71,40 @@ fn three_alive() -> Status {
             retries: 1468,
             handshake_timeouts: 32,
         }),
+    }
+}
+
+/// A ring of the three members with N = 3: each replicates everything and owns a third.
+fn three_node_ring() -> RingStatus {
+    let members: Vec<RingMemberStatus> = (1..=3)
+        .map(|n| RingMemberStatus {
+            node_id: member(n, "alive", false).node_id,
+            status: "normal".to_owned(),
+            zone: Some(format!("z{}", n % 2)),
+            tokens: 16,
+            owned_fraction: 0.3333,
+            replicated_fraction: 1.0,
+        })
+        .collect();
+    RingStatus {
+        digest: Some("0123456789abcdef".to_owned()),
+        agreed: true,
+        status: Some("normal".to_owned()),
+        tokens: 16,
+        nodes: 3,
+        replication: 3,
+        ownership: 1.0,
+        member_digests: members
+            .iter()
+            .map(|m| (m.node_id.clone(), "0123456789abcdef".to_owned()))
+            .collect(),
+        members,
+        arc_bins: 720,
+        arcs: vec![
+            vec![(240, 0), (240, 1), (240, 2)],
+            vec![(240, 1), (240, 2), (240, 0)],
+            vec![(240, 2), (240, 0), (240, 1)],
+        ],
     }
 }
 
@@ -134,6 +168,80 @@ async fn status_json_uses_the_documented_field_names() {
     assert_eq!(raw["members"][1]["state"], "alive");
     assert_eq!(raw["converged"], true);
     assert_eq!(raw["gossip"]["rounds"], 42);
+    // The ring picture: shares per ring member, arcs as `[slices, member]` runs per rank.
+    let ring = &raw["ring"];
+    assert_eq!(ring["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(ring["members"][0]["owned_fraction"], 0.3333);
+    assert_eq!(ring["members"][0]["replicated_fraction"], 1.0);
+    assert_eq!(ring["members"][0]["tokens"], 16);
+    assert_eq!(ring["arc_bins"], 720);
+    assert_eq!(ring["arcs"][1][0], serde_json::json!([240, 1]));
+    assert_eq!(ring["member_digests"][member(2, "alive", false).node_id], "0123456789abcdef");
+}
+
+/// A status from before the ring picture (no `members`, `arcs`, ... in `ring`) still decodes.
+#[test]
+fn status_without_the_ring_picture_decodes() {
+    let mut old = serde_json::to_value(three_alive()).expect("encode");
+    let ring = old["ring"].as_object_mut().expect("ring object");
+    for field in ["members", "arc_bins", "arcs", "member_digests"] {
+        ring.remove(field);
+    }
+    let got: Status = serde_json::from_value(old).expect("decode");
+    assert!(got.ring.members.is_empty() && got.ring.arcs.is_empty());
+    assert_eq!(got.ring.digest, three_alive().ring.digest);
+}
+
+/// `/history` is sampled every second from the node's own figures: the client requests it
+/// coordinated (rate and p99 latency, replica traffic left out) and each member's view.
+#[tokio::test]
+async fn history_samples_operations_and_member_views() {
+    let server = Server::start(three_alive()).await;
+    let mut history = serde_json::Value::Null;
+    for _ in 0..50 {
+        for _ in 0..10 {
+            server.metrics.observe_rpc("kv_get", Duration::from_millis(4));
+            server.metrics.observe_rpc("kv_put", Duration::from_millis(2));
+            server.metrics.observe_rpc("replica_write", Duration::from_secs(1));
+        }
+        let resp = server.get("/history").await;
+        assert_eq!(resp.status(), 200);
+        assert!(content_type(&resp).starts_with("application/json"));
+        assert_eq!(resp.headers()[reqwest::header::CACHE_CONTROL], "no-store");
+        history = resp.json().await.expect("history JSON");
+        if history["t"].as_array().map_or(0, Vec::len) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let samples = history["t"].as_array().map_or(0, Vec::len);
+    assert!(samples >= 2, "fewer than 2 samples after 5 s: {history}");
+    assert_eq!(history["interval_ms"], 1000);
+    for column in ["reads", "writes", "failures", "read_p99_ms", "write_p99_ms", "converged"] {
+        assert_eq!(history[column].as_array().map(Vec::len), Some(samples), "{column}");
+    }
+    // The first sample has no interval before it; the second has the requests above.
+    assert!(history["reads"][0].is_null());
+    assert!(history["reads"][1].as_f64().is_some_and(|r| r > 0.0), "{history}");
+    assert!(history["writes"][1].as_f64().is_some_and(|w| w > 0.0), "{history}");
+    let p99 = history["read_p99_ms"][1].as_f64().expect("read p99");
+    assert!((3.9..=4.1).contains(&p99), "replica writes left out: {p99}");
+    assert!(history["write_p99_ms"][1].as_f64().is_some_and(|l| l < 2.1));
+    assert_eq!(history["failures"][1], 0.0);
+    assert_eq!(history["converged"][1], true);
+    // One row per member, each one run of the same view since the first sample.
+    let members = history["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+    for m in members {
+        let runs = m["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 1, "{m}");
+        assert_eq!(runs[0][0], history["t"][0]);
+        assert_eq!(runs[0][2], 0);
+    }
+    assert_eq!(
+        history["views"][0],
+        serde_json::json!({"state": "alive", "digest": "d1ge57", "ring": "0123456789abcdef"})
+    );
 }
 
 #[tokio::test]
@@ -244,6 +352,10 @@ async fn index_is_one_self_contained_page() {
     assert!(html.contains("id=\"members\""));
     assert!(html.contains("data-state"));
     assert!(html.contains("fetch(\"status\""));
+    assert!(html.contains("fetch(\"history\""));
+    for id in ["id=\"ring\"", "id=\"spark-ops\"", "id=\"spark-latency\"", "id=\"timeline\""] {
+        assert!(html.contains(id), "page has no {id}");
+    }
     // Works offline: nothing is loaded from another host.
     for external in ["http://", "https://", "//cdn", "src=\""] {
         assert!(!html.contains(external), "page references {external:?}");
@@ -256,7 +368,7 @@ async fn unknown_paths_are_404_and_routes_are_read_only() {
     for path in ["/nope", "/status/extra", "/metrics.txt", "/index.html"] {
         assert_eq!(server.get(path).await.status(), 404, "{path}");
     }
-    for path in ["/", "/status", "/metrics", "/ready"] {
+    for path in ["/", "/status", "/metrics", "/ready", "/history"] {
         let resp =
             client().post(format!("{}{path}", server.base)).body("x").send().await.expect("POST");
         assert_eq!(resp.status(), 405, "POST {path}");

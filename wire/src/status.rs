@@ -1,6 +1,8 @@
 //! The node's self-description: what `GET /status`, `starling status` and the live page show.
 //! Built by the node's gossip driver; read by the HTTP server, the `Status` RPC and clients.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One member as this node sees it.
@@ -39,6 +41,43 @@ pub struct RingStatus {
     pub replication: usize,
     /// Fraction of the keyspace this node replicates (sums to `N` over the ring).
     pub ownership: f64,
+    /// Every node on the ring (joining and leaving included), sorted by node id, with its shares
+    /// of the keyspace. `arcs` refers to them by their index here.
+    #[serde(default)]
+    pub members: Vec<RingMemberStatus>,
+    /// How many equal slices of the token space `arcs` draws the ring with (0 without arcs).
+    #[serde(default)]
+    pub arc_bins: u32,
+    /// The ring as a picture, at `arc_bins` resolution: `arcs[r]` goes round the ring from
+    /// token 0 in runs of `[slices, member]`, saying that the next `slices` slices have
+    /// `members[member]` as their replica of rank `r` (0: the owner of the range, the node whose
+    /// token ends it; 1 and on: the next replicas in preference order). One list per replica
+    /// rank, `min(N, nodes serving reads)` of them. A slice shows the node holding most of it,
+    /// so ranges narrower than a slice are not drawn; the shares in `members` are exact. The
+    /// size is bounded by `arc_bins × N` whatever the number of tokens.
+    #[serde(default)]
+    pub arcs: Vec<Vec<(u32, u32)>>,
+    /// The ring digest each member reports, by node id (this node's included; members that
+    /// report none yet are missing). The ring agrees when every alive member's equals `digest`.
+    #[serde(default)]
+    pub member_digests: BTreeMap<String, String>,
+}
+
+/// One node on the ring and how much of the keyspace it holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RingMemberStatus {
+    pub node_id: String,
+    /// `joining`, `normal` or `leaving`.
+    pub status: String,
+    pub zone: Option<String>,
+    /// Its virtual-node tokens.
+    pub tokens: usize,
+    /// Fraction of the token space whose ranges end at one of its tokens: the keys it is the
+    /// first replica of. Sums to 1 over the nodes serving reads (0 for a joining node).
+    pub owned_fraction: f64,
+    /// Fraction of the token space it is one of the `N` replicas of. Sums to
+    /// `min(N, nodes serving reads)` over the ring.
+    pub replicated_fraction: f64,
 }
 
 /// Gossip counters since start.

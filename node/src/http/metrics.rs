@@ -20,6 +20,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::history::Recorder;
 use crate::status::Status;
 
 /// Every exported name starts with this, so one node's figures are easy to select.
@@ -51,6 +52,8 @@ type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
 #[derive(Debug)]
 pub struct Metrics {
     rpc_duration: HistogramFamily,
+    /// The last minutes, for the live page (`GET /history`).
+    pub(crate) recent: Recorder,
 }
 
 impl Default for Metrics {
@@ -68,15 +71,20 @@ impl Metrics {
                 RPC_BUCKET_COUNT,
             ))
         }
-        Self { rpc_duration: Family::new_with_constructor(rpc_histogram as fn() -> Histogram) }
+        Self {
+            rpc_duration: Family::new_with_constructor(rpc_histogram as fn() -> Histogram),
+            recent: Recorder::default(),
+        }
     }
 
     /// Records how long handling one RPC of `kind` (`"status"`, `"gossip"`, ...) took.
     ///
     /// `kind` is `'static` so that label values come from code, never from a peer: a peer that
     /// could choose the label could grow the series without bound.
+    /// The client API's key-value requests also feed the latency of the page's history.
     pub fn observe_rpc(&self, kind: &'static str, elapsed: Duration) {
         self.rpc_duration.get_or_create(&RpcLabels { kind }).observe(elapsed.as_secs_f64());
+        self.recent.ops.observe(kind, elapsed);
     }
 
     /// The OpenMetrics text exposition of these measurements and of `status`.
