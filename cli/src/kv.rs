@@ -53,7 +53,7 @@ pub struct KvOpts {
 fn version_json(v: Version) -> serde_json::Value {
     serde_json::json!({
         "ts": v.ts,
-        "node": format!("{:032x}", v.node),
+        "node": v.node.to_string(),
         "written_at_ms": v.millis(),
     })
 }
@@ -169,7 +169,7 @@ fn print_written(key: &str, deleting: bool, w: Written, opts: &KvOpts) -> Result
         if let Some(newer) = superseded {
             eprintln!(
                 "warning: a replica already held a newer version of {key:?} \
-                 (written at {} ms by node {:032x}); reads return that one",
+                 (written at {} ms by node {}); reads return that one",
                 newer.millis(),
                 newer.node
             );

@@ -53,10 +53,10 @@ pub mod state;
 
 pub use crate::config::Config;
 pub use crate::core::{Command, Event, Gossip, Stats, Transmit, BUCKETS};
-pub use crate::id::NodeId;
 pub use crate::member::{MemberState, MemberView};
 pub use crate::message::{Header, Message};
 pub use crate::state::NodeState;
+pub use starling_id::NodeId;
 
 /// Why an input was refused. Refused input changes nothing.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use starling_ring::NodeKey;
+use starling_ring::NodeId;
 
 /// Samples older than this are forgotten (the peer stopped answering, or left).
 pub const SAMPLE_TTL: Duration = Duration::from_secs(30);
@@ -48,7 +48,7 @@ pub fn peers_needed(up_peers: usize) -> usize {
 #[derive(Debug)]
 pub struct ClockMonitor {
     max_offset: Duration,
-    samples: HashMap<NodeKey, Sample>,
+    samples: HashMap<NodeId, Sample>,
 }
 
 impl ClockMonitor {
@@ -67,7 +67,7 @@ impl ClockMonitor {
     pub fn handle_sample(
         &mut self,
         now: Instant,
-        peer: NodeKey,
+        peer: NodeId,
         sent_ms: u64,
         remote_ms: u64,
         rtt: Duration,
@@ -122,14 +122,14 @@ mod tests {
         let wall = 1_000_000;
         // Node 3 is 120 s behind nodes 1 and 2.
         let mut on3 = ClockMonitor::new(MAX);
-        on3.handle_sample(now, 1, wall - 120_000, wall + 1, rtt);
-        on3.handle_sample(now, 2, wall - 120_000, wall + 1, rtt);
+        on3.handle_sample(now, NodeId(1), wall - 120_000, wall + 1, rtt);
+        on3.handle_sample(now, NodeId(2), wall - 120_000, wall + 1, rtt);
         let h = on3.health(now);
         assert!(!h.healthy, "{h:?}");
         assert!((h.offset_ms + 120_000).abs() < 5, "{h:?}");
         let mut on1 = ClockMonitor::new(MAX);
-        on1.handle_sample(now, 2, wall, wall + 1, rtt);
-        on1.handle_sample(now, 3, wall, wall - 120_000 + 1, rtt);
+        on1.handle_sample(now, NodeId(2), wall, wall + 1, rtt);
+        on1.handle_sample(now, NodeId(3), wall, wall - 120_000 + 1, rtt);
         assert!(on1.health(now).healthy, "{:?}", on1.health(now));
     }
 
@@ -137,11 +137,11 @@ mod tests {
     fn one_peer_alone_never_marks_a_node_off_and_slow_round_trips_say_nothing() {
         let now = Instant::now();
         let mut m = ClockMonitor::new(MAX);
-        m.handle_sample(now, 2, 0, 600_000, Duration::from_millis(1));
+        m.handle_sample(now, NodeId(2), 0, 600_000, Duration::from_millis(1));
         assert!(m.health(now).healthy);
         let mut m = ClockMonitor::new(MAX);
-        m.handle_sample(now, 2, 0, 600_000, Duration::from_secs(1));
-        m.handle_sample(now, 3, 0, 600_000, Duration::from_secs(1));
+        m.handle_sample(now, NodeId(2), 0, 600_000, Duration::from_secs(1));
+        m.handle_sample(now, NodeId(3), 0, 600_000, Duration::from_secs(1));
         assert_eq!(m.health(now).peers, 0);
     }
 
@@ -149,8 +149,8 @@ mod tests {
     fn old_samples_are_forgotten() {
         let now = Instant::now();
         let mut m = ClockMonitor::new(MAX);
-        m.handle_sample(now, 2, 0, 600_000, Duration::ZERO);
-        m.handle_sample(now, 3, 0, 600_000, Duration::ZERO);
+        m.handle_sample(now, NodeId(2), 0, 600_000, Duration::ZERO);
+        m.handle_sample(now, NodeId(3), 0, 600_000, Duration::ZERO);
         assert!(!m.health(now).healthy);
         assert!(m.health(now + SAMPLE_TTL + Duration::from_secs(1)).healthy);
     }

@@ -16,21 +16,21 @@
 //! use std::time::Instant;
 //! use starling_kv::{Answer, KvConfig, RingView, Send, WriteOp};
 //! use starling_ring::{NodeStatus, RingNode};
-//! use starling_wire::{Consistency, Record, Version};
+//! use starling_wire::{Consistency, NodeId, Record, Version};
 //!
 //! // A one-node ring: this node (id 1) replicates every key.
 //! let now = Instant::now();
-//! let node = RingNode { id: 1, tokens: vec![0], zone: None, status: NodeStatus::Normal };
-//! let mut view = RingView::empty(1, 1);
+//! let node = RingNode { id: NodeId(1), tokens: vec![0], zone: None, status: NodeStatus::Normal };
+//! let mut view = RingView::empty(NodeId(1), 1);
 //! view.ring = std::sync::Arc::new(starling_ring::Ring::new([node]));
 //! view.placement = std::sync::Arc::new(view.ring.placement(1));
 //!
-//! let record = Record { key: b"k".to_vec(), version: Version { ts: 1, node: 1 }, value: None };
+//! let record = Record { key: b"k".to_vec(), version: Version { ts: 1, node: NodeId(1) }, value: None };
 //! let cfg = KvConfig::default();
 //! let mut op = WriteOp::start(now, &cfg, &view, Consistency::One, record).unwrap();
 //! while let Some(out) = op.poll_send() {
 //!     // Carry `out.send` out (here: this node's own store), then hand the answer back.
-//!     assert!(matches!(out.send, Send::Write { to: 1, .. }));
+//!     assert!(matches!(out.send, Send::Write { to: NodeId(1), .. }));
 //!     op.handle_answer(now, out.id, Answer::Stored { newer: None });
 //! }
 //! let written = op.poll_result().unwrap().unwrap();
@@ -53,7 +53,7 @@ pub use view::RingView;
 pub use write::{WriteOp, Written};
 
 /// Replica ids (the ring's node keys).
-pub use starling_ring::NodeKey;
+pub use starling_ring::NodeId;
 
 /// Settings of the KV layer.
 #[derive(Debug, Clone)]
@@ -139,14 +139,14 @@ pub enum Send {
     /// Store `record` on replica `to` (merged by version). Answer: [`Answer::Stored`] once it is
     /// in the replica's write-ahead log (with the newer version the replica already held, if
     /// any), or [`Answer::Failed`].
-    Write { to: NodeKey, record: Record },
+    Write { to: NodeId, record: Record },
     /// Sloppy quorum: ask the stand-in `via` to keep `record` as a hint for `target`.
-    HandOff { via: NodeKey, target: NodeKey, record: Record },
+    HandOff { via: NodeId, target: NodeId, record: Record },
     /// Keep `record` in this node's hint store, for `target`.
-    Hint { target: NodeKey, record: Record },
+    Hint { target: NodeId, record: Record },
     /// Read `key` on replica `to`: its whole record, or only its version when `digest`. Answer:
     /// [`Answer::Record`] or [`Answer::Digest`], or [`Answer::Failed`].
-    Read { to: NodeKey, key: Vec<u8>, digest: bool },
+    Read { to: NodeId, key: Vec<u8>, digest: bool },
 }
 
 /// One queued send.

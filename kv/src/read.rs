@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use starling_ring::{token_of, NodeKey};
+use starling_ring::{token_of, NodeId};
 use starling_wire::{check_key_value, Consistency, Record, Version};
 
 use crate::{
@@ -22,11 +22,11 @@ pub struct Read {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
     /// A read of the replica's record (`digest: false`) or version.
-    Ask { from: NodeKey, digest: bool },
+    Ask { from: NodeId, digest: bool },
     /// Fetching the record from a replica whose digest claimed a newer version.
-    Fetch { from: NodeKey },
+    Fetch { from: NodeId },
     /// Writing the newest record back to a replica that answered with an older one.
-    Repair { to: NodeKey },
+    Repair { to: NodeId },
     /// A hint for a replica whose repair failed.
     Hint,
 }
@@ -66,34 +66,34 @@ enum Phase {
 /// replicas a blocking read repair must reach.
 #[derive(Debug)]
 pub struct ReadOp {
-    me: NodeKey,
+    me: NodeId,
     key: Vec<u8>,
     level: Consistency,
     required: usize,
     n: usize,
     /// The current replicas.
-    natural: Vec<NodeKey>,
+    natural: Vec<NodeId>,
     /// The future replicas and the level's count among them, while the range moves.
-    future: Option<(Vec<NodeKey>, usize)>,
+    future: Option<(Vec<NodeId>, usize)>,
     read_timeout: Duration,
     hint_window: Duration,
-    down: Vec<(NodeKey, Duration)>,
-    candidates: Vec<NodeKey>,
+    down: Vec<(NodeId, Duration)>,
+    candidates: Vec<NodeId>,
     next: usize,
     deadline: Instant,
     speculate_at: Option<Instant>,
     data_in_flight: usize,
     have_record: bool,
     /// `(replica, the version it holds)`, for every replica that answered.
-    answers: Vec<(NodeKey, Option<Version>)>,
+    answers: Vec<(NodeId, Option<Version>)>,
     best: Option<Record>,
     /// Digest claims newer than `best`, newest first, not yet fetched.
-    claims: Vec<(NodeKey, Version)>,
-    failed_claim: Option<(NodeKey, Version)>,
+    claims: Vec<(NodeId, Version)>,
+    failed_claim: Option<(NodeId, Version)>,
     /// Replicas that could not read their record: repaired with the newest one.
-    unreadable: Vec<NodeKey>,
+    unreadable: Vec<NodeId>,
     /// Replicas known to hold the newest version (during the repair phase).
-    holders: Vec<NodeKey>,
+    holders: Vec<NodeId>,
     repaired: u32,
     phase: Phase,
     sends: Sends<Part>,
@@ -125,9 +125,9 @@ impl ReadOp {
             return Err(KvError::BadRequest("consistency `any` is for writes only".into()));
         };
         let reachable =
-            |t: &NodeKey| view.is_up(*t) && (*t == view.me || view.addrs.contains_key(t));
+            |t: &NodeId| view.is_up(*t) && (*t == view.me || view.addrs.contains_key(t));
         // This node first (no network hop), then the others in ring order, then the pending ones.
-        let mut candidates: Vec<NodeKey> = natural.iter().copied().filter(reachable).collect();
+        let mut candidates: Vec<NodeId> = natural.iter().copied().filter(reachable).collect();
         if candidates.len() < required {
             return Err(KvError::Unavailable(format!(
                 "{level} read needs {required} of {n} replicas, but only {}",
@@ -140,7 +140,7 @@ impl ReadOp {
         let future = if pending.is_empty() && dropping.is_empty() {
             None
         } else {
-            let future: Vec<NodeKey> =
+            let future: Vec<NodeId> =
                 natural.iter().filter(|t| !dropping.contains(t)).chain(pending).copied().collect();
             let needed = required_for_read(level, future.len()).unwrap_or(required);
             let up = future.iter().filter(|t| reachable(t)).count();
@@ -323,8 +323,8 @@ impl ReadOp {
 
     /// Whether `replicas` meet the level: in the current set, and in the future one while the
     /// range moves.
-    fn enough(&self, replicas: &[NodeKey]) -> bool {
-        let count = |set: &[NodeKey]| replicas.iter().filter(|r| set.contains(r)).count();
+    fn enough(&self, replicas: &[NodeId]) -> bool {
+        let count = |set: &[NodeId]| replicas.iter().filter(|r| set.contains(r)).count();
         count(&self.natural) >= self.required
             && self.future.as_ref().is_none_or(|(future, needed)| count(future) >= *needed)
     }
@@ -334,7 +334,7 @@ impl ReadOp {
             // The common case, without collecting.
             return self.answers.len() >= self.required;
         }
-        let answered: Vec<NodeKey> = self.answers.iter().map(|a| a.0).collect();
+        let answered: Vec<NodeId> = self.answers.iter().map(|a| a.0).collect();
         self.enough(&answered)
     }
 
@@ -345,7 +345,7 @@ impl ReadOp {
             return;
         }
         loop {
-            let asked: Vec<NodeKey> = self
+            let asked: Vec<NodeId> = self
                 .answers
                 .iter()
                 .map(|a| a.0)
@@ -361,7 +361,7 @@ impl ReadOp {
         }
     }
 
-    fn hintable(&self, id: NodeKey) -> bool {
+    fn hintable(&self, id: NodeId) -> bool {
         self.down.iter().find(|d| d.0 == id).is_none_or(|d| d.1 <= self.hint_window)
     }
 
@@ -373,7 +373,7 @@ impl ReadOp {
         self.sends.push(send, Part::Ask { from, digest });
     }
 
-    fn set_answer(&mut self, from: NodeKey, v: Option<Version>) {
+    fn set_answer(&mut self, from: NodeId, v: Option<Version>) {
         if let Some(a) = self.answers.iter_mut().find(|a| a.0 == from) {
             a.1 = v;
         }
@@ -410,7 +410,7 @@ impl ReadOp {
         if let Some((id, claim)) = self.failed_claim {
             if self.best.as_ref().is_none_or(|b| b.version < claim) {
                 return self.finish(Err(KvError::Timeout(format!(
-                    "read: replica {id:032x} reported a newer version but did not send it within \
+                    "read: replica {id} reported a newer version but did not send it within \
                      {} ms",
                     self.read_timeout.as_millis()
                 ))));
@@ -432,7 +432,7 @@ impl ReadOp {
             .filter(|(_, v)| v.is_some_and(|v| v >= best.version))
             .map(|a| a.0)
             .collect();
-        let mut stale: Vec<NodeKey> = self
+        let mut stale: Vec<NodeId> = self
             .answers
             .iter()
             .filter(|(_, v)| v.is_none_or(|v| v < best.version))
@@ -498,7 +498,7 @@ impl ReadOp {
             Phase::Gather => self.fail_gather(),
             Phase::Resolve => {
                 let claim = self.claims.last().copied().or(self.failed_claim);
-                let who = claim.map_or(String::new(), |(id, _)| format!(" {id:032x}"));
+                let who = claim.map_or(String::new(), |(id, _)| format!(" {id}"));
                 self.finish(Err(KvError::Timeout(format!(
                     "read: replica{who} reported a newer version but did not send it within {} ms",
                     self.read_timeout.as_millis()

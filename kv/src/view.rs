@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use starling_gossip::state::keys as gossip_keys;
 use starling_gossip::{Gossip, MemberState};
-use starling_ring::{NodeKey, NodeStatus, Placement, Ring, RingNode, Token};
+use starling_ring::{NodeId, NodeStatus, Placement, Ring, RingNode, Token};
 
 /// Gossip keys the ring is built from.
 pub mod keys {
@@ -22,15 +22,15 @@ pub mod keys {
 /// One immutable snapshot.
 #[derive(Debug, Clone)]
 pub struct RingView {
-    pub me: NodeKey,
+    pub me: NodeId,
     pub rf: usize,
     pub ring: Arc<Ring>,
     pub placement: Arc<Placement>,
-    pub addrs: HashMap<NodeKey, SocketAddr>,
+    pub addrs: HashMap<NodeId, SocketAddr>,
     /// Members gossip reports `down`, with when this node first saw them down.
-    pub down: HashMap<NodeKey, Instant>,
+    pub down: HashMap<NodeId, Instant>,
     /// Members that left for good (their hints are dropped).
-    pub left: HashSet<NodeKey>,
+    pub left: HashSet<NodeId>,
     /// Fraction of the keyspace this node replicates (computed when the ring changes).
     pub my_ownership: f64,
 }
@@ -38,7 +38,7 @@ pub struct RingView {
 /// A member as the view builder sees it.
 #[derive(Debug, Clone)]
 pub struct MemberRingState {
-    pub id: NodeKey,
+    pub id: NodeId,
     pub addr: SocketAddr,
     /// `alive`/`suspect` (false) or `down` (true).
     pub down: bool,
@@ -50,7 +50,7 @@ pub struct MemberRingState {
 
 impl RingView {
     /// An empty view: no ring yet.
-    pub fn empty(me: NodeKey, rf: usize) -> Self {
+    pub fn empty(me: NodeId, rf: usize) -> Self {
         let ring = Ring::new([]);
         let placement = Arc::new(ring.placement(rf));
         RingView {
@@ -69,7 +69,7 @@ impl RingView {
     /// left, or have not published tokens yet, are not on the ring. `now` dates members newly seen
     /// down.
     pub fn build(
-        me: NodeKey,
+        me: NodeId,
         rf: usize,
         members: &[MemberRingState],
         previous: Option<&RingView>,
@@ -125,7 +125,7 @@ impl RingView {
     }
 
     /// Members other than this node that gossip does not report down or left.
-    pub fn others_up(&self) -> impl Iterator<Item = NodeKey> + '_ {
+    pub fn others_up(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.addrs
             .keys()
             .copied()
@@ -133,12 +133,12 @@ impl RingView {
     }
 
     /// Whether requests should be sent to `id` (this node always; others unless gossip says down).
-    pub fn is_up(&self, id: NodeKey) -> bool {
+    pub fn is_up(&self, id: NodeId) -> bool {
         id == self.me || (!self.down.contains_key(&id) && self.addrs.contains_key(&id))
     }
 
     /// How long `id` has been down at `now` (`None`: not down).
-    pub fn down_for(&self, id: NodeKey, now: Instant) -> Option<std::time::Duration> {
+    pub fn down_for(&self, id: NodeId, now: Instant) -> Option<std::time::Duration> {
         self.down.get(&id).map(|since| now.saturating_duration_since(*since))
     }
 }
@@ -150,7 +150,7 @@ pub fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
     let mut out: Vec<MemberRingState> = g
         .members()
         .map(|m| MemberRingState {
-            id: m.id.0,
+            id: m.id,
             addr: m.addr,
             down: m.state == MemberState::Down,
             left: m.state == MemberState::Left
@@ -162,7 +162,7 @@ pub fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
         .collect();
     let local = g.local_state();
     out.push(MemberRingState {
-        id: g.id().0,
+        id: g.id(),
         addr: g.addr(),
         down: false,
         left: local.get(gossip_keys::STATUS) == Some("left"),

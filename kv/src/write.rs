@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use starling_ring::{token_of, NodeKey, Token};
+use starling_ring::{token_of, NodeId, Token};
 use starling_wire::{check_key_value, Consistency, Record, Version};
 
 use crate::{
@@ -25,11 +25,11 @@ pub struct Written {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
     /// The replica's own copy.
-    Direct(NodeKey),
+    Direct(NodeId),
     /// A stand-in keeps the copy for this down replica.
-    HandOff(NodeKey),
+    HandOff(NodeId),
     /// This node keeps the copy for this replica.
-    Hint(NodeKey),
+    Hint(NodeId),
 }
 
 /// Sloppy quorum (Dynamo §4.6): for each write target gossip shows down, a stand-in: the next up
@@ -39,11 +39,11 @@ enum Part {
 fn fallbacks(
     view: &RingView,
     token: Token,
-    targets: &[NodeKey],
+    targets: &[NodeId],
     hint_window: Duration,
     now: Instant,
-) -> Vec<(NodeKey, NodeKey)> {
-    let down: Vec<NodeKey> = targets
+) -> Vec<(NodeId, NodeId)> {
+    let down: Vec<NodeId> = targets
         .iter()
         .filter(|t| !view.is_up(**t))
         .filter(|t| view.down_for(**t, now).is_none_or(|d| d <= hint_window))
@@ -67,7 +67,7 @@ fn fallbacks(
 /// ([`WriteOp::is_finished`]): replicas that answer late still turn into hints.
 #[derive(Debug)]
 pub struct WriteOp {
-    me: NodeKey,
+    me: NodeId,
     level: Consistency,
     required: usize,
     targets: usize,
@@ -75,7 +75,7 @@ pub struct WriteOp {
     deadline: Instant,
     write_timeout: Duration,
     /// Targets down longer than the hint window: no hint is kept for them.
-    unhintable: Vec<NodeKey>,
+    unhintable: Vec<NodeId>,
     sends: Sends<Part>,
     stored: usize,
     handed: usize,
@@ -106,7 +106,7 @@ impl WriteOp {
         let token = token_of(&record.key);
         let (natural, pending) = view.placement.write_set(token);
         let required = required_for_write(level, natural.len(), pending.len());
-        let targets: Vec<NodeKey> = natural.iter().chain(pending).copied().collect();
+        let targets: Vec<NodeId> = natural.iter().chain(pending).copied().collect();
         let up = targets.iter().filter(|t| view.is_up(**t)).count();
         // Stand-ins count toward `one` and `quorum`; `all` means every replica, and `any` counts
         // this node's own hints already.
@@ -237,7 +237,7 @@ impl WriteOp {
         }
     }
 
-    fn hint(&mut self, target: NodeKey) {
+    fn hint(&mut self, target: NodeId) {
         if !self.unhintable.contains(&target) {
             self.sends.push(Send::Hint { target, record: self.record.clone() }, Part::Hint(target));
         }

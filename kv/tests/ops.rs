@@ -6,19 +6,19 @@ use std::time::{Duration, Instant};
 
 use starling_kv::view::{format_tokens, MemberRingState};
 use starling_kv::{Answer, KvConfig, KvError, Outgoing, ReadOp, RingView, Send, WriteOp};
-use starling_ring::{token_of, NodeKey};
+use starling_ring::{token_of, NodeId};
 use starling_wire::{Consistency, Record, Version};
 
 /// A view of `n` nodes with ids 1..=n, each with 16 spread tokens; `down` are marked down since
 /// `now`.
-fn view(me: NodeKey, n: u128, down: &[NodeKey], now: Instant) -> RingView {
+fn view(me: u128, n: u128, down: &[u128], now: Instant) -> RingView {
     let members: Vec<MemberRingState> = (1..=n)
         .map(|id| {
             let tokens: Vec<u64> = (0..16u64)
                 .map(|i| (i * n as u64 + id as u64) * (u64::MAX / (16 * n as u64)))
                 .collect();
             MemberRingState {
-                id,
+                id: NodeId(id),
                 addr: SocketAddr::from(([127, 0, 0, id as u8], 7000)),
                 down: down.contains(&id),
                 left: false,
@@ -28,11 +28,15 @@ fn view(me: NodeKey, n: u128, down: &[NodeKey], now: Instant) -> RingView {
             }
         })
         .collect();
-    RingView::build(me, 3, &members, None, now)
+    RingView::build(NodeId(me), 3, &members, None, now)
 }
 
 fn record(key: &[u8], ts: u64, value: Option<&[u8]>) -> Record {
-    Record { key: key.to_vec(), version: Version { ts, node: 1 }, value: value.map(<[u8]>::to_vec) }
+    Record {
+        key: key.to_vec(),
+        version: Version { ts, node: NodeId(1) },
+        value: value.map(<[u8]>::to_vec),
+    }
 }
 
 fn drain<O: starling_kv::Op>(op: &mut O) -> Vec<Outgoing> {
@@ -74,7 +78,7 @@ fn a_write_that_lost_to_a_newer_version_is_acknowledged_as_superseded() {
     let mut op =
         WriteOp::start(now, &cfg(), &v, Consistency::Quorum, record(b"k", 10, Some(b"x"))).unwrap();
     let sends = drain(&mut op);
-    let newer = Version { ts: 99, node: 2 };
+    let newer = Version { ts: 99, node: NodeId(2) };
     op.handle_answer(now, sends[0].id, Answer::Stored { newer: None });
     op.handle_answer(now, sends[1].id, Answer::Stored { newer: Some(newer) });
     let w = op.poll_result().unwrap().unwrap();
@@ -97,7 +101,8 @@ fn at_the_deadline_an_undecided_write_times_out_and_silent_replicas_get_hints() 
         other => panic!("expected a timeout: {other:?}"),
     }
     let hints = drain(&mut op);
-    let remote_silent = sends[1..].iter().filter(|s| !matches!(s.send, Send::Write { to: 1, .. }));
+    let remote_silent =
+        sends[1..].iter().filter(|s| !matches!(s.send, Send::Write { to: NodeId(1), .. }));
     assert_eq!(hints.len(), remote_silent.count(), "{hints:?}");
     // A late answer to an abandoned write changes nothing.
     op.handle_answer(now, sends[1].id, Answer::Stored { newer: None });
@@ -155,7 +160,7 @@ fn a_stale_replica_is_repaired_before_the_read_answers() {
     let newest = record(b"k", 20, Some(b"new"));
     let (mut op, sends) = quorum_read(b"k", now);
     op.handle_answer(now, sends[0].id, Answer::Record(Some(newest.clone())));
-    op.handle_answer(now, sends[1].id, Answer::Digest(Some(Version { ts: 10, node: 1 })));
+    op.handle_answer(now, sends[1].id, Answer::Digest(Some(Version { ts: 10, node: NodeId(1) })));
     assert!(op.poll_result().is_none(), "must repair first");
     let repair = drain(&mut op);
     assert!(
@@ -190,7 +195,7 @@ fn a_quorum_read_whose_repair_is_not_answered_by_the_deadline_times_out() {
     op.handle_answer(now, sends[0].id, Answer::Digest(None)); // a wrong shape counts as failed
     let retry = drain(&mut op);
     assert_eq!(retry.len(), 1, "the failed replica is replaced by the third");
-    op.handle_answer(now, sends[1].id, Answer::Digest(Some(Version { ts: 5, node: 3 })));
+    op.handle_answer(now, sends[1].id, Answer::Digest(Some(Version { ts: 5, node: NodeId(3) })));
     op.handle_answer(now, retry[0].id, Answer::Record(Some(record(b"k", 20, Some(b"new")))));
     let repair = drain(&mut op);
     assert_eq!(repair.len(), 1);
@@ -253,14 +258,14 @@ fn the_key_token_used_by_the_tests_has_three_replicas() {
 }
 
 /// Three normal nodes (ids 1..=3) and node 4 joining, each with 16 spread tokens.
-fn joining_view(me: NodeKey, now: Instant) -> RingView {
+fn joining_view(me: u128, now: Instant) -> RingView {
     let n = 4u64;
     let members: Vec<MemberRingState> = (1..=4u128)
         .map(|id| {
             let tokens: Vec<u64> =
                 (0..16u64).map(|i| (i * n + id as u64) * (u64::MAX / (16 * n))).collect();
             MemberRingState {
-                id,
+                id: NodeId(id),
                 addr: SocketAddr::from(([127, 0, 0, id as u8], 7000)),
                 down: false,
                 left: false,
@@ -270,7 +275,7 @@ fn joining_view(me: NodeKey, now: Instant) -> RingView {
             }
         })
         .collect();
-    RingView::build(me, 3, &members, None, now)
+    RingView::build(NodeId(me), 3, &members, None, now)
 }
 
 /// While node 4 joins, a key's range moves from {a, b, c} to {a, b, 4} (c drops out). A coordinator
@@ -287,10 +292,10 @@ fn a_read_while_a_node_joins_needs_a_quorum_of_the_future_replicas_too() {
         .expect("a key whose range moves");
     let natural = probe.placement.replicas(token_of(&key)).to_vec();
     let (pending, dropping) = probe.placement.transition(token_of(&key));
-    assert_eq!((pending, dropping.len()), (&[4][..], 1), "node 4 takes c's place");
+    assert_eq!((pending, dropping.len()), (&[NodeId(4)][..], 1), "node 4 takes c's place");
     let dropped = dropping[0];
     // The coordinator is the replica that drops out, so it asks itself first.
-    let v = joining_view(dropped, now);
+    let v = joining_view(dropped.0, now);
     let mut op = ReadOp::start(now, &cfg(), &v, Consistency::Quorum, key.clone()).unwrap();
     let sends = drain(&mut op);
     let to = |s: &Outgoing| match &s.send {

@@ -25,7 +25,8 @@ const ZONES: [&str; 3] = ["eu-1a", "eu-1b", "eu-1c"];
 
 fn node_id(i: u64) -> String {
     // Spread the ids so their short forms differ in the first digits, as random ids would.
-    format!("{:032x}", u128::from(i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834))
+    starling_wire::NodeId(u128::from(i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834))
+        .to_string()
 }
 
 fn snapshot(n: u64, elapsed: Duration, insecure: bool) -> Status {

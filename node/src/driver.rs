@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use starling_gossip::state::keys;
-use starling_gossip::{Command, Event, Gossip, MemberState, NodeId};
+use starling_gossip::{Command, Event, Gossip, MemberState};
 use starling_ring::{Placement, Ring};
 use starling_wire::PeerRequest;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -198,7 +198,7 @@ pub async fn run<T: Transport>(
             first = false;
             let previous = ring.borrow().clone();
             let next = Arc::new(RingView::build(
-                gossip.id().0,
+                gossip.id(),
                 info.replication,
                 &view::ring_members(&gossip),
                 Some(&previous),
@@ -345,7 +345,7 @@ pub fn ring_picture(
         .iter()
         .enumerate()
         .map(|(i, n)| RingMemberStatus {
-            node_id: NodeId(n.id).to_string(),
+            node_id: n.id.to_string(),
             status: n.status.as_str().to_owned(),
             zone: n.zone.clone(),
             tokens: n.tokens.len(),
@@ -416,7 +416,7 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView, picture: &RingPictur
             .filter(|m| m.state == MemberState::Alive)
             .all(|m| m.node_state.get(view::keys::RING) == Some(d))
     });
-    let me = rv.ring.node(g.id().0);
+    let me = rv.ring.node(g.id());
     let member_digests = g
         .members()
         .filter_map(|m| Some((m.id.to_string(), m.node_state.get(view::keys::RING)?.to_owned())))
@@ -540,6 +540,7 @@ async fn resolve_seeds(seeds: Vec<String>, tx: mpsc::Sender<Vec<SocketAddr>>) {
 
 #[cfg(test)]
 mod tests {
+    use starling_gossip::NodeId;
     use starling_ring::{NodeStatus, RingNode, DEFAULT_VNODES};
 
     use super::*;
@@ -549,7 +550,7 @@ mod tests {
     fn ring_of(zones: &[Option<&str>], vnodes: usize, last: NodeStatus) -> Ring {
         let mut ring = Ring::new([]);
         for (i, zone) in zones.iter().enumerate() {
-            let id = i as u128 + 1;
+            let id = NodeId(i as u128 + 1);
             let tokens = ring.allocate_tokens(id, vnodes, 7);
             let status = if i + 1 == zones.len() { last } else { NodeStatus::Normal };
             let node = RingNode { id, tokens, zone: zone.map(str::to_owned), status };
@@ -578,7 +579,7 @@ mod tests {
             );
             let exact = ring.ownership(rf);
             for (m, (id, share)) in members.iter().zip(&exact) {
-                assert_eq!(m.node_id, NodeId(*id).to_string());
+                assert_eq!(m.node_id, id.to_string());
                 assert!((m.replicated_fraction - share).abs() < 1e-4, "{m:?} vs {share}");
                 assert!(m.owned_fraction <= m.replicated_fraction);
                 assert_eq!(m.tokens, vnodes);
@@ -617,9 +618,14 @@ mod tests {
         }
         // With few tokens the slices show the ranges exactly where they are.
         let two = Ring::new([
-            RingNode { id: 1, tokens: vec![u64::MAX / 4], zone: None, status: NodeStatus::Normal },
             RingNode {
-                id: 2,
+                id: NodeId(1),
+                tokens: vec![u64::MAX / 4],
+                zone: None,
+                status: NodeStatus::Normal,
+            },
+            RingNode {
+                id: NodeId(2),
                 tokens: vec![u64::MAX / 4 * 3],
                 zone: None,
                 status: NodeStatus::Normal,
@@ -645,7 +651,7 @@ mod tests {
 
         // One node with one token: the whole ring, one run.
         let one = Ring::new([RingNode {
-            id: 9,
+            id: NodeId(9),
             tokens: vec![42],
             zone: None,
             status: NodeStatus::Normal,

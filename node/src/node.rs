@@ -272,7 +272,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         "starlingd started"
     );
     let (ring_tx, ring_rx) =
-        watch::channel(Arc::new(RingView::empty(data.node_id.0, cfg.replication)));
+        watch::channel(Arc::new(RingView::empty(data.node_id, cfg.replication)));
     let kv_cfg = KvConfig {
         replication: cfg.replication,
         hint_window: cfg.hint_window,
@@ -298,7 +298,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             );
         }
     }
-    let kv = Kv::new(data.node_id.0, kv_cfg, storage, transport.clone(), ring_rx)
+    let kv = Kv::new(data.node_id, kv_cfg, storage, transport.clone(), ring_rx)
         .context("cannot start the storage threads")?;
     let _ = kv_cell.set(kv.clone());
     let kv_status = {

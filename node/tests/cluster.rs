@@ -2,6 +2,7 @@
 //! foreign certificate refused, garbage gossip refused while the node keeps serving.
 //! Every node binds port 0; tests read the bound ports from `addresses.json`.
 
+use starling_wire::NodeId;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -376,11 +377,11 @@ fn peer_rpcs() -> Vec<Request> {
     let forged = Record {
         key: b"victim".to_vec(),
         value: Some(b"forged".to_vec()),
-        version: Version { ts: (now_ms + ten_years_ms) << 16, node: 7 },
+        version: Version { ts: (now_ms + ten_years_ms) << 16, node: NodeId(7) },
     };
     vec![
         ReplicaWrite(vec![forged.clone()]).into_request(),
-        ReplicaHint { target: 0xdead_beef, records: vec![forged] }.into_request(),
+        ReplicaHint { target: NodeId(0xdead_beef), records: vec![forged] }.into_request(),
         ReplicaRead(b"victim".to_vec()).into_request(),
         ReplicaReadMany(vec![starling_wire::Key(b"victim".to_vec())]).into_request(),
         ReplicaVersions(vec![starling_wire::Key(b"victim".to_vec())]).into_request(),

@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use starling_node::kv::view::parse_tokens;
 use starling_node::transport::quic::QuicTransport;
 use starling_node::transport::Transport;
-use starling_ring::{token_of, NodeKey, NodeStatus, Ring, RingNode};
+use starling_ring::{token_of, NodeId, NodeStatus, Ring, RingNode};
 use starling_wire::{
     Call, Consistency, KvResponse, Leave, Put, Record, ReplicaWrite, Response, Version, Written,
 };
@@ -105,7 +105,7 @@ async fn two_replicas_killed_writes_go_to_fallback_nodes_and_reach_them_later() 
     let mut c = Cluster::start(5).await;
     let ring = ring_from_disk(&c);
     let dead = [3usize, 4];
-    let dead_ids: Vec<NodeKey> = dead.iter().map(|&i| c.nodes[i].id()).collect();
+    let dead_ids: Vec<NodeId> = dead.iter().map(|&i| c.nodes[i].id()).collect();
     // Keys whose replicas include both dead nodes: only fallbacks can make their quorum.
     let both: Vec<String> = (0..5000)
         .map(|i| format!("sloppy-{i:04}"))
@@ -460,7 +460,7 @@ async fn leave_hands_data_over() {
 
     let leaver = 3;
     let stay = [0, 1, 2];
-    let leaver_id = format!("{:032x}", c.nodes[leaver].id());
+    let leaver_id = c.nodes[leaver].id().to_string();
     // Each key node4 replicates gains one replica when it leaves (with 4 nodes and N = 3 the
     // survivors replicate everything): at least that many records must be handed over.
     let ring = ring_from_disk(&c);
@@ -617,7 +617,10 @@ async fn a_node_whose_clock_is_two_minutes_off_coordinates_no_write_and_none_is_
         // A replica refuses a version planted far ahead of its clock.
         let planted = Record {
             key: key.to_vec(),
-            version: Version { ts: (v1.version.millis() + 10 * 365 * 86_400_000) << 16, node: 7 },
+            version: Version {
+                ts: (v1.version.millis() + 10 * 365 * 86_400_000) << 16,
+                node: NodeId(7),
+            },
             value: Some(b"from the future".to_vec()),
         };
         match c.call(0, ReplicaWrite(vec![planted])).await {

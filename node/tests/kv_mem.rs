@@ -16,7 +16,7 @@ use starling_node::storage::mem::MemStorage;
 use starling_node::storage::{data_key, hint_size, Storage};
 use starling_node::transport::mem::{MemNetwork, MemTransport};
 use starling_node::transport::{PeerInfo, Service, Transport, TransportConfig};
-use starling_ring::{token_of, NodeKey, NodeStatus, Range, Ring, RingNode};
+use starling_ring::{token_of, NodeId, NodeStatus, Range, Ring, RingNode};
 use starling_wire::{
     Call, ClientRequest, Clock, Consistency, ErrorCode, Get, Key, Page, PeerRequest, ReadAnswer,
     Record, ReplicaRead, ReplicaReadMany, ReplicaResponse, ReplicaScan, ReplicaWrite, Request,
@@ -62,7 +62,7 @@ impl Service for KvService {
 }
 
 struct TestNode {
-    id: NodeKey,
+    id: NodeId,
     storage: Arc<MemStorage>,
     kv: MemKv,
     transport: Arc<MemTransport>,
@@ -96,11 +96,11 @@ struct Cluster {
     members: Vec<MemberRingState>,
     nodes: Vec<TestNode>,
     /// Per observer: the members it sees down.
-    down: Vec<HashSet<NodeKey>>,
+    down: Vec<HashSet<NodeId>>,
 }
 
-fn node_id(i: usize) -> NodeKey {
-    (i as u128 + 1) * 0x1111_1111_1111_1111_1111_1111_1111_1111
+fn node_id(i: usize) -> NodeId {
+    NodeId((i as u128 + 1) * 0x1111_1111_1111_1111_1111_1111_1111_1111)
 }
 
 fn test_cfg() -> KvConfig {
@@ -169,7 +169,7 @@ impl Cluster {
         .await;
     }
 
-    fn spawn_node(&self, id: NodeKey, storage: Arc<MemStorage>) -> TestNode {
+    fn spawn_node(&self, id: NodeId, storage: Arc<MemStorage>) -> TestNode {
         let cell: Arc<OnceLock<MemKv>> = Arc::default();
         let mode = Arc::new(AtomicU8::new(SERVE));
         let tcfg = TransportConfig {
@@ -492,7 +492,7 @@ fn key_read_by(c: &Cluster, coordinator: usize, second: usize, tag: &str) -> Vec
 async fn quorum_reads_return_the_newest_version_and_repair_stale_replicas() {
     let c = Cluster::new(3, 0).await;
     let (a, b, third) = (0, 1, 2);
-    let v = |ts: u64, node: u128| Version { ts: ts << 16, node };
+    let v = |ts: u64, node: u128| Version { ts: ts << 16, node: NodeId(node) };
     let rec = |key: &[u8], version: Version, value: Option<&[u8]>| Record {
         key: key.to_vec(),
         version,
@@ -667,7 +667,7 @@ async fn digest_reads_fetch_the_newest_record_from_whichever_replica_has_it() {
         .as_millis() as u64;
     let rec = |key: &[u8], ms: u64, value: &[u8]| Record {
         key: key.to_vec(),
-        version: Version { ts: ms << 16, node: 7 },
+        version: Version { ts: ms << 16, node: NodeId(7) },
         value: Some(value.to_vec()),
     };
 
@@ -893,8 +893,11 @@ async fn bad_keys_values_and_levels_are_refused() {
         .await
         .expect("request");
     assert!(matches!(resp, Response::Error { code: ErrorCode::BadRequest, .. }), "{resp:?}");
-    let bad_record =
-        Record { key: Vec::new(), version: Version { ts: 1, node: 1 }, value: Some(b"v".to_vec()) };
+    let bad_record = Record {
+        key: Vec::new(),
+        version: Version { ts: 1, node: NodeId(1) },
+        value: Some(b"v".to_vec()),
+    };
     let resp = c.nodes[1]
         .transport
         .request(c.nodes[0].transport.local_addr(), ReplicaWrite(vec![bad_record]).into_request())
@@ -916,8 +919,9 @@ async fn requests_before_the_ring_exists_are_unavailable() {
             KvService { kv: Arc::default(), mode: Arc::default() },
             TransportConfig::default(),
         ));
-    let (_tx, rx) = watch::channel(Arc::new(RingView::empty(1, 3)));
-    let kv: MemKv = Kv::new(1, test_cfg(), Arc::new(MemStorage::new()), transport, rx).expect("kv");
+    let (_tx, rx) = watch::channel(Arc::new(RingView::empty(NodeId(1), 3)));
+    let kv: MemKv =
+        Kv::new(NodeId(1), test_cfg(), Arc::new(MemStorage::new()), transport, rx).expect("kv");
     assert!(matches!(
         kv.put(b"k".to_vec(), Some(b"v".to_vec()), Consistency::Any).await,
         Err(KvError::Unavailable(_))

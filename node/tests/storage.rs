@@ -4,6 +4,7 @@
 //! RocksDB-only: data survives close and reopen, and compaction drops tombstones past the grace
 //! period but keeps fresh ones. Plus: decoding garbage bytes is an error, never a panic.
 
+use starling_wire::NodeId;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proptest::prelude::*;
@@ -20,7 +21,11 @@ use starling_wire::{Record, Version};
 // Helpers
 
 fn rec(key: &[u8], ts: u64, node: u128, value: Option<&[u8]>) -> Record {
-    Record { key: key.to_vec(), version: Version { ts, node }, value: value.map(<[u8]>::to_vec) }
+    Record {
+        key: key.to_vec(),
+        version: Version { ts, node: NodeId(node) },
+        value: value.map(<[u8]>::to_vec),
+    }
 }
 
 fn now_millis() -> u64 {
@@ -305,9 +310,9 @@ fn scan_pages_are_bounded_in_bytes<S: Storage>(s: &S) {
 /// whatever the count asked for, and always holds at least one hint; paging on (deleting each
 /// page as delivered) reads them all.
 fn hint_pages_are_bounded_in_bytes<S: Storage>(s: &S) {
-    let target = 9u128;
+    let target = NodeId(9);
     let big = vec![7u8; 700 << 10];
-    let hints: Vec<(u128, Record)> =
+    let hints: Vec<(NodeId, Record)> =
         (0..10u8).map(|i| (target, rec(&[b'k', i], 10 + u64::from(i), 1, Some(&big)))).collect();
     s.put_hints(&hints).expect("put hints");
     let mut seen = 0;
@@ -337,7 +342,7 @@ fn hint_pages_are_bounded_in_bytes<S: Storage>(s: &S) {
 }
 
 fn hints_round_trip<S: Storage>(s: &S) {
-    let (a, b, c) = (1u128, 2u128, u128::MAX);
+    let (a, b, c) = (NodeId(1), NodeId(2), NodeId(u128::MAX));
     assert!(s.hint_targets().expect("targets").is_empty());
     assert!(s.hints_for(a, 10).expect("hints").is_empty());
     // Keys shorter and longer than 8 bytes, a binary key, a tombstone.
@@ -349,7 +354,7 @@ fn hints_round_trip<S: Storage>(s: &S) {
     ];
     let for_b = [rec(b"bkey-0123456789", 15, 5, Some(b"b"))];
     let for_c = [rec(b"c", 16, 5, Some(b"c"))];
-    let mut batch: Vec<(u128, Record)> = Vec::new();
+    let mut batch: Vec<(NodeId, Record)> = Vec::new();
     batch.extend(for_a.iter().cloned().map(|r| (a, r)));
     batch.extend(for_b.iter().cloned().map(|r| (b, r)));
     batch.extend(for_c.iter().cloned().map(|r| (c, r)));
@@ -378,7 +383,7 @@ fn hints_round_trip<S: Storage>(s: &S) {
     assert_eq!(hb.len(), 1);
     assert_eq!(hb[0].record, for_b[0]);
     assert_eq!(s.hints_for(c, 100).expect("hints")[0].record, for_c[0]);
-    assert!(s.hints_for(3, 100).expect("hints").is_empty());
+    assert!(s.hints_for(NodeId(3), 100).expect("hints").is_empty());
 
     // Deleting some leaves the rest.
     let removed = s.delete_hints(&[got[0].delivered(), got[1].delivered()]).expect("delete");
@@ -403,7 +408,7 @@ fn hints_round_trip<S: Storage>(s: &S) {
 /// older one stored later does not replace it), each put says what it did, and the same key for
 /// another target is a hint of its own.
 fn hints_keep_only_the_newest_per_target_and_key<S: Storage>(s: &S) {
-    let (a, b) = (1u128, 2u128);
+    let (a, b) = (NodeId(1), NodeId(2));
     let key = b"hot-key";
     let mut kept: Option<Record> = None;
     for i in 1..=100u64 {
@@ -417,7 +422,7 @@ fn hints_keep_only_the_newest_per_target_and_key<S: Storage>(s: &S) {
         kept = Some(r);
     }
     let newest = kept.expect("kept");
-    let records = |t: u128| -> Vec<Record> {
+    let records = |t: NodeId| -> Vec<Record> {
         s.hints_for(t, 1000).expect("hints").into_iter().map(|h| h.record).collect()
     };
     assert_eq!(s.hint_targets().expect("targets"), vec![(a, 1)], "100 overwrites, one hint");
@@ -473,7 +478,7 @@ fn hints_keep_only_the_newest_per_target_and_key<S: Storage>(s: &S) {
 /// target and key replaced it meanwhile, the deletion must leave the newer one (it has not been
 /// delivered).
 fn deleting_a_delivered_hint_spares_a_newer_one<S: Storage>(s: &S) {
-    let t = 9u128;
+    let t = NodeId(9);
     let v1 = rec(b"k", 10, 1, Some(b"v1"));
     let other = rec(b"other", 10, 1, Some(b"o"));
     s.put_hints(&[(t, v1.clone()), (t, other.clone())]).expect("put");
@@ -587,15 +592,15 @@ fn rocks_data_hints_and_meta_survive_close_and_reopen() {
         let s = RocksStorage::open(&path, &RocksConfig::default()).expect("open");
         s.apply(&[value.clone(), tomb.clone(), rec(b"gone", ts - 1, 1, Some(b"old"))])
             .expect("apply");
-        s.put_hints(&[(42, hint.clone())]).expect("hints");
+        s.put_hints(&[(NodeId(42), hint.clone())]).expect("hints");
         s.put_meta("tokens", b"abc").expect("meta");
     }
     {
         let s = RocksStorage::open(&path, &RocksConfig::default()).expect("reopen");
         assert_eq!(get(&s, b"kept"), Some(value.clone()));
         assert_eq!(get(&s, b"gone"), Some(tomb.clone()));
-        assert_eq!(s.hint_targets().expect("targets"), vec![(42, 1)]);
-        assert_eq!(s.hints_for(42, 10).expect("hints")[0].record, hint);
+        assert_eq!(s.hint_targets().expect("targets"), vec![(NodeId(42), 1)]);
+        assert_eq!(s.hints_for(NodeId(42), 10).expect("hints")[0].record, hint);
         assert_eq!(s.get_meta("tokens").expect("meta").as_deref(), Some(&b"abc"[..]));
         // The merge operator still applies to what was written before the reopen.
         s.apply(&[rec(b"kept", ts - 1, 9, Some(b"older"))]).expect("apply");
@@ -628,8 +633,9 @@ fn rocks_version_cache_stays_exact_across_reopen_and_eviction() {
             s.apply(&[rec(k, ts + 10, i as u128, Some(b"first"))]).expect("apply");
         }
         // More keys than the cache holds: the evicted ones are answered from disk.
-        let want: Vec<Option<Version>> =
-            (0..keys.len()).map(|i| Some(Version { ts: ts + 10, node: i as u128 })).collect();
+        let want: Vec<Option<Version>> = (0..keys.len())
+            .map(|i| Some(Version { ts: ts + 10, node: NodeId(i as u128) }))
+            .collect();
         let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         assert_eq!(s.versions(&refs).expect("versions"), want);
         assert_eq!(s.versions(&[b"never-written"]).expect("versions"), vec![None]);
@@ -643,7 +649,10 @@ fn rocks_version_cache_stays_exact_across_reopen_and_eviction() {
     let k = keys[0].as_slice();
     // Cold cache: an older write is merged and loses; a newer one wins.
     s.apply(&[rec(k, ts + 5, 99, Some(b"older"))]).expect("apply");
-    assert_eq!(s.versions(&[k]).expect("versions"), vec![Some(Version { ts: ts + 10, node: 0 })]);
+    assert_eq!(
+        s.versions(&[k]).expect("versions"),
+        vec![Some(Version { ts: ts + 10, node: NodeId(0) })]
+    );
     assert_eq!(get(&s, k).and_then(|r| r.value).as_deref(), Some(&b"first"[..]));
     // Now cached: older writes are dropped, newer ones put, tombstones too.
     s.apply(&[rec(k, ts + 1, 99, Some(b"older again"))]).expect("apply");
@@ -652,7 +661,10 @@ fn rocks_version_cache_stays_exact_across_reopen_and_eviction() {
     s.apply(&[rec(k, ts + 30, 1, None), rec(k, ts + 25, 2, Some(b"in the same batch"))])
         .expect("apply");
     assert_eq!(get(&s, k), Some(rec(k, ts + 30, 1, None)));
-    assert_eq!(s.versions(&[k]).expect("versions"), vec![Some(Version { ts: ts + 30, node: 1 })]);
+    assert_eq!(
+        s.versions(&[k]).expect("versions"),
+        vec![Some(Version { ts: ts + 30, node: NodeId(1) })]
+    );
     // A key never written, after the reopen: absent, then written.
     assert_eq!(s.versions(&[b"fresh"]).expect("versions"), vec![None]);
     s.apply(&[rec(b"fresh", ts, 3, Some(b"x"))]).expect("apply");
@@ -719,13 +731,13 @@ fn rocks_compaction_keeps_tombstones_within_the_grace_period() {
 
 #[test]
 fn decode_refuses_truncated_and_malformed_values() {
-    let v = Version { ts: 0x0102_0304_0506_0708, node: 0xaabb };
+    let v = Version { ts: 0x0102_0304_0506_0708, node: NodeId(0xaabb) };
     let value = encode_value(v, Some(b"payload"));
     let tomb = encode_value(v, None);
     assert_eq!(decode_version(&value), Ok((v, false)));
     assert_eq!(decode_version(&tomb), Ok((v, true)));
-    assert_eq!(decode_value(b"k", &value), Ok(rec(b"k", v.ts, v.node, Some(b"payload"))));
-    assert_eq!(decode_value(b"k", &tomb), Ok(rec(b"k", v.ts, v.node, None)));
+    assert_eq!(decode_value(b"k", &value), Ok(rec(b"k", v.ts, v.node.0, Some(b"payload"))));
+    assert_eq!(decode_value(b"k", &tomb), Ok(rec(b"k", v.ts, v.node.0, None)));
     for cut in 0..tomb.len() {
         assert!(decode_version(&tomb[..cut]).is_err(), "{cut}-byte prefix accepted");
         assert!(decode_value(b"k", &value[..cut]).is_err(), "{cut}-byte prefix accepted");
@@ -764,7 +776,7 @@ proptest! {
         flip in any::<proptest::sample::Index>(),
         xor in 1u8..,
     ) {
-        let v = Version { ts, node };
+        let v = Version { ts, node: NodeId(node) };
         let mut bytes = encode_value(v, value.as_deref());
         prop_assert_eq!(decode_value(b"k", &bytes), Ok(Record { key: b"k".to_vec(), version: v, value: value.clone() }));
         let i = flip.index(bytes.len());
@@ -902,7 +914,7 @@ fn version_cache_stays_exact_under_concurrent_writers_and_readers() {
                         .map(|_| {
                             let i = rng.gen_range(0..keys.len());
                             let ts = base + rng.gen_range(0..400u64);
-                            let v = Version { ts, node };
+                            let v = Version { ts, node: NodeId(node) };
                             newest[i] = newest[i].max(Some(v));
                             record(&keys[i], ts, node)
                         })
@@ -924,7 +936,7 @@ fn version_cache_stays_exact_under_concurrent_writers_and_readers() {
         r.join().expect("reader");
     }
     for (key, want) in keys.iter().zip(&newest) {
-        let want = want.map(|v| record(key, v.ts, v.node));
+        let want = want.map(|v| record(key, v.ts, v.node.0));
         assert_eq!(s.versions(&[key]).expect("versions"), vec![want.as_ref().map(|r| r.version)]);
         assert_eq!(get(&*s, key), want);
         // And once more after the full read has refreshed the cache.

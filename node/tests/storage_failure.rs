@@ -9,6 +9,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{SigSet, Signal};
 use starling_node::storage::rocks::{RocksConfig, RocksStorage};
 use starling_node::storage::{Storage, StorageError};
+use starling_wire::NodeId;
 use starling_wire::{Record, Version};
 
 /// Each WAL file may grow to this much; the memtable (16 MiB) fills later, so the write-ahead
@@ -18,7 +19,7 @@ const FILE_LIMIT: u64 = 2 << 20;
 fn record(i: u64) -> Record {
     Record {
         key: format!("key-{i:08}").into_bytes(),
-        version: Version { ts: (1_700_000_000_000 << 16) + i, node: 1 },
+        version: Version { ts: (1_700_000_000_000 << 16) + i, node: NodeId(1) },
         value: Some(vec![b'a' + (i % 26) as u8; 100]),
     }
 }
@@ -61,7 +62,10 @@ fn a_store_whose_disk_refuses_writes_fails_cleanly_and_keeps_what_it_acknowledge
         Err(StorageError::Failed(w)) => assert_eq!(w, why),
         other => panic!("a write after the failure: {other:?}"),
     }
-    assert!(matches!(st.put_hints(&[(7, record(99_999_998))]), Err(StorageError::Failed(_))));
+    assert!(matches!(
+        st.put_hints(&[(NodeId(7), record(99_999_998))]),
+        Err(StorageError::Failed(_))
+    ));
     assert!(matches!(st.put_meta("tokens", b"x"), Err(StorageError::Failed(_))));
 
     // Reads go on.

@@ -23,7 +23,7 @@ fn build(nodes: usize, strategy: Strategy, seed: u64) -> Ring {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut ring = Ring::new([]);
     for _ in 0..nodes {
-        let id: u128 = rng.gen();
+        let id = starling_ring::NodeId(rng.gen());
         let tokens = match strategy {
             Strategy::Allocate => ring.allocate_tokens(id, DEFAULT_VNODES, seed),
             Strategy::Random => (0..DEFAULT_VNODES).map(|_| rng.gen()).collect(),

@@ -5,7 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{NodeKey, Ring, Token};
+use crate::{NodeId, Ring, Token};
 
 /// The token space, `2^64`, as a float for share arithmetic.
 const SPACE: f64 = 18_446_744_073_709_551_616.0;
@@ -55,7 +55,7 @@ impl Ring {
     ///   quadratic in the split point, so each range is split at its own optimum (±2% seeded
     ///   jitter). Then each token is taken out again and put back where it scores best, for up
     ///   to two rounds.
-    pub fn allocate_tokens(&self, id: NodeKey, v: usize, seed: u64) -> Vec<Token> {
+    pub fn allocate_tokens(&self, id: NodeId, v: usize, seed: u64) -> Vec<Token> {
         if v == 0 {
             return Vec::new();
         }
@@ -457,10 +457,10 @@ fn add(changes: &mut Vec<Change>, change: Change) {
 }
 
 /// The allocation RNG: ChaCha8 keyed by the caller's seed and the node id.
-fn rng_for(seed: u64, id: NodeKey) -> ChaCha8Rng {
+fn rng_for(seed: u64, id: NodeId) -> ChaCha8Rng {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8..24].copy_from_slice(&id.to_le_bytes());
+    key[8..24].copy_from_slice(&id.0.to_le_bytes());
     key[24..].copy_from_slice(b"ringallc");
     ChaCha8Rng::from_seed(key)
 }
@@ -508,7 +508,7 @@ mod tests {
     use super::*;
     use crate::{NodeStatus, RingNode};
 
-    fn join(ring: &Ring, id: NodeKey, v: usize, seed: u64) -> Ring {
+    fn join(ring: &Ring, id: NodeId, v: usize, seed: u64) -> Ring {
         let tokens = ring.allocate_tokens(id, v, seed);
         assert_eq!(tokens.len(), v);
         let node = RingNode { id, tokens, zone: None, status: NodeStatus::Normal };
@@ -524,7 +524,7 @@ mod tests {
 
     #[test]
     fn empty_ring_gets_evenly_spaced_tokens() {
-        let tokens = Ring::new([]).allocate_tokens(1, 4, 9);
+        let tokens = Ring::new([]).allocate_tokens(NodeId(1), 4, 9);
         let step = 1u64 << 62;
         assert!(tokens[0] < step);
         for pair in tokens.windows(2) {
@@ -534,17 +534,17 @@ mod tests {
 
     #[test]
     fn second_node_halves_every_range() {
-        let ring = join(&Ring::new([]), 1, 16, 1);
-        let ring = join(&ring, 2, 16, 1);
+        let ring = join(&Ring::new([]), NodeId(1), 16, 1);
+        let ring = join(&ring, NodeId(2), 16, 1);
         let ownership = ring.ownership(1);
-        assert!((ownership[&1] - 0.5).abs() < 0.02, "{ownership:?}");
+        assert!((ownership[&NodeId(1)] - 0.5).abs() < 0.02, "{ownership:?}");
     }
 
     #[test]
     fn thirty_sequential_joins_stay_balanced() {
         let mut ring = Ring::new([]);
         for id in 1..=30 {
-            ring = join(&ring, id, crate::DEFAULT_VNODES, 3);
+            ring = join(&ring, NodeId(id), crate::DEFAULT_VNODES, 3);
         }
         // ALGORITHM.md §6 measures ~1.06 and ~1.04; these bounds leave room for tuning.
         assert!(spread(ring.ownership(1).into_values()) < 1.15);
@@ -558,7 +558,7 @@ mod tests {
         for seed in 1..=4 {
             let mut ring = Ring::new([]);
             for id in 1..=8 {
-                ring = join(&ring, id, crate::DEFAULT_VNODES, seed);
+                ring = join(&ring, NodeId(id), crate::DEFAULT_VNODES, seed);
                 if id < 4 {
                     continue;
                 }
@@ -572,19 +572,19 @@ mod tests {
 
     #[test]
     fn joining_and_leaving_members_are_the_future_ring() {
-        let ring = join(&join(&Ring::new([]), 1, 8, 1), 2, 8, 1);
-        let joining = ring.allocate_tokens(3, 8, 1);
+        let ring = join(&join(&Ring::new([]), NodeId(1), 8, 1), NodeId(2), 8, 1);
+        let joining = ring.allocate_tokens(NodeId(3), 8, 1);
         let ring = Ring::new(ring.nodes().cloned().chain([RingNode {
-            id: 3,
+            id: NodeId(3),
             tokens: joining.clone(),
             zone: None,
             status: NodeStatus::Joining,
         }]));
         // A fourth node sees the third as present: it takes ~1/4, some of it from node 3.
-        let fourth = ring.allocate_tokens(4, 8, 1);
+        let fourth = ring.allocate_tokens(NodeId(4), 8, 1);
         assert!(fourth.iter().all(|t| !joining.contains(t)));
         let future = Ring::new(ring.future().nodes().cloned().chain([RingNode {
-            id: 4,
+            id: NodeId(4),
             tokens: fourth,
             zone: None,
             status: NodeStatus::Normal,
@@ -594,21 +594,21 @@ mod tests {
 
     #[test]
     fn deterministic_and_seed_dependent() {
-        let ring = join(&join(&Ring::new([]), 1, 16, 1), 2, 16, 1);
-        assert_eq!(ring.allocate_tokens(3, 16, 5), ring.allocate_tokens(3, 16, 5));
-        assert_ne!(ring.allocate_tokens(3, 16, 5), ring.allocate_tokens(3, 16, 6));
-        assert_ne!(ring.allocate_tokens(3, 16, 5), ring.allocate_tokens(4, 16, 5));
+        let ring = join(&join(&Ring::new([]), NodeId(1), 16, 1), NodeId(2), 16, 1);
+        assert_eq!(ring.allocate_tokens(NodeId(3), 16, 5), ring.allocate_tokens(NodeId(3), 16, 5));
+        assert_ne!(ring.allocate_tokens(NodeId(3), 16, 5), ring.allocate_tokens(NodeId(3), 16, 6));
+        assert_ne!(ring.allocate_tokens(NodeId(3), 16, 5), ring.allocate_tokens(NodeId(4), 16, 5));
     }
 
     #[test]
     fn crowded_ring_still_returns_fresh_tokens() {
         let ring = Ring::new([RingNode {
-            id: 1,
+            id: NodeId(1),
             tokens: vec![1, 2, 3, 5],
             zone: None,
             status: NodeStatus::Normal,
         }]);
-        let tokens = ring.allocate_tokens(2, 3, 0);
+        let tokens = ring.allocate_tokens(NodeId(2), 3, 0);
         assert_eq!(tokens.len(), 3);
         for token in &tokens {
             assert!(![1, 2, 3, 5].contains(token));

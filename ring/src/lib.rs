@@ -19,11 +19,11 @@
 //! algorithm, the digest and the invariants the tests check.
 //!
 //! ```
-//! use starling_ring::{token_of, NodeStatus, Ring, RingNode, DEFAULT_VNODES};
+//! use starling_ring::{token_of, NodeId, NodeStatus, Ring, RingNode, DEFAULT_VNODES};
 //!
 //! // Three nodes join one after the other; each asks the ring it sees for balanced tokens.
 //! let mut ring = Ring::new([]);
-//! for id in 1..=3u128 {
+//! for id in (1..=3u128).map(NodeId) {
 //!     let tokens = ring.allocate_tokens(id, DEFAULT_VNODES, 7);
 //!     let node = RingNode { id, tokens, zone: None, status: NodeStatus::Normal };
 //!     ring = Ring::new(ring.nodes().cloned().chain([node]));
@@ -38,11 +38,11 @@
 //! assert_eq!(placement.replicas(token), &owners[..]);
 //!
 //! // A fourth node starts joining: it gets writes for what it will own, reads stay where they were.
-//! let tokens = ring.allocate_tokens(4, DEFAULT_VNODES, 7);
-//! let joiner = RingNode { id: 4, tokens, zone: None, status: NodeStatus::Joining };
+//! let tokens = ring.allocate_tokens(NodeId(4), DEFAULT_VNODES, 7);
+//! let joiner = RingNode { id: NodeId(4), tokens, zone: None, status: NodeStatus::Joining };
 //! let ring = Ring::new(ring.nodes().cloned().chain([joiner]));
 //! assert_eq!(ring.replicas(token, 2), owners);
-//! let streams = ring.pending_ranges(4, 2);
+//! let streams = ring.pending_ranges(NodeId(4), 2);
 //! assert!(!streams.is_empty());
 //! ```
 #![warn(clippy::unwrap_used)]
@@ -61,8 +61,8 @@ pub use ring::{Ring, WriteSet};
 /// A position on the ring, and the hash of a key.
 pub type Token = u64;
 
-/// A node's identity on the ring (the gossip `NodeId`).
-pub type NodeKey = u128;
+/// A node's identity on the ring: the one node identity type, also gossip's and the wire's.
+pub use starling_id::NodeId;
 
 /// Virtual nodes per physical node: Cassandra 4's default, enough with [`Ring::allocate_tokens`]
 /// to keep the primary-ownership spread within a few percent (see `ALGORITHM.md`).

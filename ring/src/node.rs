@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeKey, RingError, Token};
+use crate::{NodeId, RingError, Token};
 
 /// Where a node is in its life on the ring.
 ///
@@ -71,7 +71,7 @@ impl FromStr for NodeStatus {
 /// One member as the ring sees it: what it gossips about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingNode {
-    pub id: NodeKey,
+    pub id: NodeId,
     /// Its vnode tokens. [`crate::Ring::new`] keeps them sorted and without repeats.
     pub tokens: Vec<Token>,
     /// Its failure domain (rack, availability zone). All `None` nodes form one zone.

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::{NodeKey, Range, Token};
+use crate::{NodeId, Range, Token};
 
 /// Every vnode's replica and pending lists for one replication factor, precomputed by
 /// [`crate::Ring::placement`]: a lookup is a binary search and two slices, no allocation.
@@ -18,7 +18,7 @@ pub struct Placement {
     /// and `lists[bounds[3i + 2]..bounds[3i + 3]]` its dropping list (current owners that are
     /// not future ones).
     bounds: Vec<usize>,
-    lists: Vec<NodeKey>,
+    lists: Vec<NodeId>,
 }
 
 impl Placement {
@@ -26,7 +26,7 @@ impl Placement {
         n: usize,
         ends: Vec<Token>,
         bounds: Vec<usize>,
-        lists: Vec<NodeKey>,
+        lists: Vec<NodeId>,
     ) -> Placement {
         debug_assert_eq!(bounds.len(), 3 * ends.len() + 1);
         debug_assert_eq!(bounds.last().copied(), Some(lists.len()));
@@ -49,12 +49,12 @@ impl Placement {
     }
 
     /// The current owners of `token`, in preference order: [`crate::Ring::replicas`].
-    pub fn replicas(&self, token: Token) -> &[NodeKey] {
+    pub fn replicas(&self, token: Token) -> &[NodeId] {
         self.write_set(token).0
     }
 
     /// `(natural, pending)` for a write of `token`: [`crate::Ring::write_set`].
-    pub fn write_set(&self, token: Token) -> (&[NodeKey], &[NodeKey]) {
+    pub fn write_set(&self, token: Token) -> (&[NodeId], &[NodeId]) {
         match self.position(token) {
             Some(i) => {
                 let l = self.lists_at(i);
@@ -68,7 +68,7 @@ impl Placement {
     /// current owners that are not future ones. Both empty unless a range that holds `token` is
     /// moving (a node joining or leaving). The future owners are the natural ones less
     /// `dropping`, plus `pending`.
-    pub fn transition(&self, token: Token) -> (&[NodeKey], &[NodeKey]) {
+    pub fn transition(&self, token: Token) -> (&[NodeId], &[NodeId]) {
         match self.position(token) {
             Some(i) => {
                 let l = self.lists_at(i);
@@ -80,7 +80,7 @@ impl Placement {
 
     /// Every position as `(range, natural, pending)`, in token order. The ranges cover the ring
     /// exactly once; a ring with one position yields [`Range::FULL`].
-    pub fn segments(&self) -> impl Iterator<Item = (Range, &[NodeKey], &[NodeKey])> {
+    pub fn segments(&self) -> impl Iterator<Item = (Range, &[NodeId], &[NodeId])> {
         let m = self.ends.len();
         (0..m).map(move |i| {
             let end = self.ends[i];
@@ -100,7 +100,7 @@ impl Placement {
         Some(if i == self.ends.len() { 0 } else { i })
     }
 
-    fn lists_at(&self, i: usize) -> (&[NodeKey], &[NodeKey], &[NodeKey]) {
+    fn lists_at(&self, i: usize) -> (&[NodeId], &[NodeId], &[NodeId]) {
         let b = &self.bounds[3 * i..3 * i + 4];
         (&self.lists[b[0]..b[1]], &self.lists[b[1]..b[2]], &self.lists[b[2]..b[3]])
     }

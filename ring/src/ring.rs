@@ -3,17 +3,17 @@ use std::fmt;
 
 use crate::placement::Placement;
 use crate::range::merge_arcs;
-use crate::{NodeKey, NodeStatus, Range, RingNode, Token};
+use crate::{NodeId, NodeStatus, Range, RingNode, Token};
 
 /// The replicas a write goes to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteSet {
     /// The current owners, in preference order: [`Ring::replicas`].
-    pub natural: Vec<NodeKey>,
+    pub natural: Vec<NodeId>,
     /// Future owners that are not current ones (Cassandra's pending endpoints), in the future
     /// ring's preference order. A write counts toward its consistency level on `natural` only;
     /// `pending` copies make sure the new owners miss nothing while they stream.
-    pub pending: Vec<NodeKey>,
+    pub pending: Vec<NodeId>,
 }
 
 /// Which members a walk considers.
@@ -163,7 +163,7 @@ impl Ring {
     }
 
     /// One member.
-    pub fn node(&self, id: NodeKey) -> Option<&RingNode> {
+    pub fn node(&self, id: NodeId) -> Option<&RingNode> {
         self.index_of(id).map(|index| &self.nodes[index])
     }
 
@@ -175,7 +175,7 @@ impl Ring {
     /// The current owners of `token`, in preference order: the first `n` distinct `Normal` or
     /// `Leaving` nodes clockwise from the token's vnode, spread over zones first. Fewer than `n`
     /// when the ring has fewer such nodes.
-    pub fn replicas(&self, token: Token, n: usize) -> Vec<NodeKey> {
+    pub fn replicas(&self, token: Token, n: usize) -> Vec<NodeId> {
         self.ids(&self.walk(token, n, View::Current))
     }
 
@@ -201,7 +201,7 @@ impl Ring {
 
     /// The ranges for which `id` is currently one of the `n` replicas, merged where adjacent and
     /// sorted by start. A node that replicates everything gets `[Range::FULL]`.
-    pub fn ranges_of(&self, id: NodeKey, n: usize) -> Vec<Range> {
+    pub fn ranges_of(&self, id: NodeId, n: usize) -> Vec<Range> {
         let placement = self.placement(n);
         let (ends, labels): (Vec<Token>, Vec<Option<()>>) = placement
             .segments()
@@ -213,9 +213,9 @@ impl Ring {
     /// The ranges `id` will replicate in the future ring but does not now: what a joining node
     /// streams in (or a leaving node's successor). Each comes with its current replicas, in
     /// preference order, to stream from; adjacent ranges merge when their sources agree.
-    pub fn pending_ranges(&self, id: NodeKey, n: usize) -> Vec<(Range, Vec<NodeKey>)> {
+    pub fn pending_ranges(&self, id: NodeId, n: usize) -> Vec<(Range, Vec<NodeId>)> {
         let placement = self.placement(n);
-        let (ends, labels): (Vec<Token>, Vec<Option<&[NodeKey]>>) = placement
+        let (ends, labels): (Vec<Token>, Vec<Option<&[NodeId]>>) = placement
             .segments()
             .map(|(range, natural, pending)| (range.end, pending.contains(&id).then_some(natural)))
             .unzip();
@@ -228,7 +228,7 @@ impl Ring {
     /// The fraction of the token space each member currently replicates with `n` replicas
     /// (`n = 1`: primary ownership). Every member is listed, joining ones with 0. The values sum
     /// to `min(n, nodes holding tokens)`.
-    pub fn ownership(&self, n: usize) -> BTreeMap<NodeKey, f64> {
+    pub fn ownership(&self, n: usize) -> BTreeMap<NodeId, f64> {
         let mut owned: Vec<u128> = vec![0; self.nodes.len()];
         let placement = self.placement(n);
         for (range, natural, _) in placement.segments() {
@@ -279,11 +279,11 @@ impl Ring {
         View::Future.bit()
     }
 
-    fn index_of(&self, id: NodeKey) -> Option<usize> {
+    fn index_of(&self, id: NodeId) -> Option<usize> {
         self.nodes.binary_search_by_key(&id, |node| node.id).ok()
     }
 
-    fn ids(&self, nodes: &[u32]) -> Vec<NodeKey> {
+    fn ids(&self, nodes: &[u32]) -> Vec<NodeId> {
         nodes.iter().map(|&node| self.nodes[node as usize].id).collect()
     }
 
@@ -374,12 +374,16 @@ fn digest_of(nodes: &[RingNode]) -> String {
 mod tests {
     use super::*;
 
-    fn node(id: NodeKey, tokens: &[Token], zone: Option<&str>, status: NodeStatus) -> RingNode {
-        RingNode { id, tokens: tokens.to_vec(), zone: zone.map(str::to_owned), status }
+    fn node(id: u128, tokens: &[Token], zone: Option<&str>, status: NodeStatus) -> RingNode {
+        RingNode { id: NodeId(id), tokens: tokens.to_vec(), zone: zone.map(str::to_owned), status }
     }
 
-    fn normal(id: NodeKey, tokens: &[Token]) -> RingNode {
+    fn normal(id: u128, tokens: &[Token]) -> RingNode {
         node(id, tokens, None, NodeStatus::Normal)
+    }
+
+    fn ids(v: &[u128]) -> Vec<NodeId> {
+        v.iter().copied().map(NodeId).collect()
     }
 
     #[test]
@@ -388,7 +392,7 @@ mod tests {
         assert!(ring.is_empty());
         assert!(ring.replicas(5, 3).is_empty());
         assert_eq!(ring.write_set(5, 3), WriteSet::default());
-        assert!(ring.ranges_of(1, 3).is_empty());
+        assert!(ring.ranges_of(NodeId(1), 3).is_empty());
         assert!(ring.ownership(3).is_empty());
         assert_eq!(ring.digest().len(), 16);
     }
@@ -396,24 +400,24 @@ mod tests {
     #[test]
     fn key_belongs_to_first_token_at_or_after_it() {
         let ring = Ring::new([normal(1, &[100]), normal(2, &[200]), normal(3, &[300])]);
-        assert_eq!(ring.replicas(100, 1), vec![1]);
-        assert_eq!(ring.replicas(101, 1), vec![2]);
-        assert_eq!(ring.replicas(300, 1), vec![3]);
-        assert_eq!(ring.replicas(301, 1), vec![1], "wraps to the smallest token");
-        assert_eq!(ring.replicas(0, 2), vec![1, 2]);
-        assert_eq!(ring.replicas(250, 5), vec![3, 1, 2], "fewer nodes than n");
-        assert_eq!(ring.placement(usize::MAX).replicas(250), &[3, 1, 2]);
+        assert_eq!(ring.replicas(100, 1), ids(&[1]));
+        assert_eq!(ring.replicas(101, 1), ids(&[2]));
+        assert_eq!(ring.replicas(300, 1), ids(&[3]));
+        assert_eq!(ring.replicas(301, 1), ids(&[1]), "wraps to the smallest token");
+        assert_eq!(ring.replicas(0, 2), ids(&[1, 2]));
+        assert_eq!(ring.replicas(250, 5), ids(&[3, 1, 2]), "fewer nodes than n");
+        assert_eq!(ring.placement(usize::MAX).replicas(250), &ids(&[3, 1, 2])[..]);
     }
 
     #[test]
     fn duplicate_token_goes_to_lower_id() {
         let ring = Ring::new([normal(2, &[100, 300]), normal(1, &[100])]);
-        assert_eq!(ring.replicas(50, 2), vec![1, 2]);
-        assert_eq!(ring.ranges_of(2, 1), vec![Range { start: 100, end: 300 }]);
+        assert_eq!(ring.replicas(50, 2), ids(&[1, 2]));
+        assert_eq!(ring.ranges_of(NodeId(2), 1), vec![Range { start: 100, end: 300 }]);
         // Once 1 leaves, 2 gets the token back in the future ring.
         let ring = Ring::new([normal(2, &[100, 300]), node(1, &[100], None, NodeStatus::Leaving)]);
-        assert_eq!(ring.future().replicas(50, 1), vec![2]);
-        assert_eq!(ring.write_set(50, 1), WriteSet { natural: vec![1], pending: vec![2] });
+        assert_eq!(ring.future().replicas(50, 1), ids(&[2]));
+        assert_eq!(ring.write_set(50, 1), WriteSet { natural: ids(&[1]), pending: ids(&[2]) });
     }
 
     #[test]
@@ -425,8 +429,8 @@ mod tests {
             node(4, &[400], Some("b"), NodeStatus::Normal),
         ]);
         // From 100: 1(a) taken, 2(a) skipped, 3(b) taken => all zones used, skipped 2 next.
-        assert_eq!(ring.replicas(100, 3), vec![1, 3, 2]);
-        assert_eq!(ring.replicas(100, 2), vec![1, 3]);
+        assert_eq!(ring.replicas(100, 3), ids(&[1, 3, 2]));
+        assert_eq!(ring.replicas(100, 2), ids(&[1, 3]));
     }
 
     #[test]
@@ -447,10 +451,10 @@ mod tests {
     #[test]
     fn full_ring_ranges() {
         let ring = Ring::new([normal(1, &[10, 20]), normal(2, &[30])]);
-        assert_eq!(ring.ranges_of(1, 2), vec![Range::FULL]);
-        assert_eq!(ring.ranges_of(1, 1), vec![Range { start: 30, end: 20 }]);
+        assert_eq!(ring.ranges_of(NodeId(1), 2), vec![Range::FULL]);
+        assert_eq!(ring.ranges_of(NodeId(1), 1), vec![Range { start: 30, end: 20 }]);
         let ownership = ring.ownership(2);
-        assert_eq!(ownership[&1], 1.0);
-        assert_eq!(ownership[&2], 1.0);
+        assert_eq!(ownership[&NodeId(1)], 1.0);
+        assert_eq!(ownership[&NodeId(2)], 1.0);
     }
 }

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use starling_ring::{NodeKey, NodeStatus, Range, Ring, RingNode, Token};
+use starling_ring::{NodeId, NodeStatus, Range, Ring, RingNode, Token};
 
 #[test]
 fn testdata_cases() {
@@ -96,14 +96,14 @@ fn run_file(name: &str, text: &str, failures: &mut Vec<String>) -> usize {
                 );
             }
             "ranges" => {
-                let id: NodeKey = number_arg(&args, "id", &at);
+                let id: NodeId = number_arg(&args, "id", &at);
                 let want = parse_ranges(expected, &at);
                 let got = ring.ranges_of(id, n);
                 check(got == want, format!("{got:?}"));
             }
             "pending" => {
-                let id: NodeKey = number_arg(&args, "id", &at);
-                let want: Vec<(Range, Vec<NodeKey>)> = match expected.trim() {
+                let id: NodeId = number_arg(&args, "id", &at);
+                let want: Vec<(Range, Vec<NodeId>)> = match expected.trim() {
                     "none" => Vec::new(),
                     list => list
                         .split(';')
@@ -158,7 +158,7 @@ fn number_arg<T: std::str::FromStr>(args: &BTreeMap<&str, &str>, key: &str, at: 
         .unwrap_or_else(|| panic!("{at}: missing or bad {key}="))
 }
 
-fn parse_ids(list: &str, at: &str) -> Vec<NodeKey> {
+fn parse_ids(list: &str, at: &str) -> Vec<NodeId> {
     list.split_whitespace()
         .filter(|word| *word != "-")
         .map(|word| word.parse().unwrap_or_else(|_| panic!("{at}: node id {word:?}")))

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use starling_ring::{token_of, NodeKey, NodeStatus, Ring, RingNode, Token, DEFAULT_VNODES};
+use starling_ring::{token_of, NodeId, NodeStatus, Ring, RingNode, Token, DEFAULT_VNODES};
 
 fn status() -> impl Strategy<Value = NodeStatus> {
     prop_oneof![
@@ -31,17 +31,14 @@ fn tokens() -> impl Strategy<Value = Vec<Token>> {
 fn nodes() -> impl Strategy<Value = Vec<RingNode>> {
     prop::collection::btree_map(1..200u128, (tokens(), zone(), status()), 0..9).prop_map(|map| {
         map.into_iter()
-            .map(|(id, (tokens, zone, status))| RingNode { id, tokens, zone, status })
+            .map(|(id, (tokens, zone, status))| RingNode { id: NodeId(id), tokens, zone, status })
             .collect()
     })
 }
 
 /// Who holds tokens in a view, computed straight from the definition: per token, the lowest id
 /// among the view's nodes claiming it.
-fn holders(
-    nodes: &[RingNode],
-    admits: impl Fn(NodeStatus) -> bool,
-) -> BTreeMap<NodeKey, &RingNode> {
+fn holders(nodes: &[RingNode], admits: impl Fn(NodeStatus) -> bool) -> BTreeMap<NodeId, &RingNode> {
     let mut winner: BTreeMap<Token, &RingNode> = BTreeMap::new();
     for node in nodes.iter().filter(|node| admits(node.status)) {
         for &token in &node.tokens {
@@ -83,7 +80,7 @@ fn probes(nodes: &[RingNode], random: &[Token]) -> Vec<Token> {
     probes
 }
 
-fn join(ring: &Ring, id: NodeKey, seed: u64, status: NodeStatus) -> Ring {
+fn join(ring: &Ring, id: NodeId, seed: u64, status: NodeStatus) -> Ring {
     let tokens = ring.allocate_tokens(id, DEFAULT_VNODES, seed);
     Ring::new(ring.nodes().cloned().chain([RingNode { id, tokens, zone: None, status }]))
 }
@@ -100,7 +97,7 @@ proptest! {
         let zones: BTreeSet<&Option<String>> = held.values().map(|node| &node.zone).collect();
         for token in probes(&nodes, &random) {
             let replicas = ring.replicas(token, n);
-            let distinct: BTreeSet<NodeKey> = replicas.iter().copied().collect();
+            let distinct: BTreeSet<NodeId> = replicas.iter().copied().collect();
             prop_assert_eq!(distinct.len(), replicas.len(), "repeat in {:?}", replicas);
             prop_assert_eq!(replicas.len(), n.min(held.len()));
             prop_assert!(replicas.iter().all(|id| held.contains_key(id)));
@@ -116,7 +113,7 @@ proptest! {
         random in prop::collection::vec(any::<Token>(), 8),
     ) {
         let ring = Ring::new(nodes.clone());
-        let mut owners: BTreeMap<Token, NodeKey> = BTreeMap::new();
+        let mut owners: BTreeMap<Token, NodeId> = BTreeMap::new();
         for (&id, node) in &holders(&nodes, current) {
             for &t in &node.tokens {
                 let owner = owners.entry(t).or_insert(id);
@@ -159,8 +156,8 @@ proptest! {
         prop_assert_eq!(a.digest().len(), 16);
         for token in probes(&input, &random) {
             prop_assert_eq!(a.write_set(token, n), b.write_set(token, n));
-            prop_assert_eq!(a.ranges_of(input.first().map_or(0, |node| node.id), n),
-                b.ranges_of(input.first().map_or(0, |node| node.id), n));
+            prop_assert_eq!(a.ranges_of(input.first().map_or(NodeId(0), |node| node.id), n),
+                b.ranges_of(input.first().map_or(NodeId(0), |node| node.id), n));
         }
     }
 
@@ -176,7 +173,7 @@ proptest! {
             let set = ring.write_set(token, n);
             let will = future.replicas(token, n);
             prop_assert_eq!(&set.natural, &ring.replicas(token, n));
-            let expected: Vec<NodeKey> =
+            let expected: Vec<NodeId> =
                 will.iter().copied().filter(|id| !set.natural.contains(id)).collect();
             prop_assert_eq!(&set.pending, &expected);
             for id in &will {
@@ -243,12 +240,12 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let ring = Ring::new(nodes.clone());
-        let tokens = ring.allocate_tokens(1000, v, seed);
+        let tokens = ring.allocate_tokens(NodeId(1000), v, seed);
         prop_assert_eq!(tokens.len(), v);
         prop_assert!(tokens.windows(2).all(|pair| pair[0] < pair[1]), "{:?}", tokens);
         let existing: BTreeSet<Token> = nodes.iter().flat_map(|node| node.tokens.clone()).collect();
         prop_assert!(tokens.iter().all(|t| !existing.contains(t)));
-        prop_assert_eq!(&tokens, &ring.allocate_tokens(1000, v, seed));
+        prop_assert_eq!(&tokens, &ring.allocate_tokens(NodeId(1000), v, seed));
     }
 }
 
@@ -262,7 +259,7 @@ proptest! {
         seed in any::<u64>(),
         ids in prop::collection::btree_set(any::<u128>(), 21),
     ) {
-        let ids: Vec<NodeKey> = ids.into_iter().collect();
+        let ids: Vec<NodeId> = ids.into_iter().map(NodeId).collect();
         let mut ring = Ring::new([]);
         for &id in &ids[..size] {
             ring = join(&ring, id, seed, NodeStatus::Normal);
@@ -309,7 +306,7 @@ proptest! {
         n in 1..4usize,
         ids in prop::collection::btree_set(any::<u128>(), 13),
     ) {
-        let ids: Vec<NodeKey> = ids.into_iter().collect();
+        let ids: Vec<NodeId> = ids.into_iter().map(NodeId).collect();
         let mut ring = Ring::new([]);
         for &id in &ids[..size] {
             ring = join(&ring, id, seed, NodeStatus::Normal);

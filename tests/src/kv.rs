@@ -26,7 +26,7 @@ use starling_kv::view;
 use starling_kv::{
     Answer, KvConfig, KvError, Outgoing, Read, ReadOp, RingView, Send, SendId, WriteOp, Written,
 };
-use starling_ring::{NodeKey, Range, Token};
+use starling_ring::{Range, Token};
 use starling_wire::{check_key_value, Consistency, Record, Version};
 
 use crate::sim::Process;
@@ -74,7 +74,7 @@ impl ClockSpec {
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
     pub index: usize,
-    pub id: NodeKey,
+    pub id: NodeId,
     pub tokens: Vec<Token>,
     pub seeds: Vec<SocketAddr>,
     pub clock: ClockSpec,
@@ -107,7 +107,7 @@ pub const CLOCK_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// `(target, version, key)`: hints are keyed by target, then version, as `target ‖ hlc ‖ token ‖
 /// key` in RocksDB, so two versions of one key for one target are two hints.
-pub type HintKey = (NodeKey, Version, Vec<u8>);
+pub type HintKey = (NodeId, Version, Vec<u8>);
 
 #[derive(Clone, Debug)]
 enum WalOp {
@@ -131,7 +131,7 @@ pub struct Disk {
     /// The HLC's persisted high mark (`meta`, fsynced: a power loss keeps it).
     pub hlc_mark: u64,
     /// Nodes this node has seen on the ring (`meta`; only with [`NodeSpec::wait_for_ring`]).
-    pub ring_members: BTreeSet<NodeKey>,
+    pub ring_members: BTreeSet<NodeId>,
     /// This node's tokens once it took them (`meta`, fsynced).
     pub tokens: Option<Vec<Token>>,
     /// This node's ring status: `joining`, `normal`, `leaving`, `left` (`meta`, fsynced).
@@ -173,7 +173,7 @@ impl Disk {
         }
     }
 
-    fn put_hint(&mut self, synced_at: Instant, target: NodeKey, r: Record) {
+    fn put_hint(&mut self, synced_at: Instant, target: NodeId, r: Record) {
         let k = (target, r.version, r.key.clone());
         self.hints.insert(k.clone(), r.clone());
         self.tail.push_back((synced_at, WalOp::HintPut(k, r)));
@@ -255,7 +255,7 @@ pub enum Req {
     /// `ReplicaWrite`: store these records (coordinator writes, read repair, hint replay).
     Write(Vec<Record>),
     /// `ReplicaHint`: keep these records as hints for `target` (sloppy quorum).
-    Hint { target: NodeKey, records: Vec<Record> },
+    Hint { target: NodeId, records: Vec<Record> },
     /// `ReplicaRead` / `ReplicaVersions`.
     Read { key: Vec<u8>, digest: bool },
     /// `Clock`: the peer's wall clock.
@@ -401,11 +401,11 @@ enum Pending {
         key: Option<Vec<u8>>,
     },
     Replay {
-        target: NodeKey,
+        target: NodeId,
         hints: Vec<HintKey>,
     },
     Clock {
-        peer: NodeKey,
+        peer: NodeId,
         sent_ms: u64,
         sent_at: Instant,
     },
@@ -419,7 +419,7 @@ enum Pending {
     },
     /// A page of hints a leaving node hands over.
     HintHandover {
-        target: NodeKey,
+        target: NodeId,
         hints: Vec<HintKey>,
     },
 }
@@ -450,7 +450,7 @@ pub struct KvProc {
     deferred: BTreeMap<(Instant, u64), Deferred>,
     next_deferred: u64,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
-    replaying: HashSet<NodeKey>,
+    replaying: HashSet<NodeId>,
     next_replay: Instant,
     completed: Vec<Completed>,
     /// Coordinates requests (see [`NodeSpec::wait_for_ring`]).
@@ -477,7 +477,7 @@ impl KvProc {
         let rng_seed = spec.rng_seed ^ generation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let mut g = Gossip::new(
             spec.gossip.clone(),
-            NodeId(spec.id),
+            spec.id,
             generation,
             addr,
             spec.seeds.iter().copied().filter(|s| *s != addr).collect(),
@@ -554,8 +554,8 @@ impl KvProc {
             let all_placed = self
                 .g
                 .members()
-                .filter(|m| m.state != MemberState::Left && !left.contains(&m.id.0))
-                .all(|m| ring.node(m.id.0).is_some());
+                .filter(|m| m.state != MemberState::Left && !left.contains(&m.id))
+                .all(|m| ring.node(m.id).is_some());
             let all_back = self
                 .disk
                 .ring_members
@@ -575,7 +575,7 @@ impl KvProc {
         true
     }
 
-    pub fn id(&self) -> NodeKey {
+    pub fn id(&self) -> NodeId {
         self.spec.id
     }
 
@@ -794,7 +794,7 @@ impl KvProc {
         op: u64,
         send: SendId,
         view: &RingView,
-        to: NodeKey,
+        to: NodeId,
         body: Req,
         expect: Expect,
         key: Option<Vec<u8>>,
@@ -847,7 +847,7 @@ impl KvProc {
     fn keep_hint(
         &mut self,
         view: &RingView,
-        target: NodeKey,
+        target: NodeId,
         record: Record,
         now: Instant,
     ) -> Answer {
@@ -906,7 +906,7 @@ impl KvProc {
     }
 
     /// `Kv::keep_for`: a stand-in keeps records for `target`.
-    fn keep_for(&mut self, target: NodeKey, records: Vec<Record>, now: Instant) -> Resp {
+    fn keep_for(&mut self, target: NodeId, records: Vec<Record>, now: Instant) -> Resp {
         if target == self.spec.id {
             return self.replica_write(records, now);
         }
@@ -1047,7 +1047,7 @@ impl KvProc {
         let window_ms = self.spec.kv.hint_window.as_millis() as u64;
         let wall = self.wall_ms(now);
         let at = self.synced_at(now);
-        let mut by_target: BTreeMap<NodeKey, Vec<HintKey>> = BTreeMap::new();
+        let mut by_target: BTreeMap<NodeId, Vec<HintKey>> = BTreeMap::new();
         for k in self.disk.hints.keys() {
             by_target.entry(k.0).or_default().push(k.clone());
         }
@@ -1091,7 +1091,7 @@ impl KvProc {
     /// Asks every peer gossip shows up for its wall clock (`Kv::probe_clocks`).
     fn probe_clocks(&mut self, now: Instant) {
         let view = self.view.clone();
-        let mut peers: Vec<NodeKey> = view.others_up().collect();
+        let mut peers: Vec<NodeId> = view.others_up().collect();
         peers.sort_unstable();
         let sent_ms = self.wall_ms(now);
         for peer in peers {
@@ -1115,7 +1115,7 @@ impl KvProc {
             && self.g.local_state().get(view::keys::RING) != Some(digest.as_str());
         self.view = next;
         if self.spec.wait_for_ring && self.ready {
-            let ids: Vec<NodeKey> = self.view.ring.nodes().map(|n| n.id).collect();
+            let ids: Vec<NodeId> = self.view.ring.nodes().map(|n| n.id).collect();
             self.disk.ring_members.extend(ids);
         }
         if publish {

@@ -1,6 +1,7 @@
 //! Key-value messages: what clients ask a coordinator, and what a coordinator asks replicas.
 
 use serde::{Deserialize, Serialize};
+pub use starling_id::NodeId;
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -17,7 +18,7 @@ pub struct Version {
     /// counter in the low 16.
     pub ts: u64,
     /// The coordinator that assigned `ts`; breaks ties.
-    pub node: u128,
+    pub node: NodeId,
 }
 
 impl Version {

@@ -46,8 +46,8 @@ pub use frame::{
     FrameKind, HEADER_LEN, MAX_ONEWAY_BODY, MAX_REQUEST_BODY, MAX_RESPONSE_BODY, VERSION,
 };
 pub use kv::{
-    check_key_value, Consistency, Key, ReadAnswer, Record, Version, MAX_BATCH_BYTES, MAX_KEY_BYTES,
-    MAX_VALUE_BYTES,
+    check_key_value, Consistency, Key, NodeId, ReadAnswer, Record, Version, MAX_BATCH_BYTES,
+    MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 pub use message::{
     answer_of, AnswerError, Call, ClientRequest, Clock, Echo, ErrorCode, Get, GetStatus, KvRequest,

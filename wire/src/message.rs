@@ -39,7 +39,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{Consistency, Key, ReadAnswer, Record, Version};
+use crate::kv::{Consistency, Key, NodeId, ReadAnswer, Record, Version};
 
 /// What a client or a peer asks a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,7 +329,7 @@ pub struct Page {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaHint {
     /// The node id of the replica the hints are for.
-    pub target: u128,
+    pub target: NodeId,
     /// The records.
     pub records: Vec<Record>,
 }

@@ -13,7 +13,7 @@ fn arb_version() -> impl Strategy<Value = Version> {
     let ts = prop_oneof![Just(0u64), Just(1), Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()];
     let node =
         prop_oneof![Just(0u128), Just(1), Just(u128::MAX), Just(u128::MAX - 1), any::<u128>()];
-    (ts, node).prop_map(|(ts, node)| Version { ts, node })
+    (ts, node).prop_map(|(ts, node)| Version { ts, node: NodeId(node) })
 }
 
 fn arb_record() -> impl Strategy<Value = Record> {
@@ -42,8 +42,9 @@ fn arb_kv_request() -> impl Strategy<Value = Request> {
             .prop_map(|x| ReplicaReadMany(x).into_request()),
         proptest::collection::vec(bytes(64).prop_map(Key), 0..8)
             .prop_map(|x| ReplicaVersions(x).into_request()),
-        (any::<u128>(), proptest::collection::vec(arb_record(), 0..8))
-            .prop_map(|(target, records)| ReplicaHint { target, records }.into_request()),
+        (any::<u128>(), proptest::collection::vec(arb_record(), 0..8)).prop_map(
+            |(target, records)| ReplicaHint { target: NodeId(target), records }.into_request()
+        ),
         (any::<u64>(), any::<u64>(), proptest::option::of(bytes(64)), any::<u32>())
             .prop_map(|(start, end, after, limit)| ReplicaScan { start, end, after, limit }
                 .into_request()),
@@ -299,11 +300,11 @@ proptest! {
 #[test]
 fn extreme_versions_round_trip() {
     let extremes = [
-        Version { ts: u64::MAX, node: u128::MAX },
-        Version { ts: 0, node: 0 },
-        Version { ts: u64::MAX, node: 0 },
-        Version { ts: 0, node: u128::MAX },
-        Version { ts: 1 << 63, node: 1 << 127 },
+        Version { ts: u64::MAX, node: NodeId(u128::MAX) },
+        Version { ts: 0, node: NodeId(0) },
+        Version { ts: u64::MAX, node: NodeId(0) },
+        Version { ts: 0, node: NodeId(u128::MAX) },
+        Version { ts: 1 << 63, node: NodeId(1 << 127) },
     ];
     for version in extremes {
         let rec = Record { key: b"k".to_vec(), version, value: None };
@@ -350,7 +351,7 @@ fn largest_allowed_put_and_batch_fit_in_one_frame() {
     assert_eq!(decode_all(&out, 64 * 1024)[0].request().unwrap(), put);
 
     // A replica batch of MAX_BATCH_BYTES of records fits in a request and in a response.
-    let version = Version { ts: u64::MAX, node: u128::MAX };
+    let version = Version { ts: u64::MAX, node: NodeId(u128::MAX) };
     let rec = Record { key, version, value: Some(value) };
     let n = MAX_BATCH_BYTES / (MAX_KEY_BYTES + MAX_VALUE_BYTES);
     let records = vec![rec.clone(); n];

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use starling_ring::{token_of, NodeKey, NodeStatus, Range};
+use starling_ring::{token_of, NodeId, NodeStatus, Range};
 use starling_wire::{Page, Record, ReplicaScan, ReplicaWrite};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -103,7 +103,7 @@ pub async fn join<T: Transport, S: Storage>(
             loop {
                 let s = status.borrow_and_update().clone();
                 let view = kv.view();
-                let others_alive: Vec<NodeKey> = view.others_up().collect();
+                let others_alive: Vec<NodeId> = view.others_up().collect();
                 let heard = !others_alive.is_empty();
                 let ready = if view.ring.is_empty() && !may_found {
                     // Only a founder starts the ring.
@@ -117,7 +117,7 @@ pub async fn join<T: Transport, S: Storage>(
                 // founders take turns: a lower id that is not among the seeds never founds, so a
                 // founder does not wait for it; and a founder facing an empty ring goes after a
                 // while in any case (another founder may have a different seed list).
-                let may_precede = |id: &NodeKey| {
+                let may_precede = |id: &NodeId| {
                     !view.ring.is_empty()
                         || view.addrs.get(id).is_some_and(|a| founders.seeds.contains(a))
                 };
@@ -210,7 +210,7 @@ async fn stream_pending<T: Transport, S: Storage>(kv: &Kv<T, S>) -> anyhow::Resu
     let view = kv.view();
     let mut total = 0;
     for (range, sources) in view.ring.pending_ranges(view.me, view.rf) {
-        let up: Vec<NodeKey> =
+        let up: Vec<NodeId> =
             sources.iter().copied().filter(|s| view.is_up(*s) && *s != view.me).collect();
         let need = (sources.len() / 2 + 1).min(sources.len());
         let mut ok = 0;
@@ -220,7 +220,7 @@ async fn stream_pending<T: Transport, S: Storage>(kv: &Kv<T, S>) -> anyhow::Resu
                     ok += 1;
                     total += n;
                 }
-                Err(e) => warn!(source = %format!("{src:032x}"), error = %e, "range stream failed"),
+                Err(e) => warn!(source = %src, error = %e, "range stream failed"),
             }
         }
         if ok < need {
@@ -235,7 +235,7 @@ async fn stream_pending<T: Transport, S: Storage>(kv: &Kv<T, S>) -> anyhow::Resu
 
 async fn stream_range<T: Transport, S: Storage>(
     kv: &Kv<T, S>,
-    source: NodeKey,
+    source: NodeId,
     range: Range,
 ) -> anyhow::Result<u64> {
     let view = kv.view();
@@ -302,8 +302,7 @@ pub async fn decommission<T: Transport, S: Storage>(
             let page =
                 tokio::task::spawn_blocking(move || st.scan(range, c.as_deref(), PAGE as usize))
                     .await??;
-            let mut by_target: std::collections::BTreeMap<NodeKey, Vec<Record>> =
-                Default::default();
+            let mut by_target: std::collections::BTreeMap<NodeId, Vec<Record>> = Default::default();
             for r in &page.records {
                 let token = token_of(&r.key);
                 let now = view.placement.replicas(token);
@@ -315,10 +314,8 @@ pub async fn decommission<T: Transport, S: Storage>(
             }
             for (t, records) in by_target {
                 let n = records.len() as u64;
-                let addr = *view
-                    .addrs
-                    .get(&t)
-                    .ok_or_else(|| anyhow::anyhow!("no address for {t:032x}"))?;
+                let addr =
+                    *view.addrs.get(&t).ok_or_else(|| anyhow::anyhow!("no address for {t}"))?;
                 let mut attempt = 0;
                 loop {
                     match kv.inner.transport.call(addr, ReplicaWrite(records.clone())).await {
@@ -329,9 +326,9 @@ pub async fn decommission<T: Transport, S: Storage>(
                         Err(e) => {
                             attempt += 1;
                             if attempt >= HANDOVER_ATTEMPTS {
-                                anyhow::bail!("{t:032x} did not take {n} records: {e}");
+                                anyhow::bail!("{t} did not take {n} records: {e}");
                             }
-                            warn!(replica = %format!("{t:032x}"), error = %e, attempt, "handover failed; retrying");
+                            warn!(replica = %t, error = %e, attempt, "handover failed; retrying");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
                     }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use starling_ring::{NodeKey, NodeStatus};
+use starling_ring::{NodeId, NodeStatus};
 use starling_wire::{Record, ReplicaHint, ReplicaWrite, Version};
 use tracing::{debug, info, warn};
 
@@ -46,7 +46,7 @@ const EVERY: Duration = Duration::from_millis(500);
 /// read repair and anti-entropy, and counted.
 #[derive(Debug, Default)]
 pub struct HintIndex {
-    targets: Mutex<BTreeMap<NodeKey, (u64, u64)>>,
+    targets: Mutex<BTreeMap<NodeId, (u64, u64)>>,
 }
 
 /// What one hint of `record` counts toward the caps (as stored: key, version, value, target):
@@ -71,7 +71,7 @@ impl Sent {
 impl HintIndex {
     /// Reads the targets from storage (once, at start).
     pub fn load<S: Storage + ?Sized>(storage: &S) -> Self {
-        let mut targets: BTreeMap<NodeKey, (u64, u64)> = BTreeMap::new();
+        let mut targets: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
         match (storage.hint_targets(), storage.hint_bytes()) {
             (Ok(counts), Ok(bytes)) => {
                 for (t, n) in counts {
@@ -86,13 +86,13 @@ impl HintIndex {
         HintIndex { targets: Mutex::new(targets) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeKey, (u64, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, (u64, u64)>> {
         self.targets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reserves room for `n` hints of `bytes` for `target`: false (nothing reserved) if that
     /// would pass a cap.
-    pub(crate) fn reserve(&self, cfg: &KvConfig, target: NodeKey, n: u64, bytes: u64) -> bool {
+    pub(crate) fn reserve(&self, cfg: &KvConfig, target: NodeId, n: u64, bytes: u64) -> bool {
         let mut g = self.lock();
         let total: u64 = g.values().map(|c| c.1).sum();
         let mine = g.get(&target).map_or(0, |c| c.1);
@@ -106,14 +106,14 @@ impl HintIndex {
     }
 
     /// Gives back what [`HintIndex::reserve`] took for hints that were not stored after all.
-    pub(crate) fn unreserve(&self, target: NodeKey, n: u64, bytes: u64) {
+    pub(crate) fn unreserve(&self, target: NodeId, n: u64, bytes: u64) {
         self.sub(target, n, bytes);
     }
 
     /// Settles the reservation of hints for `target` of `sizes` ([`hint_bytes`]) by what storing
     /// them did: a hint that replaced an older one takes that one out, a hint not stored (an
     /// equal or newer one is kept) gives back its own.
-    pub(crate) fn stored(&self, target: NodeKey, sizes: &[u64], puts: &[HintPut]) {
+    pub(crate) fn stored(&self, target: NodeId, sizes: &[u64], puts: &[HintPut]) {
         let (mut n, mut bytes) = (0u64, 0u64);
         for (size, put) in sizes.iter().zip(puts) {
             match put {
@@ -131,7 +131,7 @@ impl HintIndex {
         self.sub(target, n, bytes);
     }
 
-    fn sub(&self, target: NodeKey, n: u64, bytes: u64) {
+    fn sub(&self, target: NodeId, n: u64, bytes: u64) {
         let mut g = self.lock();
         if let Some(c) = g.get_mut(&target) {
             c.0 = c.0.saturating_sub(n);
@@ -144,11 +144,11 @@ impl HintIndex {
         self.lock().values().map(|c| c.1).sum()
     }
 
-    fn count(&self, target: NodeKey) -> u64 {
+    fn count(&self, target: NodeId) -> u64 {
         self.lock().get(&target).map_or(0, |c| c.0)
     }
 
-    fn clear(&self, target: NodeKey) {
+    fn clear(&self, target: NodeId) {
         self.lock().remove(&target);
     }
 
@@ -157,7 +157,7 @@ impl HintIndex {
         self.lock().values().map(|c| c.0).sum()
     }
 
-    fn targets(&self) -> Vec<NodeKey> {
+    fn targets(&self) -> Vec<NodeId> {
         self.lock().keys().copied().collect()
     }
 }
@@ -174,7 +174,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     }
 
     /// The next page of `target`'s hints, read on a storage thread.
-    async fn hint_page(&self, target: NodeKey) -> anyhow::Result<Vec<crate::storage::Hint>> {
+    async fn hint_page(&self, target: NodeId) -> anyhow::Result<Vec<crate::storage::Hint>> {
         let page = self.inner.io.read(move |s| s.hints_for(target, PAGE)).await;
         Ok(page.map_err(anyhow::Error::msg)??)
     }
@@ -223,10 +223,10 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                         attempt += 1;
                         if attempt >= HANDOVER_ATTEMPTS {
                             anyhow::bail!(
-                                "no node that stays took the {n} hints kept for {target:032x}: {other:?}"
+                                "no node that stays took the {n} hints kept for {target}: {other:?}"
                             );
                         }
-                        warn!(target = %format!("{target:032x}"), answer = ?other, attempt, "hint handover failed; retrying");
+                        warn!(target = %target, answer = ?other, attempt, "hint handover failed; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
@@ -241,7 +241,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     /// Deletes hints `sent` to a node (or expired), each only if it still has the version sent
     /// (not if a newer hint replaced it meanwhile), and takes those deleted out of the index.
     /// Returns how many were deleted.
-    async fn forget(&self, target: NodeKey, sent: Vec<Sent>) -> Result<u64, String> {
+    async fn forget(&self, target: NodeId, sent: Vec<Sent>) -> Result<u64, String> {
         let bytes: Vec<u64> = sent.iter().map(|s| s.bytes).collect();
         let removed = self
             .inner
@@ -262,7 +262,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     /// Delivers `target`'s hints while it is up; drops expired ones and those of members that
     /// left. Hints for a target that is down are not even read; once it has been down longer than
     /// the hint window they are dropped unread.
-    async fn replay_to(&self, target: NodeKey) {
+    async fn replay_to(&self, target: NodeId) {
         let window_ms = self.inner.cfg.hint_window.as_millis() as u64;
         let mut delivered = 0u64;
         {
@@ -280,7 +280,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                         let n = self.inner.hints.count(target);
                         self.inner.stats.hints_dropped.fetch_add(n, Ordering::Relaxed);
                         self.inner.hints.clear(target);
-                        info!(target = %format!("{target:032x}"), dropped = n, "hints dropped: the replica has been down longer than the hint window");
+                        info!(target = %target, dropped = n, "hints dropped: the replica has been down longer than the hint window");
                     }
                 }
                 return;
@@ -314,7 +314,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                     }
                 };
                 self.inner.stats.hints_dropped.fetch_add(n, Ordering::Relaxed);
-                debug!(target = %format!("{target:032x}"), dropped = n, "hints expired");
+                debug!(target = %target, dropped = n, "hints expired");
             }
             if live.is_empty() {
                 continue;
@@ -345,7 +345,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             }
         }
         if delivered > 0 {
-            info!(target = %format!("{target:032x}"), delivered, "hints replayed");
+            info!(target = %target, delivered, "hints replayed");
         }
     }
 }

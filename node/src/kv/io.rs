@@ -18,6 +18,7 @@
 //! The hop costs a wake-up per batch, not per request, once requests arrive faster than the
 //! threads drain them.
 
+use starling_wire::NodeId;
 use std::sync::Arc;
 
 use starling_wire::{Record, Version};
@@ -42,7 +43,7 @@ enum Job {
     /// node already held for its key, if any.
     Apply { records: Vec<Record>, check: bool, done: Done<Vec<Option<Version>>> },
     /// Hints to store; the answer says what each did ([`Storage::put_hints`]).
-    Hints(Vec<(u128, Record)>, Done<Vec<HintPut>>),
+    Hints(Vec<(NodeId, Record)>, Done<Vec<HintPut>>),
     /// Delivered hints `(id, version)`; the answer says which were removed
     /// ([`Storage::delete_hints`]).
     DeleteHints(Vec<(Vec<u8>, Version)>, Done<Vec<bool>>),
@@ -174,7 +175,7 @@ impl<S: Storage> StorageIo<S> {
 
     /// Stores hints for replicas that did not acknowledge (one per target and key: see
     /// [`Storage::put_hints`]); says what each did.
-    pub async fn put_hints(&self, hints: Vec<(u128, Record)>) -> Result<Vec<HintPut>, String> {
+    pub async fn put_hints(&self, hints: Vec<(NodeId, Record)>) -> Result<Vec<HintPut>, String> {
         let (done, rx) = oneshot::channel();
         self.submit(Job::Hints(hints, done), rx).await
     }

@@ -35,7 +35,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use starling_kv::clock::{ClockHealth, ClockMonitor};
 use starling_kv::{hlc::Hlc, Answer, Op, Outgoing, ReadOp, Send, SendId, WriteOp};
-use starling_ring::NodeKey;
+use starling_ring::NodeId;
 use starling_wire::{
     check_key_value, Call, Clock, Consistency, ErrorCode, Get, KvRequest, Page, Put, ReadAnswer,
     Record, ReplicaHint, ReplicaRead, ReplicaReadMany, ReplicaRequest, ReplicaScan,
@@ -68,10 +68,12 @@ const CLOCK_EARLY_PROBE_EVERY: std::time::Duration = std::time::Duration::from_m
 pub const META_RING_MEMBERS: &str = "ring-members";
 
 /// The ring members persisted in `storage` (`None` if none).
-fn ring_members<S: Storage + ?Sized>(storage: &S) -> Option<std::collections::HashSet<NodeKey>> {
+fn ring_members<S: Storage + ?Sized>(storage: &S) -> Option<std::collections::HashSet<NodeId>> {
     let bytes = storage.get_meta(META_RING_MEMBERS).ok()??;
-    let ids: std::collections::HashSet<NodeKey> =
-        bytes.chunks_exact(16).filter_map(|c| c.try_into().ok().map(u128::from_be_bytes)).collect();
+    let ids: std::collections::HashSet<NodeId> = bytes
+        .chunks_exact(16)
+        .filter_map(|c| c.try_into().ok().map(NodeId::from_be_bytes))
+        .collect();
     (!ids.is_empty()).then_some(ids)
 }
 
@@ -129,7 +131,7 @@ impl<T, S> std::fmt::Debug for Kv<T, S> {
 }
 
 struct Inner<T, S> {
-    me: NodeKey,
+    me: NodeId,
     cfg: KvConfig,
     hlc: Hlc,
     storage: Arc<S>,
@@ -146,7 +148,7 @@ struct Inner<T, S> {
     /// write, so kept apart from the monitor's lock).
     clock_offset_ms: std::sync::atomic::AtomicI64,
     /// After a restart: the ring members to wait for before coordinating (`None`: ready).
-    ring_gate: std::sync::Mutex<Option<std::collections::HashSet<NodeKey>>>,
+    ring_gate: std::sync::Mutex<Option<std::collections::HashSet<NodeId>>>,
     /// Set once the gate is open, so requests skip its lock.
     ring_ready: std::sync::atomic::AtomicBool,
 }
@@ -154,7 +156,7 @@ struct Inner<T, S> {
 impl<T: Transport, S: Storage> Kv<T, S> {
     /// The KV layer over `storage`, reaching peers through `transport`, placing by `view`.
     pub fn new(
-        me: NodeKey,
+        me: NodeId,
         cfg: KvConfig,
         storage: Arc<S>,
         transport: Arc<T>,
@@ -368,7 +370,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     }
 
     /// A fallback node (sloppy quorum) keeps records for `target` as hints.
-    async fn keep_for(&self, target: NodeKey, records: Vec<Record>) -> Response {
+    async fn keep_for(&self, target: NodeId, records: Vec<Record>) -> Response {
         if target == self.inner.me {
             return self.replica_write(records).await;
         }
@@ -377,10 +379,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         }
         let view = self.view();
         if view.left.contains(&target) {
-            return Response::error(
-                ErrorCode::BadRequest,
-                format!("{target:032x} left the cluster"),
-            );
+            return Response::error(ErrorCode::BadRequest, format!("{target} left the cluster"));
         }
         if view
             .down_for(target, std::time::Instant::now())
@@ -388,7 +387,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         {
             return Response::error(
                 ErrorCode::Unavailable,
-                format!("{target:032x} has been down longer than the hint window"),
+                format!("{target} has been down longer than the hint window"),
             );
         }
         match self.store_hints(target, records).await {
@@ -398,14 +397,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     }
 
     /// Keeps `records` as hints for `target`, within the hint store's caps.
-    async fn store_hints(&self, target: NodeKey, records: Vec<Record>) -> Result<(), String> {
+    async fn store_hints(&self, target: NodeId, records: Vec<Record>) -> Result<(), String> {
         let n = records.len() as u64;
         let sizes: Vec<u64> = records.iter().map(hints::hint_bytes).collect();
         let bytes: u64 = sizes.iter().sum();
         if !self.inner.hints.reserve(&self.inner.cfg, target, n, bytes) {
             self.inner.stats.hints_over_cap.fetch_add(n, Ordering::Relaxed);
             return Err(format!(
-                "the hint store is full ({} bytes for {target:032x} at most, {} in all): the \
+                "the hint store is full ({} bytes for {target} at most, {} in all): the \
                  write is left to read repair and anti-entropy",
                 self.inner.cfg.max_hint_bytes_per_target, self.inner.cfg.max_hint_bytes
             ));
@@ -541,11 +540,11 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     /// whom to wait for before it coordinates ([`Kv::ready_view`]).
     pub async fn remember_ring(self) {
         let mut view = self.inner.view.clone();
-        let mut stored: Vec<NodeKey> = Vec::new();
+        let mut stored: Vec<NodeId> = Vec::new();
         loop {
-            let ids: Vec<NodeKey> = {
+            let ids: Vec<NodeId> = {
                 let v = view.borrow_and_update();
-                let mut ids: Vec<NodeKey> = v.ring.nodes().map(|n| n.id).collect();
+                let mut ids: Vec<NodeId> = v.ring.nodes().map(|n| n.id).collect();
                 ids.sort_unstable();
                 ids
             };
@@ -644,7 +643,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
 
     async fn probe_clocks(&self) {
         let view = self.view();
-        let peers: Vec<(NodeKey, std::net::SocketAddr)> =
+        let peers: Vec<(NodeId, std::net::SocketAddr)> =
             view.others_up().filter_map(|id| Some((id, *view.addrs.get(&id)?))).collect();
         let probes = peers.into_iter().map(|(id, addr)| async move {
             let sent_ms = wall_millis();
@@ -791,8 +790,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     async fn hand_off(
         &self,
         view: &RingView,
-        via: NodeKey,
-        target: NodeKey,
+        via: NodeId,
+        target: NodeId,
         record: Record,
     ) -> Answer {
         let Some(addr) = view.addrs.get(&via) else { return Answer::Failed };
@@ -801,7 +800,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             Ok(()) => Answer::Stored { newer: None },
             Err(e) => {
                 tracing::debug!(
-                    fallback = %format!("{via:032x}"),
+                    fallback = %via,
                     error = %e,
                     "fallback node did not take the write"
                 );
@@ -811,7 +810,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     }
 
     /// Keeps `record` for `target` in this node's hint store.
-    async fn keep_hint(&self, view: &RingView, target: NodeKey, record: Record) -> Answer {
+    async fn keep_hint(&self, view: &RingView, target: NodeId, record: Record) -> Answer {
         if view.left.contains(&target) {
             return Answer::Failed;
         }

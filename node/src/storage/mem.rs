@@ -1,6 +1,7 @@
 //! [`Storage`] in memory: sorted maps behind a mutex. For tests and in-process clusters; it
 //! forgets everything when dropped, so a "restart" keeps the same value.
 
+use starling_wire::NodeId;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
@@ -110,7 +111,7 @@ impl Storage for MemStorage {
         Ok(page)
     }
 
-    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<Vec<HintPut>, StorageError> {
+    fn put_hints(&self, hints: &[(NodeId, Record)]) -> Result<Vec<HintPut>, StorageError> {
         // One lock for the batch: the comparison and the write are one step.
         let mut g = self.lock();
         let mut out = Vec::with_capacity(hints.len());
@@ -126,7 +127,7 @@ impl Storage for MemStorage {
         Ok(out)
     }
 
-    fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError> {
+    fn hints_for(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StorageError> {
         let g = self.lock();
         let prefix = target.to_be_bytes();
         let (mut out, mut bytes) = (Vec::new(), 0);
@@ -140,17 +141,17 @@ impl Storage for MemStorage {
         Ok(out)
     }
 
-    fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError> {
+    fn hint_targets(&self) -> Result<Vec<(NodeId, usize)>, StorageError> {
         let g = self.lock();
         super::count_hint_targets(g.hints.keys().map(Ok::<_, StorageError>))
     }
 
-    fn hint_bytes(&self) -> Result<Vec<(u128, u64)>, StorageError> {
+    fn hint_bytes(&self) -> Result<Vec<(NodeId, u64)>, StorageError> {
         let g = self.lock();
         super::hint_bytes_of(g.hints.iter().map(Ok::<_, StorageError>))
     }
 
-    fn drop_hints_for(&self, target: u128) -> Result<(), StorageError> {
+    fn drop_hints_for(&self, target: NodeId) -> Result<(), StorageError> {
         let prefix = target.to_be_bytes();
         self.lock().hints.retain(|k, _| !k.starts_with(&prefix));
         Ok(())

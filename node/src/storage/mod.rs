@@ -19,6 +19,7 @@ pub mod rocks;
 mod versions;
 
 use starling_ring::{token_of, Range, Token};
+use starling_wire::NodeId;
 use starling_wire::{Record, Version};
 
 /// What a storage operation failed with.
@@ -44,7 +45,7 @@ pub struct Hint {
     /// The storage key of the hint: one per target and key (pass it back, with the record's
     /// version, to [`Storage::delete_hints`]).
     pub id: Vec<u8>,
-    pub target: u128,
+    pub target: NodeId,
     pub record: Record,
 }
 
@@ -116,16 +117,16 @@ pub trait Storage: Send + Sync + 'static {
     /// Stores hints (one batch, durable like [`Storage::apply`]), at most one per target and key:
     /// a hint replaces the one kept for its target and key only if its version is newer (last
     /// write wins, as for data; within `hints` too). Says for each hint what it did, in order.
-    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<Vec<HintPut>, StorageError>;
+    fn put_hints(&self, hints: &[(NodeId, Record)]) -> Result<Vec<HintPut>, StorageError>;
     /// Up to `limit` hints for `target`, in storage order (by token, then key; not by age: each
     /// hint carries its own version), and at most about [`SCAN_PAGE_BYTES`] of them by
     /// [`hint_size`] (always at least one): a page is sent as one request.
-    fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError>;
+    fn hints_for(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StorageError>;
     /// Every node that has hints waiting, with their count.
-    fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError>;
+    fn hint_targets(&self) -> Result<Vec<(NodeId, usize)>, StorageError>;
     /// Every node that has hints waiting, with the bytes their hints count toward the hint caps
     /// (the sum of [`hint_size`] over them).
-    fn hint_bytes(&self) -> Result<Vec<(u128, u64)>, StorageError>;
+    fn hint_bytes(&self) -> Result<Vec<(NodeId, u64)>, StorageError>;
     /// Removes delivered or expired hints, given as `(id, version)` ([`Hint::delivered`]): each
     /// only if the hint stored under `id` still has that version, so a newer hint that replaced
     /// the one delivered stays. Says for each whether it removed a hint (an id given twice
@@ -133,7 +134,7 @@ pub trait Storage: Send + Sync + 'static {
     fn delete_hints(&self, hints: &[(Vec<u8>, Version)]) -> Result<Vec<bool>, StorageError>;
     /// Removes every hint kept for `target`, without reading them (a replica down past the hint
     /// window, or gone).
-    fn drop_hints_for(&self, target: u128) -> Result<(), StorageError>;
+    fn drop_hints_for(&self, target: NodeId) -> Result<(), StorageError>;
     /// A local metadata value.
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Sets a local metadata value (synced to disk before returning).
@@ -175,8 +176,8 @@ pub(crate) fn incoming_wins(old: &[u8], new: &[u8]) -> bool {
 /// Hint targets with their counts, from hint keys in storage order (grouped by target).
 pub(crate) fn count_hint_targets<K: AsRef<[u8]>, E>(
     keys: impl IntoIterator<Item = Result<K, E>>,
-) -> Result<Vec<(u128, usize)>, E> {
-    let mut out: Vec<(u128, usize)> = Vec::new();
+) -> Result<Vec<(NodeId, usize)>, E> {
+    let mut out: Vec<(NodeId, usize)> = Vec::new();
     for k in keys {
         let Some((t, _)) = parse_hint_key(k?.as_ref()) else { continue };
         match out.last_mut() {
@@ -191,8 +192,8 @@ pub(crate) fn count_hint_targets<K: AsRef<[u8]>, E>(
 /// order (grouped by target).
 pub(crate) fn hint_bytes_of<K: AsRef<[u8]>, V: AsRef<[u8]>, E>(
     entries: impl IntoIterator<Item = Result<(K, V), E>>,
-) -> Result<Vec<(u128, u64)>, E> {
-    let mut out: Vec<(u128, u64)> = Vec::new();
+) -> Result<Vec<(NodeId, u64)>, E> {
+    let mut out: Vec<(NodeId, u64)> = Vec::new();
     for e in entries {
         let (k, v) = e?;
         let Some(b) = stored_hint_size(k.as_ref(), v.as_ref()) else { continue };
@@ -216,7 +217,7 @@ pub(crate) fn hint_page_push(
     page: &mut Vec<Hint>,
     bytes: &mut usize,
     limit: usize,
-    target: u128,
+    target: NodeId,
     k: &[u8],
     v: &[u8],
 ) -> Result<bool, StorageError> {
@@ -288,7 +289,7 @@ pub(crate) fn stored_hint_size(k: &[u8], v: &[u8]) -> Option<u64> {
 }
 
 /// `target ‖ data key` (`target ‖ token ‖ key`): one hint per target and key.
-pub fn hint_key(target: u128, key: &[u8]) -> Vec<u8> {
+pub fn hint_key(target: NodeId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(16 + 8 + key.len());
     k.extend_from_slice(&target.to_be_bytes());
     k.extend_from_slice(&data_key(key));
@@ -296,8 +297,8 @@ pub fn hint_key(target: u128, key: &[u8]) -> Vec<u8> {
 }
 
 /// Parses a hint key back into its target and user key.
-pub fn parse_hint_key(k: &[u8]) -> Option<(u128, &[u8])> {
-    let target = u128::from_be_bytes(k.get(..16)?.try_into().ok()?);
+pub fn parse_hint_key(k: &[u8]) -> Option<(NodeId, &[u8])> {
+    let target = NodeId::from_be_bytes(k.get(..16)?.try_into().ok()?);
     Some((target, k.get(24..)?))
 }
 
@@ -352,7 +353,7 @@ pub fn decode_version(bytes: &[u8]) -> Result<(Version, bool), String> {
         return Err("tombstone with a value".into());
     }
     let ts = u64::from_be_bytes(bytes[2..10].try_into().map_err(|_| "ts")?);
-    let node = u128::from_be_bytes(bytes[10..26].try_into().map_err(|_| "node")?);
+    let node = NodeId::from_be_bytes(bytes[10..26].try_into().map_err(|_| "node")?);
     Ok((Version { ts, node }, tombstone))
 }
 

@@ -16,6 +16,7 @@
 //!   hints are still in the format before that (`target ‖ hlc ‖ token ‖ key`, several per key) is
 //!   rewritten when opened ([`RocksStorage::open`]).
 
+use starling_wire::NodeId;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -303,7 +304,7 @@ impl RocksStorage {
         let cf = self.cf(CF_HINTS)?;
         let (mut rewritten, mut dropped) = (0u64, 0u64);
         let mut old_keys: Vec<Vec<u8>> = Vec::new();
-        let mut hints: Vec<(u128, Record)> = Vec::new();
+        let mut hints: Vec<(NodeId, Record)> = Vec::new();
         let mut bytes = 0usize;
         // An iterator reads one snapshot: the hints rewritten meanwhile are not seen again.
         let mut it = self.db.raw_iterator_cf(cf);
@@ -348,7 +349,7 @@ impl RocksStorage {
         &self,
         cf: &ColumnFamily,
         old_keys: &mut Vec<Vec<u8>>,
-        hints: &mut Vec<(u128, Record)>,
+        hints: &mut Vec<(NodeId, Record)>,
     ) -> Result<(), StorageError> {
         if old_keys.is_empty() {
             return Ok(());
@@ -369,7 +370,7 @@ impl RocksStorage {
     fn stage_hints(
         &self,
         cf: &ColumnFamily,
-        hints: &[(u128, Record)],
+        hints: &[(NodeId, Record)],
         batch: &mut WriteBatch,
     ) -> Result<Vec<HintPut>, StorageError> {
         let keys: Vec<Vec<u8>> = hints.iter().map(|(t, r)| hint_key(*t, &r.key)).collect();
@@ -626,7 +627,7 @@ impl Storage for RocksStorage {
         Ok(page)
     }
 
-    fn put_hints(&self, hints: &[(u128, Record)]) -> Result<Vec<HintPut>, StorageError> {
+    fn put_hints(&self, hints: &[(NodeId, Record)]) -> Result<Vec<HintPut>, StorageError> {
         let cf = self.cf(CF_HINTS)?;
         let _guard = lock(&self.hints_lock);
         let mut batch = WriteBatch::default();
@@ -637,7 +638,7 @@ impl Storage for RocksStorage {
         Ok(out)
     }
 
-    fn hints_for(&self, target: u128, limit: usize) -> Result<Vec<Hint>, StorageError> {
+    fn hints_for(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StorageError> {
         let cf = self.cf(CF_HINTS)?;
         let prefix = target.to_be_bytes();
         let (mut out, mut bytes) = (Vec::new(), 0);
@@ -653,23 +654,23 @@ impl Storage for RocksStorage {
         Ok(out)
     }
 
-    fn hint_targets(&self) -> Result<Vec<(u128, usize)>, StorageError> {
+    fn hint_targets(&self) -> Result<Vec<(NodeId, usize)>, StorageError> {
         let cf = self.cf(CF_HINTS)?;
         let keys = self.db.iterator_cf(cf, IteratorMode::Start).map(|item| item.map(|(k, _)| k));
         super::count_hint_targets(keys).map_err(engine)
     }
 
-    fn hint_bytes(&self) -> Result<Vec<(u128, u64)>, StorageError> {
+    fn hint_bytes(&self) -> Result<Vec<(NodeId, u64)>, StorageError> {
         let cf = self.cf(CF_HINTS)?;
         super::hint_bytes_of(self.db.iterator_cf(cf, IteratorMode::Start)).map_err(engine)
     }
 
-    fn drop_hints_for(&self, target: u128) -> Result<(), StorageError> {
+    fn drop_hints_for(&self, target: NodeId) -> Result<(), StorageError> {
         let cf = self.cf(CF_HINTS)?;
         let from = target.to_be_bytes().to_vec();
         let mut batch = WriteBatch::default();
         let _guard = lock(&self.hints_lock);
-        match target.checked_add(1) {
+        match target.0.checked_add(1) {
             Some(next) => batch.delete_range_cf(cf, from, next.to_be_bytes().to_vec()),
             None => batch.delete_range_cf(cf, from, vec![0xff; 17]),
         }
@@ -733,8 +734,8 @@ fn is_current_hint_key(k: &[u8]) -> bool {
 
 /// The target and user key of a hint key of the format before the current one, `target ‖ hlc ‖
 /// token ‖ key`; `None` if `k` is not one.
-fn old_hint_key(k: &[u8]) -> Option<(u128, &[u8])> {
-    let target = u128::from_be_bytes(k.get(..16)?.try_into().ok()?);
+fn old_hint_key(k: &[u8]) -> Option<(NodeId, &[u8])> {
+    let target = NodeId::from_be_bytes(k.get(..16)?.try_into().ok()?);
     let key = k.get(32..)?;
     (k[24..32] == token_of(key).to_be_bytes()).then_some((target, key))
 }
@@ -755,7 +756,7 @@ mod race_tests {
     fn record(key: &[u8], ts: u64) -> Record {
         Record {
             key: key.to_vec(),
-            version: Version { ts, node: 7 },
+            version: Version { ts, node: NodeId(7) },
             value: Some(format!("v{ts}").into_bytes()),
         }
     }
@@ -796,14 +797,14 @@ mod hint_format_tests {
     fn record(key: &[u8], ts: u64, value: Option<&[u8]>) -> Record {
         Record {
             key: key.to_vec(),
-            version: Version { ts, node: 7 },
+            version: Version { ts, node: NodeId(7) },
             value: value.map(<[u8]>::to_vec),
         }
     }
 
     /// A hint key as stores wrote them before one hint per target and key: `target ‖ hlc ‖
     /// token ‖ key`.
-    fn old_key(target: u128, r: &Record) -> Vec<u8> {
+    fn old_key(target: NodeId, r: &Record) -> Vec<u8> {
         let mut k = target.to_be_bytes().to_vec();
         k.extend_from_slice(&r.version.ts.to_be_bytes());
         k.extend_from_slice(&data_key(&r.key));
@@ -811,7 +812,7 @@ mod hint_format_tests {
     }
 
     /// Writes hints in the old format, as a store written before it, with no format marker.
-    fn put_old(st: &RocksStorage, hints: &[(u128, Record)], raw: &[(Vec<u8>, Vec<u8>)]) {
+    fn put_old(st: &RocksStorage, hints: &[(NodeId, Record)], raw: &[(Vec<u8>, Vec<u8>)]) {
         let cf = st.cf(CF_HINTS).expect("cf");
         st.db.delete_cf(st.cf(CF_META).expect("meta"), HINT_FORMAT).expect("unmark");
         for (t, r) in hints {
@@ -824,7 +825,7 @@ mod hint_format_tests {
         }
     }
 
-    fn records(st: &RocksStorage, target: u128) -> Vec<Record> {
+    fn records(st: &RocksStorage, target: NodeId) -> Vec<Record> {
         st.hints_for(target, 100).expect("hints").into_iter().map(|h| h.record).collect()
     }
 
@@ -836,7 +837,7 @@ mod hint_format_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("db");
         let cfg = RocksConfig::default();
-        let (a, b) = (1u128, 2u128);
+        let (a, b) = (NodeId(1), NodeId(2));
         let hot = [30, 10, 50, 20].map(|ts| record(b"hot", ts, Some(format!("v{ts}").as_bytes())));
         let cold = record(b"cold", 5, None);
         let warm_new = record(b"warm", 70, Some(b"new format, older"));
@@ -849,13 +850,13 @@ mod hint_format_tests {
             assert_eq!(marker.as_deref(), Some(HINT_FORMAT_NOW), "a new store is current");
             // Already rewritten before a crash cut the rewrite short.
             st.put_hints(&[(a, warm_new.clone()), (b, for_b_new.clone())]).expect("put");
-            let mut old: Vec<(u128, Record)> = hot.iter().map(|r| (a, r.clone())).collect();
+            let mut old: Vec<(NodeId, Record)> = hot.iter().map(|r| (a, r.clone())).collect();
             old.extend([(a, cold.clone()), (a, warm_old.clone()), (b, for_b)]);
             let wrong_token = [&a.to_be_bytes()[..], &[0; 8], &[1; 8], b"k"].concat();
             let garbage = old_key(a, &record(b"garbage", 1, None));
             let unreadable = vec![
-                (b"short".to_vec(), encode_value(Version { ts: 1, node: 1 }, None)),
-                (wrong_token, encode_value(Version { ts: 1, node: 1 }, Some(b"x"))),
+                (b"short".to_vec(), encode_value(Version { ts: 1, node: NodeId(1) }, None)),
+                (wrong_token, encode_value(Version { ts: 1, node: NodeId(1) }, Some(b"x"))),
                 (garbage, vec![0xff; 3]),
             ];
             put_old(&st, &old, &unreadable);

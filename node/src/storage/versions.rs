@@ -25,6 +25,7 @@
 //! 128-bit collision) and hold the timestamp and an index into a small table of node ids: about
 //! 60 bytes each with the cache's own bookkeeping. Eviction is `quick_cache`'s (S3-FIFO).
 
+use starling_wire::NodeId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -92,8 +93,8 @@ impl Lifecycle<KeyHash, Packed> for Evictions {
 /// Node ids seen in versions, by index.
 #[derive(Default)]
 struct NodeTable {
-    ids: Vec<u128>,
-    index: HashMap<u128, u32>,
+    ids: Vec<NodeId>,
+    index: HashMap<NodeId, u32>,
 }
 
 /// Stored versions of up to `capacity` keys.
@@ -198,7 +199,7 @@ impl VersionCache {
         (hash.0 as usize) % STRIPES
     }
 
-    fn node_index(&self, node: u128) -> Option<u32> {
+    fn node_index(&self, node: NodeId) -> Option<u32> {
         if let Some(i) = self.nodes.read().unwrap_or_else(|e| e.into_inner()).index.get(&node) {
             return Some(*i);
         }

@@ -269,7 +269,7 @@ impl Cluster {
     }
 
     pub async fn sees_down(&self, observer: usize, subject: usize) -> bool {
-        let id = format!("{:032x}", self.nodes[subject].id());
+        let id = self.nodes[subject].id().to_string();
         self.nodes[observer]
             .status()
             .await

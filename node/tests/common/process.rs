@@ -111,9 +111,9 @@ impl Node {
     }
 
     /// The node id it stored in its data dir.
-    pub fn id(&self) -> u128 {
+    pub fn id(&self) -> starling_wire::NodeId {
         let id = std::fs::read_to_string(self.data.join("node-id")).ok();
-        id.and_then(|s| u128::from_str_radix(s.trim(), 16).ok())
+        id.and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("node id of {}", self.data.display()))
     }
 }

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use starling_gossip::{Config as GossipConfig, MemberState, NodeId};
 use starling_kv::{KvConfig, KvError};
-use starling_ring::{token_of, NodeKey, Token};
+use starling_ring::{token_of, Token};
 use starling_wire::{Consistency, Record, Version};
 
 use super::membership::{LeaveRefused, Phase};
@@ -156,7 +156,7 @@ impl Cluster {
             let tokens: Vec<Token> = (0..TOKENS_PER_NODE).map(|_| rng.gen()).collect();
             specs.push(NodeSpec {
                 index: i,
-                id: node_id(seed, i).0,
+                id: node_id(seed, i),
                 tokens,
                 seeds: seeds.clone(),
                 clock: cfg.clocks.get(i).copied().unwrap_or_default(),
@@ -202,7 +202,7 @@ impl Cluster {
         let seed = self.sim.seed;
         let spec = NodeSpec {
             index: i,
-            id: node_id(seed, i).0,
+            id: node_id(seed, i),
             tokens: Vec::new(),
             seeds: self.seeds(),
             clock,
@@ -311,12 +311,12 @@ impl Cluster {
     }
 
     /// The node id of slot `i`.
-    pub fn id(&self, i: usize) -> NodeKey {
+    pub fn id(&self, i: usize) -> NodeId {
         self.specs[i].id
     }
 
     /// The slot of node id `id`.
-    pub fn slot(&self, id: NodeKey) -> Option<usize> {
+    pub fn slot(&self, id: NodeId) -> Option<usize> {
         self.specs.iter().position(|s| s.id == id)
     }
 
@@ -630,8 +630,7 @@ impl Cluster {
             let p = self.sim.node(i).expect("up");
             p.ready
                 && up.iter().filter(|&&j| j != i).all(|&j| {
-                    p.g.member(NodeId(self.specs[j].id))
-                        .is_some_and(|m| m.state == MemberState::Alive)
+                    p.g.member(self.specs[j].id).is_some_and(|m| m.state == MemberState::Alive)
                 })
                 && up.iter().all(|&j| p.view.ring.node(self.specs[j].id).is_some())
         })

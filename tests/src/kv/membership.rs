@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use starling_gossip::state::keys as gossip_keys;
 use starling_gossip::{Command, MemberState};
 use starling_kv::view;
-use starling_ring::{token_of, NodeKey, NodeStatus, Range, Token};
+use starling_ring::{token_of, NodeId, NodeStatus, Range, Token};
 use starling_wire::Record;
 
 use super::{HintKey, KvProc, Pending, Req, Resp, HINT_PAGE, TOKENS_PER_NODE};
@@ -83,7 +83,7 @@ pub type Cursor = (Token, Vec<u8>);
 #[derive(Debug, Clone)]
 pub struct StreamTask {
     range: usize,
-    source: NodeKey,
+    source: NodeId,
     cursor: Option<Cursor>,
     /// `None`: running; `Some(ok)`: finished.
     done: Option<bool>,
@@ -98,7 +98,7 @@ pub struct Streams {
 
 #[derive(Debug, Clone)]
 pub struct Batch {
-    target: NodeKey,
+    target: NodeId,
     records: Vec<Record>,
     attempts: u32,
     /// Send again at (`None`: in flight or done).
@@ -109,9 +109,9 @@ pub struct Batch {
 #[derive(Debug, Clone, Default)]
 pub struct HintHandover {
     /// Targets with a page in flight.
-    in_flight: Vec<NodeKey>,
-    attempts: BTreeMap<NodeKey, u32>,
-    next_at: BTreeMap<NodeKey, Instant>,
+    in_flight: Vec<NodeId>,
+    attempts: BTreeMap<NodeId, u32>,
+    next_at: BTreeMap<NodeId, Instant>,
 }
 
 /// What a leave request got.
@@ -282,7 +282,7 @@ impl KvProc {
     fn maybe_take_tokens(&mut self, since: Instant, now: Instant) {
         let view = self.view.clone();
         let me = self.spec.id;
-        let others: Vec<NodeKey> = view.others_up().collect();
+        let others: Vec<NodeId> = view.others_up().collect();
         let ready = !others.is_empty()
             && !view.ring.is_empty()
             && self.g.converged()
@@ -383,7 +383,7 @@ impl KvProc {
         let view = &self.view;
         let future = view.ring.future().placement(view.rf);
         let mine = view.ring.ranges_of(view.me, view.rf);
-        let mut by_target: BTreeMap<NodeKey, Vec<Record>> = BTreeMap::new();
+        let mut by_target: BTreeMap<NodeId, Vec<Record>> = BTreeMap::new();
         for range in mine {
             let (records, _) = scan(&self.disk.data, range, None, usize::MAX);
             for r in records {
@@ -461,7 +461,7 @@ impl KvProc {
         let wall = self.wall_ms(now);
         let at = self.synced_at(now);
         let view = self.view.clone();
-        let mut by_target: BTreeMap<NodeKey, Vec<HintKey>> = BTreeMap::new();
+        let mut by_target: BTreeMap<NodeId, Vec<HintKey>> = BTreeMap::new();
         for k in self.disk.hints.keys() {
             by_target.entry(k.0).or_default().push(k.clone());
         }
@@ -523,7 +523,7 @@ impl KvProc {
     /// The answer to a page of hints handed over.
     pub(super) fn on_hint_handover(
         &mut self,
-        target: NodeKey,
+        target: NodeId,
         hints: Vec<HintKey>,
         body: Option<Resp>,
         now: Instant,
