@@ -49,6 +49,15 @@ fn all_see(nodes: &[&Node], alive: usize) -> bool {
     nodes.iter().all(|n| n.status().is_some_and(|s| s.converged && s.count("alive") == alive))
 }
 
+/// [`all_see`], and every node's ring holds them all, `normal` (so a write finds its replicas).
+fn ring_ready(nodes: &[&Node], n: usize) -> bool {
+    all_see(nodes, n)
+        && nodes.iter().all(|node| {
+            node.status()
+                .is_some_and(|s| s.ring.nodes == n && s.ring.status.as_deref() == Some("normal"))
+        })
+}
+
 fn state_of(observer: &Node, subject: &Node) -> Option<String> {
     let s = observer.status()?;
     let addr = subject.addrs.advertise.to_string();
@@ -397,7 +406,7 @@ async fn a_client_certificate_gets_the_client_api_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nodes = cluster(dir.path(), 3);
     let refs: Vec<&Node> = nodes.iter().collect();
-    assert!(wait_for(Duration::from_secs(20), || all_see(&refs, 3).then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(20), || ring_ready(&refs, 3).then_some(())).is_some());
     let target = nodes[0].addrs.listen;
     let attacker = client(&dir.path().join("certs/client")).await;
     let rpcs = peer_rpcs();
