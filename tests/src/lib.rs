@@ -1,9 +1,10 @@
 //! Starling's deterministic cluster simulator ([`sim`]) and the protocol adapters that run in it:
 //! [`gossip`] (the membership core alone) and [`kv`] (a whole KV node: gossip, ring view,
 //! coordinator, replica, hints, store), plus the [`history`] checker that judges what the KV
-//! clients saw. Tests live in `tests/`; the `gossip-sim` and `kv-sim` binaries print the figures.
+//! clients saw, and [`zab`] (the metadata service's ZAB core with its own checker). Tests live in `tests/`; the `gossip-sim` and `kv-sim` binaries print the figures.
 
 pub mod gossip;
 pub mod history;
 pub mod kv;
 pub mod sim;
+pub mod zab;

@@ -1,0 +1,286 @@
+//! Sans-IO ZAB — ZooKeeper's atomic broadcast — for Starling's metadata service.
+//!
+//! One [`Zab`] value is one server of the ensemble: a **voter** (it elects leaders and its
+//! acknowledgements count toward quorums) or an **observer** (it learns every committed
+//! transaction and counts toward nothing). It owns no socket, reads no clock and uses no global
+//! randomness, like the gossip core: the caller passes `now` with every input, feeds it received
+//! messages ([`Zab::handle_message`]), timer expiries ([`Zab::handle_timeout`]) and client
+//! proposals ([`Zab::propose`]), and drains a [`Ready`] batch after each input.
+//!
+//! A [`Ready`] says "persist this, then send that" (raft-rs's shape): the caller writes
+//! [`Ready::persist`] durably (one fsync for the whole batch: group commit), then sends
+//! [`Ready::messages`], then calls [`Zab::advance`]. Every acknowledgement a server sends — of a
+//! new epoch, of NEWLEADER, of a proposal — therefore means what it acknowledges is on disk.
+//!
+//! The protocol is the one of Junqueira, Reed and Serafini, *Zab: High-performance broadcast for
+//! primary-backup systems* (DSN 2011), with ZooKeeper's fast leader election; `ALGORITHM.md`
+//! maps each phase to the code and names, for each ZooKeeper bug of the same family, the test
+//! that shows this implementation is immune:
+//! 0. **Election** ([`Vote`]s ordered by `(epoch, zxid, id)`): a server that finds no leader
+//!    votes for the most up-to-date server it has heard of, until a quorum agrees.
+//! 1. **Discovery**: the elected leader collects a quorum's `acceptedEpoch`, proposes a larger
+//!    one (persisted by each before it acknowledges), and learns each follower's history.
+//! 2. **Synchronization**: each follower gets DIFF, TRUNC+DIFF or SNAP, decided on
+//!    epoch-qualified history ([`sync::plan`]), then NEWLEADER; a quorum's acknowledgement of
+//!    NEWLEADER establishes the epoch and commits the leader's whole history.
+//! 3. **Broadcast**: PROPOSAL, ACK, COMMIT with a majority quorum; `zxid = epoch << 32 | counter`.
+//!
+//! The replicated state is any [`StateMachine`]: the core applies committed transactions to it in
+//! zxid order, snapshots it every [`Config::snapshot_every`] transactions (so the log does not
+//! grow forever) and restores it from a snapshot sent by a leader.
+
+mod core;
+pub mod disk;
+mod link;
+pub mod message;
+pub mod sync;
+
+pub use crate::core::Zab;
+pub use message::{Msg, ToLeader, ToLearner, Vote};
+pub use starling_id::NodeId;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A transaction id: `epoch << 32 | counter`. Counters start at 1 in each epoch, so
+/// `Zxid::new(e, 0)` is "before the first transaction of epoch `e`".
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Zxid(pub u64);
+
+impl Zxid {
+    /// Nothing: before every transaction.
+    pub const ZERO: Zxid = Zxid(0);
+
+    pub fn new(epoch: u32, counter: u32) -> Zxid {
+        Zxid((u64::from(epoch) << 32) | u64::from(counter))
+    }
+
+    pub fn epoch(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    pub fn counter(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+impl std::fmt::Debug for Zxid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.epoch(), self.counter())
+    }
+}
+
+impl std::fmt::Display for Zxid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// One transaction of the log.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Entry {
+    pub zxid: Zxid,
+    /// The transaction, opaque to ZAB (the state machine decodes it).
+    #[serde(with = "serde_bytes_compat")]
+    pub txn: Arc<Vec<u8>>,
+}
+
+/// `Arc<Vec<u8>>` as a msgpack binary (not an array of integers).
+pub(crate) mod serde_bytes_compat {
+    use std::sync::Arc;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Arc<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<u8>>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = a.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(V).map(Arc::new)
+    }
+}
+
+/// The replicated state. The core applies committed transactions in zxid order, exactly once
+/// each between snapshots.
+pub trait StateMachine {
+    /// Applies a committed transaction. It must be deterministic: every server applies the same
+    /// transactions in the same order and must reach the same state. A transaction the state
+    /// machine cannot decode must be applied as a no-op (it is committed: refusing it would make
+    /// this server diverge), and reported by the state machine its own way.
+    fn apply(&mut self, zxid: Zxid, txn: &[u8]);
+    /// The state, serialized, as of the last transaction applied.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot taken at `zxid` (by this server or sent by a leader).
+    fn restore(&mut self, zxid: Zxid, snapshot: &[u8]) -> Result<(), String>;
+}
+
+/// Timing and sizes. The defaults suit a LAN (a leader killed is replaced in well under a second).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The voters of the ensemble (this server among them, or it is an observer).
+    pub voters: Vec<NodeId>,
+    /// How often a leader pings its learners, and a learner answers.
+    pub heartbeat: Duration,
+    /// A follower that hears nothing from its leader this long looks for a new one; a leader
+    /// that hears from less than a quorum this long steps down (ZooKeeper's `syncLimit`).
+    pub leader_timeout: Duration,
+    /// Discovery and synchronization must complete within this (ZooKeeper's `initLimit`).
+    pub init_limit: Duration,
+    /// How often a server looking for a leader resends its vote.
+    pub vote_resend: Duration,
+    /// Once a quorum agrees on a vote, how long to wait for a better one before deciding
+    /// (ZooKeeper's `finalizeWait`).
+    pub finalize_wait: Duration,
+    /// Committed transactions between snapshots; the log keeps one interval more for DIFFs.
+    pub snapshot_every: u64,
+    /// Most entries per DIFF message.
+    pub diff_chunk: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            voters: Vec::new(),
+            heartbeat: Duration::from_millis(50),
+            leader_timeout: Duration::from_millis(300),
+            init_limit: Duration::from_secs(2),
+            vote_resend: Duration::from_millis(100),
+            finalize_wait: Duration::from_millis(30),
+            snapshot_every: 10_000,
+            diff_chunk: 256,
+        }
+    }
+}
+
+impl Config {
+    /// Voters needed for a quorum: a strict majority.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+}
+
+/// What must survive a crash. Apply them in order, durably, before sending the batch's messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// The epoch this server has promised to follow, and the one leader it accepted it from
+    /// (it acknowledges no older epoch after, and no other leader of this one).
+    AcceptedEpoch { epoch: u32, leader: NodeId },
+    /// The epoch of the last leader whose history this server took (NEWLEADER).
+    CurrentEpoch(u32),
+    /// Append entries to the log (zxids increasing, after every entry kept).
+    Append(Vec<Entry>),
+    /// Remove every log entry after this zxid.
+    TruncateAfter(Zxid),
+    /// A snapshot of the state at `zxid` (replaces the previous one).
+    Snapshot { zxid: Zxid, data: Arc<Vec<u8>> },
+    /// Log entries up to and including this zxid are no longer needed (a snapshot covers them).
+    CompactThrough(Zxid),
+    /// Every log entry is dropped: the log now starts after `zxid` (a SNAP from the leader).
+    ResetLog(Zxid),
+}
+
+/// Something the caller may act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// This server's role changed.
+    Role(Role),
+    /// A transaction proposed here with this tag was committed (and applied) at `zxid`.
+    Committed { tag: u64, zxid: Zxid },
+    /// A transaction proposed here with this tag may or may not commit: its leader lost
+    /// leadership before a quorum acknowledged it (a later leader may still commit it).
+    Unknown { tag: u64, zxid: Zxid },
+    /// The state machine was replaced by a snapshot from the leader.
+    Restored { zxid: Zxid },
+    /// A protocol error that made this server look for a leader again (logged by the caller).
+    Error(String),
+}
+
+/// A server's part in the ensemble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Electing a leader (or, for an observer, finding one).
+    Looking,
+    /// Following `leader` (synchronizing until `synced`).
+    Following { leader: NodeId, epoch: u32, synced: bool },
+    /// An observer learning from `leader`.
+    Observing { leader: NodeId, epoch: u32, synced: bool },
+    /// Leading `epoch` (`established` once a quorum acknowledged NEWLEADER).
+    Leading { epoch: u32, established: bool },
+}
+
+/// One input's worth of work for the caller: persist, then send, then [`Zab::advance`].
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub persist: Vec<Persist>,
+    pub messages: Vec<(NodeId, Msg)>,
+    pub events: Vec<Event>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty() && self.messages.is_empty() && self.events.is_empty()
+    }
+}
+
+/// Why a proposal was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotLeader {
+    #[error("not the leader (the leader is {0})")]
+    Follower(NodeId),
+    #[error("no leader yet (an election or a synchronization is in progress)")]
+    NoLeader,
+}
+
+/// What a server's status page shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub role: Role,
+    pub accepted_epoch: u32,
+    pub current_epoch: u32,
+    pub last_zxid: Zxid,
+    pub committed: Zxid,
+    pub log_entries: usize,
+    pub snapshot_zxid: Zxid,
+    pub snapshot_bytes: usize,
+    /// Learners in sync with this leader (0 unless leading).
+    pub synced_learners: usize,
+}
+
+/// What a server loads from disk at start.
+#[derive(Clone, Debug, Default)]
+pub struct Persisted {
+    pub accepted_epoch: u32,
+    /// The leader `accepted_epoch` was accepted from.
+    pub accepted_leader: NodeId,
+    pub current_epoch: u32,
+    /// The last snapshot, if any.
+    pub snapshot: Option<(Zxid, Arc<Vec<u8>>)>,
+    /// The history before the first log entry is only in snapshots up to here.
+    pub log_base: Zxid,
+    pub log: Vec<Entry>,
+}
