@@ -556,3 +556,39 @@ pub fn random_run(seed: u64, voters: usize, secs: u64) -> RunReport {
     report.elections = c.established.len() as u64;
     report
 }
+
+/// Kills the leader of a calm ensemble under a steady stream of proposals and returns how long
+/// the ensemble took, from the kill, to commit again under a new leader (`None`: not within
+/// 10 s).
+pub fn failover_run(seed: u64, voters: usize) -> Option<Duration> {
+    let net = NetConfig {
+        latency_min: Duration::from_micros(200),
+        latency_max: Duration::from_millis(2),
+        loss: 0.0,
+        duplicate: 0.0,
+    };
+    let mut e = Ensemble::new(seed, net, voters, 0, Config::default());
+    let mut rng = e.sim.rng();
+    let warm = e.sim.now() + Duration::from_millis(rng.gen_range(1000..2000));
+    while e.sim.now() < warm {
+        if let Some(l) = e.leader() {
+            e.propose_at(l);
+        }
+        e.sim.run_for(Duration::from_millis(1));
+    }
+    let old = e.leader()?;
+    e.crash(old);
+    let killed = e.sim.now();
+    let committed_before = e.checker.borrow().commits.len();
+    while e.sim.now() < killed + Duration::from_secs(10) {
+        if let Some(l) = e.leader() {
+            e.propose_at(l);
+        }
+        e.sim.run_for(Duration::from_millis(1));
+        let c = e.checker.borrow();
+        if c.commits.len() > committed_before {
+            return c.commits.last().map(|t| *t - killed);
+        }
+    }
+    None
+}

@@ -395,12 +395,20 @@ impl<S: StateMachine> Zab<S> {
                     l.vote.state = PeerState::Looking;
                     l.vote.round = self.s.round;
                     l.votes.insert(self.s.me, l.vote);
-                    l.votes.insert(from, v);
+                    l.record(from, v);
                     if l.decide_at.is_none() && l.decision(&self.s).is_some() {
                         l.decide_at = Some(now + self.s.cfg.finalize_wait);
                     }
                     Next::Stay
                 } else if from_voter {
+                    // A server that already decided, in this round, counts toward this round's
+                    // quorum (as in ZooKeeper): its vote is final.
+                    if v.round == l.vote.round && self.s.voter {
+                        l.record(from, v);
+                        if l.decide_at.is_none() && l.decision(&self.s).is_some() {
+                            l.decide_at = Some(now + self.s.cfg.finalize_wait);
+                        }
+                    }
                     l.settled.insert(from, v);
                     match l.joinable(&self.s) {
                         Some(leader) if leader != self.s.me => Next::Follow(leader),
@@ -411,7 +419,17 @@ impl<S: StateMachine> Zab<S> {
                 }
             }
             RoleState::Learner(f) => {
-                if v.state == PeerState::Looking {
+                if v.state == PeerState::Leading
+                    && from == f.leader
+                    && f.phase == LearnerPhase::Connecting
+                {
+                    // Its leader has just taken the lead: connect now rather than at the next
+                    // resend (the first Connect may have reached it while it was still looking).
+                    let msg =
+                        Msg::Connect { session: f.session, accepted_epoch: self.s.accepted_epoch };
+                    self.s.send(from, msg);
+                    f.connect_at = now + self.s.cfg.vote_resend;
+                } else if v.state == PeerState::Looking {
                     let state =
                         if self.s.voter { PeerState::Following } else { PeerState::Observing };
                     let vote = Vote {
@@ -468,6 +486,9 @@ impl<S: StateMachine> Zab<S> {
                 };
                 self.role = RoleState::Leader(l);
                 self.s.out.events.push(Event::Role(self.role()));
+                // Tell the voters at once, so those that decided to follow connect now.
+                let vote = Vote { state: PeerState::Leading, ..self.s.own_vote() };
+                self.s.broadcast_vote(&vote);
                 // A single voter is its own quorum.
                 let next = match &mut self.role {
                     RoleState::Leader(l) => l.progress(&mut self.s),
@@ -499,6 +520,18 @@ impl<S: StateMachine> Zab<S> {
 }
 
 impl Looking {
+    /// Records `from`'s vote of this round. Within a round a server's vote only ever moves to a
+    /// better candidate, so of two votes of one round the better is the later: a vote that
+    /// arrives after a newer one (the network reordered them) changes nothing.
+    fn record(&mut self, from: NodeId, v: Vote) {
+        match self.votes.get(&from) {
+            Some(old) if old.round == v.round && old.beats(&v) => {}
+            _ => {
+                self.votes.insert(from, v);
+            }
+        }
+    }
+
     /// The leader a quorum of this round's votes agrees on, if any.
     fn decision<S>(&self, s: &Shared<S>) -> Option<NodeId> {
         if !s.voter {
@@ -549,7 +582,7 @@ impl Learner {
 
     fn deadline<S>(&self, s: &Shared<S>) -> Instant {
         match self.phase {
-            LearnerPhase::Connecting => self.connect_at.min(self.started + s.cfg.init_limit),
+            LearnerPhase::Connecting => self.connect_at.min(self.started + s.cfg.leader_timeout),
             LearnerPhase::Syncing => self.started + s.cfg.init_limit,
             LearnerPhase::Synced => self.last_heard + s.cfg.leader_timeout,
         }
@@ -558,7 +591,15 @@ impl Learner {
     fn on_timeout<S>(&mut self, s: &mut Shared<S>, now: Instant) -> Next {
         match self.phase {
             LearnerPhase::Connecting | LearnerPhase::Syncing => {
-                if now >= self.started + s.cfg.init_limit {
+                // A leader that does not answer within the leader timeout is not there (a vote
+                // for a server that has since died); synchronization may take up to the init
+                // limit (a large snapshot).
+                let limit = if self.phase == LearnerPhase::Connecting {
+                    s.cfg.leader_timeout
+                } else {
+                    s.cfg.init_limit
+                };
+                if now >= self.started + limit {
                     return Next::Look(String::new());
                 }
                 if self.phase == LearnerPhase::Connecting && now >= self.connect_at {
