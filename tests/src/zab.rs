@@ -120,6 +120,7 @@ impl Checker {
             }
             Event::Unknown { .. } => self.unknown += 1,
             Event::Error(_) => self.errors += 1,
+            Event::Anomaly(why) => self.violation(format!("{node:?}: {why}")),
             _ => {}
         }
     }
@@ -484,6 +485,9 @@ pub fn random_run(seed: u64, voters: usize, secs: u64) -> RunReport {
         }
         next_fault = now + Duration::from_millis(rng.gen_range(300..2000));
         let up: Vec<usize> = (0..n).filter(|i| e.sim.is_up(*i)).collect();
+        if up.is_empty() {
+            continue;
+        }
         let fault = rng.gen_range(0..8);
         let name = match fault {
             0 | 1 => {

@@ -134,6 +134,8 @@ struct Leader {
     committed: Zxid,
     /// Tags of proposals made here, not yet committed.
     tags: BTreeMap<Zxid, u64>,
+    /// Sessions each learner replaced (a late copy of their Connect is ignored).
+    retired: BTreeMap<NodeId, Vec<u64>>,
     ping_at: Instant,
 }
 
@@ -141,6 +143,8 @@ struct Leader {
 enum Next {
     Stay,
     Look(String),
+    /// As `Look`, for what the protocol rules out.
+    Anomaly(String),
     Lead,
     Follow(NodeId),
 }
@@ -233,8 +237,8 @@ impl<S: StateMachine> Zab<S> {
             other => other,
         };
         let next = match (&mut self.role, msg) {
-            (RoleState::Leader(l), Msg::Connect { session, accepted_epoch }) => {
-                l.on_connect(&mut self.s, now, from, session, accepted_epoch)
+            (RoleState::Leader(l), Msg::Connect { session, accepted_epoch, accepted_leader }) => {
+                l.on_connect(&mut self.s, now, from, session, (accepted_epoch, accepted_leader))
             }
             (RoleState::Leader(l), Msg::ToLeader { session, seq, body }) => {
                 l.on_sequenced(&mut self.s, now, from, session, seq, body)
@@ -289,10 +293,12 @@ impl<S: StateMachine> Zab<S> {
 
     /// Proposes a transaction (leader only, once established). `tag` comes back in
     /// [`Event::Committed`] or [`Event::Unknown`].
-    pub fn propose(&mut self, _now: Instant, tag: u64, txn: Vec<u8>) -> Result<Zxid, NotLeader> {
+    pub fn propose(&mut self, now: Instant, tag: u64, txn: Vec<u8>) -> Result<Zxid, NotLeader> {
         match &mut self.role {
             RoleState::Leader(l) if l.phase == LeaderPhase::Broadcasting => {
                 if l.counter == u32::MAX {
+                    // The epoch's zxids are used up: a new election starts the next epoch.
+                    self.transition(now, Next::Look("this epoch's zxids are used up".into()));
                     return Err(NotLeader::NoLeader);
                 }
                 l.counter += 1;
@@ -425,8 +431,7 @@ impl<S: StateMachine> Zab<S> {
                 {
                     // Its leader has just taken the lead: connect now rather than at the next
                     // resend (the first Connect may have reached it while it was still looking).
-                    let msg =
-                        Msg::Connect { session: f.session, accepted_epoch: self.s.accepted_epoch };
+                    let msg = self.s.connect(f.session);
                     self.s.send(from, msg);
                     f.connect_at = now + self.s.cfg.vote_resend;
                 } else if v.state == PeerState::Looking {
@@ -462,6 +467,10 @@ impl<S: StateMachine> Zab<S> {
     fn transition(&mut self, now: Instant, next: Next) {
         match next {
             Next::Stay => {}
+            Next::Anomaly(why) => {
+                self.s.out.events.push(Event::Anomaly(why));
+                self.transition(now, Next::Look(String::new()));
+            }
             Next::Look(why) => {
                 if let RoleState::Leader(l) = &mut self.role {
                     for (zxid, tag) in std::mem::take(&mut l.tags) {
@@ -482,6 +491,7 @@ impl<S: StateMachine> Zab<S> {
                     counter: 0,
                     committed: self.s.applied,
                     tags: BTreeMap::new(),
+                    retired: BTreeMap::new(),
                     ping_at: now + self.s.cfg.heartbeat,
                 };
                 self.role = RoleState::Leader(l);
@@ -510,8 +520,7 @@ impl<S: StateMachine> Zab<S> {
                     connect_at: now + self.s.cfg.vote_resend,
                     commit_target: self.s.applied,
                 };
-                self.s
-                    .send(leader, Msg::Connect { session, accepted_epoch: self.s.accepted_epoch });
+                self.s.send(leader, self.s.connect(session));
                 self.role = RoleState::Learner(f);
                 self.s.out.events.push(Event::Role(self.role()));
             }
@@ -603,8 +612,7 @@ impl Learner {
                     return Next::Look(String::new());
                 }
                 if self.phase == LearnerPhase::Connecting && now >= self.connect_at {
-                    let msg =
-                        Msg::Connect { session: self.session, accepted_epoch: s.accepted_epoch };
+                    let msg = s.connect(self.session);
                     s.send(self.leader, msg);
                     self.connect_at = now + s.cfg.vote_resend;
                 }
@@ -632,8 +640,9 @@ impl Learner {
         };
         for body in ready {
             self.last_heard = now;
-            if let Next::Look(why) = self.on_message(s, body) {
-                return Next::Look(why);
+            let next = self.on_message(s, body);
+            if !matches!(next, Next::Stay) {
+                return next;
             }
         }
         Next::Stay
@@ -696,7 +705,7 @@ impl Learner {
                     return Next::Look("a truncation outside synchronization".into());
                 }
                 if z < s.applied {
-                    return Next::Look(format!(
+                    return Next::Anomaly(format!(
                         "the leader asked to truncate to {z:?}, before transactions applied here \
                          (up to {:?})",
                         s.applied
@@ -744,8 +753,20 @@ impl Learner {
                 {
                     return Next::Look(format!("a proposal {:?} out of turn", entry.zxid));
                 }
-                if entry.zxid <= s.last_zxid() {
+                let last = s.last_zxid();
+                if entry.zxid <= last {
                     return Next::Stay;
+                }
+                let follows = if entry.zxid.epoch() == last.epoch() {
+                    entry.zxid.counter() == last.counter() + 1
+                } else {
+                    entry.zxid.counter() == 1
+                };
+                if !follows {
+                    return Next::Anomaly(format!(
+                        "proposal {:?} does not follow {last:?}",
+                        entry.zxid
+                    ));
                 }
                 let zxid = entry.zxid;
                 s.append(vec![entry]);
@@ -789,10 +810,15 @@ impl Leader {
         now: Instant,
         from: NodeId,
         session: u64,
-        accepted_epoch: u32,
+        (accepted_epoch, accepted_leader): (u32, NodeId),
     ) -> Next {
-        if let Some(p) = self.peers.get(&from) {
+        if self.retired.get(&from).is_some_and(|r| r.contains(&session)) {
+            // A late copy of a Connect of a session this peer has since replaced.
+            return Next::Stay;
+        }
+        if let Some(p) = self.peers.get_mut(&from) {
             if p.session == session {
+                p.last_heard = now;
                 // A repeated Connect: the NEWEPOCH may have been lost; send it again (same seq).
                 if matches!(p.phase, PeerPhase::Connected) && self.phase != LeaderPhase::Gathering {
                     s.send(
@@ -804,13 +830,25 @@ impl Leader {
             }
         }
         let voter = s.cfg.voters.contains(&from);
-        if voter && self.phase != LeaderPhase::Gathering && accepted_epoch > self.epoch {
-            // Another leader proposed a newer epoch to this voter, which will never accept
-            // this one: elect again, so the next epoch is above every promise.
+        if voter
+            && self.phase != LeaderPhase::Gathering
+            && (accepted_epoch > self.epoch
+                || (accepted_epoch == self.epoch && accepted_leader != s.me))
+        {
+            // Another leader proposed this epoch or a newer one to this voter, which will
+            // never accept this leader's: elect again, so the next epoch is above every promise.
             return Next::Look(format!(
-                "voter {from} accepted epoch {accepted_epoch}, newer than this leader's {}",
+                "voter {from} promised epoch {accepted_epoch} to {accepted_leader}; this leader \
+                 leads epoch {}: electing again",
                 self.epoch
             ));
+        }
+        if let Some(old) = self.peers.get(&from) {
+            let r = self.retired.entry(from).or_default();
+            r.push(old.session);
+            if r.len() > 8 {
+                r.remove(0);
+            }
         }
         self.peers.insert(
             from,
@@ -875,7 +913,11 @@ impl Leader {
                     return Next::Stay;
                 }
                 p.phase = PeerPhase::EpochAcked(Summary { spans, snapshot, last });
-                if self.phase == LeaderPhase::Discovering {
+                // Observers promise nothing: an uncommitted tail of theirs is truncated by the
+                // sync plan, not a reason to elect again.
+                if self.phase == LeaderPhase::Discovering && !p.voter {
+                    self.progress(s)
+                } else if self.phase == LeaderPhase::Discovering {
                     // The new leader's history must be the most up to date of its quorum:
                     // a follower ahead of it means the election chose badly.
                     if (current_epoch, last) > (s.current_epoch, s.last_zxid()) {
@@ -888,8 +930,7 @@ impl Leader {
                     }
                     self.progress(s)
                 } else {
-                    self.sync_peer(s, from);
-                    Next::Stay
+                    self.sync_peer(s, from)
                 }
             }
             ToLeader::AckNewLeader { epoch } => {
@@ -961,7 +1002,9 @@ impl Leader {
                 .map(|(id, _)| *id)
                 .collect();
             for id in ids {
-                self.sync_peer(s, id);
+                if let Next::Anomaly(why) = self.sync_peer(s, id) {
+                    s.out.events.push(Event::Anomaly(why));
+                }
             }
         }
         if self.phase == LeaderPhase::Syncing {
@@ -1001,24 +1044,23 @@ impl Leader {
 
     /// Sends a learner that acknowledged the epoch what it needs to hold this leader's history,
     /// then NEWLEADER.
-    fn sync_peer<S: StateMachine>(&mut self, s: &mut Shared<S>, id: NodeId) {
-        let Some(p) = self.peers.get(&id) else { return };
-        let PeerPhase::EpochAcked(summary) = &p.phase else { return };
+    fn sync_peer<S: StateMachine>(&mut self, s: &mut Shared<S>, id: NodeId) -> Next {
+        let Some(p) = self.peers.get(&id) else { return Next::Stay };
+        let PeerPhase::EpochAcked(summary) = &p.phase else { return Next::Stay };
         let zxids: Vec<Zxid> = s.log.iter().map(|e| e.zxid).collect();
         let last = s.last_zxid();
         let plan = sync::plan(&zxids, s.log_base, last, summary);
         let after = match plan {
             Plan::LearnerAhead => {
-                s.out.events.push(Event::Error(format!(
-                    "learner {id} holds a snapshot past this leader's history; not syncing it"
-                )));
                 self.peers.remove(&id);
-                return;
+                return Next::Anomaly(format!(
+                    "learner {id} holds a snapshot past this leader's history"
+                ));
             }
             Plan::Snap => {
                 let Some((zxid, data)) = s.snapshot.clone() else {
                     self.peers.remove(&id);
-                    return;
+                    return Next::Anomaly(format!("learner {id} needs a snapshot; there is none"));
                 };
                 self.send(s, id, ToLearner::Snap { zxid, data: data.to_vec() });
                 zxid
@@ -1038,6 +1080,7 @@ impl Leader {
         if let Some(p) = self.peers.get_mut(&id) {
             p.phase = PeerPhase::Syncing(last);
         }
+        Next::Stay
     }
 
     /// Commits the longest prefix a quorum has on disk.
@@ -1111,6 +1154,14 @@ impl<S> Shared<S> {
     fn last_zxid(&self) -> Zxid {
         let snap = self.snapshot.as_ref().map_or(Zxid::ZERO, |(z, _)| *z);
         self.log.back().map_or(Zxid::ZERO, |e| e.zxid).max(snap).max(self.log_base)
+    }
+
+    fn connect(&self, session: u64) -> Msg {
+        Msg::Connect {
+            session,
+            accepted_epoch: self.accepted_epoch,
+            accepted_leader: self.accepted_leader,
+        }
     }
 
     fn own_vote(&self) -> Vote {

@@ -9,7 +9,9 @@
 //!
 //! A [`Ready`] says "persist this, then send that" (raft-rs's shape): the caller writes
 //! [`Ready::persist`] durably (one fsync for the whole batch: group commit), then sends
-//! [`Ready::messages`], then calls [`Zab::advance`]. Every acknowledgement a server sends — of a
+//! [`Ready::messages`], then calls [`Zab::advance`] — which may queue more (a commit the
+//! leader's own durable write completed), so the caller takes [`Zab::ready`] again until it is
+//! empty. Every acknowledgement a server sends — of a
 //! new epoch, of NEWLEADER, of a proposal — therefore means what it acknowledges is on disk.
 //!
 //! The protocol is the one of Junqueira, Reed and Serafini, *Zab: High-performance broadcast for
@@ -218,6 +220,11 @@ pub enum Event {
     Restored { zxid: Zxid },
     /// A protocol error that made this server look for a leader again (logged by the caller).
     Error(String),
+    /// Something the protocol rules out happened (a leader asking to truncate committed
+    /// history, a learner ahead of its leader's committed history, a gap in a leader's
+    /// proposals): this server looks for a leader again. The simulator counts each as a
+    /// violation.
+    Anomaly(String),
 }
 
 /// A server's part in the ensemble.

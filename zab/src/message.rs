@@ -116,6 +116,8 @@ pub enum Msg {
     Connect {
         session: u64,
         accepted_epoch: u32,
+        /// The leader `accepted_epoch` was accepted from.
+        accepted_leader: NodeId,
     },
     ToLeader {
         session: u64,
@@ -181,7 +183,7 @@ mod tests {
                 round: 4,
                 state: PeerState::Looking,
             }),
-            Msg::Connect { session: 5, accepted_epoch: 2 },
+            Msg::Connect { session: 5, accepted_epoch: 2, accepted_leader: NodeId(3) },
             Msg::ToLeader {
                 session: 5,
                 seq: 0,
