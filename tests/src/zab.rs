@@ -51,6 +51,8 @@ pub struct Checker {
     pub established: Vec<(Instant, NodeId, u32)>,
     pub commits: Vec<Instant>,
     pub errors: u64,
+    /// Snapshots servers took from their leader (SNAP syncs).
+    pub restores: u64,
     /// Simulated time of the step being checked.
     pub now: Option<Instant>,
 }
@@ -119,6 +121,7 @@ impl Checker {
                 self.commits.push(now);
             }
             Event::Unknown { .. } => self.unknown += 1,
+            Event::Restored { .. } => self.restores += 1,
             Event::Error(_) => self.errors += 1,
             Event::Anomaly(why) => self.violation(format!("{node:?}: {why}")),
             _ => {}
@@ -320,6 +323,28 @@ impl Ensemble {
             .map(|(i, _)| i)
             .collect();
         (leaders.len() == 1).then(|| leaders[0])
+    }
+
+    /// Runs until some server is the established leader (at most `within`).
+    pub fn wait_leader(&mut self, within: Duration) -> Option<usize> {
+        let end = self.sim.now() + within;
+        while self.sim.now() < end {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            self.sim.run_for(Duration::from_millis(5));
+        }
+        None
+    }
+
+    /// Proposes `n` transactions at the leader `l`, one a millisecond.
+    pub fn propose_n(&mut self, l: usize, n: usize) -> usize {
+        let mut ok = 0;
+        for _ in 0..n {
+            ok += usize::from(self.propose_at(l));
+            self.sim.run_for(Duration::from_millis(1));
+        }
+        ok
     }
 
     /// Proposes a unique transaction at server `i` (if it leads); true if it was accepted.

@@ -93,3 +93,133 @@ fn random_faults_break_no_invariant() {
         assert!(r.committed > 100, "seed {seed}: only {} committed: {r:?}", r.committed);
     }
 }
+
+/// Scenario tests for ZooKeeper's sync bugs (see `zab/ALGORITHM.md`). Each ends with the
+/// checker's settle: one final write makes any phantom transaction surface.
+mod zookeeper_bugs {
+    use super::*;
+    use starling_tests::zab::Ensemble;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// A leader cut off with proposals nobody else has, killed, then back after a new leader
+    /// took over: its uncommitted tail must go (ZOOKEEPER-2832 when the new leader has not
+    /// proposed yet, so its last zxid is lower; ZOOKEEPER-1154 when it has, so the old
+    /// leader's last zxid is lower than the new leader's but not in its history).
+    fn uncommitted_tail(new_leader_proposes: bool) {
+        let mut e = Ensemble::new(11, calm(), 3, 0, Config::default());
+        let l = e.wait_leader(SEC).expect("leader");
+        assert_eq!(e.propose_n(l, 5), 5);
+        e.sim.run_for(Duration::from_millis(20));
+        let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+        e.sim.partition(&[vec![l], others.clone()]);
+        // Accepted by the cut-off leader, never committed.
+        assert!(e.propose_n(l, 3) > 0);
+        e.crash(l);
+        let n = e.wait_leader(2 * SEC).expect("a new leader");
+        assert!(others.contains(&n));
+        if new_leader_proposes {
+            assert_eq!(e.propose_n(n, 2), 2);
+        }
+        e.restart(l);
+        e.sim.heal();
+        e.sim.run_for(SEC);
+        let v = e.settle_and_check(SEC);
+        assert!(v.is_empty(), "{v:#?}");
+        let last: Vec<_> = (0..3).map(|i| e.sim.node(i).unwrap().zab.last_zxid()).collect();
+        assert!(last.iter().all(|z| *z == last[0]), "{last:?}");
+    }
+
+    #[test]
+    fn zookeeper_2832_an_uncommitted_tail_past_a_lower_leader_is_truncated() {
+        uncommitted_tail(false);
+    }
+
+    #[test]
+    fn zookeeper_1154_an_uncommitted_zxid_not_in_the_new_history_is_truncated() {
+        uncommitted_tail(true);
+    }
+
+    /// A follower far behind gets a SNAP (or a DIFF), then the quorum loses power: what it
+    /// acknowledged with NEWLEADER must be on its disk (ZOOKEEPER-3642 for SNAP, -3911 and -4646
+    /// for DIFF), or the acknowledged transactions are lost when it outranks the others.
+    fn sync_then_power_loss(snapshot_every: u64) -> u64 {
+        let cfg = Config { snapshot_every, ..Config::default() };
+        let mut e = Ensemble::new(12, calm(), 3, 0, cfg);
+        let a = e.wait_leader(SEC).expect("leader");
+        let c = (a + 1) % 3;
+        let b = (a + 2) % 3;
+        e.sim.partition(&[vec![c], vec![a, b]]);
+        e.sim.run_for(Duration::from_millis(400));
+        assert_eq!(e.propose_n(a, 30), 30);
+        e.sim.run_for(Duration::from_millis(50));
+        e.crash(a);
+        e.sim.heal();
+        // b leads (it holds the 30 transactions); c synchronizes from it.
+        let mut synced = false;
+        let end = e.sim.now() + 3 * SEC;
+        while e.sim.now() < end && !synced {
+            e.sim.run_for(Duration::from_millis(5));
+            synced = e.leader() == Some(b)
+                && matches!(
+                    e.sim.node(c).unwrap().zab.role(),
+                    Role::Following { synced: true, .. }
+                );
+        }
+        assert!(synced, "c did not sync from b");
+        let restores = e.checker.borrow().restores;
+        e.crash(b);
+        e.crash(c);
+        e.restart(c);
+        e.restart(a);
+        e.sim.run_for(2 * SEC);
+        let v = e.settle_and_check(SEC);
+        assert!(v.is_empty(), "{v:#?}");
+        assert!(e.checker.borrow().acked.len() >= 30);
+        restores
+    }
+
+    #[test]
+    fn zookeeper_3642_a_snap_is_on_disk_before_newleader_is_acknowledged() {
+        assert!(sync_then_power_loss(5) > 0, "c should have been sent a snapshot");
+    }
+
+    #[test]
+    fn zookeeper_3911_and_4646_a_diff_is_on_disk_before_newleader_is_acknowledged() {
+        assert_eq!(sync_then_power_loss(10_000), 0, "c should have been sent a DIFF");
+    }
+
+    /// A follower restarts and synchronizes while proposals stream in; then the leader and it
+    /// crash together (ZOOKEEPER-4785: proposals during the learner's sync were lost).
+    #[test]
+    fn zookeeper_4785_proposals_during_a_learners_sync_are_not_lost() {
+        let mut e = Ensemble::new(13, calm(), 3, 0, Config::default());
+        let l = e.wait_leader(SEC).expect("leader");
+        let f1 = (l + 1) % 3;
+        let f2 = (l + 2) % 3;
+        e.propose_n(l, 20);
+        e.crash(f2);
+        e.propose_n(l, 20);
+        e.restart(f2);
+        let end = e.sim.now() + 3 * SEC;
+        while e.sim.now() < end {
+            e.propose_at(l);
+            e.sim.run_for(Duration::from_millis(1));
+            if matches!(e.sim.node(f2).unwrap().zab.role(), Role::Following { synced: true, .. }) {
+                break;
+            }
+        }
+        e.propose_n(l, 20);
+        // f1 stops hearing the leader; only f2's acknowledgements commit from here.
+        e.sim.block(l, f1);
+        e.propose_n(l, 20);
+        e.sim.run_for(Duration::from_millis(20));
+        e.crash(l);
+        e.crash(f2);
+        e.restart(f2);
+        e.sim.heal();
+        e.sim.run_for(2 * SEC);
+        let v = e.settle_and_check(SEC);
+        assert!(v.is_empty(), "{v:#?}");
+    }
+}
