@@ -87,7 +87,7 @@ pub enum ToLearner {
     /// Synchronization: replace the state and the log with this snapshot.
     Snap {
         zxid: Zxid,
-        #[serde(with = "serde_bytes_vec")]
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// Synchronization: drop every log entry after this zxid (they are not in the leader's
@@ -150,19 +150,6 @@ impl Msg {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
         rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
-    }
-}
-
-/// A snapshot's bytes as a msgpack binary.
-mod serde_bytes_vec {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        crate::serde_bytes_compat::deserialize(d).map(|a| a.to_vec())
     }
 }
 
