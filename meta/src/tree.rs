@@ -554,6 +554,9 @@ impl StateMachine for Tree {
         rmp_serde::to_vec_named(&image).unwrap_or_default()
     }
 
+    /// Replaces the tree. Watches registered here stay, but what changed between the old state
+    /// and the snapshot fires none of them: after a restore (`Event::Restored`) the server
+    /// re-checks each watch with [`Tree::changed_since`].
     fn restore(&mut self, zxid: Zxid, snapshot: &[u8]) -> Result<(), String> {
         let image: Image = rmp_serde::from_slice(snapshot).map_err(|e| e.to_string())?;
         if image.format != FORMAT {

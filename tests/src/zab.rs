@@ -129,9 +129,25 @@ impl Checker {
     }
 }
 
-/// A state machine that keeps a fingerprint of its whole history and reports every step.
+/// A state machine with nothing in it, for runs that only check ZAB itself.
+#[derive(Debug, Default)]
+pub struct Nothing;
+
+impl StateMachine for Nothing {
+    fn apply(&mut self, _: Zxid, _: &[u8]) {}
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&mut self, _: Zxid, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Wraps a state machine: keeps a fingerprint of its whole history (a hash chain) and reports
+/// every step to the checker, then passes the transaction on.
 #[derive(Debug)]
-pub struct Chain {
+pub struct Checked<S> {
+    pub inner: S,
     pub node: NodeId,
     pub last: Zxid,
     pub state: [u8; 32],
@@ -139,13 +155,16 @@ pub struct Chain {
     checker: Rc<RefCell<Checker>>,
 }
 
-impl Chain {
-    pub fn new(node: NodeId, checker: Rc<RefCell<Checker>>) -> Chain {
-        Chain { node, last: Zxid::ZERO, state: [0; 32], count: 0, checker }
+/// The fingerprint alone.
+pub type Chain = Checked<Nothing>;
+
+impl<S> Checked<S> {
+    pub fn new(inner: S, node: NodeId, checker: Rc<RefCell<Checker>>) -> Checked<S> {
+        Checked { inner, node, last: Zxid::ZERO, state: [0; 32], count: 0, checker }
     }
 }
 
-impl StateMachine for Chain {
+impl<S: StateMachine> StateMachine for Checked<S> {
     fn apply(&mut self, zxid: Zxid, txn: &[u8]) {
         let mut h = blake3::Hasher::new();
         h.update(&self.state);
@@ -156,6 +175,7 @@ impl StateMachine for Chain {
         self.last = zxid;
         self.count += 1;
         self.checker.borrow_mut().applied(self.node, prev, zxid, self.state);
+        self.inner.apply(zxid, txn);
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -163,20 +183,22 @@ impl StateMachine for Chain {
         out.extend_from_slice(&self.last.0.to_be_bytes());
         out.extend_from_slice(&self.count.to_be_bytes());
         out.extend_from_slice(&self.state);
+        out.extend_from_slice(&self.inner.snapshot());
         out
     }
 
     fn restore(&mut self, zxid: Zxid, snapshot: &[u8]) -> Result<(), String> {
-        if snapshot.len() != 48 {
-            return Err(format!("{} bytes, not 48", snapshot.len()));
+        if snapshot.len() < 48 {
+            return Err(format!("{} bytes, shorter than the 48-byte header", snapshot.len()));
         }
         let last = Zxid(u64::from_be_bytes(snapshot[..8].try_into().map_err(|_| "zxid")?));
         if last != zxid {
             return Err(format!("snapshot of {last:?} labelled {zxid:?}"));
         }
+        self.inner.restore(zxid, &snapshot[48..])?;
         self.last = last;
         self.count = u64::from_be_bytes(snapshot[8..16].try_into().map_err(|_| "count")?);
-        self.state.copy_from_slice(&snapshot[16..]);
+        self.state.copy_from_slice(&snapshot[16..48]);
         self.checker.borrow_mut().restored(self.node, zxid, self.state);
         Ok(())
     }
@@ -184,28 +206,31 @@ impl StateMachine for Chain {
 
 /// One simulated server: the core, its disk (which outlives crashes) and its outbox.
 #[derive(Debug)]
-pub struct ZabProc {
-    pub zab: Zab<Chain>,
+pub struct ZabProc<S = Nothing> {
+    pub zab: Zab<Checked<S>>,
     pub disk: Rc<RefCell<MemDisk>>,
     checker: Rc<RefCell<Checker>>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     pub decode_errors: u64,
 }
 
-impl ZabProc {
+/// Makes a server's (empty) state machine.
+pub type Make<S> = Rc<dyn Fn() -> S>;
+
+impl<S: StateMachine> ZabProc<S> {
     /// Starts (or restarts) server `i` on `disk`.
     pub fn start(
         i: usize,
         cfg: Config,
         disk: Rc<RefCell<MemDisk>>,
-        checker: Rc<RefCell<Checker>>,
+        (checker, make): (Rc<RefCell<Checker>>, Make<S>),
         seed: u64,
         now: Instant,
-    ) -> ZabProc {
+    ) -> ZabProc<S> {
         let id = zab_id(i);
         checker.borrow_mut().now = Some(now);
         let persisted = disk.borrow().load();
-        let sm = Chain::new(id, checker.clone());
+        let sm = Checked::new(make(), id, checker.clone());
         let zab = match Zab::new(cfg, id, sm, persisted, seed, now) {
             Ok(z) => z,
             Err(e) => panic!("server {id:?} cannot start from its disk: {e}"),
@@ -245,7 +270,7 @@ impl ZabProc {
     }
 }
 
-impl Process for ZabProc {
+impl<S: StateMachine> Process for ZabProc<S> {
     fn handle_message(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.checker.borrow_mut().now = Some(now);
         let SocketAddr::V4(a) = from else { return };
@@ -274,8 +299,9 @@ impl Process for ZabProc {
 }
 
 /// An ensemble in the simulator, with its disks and its checker.
-pub struct Ensemble {
-    pub sim: Sim<ZabProc>,
+pub struct Ensemble<S: StateMachine = Nothing> {
+    pub sim: Sim<ZabProc<S>>,
+    make: Make<S>,
     pub disks: Vec<Rc<RefCell<MemDisk>>>,
     pub checker: Rc<RefCell<Checker>>,
     pub cfg: Config,
@@ -283,15 +309,28 @@ pub struct Ensemble {
     restarts: u64,
 }
 
-impl std::fmt::Debug for Ensemble {
+impl<S: StateMachine> std::fmt::Debug for Ensemble<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ensemble").field("servers", &self.disks.len()).finish()
     }
 }
 
-impl Ensemble {
-    /// `voters` voters and `observers` observers.
+impl Ensemble<Nothing> {
+    /// `voters` voters and `observers` observers, replicating nothing but ZAB's history.
     pub fn new(seed: u64, net: NetConfig, voters: usize, observers: usize, cfg: Config) -> Self {
+        Ensemble::with_state(seed, net, (voters, observers), cfg, Rc::new(|| Nothing))
+    }
+}
+
+impl<S: StateMachine + 'static> Ensemble<S> {
+    /// `voters` voters and `observers` observers, each replicating a state machine `make` makes.
+    pub fn with_state(
+        seed: u64,
+        net: NetConfig,
+        (voters, observers): (usize, usize),
+        cfg: Config,
+        make: Make<S>,
+    ) -> Self {
         let mut sim = Sim::new(seed, net);
         let cfg = Config { voters: (0..voters).map(zab_id).collect(), ..cfg };
         let checker = Rc::new(RefCell::new(Checker::default()));
@@ -299,11 +338,11 @@ impl Ensemble {
         for i in 0..voters + observers {
             let disk = Rc::new(RefCell::new(MemDisk::default()));
             disks.push(disk.clone());
-            let (c, ch) = (cfg.clone(), checker.clone());
+            let (c, ch, m) = (cfg.clone(), checker.clone(), make.clone());
             let now = sim.now();
-            sim.add(|_| ZabProc::start(i, c, disk, ch, seed ^ (i as u64 + 1), now));
+            sim.add(|_| ZabProc::start(i, c, disk, (ch, m), seed ^ (i as u64 + 1), now));
         }
-        Ensemble { sim, disks, checker, cfg, proposed: 0, restarts: 0 }
+        Ensemble { sim, make, disks, checker, cfg, proposed: 0, restarts: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -349,10 +388,46 @@ impl Ensemble {
 
     /// Proposes a unique transaction at server `i` (if it leads); true if it was accepted.
     pub fn propose_at(&mut self, i: usize) -> bool {
+        let txn = format!("txn-{}", self.proposed + 1).into_bytes();
+        self.propose_txn(i, txn).is_some()
+    }
+
+    /// Proposes `txn` at server `i` (if it leads); its tag if it was accepted.
+    pub fn propose_txn(&mut self, i: usize, txn: Vec<u8>) -> Option<u64> {
         self.proposed += 1;
         let tag = self.proposed;
-        let txn = format!("txn-{tag}").into_bytes();
-        self.sim.with_node(i, |p, now| p.propose(now, tag, txn)).unwrap_or(false)
+        let ok = self.sim.with_node(i, |p, now| p.propose(now, tag, txn)).unwrap_or(false);
+        ok.then_some(tag)
+    }
+
+    /// Proposes `txn` at the leader (waiting up to `within` for one) until it commits: the
+    /// leader that committed it and its zxid. A proposal whose leader stepped down first has an
+    /// unknown outcome and is not retried (`None`).
+    pub fn commit(&mut self, txn: Vec<u8>, within: Duration) -> Option<(usize, Zxid)> {
+        let end = self.sim.now() + within;
+        let (l, tag) = loop {
+            if self.sim.now() >= end {
+                return None;
+            }
+            if let Some(l) = self.leader() {
+                if let Some(tag) = self.propose_txn(l, txn.clone()) {
+                    break (l, tag);
+                }
+            }
+            self.sim.run_for(Duration::from_millis(5));
+        };
+        while self.sim.now() < end {
+            let found =
+                self.checker.borrow().acked.iter().find(|(_, t)| **t == tag).map(|(z, _)| *z);
+            if let Some(z) = found {
+                return Some((l, z));
+            }
+            if !matches!(self.sim.node(l).map(|p| p.zab.role()), Some(Role::Leading { .. })) {
+                return None;
+            }
+            self.sim.run_for(Duration::from_millis(1));
+        }
+        None
     }
 
     pub fn crash(&mut self, i: usize) {
@@ -362,10 +437,11 @@ impl Ensemble {
     /// Restarts server `i` from what its disk holds.
     pub fn restart(&mut self, i: usize) {
         self.restarts += 1;
-        let (cfg, disk, ch) = (self.cfg.clone(), self.disks[i].clone(), self.checker.clone());
+        let (cfg, disk) = (self.cfg.clone(), self.disks[i].clone());
+        let (ch, m) = (self.checker.clone(), self.make.clone());
         let now = self.sim.now();
         let seed = self.restarts.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64;
-        self.sim.restart(i, |_| ZabProc::start(i, cfg, disk, ch, seed, now));
+        self.sim.restart(i, |_| ZabProc::start(i, cfg, disk, (ch, m), seed, now));
     }
 
     /// Heals the network, restarts every crashed server, runs `quiet` with a trickle of writes

@@ -204,6 +204,12 @@ impl<S: StateMachine> Zab<S> {
         &self.s.sm
     }
 
+    /// The state machine, for what it keeps that is not replicated (a server's own watches,
+    /// the outcomes it reads back). Changing replicated state through it breaks replication.
+    pub fn state_mut(&mut self) -> &mut S {
+        &mut self.s.sm
+    }
+
     pub fn id(&self) -> NodeId {
         self.s.me
     }
