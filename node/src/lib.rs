@@ -40,6 +40,7 @@ pub mod kv;
 pub mod node;
 pub mod status;
 pub mod storage;
+pub mod zab_store;
 
 /// The network layer lives in `starling-net` (clients share it); re-exported under the names the
 /// node's code and tests use.
