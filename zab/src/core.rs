@@ -764,7 +764,7 @@ impl Learner {
                     return Next::Stay;
                 }
                 let follows = if entry.zxid.epoch() == last.epoch() {
-                    entry.zxid.counter() == last.counter() + 1
+                    last.counter().checked_add(1) == Some(entry.zxid.counter())
                 } else {
                     entry.zxid.counter() == 1
                 };
@@ -1221,7 +1221,7 @@ impl<S> Shared<S> {
 
     /// A new election round, voting for itself.
     fn looking(&mut self, now: Instant) -> RoleState {
-        self.round += 1;
+        self.round = self.round.saturating_add(1);
         let vote = self.own_vote();
         let mut votes = BTreeMap::new();
         if self.voter {
