@@ -41,6 +41,7 @@
 pub mod clock;
 pub mod hlc;
 mod read;
+pub mod replica;
 pub mod view;
 mod write;
 

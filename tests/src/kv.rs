@@ -22,6 +22,7 @@ use starling_gossip::state::keys as gossip_keys;
 use starling_gossip::{Command, Config as GossipConfig, Gossip, MemberState, NodeId};
 use starling_kv::clock::ClockMonitor;
 use starling_kv::hlc::{self, Hlc};
+use starling_kv::replica;
 use starling_kv::view;
 use starling_kv::{
     Answer, KvConfig, KvError, Outgoing, Read, ReadOp, RingView, Send, SendId, WriteOp, Written,
@@ -862,19 +863,13 @@ impl KvProc {
 
     /// `Kv::check_incoming`.
     fn check_incoming(&mut self, records: &[Record], now: Instant) -> Result<(), Resp> {
-        for r in records {
-            if let Err(e) = check_key_value(&r.key, r.value.as_deref()) {
-                return Err(Resp::Error { code: ErrCode::BadRequest, message: e });
-            }
-        }
-        if let Some(max) = records.iter().map(|r| r.version.ts).max() {
-            let bound = self.spec.kv.max_clock_offset.as_millis() as u64;
-            if let Err(e) = self.hlc.observe(max, self.cluster_ms(now), bound) {
+        let bound = self.spec.kv.max_clock_offset;
+        replica::check_incoming(&self.hlc, records, self.cluster_ms(now), bound).map_err(|e| {
+            if matches!(e, replica::Refusal::FromTheFuture(_)) {
                 self.stats.refused_ahead += 1;
-                return Err(Resp::Error { code: ErrCode::BadRequest, message: e.to_string() });
             }
-        }
-        Ok(())
+            refusal(e)
+        })
     }
 
     /// `Kv::replica_write`.
@@ -889,10 +884,9 @@ impl KvProc {
                 message: "replica cannot write: disk full".into(),
             };
         }
-        let newer: Vec<Option<Version>> = records
-            .iter()
-            .map(|r| self.disk.data.get(&r.key).map(|h| h.version).filter(|h| *h > r.version))
-            .collect();
+        let held: Vec<Option<Version>> =
+            records.iter().map(|r| self.disk.data.get(&r.key).map(|h| h.version)).collect();
+        let newer = replica::newer_held(&records, &held);
         let at = self.synced_at(now);
         self.stats.replica_writes += records.len() as u64;
         for r in records {
@@ -913,14 +907,8 @@ impl KvProc {
         if let Err(refused) = self.check_incoming(&records, now) {
             return refused;
         }
-        if self.view.left.contains(&target) {
-            return Resp::Error { code: ErrCode::BadRequest, message: "target left".into() };
-        }
-        if self.view.down_for(target, now).is_some_and(|d| d > self.spec.kv.hint_window) {
-            return Resp::Error {
-                code: ErrCode::Unavailable,
-                message: "target down longer than the hint window".into(),
-            };
+        if let Err(e) = replica::admit_hints(&self.view, target, now, self.spec.kv.hint_window) {
+            return refusal(e);
         }
         if self.store.full {
             self.stats.write_failures_full += 1;
@@ -1247,4 +1235,10 @@ impl Process for KvProc {
         }
         Some(t)
     }
+}
+
+/// A replica's refusal as the simulated answer (`Kv`'s `refusal` in `starlingd`).
+fn refusal(e: replica::Refusal) -> Resp {
+    let code = if e.is_unavailable() { ErrCode::Unavailable } else { ErrCode::BadRequest };
+    Resp::Error { code, message: e.to_string() }
 }

@@ -196,7 +196,7 @@ fn newer_held<S: Storage + ?Sized>(storage: &S, records: &[Record]) -> Vec<Optio
         Ok(v) => v,
         Err(_) => keys.iter().map(|k| storage.versions(&[k]).ok().and_then(|v| v[0])).collect(),
     };
-    records.iter().zip(held).map(|(r, held)| held.filter(|h| *h > r.version)).collect()
+    starling_kv::replica::newer_held(records, &held)
 }
 
 fn run_batch<S: Storage + ?Sized>(storage: &S, jobs: &mut Vec<Job>) {

@@ -34,7 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use starling_kv::clock::{ClockHealth, ClockMonitor};
-use starling_kv::{hlc::Hlc, Answer, Op, Outgoing, ReadOp, Send, SendId, WriteOp};
+use starling_kv::{hlc::Hlc, replica, Answer, Op, Outgoing, ReadOp, Send, SendId, WriteOp};
 use starling_ring::NodeId;
 use starling_wire::{
     check_key_value, Call, Clock, Consistency, ErrorCode, Get, KvRequest, Page, Put, ReadAnswer,
@@ -353,20 +353,20 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     /// clock than the maximum clock offset (a coordinator with a broken clock must not plant
     /// versions no later write can beat); otherwise moves this node's clock past them.
     fn check_incoming(&self, records: &[Record]) -> Result<(), Response> {
-        for r in records {
-            if let Err(e) = check_key_value(&r.key, r.value.as_deref()) {
-                return Err(Response::error(ErrorCode::BadRequest, e));
-            }
-        }
-        if let Some(max) = records.iter().map(|r| r.version.ts).max() {
-            let bound = self.inner.cfg.max_clock_offset.as_millis() as u64;
-            if let Err(e) = self.inner.hlc.observe(max, self.cluster_millis(), bound) {
+        let cfg = &self.inner.cfg;
+        replica::check_incoming(
+            &self.inner.hlc,
+            records,
+            self.cluster_millis(),
+            cfg.max_clock_offset,
+        )
+        .map_err(|e| {
+            if matches!(e, replica::Refusal::FromTheFuture(_)) {
                 self.inner.stats.refused_ahead.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "refused a write from the future");
-                return Err(Response::error(ErrorCode::BadRequest, e.to_string()));
             }
-        }
-        Ok(())
+            refusal(e)
+        })
     }
 
     /// A fallback node (sloppy quorum) keeps records for `target` as hints.
@@ -378,17 +378,9 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             return refused;
         }
         let view = self.view();
-        if view.left.contains(&target) {
-            return Response::error(ErrorCode::BadRequest, format!("{target} left the cluster"));
-        }
-        if view
-            .down_for(target, std::time::Instant::now())
-            .is_some_and(|d| d > self.inner.cfg.hint_window)
-        {
-            return Response::error(
-                ErrorCode::Unavailable,
-                format!("{target} has been down longer than the hint window"),
-            );
+        let now = std::time::Instant::now();
+        if let Err(e) = replica::admit_hints(&view, target, now, self.inner.cfg.hint_window) {
+            return refusal(e);
         }
         match self.store_hints(target, records).await {
             Ok(()) => Response::Ok,
@@ -822,6 +814,12 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             }
         }
     }
+}
+
+/// A replica's refusal as the answer to its caller.
+fn refusal(e: replica::Refusal) -> Response {
+    let code = if e.is_unavailable() { ErrorCode::Unavailable } else { ErrorCode::BadRequest };
+    Response::error(code, e.to_string())
 }
 
 /// An op's timer: one `Sleep` for the whole op, reset only when the op's deadline moves (each
