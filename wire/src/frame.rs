@@ -268,6 +268,8 @@ pub struct FrameDecoder {
     buf: BytesMut,
     /// Body bytes of an oversized frame still to be thrown away.
     skip: usize,
+    /// The whole length of that frame (header included), for [`FrameDecoder::finish`].
+    skipped_frame: usize,
 }
 
 impl FrameDecoder {
@@ -317,6 +319,7 @@ impl FrameDecoder {
             let drop_now = body_len.min(self.buf.len());
             self.buf.advance(drop_now);
             self.skip = body_len - drop_now;
+            self.skipped_frame = HEADER_LEN + body_len;
             return Err(FrameError::TooLarge {
                 kind,
                 id,
@@ -335,8 +338,13 @@ impl FrameDecoder {
         Ok(Some(Frame { kind, id, body: frame.freeze() }))
     }
 
-    /// Call at the end of the stream: an error if a frame was left half-received.
+    /// Call at the end of the stream: an error if a frame was left half-received (an oversized
+    /// one being skipped included).
     pub fn finish(&self) -> Result<(), FrameError> {
+        if self.skip > 0 {
+            let needed = self.skipped_frame;
+            return Err(FrameError::Truncated { buffered: needed - self.skip, needed });
+        }
         if self.buf.is_empty() {
             return Ok(());
         }

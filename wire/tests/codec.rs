@@ -197,6 +197,24 @@ fn oversized_frame_is_skipped_without_buffering_and_next_frame_decodes() {
 }
 
 #[test]
+fn a_stream_ending_inside_an_oversized_frame_is_truncated() {
+    // Found by the `frame` fuzz target: the skipped frame was forgotten, and `finish` said the
+    // stream ended cleanly.
+    let body_len = MAX_ONEWAY_BODY + 1;
+    let mut dec = FrameDecoder::new();
+    dec.feed(&raw_header(VERSION, 3, (body_len + 10) as u32, 7));
+    dec.feed(&[0; 32]);
+    assert!(matches!(dec.decode().unwrap_err(), FrameError::TooLarge { id: 7, .. }));
+    assert_eq!(dec.decode().unwrap(), None);
+    let needed = HEADER_LEN + body_len;
+    assert_eq!(dec.finish(), Err(FrameError::Truncated { buffered: HEADER_LEN + 32, needed }));
+    // Once it is skipped whole, the stream may end there.
+    dec.feed(&vec![0; body_len - 32]);
+    assert_eq!(dec.decode().unwrap(), None);
+    assert_eq!(dec.finish(), Ok(()));
+}
+
+#[test]
 fn huge_declared_length_does_not_allocate() {
     let mut dec = FrameDecoder::new();
     dec.feed(&raw_header(VERSION, 1, u32::MAX, 5));
