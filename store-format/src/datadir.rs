@@ -29,9 +29,10 @@ pub fn parse_generation(text: &str) -> Result<u64, std::num::ParseIntError> {
 }
 
 /// The generation a node takes when it starts at `now_secs` (Unix seconds), `last` being the one
-/// it took before: greater than `last` even if the clock stepped back.
-pub fn next_generation(last: u64, now_secs: u64) -> u64 {
-    now_secs.max(last + 1)
+/// it took before: greater than `last` even if the clock stepped back. `None` when `last` is the
+/// greatest generation there is (a corrupt file: generations are Unix seconds).
+pub fn next_generation(last: u64, now_secs: u64) -> Option<u64> {
+    Some(now_secs.max(last.checked_add(1)?))
 }
 
 /// The contents of a `reset-key` file for `key`.
@@ -87,8 +88,9 @@ mod tests {
         assert_eq!(parse_reset_key(&format_reset_key(&key)), Some(key));
         assert_eq!(parse_reset_key("abc"), None);
         assert_eq!(parse_generation(" 42\n"), Ok(42));
-        assert_eq!(next_generation(42, 10), 43);
-        assert_eq!(next_generation(42, 100), 100);
+        assert_eq!(next_generation(42, 10), Some(43));
+        assert_eq!(next_generation(42, 100), Some(100));
+        assert_eq!(next_generation(u64::MAX, 100), None);
         let a = Addresses {
             listen: "127.0.0.1:7000".parse().unwrap(),
             advertise: "[::1]:7000".parse().unwrap(),
