@@ -1266,7 +1266,10 @@ impl Gossip {
             return;
         }
         // Refute (SWIM §4.2): only we can declare ourselves alive, with a higher incarnation.
-        self.me.incarnation = incarnation + 1;
+        // None is higher than the last one, which no node reaches by refuting (a bogus rumour):
+        // it stands, rather than this node's incarnation wrapping to 0.
+        let Some(next) = incarnation.checked_add(1) else { return };
+        self.me.incarnation = next;
         self.set_local(keys::INCARNATION, self.me.incarnation.to_string());
         self.broadcasts.push(self.alive_rumor());
         self.stats.refutations += 1;

@@ -13,6 +13,11 @@ use crate::{Error, NodeId};
 /// Wire version of the gossip protocol; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u8 = 1;
 
+/// Deepest nesting of msgpack arrays and maps a message may have. Messages nest about eight deep;
+/// rmp-serde's own limit (1024) let a small message of nested arrays recurse a thousand calls
+/// deep (more than a thread's 2 MiB of stack in a debug build).
+pub const MAX_DEPTH: usize = 32;
+
 /// Who sent a message: every message is also a heartbeat and a statement of the sender's
 /// liveness in its own words.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +130,7 @@ impl Message {
             return Err(Error::Version { got: version, want: PROTOCOL_VERSION });
         }
         let mut de = rmp_serde::Deserializer::new(body);
+        de.set_max_depth(MAX_DEPTH);
         let msg = Message::deserialize(&mut de).map_err(|e| Error::Malformed(e.to_string()))?;
         let rest = de.into_inner();
         if !rest.is_empty() {
@@ -138,3 +144,19 @@ impl Message {
 pub(crate) const DIGEST_COST: usize = 32;
 pub(crate) const RUMOR_COST: usize = 56;
 pub(crate) const DELTA_OVERHEAD: usize = 56;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deeply_nested_messages_are_refused_without_deep_recursion() {
+        // A message as a map whose unknown field (skipped) holds nested arrays: refused at
+        // `MAX_DEPTH`, not after a thousand levels of recursion (rmp-serde's own limit).
+        let mut bytes = vec![PROTOCOL_VERSION, 0x81, 0xa1, b'x'];
+        bytes.extend(std::iter::repeat_n(0x91, 1000));
+        bytes.push(0xc0);
+        let err = Message::decode(&bytes, usize::MAX).unwrap_err();
+        assert!(matches!(&err, Error::Malformed(why) if why.contains("depth")), "{err}");
+    }
+}

@@ -420,3 +420,29 @@ proptest! {
         g.check_invariants().map_err(TestCaseError::fail)?;
     }
 }
+
+/// Found by review with the `gossip_core` fuzz target's harness: a suspicion of the receiver at
+/// the last incarnation made its refutation overflow (a panic in debug builds; in release its
+/// incarnation wrapped to 0, below every rumour about it).
+#[test]
+fn a_suspicion_at_the_last_incarnation_is_not_refuted_by_wrapping() {
+    let t0 = Instant::now();
+    let me = "127.0.0.1:7001".parse().unwrap();
+    let mut g = Gossip::new(Config::default(), NodeId(1), 1, me, vec![], 1, t0);
+    let from = Header {
+        id: NodeId(2),
+        generation: 1,
+        incarnation: 0,
+        addr: "127.0.0.1:7002".parse().unwrap(),
+    };
+    let suspect = |incarnation| Message {
+        from: from.clone(),
+        rumors: vec![Rumor::Suspect { id: NodeId(1), generation: 1, incarnation, from: NodeId(2) }],
+        body: Body::Rumors,
+    };
+    g.handle_message(t0, &suspect(u64::MAX).encode()).unwrap();
+    assert_eq!(g.incarnation(), 0, "no incarnation is above the last one");
+    g.check_invariants().unwrap();
+    g.handle_message(t0, &suspect(5).encode()).unwrap();
+    assert_eq!(g.incarnation(), 6, "a suspicion is refuted with the next incarnation");
+}

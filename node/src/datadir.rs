@@ -12,32 +12,28 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use starling_gossip::NodeId;
+/// The files' formats live in `starling-store-format`, with no IO, so they can be fuzzed.
+pub use starling_store_format::datadir::Addresses;
+use starling_store_format::datadir::{
+    format_addresses, format_node_id, format_reset_key, next_generation, parse_addresses,
+    parse_generation, parse_node_id, parse_reset_key,
+};
 
 /// The QUIC stateless-reset secret: peers still holding a connection to this node's previous
 /// process get a stateless reset from the new one (it can compute the same reset tokens) and
 /// reconnect at once, instead of waiting for the idle timeout. A missing or unreadable file is
 /// replaced by a fresh secret (the cost is only that one restart's fast reconnect).
 fn load_reset_key(p: &Path) -> Result<[u8; 32]> {
-    if let Ok(s) = fs::read_to_string(p) {
-        let s = s.trim();
-        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut key = [0u8; 32];
-            for (i, byte) in key.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)?;
-            }
-            return Ok(key);
-        }
+    if let Some(key) = fs::read_to_string(p).ok().as_deref().and_then(parse_reset_key) {
+        return Ok(key);
     }
     let key: [u8; 32] = rand::random();
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    write_atomic(p, format!("{hex}\n").as_bytes())?;
+    write_atomic(p, format_reset_key(&key).as_bytes())?;
     Ok(key)
 }
 
@@ -50,15 +46,6 @@ pub struct DataDir {
     pub generation: u64,
     /// Secret for QUIC stateless resets, kept across restarts (see [`DataDir::open`]).
     pub reset_key: [u8; 32],
-}
-
-/// What `addresses.json` holds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Addresses {
-    pub listen: SocketAddr,
-    pub advertise: SocketAddr,
-    pub http: SocketAddr,
-    pub pid: u32,
 }
 
 impl DataDir {
@@ -87,7 +74,7 @@ impl DataDir {
         }
         let id_path = path.join("node-id");
         let node_id = match fs::read_to_string(&id_path) {
-            Ok(s) => s.trim().parse::<NodeId>().map_err(|e| {
+            Ok(s) => parse_node_id(&s).map_err(|e| {
                 anyhow::anyhow!(
                     "{} is corrupt ({e}); it must hold the node's 32-hex-digit id. Restore it, or remove the data dir to start as a new node",
                     id_path.display()
@@ -95,21 +82,27 @@ impl DataDir {
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let id = NodeId(rand::random::<u128>() | 1);
-                write_atomic(&id_path, format!("{id}\n").as_bytes())?;
+                write_atomic(&id_path, format_node_id(id).as_bytes())?;
                 id
             }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", id_path.display())),
         };
         let gen_path = path.join("generation");
         let last = match fs::read_to_string(&gen_path) {
-            Ok(s) => s.trim().parse::<u64>().with_context(|| {
+            Ok(s) => parse_generation(&s).with_context(|| {
                 format!("{} is corrupt: it must hold a number", gen_path.display())
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", gen_path.display())),
         };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let generation = now.max(last + 1);
+        let generation = next_generation(last, now).with_context(|| {
+            format!(
+                "{} is corrupt: it holds {last}, the last possible generation. Set it to the \
+                 current Unix time, or remove it",
+                gen_path.display()
+            )
+        })?;
         write_atomic(&gen_path, format!("{generation}\n").as_bytes())?;
         let reset_key = load_reset_key(&path.join("reset-key"))?;
         Ok(DataDir { path: path.to_owned(), _lock: lock, node_id, generation, reset_key })
@@ -122,15 +115,14 @@ impl DataDir {
 
     /// Records the bound addresses (tests and scripts read them when ports were 0).
     pub fn write_addresses(&self, a: &Addresses) -> Result<()> {
-        let json = serde_json::to_vec_pretty(a).context("encode addresses")?;
-        write_atomic(&self.path.join("addresses.json"), &json)
+        write_atomic(&self.path.join("addresses.json"), &format_addresses(a))
     }
 
     /// Reads `addresses.json` of a data dir.
     pub fn read_addresses(path: &Path) -> Result<Addresses> {
         let p = path.join("addresses.json");
         let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", p.display()))
+        parse_addresses(&bytes).with_context(|| format!("{} is corrupt", p.display()))
     }
 }
 
@@ -166,6 +158,15 @@ mod tests {
         let b = DataDir::open(dir.path()).expect("reopen");
         assert_eq!(b.node_id, id);
         assert!(b.generation > g1);
+    }
+
+    #[test]
+    fn a_generation_file_at_the_last_generation_is_refused() {
+        // Found by the `datadir` fuzz target's property: taking the next generation overflowed.
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("generation"), format!("{}\n", u64::MAX)).expect("write");
+        let e = format!("{:#}", DataDir::open(dir.path()).unwrap_err());
+        assert!(e.contains("corrupt") && e.contains("last possible generation"), "{e}");
     }
 
     #[test]

@@ -42,8 +42,9 @@ mod message;
 pub mod status;
 
 pub use frame::{
-    encode, encode_one_way, encode_request, encode_response, Frame, FrameDecoder, FrameError,
-    FrameKind, HEADER_LEN, MAX_ONEWAY_BODY, MAX_REQUEST_BODY, MAX_RESPONSE_BODY, VERSION,
+    decode_body, encode, encode_one_way, encode_request, encode_response, Frame, FrameDecoder,
+    FrameError, FrameKind, HEADER_LEN, MAX_BODY_DEPTH, MAX_ONEWAY_BODY, MAX_REQUEST_BODY,
+    MAX_RESPONSE_BODY, VERSION,
 };
 pub use kv::{
     check_key_value, Consistency, Key, NodeId, ReadAnswer, Record, Version, MAX_BATCH_BYTES,

@@ -197,6 +197,46 @@ fn oversized_frame_is_skipped_without_buffering_and_next_frame_decodes() {
 }
 
 #[test]
+fn a_stream_ending_inside_an_oversized_frame_is_truncated() {
+    // Found by the `frame` fuzz target: the skipped frame was forgotten, and `finish` said the
+    // stream ended cleanly.
+    let body_len = MAX_ONEWAY_BODY + 1;
+    let mut dec = FrameDecoder::new();
+    dec.feed(&raw_header(VERSION, 3, (body_len + 10) as u32, 7));
+    dec.feed(&[0; 32]);
+    assert!(matches!(dec.decode().unwrap_err(), FrameError::TooLarge { id: 7, .. }));
+    assert_eq!(dec.decode().unwrap(), None);
+    let needed = HEADER_LEN + body_len;
+    assert_eq!(dec.finish(), Err(FrameError::Truncated { buffered: HEADER_LEN + 32, needed }));
+    // Once it is skipped whole, the stream may end there.
+    dec.feed(&vec![0; body_len - 32]);
+    assert_eq!(dec.decode().unwrap(), None);
+    assert_eq!(dec.finish(), Ok(()));
+}
+
+#[test]
+fn deeply_nested_bodies_are_refused_without_deep_recursion() {
+    // Found replaying the `wire_message` fuzz corpus in a debug build: nested arrays in a field
+    // the receiver ignores recursed once per level, up to rmp-serde's limit of 1024, and
+    // overflowed the 2 MiB stack of a test thread.
+    let mut body = vec![0x81, 0xa6];
+    body.extend_from_slice(b"Client");
+    body.extend_from_slice(&[0x81, 0xa2]);
+    body.extend_from_slice(b"Kv");
+    body.extend_from_slice(&[0x81, 0xa3]);
+    body.extend_from_slice(b"Put");
+    body.extend_from_slice(&[0x81, 0xa1, b'x']);
+    body.extend(std::iter::repeat_n(0x91, 1000));
+    body.push(0xc0);
+    let err = starling_wire::decode_body::<Request>(&body).unwrap_err();
+    assert!(err.to_string().contains("depth"), "{err}");
+    // Nesting within the limit still decodes as before (and the limit is far above messages').
+    let put = Put { key: b"k".to_vec(), value: Some(b"v".to_vec()), consistency: Consistency::One };
+    let bytes = rmp_serde::to_vec_named(&put.clone().into_request()).unwrap();
+    assert_eq!(starling_wire::decode_body::<Request>(&bytes).unwrap(), put.into_request());
+}
+
+#[test]
 fn huge_declared_length_does_not_allocate() {
     let mut dec = FrameDecoder::new();
     dec.feed(&raw_header(VERSION, 1, u32::MAX, 5));

@@ -18,9 +18,19 @@ pub mod mem;
 pub mod rocks;
 mod versions;
 
-use starling_ring::{token_of, Range, Token};
+use starling_ring::{Range, Token};
 use starling_wire::NodeId;
 use starling_wire::{Record, Version};
+
+/// The stored form of records and the layout of data and hint keys live in
+/// `starling-store-format`, with no IO, so they can be fuzzed on their own.
+pub use starling_store_format::record::{
+    data_key, decode_value, decode_version, encode_value, hint_key, hint_size, key_token,
+    parse_hint_key, user_key, HintPut,
+};
+pub(crate) use starling_store_format::record::{
+    data_key_with, hint_is, hint_put, incoming_wins, stored_hint_size,
+};
 
 /// What a storage operation failed with.
 #[derive(Debug, thiserror::Error)]
@@ -54,18 +64,6 @@ impl Hint {
     pub fn delivered(&self) -> (Vec<u8>, Version) {
         (self.id.clone(), self.record.version)
     }
-}
-
-/// What [`Storage::put_hints`] did with one hint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HintPut {
-    /// Stored; no hint was kept for its key and target.
-    Added,
-    /// Stored in place of the older hint kept for its key and target, which counted `bytes`
-    /// (as [`hint_size`] measures).
-    Replaced { bytes: u64 },
-    /// Not stored: the hint kept for its key and target has this version or a newer one.
-    Kept,
 }
 
 /// One page of a range scan.
@@ -162,17 +160,6 @@ pub(crate) fn scan_bytes(key: &[u8], value: &[u8]) -> usize {
     key.len() + value.len() + 64
 }
 
-/// Whether the incoming encoded value replaces the stored one: it has the greater version
-/// (the memory store and the RocksDB merge operator both decide by this). An unreadable stored
-/// value loses to a readable one.
-pub(crate) fn incoming_wins(old: &[u8], new: &[u8]) -> bool {
-    match (decode_version(old), decode_version(new)) {
-        (Ok((a, _)), Ok((b, _))) => b > a,
-        (Err(_), _) => true,
-        (_, Err(_)) => false,
-    }
-}
-
 /// Hint targets with their counts, from hint keys in storage order (grouped by target).
 pub(crate) fn count_hint_targets<K: AsRef<[u8]>, E>(
     keys: impl IntoIterator<Item = Result<K, E>>,
@@ -251,117 +238,6 @@ pub(crate) fn page_push(
     let key = user_key(k).ok_or_else(|| corrupt("data", k, "short key"))?;
     page.records.push(decode_value(key, v).map_err(|e| corrupt("data", k, e))?);
     Ok(true)
-}
-
-/// `token ‖ key`.
-pub fn data_key(key: &[u8]) -> Vec<u8> {
-    data_key_with(token_of(key), key)
-}
-
-/// `token ‖ key` with the token already computed.
-pub(crate) fn data_key_with(token: Token, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + key.len());
-    k.extend_from_slice(&token.to_be_bytes());
-    k.extend_from_slice(key);
-    k
-}
-
-/// The user key of a data key.
-pub fn user_key(data_key: &[u8]) -> Option<&[u8]> {
-    data_key.get(8..)
-}
-
-/// The token prefix of a data key.
-pub fn key_token(data_key: &[u8]) -> Option<Token> {
-    Some(u64::from_be_bytes(data_key.get(..8)?.try_into().ok()?))
-}
-
-/// What one hint counts toward the hint caps: its key, its value and 64 bytes for the target,
-/// the version and the encoding.
-pub fn hint_size(record: &Record) -> u64 {
-    (record.key.len() + record.value.as_ref().map_or(0, Vec::len) + 64) as u64
-}
-
-/// [`hint_size`] of a stored hint entry, without decoding it (`None`: not a hint key).
-pub(crate) fn stored_hint_size(k: &[u8], v: &[u8]) -> Option<u64> {
-    let (_, key) = parse_hint_key(k)?;
-    Some((key.len() + v.len().saturating_sub(HEADER) + 64) as u64)
-}
-
-/// `target ‖ data key` (`target ‖ token ‖ key`): one hint per target and key.
-pub fn hint_key(target: NodeId, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16 + 8 + key.len());
-    k.extend_from_slice(&target.to_be_bytes());
-    k.extend_from_slice(&data_key(key));
-    k
-}
-
-/// Parses a hint key back into its target and user key.
-pub fn parse_hint_key(k: &[u8]) -> Option<(NodeId, &[u8])> {
-    let target = NodeId::from_be_bytes(k.get(..16)?.try_into().ok()?);
-    Some((target, k.get(24..)?))
-}
-
-/// What storing the encoded hint `new` under hint key `k` does, given what is stored there.
-pub(crate) fn hint_put(k: &[u8], stored: Option<&[u8]>, new: &[u8]) -> HintPut {
-    match stored {
-        None => HintPut::Added,
-        Some(old) if incoming_wins(old, new) => {
-            HintPut::Replaced { bytes: stored_hint_size(k, old).unwrap_or(0) }
-        }
-        Some(_) => HintPut::Kept,
-    }
-}
-
-/// Whether the stored hint value `stored` has version `version` (a delivered hint that no newer
-/// one has replaced since).
-pub(crate) fn hint_is(stored: &[u8], version: Version) -> bool {
-    decode_version(stored).is_ok_and(|(v, _)| v == version)
-}
-
-/// On-disk value format, version 1:
-/// `format (1) ‖ flags (1: bit 0 = tombstone) ‖ ts (8, BE) ‖ node (16, BE) ‖ value bytes`.
-const FORMAT: u8 = 1;
-const HEADER: usize = 26;
-
-/// Encodes the stored form of a record (the key is stored separately).
-pub fn encode_value(version: Version, value: Option<&[u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + value.map_or(0, <[u8]>::len));
-    out.push(FORMAT);
-    out.push(u8::from(value.is_none()));
-    out.extend_from_slice(&version.ts.to_be_bytes());
-    out.extend_from_slice(&version.node.to_be_bytes());
-    if let Some(v) = value {
-        out.extend_from_slice(v);
-    }
-    out
-}
-
-/// The version of a stored value, without copying the value.
-pub fn decode_version(bytes: &[u8]) -> Result<(Version, bool), String> {
-    if bytes.len() < HEADER {
-        return Err(format!("{} bytes, shorter than the {HEADER}-byte header", bytes.len()));
-    }
-    if bytes[0] != FORMAT {
-        return Err(format!("unknown value format {}", bytes[0]));
-    }
-    if bytes[1] > 1 {
-        return Err(format!("unknown flags {:#x}", bytes[1]));
-    }
-    let tombstone = bytes[1] == 1;
-    if tombstone && bytes.len() != HEADER {
-        return Err("tombstone with a value".into());
-    }
-    let ts = u64::from_be_bytes(bytes[2..10].try_into().map_err(|_| "ts")?);
-    let node = NodeId::from_be_bytes(bytes[10..26].try_into().map_err(|_| "node")?);
-    Ok((Version { ts, node }, tombstone))
-}
-
-/// Decodes a stored value into a record for `key`.
-pub fn decode_value(key: &[u8], bytes: &[u8]) -> Result<Record, String> {
-    let (version, tombstone) = decode_version(bytes)?;
-    let value = if tombstone { None } else { Some(bytes[HEADER..].to_vec()) };
-    Ok(Record { key: key.to_vec(), version, value })
 }
 
 /// Storage-key bounds `[lower, upper)` of the token interval `(start, end]` that does not wrap;

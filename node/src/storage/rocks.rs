@@ -30,13 +30,14 @@ use rocksdb::{
     DBPinnableSlice, Direction, IteratorMode, LogLevel, MergeOperands, Options, ReadOptions,
     WriteBatch, WriteOptions, DB,
 };
-use starling_ring::{token_of, Range};
+use starling_ring::Range;
+use starling_store_format::record::{is_current_hint_key, lww_winner, old_hint_key};
 use starling_wire::{Record, Version};
 
 use super::versions::{key_hash, keyed, KeyHash, Known, VersionCache};
 use super::{
     corrupt, data_key, decode_value, decode_version, encode_value, hint_is, hint_key, hint_put,
-    incoming_wins, range_pieces, token_bounds, Hint, HintPut, ScanPage, Storage, StorageError,
+    range_pieces, token_bounds, Hint, HintPut, ScanPage, Storage, StorageError,
 };
 
 const CF_DATA: &str = "data";
@@ -137,21 +138,8 @@ fn engine(e: rocksdb::Error) -> StorageError {
 
 /// Last write wins: the newest readable version among the stored value and the operands.
 fn lww_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
-    let mut best: Option<&[u8]> = existing;
-    for op in operands.iter() {
-        best = Some(match best {
-            None => op,
-            Some(b) => {
-                if incoming_wins(b, op) {
-                    op
-                } else {
-                    b
-                }
-            }
-        });
-    }
     // Never fail a merge (that would make the key unreadable); with no input keep nothing valid.
-    Some(best.map(<[u8]>::to_vec).unwrap_or_default())
+    Some(lww_winner(existing, operands.iter()).map(<[u8]>::to_vec).unwrap_or_default())
 }
 
 fn now_millis() -> u64 {
@@ -725,19 +713,6 @@ impl Storage for RocksStorage {
             .flatten()
             .unwrap_or(0)
     }
-}
-
-/// Whether `k` is a hint key of the current format: `target ‖ token ‖ key`.
-fn is_current_hint_key(k: &[u8]) -> bool {
-    k.len() >= 24 && k[16..24] == token_of(&k[24..]).to_be_bytes()
-}
-
-/// The target and user key of a hint key of the format before the current one, `target ‖ hlc ‖
-/// token ‖ key`; `None` if `k` is not one.
-fn old_hint_key(k: &[u8]) -> Option<(NodeId, &[u8])> {
-    let target = NodeId::from_be_bytes(k.get(..16)?.try_into().ok()?);
-    let key = k.get(32..)?;
-    (k[24..32] == token_of(key).to_be_bytes()).then_some((target, key))
 }
 
 #[cfg(test)]
