@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_DATA: usize = 1 << 20;
 /// Longest path, in bytes.
 pub const MAX_PATH: usize = 4096;
+/// Deepest msgpack nesting a transaction or snapshot may have.
+pub(crate) const MAX_DEPTH: usize = 32;
 /// Starling's own metadata lives under this path.
 pub const RESERVED: &str = "/starling";
 
@@ -133,6 +135,9 @@ impl Txn {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Txn, MetaError> {
-        rmp_serde::from_slice(bytes).map_err(|e| MetaError::BadTxn(e.to_string()))
+        let mut de = rmp_serde::Deserializer::new(bytes);
+        // Transactions nest a few levels; deeper nesting would only recurse.
+        de.set_max_depth(MAX_DEPTH);
+        Txn::deserialize(&mut de).map_err(|e| MetaError::BadTxn(e.to_string()))
     }
 }

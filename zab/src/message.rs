@@ -13,6 +13,8 @@ use crate::{Entry, NodeId, Zxid};
 
 /// Largest encoded message accepted (a SNAP carries the whole state).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Deepest msgpack nesting accepted (messages nest at most 5 levels).
+const MAX_DEPTH: usize = 32;
 
 /// A server's state as it announces it in an election message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,7 +151,16 @@ impl Msg {
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(DecodeError::TooLarge(bytes.len()));
         }
-        rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+        let mut de = rmp_serde::Deserializer::new(bytes);
+        // Messages nest a few levels; deep nesting in a skipped field would recurse once per
+        // level (a stack overflow on a small thread).
+        de.set_max_depth(MAX_DEPTH);
+        let msg = Msg::deserialize(&mut de).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let rest = de.into_inner();
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed(format!("{} trailing bytes", rest.len())));
+        }
+        Ok(msg)
     }
 }
 
@@ -202,6 +213,20 @@ mod tests {
     fn garbage_is_an_error() {
         assert!(Msg::decode(&[0xc1, 0xff, 0x00]).is_err());
         assert!(Msg::decode(&[]).is_err());
+        // Deep nesting is refused, not recursed into.
+        let mut deep = vec![0x91u8; 5000];
+        deep.push(0xc0);
+        assert!(Msg::decode(&deep).is_err());
+        let mut trailing = Msg::Vote(Vote {
+            leader: NodeId(1),
+            zxid: Zxid::ZERO,
+            epoch: 0,
+            round: 0,
+            state: PeerState::Looking,
+        })
+        .encode();
+        trailing.push(0);
+        assert!(Msg::decode(&trailing).is_err());
     }
 
     #[test]
