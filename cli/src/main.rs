@@ -4,6 +4,7 @@ mod cert_cmd;
 mod client;
 mod dev;
 mod kv;
+mod meta;
 mod status;
 
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ enum Cmd {
     /// Read and write the key-value store.
     #[command(subcommand)]
     Kv(kv::KvCmd),
+    /// The metadata service: znodes, sessions, watches, locks (ZooKeeper's data model).
+    #[command(subcommand)]
+    Meta(meta::MetaCmd),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -138,6 +142,8 @@ enum BenchCmd {
     },
     /// Ops/s and latency of KV requests against running nodes.
     Kv(kv::BenchKvArgs),
+    /// Committed metadata writes/s with concurrent clients, and synchronous write latency.
+    Meta(meta::BenchMetaArgs),
 }
 
 fn main() -> ExitCode {
@@ -278,6 +284,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Kv(c) => kv::run(&cli.node, &auth(&cli)?, c).await?,
         Cmd::Bench(BenchCmd::Kv(args)) => kv::bench(&auth(&cli)?, args).await?,
+        Cmd::Meta(c) => meta::run(&cli.node, &auth(&cli)?, c).await?,
+        Cmd::Bench(BenchCmd::Meta(args)) => meta::bench(&auth(&cli)?, args).await?,
         Cmd::Bench(BenchCmd::Transport { requests, in_flight, payload }) => {
             let report = starling_net::bench::transport_bench(*requests, *in_flight, *payload)
                 .await

@@ -29,6 +29,8 @@
 //! - Every call of the wire's client API ([`starling_wire::Call`]) can be sent with
 //!   [`Client::call`]; peer calls (such as [`starling_wire::Leave`]) need a node certificate.
 
+pub mod meta;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -201,6 +203,8 @@ struct Inner {
     nodes: Vec<Node>,
     next: AtomicUsize,
     config: ClientConfig,
+    /// The highest metadata zxid this client has seen.
+    meta_seen: std::sync::atomic::AtomicU64,
 }
 
 /// A connection-reusing client of one or more nodes. Cheap to clone; clones share connections.
@@ -276,6 +280,7 @@ impl Client {
                 nodes: resolved,
                 next: AtomicUsize::new(0),
                 config,
+                meta_seen: Default::default(),
             }),
         })
     }

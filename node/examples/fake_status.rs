@@ -94,6 +94,7 @@ fn snapshot(n: u64, elapsed: Duration, insecure: bool) -> Status {
         },
         kv: None,
         transport: None,
+        meta: None,
     }
 }
 

@@ -37,6 +37,11 @@ pub struct Args {
     /// Seed peers, comma-separated host:port (DNS names allowed).
     #[arg(long, env = "STARLING_SEEDS", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
+    /// The metadata service's voters (ZAB), as `host:port` QUIC addresses, comma-separated
+    /// (default: the seeds; a node with no seeds is a one-voter ensemble of its own). Every node
+    /// of a cluster must be given the same list; the others are observers.
+    #[arg(long, env = "STARLING_META_VOTERS", value_delimiter = ',')]
+    pub meta_voters: Option<Vec<String>>,
     /// Failure zone (rack, availability zone).
     #[arg(long, env = "STARLING_ZONE")]
     pub zone: Option<String>,
@@ -100,6 +105,7 @@ struct FileConfig {
     advertise: Option<String>,
     http: Option<String>,
     seeds: Option<Vec<String>>,
+    meta_voters: Option<Vec<String>>,
     zone: Option<String>,
     certs: Option<PathBuf>,
     insecure: Option<bool>,
@@ -133,6 +139,8 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     pub http: SocketAddr,
     pub seeds: Vec<String>,
+    /// The metadata service's voters as given (resolved to node ids through gossip).
+    pub meta_voters: Vec<String>,
     pub zone: Option<String>,
     pub security: Security,
     pub log_json: bool,
@@ -185,6 +193,15 @@ impl NodeConfig {
             .collect();
         for s in &seeds {
             check_host_port("--seeds", s)?;
+        }
+        let meta_voters: Vec<String> = match args.meta_voters.or(file.meta_voters) {
+            Some(v) => {
+                v.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+            }
+            None => seeds.clone(),
+        };
+        for s in &meta_voters {
+            check_host_port("--meta-voters", s)?;
         }
         let insecure = args.insecure || file.insecure.unwrap_or(false);
         let certs = args.certs.or(file.certs);
@@ -272,6 +289,7 @@ impl NodeConfig {
             advertise,
             http,
             seeds,
+            meta_voters,
             zone: args.zone.or(file.zone),
             security,
             log_json,

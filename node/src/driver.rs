@@ -70,6 +70,18 @@ impl std::fmt::Debug for TransportStatusFn {
     }
 }
 
+/// Reads the metadata service's state for the status snapshot.
+#[derive(Clone)]
+pub struct MetaStatusFn(
+    pub Arc<dyn Fn() -> Option<starling_wire::status::MetaStatus> + Send + Sync>,
+);
+
+impl std::fmt::Debug for MetaStatusFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetaStatusFn")
+    }
+}
+
 /// What the status snapshot needs besides the core.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -82,6 +94,7 @@ pub struct NodeInfo {
     pub replication: usize,
     pub kv_status: Option<KvStatusFn>,
     pub transport_status: Option<TransportStatusFn>,
+    pub meta_status: Option<MetaStatusFn>,
 }
 
 /// Channels to a running driver.
@@ -463,6 +476,7 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView, picture: &RingPictur
         ring,
         kv: info.kv_status.as_ref().map(|f| (f.0)()),
         transport: info.transport_status.as_ref().map(|f| (f.0)()),
+        meta: info.meta_status.as_ref().and_then(|f| (f.0)()),
         gossip: GossipStatus {
             rounds: s.rounds,
             messages_sent: s.messages_sent,

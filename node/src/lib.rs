@@ -37,6 +37,7 @@ pub mod datadir;
 pub mod driver;
 pub mod http;
 pub mod kv;
+pub mod meta;
 pub mod node;
 pub mod status;
 pub mod storage;

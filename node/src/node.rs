@@ -16,17 +16,21 @@ use tracing::{error, info, warn};
 
 use crate::config::{NodeConfig, Security};
 use crate::datadir::{Addresses, DataDir};
-use crate::driver::{self, DriverCommand, KvStatusFn, NodeInfo, TransportStatusFn, INBOUND_QUEUE};
+use crate::driver::{
+    self, DriverCommand, KvStatusFn, MetaStatusFn, NodeInfo, TransportStatusFn, INBOUND_QUEUE,
+};
 use crate::http::{self, HttpState, Metrics};
 use crate::kv::view::RingView;
 use crate::kv::{self, bootstrap, Kv, KvConfig};
 use crate::logging::RateLimitedLog;
+use crate::meta::{Meta, MetaOptions};
 use crate::status::Status;
 use crate::storage::rocks::{RocksConfig, RocksStorage};
 use crate::storage::Storage;
 use crate::tls::{self, TlsMaterial};
 use crate::transport::quic::QuicTransport;
 use crate::transport::{PeerInfo, Role, Service, Transport, TransportConfig};
+use crate::zab_store::ZabStore;
 
 /// The node's KV layer over QUIC and RocksDB.
 pub type NodeKv = Kv<QuicTransport, RocksStorage>;
@@ -40,6 +44,8 @@ pub struct NodeService {
     metrics: Arc<Metrics>,
     /// Set once the transport exists (the KV layer needs the transport, which needs the service).
     kv: Arc<std::sync::OnceLock<NodeKv>>,
+    /// Set once the transport exists, like `kv`.
+    meta: Arc<std::sync::OnceLock<Meta<QuicTransport>>>,
     /// Peer RPCs refused because the sender's certificate is a client's.
     refused_peer_rpcs: Arc<std::sync::atomic::AtomicU64>,
     /// Log lines about those refusals, at most one a second.
@@ -89,6 +95,10 @@ impl NodeService {
                 Some(kv) => kv.handle_client(kv_req).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
+            ClientRequest::Meta(m) => match self.meta.get() {
+                Some(meta) => meta.handle_client(m).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
         }
     }
 
@@ -102,6 +112,10 @@ impl NodeService {
             PeerRequest::Clock => Clock::respond(crate::kv::wall_millis()),
             PeerRequest::Replica(r) => match self.kv.get() {
                 Some(kv) => kv.handle_replica(r).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
+            PeerRequest::Meta(m) => match self.meta.get() {
+                Some(meta) => meta.handle_peer(m).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
             PeerRequest::Leave => {
@@ -219,10 +233,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         status: status_rx.clone(),
         metrics: metrics.clone(),
         kv: Arc::default(),
+        meta: Arc::default(),
         refused_peer_rpcs,
         refusal_log: Arc::default(),
     };
     let kv_cell = service.kv.clone();
+    let meta_cell = service.meta.clone();
     if storage.get_meta(bootstrap::META_STATUS)?.as_deref() == Some(b"left".as_slice()) {
         bail!(
             "this node left the cluster (`starling leave`) and its data in {} is stale: it must not rejoin. To join again as a new node, start with an empty --data-dir",
@@ -298,9 +314,29 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             );
         }
     }
+    let meta_view = ring_rx.clone();
     let kv = Kv::new(data.node_id, kv_cfg, storage, transport.clone(), ring_rx)
         .context("cannot start the storage threads")?;
     let _ = kv_cell.set(kv.clone());
+    let meta_path = cfg.data_dir.join("meta");
+    let meta_store = Arc::new(
+        tokio::task::spawn_blocking(move || ZabStore::open(&meta_path))
+            .await
+            .context("metadata store open task")?
+            .map_err(|e| anyhow::anyhow!(e))?,
+    );
+    let meta = Meta::start(
+        data.node_id,
+        MetaOptions {
+            voters: cfg.meta_voters.clone(),
+            own_addrs: vec![listen, advertise],
+            zab: starling_zab::Config::default(),
+        },
+        meta_store,
+        transport.clone(),
+        meta_view,
+    );
+    let _ = meta_cell.set(meta.clone());
     let kv_status = {
         let kv = kv.clone();
         KvStatusFn(Arc::new(move || kv.status()))
@@ -313,6 +349,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         started,
         replication: cfg.replication,
         kv_status: Some(kv_status),
+        meta_status: Some(MetaStatusFn(Arc::new(move || meta.status()))),
         transport_status: Some({
             let transport = transport.clone();
             TransportStatusFn(Arc::new(move || transport.status()))

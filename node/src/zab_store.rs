@@ -6,7 +6,8 @@
 //! written with `sync = true`: one fsync for every proposal and acknowledgement in it (group
 //! commit), and atomic, so a crash leaves the whole batch or none of it. Keys:
 //! - `s/accepted` → accepted epoch (4, BE) ‖ the leader it was accepted from (16);
-//!   `s/current` → current epoch (4, BE); `s/log_base` → zxid (8, BE);
+//!   `s/current` → current epoch (4, BE); `s/log_base` → zxid (8, BE); `s/voters` → the
+//!   voters' node ids (16 bytes each);
 //! - `l/` ‖ zxid (8, BE) → a transaction (so the log reads back in zxid order);
 //! - `p/zxid` → the snapshot's zxid; `p/n` → its chunk count (4, BE) ‖ blake3 of the whole
 //!   snapshot (32); `p/c/` ‖ index (4, BE) → 1 MiB chunks.
@@ -24,6 +25,7 @@ use starling_zab::{Entry, NodeId, Persist, Persisted, Zxid};
 const ACCEPTED: &[u8] = b"s/accepted";
 const CURRENT: &[u8] = b"s/current";
 const LOG_BASE: &[u8] = b"s/log_base";
+const VOTERS: &[u8] = b"s/voters";
 const LOG: &[u8] = b"l/";
 const SNAP_ZXID: &[u8] = b"p/zxid";
 const SNAP_META: &[u8] = b"p/n";
@@ -131,6 +133,26 @@ impl ZabStore {
             }
         }
         self.db.write_opt(b, &self.sync).map_err(|e| format!("cannot persist: {e}"))
+    }
+
+    /// The voters this server was started with the first time (`None`: not yet recorded).
+    /// Kept, so a restarted voter rejoins the same ensemble without waiting for gossip.
+    pub fn voters(&self) -> Result<Option<Vec<NodeId>>, String> {
+        let Some(v) = self.get(VOTERS)? else { return Ok(None) };
+        if v.is_empty() || v.len() % 16 != 0 {
+            return Err(format!("the voter list is {} bytes, not a multiple of 16", v.len()));
+        }
+        Ok(Some(
+            v.chunks_exact(16)
+                .map(|c| NodeId::from_be_bytes(c.try_into().unwrap_or([0; 16])))
+                .collect(),
+        ))
+    }
+
+    /// Records the voters (durably).
+    pub fn set_voters(&self, voters: &[NodeId]) -> Result<(), String> {
+        let v: Vec<u8> = voters.iter().flat_map(|n| n.to_be_bytes()).collect();
+        self.db.put_opt(VOTERS, v, &self.sync).map_err(|e| format!("cannot persist: {e}"))
     }
 
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, String> {

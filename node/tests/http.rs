@@ -71,6 +71,7 @@ fn three_alive() -> Status {
             retries: 1468,
             handshake_timeouts: 32,
         }),
+        meta: None,
     }
 }
 

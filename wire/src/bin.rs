@@ -67,3 +67,27 @@ pub(crate) mod opt {
         Ok(Option::<Bin>::deserialize(d)?.map(|b| b.0))
     }
 }
+
+/// `Vec<Vec<u8>>` as an array of msgpack `bin`s.
+pub(crate) mod list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    struct BinRef<'a>(&'a [u8]);
+
+    impl Serialize for BinRef<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Bin(#[serde(with = "crate::bin")] Vec<u8>);
+
+    pub(crate) fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|b| BinRef(b)))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Ok(Vec::<Bin>::deserialize(d)?.into_iter().map(|b| b.0).collect())
+    }
+}

@@ -39,6 +39,7 @@ mod bin;
 pub mod frame;
 pub mod kv;
 mod message;
+pub mod meta;
 pub mod status;
 
 pub use frame::{

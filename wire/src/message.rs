@@ -3,11 +3,16 @@
 //!
 //! ```text
 //! Request ─┬─ Client(ClientRequest) ─┬─ Status | Echo
-//!          │   (any certificate)      └─ Kv(KvRequest): Put | Get
+//!          │   (any certificate)      ├─ Kv(KvRequest): Put | Get
+//!          │                          └─ Meta(MetaRequest): OpenSession | Ping | CloseSession
+//!          │                                | Write | Read | Sync | Watch
 //!          └─ Peer(PeerRequest) ──────┬─ Gossip | Leave | Clock
-//!              (node certificates)    └─ Replica(ReplicaRequest): Write | Read | ReadMany
-//!                                         | Versions | Scan | Hint
+//!              (node certificates)    ├─ Replica(ReplicaRequest): Write | Read | ReadMany
+//!                                     │     | Versions | Scan | Hint
+//!                                     └─ Meta(MetaPeerRequest): Zab | Propose | Touch
+//!                                           | LeaderZxid
 //! Response ── Ok | Error | Status | Echo | Clock | Kv(KvResponse) | Replica(ReplicaResponse)
+//!             | Meta(MetaResponse)
 //! ```
 //!
 //! A node refuses every [`Request::Peer`] from a client certificate; the split is structural, so
@@ -40,6 +45,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::kv::{Consistency, Key, NodeId, ReadAnswer, Record, Version};
+use crate::meta::{MetaPeerRequest, MetaRequest, MetaResponse};
 
 /// What a client or a peer asks a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +74,8 @@ impl Request {
                 "kv_delete"
             }
             Request::Client(ClientRequest::Kv(KvRequest::Get(_))) => "kv_get",
+            Request::Client(ClientRequest::Meta(m)) => m.kind(),
+            Request::Peer(PeerRequest::Meta(m)) => m.kind(),
             Request::Peer(PeerRequest::Gossip(_)) => "gossip",
             Request::Peer(PeerRequest::Leave) => "leave",
             Request::Peer(PeerRequest::Clock) => "clock",
@@ -92,6 +100,8 @@ pub enum ClientRequest {
     Echo(#[serde(with = "crate::bin")] Vec<u8>),
     /// The key-value store, coordinated by the receiving node.
     Kv(KvRequest),
+    /// The metadata service (znodes, sessions, watches).
+    Meta(MetaRequest),
 }
 
 /// The key-value store's client calls.
@@ -116,6 +126,8 @@ pub enum PeerRequest {
     Clock,
     /// Coordinator to replica, hint replay, streaming.
     Replica(ReplicaRequest),
+    /// The metadata service's replication (ZAB) and forwarding.
+    Meta(MetaPeerRequest),
 }
 
 /// What a coordinator (or a joining, leaving or hint-holding node) asks a replica.
@@ -160,6 +172,8 @@ pub enum Response {
     Kv(KvResponse),
     /// Answers of the replica calls.
     Replica(ReplicaResponse),
+    /// Answers of the metadata calls (boxed: a read's stat makes it the largest answer).
+    Meta(Box<MetaResponse>),
 }
 
 impl Response {
@@ -183,6 +197,7 @@ impl Response {
             Response::Replica(ReplicaResponse::Records(_)) => "replica records",
             Response::Replica(ReplicaResponse::Versions(_)) => "replica versions",
             Response::Replica(ReplicaResponse::Page(_)) => "replica page",
+            Response::Meta(m) => m.kind(),
         }
     }
 }

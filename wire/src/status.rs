@@ -158,6 +158,60 @@ pub struct Status {
     /// The QUIC endpoint's counters (absent on a node without a QUIC endpoint, as in tests).
     #[serde(default)]
     pub transport: Option<TransportStatus>,
+    /// The metadata service (absent on a node without one, as in tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<MetaStatus>,
+}
+
+/// The metadata service as this node runs it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetaStatus {
+    /// `starting` (resolving the voters), `looking`, `following`, `observing` or `leading`.
+    pub role: String,
+    /// Synchronized with the leader (or, leading, established by a quorum).
+    pub synced: bool,
+    /// Whether this node is a voter (else an observer).
+    pub voter: bool,
+    /// The voters' node ids (empty while starting).
+    pub voters: Vec<String>,
+    /// Voter addresses not yet resolved to node ids (while starting).
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
+    pub leader: Option<String>,
+    pub epoch: u32,
+    pub accepted_epoch: u32,
+    /// Zxids as `0x` hex (`epoch << 32 | counter`).
+    pub last_zxid: String,
+    pub committed_zxid: String,
+    pub applied_zxid: String,
+    pub log_entries: u64,
+    pub snapshot_zxid: String,
+    pub snapshot_bytes: u64,
+    /// Learners in sync with this leader.
+    pub synced_learners: u64,
+    pub znodes: u64,
+    pub sessions: u64,
+    pub ephemerals: u64,
+    pub watches: u64,
+    /// Transactions this node proposed as leader, and how many committed.
+    pub proposed: u64,
+    pub committed: u64,
+    /// Client writes answered "outcome unknown" (their leader lost leadership).
+    pub unknown: u64,
+    /// Writes forwarded to the leader.
+    pub forwarded: u64,
+    /// Durable batches written (each one fsync) and the operations in them.
+    pub persist_batches: u64,
+    pub persist_ops: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    /// Messages dropped: a full queue to a peer, an unreachable peer, undecodable bytes.
+    pub messages_dropped: u64,
+    /// Sessions this node expired as leader.
+    pub sessions_expired: u64,
+    /// Protocol errors and anomalies (each made this node look for a leader again).
+    pub errors: u64,
+    pub anomalies: u64,
 }
 
 impl Status {

@@ -1,0 +1,287 @@
+//! The metadata service across real `starlingd` processes: three voters and an observer on
+//! loopback with mutual TLS. kill -9 of the leader during a stream of writes (no acknowledged
+//! write lost; the observer and the restarted leader see them all; a new leader commits within
+//! seconds), and the ephemeral znode of a client that stopped pinging goes after its session
+//! timeout while a live client's stays.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use starling_node::transport::quic::QuicTransport;
+use starling_node::transport::Transport;
+use starling_wire::meta::{
+    MetaOpenSession, MetaPing, MetaRead, MetaSync, MetaWrite, MetaWritten, Op, OpResult, ReadKind,
+};
+use tokio::time::Instant;
+
+#[path = "common/process.rs"]
+mod process;
+
+#[path = "common/kv_process.rs"]
+mod kv_process;
+
+use kv_process::{client, wait_until, Node, PATIENCE};
+
+/// A free loopback UDP port (the node binds it a moment later).
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Ensemble {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    client: Arc<QuicTransport>,
+}
+
+impl Ensemble {
+    /// Three voters and one observer.
+    async fn start() -> Ensemble {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = ["node1", "node2", "node3", "node4", "client"];
+        let certs = process::certs(&dir.path().join("certs"), &names);
+        let listens: Vec<SocketAddr> =
+            (0..3).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
+        let voters = listens.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        let env = vec![("STARLING_META_VOTERS".to_string(), voters)];
+        let mut nodes = Vec::new();
+        for (i, name) in names[..4].iter().enumerate() {
+            let listen = listens.get(i).map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+            let seeds: Vec<SocketAddr> = if i == 0 { vec![] } else { vec![listens[0]] };
+            let bin = Path::new(env!("CARGO_BIN_EXE_starlingd"));
+            let (data, c) = (dir.path().join(name), certs.join(name));
+            let env = env.clone();
+            nodes.push(Node(tokio::task::block_in_place(|| {
+                process::Node::start_with_env(bin, &data, &c, &listen, &seeds, &env)
+            })));
+        }
+        let client = client(&certs.join("client")).await;
+        let e = Ensemble { _dir: dir, nodes, client };
+        e.wait_synced(&[0, 1, 2, 3]).await;
+        e
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- node{} ---\n{}", i + 1, process::tail(&n.data, 30)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every node in `which` synchronized with one same leader.
+    async fn wait_synced(&self, which: &[usize]) {
+        wait_until(
+            PATIENCE,
+            "the metadata service to elect a leader",
+            || self.logs(),
+            || async {
+                let mut leaders = BTreeSet::new();
+                for &i in which {
+                    match self.nodes[i].status().await.and_then(|s| s.meta) {
+                        Some(m) if m.synced && m.leader.is_some() => {
+                            leaders.insert(m.leader);
+                        }
+                        _ => return false,
+                    }
+                }
+                leaders.len() == 1
+            },
+        )
+        .await;
+    }
+
+    async fn leader(&self) -> usize {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(m) = n.status().await.and_then(|s| s.meta) {
+                if m.role == "leading" && m.synced {
+                    return i;
+                }
+            }
+        }
+        panic!("no leader\n{}", self.logs());
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addrs.listen
+    }
+
+    async fn create(
+        &self,
+        i: usize,
+        session: u64,
+        path: &str,
+        ephemeral: bool,
+    ) -> Option<MetaWritten> {
+        let op = Op::Create {
+            path: path.into(),
+            data: path.as_bytes().to_vec(),
+            ephemeral,
+            sequential: false,
+        };
+        match self
+            .client
+            .call(self.addr(i), MetaWrite { session, ops: vec![op], multi: false })
+            .await
+        {
+            Ok(Ok(w)) if matches!(w.results.first(), Some(OpResult::Created { .. })) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Node `i`'s children of `path`, after a sync.
+    async fn children(&self, i: usize, path: &str) -> BTreeSet<String> {
+        let synced = self.client.call(self.addr(i), MetaSync).await.expect("sync").expect("sync");
+        let read = MetaRead { path: path.into(), kind: ReadKind::Children, after: synced.zxid };
+        let a = self.client.call(self.addr(i), read).await.expect("read").expect("read");
+        a.children.into_iter().collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_leader_during_writes_loses_no_acknowledged_write() {
+    let mut e = Ensemble::start().await;
+    assert!(e.create(3, 0, "/t", false).await.is_some(), "create /t\n{}", e.logs());
+    let leader = e.leader().await;
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let attempted = Arc::new(Mutex::new(0u64));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four writers, each through one node (the observer included), until stopped.
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let (client, addr) = (e.client.clone(), e.addr(w));
+        let (acked, attempted, stop) = (acked.clone(), attempted.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("w{w}-{i:06}");
+                let op = Op::Create {
+                    path: format!("/t/{name}"),
+                    data: vec![7; 100],
+                    ephemeral: false,
+                    sequential: false,
+                };
+                *attempted.lock().unwrap() += 1;
+                let r =
+                    client.call(addr, MetaWrite { session: 0, ops: vec![op], multi: false }).await;
+                match r {
+                    Ok(Ok(w)) if matches!(w.results.first(), Some(OpResult::Created { .. })) => {
+                        acked.lock().unwrap().insert(name);
+                    }
+                    // A dead node or no leader: do not spin.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_kill = acked.lock().unwrap().len();
+    assert!(
+        before_kill > 20,
+        "only {before_kill} writes acknowledged before the kill\n{}",
+        e.logs()
+    );
+    let killed_at = Instant::now();
+    e.nodes[leader].kill9();
+    // A surviving node's writes commit again once a new leader is established.
+    let survivor = (0..3).find(|i| *i != leader).unwrap();
+    let mut k = 0;
+    let recovered = loop {
+        if e.create(survivor, 0, &format!("/t/probe-{k}"), false).await.is_some() {
+            break killed_at.elapsed();
+        }
+        k += 1;
+        assert!(
+            killed_at.elapsed() < PATIENCE,
+            "no write committed after the leader died\n{}",
+            e.logs()
+        );
+    };
+    eprintln!("a new leader committed {recovered:?} after kill -9 of the old one");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let acked: BTreeSet<String> = acked.lock().unwrap().clone();
+    eprintln!("{} writes attempted, {} acknowledged", attempted.lock().unwrap(), acked.len());
+    // Every acknowledged write is on every live node, the observer included.
+    for i in (0..4).filter(|i| *i != leader) {
+        let have = e.children(i, "/t").await;
+        let lost: Vec<&String> = acked.difference(&have).collect();
+        assert!(
+            lost.is_empty(),
+            "node{} lost {} acknowledged writes: {:?}",
+            i + 1,
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
+    }
+    // The old leader restarts from its disk, rejoins as a follower and has them all too.
+    let seeds = [e.addr(survivor)];
+    tokio::task::block_in_place(|| e.nodes[leader].0.restart(&seeds));
+    e.wait_synced(&[0, 1, 2, 3]).await;
+    let have = e.children(leader, "/t").await;
+    let lost: Vec<&String> = acked.difference(&have).collect();
+    assert!(
+        lost.is_empty(),
+        "the restarted leader lacks {} acknowledged writes: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    // And every node holds the same znodes.
+    let reference = e.children(0, "/t").await;
+    for i in 1..4 {
+        assert_eq!(e.children(i, "/t").await, reference, "node{} differs from node1", i + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ephemeral_znode_of_a_silent_client_goes_after_its_session_timeout() {
+    let e = Ensemble::start().await;
+    let open = |timeout_ms| {
+        let (c, a) = (e.client.clone(), e.addr(3));
+        async move { c.call(a, MetaOpenSession { timeout_ms }).await.expect("open").expect("open") }
+    };
+    let silent = open(2_000).await;
+    let live = open(2_000).await;
+    assert_eq!(silent.timeout_ms, 2_000);
+    // Through the observer: it forwards both the session and the creates to the leader.
+    assert!(e.create(3, silent.session, "/silent", true).await.is_some(), "{}", e.logs());
+    assert!(e.create(3, live.session, "/live", true).await.is_some(), "{}", e.logs());
+    // An ephemeral znode needs an open session.
+    assert!(e.create(1, 12345, "/orphan", true).await.is_none());
+    let started = Instant::now();
+    // The live client pings (through different nodes); the silent one, like a killed client,
+    // does not.
+    let mut gone_after = None;
+    while started.elapsed() < Duration::from_secs(15) {
+        for i in 0..4 {
+            e.client
+                .call(e.addr(i), MetaPing { session: live.session })
+                .await
+                .expect("ping")
+                .expect("ping");
+        }
+        let root = e.children(1, "/").await;
+        assert!(root.contains("live"), "the live session's znode went\n{}", e.logs());
+        if gone_after.is_none() && !root.contains("silent") {
+            gone_after = Some(started.elapsed());
+        }
+        if gone_after.is_some_and(|g| started.elapsed() > g + Duration::from_secs(3)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gone_after = gone_after.unwrap_or_else(|| {
+        panic!("the silent session's znode is still there after 15 s\n{}", e.logs())
+    });
+    eprintln!(
+        "the silent client's ephemeral znode went after {gone_after:?} (session timeout 2 s)"
+    );
+    assert!(gone_after >= Duration::from_millis(1_500), "expired too early: {gone_after:?}");
+}
