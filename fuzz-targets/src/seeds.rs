@@ -15,6 +15,7 @@ use starling_store_format::datadir::{
     format_addresses, format_node_id, format_reset_key, Addresses,
 };
 use starling_store_format::record::{data_key, encode_value, hint_key};
+use starling_wire::meta;
 use starling_wire::status::{MemberStatus, RingMemberStatus, RingStatus, Status, TlsStatus};
 use starling_wire::{
     encode, encode_one_way, encode_request, encode_response, Call, Clock, Consistency, Echo,
@@ -178,6 +179,41 @@ fn requests(gossip: Vec<u8>) -> Vec<Request> {
             .into_request(),
         ReplicaHint { target: NodeId(0x77), records: vec![record(b"h", 3, Some(b"v"))] }
             .into_request(),
+        meta::MetaOpenSession { timeout_ms: 10_000 }.into_request(),
+        meta::MetaPing { session: 7 }.into_request(),
+        meta::MetaWrite {
+            session: 7,
+            ops: vec![
+                meta::Op::Create {
+                    path: "/a".into(),
+                    data: b"x".to_vec(),
+                    ephemeral: true,
+                    sequential: true,
+                },
+                meta::Op::SetData { path: "/b".into(), data: b"y".to_vec(), version: Some(3) },
+                meta::Op::Check { path: "/c".into(), version: None },
+                meta::Op::Delete { path: "/d".into(), version: Some(1) },
+            ],
+            multi: true,
+        }
+        .into_request(),
+        meta::MetaRead { path: "/a".into(), kind: meta::ReadKind::Children, after: meta::Zxid(9) }
+            .into_request(),
+        meta::MetaSync.into_request(),
+        meta::MetaWatch {
+            path: "/a".into(),
+            kind: meta::WatchKind::Data,
+            since: meta::Zxid(5),
+            exists: true,
+            wait_ms: 4000,
+        }
+        .into_request(),
+        Request::Peer(PeerRequest::Meta(meta::MetaPeerRequest::Zab {
+            from: NodeId(3),
+            msgs: vec![vec![0x91, 0x01], Vec::new()],
+        })),
+        meta::MetaPropose(meta::TxnOp::CloseSession { session: 7 }).into_request(),
+        meta::MetaLeaderZxid.into_request(),
     ]
 }
 
@@ -208,6 +244,21 @@ fn responses() -> Vec<Response> {
         Response::Replica(ReplicaResponse::Page(Page {
             records: vec![r],
             cursor: Some(b"next".to_vec()),
+        })),
+        meta::MetaRead::respond(Ok(meta::MetaReadAnswer {
+            stat: Some(meta::Stat::default()),
+            data: b"x".to_vec(),
+            children: vec!["c".into()],
+            zxid: meta::Zxid(4),
+        })),
+        meta::MetaWrite::respond(Err(meta::MetaError::BadVersion {
+            path: "/a".into(),
+            expected: 1,
+            actual: 2,
+        })),
+        meta::MetaWatch::respond(Ok(meta::MetaWatched {
+            event: Some(meta::WatchedEvent::NodeDeleted),
+            zxid: meta::Zxid(8),
         })),
     ]
 }
@@ -412,6 +463,15 @@ fn zab_sequences() -> Vec<Vec<u8>> {
         learner(6, ToLearner::Snap { zxid: Zxid::new(1, 3), data: vec![1, 2, 3] }),
         learner(7, ToLearner::Trunc(Zxid::new(1, 1))),
         learner(8, ToLearner::Ping),
+        learner(
+            9,
+            ToLearner::SnapChunk {
+                zxid: Zxid::new(1, 3),
+                total: 5,
+                offset: 2,
+                data: vec![3, 4, 5],
+            },
+        ),
     ];
     let lead = vec![
         vote(1, PeerState::Looking),

@@ -542,7 +542,9 @@ pub fn random_run(seed: u64, voters: usize, secs: u64) -> RunReport {
         loss: 0.0,
         duplicate: 0.0,
     };
-    let cfg = Config { snapshot_every: 40, diff_chunk: 16, ..Config::default() };
+    // Every other seed sends snapshots and DIFFs in pieces of at most 64 bytes.
+    let chunk_bytes = if seed % 2 == 0 { 64 } else { 1 << 20 };
+    let cfg = Config { snapshot_every: 40, diff_chunk: 16, chunk_bytes, ..Config::default() };
     let mut e = Ensemble::new(seed, net, voters, 1, cfg);
     let mut rng = e.sim.rng();
     let mut report = RunReport::default();

@@ -144,7 +144,11 @@ mod zookeeper_bugs {
     /// acknowledged with NEWLEADER must be on its disk (ZOOKEEPER-3642 for SNAP, -3911 and -4646
     /// for DIFF), or the acknowledged transactions are lost when it outranks the others.
     fn sync_then_power_loss(snapshot_every: u64) -> u64 {
-        let cfg = Config { snapshot_every, ..Config::default() };
+        sync_then_power_loss_in(snapshot_every, Config::default().chunk_bytes)
+    }
+
+    fn sync_then_power_loss_in(snapshot_every: u64, chunk_bytes: usize) -> u64 {
+        let cfg = Config { snapshot_every, chunk_bytes, ..Config::default() };
         let mut e = Ensemble::new(12, calm(), 3, 0, cfg);
         let a = e.wait_leader(SEC).expect("leader");
         let c = (a + 1) % 3;
@@ -182,6 +186,13 @@ mod zookeeper_bugs {
     #[test]
     fn zookeeper_3642_a_snap_is_on_disk_before_newleader_is_acknowledged() {
         assert!(sync_then_power_loss(5) > 0, "c should have been sent a snapshot");
+    }
+
+    /// The same with the snapshot in pieces of 16 bytes (a large tree's snapshot does not fit
+    /// in one message).
+    #[test]
+    fn a_snapshot_sent_in_chunks_is_restored_and_on_disk_before_newleader_is_acknowledged() {
+        assert!(sync_then_power_loss_in(5, 16) > 0, "c should have been sent a snapshot");
     }
 
     #[test]

@@ -89,6 +89,8 @@ struct Learner {
     connect_at: Instant,
     /// Highest zxid the leader said is committed.
     commit_target: Zxid,
+    /// A snapshot arriving in chunks: its zxid, total size, and the bytes so far.
+    snap_buf: Option<(Zxid, u64, Vec<u8>)>,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -525,6 +527,7 @@ impl<S: StateMachine> Zab<S> {
                     last_heard: now,
                     connect_at: now + self.s.cfg.vote_resend,
                     commit_target: self.s.applied,
+                    snap_buf: None,
                 };
                 self.s.send(leader, self.s.connect(session));
                 self.role = RoleState::Learner(f);
@@ -687,6 +690,34 @@ impl Learner {
                     },
                 );
                 s.out.events.push(Event::Role(self.role(s)));
+            }
+            ToLearner::SnapChunk { zxid, total, offset, data } => {
+                if self.phase != LearnerPhase::Syncing {
+                    return Next::Look("a snapshot outside synchronization".into());
+                }
+                let buf = match self.snap_buf.take() {
+                    None if offset == 0 => (zxid, total, Vec::new()),
+                    Some(b) if b.0 == zxid && b.1 == total && b.2.len() as u64 == offset => b,
+                    _ => {
+                        return Next::Look(
+                            "the leader's snapshot chunks do not follow each other".into(),
+                        )
+                    }
+                };
+                let (zxid, total, mut bytes) = buf;
+                bytes.extend_from_slice(&data);
+                return match (bytes.len() as u64).cmp(&total) {
+                    std::cmp::Ordering::Less => {
+                        self.snap_buf = Some((zxid, total, bytes));
+                        Next::Stay
+                    }
+                    std::cmp::Ordering::Greater => {
+                        Next::Look("the leader's snapshot is longer than it said".into())
+                    }
+                    std::cmp::Ordering::Equal => {
+                        self.on_message(s, ToLearner::Snap { zxid, data: bytes })
+                    }
+                };
             }
             ToLearner::Snap { zxid, data } => {
                 if self.phase != LearnerPhase::Syncing {
@@ -1068,7 +1099,17 @@ impl Leader {
                     self.peers.remove(&id);
                     return Next::Anomaly(format!("learner {id} needs a snapshot; there is none"));
                 };
-                self.send(s, id, ToLearner::Snap { zxid, data: data.to_vec() });
+                let step = s.cfg.chunk_bytes.max(1);
+                if data.len() <= step {
+                    self.send(s, id, ToLearner::Snap { zxid, data: data.to_vec() });
+                } else {
+                    let total = data.len() as u64;
+                    for (i, piece) in data.chunks(step).enumerate() {
+                        let offset = (i * step) as u64;
+                        let data = piece.to_vec();
+                        self.send(s, id, ToLearner::SnapChunk { zxid, total, offset, data });
+                    }
+                }
                 zxid
             }
             Plan::Trunc { to } => {
@@ -1078,8 +1119,22 @@ impl Leader {
             Plan::Diff { after } => after,
         };
         let entries: Vec<Entry> = s.log.iter().filter(|e| e.zxid > after).cloned().collect();
-        for chunk in entries.chunks(s.cfg.diff_chunk.max(1)) {
-            self.send(s, id, ToLearner::Diff(chunk.to_vec()));
+        // At most `diff_chunk` entries and about `chunk_bytes` of transactions per message.
+        let mut chunk: Vec<Entry> = Vec::new();
+        let mut bytes = 0;
+        for e in entries {
+            if !chunk.is_empty()
+                && (chunk.len() >= s.cfg.diff_chunk.max(1)
+                    || bytes + e.txn.len() > s.cfg.chunk_bytes)
+            {
+                self.send(s, id, ToLearner::Diff(std::mem::take(&mut chunk)));
+                bytes = 0;
+            }
+            bytes += e.txn.len();
+            chunk.push(e);
+        }
+        if !chunk.is_empty() {
+            self.send(s, id, ToLearner::Diff(chunk));
         }
         let epoch = self.epoch;
         self.send(s, id, ToLearner::NewLeader { epoch });

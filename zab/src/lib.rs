@@ -139,6 +139,9 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Most entries per DIFF message.
     pub diff_chunk: usize,
+    /// Most bytes of snapshot or of DIFF transactions per message (a DIFF holds at least one
+    /// entry; a larger snapshot travels as [`ToLearner::SnapChunk`]s).
+    pub chunk_bytes: usize,
 }
 
 impl Default for Config {
@@ -152,6 +155,7 @@ impl Default for Config {
             finalize_wait: Duration::from_millis(30),
             snapshot_every: 10_000,
             diff_chunk: 256,
+            chunk_bytes: 1 << 20,
         }
     }
 }

@@ -92,6 +92,15 @@ pub enum ToLearner {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Synchronization: one piece of a snapshot too large for one message (`offset` bytes of
+    /// the `total` came before it); once all have arrived, as [`ToLearner::Snap`].
+    SnapChunk {
+        zxid: Zxid,
+        total: u64,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// Synchronization: drop every log entry after this zxid (they are not in the leader's
     /// history).
     Trunc(Zxid),

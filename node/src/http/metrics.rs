@@ -256,6 +256,83 @@ impl Collector for StatusCollector {
             ];
             encode_gauges(&mut encoder, &kv_gauges)?;
         }
+        if let Some(m) = &s.meta {
+            let zxid = |z: &str| i64::from_str_radix(z.trim_start_matches("0x"), 16).unwrap_or(0);
+            let meta_counters: [(&str, &str, u64); 11] = [
+                (
+                    "meta_proposed",
+                    "Transactions this node proposed as the metadata leader",
+                    m.proposed,
+                ),
+                ("meta_committed", "Of those, transactions committed", m.committed),
+                (
+                    "meta_unknown",
+                    "Writes answered with an unknown outcome (their leader lost its quorum)",
+                    m.unknown,
+                ),
+                ("meta_forwarded", "Metadata writes forwarded to the leader", m.forwarded),
+                (
+                    "meta_persist_batches",
+                    "Durable batches of the metadata log (one fsync each)",
+                    m.persist_batches,
+                ),
+                ("meta_persist_ops", "Operations in those batches", m.persist_ops),
+                ("meta_messages_sent", "ZAB messages sent to peers", m.messages_sent),
+                ("meta_messages_received", "ZAB messages received from peers", m.messages_received),
+                (
+                    "meta_messages_dropped",
+                    "ZAB messages dropped (full queue, unreachable peer, undecodable)",
+                    m.messages_dropped,
+                ),
+                (
+                    "meta_sessions_expired",
+                    "Client sessions this node expired as leader",
+                    m.sessions_expired,
+                ),
+                (
+                    "meta_errors",
+                    "Protocol errors and anomalies that made this node look for a leader again",
+                    m.errors + m.anomalies,
+                ),
+            ];
+            encode_counters(&mut encoder, &meta_counters)?;
+            let role = |r: &str| i64::from(m.role == r);
+            let meta_gauges: [(&str, &str, i64); 12] = [
+                ("meta_leading", "1 while this node leads the metadata service", role("leading")),
+                (
+                    "meta_synced",
+                    "1 while this node is synchronized with an established leader",
+                    i64::from(m.synced),
+                ),
+                (
+                    "meta_voter",
+                    "1 if this node is a metadata voter (else an observer)",
+                    i64::from(m.voter),
+                ),
+                ("meta_epoch", "The metadata service's current epoch here", i64::from(m.epoch)),
+                ("meta_last_zxid", "Last zxid in this node's metadata log", zxid(&m.last_zxid)),
+                (
+                    "meta_applied_zxid",
+                    "Last zxid applied to this node's tree",
+                    zxid(&m.applied_zxid),
+                ),
+                (
+                    "meta_log_entries",
+                    "Entries in the metadata log (since the snapshot's interval)",
+                    m.log_entries as i64,
+                ),
+                (
+                    "meta_snapshot_bytes",
+                    "Size of the last metadata snapshot",
+                    m.snapshot_bytes as i64,
+                ),
+                ("meta_znodes", "Znodes in the tree", m.znodes as i64),
+                ("meta_sessions", "Open client sessions", m.sessions as i64),
+                ("meta_ephemerals", "Ephemeral znodes", m.ephemerals as i64),
+                ("meta_watches", "Watches registered on this node", m.watches as i64),
+            ];
+            encode_gauges(&mut encoder, &meta_gauges)?;
+        }
         if let Some(t) = &s.transport {
             let transport_counters: [(&str, &str, u64); 3] = [
                 (
