@@ -369,17 +369,28 @@ async fn run_with(client: &Client, cmd: &MetaCmd) -> Result<()> {
 /// sequential; if it is the lowest child, the lock is ours; else wait for the child just before
 /// it to go, and look again. Returns our znode.
 async fn acquire_lock(client: &Client, session: &MetaSessionHandle, path: &str) -> Result<String> {
-    // The lock's parent, created if missing (another client may create it first).
-    let parent = Op::Create {
-        path: path.to_string(),
-        data: Vec::new(),
-        ephemeral: false,
-        sequential: false,
-    };
-    match write(client, 0, parent).await {
-        Ok(_) => {}
-        Err(e) if e.to_string().contains("exists") => {}
-        Err(e) => return Err(e),
+    // The lock's znode and its ancestors, created if missing (`mkdir -p`; another client may
+    // create them first).
+    let mut prefix = String::new();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        prefix.push('/');
+        prefix.push_str(seg);
+        let op = Op::Create {
+            path: prefix.clone(),
+            data: Vec::new(),
+            ephemeral: false,
+            sequential: false,
+        };
+        let w = client
+            .meta_write(0, vec![op], false)
+            .await
+            .map_err(ClientError::from)?
+            .map_err(meta_err)?;
+        if let Some(OpResult::Failed(e)) = w.results.first() {
+            if !matches!(e, MetaError::NodeExists(_)) {
+                return Err(meta_err(e.clone()));
+            }
+        }
     }
     let op = Op::Create {
         path: format!("{path}/lock-"),

@@ -259,3 +259,62 @@ fn quorum_with_two_of_three_nodes_down_exits_5_and_says_how_many_are_up() {
     expect_exit(&out, 0, "one get");
     assert_eq!(out.stdout, b"v3");
 }
+
+#[test]
+fn meta_commands_print_znodes_and_exit_with_documented_codes() {
+    let c = Cluster::start();
+    // node1 is the only voter (the seed); node2 and node3 observe and forward writes.
+    let synced = wait_for(Duration::from_secs(30), || {
+        c.nodes
+            .iter()
+            .all(|n| http_status(n.addrs.http).and_then(|s| s.meta).is_some_and(|m| m.synced))
+            .then_some(())
+    });
+    assert!(
+        synced.is_some(),
+        "metadata service not synced; node2 log:\n{}",
+        log_of(&c.nodes[1].data)
+    );
+    let out = c.starling(1, &["meta", "create", "/cfg", "v1"], None);
+    expect_exit(&out, 0, "meta create through an observer");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created /cfg"));
+    let out = c.starling(2, &["meta", "get", "/cfg"], None);
+    expect_exit(&out, 0, "meta get");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1\n");
+    let out = c.starling(0, &["meta", "set", "/cfg", "v2", "--version", "0", "--json"], None);
+    expect_exit(&out, 0, "meta set --version 0");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["stat"]["version"], 1);
+    // A stale version is refused and changes nothing.
+    let out = c.starling(1, &["meta", "cas", "/cfg", "v3", "--version", "0"], None);
+    expect_exit(&out, 1, "meta cas with a stale version");
+    assert!(stderr(&out).contains("version 1, not 0"), "{}", stderr(&out));
+    let out = c.starling(2, &["meta", "get", "/cfg", "--json"], None);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["data"], "v2");
+    for _ in 0..2 {
+        expect_exit(&c.starling(1, &["meta", "create", "/cfg/s-", "--sequential"], None), 0, "seq");
+    }
+    let out = c.starling(2, &["meta", "ls", "/cfg", "--json"], None);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["children"], serde_json::json!(["s-0000000000", "s-0000000001"]));
+    // Documented exit codes: 4 for no such znode, 2 for a bad path, 1 for a non-empty delete.
+    expect_exit(&c.starling(0, &["meta", "get", "/nope"], None), 4, "get of a missing znode");
+    expect_exit(&c.starling(0, &["meta", "stat", "/nope"], None), 4, "stat of a missing znode");
+    let out = c.starling(0, &["meta", "create", "relative"], None);
+    expect_exit(&out, 2, "a relative path");
+    assert!(stderr(&out).contains("not absolute"), "{}", stderr(&out));
+    expect_exit(&c.starling(0, &["meta", "del", "/cfg"], None), 1, "delete with children");
+    let out = c.starling(0, &["meta", "create", "/starling/x"], None);
+    expect_exit(&out, 2, "the reserved path");
+    // The lock runs the command while held, and frees it after.
+    let out = c.starling(1, &["meta", "lock", "/locks/a", "--", "echo", "held"], None);
+    expect_exit(&out, 0, "meta lock");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "held\n");
+    let out = c.starling(2, &["meta", "ls", "/locks/a"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "the lock znode was released");
+    let out = c.starling(0, &["meta", "status", "--json"], None);
+    expect_exit(&out, 0, "meta status");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["role"], "leading");
+}
