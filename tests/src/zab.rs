@@ -543,7 +543,7 @@ pub fn random_run(seed: u64, voters: usize, secs: u64) -> RunReport {
         duplicate: 0.0,
     };
     // Every other seed sends snapshots and DIFFs in pieces of at most 64 bytes.
-    let chunk_bytes = if seed % 2 == 0 { 64 } else { 1 << 20 };
+    let chunk_bytes = if seed.is_multiple_of(2) { 64 } else { 1 << 20 };
     let cfg = Config { snapshot_every: 40, diff_chunk: 16, chunk_bytes, ..Config::default() };
     let mut e = Ensemble::new(seed, net, voters, 1, cfg);
     let mut rng = e.sim.rng();
