@@ -91,6 +91,9 @@ struct Learner {
     commit_target: Zxid,
     /// A snapshot arriving in chunks: its zxid, total size, and the bytes so far.
     snap_buf: Option<(Zxid, u64, Vec<u8>)>,
+    /// An ACK not sent yet: consecutive ACKs merge into the last (each covers everything before
+    /// it), sent before any other message or at the end of the batch.
+    ack_pending: Option<Zxid>,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -124,6 +127,9 @@ struct Peer {
     last_heard: Instant,
     /// Every proposal up to this zxid is durable on it (once synced).
     acked: Zxid,
+    /// A COMMIT not sent yet: consecutive COMMITs to one learner merge into the last (each
+    /// covers everything before it), sent before any other message or at the end of the batch.
+    commit_pending: Option<Zxid>,
 }
 
 #[derive(Debug)]
@@ -219,6 +225,12 @@ impl<S: StateMachine> Zab<S> {
     /// The batch to persist, send and act on. Persist `persist` durably first, then send
     /// `messages`, then call [`Zab::advance`]; no other input in between.
     pub fn ready(&mut self) -> Ready {
+        // Merged ACKs and COMMITs leave at the end of the batch.
+        match &mut self.role {
+            RoleState::Leader(l) => l.flush(&mut self.s),
+            RoleState::Learner(f) => f.flush(&mut self.s),
+            RoleState::Looking(_) => {}
+        }
         std::mem::take(&mut self.s.out)
     }
 
@@ -528,6 +540,7 @@ impl<S: StateMachine> Zab<S> {
                     connect_at: now + self.s.cfg.vote_resend,
                     commit_target: self.s.applied,
                     snap_buf: None,
+                    ack_pending: None,
                 };
                 self.s.send(leader, self.s.connect(session));
                 self.role = RoleState::Learner(f);
@@ -593,6 +606,22 @@ impl Learner {
     }
 
     fn send<S>(&mut self, s: &mut Shared<S>, body: ToLeader) {
+        if let ToLeader::Ack(z) = body {
+            self.ack_pending = Some(self.ack_pending.map_or(z, |p| p.max(z)));
+            return;
+        }
+        self.flush(s);
+        self.send_now(s, body);
+    }
+
+    /// Sends the pending ACK, if any.
+    fn flush<S>(&mut self, s: &mut Shared<S>) {
+        if let Some(z) = self.ack_pending.take() {
+            self.send_now(s, ToLeader::Ack(z));
+        }
+    }
+
+    fn send_now<S>(&mut self, s: &mut Shared<S>, body: ToLeader) {
         let seq = self.seq;
         self.seq += 1;
         s.send(self.leader, Msg::ToLeader { session: self.session, seq, body });
@@ -826,9 +855,29 @@ impl Learner {
 impl Leader {
     fn send<S>(&mut self, s: &mut Shared<S>, to: NodeId, body: ToLearner) {
         if let Some(p) = self.peers.get_mut(&to) {
-            let seq = p.seq;
-            p.seq += 1;
-            s.send(to, Msg::ToLearner { session: p.session, seq, body });
+            if let ToLearner::Commit(z) = body {
+                p.commit_pending = Some(p.commit_pending.map_or(z, |c| c.max(z)));
+                return;
+            }
+            if let Some(z) = p.commit_pending.take() {
+                Leader::send_now(s, to, p, ToLearner::Commit(z));
+            }
+            Leader::send_now(s, to, p, body);
+        }
+    }
+
+    fn send_now<S>(s: &mut Shared<S>, to: NodeId, p: &mut Peer, body: ToLearner) {
+        let seq = p.seq;
+        p.seq += 1;
+        s.send(to, Msg::ToLearner { session: p.session, seq, body });
+    }
+
+    /// Sends every pending COMMIT.
+    fn flush<S>(&mut self, s: &mut Shared<S>) {
+        for (to, p) in self.peers.iter_mut() {
+            if let Some(z) = p.commit_pending.take() {
+                Leader::send_now(s, *to, p, ToLearner::Commit(z));
+            }
         }
     }
 
@@ -898,6 +947,7 @@ impl Leader {
                 seq: 0,
                 last_heard: now,
                 acked: Zxid::ZERO,
+                commit_pending: None,
             },
         );
         if self.phase == LeaderPhase::Gathering {
