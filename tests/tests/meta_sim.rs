@@ -188,3 +188,96 @@ fn a_barrier_opens_when_the_last_participant_arrives() {
     assert_eq!(woken, [101, 102, 103]);
     finish(&mut e, killed.unwrap());
 }
+
+/// Every ephemeral znode of every server belongs to a session that server holds open (an
+/// ephemeral outliving its session is ZOOKEEPER-2355 and -5010).
+fn no_orphan_ephemerals(e: &E) {
+    for i in 0..4 {
+        let tree = &e.sim.node(i).expect("up").zab.state().inner;
+        let open: std::collections::BTreeSet<u64> = tree.sessions().map(|(s, _)| s).collect();
+        let mut stack = vec!["/".to_string()];
+        while let Some(p) = stack.pop() {
+            let stat = tree.stat(&p).expect("listed");
+            assert!(
+                stat.ephemeral_owner == 0 || open.contains(&stat.ephemeral_owner),
+                "server {i}: {p} outlives its session {:#x}",
+                stat.ephemeral_owner
+            );
+            for c in tree.children(&p).unwrap_or_default() {
+                stack.push(if p == "/" { format!("/{c}") } else { format!("{p}/{c}") });
+            }
+        }
+    }
+}
+
+/// A follower is away while a session closes; it comes back and synchronizes by DIFF (`busy`
+/// false) or by SNAP (`busy`: more transactions than the log keeps): the session's ephemeral
+/// znodes are gone there too.
+fn session_closed_while_a_follower_was_away(seed: u64, busy: bool) {
+    let mut e = ensemble(seed);
+    session(&mut e, 7);
+    create(&mut e, 7, "/eph", b"x", true, false);
+    create(&mut e, 0, "/keep", b"", false, false);
+    let l = e.leader().expect("leader");
+    let f = (0..3).find(|i| *i != l).expect("a follower");
+    e.crash(f);
+    assert_eq!(run(&mut e, TxnOp::CloseSession { session: 7 }), Outcome::Session(Ok(())));
+    if busy {
+        for i in 0..60 {
+            create(&mut e, 0, &format!("/keep/n{i}"), b"", false, false);
+        }
+    }
+    let restores = e.checker.borrow().restores;
+    e.restart(f);
+    let v = e.settle_and_check(Duration::from_secs(1));
+    assert!(v.is_empty(), "{v:#?}");
+    let snapped = e.checker.borrow().restores > restores;
+    assert_eq!(
+        snapped,
+        busy,
+        "the follower should have synchronized by {}",
+        if busy { "SNAP" } else { "DIFF" }
+    );
+    let tree = &e.sim.node(f).expect("up").zab.state().inner;
+    assert!(tree.stat("/eph").is_none(), "the follower kept the closed session's ephemeral");
+    assert!(tree.sessions().all(|(s, _)| s != 7));
+    no_orphan_ephemerals(&e);
+}
+
+#[test]
+fn zookeeper_2355_and_5010_an_ephemeral_of_a_session_closed_during_a_diff_sync_is_gone() {
+    session_closed_while_a_follower_was_away(31, false);
+}
+
+#[test]
+fn zookeeper_2355_and_5010_an_ephemeral_of_a_session_closed_during_a_snap_sync_is_gone() {
+    session_closed_while_a_follower_was_away(32, true);
+}
+
+/// The leader dies with a session's close proposed but not committed: whichever way the next
+/// leader decides it, every server agrees, and no ephemeral outlives its session.
+#[test]
+fn a_session_close_cut_short_by_the_leaders_death_leaves_no_orphan_ephemeral() {
+    for seed in 40..50 {
+        let mut e = ensemble(seed);
+        session(&mut e, 9);
+        create(&mut e, 9, "/eph", b"x", true, false);
+        let l = e.leader().expect("leader");
+        let txn = Txn { time_ms: 1, op: TxnOp::CloseSession { session: 9 } }.encode();
+        assert!(e.sim.with_node(l, |p, now| p.propose(now, 99, txn)).unwrap_or(false));
+        // Let the proposal reach some followers (or none), then kill the leader.
+        e.sim.run_for(Duration::from_micros(200 * (seed - 39)));
+        e.crash(l);
+        e.wait_leader(Duration::from_secs(2)).expect("a new leader");
+        e.restart(l);
+        let v = e.settle_and_check(Duration::from_secs(1));
+        assert!(v.is_empty(), "seed {seed}: {v:#?}");
+        no_orphan_ephemerals(&e);
+        let snaps: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                starling_zab::StateMachine::snapshot(&e.sim.node(i).unwrap().zab.state().inner)
+            })
+            .collect();
+        assert!(snaps.iter().all(|s| *s == snaps[0]), "seed {seed}: servers' trees differ");
+    }
+}
