@@ -44,6 +44,8 @@ struct Shared<S> {
     /// Last transaction applied to the state machine.
     applied: Zxid,
     since_snapshot: u64,
+    /// Bytes of transactions applied since the last snapshot.
+    bytes_since_snapshot: u64,
     /// Last log zxid on disk (as of the last [`Zab::advance`]).
     durable: Zxid,
     round: u64,
@@ -198,6 +200,7 @@ impl<S: StateMachine> Zab<S> {
             snapshot: persisted.snapshot,
             applied,
             since_snapshot: 0,
+            bytes_since_snapshot: 0,
             round: 0,
             out: Ready::default(),
             cfg,
@@ -758,6 +761,7 @@ impl Learner {
                 let data = Arc::new(data);
                 s.applied = zxid;
                 s.since_snapshot = 0;
+                s.bytes_since_snapshot = 0;
                 s.log.clear();
                 s.log_base = zxid;
                 s.snapshot = Some((zxid, data.clone()));
@@ -1361,10 +1365,17 @@ impl<S: StateMachine> Shared<S> {
             self.sm.apply(zxid, &txn);
             self.applied = zxid;
             self.since_snapshot += 1;
+            self.bytes_since_snapshot += txn.len() as u64;
             if let Some(tag) = tags.as_deref_mut().and_then(|t| t.remove(&zxid)) {
                 self.out.events.push(Event::Committed { tag, zxid });
             }
-            if self.since_snapshot >= self.cfg.snapshot_every {
+            // Every `snapshot_every` transactions, and not before the log since the last
+            // snapshot is half its size: writing a snapshot costs its whole size, so a large
+            // state is snapshotted less often (at most two bytes of snapshot per byte logged).
+            let last_size = self.snapshot.as_ref().map_or(0, |(_, d)| d.len() as u64);
+            if self.since_snapshot >= self.cfg.snapshot_every
+                && self.bytes_since_snapshot >= last_size / 2
+            {
                 self.take_snapshot();
             }
         }
@@ -1378,6 +1389,7 @@ impl<S: StateMachine> Shared<S> {
         self.snapshot = Some((self.applied, data.clone()));
         self.persist(Persist::Snapshot { zxid: self.applied, data });
         self.since_snapshot = 0;
+        self.bytes_since_snapshot = 0;
         if let Some(prev) = prev.filter(|p| *p > self.log_base) {
             while self.log.front().is_some_and(|e| e.zxid <= prev) {
                 self.log.pop_front();
