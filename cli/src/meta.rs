@@ -446,6 +446,9 @@ pub struct BenchMetaArgs {
     /// Synchronous single-client writes measured after the concurrent run (0: none).
     #[arg(long, default_value_t = 1000)]
     sync_ops: u64,
+    /// Every write creates a new znode (default: half creates, then sets of them).
+    #[arg(long)]
+    creates_only: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -490,7 +493,7 @@ pub async fn bench(auth: &Auth, a: &BenchMetaArgs) -> Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     // Half creates, half sets of the znodes created.
-    let creates = a.ops.div_ceil(2);
+    let creates = if a.creates_only { a.ops } else { a.ops.div_ceil(2) };
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..a.concurrency {
