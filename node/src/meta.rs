@@ -379,6 +379,10 @@ impl<T: Transport> Meta<T> {
                             return self.read(z, move |_, _| written).await;
                         }
                         Ok(Err(e)) => return Err(Fail::Meta(e)),
+                        Err(CallError::Answer(starling_wire::AnswerError::Refused {
+                            code: ErrorCode::Timeout,
+                            message,
+                        })) => return Err(Fail::Unknown(message)),
                         Err(CallError::Transport(TransportError::Connect { .. }))
                         | Err(CallError::Answer(starling_wire::AnswerError::Refused {
                             code: ErrorCode::Unavailable,
@@ -556,6 +560,9 @@ struct Driver<T> {
     next_touch: Instant,
     next_status: Instant,
     stats: MetaStatus,
+    /// When the last round of work that took longer than `stall_grace` started.
+    stalled_since: Option<Instant>,
+    stall_grace: Duration,
 }
 
 async fn drive<T: Transport>(
@@ -641,6 +648,8 @@ async fn drive<T: Transport>(
         next_touch: now + TOUCH_EVERY,
         next_status: now,
         stats: MetaStatus::default(),
+        stalled_since: None,
+        stall_grace: opts.zab.heartbeat,
     };
     d.pump().await?;
     loop {
@@ -652,6 +661,7 @@ async fn drive<T: Transport>(
             },
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
         }
+        let round = Instant::now();
         // Everything else already queued joins this batch.
         for _ in 0..1024 {
             match rx.try_recv() {
@@ -659,14 +669,34 @@ async fn drive<T: Transport>(
                 Err(_) => break,
             }
         }
-        let now = Instant::now();
+        let mut now = Instant::now();
         if d.zab.poll_timeout().is_some_and(|t| t <= now) {
+            // After a stall of this node's own (a large snapshot, a slow disk), what its peers
+            // sent meanwhile may still sit in the network tasks: let them deliver it before
+            // judging anyone silent (a stalled node must not accuse the others of its stall).
+            if d.stalled_since.is_some() {
+                for _ in 0..4 {
+                    tokio::task::yield_now().await;
+                }
+                while let Ok(c) = rx.try_recv() {
+                    d.handle(c);
+                }
+                now = Instant::now();
+            }
             d.zab.handle_timeout(now);
         }
         if now >= d.next_touch {
             d.tick(now);
         }
         d.pump().await?;
+        if round.elapsed() > Duration::from_millis(200) {
+            warn!(
+                ms = round.elapsed().as_millis() as u64,
+                "the metadata service stalled (a large snapshot or a slow disk)"
+            );
+        }
+        // A round of work that took longer than the grace is a stall.
+        d.stalled_since = (round.elapsed() > d.stall_grace).then_some(round);
     }
 }
 
@@ -915,6 +945,15 @@ impl<T: Transport> Driver<T> {
             if r.is_empty() {
                 break;
             }
+            let snapshot_bytes: usize = r
+                .persist
+                .iter()
+                .map(|p| match p {
+                    starling_zab::Persist::Snapshot { data, .. } => data.len(),
+                    _ => 0,
+                })
+                .sum();
+            let started = Instant::now();
             if !r.persist.is_empty() {
                 self.stats.persist_batches += 1;
                 self.stats.persist_ops += r.persist.len() as u64;
@@ -924,6 +963,13 @@ impl<T: Transport> Driver<T> {
                     .await
                     .map_err(|e| format!("persist task: {e}"))?
                     .map_err(|e| format!("cannot write the metadata log, stopping the service (ZAB must not acknowledge what is not durable): {e}"))?;
+            }
+            if snapshot_bytes > 0 {
+                info!(
+                    bytes = snapshot_bytes,
+                    write_ms = started.elapsed().as_millis() as u64,
+                    "metadata snapshot written"
+                );
             }
             for (to, msg) in r.messages {
                 self.send(to, msg.encode());

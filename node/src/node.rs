@@ -330,7 +330,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         MetaOptions {
             voters: cfg.meta_voters.clone(),
             own_addrs: vec![listen, advertise],
-            zab: starling_zab::Config::default(),
+            // A follower gives its leader 1 s (the core's default, 300 ms, suits the
+            // simulator's LAN): a voter snapshotting a tree of a million znodes stalls for a few
+            // hundred milliseconds, and must not set off an election each time.
+            zab: starling_zab::Config {
+                leader_timeout: std::time::Duration::from_secs(1),
+                ..starling_zab::Config::default()
+            },
         },
         meta_store,
         transport.clone(),
