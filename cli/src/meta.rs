@@ -533,7 +533,7 @@ pub async fn bench(auth: &Auth, a: &BenchMetaArgs) -> Result<()> {
                 let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
                 if let Err(e) = r {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    first_error.get_or_insert_with(|| format!("{e:#}"));
+                    first_error.get_or_insert_with(|| e.to_string());
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
