@@ -245,7 +245,7 @@ impl<T: Transport> Meta<T> {
             }
             MetaRequest::Write(wr) => {
                 for op in &wr.ops {
-                    if let Some(e) = too_large(op) {
+                    if let Some(e) = refuse_early(op) {
                         return w::MetaWrite::respond(Err(e));
                     }
                 }
@@ -458,7 +458,10 @@ fn stopped() -> Fail {
     Fail::Unavailable("the metadata service is not running on this node".into())
 }
 
-fn too_large(op: &starling_meta::Op) -> Option<MetaError> {
+/// What the tree would refuse anyway, refused before it costs a transaction: data over the
+/// limit, a path that is not valid (a sequential create's path is checked with its suffix, by
+/// the tree).
+fn refuse_early(op: &starling_meta::Op) -> Option<MetaError> {
     use starling_meta::Op;
     match op {
         Op::Create { data, .. } | Op::SetData { data, .. }
@@ -466,7 +469,11 @@ fn too_large(op: &starling_meta::Op) -> Option<MetaError> {
         {
             Some(MetaError::TooLarge(data.len()))
         }
-        _ => None,
+        Op::Create { sequential: true, .. } => None,
+        Op::Create { path, .. }
+        | Op::SetData { path, .. }
+        | Op::Delete { path, .. }
+        | Op::Check { path, .. } => starling_meta::path::validate(path).err(),
     }
 }
 

@@ -285,3 +285,96 @@ async fn the_ephemeral_znode_of_a_silent_client_goes_after_its_session_timeout()
     );
     assert!(gone_after >= Duration::from_millis(1_500), "expired too early: {gone_after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_misses_no_change_when_its_client_moves_to_another_node_and_bad_input_is_refused() {
+    use starling_wire::meta::{MetaError, MetaWatch, WatchKind, WatchedEvent};
+    let e = Ensemble::start().await;
+    let w = e.create(0, 0, "/w", false).await.expect("create /w");
+    // The client saw /w at w.zxid on node1. The znode changes through node2 while the client is
+    // away; it then watches through the observer with the zxid it saw: the change is reported
+    // at once, not lost.
+    let set = Op::SetData { path: "/w".into(), data: b"v2".to_vec(), version: None };
+    let s = e.client.call(e.addr(1), MetaWrite { session: 0, ops: vec![set], multi: false }).await;
+    assert!(matches!(s, Ok(Ok(_))), "{s:?}");
+    let watch = MetaWatch {
+        path: "/w".into(),
+        kind: WatchKind::Data,
+        since: w.zxid,
+        exists: true,
+        wait_ms: 3000,
+    };
+    let got = e.client.call(e.addr(3), watch.clone()).await.expect("watch").expect("watch");
+    assert_eq!(got.event, Some(WatchedEvent::NodeDataChanged));
+    // Watching from the latest zxid waits, and fires on the next change, made through another
+    // node while the watch is pending.
+    let pending = {
+        let (c, a) = (e.client.clone(), e.addr(2));
+        let w2 = MetaWatch { since: got.zxid, ..watch.clone() };
+        tokio::spawn(async move { c.call(a, w2).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let del = Op::Delete { path: "/w".into(), version: None };
+    let d = e.client.call(e.addr(0), MetaWrite { session: 0, ops: vec![del], multi: false }).await;
+    assert!(matches!(d, Ok(Ok(_))), "{d:?}");
+    let fired = pending.await.expect("task").expect("watch").expect("watch");
+    assert_eq!(fired.event, Some(WatchedEvent::NodeDeleted));
+    // Nothing changed: the watch comes back empty after its wait.
+    let quiet = MetaWatch {
+        path: "/".into(),
+        kind: WatchKind::Data,
+        since: fired.zxid,
+        exists: true,
+        wait_ms: 200,
+    };
+    let q = e.client.call(e.addr(1), quiet).await.expect("watch").expect("watch");
+    assert_eq!(q.event, None);
+
+    // Bad input: each a clear refusal, nothing written.
+    let big = Op::Create {
+        path: "/big".into(),
+        data: vec![0; starling_wire::meta::MAX_DATA + 1],
+        ephemeral: false,
+        sequential: false,
+    };
+    let r = e.client.call(e.addr(3), MetaWrite { session: 0, ops: vec![big], multi: false }).await;
+    assert!(matches!(r, Ok(Err(MetaError::TooLarge(_)))), "{r:?}");
+    for bad in ["relative", "/a//b", "/a/", "/a/./b"] {
+        let op =
+            Op::Create { path: bad.into(), data: Vec::new(), ephemeral: false, sequential: false };
+        let r =
+            e.client.call(e.addr(0), MetaWrite { session: 0, ops: vec![op], multi: false }).await;
+        let refused = match &r {
+            Ok(Ok(w)) => {
+                matches!(w.results.first(), Some(OpResult::Failed(MetaError::BadPath { .. })))
+            }
+            Ok(Err(MetaError::BadPath { .. })) => true,
+            _ => false,
+        };
+        assert!(refused, "{bad}: {r:?}");
+    }
+    let root = e.children(2, "/").await;
+    assert!(!root.contains("big") && !root.contains("relative") && !root.contains("a"), "{root:?}");
+    // A watch storm: 500 watches pending on one node at once, all fired by one change.
+    let created = e.create(0, 0, "/storm", false).await.expect("create /storm");
+    let mut watches = Vec::new();
+    for _ in 0..500 {
+        let (c, a) = (e.client.clone(), e.addr(1));
+        let w = MetaWatch {
+            path: "/storm".into(),
+            kind: WatchKind::Data,
+            since: created.zxid,
+            exists: true,
+            wait_ms: 10_000,
+        };
+        watches.push(tokio::spawn(async move { c.call(a, w).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let set = Op::SetData { path: "/storm".into(), data: b"go".to_vec(), version: None };
+    let s = e.client.call(e.addr(0), MetaWrite { session: 0, ops: vec![set], multi: false }).await;
+    assert!(matches!(s, Ok(Ok(_))), "{s:?}");
+    for w in watches {
+        let got = w.await.expect("task").expect("watch").expect("watch");
+        assert_eq!(got.event, Some(WatchedEvent::NodeDataChanged));
+    }
+}
