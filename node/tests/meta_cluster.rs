@@ -378,3 +378,115 @@ async fn a_watch_misses_no_change_when_its_client_moves_to_another_node_and_bad_
         assert_eq!(got.event, Some(WatchedEvent::NodeDataChanged));
     }
 }
+
+/// A client's synchronized read of `/ctr`: (invoked, version, data, zxid), or `None`.
+async fn synced_read(
+    client: &QuicTransport,
+    addr: SocketAddr,
+    clock: Instant,
+) -> Option<(u64, u32, Vec<u8>)> {
+    let invoked = clock.elapsed().as_nanos() as u64;
+    let synced = client.call(addr, MetaSync).await.ok()?.ok()?;
+    let read = MetaRead { path: "/ctr".into(), kind: ReadKind::Data, after: synced.zxid };
+    let a = client.call(addr, read).await.ok()?.ok()?;
+    Some((invoked, a.stat?.version, a.data))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_sets_through_every_node_with_the_leader_killed_are_linearizable() {
+    use starling_node::transport::{CallError, TransportError};
+    use starling_tests::register::{check, ReadOp, WriteOp, WriteOutcome, NEVER};
+    use starling_wire::meta::MetaError;
+
+    let mut e = Ensemble::start().await;
+    assert!(e.create(0, 0, "/ctr", false).await.is_some());
+    // `create` writes the path as data.
+    let initial = b"/ctr".to_vec();
+    let clock = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4u64 {
+        let (client, addr, stop) = (e.client.clone(), e.addr(c as usize), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut writes, mut reads) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some((invoked, version, data)) = synced_read(&client, addr, clock).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let completed = clock.elapsed().as_nanos() as u64;
+                reads.push(ReadOp { client: c, invoked, completed, version, data, synced: true });
+                let data = format!("c{c}-{i}").into_bytes();
+                i += 1;
+                let set =
+                    Op::SetData { path: "/ctr".into(), data: data.clone(), version: Some(version) };
+                let invoked = clock.elapsed().as_nanos() as u64;
+                let r =
+                    client.call(addr, MetaWrite { session: 0, ops: vec![set], multi: false }).await;
+                let mut completed = clock.elapsed().as_nanos() as u64;
+                let outcome = match r {
+                    Ok(Ok(w)) => match w.results.first() {
+                        Some(OpResult::Set(stat)) => {
+                            WriteOutcome::Written { version: stat.version }
+                        }
+                        Some(OpResult::Failed(MetaError::BadVersion { actual, .. })) => {
+                            WriteOutcome::BadVersion { actual: *actual }
+                        }
+                        _ => WriteOutcome::Failed,
+                    },
+                    Ok(Err(_)) => WriteOutcome::Failed,
+                    // Never sent, or refused before any leader saw it.
+                    Err(CallError::Transport(TransportError::Connect { .. })) => {
+                        WriteOutcome::Failed
+                    }
+                    Err(CallError::Answer(a))
+                        if a.code() == Some(starling_wire::ErrorCode::Unavailable) =>
+                    {
+                        WriteOutcome::Failed
+                    }
+                    Err(_) => {
+                        completed = NEVER;
+                        WriteOutcome::Unknown
+                    }
+                };
+                writes.push(WriteOp {
+                    client: c,
+                    invoked,
+                    completed,
+                    expected: Some(version),
+                    data,
+                    outcome,
+                });
+            }
+            (writes, reads)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = e.leader().await;
+    e.nodes[leader].kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut writes, mut reads) = (Vec::new(), Vec::new());
+    for c in clients {
+        let (w, r) = c.await.expect("client");
+        writes.extend(w);
+        reads.extend(r);
+    }
+    let survivor = (0..4).find(|i| *i != leader).unwrap();
+    let (_, version, data) =
+        synced_read(&e.client, e.addr(survivor), clock).await.expect("final read");
+    let acked = writes.iter().filter(|w| matches!(w.outcome, WriteOutcome::Written { .. })).count();
+    let refused =
+        writes.iter().filter(|w| matches!(w.outcome, WriteOutcome::BadVersion { .. })).count();
+    let unknown = writes.iter().filter(|w| matches!(w.outcome, WriteOutcome::Unknown)).count();
+    eprintln!(
+        "{} conditional sets ({acked} acknowledged, {refused} refused for their version, {unknown} unknown), {} synchronized reads; final version {version}",
+        writes.len(),
+        reads.len()
+    );
+    assert!(acked > 20, "too few acknowledged writes to judge\n{}", e.logs());
+    assert!(refused > 0, "no two clients raced for a version");
+    let violations = check(&initial, &writes, &reads, (version, &data));
+    assert!(violations.is_empty(), "{violations:#?}");
+}

@@ -6,5 +6,6 @@
 pub mod gossip;
 pub mod history;
 pub mod kv;
+pub mod register;
 pub mod sim;
 pub mod zab;
