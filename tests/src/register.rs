@@ -127,7 +127,7 @@ pub fn check(
     }
     let producer = |data: &[u8]| writes.iter().find(|w| w.data == data);
     // Each observed (version, data): produced by a write that did not fail, or the initial state.
-    let mut observe = |what: &str, ver: u32, data: &[u8], before: u64, out: &mut Vec<Violation>| {
+    let observe = |what: &str, ver: u32, data: &[u8], before: u64, out: &mut Vec<Violation>| {
         if ver == 0 {
             if data != initial {
                 out.push(v("phantom read", format!("{what}: version 0 with data {data:?}")));
