@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use starling_wire::{
     check_key_value, Consistency, Get, Put, Value, Version, Written, MAX_VALUE_BYTES,
@@ -220,12 +220,8 @@ struct Counts {
     writes: AtomicU64,
     not_found: AtomicU64,
     errors: AtomicU64,
-    done: AtomicU64,
-}
-
-/// Latencies in microseconds, up to a minute.
-fn new_histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+    /// Shared with the progress bar.
+    done: Arc<AtomicU64>,
 }
 
 pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
@@ -259,15 +255,10 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
     let counts = Arc::new(Counts::default());
     let next = Arc::new(AtomicU64::new(0));
     let value = Arc::new(vec![b'v'; a.value_size]);
-    let bar =
-        if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(a.ops) };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} ops  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
     // Allocated before the clock starts, so that no worker's first request waits while the
     // others set up.
-    let hists: Vec<Histogram<u64>> = (0..a.concurrency).map(|_| new_histogram()).collect();
+    let hists: Vec<Histogram<u64>> =
+        (0..a.concurrency).map(|_| crate::bench::histogram()).collect();
     let started = Instant::now();
     let mut workers = Vec::new();
     for (wid, mut hist) in hists.into_iter().enumerate() {
@@ -318,25 +309,10 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
             (hist, first_error)
         }));
     }
-    let ticker = {
-        let (bar, counts) = (bar.clone(), counts.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                bar.set_position(counts.done.load(Ordering::Relaxed));
-            }
-        })
-    };
-    let mut hist = new_histogram();
-    let mut first_error = None;
-    for w in workers {
-        let (h, e) = w.await.context("bench worker")?;
-        hist.add(h).map_err(|e| anyhow!("histogram: {e}"))?;
-        first_error = first_error.or(e);
-    }
+    let progress = crate::bench::Progress::start(a.ops, "ops", a.quiet, counts.done.clone());
+    let (hist, first_error) = crate::bench::join(workers).await?;
     let elapsed = started.elapsed();
-    ticker.abort();
-    bar.finish_and_clear();
+    progress.finish();
     client.close().await;
     let done = counts.done.load(Ordering::Relaxed);
     let ok = done - counts.errors.load(Ordering::Relaxed);

@@ -1,5 +1,6 @@
 //! `starling`: the Starling command line. See `starling --help` and the README.
 
+mod bench;
 mod cert_cmd;
 mod client;
 mod dev;

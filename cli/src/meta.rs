@@ -453,10 +453,6 @@ pub struct BenchMetaArgs {
     quiet: bool,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
-
 /// `starling bench meta`: committed writes/s with C concurrent clients (creates, then sets of
 /// the znodes created), and single-client synchronous write latency.
 pub async fn bench(auth: &Auth, a: &BenchMetaArgs) -> Result<()> {
@@ -484,14 +480,6 @@ pub async fn bench(auth: &Auth, a: &BenchMetaArgs) -> Result<()> {
     let value = Arc::new(vec![b'v'; a.value_size]);
     let next = Arc::new(AtomicU64::new(0));
     let (done, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let bar =
-        if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(a.ops) };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} writes  {per_sec}  eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
     // Half creates, half sets of the znodes created.
     let creates = if a.creates_only { a.ops } else { a.ops.div_ceil(2) };
     let started = Instant::now();
@@ -507,7 +495,7 @@ pub async fn bench(auth: &Auth, a: &BenchMetaArgs) -> Result<()> {
         );
         let ops = a.ops;
         workers.push(tokio::spawn(async move {
-            let mut hist = histogram();
+            let mut hist = crate::bench::histogram();
             let mut first_error = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -540,25 +528,10 @@ pub async fn bench(auth: &Auth, a: &BenchMetaArgs) -> Result<()> {
             (hist, first_error)
         }));
     }
-    let ticker = {
-        let (bar, done) = (bar.clone(), done.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                bar.set_position(done.load(Ordering::Relaxed));
-            }
-        })
-    };
-    let mut hist = histogram();
-    let mut first_error = None;
-    for w in workers {
-        let (h, e) = w.await.context("bench worker")?;
-        hist.add(h).map_err(|e| anyhow!("histogram: {e}"))?;
-        first_error = first_error.or(e);
-    }
+    let progress = crate::bench::Progress::start(a.ops, "writes", a.quiet, done.clone());
+    let (hist, first_error) = crate::bench::join(workers).await?;
     let elapsed = started.elapsed();
-    ticker.abort();
-    bar.finish_and_clear();
+    progress.finish();
     let n = done.load(Ordering::Relaxed);
     let errs = errors.load(Ordering::Relaxed);
     let us = |h: &Histogram<u64>, q: f64| Duration::from_micros(h.value_at_quantile(q));
@@ -580,7 +553,7 @@ pub async fn bench(auth: &Auth, a: &BenchMetaArgs) -> Result<()> {
         println!("  first error: {e}");
     }
     if a.sync_ops > 0 {
-        let mut h = histogram();
+        let mut h = crate::bench::histogram();
         let mut errs = 0u64;
         let path = format!("{root}/n{:010}", 0);
         for _ in 0..a.sync_ops {
