@@ -310,15 +310,11 @@ impl<T: Transport> Meta<T> {
                 let _ = self.cmds.send(Cmd::Touch(sessions)).await;
                 Response::Ok
             }
+            // Refused as a client write would be: `Unavailable` tells the forwarding node
+            // that nothing was proposed, so it may try again.
             MetaPeerRequest::Propose(op) => match self.propose_here(op).await {
                 Ok(written) => MetaPropose::respond(Ok(written)),
-                Err(Fail::Meta(e)) => MetaPropose::respond(Err(e)),
-                Err(Fail::NotLeader(_)) => Response::error(
-                    ErrorCode::Unavailable,
-                    "this node does not lead the metadata service",
-                ),
-                Err(Fail::Unavailable(m)) => Response::error(ErrorCode::Unavailable, m),
-                Err(Fail::Unknown(m)) => Response::error(ErrorCode::Timeout, m),
+                Err(f) => f.response::<MetaPropose, _>(),
             },
             MetaPeerRequest::LeaderZxid => {
                 let (tx, rx) = oneshot::channel();
@@ -567,8 +563,8 @@ struct Driver<T> {
     next_touch: Instant,
     next_status: Instant,
     stats: MetaStatus,
-    /// When the last round of work that took longer than `stall_grace` started.
-    stalled_since: Option<Instant>,
+    /// The last round of work took longer than `stall_grace` (a stall of this node's own).
+    stalled: bool,
     stall_grace: Duration,
 }
 
@@ -655,7 +651,7 @@ async fn drive<T: Transport>(
         next_touch: now + TOUCH_EVERY,
         next_status: now,
         stats: MetaStatus::default(),
-        stalled_since: None,
+        stalled: false,
         stall_grace: opts.zab.heartbeat,
     };
     d.pump().await?;
@@ -681,7 +677,7 @@ async fn drive<T: Transport>(
             // After a stall of this node's own (a large snapshot, a slow disk), what its peers
             // sent meanwhile may still sit in the network tasks: let them deliver it before
             // judging anyone silent (a stalled node must not accuse the others of its stall).
-            if d.stalled_since.is_some() {
+            if d.stalled {
                 for _ in 0..4 {
                     tokio::task::yield_now().await;
                 }
@@ -703,7 +699,7 @@ async fn drive<T: Transport>(
             );
         }
         // A round of work that took longer than the grace is a stall.
-        d.stalled_since = (round.elapsed() > d.stall_grace).then_some(round);
+        d.stalled = round.elapsed() > d.stall_grace;
     }
 }
 

@@ -182,11 +182,16 @@ pub struct MetaWatched {
 /// The answer of a metadata call, or the data model's refusal.
 macro_rules! meta_call {
     ($call:ident => $answer:ident, $variant:ident, $resp:ident) => {
+        meta_call!($call => $answer, $resp, false,
+            |c| Request::Client(ClientRequest::Meta(MetaRequest::$variant(c))));
+    };
+    ($call:ident => $answer:ident, $resp:ident, $peer:expr, |$c:ident| $req:expr) => {
         impl Call for $call {
             type Answer = Result<$answer, MetaError>;
-            const PEER: bool = false;
+            const PEER: bool = $peer;
             fn into_request(self) -> Request {
-                Request::Client(ClientRequest::Meta(MetaRequest::$variant(self)))
+                let $c = self;
+                $req
             }
             fn answer(response: Response) -> Result<Self::Answer, Response> {
                 match response {
@@ -220,29 +225,8 @@ meta_call!(MetaWatch => MetaWatched, Watch, Watched);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetaPropose(pub TxnOp);
 
-impl Call for MetaPropose {
-    type Answer = Result<MetaWritten, MetaError>;
-    const PEER: bool = true;
-    fn into_request(self) -> Request {
-        Request::Peer(PeerRequest::Meta(MetaPeerRequest::Propose(self.0)))
-    }
-    fn answer(response: Response) -> Result<Self::Answer, Response> {
-        match response {
-            Response::Meta(m) => match *m {
-                MetaResponse::Written(a) => Ok(Ok(a)),
-                MetaResponse::Failed(e) => Ok(Err(e)),
-                other => Err(Response::Meta(Box::new(other))),
-            },
-            other => Err(other),
-        }
-    }
-    fn respond(answer: Self::Answer) -> Response {
-        Response::Meta(Box::new(match answer {
-            Ok(a) => MetaResponse::Written(a),
-            Err(e) => MetaResponse::Failed(e),
-        }))
-    }
-}
+meta_call!(MetaPropose => MetaWritten, Written, true,
+    |c| Request::Peer(PeerRequest::Meta(MetaPeerRequest::Propose(c.0))));
 
 /// Peer: the leader's committed zxid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
