@@ -1,0 +1,22 @@
+//! Starling's topic log.
+//!
+//! - [`batch`]: Kafka's RecordBatch v2, validated in place; records built and read with the
+//!   `kafka-protocol` codec.
+//! - [`index`], [`epoch`]: the sparse `.index`/`.timeindex` and the leader-epoch checkpoint, in
+//!   Kafka's layouts, with decoders that refuse damaged files.
+//! - [`log`]: a partition's segments: append as leader or follower, read by offset or time,
+//!   truncate (by leader epoch, KIP-101), roll, retention, recovery of a torn tail.
+//!
+//! Nothing here reads a clock or touches the network: time is an argument, and the caller
+//! decides when to fsync. See `ALGORITHM.md`.
+
+pub mod batch;
+pub mod epoch;
+pub mod index;
+pub mod log;
+mod segment;
+
+pub use batch::{BatchError, BatchView, NewRecord, ProducerStamp, StoredRecord};
+pub use epoch::EpochCache;
+pub use log::{AppendInfo, Log, LogConfig, LogError, ReadResult, Recovery};
+pub use segment::ScanEnd;
