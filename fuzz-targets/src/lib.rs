@@ -20,6 +20,9 @@
 //! | [`zab_message`] | `starling_zab::Msg::decode`, and a sequence of messages fed to a ZAB server |
 //! | [`meta_txn`] | the metadata tree's transactions (`starling_meta::Txn`), applied in order |
 //! | [`meta_snapshot`] | a metadata tree's snapshot, restored |
+//! | [`mq_batch`] | a record batch (`starling_mq::BatchView`) and its records (Kafka's codec) |
+//! | [`mq_index`] | a segment's `.index` / `.timeindex` and the leader-epoch checkpoint |
+//! | [`mq_segment`] | a partition directory opened, recovered, read and appended to (`starling_mq::Log`) |
 //! | [`tls_pem`] | the CA, certificate and key PEM files, and a peer's DER certificate (`starling-net`) |
 
 mod datadir;
@@ -28,6 +31,7 @@ mod gossip;
 mod input;
 mod message;
 mod meta;
+mod mq;
 pub mod seeds;
 mod store;
 mod tls;
@@ -37,6 +41,7 @@ pub use frame::frame;
 pub use gossip::{gossip_core, gossip_message};
 pub use message::{status_json, wire_message};
 pub use meta::{meta_snapshot, meta_txn, zab_message};
+pub use mq::{mq_batch, mq_index, mq_segment};
 pub use store::stored_record;
 pub use tls::tls_pem;
 
@@ -56,4 +61,7 @@ pub const TARGETS: &[Target] = &[
     ("zab_message", zab_message),
     ("meta_txn", meta_txn),
     ("meta_snapshot", meta_snapshot),
+    ("mq_batch", mq_batch),
+    ("mq_index", mq_index),
+    ("mq_segment", mq_segment),
 ];

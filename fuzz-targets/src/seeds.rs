@@ -115,6 +115,10 @@ pub fn all() -> Vec<Seed> {
     add("meta_txn", "recipe", txns);
     add("meta_snapshot", "tree", snapshot);
 
+    for (target, name, bytes) in crate::mq::seeds() {
+        add(target, &name, bytes);
+    }
+
     for (i, pem) in tls_files().into_iter().enumerate() {
         add("tls_pem", &format!("files-{i}"), pem);
     }
