@@ -6,6 +6,9 @@
 //!   Kafka's layouts, with decoders that refuse damaged files.
 //! - [`log`]: a partition's segments: append as leader or follower, read by offset or time,
 //!   truncate (by leader epoch, KIP-101), roll, retention, recovery of a torn tail.
+//! - [`replica`]: one partition replica, sans-IO: leadership through the metadata service,
+//!   follower fetching with the leader-epoch check, ISR and high watermark, produce acks.
+//! - [`mem`]: the log interface the replica uses, and an in-memory log for the simulator.
 //!
 //! Nothing here reads a clock or touches the network: time is an argument, and the caller
 //! decides when to fsync. See `ALGORITHM.md`.
@@ -14,6 +17,8 @@ pub mod batch;
 pub mod epoch;
 pub mod index;
 pub mod log;
+pub mod mem;
+pub mod replica;
 mod segment;
 
 pub use batch::{BatchError, BatchView, NewRecord, ProducerStamp, StoredRecord};

@@ -1,0 +1,1051 @@
+//! One replica of one partition, sans-IO: Kafka's replication protocol.
+//!
+//! The partition's state — replica list, leader, leader epoch, in-sync replicas (ISR) — lives in
+//! the metadata service, which changes it only by compare-and-set on its version. The replica
+//! reads it ([`Replica::handle_state`]), proposes changes ([`Output::ProposeState`]): a
+//! replica takes leadership with a new epoch, a leader shrinks or grows the ISR), and moves data:
+//! followers fetch from the leader ([`Msg::Fetch`]); the leader's high watermark is the lowest
+//! log end over the ISR; producers with `acks=all` are answered once it passes their batch.
+//!
+//! Safety rests on four rules, each stated where it is enforced:
+//! 1. one leader per epoch (the metadata service's compare-and-set);
+//! 2. a follower's progress counts only once its log provably agrees with the leader's
+//!    (the last-fetched-epoch check: KIP-101, KIP-279, KIP-320), so the high watermark marks a
+//!    prefix every ISR member holds;
+//! 3. the ISR used for the high watermark never shrinks before the metadata service has
+//!    recorded the shrink (a fenced leader cannot commit with fewer replicas), and grows at once;
+//! 4. only an ISR member can become leader (no unclean election), so a new leader holds every
+//!    committed record.
+//!
+//! No clock is read: `now` comes with every input. See `ALGORITHM.md`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+pub use starling_id::NodeId;
+
+use crate::log::{LogError, ReadResult};
+use crate::mem::ReplicaLog;
+
+/// A partition's replicated state, as the metadata service keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// The replicas, in ring order (the preference order for leadership).
+    pub replicas: Vec<NodeId>,
+    /// The current leader, if any.
+    pub leader: Option<NodeId>,
+    /// Bumped by every leader change.
+    pub leader_epoch: i32,
+    /// In-sync replicas (the leader among them), in ring order.
+    pub isr: Vec<NodeId>,
+}
+
+/// Messages between the replicas of a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// A follower asks for batches from `offset`; its newest local epoch is `last_epoch`.
+    Fetch {
+        /// The leader epoch the follower follows.
+        epoch: i32,
+        /// The follower's log end.
+        offset: i64,
+        /// The epoch of the follower's last batch (-1 if none).
+        last_epoch: i32,
+        /// Answer with at most about this many bytes.
+        max_bytes: u32,
+    },
+    /// The leader's answer.
+    Fetched {
+        /// The epoch the answer is for.
+        epoch: i32,
+        /// The answer.
+        answer: FetchAnswer,
+    },
+}
+
+/// How a leader answers a fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchAnswer {
+    /// Whole batches from the offset asked for (possibly none, after a long poll).
+    Records {
+        /// The batches.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        /// The leader's high watermark.
+        high_watermark: i64,
+        /// The leader's log start.
+        log_start: i64,
+    },
+    /// The follower's last epoch ends earlier in the leader's log (or is not there): the
+    /// largest epoch at or below it that the leader has, and where it ends.
+    Diverging {
+        /// Epoch.
+        epoch: i32,
+        /// Where it ends in the leader's log.
+        end_offset: i64,
+    },
+    /// The offset is outside the leader's log.
+    OutOfRange {
+        /// Leader's log start.
+        log_start: i64,
+        /// Leader's log end.
+        log_end: i64,
+    },
+    /// The follower's epoch is older than the leader's: it must re-read the partition state.
+    FencedEpoch,
+    /// This replica does not lead that epoch.
+    NotLeader,
+}
+
+/// Producer acknowledgement levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Acks {
+    /// No answer.
+    None,
+    /// Once the leader has appended.
+    Leader,
+    /// Once every in-sync replica has the batch (and there are at least `min_insync`).
+    All,
+}
+
+/// Why a produce failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ProduceError {
+    /// Not the leader (nothing written); the leader this replica knows, if any.
+    #[error("not the partition leader (leader {leader:?}, epoch {epoch})")]
+    NotLeader {
+        /// Known leader.
+        leader: Option<NodeId>,
+        /// Known epoch.
+        epoch: i32,
+    },
+    /// Fewer in-sync replicas than required (nothing written).
+    #[error("{isr} in-sync replicas, {min} required (nothing written)")]
+    NotEnoughReplicas {
+        /// ISR size.
+        isr: usize,
+        /// `min_insync`.
+        min: usize,
+    },
+    /// The batch was replicated to the ISR, but the ISR had shrunk below `min_insync` by then.
+    #[error("written, but the in-sync replicas fell below the minimum before it was acknowledged")]
+    NotEnoughReplicasAfterAppend,
+    /// The batches were refused (nothing written).
+    #[error("invalid batch: {0}")]
+    Invalid(String),
+    /// The log could not be written (nothing written).
+    #[error("storage: {0}")]
+    Storage(String),
+    /// Leadership moved while the batch was being replicated: it may or may not survive.
+    #[error("leadership changed before the write was replicated (outcome unknown)")]
+    LeaderChanged,
+    /// Not replicated within the produce timeout (outcome unknown).
+    #[error("not replicated in time (outcome unknown)")]
+    Timeout,
+}
+
+impl ProduceError {
+    /// The write may have survived (retry with an idempotent producer, or check).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ProduceError::LeaderChanged
+                | ProduceError::Timeout
+                | ProduceError::NotEnoughReplicasAfterAppend
+        )
+    }
+}
+
+/// What the replica asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a message to another replica.
+    Send(NodeId, Msg),
+    /// Compare-and-set the partition state in the metadata service: write `state` if the stored
+    /// version is still `expected_version`. The driver reports the state that results (success
+    /// or not) with [`Replica::handle_state`].
+    ProposeState {
+        /// Version the proposal is based on.
+        expected_version: u64,
+        /// The new state.
+        state: PartitionState,
+    },
+    /// Read the partition state again (this replica saw signs it is stale).
+    RefreshState,
+    /// Something happened.
+    Event(Event),
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A produce was acknowledged at its level.
+    Produced {
+        /// Caller's id.
+        id: u64,
+        /// First offset.
+        base_offset: i64,
+        /// Last offset.
+        last_offset: i64,
+    },
+    /// A produce accepted earlier failed (see [`ProduceError::outcome_unknown`]).
+    ProduceFailed {
+        /// Caller's id.
+        id: u64,
+        /// Why.
+        error: ProduceError,
+    },
+    /// This replica now leads, follows, or neither.
+    Role {
+        /// The role.
+        role: Role,
+        /// Epoch.
+        epoch: i32,
+    },
+    /// The high watermark moved (consumers can read further).
+    HighWatermark(i64),
+    /// The log was cut to end at this offset (divergence from the leader).
+    Truncated(i64),
+    /// The ISR recorded in the metadata service changed.
+    IsrChanged(Vec<NodeId>),
+    /// The log failed; the replica stopped fetching until restarted.
+    StorageFailed(String),
+}
+
+/// A replica's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// No state yet, or not a replica of the partition, or its log failed.
+    None,
+    /// Leads the epoch.
+    Leader,
+    /// Follows this leader.
+    Follower(NodeId),
+}
+
+/// Timings and limits.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// `acks=all` needs at least this many in-sync replicas (Kafka's `min.insync.replicas`).
+    pub min_insync: usize,
+    /// A follower that has not caught up for this long leaves the ISR
+    /// (Kafka's `replica.lag.time.max.ms`).
+    pub lag_time: Duration,
+    /// A fetch with nothing to return waits this long for data (long poll).
+    pub fetch_wait: Duration,
+    /// A fetch unanswered for this long is sent again.
+    pub fetch_timeout: Duration,
+    /// Bytes per fetch answer (at least one batch).
+    pub fetch_max_bytes: u32,
+    /// `acks=all` produces not replicated within this fail with an unknown outcome.
+    pub produce_timeout: Duration,
+    /// Pause between proposals of the same state change, and between state refreshes.
+    pub state_retry: Duration,
+    /// Re-read the partition state at least this often (in case a notification was lost).
+    pub refresh_every: Duration,
+    /// Flush the log after every append, before it counts (durability mode `always`).
+    pub flush_each_append: bool,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            min_insync: 2,
+            lag_time: Duration::from_secs(5),
+            fetch_wait: Duration::from_millis(500),
+            fetch_timeout: Duration::from_secs(2),
+            fetch_max_bytes: 1 << 20,
+            produce_timeout: Duration::from_secs(10),
+            state_retry: Duration::from_millis(300),
+            refresh_every: Duration::from_secs(1),
+            flush_each_append: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Progress {
+    /// The follower's log end as of its last fetch that passed the epoch check.
+    leo: Option<i64>,
+    /// Last time it had everything the leader had (or the leader became leader).
+    caught_up_at: Instant,
+    /// The leader's log end and time when it last answered this follower.
+    leo_at_answer: i64,
+    answered_at: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Parked {
+    from: NodeId,
+    offset: i64,
+    max_bytes: u32,
+    deadline: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    id: u64,
+    base: i64,
+    deadline: Instant,
+}
+
+/// One partition replica.
+#[derive(Debug)]
+pub struct Replica<L: ReplicaLog> {
+    me: NodeId,
+    cfg: ReplicaConfig,
+    log: L,
+    state: Option<PartitionState>,
+    version: u64,
+    role: Role,
+    epoch: i32,
+    hw: i64,
+    alive: BTreeSet<NodeId>,
+    dead: BTreeSet<NodeId>,
+    // Leader.
+    progress: BTreeMap<NodeId, Progress>,
+    epoch_start: i64,
+    isr_proposal: Option<(Vec<NodeId>, u64)>,
+    parked: Vec<Parked>,
+    pending: BTreeMap<i64, Pending>,
+    // Follower.
+    fetch_sent: Option<Instant>,
+    next_fetch: Option<Instant>,
+    // Metadata.
+    proposed_at: Option<Instant>,
+    refreshed_at: Instant,
+    failed: bool,
+    wall_ms: i64,
+    /// Time of the latest input (deadlines at or before it have been acted on).
+    last_now: Instant,
+    out: VecDeque<Output>,
+}
+
+impl<L: ReplicaLog> Replica<L> {
+    /// A replica over `log`, knowing nothing of the partition state yet. Its high watermark
+    /// starts at the log start (it learns the real one from the leader).
+    pub fn new(me: NodeId, log: L, cfg: ReplicaConfig, now: Instant) -> Replica<L> {
+        let hw = log.start_offset();
+        let mut r = Replica {
+            me,
+            cfg,
+            log,
+            state: None,
+            version: 0,
+            role: Role::None,
+            epoch: -1,
+            hw,
+            alive: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            progress: BTreeMap::new(),
+            epoch_start: 0,
+            isr_proposal: None,
+            parked: Vec::new(),
+            pending: BTreeMap::new(),
+            fetch_sent: None,
+            next_fetch: None,
+            proposed_at: None,
+            refreshed_at: now,
+            failed: false,
+            wall_ms: 0,
+            last_now: now,
+            out: VecDeque::new(),
+        };
+        r.out.push_back(Output::RefreshState);
+        r
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+    /// Its role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// The epoch it leads or follows (-1 before it knows one).
+    pub fn epoch(&self) -> i32 {
+        self.epoch
+    }
+    /// Its high watermark (on the leader: what consumers may read).
+    pub fn high_watermark(&self) -> i64 {
+        self.hw
+    }
+    /// The partition state it knows, and its version.
+    pub fn state(&self) -> Option<(&PartitionState, u64)> {
+        self.state.as_ref().map(|s| (s, self.version))
+    }
+    /// The log.
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+    /// The log, mutably (for the driver's periodic flush and retention).
+    pub fn log_mut(&mut self) -> &mut L {
+        &mut self.log
+    }
+
+    /// Wall-clock time in milliseconds since the Unix epoch, for the log's time-based rolling
+    /// (the driver sets it; the core reads no clock).
+    pub fn set_wall_ms(&mut self, ms: i64) {
+        self.wall_ms = ms;
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn is_alive(&self, n: NodeId) -> bool {
+        n == self.me || !self.dead.contains(&n)
+    }
+
+    /// The failure detector's verdict on another node.
+    pub fn handle_liveness(&mut self, now: Instant, node: NodeId, alive: bool) {
+        self.last_now = self.last_now.max(now);
+        if alive {
+            self.dead.remove(&node);
+            self.alive.insert(node);
+        } else {
+            self.alive.remove(&node);
+            self.dead.insert(node);
+        }
+        if self.role == Role::Leader {
+            self.maintain_isr(now);
+        }
+        self.maybe_elect(now);
+    }
+
+    /// The partition state as the metadata service has it (a notification, a refresh, or the
+    /// result of a proposal), with its version.
+    pub fn handle_state(&mut self, now: Instant, state: PartitionState, version: u64) {
+        self.last_now = self.last_now.max(now);
+        if version < self.version
+            || (version == self.version && self.state.as_ref() == Some(&state))
+        {
+            return;
+        }
+        self.version = version;
+        self.proposed_at = None;
+        self.isr_proposal = None;
+        let isr_changed = self.state.as_ref().map(|s| &s.isr) != Some(&state.isr);
+        self.state = Some(state.clone());
+        if self.failed {
+            return;
+        }
+        if !state.replicas.contains(&self.me) {
+            self.step_down(Role::None, state.leader_epoch);
+            return;
+        }
+        if state.leader == Some(self.me) {
+            if self.role == Role::Leader && self.epoch == state.leader_epoch {
+                if isr_changed {
+                    self.event(Event::IsrChanged(state.isr.clone()));
+                }
+                self.advance_hw(now);
+            } else if self.epoch == state.leader_epoch
+                || self.log.latest_epoch() >= Some(state.leader_epoch)
+            {
+                self.maybe_reclaim(now);
+            } else {
+                self.become_leader(now, state.leader_epoch);
+            }
+        } else {
+            match state.leader {
+                Some(l) => {
+                    if self.role != Role::Follower(l) || self.epoch != state.leader_epoch {
+                        self.step_down(Role::Follower(l), state.leader_epoch);
+                        self.fetch_sent = None;
+                        self.next_fetch = Some(now);
+                    }
+                }
+                None => self.step_down(Role::None, state.leader_epoch),
+            }
+        }
+        self.maybe_elect(now);
+        self.maybe_fetch(now);
+    }
+
+    /// This replica is leader of record for an epoch it already began — before a restart, so it
+    /// lost the leader's in-memory state (follower progress, pending produces). It does not
+    /// resume the epoch but asks for the next one (followers then check their logs against it
+    /// afresh); repeated until the metadata service records it.
+    fn maybe_reclaim(&mut self, now: Instant) {
+        let Some(s) = self.state.clone() else { return };
+        if self.failed
+            || s.leader != Some(self.me)
+            || self.role == Role::Leader
+            || self.throttled(now)
+        {
+            return;
+        }
+        if self.epoch == s.leader_epoch || self.log.latest_epoch() >= Some(s.leader_epoch) {
+            self.propose(now, PartitionState { leader_epoch: s.leader_epoch + 1, ..s });
+        }
+    }
+
+    fn step_down(&mut self, role: Role, epoch: i32) {
+        if self.role == Role::Leader {
+            for (_, p) in std::mem::take(&mut self.pending) {
+                self.out.push_back(Output::Event(Event::ProduceFailed {
+                    id: p.id,
+                    error: ProduceError::LeaderChanged,
+                }));
+            }
+            for p in std::mem::take(&mut self.parked) {
+                self.out.push_back(Output::Send(
+                    p.from,
+                    Msg::Fetched { epoch: self.epoch, answer: FetchAnswer::NotLeader },
+                ));
+            }
+            self.progress.clear();
+        }
+        if self.role != role || self.epoch != epoch {
+            self.role = role;
+            self.epoch = epoch;
+            self.event(Event::Role { role, epoch });
+        }
+    }
+
+    fn become_leader(&mut self, now: Instant, epoch: i32) {
+        if let Err(e) = self.log.begin_epoch(epoch) {
+            self.storage_failed(e);
+            return;
+        }
+        self.step_down(Role::Leader, epoch);
+        self.epoch_start = self.log.end_offset();
+        self.fetch_sent = None;
+        self.next_fetch = None;
+        let followers: Vec<NodeId> =
+            self.replicas().into_iter().filter(|&n| n != self.me).collect();
+        self.progress = followers
+            .into_iter()
+            .map(|n| {
+                (n, Progress { leo: None, caught_up_at: now, leo_at_answer: -1, answered_at: now })
+            })
+            .collect();
+        // The high watermark carries over from following; it moves once the ISR reports.
+        self.hw = self.hw.min(self.log.end_offset()).max(self.log.start_offset());
+        self.advance_hw(now);
+    }
+
+    fn replicas(&self) -> Vec<NodeId> {
+        self.state.as_ref().map(|s| s.replicas.clone()).unwrap_or_default()
+    }
+
+    fn committed_isr(&self) -> Vec<NodeId> {
+        self.state.as_ref().map(|s| s.isr.clone()).unwrap_or_default()
+    }
+
+    /// Rule 4: a replica takes leadership only from the ISR, and only when the leader is gone:
+    /// the first live ISR member in ring order proposes itself with the next epoch.
+    fn maybe_elect(&mut self, now: Instant) {
+        let Some(s) = self.state.clone() else { return };
+        if self.failed || !s.isr.contains(&self.me) {
+            return;
+        }
+        if s.leader.is_some_and(|l| self.is_alive(l)) {
+            return;
+        }
+        let first = s.replicas.iter().copied().find(|&n| s.isr.contains(&n) && self.is_alive(n));
+        if first != Some(self.me) || self.throttled(now) {
+            return;
+        }
+        let isr: Vec<NodeId> = s.isr.iter().copied().filter(|&n| self.is_alive(n)).collect();
+        self.propose(
+            now,
+            PartitionState {
+                replicas: s.replicas.clone(),
+                leader: Some(self.me),
+                leader_epoch: s.leader_epoch + 1,
+                isr,
+            },
+        );
+    }
+
+    fn throttled(&self, now: Instant) -> bool {
+        self.proposed_at.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.state_retry)
+    }
+
+    fn propose(&mut self, now: Instant, state: PartitionState) {
+        self.proposed_at = Some(now);
+        self.out.push_back(Output::ProposeState { expected_version: self.version, state });
+    }
+
+    /// The set the high watermark is computed over: the recorded ISR, plus replicas a pending
+    /// proposal adds (rule 3: growth counts at once, shrinking only once recorded).
+    fn hw_set(&self) -> Vec<NodeId> {
+        let mut set = self.committed_isr();
+        if let Some((proposed, _)) = &self.isr_proposal {
+            for n in proposed {
+                if !set.contains(n) {
+                    set.push(*n);
+                }
+            }
+        }
+        set
+    }
+
+    fn advance_hw(&mut self, _now: Instant) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let end = self.log.end_offset();
+        let mut candidate = end;
+        for n in self.hw_set() {
+            if n == self.me {
+                continue;
+            }
+            match self.progress.get(&n).and_then(|p| p.leo) {
+                Some(leo) => candidate = candidate.min(leo),
+                None => return,
+            }
+        }
+        if candidate > self.hw {
+            self.hw = candidate;
+            self.event(Event::HighWatermark(candidate));
+        }
+        let isr_len = self.committed_isr().len();
+        while let Some((&last, _)) = self.pending.first_key_value() {
+            if last >= self.hw {
+                break;
+            }
+            let p = self.pending.remove(&last).expect("present");
+            let e = if isr_len >= self.cfg.min_insync {
+                Event::Produced { id: p.id, base_offset: p.base, last_offset: last }
+            } else {
+                Event::ProduceFailed { id: p.id, error: ProduceError::NotEnoughReplicasAfterAppend }
+            };
+            self.event(e);
+        }
+    }
+
+    /// The leader's ISR upkeep: drop followers that lag or are down (once recorded), add those
+    /// that caught up (from the start of this epoch on).
+    fn maintain_isr(&mut self, now: Instant) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(s) = self.state.clone() else { return };
+        let floor = self.hw.max(self.epoch_start);
+        let mut want = Vec::new();
+        for &n in &s.replicas {
+            if n == self.me {
+                want.push(n);
+                continue;
+            }
+            let Some(p) = self.progress.get(&n) else { continue };
+            let in_isr = s.isr.contains(&n);
+            let alive = self.is_alive(n);
+            let lagging = now.saturating_duration_since(p.caught_up_at) > self.cfg.lag_time;
+            let caught_up = p.leo.is_some_and(|l| l >= floor);
+            // Members stay while alive and not lagging; others join once caught up.
+            if alive && !lagging && (in_isr || caught_up) {
+                want.push(n);
+            }
+        }
+        if want == s.isr {
+            return;
+        }
+        if let Some((p, v)) = &self.isr_proposal {
+            if *p == want && *v == self.version && self.throttled(now) {
+                return;
+            }
+        }
+        if self.throttled(now) {
+            return;
+        }
+        self.isr_proposal = Some((want.clone(), self.version));
+        self.propose(now, PartitionState { isr: want, ..s });
+        self.advance_hw(now);
+    }
+
+    /// A producer's batches, on the leader.
+    pub fn produce(
+        &mut self,
+        now: Instant,
+        id: u64,
+        mut bytes: Vec<u8>,
+        acks: Acks,
+    ) -> Result<(), ProduceError> {
+        self.last_now = self.last_now.max(now);
+        if self.role != Role::Leader || self.failed {
+            return Err(ProduceError::NotLeader {
+                leader: self.state.as_ref().and_then(|s| s.leader),
+                epoch: self.epoch,
+            });
+        }
+        let isr = self.committed_isr().len();
+        if acks == Acks::All && isr < self.cfg.min_insync {
+            return Err(ProduceError::NotEnoughReplicas { isr, min: self.cfg.min_insync });
+        }
+        let info = match self.log.append_as_leader(&mut bytes, self.epoch, self.wall_ms) {
+            Ok(i) => i,
+            Err(e @ LogError::Io { .. }) => {
+                let msg = e.to_string();
+                return Err(ProduceError::Storage(msg));
+            }
+            Err(e) => return Err(ProduceError::Invalid(e.to_string())),
+        };
+        if self.cfg.flush_each_append {
+            if let Err(e) = self.log.flush() {
+                // The batch is in the log but not durable: its outcome is unknown.
+                self.storage_failed(e);
+                return Err(ProduceError::LeaderChanged);
+            }
+        }
+        match acks {
+            Acks::All => {
+                self.pending.insert(
+                    info.last_offset,
+                    Pending {
+                        id,
+                        base: info.base_offset,
+                        deadline: now + self.cfg.produce_timeout,
+                    },
+                );
+            }
+            Acks::Leader => self.event(Event::Produced {
+                id,
+                base_offset: info.base_offset,
+                last_offset: info.last_offset,
+            }),
+            Acks::None => {}
+        }
+        self.answer_parked(now, true);
+        self.advance_hw(now);
+        Ok(())
+    }
+
+    /// Consumers read from the leader, below the high watermark.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, ProduceError> {
+        if self.role != Role::Leader {
+            return Err(ProduceError::NotLeader {
+                leader: self.state.as_ref().and_then(|s| s.leader),
+                epoch: self.epoch,
+            });
+        }
+        self.log.read(offset, max_bytes, self.hw).map_err(|e| ProduceError::Invalid(e.to_string()))
+    }
+
+    /// A message from another replica.
+    pub fn handle_message(&mut self, now: Instant, from: NodeId, msg: Msg) {
+        self.last_now = self.last_now.max(now);
+        if self.failed {
+            return;
+        }
+        match msg {
+            Msg::Fetch { epoch, offset, last_epoch, max_bytes } => {
+                self.on_fetch(now, from, epoch, offset, last_epoch, max_bytes)
+            }
+            Msg::Fetched { epoch, answer } => self.on_fetched(now, from, epoch, answer),
+        }
+    }
+
+    /// Answers a fetch; the answer carries the epoch the fetch was for, so the follower can
+    /// match it.
+    fn reply(&mut self, to: NodeId, epoch: i32, answer: FetchAnswer) {
+        self.out.push_back(Output::Send(to, Msg::Fetched { epoch, answer }));
+    }
+
+    fn on_fetch(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        epoch: i32,
+        offset: i64,
+        last_epoch: i32,
+        max_bytes: u32,
+    ) {
+        if self.role != Role::Leader || epoch > self.epoch {
+            if epoch > self.epoch {
+                // The follower knows a newer epoch than this leader: this leader is stale.
+                self.out.push_back(Output::RefreshState);
+            }
+            self.reply(from, epoch, FetchAnswer::NotLeader);
+            return;
+        }
+        if epoch < self.epoch {
+            self.reply(from, epoch, FetchAnswer::FencedEpoch);
+            return;
+        }
+        if !self.progress.contains_key(&from) {
+            self.reply(from, epoch, FetchAnswer::NotLeader);
+            return;
+        }
+        // Rule 2: the follower's last epoch must end, in this log, at or after its log end;
+        // otherwise it holds batches this log does not, and learns where to cut.
+        if last_epoch >= 0 {
+            let (e, end) = self.log.end_offset_for_epoch(last_epoch);
+            if e != last_epoch || end < offset {
+                self.reply(from, epoch, FetchAnswer::Diverging { epoch: e, end_offset: end });
+                return;
+            }
+        }
+        let (start, end) = (self.log.start_offset(), self.log.end_offset());
+        if offset < start || offset > end {
+            self.reply(from, epoch, FetchAnswer::OutOfRange { log_start: start, log_end: end });
+            return;
+        }
+        if let Some(p) = self.progress.get_mut(&from) {
+            p.leo = Some(offset);
+            if offset >= end {
+                p.caught_up_at = now;
+            } else if offset >= p.leo_at_answer {
+                p.caught_up_at = p.caught_up_at.max(p.answered_at);
+            }
+        }
+        self.advance_hw(now);
+        self.maintain_isr(now);
+        self.parked.retain(|p| p.from != from);
+        self.parked.push(Parked { from, offset, max_bytes, deadline: now + self.cfg.fetch_wait });
+        self.answer_parked(now, false);
+    }
+
+    /// Answers parked fetches that have data (or all of them when `timeout` passes them).
+    fn answer_parked(&mut self, now: Instant, _appended: bool) {
+        let end = self.log.end_offset();
+        let parked = std::mem::take(&mut self.parked);
+        for p in parked {
+            let has_data = p.offset < end;
+            if !has_data && now < p.deadline {
+                self.parked.push(p);
+                continue;
+            }
+            let answer = match self.log.read(p.offset, p.max_bytes as usize, end) {
+                Ok(r) => FetchAnswer::Records {
+                    bytes: r.bytes,
+                    high_watermark: self.hw,
+                    log_start: self.log.start_offset(),
+                },
+                Err(LogError::OffsetOutOfRange { start, end, .. }) => {
+                    FetchAnswer::OutOfRange { log_start: start, log_end: end }
+                }
+                Err(e) => {
+                    self.storage_failed(e);
+                    return;
+                }
+            };
+            if let Some(pr) = self.progress.get_mut(&p.from) {
+                pr.leo_at_answer = end;
+                pr.answered_at = now;
+            }
+            let epoch = self.epoch;
+            self.reply(p.from, epoch, answer);
+        }
+    }
+
+    fn on_fetched(&mut self, now: Instant, from: NodeId, epoch: i32, answer: FetchAnswer) {
+        if self.role != Role::Follower(from) || epoch != self.epoch {
+            return;
+        }
+        self.fetch_sent = None;
+        self.next_fetch = Some(now);
+        match answer {
+            FetchAnswer::Records { bytes, high_watermark, log_start: _ } => {
+                if !bytes.is_empty() {
+                    // A duplicated or late answer does not continue the log: ignore it.
+                    let first = crate::batch::BatchView::parse(&bytes, usize::MAX)
+                        .map(|(v, _)| v.base_offset());
+                    if first.ok() != Some(self.log.end_offset()) {
+                        self.maybe_fetch(now);
+                        return;
+                    }
+                    if let Err(e) = self.log.append_as_follower(&bytes, self.wall_ms) {
+                        match e {
+                            LogError::Io { .. } => {
+                                self.storage_failed(e);
+                                return;
+                            }
+                            // A leader's batches that do not fit are a protocol anomaly; fetch
+                            // again after a pause rather than apply them.
+                            _ => {
+                                self.next_fetch = Some(now + self.cfg.state_retry);
+                                self.maybe_fetch(now);
+                                return;
+                            }
+                        }
+                    }
+                    if self.cfg.flush_each_append {
+                        if let Err(e) = self.log.flush() {
+                            self.storage_failed(e);
+                            return;
+                        }
+                    }
+                }
+                self.hw = high_watermark.min(self.log.end_offset());
+            }
+            FetchAnswer::Diverging { epoch: e, end_offset } => {
+                let target = if e < 0 {
+                    self.hw
+                } else {
+                    let (_, mine) = self.log.end_offset_for_epoch(e);
+                    if mine < 0 {
+                        end_offset
+                    } else {
+                        end_offset.min(mine)
+                    }
+                };
+                self.truncate(target);
+            }
+            FetchAnswer::OutOfRange { log_start, log_end } => {
+                if self.log.end_offset() > log_end {
+                    self.truncate(log_end);
+                }
+                if self.log.end_offset() < log_start || self.log.start_offset() > log_end {
+                    if let Err(e) = self.log.reset_to(log_start) {
+                        self.storage_failed(e);
+                        return;
+                    }
+                    self.hw = log_start;
+                    self.event(Event::Truncated(log_start));
+                }
+            }
+            FetchAnswer::FencedEpoch | FetchAnswer::NotLeader => {
+                self.out.push_back(Output::RefreshState);
+                self.next_fetch = Some(now + self.cfg.state_retry);
+            }
+        }
+        self.maybe_fetch(now);
+    }
+
+    fn truncate(&mut self, to: i64) {
+        match self.log.truncate_to(to) {
+            Ok(end) => {
+                self.hw = self.hw.min(end);
+                self.event(Event::Truncated(end));
+            }
+            Err(e) => self.storage_failed(e),
+        }
+    }
+
+    fn storage_failed(&mut self, e: LogError) {
+        self.failed = true;
+        let role = self.role;
+        let epoch = self.epoch;
+        if role == Role::Leader {
+            self.step_down(Role::None, epoch);
+            // Leave leadership and the ISR so another in-sync replica takes over.
+            if let Some(s) = self.state.clone() {
+                let isr: Vec<NodeId> = s.isr.iter().copied().filter(|&n| n != self.me).collect();
+                if !isr.is_empty() {
+                    self.out.push_back(Output::ProposeState {
+                        expected_version: self.version,
+                        state: PartitionState {
+                            leader: None,
+                            leader_epoch: s.leader_epoch + 1,
+                            isr,
+                            ..s
+                        },
+                    });
+                }
+            }
+        } else {
+            self.role = Role::None;
+        }
+        self.event(Event::StorageFailed(e.to_string()));
+    }
+
+    fn maybe_fetch(&mut self, now: Instant) {
+        let Role::Follower(leader) = self.role else { return };
+        if self.fetch_sent.is_some() || self.next_fetch.is_none_or(|t| t > now) {
+            return;
+        }
+        self.fetch_sent = Some(now);
+        self.next_fetch = None;
+        let msg = Msg::Fetch {
+            epoch: self.epoch,
+            offset: self.log.end_offset(),
+            last_epoch: self.log.latest_epoch().unwrap_or(-1),
+            max_bytes: self.cfg.fetch_max_bytes,
+        };
+        self.out.push_back(Output::Send(leader, msg));
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        if self.failed {
+            return;
+        }
+        if now.saturating_duration_since(self.refreshed_at) >= self.cfg.refresh_every {
+            self.refreshed_at = now;
+            self.out.push_back(Output::RefreshState);
+        }
+        match self.role {
+            Role::Leader => {
+                self.answer_parked(now, false);
+                let expired: Vec<i64> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.deadline <= now)
+                    .map(|(&k, _)| k)
+                    .collect();
+                for k in expired {
+                    let p = self.pending.remove(&k).expect("present");
+                    self.event(Event::ProduceFailed { id: p.id, error: ProduceError::Timeout });
+                }
+                self.maintain_isr(now);
+            }
+            Role::Follower(_) => {
+                if self
+                    .fetch_sent
+                    .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.fetch_timeout)
+                {
+                    self.fetch_sent = None;
+                    self.next_fetch = Some(now);
+                }
+                self.maybe_fetch(now);
+            }
+            Role::None => self.maybe_reclaim(now),
+        }
+        self.maybe_elect(now);
+    }
+
+    /// When [`Replica::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.failed {
+            return None;
+        }
+        let mut t = (self.refreshed_at + self.cfg.refresh_every)
+            .max(self.last_now + Duration::from_millis(1));
+        let last = self.last_now;
+        // Deadlines already acted on (a follower still lagging while its removal waits for
+        // the metadata service) are not timers any more.
+        let mut consider = |x: Instant| {
+            if x > last && x < t {
+                t = x;
+            }
+        };
+        if let Some(p) = self.proposed_at {
+            consider(p + self.cfg.state_retry);
+        }
+        match self.role {
+            Role::Leader => {
+                for p in &self.parked {
+                    consider(p.deadline);
+                }
+                for p in self.pending.values() {
+                    consider(p.deadline);
+                }
+                for p in self.progress.values() {
+                    consider(p.caught_up_at + self.cfg.lag_time + Duration::from_millis(1));
+                }
+            }
+            Role::Follower(_) => {
+                if let Some(s) = self.fetch_sent {
+                    consider(s + self.cfg.fetch_timeout);
+                }
+                if let (None, Some(n)) = (self.fetch_sent, self.next_fetch) {
+                    consider(n.max(last + Duration::from_millis(1)));
+                }
+            }
+            Role::None => {}
+        }
+        Some(t)
+    }
+}

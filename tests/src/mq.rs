@@ -1,0 +1,793 @@
+//! The partition replica core (`starling_mq::replica`) in the simulator, with the metadata
+//! service as a compare-and-set register, producers and consumers, and a checker for what they
+//! saw (the anomalies Jepsen found in Kafka and Redpanda):
+//!
+//! - every write acknowledged with `acks=all` is in the final log, once, at the offset it was
+//!   acknowledged with;
+//! - no offset ever holds two different messages (consumers across leaders and time agree);
+//! - everything a consumer read (below a high watermark) survives;
+//! - after healing, every in-sync replica holds the leader's log up to the high watermark;
+//! - at most one replica leads an epoch; a leader's high watermark never goes back.
+//!
+//! Slot 0 is the metadata service (never crashes: it stands for the ZAB ensemble proven
+//! elsewhere); slots 1..=n are replicas, each with an in-memory log that survives its crashes
+//! (a process crash keeps everything written; a power loss keeps what was flushed).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use starling_mq::batch::{decode_records, encode_batch, NewRecord};
+use starling_mq::mem::{MemLog, ReplicaLog};
+use starling_mq::replica::{
+    Acks, Event, Msg, NodeId, Output, PartitionState, Replica, ReplicaConfig, Role,
+};
+
+use crate::sim::{sim_addr, NetConfig, Process, Sim};
+
+/// Node id of slot `i` (replicas are slots 1..).
+pub fn mq_id(i: usize) -> NodeId {
+    NodeId((i as u128) << 96)
+}
+
+fn slot_of(id: NodeId) -> usize {
+    (id.0 >> 96) as usize
+}
+
+fn slot_of_addr(a: SocketAddr) -> usize {
+    let SocketAddr::V4(a) = a else { return usize::MAX };
+    let o = a.ip().octets();
+    ((o[1] as usize - 1) << 16) | ((o[2] as usize) << 8) | o[3] as usize
+}
+
+/// `MQ_TRACE=1` prints every replica's events.
+fn trace() -> bool {
+    std::env::var_os("MQ_TRACE").is_some()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Wire {
+    Propose { expected: u64, state: PartitionState },
+    Get,
+    State { state: PartitionState, version: u64 },
+    Repl(Msg),
+    Heartbeat,
+}
+
+fn enc(w: &Wire) -> Vec<u8> {
+    rmp_serde::to_vec(w).expect("encode")
+}
+
+/// What the run saw.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// Produce id -> value, for every produce a leader accepted.
+    pub sent: HashMap<u64, String>,
+    /// Acknowledged produces: id -> offset.
+    pub acked: BTreeMap<u64, i64>,
+    /// Produces whose outcome is unknown.
+    pub unknown: BTreeSet<u64>,
+    /// Produces refused (nothing written).
+    pub refused: u64,
+    /// Everything consumers read: offset -> value.
+    pub observed: BTreeMap<i64, String>,
+    /// The leader of each epoch, as replicas reported becoming it.
+    pub leaders: BTreeMap<i32, NodeId>,
+    pub leader_changes: Vec<(Instant, NodeId, i32)>,
+    /// Successful acks over time (for failover figures).
+    pub ack_times: Vec<Instant>,
+    pub truncations: u64,
+    pub isr_changes: u64,
+    pub violations: Vec<String>,
+    pub now: Option<Instant>,
+}
+
+impl Checker {
+    fn violation(&mut self, what: String) {
+        if self.violations.len() < 50 {
+            let at = self.now.map(|t| format!("{t:?}")).unwrap_or_default();
+            self.violations.push(format!("[{at}] {what}"));
+        }
+    }
+
+    fn event(&mut self, now: Instant, me: NodeId, e: &Event) {
+        match e {
+            Event::Produced { id, base_offset, .. } => {
+                self.acked.insert(*id, *base_offset);
+                self.ack_times.push(now);
+            }
+            Event::ProduceFailed { id, error } => {
+                if error.outcome_unknown() {
+                    self.unknown.insert(*id);
+                } else {
+                    self.refused += 1;
+                }
+            }
+            Event::Role { role: Role::Leader, epoch } => {
+                if let Some(prev) = self.leaders.insert(*epoch, me) {
+                    if prev != me {
+                        self.violation(format!("epoch {epoch} led by {prev:?} and {me:?}"));
+                    }
+                }
+                self.leader_changes.push((now, me, *epoch));
+            }
+            Event::Truncated(_) => self.truncations += 1,
+            Event::IsrChanged(_) => self.isr_changes += 1,
+            _ => {}
+        }
+    }
+
+    /// A consumer read these records.
+    fn observe(&mut self, records: &[(i64, String)]) {
+        for (o, v) in records {
+            match self.observed.get(o) {
+                Some(prev) if prev != v => {
+                    let msg = format!("offset {o} read as {prev:?} and later as {v:?}");
+                    self.violation(msg);
+                }
+                Some(_) => {}
+                None => {
+                    self.observed.insert(*o, v.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The metadata service: one compare-and-set register per partition (one partition here),
+/// with every change pushed to every replica (a watch) and answers to reads.
+#[derive(Debug)]
+pub struct MetaProc {
+    pub state: PartitionState,
+    pub version: u64,
+    replicas: Vec<usize>,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+}
+
+impl Process for MetaProc {
+    fn handle_message(&mut self, _now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Ok(w) = rmp_serde::from_slice::<Wire>(bytes) else { return };
+        match w {
+            Wire::Propose { expected, state } => {
+                if expected == self.version {
+                    self.version += 1;
+                    self.state = state;
+                    let msg =
+                        enc(&Wire::State { state: self.state.clone(), version: self.version });
+                    for &r in &self.replicas {
+                        self.out.push_back((sim_addr(r), msg.clone()));
+                    }
+                } else {
+                    let msg =
+                        enc(&Wire::State { state: self.state.clone(), version: self.version });
+                    self.out.push_back((from, msg));
+                }
+            }
+            Wire::Get => {
+                let msg = enc(&Wire::State { state: self.state.clone(), version: self.version });
+                self.out.push_back((from, msg));
+            }
+            _ => {}
+        }
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// Heartbeat period and silence after which a peer counts as down (the failure detector that
+/// stands in for gossip).
+const HEARTBEAT: Duration = Duration::from_millis(100);
+const SUSPECT_AFTER: Duration = Duration::from_millis(1000);
+
+/// One replica process: the core over an in-memory log, a heartbeat failure detector, and the
+/// glue to the metadata service.
+#[derive(Debug)]
+pub struct ReplicaProc {
+    pub replica: Replica<MemLog>,
+    peers: Vec<usize>,
+    heard: HashMap<usize, Instant>,
+    down: BTreeSet<usize>,
+    next_beat: Instant,
+    checker: Rc<RefCell<Checker>>,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    start: Instant,
+    /// Highest high watermark this process saw while leading, per epoch.
+    hw_seen: BTreeMap<i32, i64>,
+}
+
+impl ReplicaProc {
+    pub fn start(
+        slot: usize,
+        peers: Vec<usize>,
+        log: MemLog,
+        cfg: ReplicaConfig,
+        checker: Rc<RefCell<Checker>>,
+        start: Instant,
+        now: Instant,
+    ) -> ReplicaProc {
+        let replica = Replica::new(mq_id(slot), log, cfg, now);
+        let heard = peers.iter().map(|&p| (p, now)).collect();
+        let mut p = ReplicaProc {
+            replica,
+            peers,
+            heard,
+            down: BTreeSet::new(),
+            next_beat: now,
+            checker,
+            out: VecDeque::new(),
+            start,
+            hw_seen: BTreeMap::new(),
+        };
+        p.pump(now);
+        p
+    }
+
+    fn pump(&mut self, now: Instant) {
+        self.replica.set_wall_ms(now.saturating_duration_since(self.start).as_millis() as i64);
+        while let Some(o) = self.replica.poll_output() {
+            match o {
+                Output::Send(to, m) => {
+                    self.out.push_back((sim_addr(slot_of(to)), enc(&Wire::Repl(m))))
+                }
+                Output::ProposeState { expected_version, state } => {
+                    if trace() {
+                        eprintln!(
+                            "{now:?} {:?} proposes v{expected_version} {state:?}",
+                            self.replica.id()
+                        );
+                    }
+                    self.out.push_back((
+                        sim_addr(0),
+                        enc(&Wire::Propose { expected: expected_version, state }),
+                    ))
+                }
+                Output::RefreshState => self.out.push_back((sim_addr(0), enc(&Wire::Get))),
+                Output::Event(e) => {
+                    if trace() {
+                        eprintln!("{now:?} {:?} {e:?}", self.replica.id());
+                    }
+                    self.checker.borrow_mut().event(now, self.replica.id(), &e);
+                }
+            }
+        }
+        if self.replica.role() == Role::Leader {
+            let epoch = self.replica.epoch();
+            let hw = self.replica.high_watermark();
+            let prev = self.hw_seen.insert(epoch, hw).unwrap_or(i64::MIN);
+            if hw < prev {
+                self.checker.borrow_mut().violation(format!(
+                    "{:?} leading epoch {epoch}: high watermark went from {prev} to {hw}",
+                    self.replica.id()
+                ));
+                self.hw_seen.insert(epoch, prev);
+            }
+        }
+    }
+
+    /// A producer's message, if this replica leads.
+    pub fn produce(&mut self, now: Instant, id: u64, value: &str) -> bool {
+        let rec = NewRecord {
+            key: None,
+            value: Some(value.as_bytes().to_vec()),
+            headers: vec![],
+            timestamp_ms: 0,
+        };
+        let bytes = encode_batch(&[rec], None).expect("encode");
+        let r = self.replica.produce(now, id, bytes, Acks::All);
+        {
+            let mut c = self.checker.borrow_mut();
+            match &r {
+                Ok(()) => {
+                    c.sent.insert(id, value.to_string());
+                }
+                Err(e) if e.outcome_unknown() => {
+                    c.sent.insert(id, value.to_string());
+                    c.unknown.insert(id);
+                }
+                Err(_) => c.refused += 1,
+            }
+        }
+        self.pump(now);
+        r.is_ok()
+    }
+
+    /// A consumer's read from `offset` (below the high watermark), if this replica leads.
+    pub fn consume(&mut self, offset: i64) -> Option<(Vec<(i64, String)>, i64)> {
+        let r = self.replica.read(offset, 64 * 1024).ok()?;
+        let recs = decode_records(&r.bytes).expect("stored batches decode");
+        let out: Vec<(i64, String)> = recs
+            .into_iter()
+            .filter(|r| r.offset >= offset)
+            .map(|r| {
+                (
+                    r.offset,
+                    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        self.checker.borrow_mut().observe(&out);
+        Some((out, r.next_offset))
+    }
+}
+
+impl Process for ReplicaProc {
+    fn handle_message(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.checker.borrow_mut().now = Some(now);
+        let slot = slot_of_addr(from);
+        let Ok(w) = rmp_serde::from_slice::<Wire>(bytes) else { return };
+        if slot != 0 {
+            self.heard.insert(slot, now);
+            if self.down.remove(&slot) {
+                self.replica.handle_liveness(now, mq_id(slot), true);
+            }
+        }
+        match w {
+            Wire::State { state, version } => self.replica.handle_state(now, state, version),
+            Wire::Repl(m) => self.replica.handle_message(now, mq_id(slot), m),
+            _ => {}
+        }
+        self.pump(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.checker.borrow_mut().now = Some(now);
+        if now >= self.next_beat {
+            self.next_beat = now + HEARTBEAT;
+            for &p in &self.peers {
+                self.out.push_back((sim_addr(p), enc(&Wire::Heartbeat)));
+            }
+            for &p in &self.peers {
+                let silent = now.saturating_duration_since(self.heard[&p]) > SUSPECT_AFTER;
+                if silent && self.down.insert(p) {
+                    self.replica.handle_liveness(now, mq_id(p), false);
+                }
+            }
+        }
+        self.replica.handle_timeout(now);
+        self.pump(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Some(match self.replica.poll_timeout() {
+            Some(t) => t.min(self.next_beat),
+            None => self.next_beat,
+        })
+    }
+}
+
+/// A simulated process: the metadata service or a replica.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Node {
+    Meta(MetaProc),
+    Replica(ReplicaProc),
+}
+
+impl Process for Node {
+    fn handle_message(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        match self {
+            Node::Meta(m) => m.handle_message(now, from, bytes),
+            Node::Replica(r) => r.handle_message(now, from, bytes),
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Node::Meta(m) => m.handle_timeout(now),
+            Node::Replica(r) => r.handle_timeout(now),
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        match self {
+            Node::Meta(m) => m.poll_transmit(),
+            Node::Replica(r) => r.poll_transmit(),
+        }
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Node::Meta(m) => m.poll_timeout(),
+            Node::Replica(r) => r.poll_timeout(),
+        }
+    }
+}
+
+/// A partition with `n` replicas, its metadata service, producers and a consumer.
+#[allow(missing_debug_implementations)]
+pub struct Partition {
+    pub sim: Sim<Node>,
+    pub checker: Rc<RefCell<Checker>>,
+    pub cfg: ReplicaConfig,
+    pub n: usize,
+    /// Logs of crashed replicas, kept for their restart.
+    disks: HashMap<usize, MemLog>,
+    next_id: u64,
+    /// The consumer's position.
+    pub cursor: i64,
+    /// Power loss instead of a process crash (only flushed data survives).
+    pub power_loss: bool,
+}
+
+impl Partition {
+    pub fn new(seed: u64, net: NetConfig, n: usize, cfg: ReplicaConfig) -> Partition {
+        let mut sim = Sim::new(seed, net);
+        let checker = Rc::new(RefCell::new(Checker::default()));
+        let replicas: Vec<usize> = (1..=n).collect();
+        let ids: Vec<NodeId> = replicas.iter().map(|&i| mq_id(i)).collect();
+        let state =
+            PartitionState { replicas: ids.clone(), leader: None, leader_epoch: 0, isr: ids };
+        sim.add(|_| {
+            Node::Meta(MetaProc {
+                state,
+                version: 1,
+                replicas: replicas.clone(),
+                out: VecDeque::new(),
+            })
+        });
+        let start = sim.now();
+        for &i in &replicas {
+            let peers: Vec<usize> = replicas.iter().copied().filter(|&p| p != i).collect();
+            let (c, cfg) = (checker.clone(), cfg.clone());
+            sim.add(move |_| {
+                Node::Replica(ReplicaProc::start(i, peers, MemLog::new(), cfg, c, start, start))
+            });
+        }
+        Partition {
+            sim,
+            checker,
+            cfg,
+            n,
+            disks: HashMap::new(),
+            next_id: 0,
+            cursor: 0,
+            power_loss: false,
+        }
+    }
+
+    fn replica(&self, i: usize) -> Option<&ReplicaProc> {
+        match self.sim.node(i) {
+            Some(Node::Replica(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The replica that currently leads the newest epoch, if any.
+    pub fn leader(&self) -> Option<usize> {
+        (1..=self.n)
+            .filter_map(|i| self.replica(i).map(|r| (i, r)))
+            .filter(|(_, r)| r.replica.role() == Role::Leader)
+            .max_by_key(|(_, r)| r.replica.epoch())
+            .map(|(i, _)| i)
+    }
+
+    /// Produces one message through the current leader (if there is one).
+    pub fn produce(&mut self) -> Option<u64> {
+        let l = self.leader()?;
+        self.next_id += 1;
+        let id = self.next_id;
+        let value = format!("m{id}");
+        let ok = self.sim.with_node(l, |n, now| match n {
+            Node::Replica(r) => r.produce(now, id, &value),
+            Node::Meta(_) => false,
+        })?;
+        ok.then_some(id)
+    }
+
+    /// One consumer poll at the current leader.
+    pub fn consume(&mut self) -> usize {
+        let Some(l) = self.leader() else { return 0 };
+        let cursor = self.cursor;
+        let r = self.sim.with_node(l, |n, _| match n {
+            Node::Replica(r) => r.consume(cursor),
+            Node::Meta(_) => None,
+        });
+        match r.flatten() {
+            Some((recs, next)) => {
+                if next < self.cursor {
+                    self.checker
+                        .borrow_mut()
+                        .violation(format!("consumer moved back from {} to {next}", self.cursor));
+                }
+                self.cursor = self.cursor.max(next);
+                recs.len()
+            }
+            None => 0,
+        }
+    }
+
+    pub fn crash(&mut self, i: usize) {
+        if let Some(r) = self.replica(i) {
+            let log = if self.power_loss {
+                r.replica.log().after_power_loss()
+            } else {
+                r.replica.log().clone()
+            };
+            self.disks.insert(i, log);
+        }
+        self.sim.crash(i);
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        if self.sim.is_up(i) {
+            return;
+        }
+        let log = self.disks.remove(&i).unwrap_or_default();
+        let peers: Vec<usize> = (1..=self.n).filter(|&p| p != i).collect();
+        let (c, cfg, start, now) =
+            (self.checker.clone(), self.cfg.clone(), self.sim.start(), self.sim.now());
+        self.sim.restart(i, move |_| {
+            Node::Replica(ReplicaProc::start(i, peers, log, cfg, c, start, now))
+        });
+    }
+
+    /// Heals everything, restarts every replica, lets the partition settle, and checks the
+    /// final state. Returns the violations (empty when the run is correct).
+    pub fn settle_and_check(&mut self, quiet: Duration) -> Vec<String> {
+        self.sim.heal();
+        self.sim.net = NetConfig::default();
+        for i in 1..=self.n {
+            self.restart(i);
+        }
+        // Keep producing a little so a new leader's high watermark moves past old epochs,
+        // then let everything settle.
+        let end = self.sim.now() + quiet;
+        while self.sim.now() < end {
+            self.produce();
+            let t = self.sim.now() + Duration::from_millis(20);
+            self.sim.run_until(t);
+        }
+        self.sim.run_for(Duration::from_secs(3));
+        while self.consume() > 0 {}
+        let mut v = self.checker.borrow().violations.clone();
+        let Some(l) = self.leader() else {
+            let meta = match self.sim.node(0) {
+                Some(Node::Meta(m)) => format!("{:?} v{}", m.state, m.version),
+                _ => String::new(),
+            };
+            let roles: Vec<String> = (1..=self.n)
+                .map(|i| match self.replica(i) {
+                    Some(r) => format!(
+                        "{i}: {:?} epoch {} log end {} latest epoch {:?}",
+                        r.replica.role(),
+                        r.replica.epoch(),
+                        r.replica.log().end_offset(),
+                        r.replica.log().latest_epoch()
+                    ),
+                    None => format!("{i}: down"),
+                })
+                .collect();
+            v.push(format!("no leader after healing; metadata {meta}; {roles:?}"));
+            return v;
+        };
+        let leader = self.replica(l).expect("up");
+        let hw = leader.replica.high_watermark();
+        let log_of = |r: &ReplicaProc| -> Vec<(i64, String)> {
+            let mut out = Vec::new();
+            let mut at = r.replica.log().start_offset();
+            loop {
+                let rr = r.replica.log().read(at, 1 << 20, hw).expect("read");
+                if rr.bytes.is_empty() {
+                    break;
+                }
+                for rec in decode_records(&rr.bytes).expect("decode") {
+                    if rec.offset >= at {
+                        out.push((
+                            rec.offset,
+                            String::from_utf8_lossy(rec.value.as_deref().unwrap_or_default())
+                                .into_owned(),
+                        ));
+                    }
+                }
+                at = rr.next_offset;
+            }
+            out
+        };
+        let final_log = log_of(leader);
+        let by_offset: BTreeMap<i64, &String> = final_log.iter().map(|(o, v)| (*o, v)).collect();
+        let mut seen = HashMap::new();
+        for (o, val) in &final_log {
+            if let Some(prev) = seen.insert(val.clone(), *o) {
+                v.push(format!("{val} at offsets {prev} and {o} (duplicated)"));
+            }
+        }
+        let c = self.checker.borrow();
+        for (id, off) in &c.acked {
+            let want = &c.sent[id];
+            match by_offset.get(off) {
+                Some(got) if *got == want => {}
+                Some(got) => v.push(format!(
+                    "acknowledged {want} at offset {off}, but the log holds {got} there"
+                )),
+                None => v.push(format!(
+                    "acknowledged {want} at offset {off} is lost (high watermark {hw})"
+                )),
+            }
+        }
+        for (off, val) in &c.observed {
+            if by_offset.get(off) != Some(&val) {
+                v.push(format!(
+                    "consumed {val} at offset {off}, but the final log holds {:?}",
+                    by_offset.get(off)
+                ));
+            }
+        }
+        let isr = leader.replica.state().map(|(s, _)| s.isr.clone()).unwrap_or_default();
+        for id in isr {
+            let i = slot_of(id);
+            if let Some(r) = self.replica(i) {
+                let theirs = log_of(r);
+                if theirs != final_log {
+                    v.push(format!(
+                        "in-sync replica {i} differs from the leader below the high watermark {hw} ({} vs {} records)",
+                        theirs.len(),
+                        final_log.len()
+                    ));
+                }
+            }
+        }
+        if v.len() > 50 {
+            v.truncate(50);
+        }
+        v
+    }
+}
+
+/// What one random run did.
+#[derive(Debug, Default, Clone)]
+pub struct RunReport {
+    pub seed: u64,
+    pub produced: u64,
+    pub acked: u64,
+    pub unknown: u64,
+    pub refused: u64,
+    pub consumed: u64,
+    pub leader_changes: u64,
+    pub truncations: u64,
+    pub isr_changes: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub violations: Vec<String>,
+}
+
+/// A random run: `secs` simulated seconds of produce and consume with crashes, restarts,
+/// partitions (between replicas, and from the metadata service), loss, duplication and
+/// reordering; then healing and the final check.
+pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
+    let cfg = ReplicaConfig {
+        lag_time: Duration::from_millis(1500),
+        flush_each_append: power_loss,
+        ..ReplicaConfig::default()
+    };
+    let mut p = Partition::new(seed, NetConfig::default(), 3, cfg);
+    p.power_loss = power_loss;
+    let mut rng = p.sim.rng();
+    let mut report = RunReport { seed, ..RunReport::default() };
+    let end = p.sim.now() + Duration::from_secs(secs);
+    let mut next_fault = p.sim.now() + Duration::from_millis(rng.gen_range(300..1500));
+    let mut restarts: Vec<(Instant, usize)> = Vec::new();
+    let mut heal_at: Option<Instant> = None;
+    while p.sim.now() < end {
+        let now = p.sim.now();
+        if now >= next_fault {
+            next_fault = now + Duration::from_millis(rng.gen_range(300..2000));
+            let kind = match rng.gen_range(0..6) {
+                0 | 1 => {
+                    let i = rng.gen_range(1..=p.n);
+                    if p.sim.is_up(i) {
+                        p.crash(i);
+                        restarts.push((now + Duration::from_millis(rng.gen_range(200..3000)), i));
+                    }
+                    "crash"
+                }
+                2 => {
+                    let a = rng.gen_range(0..=p.n);
+                    let mut groups = vec![vec![a], (0..=p.n).filter(|&x| x != a).collect()];
+                    if rng.gen_bool(0.5) {
+                        groups.swap(0, 1);
+                    }
+                    p.sim.partition(&groups);
+                    heal_at = Some(now + Duration::from_millis(rng.gen_range(500..3000)));
+                    if a == 0 {
+                        "partition-meta"
+                    } else {
+                        "partition"
+                    }
+                }
+                3 => {
+                    p.sim.net.loss = 0.05;
+                    heal_at = Some(now + Duration::from_millis(rng.gen_range(500..2000)));
+                    "loss"
+                }
+                4 => {
+                    p.sim.net.duplicate = 0.05;
+                    p.sim.net.latency_max = Duration::from_millis(30);
+                    heal_at = Some(now + Duration::from_millis(rng.gen_range(500..2000)));
+                    "duplicate-reorder"
+                }
+                _ => {
+                    let a = rng.gen_range(1..=p.n);
+                    let b = rng.gen_range(0..=p.n);
+                    if a != b {
+                        p.sim.block(a, b);
+                    }
+                    heal_at = Some(now + Duration::from_millis(rng.gen_range(500..2000)));
+                    "one-way"
+                }
+            };
+            *report.faults.entry(kind).or_default() += 1;
+        }
+        if heal_at.is_some_and(|t| now >= t) {
+            p.sim.heal();
+            p.sim.net = NetConfig::default();
+            heal_at = None;
+        }
+        restarts.retain(|&(t, i)| {
+            if now >= t {
+                p.restart(i);
+                false
+            } else {
+                true
+            }
+        });
+        for _ in 0..rng.gen_range(0..3) {
+            if p.produce().is_some() {
+                report.produced += 1;
+            }
+        }
+        if rng.gen_bool(0.2) {
+            report.consumed += p.consume() as u64;
+        }
+        let t = p.sim.now() + Duration::from_millis(rng.gen_range(2..10));
+        p.sim.run_until(t);
+    }
+    report.violations = p.settle_and_check(Duration::from_secs(2));
+    let c = p.checker.borrow();
+    report.acked = c.acked.len() as u64;
+    report.unknown = c.unknown.len() as u64;
+    report.refused = c.refused;
+    report.leader_changes = c.leader_changes.len() as u64;
+    report.truncations = c.truncations;
+    report.isr_changes = c.isr_changes;
+    report
+}
+
+/// Kills the leader of a calm, loaded partition and measures the time until a new leader
+/// acknowledges a write.
+pub fn failover_run(seed: u64) -> Option<Duration> {
+    let mut p = Partition::new(seed, NetConfig::default(), 3, ReplicaConfig::default());
+    let warm = p.sim.now() + Duration::from_secs(3);
+    while p.sim.now() < warm {
+        p.produce();
+        let t = p.sim.now() + Duration::from_millis(5);
+        p.sim.run_until(t);
+    }
+    let l = p.leader()?;
+    p.crash(l);
+    let killed = p.sim.now();
+    let acks_before = p.checker.borrow().ack_times.len();
+    let give_up = killed + Duration::from_secs(10);
+    while p.sim.now() < give_up {
+        p.produce();
+        let t = p.sim.now() + Duration::from_millis(5);
+        p.sim.run_until(t);
+        let c = p.checker.borrow();
+        if let Some(t) =
+            c.ack_times.get(acks_before..).and_then(|a| a.iter().find(|&&t| t > killed))
+        {
+            if p.leader().is_some_and(|nl| nl != l) {
+                return Some(t.saturating_duration_since(killed));
+            }
+        }
+    }
+    None
+}
