@@ -159,7 +159,7 @@ pub fn murmur2(data: &[u8]) -> i32 {
 
 /// The partition Kafka's default partitioner picks for a key: `toPositive(murmur2(key)) % n`.
 pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
-    ((murmur2(key) as u32 & 0x7fff_ffff) % partitions.max(1)) as u32
+    (murmur2(key) as u32 & 0x7fff_ffff) % partitions.max(1)
 }
 
 #[cfg(test)]
