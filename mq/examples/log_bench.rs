@@ -64,7 +64,7 @@ fn phase(log: &mut Log, template: &[u8], a: &Args, n_batches: usize) -> Phase {
     for i in 0..n_batches {
         let mut b = template.to_vec();
         log.append_as_leader(&mut b, 1, 0).expect("append");
-        if (i + 1) % a.flush_every == 0 {
+        if (i + 1).is_multiple_of(a.flush_every) {
             log.flush().expect("flush");
         }
     }
@@ -117,7 +117,7 @@ fn main() {
         let mut b = template.clone();
         log.append_as_leader(&mut b, 1, 0).expect("append");
         i += 1;
-        if i % 4096 == 0 {
+        if i.is_multiple_of(4096) {
             log.flush().expect("flush");
         }
     }
