@@ -116,9 +116,13 @@ pub struct TransportStatus {
     pub connections: u64,
     /// Incoming handshakes in progress.
     pub pending_handshakes: u64,
-    /// Incoming connection attempts refused: too many handshakes in progress, or too many
-    /// connections open when a handshake completed.
+    /// Incoming connection attempts refused: too many handshakes in progress (in all, or from
+    /// the attempt's IP address), or too many connections open when a handshake completed.
     pub refused: u64,
+    /// Of `refused`, the attempts refused because their IP address already had as many
+    /// handshakes in progress as one address may.
+    #[serde(default)]
+    pub refused_per_address: u64,
     /// Incoming connection attempts answered with a stateless Retry (address validation) while
     /// many handshakes were in progress.
     pub retries: u64,
