@@ -73,6 +73,7 @@ fn three_alive() -> Status {
             handshake_timeouts: 32,
         }),
         meta: None,
+        history: None,
     }
 }
 
