@@ -4,6 +4,7 @@ mod bench;
 mod cert_cmd;
 mod client;
 mod dev;
+mod k8s;
 mod kv;
 mod meta;
 mod status;
@@ -58,6 +59,14 @@ enum Cmd {
         /// How long --wait waits, e.g. 30m.
         #[arg(long, default_value = "1h", requires = "wait", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// For a Kubernetes `preStop` hook: leave only if this pod's StatefulSet was scaled down
+        /// below it (its ordinal is at or above `spec.replicas`, read from the API server with
+        /// the pod's service account). Otherwise, or if the API server cannot tell, do nothing
+        /// and exit 0.
+        #[arg(long, requires = "wait")]
+        if_scaled_down: bool,
+        #[command(flatten)]
+        k8s: k8s::K8sArgs,
     },
     /// Create the cluster CA and node/client certificates.
     #[command(subcommand)]
@@ -248,8 +257,26 @@ async fn run(cli: Cli) -> Result<()> {
             }
             client.close().await;
         }
-        Cmd::Leave { wait, timeout } => {
+        Cmd::Leave { wait, timeout, if_scaled_down, k8s } => {
             let limit = *timeout;
+            if *if_scaled_down {
+                let args = k8s.clone();
+                let asked = tokio::task::spawn_blocking(move || k8s::scaled_down(&args)).await;
+                match asked {
+                    Ok(Ok(s)) => println!(
+                        "pod {} has ordinal {} and statefulset {}/{} wants {} replicas: scaled down, leaving the cluster",
+                        s.pod, s.ordinal, s.namespace, s.statefulset, s.replicas
+                    ),
+                    Ok(Err(why)) => {
+                        println!("not leaving: {why}");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        println!("not leaving: the API server lookup failed: {e}");
+                        return Ok(());
+                    }
+                }
+            }
             let client = client::connect(&cli.node, &auth(&cli)?).await?;
             client.call_node(0, Leave).await.map_err(ClientError::from)?;
             println!("{} is leaving the cluster and will stop", cli.node);

@@ -1,8 +1,11 @@
-//! `starling status`: the members table.
+//! `starling status`: the members table, and a summary of the node's last minute.
 
 use std::fmt::Write;
 
-use starling_wire::status::Status;
+use starling_wire::status::{History, Status};
+
+/// The window the summary of the history covers.
+const SUMMARY_MS: u64 = 60_000;
 
 /// Renders a status as the human table.
 pub fn render(s: &Status) -> String {
@@ -76,6 +79,9 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(out, "STORAGE FAILED, no writes taken until restarted: {why}");
         }
     }
+    if let Some(h) = &s.history {
+        out.push_str(&summarize(h));
+    }
     let _ = writeln!(
         out,
         "{:<10} {:<22} {:<6} {:<8} {:>7} {:>5} {:>12}  DIGEST",
@@ -99,6 +105,105 @@ pub fn render(s: &Status) -> String {
         );
     }
     out
+}
+
+/// Two lines on the last minute of `h` (or less, for a node up for less): the client requests
+/// the node coordinated per second and their p99 latency, with minimum and maximum over the
+/// samples, then how often it was converged and how often a member's view changed.
+pub fn summarize(h: &History) -> String {
+    let mut out = String::new();
+    let Some(&end) = h.t.last() else {
+        let _ = writeln!(out, "last minute: no samples yet");
+        return out;
+    };
+    let from = end.saturating_sub(SUMMARY_MS);
+    // Samples in the window; the arrays may be shorter than `t` from a damaged answer.
+    let window: Vec<usize> = (0..h.t.len()).filter(|&i| h.t[i] > from).collect();
+    let column = |c: &[Option<f64>]| -> Vec<f64> {
+        window.iter().filter_map(|&i| c.get(i).copied().flatten()).collect()
+    };
+    let ops: Vec<f64> = window
+        .iter()
+        .filter_map(|&i| {
+            let r = h.reads.get(i).copied().flatten()?;
+            let w = h.writes.get(i).copied().flatten()?;
+            Some(r + w)
+        })
+        .collect();
+    let span_s = window
+        .first()
+        .map_or(0, |&i| end.saturating_sub(h.t[i]).saturating_add(h.interval_ms) / 1000);
+    let _ = write!(out, "last {span_s} s: ");
+    match Spread::of(&ops) {
+        Some(o) => {
+            let avg = |c: &[Option<f64>]| Spread::of(&column(c)).map_or(0.0, |s| s.avg);
+            let _ = write!(
+                out,
+                "{:.1} ops/s (min {:.1}, max {:.1}; {:.1} reads, {:.1} writes, {:.1} failed)",
+                o.avg,
+                o.min,
+                o.max,
+                avg(&h.reads),
+                avg(&h.writes),
+                avg(&h.failures)
+            );
+        }
+        None => out.push_str("no rates yet"),
+    }
+    for (what, c) in [("read", &h.read_p99_ms), ("write", &h.write_p99_ms)] {
+        match Spread::of(&column(c)) {
+            Some(p) => {
+                let _ = write!(
+                    out,
+                    ", p99 {what} {:.2} ms (min {:.2}, max {:.2})",
+                    p.avg, p.min, p.max
+                );
+            }
+            None => {
+                let _ = write!(out, ", no {what}s");
+            }
+        }
+    }
+    out.push('\n');
+    let converged =
+        window.iter().filter(|&&i| h.converged.get(i).copied().unwrap_or(false)).count();
+    // A run that starts inside the window, after the first sample of all, is a change of view.
+    let first = h.t.first().copied().unwrap_or(end);
+    let changes = h
+        .members
+        .iter()
+        .flat_map(|m| &m.runs)
+        .filter(|&&(start, _, _)| start > from && start > first)
+        .count();
+    let _ = writeln!(
+        out,
+        "last {span_s} s: converged in {converged} of {} samples, {changes} change{} of a member's view",
+        window.len(),
+        if changes == 1 { "" } else { "s" }
+    );
+    out
+}
+
+/// Mean, minimum and maximum of some samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Spread {
+    avg: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(xs: &[f64]) -> Option<Spread> {
+        let xs: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+        if xs.is_empty() {
+            return None;
+        }
+        Some(Spread {
+            avg: xs.iter().sum::<f64>() / xs.len() as f64,
+            min: xs.iter().copied().fold(f64::INFINITY, f64::min),
+            max: xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        })
+    }
 }
 
 fn short(id: &str) -> &str {
@@ -135,5 +240,68 @@ mod tests {
         assert!(t.contains("aaaaaaaa*"), "{t}");
         assert!(t.contains("bbbbbbbb") && t.contains("down"), "{t}");
         assert!(t.contains("1 alive, 1 down"), "{t}");
+        assert!(!t.contains("last "), "no history, no summary: {t}");
+    }
+
+    /// 90 samples a second apart: the summary covers the last 60 of them only.
+    #[test]
+    fn summary_covers_the_last_minute() {
+        use starling_wire::status::HistoryMember;
+        let n = 90u64;
+        let t: Vec<u64> = (0..n).map(|i| 1_000_000 + 1_000 * i).collect();
+        // Before the window: 1,000 reads/s and slow; in it, 10..=69 reads/s and 1 write/s.
+        let reads = (0..n)
+            .map(|i| match i {
+                0 => None,
+                1..30 => Some(1_000.0),
+                _ => Some((i - 20) as f64),
+            })
+            .collect();
+        let writes = (0..n).map(|i| (i > 0).then_some(1.0)).collect();
+        let read_p99_ms =
+            (0..n).map(|i| Some(if i < 30 { 99.0 } else { 1.0 + (i % 2) as f64 })).collect();
+        let h = History {
+            interval_ms: 1_000,
+            capacity: 600,
+            t: t.clone(),
+            reads,
+            writes,
+            failures: vec![Some(0.0); n as usize],
+            read_p99_ms,
+            write_p99_ms: vec![None; n as usize],
+            converged: (0..n).map(|i| i >= 50).collect(),
+            views: Vec::new(),
+            members: vec![HistoryMember {
+                node_id: "a".into(),
+                addr: "x".into(),
+                // Its view changed before the window, and twice in it.
+                runs: vec![
+                    (t[0], t[9], 0),
+                    (t[10], t[59], 1),
+                    (t[60], t[69], 2),
+                    (t[70], t[89], 1),
+                ],
+            }],
+        };
+        let s = summarize(&h);
+        assert!(
+            s.starts_with(
+                "last 60 s: 40.5 ops/s (min 11.0, max 70.0; 39.5 reads, 1.0 writes, 0.0 failed)"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("p99 read 1.50 ms (min 1.00, max 2.00)"), "{s}");
+        assert!(s.contains("no writes"), "{s}");
+        assert!(s.contains("converged in 40 of 60 samples, 2 changes of a member's view"), "{s}");
+        // A status that carries it shows it.
+        let status = Status { history: Some(h), ..Status::default() };
+        assert!(render(&status).contains("converged in 40 of 60 samples"));
+        // No samples, or arrays shorter than `t` (a damaged answer): no panic.
+        assert!(summarize(&History::default()).contains("no samples yet"));
+        let short = History { t: vec![1, 2, 3], reads: vec![Some(1.0)], ..History::default() };
+        assert!(summarize(&short).contains("no rates yet"), "{}", summarize(&short));
+        let unsorted =
+            History { t: vec![5, u64::MAX, 3], interval_ms: u64::MAX, ..History::default() };
+        assert!(summarize(&unsorted).contains("0 of 3 samples"), "{}", summarize(&unsorted));
     }
 }

@@ -1,52 +1,17 @@
 //! `starling kv put|get|del` against a real 3-node cluster: output, exit codes (0 ok, 2 bad
 //! input, 3 unreachable, 4 not found, 5 unavailable) and messages.
 //!
-//! `starlingd` belongs to another package, so cargo does not build it for these tests. A
-//! workspace run (`cargo nextest run --workspace`, as `scripts/test` does) builds it; when it is
-//! missing, the first test that needs it runs `cargo build -p starling-node --bin starlingd` into
-//! the same target directory. Run the workspace tests after changing `node/`, or `starlingd` here
-//! may be an older build.
+//! `starlingd` comes from another package: see `common/mod.rs` for how these tests find it.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-const STARLING: &str = env!("CARGO_BIN_EXE_starling");
+mod common;
 
-/// The `starlingd` next to `starling`, built (or brought up to date) once per test process.
-fn starlingd() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let bin = Path::new(STARLING).with_file_name("starlingd");
-        // <target>/debug/starling -> <target>
-        let target = Path::new(STARLING).parent().and_then(Path::parent).expect("target dir");
-        // A workspace test run (`scripts/test`) has just built it; building it again with `-p`
-        // could resolve other features and rewrite the binary other tests are running.
-        if bin.exists() {
-            return bin;
-        }
-        let built = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "starling-node", "--bin", "starlingd"])
-            .env("CARGO_TARGET_DIR", target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status();
-        match built {
-            Ok(s) if s.success() => {}
-            other => {
-                assert!(bin.exists(), "cannot build starlingd ({other:?}) and none is there");
-                eprintln!("note: `cargo build -p starling-node` failed ({other:?}); using the existing {}", bin.display());
-            }
-        }
-        bin
-    })
-}
-
-#[path = "../../node/tests/common/process.rs"]
-mod process;
-
+use common::{process, starlingd, STARLING};
 use process::{certs, http_status, tail, wait_for, Node};
 
 fn log_of(data: &Path) -> String {

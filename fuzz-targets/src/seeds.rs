@@ -16,7 +16,10 @@ use starling_store_format::datadir::{
 };
 use starling_store_format::record::{data_key, encode_value, hint_key};
 use starling_wire::meta;
-use starling_wire::status::{MemberStatus, RingMemberStatus, RingStatus, Status, TlsStatus};
+use starling_wire::status::{
+    History, HistoryMember, HistoryView, MemberStatus, RingMemberStatus, RingStatus, Status,
+    TlsStatus,
+};
 use starling_wire::{
     encode, encode_one_way, encode_request, encode_response, Call, Clock, Consistency, Echo,
     ErrorCode, FrameKind, Get, GetStatus, Key, KvResponse, Leave, Page, PeerRequest, Put,
@@ -82,6 +85,8 @@ pub fn all() -> Vec<Seed> {
 
     add("status_json", "status", serde_json::to_vec_pretty(&status()).expect("json"));
     add("status_json", "default", serde_json::to_vec(&Status::default()).expect("json"));
+    let with_history = Status { history: Some(history()), ..status() };
+    add("status_json", "status with history", serde_json::to_vec(&with_history).expect("json"));
 
     for (i, m) in gossip.iter().enumerate() {
         add("gossip_message", &format!("message-{i}"), m.clone());
@@ -313,6 +318,43 @@ fn status() -> Status {
         kv: Some(Default::default()),
         transport: Some(Default::default()),
         ..Status::default()
+    }
+}
+
+/// The last seconds of a node, as the `Status` RPC carries them: three samples, two members,
+/// one of which changed its view.
+fn history() -> History {
+    let view = |state: &str, digest: &str| HistoryView {
+        state: state.into(),
+        digest: Some(digest.into()),
+        ring: Some("abcd".into()),
+    };
+    History {
+        interval_ms: 1_000,
+        capacity: 600,
+        t: vec![1_750_000_000_000, 1_750_000_001_000, 1_750_000_002_000],
+        reads: vec![None, Some(120.5), Some(98.0)],
+        writes: vec![None, Some(40.0), Some(0.0)],
+        failures: vec![None, Some(0.0), Some(1.5)],
+        read_p99_ms: vec![None, Some(1.25), None],
+        write_p99_ms: vec![None, Some(3.5), None],
+        converged: vec![false, true, true],
+        views: vec![view("suspect", "0e0e"), view("alive", "0f0f")],
+        members: vec![
+            HistoryMember {
+                node_id: NodeId(1).to_string(),
+                addr: addr(7001).to_string(),
+                runs: vec![(1_750_000_000_000, 1_750_000_002_000, 1)],
+            },
+            HistoryMember {
+                node_id: NodeId(2).to_string(),
+                addr: addr(7002).to_string(),
+                runs: vec![
+                    (1_750_000_000_000, 1_750_000_000_000, 0),
+                    (1_750_000_001_000, 1_750_000_002_000, 1),
+                ],
+            },
+        ],
     }
 }
 

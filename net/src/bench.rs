@@ -211,3 +211,85 @@ pub fn handshake_flood(target: SocketAddr, count: usize) -> anyhow::Result<usize
     }
     Ok(sent)
 }
+
+/// Like [`handshake_flood`], except that each attempt answers the node's stateless Retry (once,
+/// with the token, from the address it claimed) and then goes silent: a client that proves its
+/// address and still never finishes a handshake. Waits up to `within` for the Retries; returns
+/// how many it answered. Attempts the node accepts without a Retry stay unanswered.
+pub fn handshake_flood_answering_retries(
+    target: SocketAddr,
+    count: usize,
+    within: Duration,
+) -> anyhow::Result<usize> {
+    let tls = tls::insecure()?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client)?;
+    let client = quinn::ClientConfig::new(Arc::new(crypto));
+    let bind: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind)?;
+    socket.set_nonblocking(true)?;
+    let mut endpoint = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        false,
+        None,
+    );
+    let mut conns = std::collections::HashMap::new();
+    let mut buf = Vec::with_capacity(2048);
+    let mut datagram = vec![0u8; 65_536];
+    let mut answered = 0;
+    let mut started = 0;
+    let deadline = Instant::now() + within;
+    // Starts the attempts one by one and reads the answers in between, so the Retries do not
+    // pile up past the socket's receive buffer.
+    while answered < count && Instant::now() < deadline {
+        if started < count {
+            let now = Instant::now();
+            let (handle, mut conn) =
+                endpoint.connect(now, client.clone(), target, tls::SERVER_NAME)?;
+            buf.clear();
+            if let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
+                socket.send_to(&buf[..t.size], t.destination)?;
+            }
+            conns.insert(handle, conn);
+            started += 1;
+        }
+        loop {
+            let (n, from) = match socket.recv_from(&mut datagram) {
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if started == count {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            // Only Retry packets (QUIC v1 long header, type 3) are answered; the node's half of
+            // an accepted handshake is left unanswered.
+            if datagram.first().is_none_or(|b| b & 0xf0 != 0xf0) {
+                continue;
+            }
+            let now = Instant::now();
+            let data = bytes::BytesMut::from(&datagram[..n]);
+            buf.clear();
+            let Some(quinn_proto::DatagramEvent::ConnectionEvent(handle, event)) =
+                endpoint.handle(now, from, None, None, data, &mut buf)
+            else {
+                continue;
+            };
+            // Each connection answers one Retry, then is forgotten.
+            let Some(mut conn) = conns.remove(&handle) else { continue };
+            conn.handle_event(event);
+            buf.clear();
+            if let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
+                socket.send_to(&buf[..t.size], t.destination)?;
+                answered += 1;
+            }
+        }
+    }
+    Ok(answered)
+}

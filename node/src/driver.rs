@@ -477,6 +477,8 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView, picture: &RingPictur
         kv: info.kv_status.as_ref().map(|f| (f.0)()),
         transport: info.transport_status.as_ref().map(|f| (f.0)()),
         meta: info.meta_status.as_ref().and_then(|f| (f.0)()),
+        // Added to the `Status` RPC's answer only; `GET /history` serves it over HTTP.
+        history: None,
         gossip: GossipStatus {
             rounds: s.rounds,
             messages_sent: s.messages_sent,

@@ -49,8 +49,11 @@ pub use self::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE, MEMBER_ST
 use crate::status::Status;
 
 /// Most HTTP connections served at once. The page keeps one keep-alive connection per open
-/// browser tab and a scraper one more; beyond this, new connections wait in the kernel backlog
-/// instead of costing the node memory and tasks.
+/// browser tab and a scraper one more. A new connection at the cap closes the connection that has
+/// been idle longest (no request in flight, longest since its last request finished) and takes
+/// its place; if every connection has a request in flight, it waits until one closes or becomes
+/// idle, and connections after it wait in the kernel backlog instead of costing the node memory
+/// and tasks.
 pub const MAX_HTTP_CONNECTIONS: usize = 64;
 
 /// How long a connection may take to send a whole request head, counted from when it was
@@ -95,7 +98,8 @@ pub fn router(state: HttpState) -> Router {
 /// resolves, then finishes the requests in flight and returns.
 ///
 /// At most [`MAX_HTTP_CONNECTIONS`] connections are served at once, each closed if it does not
-/// send a request head within [`HEADER_READ_TIMEOUT`]. While it serves, the history of
+/// send a request head within [`HEADER_READ_TIMEOUT`]; at the cap the longest-idle one is closed
+/// to make room for a new one. While it serves, the history of
 /// `GET /history` is sampled every [`history::SAMPLE_EVERY`].
 pub async fn serve(
     listener: TcpListener,
@@ -113,7 +117,22 @@ pub async fn serve(
             (io, _) = axum::serve::Listener::accept(&mut listener) => io,
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let conn_slot = io.conn();
+        let service = {
+            let inner = TowerToHyperService::new(router.clone());
+            let conn_slot = conn_slot.clone();
+            hyper::service::service_fn(move |req| {
+                // In flight from the parsed head until the response is ready; hyper then writes
+                // it out even if the connection is asked to close.
+                let in_flight = conn_slot.request();
+                let answer = hyper::service::Service::call(&inner, req);
+                async move {
+                    let resp = answer.await;
+                    drop(in_flight);
+                    resp
+                }
+            })
+        };
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
             let mut builder = http1::Builder::new();
@@ -130,6 +149,14 @@ pub async fn serve(
                     // request yet waits for one, so the wait is bounded like a header read.
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, conn).await;
+                }
+                () = conn_slot.evicted() => {
+                    // Idle when chosen: closed at once. A request that arrived since is
+                    // answered first (`conn` is not polled here, so none can start meanwhile).
+                    if conn_slot.busy() {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, conn).await;
+                    }
                 }
             }
         });

@@ -84,8 +84,9 @@ impl NodeService {
     async fn client_call(&self, req: ClientRequest) -> Response {
         match req {
             ClientRequest::Status => {
-                let status = self.status.borrow().clone();
-                match serde_json::to_vec(&*status) {
+                let mut status = Status::clone(&self.status.borrow());
+                status.history = Some(self.metrics.recent.to_json());
+                match status_json(&mut status) {
                     Ok(json) => GetStatus::respond(json),
                     Err(e) => Response::error(ErrorCode::Internal, format!("encode status: {e}")),
                 }
@@ -174,6 +175,30 @@ impl NodeService {
             }
         }
     }
+}
+
+/// Most bytes of the `Status` RPC's answer: half a response frame, a wide margin over any status
+/// document without a history.
+const STATUS_ANSWER_BUDGET: usize = starling_wire::MAX_RESPONSE_BODY / 2;
+
+/// `status` as the `Status` RPC answers it, in JSON. A history too large for
+/// [`STATUS_ANSWER_BUDGET`] (hundreds of members whose views kept changing) loses its member
+/// timelines first, then the rest of it.
+fn status_json(status: &mut Status) -> serde_json::Result<Vec<u8>> {
+    let json = serde_json::to_vec(&*status)?;
+    if json.len() <= STATUS_ANSWER_BUDGET {
+        return Ok(json);
+    }
+    if let Some(h) = status.history.as_mut() {
+        h.members.clear();
+        h.views.clear();
+    }
+    let json = serde_json::to_vec(&*status)?;
+    if json.len() <= STATUS_ANSWER_BUDGET {
+        return Ok(json);
+    }
+    status.history = None;
+    serde_json::to_vec(&*status)
 }
 
 /// A running node's addresses, for callers that bound port 0.
@@ -504,4 +529,41 @@ fn check_own_certificate(
         );
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{History, HistoryMember, HistoryView};
+
+    #[test]
+    fn status_answer_keeps_its_history_within_the_budget() {
+        let history = History { t: vec![1, 2], reads: vec![None, Some(3.0)], ..History::default() };
+        let mut small = Status { history: Some(history.clone()), ..Status::default() };
+        let json = status_json(&mut small).unwrap();
+        let back: Status = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.history, Some(history.clone()));
+
+        // Timelines past the budget are dropped, the samples kept.
+        let member = |i: usize| HistoryMember {
+            node_id: format!("{i:032x}"),
+            addr: format!("10.0.{}.{}:7400", i / 256, i % 256),
+            runs: (0..64).map(|r| (r, r + 1, r as usize)).collect(),
+        };
+        let view = |i: usize| HistoryView {
+            state: "alive".into(),
+            digest: Some(format!("{i:064x}")),
+            ring: Some(format!("{i:064x}")),
+        };
+        let big = History {
+            members: (0..2_000).map(member).collect(),
+            views: (0..20_000).map(view).collect(),
+            ..history.clone()
+        };
+        let mut large = Status { history: Some(big), ..Status::default() };
+        let json = status_json(&mut large).unwrap();
+        assert!(json.len() <= STATUS_ANSWER_BUDGET, "{}", json.len());
+        let back: Status = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.history, Some(history));
+    }
 }

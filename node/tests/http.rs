@@ -68,10 +68,12 @@ fn three_alive() -> Status {
             connections: 2,
             pending_handshakes: 1,
             refused: 476,
+            refused_per_address: 40,
             retries: 1468,
             handshake_timeouts: 32,
         }),
         meta: None,
+        history: None,
     }
 }
 
@@ -299,6 +301,7 @@ async fn metrics_expose_the_snapshot_and_rpc_latency() {
         "starling_quic_connections 2",
         "starling_quic_pending_handshakes 1",
         "starling_quic_refused_total 476",
+        "starling_quic_refused_per_address_total 40",
         "starling_quic_retries_total 1468",
         "starling_quic_handshake_timeouts_total 32",
         "# TYPE starling_gossip_rounds counter",
@@ -429,4 +432,71 @@ async fn idle_and_half_sent_connections_do_not_block_status() {
         .await;
         assert!(closed.is_ok(), "an idle connection was not closed by the server");
     }
+}
+
+/// At the connection cap, a new client takes the place of the connection idle longest instead of
+/// waiting for the header-read timeout to free one: 64 keep-alive connections that each
+/// completed a request stay open, `/status` on a new one answers at once, and the first of them
+/// (idle longest) is the one closed.
+#[tokio::test]
+async fn a_new_connection_at_the_cap_closes_the_longest_idle_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads one response (head and `content-length` bytes of body) and returns its status line.
+    async fn response(s: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("content-length");
+                if got.len() >= end + 4 + len {
+                    return head.lines().next().unwrap_or_default().to_owned();
+                }
+            }
+            let n = s.read(&mut buf).await.expect("read a response");
+            assert!(n > 0, "closed before the response was complete");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    let server = Server::start(three_alive()).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..http::MAX_HTTP_CONNECTIONS {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("request");
+        assert_eq!(response(&mut s).await, "http/1.1 200 ok");
+        held.push(s);
+    }
+    // Well under the header-read timeout, which would otherwise free a slot.
+    let prompt = http::HEADER_READ_TIMEOUT / 3;
+    let started = std::time::Instant::now();
+    let impatient = reqwest::Client::builder().no_proxy().timeout(prompt).build().expect("client");
+    match impatient.get(format!("{}/status", server.base)).send().await {
+        Ok(r) => assert_eq!(r.status(), 200),
+        Err(e) => panic!("/status with {} idle connections open: {e}", held.len()),
+    }
+    assert!(started.elapsed() < prompt, "{:?}", started.elapsed());
+    // The first connection, idle longest, was closed (EOF, or a reset)...
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(2), held[0].read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the longest-idle connection is still open: {closed:?}"
+    );
+    // ... and only it: the others are open and still served.
+    for (i, s) in held.iter_mut().enumerate().skip(1) {
+        match s.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("connection {i} was closed too: {other:?}"),
+        }
+    }
+    let last = held.last_mut().expect("held");
+    last.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("request");
+    assert_eq!(response(last).await, "http/1.1 200 ok");
 }

@@ -291,3 +291,60 @@ async fn unfinished_handshakes_do_not_lock_clients_out() {
     assert!(status.retries > 0, "no Retry sent under the flood: {status:?}");
     assert!(status.pending_handshakes <= config.max_pending_handshakes as u64, "{status:?}");
 }
+
+/// One address cannot take the pending-handshake slots from the others, even when it proves
+/// its address. 300 handshakes from 127.0.0.1 that answer the node's Retry and then never finish
+/// hold 16 slots without a Retry and 16 after one; the rest are refused. While they are pending,
+/// a real client from 127.0.0.1 is refused too, and one from 127.0.0.2 completes its handshake
+/// and is answered. (Without the per-address bound they would take all 256 slots.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_the_pending_handshake_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = issued_configs(dir.path(), "server");
+    // The flood's handshakes stay pending for the whole test (the idle timeout, 10 s, ends
+    // them first).
+    let config = TransportConfig { connect_timeout: Duration::from_secs(30), ..Default::default() };
+    let share = config.max_pending_handshakes_per_ip as u64;
+    let (svc, _) = TestService::new();
+    let srv = QuicTransport::bind(loopback(), &tls, config, svc).await.unwrap();
+    let addr = srv.local_addr();
+    let answered = tokio::task::spawn_blocking(move || {
+        starling_node::bench::handshake_flood_answering_retries(addr, 300, Duration::from_secs(2))
+    })
+    .await
+    .unwrap()
+    .unwrap() as u64;
+    // Retries lost on the way (a full socket buffer) only make the flood smaller.
+    assert!(answered >= 100, "only {answered} Retries answered");
+    // The accept loop has decided on every answer once each is pending or refused.
+    let started = std::time::Instant::now();
+    while srv.status().pending_handshakes + srv.status().refused < share + answered
+        && started.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = srv.status();
+    assert_eq!(status.pending_handshakes, 2 * share, "{status:?}");
+    assert_eq!(status.refused_per_address, answered - share, "{status:?}");
+    assert_eq!(status.refused, status.refused_per_address, "{status:?}");
+    let refused_before = status.refused_per_address;
+
+    let client_tls = issued_configs(dir.path(), "client");
+    let client_from = |ip: [u8; 4]| {
+        let (svc, _) = TestService::new();
+        let bind = std::net::SocketAddr::from((ip, 0));
+        QuicTransport::bind(bind, &client_tls, TransportConfig::default(), svc)
+    };
+    let same = client_from([127, 0, 0, 1]).await.unwrap();
+    let refused = same.request(addr, Echo(b"same address".to_vec()).into_request()).await;
+    assert!(refused.is_err(), "a client from the flooding address got through: {refused:?}");
+    same.close().await;
+    assert!(srv.status().refused_per_address > refused_before, "{:?}", srv.status());
+
+    let other = client_from([127, 0, 0, 2]).await.unwrap();
+    match other.request(addr, Echo(b"other address".to_vec()).into_request()).await {
+        Ok(Response::Echo(b)) if b == b"other address" => {}
+        other => panic!("a client from 127.0.0.2 was not served during the flood: {other:?}"),
+    }
+    other.close().await;
+}

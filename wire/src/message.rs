@@ -274,7 +274,8 @@ pub struct Value {
     pub replicas: u32,
 }
 
-/// Client: the node's status. Answered with the JSON of [`crate::status::Status`].
+/// Client: the node's status. Answered with the JSON of [`crate::status::Status`], with its
+/// `history` (the node's last minutes); older nodes answer without it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GetStatus;
 

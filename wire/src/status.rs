@@ -116,9 +116,13 @@ pub struct TransportStatus {
     pub connections: u64,
     /// Incoming handshakes in progress.
     pub pending_handshakes: u64,
-    /// Incoming connection attempts refused: too many handshakes in progress, or too many
-    /// connections open when a handshake completed.
+    /// Incoming connection attempts refused: too many handshakes in progress (in all, or from
+    /// the attempt's IP address), or too many connections open when a handshake completed.
     pub refused: u64,
+    /// Of `refused`, the attempts refused because their IP address already had as many
+    /// handshakes in progress as one address may.
+    #[serde(default)]
+    pub refused_per_address: u64,
     /// Incoming connection attempts answered with a stateless Retry (address validation) while
     /// many handshakes were in progress.
     pub retries: u64,
@@ -161,6 +165,61 @@ pub struct Status {
     /// The metadata service (absent on a node without one, as in tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<MetaStatus>,
+    /// The last minutes of this node, as `GET /history` has them: in the `Status` RPC's answer
+    /// (`starling status`), absent from `GET /status` and from nodes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
+}
+
+/// The last minutes of a node, sampled by the node itself every `interval_ms` (`GET /history`,
+/// and `history` in the `Status` RPC's answer): the client requests it coordinated and the view
+/// every member reported. Samples are columns, oldest first, each array aligned with `t`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct History {
+    /// Time between samples.
+    pub interval_ms: u64,
+    /// Most samples kept.
+    pub capacity: usize,
+    /// When each sample was taken (Unix ms), oldest first; the other arrays are aligned with it.
+    pub t: Vec<u64>,
+    /// Reads this node coordinated per second over the interval before the sample (`null` for
+    /// the first sample).
+    pub reads: Vec<Option<f64>>,
+    /// Writes and deletes this node coordinated per second.
+    pub writes: Vec<Option<f64>>,
+    /// Reads and writes that failed per second (`null` on a node without storage).
+    pub failures: Vec<Option<f64>>,
+    /// 99th percentile of those reads' latency, in ms (`null` when there were none).
+    pub read_p99_ms: Vec<Option<f64>>,
+    pub write_p99_ms: Vec<Option<f64>>,
+    /// Whether this node was converged.
+    pub converged: Vec<bool>,
+    /// Each distinct view a member reported.
+    pub views: Vec<HistoryView>,
+    /// Every member seen during the samples, sorted by address, with its runs
+    /// `[from_ms, to_ms, view]`: it reported `views[view]` in every sample from `from_ms` to
+    /// `to_ms`.
+    pub members: Vec<HistoryMember>,
+}
+
+/// What a member reports, as the sampling node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryView {
+    /// `alive`, `suspect`, `down` or `left`.
+    pub state: String,
+    /// Its membership digest.
+    pub digest: Option<String>,
+    /// Its ring digest.
+    pub ring: Option<String>,
+}
+
+/// One member's runs of one view in a [`History`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryMember {
+    pub node_id: String,
+    pub addr: String,
+    pub runs: Vec<(u64, u64, usize)>,
 }
 
 /// The metadata service as this node runs it.

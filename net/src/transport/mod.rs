@@ -119,6 +119,12 @@ pub struct TransportConfig {
     /// the token from its real address). Below it clients are accepted at once, saving the
     /// round trip.
     pub retry_above_pending: usize,
+    /// Incoming handshakes in progress from one IP address: past this many, a client from that
+    /// address must prove it with a Retry whatever the load, and an address that proved it may
+    /// hold this many more, after which its attempts are refused. So one address holds at most
+    /// twice this of the [`TransportConfig::max_pending_handshakes`] slots, and a source that
+    /// spoofs another's address cannot use up that address's share.
+    pub max_pending_handshakes_per_ip: usize,
     /// Bytes queued for one stream's writer: past it one-way sends fail with
     /// [`TransportError::Overloaded`] and a server stream stops reading.
     pub max_queued_bytes: usize,
@@ -143,6 +149,7 @@ impl Default for TransportConfig {
             max_connections: 1024,
             max_pending_handshakes: 256,
             retry_above_pending: 32,
+            max_pending_handshakes_per_ip: 16,
             max_queued_bytes: 16 << 20,
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),

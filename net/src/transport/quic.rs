@@ -15,12 +15,17 @@
 //!   is not validated gets a stateless QUIC Retry instead: the node keeps no state for it until it
 //!   echoes the token from the address it claims, which a flooder that never reads its answers
 //!   (or spoofs its source) never does;
+//! - per IP address, at most [`TransportConfig::max_pending_handshakes_per_ip`] handshakes in
+//!   progress without a Retry (past that, its clients get a Retry whatever the load) and as many
+//!   after one (past that, its validated attempts are refused), so one address cannot take those
+//!   slots from the others, even one that answers Retries; a source spoofing another's address
+//!   never gets past its Retry, so it cannot use up that address's share;
 //! - only a completed handshake takes one of [`TransportConfig::max_connections`] slots.
 //!
 //! Refusals are counted ([`QuicTransport::status`]) and logged at most once a second.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -70,6 +75,9 @@ struct Inner {
     /// A permit per incoming handshake in progress
     /// ([`TransportConfig::max_pending_handshakes`]).
     pending: Arc<Semaphore>,
+    /// Incoming handshakes in progress by source address
+    /// ([`TransportConfig::max_pending_handshakes_per_ip`]).
+    pending_by_ip: Arc<PendingByIp>,
     /// What the accept loop turned away.
     counters: Counters,
     /// Starts serving the streams a peer opens on a connection (the `Service`, type-erased).
@@ -82,12 +90,103 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Counters {
     refused: AtomicU64,
+    /// Of `refused`, those refused because their address had too many handshakes in progress.
+    refused_per_address: AtomicU64,
     retries: AtomicU64,
     handshake_timeouts: AtomicU64,
     /// Log lines about refused attempts, at most one a second.
     refused_log: RateLimitedLog,
     /// Log lines about failed incoming handshakes (a bad certificate, a timeout), likewise.
     failed_log: RateLimitedLog,
+}
+
+/// Incoming handshakes in progress per source IP address. An address is in the map only while it
+/// has one, so the map holds at most [`TransportConfig::max_pending_handshakes`] entries.
+#[derive(Debug, Default)]
+struct PendingByIp(Mutex<HashMap<IpAddr, FromIp>>);
+
+/// Handshakes in progress from one address: all of them, and those whose client had proved its
+/// address with a Retry token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct FromIp {
+    all: usize,
+    validated: usize,
+}
+
+impl PendingByIp {
+    fn count(&self, ip: IpAddr) -> FromIp {
+        lock(&self.0).get(&ip).copied().unwrap_or_default()
+    }
+
+    /// Counts one more handshake from `ip` until the returned slot is dropped.
+    fn take(self: &Arc<Self>, ip: IpAddr, validated: bool) -> IpSlot {
+        let mut map = lock(&self.0);
+        let n = map.entry(ip).or_default();
+        n.all += 1;
+        n.validated += usize::from(validated);
+        IpSlot { map: Arc::clone(self), ip, validated }
+    }
+}
+
+/// One handshake in progress from `ip`, counted in [`PendingByIp`] while it lives.
+#[derive(Debug)]
+struct IpSlot {
+    map: Arc<PendingByIp>,
+    ip: IpAddr,
+    validated: bool,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = lock(&self.map.0);
+        if let Some(n) = map.get_mut(&self.ip) {
+            n.all = n.all.saturating_sub(1);
+            n.validated = n.validated.saturating_sub(usize::from(self.validated));
+            if n.all == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What the accept loop does with a connection attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    /// Start the handshake.
+    Accept,
+    /// Answer with a stateless Retry (address validation).
+    Retry,
+    /// Refuse it, for this reason.
+    Refuse(Refusal),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Every pending-handshake slot is taken.
+    Pending,
+    /// The attempt's address, proved, holds its share of them.
+    PerAddress,
+}
+
+/// Decides on an attempt, given the handshakes in progress (`pending`), those from the attempt's
+/// IP address (`from_ip`), and whether the client has proved its address with a Retry token.
+///
+/// A client that has not proved its address is asked to, when the node is busy or when its
+/// address already has its share of handshakes in progress: that costs the node nothing, and a
+/// source spoofing someone else's address never gets further. Only a proved address is refused
+/// for holding its share, so a flood with a spoofed source cannot lock the real owner out.
+fn admit(config: &TransportConfig, pending: usize, from_ip: FromIp, validated: bool) -> Admission {
+    let share = config.max_pending_handshakes_per_ip;
+    if !validated && (pending >= config.retry_above_pending || from_ip.all >= share) {
+        return Admission::Retry;
+    }
+    if validated && from_ip.validated >= share {
+        return Admission::Refuse(Refusal::PerAddress);
+    }
+    if pending >= config.max_pending_handshakes {
+        return Admission::Refuse(Refusal::Pending);
+    }
+    Admission::Accept
 }
 
 /// Spawns [`serve_connection`] with the node's service; boxed so `Inner` is not generic.
@@ -258,6 +357,7 @@ impl QuicTransport {
             local_addr,
             conn_slots: Arc::new(Semaphore::new(config.max_connections)),
             pending: Arc::new(Semaphore::new(config.max_pending_handshakes)),
+            pending_by_ip: Arc::default(),
             counters: Counters::default(),
             config,
             conns: Mutex::new(HashMap::new()),
@@ -287,6 +387,7 @@ impl QuicTransport {
             connections: taken(&i.conn_slots, i.config.max_connections),
             pending_handshakes: taken(&i.pending, i.config.max_pending_handshakes),
             refused: i.counters.refused.load(Ordering::Relaxed),
+            refused_per_address: i.counters.refused_per_address.load(Ordering::Relaxed),
             retries: i.counters.retries.load(Ordering::Relaxed),
             handshake_timeouts: i.counters.handshake_timeouts.load(Ordering::Relaxed),
         }
@@ -312,28 +413,45 @@ async fn accept_loop(inner: Weak<Inner>, endpoint: Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let Some(this) = inner.upgrade() else { break };
         let peer = incoming.remote_address();
+        let ip = peer.ip().to_canonical();
         let pending =
             this.config.max_pending_handshakes.saturating_sub(this.pending.available_permits());
+        let from_ip = this.pending_by_ip.count(ip);
         // Under load, a client must first prove it receives at the address it sends from. A
         // Retry costs the node no state, so a flood of Initials that are never followed up costs
         // nothing either; a real client answers it within a round trip.
-        let incoming =
-            if pending >= this.config.retry_above_pending && !incoming.remote_address_validated() {
-                match incoming.retry() {
-                    Ok(()) => {
-                        this.counters.retries.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    Err(e) => e.into_incoming(),
+        let mut incoming = incoming;
+        let mut validated = incoming.remote_address_validated();
+        let mut admission = admit(&this.config, pending, from_ip, validated);
+        if admission == Admission::Retry {
+            match incoming.retry() {
+                Ok(()) => {
+                    this.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
+                Err(e) => {
+                    // Not retryable (it answered one already): decide as for a validated client.
+                    incoming = e.into_incoming();
+                    validated = true;
+                    admission = admit(&this.config, pending, from_ip, validated);
+                }
+            }
+        }
+        let permit = match admission {
+            Admission::Accept | Admission::Retry => this.pending.clone().try_acquire_owned().ok(),
+            Admission::Refuse(_) => None,
+        };
+        let Some(permit) = permit else {
+            if admission == Admission::Refuse(Refusal::PerAddress) {
+                this.counters.refused_per_address.fetch_add(1, Ordering::Relaxed);
+                this.refuse(peer, "too many handshakes in progress from this address");
             } else {
-                incoming
-            };
-        let Ok(pending) = this.pending.clone().try_acquire_owned() else {
-            this.refuse(peer, "too many handshakes in progress");
+                this.refuse(peer, "too many handshakes in progress");
+            }
             incoming.refuse();
             continue;
         };
+        let pending = (permit, this.pending_by_ip.take(ip, validated));
         let inner = inner.clone();
         let handshake_timeout = this.config.connect_timeout;
         drop(this);
@@ -556,5 +674,57 @@ impl Transport for QuicTransport {
 impl Drop for QuicTransport {
     fn drop(&mut self) {
         self.inner.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_holds_at_most_its_share_of_pending_handshakes() {
+        let c = TransportConfig::default();
+        let share = c.max_pending_handshakes_per_ip;
+        assert!(share < c.retry_above_pending && c.retry_above_pending < c.max_pending_handshakes);
+        let from = |all, validated| FromIp { all, validated };
+        // Quiet: accepted at once up to the address's share, then asked for a Retry.
+        assert_eq!(admit(&c, 0, from(0, 0), false), Admission::Accept);
+        assert_eq!(admit(&c, share - 1, from(share - 1, 0), false), Admission::Accept);
+        assert_eq!(admit(&c, share, from(share, 0), false), Admission::Retry);
+        // Another address is still accepted at once.
+        assert_eq!(admit(&c, share, from(0, 0), false), Admission::Accept);
+        // After the Retry the address holds its share again, then it is refused.
+        assert_eq!(admit(&c, share, from(share, 0), true), Admission::Accept);
+        assert_eq!(admit(&c, 2 * share, from(2 * share, share - 1), true), Admission::Accept);
+        assert_eq!(
+            admit(&c, 2 * share, from(2 * share, share), true),
+            Admission::Refuse(Refusal::PerAddress)
+        );
+        // ... while a proved client from another address is accepted, and an unproved one is
+        // asked for a Retry once the node is busy.
+        let busy = c.retry_above_pending;
+        assert_eq!(admit(&c, busy, from(0, 0), true), Admission::Accept);
+        assert_eq!(admit(&c, busy, from(0, 0), false), Admission::Retry);
+        // Every slot taken: refused whatever the address.
+        let full = c.max_pending_handshakes;
+        assert_eq!(admit(&c, full, from(0, 0), true), Admission::Refuse(Refusal::Pending));
+        assert_eq!(admit(&c, full, from(0, 0), false), Admission::Retry);
+    }
+
+    #[test]
+    fn address_counts_follow_their_slots() {
+        let map = Arc::new(PendingByIp::default());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let a1 = map.take(a, false);
+        let a2 = map.take(a, true);
+        let b1 = map.take(b, true);
+        assert_eq!(map.count(a), FromIp { all: 2, validated: 1 });
+        assert_eq!(map.count(b), FromIp { all: 1, validated: 1 });
+        drop(a2);
+        assert_eq!(map.count(a), FromIp { all: 1, validated: 0 });
+        drop((a1, b1));
+        assert_eq!(map.count(a), FromIp::default());
+        assert!(lock(&map.0).is_empty(), "addresses without handshakes are forgotten");
     }
 }

@@ -14,7 +14,6 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 
 use crate::status::Status;
 
@@ -122,16 +121,12 @@ struct Rates {
     write_p99_ms: Option<f64>,
 }
 
+/// `GET /history`.
+pub use starling_wire::status::History as HistoryJson;
+/// One member's runs in [`HistoryJson`].
+pub use starling_wire::status::HistoryMember as MemberJson;
 /// What a member reports, as this node sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct View {
-    /// `alive`, `suspect`, `down` or `left`.
-    pub state: String,
-    /// Its membership digest.
-    pub digest: Option<String>,
-    /// Its ring digest.
-    pub ring: Option<String>,
-}
+pub use starling_wire::status::HistoryView as View;
 
 /// A member that kept one view from the sample at `from_ms` to the one at `to_ms`.
 #[derive(Clone, Debug, PartialEq)]
@@ -287,42 +282,6 @@ impl History {
             members,
         }
     }
-}
-
-/// `GET /history`.
-#[derive(Clone, Debug, Serialize)]
-pub struct HistoryJson {
-    /// Time between samples.
-    pub interval_ms: u64,
-    /// Most samples kept.
-    pub capacity: usize,
-    /// When each sample was taken (Unix ms), oldest first; the other arrays are aligned with it.
-    pub t: Vec<u64>,
-    /// Reads this node coordinated per second over the interval before the sample (`null` for
-    /// the first sample).
-    pub reads: Vec<Option<f64>>,
-    /// Writes and deletes this node coordinated per second.
-    pub writes: Vec<Option<f64>>,
-    /// Reads and writes that failed per second (`null` on a node without storage).
-    pub failures: Vec<Option<f64>>,
-    /// 99th percentile of those reads' latency, in ms (`null` when there were none).
-    pub read_p99_ms: Vec<Option<f64>>,
-    pub write_p99_ms: Vec<Option<f64>>,
-    /// Whether this node was converged.
-    pub converged: Vec<bool>,
-    /// Each distinct view a member reported.
-    pub views: Vec<View>,
-    /// Every member seen during the samples, sorted by address, with its runs
-    /// `[from_ms, to_ms, view]`: it reported `views[view]` in every sample from `from_ms` to
-    /// `to_ms`.
-    pub members: Vec<MemberJson>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct MemberJson {
-    pub node_id: String,
-    pub addr: String,
-    pub runs: Vec<(u64, u64, usize)>,
 }
 
 /// [`History`] behind a lock, with the latencies that feed it.

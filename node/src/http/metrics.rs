@@ -334,11 +334,16 @@ impl Collector for StatusCollector {
             encode_gauges(&mut encoder, &meta_gauges)?;
         }
         if let Some(t) = &s.transport {
-            let transport_counters: [(&str, &str, u64); 3] = [
+            let transport_counters: [(&str, &str, u64); 4] = [
                 (
                     "quic_refused",
-                    "Incoming QUIC connections refused: too many handshakes in progress, or too many connections open",
+                    "Incoming QUIC connections refused: too many handshakes in progress (in all or from one address), or too many connections open",
                     t.refused,
+                ),
+                (
+                    "quic_refused_per_address",
+                    "Incoming QUIC connections refused because their IP address had too many handshakes in progress (counted in quic_refused too)",
+                    t.refused_per_address,
                 ),
                 (
                     "quic_retries",
