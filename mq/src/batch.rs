@@ -41,6 +41,12 @@ pub const MAGIC_V2: i8 = 2;
 /// Largest batch accepted by default (Kafka's `message.max.bytes` is 1 MiB; the same here).
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1 << 20;
 
+/// Fewest bytes an uncompressed record can take.
+pub const MIN_RECORD_LEN: usize = 7;
+/// Most records a compressed batch may claim (its records are not counted before it is
+/// stored; a consumer decoding it allocates for this many at most).
+pub const MAX_RECORDS_PER_BATCH: i64 = 1_000_000;
+
 const OFF_BATCH_LENGTH: usize = 8;
 const OFF_LEADER_EPOCH: usize = 12;
 const OFF_MAGIC: usize = 16;
@@ -87,7 +93,7 @@ pub enum BatchError {
         /// The CRC of the bytes.
         computed: u32,
     },
-    /// `lastOffsetDelta` negative or the record count out of range for it.
+    /// `lastOffsetDelta` negative, or the record count out of range for it or for the bytes.
     #[error("record batch offsets are inconsistent (last offset delta {last_offset_delta}, {count} records)")]
     BadCount {
         /// `lastOffsetDelta`.
@@ -156,7 +162,19 @@ impl<'a> BatchView<'a> {
         }
         let view = BatchView { bytes: this };
         let (delta, count) = (view.last_offset_delta(), view.record_count());
-        if delta < 0 || count < 0 || i64::from(count) > i64::from(delta) + 1 {
+        // A record takes at least 7 bytes uncompressed (length, attributes, timestamp delta,
+        // offset delta, key length, value length, header count): a count the bytes cannot hold
+        // is refused, so no decoder is asked to reserve room for billions of records.
+        let room = if view.compression() == 0 {
+            ((size - HEADER_LEN) / MIN_RECORD_LEN) as i64
+        } else {
+            MAX_RECORDS_PER_BATCH
+        };
+        if delta < 0
+            || count < 0
+            || i64::from(count) > i64::from(delta) + 1
+            || i64::from(count) > room
+        {
             return Err(BatchError::BadCount { last_offset_delta: delta, count });
         }
         Ok((view, rest))
@@ -366,6 +384,50 @@ pub fn encode_batch(
     Ok(buf.to_vec())
 }
 
+fn varint(b: &[u8], at: &mut usize, max_bytes: usize) -> Result<i64, String> {
+    let mut v: u64 = 0;
+    for i in 0..max_bytes {
+        let byte = *b.get(*at).ok_or("record ends inside a varint")?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
+        }
+    }
+    Err("varint too long".into())
+}
+
+/// Walks the records of an uncompressed batch's payload checking only lengths and counts
+/// (not a codec: the records are read by Kafka's), so that no count or length claims more than
+/// the bytes hold — Kafka's decoder reserves room for a record or header count before reading.
+fn check_records(payload: &[u8], count: i32) -> Result<(), String> {
+    let mut at = 0usize;
+    for _ in 0..count {
+        let len = varint(payload, &mut at, 5)?;
+        if len < 0 || len as usize > payload.len() - at {
+            return Err(format!("record length {len} runs past the batch"));
+        }
+        let end = at + len as usize;
+        let rec = &payload[..end];
+        at += 1; // attributes
+        varint(rec, &mut at, 10)?; // timestamp delta
+        varint(rec, &mut at, 5)?; // offset delta
+        for what in ["key", "value"] {
+            let n = varint(rec, &mut at, 5)?;
+            if n < -1 || (n > 0 && n as usize > end.saturating_sub(at)) {
+                return Err(format!("record {what} length {n} runs past the record"));
+            }
+            at += n.max(0) as usize;
+        }
+        let headers = varint(rec, &mut at, 5)?;
+        if headers < 0 || headers as usize > end.saturating_sub(at) / 2 {
+            return Err(format!("record header count {headers} is more than the record holds"));
+        }
+        at = end;
+    }
+    Ok(())
+}
+
 /// Decodes every record of a buffer of whole batches with Kafka's codec, skipping control
 /// batches. Compressed batches whose codec this build lacks are an error.
 pub fn decode_records(bytes: &[u8]) -> Result<Vec<StoredRecord>, String> {
@@ -374,6 +436,9 @@ pub fn decode_records(bytes: &[u8]) -> Result<Vec<StoredRecord>, String> {
         let view = view.map_err(|e| e.to_string())?;
         if view.is_control() {
             continue;
+        }
+        if view.compression() == 0 {
+            check_records(&view.bytes()[HEADER_LEN..], view.record_count())?;
         }
         let mut buf = Bytes::copy_from_slice(view.bytes());
         let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| e.to_string())?;
@@ -451,6 +516,24 @@ mod tests {
         let mut short = b.clone();
         short[8..12].copy_from_slice(&3i32.to_be_bytes());
         assert_eq!(BatchView::parse(&short, usize::MAX).unwrap_err(), BatchError::BadLength(3));
+        // A CRC-valid batch claiming more records than its bytes can hold (a consumer's
+        // decoder would reserve room for all of them).
+        let mut bomb = b.clone();
+        bomb[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        bomb[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&bomb[21..]);
+        bomb[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(BatchView::parse(&bomb, usize::MAX), Err(BatchError::BadCount { .. })));
+        assert!(decode_records(&bomb).is_err());
+        // A header count the record cannot hold (its last byte is the header count).
+        let plain = encode_batch(&[NewRecord { headers: vec![], ..rec("v", 1) }], None).unwrap();
+        let mut headers = plain.clone();
+        *headers.last_mut().unwrap() = 0x7e; // zigzag 63
+        let crc = crc32c::crc32c(&headers[21..]);
+        headers[17..21].copy_from_slice(&crc.to_be_bytes());
+        BatchView::parse(&headers, usize::MAX).unwrap();
+        assert!(decode_records(&headers).unwrap_err().contains("header count"));
+        assert_eq!(decode_records(&plain).unwrap().len(), 1);
         // Offsets outside the CRC may change; the batch stays valid.
         let mut moved = b.clone();
         set_base_offset(&mut moved, i64::MAX);

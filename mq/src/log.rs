@@ -580,7 +580,13 @@ impl Log {
     /// A batch that holds `offset` goes whole. Returns the new log end.
     pub fn truncate_to(&mut self, offset: i64) -> Result<i64, LogError> {
         if offset >= self.end_offset() {
-            return Ok(self.end_offset());
+            let end = self.end_offset();
+            if self.epochs.entries().last().is_some_and(|e| e.start_offset >= end) {
+                self.epochs.truncate_from_end(end);
+                self.epochs_dirty = true;
+                self.write_epochs()?;
+            }
+            return Ok(end);
         }
         if offset <= self.start_offset() {
             let start = self.start_offset();

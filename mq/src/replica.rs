@@ -59,6 +59,10 @@ pub enum Msg {
     Fetched {
         /// The epoch the answer is for.
         epoch: i32,
+        /// The fetch offset and last epoch this answers (stale answers are ignored).
+        offset: i64,
+        /// Echo of the fetch's last epoch.
+        last_epoch: i32,
         /// The answer.
         answer: FetchAnswer,
     },
@@ -279,6 +283,7 @@ struct Progress {
 struct Parked {
     from: NodeId,
     offset: i64,
+    last_epoch: i32,
     max_bytes: u32,
     deadline: Instant,
 }
@@ -320,6 +325,10 @@ pub struct Replica<L: ReplicaLog> {
     /// Time of the latest input (deadlines at or before it have been acted on).
     last_now: Instant,
     out: VecDeque<Output>,
+    cur_fetch: (i64, i32),
+    isr_adding: BTreeSet<NodeId>,
+    proposed_leader: Option<i32>,
+    unclean: bool,
 }
 
 impl<L: ReplicaLog> Replica<L> {
@@ -351,6 +360,10 @@ impl<L: ReplicaLog> Replica<L> {
             wall_ms: 0,
             last_now: now,
             out: VecDeque::new(),
+            cur_fetch: (0, -1),
+            isr_adding: BTreeSet::new(),
+            proposed_leader: None,
+            unclean: false,
         };
         r.out.push_back(Output::RefreshState);
         r
@@ -432,10 +445,15 @@ impl<L: ReplicaLog> Replica<L> {
         self.version = version;
         self.proposed_at = None;
         self.isr_proposal = None;
+        self.isr_adding.clear();
         let isr_changed = self.state.as_ref().map(|s| &s.isr) != Some(&state.isr);
         self.state = Some(state.clone());
         if self.failed {
+            self.step_aside(now);
             return;
+        }
+        if self.unclean && state.leader != Some(self.me) {
+            self.step_aside(now);
         }
         if !state.replicas.contains(&self.me) {
             self.step_down(Role::None, state.leader_epoch);
@@ -447,12 +465,12 @@ impl<L: ReplicaLog> Replica<L> {
                     self.event(Event::IsrChanged(state.isr.clone()));
                 }
                 self.advance_hw(now);
-            } else if self.epoch == state.leader_epoch
-                || self.log.latest_epoch() >= Some(state.leader_epoch)
+            } else if self.proposed_leader == Some(state.leader_epoch)
+                && self.log.latest_epoch() < Some(state.leader_epoch)
             {
-                self.maybe_reclaim(now);
-            } else {
                 self.become_leader(now, state.leader_epoch);
+            } else {
+                self.maybe_reclaim(now);
             }
         } else {
             match state.leader {
@@ -483,9 +501,49 @@ impl<L: ReplicaLog> Replica<L> {
         {
             return;
         }
-        if self.epoch == s.leader_epoch || self.log.latest_epoch() >= Some(s.leader_epoch) {
-            self.propose(now, PartitionState { leader_epoch: s.leader_epoch + 1, ..s });
+        if self.step_aside(now) {
+            return;
         }
+        self.proposed_leader = Some(s.leader_epoch + 1);
+        self.propose(now, PartitionState { leader_epoch: s.leader_epoch + 1, ..s });
+    }
+
+    /// A replica whose log may have lost acknowledged data (its storage failed, or it started
+    /// after an unclean shutdown: see [`Replica::mark_unclean_start`]) leaves leadership and the
+    /// ISR while another live ISR member can take over, so the partition is led from a log
+    /// that has everything committed; it rejoins the ISR once caught up. Returns whether it
+    /// proposed that.
+    fn step_aside(&mut self, now: Instant) -> bool {
+        let Some(s) = self.state.clone() else { return false };
+        if !(self.failed || self.unclean) || !s.isr.contains(&self.me) {
+            self.unclean = false;
+            return false;
+        }
+        let others: Vec<NodeId> = s.isr.iter().copied().filter(|&n| n != self.me).collect();
+        if !others.iter().any(|&n| self.is_alive(n)) {
+            // Nobody better: keep what this log has (and serve again, if it can).
+            self.unclean = false;
+            return false;
+        }
+        if self.throttled(now) {
+            return true;
+        }
+        let leads = s.leader == Some(self.me);
+        let state = PartitionState {
+            leader: if leads { None } else { s.leader },
+            leader_epoch: if leads { s.leader_epoch + 1 } else { s.leader_epoch },
+            isr: others,
+            ..s
+        };
+        self.propose(now, state);
+        true
+    }
+
+    /// Tells the replica its process did not stop cleanly (no clean-shutdown record): its log
+    /// may lack what it had acknowledged (a power loss in `periodic` mode). While another ISR
+    /// member is alive it will not lead, and leaves the ISR until it has caught up again.
+    pub fn mark_unclean_start(&mut self) {
+        self.unclean = true;
     }
 
     fn step_down(&mut self, role: Role, epoch: i32) {
@@ -499,7 +557,12 @@ impl<L: ReplicaLog> Replica<L> {
             for p in std::mem::take(&mut self.parked) {
                 self.out.push_back(Output::Send(
                     p.from,
-                    Msg::Fetched { epoch: self.epoch, answer: FetchAnswer::NotLeader },
+                    Msg::Fetched {
+                        epoch: self.epoch,
+                        offset: p.offset,
+                        last_epoch: p.last_epoch,
+                        answer: FetchAnswer::NotLeader,
+                    },
                 ));
             }
             self.progress.clear();
@@ -556,6 +619,7 @@ impl<L: ReplicaLog> Replica<L> {
             return;
         }
         let isr: Vec<NodeId> = s.isr.iter().copied().filter(|&n| self.is_alive(n)).collect();
+        self.proposed_leader = Some(s.leader_epoch + 1);
         self.propose(
             now,
             PartitionState {
@@ -580,11 +644,9 @@ impl<L: ReplicaLog> Replica<L> {
     /// proposal adds (rule 3: growth counts at once, shrinking only once recorded).
     fn hw_set(&self) -> Vec<NodeId> {
         let mut set = self.committed_isr();
-        if let Some((proposed, _)) = &self.isr_proposal {
-            for n in proposed {
-                if !set.contains(n) {
-                    set.push(*n);
-                }
+        for n in &self.isr_adding {
+            if !set.contains(n) {
+                set.push(*n);
             }
         }
         set
@@ -648,7 +710,11 @@ impl<L: ReplicaLog> Replica<L> {
                 want.push(n);
             }
         }
-        if want == s.isr {
+        // Additions proposed but not recorded count for the high watermark until the version
+        // moves; if the ISR wanted is the recorded one, an unchanged proposal moves it (and
+        // fences the outstanding one), so a lost addition cannot hold the high watermark.
+        let outstanding = self.isr_adding.iter().any(|n| !want.contains(n));
+        if want == s.isr && !outstanding {
             return;
         }
         if let Some((p, v)) = &self.isr_proposal {
@@ -660,6 +726,7 @@ impl<L: ReplicaLog> Replica<L> {
             return;
         }
         self.isr_proposal = Some((want.clone(), self.version));
+        self.isr_adding.extend(want.iter().copied().filter(|n| !s.isr.contains(n)));
         self.propose(now, PartitionState { isr: want, ..s });
         self.advance_hw(now);
     }
@@ -736,20 +803,32 @@ impl<L: ReplicaLog> Replica<L> {
     pub fn handle_message(&mut self, now: Instant, from: NodeId, msg: Msg) {
         self.last_now = self.last_now.max(now);
         if self.failed {
+            if let Msg::Fetch { epoch, offset, last_epoch, .. } = msg {
+                self.cur_fetch = (offset, last_epoch);
+                self.reply(from, epoch, FetchAnswer::NotLeader);
+            }
             return;
         }
         match msg {
             Msg::Fetch { epoch, offset, last_epoch, max_bytes } => {
                 self.on_fetch(now, from, epoch, offset, last_epoch, max_bytes)
             }
-            Msg::Fetched { epoch, answer } => self.on_fetched(now, from, epoch, answer),
+            Msg::Fetched { epoch, offset, last_epoch, answer } => {
+                if offset != self.log.end_offset()
+                    || last_epoch != self.log.latest_epoch().unwrap_or(-1)
+                {
+                    return;
+                }
+                self.on_fetched(now, from, epoch, answer)
+            }
         }
     }
 
     /// Answers a fetch; the answer carries the epoch the fetch was for, so the follower can
     /// match it.
     fn reply(&mut self, to: NodeId, epoch: i32, answer: FetchAnswer) {
-        self.out.push_back(Output::Send(to, Msg::Fetched { epoch, answer }));
+        let (offset, last_epoch) = self.cur_fetch;
+        self.out.push_back(Output::Send(to, Msg::Fetched { epoch, offset, last_epoch, answer }));
     }
 
     fn on_fetch(
@@ -761,6 +840,7 @@ impl<L: ReplicaLog> Replica<L> {
         last_epoch: i32,
         max_bytes: u32,
     ) {
+        self.cur_fetch = (offset, last_epoch);
         if self.role != Role::Leader || epoch > self.epoch {
             if epoch > self.epoch {
                 // The follower knows a newer epoch than this leader: this leader is stale.
@@ -791,7 +871,14 @@ impl<L: ReplicaLog> Replica<L> {
             self.reply(from, epoch, FetchAnswer::OutOfRange { log_start: start, log_end: end });
             return;
         }
+        let hw = self.hw;
+        let lag = self.cfg.lag_time + Duration::from_millis(1);
         if let Some(p) = self.progress.get_mut(&from) {
+            if offset < hw {
+                // Below the high watermark: this follower lost records it had (a power loss):
+                // out of the ISR at once, until it has them again.
+                p.caught_up_at = now.checked_sub(lag).unwrap_or(p.caught_up_at).min(p.caught_up_at);
+            }
             p.leo = Some(offset);
             if offset >= end {
                 p.caught_up_at = now;
@@ -802,7 +889,13 @@ impl<L: ReplicaLog> Replica<L> {
         self.advance_hw(now);
         self.maintain_isr(now);
         self.parked.retain(|p| p.from != from);
-        self.parked.push(Parked { from, offset, max_bytes, deadline: now + self.cfg.fetch_wait });
+        self.parked.push(Parked {
+            from,
+            offset,
+            last_epoch,
+            max_bytes,
+            deadline: now + self.cfg.fetch_wait,
+        });
         self.answer_parked(now, false);
     }
 
@@ -835,6 +928,7 @@ impl<L: ReplicaLog> Replica<L> {
                 pr.answered_at = now;
             }
             let epoch = self.epoch;
+            self.cur_fetch = (p.offset, p.last_epoch);
             self.reply(p.from, epoch, answer);
         }
     }
@@ -925,29 +1019,18 @@ impl<L: ReplicaLog> Replica<L> {
 
     fn storage_failed(&mut self, e: LogError) {
         self.failed = true;
-        let role = self.role;
         let epoch = self.epoch;
-        if role == Role::Leader {
+        if self.role == Role::Leader {
             self.step_down(Role::None, epoch);
-            // Leave leadership and the ISR so another in-sync replica takes over.
-            if let Some(s) = self.state.clone() {
-                let isr: Vec<NodeId> = s.isr.iter().copied().filter(|&n| n != self.me).collect();
-                if !isr.is_empty() {
-                    self.out.push_back(Output::ProposeState {
-                        expected_version: self.version,
-                        state: PartitionState {
-                            leader: None,
-                            leader_epoch: s.leader_epoch + 1,
-                            isr,
-                            ..s
-                        },
-                    });
-                }
-            }
         } else {
             self.role = Role::None;
         }
         self.event(Event::StorageFailed(e.to_string()));
+        // Leave leadership and the ISR so another in-sync replica takes over (retried from
+        // `handle_timeout` until recorded).
+        self.proposed_at = None;
+        let now = self.last_now;
+        self.step_aside(now);
     }
 
     fn maybe_fetch(&mut self, now: Instant) {
@@ -969,6 +1052,13 @@ impl<L: ReplicaLog> Replica<L> {
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
+        if now.saturating_duration_since(self.refreshed_at) >= self.cfg.refresh_every {
+            self.refreshed_at = now;
+            self.out.push_back(Output::RefreshState);
+        }
+        if self.failed || self.unclean {
+            self.step_aside(now);
+        }
         if self.failed {
             return;
         }
@@ -1008,9 +1098,6 @@ impl<L: ReplicaLog> Replica<L> {
 
     /// When [`Replica::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.failed {
-            return None;
-        }
         let mut t = (self.refreshed_at + self.cfg.refresh_every)
             .max(self.last_now + Duration::from_millis(1));
         let last = self.last_now;

@@ -84,6 +84,10 @@ pub struct Checker {
     pub isr_changes: u64,
     pub violations: Vec<String>,
     pub now: Option<Instant>,
+    /// The highest high watermark any leader of each epoch reported (across restarts).
+    pub hw_by_epoch: BTreeMap<i32, i64>,
+    /// The ISR as the metadata service has it now.
+    pub isr: Vec<NodeId>,
 }
 
 impl Checker {
@@ -115,7 +119,17 @@ impl Checker {
                 }
                 self.leader_changes.push((now, me, *epoch));
             }
-            Event::Truncated(_) => self.truncations += 1,
+            Event::Truncated(end) => {
+                self.truncations += 1;
+                // A member of the recorded ISR holds every acknowledged write: cutting one is
+                // a loss waiting for the next failover.
+                if self.isr.contains(&me) {
+                    if let Some((id, off)) = self.acked.iter().find(|(_, &o)| o >= *end) {
+                        let msg = format!("{me:?}, in the ISR, cut its log to {end} below acknowledged write {id} at offset {off}");
+                        self.violation(msg);
+                    }
+                }
+            }
             Event::IsrChanged(_) => self.isr_changes += 1,
             _ => {}
         }
@@ -145,6 +159,7 @@ pub struct MetaProc {
     pub state: PartitionState,
     pub version: u64,
     replicas: Vec<usize>,
+    checker: Rc<RefCell<Checker>>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
 }
 
@@ -156,6 +171,7 @@ impl Process for MetaProc {
                 if expected == self.version {
                     self.version += 1;
                     self.state = state;
+                    self.checker.borrow_mut().isr = self.state.isr.clone();
                     let msg =
                         enc(&Wire::State { state: self.state.clone(), version: self.version });
                     for &r in &self.replicas {
@@ -205,6 +221,7 @@ pub struct ReplicaProc {
 }
 
 impl ReplicaProc {
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         slot: usize,
         peers: Vec<usize>,
@@ -213,8 +230,13 @@ impl ReplicaProc {
         checker: Rc<RefCell<Checker>>,
         start: Instant,
         now: Instant,
+        restarted: bool,
     ) -> ReplicaProc {
-        let replica = Replica::new(mq_id(slot), log, cfg, now);
+        let mut replica = Replica::new(mq_id(slot), log, cfg, now);
+        if restarted {
+            // No clean-shutdown record: the log may lack what it acknowledged.
+            replica.mark_unclean_start();
+        }
         let heard = peers.iter().map(|&p| (p, now)).collect();
         let mut p = ReplicaProc {
             replica,
@@ -262,6 +284,20 @@ impl ReplicaProc {
         if self.replica.role() == Role::Leader {
             let epoch = self.replica.epoch();
             let hw = self.replica.high_watermark();
+            {
+                let mut c = self.checker.borrow_mut();
+                let seen = c.hw_by_epoch.entry(epoch).or_insert(hw);
+                if hw < *seen {
+                    let msg = format!(
+                        "epoch {epoch}: a leader's high watermark {hw} is below {} seen before",
+                        *seen
+                    );
+                    *seen = hw.max(*seen);
+                    c.violation(msg);
+                } else {
+                    *seen = hw;
+                }
+            }
             let prev = self.hw_seen.insert(epoch, hw).unwrap_or(i64::MIN);
             if hw < prev {
                 self.checker.borrow_mut().violation(format!(
@@ -427,11 +463,14 @@ impl Partition {
         let ids: Vec<NodeId> = replicas.iter().map(|&i| mq_id(i)).collect();
         let state =
             PartitionState { replicas: ids.clone(), leader: None, leader_epoch: 0, isr: ids };
+        checker.borrow_mut().isr = state.isr.clone();
+        let meta_checker = checker.clone();
         sim.add(|_| {
             Node::Meta(MetaProc {
                 state,
                 version: 1,
                 replicas: replicas.clone(),
+                checker: meta_checker,
                 out: VecDeque::new(),
             })
         });
@@ -440,7 +479,16 @@ impl Partition {
             let peers: Vec<usize> = replicas.iter().copied().filter(|&p| p != i).collect();
             let (c, cfg) = (checker.clone(), cfg.clone());
             sim.add(move |_| {
-                Node::Replica(ReplicaProc::start(i, peers, MemLog::new(), cfg, c, start, start))
+                Node::Replica(ReplicaProc::start(
+                    i,
+                    peers,
+                    MemLog::new(),
+                    cfg,
+                    c,
+                    start,
+                    start,
+                    false,
+                ))
             });
         }
         Partition {
@@ -482,6 +530,15 @@ impl Partition {
             Node::Meta(_) => false,
         })?;
         ok.then_some(id)
+    }
+
+    /// A consumer re-reading from an earlier offset (what it reads must match what it read).
+    pub fn reread(&mut self, from: i64) {
+        let Some(l) = self.leader() else { return };
+        self.sim.with_node(l, |n, _| match n {
+            Node::Replica(r) => r.consume(from).map(|_| ()),
+            Node::Meta(_) => None,
+        });
     }
 
     /// One consumer poll at the current leader.
@@ -527,7 +584,7 @@ impl Partition {
         let (c, cfg, start, now) =
             (self.checker.clone(), self.cfg.clone(), self.sim.start(), self.sim.now());
         self.sim.restart(i, move |_| {
-            Node::Replica(ReplicaProc::start(i, peers, log, cfg, c, start, now))
+            Node::Replica(ReplicaProc::start(i, peers, log, cfg, c, start, now, true))
         });
     }
 
@@ -535,6 +592,7 @@ impl Partition {
     /// final state. Returns the violations (empty when the run is correct).
     pub fn settle_and_check(&mut self, quiet: Duration) -> Vec<String> {
         self.sim.heal();
+        self.sim.clog(0, Duration::ZERO);
         self.sim.net = NetConfig::default();
         for i in 1..=self.n {
             self.restart(i);
@@ -623,6 +681,9 @@ impl Partition {
             }
         }
         let isr = leader.replica.state().map(|(s, _)| s.isr.clone()).unwrap_or_default();
+        if isr.len() != self.n {
+            v.push(format!("after healing the ISR is {isr:?}, not all {} replicas", self.n));
+        }
         for id in isr {
             let i = slot_of(id);
             if let Some(r) = self.replica(i) {
@@ -680,7 +741,7 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
         let now = p.sim.now();
         if now >= next_fault {
             next_fault = now + Duration::from_millis(rng.gen_range(300..2000));
-            let kind = match rng.gen_range(0..6) {
+            let kind = match rng.gen_range(0..8) {
                 0 | 1 => {
                     let i = rng.gen_range(1..=p.n);
                     if p.sim.is_up(i) {
@@ -703,6 +764,19 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
                         "partition"
                     }
                 }
+                6 => {
+                    // Proposals and notifications slower than the replicas' retry period.
+                    p.sim.clog(0, Duration::from_millis(rng.gen_range(300..1500)));
+                    heal_at = Some(now + Duration::from_millis(rng.gen_range(500..3000)));
+                    "slow-metadata"
+                }
+                7 => {
+                    let i = rng.gen_range(1..=p.n);
+                    if p.sim.is_up(i) {
+                        p.sim.stall(i, Duration::from_millis(rng.gen_range(200..2500)));
+                    }
+                    "stall"
+                }
                 3 => {
                     p.sim.net.loss = 0.05;
                     heal_at = Some(now + Duration::from_millis(rng.gen_range(500..2000)));
@@ -710,7 +784,7 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
                 }
                 4 => {
                     p.sim.net.duplicate = 0.05;
-                    p.sim.net.latency_max = Duration::from_millis(30);
+                    p.sim.net.latency_max = Duration::from_millis(rng.gen_range(30..400));
                     heal_at = Some(now + Duration::from_millis(rng.gen_range(500..2000)));
                     "duplicate-reorder"
                 }
@@ -728,6 +802,7 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
         }
         if heal_at.is_some_and(|t| now >= t) {
             p.sim.heal();
+            p.sim.clog(0, Duration::ZERO);
             p.sim.net = NetConfig::default();
             heal_at = None;
         }
@@ -746,6 +821,10 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
         }
         if rng.gen_bool(0.2) {
             report.consumed += p.consume() as u64;
+        }
+        if rng.gen_bool(0.02) && p.cursor > 0 {
+            let from = rng.gen_range(0..p.cursor);
+            p.reread(from);
         }
         let t = p.sim.now() + Duration::from_millis(rng.gen_range(2..10));
         p.sim.run_until(t);

@@ -1,0 +1,587 @@
+//! Fault sequences against the replica core, each built to break one rule of the protocol
+//! (see `mq/ALGORITHM.md`): late and duplicated fetch answers, leaders that lost their epoch to
+//! a power loss, empty epochs on the on-disk log, ISR proposals that land late or never,
+//! storage failures while cut off from the metadata service. Each test asserts what the
+//! protocol promises.
+
+use std::cell::Cell;
+use std::collections::{BTreeSet, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use starling_mq::batch::{decode_records, encode_batch, NewRecord};
+use starling_mq::log::{AppendInfo, LogError, ReadResult};
+use starling_mq::mem::{MemLog, ReplicaLog};
+use starling_mq::replica::{
+    Acks, Event, FetchAnswer, Msg, NodeId, Output, PartitionState, ProduceError, Replica,
+    ReplicaConfig, Role,
+};
+use starling_mq::{Log, LogConfig};
+
+fn id(i: usize) -> NodeId {
+    NodeId((i as u128 + 1) << 96)
+}
+
+struct Cluster<L: ReplicaLog> {
+    now: Instant,
+    nodes: Vec<Option<Replica<L>>>,
+    state: PartitionState,
+    version: u64,
+    msgs: VecDeque<(NodeId, NodeId, Msg)>,
+    cut: BTreeSet<usize>,
+    meta_cut: BTreeSet<usize>,
+    /// Proposals from these nodes are held back (a slow or retried RPC).
+    hold: BTreeSet<usize>,
+    held: Vec<(u64, PartitionState)>,
+    /// Every replica message delivered, for replaying one later (duplication/reordering).
+    delivered: Vec<(NodeId, NodeId, Msg)>,
+    acked: Vec<(u64, i64)>,
+    failed: Vec<(u64, ProduceError)>,
+    cfg: ReplicaConfig,
+    next_id: u64,
+    max_rounds: usize,
+}
+
+impl<L: ReplicaLog> Cluster<L> {
+    fn new(logs: Vec<L>, cfg: ReplicaConfig) -> Cluster<L> {
+        let now = Instant::now();
+        let n = logs.len();
+        let ids: Vec<NodeId> = (0..n).map(id).collect();
+        let mut c = Cluster {
+            now,
+            nodes: logs
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| Some(Replica::new(id(i), l, cfg.clone(), now)))
+                .collect(),
+            state: PartitionState {
+                replicas: ids.clone(),
+                leader: None,
+                leader_epoch: 0,
+                isr: ids,
+            },
+            version: 1,
+            msgs: VecDeque::new(),
+            cut: BTreeSet::new(),
+            meta_cut: BTreeSet::new(),
+            hold: BTreeSet::new(),
+            held: Vec::new(),
+            delivered: Vec::new(),
+            acked: Vec::new(),
+            failed: Vec::new(),
+            cfg,
+            next_id: 0,
+            max_rounds: 10_000,
+        };
+        c.broadcast_state();
+        c.settle();
+        c
+    }
+
+    fn idx(n: NodeId) -> usize {
+        ((n.0 >> 96) - 1) as usize
+    }
+
+    fn broadcast_state(&mut self) {
+        let (s, v, now) = (self.state.clone(), self.version, self.now);
+        for (i, r) in self.nodes.iter_mut().enumerate() {
+            if let Some(r) = r {
+                if !self.meta_cut.contains(&i) {
+                    r.handle_state(now, s.clone(), v);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, i: usize, expected_version: u64, state: PartitionState) {
+        if expected_version == self.version {
+            self.version += 1;
+            self.state = state;
+            self.broadcast_state();
+        } else if let Some(r) = self.nodes[i].as_mut() {
+            r.handle_state(self.now, self.state.clone(), self.version);
+        }
+    }
+
+    /// Delivers the k-th held proposal (of node `i`) now.
+    fn release(&mut self, i: usize, k: usize) {
+        let (v, s) = self.held[k].clone();
+        self.apply(i, v, s);
+        self.settle();
+    }
+
+    /// Returns false instead of panicking when the cluster does not settle.
+    fn try_settle(&mut self) -> bool {
+        for _ in 0..self.max_rounds {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while let Some(o) = self.nodes[i].as_mut().and_then(|r| r.poll_output()) {
+                    moved = true;
+                    match o {
+                        Output::Send(to, m) => self.msgs.push_back((id(i), to, m)),
+                        Output::ProposeState { expected_version, state } => {
+                            if self.meta_cut.contains(&i) {
+                                continue;
+                            }
+                            if self.hold.contains(&i) {
+                                self.held.push((expected_version, state));
+                                continue;
+                            }
+                            self.apply(i, expected_version, state);
+                        }
+                        Output::RefreshState => {
+                            if !self.meta_cut.contains(&i) {
+                                let (s, v, now) = (self.state.clone(), self.version, self.now);
+                                if let Some(r) = self.nodes[i].as_mut() {
+                                    r.handle_state(now, s, v);
+                                }
+                            }
+                        }
+                        Output::Event(Event::Produced { id, base_offset, .. }) => {
+                            self.acked.push((id, base_offset))
+                        }
+                        Output::Event(Event::ProduceFailed { id, error }) => {
+                            self.failed.push((id, error))
+                        }
+                        Output::Event(_) => {}
+                    }
+                }
+            }
+            while let Some((from, to, m)) = self.msgs.pop_front() {
+                moved = true;
+                let (f, t) = (Self::idx(from), Self::idx(to));
+                if self.cut.contains(&f) || self.cut.contains(&t) {
+                    continue;
+                }
+                if let Some(r) = self.nodes[t].as_mut() {
+                    self.delivered.push((from, to, m.clone()));
+                    r.handle_message(self.now, from, m);
+                }
+            }
+            if !moved {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn settle(&mut self) {
+        assert!(self.try_settle(), "the cluster did not settle");
+    }
+
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(10);
+            let now = self.now;
+            for r in self.nodes.iter_mut().flatten() {
+                if r.poll_timeout().is_some_and(|t| t <= now) {
+                    r.handle_timeout(now);
+                }
+            }
+            self.settle();
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .max_by_key(|(_, r)| r.epoch())
+            .map(|(i, _)| i)
+    }
+
+    fn produce_at(&mut self, i: usize, value: &str, acks: Acks) -> Result<u64, ProduceError> {
+        self.next_id += 1;
+        let idv = self.next_id;
+        let rec = NewRecord {
+            key: None,
+            value: Some(value.as_bytes().to_vec()),
+            headers: vec![],
+            timestamp_ms: 0,
+        };
+        let now = self.now;
+        let r = self.nodes[i].as_mut().expect("up").produce(
+            now,
+            idv,
+            encode_batch(&[rec], None).unwrap(),
+            acks,
+        );
+        self.settle();
+        r.map(|_| idv)
+    }
+
+    fn liveness(&mut self, of: usize, alive: bool) {
+        let now = self.now;
+        for (i, r) in self.nodes.iter_mut().enumerate() {
+            if i != of {
+                if let Some(r) = r {
+                    r.handle_liveness(now, id(of), alive);
+                }
+            }
+        }
+        self.settle();
+    }
+
+    fn values(&self, i: usize) -> Vec<String> {
+        let log = self.nodes[i].as_ref().expect("up").log();
+        let r = log.read(log.start_offset(), 1 << 20, i64::MAX).unwrap();
+        if r.bytes.is_empty() {
+            return vec![];
+        }
+        decode_records(&r.bytes)
+            .unwrap()
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    fn is_acked(&self, id: u64) -> bool {
+        self.acked.iter().any(|a| a.0 == id)
+    }
+}
+
+impl Cluster<MemLog> {
+    fn mem(n: usize, cfg: ReplicaConfig) -> Cluster<MemLog> {
+        Cluster::new((0..n).map(|_| MemLog::new()).collect(), cfg)
+    }
+    fn crash(&mut self, i: usize) -> MemLog {
+        let log = self.nodes[i].take().expect("up").log().clone();
+        self.liveness(i, false);
+        log
+    }
+    fn restart(&mut self, i: usize, log: MemLog) {
+        self.nodes[i] = Some(Replica::new(id(i), log, self.cfg.clone(), self.now));
+        self.liveness(i, true);
+        self.settle();
+    }
+}
+
+fn cfg(min_insync: usize) -> ReplicaConfig {
+    ReplicaConfig { min_insync, lag_time: Duration::from_secs(2), ..ReplicaConfig::default() }
+}
+
+/// A duplicated (or late) `Diverging` answer must not be applied to the follower's current
+/// log: it would cut batches the follower already reported and the high watermark counted,
+/// leaving an ISR member without acknowledged writes. Answers echo the fetch they answer.
+#[test]
+fn a_duplicated_diverging_answer_cuts_nothing_acknowledged() {
+    let mut c = Cluster::mem(3, cfg(2));
+    c.produce_at(0, "m1", Acks::All).unwrap();
+    c.run(Duration::from_millis(50));
+    // A writes m2 alone (acks=1) and dies; B leads epoch 2 and commits m3.
+    c.cut.insert(0);
+    c.produce_at(0, "m2", Acks::Leader).unwrap();
+    let a = c.crash(0);
+    c.cut.clear();
+    c.run(Duration::from_millis(300));
+    assert_eq!(c.leader(), Some(1));
+    let m3 = c.produce_at(1, "m3", Acks::All).unwrap();
+    c.run(Duration::from_millis(50));
+    // A returns: B answers its fetch with Diverging, A cuts m2, catches up, rejoins the ISR.
+    c.restart(0, a);
+    c.run(Duration::from_millis(500));
+    assert_eq!(c.state.isr.len(), 3, "{:?}", c.state);
+    let m4 = c.produce_at(1, "m4", Acks::All).unwrap();
+    c.run(Duration::from_millis(50));
+    assert!(c.is_acked(m3) && c.is_acked(m4));
+    assert_eq!(c.values(0), vec!["m1", "m3", "m4"]);
+    // The network delivers B's old Diverging answer to A a second time.
+    let dup = c
+        .delivered
+        .iter()
+        .find(|(f, t, m)| {
+            *f == id(1)
+                && *t == id(0)
+                && matches!(m, Msg::Fetched { answer: FetchAnswer::Diverging { .. }, .. })
+        })
+        .cloned()
+        .expect("B answered A's first fetch with Diverging");
+    let now = c.now;
+    c.nodes[0].as_mut().unwrap().handle_message(now, dup.0, dup.2);
+    // ... and B dies before A fetched again: A (first in ring order, in the ISR) leads.
+    c.crash(1);
+    c.run(Duration::from_millis(500));
+    assert_eq!(c.leader(), Some(0));
+    assert_eq!(c.values(0), vec!["m1", "m3", "m4"], "A lost the acknowledged m3 and m4");
+}
+
+/// A restarted leader of record whose log no longer holds its epoch (a power loss in periodic
+/// mode erased that epoch's batches, hence its checkpoint entry) must not resume the epoch:
+/// (epoch, offset) would name two different batches and the last-epoch check would pass on a
+/// follower holding the other one. It takes leadership only through a new epoch.
+#[test]
+fn a_leader_that_lost_its_epoch_to_a_power_loss_does_not_resume_it() {
+    let mut c = Cluster::mem(2, cfg(2));
+    assert_eq!(c.leader(), Some(0));
+    // m1 at offset 0, epoch 1 (acks=1): B fetches it; A has not flushed it yet.
+    c.produce_at(0, "m1", Acks::Leader).unwrap();
+    assert_eq!(c.values(1), vec!["m1"]);
+    // A loses power and restarts before anyone notices.
+    let log = c.nodes[0].take().unwrap().log().after_power_loss();
+    assert_eq!(log.end_offset(), 0);
+    c.nodes[0] = Some(Replica::new(id(0), log, c.cfg.clone(), c.now));
+    c.settle();
+    assert_eq!(c.leader(), Some(0));
+    // Unpatched: A resumed epoch 1 rather than taking epoch 2.
+    eprintln!("A leads epoch {}", c.state.leader_epoch);
+    // m2 goes to offset 0 with epoch 1 at A; B (holding m1 there, epoch 1) passes the check.
+    let m2 = c.produce_at(0, "m2", Acks::All).unwrap();
+    c.run(Duration::from_secs(3));
+    eprintln!("m2 acknowledged: {}", c.is_acked(m2));
+    assert_eq!(
+        c.values(0),
+        c.values(1),
+        "two in-sync replicas differ below the high watermark {}",
+        c.nodes[0].as_ref().unwrap().high_watermark()
+    );
+}
+
+/// A leader that began an epoch and appended nothing, then follows: truncating to its log
+/// end must drop the empty epoch's entry, on disk as in memory, or it sends that epoch forever
+/// (Diverging, no-op truncation, fetch, Diverging ...) and never catches up.
+fn empty_epoch_then_follow<L: ReplicaLog>(logs: Vec<L>) -> (bool, Vec<String>, Vec<String>) {
+    let mut c = Cluster::new(logs, cfg(1));
+    c.max_rounds = 2_000;
+    c.produce_at(0, "m1", Acks::All).unwrap();
+    c.run(Duration::from_millis(50));
+    // A is cut off and declared dead: B leads epoch 2 and writes nothing.
+    c.cut.insert(0);
+    c.liveness(0, false);
+    c.run(Duration::from_millis(300));
+    assert_eq!(c.state.leader, Some(id(1)));
+    assert_eq!(c.state.leader_epoch, 2);
+    // B is cut off and declared dead too: C leads epoch 3 and writes m2.
+    c.cut.insert(1);
+    c.liveness(1, false);
+    c.run(Duration::from_millis(300));
+    assert_eq!(c.state.leader, Some(id(2)));
+    c.produce_at(2, "m2", Acks::Leader).unwrap();
+    // B returns and follows C.
+    c.cut.remove(&1);
+    let now = c.now;
+    c.nodes[1].as_mut().unwrap().handle_liveness(now, id(0), true);
+    c.liveness(1, true);
+    let mut settled = true;
+    for _ in 0..300 {
+        c.now += Duration::from_millis(10);
+        let now = c.now;
+        for r in c.nodes.iter_mut().flatten() {
+            if r.poll_timeout().is_some_and(|t| t <= now) {
+                r.handle_timeout(now);
+            }
+        }
+        if !c.try_settle() {
+            settled = false;
+            break;
+        }
+    }
+    (settled, c.values(1), c.values(2))
+}
+
+#[test]
+fn a_follower_with_an_empty_epoch_catches_up_memlog() {
+    let (settled, b, cc) =
+        empty_epoch_then_follow((0..3).map(|_| MemLog::new()).collect::<Vec<_>>());
+    assert!(settled);
+    assert_eq!(b, cc);
+}
+
+#[test]
+fn a_follower_with_an_empty_epoch_catches_up_on_disk_log() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let logs: Vec<Log> =
+        dirs.iter().map(|d| Log::open(d.path(), LogConfig::default()).unwrap().0).collect();
+    let (settled, b, cc) = empty_epoch_then_follow(logs);
+    assert!(settled, "B and C exchange Fetch/Diverging without end");
+    assert_eq!(b, cc);
+}
+
+#[test]
+fn log_truncate_to_end_keeps_an_empty_epoch() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(d.path(), LogConfig::default()).unwrap();
+    let rec = NewRecord { key: None, value: Some(b"x".to_vec()), headers: vec![], timestamp_ms: 0 };
+    log.append_as_leader(&mut encode_batch(&[rec], None).unwrap(), 1, 0).unwrap();
+    log.begin_epoch(2).unwrap();
+    let mut mem = MemLog::new();
+    let rec = NewRecord { key: None, value: Some(b"x".to_vec()), headers: vec![], timestamp_ms: 0 };
+    ReplicaLog::append_as_leader(&mut mem, &mut encode_batch(&[rec], None).unwrap(), 1, 0).unwrap();
+    mem.begin_epoch(2).unwrap();
+    log.truncate_to(1).unwrap();
+    mem.truncate_to(1).unwrap();
+    assert_eq!(ReplicaLog::latest_epoch(&mem), Some(1));
+    assert_eq!(ReplicaLog::latest_epoch(&log), Some(1), "Log keeps epoch 2 with no batch");
+}
+
+/// An ISR expansion proposal still in flight must keep counting for the high watermark when the
+/// leader makes another proposal at the same version: if the first is applied late, the
+/// replica it adds must hold every committed write.
+#[test]
+fn a_replaced_isr_proposal_that_lands_late_admits_no_replica_missing_committed_writes() {
+    let mut c = Cluster::mem(3, cfg(2));
+    c.produce_at(0, "m1", Acks::All).unwrap();
+    c.run(Duration::from_millis(50));
+    let b = c.crash(1);
+    c.run(Duration::from_millis(100));
+    assert_eq!(c.state.isr, vec![id(0), id(2)]);
+    // A's proposals are slow from now on. B returns and catches up: A proposes ISR {A,B,C}.
+    c.hold.insert(0);
+    c.restart(1, b);
+    c.run(Duration::from_millis(50));
+    assert_eq!(c.held.len(), 1);
+    assert_eq!(c.held[0].1.isr, vec![id(0), id(1), id(2)]);
+    // B and C stop fetching for longer than lag_time: A proposes ISR {A} (also slow).
+    c.cut.insert(1);
+    c.cut.insert(2);
+    c.run(Duration::from_millis(2500));
+    assert!(c.held.iter().any(|(_, s)| s.isr == vec![id(0)]));
+    // C comes back and catches up; B stays away. m2 is committed by {A, C}.
+    c.cut.remove(&2);
+    c.run(Duration::from_millis(2500));
+    let m2 = c.produce_at(0, "m2", Acks::All).unwrap();
+    c.run(Duration::from_millis(50));
+    // Unpatched, m2 is acknowledged here, by {A, C}.
+    let acked = c.is_acked(m2);
+    // The first proposal lands now: B is in the ISR without m2.
+    c.release(0, 0);
+    assert_eq!(c.state.isr, vec![id(0), id(1), id(2)]);
+    c.hold.clear();
+    // A dies; B, first live ISR member in ring order, leads.
+    c.crash(0);
+    c.cut.clear();
+    c.run(Duration::from_millis(500));
+    assert_eq!(c.leader(), Some(1));
+    if acked {
+        assert_eq!(c.values(1), vec!["m1", "m2"], "the acknowledged m2 is lost");
+    }
+}
+
+/// A log whose storage can be made to fail.
+#[derive(Debug, Clone)]
+struct Flaky {
+    inner: MemLog,
+    fail: Rc<Cell<bool>>,
+}
+
+impl ReplicaLog for Flaky {
+    fn start_offset(&self) -> i64 {
+        self.inner.start_offset()
+    }
+    fn end_offset(&self) -> i64 {
+        self.inner.end_offset()
+    }
+    fn append_as_leader(&mut self, b: &mut [u8], e: i32, now: i64) -> Result<AppendInfo, LogError> {
+        self.inner.append_as_leader(b, e, now)
+    }
+    fn append_as_follower(&mut self, b: &[u8], now: i64) -> Result<AppendInfo, LogError> {
+        self.inner.append_as_follower(b, now)
+    }
+    fn read(&self, o: i64, m: usize, u: i64) -> Result<ReadResult, LogError> {
+        self.inner.read(o, m, u)
+    }
+    fn truncate_to(&mut self, o: i64) -> Result<i64, LogError> {
+        self.inner.truncate_to(o)
+    }
+    fn reset_to(&mut self, o: i64) -> Result<(), LogError> {
+        self.inner.reset_to(o)
+    }
+    fn begin_epoch(&mut self, e: i32) -> Result<(), LogError> {
+        self.inner.begin_epoch(e)
+    }
+    fn end_offset_for_epoch(&self, e: i32) -> (i32, i64) {
+        self.inner.end_offset_for_epoch(e)
+    }
+    fn latest_epoch(&self) -> Option<i32> {
+        self.inner.latest_epoch()
+    }
+    fn flush(&mut self) -> Result<(), LogError> {
+        if self.fail.get() {
+            return Err(LogError::Io {
+                what: "flush".into(),
+                source: std::io::Error::other("disk gone"),
+            });
+        }
+        self.inner.flush()
+    }
+}
+
+/// A leader whose storage fails leaves leadership and the ISR, retrying until the metadata
+/// service records it (the failure detector still sees the process alive, so nobody else
+/// would take over).
+#[test]
+fn a_leader_whose_storage_failed_leaves_even_if_its_first_proposal_is_lost() {
+    let fail = Rc::new(Cell::new(false));
+    let logs: Vec<Flaky> = (0..3)
+        .map(|i| Flaky {
+            inner: MemLog::new(),
+            fail: if i == 0 { fail.clone() } else { Rc::new(Cell::new(false)) },
+        })
+        .collect();
+    let mut c = Cluster::new(logs, ReplicaConfig { flush_each_append: true, ..cfg(2) });
+    c.produce_at(0, "m1", Acks::All).unwrap();
+    c.run(Duration::from_millis(50));
+    // The disk fails while A cannot reach the metadata service.
+    fail.set(true);
+    c.meta_cut.insert(0);
+    assert!(c.produce_at(0, "m2", Acks::All).is_err());
+    // Everything heals (A's process lives on with its failed log).
+    c.meta_cut.clear();
+    c.run(Duration::from_secs(10));
+    assert!(c.leader().is_some(), "no leader 10 s after healing: {:?}", c.state);
+}
+
+/// Periodic mode: the power loss of one ISR member, the leader, that restarts before the
+/// others' failure detector fires must not lose an acknowledged write: told it did not stop
+/// cleanly, it steps aside for a live ISR member instead of leading from its shortened log.
+#[test]
+fn periodic_mode_one_power_loss_of_the_leader_loses_nothing_acknowledged() {
+    let mut c = Cluster::mem(2, cfg(2));
+    let m1 = c.produce_at(0, "m1", Acks::All).unwrap();
+    c.run(Duration::from_millis(50));
+    assert!(c.is_acked(m1));
+    // B flushed (say); A had not. A loses power and comes back quickly.
+    c.nodes[1].as_mut().unwrap().log_mut().flush().unwrap();
+    let log = c.nodes[0].take().unwrap().log().after_power_loss();
+    let mut a = Replica::new(id(0), log, c.cfg.clone(), c.now);
+    // The driver knows the process did not stop cleanly.
+    a.mark_unclean_start();
+    c.nodes[0] = Some(a);
+    c.run(Duration::from_secs(3));
+    assert_eq!(c.values(1), vec!["m1"], "B (never lost power) dropped the acknowledged m1");
+}
+
+/// An ISR addition whose proposal was lost counts for the high watermark until the state's
+/// version moves; if the added replica then dies, the leader moves the version itself (an
+/// unchanged proposal), so the high watermark and acks=all produces do not stall while that
+/// replica is down.
+#[test]
+fn a_lost_isr_addition_does_not_stall_the_high_watermark() {
+    let mut c = Cluster::mem(3, cfg(2));
+    c.produce_at(0, "m1", Acks::All).unwrap();
+    c.run(Duration::from_millis(50));
+    let b = c.crash(1);
+    c.run(Duration::from_millis(100));
+    assert_eq!(c.state.isr, vec![id(0), id(2)]);
+    // B returns; A's proposal to add it is lost (A briefly cut from the metadata service).
+    c.meta_cut.insert(0);
+    c.restart(1, b);
+    c.run(Duration::from_millis(50));
+    c.meta_cut.clear();
+    // B dies again right away.
+    c.crash(1);
+    c.run(Duration::from_millis(500));
+    assert_eq!(c.state.isr, vec![id(0), id(2)]);
+    let m2 = c.produce_at(0, "m2", Acks::All).unwrap();
+    c.run(Duration::from_secs(5));
+    c.run(Duration::from_secs(6));
+    eprintln!(
+        "failed: {:?}; A hw {}; C has {:?}",
+        c.failed,
+        c.nodes[0].as_ref().unwrap().high_watermark(),
+        c.values(2)
+    );
+    assert!(c.is_acked(m2), "A and C (the whole ISR) have m2, yet it is not acknowledged");
+}
