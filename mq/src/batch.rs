@@ -400,7 +400,12 @@ fn varint(b: &[u8], at: &mut usize, max_bytes: usize) -> Result<i64, String> {
 /// Walks the records of an uncompressed batch's payload checking only lengths and counts
 /// (not a codec: the records are read by Kafka's), so that no count or length claims more than
 /// the bytes hold — Kafka's decoder reserves room for a record or header count before reading.
-fn check_records(payload: &[u8], count: i32) -> Result<(), String> {
+fn check_records(
+    payload: &[u8],
+    count: i32,
+    base_timestamp: i64,
+    base_offset: i64,
+) -> Result<(), String> {
     let mut at = 0usize;
     for _ in 0..count {
         let len = varint(payload, &mut at, 5)?;
@@ -410,8 +415,15 @@ fn check_records(payload: &[u8], count: i32) -> Result<(), String> {
         let end = at + len as usize;
         let rec = &payload[..end];
         at += 1; // attributes
-        varint(rec, &mut at, 10)?; // timestamp delta
-        varint(rec, &mut at, 5)?; // offset delta
+                 // Deltas that overflow their base (the decoder adds them unchecked).
+        let ts = varint(rec, &mut at, 10)?;
+        if base_timestamp.checked_add(ts).is_none() {
+            return Err(format!("record timestamp delta {ts} overflows"));
+        }
+        let od = varint(rec, &mut at, 5)?;
+        if i32::try_from(od).is_err() || base_offset.checked_add(od).is_none() {
+            return Err(format!("record offset delta {od} overflows"));
+        }
         for what in ["key", "value"] {
             let n = varint(rec, &mut at, 5)?;
             if n < -1 || (n > 0 && n as usize > end.saturating_sub(at)) {
@@ -438,7 +450,12 @@ pub fn decode_records(bytes: &[u8]) -> Result<Vec<StoredRecord>, String> {
             continue;
         }
         if view.compression() == 0 {
-            check_records(&view.bytes()[HEADER_LEN..], view.record_count())?;
+            check_records(
+                &view.bytes()[HEADER_LEN..],
+                view.record_count(),
+                view.base_timestamp(),
+                view.base_offset(),
+            )?;
         }
         let mut buf = Bytes::copy_from_slice(view.bytes());
         let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| e.to_string())?;

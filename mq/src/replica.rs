@@ -470,6 +470,11 @@ impl<L: ReplicaLog> Replica<L> {
             {
                 self.become_leader(now, state.leader_epoch);
             } else {
+                // Leader of record without leading: stop following anyone (a stale leader
+                // would only fence the fetches) and ask for the next epoch.
+                if self.role != Role::None || self.epoch != state.leader_epoch {
+                    self.step_down(Role::None, state.leader_epoch);
+                }
                 self.maybe_reclaim(now);
             }
         } else {
@@ -1091,8 +1096,11 @@ impl<L: ReplicaLog> Replica<L> {
                 }
                 self.maybe_fetch(now);
             }
-            Role::None => self.maybe_reclaim(now),
+            Role::None => {}
         }
+        // Retried whatever the role: a leader of record not leading asks for the next epoch
+        // until the metadata service records it.
+        self.maybe_reclaim(now);
         self.maybe_elect(now);
     }
 
