@@ -1,5 +1,6 @@
-//! The partition log on its own: append and read throughput on an empty log and again with a
-//! large log retained behind it, so the effect of retained data is one ratio from one run.
+//! The partition log on its own: append and read throughput on an empty log and on one with a
+//! large log retained behind it, in alternating rounds, so the effect of retained data is one
+//! ratio from one run.
 //!
 //! `cargo run --release -p starling-mq --example log_bench -- [--retained-gib 10] [--dir D]
 //!  [--messages 200000] [--size 1024] [--batch 16] [--flush-every 64]`
@@ -90,13 +91,19 @@ fn phase(log: &mut Log, template: &[u8], a: &Args, n_batches: usize) -> Phase {
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 fn main() {
     let a = args();
-    let dir = match &a.dir {
+    let base = match &a.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("starling-log-bench-{}", std::process::id())),
     };
-    let _ = std::fs::remove_dir_all(&dir);
+    let (dir_empty, dir_full) = (base.join("empty"), base.join("retained"));
+    let _ = std::fs::remove_dir_all(&base);
     let records: Vec<NewRecord> = (0..a.batch)
         .map(|i| NewRecord {
             key: Some(format!("key-{i}").into_bytes()),
@@ -107,45 +114,60 @@ fn main() {
         .collect();
     let template = encode_batch(&records, None).expect("encode");
     let n_batches = a.messages / a.batch;
-    let (mut log, _) = Log::open(&dir, LogConfig::default()).expect("open");
-    let empty = phase(&mut log, &template, &a, n_batches);
 
+    // The retained log first.
+    let (mut full, _) = Log::open(&dir_full, LogConfig::default()).expect("open");
     let target = (a.retained_gib * (1u64 << 30) as f64) as u64;
     let t = Instant::now();
     let mut i = 0usize;
-    while log.size_bytes() < target {
+    while full.size_bytes() < target {
         let mut b = template.clone();
-        log.append_as_leader(&mut b, 1, 0).expect("append");
+        full.append_as_leader(&mut b, 1, 0).expect("append");
         i += 1;
         if i.is_multiple_of(4096) {
-            log.flush().expect("flush");
+            full.flush().expect("flush");
         }
     }
-    log.flush().expect("flush");
+    full.flush().expect("flush");
     let fill = t.elapsed().as_secs_f64();
-    let retained = log.size_bytes();
-    let segments = log.segment_count();
-    drop(log);
+    let retained = full.size_bytes();
+    let segments = full.segment_count();
+    drop(full);
     // Reopen: closed segments from their index files, the last one scanned.
     let t = Instant::now();
-    let (mut log, rec) = Log::open(&dir, LogConfig::default()).expect("reopen");
+    let (mut full, rec) = Log::open(&dir_full, LogConfig::default()).expect("reopen");
     let reopen = t.elapsed().as_secs_f64();
-    let full = phase(&mut log, &template, &a, n_batches);
+    let (mut empty, _) = Log::open(&dir_empty, LogConfig::default()).expect("open");
+
+    // Rounds alternate between the two logs, so the machine's drift affects both alike.
+    let rounds = 3;
+    let (mut e, mut f) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        e.push(phase(&mut empty, &template, &a, n_batches));
+        f.push(phase(&mut full, &template, &a, n_batches));
+    }
+    let med = |v: &[Phase]| Phase {
+        append_msgs: median(v.iter().map(|p| p.append_msgs).collect()),
+        append_mb: median(v.iter().map(|p| p.append_mb).collect()),
+        read_msgs: median(v.iter().map(|p| p.read_msgs).collect()),
+        read_mb: median(v.iter().map(|p| p.read_mb).collect()),
+    };
+    let (empty_p, full_p) = (med(&e), med(&f));
     // A read from the middle of the retained data (an index lookup in an old segment).
-    let mid = log.end_offset() / 2;
+    let mid = full.end_offset() / 2;
     let t = Instant::now();
-    let r = log.read(mid, 1 << 20, i64::MAX).expect("read");
+    let r = full.read(mid, 1 << 20, i64::MAX).expect("read");
     let lookup = t.elapsed();
     assert!(!r.bytes.is_empty());
 
     println!(
-        "log-bench: {} messages of {} B in batches of {} ({} B per batch), fsync every {} batches, in {}",
+        "log-bench: {} messages of {} B per round in batches of {} ({} B per batch), fsync every {} batches, {rounds} rounds alternating, medians; in {}",
         a.messages,
         a.size,
         a.batch,
         template.len(),
         a.flush_every,
-        dir.display()
+        base.display()
     );
     let row = |name: &str, p: &Phase| {
         println!(
@@ -153,12 +175,12 @@ fn main() {
             p.append_msgs, p.append_mb, p.read_msgs, p.read_mb
         )
     };
-    row("empty log", &empty);
-    row(&format!("{:.1} GiB retained", retained as f64 / (1u64 << 30) as f64), &full);
+    row("empty log", &empty_p);
+    row(&format!("{:.1} GiB retained", retained as f64 / (1u64 << 30) as f64), &full_p);
     println!(
         "  retained / empty: append {:.2}x, read {:.2}x",
-        full.append_msgs / empty.append_msgs,
-        full.read_msgs / empty.read_msgs
+        full_p.append_msgs / empty_p.append_msgs,
+        full_p.read_msgs / empty_p.read_msgs
     );
     println!(
         "  filled {:.1} GiB in {fill:.1} s ({:.0} MB/s), {segments} segments; reopened in {:.0} ms ({} segment(s) scanned, {} bytes cut); read from the middle {:.2} ms",
@@ -169,6 +191,6 @@ fn main() {
         rec.truncated_bytes,
         lookup.as_secs_f64() * 1000.0
     );
-    drop(log);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop((full, empty));
+    let _ = std::fs::remove_dir_all(&base);
 }
