@@ -8,6 +8,8 @@
 //!   truncate (by leader epoch, KIP-101), roll, retention, recovery of a torn tail.
 //! - [`replica`]: one partition replica, sans-IO: leadership through the metadata service,
 //!   follower fetching with the leader-epoch check, ISR and high watermark, produce acks.
+//! - [`producer`]: idempotent producers' sequence state (duplicates and gaps by producer id,
+//!   epoch and sequence); not yet consulted by the replica's produce path.
 //! - [`topic`]: topics and partition states as the metadata service keeps them; Kafka's key
 //!   partitioner (murmur2).
 //! - [`mem`]: the log interface the replica uses, and an in-memory log for the simulator.
@@ -20,6 +22,7 @@ pub mod epoch;
 pub mod index;
 pub mod log;
 pub mod mem;
+pub mod producer;
 pub mod replica;
 mod segment;
 pub mod topic;
