@@ -43,6 +43,20 @@ pub struct HeaderAt {
     pub leader_epoch: i32,
 }
 
+impl HeaderAt {
+    /// The header of a parsed batch found at `position`.
+    fn of(view: &BatchView<'_>, position: u64) -> HeaderAt {
+        HeaderAt {
+            position,
+            size: view.len() as u64,
+            base_offset: view.base_offset(),
+            last_offset: view.last_offset(),
+            max_timestamp: view.max_timestamp(),
+            leader_epoch: view.leader_epoch(),
+        }
+    }
+}
+
 /// What a recovery scan found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanEnd {
@@ -189,14 +203,7 @@ impl Segment {
                             pos += at as u64;
                             break 'outer;
                         }
-                        let h = HeaderAt {
-                            position: pos + at as u64,
-                            size: view.len() as u64,
-                            base_offset: view.base_offset(),
-                            last_offset: view.last_offset(),
-                            max_timestamp: view.max_timestamp(),
-                            leader_epoch: view.leader_epoch(),
-                        };
+                        let h = HeaderAt::of(&view, pos + at as u64);
                         self.note_batch(&h, interval);
                         on_batch(&h);
                         at += view.len();
@@ -258,14 +265,7 @@ impl Segment {
         let mut at = 0usize;
         for view in batch::Batches::new(bytes, usize::MAX) {
             let Ok(view) = view else { break };
-            let h = HeaderAt {
-                position: start + at as u64,
-                size: view.len() as u64,
-                base_offset: view.base_offset(),
-                last_offset: view.last_offset(),
-                max_timestamp: view.max_timestamp(),
-                leader_epoch: view.leader_epoch(),
-            };
+            let h = HeaderAt::of(&view, start + at as u64);
             self.note_batch(&h, interval);
             at += view.len();
         }
