@@ -22,6 +22,9 @@ pub enum ClientError {
     BadInput(String),
     #[error("{0}")]
     NotFound(String),
+    /// Nothing could be done now (no leader, too few replicas); retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ClientError {
@@ -31,6 +34,7 @@ impl ClientError {
         match self {
             ClientError::BadInput(_) | ClientError::Call(E::BadInput(_)) => EXIT_USAGE,
             ClientError::NotFound(_) => EXIT_NOT_FOUND,
+            ClientError::Unavailable(_) => EXIT_UNAVAILABLE,
             ClientError::Call(E::Unreachable { .. } | E::NoAnswer { .. }) => EXIT_UNREACHABLE,
             ClientError::Call(E::Refused {
                 code: ErrorCode::BadRequest | ErrorCode::TooLarge,

@@ -8,6 +8,7 @@ mod k8s;
 mod kv;
 mod meta;
 mod status;
+mod topic;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,6 +90,9 @@ enum Cmd {
     /// The metadata service: znodes, sessions, watches, locks (ZooKeeper's data model).
     #[command(subcommand)]
     Meta(meta::MetaCmd),
+    /// Topics: Kafka-style replicated partition logs.
+    #[command(subcommand)]
+    Topic(topic::TopicCmd),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -154,6 +158,8 @@ enum BenchCmd {
     Kv(kv::BenchKvArgs),
     /// Committed metadata writes/s with concurrent clients, and synchronous write latency.
     Meta(meta::BenchMetaArgs),
+    /// Produce and consume msgs/s, MB/s and produce latency against running nodes.
+    Topic(topic::BenchTopicArgs),
 }
 
 fn main() -> ExitCode {
@@ -314,6 +320,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(BenchCmd::Kv(args)) => kv::bench(&auth(&cli)?, args).await?,
         Cmd::Meta(c) => meta::run(&cli.node, &auth(&cli)?, c).await?,
         Cmd::Bench(BenchCmd::Meta(args)) => meta::bench(&auth(&cli)?, args).await?,
+        Cmd::Topic(c) => topic::run(&cli.node, &auth(&cli)?, c).await?,
+        Cmd::Bench(BenchCmd::Topic(args)) => topic::bench(&auth(&cli)?, args).await?,
         Cmd::Bench(BenchCmd::Transport { requests, in_flight, payload }) => {
             let report = starling_net::bench::transport_bench(*requests, *in_flight, *payload)
                 .await

@@ -30,6 +30,7 @@
 //!   [`Client::call`]; peer calls (such as [`starling_wire::Leave`]) need a node certificate.
 
 pub mod meta;
+pub mod topic;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

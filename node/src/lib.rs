@@ -41,6 +41,7 @@ pub mod meta;
 pub mod node;
 pub mod status;
 pub mod storage;
+pub mod topics;
 pub mod zab_store;
 
 /// The network layer lives in `starling-net` (clients share it); re-exported under the names the

@@ -450,6 +450,62 @@ impl<T: Transport> Meta<T> {
     }
 }
 
+/// Why one of Starling's own metadata calls got no answer from the data model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaUnavailable {
+    /// For people.
+    pub message: String,
+    /// A write that may or may not have been applied.
+    pub unknown: bool,
+}
+
+impl std::fmt::Display for MetaUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Fail {
+    fn unavailable(self) -> MetaUnavailable {
+        match self {
+            Fail::Meta(e) => MetaUnavailable { message: e.to_string(), unknown: false },
+            Fail::NotLeader(_) => MetaUnavailable {
+                message:
+                    "the metadata service has no leader right now (an election is in progress)"
+                        .into(),
+                unknown: false,
+            },
+            Fail::Unavailable(m) => MetaUnavailable { message: m, unknown: false },
+            Fail::Unknown(m) => MetaUnavailable { message: m, unknown: true },
+        }
+    }
+}
+
+impl<T: Transport> Meta<T> {
+    /// Starling's own write (the only kind allowed under [`starling_meta::RESERVED`]): one
+    /// operation or a `multi`, without a session. The data model's refusals are in the
+    /// answer's `results`.
+    pub async fn write_internal(
+        &self,
+        ops: Vec<starling_meta::Op>,
+        multi: bool,
+    ) -> Result<MetaWritten, MetaUnavailable> {
+        let op = TxnOp::Ops { session: 0, ops, multi, internal: true };
+        self.write(op).await.map_err(Fail::unavailable)
+    }
+
+    /// Reads a znode from this node's copy (which may lag the leader by a few milliseconds).
+    pub async fn read_local(
+        &self,
+        path: &str,
+        kind: ReadKind,
+    ) -> Result<Result<MetaReadAnswer, MetaError>, MetaUnavailable> {
+        let path = path.to_string();
+        let r = self.read(Zxid::ZERO, move |tree, zxid| read_tree(tree, &path, kind, zxid)).await;
+        r.map_err(Fail::unavailable)
+    }
+}
+
 fn stopped() -> Fail {
     Fail::Unavailable("the metadata service is not running on this node".into())
 }

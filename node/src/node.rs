@@ -28,6 +28,7 @@ use crate::status::Status;
 use crate::storage::rocks::{RocksConfig, RocksStorage};
 use crate::storage::Storage;
 use crate::tls::{self, TlsMaterial};
+use crate::topics::Topics;
 use crate::transport::quic::QuicTransport;
 use crate::transport::{PeerInfo, Role, Service, Transport, TransportConfig};
 use crate::zab_store::ZabStore;
@@ -46,6 +47,8 @@ pub struct NodeService {
     kv: Arc<std::sync::OnceLock<NodeKv>>,
     /// Set once the transport exists, like `kv`.
     meta: Arc<std::sync::OnceLock<Meta<QuicTransport>>>,
+    /// Set once the metadata service runs.
+    topics: Arc<std::sync::OnceLock<Topics<QuicTransport>>>,
     /// Peer RPCs refused because the sender's certificate is a client's.
     refused_peer_rpcs: Arc<std::sync::atomic::AtomicU64>,
     /// Log lines about those refusals, at most one a second.
@@ -100,6 +103,10 @@ impl NodeService {
                 Some(meta) => meta.handle_client(m).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
+            ClientRequest::Topic(t) => match self.topics.get() {
+                Some(topics) => topics.handle_client(t).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
         }
     }
 
@@ -117,6 +124,10 @@ impl NodeService {
             },
             PeerRequest::Meta(m) => match self.meta.get() {
                 Some(meta) => meta.handle_peer(m).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
+            PeerRequest::Topic(t) => match self.topics.get() {
+                Some(topics) => topics.handle_peer(t).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
             PeerRequest::Leave => {
@@ -259,11 +270,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         metrics: metrics.clone(),
         kv: Arc::default(),
         meta: Arc::default(),
+        topics: Arc::default(),
         refused_peer_rpcs,
         refusal_log: Arc::default(),
     };
     let kv_cell = service.kv.clone();
     let meta_cell = service.meta.clone();
+    let topics_cell = service.topics.clone();
     if storage.get_meta(bootstrap::META_STATUS)?.as_deref() == Some(b"left".as_slice()) {
         bail!(
             "this node left the cluster (`starling leave`) and its data in {} is stale: it must not rejoin. To join again as a new node, start with an empty --data-dir",
@@ -340,6 +353,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         }
     }
     let meta_view = ring_rx.clone();
+    let topics_view = ring_rx.clone();
     let kv = Kv::new(data.node_id, kv_cfg, storage, transport.clone(), ring_rx)
         .context("cannot start the storage threads")?;
     let _ = kv_cell.set(kv.clone());
@@ -368,6 +382,15 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         meta_view,
     );
     let _ = meta_cell.set(meta.clone());
+    let topics = Topics::start(
+        data.node_id,
+        cfg.data_dir.join("topics"),
+        transport.clone(),
+        meta.clone(),
+        topics_view,
+        cfg.sync,
+    );
+    let _ = topics_cell.set(topics.clone());
     let kv_status = {
         let kv = kv.clone();
         KvStatusFn(Arc::new(move || kv.status()))
@@ -435,6 +458,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     ring_keeper.abort();
     let _ = http_stop_tx.send(());
     let _ = http_task.await;
+    topics.shutdown().await;
     transport.close().await;
     drop(cmd_tx);
     info!("stopped");

@@ -41,6 +41,7 @@ pub mod kv;
 mod message;
 pub mod meta;
 pub mod status;
+pub mod topic;
 
 pub use frame::{
     decode_body, encode, encode_one_way, encode_request, encode_response, Frame, FrameDecoder,

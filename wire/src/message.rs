@@ -4,15 +4,18 @@
 //! ```text
 //! Request ─┬─ Client(ClientRequest) ─┬─ Status | Echo
 //!          │   (any certificate)      ├─ Kv(KvRequest): Put | Get
-//!          │                          └─ Meta(MetaRequest): OpenSession | Ping | CloseSession
-//!          │                                | Write | Read | Sync | Watch
+//!          │                          ├─ Meta(MetaRequest): OpenSession | Ping | CloseSession
+//!          │                          │     | Write | Read | Sync | Watch
+//!          │                          └─ Topic(TopicRequest): Create | List | Describe | Delete
+//!          │                                | Produce | Fetch | Offsets
 //!          └─ Peer(PeerRequest) ──────┬─ Gossip | Leave | Clock
 //!              (node certificates)    ├─ Replica(ReplicaRequest): Write | Read | ReadMany
 //!                                     │     | Versions | Scan | Hint
-//!                                     └─ Meta(MetaPeerRequest): Zab | Propose | Touch
-//!                                           | LeaderZxid
+//!                                     ├─ Meta(MetaPeerRequest): Zab | Propose | Touch
+//!                                     │     | LeaderZxid
+//!                                     └─ Topic(TopicPeerRequest): Replicate | Leader
 //! Response ── Ok | Error | Status | Echo | Clock | Kv(KvResponse) | Replica(ReplicaResponse)
-//!             | Meta(MetaResponse)
+//!             | Meta(MetaResponse) | Topic(TopicResponse)
 //! ```
 //!
 //! A node refuses every [`Request::Peer`] from a client certificate; the split is structural, so
@@ -46,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kv::{Consistency, Key, NodeId, ReadAnswer, Record, Version};
 use crate::meta::{MetaPeerRequest, MetaRequest, MetaResponse};
+use crate::topic::{TopicPeerRequest, TopicRequest, TopicResponse};
 
 /// What a client or a peer asks a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +80,8 @@ impl Request {
             Request::Client(ClientRequest::Kv(KvRequest::Get(_))) => "kv_get",
             Request::Client(ClientRequest::Meta(m)) => m.kind(),
             Request::Peer(PeerRequest::Meta(m)) => m.kind(),
+            Request::Client(ClientRequest::Topic(t)) => t.kind(),
+            Request::Peer(PeerRequest::Topic(t)) => t.kind(),
             Request::Peer(PeerRequest::Gossip(_)) => "gossip",
             Request::Peer(PeerRequest::Leave) => "leave",
             Request::Peer(PeerRequest::Clock) => "clock",
@@ -102,6 +108,8 @@ pub enum ClientRequest {
     Kv(KvRequest),
     /// The metadata service (znodes, sessions, watches).
     Meta(MetaRequest),
+    /// Topics: create, describe, produce, fetch.
+    Topic(TopicRequest),
 }
 
 /// The key-value store's client calls.
@@ -128,6 +136,8 @@ pub enum PeerRequest {
     Replica(ReplicaRequest),
     /// The metadata service's replication (ZAB) and forwarding.
     Meta(MetaPeerRequest),
+    /// Partition replication, and topic calls forwarded to a partition leader.
+    Topic(TopicPeerRequest),
 }
 
 /// What a coordinator (or a joining, leaving or hint-holding node) asks a replica.
@@ -174,6 +184,8 @@ pub enum Response {
     Replica(ReplicaResponse),
     /// Answers of the metadata calls (boxed: a read's stat makes it the largest answer).
     Meta(Box<MetaResponse>),
+    /// Answers of the topic calls.
+    Topic(Box<TopicResponse>),
 }
 
 impl Response {
@@ -198,6 +210,7 @@ impl Response {
             Response::Replica(ReplicaResponse::Versions(_)) => "replica versions",
             Response::Replica(ReplicaResponse::Page(_)) => "replica page",
             Response::Meta(m) => m.kind(),
+            Response::Topic(t) => t.kind(),
         }
     }
 }

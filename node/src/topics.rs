@@ -1,0 +1,1065 @@
+//! Topics on a node: the partition replicas it hosts, and the topic calls it answers.
+//!
+//! - **Metadata** lives in the metadata service (`starling_mq::topic`'s layout under
+//!   `/starling/topics`): a topic's settings, and per partition its replicas, leader, leader
+//!   epoch and ISR. `create` places each partition on the ring's preference list for
+//!   `"<topic>/<partition>"` and writes every znode in one `multi`.
+//! - **Replicas**: a manager task reads the topic tree every [`SCAN_EVERY`] and runs one driver
+//!   task per partition this node replicates. The driver owns the partition's sans-IO core
+//!   ([`Replica`] over a [`Log`] in `<data-dir>/topics/<topic>-<partition>`) and is the only
+//!   one to touch it: produce and fetch calls, replication messages from the other replicas,
+//!   partition states from the metadata service and the gossip failure detector's verdicts reach
+//!   it through a channel, and it carries out what the core asks (send a message, compare-and-set
+//!   the partition state, refresh it).
+//! - **Calls**: produce, fetch and offsets are served by the partition's leader; another node
+//!   forwards them to the leader once ([`TopicPeerRequest::Leader`]).
+//! - **Durability**: `--sync periodic` flushes every log every sync interval; `always` flushes
+//!   each append before it counts (leader and followers). A clean stop leaves a marker in the
+//!   partition's folder; a replica that starts without it (kill -9, power loss) may lack what it
+//!   acknowledged, so it stays out of leadership while another in-sync replica can lead
+//!   ([`Replica::mark_unclean_start`]).
+//! - A topic's data is removed from a node only after the node saw the topic's znode exist and
+//!   then disappear (a node whose metadata copy is still catching up never deletes anything).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde::Serialize;
+use starling_meta::{MetaError, Op, OpResult};
+use starling_mq::log::{Log, LogConfig, LogError};
+use starling_mq::replica::{
+    self, Event, Msg, Output, PartitionState, ProduceError, Replica, ReplicaConfig, Role,
+};
+use starling_mq::topic::{
+    check_name, decode_config, decode_state, encode_config, encode_state, partition_path,
+    placement_key, topic_path, TopicConfig, TOPICS_PATH,
+};
+use starling_wire::meta::{MetaReadAnswer, ReadKind};
+use starling_wire::topic::{
+    Acks, Fetched, PartitionInfo, PartitionOffsets, Produced, TopicCreate, TopicDelete,
+    TopicDescribe, TopicError, TopicFetch, TopicInfo, TopicList, TopicOffsets, TopicPeerRequest,
+    TopicProduce, TopicReplicate, TopicRequest,
+};
+use starling_wire::{Call, NodeId, PeerRequest, Request, Response};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::kv::RingView;
+use crate::meta::{Meta, MetaUnavailable};
+use crate::storage::rocks::SyncMode;
+use crate::transport::{Transport, TransportError};
+
+/// How often the manager reads the topic tree (new partitions start within this).
+pub const SCAN_EVERY: Duration = Duration::from_millis(500);
+/// Longest fetch long poll.
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Commands queued to one partition driver; replication messages beyond it are dropped (the
+/// protocol re-sends), calls wait.
+const PART_QUEUE: usize = 4096;
+/// Name of the clean-stop marker in a partition's folder.
+const CLEAN_MARKER: &str = ".clean-shutdown";
+/// How long a forwarded call may take.
+/// How long a forwarded call may take (within a client's default 5 s deadline; a long poll
+/// adds its wait).
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(4500);
+
+type PartKey = (String, u32);
+
+/// What a partition driver publishes about its replica.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartView {
+    pub topic: String,
+    pub partition: u32,
+    pub role: &'static str,
+    pub leader: Option<NodeId>,
+    pub leader_epoch: i32,
+    pub isr: Vec<NodeId>,
+    pub log_start: i64,
+    pub log_end: i64,
+    pub high_watermark: i64,
+    pub size_bytes: u64,
+    #[serde(skip)]
+    leads: bool,
+}
+
+enum PCmd {
+    Msg(NodeId, Msg),
+    State(PartitionState, u64),
+    Produce { batches: Vec<u8>, acks: Acks, reply: oneshot::Sender<Result<Produced, TopicError>> },
+    Read { offset: i64, max_bytes: usize, reply: oneshot::Sender<Result<Fetched, TopicError>> },
+    Stop(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+struct Part {
+    cmds: mpsc::Sender<PCmd>,
+    view: watch::Receiver<PartView>,
+}
+
+struct Inner<T> {
+    me: NodeId,
+    dir: PathBuf,
+    transport: Arc<T>,
+    meta: Meta<T>,
+    view: watch::Receiver<Arc<RingView>>,
+    sync: SyncMode,
+    parts: Mutex<HashMap<PartKey, Part>>,
+}
+
+/// The node's topics: cheap to clone.
+pub struct Topics<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for Topics<T> {
+    fn clone(&self) -> Self {
+        Topics { inner: self.inner.clone() }
+    }
+}
+
+impl<T> std::fmt::Debug for Topics<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topics").field("me", &self.inner.me).finish()
+    }
+}
+
+fn unavailable(e: MetaUnavailable) -> TopicError {
+    if e.unknown {
+        TopicError::OutcomeUnknown(format!("metadata service: {}", e.message))
+    } else {
+        TopicError::Unavailable(format!("metadata service: {}", e.message))
+    }
+}
+
+fn produce_error(e: ProduceError) -> TopicError {
+    match e {
+        ProduceError::NotLeader { leader, epoch } => TopicError::NotLeader { leader, epoch },
+        ProduceError::NotEnoughReplicas { isr, min } => {
+            TopicError::NotEnoughReplicas { isr: isr as u32, min: min as u32 }
+        }
+        ProduceError::Invalid(m) => TopicError::Invalid(m),
+        ProduceError::Storage(m) => TopicError::Storage(m),
+        e @ (ProduceError::NotEnoughReplicasAfterAppend
+        | ProduceError::LeaderChanged
+        | ProduceError::Timeout) => TopicError::OutcomeUnknown(e.to_string()),
+    }
+}
+
+impl<T: Transport> Topics<T> {
+    /// Starts the manager task; partition logs live under `dir`.
+    pub fn start(
+        me: NodeId,
+        dir: PathBuf,
+        transport: Arc<T>,
+        meta: Meta<T>,
+        view: watch::Receiver<Arc<RingView>>,
+        sync: SyncMode,
+    ) -> Topics<T> {
+        let inner =
+            Arc::new(Inner { me, dir, transport, meta, view, sync, parts: Mutex::default() });
+        let topics = Topics { inner };
+        tokio::spawn(topics.clone().manage());
+        topics
+    }
+
+    /// The partitions this node replicates, for `/status`.
+    pub fn partitions(&self) -> Vec<PartView> {
+        let parts = self.inner.parts.lock().map(|p| p.clone()).unwrap_or_default();
+        let mut out: Vec<PartView> = parts.values().map(|p| p.view.borrow().clone()).collect();
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        out
+    }
+
+    /// Stops every partition driver cleanly (flushed, marked clean).
+    pub async fn shutdown(&self) {
+        let parts: Vec<Part> = match self.inner.parts.lock() {
+            Ok(mut p) => p.drain().map(|(_, v)| v).collect(),
+            Err(_) => return,
+        };
+        let stops = parts.into_iter().map(|p| async move {
+            let (tx, rx) = oneshot::channel();
+            if p.cmds.send(PCmd::Stop(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        });
+        join_all(stops).await;
+    }
+
+    fn part(&self, key: &PartKey) -> Option<Part> {
+        self.inner.parts.lock().ok().and_then(|p| p.get(key).cloned())
+    }
+
+    /// Answers a client call.
+    pub async fn handle_client(&self, req: TopicRequest) -> Response {
+        match req {
+            TopicRequest::Create(c) => TopicCreate::respond(self.create(c).await),
+            TopicRequest::List => TopicList::respond(self.list().await),
+            TopicRequest::Describe(d) => {
+                TopicDescribe::respond(self.describe(&d.name, d.offsets).await)
+            }
+            TopicRequest::Delete(d) => TopicDelete::respond(self.delete(&d.name).await),
+            req
+            @ (TopicRequest::Produce(_) | TopicRequest::Fetch(_) | TopicRequest::Offsets(_)) => {
+                self.at_leader(req, false).await
+            }
+        }
+    }
+
+    /// Answers a peer call.
+    pub async fn handle_peer(&self, req: TopicPeerRequest) -> Response {
+        match req {
+            TopicPeerRequest::Replicate { topic, partition, from, msg } => {
+                let Ok(msg) = rmp_serde::from_slice::<Msg>(&msg) else {
+                    return Response::error(
+                        starling_wire::ErrorCode::BadRequest,
+                        "undecodable replication message",
+                    );
+                };
+                if let Some(p) = self.part(&(topic, partition)) {
+                    // Full queue: drop, as a lossy network would; the follower fetches again.
+                    let _ = p.cmds.try_send(PCmd::Msg(from, msg));
+                }
+                Response::Ok
+            }
+            TopicPeerRequest::Leader(req) => self.at_leader(req, true).await,
+        }
+    }
+
+    /// Serves a produce, fetch or offsets call if this node leads the partition, else forwards
+    /// it to the leader (unless it was forwarded already).
+    async fn at_leader(&self, req: TopicRequest, forwarded: bool) -> Response {
+        let (topic, partition) = match &req {
+            TopicRequest::Produce(p) => (p.topic.clone(), p.partition),
+            TopicRequest::Fetch(f) => (f.topic.clone(), f.partition),
+            TopicRequest::Offsets(o) => (o.topic.clone(), o.partition),
+            _ => {
+                return Response::error(
+                    starling_wire::ErrorCode::BadRequest,
+                    "not a partition call",
+                )
+            }
+        };
+        let key = (topic.clone(), partition);
+        let local = self.part(&key);
+        if let Some(p) = local.as_ref().filter(|p| p.view.borrow().leads) {
+            return serve(p, req).await;
+        }
+        let fail = |e: TopicError| failed(&req, e);
+        let (leader, epoch) = match &local {
+            Some(p) => {
+                let v = p.view.borrow();
+                (v.leader, v.leader_epoch)
+            }
+            None => match self.partition_state(&topic, partition).await {
+                Ok((s, _)) => (s.leader, s.leader_epoch),
+                Err(e) => return fail(e),
+            },
+        };
+        if forwarded {
+            return fail(TopicError::NotLeader { leader, epoch });
+        }
+        let Some(leader) = leader else {
+            return fail(TopicError::Unavailable(format!(
+                "{topic}/{partition} has no leader yet (epoch {epoch}); retry"
+            )));
+        };
+        if leader == self.inner.me {
+            return fail(TopicError::Unavailable(format!(
+                "{topic}/{partition}: this node is becoming its leader; retry"
+            )));
+        }
+        let (addr, down) = {
+            let v = self.inner.view.borrow();
+            (
+                v.addrs.get(&leader).copied(),
+                v.down.contains_key(&leader) || v.left.contains(&leader),
+            )
+        };
+        if down {
+            return fail(TopicError::Unavailable(format!(
+                "the leader of {topic}/{partition} ({}) is down; an election is in progress, retry",
+                leader.short()
+            )));
+        }
+        let Some(addr) = addr else {
+            return fail(TopicError::NotLeader { leader: Some(leader), epoch });
+        };
+        let is_produce = matches!(req, TopicRequest::Produce(_));
+        let wait = match &req {
+            TopicRequest::Fetch(f) => {
+                Duration::from_millis(u64::from(f.max_wait_ms)).min(FETCH_WAIT_MAX)
+            }
+            _ => Duration::ZERO,
+        };
+        let fwd = Request::Peer(PeerRequest::Topic(TopicPeerRequest::Leader(req.clone())));
+        let call = self.inner.transport.request_within(addr, fwd, FORWARD_TIMEOUT + wait);
+        // A leader that dies with the call in flight does not answer: stop waiting for it once
+        // the failure detector says it is down.
+        let mut ring = self.inner.view.clone();
+        let deposed = async move {
+            let _ =
+                ring.wait_for(|v| v.down.contains_key(&leader) || v.left.contains(&leader)).await;
+        };
+        let answer = tokio::select! {
+            a = call => a,
+            _ = deposed => {
+                let why = format!(
+                    "the leader of {topic}/{partition} ({}) went down with the call in flight",
+                    leader.short()
+                );
+                return fail(if is_produce {
+                    TopicError::OutcomeUnknown(format!("{why}: the write may or may not have been applied"))
+                } else {
+                    TopicError::Unavailable(format!("{why}; retry"))
+                });
+            }
+        };
+        match answer {
+            Ok(resp) => resp,
+            Err(TransportError::Connect { .. }) => fail(TopicError::Unavailable(format!(
+                "cannot reach the leader of {topic}/{partition} ({}); retry",
+                leader.short()
+            ))),
+            Err(e) if is_produce => fail(TopicError::OutcomeUnknown(format!(
+                "the leader of {topic}/{partition} did not answer: {e}"
+            ))),
+            Err(e) => fail(TopicError::Unavailable(format!(
+                "the leader of {topic}/{partition} did not answer: {e}"
+            ))),
+        }
+    }
+
+    async fn read_meta(
+        &self,
+        path: &str,
+        kind: ReadKind,
+    ) -> Result<Result<MetaReadAnswer, MetaError>, TopicError> {
+        self.inner.meta.read_local(path, kind).await.map_err(unavailable)
+    }
+
+    async fn topic_config(&self, name: &str) -> Result<TopicConfig, TopicError> {
+        match self.read_meta(&topic_path(name), ReadKind::Data).await? {
+            Ok(a) => decode_config(&a.data).map_err(TopicError::Invalid),
+            Err(MetaError::NoNode(_)) => Err(TopicError::NoTopic(name.to_string())),
+            Err(e) => Err(TopicError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn partition_state(
+        &self,
+        name: &str,
+        partition: u32,
+    ) -> Result<(PartitionState, u32), TopicError> {
+        match self.read_meta(&partition_path(name, partition), ReadKind::Data).await? {
+            Ok(a) => {
+                let s = decode_state(&a.data).map_err(TopicError::Invalid)?;
+                Ok((s, a.stat.map_or(0, |s| s.version)))
+            }
+            Err(MetaError::NoNode(_)) => {
+                // Which is missing: the topic or the partition?
+                self.topic_config(name).await?;
+                Err(TopicError::NoPartition { topic: name.to_string(), partition })
+            }
+            Err(e) => Err(TopicError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn create(&self, c: TopicCreate) -> Result<TopicInfo, TopicError> {
+        check_name(&c.name).map_err(|e| TopicError::Invalid(e.to_string()))?;
+        let view = self.inner.view.borrow().clone();
+        let nodes = view.ring.nodes().count();
+        let cfg = TopicConfig {
+            partitions: c.partitions,
+            replication: c.replication,
+            min_insync: if c.min_insync == 0 { c.replication.min(2) } else { c.min_insync },
+            retention_ms: None,
+            retention_bytes: None,
+        };
+        cfg.check(nodes).map_err(|e| TopicError::Invalid(e.to_string()))?;
+        for parent in [starling_meta::RESERVED, TOPICS_PATH] {
+            let op = Op::Create {
+                path: parent.to_string(),
+                data: Vec::new(),
+                ephemeral: false,
+                sequential: false,
+            };
+            let w = self.inner.meta.write_internal(vec![op], false).await.map_err(unavailable)?;
+            match w.results.first() {
+                Some(OpResult::Created { .. })
+                | Some(OpResult::Failed(MetaError::NodeExists(_))) => {}
+                other => {
+                    return Err(TopicError::Unavailable(format!(
+                        "cannot create {parent}: {other:?}"
+                    )))
+                }
+            }
+        }
+        let mut ops = vec![Op::Create {
+            path: topic_path(&c.name),
+            data: encode_config(&cfg),
+            ephemeral: false,
+            sequential: false,
+        }];
+        for p in 0..cfg.partitions {
+            let token = starling_ring::token_of(placement_key(&c.name, p).as_bytes());
+            let replicas = view.ring.replicas(token, cfg.replication as usize);
+            if replicas.len() < cfg.replication as usize {
+                return Err(TopicError::Invalid(format!(
+                    "the ring has {} nodes for partition {p}, fewer than the replication {}",
+                    replicas.len(),
+                    cfg.replication
+                )));
+            }
+            let state =
+                PartitionState { isr: replicas.clone(), replicas, leader: None, leader_epoch: 0 };
+            ops.push(Op::Create {
+                path: partition_path(&c.name, p),
+                data: encode_state(&state),
+                ephemeral: false,
+                sequential: false,
+            });
+        }
+        let w = self.inner.meta.write_internal(ops, true).await.map_err(unavailable)?;
+        for r in &w.results {
+            match r {
+                OpResult::Failed(MetaError::NodeExists(p)) if *p == topic_path(&c.name) => {
+                    return Err(TopicError::Exists(c.name.clone()))
+                }
+                OpResult::Failed(MetaError::RolledBack) | OpResult::Created { .. } => {}
+                OpResult::Failed(e) => {
+                    return Err(TopicError::Invalid(format!("cannot record the topic: {e}")))
+                }
+                _ => {}
+            }
+        }
+        info!(topic = %c.name, partitions = cfg.partitions, replication = cfg.replication, "topic created");
+        self.describe(&c.name, false).await
+    }
+
+    async fn list(&self) -> Result<Vec<String>, TopicError> {
+        match self.read_meta(TOPICS_PATH, ReadKind::Children).await? {
+            Ok(a) => {
+                let mut names = a.children;
+                names.sort();
+                Ok(names)
+            }
+            Err(MetaError::NoNode(_)) => Ok(Vec::new()),
+            Err(e) => Err(TopicError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn describe(&self, name: &str, offsets: bool) -> Result<TopicInfo, TopicError> {
+        let cfg = self.topic_config(name).await?;
+        let mut parts = Vec::with_capacity(cfg.partitions as usize);
+        let addrs = self.inner.view.borrow().addrs.clone();
+        for p in 0..cfg.partitions {
+            let (s, _) = self.partition_state(name, p).await?;
+            parts.push(PartitionInfo {
+                partition: p,
+                leader_addr: s.leader.and_then(|l| addrs.get(&l)).map(|a| a.to_string()),
+                replicas: s.replicas,
+                leader: s.leader,
+                leader_epoch: s.leader_epoch,
+                isr: s.isr,
+                offsets: None,
+            });
+        }
+        if offsets {
+            let asks: Vec<_> = parts
+                .iter()
+                .map(|p| {
+                    let req = TopicRequest::Offsets(TopicOffsets {
+                        topic: name.to_string(),
+                        partition: p.partition,
+                    });
+                    self.at_leader(req, false)
+                })
+                .collect();
+            let answers = join_all(asks).await;
+            for (p, resp) in parts.iter_mut().zip(answers) {
+                p.offsets = TopicOffsets::answer(resp).ok().and_then(Result::ok);
+            }
+        }
+        Ok(TopicInfo {
+            name: name.to_string(),
+            partitions: cfg.partitions,
+            replication: cfg.replication,
+            min_insync: cfg.min_insync,
+            partition_info: parts,
+        })
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), TopicError> {
+        check_name(name).map_err(|e| TopicError::Invalid(e.to_string()))?;
+        let children = match self.read_meta(&topic_path(name), ReadKind::Children).await? {
+            Ok(a) => a.children,
+            Err(MetaError::NoNode(_)) => return Err(TopicError::NoTopic(name.to_string())),
+            Err(e) => return Err(TopicError::Unavailable(e.to_string())),
+        };
+        let mut ops: Vec<Op> = children
+            .iter()
+            .map(|c| Op::Delete { path: format!("{}/{c}", topic_path(name)), version: None })
+            .collect();
+        ops.push(Op::Delete { path: topic_path(name), version: None });
+        let w = self.inner.meta.write_internal(ops, true).await.map_err(unavailable)?;
+        for r in &w.results {
+            match r {
+                OpResult::Failed(MetaError::NoNode(_)) => {
+                    return Err(TopicError::NoTopic(name.to_string()))
+                }
+                OpResult::Failed(MetaError::NotEmpty(_)) => {
+                    return Err(TopicError::Unavailable(
+                        "the topic changed while it was being deleted; retry".into(),
+                    ))
+                }
+                OpResult::Failed(MetaError::RolledBack) | OpResult::Deleted => {}
+                OpResult::Failed(e) => return Err(TopicError::Invalid(e.to_string())),
+                _ => {}
+            }
+        }
+        info!(topic = %name, "topic deleted");
+        Ok(())
+    }
+
+    /// Every [`SCAN_EVERY`]: start drivers for the partitions this node replicates, hand every
+    /// driver its partition's latest state, stop the ones no longer wanted.
+    async fn manage(self) {
+        let mut seen_topics: HashSet<String> = HashSet::new();
+        loop {
+            if let Err(e) = self.scan(&mut seen_topics).await {
+                tracing::debug!(error = %e, "topic scan skipped");
+            }
+            tokio::time::sleep(SCAN_EVERY).await;
+        }
+    }
+
+    async fn scan(&self, seen_topics: &mut HashSet<String>) -> Result<(), TopicError> {
+        let names = self.list().await?;
+        let mut wanted: BTreeMap<PartKey, (PartitionState, u32, TopicConfig)> = BTreeMap::new();
+        for name in &names {
+            let cfg = match self.topic_config(name).await {
+                Ok(c) => c,
+                Err(TopicError::NoTopic(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            for p in 0..cfg.partitions {
+                match self.partition_state(name, p).await {
+                    Ok((s, v)) if s.replicas.contains(&self.inner.me) => {
+                        wanted.insert((name.clone(), p), (s, v, cfg.clone()));
+                    }
+                    Ok(_) => {}
+                    Err(TopicError::NoTopic(_) | TopicError::NoPartition { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let gone: Vec<String> =
+            seen_topics.iter().filter(|t| !names.contains(t)).cloned().collect();
+        seen_topics.extend(names.iter().cloned());
+        // Stop drivers no longer wanted.
+        let stale: Vec<(PartKey, Part)> = match self.inner.parts.lock() {
+            Ok(mut parts) => {
+                let keys: Vec<PartKey> =
+                    parts.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+                keys.into_iter().filter_map(|k| parts.remove(&k).map(|p| (k, p))).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for ((topic, p), part) in stale {
+            let (tx, rx) = oneshot::channel();
+            if part.cmds.send(PCmd::Stop(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+            info!(topic = %topic, partition = p, "stopped replicating the partition");
+        }
+        for t in gone {
+            seen_topics.remove(&t);
+            self.remove_topic_data(&t);
+        }
+        for (key, (state, version, cfg)) in wanted {
+            let existing = self.part(&key);
+            match existing {
+                Some(p) => {
+                    let _ = p.cmds.try_send(PCmd::State(state, u64::from(version)));
+                }
+                None => self.start_partition(key, state, version, &cfg).await,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a deleted topic's partition folders.
+    fn remove_topic_data(&self, topic: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.inner.dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let is_part = name
+                .strip_prefix(topic)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+            if is_part {
+                match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => {
+                        info!(topic, dir = %e.path().display(), "removed a deleted topic's data")
+                    }
+                    Err(err) => warn!(topic, error = %err, "cannot remove a deleted topic's data"),
+                }
+            }
+        }
+    }
+
+    async fn start_partition(
+        &self,
+        key: PartKey,
+        state: PartitionState,
+        version: u32,
+        cfg: &TopicConfig,
+    ) {
+        let dir = self.inner.dir.join(format!("{}-{}", key.0, key.1));
+        let log_cfg = LogConfig {
+            retention_ms: cfg.retention_ms,
+            retention_bytes: cfg.retention_bytes,
+            ..LogConfig::default()
+        };
+        let marker = dir.join(CLEAN_MARKER);
+        let open_dir = dir.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let existed = open_dir.exists();
+            let clean = marker.exists();
+            let r = Log::open(&open_dir, log_cfg)?;
+            if clean {
+                std::fs::remove_file(&marker).map_err(|e| LogError::Io {
+                    what: "remove the clean-stop marker".into(),
+                    source: e,
+                })?;
+            }
+            Ok::<_, LogError>((r, existed && !clean))
+        })
+        .await;
+        let ((log, recovery), unclean) = match opened {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                error!(topic = %key.0, partition = key.1, error = %e, "cannot open the partition's log");
+                return;
+            }
+            Err(e) => {
+                error!(error = %e, "partition open task failed");
+                return;
+            }
+        };
+        if let Some(damage) = &recovery.damage {
+            warn!(topic = %key.0, partition = key.1, damage, truncated_bytes = recovery.truncated_bytes, "the partition's log was repaired on open");
+        }
+        let (tx, rx) = mpsc::channel(PART_QUEUE);
+        let view = PartView {
+            topic: key.0.clone(),
+            partition: key.1,
+            role: "none",
+            leader: state.leader,
+            leader_epoch: state.leader_epoch,
+            isr: state.isr.clone(),
+            log_start: log.start_offset(),
+            log_end: log.end_offset(),
+            high_watermark: log.start_offset(),
+            size_bytes: log.size_bytes(),
+            leads: false,
+        };
+        let (view_tx, view_rx) = watch::channel(view);
+        let rcfg = ReplicaConfig {
+            min_insync: cfg.min_insync as usize,
+            // Within a client's default 5 s request deadline.
+            produce_timeout: Duration::from_secs(4),
+            flush_each_append: matches!(self.inner.sync, SyncMode::Always),
+            ..ReplicaConfig::default()
+        };
+        let mut core = Replica::new(self.inner.me, log, rcfg, std::time::Instant::now());
+        if unclean {
+            warn!(topic = %key.0, partition = key.1, "the partition's replica did not stop cleanly: it stays out of leadership until it has caught up");
+            core.mark_unclean_start();
+        }
+        core.handle_state(std::time::Instant::now(), state, u64::from(version));
+        if let Ok(mut parts) = self.inner.parts.lock() {
+            parts.insert(key.clone(), Part { cmds: tx.clone(), view: view_rx });
+        }
+        info!(topic = %key.0, partition = key.1, "replicating the partition");
+        let driver = Driver {
+            inner: self.inner.clone(),
+            key,
+            core,
+            cmds: tx,
+            view_tx,
+            waiting: HashMap::new(),
+            next_id: 0,
+            liveness: HashMap::new(),
+        };
+        tokio::spawn(driver.run(rx));
+    }
+}
+
+fn failed(req: &TopicRequest, e: TopicError) -> Response {
+    match req {
+        TopicRequest::Produce(_) => TopicProduce::respond(Err(e)),
+        TopicRequest::Fetch(_) => TopicFetch::respond(Err(e)),
+        _ => TopicOffsets::respond(Err(e)),
+    }
+}
+
+/// Serves a partition call on the leader's driver.
+async fn serve(p: &Part, req: TopicRequest) -> Response {
+    let stopped = || TopicError::Unavailable("the partition's replica stopped; retry".into());
+    match req {
+        TopicRequest::Produce(pr) => {
+            let (tx, rx) = oneshot::channel();
+            let cmd = PCmd::Produce { batches: pr.batches, acks: pr.acks, reply: tx };
+            if p.cmds.send(cmd).await.is_err() {
+                return TopicProduce::respond(Err(stopped()));
+            }
+            let answer = rx.await.unwrap_or_else(|_| {
+                Err(TopicError::OutcomeUnknown("the partition's replica stopped".into()))
+            });
+            TopicProduce::respond(answer)
+        }
+        TopicRequest::Fetch(f) => {
+            let wait = Duration::from_millis(u64::from(f.max_wait_ms)).min(FETCH_WAIT_MAX);
+            let deadline = Instant::now() + wait;
+            let mut view = p.view.clone();
+            loop {
+                let (tx, rx) = oneshot::channel();
+                let max_bytes =
+                    (f.max_bytes as usize).clamp(1, starling_wire::MAX_RESPONSE_BODY / 2);
+                let cmd = PCmd::Read { offset: f.offset, max_bytes, reply: tx };
+                if p.cmds.send(cmd).await.is_err() {
+                    return TopicFetch::respond(Err(stopped()));
+                }
+                let answer = rx.await.unwrap_or_else(|_| Err(stopped()));
+                let empty = matches!(&answer, Ok(a) if a.batches.is_empty());
+                if !empty || Instant::now() >= deadline {
+                    return TopicFetch::respond(answer);
+                }
+                view.borrow_and_update();
+                let moved = view.wait_for(|v| v.high_watermark > f.offset || !v.leads);
+                if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                    return TopicFetch::respond(answer);
+                }
+            }
+        }
+        TopicRequest::Offsets(_) => {
+            let v = p.view.borrow().clone();
+            TopicOffsets::respond(Ok(PartitionOffsets {
+                log_start: v.log_start,
+                log_end: v.log_end,
+                high_watermark: v.high_watermark,
+                leader_epoch: v.leader_epoch,
+            }))
+        }
+        _ => Response::error(starling_wire::ErrorCode::BadRequest, "not a partition call"),
+    }
+}
+
+/// One partition replica's task.
+struct Driver<T> {
+    inner: Arc<Inner<T>>,
+    key: PartKey,
+    core: Replica<Log>,
+    cmds: mpsc::Sender<PCmd>,
+    view_tx: watch::Sender<PartView>,
+    waiting: HashMap<u64, oneshot::Sender<Result<Produced, TopicError>>>,
+    next_id: u64,
+    /// The liveness last reported to the core.
+    liveness: HashMap<NodeId, bool>,
+}
+
+impl<T: Transport> Driver<T> {
+    async fn run(mut self, mut rx: mpsc::Receiver<PCmd>) {
+        let mut ring = self.inner.view.clone();
+        let flush_every = match self.inner.sync {
+            SyncMode::Periodic(d) => d.max(Duration::from_millis(10)),
+            SyncMode::Always => Duration::from_secs(1),
+        };
+        let mut flush = tokio::time::interval(flush_every);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retention = tokio::time::interval(Duration::from_secs(60));
+        self.report_liveness();
+        let stop = loop {
+            self.pump();
+            let deadline = self
+                .core
+                .poll_timeout()
+                .map(Instant::from_std)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break None };
+                    if let Some(stop) = self.handle(cmd) {
+                        break Some(stop);
+                    }
+                    // Everything queued meanwhile joins this round (one pump for all of it).
+                    let mut n = 0;
+                    let mut stop = None;
+                    while n < 256 {
+                        let Ok(cmd) = rx.try_recv() else { break };
+                        n += 1;
+                        if let Some(s) = self.handle(cmd) {
+                            stop = Some(s);
+                            break;
+                        }
+                    }
+                    if stop.is_some() {
+                        break stop;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.core.handle_timeout(std::time::Instant::now());
+                }
+                changed = ring.changed() => {
+                    if changed.is_err() {
+                        break None;
+                    }
+                    self.report_liveness();
+                }
+                _ = flush.tick() => {
+                    self.core.set_wall_ms(crate::kv::wall_millis() as i64);
+                    if let Err(e) = self.core.log_mut().flush() {
+                        error!(topic = %self.key.0, partition = self.key.1, error = %e, "cannot flush the partition's log");
+                    }
+                }
+                _ = retention.tick() => {
+                    let hw = self.core.high_watermark();
+                    match self.core.log_mut().apply_retention(crate::kv::wall_millis() as i64, hw) {
+                        Ok(removed) if !removed.is_empty() => {
+                            info!(topic = %self.key.0, partition = self.key.1, segments = removed.len(), "retention removed old segments");
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(topic = %self.key.0, partition = self.key.1, error = %e, "retention failed"),
+                    }
+                }
+            }
+        };
+        self.pump();
+        for (_, w) in self.waiting.drain() {
+            let _ = w.send(Err(TopicError::OutcomeUnknown(
+                "the partition's replica stopped before the write was replicated".into(),
+            )));
+        }
+        let flushed = self.core.log_mut().flush();
+        if let Some(done) = stop {
+            match flushed {
+                Ok(()) => {
+                    let marker = self.core.log().dir().join(CLEAN_MARKER);
+                    if let Err(e) = std::fs::write(&marker, b"") {
+                        warn!(error = %e, "cannot record the partition's clean stop");
+                    }
+                }
+                Err(e) => error!(error = %e, "cannot flush the partition's log on stop"),
+            }
+            let _ = done.send(());
+        }
+    }
+
+    /// Returns the stop's reply channel when told to stop.
+    fn handle(&mut self, cmd: PCmd) -> Option<oneshot::Sender<()>> {
+        let now = std::time::Instant::now();
+        match cmd {
+            PCmd::Msg(from, msg) => self.core.handle_message(now, from, msg),
+            PCmd::State(s, v) => self.core.handle_state(now, s, v),
+            PCmd::Produce { batches, acks, reply } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let core_acks = match acks {
+                    Acks::None => replica::Acks::None,
+                    Acks::Leader => replica::Acks::Leader,
+                    Acks::All => replica::Acks::All,
+                };
+                match self.core.produce(now, id, batches, core_acks) {
+                    Err(e) => {
+                        let _ = reply.send(Err(produce_error(e)));
+                    }
+                    Ok(()) if acks == Acks::None => {
+                        let _ = reply.send(Ok(Produced { base_offset: -1, last_offset: -1 }));
+                    }
+                    Ok(()) => {
+                        self.waiting.insert(id, reply);
+                    }
+                }
+            }
+            PCmd::Read { offset, max_bytes, reply } => {
+                let answer = self.read(offset, max_bytes);
+                let _ = reply.send(answer);
+            }
+            PCmd::Stop(done) => return Some(done),
+        }
+        None
+    }
+
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<Fetched, TopicError> {
+        if self.core.role() != Role::Leader {
+            let leader = self.core.state().and_then(|(s, _)| s.leader);
+            return Err(TopicError::NotLeader { leader, epoch: self.core.epoch() });
+        }
+        let hw = self.core.high_watermark();
+        let log = self.core.log();
+        match log.read(offset, max_bytes, hw) {
+            Ok(r) => Ok(Fetched {
+                batches: r.bytes,
+                next_offset: r.next_offset,
+                high_watermark: hw,
+                log_start: log.start_offset(),
+            }),
+            Err(LogError::OffsetOutOfRange { offset, start, end }) => {
+                Err(TopicError::OffsetOutOfRange { offset, start, end })
+            }
+            Err(e) => Err(TopicError::Storage(e.to_string())),
+        }
+    }
+
+    fn report_liveness(&mut self) {
+        let now = std::time::Instant::now();
+        let view = self.inner.view.borrow().clone();
+        for n in view.ring.nodes().map(|n| n.id).chain(view.left.iter().copied()) {
+            if n == self.inner.me {
+                continue;
+            }
+            let alive = !view.down.contains_key(&n) && !view.left.contains(&n);
+            if self.liveness.insert(n, alive) != Some(alive) {
+                self.core.handle_liveness(now, n, alive);
+            }
+        }
+    }
+
+    /// Carries out what the core asks, and publishes its state.
+    fn pump(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Send(to, msg) => self.send(to, msg),
+                Output::ProposeState { expected_version, state } => {
+                    self.propose(expected_version, state)
+                }
+                Output::RefreshState => self.refresh(),
+                Output::Event(e) => self.event(e),
+            }
+        }
+        let (state, _) = match self.core.state() {
+            Some((s, v)) => (Some(s.clone()), v),
+            None => (None, 0),
+        };
+        let log = self.core.log();
+        let role = self.core.role();
+        let next = PartView {
+            topic: self.key.0.clone(),
+            partition: self.key.1,
+            role: match role {
+                Role::Leader => "leader",
+                Role::Follower(_) => "follower",
+                Role::None => "none",
+            },
+            leader: state.as_ref().and_then(|s| s.leader),
+            leader_epoch: self.core.epoch(),
+            isr: state.map(|s| s.isr).unwrap_or_default(),
+            log_start: log.start_offset(),
+            log_end: log.end_offset(),
+            high_watermark: self.core.high_watermark(),
+            size_bytes: log.size_bytes(),
+            leads: role == Role::Leader,
+        };
+        self.view_tx.send_if_modified(|v| {
+            let changed = *v != next;
+            if changed {
+                *v = next;
+            }
+            changed
+        });
+    }
+
+    fn send(&self, to: NodeId, msg: Msg) {
+        let Some(addr) = self.inner.view.borrow().addrs.get(&to).copied() else { return };
+        let Ok(bytes) = rmp_serde::to_vec(&msg) else { return };
+        let call = TopicReplicate {
+            topic: self.key.0.clone(),
+            partition: self.key.1,
+            from: self.inner.me,
+            msg: bytes,
+        };
+        let transport = self.inner.transport.clone();
+        tokio::spawn(async move {
+            // Lost messages are re-sent by the protocol (fetch timeouts).
+            let _ = transport.call(addr, call).await;
+        });
+    }
+
+    fn propose(&self, expected: u64, state: PartitionState) {
+        let inner = self.inner.clone();
+        let cmds = self.cmds.clone();
+        let (topic, p) = self.key.clone();
+        tokio::spawn(async move {
+            let path = partition_path(&topic, p);
+            let op = Op::SetData {
+                path: path.clone(),
+                data: encode_state(&state),
+                version: Some(expected as u32),
+            };
+            match inner.meta.write_internal(vec![op], false).await {
+                Ok(w) => {
+                    if let Some(OpResult::Failed(e)) = w.results.first() {
+                        tracing::debug!(topic, partition = p, error = %e, "partition state proposal refused");
+                    }
+                }
+                Err(e) => {
+                    warn!(topic, partition = p, error = %e, "partition state proposal failed")
+                }
+            }
+            refresh_state(&inner, &cmds, &topic, p).await;
+        });
+    }
+
+    fn refresh(&self) {
+        let inner = self.inner.clone();
+        let cmds = self.cmds.clone();
+        let (topic, p) = self.key.clone();
+        tokio::spawn(async move { refresh_state(&inner, &cmds, &topic, p).await });
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Produced { id, base_offset, last_offset } => {
+                if let Some(w) = self.waiting.remove(&id) {
+                    let _ = w.send(Ok(Produced { base_offset, last_offset }));
+                }
+            }
+            Event::ProduceFailed { id, error } => {
+                if let Some(w) = self.waiting.remove(&id) {
+                    let _ = w.send(Err(produce_error(error)));
+                }
+            }
+            Event::Role { role, epoch } => {
+                info!(topic = %self.key.0, partition = self.key.1, role = ?role, epoch, "partition role");
+            }
+            Event::Truncated(offset) => {
+                info!(topic = %self.key.0, partition = self.key.1, offset, "partition log truncated to the leader's");
+            }
+            Event::IsrChanged(isr) => {
+                info!(topic = %self.key.0, partition = self.key.1, isr = isr.len(), "partition ISR changed");
+            }
+            Event::StorageFailed(m) => {
+                error!(topic = %self.key.0, partition = self.key.1, error = %m, "the partition's log failed; this replica stopped serving it");
+            }
+            Event::HighWatermark(_) => {}
+        }
+    }
+}
+
+async fn refresh_state<T: Transport>(
+    inner: &Inner<T>,
+    cmds: &mpsc::Sender<PCmd>,
+    topic: &str,
+    p: u32,
+) {
+    if let Ok(Ok(a)) = inner.meta.read_local(&partition_path(topic, p), ReadKind::Data).await {
+        if let (Ok(s), Some(stat)) = (decode_state(&a.data), a.stat) {
+            let _ = cmds.send(PCmd::State(s, u64::from(stat.version))).await;
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Topics' calls: create, list, describe and delete topics (their metadata lives in the
+//! metadata service), produce Kafka record batches to a partition leader, and fetch them back.
+//!
+//! Any node answers every call. Produce, fetch and offsets are served by the partition's leader:
+//! a node that does not lead forwards the call to the leader it knows ([`TopicPeerRequest::Leader`])
+//! and relays the answer, so a client needs no routing of its own (a client that wants to spare
+//! the hop sends to the leader that [`TopicDescribe`] names). A forwarded call is never forwarded
+//! again: a node that no longer leads answers [`TopicError::NotLeader`].
+//!
+//! Produce carries whole Kafka RecordBatch v2 bytes (built by the client); the leader checks and
+//! stores them as they are, and fetch returns the stored bytes unchanged.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::{Call, ClientRequest, PeerRequest, Request, Response};
+use crate::NodeId;
+
+/// Topics' client calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopicRequest {
+    /// See [`TopicCreate`].
+    Create(TopicCreate),
+    /// See [`TopicList`].
+    List,
+    /// See [`TopicDescribe`].
+    Describe(TopicDescribe),
+    /// See [`TopicDelete`].
+    Delete(TopicDelete),
+    /// See [`TopicProduce`].
+    Produce(TopicProduce),
+    /// See [`TopicFetch`].
+    Fetch(TopicFetch),
+    /// See [`TopicOffsets`].
+    Offsets(TopicOffsets),
+}
+
+/// Topics' peer messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopicPeerRequest {
+    /// A replication message (`starling_mq::replica::Msg`, encoded) from replica `from` of a
+    /// partition. Answered with [`Response::Ok`] once queued.
+    Replicate {
+        topic: String,
+        partition: u32,
+        from: NodeId,
+        #[serde(with = "crate::bin")]
+        msg: Vec<u8>,
+    },
+    /// A produce, fetch or offsets call forwarded to the partition leader: answered as the
+    /// client call, or [`TopicError::NotLeader`] (never forwarded again).
+    Leader(TopicRequest),
+}
+
+/// Client: create a topic. Each partition's replicas are the ring's preference list for
+/// `"<name>/<partition>"`. Answered with the new topic's [`TopicInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicCreate {
+    pub name: String,
+    pub partitions: u32,
+    pub replication: u32,
+    /// `acks=all` needs this many in-sync replicas (0: `min(2, replication)`).
+    #[serde(default)]
+    pub min_insync: u32,
+}
+
+/// Client: the topics' names, sorted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicList;
+
+/// Client: a topic's settings and each partition's replicas, leader, epoch, ISR and offsets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDescribe {
+    pub name: String,
+    /// Also ask each leader for its partition's offsets (one call per partition).
+    #[serde(default)]
+    pub offsets: bool,
+}
+
+/// Client: delete a topic and its data on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDelete {
+    pub name: String,
+}
+
+/// Producer acknowledgement levels (Kafka's `acks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Acks {
+    /// `acks=0`: answered once the call reached the leader's queue, nothing waited for.
+    None,
+    /// `acks=1`: once the leader has appended.
+    Leader,
+    /// `acks=all`: once every in-sync replica has the batches, and there are at least
+    /// `min_insync` of them.
+    All,
+}
+
+/// Client: append record batches (Kafka RecordBatch v2, any number, whole) to one partition.
+/// Answered with the offsets they got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicProduce {
+    pub topic: String,
+    pub partition: u32,
+    pub acks: Acks,
+    #[serde(with = "crate::bin")]
+    pub batches: Vec<u8>,
+}
+
+/// Where produced batches landed (`-1`, `-1` for `acks=0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Produced {
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+/// Client: read batches of a partition from `offset`, below its high watermark. With nothing to
+/// return, wait up to `max_wait_ms` (at most 30 s) for more (long poll).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicFetch {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    /// About this many bytes at most (at least one batch is returned if there is one).
+    pub max_bytes: u32,
+    pub max_wait_ms: u32,
+}
+
+/// A fetch's answer: whole batches as stored (the first may start before the offset asked for;
+/// skip records below it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetched {
+    #[serde(with = "crate::bin")]
+    pub batches: Vec<u8>,
+    /// Where the next fetch continues.
+    pub next_offset: i64,
+    pub high_watermark: i64,
+    pub log_start: i64,
+}
+
+/// Client: a partition's offsets, from its leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicOffsets {
+    pub topic: String,
+    pub partition: u32,
+}
+
+/// A partition's offsets as its leader has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffsets {
+    pub log_start: i64,
+    pub log_end: i64,
+    pub high_watermark: i64,
+    pub leader_epoch: i32,
+}
+
+/// A topic's settings and partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: u32,
+    pub replication: u32,
+    pub min_insync: u32,
+    pub partition_info: Vec<PartitionInfo>,
+}
+
+/// One partition as the metadata service has it, with its leader's offsets if asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub replicas: Vec<NodeId>,
+    pub leader: Option<NodeId>,
+    /// The leader's address, if the answering node knows it.
+    pub leader_addr: Option<String>,
+    pub leader_epoch: i32,
+    pub isr: Vec<NodeId>,
+    pub offsets: Option<PartitionOffsets>,
+}
+
+/// Why a topic call failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum TopicError {
+    #[error("no topic {0:?}")]
+    NoTopic(String),
+    #[error("topic {0:?} exists")]
+    Exists(String),
+    #[error("topic {topic:?} has no partition {partition}")]
+    NoPartition { topic: String, partition: u32 },
+    /// A bad name, setting or batch (nothing written).
+    #[error("{0}")]
+    Invalid(String),
+    /// The node asked does not lead the partition (nothing written); the leader it knows.
+    #[error("not the partition leader (leader {}, epoch {epoch}); retry", leader.map_or("unknown".to_string(), |l| l.short()))]
+    NotLeader { leader: Option<NodeId>, epoch: i32 },
+    /// `acks=all` with fewer in-sync replicas than the topic's minimum (nothing written).
+    #[error("{isr} in-sync replicas, {min} required (nothing written)")]
+    NotEnoughReplicas { isr: u32, min: u32 },
+    #[error("offset {offset} is out of range: the partition holds offsets {start} to {end}")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    /// Nothing was written; try again (no leader yet, an election in progress, a node starting).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The write may or may not have been applied (leadership moved, a timeout).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// The leader's log failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl TopicError {
+    /// Worth retrying (after refreshing the partition's leader): nothing was written.
+    pub fn retriable(&self) -> bool {
+        matches!(
+            self,
+            TopicError::NotLeader { .. }
+                | TopicError::Unavailable(_)
+                | TopicError::NotEnoughReplicas { .. }
+        )
+    }
+}
+
+/// Answers of the topic calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopicResponse {
+    Info(TopicInfo),
+    Names(Vec<String>),
+    Deleted,
+    Produced(Produced),
+    Fetched(Fetched),
+    Offsets(PartitionOffsets),
+    Failed(TopicError),
+}
+
+impl TopicResponse {
+    /// A short name of the answer's shape.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TopicResponse::Info(_) => "topic info",
+            TopicResponse::Names(_) => "topic names",
+            TopicResponse::Deleted => "topic deleted",
+            TopicResponse::Produced(_) => "topic produced",
+            TopicResponse::Fetched(_) => "topic fetched",
+            TopicResponse::Offsets(_) => "topic offsets",
+            TopicResponse::Failed(_) => "topic failed",
+        }
+    }
+}
+
+impl TopicRequest {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TopicRequest::Create(_) => "topic_create",
+            TopicRequest::List => "topic_list",
+            TopicRequest::Describe(_) => "topic_describe",
+            TopicRequest::Delete(_) => "topic_delete",
+            TopicRequest::Produce(_) => "topic_produce",
+            TopicRequest::Fetch(_) => "topic_fetch",
+            TopicRequest::Offsets(_) => "topic_offsets",
+        }
+    }
+}
+
+impl TopicPeerRequest {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TopicPeerRequest::Replicate { .. } => "topic_replicate",
+            TopicPeerRequest::Leader(_) => "topic_leader",
+        }
+    }
+}
+
+macro_rules! topic_call {
+    ($call:ty => $answer:ty, |$s:ident| $req:expr, $resp:ident $(($a:ident))?) => {
+        impl Call for $call {
+            type Answer = Result<$answer, TopicError>;
+            const PEER: bool = false;
+            fn into_request($s) -> Request {
+                Request::Client(ClientRequest::Topic($req))
+            }
+            fn answer(response: Response) -> Result<Self::Answer, Response> {
+                match response {
+                    Response::Topic(t) => match *t {
+                        TopicResponse::$resp $(($a))? => Ok(Ok(topic_call!(@out $($a)?))),
+                        TopicResponse::Failed(e) => Ok(Err(e)),
+                        other => Err(Response::Topic(Box::new(other))),
+                    },
+                    other => Err(other),
+                }
+            }
+            #[allow(unused_variables)]
+            fn respond(answer: Self::Answer) -> Response {
+                Response::Topic(Box::new(match answer {
+                    Ok(a) => topic_call!(@resp $resp, a $(, $a)?),
+                    Err(e) => TopicResponse::Failed(e),
+                }))
+            }
+        }
+    };
+    (@out $a:ident) => { $a };
+    (@out) => { () };
+    (@resp $resp:ident, $v:ident, $a:ident) => { TopicResponse::$resp($v) };
+    (@resp $resp:ident, $v:ident) => { TopicResponse::$resp };
+}
+
+topic_call!(TopicCreate => TopicInfo, |self| TopicRequest::Create(self), Info(i));
+topic_call!(TopicList => Vec<String>, |self| TopicRequest::List, Names(n));
+topic_call!(TopicDescribe => TopicInfo, |self| TopicRequest::Describe(self), Info(i));
+topic_call!(TopicDelete => (), |self| TopicRequest::Delete(self), Deleted);
+topic_call!(TopicProduce => Produced, |self| TopicRequest::Produce(self), Produced(p));
+topic_call!(TopicFetch => Fetched, |self| TopicRequest::Fetch(self), Fetched(f));
+topic_call!(TopicOffsets => PartitionOffsets, |self| TopicRequest::Offsets(self), Offsets(o));
+
+/// Peer: one replication message for a partition replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicReplicate {
+    pub topic: String,
+    pub partition: u32,
+    pub from: NodeId,
+    pub msg: Vec<u8>,
+}
+
+impl Call for TopicReplicate {
+    type Answer = ();
+    const PEER: bool = true;
+    fn into_request(self) -> Request {
+        Request::Peer(PeerRequest::Topic(TopicPeerRequest::Replicate {
+            topic: self.topic,
+            partition: self.partition,
+            from: self.from,
+            msg: self.msg,
+        }))
+    }
+    fn answer(response: Response) -> Result<(), Response> {
+        match response {
+            Response::Ok => Ok(()),
+            other => Err(other),
+        }
+    }
+    fn respond(_: ()) -> Response {
+        Response::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode_body, encode_request, encode_response, FrameDecoder};
+
+    fn round_trip_request(req: Request) -> Request {
+        let mut out = Vec::new();
+        encode_request(&mut out, 1, &req).unwrap();
+        let mut dec = FrameDecoder::new();
+        dec.feed(&out);
+        dec.decode().unwrap().unwrap().request().unwrap()
+    }
+
+    fn round_trip_response(resp: Response) -> Response {
+        let mut out = Vec::new();
+        encode_response(&mut out, 1, &resp).unwrap();
+        let mut dec = FrameDecoder::new();
+        dec.feed(&out);
+        decode_body(&dec.decode().unwrap().unwrap().body).unwrap()
+    }
+
+    #[test]
+    fn calls_and_answers_round_trip() {
+        let p = TopicProduce {
+            topic: "t".into(),
+            partition: 3,
+            acks: Acks::All,
+            batches: vec![0; 100],
+        };
+        let req = p.clone().into_request();
+        assert_eq!(round_trip_request(req.clone()), req);
+        let ok: Result<Produced, TopicError> = Ok(Produced { base_offset: 5, last_offset: 9 });
+        let back = round_trip_response(TopicProduce::respond(ok.clone()));
+        assert_eq!(TopicProduce::answer(back).unwrap(), ok);
+        let err: Result<Produced, TopicError> =
+            Err(TopicError::NotLeader { leader: Some(NodeId::from_be_bytes([1; 16])), epoch: 4 });
+        let back = round_trip_response(TopicProduce::respond(err.clone()));
+        assert_eq!(TopicProduce::answer(back).unwrap(), err);
+        // Unit answers too.
+        let back = round_trip_response(TopicDelete::respond(Ok(())));
+        assert_eq!(TopicDelete::answer(back).unwrap(), Ok(()));
+        // The wrong shape is an error, never a panic.
+        assert!(TopicFetch::answer(Response::Ok).is_err());
+        assert!(TopicFetch::answer(TopicDelete::respond(Ok(()))).is_err());
+    }
+
+    #[test]
+    fn batches_travel_as_binary() {
+        let req = TopicReplicate {
+            topic: "t".into(),
+            partition: 0,
+            from: NodeId::from_be_bytes([2; 16]),
+            msg: vec![7; 1000],
+        }
+        .into_request();
+        let mut out = Vec::new();
+        encode_request(&mut out, 1, &req).unwrap();
+        assert!(out.len() < 1100, "{} bytes", out.len());
+        assert_eq!(round_trip_request(req.clone()), req);
+    }
+}
