@@ -40,6 +40,23 @@ pub fn render(s: &Status) -> String {
         r.ownership * 100.0,
         r.replication
     );
+    if !s.topics.is_empty() {
+        let leads: Vec<String> = s
+            .topics
+            .iter()
+            .filter(|p| p.role == "leader")
+            .map(|p| format!("{}/{}", p.topic, p.partition))
+            .collect();
+        let follows = s.topics.iter().filter(|p| p.role == "follower").count();
+        let _ = writeln!(
+            out,
+            "topics: {} partition replicas here, leads {} ({}), follows {}",
+            s.topics.len(),
+            leads.len(),
+            leads.join(", "),
+            follows
+        );
+    }
     if let Some(kv) = &s.kv {
         let _ = writeln!(
             out,

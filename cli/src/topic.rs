@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use starling_client::topic::{
-    partition_for_key, Acks, NewRecord, StoredRecord, TopicError, TopicInfo,
+    partition_for_key, Acks, Assignor, GroupConsumer, NewRecord, StartFrom, StoredRecord,
+    TopicError, TopicInfo,
 };
 
 use crate::bench::{self, Progress};
@@ -88,9 +89,18 @@ pub enum TopicCmd {
     },
     /// Print records (partition@offset key=value; --json: one object per line). Starts at
     /// the end of each partition (Kafka's `latest`) unless --from-beginning or --from-offset;
-    /// without --follow, stops at the high watermark seen when it started.
+    /// without --follow, stops at the high watermark seen when it started. With --group, reads
+    /// the partitions the group gives this member, from the group's committed offsets (the
+    /// --from-* flags apply where there is none), commits after printing, and without
+    /// --follow stops once nothing new arrives for a second.
     Consume {
         name: String,
+        /// Consume as a member of this consumer group.
+        #[arg(long)]
+        group: Option<String>,
+        /// How the group spreads partitions over its members.
+        #[arg(long, value_enum, default_value = "range", requires = "group")]
+        assignor: AssignorArg,
         /// Only this partition.
         #[arg(long)]
         partition: Option<u32>,
@@ -108,6 +118,18 @@ pub enum TopicCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Consumer groups: members, the partitions each reads, committed offsets and lag.
+    Groups {
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignorArg {
+    Range,
+    RoundRobin,
 }
 
 fn topic_err(e: TopicError) -> anyhow::Error {
@@ -245,14 +267,36 @@ async fn run_with(client: &Client, cmd: &TopicCmd) -> Result<()> {
         TopicCmd::Produce { name, values, key, partition, acks, json } => {
             produce(client, name, values, key.as_deref(), *partition, (*acks).into(), *json).await?
         }
-        TopicCmd::Consume { name, partition, from_beginning, from_offset, max, follow, json } => {
+        TopicCmd::Consume {
+            name,
+            group,
+            assignor,
+            partition,
+            from_beginning,
+            from_offset,
+            max,
+            follow,
+            json,
+        } => {
             let start = match (from_beginning, from_offset) {
                 (true, _) => Start::Beginning,
                 (_, Some(o)) => Start::Offset(*o),
                 _ => Start::End,
             };
-            consume(client, name, *partition, start, *max, *follow, *json).await?
+            match group {
+                Some(g) => {
+                    if partition.is_some() {
+                        return Err(ClientError::BadInput(
+                            "--partition and --group exclude each other: the group assigns partitions".into(),
+                        )
+                        .into());
+                    }
+                    consume_group(client, name, g, *assignor, start, *max, *follow, *json).await?
+                }
+                None => consume(client, name, *partition, start, *max, *follow, *json).await?,
+            }
         }
+        TopicCmd::Groups { group, json } => groups(client, group.as_deref(), *json).await?,
     }
     Ok(())
 }
@@ -503,6 +547,144 @@ async fn leader_clients(client: &Client, auth: &Auth, topic: &str) -> Result<Vec
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn consume_group(
+    client: &Client,
+    name: &str,
+    group: &str,
+    assignor: AssignorArg,
+    start: Start,
+    max: Option<u64>,
+    follow: bool,
+    json: bool,
+) -> Result<()> {
+    let start = match start {
+        Start::Beginning => StartFrom::Beginning,
+        Start::End => StartFrom::End,
+        Start::Offset(o) => StartFrom::Offset(o),
+    };
+    let assignor = match assignor {
+        AssignorArg::Range => Assignor::Range,
+        AssignorArg::RoundRobin => Assignor::RoundRobin,
+    };
+    let mut c = GroupConsumer::join(client, group, name, start, assignor, Duration::from_secs(10))
+        .await
+        .map_err(ClientError::from)?;
+    let mut printed = 0u64;
+    let mut idle = 0;
+    loop {
+        let polled = tokio::select! {
+            r = c.poll(Duration::from_millis(500)) => r.map_err(ClientError::from)?.map_err(topic_err)?,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        if polled.is_empty() {
+            idle += 1;
+            if !follow && idle >= 2 && !c.assignment().is_empty() {
+                break;
+            }
+            continue;
+        }
+        idle = 0;
+        let mut rewind: BTreeMap<u32, i64> = BTreeMap::new();
+        for (p, r) in &polled {
+            if max.is_some_and(|m| printed >= m) {
+                rewind.entry(*p).or_insert(r.offset);
+                continue;
+            }
+            print_record(*p, r, json);
+            printed += 1;
+        }
+        // What was not printed is read again by whoever reads the partition next.
+        for (p, off) in rewind {
+            c.seek(p, off);
+        }
+        c.commit().await.map_err(ClientError::from)?.map_err(topic_err)?;
+        if max.is_some_and(|m| printed >= m) {
+            break;
+        }
+    }
+    c.leave().await.map_err(ClientError::from)?.map_err(topic_err)?;
+    Ok(())
+}
+
+async fn groups(client: &Client, group: Option<&str>, json: bool) -> Result<()> {
+    let list =
+        client.describe_groups(group).await.map_err(ClientError::from)?.map_err(topic_err)?;
+    if let (Some(g), true) = (group, list.is_empty()) {
+        return Err(ClientError::NotFound(format!("group {g} has no members")).into());
+    }
+    let mut out = Vec::new();
+    for g in &list {
+        let committed = client
+            .committed_offsets(&g.group, &g.topic)
+            .await
+            .map_err(ClientError::from)?
+            .map_err(topic_err)?;
+        let mut parts = Vec::new();
+        for (p, c) in committed {
+            let hw = match client.partition_offsets(&g.topic, p).await.map_err(ClientError::from)? {
+                Ok(o) => Some(o.high_watermark),
+                Err(_) => None,
+            };
+            let member = g.members.iter().find(|(_, ps)| ps.contains(&p)).map(|(m, _)| m.clone());
+            let lag = match (c, hw) {
+                (Some(c), Some(hw)) => Some((hw - c).max(0)),
+                (None, Some(hw)) => Some(hw),
+                _ => None,
+            };
+            parts.push(serde_json::json!({
+                "partition": p, "member": member, "committed": c, "high_watermark": hw, "lag": lag,
+            }));
+        }
+        out.push(serde_json::json!({
+            "group": g.group, "topic": g.topic, "generation": g.generation,
+            "assignor": format!("{:?}", g.assignor), "coordinator": g.coordinator.to_string(),
+            "members": g.members.iter().map(|(m, ps)| serde_json::json!({"member": m, "partitions": ps})).collect::<Vec<_>>(),
+            "partitions": parts,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if out.is_empty() {
+        println!("no consumer groups with members");
+    }
+    for g in &out {
+        println!(
+            "group {}  topic {}  generation {}  {} member(s)  coordinator {}",
+            g["group"].as_str().unwrap_or(""),
+            g["topic"].as_str().unwrap_or(""),
+            g["generation"],
+            g["members"].as_array().map_or(0, Vec::len),
+            &g["coordinator"].as_str().unwrap_or("")
+                [..8.min(g["coordinator"].as_str().unwrap_or("").len())],
+        );
+        println!(
+            "  {:>9}  {:<28}  {:>10}  {:>10}  {:>8}",
+            "partition", "member", "committed", "high wm", "lag"
+        );
+        for p in g["partitions"].as_array().into_iter().flatten() {
+            let show = |v: &serde_json::Value| {
+                if v.is_null() {
+                    "-".to_string()
+                } else {
+                    v.to_string().trim_matches('"').to_string()
+                }
+            };
+            println!(
+                "  {:>9}  {:<28}  {:>10}  {:>10}  {:>8}",
+                p["partition"],
+                show(&p["member"]),
+                show(&p["committed"]),
+                show(&p["high_watermark"]),
+                show(&p["lag"])
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `starling bench topic`.

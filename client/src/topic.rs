@@ -25,6 +25,7 @@
 //! an election, too few in-sync replicas) is retried for up to [`PRODUCE_RETRY_FOR`]; one whose
 //! outcome is unknown is not.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use starling_mq::batch::{NewRecord, StoredRecord};
@@ -169,4 +170,288 @@ where
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
     }
+}
+
+pub use starling_wire::topic::{
+    Assignor, GroupAssignment, GroupCommit, GroupCommitted, GroupDescribe, GroupHeartbeat,
+    GroupInfo, GroupLeave,
+};
+
+/// Where a group member starts reading a partition the group has no committed offset for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The partition's first offset (Kafka's `auto.offset.reset=earliest`).
+    Beginning,
+    /// Its high watermark: only records produced from now on (`latest`).
+    End,
+    /// This offset (clamped to the partition's range).
+    Offset(i64),
+}
+
+/// A member of a consumer group reading one topic: it heartbeats to the group's coordinator,
+/// reads the partitions it is given from the group's committed offsets, and commits where it got
+/// to.
+///
+/// Partitions move between members without overlap (see the node's `groups` module): when a
+/// heartbeat's answer takes a partition away, the member commits its position there first, then
+/// stops reading it, and its next heartbeat tells the coordinator, which only then gives the
+/// partition to another member. A member that has not heard from the coordinator for its session
+/// timeout stops reading everything (it may have been expelled). So in a group whose members
+/// commit what they have processed, each record is processed once, barring crashes (after a
+/// crash, the records since the last commit are read again: at least once).
+#[derive(Debug)]
+pub struct GroupConsumer {
+    client: Client,
+    group: String,
+    topic: String,
+    member: String,
+    session: Duration,
+    assignor: Assignor,
+    start: StartFrom,
+    /// Partition -> next offset to read.
+    positions: BTreeMap<u32, i64>,
+    generation: u64,
+    last_heartbeat: Option<tokio::time::Instant>,
+    next_heartbeat: tokio::time::Instant,
+}
+
+impl GroupConsumer {
+    /// Joins `group` to read `topic` (member id: random), with a session timeout of `session`.
+    pub async fn join(
+        client: &Client,
+        group: &str,
+        topic: &str,
+        start: StartFrom,
+        assignor: Assignor,
+        session: Duration,
+    ) -> Result<GroupConsumer, Error> {
+        let member = format!("{}-{:016x}", std::process::id(), rand_u64());
+        let mut c = GroupConsumer {
+            client: client.clone(),
+            group: group.to_string(),
+            topic: topic.to_string(),
+            member,
+            session,
+            assignor,
+            start,
+            positions: BTreeMap::new(),
+            generation: 0,
+            last_heartbeat: None,
+            next_heartbeat: tokio::time::Instant::now(),
+        };
+        match c.heartbeat().await? {
+            Ok(()) => Ok(c),
+            Err(e) => Err(Error::BadInput(format!("cannot join group {group}: {e}"))),
+        }
+    }
+
+    /// The member id.
+    pub fn member(&self) -> &str {
+        &self.member
+    }
+
+    /// The group's generation as of the last heartbeat.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The partitions this member reads now.
+    pub fn assignment(&self) -> Vec<u32> {
+        self.positions.keys().copied().collect()
+    }
+
+    /// Where this member will read next in `partition`.
+    pub fn position(&self, partition: u32) -> Option<i64> {
+        self.positions.get(&partition).copied()
+    }
+
+    /// Moves the position in a partition this member reads (e.g. back to just after the last
+    /// record it processed, before [`GroupConsumer::commit`]).
+    pub fn seek(&mut self, partition: u32, offset: i64) {
+        if let Some(p) = self.positions.get_mut(&partition) {
+            *p = offset;
+        }
+    }
+
+    /// Heartbeats now: learns the assignment, commits and drops revoked partitions, and starts
+    /// new ones at the group's committed offsets.
+    pub async fn heartbeat(&mut self) -> Result<Result<(), TopicError>, Error> {
+        let now = tokio::time::Instant::now();
+        let hb = GroupHeartbeat {
+            group: self.group.clone(),
+            member: self.member.clone(),
+            topic: self.topic.clone(),
+            owned: self.assignment(),
+            session_timeout_ms: self.session.as_millis() as u32,
+            assignor: self.assignor,
+        };
+        self.next_heartbeat = now + self.session / 3;
+        let answer = match self.client.call(hb).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                self.stop_if_silent(now);
+                return Ok(Err(e));
+            }
+            Err(e) => {
+                self.stop_if_silent(now);
+                return Err(e);
+            }
+        };
+        self.last_heartbeat = Some(now);
+        self.generation = answer.generation;
+        let keep: std::collections::BTreeSet<u32> = answer.partitions.iter().copied().collect();
+        let revoked: Vec<(u32, i64)> = self
+            .positions
+            .iter()
+            .filter(|(p, _)| !keep.contains(p))
+            .map(|(p, o)| (*p, *o))
+            .collect();
+        if !revoked.is_empty() {
+            // Still held until the next heartbeat says otherwise: commit where it got to.
+            let commit = GroupCommit {
+                group: self.group.clone(),
+                member: self.member.clone(),
+                topic: self.topic.clone(),
+                offsets: revoked.clone(),
+            };
+            let _ = self.client.call(commit).await;
+            for (p, _) in revoked {
+                self.positions.remove(&p);
+            }
+            // Tell the coordinator at once, so the partitions move without waiting a period.
+            self.next_heartbeat = now;
+        }
+        let new: Vec<u32> =
+            keep.iter().copied().filter(|p| !self.positions.contains_key(p)).collect();
+        if !new.is_empty() {
+            let committed: BTreeMap<u32, Option<i64>> = match self
+                .client
+                .call(GroupCommitted { group: self.group.clone(), topic: self.topic.clone() })
+                .await?
+            {
+                Ok(c) => c.into_iter().collect(),
+                Err(e) => return Ok(Err(e)),
+            };
+            for p in new {
+                let at = match committed.get(&p).copied().flatten() {
+                    Some(o) => o,
+                    None => {
+                        let o = match self.client.partition_offsets(&self.topic, p).await? {
+                            Ok(o) => o,
+                            Err(e) => return Ok(Err(e)),
+                        };
+                        match self.start {
+                            StartFrom::Beginning => o.log_start,
+                            StartFrom::End => o.high_watermark,
+                            StartFrom::Offset(x) => x.clamp(o.log_start, o.high_watermark),
+                        }
+                    }
+                };
+                self.positions.insert(p, at);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Without an answer from the coordinator for a whole session, this member may have been
+    /// expelled and its partitions given to others: it stops reading them.
+    fn stop_if_silent(&mut self, now: tokio::time::Instant) {
+        if self.last_heartbeat.is_none_or(|t| now.duration_since(t) >= self.session) {
+            self.positions.clear();
+        }
+    }
+
+    /// Heartbeats if due, then reads the next records of this member's partitions (waiting up
+    /// to `max_wait` when there are none). Positions move past what is returned; nothing is
+    /// committed.
+    pub async fn poll(
+        &mut self,
+        max_wait: Duration,
+    ) -> Result<Result<Vec<(u32, StoredRecord)>, TopicError>, Error> {
+        if tokio::time::Instant::now() >= self.next_heartbeat {
+            if let Err(e) = self.heartbeat().await? {
+                if !e.retriable() {
+                    return Ok(Err(e));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let parts: Vec<(u32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+        let wait = if parts.len() == 1 { max_wait } else { Duration::ZERO };
+        for (p, at) in parts {
+            match self.client.fetch(&self.topic, p, at, 1 << 20, wait).await? {
+                Ok(f) => {
+                    if let Some(last) = f.records.last() {
+                        self.positions.insert(p, last.offset + 1);
+                    }
+                    out.extend(f.records.into_iter().map(|r| (p, r)));
+                }
+                Err(TopicError::OffsetOutOfRange { start, .. }) if at < start => {
+                    // Retention removed what was not read yet: continue at the start.
+                    self.positions.insert(p, start);
+                }
+                Err(e) if e.retriable() => {}
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        if out.is_empty() && self.positions.len() != 1 && !max_wait.is_zero() {
+            tokio::time::sleep(max_wait.min(Duration::from_millis(100))).await;
+        }
+        Ok(Ok(out))
+    }
+
+    /// Commits this member's positions in every partition it reads.
+    pub async fn commit(&mut self) -> Result<Result<(), TopicError>, Error> {
+        if self.positions.is_empty() {
+            return Ok(Ok(()));
+        }
+        let commit = GroupCommit {
+            group: self.group.clone(),
+            member: self.member.clone(),
+            topic: self.topic.clone(),
+            offsets: self.positions.iter().map(|(p, o)| (*p, *o)).collect(),
+        };
+        self.client.call(commit).await
+    }
+
+    /// Commits, then leaves the group (its partitions go to the other members at once).
+    pub async fn leave(mut self) -> Result<Result<(), TopicError>, Error> {
+        if let Err(e) = self.commit().await? {
+            return Ok(Err(e));
+        }
+        self.client
+            .call(GroupLeave { group: self.group.clone(), member: self.member.clone() })
+            .await
+    }
+}
+
+impl Client {
+    /// Every group of the cluster (or one), as their coordinators have them.
+    pub async fn describe_groups(
+        &self,
+        group: Option<&str>,
+    ) -> Result<Result<Vec<GroupInfo>, TopicError>, Error> {
+        self.call(GroupDescribe { group: group.map(str::to_string) }).await
+    }
+
+    /// A group's committed offsets for a topic, per partition.
+    pub async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Result<Vec<(u32, Option<i64>)>, TopicError>, Error> {
+        self.call(GroupCommitted { group: group.to_string(), topic: topic.to_string() }).await
+    }
+}
+
+/// A random number for member ids (no extra dependency: the std hasher's random keys).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }

@@ -95,6 +95,7 @@ fn snapshot(n: u64, elapsed: Duration, insecure: bool) -> Status {
         kv: None,
         transport: None,
         meta: None,
+        topics: Vec::new(),
         history: None,
     }
 }

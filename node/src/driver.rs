@@ -82,6 +82,18 @@ impl std::fmt::Debug for MetaStatusFn {
     }
 }
 
+/// Reads the topic partitions this node replicates for the status snapshot.
+#[derive(Clone)]
+pub struct TopicsStatusFn(
+    pub Arc<dyn Fn() -> Vec<starling_wire::status::PartitionStatus> + Send + Sync>,
+);
+
+impl std::fmt::Debug for TopicsStatusFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TopicsStatusFn")
+    }
+}
+
 /// What the status snapshot needs besides the core.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -95,6 +107,7 @@ pub struct NodeInfo {
     pub kv_status: Option<KvStatusFn>,
     pub transport_status: Option<TransportStatusFn>,
     pub meta_status: Option<MetaStatusFn>,
+    pub topics_status: Option<TopicsStatusFn>,
 }
 
 /// Channels to a running driver.
@@ -477,6 +490,7 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView, picture: &RingPictur
         kv: info.kv_status.as_ref().map(|f| (f.0)()),
         transport: info.transport_status.as_ref().map(|f| (f.0)()),
         meta: info.meta_status.as_ref().and_then(|f| (f.0)()),
+        topics: info.topics_status.as_ref().map(|f| (f.0)()).unwrap_or_default(),
         // Added to the `Status` RPC's answer only; `GET /history` serves it over HTTP.
         history: None,
         gossip: GossipStatus {

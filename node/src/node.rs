@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use starling_gossip::{Config as GossipConfig, Gossip};
 use starling_wire::{
-    Call, ClientRequest, Clock, Echo, ErrorCode, GetStatus, PeerRequest, Request, Response,
+    answer_of, Call, ClientRequest, Clock, Consistency, Echo, ErrorCode, Get, GetStatus, KvRequest,
+    PeerRequest, Put, Request, Response,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -17,7 +18,8 @@ use tracing::{error, info, warn};
 use crate::config::{NodeConfig, Security};
 use crate::datadir::{Addresses, DataDir};
 use crate::driver::{
-    self, DriverCommand, KvStatusFn, MetaStatusFn, NodeInfo, TransportStatusFn, INBOUND_QUEUE,
+    self, DriverCommand, KvStatusFn, MetaStatusFn, NodeInfo, TopicsStatusFn, TransportStatusFn,
+    INBOUND_QUEUE,
 };
 use crate::http::{self, HttpState, Metrics};
 use crate::kv::view::RingView;
@@ -35,6 +37,39 @@ use crate::zab_store::ZabStore;
 
 /// The node's KV layer over QUIC and RocksDB.
 pub type NodeKv = Kv<QuicTransport, RocksStorage>;
+
+/// Consumer groups' committed offsets in the key-value store, at quorum.
+struct KvOffsets(NodeKv);
+
+impl crate::topics::OffsetStore for KvOffsets {
+    fn put(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+        let kv = self.0.clone();
+        Box::pin(async move {
+            let put = Put { key, value: Some(value), consistency: Consistency::Quorum };
+            let resp = kv.handle_client(KvRequest::Put(put)).await;
+            answer_of::<Put>(resp).map(|_| ()).map_err(|e| e.to_string())
+        })
+    }
+
+    fn get(
+        &self,
+        key: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<Vec<u8>>, String>> {
+        let kv = self.0.clone();
+        Box::pin(async move {
+            let resp = kv
+                .handle_client(KvRequest::Get(Get { key, consistency: Consistency::Quorum }))
+                .await;
+            answer_of::<Get>(resp)
+                .map(|v| v.record.and_then(|r| r.value))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
 
 /// Answers peers and clients over QUIC.
 #[derive(Debug, Clone)]
@@ -389,6 +424,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         meta.clone(),
         topics_view,
         cfg.sync,
+        Arc::new(KvOffsets(kv.clone())),
     );
     let _ = topics_cell.set(topics.clone());
     let kv_status = {
@@ -404,6 +440,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         replication: cfg.replication,
         kv_status: Some(kv_status),
         meta_status: Some(MetaStatusFn(Arc::new(move || meta.status()))),
+        topics_status: Some({
+            let topics = topics.clone();
+            TopicsStatusFn(Arc::new(move || topics.status()))
+        }),
         transport_status: Some({
             let transport = transport.clone();
             TransportStatusFn(Arc::new(move || transport.status()))

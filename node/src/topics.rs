@@ -21,12 +21,12 @@
 //! - A topic's data is removed from a node only after the node saw the topic's znode exist and
 //!   then disappear (a node whose metadata copy is still catching up never deletes anything).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, BoxFuture};
 use serde::Serialize;
 use starling_meta::{MetaError, Op, OpResult};
 use starling_mq::log::{Log, LogConfig, LogError};
@@ -39,22 +39,24 @@ use starling_mq::topic::{
 };
 use starling_wire::meta::{MetaReadAnswer, ReadKind};
 use starling_wire::topic::{
-    Acks, Fetched, PartitionInfo, PartitionOffsets, Produced, TopicCreate, TopicDelete,
-    TopicDescribe, TopicError, TopicFetch, TopicInfo, TopicList, TopicOffsets, TopicPeerRequest,
-    TopicProduce, TopicReplicate, TopicRequest,
+    Acks, Fetched, GroupCommit, GroupCommitted, GroupDescribe, GroupHeartbeat, GroupLeave,
+    PartitionInfo, PartitionOffsets, Produced, TopicCreate, TopicDelete, TopicDescribe, TopicError,
+    TopicFetch, TopicInfo, TopicList, TopicOffsets, TopicPeerRequest, TopicProduce, TopicReplicate,
+    TopicRequest,
 };
 use starling_wire::{Call, NodeId, PeerRequest, Request, Response};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::groups::{offset_key, Groups};
 use crate::kv::RingView;
 use crate::meta::{Meta, MetaUnavailable};
 use crate::storage::rocks::SyncMode;
 use crate::transport::{Transport, TransportError};
 
 /// How often the manager reads the topic tree (new partitions start within this).
-pub const SCAN_EVERY: Duration = Duration::from_millis(500);
+pub const SCAN_EVERY: Duration = Duration::from_millis(250);
 /// Longest fetch long poll.
 const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Commands queued to one partition driver; replication messages beyond it are dropped (the
@@ -62,6 +64,8 @@ const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
 const PART_QUEUE: usize = 4096;
 /// Name of the clean-stop marker in a partition's folder.
 const CLEAN_MARKER: &str = ".clean-shutdown";
+/// Name of the file holding the topic's incarnation in a partition's folder.
+const TOPIC_ID_FILE: &str = "topic-id";
 /// How long a forwarded call may take.
 /// How long a forwarded call may take (within a client's default 5 s deadline; a long poll
 /// adds its wait).
@@ -97,11 +101,23 @@ enum PCmd {
 #[derive(Clone)]
 struct Part {
     cmds: mpsc::Sender<PCmd>,
+    /// The topic's incarnation (see [`Topics::scan`]).
+    incarnation: u64,
     view: watch::Receiver<PartView>,
+}
+
+/// Where committed group offsets are kept (the key-value store at quorum, on a node).
+pub trait OffsetStore: Send + Sync + 'static {
+    /// Stores `value` under `key` durably (a quorum of replicas).
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'static, Result<(), String>>;
+    /// The value under `key` (a quorum read).
+    fn get(&self, key: Vec<u8>) -> BoxFuture<'static, Result<Option<Vec<u8>>, String>>;
 }
 
 struct Inner<T> {
     me: NodeId,
+    groups: Groups,
+    offsets: Arc<dyn OffsetStore>,
     dir: PathBuf,
     transport: Arc<T>,
     meta: Meta<T>,
@@ -158,9 +174,19 @@ impl<T: Transport> Topics<T> {
         meta: Meta<T>,
         view: watch::Receiver<Arc<RingView>>,
         sync: SyncMode,
+        offsets: Arc<dyn OffsetStore>,
     ) -> Topics<T> {
-        let inner =
-            Arc::new(Inner { me, dir, transport, meta, view, sync, parts: Mutex::default() });
+        let inner = Arc::new(Inner {
+            me,
+            groups: Groups::default(),
+            offsets,
+            dir,
+            transport,
+            meta,
+            view,
+            sync,
+            parts: Mutex::default(),
+        });
         let topics = Topics { inner };
         tokio::spawn(topics.clone().manage());
         topics
@@ -172,6 +198,25 @@ impl<T: Transport> Topics<T> {
         let mut out: Vec<PartView> = parts.values().map(|p| p.view.borrow().clone()).collect();
         out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         out
+    }
+
+    /// The partitions this node replicates, as `/status` shows them.
+    pub fn status(&self) -> Vec<starling_wire::status::PartitionStatus> {
+        self.partitions()
+            .into_iter()
+            .map(|v| starling_wire::status::PartitionStatus {
+                topic: v.topic,
+                partition: v.partition,
+                role: v.role.to_string(),
+                leader: v.leader.map(|l| l.to_string()),
+                leader_epoch: v.leader_epoch,
+                isr: v.isr.iter().map(ToString::to_string).collect(),
+                log_start: v.log_start,
+                log_end: v.log_end,
+                high_watermark: v.high_watermark,
+                size_bytes: v.size_bytes,
+            })
+            .collect()
     }
 
     /// Stops every partition driver cleanly (flushed, marked clean).
@@ -206,6 +251,7 @@ impl<T: Transport> Topics<T> {
             @ (TopicRequest::Produce(_) | TopicRequest::Fetch(_) | TopicRequest::Offsets(_)) => {
                 self.at_leader(req, false).await
             }
+            req => self.at_coordinator(req, false).await,
         }
     }
 
@@ -226,6 +272,156 @@ impl<T: Transport> Topics<T> {
                 Response::Ok
             }
             TopicPeerRequest::Leader(req) => self.at_leader(req, true).await,
+            TopicPeerRequest::Coordinator(req) => self.at_coordinator(req, true).await,
+        }
+    }
+
+    /// The node coordinating `group`: the first live node of the ring's preference list for
+    /// `"group/<name>"`.
+    fn coordinator_of(&self, group: &str) -> Option<(NodeId, Option<std::net::SocketAddr>)> {
+        let v = self.inner.view.borrow();
+        let token = starling_ring::token_of(format!("group/{group}").as_bytes());
+        let n = v.ring.nodes().count();
+        v.ring
+            .replicas(token, n)
+            .into_iter()
+            .find(|id| *id == self.inner.me || (!v.down.contains_key(id) && !v.left.contains(id)))
+            .map(|id| (id, v.addrs.get(&id).copied()))
+    }
+
+    /// Serves a group call if this node coordinates the group, else forwards it to the
+    /// coordinator (unless it was forwarded already).
+    async fn at_coordinator(&self, req: TopicRequest, forwarded: bool) -> Response {
+        let group = match &req {
+            TopicRequest::GroupHeartbeat(h) => h.group.clone(),
+            TopicRequest::GroupCommit(c) => c.group.clone(),
+            TopicRequest::GroupCommitted(c) => c.group.clone(),
+            TopicRequest::GroupLeave(l) => l.group.clone(),
+            TopicRequest::GroupDescribe(GroupDescribe { group: Some(g) }) => g.clone(),
+            TopicRequest::GroupDescribe(GroupDescribe { group: None }) => {
+                return self.describe_all_groups(forwarded).await
+            }
+            _ => return Response::error(starling_wire::ErrorCode::BadRequest, "not a group call"),
+        };
+        let fail = |e: TopicError| group_failed(&req, e);
+        if let Err(e) = check_name(&group) {
+            return fail(TopicError::Invalid(format!("group name: {e}")));
+        }
+        let Some((coordinator, addr)) = self.coordinator_of(&group) else {
+            return fail(TopicError::Unavailable("the ring is empty; retry".into()));
+        };
+        if coordinator == self.inner.me {
+            return self.coordinate(req).await;
+        }
+        if forwarded {
+            return fail(TopicError::Unavailable(format!(
+                "this node does not coordinate group {group} (its view of the ring differs); retry"
+            )));
+        }
+        let Some(addr) = addr else {
+            return fail(TopicError::Unavailable(
+                "the coordinator's address is unknown; retry".into(),
+            ));
+        };
+        let fwd = Request::Peer(PeerRequest::Topic(TopicPeerRequest::Coordinator(req.clone())));
+        match self.inner.transport.request_within(addr, fwd, FORWARD_TIMEOUT).await {
+            Ok(resp) => resp,
+            Err(TransportError::Connect { .. }) => fail(TopicError::Unavailable(format!(
+                "cannot reach the coordinator of group {group}; retry"
+            ))),
+            Err(e) => fail(TopicError::OutcomeUnknown(format!(
+                "the coordinator of group {group} did not answer: {e}"
+            ))),
+        }
+    }
+
+    /// Every group of the cluster: this node's, and every live node's.
+    async fn describe_all_groups(&self, forwarded: bool) -> Response {
+        let mut all = self.inner.groups.describe(None, self.inner.me, std::time::Instant::now());
+        if !forwarded {
+            let addrs: Vec<std::net::SocketAddr> = {
+                let v = self.inner.view.borrow();
+                v.addrs
+                    .iter()
+                    .filter(|(id, _)| **id != self.inner.me && !v.down.contains_key(*id))
+                    .map(|(_, a)| *a)
+                    .collect()
+            };
+            let asks = addrs.into_iter().map(|a| {
+                let req = Request::Peer(PeerRequest::Topic(TopicPeerRequest::Coordinator(
+                    TopicRequest::GroupDescribe(GroupDescribe { group: None }),
+                )));
+                self.inner.transport.request_within(a, req, FORWARD_TIMEOUT)
+            });
+            for resp in join_all(asks).await.into_iter().flatten() {
+                if let Ok(Ok(groups)) = GroupDescribe::answer(resp) {
+                    all.extend(groups);
+                }
+            }
+            all.sort_by(|a, b| a.group.cmp(&b.group));
+        }
+        GroupDescribe::respond(Ok(all))
+    }
+
+    /// A group call on its coordinator.
+    async fn coordinate(&self, req: TopicRequest) -> Response {
+        let now = std::time::Instant::now();
+        let groups = &self.inner.groups;
+        match req {
+            TopicRequest::GroupHeartbeat(h) => {
+                let answer = match self.topic_config(&h.topic).await {
+                    Ok(cfg) => groups.heartbeat(&h, cfg.partitions, now),
+                    Err(e) => Err(e),
+                };
+                GroupHeartbeat::respond(answer)
+            }
+            TopicRequest::GroupCommit(c) => {
+                let parts: Vec<u32> = c.offsets.iter().map(|(p, _)| *p).collect();
+                if let Err(e) = groups.check_commit(&c.group, &c.member, &c.topic, &parts, now) {
+                    return GroupCommit::respond(Err(e));
+                }
+                let puts = c.offsets.iter().map(|(p, off)| {
+                    self.inner
+                        .offsets
+                        .put(offset_key(&c.group, &c.topic, *p), off.to_be_bytes().to_vec())
+                });
+                let failed = join_all(puts).await.into_iter().find_map(Result::err);
+                GroupCommit::respond(match failed {
+                    None => Ok(()),
+                    Some(e) => Err(TopicError::OutcomeUnknown(format!("committing offsets: {e}"))),
+                })
+            }
+            TopicRequest::GroupCommitted(c) => {
+                let cfg = match self.topic_config(&c.topic).await {
+                    Ok(cfg) => cfg,
+                    Err(e) => return GroupCommitted::respond(Err(e)),
+                };
+                let gets = (0..cfg.partitions)
+                    .map(|p| self.inner.offsets.get(offset_key(&c.group, &c.topic, p)));
+                let mut out = Vec::new();
+                for (p, r) in join_all(gets).await.into_iter().enumerate() {
+                    match r {
+                        Ok(v) => out.push((
+                            p as u32,
+                            v.and_then(|b| b.try_into().ok()).map(i64::from_be_bytes),
+                        )),
+                        Err(e) => {
+                            return GroupCommitted::respond(Err(TopicError::Unavailable(format!(
+                                "reading committed offsets: {e}"
+                            ))))
+                        }
+                    }
+                }
+                GroupCommitted::respond(Ok(out))
+            }
+            TopicRequest::GroupLeave(l) => {
+                groups.leave(&l.group, &l.member);
+                GroupLeave::respond(Ok(()))
+            }
+            TopicRequest::GroupDescribe(d) => {
+                GroupDescribe::respond(Ok(groups.describe(d.group.as_deref(), self.inner.me, now)))
+            }
+            _ => Response::error(starling_wire::ErrorCode::BadRequest, "not a group call"),
         }
     }
 
@@ -342,8 +538,16 @@ impl<T: Transport> Topics<T> {
     }
 
     async fn topic_config(&self, name: &str) -> Result<TopicConfig, TopicError> {
+        Ok(self.topic_config_and_id(name).await?.0)
+    }
+
+    /// A topic's settings and incarnation (the zxid that created it).
+    async fn topic_config_and_id(&self, name: &str) -> Result<(TopicConfig, u64), TopicError> {
         match self.read_meta(&topic_path(name), ReadKind::Data).await? {
-            Ok(a) => decode_config(&a.data).map_err(TopicError::Invalid),
+            Ok(a) => {
+                let cfg = decode_config(&a.data).map_err(TopicError::Invalid)?;
+                Ok((cfg, a.stat.map_or(0, |s| s.czxid.0)))
+            }
             Err(MetaError::NoNode(_)) => Err(TopicError::NoTopic(name.to_string())),
             Err(e) => Err(TopicError::Unavailable(e.to_string())),
         }
@@ -528,7 +732,7 @@ impl<T: Transport> Topics<T> {
     /// Every [`SCAN_EVERY`]: start drivers for the partitions this node replicates, hand every
     /// driver its partition's latest state, stop the ones no longer wanted.
     async fn manage(self) {
-        let mut seen_topics: HashSet<String> = HashSet::new();
+        let mut seen_topics: HashMap<String, u64> = HashMap::new();
         loop {
             if let Err(e) = self.scan(&mut seen_topics).await {
                 tracing::debug!(error = %e, "topic scan skipped");
@@ -537,19 +741,25 @@ impl<T: Transport> Topics<T> {
         }
     }
 
-    async fn scan(&self, seen_topics: &mut HashSet<String>) -> Result<(), TopicError> {
+    /// One pass of [`Topics::manage`]. A topic is known by its name and its incarnation (the
+    /// zxid that created its znode, as Kafka's topic ids): a topic deleted and created again
+    /// under the same name is a new topic, whose replicas start from empty logs.
+    async fn scan(&self, seen_topics: &mut HashMap<String, u64>) -> Result<(), TopicError> {
         let names = self.list().await?;
-        let mut wanted: BTreeMap<PartKey, (PartitionState, u32, TopicConfig)> = BTreeMap::new();
+        let mut current: HashMap<String, u64> = HashMap::new();
+        let mut wanted: BTreeMap<PartKey, (PartitionState, u32, TopicConfig, u64)> =
+            BTreeMap::new();
         for name in &names {
-            let cfg = match self.topic_config(name).await {
+            let (cfg, incarnation) = match self.topic_config_and_id(name).await {
                 Ok(c) => c,
                 Err(TopicError::NoTopic(_)) => continue,
                 Err(e) => return Err(e),
             };
+            current.insert(name.clone(), incarnation);
             for p in 0..cfg.partitions {
                 match self.partition_state(name, p).await {
                     Ok((s, v)) if s.replicas.contains(&self.inner.me) => {
-                        wanted.insert((name.clone(), p), (s, v, cfg.clone()));
+                        wanted.insert((name.clone(), p), (s, v, cfg.clone(), incarnation));
                     }
                     Ok(_) => {}
                     Err(TopicError::NoTopic(_) | TopicError::NoPartition { .. }) => {}
@@ -557,14 +767,20 @@ impl<T: Transport> Topics<T> {
                 }
             }
         }
-        let gone: Vec<String> =
-            seen_topics.iter().filter(|t| !names.contains(t)).cloned().collect();
-        seen_topics.extend(names.iter().cloned());
-        // Stop drivers no longer wanted.
+        // Topics seen before that are gone now (or were created again).
+        let gone: Vec<String> = seen_topics
+            .iter()
+            .filter(|(t, id)| current.get(*t) != Some(*id))
+            .map(|(t, _)| t.clone())
+            .collect();
+        // Stop drivers no longer wanted, or of an earlier incarnation.
         let stale: Vec<(PartKey, Part)> = match self.inner.parts.lock() {
             Ok(mut parts) => {
-                let keys: Vec<PartKey> =
-                    parts.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+                let keys: Vec<PartKey> = parts
+                    .iter()
+                    .filter(|(k, p)| wanted.get(*k).is_none_or(|w| w.3 != p.incarnation))
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 keys.into_iter().filter_map(|k| parts.remove(&k).map(|p| (k, p))).collect()
             }
             Err(_) => Vec::new(),
@@ -580,13 +796,13 @@ impl<T: Transport> Topics<T> {
             seen_topics.remove(&t);
             self.remove_topic_data(&t);
         }
-        for (key, (state, version, cfg)) in wanted {
-            let existing = self.part(&key);
-            match existing {
+        seen_topics.extend(current);
+        for (key, (state, version, cfg, incarnation)) in wanted {
+            match self.part(&key) {
                 Some(p) => {
                     let _ = p.cmds.try_send(PCmd::State(state, u64::from(version)));
                 }
-                None => self.start_partition(key, state, version, &cfg).await,
+                None => self.start_partition(key, state, version, &cfg, incarnation).await,
             }
         }
         Ok(())
@@ -618,6 +834,7 @@ impl<T: Transport> Topics<T> {
         state: PartitionState,
         version: u32,
         cfg: &TopicConfig,
+        incarnation: u64,
     ) {
         let dir = self.inner.dir.join(format!("{}-{}", key.0, key.1));
         let log_cfg = LogConfig {
@@ -628,9 +845,23 @@ impl<T: Transport> Topics<T> {
         let marker = dir.join(CLEAN_MARKER);
         let open_dir = dir.clone();
         let opened = tokio::task::spawn_blocking(move || {
+            // A folder left by an earlier topic of the same name (deleted while this node was
+            // down) is not this topic's.
+            let id_file = open_dir.join(TOPIC_ID_FILE);
+            let id = std::fs::read_to_string(&id_file).ok();
+            if id.as_deref().is_some_and(|id| id.trim() != incarnation.to_string()) {
+                std::fs::remove_dir_all(&open_dir).map_err(|e| LogError::Io {
+                    what: format!("remove {} of an earlier topic", open_dir.display()),
+                    source: e,
+                })?;
+            }
             let existed = open_dir.exists();
             let clean = marker.exists();
             let r = Log::open(&open_dir, log_cfg)?;
+            if !id_file.exists() {
+                std::fs::write(&id_file, incarnation.to_string())
+                    .map_err(|e| LogError::Io { what: "write the topic id".into(), source: e })?;
+            }
             if clean {
                 std::fs::remove_file(&marker).map_err(|e| LogError::Io {
                     what: "remove the clean-stop marker".into(),
@@ -683,7 +914,7 @@ impl<T: Transport> Topics<T> {
         }
         core.handle_state(std::time::Instant::now(), state, u64::from(version));
         if let Ok(mut parts) = self.inner.parts.lock() {
-            parts.insert(key.clone(), Part { cmds: tx.clone(), view: view_rx });
+            parts.insert(key.clone(), Part { cmds: tx.clone(), view: view_rx, incarnation });
         }
         info!(topic = %key.0, partition = key.1, "replicating the partition");
         let driver = Driver {
@@ -697,6 +928,16 @@ impl<T: Transport> Topics<T> {
             liveness: HashMap::new(),
         };
         tokio::spawn(driver.run(rx));
+    }
+}
+
+fn group_failed(req: &TopicRequest, e: TopicError) -> Response {
+    match req {
+        TopicRequest::GroupHeartbeat(_) => GroupHeartbeat::respond(Err(e)),
+        TopicRequest::GroupCommit(_) => GroupCommit::respond(Err(e)),
+        TopicRequest::GroupCommitted(_) => GroupCommitted::respond(Err(e)),
+        TopicRequest::GroupLeave(_) => GroupLeave::respond(Err(e)),
+        _ => GroupDescribe::respond(Err(e)),
     }
 }
 

@@ -73,6 +73,16 @@ fn three_alive() -> Status {
             handshake_timeouts: 32,
         }),
         meta: None,
+        topics: vec![starling_wire::status::PartitionStatus {
+            topic: "events".into(),
+            partition: 0,
+            role: "leader".into(),
+            leader_epoch: 3,
+            log_end: 10,
+            high_watermark: 9,
+            size_bytes: 4096,
+            ..Default::default()
+        }],
         history: None,
     }
 }
@@ -265,6 +275,8 @@ async fn status_follows_the_watch_channel() {
     assert!(metrics.contains("starling_gossip_rounds_total 43\n"), "{metrics}");
     assert!(metrics.contains("starling_kv_writes_total 7\n"), "{metrics}");
     assert!(metrics.contains("starling_kv_hints_pending 2\n"), "{metrics}");
+    assert!(metrics.contains("starling_topic_partitions_leading 1\n"), "{metrics}");
+    assert!(metrics.contains("starling_topic_log_bytes 4096\n"), "{metrics}");
     assert!(metrics.contains("starling_kv_fallback_writes_total 3\n"), "{metrics}");
     assert!(metrics.contains("starling_kv_version_cache_keys 5\n"), "{metrics}");
 }

@@ -263,3 +263,99 @@ async fn acked_records_survive_leader_kills_and_a_restart() {
         first_after.duration_since(killed_at).as_millis()
     );
 }
+
+/// Two members of a group read a topic while records keep coming; one joins late (a
+/// rebalance), the first leaves (another). Each record is read exactly once by the group, no
+/// partition is ever read by both members at once, and each member reads a partition in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_reads_each_record_once_across_rebalances() {
+    use starling_client::topic::{Assignor, GroupConsumer, StartFrom};
+    const GROUP_TOPIC: &str = "clicks";
+    const PARTS: u32 = 4;
+    let e = tokio::task::block_in_place(Ensemble::start);
+    let c = e.client(&[0, 1, 2]).await;
+    let start = Instant::now();
+    loop {
+        match c.create_topic(GROUP_TOPIC, PARTS, 3, 2).await {
+            Ok(Ok(_)) => break,
+            other => {
+                assert!(start.elapsed() < PATIENCE, "cannot create: {other:?}\n{}", e.logs());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let mut produced: Vec<String> = Vec::new();
+    let produce = |c: Client, from: usize, to: usize| async move {
+        let mut out = Vec::new();
+        for i in from..to {
+            let v = format!("c{i}");
+            let p = (i as u32) % PARTS;
+            c.produce(GROUP_TOPIC, p, Acks::All, &[record(&v)]).await.expect("call").expect("ack");
+            out.push(v);
+        }
+        out
+    };
+    produced.extend(produce(c.clone(), 0, 200).await);
+
+    let session = Duration::from_secs(5);
+    async fn join(c: &Client, session: Duration) -> GroupConsumer {
+        GroupConsumer::join(c, "readers", "clicks", StartFrom::Beginning, Assignor::Range, session)
+            .await
+            .expect("join")
+    }
+    let mut members = vec![Some(join(&c, session).await)];
+    // value -> (member, partition, offset)
+    let mut read: HashMap<String, (usize, u32, i64)> = HashMap::new();
+    let mut last: HashMap<(usize, u32), i64> = HashMap::new();
+    let deadline = Instant::now() + PATIENCE;
+    let mut round = 0;
+    // Phases: a alone; b joins (until b reads a share); more records; a leaves; more records.
+    let mut phase = 0;
+    while read.len() < 500 {
+        assert!(Instant::now() < deadline, "only {} of 500 read\n{}", read.len(), e.logs());
+        round += 1;
+        let b_has =
+            members.get(1).and_then(|b| b.as_ref()).is_some_and(|b| !b.assignment().is_empty());
+        if phase == 0 && read.len() >= 200 {
+            members.push(Some(join(&c, session).await));
+            phase = 1;
+        } else if phase == 1 && b_has {
+            produced.extend(produce(c.clone(), 200, 400).await);
+            phase = 2;
+        } else if phase == 2 && read.len() >= 400 {
+            let a = members[0].take().expect("a");
+            a.leave().await.expect("call").expect("leave");
+            produced.extend(produce(c.clone(), 400, 500).await);
+            phase = 3;
+        }
+        for (m, slot) in members.iter_mut().enumerate() {
+            let Some(consumer) = slot.as_mut() else { continue };
+            let got = consumer.poll(Duration::from_millis(100)).await.expect("call").expect("poll");
+            for (p, r) in got {
+                let v = String::from_utf8(r.value.expect("value").to_vec()).expect("utf-8");
+                if let Some(prev) = last.insert((m, p), r.offset) {
+                    assert!(r.offset > prev, "member {m} read {p}/{} after {prev}", r.offset);
+                }
+                if let Some(first) = read.insert(v.clone(), (m, p, r.offset)) {
+                    panic!("{v} read twice: {first:?} and {:?}", (m, p, r.offset));
+                }
+            }
+            consumer.commit().await.expect("call").expect("commit");
+        }
+        // No partition is held by both members at once.
+        let held: Vec<Vec<u32>> = members
+            .iter()
+            .map(|s| s.as_ref().map(|c| c.assignment()).unwrap_or_default())
+            .collect();
+        for p in 0..PARTS {
+            let holders = held.iter().filter(|h| h.contains(&p)).count();
+            assert!(holders <= 1, "partition {p} held by {holders} members: {held:?}");
+        }
+    }
+    let readers: std::collections::HashSet<usize> = read.values().map(|(m, _, _)| *m).collect();
+    assert_eq!(readers.len(), 2, "both members read something: {readers:?}");
+    for v in &produced {
+        assert!(read.contains_key(v), "{v} was never read");
+    }
+    println!("read {} records once each, over {round} rounds", read.len());
+}

@@ -165,6 +165,9 @@ pub struct Status {
     /// The metadata service (absent on a node without one, as in tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<MetaStatus>,
+    /// The topic partitions this node replicates, sorted by topic and partition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<PartitionStatus>,
     /// The last minutes of this node, as `GET /history` has them: in the `Status` RPC's answer
     /// (`starling status`), absent from `GET /status` and from nodes that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,6 +223,24 @@ pub struct HistoryMember {
     pub node_id: String,
     pub addr: String,
     pub runs: Vec<(u64, u64, usize)>,
+}
+
+/// One topic partition replica on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: u32,
+    /// `leader`, `follower` or `none` (not yet, or stepped aside).
+    pub role: String,
+    /// The partition's leader as this replica knows it (node id).
+    pub leader: Option<String>,
+    pub leader_epoch: i32,
+    /// In-sync replicas (node ids).
+    pub isr: Vec<String>,
+    pub log_start: i64,
+    pub log_end: i64,
+    pub high_watermark: i64,
+    pub size_bytes: u64,
 }
 
 /// The metadata service as this node runs it.

@@ -32,6 +32,16 @@ pub enum TopicRequest {
     Fetch(TopicFetch),
     /// See [`TopicOffsets`].
     Offsets(TopicOffsets),
+    /// See [`GroupHeartbeat`].
+    GroupHeartbeat(GroupHeartbeat),
+    /// See [`GroupCommit`].
+    GroupCommit(GroupCommit),
+    /// See [`GroupCommitted`].
+    GroupCommitted(GroupCommitted),
+    /// See [`GroupLeave`].
+    GroupLeave(GroupLeave),
+    /// See [`GroupDescribe`].
+    GroupDescribe(GroupDescribe),
 }
 
 /// Topics' peer messages.
@@ -49,6 +59,10 @@ pub enum TopicPeerRequest {
     /// A produce, fetch or offsets call forwarded to the partition leader: answered as the
     /// client call, or [`TopicError::NotLeader`] (never forwarded again).
     Leader(TopicRequest),
+    /// A group call forwarded to the group's coordinator: answered as the client call, or
+    /// [`TopicError::Unavailable`] if the receiving node does not coordinate the group (never
+    /// forwarded again). A [`GroupDescribe`] of every group is answered with this node's own.
+    Coordinator(TopicRequest),
 }
 
 /// Client: create a topic. Each partition's replicas are the ring's preference list for
@@ -152,6 +166,88 @@ pub struct PartitionOffsets {
     pub leader_epoch: i32,
 }
 
+/// How a group's partitions are spread over its members (Kafka's assignors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Assignor {
+    /// Each member a contiguous range of partitions (members and partitions in order).
+    #[default]
+    Range,
+    /// Partition `p` to the `p mod n`-th member.
+    RoundRobin,
+}
+
+/// Client: a group member's heartbeat, which is also how it joins (an unknown member is
+/// added) and learns its partitions. `owned` is what it reads now (what the previous answer
+/// gave it, less what it has stopped reading); the answer is what it may read from now on. A
+/// partition moves to another member only once its previous reader has reported it no longer
+/// owns it (or was expelled after `session_timeout_ms` without a heartbeat), so no partition
+/// is ever held by two members at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupHeartbeat {
+    pub group: String,
+    pub member: String,
+    pub topic: String,
+    pub owned: Vec<u32>,
+    pub session_timeout_ms: u32,
+    #[serde(default)]
+    pub assignor: Assignor,
+}
+
+/// A heartbeat's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupAssignment {
+    /// Bumped whenever a member joins, leaves or is expelled.
+    pub generation: u64,
+    /// The partitions this member may read now (a subset of its target while others still
+    /// hold some of it).
+    pub partitions: Vec<u32>,
+    /// Members in the group.
+    pub members: u32,
+}
+
+/// Client: record where the member got to in its partitions (the offsets of the next records
+/// to read). Refused with [`TopicError::Fenced`] for a partition the member does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCommit {
+    pub group: String,
+    pub member: String,
+    pub topic: String,
+    pub offsets: Vec<(u32, i64)>,
+}
+
+/// Client: the group's committed offsets for a topic, per partition (`None`: never committed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCommitted {
+    pub group: String,
+    pub topic: String,
+}
+
+/// Client: leave a group now (its partitions go to the others at once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupLeave {
+    pub group: String,
+    pub member: String,
+}
+
+/// Client: a group's members and assignment (`None`: every group of the cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDescribe {
+    pub group: Option<String>,
+}
+
+/// One group as its coordinator has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub group: String,
+    pub topic: String,
+    pub generation: u64,
+    pub assignor: Assignor,
+    /// The coordinating node.
+    pub coordinator: NodeId,
+    /// Member id and the partitions it holds, sorted by member.
+    pub members: Vec<(String, Vec<u32>)>,
+}
+
 /// A topic's settings and partitions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicInfo {
@@ -204,6 +300,10 @@ pub enum TopicError {
     /// The leader's log failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// A group call from a member that does not hold what it asked about (expelled, or the
+    /// partition moved): re-join with a heartbeat.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl TopicError {
@@ -227,6 +327,10 @@ pub enum TopicResponse {
     Produced(Produced),
     Fetched(Fetched),
     Offsets(PartitionOffsets),
+    Assignment(GroupAssignment),
+    Done,
+    Committed(Vec<(u32, Option<i64>)>),
+    Groups(Vec<GroupInfo>),
     Failed(TopicError),
 }
 
@@ -240,6 +344,10 @@ impl TopicResponse {
             TopicResponse::Produced(_) => "topic produced",
             TopicResponse::Fetched(_) => "topic fetched",
             TopicResponse::Offsets(_) => "topic offsets",
+            TopicResponse::Assignment(_) => "group assignment",
+            TopicResponse::Done => "done",
+            TopicResponse::Committed(_) => "group committed offsets",
+            TopicResponse::Groups(_) => "groups",
             TopicResponse::Failed(_) => "topic failed",
         }
     }
@@ -256,6 +364,11 @@ impl TopicRequest {
             TopicRequest::Produce(_) => "topic_produce",
             TopicRequest::Fetch(_) => "topic_fetch",
             TopicRequest::Offsets(_) => "topic_offsets",
+            TopicRequest::GroupHeartbeat(_) => "group_heartbeat",
+            TopicRequest::GroupCommit(_) => "group_commit",
+            TopicRequest::GroupCommitted(_) => "group_committed",
+            TopicRequest::GroupLeave(_) => "group_leave",
+            TopicRequest::GroupDescribe(_) => "group_describe",
         }
     }
 }
@@ -266,6 +379,7 @@ impl TopicPeerRequest {
         match self {
             TopicPeerRequest::Replicate { .. } => "topic_replicate",
             TopicPeerRequest::Leader(_) => "topic_leader",
+            TopicPeerRequest::Coordinator(_) => "group_coordinator",
         }
     }
 }
@@ -310,6 +424,11 @@ topic_call!(TopicDelete => (), |self| TopicRequest::Delete(self), Deleted);
 topic_call!(TopicProduce => Produced, |self| TopicRequest::Produce(self), Produced(p));
 topic_call!(TopicFetch => Fetched, |self| TopicRequest::Fetch(self), Fetched(f));
 topic_call!(TopicOffsets => PartitionOffsets, |self| TopicRequest::Offsets(self), Offsets(o));
+topic_call!(GroupHeartbeat => GroupAssignment, |self| TopicRequest::GroupHeartbeat(self), Assignment(a));
+topic_call!(GroupCommit => (), |self| TopicRequest::GroupCommit(self), Done);
+topic_call!(GroupCommitted => Vec<(u32, Option<i64>)>, |self| TopicRequest::GroupCommitted(self), Committed(c));
+topic_call!(GroupLeave => (), |self| TopicRequest::GroupLeave(self), Done);
+topic_call!(GroupDescribe => Vec<GroupInfo>, |self| TopicRequest::GroupDescribe(self), Groups(g));
 
 /// Peer: one replication message for a partition replica.
 #[derive(Debug, Clone, PartialEq, Eq)]

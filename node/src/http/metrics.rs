@@ -333,6 +333,28 @@ impl Collector for StatusCollector {
             ];
             encode_gauges(&mut encoder, &meta_gauges)?;
         }
+        if !s.topics.is_empty() {
+            let count = |r: &str| s.topics.iter().filter(|p| p.role == r).count() as i64;
+            let topic_gauges: [(&str, &str, i64); 4] = [
+                ("topic_partitions_leading", "Topic partitions this node leads", count("leader")),
+                (
+                    "topic_partitions_following",
+                    "Topic partitions this node follows",
+                    count("follower"),
+                ),
+                (
+                    "topic_partitions_idle",
+                    "Topic partition replicas on this node that neither lead nor follow (starting, or stepped aside)",
+                    count("none"),
+                ),
+                (
+                    "topic_log_bytes",
+                    "Bytes of topic partition logs on this node",
+                    s.topics.iter().map(|p| p.size_bytes as i64).sum(),
+                ),
+            ];
+            encode_gauges(&mut encoder, &topic_gauges)?;
+        }
         if let Some(t) = &s.transport {
             let transport_counters: [(&str, &str, u64); 4] = [
                 (
