@@ -737,6 +737,21 @@ pub async fn bench(auth: &Auth, a: &BenchTopicArgs) -> Result<()> {
         Err(e) => return Err(ClientError::from(e).into()),
     }
     let leaders = Arc::new(leader_clients(&client, auth, &a.topic).await?);
+    // One small write to each partition first, so the timed run starts with every follower
+    // fetching.
+    for (p, leader) in leaders.iter().enumerate() {
+        let warm = NewRecord {
+            key: None,
+            value: Some(b"warm-up".to_vec()),
+            headers: Vec::new(),
+            timestamp_ms: now_ms(),
+        };
+        leader
+            .produce(&a.topic, p as u32, Acks::All, &[warm])
+            .await
+            .map_err(ClientError::from)?
+            .map_err(topic_err)?;
+    }
     let acks: Acks = a.acks.into();
     let calls = a.messages.div_ceil(a.batch as u64);
     let done = Arc::new(AtomicU64::new(0));

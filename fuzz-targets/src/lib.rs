@@ -22,6 +22,7 @@
 //! | [`meta_snapshot`] | a metadata tree's snapshot, restored |
 //! | [`mq_batch`] | a record batch (`starling_mq::BatchView`) and its records (Kafka's codec) |
 //! | [`mq_index`] | a segment's `.index` / `.timeindex` and the leader-epoch checkpoint |
+//! | [`mq_message`] | replication messages between partition replicas, fed to a follower and a leader |
 //! | [`mq_segment`] | a partition directory opened, recovered, read and appended to (`starling_mq::Log`) |
 //! | [`tls_pem`] | the CA, certificate and key PEM files, and a peer's DER certificate (`starling-net`) |
 
@@ -41,7 +42,7 @@ pub use frame::frame;
 pub use gossip::{gossip_core, gossip_message};
 pub use message::{status_json, wire_message};
 pub use meta::{meta_snapshot, meta_txn, zab_message};
-pub use mq::{mq_batch, mq_index, mq_segment};
+pub use mq::{mq_batch, mq_index, mq_message, mq_segment};
 pub use store::stored_record;
 pub use tls::tls_pem;
 
@@ -64,4 +65,5 @@ pub const TARGETS: &[Target] = &[
     ("mq_batch", mq_batch),
     ("mq_index", mq_index),
     ("mq_segment", mq_segment),
+    ("mq_message", mq_message),
 ];

@@ -120,7 +120,7 @@ pub fn all() -> Vec<Seed> {
     add("meta_txn", "recipe", txns);
     add("meta_snapshot", "tree", snapshot);
 
-    for (target, name, bytes) in crate::mq::seeds() {
+    for (target, name, bytes) in crate::mq::seeds().into_iter().chain(crate::mq::message_seeds()) {
         add(target, &name, bytes);
     }
 

@@ -490,6 +490,18 @@ impl Log {
         self.write_epochs()
     }
 
+    /// [`Log::flush`] without waiting for the disk: indexes and the epoch checkpoint are
+    /// written here, and the active segment's file comes back (if anything was appended since
+    /// the last flush) for the caller to `sync_data` on another thread, so appends and reads
+    /// need not wait for an fsync. What was appended is durable once that returns.
+    pub fn flush_detached(&mut self) -> Result<Option<File>, LogError> {
+        let seg = self.active_mut();
+        let base = seg.base;
+        let handle = seg.flush_detached().map_err(io_err(format!("flushing segment {base}")))?;
+        self.write_epochs()?;
+        Ok(handle)
+    }
+
     fn write_epochs(&mut self) -> Result<(), LogError> {
         if !self.epochs_dirty {
             return Ok(());

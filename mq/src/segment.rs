@@ -358,6 +358,20 @@ impl Segment {
             self.log.sync_data()?;
             self.dirty = false;
         }
+        self.write_indexes()
+    }
+
+    /// Writes out index entries not yet in the index files, and hands back a handle to the
+    /// `.log` for the caller to fsync on another thread if anything was appended since the last
+    /// flush (the segment counts as flushed from here on: the caller owns that fsync).
+    pub fn flush_detached(&mut self) -> io::Result<Option<File>> {
+        let handle = if self.dirty { Some(self.log.try_clone()?) } else { None };
+        self.dirty = false;
+        self.write_indexes()?;
+        Ok(handle)
+    }
+
+    fn write_indexes(&mut self) -> io::Result<()> {
         let (_, idx, tidx) = paths(&self.dir, self.base);
         if self.index_written < self.index.len() {
             let bytes: Vec<u8> =

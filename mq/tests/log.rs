@@ -418,3 +418,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_detached_flush_hands_the_fsync_to_the_caller_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), small()).unwrap();
+    fill(&mut log, "a", 3, 1, 1_000);
+    // Something was appended: the caller gets the active segment's file to fsync.
+    let file = log.flush_detached().unwrap().expect("a file to fsync");
+    std::thread::spawn(move || file.sync_data()).join().unwrap().unwrap();
+    // Nothing new: nothing to fsync.
+    assert!(log.flush_detached().unwrap().is_none());
+    // The indexes were written: a reopen opens the closed segments from them, and every
+    // record is there.
+    let before = values(&log, 0);
+    drop(log);
+    let (log, recovery) = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(recovery.damage, None);
+    assert_eq!(values(&log, 0), before);
+    assert_eq!(before.len(), 3);
+}

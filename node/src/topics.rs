@@ -1024,6 +1024,7 @@ impl<T: Transport> Driver<T> {
         let mut flush = tokio::time::interval(flush_every);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retention = tokio::time::interval(Duration::from_secs(60));
+        let mut syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
         self.report_liveness();
         let stop = loop {
             self.pump();
@@ -1064,8 +1065,19 @@ impl<T: Transport> Driver<T> {
                 }
                 _ = flush.tick() => {
                     self.core.set_wall_ms(crate::kv::wall_millis() as i64);
-                    if let Err(e) = self.core.log_mut().flush() {
-                        error!(topic = %self.key.0, partition = self.key.1, error = %e, "cannot flush the partition's log");
+                    // The fsync runs on a blocking thread, so appends and fetches never wait
+                    // for the disk (`periodic` acknowledges before it anyway); one at a time.
+                    if syncing.as_ref().is_none_or(|h| h.is_finished()) {
+                        if let Some(done) = syncing.take() {
+                            self.report_sync(done.await);
+                        }
+                        match self.core.log_mut().flush_detached() {
+                            Ok(Some(file)) => {
+                                syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+                            }
+                            Ok(None) => {}
+                            Err(e) => error!(topic = %self.key.0, partition = self.key.1, error = %e, "cannot flush the partition's log"),
+                        }
                     }
                 }
                 _ = retention.tick() => {
@@ -1086,6 +1098,9 @@ impl<T: Transport> Driver<T> {
                 "the partition's replica stopped before the write was replicated".into(),
             )));
         }
+        if let Some(done) = syncing.take() {
+            self.report_sync(done.await);
+        }
         let flushed = self.core.log_mut().flush();
         if let Some(done) = stop {
             match flushed {
@@ -1098,6 +1113,16 @@ impl<T: Transport> Driver<T> {
                 Err(e) => error!(error = %e, "cannot flush the partition's log on stop"),
             }
             let _ = done.send(());
+        }
+    }
+
+    fn report_sync(&self, r: Result<std::io::Result<()>, tokio::task::JoinError>) {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!(topic = %self.key.0, partition = self.key.1, error = %e, "cannot fsync the partition's log: what it acknowledged recently may not survive a power loss")
+            }
+            Err(e) => error!(error = %e, "partition fsync task failed"),
         }
     }
 
