@@ -283,3 +283,113 @@ fn meta_commands_print_znodes_and_exit_with_documented_codes() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(j["role"], "leading");
 }
+
+/// Lines of stdout parsed as JSON objects.
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn topic_commands_produce_consume_and_exit_with_documented_codes() {
+    let c = Cluster::start();
+
+    let out = c.starling(0, &["topic", "create", "orders", "--partitions", "2", "--json"], None);
+    expect_exit(&out, 0, "topic create");
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(created["partitions"], 2);
+    assert_eq!(created["replication"], 3);
+    assert_eq!(created["min_insync"], 2);
+    let out = c.starling(1, &["topic", "create", "orders"], None);
+    expect_exit(&out, 2, "topic create of an existing topic");
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    let out = c.starling(0, &["topic", "create", "no/slash"], None);
+    expect_exit(&out, 2, "topic create with a bad name");
+    let out = c.starling(0, &["topic", "create", "big", "--replication", "4"], None);
+    expect_exit(&out, 2, "replication over the node count");
+    assert!(stderr(&out).contains("replication"), "{}", stderr(&out));
+
+    // Produce through any node (it forwards to the leaders); values and stdin lines.
+    let out = c.starling(1, &["topic", "produce", "orders", "a", "b", "c", "--json"], None);
+    expect_exit(&out, 0, "topic produce");
+    let produced: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(produced["records"], 3);
+    let out = c.starling(2, &["topic", "produce", "orders", "--key", "alice"], Some(b"d\ne\n"));
+    expect_exit(&out, 0, "topic produce from stdin");
+    let out = c.starling(0, &["topic", "produce", "missing", "x"], None);
+    expect_exit(&out, 4, "topic produce to a missing topic");
+
+    // Everything back, with partition and offset; keyed records share a partition, in order.
+    let out = c.starling(2, &["topic", "consume", "orders", "--from-beginning", "--json"], None);
+    expect_exit(&out, 0, "topic consume");
+    let records = json_lines(&out);
+    let mut values: Vec<&str> = records.iter().map(|r| r["value"].as_str().unwrap()).collect();
+    values.sort();
+    assert_eq!(values, ["a", "b", "c", "d", "e"]);
+    let keyed: Vec<&serde_json::Value> = records.iter().filter(|r| r["key"] == "alice").collect();
+    assert_eq!(keyed.len(), 2);
+    assert_eq!(keyed[0]["partition"], keyed[1]["partition"]);
+    assert!(keyed[0]["offset"].as_i64() < keyed[1]["offset"].as_i64());
+    // Without --from-beginning a consumer starts at the end: nothing to print.
+    let out = c.starling(0, &["topic", "consume", "orders"], None);
+    expect_exit(&out, 0, "topic consume from the end");
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // A group reads each record once across two runs (committed offsets).
+    let first = c.starling(
+        0,
+        &[
+            "topic",
+            "consume",
+            "orders",
+            "--group",
+            "billing",
+            "--from-beginning",
+            "--max",
+            "2",
+            "--json",
+        ],
+        None,
+    );
+    expect_exit(&first, 0, "group consume, first run");
+    let rest = c.starling(
+        1,
+        &["topic", "consume", "orders", "--group", "billing", "--from-beginning", "--json"],
+        None,
+    );
+    expect_exit(&rest, 0, "group consume, second run");
+    let mut seen: Vec<String> = json_lines(&first)
+        .iter()
+        .chain(json_lines(&rest).iter())
+        .map(|r| r["value"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(json_lines(&first).len(), 2);
+    seen.sort();
+    assert_eq!(seen, ["a", "b", "c", "d", "e"]);
+
+    let out = c.starling(0, &["topic", "describe", "orders", "--json"], None);
+    expect_exit(&out, 0, "topic describe");
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let parts = d["partition_info"].as_array().expect("partitions");
+    assert_eq!(parts.len(), 2);
+    let mut end = 0;
+    for p in parts {
+        assert!(p["leader"].is_string(), "{p}");
+        assert_eq!(p["isr"].as_array().map(Vec::len), Some(3), "{p}");
+        end += p["high_watermark"].as_i64().expect("high watermark");
+    }
+    assert_eq!(end, 5);
+    let out = c.starling(0, &["topic", "describe", "orders"], None);
+    expect_exit(&out, 0, "topic describe, human");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("high wm"));
+
+    let out = c.starling(2, &["topic", "list"], None);
+    expect_exit(&out, 0, "topic list");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "orders");
+    let out = c.starling(1, &["topic", "delete", "orders"], None);
+    expect_exit(&out, 0, "topic delete");
+    let out = c.starling(0, &["topic", "describe", "orders"], None);
+    expect_exit(&out, 4, "describe a deleted topic");
+}
