@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use starling_client::topic::{
-    partition_for_key, Acks, Assignor, GroupConsumer, NewRecord, StartFrom, StoredRecord,
-    TopicError, TopicInfo,
+    partition_for_key, Acks, Assignor, GroupConsumer, IdempotentProducer, NewRecord, StartFrom,
+    StoredRecord, TopicError, TopicInfo,
 };
 
 use crate::bench::{self, Progress};
@@ -335,6 +335,8 @@ async fn produce(
         }
     };
     let mut out = ProduceReport::default();
+    // Retries of a produce whose answer was lost never write it twice.
+    let mut producer = IdempotentProducer::new(client);
     let record = |v: &str| NewRecord {
         key: key.map(|k| k.as_bytes().to_vec()),
         value: Some(v.as_bytes().to_vec()),
@@ -346,7 +348,7 @@ async fn produce(
         for v in values {
             batch.entry(pick(key)).or_default().push(record(v));
         }
-        send(client, name, acks, json, batch, &mut out).await?;
+        send(&mut producer, name, acks, json, batch, &mut out).await?;
     } else {
         let stdin = std::io::stdin();
         let mut lines = stdin.lock().lines();
@@ -364,7 +366,7 @@ async fn produce(
             if n == 0 {
                 break;
             }
-            send(client, name, acks, json, batch, &mut out).await?;
+            send(&mut producer, name, acks, json, batch, &mut out).await?;
         }
     }
     if json {
@@ -384,7 +386,7 @@ struct ProduceReport {
 
 /// Produces each partition's records as one batch.
 async fn send(
-    client: &Client,
+    producer: &mut IdempotentProducer,
     name: &str,
     acks: Acks,
     json: bool,
@@ -393,8 +395,8 @@ async fn send(
 ) -> Result<()> {
     for (p, recs) in batch {
         let n = recs.len();
-        let at = client
-            .produce(name, p, acks, &recs)
+        let at = producer
+            .send(name, p, acks, &recs)
             .await
             .map_err(ClientError::from)?
             .map_err(topic_err)?;

@@ -425,6 +425,91 @@ impl GroupConsumer {
     }
 }
 
+/// A producer whose retries never write a record twice (Kafka's idempotent producer): every
+/// batch carries this producer's id and epoch and a per-partition sequence number, and a
+/// partition leader answers a batch it already has with the offsets it got the first time.
+/// So a produce whose answer was lost, or whose outcome is unknown (its leader died), is sent
+/// again, unchanged, until it is answered, for up to [`PRODUCE_RETRY_FOR`]. Calls for one
+/// partition go one at a time (`&mut self`), which keeps them in order.
+#[derive(Debug)]
+pub struct IdempotentProducer {
+    client: Client,
+    id: i64,
+    epoch: i16,
+    next_seq: BTreeMap<(String, u32), i32>,
+}
+
+impl IdempotentProducer {
+    /// A producer with a random 63-bit id.
+    pub fn new(client: &Client) -> IdempotentProducer {
+        IdempotentProducer {
+            client: client.clone(),
+            id: (rand_u64() >> 1) as i64,
+            epoch: 0,
+            next_seq: BTreeMap::new(),
+        }
+    }
+
+    /// Appends `records` to one partition as one batch, retrying lost answers and unknown
+    /// outcomes with the same sequence. If that still leaves the outcome unknown, the producer
+    /// takes a new epoch (its sequences start again) and the error is returned.
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        records: &[NewRecord],
+    ) -> Result<Result<Produced, TopicError>, Error> {
+        let key = (topic.to_string(), partition);
+        let seq = self.next_seq.get(&key).copied().unwrap_or(0);
+        let stamp = starling_mq::batch::ProducerStamp {
+            id: self.id,
+            epoch: self.epoch,
+            base_sequence: seq,
+        };
+        let batches =
+            starling_mq::batch::encode_batch(records, Some(stamp)).map_err(Error::BadInput)?;
+        let call = TopicProduce { topic: topic.to_string(), partition, acks, batches };
+        let deadline = tokio::time::Instant::now() + PRODUCE_RETRY_FOR;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let r = self.client.call(call.clone()).await;
+            let again = match &r {
+                Ok(Err(e)) => e.retriable() || matches!(e, TopicError::OutcomeUnknown(_)),
+                Err(Error::Unreachable { .. } | Error::NoAnswer { .. }) => true,
+                Err(Error::Refused { code, .. }) => {
+                    matches!(
+                        code,
+                        starling_wire::ErrorCode::Unavailable | starling_wire::ErrorCode::Timeout
+                    )
+                }
+                _ => false,
+            };
+            if !again || tokio::time::Instant::now() >= deadline {
+                match &r {
+                    Ok(Ok(_)) => {
+                        let n = records.len() as i32;
+                        self.next_seq.insert(
+                            key,
+                            starling_mq::producer::last_seq(seq, n).wrapping_add(1).max(0),
+                        );
+                    }
+                    // Unresolved: whether the batch is in the log is unknown, so its sequence
+                    // cannot be reused or skipped; start a new epoch.
+                    Ok(Err(TopicError::OutcomeUnknown(_))) | Err(_) => {
+                        self.epoch = self.epoch.wrapping_add(1).max(0);
+                        self.next_seq.clear();
+                    }
+                    Ok(Err(_)) => {}
+                }
+                return r;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
 impl Client {
     /// Every group of the cluster (or one), as their coordinators have them.
     pub async fn describe_groups(

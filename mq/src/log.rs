@@ -330,6 +330,11 @@ impl Log {
         self.epochs.end_offset_for(epoch, self.end_offset())
     }
 
+    /// Base offset of the active (last) segment.
+    pub fn active_base(&self) -> i64 {
+        self.active().base
+    }
+
     fn active(&self) -> &Segment {
         self.segments.values().next_back().expect("a log always has a segment")
     }

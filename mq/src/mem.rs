@@ -33,6 +33,11 @@ pub trait ReplicaLog {
     fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64);
     /// Newest epoch in the log.
     fn latest_epoch(&self) -> Option<i32>;
+    /// Where the recent part of the log starts (the active segment), which a restarted replica
+    /// scans to rebuild its idempotent producers' state.
+    fn recent_start(&self) -> i64 {
+        self.start_offset()
+    }
     /// Makes everything appended durable.
     fn flush(&mut self) -> Result<(), LogError>;
 }
@@ -72,6 +77,9 @@ impl ReplicaLog for Log {
     }
     fn latest_epoch(&self) -> Option<i32> {
         self.epochs().latest_epoch()
+    }
+    fn recent_start(&self) -> i64 {
+        Log::active_base(self).max(Log::start_offset(self))
     }
     fn flush(&mut self) -> Result<(), LogError> {
         Log::flush(self)

@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 pub use starling_id::NodeId;
 
+use crate::batch::Batches;
 use crate::log::{LogError, ReadResult};
 use crate::mem::ReplicaLog;
+use crate::producer::{self, BatchMeta, Producers, Verdict};
 
 /// A partition's replicated state, as the metadata service keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +149,10 @@ pub enum ProduceError {
     /// Not replicated within the produce timeout (outcome unknown).
     #[error("not replicated in time (outcome unknown)")]
     Timeout,
+    /// An idempotent producer's batch does not continue its sequence, or comes from a fenced
+    /// producer epoch (nothing written).
+    #[error("{0}")]
+    Sequence(String),
 }
 
 impl ProduceError {
@@ -329,6 +335,8 @@ pub struct Replica<L: ReplicaLog> {
     isr_adding: BTreeSet<NodeId>,
     proposed_leader: Option<i32>,
     unclean: bool,
+    /// Idempotent producers' recent batches (leader and followers alike).
+    producers: Producers,
 }
 
 impl<L: ReplicaLog> Replica<L> {
@@ -364,7 +372,9 @@ impl<L: ReplicaLog> Replica<L> {
             isr_adding: BTreeSet::new(),
             proposed_leader: None,
             unclean: false,
+            producers: Producers::new(),
         };
+        r.rebuild_producers();
         r.out.push_back(Output::RefreshState);
         r
     }
@@ -755,6 +765,28 @@ impl<L: ReplicaLog> Replica<L> {
         if acks == Acks::All && isr < self.cfg.min_insync {
             return Err(ProduceError::NotEnoughReplicas { isr, min: self.cfg.min_insync });
         }
+        if let Some((base, last)) = self.check_producers(&bytes)? {
+            // A retry of batches already appended: answered with the offsets they got, once
+            // they are as replicated as `acks` asks; nothing appended again.
+            match acks {
+                Acks::All if self.hw <= last => {
+                    let deadline = now + self.cfg.produce_timeout;
+                    // An earlier copy of the same request still waiting is answered as timed
+                    // out (its producer retries and gets this answer).
+                    if let Some(old) = self.pending.insert(last, Pending { id, base, deadline }) {
+                        self.event(Event::ProduceFailed {
+                            id: old.id,
+                            error: ProduceError::Timeout,
+                        });
+                    }
+                }
+                Acks::All | Acks::Leader => {
+                    self.event(Event::Produced { id, base_offset: base, last_offset: last })
+                }
+                Acks::None => {}
+            }
+            return Ok(());
+        }
         let info = match self.log.append_as_leader(&mut bytes, self.epoch, self.wall_ms) {
             Ok(i) => i,
             Err(e @ LogError::Io { .. }) => {
@@ -763,6 +795,7 @@ impl<L: ReplicaLog> Replica<L> {
             }
             Err(e) => return Err(ProduceError::Invalid(e.to_string())),
         };
+        self.record_producers(&bytes);
         if self.cfg.flush_each_append {
             if let Err(e) = self.log.flush() {
                 // The batch is in the log but not durable: its outcome is unknown.
@@ -791,6 +824,75 @@ impl<L: ReplicaLog> Replica<L> {
         self.answer_parked(now, true);
         self.advance_hw(now);
         Ok(())
+    }
+
+    /// Checks idempotent producers' batches against their sequences: `Some` offsets if every
+    /// batch is a retry of one already appended (the first's base and the last's last offset),
+    /// `None` if they are all to be appended.
+    fn check_producers(&self, bytes: &[u8]) -> Result<Option<(i64, i64)>, ProduceError> {
+        let mut dup: Option<(i64, i64)> = None;
+        let mut fresh = false;
+        for view in Batches::new(bytes, usize::MAX) {
+            let Ok(v) = view else { return Ok(None) }; // the append refuses it with the reason
+            let id = v.producer_id();
+            if id < 0 {
+                fresh = true;
+                continue;
+            }
+            let first = v.base_sequence();
+            let last = producer::last_seq(first, v.last_offset_delta() + 1);
+            match self.producers.check(id, v.producer_epoch(), first, last) {
+                Ok(Verdict::Append) => fresh = true,
+                Ok(Verdict::Duplicate { first_offset, last_offset }) => {
+                    dup = Some((dup.map_or(first_offset, |d| d.0), last_offset));
+                }
+                Err(e) => return Err(ProduceError::Sequence(e.to_string())),
+            }
+        }
+        match (dup, fresh) {
+            (Some(_), true) => Err(ProduceError::Invalid(
+                "a request mixes retried batches with new ones; send them separately".into(),
+            )),
+            (d, _) => Ok(d),
+        }
+    }
+
+    /// Remembers the idempotent producers' batches just appended (`bytes` as stored, with
+    /// their offsets).
+    fn record_producers(&mut self, bytes: &[u8]) {
+        for v in Batches::new(bytes, usize::MAX).flatten() {
+            if v.producer_id() < 0 {
+                continue;
+            }
+            let first_seq = v.base_sequence();
+            self.producers.record(
+                v.producer_id(),
+                BatchMeta {
+                    epoch: v.producer_epoch(),
+                    first_seq,
+                    last_seq: producer::last_seq(first_seq, v.last_offset_delta() + 1),
+                    first_offset: v.base_offset(),
+                    last_offset: v.last_offset(),
+                },
+            );
+        }
+    }
+
+    /// Producer state from the log's recent batches (after a restart): what a leader needs to
+    /// recognise a retry of a batch it appended before. Producers seen only before the
+    /// scanned window start afresh (their next batch must start a new epoch or sequence 0).
+    fn rebuild_producers(&mut self) {
+        let end = self.log.end_offset();
+        let mut at = self.log.recent_start();
+        while at < end {
+            let Ok(r) = self.log.read(at, 1 << 20, end) else { break };
+            if r.bytes.is_empty() || r.next_offset <= at {
+                break;
+            }
+            let bytes = r.bytes;
+            self.record_producers(&bytes);
+            at = r.next_offset;
+        }
     }
 
     /// Consumers read from the leader, below the high watermark.
@@ -954,7 +1056,11 @@ impl<L: ReplicaLog> Replica<L> {
                         self.maybe_fetch(now);
                         return;
                     }
-                    if let Err(e) = self.log.append_as_follower(&bytes, self.wall_ms) {
+                    let appended = self.log.append_as_follower(&bytes, self.wall_ms);
+                    if appended.is_ok() {
+                        self.record_producers(&bytes);
+                    }
+                    if let Err(e) = appended {
                         match e {
                             LogError::Io { .. } => {
                                 self.storage_failed(e);
@@ -1000,6 +1106,7 @@ impl<L: ReplicaLog> Replica<L> {
                         self.storage_failed(e);
                         return;
                     }
+                    self.producers = Producers::new();
                     self.hw = log_start;
                     self.event(Event::Truncated(log_start));
                 }
@@ -1015,6 +1122,7 @@ impl<L: ReplicaLog> Replica<L> {
     fn truncate(&mut self, to: i64) {
         match self.log.truncate_to(to) {
             Ok(end) => {
+                self.producers.truncate(end);
                 self.hw = self.hw.min(end);
                 self.event(Event::Truncated(end));
             }

@@ -181,3 +181,51 @@ fn a_restarted_leader_takes_a_new_epoch_and_no_leader_comes_from_outside_the_isr
     assert_eq!(c.leader(), None);
     assert!(!c.state.isr.contains(&id(2)), "{:?}", c.state);
 }
+
+#[test]
+fn an_idempotent_retry_gets_its_first_offsets_and_is_not_appended_again_even_by_a_new_leader() {
+    use starling_mq::batch::ProducerStamp;
+    let stamp = |seq| Some(ProducerStamp { id: 42, epoch: 0, base_sequence: seq });
+    let mut c = Cluster::mem(3, cfg(2));
+    let first = c.produce_batch(0, batch_of("a", stamp(0)), Acks::All).unwrap();
+    let retry = c.produce_batch(0, batch_of("a", stamp(0)), Acks::All).unwrap();
+    assert_eq!(c.acked_offset(first), Some(0));
+    assert_eq!(c.acked_offset(retry), Some(0), "a retry is answered with the first offsets");
+    assert_eq!(c.values(0), ["a"]);
+    // A gap in the sequence, or an older producer epoch, is refused: nothing written.
+    assert!(matches!(
+        c.produce_batch(0, batch_of("gap", stamp(5)), Acks::All),
+        Err(ProduceError::Sequence(_))
+    ));
+    let b = c.produce_batch(0, batch_of("b", stamp(1)), Acks::All).unwrap();
+    assert_eq!(c.acked_offset(b), Some(1));
+    let fenced = Some(ProducerStamp { id: 42, epoch: -1, base_sequence: 2 });
+    assert!(matches!(
+        c.produce_batch(0, batch_of("old", fenced), Acks::All),
+        Err(ProduceError::Sequence(_))
+    ));
+
+    // The leader dies; the new one learned the producer's batches as a follower.
+    let log = c.crash(0);
+    let l = c.leader().expect("a new leader");
+    assert_ne!(l, 0);
+    let again = c.produce_batch(l, batch_of("b", stamp(1)), Acks::All).unwrap();
+    assert_eq!(c.acked_offset(again), Some(1));
+    let next = c.produce_batch(l, batch_of("c", stamp(2)), Acks::All).unwrap();
+    assert_eq!(c.acked_offset(next), Some(2));
+    assert_eq!(c.values(l), ["a", "b", "c"]);
+
+    // A replica restarted from its log rebuilds the state too.
+    c.restart(0, log);
+    c.run(std::time::Duration::from_secs(3));
+    let l2 = {
+        let l = c.leader().expect("leader");
+        let log = c.crash(l);
+        c.restart(l, log);
+        c.run(std::time::Duration::from_secs(3));
+        c.leader().expect("leader after restart")
+    };
+    let late = c.produce_batch(l2, batch_of("c", stamp(2)), Acks::All).unwrap();
+    assert_eq!(c.acked_offset(late), Some(2));
+    assert_eq!(c.values(l2), ["a", "b", "c"]);
+}

@@ -157,7 +157,7 @@ fn produce_error(e: ProduceError) -> TopicError {
         ProduceError::NotEnoughReplicas { isr, min } => {
             TopicError::NotEnoughReplicas { isr: isr as u32, min: min as u32 }
         }
-        ProduceError::Invalid(m) => TopicError::Invalid(m),
+        ProduceError::Invalid(m) | ProduceError::Sequence(m) => TopicError::Invalid(m),
         ProduceError::Storage(m) => TopicError::Storage(m),
         e @ (ProduceError::NotEnoughReplicasAfterAppend
         | ProduceError::LeaderChanged

@@ -1,7 +1,8 @@
 //! Topics across real `starlingd` processes (three nodes, each a metadata voter, mutual TLS):
 //! a produce stream with `acks=all` while a partition leader is killed with -9 and restarted,
-//! then the new leader killed too; every acknowledged record must be in the log at the offset it
-//! was acknowledged with, no offset may hold two records, and no record may appear twice.
+//! then the new leader killed too, by an idempotent producer that sends again whatever it got no
+//! answer for; every acknowledged record must be in the log at the offset it was acknowledged
+//! with, no offset may hold two records, and no record may appear twice.
 //!
 //! The figures it prints (longest pause between acknowledgements around the kill) are for
 //! reading, not asserted: machines are noisy.
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use starling_client::topic::{Acks, NewRecord, TopicError, TopicInfo};
+use starling_client::topic::{Acks, IdempotentProducer, NewRecord, TopicError, TopicInfo};
 use starling_client::{Auth, Client};
 use tokio::time::Instant;
 
@@ -161,14 +162,17 @@ async fn acked_records_survive_leader_kills_and_a_restart() {
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let task = {
-        let (history, stop, producer) = (history.clone(), stop.clone(), producer.clone());
+        let (history, stop) = (history.clone(), stop.clone());
+        // Idempotent: a produce whose leader died with it in flight is sent again, and must
+        // not be written twice.
+        let mut producer = IdempotentProducer::new(&producer);
         tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let value = format!("v{i}");
                 let p = (i % u64::from(PARTITIONS)) as u32;
                 i += 1;
-                let r = producer.produce(TOPIC, p, Acks::All, &[record(&value)]).await;
+                let r = producer.send(TOPIC, p, Acks::All, &[record(&value)]).await;
                 let mut h = history.lock().unwrap();
                 match r {
                     Ok(Ok(at)) => {

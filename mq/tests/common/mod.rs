@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use starling_mq::batch::{decode_records, encode_batch, NewRecord};
+use starling_mq::batch::{decode_records, encode_batch, NewRecord, ProducerStamp};
 use starling_mq::log::{AppendInfo, LogError, ReadResult};
 use starling_mq::mem::{MemLog, ReplicaLog};
 use starling_mq::replica::{
@@ -17,6 +17,17 @@ use starling_mq::replica::{
     ReplicaConfig, Role,
 };
 use starling_mq::{Log, LogConfig};
+
+/// A one-record batch, stamped by an idempotent producer if given.
+pub fn batch_of(value: &str, producer: Option<ProducerStamp>) -> Vec<u8> {
+    let rec = NewRecord {
+        key: None,
+        value: Some(value.as_bytes().to_vec()),
+        headers: vec![],
+        timestamp_ms: 0,
+    };
+    encode_batch(&[rec], producer).unwrap()
+}
 
 pub fn id(i: usize) -> NodeId {
     NodeId((i as u128 + 1) << 96)
@@ -194,23 +205,27 @@ impl<L: ReplicaLog> Cluster<L> {
     }
 
     pub fn produce_at(&mut self, i: usize, value: &str, acks: Acks) -> Result<u64, ProduceError> {
+        self.produce_batch(i, batch_of(value, None), acks)
+    }
+
+    /// Produces ready-made batches at node `i`; the produce id.
+    pub fn produce_batch(
+        &mut self,
+        i: usize,
+        bytes: Vec<u8>,
+        acks: Acks,
+    ) -> Result<u64, ProduceError> {
         self.next_id += 1;
         let idv = self.next_id;
-        let rec = NewRecord {
-            key: None,
-            value: Some(value.as_bytes().to_vec()),
-            headers: vec![],
-            timestamp_ms: 0,
-        };
         let now = self.now;
-        let r = self.nodes[i].as_mut().expect("up").produce(
-            now,
-            idv,
-            encode_batch(&[rec], None).unwrap(),
-            acks,
-        );
+        let r = self.nodes[i].as_mut().expect("up").produce(now, idv, bytes, acks);
         self.settle();
         r.map(|_| idv)
+    }
+
+    /// The offset produce `id` was acknowledged with.
+    pub fn acked_offset(&self, id: u64) -> Option<i64> {
+        self.acked.iter().find(|a| a.0 == id).map(|a| a.1)
     }
 
     pub fn liveness(&mut self, of: usize, alive: bool) {
