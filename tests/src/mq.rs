@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use starling_mq::batch::{decode_records, encode_batch, NewRecord};
+use starling_mq::batch::{decode_records, encode_batch, NewRecord, ProducerStamp};
 use starling_mq::mem::{MemLog, ReplicaLog};
 use starling_mq::replica::{
-    Acks, Event, Msg, NodeId, Output, PartitionState, Replica, ReplicaConfig, Role,
+    Acks, Event, Msg, NodeId, Output, PartitionState, ProduceError, Replica, ReplicaConfig, Role,
 };
 
 use crate::sim::{sim_addr, NetConfig, Process, Sim};
@@ -310,14 +310,20 @@ impl ReplicaProc {
     }
 
     /// A producer's message, if this replica leads.
-    pub fn produce(&mut self, now: Instant, id: u64, value: &str) -> bool {
+    pub fn produce(
+        &mut self,
+        now: Instant,
+        id: u64,
+        value: &str,
+        stamp: Option<ProducerStamp>,
+    ) -> Result<(), ProduceError> {
         let rec = NewRecord {
             key: None,
             value: Some(value.as_bytes().to_vec()),
             headers: vec![],
             timestamp_ms: 0,
         };
-        let bytes = encode_batch(&[rec], None).expect("encode");
+        let bytes = encode_batch(&[rec], stamp).expect("encode");
         let r = self.replica.produce(now, id, bytes, Acks::All);
         {
             let mut c = self.checker.borrow_mut();
@@ -333,7 +339,7 @@ impl ReplicaProc {
             }
         }
         self.pump(now);
-        r.is_ok()
+        r
     }
 
     /// A consumer's read from `offset` (below the high watermark), if this replica leads.
@@ -453,6 +459,22 @@ pub struct Partition {
     pub cursor: i64,
     /// Power loss instead of a process crash (only flushed data survives).
     pub power_loss: bool,
+    /// An idempotent producer that retries unknown outcomes (`None`: a plain producer).
+    pub producer: Option<SimProducer>,
+    /// Messages sent again by the idempotent producer.
+    pub retried: u64,
+}
+
+/// The simulated idempotent producer's state (producer id 7).
+#[derive(Debug, Default)]
+pub struct SimProducer {
+    epoch: i16,
+    next_seq: i32,
+    /// Produce id -> (sequence, value) awaiting an outcome.
+    inflight: BTreeMap<u64, (i32, String)>,
+    /// Sequences to send again, in order.
+    retries: BTreeMap<i32, String>,
+    attempts: HashMap<i32, u32>,
 }
 
 impl Partition {
@@ -498,6 +520,8 @@ impl Partition {
             n,
             disks: HashMap::new(),
             next_id: 0,
+            producer: None,
+            retried: 0,
             cursor: 0,
             power_loss: false,
         }
@@ -519,17 +543,86 @@ impl Partition {
             .map(|(i, _)| i)
     }
 
-    /// Produces one message through the current leader (if there is one).
+    /// Produces one message through the current leader (if there is one): with an idempotent
+    /// producer, a retry of the oldest message whose outcome was unknown (or that was refused
+    /// for its sequence) first, under the same sequence number, else a new one.
     pub fn produce(&mut self) -> Option<u64> {
         let l = self.leader()?;
         self.next_id += 1;
         let id = self.next_id;
-        let value = format!("m{id}");
-        let ok = self.sim.with_node(l, |n, now| match n {
-            Node::Replica(r) => r.produce(now, id, &value),
-            Node::Meta(_) => false,
+        let (value, stamp) = match &mut self.producer {
+            Some(pr) => {
+                // Outcomes learned since the last call: unknown ones are sent again.
+                let unknown: Vec<u64> = {
+                    let c = self.checker.borrow();
+                    pr.inflight
+                        .keys()
+                        .copied()
+                        .filter(|i| c.unknown.contains(i) || c.acked.contains_key(i))
+                        .collect()
+                };
+                for i in unknown {
+                    if let Some((seq, v)) = pr.inflight.remove(&i) {
+                        if !self.checker.borrow().acked.contains_key(&i) {
+                            pr.retries.insert(seq, v);
+                        }
+                    }
+                }
+                let (seq, value) = match pr.retries.pop_first() {
+                    Some((seq, v)) => {
+                        self.retried += 1;
+                        (seq, v)
+                    }
+                    None => {
+                        let seq = pr.next_seq;
+                        pr.next_seq += 1;
+                        (seq, format!("m{id}"))
+                    }
+                };
+                pr.inflight.insert(id, (seq, value.clone()));
+                (value, Some(ProducerStamp { id: 7, epoch: pr.epoch, base_sequence: seq }))
+            }
+            None => (format!("m{id}"), None),
+        };
+        let r = self.sim.with_node(l, |n, now| match n {
+            Node::Replica(r) => r.produce(now, id, &value, stamp),
+            Node::Meta(_) => Err(ProduceError::Invalid("not a replica".into())),
         })?;
-        ok.then_some(id)
+        if let Some(pr) = &mut self.producer {
+            match &r {
+                Ok(()) => {}
+                Err(e)
+                    if e.outcome_unknown()
+                        || matches!(
+                            e,
+                            ProduceError::Sequence(_)
+                                | ProduceError::NotLeader { .. }
+                                | ProduceError::NotEnoughReplicas { .. }
+                        ) =>
+                {
+                    // Sent again later, in sequence order.
+                    if let Some((seq, v)) = pr.inflight.remove(&id) {
+                        let attempts = pr.attempts.entry(seq).or_default();
+                        *attempts += 1;
+                        if *attempts > 200 {
+                            // Give up on this sequence: a new epoch starts again at 0 (what
+                            // was unresolved stays unknown).
+                            pr.epoch += 1;
+                            pr.next_seq = 0;
+                            pr.retries.clear();
+                            pr.inflight.clear();
+                            pr.attempts.clear();
+                        } else {
+                            pr.retries.insert(seq, v);
+                        }
+                    }
+                }
+                Err(_) => {
+                    pr.inflight.remove(&id);
+                }
+            }
+        }
+        r.is_ok().then_some(id)
     }
 
     /// A consumer re-reading from an earlier offset (what it reads must match what it read).
@@ -712,6 +805,8 @@ pub struct RunReport {
     pub acked: u64,
     pub unknown: u64,
     pub refused: u64,
+    /// Messages an idempotent producer sent again (unknown outcome, or refused unwritten).
+    pub retried: u64,
     pub consumed: u64,
     pub leader_changes: u64,
     pub truncations: u64,
@@ -731,6 +826,11 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
     };
     let mut p = Partition::new(seed, NetConfig::default(), 3, cfg);
     p.power_loss = power_loss;
+    // Every other seed produces idempotently, sending unknown outcomes again: the checker's
+    // "no message twice in the log" then checks that retries never duplicate.
+    if seed % 2 == 1 {
+        p.producer = Some(SimProducer::default());
+    }
     let mut rng = p.sim.rng();
     let mut report = RunReport { seed, ..RunReport::default() };
     let end = p.sim.now() + Duration::from_secs(secs);
@@ -833,6 +933,7 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
     let c = p.checker.borrow();
     report.acked = c.acked.len() as u64;
     report.unknown = c.unknown.len() as u64;
+    report.retried = p.retried;
     report.refused = c.refused;
     report.leader_changes = c.leader_changes.len() as u64;
     report.truncations = c.truncations;

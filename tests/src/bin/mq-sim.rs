@@ -77,6 +77,7 @@ fn main() {
             ("acked", r.acked),
             ("unknown", r.unknown),
             ("refused", r.refused),
+            ("retried_idempotently", r.retried),
             ("consumed", r.consumed),
             ("leader_changes", r.leader_changes),
             ("truncations", r.truncations),
