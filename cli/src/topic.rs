@@ -109,6 +109,10 @@ pub enum TopicCmd {
         /// Start at this offset in every partition read.
         #[arg(long, conflicts_with = "from_beginning")]
         from_offset: Option<i64>,
+        /// Start at the first record at or after this time: RFC 3339 (2026-12-04T17:00:00Z)
+        /// or milliseconds since the Unix epoch.
+        #[arg(long, conflicts_with_all = ["from_beginning", "from_offset"], value_parser = parse_time)]
+        from_time: Option<i64>,
         /// Stop after this many records.
         #[arg(long)]
         max: Option<u64>,
@@ -274,13 +278,15 @@ async fn run_with(client: &Client, cmd: &TopicCmd) -> Result<()> {
             partition,
             from_beginning,
             from_offset,
+            from_time,
             max,
             follow,
             json,
         } => {
-            let start = match (from_beginning, from_offset) {
-                (true, _) => Start::Beginning,
-                (_, Some(o)) => Start::Offset(*o),
+            let start = match (from_beginning, from_offset, from_time) {
+                (true, _, _) => Start::Beginning,
+                (_, Some(o), _) => Start::Offset(*o),
+                (_, _, Some(t)) => Start::Time(*t),
                 _ => Start::End,
             };
             match group {
@@ -423,6 +429,21 @@ enum Start {
     Beginning,
     End,
     Offset(i64),
+    Time(i64),
+}
+
+/// `--from-time`: RFC 3339, or milliseconds since the Unix epoch.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?}: {e} (give RFC 3339, e.g. 2026-12-04T17:00:00Z, or milliseconds since the Unix epoch)"))
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .map_err(|_| format!("{s:?} is before 1970"))
+        })
 }
 
 fn print_record(p: u32, r: &StoredRecord, json: bool) {
@@ -474,6 +495,11 @@ async fn consume(
             Start::Beginning => o.log_start,
             Start::End => o.high_watermark,
             Start::Offset(x) => x.clamp(o.log_start, o.high_watermark.max(o.log_start)),
+            Start::Time(ts) => client
+                .offset_for_time(name, p, ts)
+                .await
+                .map_err(ClientError::from)?
+                .map_err(topic_err)?,
         };
         pos.insert(p, (from, o.high_watermark));
     }
@@ -566,6 +592,7 @@ async fn consume_group(
         Start::Beginning => StartFrom::Beginning,
         Start::End => StartFrom::End,
         Start::Offset(o) => StartFrom::Offset(o),
+        Start::Time(t) => StartFrom::Time(t),
     };
     let assignor = match assignor {
         AssignorArg::Range => Assignor::Range,

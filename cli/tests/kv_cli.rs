@@ -316,6 +316,13 @@ fn topic_commands_produce_consume_and_exit_with_documented_codes() {
     expect_exit(&out, 0, "topic produce");
     let produced: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(produced["records"], 3);
+    std::thread::sleep(Duration::from_millis(50));
+    let between = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(50));
     let out = c.starling(2, &["topic", "produce", "orders", "--key", "alice"], Some(b"d\ne\n"));
     expect_exit(&out, 0, "topic produce from stdin");
     let out = c.starling(0, &["topic", "produce", "missing", "x"], None);
@@ -332,6 +339,16 @@ fn topic_commands_produce_consume_and_exit_with_documented_codes() {
     assert_eq!(keyed.len(), 2);
     assert_eq!(keyed[0]["partition"], keyed[1]["partition"]);
     assert!(keyed[0]["offset"].as_i64() < keyed[1]["offset"].as_i64());
+    // From a time: only what was produced after it.
+    let out =
+        c.starling(1, &["topic", "consume", "orders", "--from-time", &between, "--json"], None);
+    expect_exit(&out, 0, "topic consume --from-time");
+    let mut later: Vec<String> =
+        json_lines(&out).iter().map(|r| r["value"].as_str().unwrap().to_string()).collect();
+    later.sort();
+    assert_eq!(later, ["d", "e"]);
+    let out = c.starling(1, &["topic", "consume", "orders", "--from-time", "yesterday"], None);
+    expect_exit(&out, 2, "a bad --from-time");
     // Without --from-beginning a consumer starts at the end: nothing to print.
     let out = c.starling(0, &["topic", "consume", "orders"], None);
     expect_exit(&out, 0, "topic consume from the end");

@@ -147,8 +147,23 @@ impl Client {
         topic: &str,
         partition: u32,
     ) -> Result<Result<PartitionOffsets, TopicError>, Error> {
-        let call = TopicOffsets { topic: topic.to_string(), partition };
+        let call = TopicOffsets { topic: topic.to_string(), partition, timestamp_ms: None };
         retry_refusals(|| self.call(call.clone())).await
+    }
+
+    /// The first offset of a partition whose record timestamp is at or after `timestamp_ms`
+    /// (its high watermark if none is that new), from its leader.
+    pub async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<Result<i64, TopicError>, Error> {
+        let call =
+            TopicOffsets { topic: topic.to_string(), partition, timestamp_ms: Some(timestamp_ms) };
+        Ok(retry_refusals(|| self.call(call.clone()))
+            .await?
+            .map(|o| o.offset_for_time.unwrap_or(o.high_watermark)))
     }
 }
 
@@ -186,6 +201,8 @@ pub enum StartFrom {
     End,
     /// This offset (clamped to the partition's range).
     Offset(i64),
+    /// The first record at or after this time (milliseconds since the Unix epoch).
+    Time(i64),
 }
 
 /// A member of a consumer group reading one topic: it heartbeats to the group's coordinator,
@@ -344,6 +361,12 @@ impl GroupConsumer {
                             StartFrom::Beginning => o.log_start,
                             StartFrom::End => o.high_watermark,
                             StartFrom::Offset(x) => x.clamp(o.log_start, o.high_watermark),
+                            StartFrom::Time(ts) => {
+                                match self.client.offset_for_time(&self.topic, p, ts).await? {
+                                    Ok(at) => at,
+                                    Err(e) => return Ok(Err(e)),
+                                }
+                            }
                         }
                     }
                 };

@@ -95,6 +95,7 @@ enum PCmd {
     State(PartitionState, u64),
     Produce { batches: Vec<u8>, acks: Acks, reply: oneshot::Sender<Result<Produced, TopicError>> },
     Read { offset: i64, max_bytes: usize, reply: oneshot::Sender<Result<Fetched, TopicError>> },
+    OffsetForTime { ts: i64, reply: oneshot::Sender<Result<i64, TopicError>> },
     Stop(oneshot::Sender<()>),
 }
 
@@ -124,6 +125,8 @@ struct Inner<T> {
     view: watch::Receiver<Arc<RingView>>,
     sync: SyncMode,
     parts: Mutex<HashMap<PartKey, Part>>,
+    /// Set by [`Topics::shutdown`]: no partition starts any more.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// The node's topics: cheap to clone.
@@ -186,6 +189,7 @@ impl<T: Transport> Topics<T> {
             view,
             sync,
             parts: Mutex::default(),
+            stopping: Default::default(),
         });
         let topics = Topics { inner };
         tokio::spawn(topics.clone().manage());
@@ -221,6 +225,7 @@ impl<T: Transport> Topics<T> {
 
     /// Stops every partition driver cleanly (flushed, marked clean).
     pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let parts: Vec<Part> = match self.inner.parts.lock() {
             Ok(mut p) => p.drain().map(|(_, v)| v).collect(),
             Err(_) => return,
@@ -679,6 +684,7 @@ impl<T: Transport> Topics<T> {
                     let req = TopicRequest::Offsets(TopicOffsets {
                         topic: name.to_string(),
                         partition: p.partition,
+                        timestamp_ms: None,
                     });
                     self.at_leader(req, false)
                 })
@@ -913,8 +919,18 @@ impl<T: Transport> Topics<T> {
             core.mark_unclean_start();
         }
         core.handle_state(std::time::Instant::now(), state, u64::from(version));
-        if let Ok(mut parts) = self.inner.parts.lock() {
-            parts.insert(key.clone(), Part { cmds: tx.clone(), view: view_rx, incarnation });
+        match self.inner.parts.lock() {
+            Ok(mut parts) if !self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst) => {
+                parts.insert(key.clone(), Part { cmds: tx.clone(), view: view_rx, incarnation });
+            }
+            // Shutting down: leave the log as it is, marked clean.
+            _ => {
+                let mut core = core;
+                if core.log_mut().flush().is_ok() {
+                    let _ = std::fs::write(core.log().dir().join(CLEAN_MARKER), b"");
+                }
+                return;
+            }
         }
         info!(topic = %key.0, partition = key.1, "replicating the partition");
         let driver = Driver {
@@ -988,13 +1004,27 @@ async fn serve(p: &Part, req: TopicRequest) -> Response {
                 }
             }
         }
-        TopicRequest::Offsets(_) => {
+        TopicRequest::Offsets(o) => {
             let v = p.view.borrow().clone();
+            let offset_for_time = match o.timestamp_ms {
+                None => None,
+                Some(ts) => {
+                    let (tx, rx) = oneshot::channel();
+                    if p.cmds.send(PCmd::OffsetForTime { ts, reply: tx }).await.is_err() {
+                        return TopicOffsets::respond(Err(stopped()));
+                    }
+                    match rx.await.unwrap_or_else(|_| Err(stopped())) {
+                        Ok(o) => Some(o),
+                        Err(e) => return TopicOffsets::respond(Err(e)),
+                    }
+                }
+            };
             TopicOffsets::respond(Ok(PartitionOffsets {
                 log_start: v.log_start,
                 log_end: v.log_end,
                 high_watermark: v.high_watermark,
                 leader_epoch: v.leader_epoch,
+                offset_for_time,
             }))
         }
         _ => Response::error(starling_wire::ErrorCode::BadRequest, "not a partition call"),
@@ -1154,6 +1184,20 @@ impl<T: Transport> Driver<T> {
             }
             PCmd::Read { offset, max_bytes, reply } => {
                 let answer = self.read(offset, max_bytes);
+                let _ = reply.send(answer);
+            }
+            PCmd::OffsetForTime { ts, reply } => {
+                let hw = self.core.high_watermark();
+                let answer = if self.core.role() != Role::Leader {
+                    let leader = self.core.state().and_then(|(s, _)| s.leader);
+                    Err(TopicError::NotLeader { leader, epoch: self.core.epoch() })
+                } else {
+                    match self.core.log().offset_for_time(ts) {
+                        Ok(Some(o)) => Ok(o.min(hw)),
+                        Ok(None) => Ok(hw),
+                        Err(e) => Err(TopicError::Storage(e.to_string())),
+                    }
+                };
                 let _ = reply.send(answer);
             }
             PCmd::Stop(done) => return Some(done),

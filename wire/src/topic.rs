@@ -155,6 +155,10 @@ pub struct Fetched {
 pub struct TopicOffsets {
     pub topic: String,
     pub partition: u32,
+    /// Also find the first offset whose record timestamp is at or after this (milliseconds
+    /// since the Unix epoch; Kafka's `ListOffsets` by time).
+    #[serde(default)]
+    pub timestamp_ms: Option<i64>,
 }
 
 /// A partition's offsets as its leader has them.
@@ -164,6 +168,10 @@ pub struct PartitionOffsets {
     pub log_end: i64,
     pub high_watermark: i64,
     pub leader_epoch: i32,
+    /// For a call with a timestamp: the first offset at or after it (the high watermark if
+    /// no record is that new).
+    #[serde(default)]
+    pub offset_for_time: Option<i64>,
 }
 
 /// How a group's partitions are spread over its members (Kafka's assignors).
