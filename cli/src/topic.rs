@@ -72,6 +72,22 @@ pub enum TopicCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Change a topic: add partitions (never remove: keys would move), its min in-sync
+    /// replicas, or retention (closed segments older than --retention, e.g. 7d, or beyond
+    /// --retention-bytes per partition; "none" for no limit).
+    Alter {
+        name: String,
+        #[arg(long)]
+        partitions: Option<u32>,
+        #[arg(long)]
+        min_insync: Option<u32>,
+        #[arg(long, value_parser = parse_limit_duration)]
+        retention: Option<Limit>,
+        #[arg(long, value_parser = parse_limit_bytes)]
+        retention_bytes: Option<Limit>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Append records: the VALUES given, or one per line of stdin. With --key, the partition
     /// is Kafka's default partitioner's (murmur2 of the key); without, round-robin.
     Produce {
@@ -128,6 +144,30 @@ pub enum TopicCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A retention limit: a number, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(Option<i64>);
+
+fn parse_limit_duration(s: &str) -> Result<Limit, String> {
+    if s == "none" {
+        return Ok(Limit(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| Limit(Some(d.as_millis() as i64)))
+        .map_err(|e| format!("{s:?}: {e} (e.g. 7d, 12h, or none)"))
+}
+
+fn parse_limit_bytes(s: &str) -> Result<Limit, String> {
+    if s == "none" {
+        return Ok(Limit(None));
+    }
+    s.parse::<i64>()
+        .ok()
+        .filter(|b| *b > 0)
+        .map(|b| Limit(Some(b)))
+        .ok_or_else(|| format!("{s:?}: a number of bytes, or none"))
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +306,24 @@ async fn run_with(client: &Client, cmd: &TopicCmd) -> Result<()> {
                 println!("{}", serde_json::json!({ "deleted": name }));
             } else {
                 println!("deleted topic {name}");
+            }
+        }
+        TopicCmd::Alter { name, partitions, min_insync, retention, retention_bytes, json } => {
+            let alter = starling_client::topic::TopicAlter {
+                name: name.clone(),
+                partitions: *partitions,
+                min_insync: *min_insync,
+                retention_ms: retention.map(|l| l.0),
+                retention_bytes: retention_bytes.map(|l| l.0.map(|b| b as u64)),
+            };
+            let t = client.call(alter).await.map_err(ClientError::from)?.map_err(topic_err)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&describe_json(&t))?);
+            } else {
+                println!(
+                    "altered topic {}: {} partitions, replication {}, min in-sync {}",
+                    t.name, t.partitions, t.replication, t.min_insync
+                );
             }
         }
         TopicCmd::Produce { name, values, key, partition, acks, json } => {

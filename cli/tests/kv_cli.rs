@@ -402,6 +402,22 @@ fn topic_commands_produce_consume_and_exit_with_documented_codes() {
     expect_exit(&out, 0, "topic describe, human");
     assert!(String::from_utf8_lossy(&out.stdout).contains("high wm"));
 
+    // Partitions can be added, never removed; a new partition takes records at once.
+    let out = c.starling(0, &["topic", "alter", "orders", "--partitions", "3", "--json"], None);
+    expect_exit(&out, 0, "topic alter --partitions");
+    let altered: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(altered["partitions"], 3);
+    let out = c.starling(0, &["topic", "alter", "orders", "--partitions", "1"], None);
+    expect_exit(&out, 2, "removing partitions");
+    let out = c.starling(1, &["topic", "alter", "orders", "--min-insync", "4"], None);
+    expect_exit(&out, 2, "min in-sync over the replication");
+    let out =
+        c.starling(2, &["topic", "produce", "orders", "--partition", "2", "f", "--json"], None);
+    expect_exit(&out, 0, "produce to the new partition");
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(p["batches"][0]["partition"], 2);
+    assert_eq!(p["batches"][0]["base_offset"], 0);
+
     let out = c.starling(2, &["topic", "list"], None);
     expect_exit(&out, 0, "topic list");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "orders");

@@ -31,7 +31,7 @@ use std::time::Duration;
 pub use starling_mq::batch::{NewRecord, StoredRecord};
 pub use starling_mq::topic::{partition_for_key, MAX_PARTITIONS};
 pub use starling_wire::topic::{
-    Acks, Fetched, PartitionInfo, PartitionOffsets, Produced, TopicCreate, TopicDelete,
+    Acks, Fetched, PartitionInfo, PartitionOffsets, Produced, TopicAlter, TopicCreate, TopicDelete,
     TopicDescribe, TopicError, TopicFetch, TopicInfo, TopicList, TopicOffsets, TopicProduce,
 };
 

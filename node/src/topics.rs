@@ -40,9 +40,9 @@ use starling_mq::topic::{
 use starling_wire::meta::{MetaReadAnswer, ReadKind};
 use starling_wire::topic::{
     Acks, Fetched, GroupCommit, GroupCommitted, GroupDescribe, GroupHeartbeat, GroupLeave,
-    PartitionInfo, PartitionOffsets, Produced, TopicCreate, TopicDelete, TopicDescribe, TopicError,
-    TopicFetch, TopicInfo, TopicList, TopicOffsets, TopicPeerRequest, TopicProduce, TopicReplicate,
-    TopicRequest,
+    PartitionInfo, PartitionOffsets, Produced, TopicAlter, TopicCreate, TopicDelete, TopicDescribe,
+    TopicError, TopicFetch, TopicInfo, TopicList, TopicOffsets, TopicPeerRequest, TopicProduce,
+    TopicReplicate, TopicRequest,
 };
 use starling_wire::{Call, NodeId, PeerRequest, Request, Response};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -104,6 +104,8 @@ struct Part {
     cmds: mpsc::Sender<PCmd>,
     /// The topic's incarnation (see [`Topics::scan`]).
     incarnation: u64,
+    /// The settings it runs with (a change restarts it).
+    cfg: TopicConfig,
     view: watch::Receiver<PartView>,
 }
 
@@ -252,6 +254,7 @@ impl<T: Transport> Topics<T> {
                 TopicDescribe::respond(self.describe(&d.name, d.offsets).await)
             }
             TopicRequest::Delete(d) => TopicDelete::respond(self.delete(&d.name).await),
+            TopicRequest::Alter(a) => TopicAlter::respond(self.alter(a).await),
             req
             @ (TopicRequest::Produce(_) | TopicRequest::Fetch(_) | TopicRequest::Offsets(_)) => {
                 self.at_leader(req, false).await
@@ -614,23 +617,7 @@ impl<T: Transport> Topics<T> {
             sequential: false,
         }];
         for p in 0..cfg.partitions {
-            let token = starling_ring::token_of(placement_key(&c.name, p).as_bytes());
-            let replicas = view.ring.replicas(token, cfg.replication as usize);
-            if replicas.len() < cfg.replication as usize {
-                return Err(TopicError::Invalid(format!(
-                    "the ring has {} nodes for partition {p}, fewer than the replication {}",
-                    replicas.len(),
-                    cfg.replication
-                )));
-            }
-            let state =
-                PartitionState { isr: replicas.clone(), replicas, leader: None, leader_epoch: 0 };
-            ops.push(Op::Create {
-                path: partition_path(&c.name, p),
-                data: encode_state(&state),
-                ephemeral: false,
-                sequential: false,
-            });
+            ops.push(self.new_partition(&view, &c.name, p, cfg.replication)?);
         }
         let w = self.inner.meta.write_internal(ops, true).await.map_err(unavailable)?;
         for r in &w.results {
@@ -647,6 +634,92 @@ impl<T: Transport> Topics<T> {
         }
         info!(topic = %c.name, partitions = cfg.partitions, replication = cfg.replication, "topic created");
         self.describe(&c.name, false).await
+    }
+
+    async fn alter(&self, a: TopicAlter) -> Result<TopicInfo, TopicError> {
+        check_name(&a.name).map_err(|e| TopicError::Invalid(e.to_string()))?;
+        let (old, version) = match self.read_meta(&topic_path(&a.name), ReadKind::Data).await? {
+            Ok(r) => (
+                decode_config(&r.data).map_err(TopicError::Invalid)?,
+                r.stat.map_or(0, |s| s.version),
+            ),
+            Err(MetaError::NoNode(_)) => return Err(TopicError::NoTopic(a.name.clone())),
+            Err(e) => return Err(TopicError::Unavailable(e.to_string())),
+        };
+        let mut cfg = old.clone();
+        if let Some(p) = a.partitions {
+            if p < old.partitions {
+                return Err(TopicError::Invalid(format!(
+                    "partitions can only be added: {} has {}, not fewer",
+                    a.name, old.partitions
+                )));
+            }
+            cfg.partitions = p;
+        }
+        if let Some(m) = a.min_insync {
+            cfg.min_insync = m;
+        }
+        if let Some(r) = a.retention_ms {
+            cfg.retention_ms = r;
+        }
+        if let Some(r) = a.retention_bytes {
+            cfg.retention_bytes = r;
+        }
+        let view = self.inner.view.borrow().clone();
+        // The replication is unchanged: check against what the topic already has.
+        cfg.check(view.ring.nodes().count().max(cfg.replication as usize))
+            .map_err(|e| TopicError::Invalid(e.to_string()))?;
+        let mut ops = vec![Op::SetData {
+            path: topic_path(&a.name),
+            data: encode_config(&cfg),
+            version: Some(version),
+        }];
+        for p in old.partitions..cfg.partitions {
+            ops.push(self.new_partition(&view, &a.name, p, cfg.replication)?);
+        }
+        let w = self.inner.meta.write_internal(ops, true).await.map_err(unavailable)?;
+        for r in &w.results {
+            match r {
+                OpResult::Failed(MetaError::BadVersion { .. }) => {
+                    return Err(TopicError::Unavailable(
+                        "the topic changed while it was being altered; retry".into(),
+                    ))
+                }
+                OpResult::Failed(MetaError::RolledBack)
+                | OpResult::Created { .. }
+                | OpResult::Set(_) => {}
+                OpResult::Failed(e) => return Err(TopicError::Invalid(e.to_string())),
+                _ => {}
+            }
+        }
+        info!(topic = %a.name, partitions = cfg.partitions, min_insync = cfg.min_insync, "topic altered");
+        self.describe(&a.name, false).await
+    }
+
+    /// The znode of a new partition: its replicas are the ring's preference list.
+    fn new_partition(
+        &self,
+        view: &RingView,
+        name: &str,
+        p: u32,
+        replication: u32,
+    ) -> Result<Op, TopicError> {
+        let token = starling_ring::token_of(placement_key(name, p).as_bytes());
+        let replicas = view.ring.replicas(token, replication as usize);
+        if replicas.len() < replication as usize {
+            return Err(TopicError::Invalid(format!(
+                "the ring has {} nodes for partition {p}, fewer than the replication {replication}",
+                replicas.len()
+            )));
+        }
+        let state =
+            PartitionState { isr: replicas.clone(), replicas, leader: None, leader_epoch: 0 };
+        Ok(Op::Create {
+            path: partition_path(name, p),
+            data: encode_state(&state),
+            ephemeral: false,
+            sequential: false,
+        })
     }
 
     async fn list(&self) -> Result<Vec<String>, TopicError> {
@@ -784,7 +857,11 @@ impl<T: Transport> Topics<T> {
             Ok(mut parts) => {
                 let keys: Vec<PartKey> = parts
                     .iter()
-                    .filter(|(k, p)| wanted.get(*k).is_none_or(|w| w.3 != p.incarnation))
+                    .filter(|(k, p)| {
+                        wanted.get(*k).is_none_or(|w| {
+                            w.3 != p.incarnation || driver_settings(&w.2) != driver_settings(&p.cfg)
+                        })
+                    })
                     .map(|(k, _)| k.clone())
                     .collect();
                 keys.into_iter().filter_map(|k| parts.remove(&k).map(|p| (k, p))).collect()
@@ -921,7 +998,10 @@ impl<T: Transport> Topics<T> {
         core.handle_state(std::time::Instant::now(), state, u64::from(version));
         match self.inner.parts.lock() {
             Ok(mut parts) if !self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst) => {
-                parts.insert(key.clone(), Part { cmds: tx.clone(), view: view_rx, incarnation });
+                parts.insert(
+                    key.clone(),
+                    Part { cmds: tx.clone(), view: view_rx, incarnation, cfg: cfg.clone() },
+                );
             }
             // Shutting down: leave the log as it is, marked clean.
             _ => {
@@ -945,6 +1025,12 @@ impl<T: Transport> Topics<T> {
         };
         tokio::spawn(driver.run(rx));
     }
+}
+
+/// The settings a partition driver runs with (a change restarts it; a new partition count
+/// does not concern existing partitions).
+fn driver_settings(c: &TopicConfig) -> (u32, Option<i64>, Option<u64>) {
+    (c.min_insync, c.retention_ms, c.retention_bytes)
 }
 
 fn group_failed(req: &TopicRequest, e: TopicError) -> Response {

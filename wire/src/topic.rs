@@ -26,6 +26,8 @@ pub enum TopicRequest {
     Describe(TopicDescribe),
     /// See [`TopicDelete`].
     Delete(TopicDelete),
+    /// See [`TopicAlter`].
+    Alter(TopicAlter),
     /// See [`TopicProduce`].
     Produce(TopicProduce),
     /// See [`TopicFetch`].
@@ -94,6 +96,24 @@ pub struct TopicDescribe {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicDelete {
     pub name: String,
+}
+
+/// Client: change a topic's settings. Partitions can only be added (as Kafka: keys then map to
+/// other partitions); retention applies to closed segments; `min_insync` at most the
+/// replication. Answered with the topic's new [`TopicInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TopicAlter {
+    pub name: String,
+    #[serde(default)]
+    pub partitions: Option<u32>,
+    #[serde(default)]
+    pub min_insync: Option<u32>,
+    /// `Some(None)` keeps closed segments forever.
+    #[serde(default)]
+    pub retention_ms: Option<Option<i64>>,
+    /// `Some(None)`: no size limit.
+    #[serde(default)]
+    pub retention_bytes: Option<Option<u64>>,
 }
 
 /// Producer acknowledgement levels (Kafka's `acks`).
@@ -369,6 +389,7 @@ impl TopicRequest {
             TopicRequest::List => "topic_list",
             TopicRequest::Describe(_) => "topic_describe",
             TopicRequest::Delete(_) => "topic_delete",
+            TopicRequest::Alter(_) => "topic_alter",
             TopicRequest::Produce(_) => "topic_produce",
             TopicRequest::Fetch(_) => "topic_fetch",
             TopicRequest::Offsets(_) => "topic_offsets",
@@ -429,6 +450,7 @@ topic_call!(TopicCreate => TopicInfo, |self| TopicRequest::Create(self), Info(i)
 topic_call!(TopicList => Vec<String>, |self| TopicRequest::List, Names(n));
 topic_call!(TopicDescribe => TopicInfo, |self| TopicRequest::Describe(self), Info(i));
 topic_call!(TopicDelete => (), |self| TopicRequest::Delete(self), Deleted);
+topic_call!(TopicAlter => TopicInfo, |self| TopicRequest::Alter(self), Info(i));
 topic_call!(TopicProduce => Produced, |self| TopicRequest::Produce(self), Produced(p));
 topic_call!(TopicFetch => Fetched, |self| TopicRequest::Fetch(self), Fetched(f));
 topic_call!(TopicOffsets => PartitionOffsets, |self| TopicRequest::Offsets(self), Offsets(o));
