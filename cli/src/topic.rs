@@ -260,6 +260,19 @@ fn describe_human(t: &TopicInfo) -> String {
     out
 }
 
+/// What `create` and `alter` print: the topic's settings (`--json`: as `describe --json`).
+fn print_topic(verb: &str, t: &TopicInfo, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&describe_json(t))?);
+    } else {
+        println!(
+            "{verb} topic {}: {} partitions, replication {}, min in-sync {}",
+            t.name, t.partitions, t.replication, t.min_insync
+        );
+    }
+    Ok(())
+}
+
 async fn run_with(client: &Client, cmd: &TopicCmd) -> Result<()> {
     match cmd {
         TopicCmd::Create { name, partitions, replication, min_insync, json } => {
@@ -268,14 +281,7 @@ async fn run_with(client: &Client, cmd: &TopicCmd) -> Result<()> {
                 .await
                 .map_err(ClientError::from)?
                 .map_err(topic_err)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&describe_json(&t))?);
-            } else {
-                println!(
-                    "created topic {} ({} partitions, replication {}, min in-sync {})",
-                    t.name, t.partitions, t.replication, t.min_insync
-                );
-            }
+            print_topic("created", &t, *json)?;
         }
         TopicCmd::List { json } => {
             let names =
@@ -317,14 +323,7 @@ async fn run_with(client: &Client, cmd: &TopicCmd) -> Result<()> {
                 retention_bytes: retention_bytes.map(|l| l.0.map(|b| b as u64)),
             };
             let t = client.call(alter).await.map_err(ClientError::from)?.map_err(topic_err)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&describe_json(&t))?);
-            } else {
-                println!(
-                    "altered topic {}: {} partitions, replication {}, min in-sync {}",
-                    t.name, t.partitions, t.replication, t.min_insync
-                );
-            }
+            print_topic("altered", &t, *json)?;
         }
         TopicCmd::Produce { name, values, key, partition, acks, json } => {
             produce(client, name, values, key.as_deref(), *partition, (*acks).into(), *json).await?

@@ -215,42 +215,25 @@ fn fuzz_replica(lead: bool) -> (Replica<MemLog>, NodeId, Instant) {
     let (me, other) = (NodeId(1), NodeId(2));
     let now = Instant::now();
     let mut r = Replica::new(me, MemLog::new(), ReplicaConfig::default(), now);
-    let replicas = vec![me, other];
+    let state = |leader, leader_epoch| PartitionState {
+        replicas: vec![me, other],
+        leader,
+        leader_epoch,
+        isr: vec![me, other],
+    };
     if lead {
         // Its own proposal for epoch 1, then the state that records it.
-        let s = PartitionState {
-            replicas: replicas.clone(),
-            leader: None,
-            leader_epoch: 0,
-            isr: replicas.clone(),
+        r.handle_state(now, state(None, 0), 0);
+        r.handle_state(now, state(Some(me), 1), 1);
+        let rec = NewRecord {
+            key: None,
+            value: Some(b"v".to_vec()),
+            headers: Vec::new(),
+            timestamp_ms: 1,
         };
-        r.handle_state(now, s, 0);
-        let s = PartitionState {
-            replicas: replicas.clone(),
-            leader: Some(me),
-            leader_epoch: 1,
-            isr: replicas,
-        };
-        r.handle_state(now, s, 1);
-        let mut rec = encode_batch(
-            &[NewRecord {
-                key: None,
-                value: Some(b"v".to_vec()),
-                headers: Vec::new(),
-                timestamp_ms: 1,
-            }],
-            None,
-        )
-        .expect("encode");
-        let _ = r.produce(now, 1, std::mem::take(&mut rec), Acks::Leader);
+        let _ = r.produce(now, 1, encode_batch(&[rec], None).expect("encode"), Acks::Leader);
     } else {
-        let s = PartitionState {
-            replicas: replicas.clone(),
-            leader: Some(other),
-            leader_epoch: 1,
-            isr: replicas,
-        };
-        r.handle_state(now, s, 1);
+        r.handle_state(now, state(Some(other), 1), 1);
     }
     while r.poll_output().is_some() {}
     (r, other, now)
