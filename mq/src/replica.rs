@@ -882,6 +882,7 @@ impl<L: ReplicaLog> Replica<L> {
     /// recognise a retry of a batch it appended before. Producers seen only before the
     /// scanned window start afresh (their next batch must start a new epoch or sequence 0).
     fn rebuild_producers(&mut self) {
+        self.producers = Producers::new();
         let end = self.log.end_offset();
         let mut at = self.log.recent_start();
         while at < end {
@@ -1122,7 +1123,10 @@ impl<L: ReplicaLog> Replica<L> {
     fn truncate(&mut self, to: i64) {
         match self.log.truncate_to(to) {
             Ok(end) => {
-                self.producers.truncate(end);
+                // The producers' windows hold only their newest batches: ones cut here may
+                // have pushed out older ones that are still in the log, which a retry must
+                // still find. Rebuilt from the log (a truncation follows a leader change).
+                self.rebuild_producers();
                 self.hw = self.hw.min(end);
                 self.event(Event::Truncated(end));
             }

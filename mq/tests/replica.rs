@@ -229,3 +229,40 @@ fn an_idempotent_retry_gets_its_first_offsets_and_is_not_appended_again_even_by_
     assert_eq!(c.acked_offset(late), Some(2));
     assert_eq!(c.values(l2), ["a", "b", "c"]);
 }
+
+/// Found by `mq-sim` (power-loss seed 13871): a producer's window holds only its newest five
+/// batches, so cutting the newest ones (a deposed leader's uncommitted tail) left the window
+/// empty while older batches of that producer were still in the log; when that replica led
+/// again, a retry of its first batch (sequence 0) looked new and was appended twice.
+#[test]
+fn a_truncated_replica_still_knows_producer_batches_older_than_its_window() {
+    use starling_mq::batch::ProducerStamp;
+    let stamp = |seq| Some(ProducerStamp { id: 9, epoch: 0, base_sequence: seq });
+    let mut c = Cluster::mem(3, cfg(1));
+    let first = c.produce_batch(0, batch_of("s0", stamp(0)), Acks::All).unwrap();
+    c.produce_batch(0, batch_of("s1", stamp(1)), Acks::All).unwrap();
+    assert_eq!(c.acked_offset(first), Some(0));
+    // Node 0 is cut off and keeps appending alone: sequences 2..=7 fill its window.
+    c.cut.insert(0);
+    for seq in 2..=7 {
+        c.produce_batch(0, batch_of(&format!("s{seq}"), stamp(seq)), Acks::Leader).unwrap();
+    }
+    // The others elect a leader; node 0 comes back, follows it, and cuts its tail.
+    c.liveness(0, false);
+    let l = c.leader().expect("a new leader");
+    assert_ne!(l, 0);
+    c.cut.clear();
+    c.liveness(0, true);
+    c.run(std::time::Duration::from_secs(2));
+    assert_eq!(c.values(0), ["s0", "s1"]);
+    // Node 0 leads again; the producer retries its first batch.
+    let log = c.crash(l);
+    let other = 3 - l;
+    c.liveness(other, false);
+    c.run(std::time::Duration::from_secs(2));
+    assert_eq!(c.leader(), Some(0));
+    let retry = c.produce_batch(0, batch_of("s0", stamp(0)), Acks::Leader).unwrap();
+    assert_eq!(c.acked_offset(retry), Some(0), "the retry is answered with its first offset");
+    assert_eq!(c.values(0), ["s0", "s1"], "and not appended again");
+    drop(log);
+}
