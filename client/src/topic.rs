@@ -230,6 +230,8 @@ pub struct GroupConsumer {
     generation: u64,
     last_heartbeat: Option<tokio::time::Instant>,
     next_heartbeat: tokio::time::Instant,
+    /// Heartbeats sent.
+    seq: u64,
 }
 
 impl GroupConsumer {
@@ -243,6 +245,8 @@ impl GroupConsumer {
         session: Duration,
     ) -> Result<GroupConsumer, Error> {
         let member = format!("{}-{:016x}", std::process::id(), rand_u64());
+        // As the coordinator clamps it.
+        let session = session.clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut c = GroupConsumer {
             client: client.clone(),
             group: group.to_string(),
@@ -255,6 +259,7 @@ impl GroupConsumer {
             generation: 0,
             last_heartbeat: None,
             next_heartbeat: tokio::time::Instant::now(),
+            seq: 0,
         };
         match c.heartbeat().await? {
             Ok(()) => Ok(c),
@@ -301,16 +306,22 @@ impl GroupConsumer {
             owned: self.assignment(),
             session_timeout_ms: self.session.as_millis() as u32,
             assignor: self.assignor,
+            seq: self.seq + 1,
         };
         self.next_heartbeat = now + self.session / 3;
+        self.seq += 1;
         let answer = match self.client.call(hb).await {
-            Ok(Ok(a)) => a,
+            Ok(Ok(a)) if !a.stale => a,
+            Ok(Ok(_)) => {
+                self.stop_if_silent();
+                return Ok(Ok(()));
+            }
             Ok(Err(e)) => {
-                self.stop_if_silent(now);
+                self.stop_if_silent();
                 return Ok(Err(e));
             }
             Err(e) => {
-                self.stop_if_silent(now);
+                self.stop_if_silent();
                 return Err(e);
             }
         };
@@ -378,7 +389,9 @@ impl GroupConsumer {
 
     /// Without an answer from the coordinator for a whole session, this member may have been
     /// expelled and its partitions given to others: it stops reading them.
-    fn stop_if_silent(&mut self, now: tokio::time::Instant) {
+    fn stop_if_silent(&mut self) {
+        // Measured when the call ended: a heartbeat that hung for a while counts as silence.
+        let now = tokio::time::Instant::now();
         if self.last_heartbeat.is_none_or(|t| now.duration_since(t) >= self.session) {
             self.positions.clear();
         }
@@ -398,6 +411,7 @@ impl GroupConsumer {
                 }
             }
         }
+        self.stop_if_silent();
         let mut out = Vec::new();
         let parts: Vec<(u32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
         let wait = if parts.len() == 1 { max_wait } else { Duration::ZERO };
@@ -495,8 +509,13 @@ impl IdempotentProducer {
         let call = TopicProduce { topic: topic.to_string(), partition, acks, batches };
         let deadline = tokio::time::Instant::now() + PRODUCE_RETRY_FOR;
         let mut pause = Duration::from_millis(20);
+        // Whether some attempt may have been written: then a later refusal does not mean
+        // "nothing written" any more.
+        let mut maybe_written = false;
         loop {
             let r = self.client.call(call.clone()).await;
+            maybe_written |=
+                matches!(&r, Ok(Err(TopicError::OutcomeUnknown(_))) | Err(Error::NoAnswer { .. }));
             let again = match &r {
                 Ok(Err(e)) => e.retriable() || matches!(e, TopicError::OutcomeUnknown(_)),
                 Err(Error::Unreachable { .. } | Error::NoAnswer { .. }) => true,
@@ -517,13 +536,23 @@ impl IdempotentProducer {
                             starling_mq::producer::last_seq(seq, n).wrapping_add(1).max(0),
                         );
                     }
-                    // Unresolved: whether the batch is in the log is unknown, so its sequence
-                    // cannot be reused or skipped; start a new epoch.
-                    Ok(Err(TopicError::OutcomeUnknown(_))) | Err(_) => {
+                    // Any other end: whether the batch is in the log may be unknown, and a
+                    // refused sequence cannot be reused either, so the producer starts a new
+                    // epoch (its sequences start again at 0).
+                    _ => {
                         self.epoch = self.epoch.wrapping_add(1).max(0);
                         self.next_seq.clear();
                     }
-                    Ok(Err(_)) => {}
+                }
+                if maybe_written && !matches!(r, Ok(Ok(_))) {
+                    return Ok(Err(TopicError::OutcomeUnknown(format!(
+                        "an earlier attempt may have been written, and retrying until the deadline did not tell ({})",
+                        match &r {
+                            Ok(Err(e)) => e.to_string(),
+                            Err(e) => e.to_string(),
+                            Ok(Ok(_)) => String::new(),
+                        }
+                    ))));
                 }
                 return r;
             }

@@ -19,6 +19,10 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Batches remembered per producer (Kafka's `max.in.flight.requests.per.connection` bound).
 pub const REMEMBERED_BATCHES: usize = 5;
+/// Producers remembered per partition; beyond it the one whose newest batch is oldest is
+/// forgotten (its next batch must start a new epoch or sequence 0), so producers that come
+/// and go cannot grow the state without bound.
+pub const MAX_PRODUCERS: usize = 10_000;
 
 /// One appended batch of a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +163,16 @@ impl Producers {
 
     /// Records an appended batch (leader and follower alike).
     pub fn record(&mut self, id: i64, meta: BatchMeta) {
+        if !self.by_id.contains_key(&id) && self.by_id.len() >= MAX_PRODUCERS {
+            let oldest = self
+                .by_id
+                .iter()
+                .min_by_key(|(_, b)| b.back().map_or(i64::MIN, |b| b.last_offset))
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.by_id.remove(&oldest);
+            }
+        }
         let batches = self.by_id.entry(id).or_default();
         if batches.back().is_some_and(|b| b.epoch < meta.epoch) {
             batches.clear();

@@ -762,10 +762,13 @@ impl<L: ReplicaLog> Replica<L> {
             });
         }
         let isr = self.committed_isr().len();
-        if acks == Acks::All && isr < self.cfg.min_insync {
+        // A retry of batches already appended is answered whatever the ISR is now (with
+        // `acks=all`, once the high watermark passes them).
+        let duplicate = self.check_producers(&bytes)?;
+        if duplicate.is_none() && acks == Acks::All && isr < self.cfg.min_insync {
             return Err(ProduceError::NotEnoughReplicas { isr, min: self.cfg.min_insync });
         }
-        if let Some((base, last)) = self.check_producers(&bytes)? {
+        if let Some((base, last)) = duplicate {
             // A retry of batches already appended: answered with the offsets they got, once
             // they are as replicated as `acks` asks; nothing appended again.
             match acks {
@@ -840,7 +843,7 @@ impl<L: ReplicaLog> Replica<L> {
                 continue;
             }
             let first = v.base_sequence();
-            let last = producer::last_seq(first, v.last_offset_delta() + 1);
+            let last = producer::last_seq(first, v.last_offset_delta().saturating_add(1));
             match self.producers.check(id, v.producer_epoch(), first, last) {
                 Ok(Verdict::Append) => fresh = true,
                 Ok(Verdict::Duplicate { first_offset, last_offset }) => {
@@ -870,7 +873,10 @@ impl<L: ReplicaLog> Replica<L> {
                 BatchMeta {
                     epoch: v.producer_epoch(),
                     first_seq,
-                    last_seq: producer::last_seq(first_seq, v.last_offset_delta() + 1),
+                    last_seq: producer::last_seq(
+                        first_seq,
+                        v.last_offset_delta().saturating_add(1),
+                    ),
                     first_offset: v.base_offset(),
                     last_offset: v.last_offset(),
                 },

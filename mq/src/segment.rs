@@ -400,6 +400,9 @@ impl Segment {
                     .push(TimeEntry { timestamp: self.max_timestamp, relative_offset: rel });
             }
         }
+        // Always synced: a detached flush may have marked the log clean before its fsync
+        // finished.
+        self.log.sync_data()?;
         self.flush()?;
         let (_, idx, tidx) = paths(&self.dir, self.base);
         File::open(idx)?.sync_all()?;

@@ -40,6 +40,8 @@ pub fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
 struct Member {
     deadline: Instant,
     held: BTreeSet<u32>,
+    /// The newest heartbeat's sequence number.
+    seq: u64,
 }
 
 #[derive(Debug)]
@@ -48,12 +50,20 @@ struct Group {
     assignor: Assignor,
     generation: u64,
     members: BTreeMap<String, Member>,
+    /// Until then, only partitions a member reports reading are granted: this coordinator is
+    /// new to the group (it restarted, or the ring moved the group to it), and members it has
+    /// not heard from yet may still be reading theirs. They stop by themselves once their
+    /// session passes without an answer from a coordinator.
+    adopt_until: Option<Instant>,
 }
 
 /// Every group this node coordinates.
 #[derive(Debug, Default)]
 pub struct Groups {
     groups: Mutex<HashMap<String, Group>>,
+    /// Until then, a group this node starts coordinating may have been coordinated elsewhere
+    /// a moment ago (this node just started, or the ring just changed): see `adopt_until`.
+    unsettled_until: Mutex<Option<Instant>>,
 }
 
 /// The target assignment: member -> partitions.
@@ -118,6 +128,13 @@ impl Group {
 }
 
 impl Groups {
+    /// Groups this node starts coordinating before `until` may have had members elsewhere:
+    /// called when the node starts and whenever the ring or its members' liveness changes.
+    pub fn unsettled(&self, until: Instant) {
+        let mut u = self.unsettled_until.lock().unwrap_or_else(|p| p.into_inner());
+        *u = Some(u.map_or(until, |t| t.max(until)));
+    }
+
     /// A member's heartbeat (or join); `partitions` is the topic's partition count.
     pub fn heartbeat(
         &self,
@@ -134,6 +151,17 @@ impl Groups {
             assignor: hb.assignor,
             generation: 0,
             members: BTreeMap::new(),
+            // New here while the ring was unsettled: readers elsewhere stop within their
+            // session (the first member's, as members of a group share their settings).
+            adopt_until: self
+                .unsettled_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .filter(|t| *t > now)
+                .map(|_| {
+                    now + Duration::from_millis(u64::from(hb.session_timeout_ms))
+                        .clamp(SESSION_MIN, SESSION_MAX)
+                }),
         });
         g.expire(now);
         if g.members.is_empty() {
@@ -147,10 +175,24 @@ impl Groups {
         }
         let timeout =
             Duration::from_millis(u64::from(hb.session_timeout_ms)).clamp(SESSION_MIN, SESSION_MAX);
-        if !g.members.contains_key(&hb.member) {
-            g.generation += 1;
-            g.members.insert(hb.member.clone(), Member { deadline: now, held: BTreeSet::new() });
+        match g.members.get(&hb.member) {
+            Some(m) if hb.seq != 0 && hb.seq <= m.seq => {
+                // A late copy of an older heartbeat: answer with what the member holds.
+                return Ok(GroupAssignment {
+                    generation: g.generation,
+                    partitions: m.held.iter().copied().collect(),
+                    members: g.members.len() as u32,
+                    stale: true,
+                });
+            }
+            Some(_) => {}
+            None => {
+                g.generation += 1;
+                let m = Member { deadline: now, held: BTreeSet::new(), seq: 0 };
+                g.members.insert(hb.member.clone(), m);
+            }
         }
+        let adopting = g.adopt_until.is_some_and(|t| now < t);
         let held_by_others: BTreeSet<u32> = g
             .members
             .iter()
@@ -169,17 +211,23 @@ impl Groups {
         let grant: BTreeSet<u32> = mine
             .iter()
             .copied()
-            .filter(|p| reported.contains(p) || !held_by_others.contains(p))
+            .filter(|p| reported.contains(p) || (!adopting && !held_by_others.contains(p)))
             .collect();
         let generation = g.generation;
         let members = g.members.len() as u32;
         if let Some(m) = g.members.get_mut(&hb.member) {
             m.deadline = now + timeout;
+            m.seq = hb.seq;
             // Still held: what it reads now (it stops what the answer leaves out, and says so
             // in its next heartbeat), and what the answer grants.
             m.held = reported.union(&grant).copied().collect();
         }
-        Ok(GroupAssignment { generation, partitions: grant.into_iter().collect(), members })
+        Ok(GroupAssignment {
+            generation,
+            partitions: grant.into_iter().collect(),
+            members,
+            stale: false,
+        })
     }
 
     /// Whether `member` holds every partition in `partitions` of `topic`.
@@ -218,6 +266,7 @@ impl Groups {
                 g.generation += 1;
             }
         }
+        groups.retain(|_, g| !g.members.is_empty());
     }
 
     /// The groups with members (all, or one).
@@ -248,7 +297,49 @@ mod tests {
             owned: owned.to_vec(),
             session_timeout_ms: 3_000,
             assignor: Assignor::Range,
+            seq: 0,
         }
+    }
+
+    #[test]
+    fn a_coordinator_new_to_a_group_grants_only_what_members_report_until_sessions_pass() {
+        let groups = Groups::default();
+        let now = Instant::now();
+        groups.unsettled(now + Duration::from_secs(30));
+        // b heartbeats first and reads nothing; a, which reads both, keeps them.
+        assert!(groups.heartbeat(&hb("b", &[]), 2, now).unwrap().partitions.is_empty());
+        assert_eq!(groups.heartbeat(&hb("a", &[0, 1]), 2, now).unwrap().partitions, vec![0]);
+        // Still within the first member's session: nothing unreported is granted.
+        let t1 = now + Duration::from_secs(2);
+        let (mut a, mut b) = (hb("a", &[0, 1]), hb("b", &[]));
+        (a.seq, b.seq) = (1, 1);
+        assert!(groups.heartbeat(&b, 2, t1).unwrap().partitions.is_empty());
+        assert_eq!(groups.heartbeat(&a, 2, t1).unwrap().partitions, vec![0]);
+        // Past it: partition 1 moves once a says it stopped reading it.
+        let t2 = now + Duration::from_millis(3500);
+        b.seq = 2;
+        assert!(groups.heartbeat(&b, 2, t2).unwrap().partitions.is_empty(), "a still holds 1");
+        (a.seq, a.owned) = (2, vec![0]);
+        groups.heartbeat(&a, 2, t2).unwrap();
+        b.seq = 3;
+        assert_eq!(groups.heartbeat(&b, 2, t2).unwrap().partitions, vec![1]);
+    }
+
+    #[test]
+    fn a_late_copy_of_an_older_heartbeat_changes_nothing() {
+        let groups = Groups::default();
+        let now = Instant::now();
+        let mut a = hb("a", &[]);
+        a.seq = 1;
+        assert_eq!(groups.heartbeat(&a, 2, now).unwrap().partitions, vec![0, 1]);
+        a.seq = 2;
+        a.owned = vec![0, 1];
+        groups.heartbeat(&a, 2, now).unwrap();
+        // The copy of seq 1 (reporting nothing) arrives late: a still holds both.
+        a.seq = 1;
+        a.owned = vec![];
+        assert!(groups.heartbeat(&a, 2, now).unwrap().stale);
+        assert!(groups.check_commit("g", "a", "t", &[0, 1], now).is_ok());
     }
 
     #[test]

@@ -195,7 +195,28 @@ impl<T: Transport> Topics<T> {
         });
         let topics = Topics { inner };
         tokio::spawn(topics.clone().manage());
+        tokio::spawn(topics.clone().watch_ring());
         topics
+    }
+
+    /// Marks the group coordinator unsettled at start and whenever the ring or a member's
+    /// liveness changes (groups may move to this node, whose members it has not heard yet).
+    async fn watch_ring(self) {
+        let mut view = self.inner.view.clone();
+        let key = |v: &RingView| {
+            let mut down: Vec<NodeId> = v.down.keys().copied().collect();
+            down.sort();
+            (v.ring.digest(), down)
+        };
+        let mut last = key(&view.borrow());
+        self.inner.groups.unsettled(std::time::Instant::now() + crate::groups::SESSION_MAX);
+        while view.changed().await.is_ok() {
+            let now = key(&view.borrow());
+            if now != last {
+                last = now;
+                self.inner.groups.unsettled(std::time::Instant::now() + crate::groups::SESSION_MAX);
+            }
+        }
     }
 
     /// The partitions this node replicates, for `/status`.
@@ -267,12 +288,17 @@ impl<T: Transport> Topics<T> {
     pub async fn handle_peer(&self, req: TopicPeerRequest) -> Response {
         match req {
             TopicPeerRequest::Replicate { topic, partition, from, msg } => {
-                let Ok(msg) = rmp_serde::from_slice::<Msg>(&msg) else {
+                let Ok(mut msg) = rmp_serde::from_slice::<Msg>(&msg) else {
                     return Response::error(
                         starling_wire::ErrorCode::BadRequest,
                         "undecodable replication message",
                     );
                 };
+                if let Msg::Fetch { max_bytes, .. } = &mut msg {
+                    // A fetch answer is at most a quarter of a request body (one batch more
+                    // if it is larger: batches are whole).
+                    *max_bytes = (*max_bytes).min(starling_wire::MAX_REQUEST_BODY as u32 / 4);
+                }
                 if let Some(p) = self.part(&(topic, partition)) {
                     // Full queue: drop, as a lossy network would; the follower fetches again.
                     let _ = p.cmds.try_send(PCmd::Msg(from, msg));
@@ -459,7 +485,7 @@ impl<T: Transport> Topics<T> {
                 (v.leader, v.leader_epoch)
             }
             None => match self.partition_state(&topic, partition).await {
-                Ok((s, _)) => (s.leader, s.leader_epoch),
+                Ok((s, _, _)) => (s.leader, s.leader_epoch),
                 Err(e) => return fail(e),
             },
         };
@@ -565,11 +591,11 @@ impl<T: Transport> Topics<T> {
         &self,
         name: &str,
         partition: u32,
-    ) -> Result<(PartitionState, u32), TopicError> {
+    ) -> Result<(PartitionState, u32, u64), TopicError> {
         match self.read_meta(&partition_path(name, partition), ReadKind::Data).await? {
             Ok(a) => {
                 let s = decode_state(&a.data).map_err(TopicError::Invalid)?;
-                Ok((s, a.stat.map_or(0, |s| s.version)))
+                Ok((s, a.stat.map_or(0, |s| s.version), a.stat.map_or(0, |s| s.czxid.0)))
             }
             Err(MetaError::NoNode(_)) => {
                 // Which is missing: the topic or the partition?
@@ -739,7 +765,7 @@ impl<T: Transport> Topics<T> {
         let mut parts = Vec::with_capacity(cfg.partitions as usize);
         let addrs = self.inner.view.borrow().addrs.clone();
         for p in 0..cfg.partitions {
-            let (s, _) = self.partition_state(name, p).await?;
+            let (s, _, _) = self.partition_state(name, p).await?;
             parts.push(PartitionInfo {
                 partition: p,
                 leader_addr: s.leader.and_then(|l| addrs.get(&l)).map(|a| a.to_string()),
@@ -824,20 +850,25 @@ impl<T: Transport> Topics<T> {
     /// zxid that created its znode, as Kafka's topic ids): a topic deleted and created again
     /// under the same name is a new topic, whose replicas start from empty logs.
     async fn scan(&self, seen_topics: &mut HashMap<String, u64>) -> Result<(), TopicError> {
+        if self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         let names = self.list().await?;
         let mut current: HashMap<String, u64> = HashMap::new();
         let mut wanted: BTreeMap<PartKey, (PartitionState, u32, TopicConfig, u64)> =
             BTreeMap::new();
         for name in &names {
-            let (cfg, incarnation) = match self.topic_config_and_id(name).await {
+            let (cfg, topic_id) = match self.topic_config_and_id(name).await {
                 Ok(c) => c,
                 Err(TopicError::NoTopic(_)) => continue,
                 Err(e) => return Err(e),
             };
-            current.insert(name.clone(), incarnation);
+            current.insert(name.clone(), topic_id);
             for p in 0..cfg.partitions {
                 match self.partition_state(name, p).await {
-                    Ok((s, v)) if s.replicas.contains(&self.inner.me) => {
+                    // A partition is known by the zxid that created its znode (so one of a
+                    // topic deleted and created again is a new one).
+                    Ok((s, v, incarnation)) if s.replicas.contains(&self.inner.me) => {
                         wanted.insert((name.clone(), p), (s, v, cfg.clone(), incarnation));
                     }
                     Ok(_) => {}
@@ -859,7 +890,9 @@ impl<T: Transport> Topics<T> {
                     .iter()
                     .filter(|(k, p)| {
                         wanted.get(*k).is_none_or(|w| {
-                            w.3 != p.incarnation || driver_settings(&w.2) != driver_settings(&p.cfg)
+                            w.3 != p.incarnation
+                                || driver_settings(&w.2) != driver_settings(&p.cfg)
+                                || p.cmds.is_closed()
                         })
                     })
                     .map(|(k, _)| k.clone())
@@ -877,7 +910,8 @@ impl<T: Transport> Topics<T> {
         }
         for t in gone {
             seen_topics.remove(&t);
-            self.remove_topic_data(&t);
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.remove_topic_data(&t)).await;
         }
         seen_topics.extend(current);
         for (key, (state, version, cfg, incarnation)) in wanted {
@@ -925,6 +959,9 @@ impl<T: Transport> Topics<T> {
             retention_bytes: cfg.retention_bytes,
             ..LogConfig::default()
         };
+        if self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let marker = dir.join(CLEAN_MARKER);
         let open_dir = dir.clone();
         let opened = tokio::task::spawn_blocking(move || {
@@ -990,7 +1027,16 @@ impl<T: Transport> Topics<T> {
             flush_each_append: matches!(self.inner.sync, SyncMode::Always),
             ..ReplicaConfig::default()
         };
-        let mut core = Replica::new(self.inner.me, log, rcfg, std::time::Instant::now());
+        // Starting a replica reads its log's newest segment (producer state): off the runtime.
+        let me = self.inner.me;
+        let core = tokio::task::spawn_blocking(move || {
+            Replica::new(me, log, rcfg, std::time::Instant::now())
+        })
+        .await;
+        let Ok(mut core) = core else {
+            error!(topic = %key.0, partition = key.1, "partition start task failed");
+            return;
+        };
         if unclean {
             warn!(topic = %key.0, partition = key.1, "the partition's replica did not stop cleanly: it stays out of leadership until it has caught up");
             core.mark_unclean_start();
@@ -1003,12 +1049,9 @@ impl<T: Transport> Topics<T> {
                     Part { cmds: tx.clone(), view: view_rx, incarnation, cfg: cfg.clone() },
                 );
             }
-            // Shutting down: leave the log as it is, marked clean.
+            // Shutting down: leave the log as it is (its next start counts as unclean).
             _ => {
-                let mut core = core;
-                if core.log_mut().flush().is_ok() {
-                    let _ = std::fs::write(core.log().dir().join(CLEAN_MARKER), b"");
-                }
+                drop(core);
                 return;
             }
         }
@@ -1022,6 +1065,8 @@ impl<T: Transport> Topics<T> {
             waiting: HashMap::new(),
             next_id: 0,
             liveness: HashMap::new(),
+            sync_failed: false,
+            incarnation,
         };
         tokio::spawn(driver.run(rx));
     }
@@ -1128,6 +1173,10 @@ struct Driver<T> {
     next_id: u64,
     /// The liveness last reported to the core.
     liveness: HashMap<NodeId, bool>,
+    /// A detached fsync failed: no clean-stop marker.
+    sync_failed: bool,
+    /// The zxid that created the partition's znode (states of another znode are not its).
+    incarnation: u64,
 }
 
 impl<T: Transport> Driver<T> {
@@ -1220,11 +1269,14 @@ impl<T: Transport> Driver<T> {
         let flushed = self.core.log_mut().flush();
         if let Some(done) = stop {
             match flushed {
-                Ok(()) => {
+                Ok(()) if !self.sync_failed => {
                     let marker = self.core.log().dir().join(CLEAN_MARKER);
                     if let Err(e) = std::fs::write(&marker, b"") {
                         warn!(error = %e, "cannot record the partition's clean stop");
                     }
+                }
+                Ok(()) => {
+                    warn!(topic = %self.key.0, partition = self.key.1, "an fsync of the partition's log failed earlier: its next start counts as unclean")
                 }
                 Err(e) => error!(error = %e, "cannot flush the partition's log on stop"),
             }
@@ -1232,7 +1284,11 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    fn report_sync(&self, r: Result<std::io::Result<()>, tokio::task::JoinError>) {
+    fn report_sync(&mut self, r: Result<std::io::Result<()>, tokio::task::JoinError>) {
+        if !matches!(r, Ok(Ok(()))) {
+            // What was appended may not be on disk: the next start is not a clean one.
+            self.sync_failed = true;
+        }
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -1390,8 +1446,15 @@ impl<T: Transport> Driver<T> {
         let inner = self.inner.clone();
         let cmds = self.cmds.clone();
         let (topic, p) = self.key.clone();
+        let incarnation = self.incarnation;
         tokio::spawn(async move {
             let path = partition_path(&topic, p);
+            // Only onto this partition's znode, not one of a topic created again under the
+            // same name (the versions of the two could match).
+            match inner.meta.read_local(&path, ReadKind::Stat).await {
+                Ok(Ok(a)) if a.stat.is_some_and(|s| s.czxid.0 == incarnation) => {}
+                _ => return,
+            }
             let op = Op::SetData {
                 path: path.clone(),
                 data: encode_state(&state),
@@ -1407,7 +1470,7 @@ impl<T: Transport> Driver<T> {
                     warn!(topic, partition = p, error = %e, "partition state proposal failed")
                 }
             }
-            refresh_state(&inner, &cmds, &topic, p).await;
+            refresh_state(&inner, &cmds, &topic, p, incarnation).await;
         });
     }
 
@@ -1415,7 +1478,8 @@ impl<T: Transport> Driver<T> {
         let inner = self.inner.clone();
         let cmds = self.cmds.clone();
         let (topic, p) = self.key.clone();
-        tokio::spawn(async move { refresh_state(&inner, &cmds, &topic, p).await });
+        let incarnation = self.incarnation;
+        tokio::spawn(async move { refresh_state(&inner, &cmds, &topic, p, incarnation).await });
     }
 
     fn event(&mut self, e: Event) {
@@ -1452,9 +1516,15 @@ async fn refresh_state<T: Transport>(
     cmds: &mpsc::Sender<PCmd>,
     topic: &str,
     p: u32,
+    incarnation: u64,
 ) {
     if let Ok(Ok(a)) = inner.meta.read_local(&partition_path(topic, p), ReadKind::Data).await {
         if let (Ok(s), Some(stat)) = (decode_state(&a.data), a.stat) {
+            if stat.czxid.0 != incarnation {
+                // A partition of the same name created again: not this replica's (the
+                // manager stops it).
+                return;
+            }
             let _ = cmds.send(PCmd::State(s, u64::from(stat.version))).await;
         }
     }

@@ -219,6 +219,10 @@ pub struct GroupHeartbeat {
     pub session_timeout_ms: u32,
     #[serde(default)]
     pub assignor: Assignor,
+    /// Grows with each heartbeat of this member: a late copy of an older one (a call that
+    /// timed out on the client but was still being forwarded) changes nothing.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// A heartbeat's answer.
@@ -231,6 +235,9 @@ pub struct GroupAssignment {
     pub partitions: Vec<u32>,
     /// Members in the group.
     pub members: u32,
+    /// The answer to a late copy of an older heartbeat (nothing changed): ignore it.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// Client: record where the member got to in its partitions (the offsets of the next records
