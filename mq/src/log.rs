@@ -330,9 +330,10 @@ impl Log {
         self.epochs.end_offset_for(epoch, self.end_offset())
     }
 
-    /// Base offset of the active (last) segment.
-    pub fn active_base(&self) -> i64 {
-        self.active().base
+    /// Base offset of the segment before the active one (of the active one if it is the only
+    /// one): the newest batches, at least a whole segment of them.
+    pub fn recent_base(&self) -> i64 {
+        self.segments.keys().rev().nth(1).or(self.segments.keys().next_back()).copied().unwrap_or(0)
     }
 
     fn active(&self) -> &Segment {

@@ -33,8 +33,9 @@ pub trait ReplicaLog {
     fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64);
     /// Newest epoch in the log.
     fn latest_epoch(&self) -> Option<i32>;
-    /// Where the recent part of the log starts (the active segment), which a restarted replica
-    /// scans to rebuild its idempotent producers' state.
+    /// Where the recent part of the log starts (the segment before the active one), which a
+    /// replica scans to rebuild its idempotent producers' state on start and after a
+    /// truncation.
     fn recent_start(&self) -> i64 {
         self.start_offset()
     }
@@ -79,7 +80,7 @@ impl ReplicaLog for Log {
         self.epochs().latest_epoch()
     }
     fn recent_start(&self) -> i64 {
-        Log::active_base(self).max(Log::start_offset(self))
+        Log::recent_base(self).max(Log::start_offset(self))
     }
     fn flush(&mut self) -> Result<(), LogError> {
         Log::flush(self)

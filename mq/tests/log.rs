@@ -438,3 +438,23 @@ fn a_detached_flush_hands_the_fsync_to_the_caller_once() {
     assert_eq!(values(&log, 0), before);
     assert_eq!(before.len(), 3);
 }
+
+#[test]
+fn the_recent_part_of_a_log_is_its_last_two_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(log.recent_base(), 0, "one segment: all of it");
+    fill(&mut log, "r", 40, 1, 1_000);
+    let bases: Vec<i64> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_suffix(".log").and_then(|b| b.parse().ok())
+        })
+        .collect::<std::collections::BTreeSet<i64>>()
+        .into_iter()
+        .collect();
+    assert!(bases.len() >= 3, "{bases:?}");
+    assert_eq!(log.recent_base(), bases[bases.len() - 2]);
+}
