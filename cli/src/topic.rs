@@ -364,6 +364,18 @@ async fn run_with(client: &Client, cmd: &TopicCmd) -> Result<()> {
     Ok(())
 }
 
+/// `--partition P` must be one of the topic's.
+fn check_partition(name: &str, p: u32, partitions: u32) -> Result<()> {
+    if p >= partitions {
+        return Err(ClientError::BadInput(format!(
+            "topic {name} has partitions 0 to {}, not {p}",
+            partitions.saturating_sub(1)
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Records per produce call when reading stdin.
 const STDIN_BATCH: usize = 1000;
 
@@ -380,13 +392,7 @@ async fn produce(
         client.describe_topic(name, false).await.map_err(ClientError::from)?.map_err(topic_err)?;
     let partitions = info.partitions;
     if let Some(p) = partition {
-        if p >= partitions {
-            return Err(ClientError::BadInput(format!(
-                "topic {name} has partitions 0 to {}, not {p}",
-                partitions - 1
-            ))
-            .into());
-        }
+        check_partition(name, p, partitions)?;
     }
     let mut next_rr = (now_ms() as u64 % u64::from(partitions)) as u32;
     let mut pick = |k: Option<&str>| match (partition, k) {
@@ -534,9 +540,9 @@ async fn consume(
     let info =
         client.describe_topic(name, false).await.map_err(ClientError::from)?.map_err(topic_err)?;
     let parts: Vec<u32> = match only {
-        Some(p) if p < info.partitions => vec![p],
         Some(p) => {
-            return Err(ClientError::BadInput(format!("topic {name} has no partition {p}")).into())
+            check_partition(name, p, info.partitions)?;
+            vec![p]
         }
         None => (0..info.partitions).collect(),
     };

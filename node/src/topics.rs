@@ -86,8 +86,12 @@ pub struct PartView {
     pub log_end: i64,
     pub high_watermark: i64,
     pub size_bytes: u64,
-    #[serde(skip)]
-    leads: bool,
+}
+
+impl PartView {
+    fn leads(&self) -> bool {
+        self.role == "leader"
+    }
 }
 
 enum PCmd {
@@ -475,7 +479,7 @@ impl<T: Transport> Topics<T> {
         };
         let key = (topic.clone(), partition);
         let local = self.part(&key);
-        if let Some(p) = local.as_ref().filter(|p| p.view.borrow().leads) {
+        if let Some(p) = local.as_ref().filter(|p| p.view.borrow().leads()) {
             return serve(p, req).await;
         }
         let fail = |e: TopicError| failed(&req, e);
@@ -1017,7 +1021,6 @@ impl<T: Transport> Topics<T> {
             log_end: log.end_offset(),
             high_watermark: log.start_offset(),
             size_bytes: log.size_bytes(),
-            leads: false,
         };
         let (view_tx, view_rx) = watch::channel(view);
         let rcfg = ReplicaConfig {
@@ -1025,6 +1028,9 @@ impl<T: Transport> Topics<T> {
             // Within a client's default 5 s request deadline.
             produce_timeout: Duration::from_secs(4),
             flush_each_append: matches!(self.inner.sync, SyncMode::Always),
+            // The manager hands every driver its partition's state every SCAN_EVERY already;
+            // the core's own periodic re-read is only a backstop.
+            refresh_every: Duration::from_secs(5),
             ..ReplicaConfig::default()
         };
         // Starting a replica reads its log's newest segment (producer state): off the runtime.
@@ -1129,7 +1135,7 @@ async fn serve(p: &Part, req: TopicRequest) -> Response {
                     return TopicFetch::respond(answer);
                 }
                 view.borrow_and_update();
-                let moved = view.wait_for(|v| v.high_watermark > f.offset || !v.leads);
+                let moved = view.wait_for(|v| v.high_watermark > f.offset || !v.leads());
                 if tokio::time::timeout_at(deadline, moved).await.is_err() {
                     return TopicFetch::respond(answer);
                 }
@@ -1415,7 +1421,6 @@ impl<T: Transport> Driver<T> {
             log_end: log.end_offset(),
             high_watermark: self.core.high_watermark(),
             size_bytes: log.size_bytes(),
-            leads: role == Role::Leader,
         };
         self.view_tx.send_if_modified(|v| {
             let changed = *v != next;
