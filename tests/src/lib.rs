@@ -8,5 +8,6 @@ pub mod history;
 pub mod kv;
 pub mod mq;
 pub mod register;
+pub mod repair;
 pub mod sim;
 pub mod zab;

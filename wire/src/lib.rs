@@ -40,6 +40,7 @@ pub mod frame;
 pub mod kv;
 mod message;
 pub mod meta;
+pub mod repair;
 pub mod status;
 pub mod topic;
 

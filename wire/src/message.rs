@@ -13,9 +13,11 @@
 //!                                     │     | Versions | Scan | Hint
 //!                                     ├─ Meta(MetaPeerRequest): Zab | Propose | Touch
 //!                                     │     | LeaderZxid
-//!                                     └─ Topic(TopicPeerRequest): Replicate | Leader
+//!                                     ├─ Topic(TopicPeerRequest): Replicate | Leader
+//!                                     └─ Repair(RepairRequest): Roots | Children | Entries
+//!                                           | Push | Repaired
 //! Response ── Ok | Error | Status | Echo | Clock | Kv(KvResponse) | Replica(ReplicaResponse)
-//!             | Meta(MetaResponse) | Topic(TopicResponse)
+//!             | Meta(MetaResponse) | Topic(TopicResponse) | Repair(RepairResponse)
 //! ```
 //!
 //! A node refuses every [`Request::Peer`] from a client certificate; the split is structural, so
@@ -49,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kv::{Consistency, Key, NodeId, ReadAnswer, Record, Version};
 use crate::meta::{MetaPeerRequest, MetaRequest, MetaResponse};
+use crate::repair::{RepairRequest, RepairResponse};
 use crate::topic::{TopicPeerRequest, TopicRequest, TopicResponse};
 
 /// What a client or a peer asks a node.
@@ -85,6 +88,13 @@ impl Request {
             Request::Peer(PeerRequest::Gossip(_)) => "gossip",
             Request::Peer(PeerRequest::Leave) => "leave",
             Request::Peer(PeerRequest::Clock) => "clock",
+            Request::Peer(PeerRequest::Repair(r)) => match r {
+                RepairRequest::Roots { .. } => "repair_roots",
+                RepairRequest::Children { .. } => "repair_children",
+                RepairRequest::Entries { .. } => "repair_entries",
+                RepairRequest::Push(_) => "repair_push",
+                RepairRequest::Repaired { .. } => "repair_repaired",
+            },
             Request::Peer(PeerRequest::Replica(r)) => match r {
                 ReplicaRequest::Write(_) => "replica_write",
                 ReplicaRequest::Read(_) => "replica_read",
@@ -138,6 +148,8 @@ pub enum PeerRequest {
     Meta(MetaPeerRequest),
     /// Partition replication, and topic calls forwarded to a partition leader.
     Topic(TopicPeerRequest),
+    /// Anti-entropy: one step of a Merkle-tree sync session.
+    Repair(RepairRequest),
 }
 
 /// What a coordinator (or a joining, leaving or hint-holding node) asks a replica.
@@ -186,6 +198,8 @@ pub enum Response {
     Meta(Box<MetaResponse>),
     /// Answers of the topic calls.
     Topic(Box<TopicResponse>),
+    /// Answers of the repair calls.
+    Repair(RepairResponse),
 }
 
 impl Response {
@@ -211,6 +225,7 @@ impl Response {
             Response::Replica(ReplicaResponse::Page(_)) => "replica page",
             Response::Meta(m) => m.kind(),
             Response::Topic(t) => t.kind(),
+            Response::Repair(_) => "repair",
         }
     }
 }

@@ -1,0 +1,122 @@
+//! Anti-entropy (Merkle-tree repair) between two replicas: the messages of one sync session.
+//!
+//! The initiator asks, the responder answers; the responder keeps no session state, so a lost
+//! message or a restart costs one session, never a wrong result. The exchange, and why it follows
+//! the divergence rather than the data size, is in `merkle/ALGORITHM.md`:
+//!
+//! ```text
+//! Roots    (ranges)                     -> roots                 equal roots: range done
+//! Children (range, level, nodes)        -> children's hashes     descend only where they differ
+//! Entries  (range, leaf, entry hashes)  -> records it has that the initiator lacks,
+//!                                          entry hashes it wants
+//! Push     (records)                    -> ok                    the records the responder wanted
+//! Repaired (ranges, since)              -> ok                    a round covered these ranges
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::kv::Record;
+
+/// A token range `(start, end]` (wrapping past `u64::MAX`; `start == end` is the whole ring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TokenRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// 64-bit hashes packed as 8 little-endian bytes each (one msgpack `bin`, 8 bytes a hash).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hashes(pub Vec<u64>);
+
+impl Serialize for Hashes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(self.0.len() * 8);
+        for h in &self.0 {
+            bytes.extend_from_slice(&h.to_le_bytes());
+        }
+        s.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hashes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = crate::bin::deserialize(d)?;
+        if bytes.len() % 8 != 0 {
+            return Err(serde::de::Error::custom(format!(
+                "hashes: {} bytes is not a multiple of 8",
+                bytes.len()
+            )));
+        }
+        Ok(Hashes(
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+        ))
+    }
+}
+
+/// What a repair initiator asks a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RepairRequest {
+    /// The root hash of each range (answered with [`RepairResponse::Roots`]). `segment_bits`
+    /// is the initiator's segment grain: trees compare only when both sides use the same one.
+    Roots { segment_bits: u8, ranges: Vec<TokenRange> },
+    /// The children's hashes of tree nodes (answered with [`RepairResponse::Children`]).
+    Children { segment_bits: u8, items: Vec<Descend> },
+    /// The initiator's entry hashes of leaves whose hashes differ (answered with
+    /// [`RepairResponse::Entries`]).
+    Entries { segment_bits: u8, items: Vec<LeafEntries> },
+    /// Records the responder asked for; applied by version (last write wins).
+    Push(Vec<Record>),
+    /// A repair round completed over `ranges`: every replica of each held, when the round ended,
+    /// every write any of them held at `since_ms` (wall clock, ms since the Unix epoch). Tombstones
+    /// older than that may be purged once their grace period has passed too.
+    Repaired { ranges: Vec<TokenRange>, since_ms: u64 },
+}
+
+/// Nodes of one range's tree whose children the initiator wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descend {
+    pub range: TokenRange,
+    /// The nodes' level (leaves are level 0, so this is at least 1).
+    pub level: u8,
+    /// Node indices within the level.
+    pub nodes: Vec<u32>,
+}
+
+/// Entry hashes of leaves of one range: in a [`RepairRequest::Entries`], the initiator's; in an
+/// [`EntriesAnswer`], those the responder wants the records of. Each leaf is `(index, hashes)`
+/// (a pair, so a leaf costs about ten bytes besides its hashes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafEntries {
+    pub range: TokenRange,
+    pub leaves: Vec<(u32, Hashes)>,
+}
+
+/// What a replica answers to a [`RepairRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RepairResponse {
+    /// One root hash per range asked, in order.
+    Roots(Hashes),
+    /// Per item, per node asked, its children's hashes (one [`Hashes`] per node, in order).
+    Children(Vec<Vec<Hashes>>),
+    /// The responder's side of the leaves asked.
+    Entries(EntriesAnswer),
+    /// Refused: the grain differs, or a range is not (or no longer) one this replica holds.
+    Refused(String),
+    /// Done: a [`RepairRequest::Push`] applied, a [`RepairRequest::Repaired`] recorded.
+    Done,
+}
+
+/// The responder's side of the leaves of a [`RepairRequest::Entries`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct EntriesAnswer {
+    /// Its records whose entry hashes the initiator did not list.
+    pub records: Vec<Record>,
+    /// The initiator's entry hashes it does not hold: send those records with a
+    /// [`RepairRequest::Push`].
+    pub want: Vec<LeafEntries>,
+    /// Leaves it did not get to (the answer reached its size budget): ask again.
+    pub unfinished: Vec<(TokenRange, u32)>,
+}
