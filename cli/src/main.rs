@@ -7,6 +7,7 @@ mod dev;
 mod k8s;
 mod kv;
 mod meta;
+mod repair;
 mod status;
 mod topic;
 
@@ -93,6 +94,19 @@ enum Cmd {
     /// Topics: Kafka-style replicated partition logs.
     #[command(subcommand)]
     Topic(topic::TopicCmd),
+    /// Anti-entropy now: compare every range this node replicates with its other replicas
+    /// (Merkle trees) and copy what differs both ways; prints a summary.
+    Repair {
+        /// Only the ranges shared with this peer (a node id or its first 8 hex digits).
+        #[arg(long = "with")]
+        with: Option<String>,
+        /// Give up waiting after this long, e.g. 2h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -290,6 +304,9 @@ async fn run(cli: Cli) -> Result<()> {
                 wait_until_stopped(&client, &cli.node, limit).await?;
             }
             client.close().await;
+        }
+        Cmd::Repair { with, timeout, json } => {
+            repair::run(&cli.node, &auth(&cli)?, with.clone(), *timeout, *json).await?;
         }
         Cmd::Cert(c) => match c {
             CertCmd::Init { out, if_missing } => cert_cmd::init(out, *if_missing)?,

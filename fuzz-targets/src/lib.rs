@@ -24,6 +24,7 @@
 //! | [`mq_index`] | a segment's `.index` / `.timeindex` and the leader-epoch checkpoint |
 //! | [`mq_message`] | replication messages between partition replicas, fed to a follower and a leader |
 //! | [`mq_segment`] | a partition directory opened, recovered, read and appended to (`starling_mq::Log`) |
+//! | [`repair_message`] | anti-entropy requests and answers (`starling_wire::repair`), to a responder and an initiator |
 //! | [`tls_pem`] | the CA, certificate and key PEM files, and a peer's DER certificate (`starling-net`) |
 
 mod datadir;
@@ -33,6 +34,7 @@ mod input;
 mod message;
 mod meta;
 mod mq;
+mod repair;
 pub mod seeds;
 mod store;
 mod tls;
@@ -43,6 +45,7 @@ pub use gossip::{gossip_core, gossip_message};
 pub use message::{status_json, wire_message};
 pub use meta::{meta_snapshot, meta_txn, zab_message};
 pub use mq::{mq_batch, mq_index, mq_message, mq_segment};
+pub use repair::repair_message;
 pub use store::stored_record;
 pub use tls::tls_pem;
 
@@ -66,4 +69,5 @@ pub const TARGETS: &[Target] = &[
     ("mq_index", mq_index),
     ("mq_segment", mq_segment),
     ("mq_message", mq_message),
+    ("repair_message", repair_message),
 ];

@@ -120,7 +120,11 @@ pub fn all() -> Vec<Seed> {
     add("meta_txn", "recipe", txns);
     add("meta_snapshot", "tree", snapshot);
 
-    for (target, name, bytes) in crate::mq::seeds().into_iter().chain(crate::mq::message_seeds()) {
+    for (target, name, bytes) in crate::mq::seeds()
+        .into_iter()
+        .chain(crate::mq::message_seeds())
+        .chain(crate::repair::seeds())
+    {
         add(target, &name, bytes);
     }
 
@@ -224,6 +228,34 @@ fn requests(gossip: Vec<u8>) -> Vec<Request> {
         meta::MetaPropose(meta::TxnOp::CloseSession { session: 7 }).into_request(),
         meta::MetaLeaderZxid.into_request(),
     ]
+    .into_iter()
+    .chain(repair_requests())
+    .collect()
+}
+
+/// One request of each anti-entropy kind.
+fn repair_requests() -> Vec<Request> {
+    use starling_wire::repair::{
+        Descend, Hashes, LeafEntries, RepairRequest, RepairStep, RunRepair,
+    };
+    let range = starling_wire::repair::TokenRange { start: u64::MAX - 9, end: 77 };
+    vec![
+        RepairStep(RepairRequest::Roots { segment_bits: 16, ranges: vec![range] }).into_request(),
+        RepairStep(RepairRequest::Children {
+            segment_bits: 16,
+            items: vec![Descend { range, level: 2, nodes: vec![0, 3] }],
+        })
+        .into_request(),
+        RepairStep(RepairRequest::Entries {
+            segment_bits: 16,
+            items: vec![LeafEntries { range, leaves: vec![(5, Hashes(vec![1, u64::MAX]))] }],
+        })
+        .into_request(),
+        RepairStep(RepairRequest::Push(vec![record(b"p", 4, Some(b"v"))])).into_request(),
+        RepairStep(RepairRequest::Repaired { ranges: vec![range], since_ms: 1_750_000_000_000 })
+            .into_request(),
+        RunRepair { peer: Some("4a2bec66".into()) }.into_request(),
+    ]
 }
 
 /// One response of each kind.
@@ -269,6 +301,33 @@ fn responses() -> Vec<Response> {
             event: Some(meta::WatchedEvent::NodeDeleted),
             zxid: meta::Zxid(8),
         })),
+    ]
+    .into_iter()
+    .chain(repair_responses())
+    .collect()
+}
+
+/// One answer of each anti-entropy kind.
+fn repair_responses() -> Vec<Response> {
+    use starling_wire::repair::{
+        EntriesAnswer, Hashes, LeafEntries, RepairResponse, RepairStep, RepairSummary, RunRepair,
+    };
+    let range = starling_wire::repair::TokenRange { start: 3, end: 9 };
+    vec![
+        RepairStep::respond(RepairResponse::Roots(Hashes(vec![7, 8]))),
+        RepairStep::respond(RepairResponse::Children(vec![vec![Hashes(vec![1; 16])]])),
+        RepairStep::respond(RepairResponse::Entries(EntriesAnswer {
+            records: vec![record(b"e", 5, None)],
+            want: vec![LeafEntries { range, leaves: vec![(2, Hashes(vec![9]))] }],
+            unfinished: vec![(range, 4)],
+        })),
+        RepairStep::respond(RepairResponse::Refused("segment grain differs".into())),
+        RepairStep::respond(RepairResponse::Done),
+        RunRepair::respond(RepairSummary {
+            ranges: 48,
+            failed: vec![("4a2bec66".into(), "down".into())],
+            ..RepairSummary::default()
+        }),
     ]
 }
 

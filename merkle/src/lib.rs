@@ -11,13 +11,14 @@
 //!   the subtrees that differ, then the differing leaves' entry hashes, then the records each side
 //!   lacks. See `ALGORITHM.md` for the exchange and why it is safe while writes continue.
 
+pub mod mem;
 mod segments;
 mod session;
 mod tree;
 
 pub use segments::{Segments, DEFAULT_SEGMENT_BITS, MAX_SEGMENT_BITS};
 pub use session::{respond, RepairError, Session, SessionStats};
-pub use tree::{pieces, Piece, RangeTree, FANOUT};
+pub use tree::{piece_count, pieces, Piece, RangeTree, FANOUT};
 
 use starling_ring::Token;
 use starling_wire::repair::TokenRange;

@@ -33,6 +33,12 @@ impl std::fmt::Debug for Segments {
     }
 }
 
+impl Default for Segments {
+    fn default() -> Self {
+        Segments::new(DEFAULT_SEGMENT_BITS)
+    }
+}
+
 impl Segments {
     /// `2^bits` segments, none computed yet (the first comparison of each computes it).
     /// `bits` is clamped to `1..=MAX_SEGMENT_BITS`.

@@ -9,7 +9,7 @@ use starling_wire::repair::{
 };
 use starling_wire::Record;
 
-use crate::tree::{pieces, Piece, RangeTree};
+use crate::tree::{piece_count, pieces, Piece, RangeTree};
 use crate::{entry_hash, Replica};
 
 /// Ranges in one [`RepairRequest::Roots`].
@@ -423,6 +423,21 @@ pub fn respond<R: Replica + ?Sized>(replica: &R, req: &RepairRequest) -> RepairR
     }
 }
 
+/// Refuses a request whose distinct ranges would make the responder build trees of more leaves
+/// than the whole ring has twice over (ranges of one ring never do: they tile it once).
+fn check_work(ranges: impl Iterator<Item = TokenRange>, bits: u8) -> Result<(), String> {
+    let distinct: HashSet<TokenRange> = ranges.collect();
+    let leaves: usize = distinct.iter().map(|r| piece_count(*r, bits)).sum();
+    let limit = 2 * (1usize << bits) + 2 * distinct.len();
+    if leaves > limit {
+        return Err(format!(
+            "the ranges asked span {leaves} leaves, more than the ring's {} (do they overlap?)",
+            1usize << bits
+        ));
+    }
+    Ok(())
+}
+
 fn respond_inner<R: Replica + ?Sized>(
     replica: &R,
     req: &RepairRequest,
@@ -447,6 +462,7 @@ fn respond_inner<R: Replica + ?Sized>(
                     ranges.len()
                 ));
             }
+            check_work(ranges.iter().copied(), bits)?;
             let roots = ranges
                 .iter()
                 .map(|r| RangeTree::build(replica, *r).map(|t| t.root()))
@@ -459,6 +475,7 @@ fn respond_inner<R: Replica + ?Sized>(
             if nodes > MAX_DESCEND_NODES {
                 return Err(format!("{nodes} nodes in one request (at most {MAX_DESCEND_NODES})"));
             }
+            check_work(items.iter().map(|d| d.range), bits)?;
             let mut trees: HashMap<TokenRange, RangeTree> = HashMap::new();
             let mut out = Vec::with_capacity(items.len());
             for d in items {
@@ -491,6 +508,7 @@ fn respond_inner<R: Replica + ?Sized>(
                      {MAX_ENTRY_HASHES})"
                 ));
             }
+            check_work(items.iter().map(|i| i.range), bits)?;
             let mut range_pieces: HashMap<TokenRange, Vec<Piece>> = HashMap::new();
             let mut answer = EntriesAnswer::default();
             let mut bytes = 0;

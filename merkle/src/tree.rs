@@ -43,6 +43,21 @@ pub fn pieces(range: TokenRange, bits: u8) -> Vec<Piece> {
     out
 }
 
+/// How many leaves `range`'s tree has with `2^bits` segments ([`pieces`]'s length), without
+/// listing them.
+pub fn piece_count(range: TokenRange, bits: u8) -> usize {
+    let count = |a: Token, b: Token| (segment_of(bits, b) - segment_of(bits, a)) as usize + 1;
+    if range.start == range.end {
+        1 << bits
+    } else if range.start < range.end {
+        count(range.start + 1, range.end)
+    } else if range.start == Token::MAX {
+        count(0, range.end)
+    } else {
+        count(range.start + 1, Token::MAX) + count(0, range.end)
+    }
+}
+
 /// The XOR of the entry hashes of the records in `piece` that take part in repair, from the
 /// segment cache when the piece is a whole segment (recomputed and cached if stale).
 pub(crate) fn piece_hash<R: Replica + ?Sized>(replica: &R, piece: &Piece) -> Result<u64, String> {
@@ -158,6 +173,12 @@ mod tests {
             }
         }
         assert_eq!(pieces(TokenRange { start: 0, end: 0 }, 16).len(), 1 << 16);
+        for (start, end) in
+            [(0u64, 0u64), (seg - 1, 3 * seg + 7), (u64::MAX - 3, 10), (u64::MAX, 10)]
+        {
+            let r = TokenRange { start, end };
+            assert_eq!(piece_count(r, bits), pieces(r, bits).len(), "{r:?}");
+        }
     }
 
     #[test]

@@ -1,68 +1,28 @@
 //! Two in-memory replicas diverge at random; one session makes them equal, moving about what
 //! differs.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
-use starling_merkle::{respond, Replica, Segments, Session};
-use starling_ring::{token_of, Token};
+use starling_merkle::mem::MemReplica;
+use starling_merkle::{respond, Replica, Session};
 use starling_wire::repair::{RepairRequest, RepairResponse, TokenRange};
 use starling_wire::{NodeId, Record, Version};
 
-struct Mem {
-    data: RefCell<BTreeMap<(Token, Vec<u8>), Record>>,
-    segments: Segments,
+type Mem = MemReplica;
+
+trait Put {
+    fn put(&self, r: Record);
 }
 
-impl Mem {
-    fn new(bits: u8) -> Mem {
-        Mem { data: RefCell::new(BTreeMap::new()), segments: Segments::new(bits) }
-    }
+impl Put for MemReplica {
     fn put(&self, r: Record) {
         self.apply(&[r]).unwrap();
-    }
-    fn snapshot(&self) -> Vec<Record> {
-        self.data.borrow().values().cloned().collect()
-    }
-}
-
-fn newer(a: &Version, b: &Version) -> bool {
-    (a.ts, a.node) > (b.ts, b.node)
-}
-
-impl Replica for Mem {
-    fn scan(&self, lo: Token, hi: Token, visit: &mut dyn FnMut(&Record)) -> Result<(), String> {
-        for (_, r) in self.data.borrow().range((lo, Vec::new())..) {
-            if token_of(&r.key) > hi {
-                break;
-            }
-            visit(r);
-        }
-        Ok(())
-    }
-    fn apply(&self, records: &[Record]) -> Result<(), String> {
-        for r in records {
-            let t = token_of(&r.key);
-            let mut data = self.data.borrow_mut();
-            let slot = data.entry((t, r.key.clone())).or_insert_with(|| r.clone());
-            if newer(&r.version, &slot.version) {
-                *slot = r.clone();
-            }
-            drop(data);
-            self.segments.touched(t);
-        }
-        Ok(())
-    }
-    fn segments(&self) -> &Segments {
-        &self.segments
     }
 }
 
 /// Runs a session from `a` to `b` over the wire encoding; returns (requests, bytes both ways).
 fn sync(a: &Mem, b: &Mem, ranges: &[TokenRange]) -> (u64, usize) {
-    let mut s = Session::new(a.segments.bits(), ranges.iter().copied());
+    let mut s = Session::new(a.segments().bits(), ranges.iter().copied());
     let mut bytes = 0;
     while let Some(req) = s.poll_request(a).unwrap() {
         let wire = rmp_serde::to_vec_named(&req).unwrap();

@@ -96,6 +96,7 @@ fn snapshot(n: u64, elapsed: Duration, insecure: bool) -> Status {
         transport: None,
         meta: None,
         topics: Vec::new(),
+        repair: None,
         history: None,
     }
 }

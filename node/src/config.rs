@@ -73,6 +73,15 @@ pub struct Args {
     /// Hints are kept for a replica that is down at most this long, e.g. 3h [default: 3h].
     #[arg(long, env = "STARLING_HINT_WINDOW")]
     pub hint_window: Option<String>,
+    /// Anti-entropy: every range this node leads is compared with its replicas within this
+    /// period, paced evenly over it, e.g. 1h; `off` leaves repair to `starling repair`
+    /// [default: 1h].
+    #[arg(long, env = "STARLING_REPAIR_INTERVAL")]
+    pub repair_interval: Option<String>,
+    /// Anti-entropy grain: 2^bits segments, 10 to 20; every node of a cluster must use the same
+    /// [default: 16].
+    #[arg(long, env = "STARLING_REPAIR_SEGMENT_BITS")]
+    pub repair_segment_bits: Option<u8>,
     /// Keys whose stored version is kept in memory (about 60 bytes each) so digest reads and
     /// overwrites skip the disk; 0 turns the cache off [default: 1000000].
     #[arg(long, env = "STARLING_VERSION_CACHE")]
@@ -116,6 +125,8 @@ struct FileConfig {
     sync_interval: Option<String>,
     tombstone_grace: Option<String>,
     hint_window: Option<String>,
+    repair_interval: Option<String>,
+    repair_segment_bits: Option<u8>,
     version_cache: Option<usize>,
     quorum: Option<String>,
     max_clock_offset: Option<String>,
@@ -151,6 +162,10 @@ pub struct NodeConfig {
     pub sync: crate::storage::rocks::SyncMode,
     pub tombstone_grace: Duration,
     pub hint_window: Duration,
+    /// Continuous anti-entropy period (`None`: off).
+    pub repair_interval: Option<Duration>,
+    /// Anti-entropy grain (`2^bits` segments).
+    pub repair_segment_bits: u8,
     /// Keys in the version cache.
     pub version_cache: usize,
     /// Fallback nodes count toward write quorums (`--quorum sloppy`).
@@ -246,6 +261,24 @@ impl NodeConfig {
             Some(s) => parse_duration("--hint-window", &s)?,
             None => Duration::from_secs(3 * 3600),
         };
+        let repair_interval = match args.repair_interval.or(file.repair_interval).as_deref() {
+            Some("off") => None,
+            Some(s) => Some(parse_duration("--repair-interval", s)?),
+            None => Some(Duration::from_secs(3600)),
+        };
+        if repair_interval.is_some_and(|d| d < Duration::from_secs(1)) {
+            bail!("--repair-interval must be at least 1s (or `off`)");
+        }
+        let repair_segment_bits = args
+            .repair_segment_bits
+            .or(file.repair_segment_bits)
+            .unwrap_or(starling_merkle::DEFAULT_SEGMENT_BITS);
+        if !(10..=starling_merkle::MAX_SEGMENT_BITS).contains(&repair_segment_bits) {
+            bail!(
+                "--repair-segment-bits {repair_segment_bits}: expected 10 to {}",
+                starling_merkle::MAX_SEGMENT_BITS
+            );
+        }
         let version_cache = args
             .version_cache
             .or(file.version_cache)
@@ -284,6 +317,8 @@ impl NodeConfig {
             sync,
             tombstone_grace,
             hint_window,
+            repair_interval,
+            repair_segment_bits,
             data_dir,
             listen,
             advertise,

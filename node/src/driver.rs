@@ -94,6 +94,16 @@ impl std::fmt::Debug for TopicsStatusFn {
     }
 }
 
+/// Reads anti-entropy's state for the status snapshot.
+#[derive(Clone)]
+pub struct RepairStatusFn(pub Arc<dyn Fn() -> starling_wire::status::RepairStatus + Send + Sync>);
+
+impl std::fmt::Debug for RepairStatusFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RepairStatusFn")
+    }
+}
+
 /// What the status snapshot needs besides the core.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -108,6 +118,7 @@ pub struct NodeInfo {
     pub transport_status: Option<TransportStatusFn>,
     pub meta_status: Option<MetaStatusFn>,
     pub topics_status: Option<TopicsStatusFn>,
+    pub repair_status: Option<RepairStatusFn>,
 }
 
 /// Channels to a running driver.
@@ -491,6 +502,7 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView, picture: &RingPictur
         transport: info.transport_status.as_ref().map(|f| (f.0)()),
         meta: info.meta_status.as_ref().and_then(|f| (f.0)()),
         topics: info.topics_status.as_ref().map(|f| (f.0)()).unwrap_or_default(),
+        repair: info.repair_status.as_ref().map(|f| (f.0)()),
         // Added to the `Status` RPC's answer only; `GET /history` serves it over HTTP.
         history: None,
         gossip: GossipStatus {

@@ -40,6 +40,7 @@ pub mod http;
 pub mod kv;
 pub mod meta;
 pub mod node;
+pub mod repair;
 pub mod status;
 pub mod storage;
 pub mod topics;

@@ -18,8 +18,8 @@ use tracing::{error, info, warn};
 use crate::config::{NodeConfig, Security};
 use crate::datadir::{Addresses, DataDir};
 use crate::driver::{
-    self, DriverCommand, KvStatusFn, MetaStatusFn, NodeInfo, TopicsStatusFn, TransportStatusFn,
-    INBOUND_QUEUE,
+    self, DriverCommand, KvStatusFn, MetaStatusFn, NodeInfo, RepairStatusFn, TopicsStatusFn,
+    TransportStatusFn, INBOUND_QUEUE,
 };
 use crate::http::{self, HttpState, Metrics};
 use crate::kv::view::RingView;
@@ -37,6 +37,9 @@ use crate::zab_store::ZabStore;
 
 /// The node's KV layer over QUIC and RocksDB.
 pub type NodeKv = Kv<QuicTransport, RocksStorage>;
+
+/// The node's anti-entropy over QUIC and RocksDB.
+pub type NodeRepair = crate::repair::Repair<QuicTransport, RocksStorage>;
 
 /// Consumer groups' committed offsets in the key-value store, at quorum.
 struct KvOffsets(NodeKv);
@@ -84,6 +87,8 @@ pub struct NodeService {
     meta: Arc<std::sync::OnceLock<Meta<QuicTransport>>>,
     /// Set once the metadata service runs.
     topics: Arc<std::sync::OnceLock<Topics<QuicTransport>>>,
+    /// Set once the store is open, like `kv`.
+    repair: Arc<std::sync::OnceLock<NodeRepair>>,
     /// Peer RPCs refused because the sender's certificate is a client's.
     refused_peer_rpcs: Arc<std::sync::atomic::AtomicU64>,
     /// Log lines about those refusals, at most one a second.
@@ -142,6 +147,10 @@ impl NodeService {
                 Some(topics) => topics.handle_client(t).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
+            ClientRequest::Repair(r) => match self.repair.get() {
+                Some(repair) => repair.run_now(r).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
         }
     }
 
@@ -163,6 +172,10 @@ impl NodeService {
             },
             PeerRequest::Topic(t) => match self.topics.get() {
                 Some(topics) => topics.handle_peer(t).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
+            PeerRequest::Repair(r) => match self.repair.get() {
+                Some(repair) => repair.handle_peer(r).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
             PeerRequest::Leave => {
@@ -259,10 +272,13 @@ pub struct Bound {
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let started = Instant::now();
     let data = DataDir::open(&cfg.data_dir)?;
+    let purge_gate = Arc::new(crate::storage::PurgeGate::default());
     let rocks_cfg = RocksConfig {
+        purge_gate: Some(purge_gate.clone()),
         sync: cfg.sync,
         tombstone_grace: cfg.tombstone_grace,
         version_cache: cfg.version_cache,
+        segment_bits: cfg.repair_segment_bits,
     };
     let db_path = cfg.data_dir.join("db");
     let storage = Arc::new(
@@ -306,12 +322,14 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         kv: Arc::default(),
         meta: Arc::default(),
         topics: Arc::default(),
+        repair: Arc::default(),
         refused_peer_rpcs,
         refusal_log: Arc::default(),
     };
     let kv_cell = service.kv.clone();
     let meta_cell = service.meta.clone();
     let topics_cell = service.topics.clone();
+    let repair_cell = service.repair.clone();
     if storage.get_meta(bootstrap::META_STATUS)?.as_deref() == Some(b"left".as_slice()) {
         bail!(
             "this node left the cluster (`starling leave`) and its data in {} is stale: it must not rejoin. To join again as a new node, start with an empty --data-dir",
@@ -389,9 +407,19 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     }
     let meta_view = ring_rx.clone();
     let topics_view = ring_rx.clone();
+    let repair_view = ring_rx.clone();
     let kv = Kv::new(data.node_id, kv_cfg, storage, transport.clone(), ring_rx)
         .context("cannot start the storage threads")?;
     let _ = kv_cell.set(kv.clone());
+    let repair = crate::repair::Repair::new(
+        data.node_id,
+        kv.storage().clone(),
+        transport.clone(),
+        repair_view,
+        crate::repair::RepairConfig { interval: cfg.repair_interval },
+        purge_gate,
+    );
+    let _ = repair_cell.set(repair.clone());
     let meta_path = cfg.data_dir.join("meta");
     let meta_store = Arc::new(
         tokio::task::spawn_blocking(move || ZabStore::open(&meta_path))
@@ -444,6 +472,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             let topics = topics.clone();
             TopicsStatusFn(Arc::new(move || topics.status()))
         }),
+        repair_status: Some({
+            let repair = repair.clone();
+            RepairStatusFn(Arc::new(move || repair.status()))
+        }),
         transport_status: Some({
             let transport = transport.clone();
             TransportStatusFn(Arc::new(move || transport.status()))
@@ -470,6 +502,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let replay = tokio::spawn(kv.clone().replay_hints());
     let clocks = tokio::spawn(kv.clone().monitor_clocks());
     let ring_keeper = tokio::spawn(kv.clone().remember_ring());
+    let continuous_repair = tokio::spawn(repair.clone().continuous());
     tokio::spawn(async move {
         match join.await {
             Ok(Ok(())) => {}
@@ -496,6 +529,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     replay.abort();
     clocks.abort();
     ring_keeper.abort();
+    continuous_repair.abort();
     let _ = http_stop_tx.send(());
     let _ = http_task.await;
     topics.shutdown().await;

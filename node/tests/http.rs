@@ -83,6 +83,7 @@ fn three_alive() -> Status {
             size_bytes: 4096,
             ..Default::default()
         }],
+        repair: None,
         history: None,
     }
 }

@@ -943,3 +943,37 @@ fn version_cache_stays_exact_under_concurrent_writers_and_readers() {
         assert_eq!(s.versions(&[key]).expect("versions"), vec![want.as_ref().map(|r| r.version)]);
     }
 }
+
+#[test]
+fn rocks_compaction_keeps_tombstones_until_a_complete_repair_covered_them() {
+    use starling_node::storage::PurgeGate;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = std::sync::Arc::new(PurgeGate::default());
+    let cfg = RocksConfig {
+        tombstone_grace: Duration::ZERO,
+        purge_gate: Some(gate.clone()),
+        ..RocksConfig::default()
+    };
+    let s = RocksStorage::open(&dir.path().join("db"), &cfg).expect("open");
+    let old_ts = hlc_ago(Duration::from_secs(3600));
+    let tomb = rec(b"deleted", old_ts, 1, None);
+    s.apply(std::slice::from_ref(&tomb)).expect("apply");
+    // Past the grace period, but no repair yet: kept, however old.
+    s.compact().expect("compact");
+    assert_eq!(get(&s, b"deleted"), Some(tomb.clone()));
+    // A complete repair that started before the delete covers nothing.
+    let t = token_of(b"deleted");
+    let around = Range { start: t.wrapping_sub(10), end: t.wrapping_add(10) };
+    gate.set(vec![(around, (old_ts >> 16) - 1)]);
+    s.compact().expect("compact");
+    assert_eq!(get(&s, b"deleted"), Some(tomb.clone()));
+    // One of another range neither.
+    let elsewhere = Range { start: t.wrapping_add(10), end: t.wrapping_add(20) };
+    gate.set(vec![(elsewhere, (old_ts >> 16) + 1000)]);
+    s.compact().expect("compact");
+    assert_eq!(get(&s, b"deleted"), Some(tomb));
+    // A complete repair of its range that started after it: purged.
+    gate.set(vec![(around, (old_ts >> 16) + 1)]);
+    s.compact().expect("compact");
+    assert_eq!(get(&s, b"deleted"), None);
+}

@@ -85,6 +85,7 @@ impl Request {
             Request::Peer(PeerRequest::Meta(m)) => m.kind(),
             Request::Client(ClientRequest::Topic(t)) => t.kind(),
             Request::Peer(PeerRequest::Topic(t)) => t.kind(),
+            Request::Client(ClientRequest::Repair(_)) => "repair",
             Request::Peer(PeerRequest::Gossip(_)) => "gossip",
             Request::Peer(PeerRequest::Leave) => "leave",
             Request::Peer(PeerRequest::Clock) => "clock",
@@ -120,6 +121,8 @@ pub enum ClientRequest {
     Meta(MetaRequest),
     /// Topics: create, describe, produce, fetch.
     Topic(TopicRequest),
+    /// Anti-entropy now, from the receiving node ([`crate::repair::RunRepair`]).
+    Repair(crate::repair::RunRepair),
 }
 
 /// The key-value store's client calls.
@@ -198,8 +201,8 @@ pub enum Response {
     Meta(Box<MetaResponse>),
     /// Answers of the topic calls.
     Topic(Box<TopicResponse>),
-    /// Answers of the repair calls.
-    Repair(RepairResponse),
+    /// Answers of the repair calls (boxed: a summary makes it one of the largest answers).
+    Repair(Box<RepairResponse>),
 }
 
 impl Response {
@@ -461,6 +464,29 @@ call!(peer ReplicaScan => Page,
     |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::Scan(self))),
     |a| Response::Replica(ReplicaResponse::Page(a)),
     Response::Replica(ReplicaResponse::Page(p)) => p);
+impl Call for crate::repair::RunRepair {
+    type Answer = crate::repair::RepairSummary;
+    const PEER: bool = false;
+    fn into_request(self) -> Request {
+        Request::Client(ClientRequest::Repair(self))
+    }
+    fn answer(response: Response) -> Result<Self::Answer, Response> {
+        match response {
+            Response::Repair(r) => match *r {
+                RepairResponse::Summary(s) => Ok(s),
+                other => Err(Response::Repair(Box::new(other))),
+            },
+            other => Err(other),
+        }
+    }
+    fn respond(answer: Self::Answer) -> Response {
+        Response::Repair(Box::new(RepairResponse::Summary(answer)))
+    }
+}
+call!(peer crate::repair::RepairStep => RepairResponse,
+    |self| Request::Peer(PeerRequest::Repair(self.0)),
+    |a| Response::Repair(Box::new(a)),
+    Response::Repair(r) => *r);
 call!(peer ReplicaHint => (),
     |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::Hint(self))),
     |_a| Response::Ok, Response::Ok => ());

@@ -107,6 +107,44 @@ pub enum RepairResponse {
     Refused(String),
     /// Done: a [`RepairRequest::Push`] applied, a [`RepairRequest::Repaired`] recorded.
     Done,
+    /// What a [`RunRepair`] did.
+    Summary(RepairSummary),
+}
+
+/// Client: repair every range the receiving node replicates, with each of its other replicas
+/// (or only with `peer`), now; answered when done, with what it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRepair {
+    /// Only the ranges shared with this node (a node id, or a prefix of one).
+    #[serde(default)]
+    pub peer: Option<String>,
+}
+
+/// One peer RPC of a repair session (the initiator's request; the answer is the responder's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairStep(pub RepairRequest);
+
+/// What one repair run did (a `starling repair`, or one step of continuous repair).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairSummary {
+    /// Wall clock at the start, ms since the Unix epoch.
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    /// Ranges compared (a range shared with two peers counts once).
+    pub ranges: u64,
+    /// Of them, those that differed on at least one replica.
+    pub ranges_differing: u64,
+    /// Ranges whose every replica took part: recorded as repaired (tombstones older than the
+    /// start may be purged once their grace period has passed).
+    pub ranges_completed: u64,
+    /// Sessions run (one per peer and pass).
+    pub sessions: u64,
+    pub keys_received: u64,
+    pub keys_sent: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Peers that could not be repaired with, and why.
+    pub failed: Vec<(String, String)>,
 }
 
 /// The responder's side of the leaves of a [`RepairRequest::Entries`].

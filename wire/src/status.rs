@@ -165,6 +165,9 @@ pub struct Status {
     /// The metadata service (absent on a node without one, as in tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<MetaStatus>,
+    /// Anti-entropy on this node (absent on a node without storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairStatus>,
     /// The topic partitions this node replicates, sorted by topic and partition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<PartitionStatus>,
@@ -223,6 +226,60 @@ pub struct HistoryMember {
     pub node_id: String,
     pub addr: String,
     pub runs: Vec<(u64, u64, usize)>,
+}
+
+/// Anti-entropy (Merkle-tree repair) on this node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepairStatus {
+    /// Continuous repair's period (`None`: off; `starling repair` only).
+    pub interval_secs: Option<u64>,
+    /// The grain: `2^segment_bits` segments.
+    pub segment_bits: u8,
+    /// Segments whose hash is computed and current (the rest are recomputed when compared).
+    pub segments_fresh: u64,
+    /// Sessions this node started, and of them those that failed.
+    pub sessions: u64,
+    pub sessions_failed: u64,
+    /// Requests of other nodes' sessions this node answered.
+    pub requests_answered: u64,
+    pub ranges_compared: u64,
+    pub ranges_differing: u64,
+    /// Records received (applied here) and sent, in sessions this node started or answered.
+    pub keys_received: u64,
+    pub keys_sent: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// A repair running now.
+    pub running: Option<RepairProgress>,
+    /// The last `starling repair` run on this node.
+    pub last: Option<crate::repair::RepairSummary>,
+    /// The ranges this node replicates, each with when its last complete repair started (every
+    /// replica took part), in ms since the Unix epoch (`None`: never, since this node knows).
+    pub ranges: Vec<RangeRepair>,
+    /// Age of the least recently repaired range, in seconds (`None`: some range never was).
+    pub oldest_repair_age_secs: Option<f64>,
+}
+
+/// A repair in progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairProgress {
+    /// `manual` (`starling repair`) or `continuous`.
+    pub kind: String,
+    pub started_ms: u64,
+    /// Sessions to run (one per peer) and done.
+    pub sessions_total: u64,
+    pub sessions_done: u64,
+    pub keys_received: u64,
+    pub keys_sent: u64,
+    pub bytes: u64,
+}
+
+/// When a range was last repaired completely.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRepair {
+    pub start: u64,
+    pub end: u64,
+    pub repaired_ms: Option<u64>,
 }
 
 /// One topic partition replica on this node.

@@ -25,6 +25,7 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct MemStorage {
     inner: Mutex<Inner>,
+    segments: std::sync::Arc<starling_merkle::Segments>,
 }
 
 impl MemStorage {
@@ -67,7 +68,13 @@ impl Storage for MemStorage {
                 }
             }
         }
+        drop(g);
+        super::touch_segments(&self.segments, records);
         Ok(())
+    }
+
+    fn segments(&self) -> &std::sync::Arc<starling_merkle::Segments> {
+        &self.segments
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {

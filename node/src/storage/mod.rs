@@ -79,6 +79,7 @@ pub struct ScanPage {
 pub trait Storage: Send + Sync + 'static {
     /// Applies `records` atomically (one write batch), each merged by version with what is
     /// stored. Durable in the write-ahead log when it returns (fsynced too in `sync = always`).
+    /// Then marks their anti-entropy segments changed ([`Storage::segments`]).
     fn apply(&self, records: &[Record]) -> Result<(), StorageError>;
     /// The stored record of `key` (a tombstone included), if any.
     fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError>;
@@ -143,6 +144,9 @@ pub trait Storage: Send + Sync + 'static {
     fn version_cache(&self) -> Option<(u64, u64)> {
         None
     }
+    /// The anti-entropy segment hashes of the data ([`starling_merkle::Segments`]): every
+    /// [`Storage::apply`] marks the segments of its records changed once they are readable.
+    fn segments(&self) -> &std::sync::Arc<starling_merkle::Segments>;
     /// Why the store refuses writes, once a write or a WAL sync has failed (a full disk, an I/O
     /// error): from then on every write fails with this, until the node is restarted.
     fn failure(&self) -> Option<String> {
@@ -191,6 +195,42 @@ pub(crate) fn hint_bytes_of<K: AsRef<[u8]>, V: AsRef<[u8]>, E>(
         }
     }
     Ok(out)
+}
+
+/// Which tombstones compaction may drop (ScyllaDB's `tombstone_gc: repair` mode): those past the
+/// grace period **and** written before the start of the last complete repair of their range, one
+/// every replica took part in. Until then a tombstone stays, however old, so a replica that was
+/// down longer than the grace period gets it from repair instead of bringing the value back.
+#[derive(Debug, Default)]
+pub struct PurgeGate {
+    /// `(range, wall ms the last complete repair of it started)`.
+    repaired: std::sync::RwLock<Vec<(Range, u64)>>,
+}
+
+impl PurgeGate {
+    /// Replaces what is known (the ranges this node replicates, with their last repair).
+    pub fn set(&self, ranges: Vec<(Range, u64)>) {
+        *self.repaired.write().unwrap_or_else(|p| p.into_inner()) = ranges;
+    }
+
+    /// When the last complete repair of the range holding `token` started (`None`: never).
+    pub fn repaired_since(&self, token: Token) -> Option<u64> {
+        let ranges = self.repaired.read().unwrap_or_else(|p| p.into_inner());
+        ranges.iter().filter(|(r, _)| r.contains(token)).map(|(_, t)| *t).max()
+    }
+
+    /// Whether a tombstone of `token` written at `millis` may be dropped, its grace period past.
+    pub fn may_purge(&self, token: Token, millis: u64) -> bool {
+        self.repaired_since(token).is_some_and(|since| millis < since)
+    }
+}
+
+/// Marks the anti-entropy segments of `records` changed: called by [`Storage::apply`] once they
+/// are readable.
+pub(crate) fn touch_segments(segments: &starling_merkle::Segments, records: &[Record]) {
+    for r in records {
+        segments.touched(starling_ring::token_of(&r.key));
+    }
 }
 
 /// A decoding failure of bytes read from `cf` at `key`.

@@ -83,6 +83,11 @@ pub struct RocksConfig {
     pub tombstone_grace: Duration,
     /// Keys whose stored version is kept in memory (the version cache); 0 turns it off.
     pub version_cache: usize,
+    /// Anti-entropy grain: `2^segment_bits` segments (every node of a cluster uses the same).
+    pub segment_bits: u8,
+    /// With a gate, a tombstone past its grace period is dropped only once a complete repair
+    /// of its range started after it was written ([`super::PurgeGate`]); without, at once.
+    pub purge_gate: Option<Arc<super::PurgeGate>>,
 }
 
 impl Default for RocksConfig {
@@ -91,6 +96,8 @@ impl Default for RocksConfig {
             sync: SyncMode::Periodic(Duration::from_millis(10)),
             tombstone_grace: Duration::from_secs(10 * 24 * 3600),
             version_cache: DEFAULT_VERSION_CACHE,
+            segment_bits: starling_merkle::DEFAULT_SEGMENT_BITS,
+            purge_gate: None,
         }
     }
 }
@@ -109,6 +116,8 @@ pub struct RocksStorage {
     hints_lock: Mutex<()>,
     /// Set by the first failed write or WAL sync (see [`RocksStorage::write_with`]).
     failed: Arc<OnceLock<String>>,
+    /// Anti-entropy segment hashes; rebuilt after every start (see `merkle/ALGORITHM.md`).
+    segments: Arc<starling_merkle::Segments>,
 }
 
 impl std::fmt::Debug for RocksStorage {
@@ -193,9 +202,15 @@ impl RocksStorage {
         data.set_memtable_prefix_bloom_ratio(0.1);
         data.set_merge_operator_associative("starling-lww", lww_merge);
         let grace_ms = cfg.tombstone_grace.as_millis() as u64;
-        data.set_compaction_filter("starling-tombstones", move |_level, _key, value: &[u8]| {
+        let gate = cfg.purge_gate.clone();
+        data.set_compaction_filter("starling-tombstones", move |_level, key, value: &[u8]| {
             match decode_version(value) {
-                Ok((v, true)) if v.millis().saturating_add(grace_ms) < now_millis() => {
+                Ok((v, true))
+                    if v.millis().saturating_add(grace_ms) < now_millis()
+                        && gate.as_ref().is_none_or(|g| {
+                            super::key_token(key).is_some_and(|t| g.may_purge(t, v.millis()))
+                        }) =>
+                {
                     Decision::Remove
                 }
                 _ => Decision::Keep,
@@ -266,6 +281,7 @@ impl RocksStorage {
             apply_lock: Mutex::new(()),
             hints_lock: Mutex::new(()),
             failed,
+            segments: Arc::new(starling_merkle::Segments::new(cfg.segment_bits)),
         };
         store.migrate_hints()?;
         Ok(store)
@@ -391,6 +407,55 @@ impl RocksStorage {
             .ok_or_else(|| StorageError::Engine(format!("no column family {name}")))
     }
 
+    /// [`Storage::apply`] without the segment marks.
+    fn apply_records(&self, records: &[Record]) -> Result<(), StorageError> {
+        let cf = self.cf(CF_DATA)?;
+        let mut batch = WriteBatch::default();
+        let Some(cache) = &self.versions else {
+            for r in records {
+                batch.merge_cf(cf, data_key(&r.key), encode_value(r.version, r.value.as_deref()));
+            }
+            return self.write(batch);
+        };
+        let _guard = lock(&self.apply_lock);
+        // What each key of this batch will hold once it is written: `Some((version, tombstone))`,
+        // or `None` when it was merged without knowing what was stored.
+        let mut after: HashMap<KeyHash, Option<(Version, bool)>> =
+            HashMap::with_capacity(records.len());
+        for r in records {
+            let (key, hash) = keyed(&r.key);
+            let known: Option<Known> = match after.get(&hash) {
+                Some(k) => k.map(|(v, _)| Some(v)),
+                None => cache.get(hash).or_else(|| {
+                    // Bloom filters and memtables only, no disk read: "surely absent" or "maybe".
+                    (!self.db.key_may_exist_cf(cf, &key)).then_some(None)
+                }),
+            };
+            let value = encode_value(r.version, r.value.as_deref());
+            match known {
+                // The stored version is at least as new: last write wins, nothing to write.
+                Some(Some(stored)) if stored >= r.version => {}
+                Some(_) => {
+                    batch.put_cf(cf, key, value);
+                    after.insert(hash, Some((r.version, r.value.is_none())));
+                }
+                None => {
+                    batch.merge_cf(cf, key, value);
+                    after.insert(hash, None);
+                }
+            }
+        }
+        self.write(batch)?;
+        for (hash, known) in after {
+            match known {
+                Some((v, tombstone)) => cache.set(hash, Some(v), tombstone),
+                None => cache.forget(hash),
+            }
+            cache.bump(hash);
+        }
+        Ok(())
+    }
+
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
         self.write_with(batch, &self.write_opts)
     }
@@ -444,51 +509,13 @@ impl Drop for RocksStorage {
 
 impl Storage for RocksStorage {
     fn apply(&self, records: &[Record]) -> Result<(), StorageError> {
-        let cf = self.cf(CF_DATA)?;
-        let mut batch = WriteBatch::default();
-        let Some(cache) = &self.versions else {
-            for r in records {
-                batch.merge_cf(cf, data_key(&r.key), encode_value(r.version, r.value.as_deref()));
-            }
-            return self.write(batch);
-        };
-        let _guard = lock(&self.apply_lock);
-        // What each key of this batch will hold once it is written: `Some((version, tombstone))`,
-        // or `None` when it was merged without knowing what was stored.
-        let mut after: HashMap<KeyHash, Option<(Version, bool)>> =
-            HashMap::with_capacity(records.len());
-        for r in records {
-            let (key, hash) = keyed(&r.key);
-            let known: Option<Known> = match after.get(&hash) {
-                Some(k) => k.map(|(v, _)| Some(v)),
-                None => cache.get(hash).or_else(|| {
-                    // Bloom filters and memtables only, no disk read: "surely absent" or "maybe".
-                    (!self.db.key_may_exist_cf(cf, &key)).then_some(None)
-                }),
-            };
-            let value = encode_value(r.version, r.value.as_deref());
-            match known {
-                // The stored version is at least as new: last write wins, nothing to write.
-                Some(Some(stored)) if stored >= r.version => {}
-                Some(_) => {
-                    batch.put_cf(cf, key, value);
-                    after.insert(hash, Some((r.version, r.value.is_none())));
-                }
-                None => {
-                    batch.merge_cf(cf, key, value);
-                    after.insert(hash, None);
-                }
-            }
-        }
-        self.write(batch)?;
-        for (hash, known) in after {
-            match known {
-                Some((v, tombstone)) => cache.set(hash, Some(v), tombstone),
-                None => cache.forget(hash),
-            }
-            cache.bump(hash);
-        }
+        self.apply_records(records)?;
+        super::touch_segments(&self.segments, records);
         Ok(())
+    }
+
+    fn segments(&self) -> &Arc<starling_merkle::Segments> {
+        &self.segments
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {

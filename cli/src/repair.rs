@@ -1,0 +1,100 @@
+//! `starling repair`: anti-entropy now, from one node, with a progress bar and a summary.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use starling_client::ClientConfig;
+use starling_wire::repair::{RepairSummary, RunRepair};
+
+use crate::client::{self, Auth, Client, ClientError};
+
+/// Runs a repair of every range `node` replicates (only those shared with `peer`, if given).
+/// Fails (exit 1) if a peer could not be repaired with.
+pub async fn run(
+    node: &str,
+    auth: &Auth,
+    peer: Option<String>,
+    timeout: Duration,
+    json: bool,
+) -> Result<()> {
+    let config = ClientConfig { request_timeout: timeout, ..ClientConfig::default() };
+    let caller = Client::with_config(&[node], auth, config).await.map_err(ClientError::from)?;
+    let watcher = client::connect(node, auth).await?;
+    let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bar:30} {pos}/{len} sessions  {elapsed}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let call = caller.call_node(0, RunRepair { peer });
+    tokio::pin!(call);
+    let summary = loop {
+        tokio::select! {
+            r = &mut call => break r.map_err(ClientError::from)?,
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                if let Ok(s) = watcher.status().await {
+                    if let Some(p) = s.repair.and_then(|r| r.running) {
+                        bar.set_length(p.sessions_total);
+                        bar.set_position(p.sessions_done);
+                        bar.set_message(format!(
+                            "{} keys received, {} sent, {}",
+                            p.keys_received, p.keys_sent, bytes(p.bytes)
+                        ));
+                    }
+                }
+            }
+        }
+    };
+    bar.finish_and_clear();
+    caller.close().await;
+    watcher.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", render(node, &summary));
+    }
+    if !summary.failed.is_empty() {
+        anyhow::bail!(
+            "{} peer(s) could not be repaired with; run `starling repair` again once they are up",
+            summary.failed.len()
+        );
+    }
+    Ok(())
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+/// The human summary of a run.
+pub fn render(node: &str, s: &RepairSummary) -> String {
+    let mut out = format!(
+        "repaired {} range(s) of {node} in {:.1} s: {} differed, {} complete (every replica took part)\n",
+        s.ranges,
+        s.duration_ms as f64 / 1000.0,
+        s.ranges_differing,
+        s.ranges_completed
+    );
+    out.push_str(&format!(
+        "  {} session(s); keys received {}, sent {}; {} sent, {} received\n",
+        s.sessions,
+        s.keys_received,
+        s.keys_sent,
+        bytes(s.bytes_sent),
+        bytes(s.bytes_received)
+    ));
+    for (peer, why) in &s.failed {
+        out.push_str(&format!("  failed with {}: {why}\n", &peer[..peer.len().min(8)]));
+    }
+    out
+}
