@@ -815,6 +815,41 @@ async fn any_writes_are_hinted_when_every_replica_is_down() {
     assert_eq!(got.record, Some(acked));
 }
 
+/// A stand-in's hints whose replicas stay down past the hint window are not dropped: once a
+/// replica of the key is up, they are handed to it (the write then lives on a real replica, and
+/// anti-entropy carries it to the others). Before, they were dropped unread, and a write acked at
+/// `any` whose only copies were those hints was gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_past_the_window_are_handed_to_a_replica_not_dropped() {
+    let cfg = KvConfig { hint_window: Duration::from_millis(600), ..test_cfg() };
+    let mut c = Cluster::with_config(3, 1, cfg).await;
+    let d = 3;
+    for i in 0..3 {
+        c.down[d].insert(c.nodes[i].id);
+    }
+    c.publish();
+    let w = c.kv(d).put(b"k".to_vec(), Some(b"v".to_vec()), Consistency::Any).await.expect("any");
+    let acked = record(b"k", &w, Some(b"v"));
+    eventually(PATIENCE, "a hint for each replica", || async { c.nodes[d].hints_pending() == 3 })
+        .await;
+    // Past the window with every replica down: nobody can take them, so they stay.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.nodes[d].hints_pending(), 3, "no replica is up: the hints stay");
+    assert_eq!(c.kv(d).status().hints_dropped, 0);
+    // One replica comes back: its own hint is delivered, the two others' are handed to it.
+    c.down[d].remove(&c.nodes[0].id.clone());
+    c.publish();
+    eventually(PATIENCE, "every hint delivered or handed over", || async {
+        c.nodes[d].hints_pending() == 0
+    })
+    .await;
+    assert_eq!(stored(&c.nodes[0], b"k"), Some(acked));
+    assert_eq!(c.kv(d).status().hints_dropped, 2, "two hints retired through a replica");
+    for i in 1..3 {
+        assert_eq!(stored(&c.nodes[i], b"k"), None, "left to anti-entropy");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_to_one_key_converge_on_every_replica() {
     let c = Cluster::new(3, 0).await;

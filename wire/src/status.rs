@@ -370,6 +370,9 @@ pub struct KvStatus {
     pub read_failures: u64,
     pub hints_stored: u64,
     pub hints_replayed: u64,
+    /// Hints that could not reach their replica (expired, replica down past the hint window, or
+    /// gone): each handed to another replica of its key first, never just deleted, so
+    /// anti-entropy carries its write on.
     pub hints_dropped: u64,
     pub read_repairs: u64,
     pub replica_writes: u64,

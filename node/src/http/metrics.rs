@@ -185,7 +185,7 @@ impl Collector for StatusCollector {
                     kv.hints_stored,
                 ),
                 ("kv_hints_replayed", "Hints delivered to their replica", kv.hints_replayed),
-                ("kv_hints_dropped", "Hints dropped after the hint window", kv.hints_dropped),
+                ("kv_hints_dropped", "Hints that could not reach their replica (expired, replica down past the hint window, or gone), handed to another replica of their key instead: anti-entropy carries them on", kv.hints_dropped),
                 ("kv_read_repairs", "Stale replicas repaired by reads", kv.read_repairs),
                 ("kv_replica_writes", "Records stored as a replica", kv.replica_writes),
                 (
@@ -354,6 +354,56 @@ impl Collector for StatusCollector {
                 ),
             ];
             encode_gauges(&mut encoder, &topic_gauges)?;
+        }
+        if let Some(r) = &s.repair {
+            let repair_counters: [(&str, &str, u64); 9] = [
+                ("repair_sessions", "Anti-entropy sessions this node started", r.sessions),
+                (
+                    "repair_sessions_failed",
+                    "Of those, sessions that failed (peer down, refused, timed out)",
+                    r.sessions_failed,
+                ),
+                (
+                    "repair_requests_answered",
+                    "Anti-entropy requests of other nodes' sessions answered",
+                    r.requests_answered,
+                ),
+                (
+                    "repair_ranges_compared",
+                    "Token ranges compared with their replicas",
+                    r.ranges_compared,
+                ),
+                (
+                    "repair_ranges_differing",
+                    "Of those, ranges that differed on some replica",
+                    r.ranges_differing,
+                ),
+                (
+                    "repair_keys_received",
+                    "Records anti-entropy copied to this node",
+                    r.keys_received,
+                ),
+                ("repair_keys_sent", "Records anti-entropy copied from this node", r.keys_sent),
+                ("repair_bytes_sent", "Bytes of anti-entropy messages sent", r.bytes_sent),
+                (
+                    "repair_bytes_received",
+                    "Bytes of anti-entropy messages received",
+                    r.bytes_received,
+                ),
+            ];
+            encode_counters(&mut encoder, &repair_counters)?;
+            let never = r.ranges.iter().filter(|x| x.repaired_ms.is_none()).count() as i64;
+            let repair_gauges: [(&str, &str, i64); 4] = [
+                ("repair_running", "1 while a repair runs on this node", i64::from(r.running.is_some())),
+                ("repair_segments_fresh", "Anti-entropy segments whose hash is current", r.segments_fresh as i64),
+                ("repair_ranges_never_repaired", "Ranges this node replicates that no complete repair has covered (their tombstones are kept)", never),
+                (
+                    "repair_oldest_age_seconds",
+                    "Age of the least recently completed repair of a range this node replicates (-1: some range never was)",
+                    r.oldest_repair_age_secs.map_or(-1, |a| a as i64),
+                ),
+            ];
+            encode_gauges(&mut encoder, &repair_gauges)?;
         }
         if let Some(t) = &s.transport {
             let transport_counters: [(&str, &str, u64); 4] = [

@@ -1,8 +1,11 @@
 //! Hinted handoff. A coordinator keeps a write for a replica that was down, failed or timed out
 //! (in the `hints` column family, keyed by target) and replays it when gossip shows the target
-//! up again. Hints older than the hint window are dropped, and none are stored for a replica down
-//! longer than the window: past it, anti-entropy repairs the replica (Cassandra's
-//! `max_hint_window`).
+//! up again. None are stored for a replica down longer than the hint window: past it,
+//! anti-entropy repairs the replica (Cassandra's `max_hint_window`). A hint that cannot reach its
+//! target any more (older than the window, its target down past it, or gone) is never just
+//! dropped: it is handed to a real replica of its key first (applied here if this node is one),
+//! so a write whose only other copies were hints on stand-ins of a sloppy quorum survives, and
+//! anti-entropy carries it to the target later.
 //!
 //! Only the newest hint per target and key is kept: a newer write replaces the hint, an older
 //! one is not stored, so a key overwritten many times while its replica is down is replayed
@@ -19,7 +22,7 @@ use starling_ring::{NodeId, NodeStatus};
 use starling_wire::{Record, ReplicaHint, ReplicaWrite, Version};
 use tracing::{debug, info, warn};
 
-use super::{wall_millis, Kv, KvConfig};
+use super::{Kv, KvConfig};
 use crate::storage::{Hint, HintPut, Storage};
 use crate::transport::Transport;
 
@@ -144,10 +147,6 @@ impl HintIndex {
         self.lock().values().map(|c| c.1).sum()
     }
 
-    fn count(&self, target: NodeId) -> u64 {
-        self.lock().get(&target).map_or(0, |c| c.0)
-    }
-
     fn clear(&self, target: NodeId) {
         self.lock().remove(&target);
     }
@@ -238,6 +237,49 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         Ok(handed)
     }
 
+    /// Retires hints that cannot reach `target` any more: each is deleted only once a real
+    /// replica of its key holds its write — this node, if it is one (the write is applied here,
+    /// merged by version), else another replica that is up (sent a replica write) — so the write
+    /// is never lost with the hint: anti-entropy carries it to `target` when it is back. A hint no
+    /// replica can take now stays. Returns how many were retired.
+    async fn retire_hints(
+        &self,
+        target: NodeId,
+        hints: Vec<crate::storage::Hint>,
+        view: &crate::kv::view::RingView,
+    ) -> Result<u64, String> {
+        let me = self.inner.me;
+        let mut local: Vec<crate::storage::Hint> = Vec::new();
+        let mut remote: BTreeMap<NodeId, Vec<crate::storage::Hint>> = BTreeMap::new();
+        for h in hints {
+            let natural = view.placement.replicas(starling_ring::token_of(&h.record.key));
+            if natural.contains(&me) {
+                local.push(h);
+            } else if let Some(p) = natural.iter().find(|p| {
+                **p != target
+                    && view.is_up(**p)
+                    && !view.left.contains(p)
+                    && view.addrs.contains_key(p)
+            }) {
+                remote.entry(*p).or_default().push(h);
+            }
+        }
+        let mut retired = 0;
+        if !local.is_empty() {
+            let records: Vec<Record> = local.iter().map(|h| h.record.clone()).collect();
+            self.inner.io.read(move |s| s.apply(&records)).await?.map_err(|e| e.to_string())?;
+            retired += self.forget(target, local.iter().map(Sent::of).collect()).await?;
+        }
+        for (p, hs) in remote {
+            let Some(addr) = view.addrs.get(&p).copied() else { continue };
+            let records: Vec<Record> = hs.iter().map(|h| h.record.clone()).collect();
+            if self.inner.transport.call(addr, ReplicaWrite(records)).await.is_ok() {
+                retired += self.forget(target, hs.iter().map(Sent::of).collect()).await?;
+            }
+        }
+        Ok(retired)
+    }
+
     /// Deletes hints `sent` to a node (or expired), each only if it still has the version sent
     /// (not if a newer hint replaced it meanwhile), and takes those deleted out of the index.
     /// Returns how many were deleted.
@@ -259,33 +301,26 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         Ok(n)
     }
 
-    /// Delivers `target`'s hints while it is up; drops expired ones and those of members that
-    /// left. Hints for a target that is down are not even read; once it has been down longer than
-    /// the hint window they are dropped unread.
+    /// Delivers `target`'s hints while it is up, however old. Hints that cannot reach it any
+    /// more (it left, or has been down longer than the hint window) are retired
+    /// ([`Kv::retire_hints`]), never just dropped. Hints for a target that is down, within the
+    /// window, are not even read.
     async fn replay_to(&self, target: NodeId) {
-        let window_ms = self.inner.cfg.hint_window.as_millis() as u64;
         let mut delivered = 0u64;
-        {
+        let gone = {
             let view = self.view();
             let up = target != self.inner.me && view.is_up(target);
-            if !up && !view.left.contains(&target) {
-                let gone = view
+            let left = view.left.contains(&target);
+            let gone = !up
+                && !left
+                && view
                     .down_for(target, std::time::Instant::now())
                     .is_some_and(|d| d > self.inner.cfg.hint_window);
-                if gone {
-                    let storage = self.inner.storage.clone();
-                    let dropped =
-                        tokio::task::spawn_blocking(move || storage.drop_hints_for(target)).await;
-                    if let Ok(Ok(())) = dropped {
-                        let n = self.inner.hints.count(target);
-                        self.inner.stats.hints_dropped.fetch_add(n, Ordering::Relaxed);
-                        self.inner.hints.clear(target);
-                        info!(target = %target, dropped = n, "hints dropped: the replica has been down longer than the hint window");
-                    }
-                }
+            if !up && !left && !gone {
                 return;
             }
-        }
+            gone
+        };
         loop {
             let view = self.view();
             let hints = match self.hint_page(target).await {
@@ -299,24 +334,29 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 self.inner.hints.clear(target);
                 break;
             }
-            let now = wall_millis();
-            let left = view.left.contains(&target);
-            let (expired, live): (Vec<_>, Vec<_>) = hints
-                .into_iter()
-                .partition(|h| left || h.record.version.millis().saturating_add(window_ms) < now);
+            // A target that is up gets every hint kept for it, however old (it is a replica of
+            // their keys); one that left or stays down past the window gets none: they are
+            // retired to another replica.
+            let unreachable = view.left.contains(&target) || gone;
+            let (expired, live): (Vec<_>, Vec<_>) = hints.into_iter().partition(|_| unreachable);
+            let no_live = live.is_empty();
             if !expired.is_empty() {
-                let sent = expired.iter().map(Sent::of).collect();
-                let n = match self.forget(target, sent).await {
+                let n = match self.retire_hints(target, expired, &view).await {
                     Ok(n) => n,
                     Err(e) => {
-                        warn!(error = %e, "cannot delete expired hints");
+                        warn!(error = %e, "cannot retire hints");
                         return;
                     }
                 };
                 self.inner.stats.hints_dropped.fetch_add(n, Ordering::Relaxed);
-                debug!(target = %target, dropped = n, "hints expired");
+                debug!(target = %target, retired = n, "hints retired");
+                if n == 0 && no_live {
+                    // No replica of these keys can take them now: they stay, and the next pass
+                    // tries again.
+                    break;
+                }
             }
-            if live.is_empty() {
+            if no_live {
                 continue;
             }
             if target == self.inner.me || !view.is_up(target) {
