@@ -8,6 +8,16 @@ use starling_wire::status::{History, Status};
 const SUMMARY_MS: u64 = 60_000;
 
 /// Renders a status as the human table.
+/// A duration in seconds for people: `42 s`, `7 min`, `3.5 h`, `2.1 d`.
+fn age(secs: f64) -> String {
+    match secs {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.1} d", s / 86400.0),
+    }
+}
+
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let conv = if s.converged { "converged" } else { "converging" };
@@ -95,6 +105,31 @@ pub fn render(s: &Status) -> String {
         if let Some(why) = &kv.storage_failure {
             let _ = writeln!(out, "STORAGE FAILED, no writes taken until restarted: {why}");
         }
+    }
+    if let Some(r) = &s.repair {
+        let never = r.ranges.iter().filter(|x| x.repaired_ms.is_none()).count();
+        let oldest = match r.oldest_repair_age_secs {
+            Some(a) => format!("oldest complete repair {} ago", age(a)),
+            None => format!("{never} of {} ranges never completely repaired", r.ranges.len()),
+        };
+        let every = match r.interval_secs {
+            Some(i) => format!("continuous, every {}", age(i as f64)),
+            None => "continuous off".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "repair: {every}; {oldest}; {} sessions ({} failed), {} ranges compared ({} differed), {} keys received, {} sent{}",
+            r.sessions,
+            r.sessions_failed,
+            r.ranges_compared,
+            r.ranges_differing,
+            r.keys_received,
+            r.keys_sent,
+            match &r.running {
+                Some(p) => format!("; running ({}, {}/{} sessions)", p.kind, p.sessions_done, p.sessions_total),
+                None => String::new(),
+            }
+        );
     }
     if let Some(h) = &s.history {
         out.push_str(&summarize(h));

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod membership;
+pub mod repair;
 pub mod scenario;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -101,6 +102,8 @@ pub struct NodeSpec {
     /// `starlingd` before that rule: with no sample yet the clock counted as healthy, so a node
     /// started with a clock far off coordinated writes until its first probe round.
     pub clock_wait: bool,
+    /// Run anti-entropy sessions between replicas, as `starlingd` does ([`repair`]).
+    pub repair: bool,
 }
 
 /// How often peers' clocks are sampled (as `node/src/kv/mod.rs`).
@@ -247,6 +250,12 @@ pub struct KvStats {
     pub hints_handed: u64,
     pub leaves_done: u64,
     pub leaves_aborted: u64,
+    /// Anti-entropy sessions started, finished and failed; records received and sent.
+    pub repair_sessions: u64,
+    pub repair_sessions_done: u64,
+    pub repair_sessions_failed: u64,
+    pub repair_keys_received: u64,
+    pub repair_keys_sent: u64,
 }
 
 /// Replica requests (one per `Send` the coordinator carries; the real node batches them, which
@@ -264,6 +273,8 @@ pub enum Req {
     /// `ReplicaScan`: the records whose token is in `range`, in `(token, key)` order, after
     /// `after`, at most `limit`.
     Scan { range: Range, after: Option<Cursor>, limit: usize },
+    /// One step of an anti-entropy session ([`repair`]).
+    Repair(starling_wire::repair::RepairRequest),
 }
 
 /// Answers to [`Req`].
@@ -282,6 +293,8 @@ pub enum Resp {
         records: Vec<Record>,
         cursor: Option<Cursor>,
     },
+    /// The answer to a [`Req::Repair`].
+    Repair(starling_wire::repair::RepairResponse),
     Error {
         code: ErrCode,
         message: String,
@@ -423,6 +436,8 @@ enum Pending {
         target: NodeId,
         hints: Vec<HintKey>,
     },
+    /// A step of this node's anti-entropy session.
+    Repair,
 }
 
 #[derive(Debug)]
@@ -463,6 +478,12 @@ pub struct KvProc {
     /// Joining, leaving or neither ([`membership`]).
     phase: Phase,
     next_change: Instant,
+    /// Anti-entropy: segment hashes (rebuilt after every start), the session running, when the
+    /// next is due, and which peer is next ([`repair`]).
+    segments: starling_merkle::Segments,
+    repair: Option<repair::RepairRun>,
+    next_repair: Instant,
+    repair_cursor: usize,
 }
 
 impl KvProc {
@@ -536,6 +557,10 @@ impl KvProc {
             next_clock_probe: now,
             phase,
             next_change: now,
+            segments: starling_merkle::Segments::new(repair::REPAIR_SEGMENT_BITS),
+            repair: None,
+            next_repair: now + repair::REPAIR_EVERY,
+            repair_cursor: 0,
         };
         p.rebuild_view(now);
         p.after_gossip(now);
@@ -840,7 +865,9 @@ impl KvProc {
         let newer =
             self.disk.data.get(&record.key).map(|h| h.version).filter(|v| *v > record.version);
         let at = self.synced_at(now);
+        let token = starling_ring::token_of(&record.key);
         self.disk.put(at, record);
+        self.segments.touched(token);
         Answer::Stored { newer }
     }
 
@@ -890,7 +917,9 @@ impl KvProc {
         let at = self.synced_at(now);
         self.stats.replica_writes += records.len() as u64;
         for r in records {
+            let token = starling_ring::token_of(&r.key);
             self.disk.put(at, r);
+            self.segments.touched(token);
         }
         if newer.iter().all(Option::is_none) {
             Resp::Ok
@@ -938,6 +967,7 @@ impl KvProc {
                     membership::scan(&self.disk.data, range, after.as_ref(), limit.clamp(1, 4096));
                 Resp::Records { records, cursor }
             }
+            Req::Repair(req) => self.serve_repair(req, now),
             Req::Read { key, digest } => {
                 self.stats.replica_reads += 1;
                 let held = self.disk.data.get(&key).cloned();
@@ -1002,6 +1032,7 @@ impl KvProc {
             Pending::HintHandover { target, hints } => {
                 self.on_hint_handover(target, hints, body, now)
             }
+            Pending::Repair => self.on_repair_answer(body, now),
             Pending::Replay { target, hints } => {
                 self.replaying.remove(&target);
                 let ok = match body {
@@ -1209,6 +1240,7 @@ impl Process for KvProc {
             self.next_clock_probe = now + every;
             self.probe_clocks(now);
         }
+        self.maybe_start_repair(now);
         self.advance(now);
     }
 
@@ -1230,6 +1262,9 @@ impl Process for KvProc {
         take(self.deferred.keys().next().map(|k| k.0));
         take(self.deadlines.iter().next().map(|k| k.0));
         take(self.change_timeout());
+        if self.spec.repair && self.repair.is_none() {
+            take(Some(self.next_repair));
+        }
         for r in self.ops.values() {
             take(r.op.poll_timeout());
         }

@@ -235,8 +235,9 @@ fn a_quorum_read_whose_repair_cannot_reach_a_quorum_fails_with_timeout() {
     let seed = seed_from_env(16);
     let _g = SeedGuard(seed);
     // Four nodes, RF 3: node 3 coordinates a key it does not replicate, whose first two replicas
-    // in preference order are `new` (will hold v2) and `old` (keeps v1).
-    let mut c = cluster(seed, 4, false, |_| {});
+    // in preference order are `new` (will hold v2) and `old` (keeps v1). Anti-entropy off: it
+    // would copy v2 to `old` on its own, and this is about what the read does.
+    let mut c = cluster(seed, 4, false, |cfg| cfg.repair = false);
     let (key, new, old) = (0..1000)
         .map(|i| format!("k{i}"))
         .find_map(|k| {
@@ -437,4 +438,42 @@ fn nodes_told_to_leave_at_once_leave_at_least_n_behind() {
     let (report, state) = settle_and_check(&mut c, via, &keys, true);
     assert!(report.is_ok(), "{report}");
     assert!(state.values().all(Option::is_some), "every key reads back: {state:?}");
+}
+
+// ----- anti-entropy ---------------------------------------------------------------------------
+
+/// A replica down longer than the hint window gets no hints; anti-entropy alone brings it every
+/// write it missed (new keys, overwrites, deletes), without a single read, even with messages
+/// lost along the way (sessions fail and start over).
+#[test]
+fn a_replica_down_past_the_hint_window_is_repaired_without_reads() {
+    let seed = seed_from_env(31);
+    let _g = SeedGuard(seed);
+    let mut c = cluster(seed, 3, false, |cfg| cfg.kv.hint_window = ms(300));
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    for k in &keys[..20] {
+        assert!(matches!(c.call(0, 0, put(k, "v1"), Quorum), Outcome::Written { .. }));
+    }
+    c.kill(2);
+    c.run_for(Duration::from_secs(2));
+    for k in &keys {
+        assert!(matches!(c.call(0, 1, put(k, "v2"), Quorum), Outcome::Written { .. }));
+    }
+    for k in &keys[30..] {
+        let del = Call::Delete { key: k.clone() };
+        assert!(matches!(c.call(0, 0, del, Quorum), Outcome::Written { .. }));
+    }
+    c.run_for(Duration::from_secs(1));
+    c.restart(2);
+    assert!(c.hints_pending() == 0, "no hints kept for a replica down past the window");
+    assert!(!c.diverged(0, &keys).is_empty(), "node 3 should have missed the writes");
+    c.sim.net.loss = 0.05;
+    let converged =
+        c.run_until(ms(200), Duration::from_secs(60), |c| c.diverged(0, &keys).is_empty());
+    assert!(converged, "replicas still differ: {:?}", c.diverged(0, &keys));
+    for k in &keys {
+        assert_eq!(c.stored(2, k), c.stored(0, k), "{k}");
+    }
+    let (_, done, _, moved) = c.repair_stats();
+    assert!(done > 0 && moved >= 40, "{done} sessions, {moved} records moved");
 }

@@ -66,6 +66,13 @@ struct Args {
     /// before their clock monitor has any sample (default: they wait, as `starlingd` does).
     #[arg(long)]
     no_clock_wait: bool,
+    /// Run nodes without anti-entropy (as `starlingd --repair-interval off`).
+    #[arg(long)]
+    no_repair: bool,
+    /// The hint window in milliseconds (default 3 h): a short one leaves replicas that were down
+    /// longer to anti-entropy.
+    #[arg(long)]
+    hint_window_ms: Option<u64>,
     /// Exit 1 also on anomalies the seed's configuration allows (lost writes under `one`/`any`
     /// writes, sloppy quorums or power loss).
     #[arg(long)]
@@ -99,6 +106,8 @@ fn main() -> Result<()> {
         wait_for_ring: !args.no_ring_wait,
         clock_monitor: !args.no_clock_monitor,
         clock_wait: !args.no_clock_wait,
+        repair: !args.no_repair,
+        hint_window: args.hint_window_ms.map(Duration::from_millis),
         ..Scenario::default()
     };
     sc.profile = match args.profile.as_deref() {
@@ -143,6 +152,8 @@ fn main() -> Result<()> {
     let (mut read_failed, mut mismatched, mut unconverged, mut hints_left, mut decode) =
         (0usize, 0usize, 0usize, 0usize, 0u64);
     let mut stranded = 0usize;
+    let (mut diverged, mut repair) = (0usize, (0u64, 0u64, 0u64, 0u64));
+    let mut diverged_before = 0usize;
     let (mut joined, mut left, mut aborted, mut moving) = (0usize, 0usize, 0u64, 0usize);
     for &seed in &seeds {
         let r = run_seed(seed, &sc);
@@ -161,6 +172,12 @@ fn main() -> Result<()> {
         read_failed += r.final_state.read_failed.len();
         mismatched += r.final_state.mismatched.len();
         stranded += r.final_state.stranded.len();
+        diverged += r.diverged.len();
+        diverged_before += r.diverged_before;
+        repair.0 += r.repair.0;
+        repair.1 += r.repair.1;
+        repair.2 += r.repair.2;
+        repair.3 += r.repair.3;
         unconverged += usize::from(!r.converged);
         hints_left += r.hints_left;
         decode += r.decode_errors;
@@ -213,7 +230,7 @@ fn main() -> Result<()> {
     let per_min = seeds.len() as f64 / secs * 60.0;
     let violations: usize = kinds.values().sum();
     let allowed: usize = allowed_kinds.values().sum();
-    let failed = violations > 0 || (args.fail_on_allowed && allowed > 0);
+    let failed = violations > 0 || diverged > 0 || (args.fail_on_allowed && allowed > 0);
     if args.json {
         let v = serde_json::json!({
             "seeds": seeds.len(),
@@ -237,6 +254,12 @@ fn main() -> Result<()> {
             "final_reads_failed": read_failed,
             "final_reads_mismatched": mismatched,
             "stranded_keys": stranded,
+            "keys_diverged_after_repair": diverged,
+            "keys_diverged_before_repair": diverged_before,
+            "repair_sessions": repair.0,
+            "repair_sessions_done": repair.1,
+            "repair_sessions_failed": repair.2,
+            "repair_keys_moved": repair.3,
             "unconverged_seeds": unconverged,
             "hints_left": hints_left,
             "decode_errors": decode,
@@ -280,6 +303,12 @@ fn main() -> Result<()> {
              decode errors {decode}"
         );
         println!(
+            "  anti-entropy: {} sessions ({} finished, {} failed: lost messages, timeouts, \
+             restarts), {} records moved; keys whose replicas differed once hints were \
+             delivered: {diverged_before}, after anti-entropy: {diverged}",
+            repair.0, repair.1, repair.2, repair.3
+        );
+        println!(
             "  violations: {violations} {kinds:?} in {} seeds",
             bad.iter().filter(|r| !r.is_ok()).count()
         );
@@ -300,6 +329,12 @@ fn main() -> Result<()> {
                 r.failures().count(),
                 r.anomalies().count()
             );
+            if !r.diverged.is_empty() {
+                println!("  replicas still differ after anti-entropy on keys {:?}", r.diverged);
+            }
+            if r.report.violations.is_empty() {
+                continue;
+            }
             if args.verbose || args.seed.is_some() {
                 print!("{}", r.explained);
             } else {

@@ -38,6 +38,8 @@ pub struct ClusterConfig {
     pub clock_monitor: bool,
     /// See [`NodeSpec::clock_wait`].
     pub clock_wait: bool,
+    /// See [`NodeSpec::repair`].
+    pub repair: bool,
 }
 
 impl ClusterConfig {
@@ -52,6 +54,7 @@ impl ClusterConfig {
             wait_for_ring: true,
             clock_monitor: true,
             clock_wait: true,
+            repair: true,
         }
     }
 }
@@ -167,6 +170,7 @@ impl Cluster {
                 wait_for_ring: cfg.wait_for_ring,
                 clock_monitor: cfg.clock_monitor,
                 clock_wait: cfg.clock_wait,
+                repair: cfg.repair,
             });
         }
         for spec in &specs {
@@ -715,6 +719,36 @@ impl Cluster {
             .filter(|i| !replicas.contains(i))
             .filter(|&i| self.stored(i, key).is_some_and(|r| best.is_none_or(|b| r.version > b)))
             .collect()
+    }
+
+    /// Keys whose replicas (as `via` places them) that are up do not all store the same record:
+    /// what anti-entropy has yet to repair.
+    pub fn diverged(&self, via: usize, keys: &[String]) -> Vec<String> {
+        keys.iter()
+            .filter(|key| {
+                let held: Vec<Option<Record>> = self
+                    .replicas(via, key)
+                    .into_iter()
+                    .filter(|&i| self.is_up(i))
+                    .map(|i| self.stored(i, key))
+                    .collect();
+                held.windows(2).any(|w| w[0] != w[1])
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Anti-entropy counters summed over the nodes that are up: sessions started, finished,
+    /// failed, and records received.
+    pub fn repair_stats(&self) -> (u64, u64, u64, u64) {
+        self.sim.up().fold((0, 0, 0, 0), |(a, b, c, d), (_, p)| {
+            (
+                a + p.stats.repair_sessions,
+                b + p.stats.repair_sessions_done,
+                c + p.stats.repair_sessions_failed,
+                d + p.stats.repair_keys_received,
+            )
+        })
     }
 
     /// The record node `i` stores for `key`.

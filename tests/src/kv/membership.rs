@@ -345,7 +345,9 @@ impl KvProc {
                     let at = self.synced_at(now);
                     self.stats.records_streamed += records.len() as u64;
                     for r in records {
+                        let token = starling_ring::token_of(&r.key);
                         self.disk.put(at, r);
+                        self.segments.touched(token);
                     }
                     match cursor {
                         Some(c) => {

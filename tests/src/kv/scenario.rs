@@ -85,6 +85,11 @@ pub struct Scenario {
     /// Nodes wait for their first clock samples before they coordinate writes
     /// ([`super::NodeSpec::clock_wait`]): a workaround; `false` runs as `starlingd` does today.
     pub clock_wait: bool,
+    /// Nodes run anti-entropy ([`super::NodeSpec::repair`]), as `starlingd` does.
+    pub repair: bool,
+    /// The hint window (default: `starlingd`'s, 3 h). A short one leaves replicas that were down
+    /// longer to anti-entropy alone.
+    pub hint_window: Option<Duration>,
 }
 
 impl Default for Scenario {
@@ -105,6 +110,8 @@ impl Default for Scenario {
             wait_for_ring: true,
             clock_monitor: true,
             clock_wait: true,
+            repair: true,
+            hint_window: None,
         }
     }
 }
@@ -169,6 +176,15 @@ pub struct SeedReport {
     pub decode_errors: u64,
     pub refused_ahead: u64,
     pub sim_time: Duration,
+    /// Keys whose replicas still stored different records after the time given to
+    /// anti-entropy (only with [`Scenario::repair`]).
+    pub diverged: Vec<String>,
+    /// Keys whose replicas stored different records once hints were delivered, before the time
+    /// given to anti-entropy.
+    pub diverged_before: usize,
+    /// Anti-entropy sessions started, finished and failed, and records they moved, over the
+    /// nodes up at the end.
+    pub repair: (u64, u64, u64, u64),
 }
 
 impl SeedReport {
@@ -188,9 +204,9 @@ impl SeedReport {
         self.report.violations.iter().filter(|v| self.allowed(v))
     }
 
-    /// No failure.
+    /// No failure, and (with anti-entropy) every key's replicas converged once healed.
     pub fn is_ok(&self) -> bool {
-        self.failures().next().is_none()
+        self.failures().next().is_none() && self.diverged.is_empty()
     }
 }
 
@@ -301,10 +317,14 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
     }
     let mut cfg = ClusterConfig::new(n, sloppy);
     cfg.kv.replication = sc.replication;
+    if let Some(w) = sc.hint_window {
+        cfg.kv.hint_window = w;
+    }
     cfg.clocks = clocks;
     cfg.wait_for_ring = sc.wait_for_ring;
     cfg.clock_monitor = sc.clock_monitor;
     cfg.clock_wait = sc.clock_wait;
+    cfg.repair = sc.repair;
     let mut c = Cluster::new(seed, &cfg);
 
     // Let the cluster form before clients start.
@@ -391,6 +411,18 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
     c.run_for(Duration::from_secs(3));
     c.run_until(Duration::from_millis(100), Duration::from_secs(15), |c| c.hints_pending() == 0);
     c.run_for(Duration::from_millis(500));
+    // Anti-entropy: every key's replicas converge on one record without any read (a replica
+    // that missed writes while down or cut off, a write that reached only some replicas).
+    let mut diverged = Vec::new();
+    let first_up = c.members().into_iter().find(|&i| c.is_up(i)).unwrap_or(0);
+    let diverged_before = c.diverged(first_up, &keys).len();
+    if sc.repair {
+        c.run_until(Duration::from_millis(200), Duration::from_secs(40), |c| {
+            c.diverged(first_up, &keys).is_empty()
+        });
+        diverged = c.diverged(first_up, &keys);
+    }
+    let repair = c.repair_stats();
     let hints_left = c.hints_pending();
     let moving_left = c.moving();
     let moving_nodes: Vec<(usize, &'static str)> =
@@ -446,6 +478,9 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
         decode_errors,
         refused_ahead,
         sim_time: c.sim.elapsed(),
+        diverged,
+        diverged_before,
+        repair,
     }
 }
 
