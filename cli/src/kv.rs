@@ -205,6 +205,9 @@ pub struct BenchKvArgs {
     /// [default: --ops].
     #[arg(long)]
     keys: Option<u64>,
+    /// What the keys start with (`<prefix><n>`), to write a second set beside the first.
+    #[arg(long, default_value = "bench-")]
+    key_prefix: String,
     /// Reads go through the keys in order, like writes, instead of at random (to check every
     /// key: with --ratio 1:0 --ops K --keys K, each key is read once).
     #[arg(long)]
@@ -265,6 +268,7 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
         let (client, counts, next, value) =
             (client.clone(), counts.clone(), next.clone(), value.clone());
         let (ops, cl, in_order) = (a.ops, a.consistency, a.reads_in_order);
+        let prefix = a.key_prefix.clone();
         workers.push(tokio::spawn(async move {
             let mut rng =
                 0x9e37_79b9_7f4a_7c15u64 ^ (wid as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -282,7 +286,7 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
                 let t = Instant::now();
                 let result = if is_read {
                     let k = if in_order { i % keys } else { (rng >> 11) % keys };
-                    let get = Get { key: format!("bench-{k:010}").into_bytes(), consistency: cl };
+                    let get = Get { key: format!("{prefix}{k:010}").into_bytes(), consistency: cl };
                     client.call(get).await.map(|v| {
                         counts.reads.fetch_add(1, Ordering::Relaxed);
                         if v.record.is_none_or(|r| r.is_tombstone()) {
@@ -291,7 +295,7 @@ pub async fn bench(auth: &Auth, a: &BenchKvArgs) -> Result<()> {
                     })
                 } else {
                     let put = Put {
-                        key: format!("bench-{:010}", i % keys).into_bytes(),
+                        key: format!("{prefix}{:010}", i % keys).into_bytes(),
                         value: Some(value.to_vec()),
                         consistency: cl,
                     };
