@@ -107,6 +107,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Drop the records of ranges this node no longer replicates (they moved to nodes that
+    /// joined); nodes also do it by themselves once the ring is stable (`--cleanup-after`).
+    Cleanup {
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -305,6 +312,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             client.close().await;
         }
+        Cmd::Cleanup { json } => repair::cleanup(&cli.node, &auth(&cli)?, *json).await?,
         Cmd::Repair { with, timeout, json } => {
             repair::run(&cli.node, &auth(&cli)?, with.clone(), *timeout, *json).await?;
         }

@@ -67,6 +67,25 @@ pub async fn run(
     Ok(())
 }
 
+/// `starling cleanup`: the node drops the records of ranges it no longer replicates.
+pub async fn cleanup(node: &str, auth: &Auth, json: bool) -> Result<()> {
+    let client = client::connect(node, auth).await?;
+    let s = client
+        .call_node(0, starling_wire::repair::RunCleanup {})
+        .await
+        .map_err(ClientError::from)?;
+    client.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "{node} dropped {} records of the {} ranges it no longer replicates",
+            s.records, s.ranges
+        );
+    }
+    Ok(())
+}
+
 fn bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),

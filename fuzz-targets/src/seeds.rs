@@ -255,6 +255,7 @@ fn repair_requests() -> Vec<Request> {
         RepairStep(RepairRequest::Repaired { ranges: vec![range], since_ms: 1_750_000_000_000 })
             .into_request(),
         RunRepair { peer: Some("4a2bec66".into()) }.into_request(),
+        starling_wire::repair::RunCleanup {}.into_request(),
     ]
 }
 
@@ -327,6 +328,10 @@ fn repair_responses() -> Vec<Response> {
             ranges: 48,
             failed: vec![("4a2bec66".into(), "down".into())],
             ..RepairSummary::default()
+        }),
+        starling_wire::repair::RunCleanup::respond(starling_wire::repair::CleanupSummary {
+            ranges: 16,
+            records: 1234,
         }),
     ]
 }

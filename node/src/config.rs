@@ -82,6 +82,11 @@ pub struct Args {
     /// [default: 16].
     #[arg(long, env = "STARLING_REPAIR_SEGMENT_BITS")]
     pub repair_segment_bits: Option<u8>,
+    /// Once the ring has stayed the same this long, this node drops the records of ranges it no
+    /// longer replicates (they moved to other nodes), e.g. 10m; `off` leaves it to `starling
+    /// cleanup` [default: 10m].
+    #[arg(long, env = "STARLING_CLEANUP_AFTER")]
+    pub cleanup_after: Option<String>,
     /// Keys whose stored version is kept in memory (about 60 bytes each) so digest reads and
     /// overwrites skip the disk; 0 turns the cache off [default: 1000000].
     #[arg(long, env = "STARLING_VERSION_CACHE")]
@@ -127,6 +132,7 @@ struct FileConfig {
     hint_window: Option<String>,
     repair_interval: Option<String>,
     repair_segment_bits: Option<u8>,
+    cleanup_after: Option<String>,
     version_cache: Option<usize>,
     quorum: Option<String>,
     max_clock_offset: Option<String>,
@@ -166,6 +172,8 @@ pub struct NodeConfig {
     pub repair_interval: Option<Duration>,
     /// Anti-entropy grain (`2^bits` segments).
     pub repair_segment_bits: u8,
+    /// Automatic cleanup once the ring is stable this long (`None`: off).
+    pub cleanup_after: Option<Duration>,
     /// Keys in the version cache.
     pub version_cache: usize,
     /// Fallback nodes count toward write quorums (`--quorum sloppy`).
@@ -279,6 +287,11 @@ impl NodeConfig {
                 starling_merkle::MAX_SEGMENT_BITS
             );
         }
+        let cleanup_after = match args.cleanup_after.or(file.cleanup_after).as_deref() {
+            Some("off") => None,
+            Some(s) => Some(parse_duration("--cleanup-after", s)?),
+            None => Some(Duration::from_secs(600)),
+        };
         let version_cache = args
             .version_cache
             .or(file.version_cache)
@@ -319,6 +332,7 @@ impl NodeConfig {
             hint_window,
             repair_interval,
             repair_segment_bits,
+            cleanup_after,
             data_dir,
             listen,
             advertise,

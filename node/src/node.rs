@@ -151,6 +151,10 @@ impl NodeService {
                 Some(repair) => repair.run_now(r).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
+            ClientRequest::Cleanup(_) => match self.repair.get() {
+                Some(repair) => repair.cleanup_now().await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
         }
     }
 
@@ -416,8 +420,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         kv.storage().clone(),
         transport.clone(),
         repair_view,
-        crate::repair::RepairConfig { interval: cfg.repair_interval },
+        crate::repair::RepairConfig {
+            interval: cfg.repair_interval,
+            cleanup_after: cfg.cleanup_after,
+        },
         purge_gate,
+        status_rx.clone(),
     );
     let _ = repair_cell.set(repair.clone());
     let meta_path = cfg.data_dir.join("meta");
@@ -503,6 +511,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let clocks = tokio::spawn(kv.clone().monitor_clocks());
     let ring_keeper = tokio::spawn(kv.clone().remember_ring());
     let continuous_repair = tokio::spawn(repair.clone().continuous());
+    let auto_cleanup = tokio::spawn(repair.clone().auto_cleanup());
     tokio::spawn(async move {
         match join.await {
             Ok(Ok(())) => {}
@@ -530,6 +539,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     clocks.abort();
     ring_keeper.abort();
     continuous_repair.abort();
+    auto_cleanup.abort();
     let _ = http_stop_tx.send(());
     let _ = http_task.await;
     topics.shutdown().await;

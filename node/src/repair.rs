@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use starling_merkle::{respond, ring_range, wire_range, Replica, Segments, Session};
 use starling_ring::{token_of, NodeId, Range, Token};
 use starling_wire::repair::{
-    RepairRequest, RepairResponse, RepairStep, RepairSummary, RunRepair, TokenRange,
+    CleanupSummary, RepairRequest, RepairResponse, RepairStep, RepairSummary, RunCleanup,
+    RunRepair, TokenRange,
 };
 use starling_wire::status::{RangeRepair, RepairProgress, RepairStatus};
 use starling_wire::{Call, ErrorCode, Record, Response};
@@ -46,6 +47,8 @@ const SCAN_PAGE: usize = 4096;
 pub struct RepairConfig {
     /// Continuous repair's period (`None`: off).
     pub interval: Option<Duration>,
+    /// Automatic cleanup once the ring has not changed for this long (`None`: off).
+    pub cleanup_after: Option<Duration>,
 }
 
 /// The node's anti-entropy (cheap to clone).
@@ -72,6 +75,8 @@ struct Inner<T, S> {
     view: watch::Receiver<Arc<RingView>>,
     cfg: RepairConfig,
     gate: Arc<PurgeGate>,
+    /// The node's status (whether the ring is agreed, for cleanup).
+    status: watch::Receiver<Arc<crate::status::Status>>,
     /// One run at a time on this node (a manual run waits for a continuous step, and back).
     busy: tokio::sync::Mutex<()>,
     state: Mutex<State>,
@@ -150,6 +155,7 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         view: watch::Receiver<Arc<RingView>>,
         cfg: RepairConfig,
         gate: Arc<PurgeGate>,
+        status: watch::Receiver<Arc<crate::status::Status>>,
     ) -> Self {
         let repaired = match storage.get_meta(META_REPAIRED) {
             Ok(Some(bytes)) => parse_repaired(&bytes),
@@ -167,6 +173,7 @@ impl<T: Transport, S: Storage> Repair<T, S> {
                 view,
                 cfg,
                 gate,
+                status,
                 busy: tokio::sync::Mutex::new(()),
                 state: Mutex::new(State { repaired, ..State::default() }),
                 counters: Counters::default(),
@@ -544,6 +551,90 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         Ok(out)
     }
 
+    /// Why cleanup may not run now (`None`: it may): every alive member must report the same
+    /// ring, with no range moving, and this node must be `normal` on it.
+    fn cleanup_blocked(&self, view: &RingView) -> Option<String> {
+        let status = self.inner.status.borrow().clone();
+        if !status.ring.agreed || !status.converged {
+            return Some("the ring is not agreed by every alive member yet".into());
+        }
+        if status.ring.status.as_deref() != Some("normal") {
+            return Some(format!(
+                "this node is {} on the ring, not normal",
+                status.ring.status.as_deref().unwrap_or("not yet")
+            ));
+        }
+        if view.placement.segments().any(|(_, _, pending)| !pending.is_empty()) {
+            return Some("a range is moving (a node is joining or leaving)".into());
+        }
+        None
+    }
+
+    /// Drops the records of every range this node no longer replicates (one run at a time with
+    /// repairs). Refused while the ring is not settled ([`Repair::cleanup_blocked`]).
+    pub async fn cleanup(&self) -> Result<CleanupSummary, String> {
+        let _busy = self.inner.busy.lock().await;
+        let view = self.inner.view.borrow().clone();
+        if view.ring.is_empty() {
+            return Err("this node has no ring yet".into());
+        }
+        if let Some(why) = self.cleanup_blocked(&view) {
+            return Err(format!("cleanup refused: {why}; try again once it is"));
+        }
+        let ranges = foreign_ranges(&view, self.inner.me);
+        let storage = self.inner.replica.storage.clone();
+        let list = ranges.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            list.into_iter().try_fold(0u64, |n, r| storage.drop_range(r).map(|d| n + d))
+        })
+        .await
+        .map_err(|e| format!("cleanup task: {e}"))?
+        .map_err(|e| e.to_string())?;
+        if records > 0 {
+            info!(
+                ranges = ranges.len(),
+                records, "cleanup: dropped the records of ranges this node no longer replicates"
+            );
+        }
+        Ok(CleanupSummary { ranges: ranges.len() as u64, records })
+    }
+
+    /// `starling cleanup`.
+    pub async fn cleanup_now(&self) -> Response {
+        match self.cleanup().await {
+            Ok(s) => RunCleanup::respond(s),
+            Err(why) => Response::error(ErrorCode::Unavailable, why),
+        }
+    }
+
+    /// Automatic cleanup: once the ring has not changed for `--cleanup-after` (and is settled),
+    /// the ranges this node no longer replicates are dropped. Returns at once when it is off.
+    pub async fn auto_cleanup(self) {
+        let Some(after) = self.inner.cfg.cleanup_after else { return };
+        let mut last: Option<(String, Instant)> = None;
+        let mut cleaned: Option<String> = None;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1).min(after)).await;
+            let view = self.inner.view.borrow().clone();
+            let digest = view.ring.digest();
+            match &last {
+                Some((d, _)) if *d == digest => {}
+                _ => last = Some((digest.clone(), Instant::now())),
+            }
+            let stable = last.as_ref().is_some_and(|(_, since)| since.elapsed() >= after);
+            if !stable || cleaned.as_deref() == Some(digest.as_str()) || view.ring.is_empty() {
+                continue;
+            }
+            if self.cleanup_blocked(&view).is_some() {
+                continue;
+            }
+            match self.cleanup().await {
+                Ok(_) => cleaned = Some(digest),
+                Err(e) => warn!(error = %e, "automatic cleanup failed; tried again later"),
+            }
+        }
+    }
+
     /// Continuous repair: each range this node leads, once per interval, paced evenly. Returns
     /// at once when it is off.
     pub async fn continuous(self) {
@@ -616,6 +707,15 @@ impl<T: Transport, S: Storage> Repair<T, S> {
             oldest_repair_age_secs: oldest,
         }
     }
+}
+
+/// The ring's ranges `me` holds no replica of, now or pending: what cleanup drops.
+fn foreign_ranges(view: &RingView, me: NodeId) -> Vec<Range> {
+    view.placement
+        .segments()
+        .filter(|(_, natural, pending)| !natural.contains(&me) && !pending.contains(&me))
+        .map(|(r, _, _)| r)
+        .collect()
 }
 
 /// The ring's ranges (one per vnode position) that `me` replicates now, each with its replicas;

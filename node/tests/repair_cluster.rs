@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use starling_wire::repair::RunRepair;
+use starling_wire::repair::{RunCleanup, RunRepair};
 use starling_wire::{Consistency, Record};
 
 #[path = "common/process.rs"]
@@ -88,4 +88,47 @@ async fn repair_brings_back_what_a_replica_missed_past_the_hint_window() {
     let status = c.nodes[2].status().await.expect("status");
     let repair = status.repair.expect("repair status");
     assert!(repair.ranges.iter().all(|r| r.repaired_ms.is_some()), "{:?}", repair.ranges);
+}
+
+/// After a node joins, the nodes whose ranges moved to it drop their old copies once the ring
+/// has been stable for `--cleanup-after` (here 2 s), and `starling cleanup` finds nothing left;
+/// every acknowledged write is still read back at `all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_that_moved_away_are_cleaned_up_and_nothing_is_lost() {
+    let mut c = Cluster::start_with_env(
+        3,
+        &[("STARLING_REPAIR_INTERVAL", "off"), ("STARLING_CLEANUP_AFTER", "2s")],
+    )
+    .await;
+    let mut acked: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
+    let all_keys = keys("moved", 300);
+    c.write_all(&[0, 1, 2], all_keys.clone(), &mut acked).await;
+    c.add_node().await;
+    c.wait_ready(4).await;
+    // Every old node gave ranges to the new one: some of its keys go away by themselves.
+    wait_until(
+        PATIENCE,
+        "node1 dropped the keys it no longer replicates",
+        || c.logs(),
+        || async {
+            for k in &all_keys {
+                if c.replica_read(0, k.as_bytes()).await.ok() == Some(None) {
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    let again = c.call(0, RunCleanup {}).await.expect("cleanup");
+    assert_eq!(again.records, 0, "nothing left to drop: {again:?}");
+    assert!(again.ranges > 0, "{again:?}");
+    let mut dropped = 0;
+    for k in &all_keys {
+        if c.replica_read(0, k.as_bytes()).await.expect("replica read").is_none() {
+            dropped += 1;
+        }
+    }
+    assert!(dropped > 0 && dropped < all_keys.len(), "node1 dropped {dropped} keys");
+    c.check_reads(&[0, 1, 2, 3], &acked, Consistency::All).await;
 }

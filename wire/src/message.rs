@@ -86,6 +86,7 @@ impl Request {
             Request::Client(ClientRequest::Topic(t)) => t.kind(),
             Request::Peer(PeerRequest::Topic(t)) => t.kind(),
             Request::Client(ClientRequest::Repair(_)) => "repair",
+            Request::Client(ClientRequest::Cleanup(_)) => "cleanup",
             Request::Peer(PeerRequest::Gossip(_)) => "gossip",
             Request::Peer(PeerRequest::Leave) => "leave",
             Request::Peer(PeerRequest::Clock) => "clock",
@@ -123,6 +124,8 @@ pub enum ClientRequest {
     Topic(TopicRequest),
     /// Anti-entropy now, from the receiving node ([`crate::repair::RunRepair`]).
     Repair(crate::repair::RunRepair),
+    /// Drop the ranges the receiving node no longer replicates ([`crate::repair::RunCleanup`]).
+    Cleanup(crate::repair::RunCleanup),
 }
 
 /// The key-value store's client calls.
@@ -464,6 +467,26 @@ call!(peer ReplicaScan => Page,
     |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::Scan(self))),
     |a| Response::Replica(ReplicaResponse::Page(a)),
     Response::Replica(ReplicaResponse::Page(p)) => p);
+impl Call for crate::repair::RunCleanup {
+    type Answer = crate::repair::CleanupSummary;
+    const PEER: bool = false;
+    fn into_request(self) -> Request {
+        Request::Client(ClientRequest::Cleanup(self))
+    }
+    fn answer(response: Response) -> Result<Self::Answer, Response> {
+        match response {
+            Response::Repair(r) => match *r {
+                RepairResponse::Cleaned(s) => Ok(s),
+                other => Err(Response::Repair(Box::new(other))),
+            },
+            other => Err(other),
+        }
+    }
+    fn respond(answer: Self::Answer) -> Response {
+        Response::Repair(Box::new(RepairResponse::Cleaned(answer)))
+    }
+}
+
 impl Call for crate::repair::RunRepair {
     type Answer = crate::repair::RepairSummary;
     const PEER: bool = false;

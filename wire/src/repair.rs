@@ -109,6 +109,22 @@ pub enum RepairResponse {
     Done,
     /// What a [`RunRepair`] did.
     Summary(RepairSummary),
+    /// What a [`RunCleanup`] did.
+    Cleaned(CleanupSummary),
+}
+
+/// Client: drop now the records of ranges the receiving node no longer replicates (they moved
+/// to other nodes); refused while the ring is not agreed or a range is moving.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCleanup {}
+
+/// What a cleanup dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CleanupSummary {
+    /// Ranges of the ring this node holds no replica of.
+    pub ranges: u64,
+    /// Records deleted from them.
+    pub records: u64,
 }
 
 /// Client: repair every range the receiving node replicates, with each of its other replicas

@@ -158,6 +158,16 @@ impl Storage for MemStorage {
         super::hint_bytes_of(g.hints.iter().map(Ok::<_, StorageError>))
     }
 
+    fn drop_range(&self, range: Range) -> Result<u64, StorageError> {
+        let mut g = self.lock();
+        let before = g.data.len();
+        g.data.retain(|k, _| !super::key_token(k).is_some_and(|t| range.contains(t)));
+        let n = (before - g.data.len()) as u64;
+        drop(g);
+        self.segments.touch_all();
+        Ok(n)
+    }
+
     fn drop_hints_for(&self, target: NodeId) -> Result<(), StorageError> {
         let prefix = target.to_be_bytes();
         self.lock().hints.retain(|k, _| !k.starts_with(&prefix));

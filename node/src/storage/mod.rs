@@ -113,6 +113,9 @@ pub trait Storage: Send + Sync + 'static {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<ScanPage, StorageError>;
+    /// Deletes every record whose token is in `range` (one this node no longer replicates:
+    /// cleanup after its ranges moved), durably; returns how many. Hints are kept.
+    fn drop_range(&self, range: Range) -> Result<u64, StorageError>;
     /// Stores hints (one batch, durable like [`Storage::apply`]), at most one per target and key:
     /// a hint replaces the one kept for its target and key only if its version is newer (last
     /// write wins, as for data; within `hints` too). Says for each hint what it did, in order.

@@ -680,6 +680,46 @@ impl Storage for RocksStorage {
         super::hint_bytes_of(self.db.iterator_cf(cf, IteratorMode::Start)).map_err(engine)
     }
 
+    fn drop_range(&self, range: Range) -> Result<u64, StorageError> {
+        let cf = self.cf(CF_DATA)?;
+        // Under the apply lock: the version cache forgets each key as it is deleted, so a later
+        // write of an older version (the range streamed back one day) is stored, not dropped on
+        // the word of a cache that remembers what was deleted.
+        let _guard = lock(&self.apply_lock);
+        let mut n = 0u64;
+        for (start, end) in range_pieces(range) {
+            let (lower, upper) = token_bounds(start, end);
+            let mut opts = ReadOptions::default();
+            if let Some(u) = &upper {
+                opts.set_iterate_upper_bound(u.clone());
+            }
+            let mut it = self.db.raw_iterator_cf_opt(cf, opts);
+            it.seek(&lower);
+            let mut batch = WriteBatch::default();
+            let mut in_batch = 0;
+            while it.valid() {
+                let Some(k) = it.key() else { break };
+                batch.delete_cf(cf, k);
+                if let (Some(cache), Some(user)) = (&self.versions, super::user_key(k)) {
+                    let hash = key_hash(user);
+                    cache.set(hash, None, false);
+                    cache.bump(hash);
+                }
+                in_batch += 1;
+                n += 1;
+                if in_batch == MIGRATE_BATCH {
+                    self.write(std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                }
+                it.next();
+            }
+            it.status().map_err(engine)?;
+            self.write(batch)?;
+        }
+        self.segments.touch_all();
+        Ok(n)
+    }
+
     fn drop_hints_for(&self, target: NodeId) -> Result<(), StorageError> {
         let cf = self.cf(CF_HINTS)?;
         let from = target.to_be_bytes().to_vec();
