@@ -100,6 +100,9 @@ enum Cmd {
         /// Only the ranges shared with this peer (a node id or its first 8 hex digits).
         #[arg(long = "with")]
         with: Option<String>,
+        /// Only the ranges that overlap the tokens `(START, END]`, e.g. `--range 0:4611686018427387904`.
+        #[arg(long)]
+        range: Option<String>,
         /// Give up waiting after this long, e.g. 2h.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -313,8 +316,9 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
         }
         Cmd::Cleanup { json } => repair::cleanup(&cli.node, &auth(&cli)?, *json).await?,
-        Cmd::Repair { with, timeout, json } => {
-            repair::run(&cli.node, &auth(&cli)?, with.clone(), *timeout, *json).await?;
+        Cmd::Repair { with, range, timeout, json } => {
+            let (with, range) = (with.clone(), range.clone());
+            repair::run(&cli.node, &auth(&cli)?, with, range, *timeout, *json).await?;
         }
         Cmd::Cert(c) => match c {
             CertCmd::Init { out, if_missing } => cert_cmd::init(out, *if_missing)?,

@@ -14,9 +14,14 @@ pub async fn run(
     node: &str,
     auth: &Auth,
     peer: Option<String>,
+    range: Option<String>,
     timeout: Duration,
     json: bool,
 ) -> Result<()> {
+    let range = match range.as_deref() {
+        None => None,
+        Some(s) => Some(parse_range(s)?),
+    };
     let config = ClientConfig { request_timeout: timeout, ..ClientConfig::default() };
     let caller = Client::with_config(&[node], auth, config).await.map_err(ClientError::from)?;
     let watcher = client::connect(node, auth).await?;
@@ -31,7 +36,7 @@ pub async fn run(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let call = caller.call_node(0, RunRepair { peer });
+    let call = caller.call_node(0, RunRepair { peer, range });
     tokio::pin!(call);
     let summary = loop {
         tokio::select! {
@@ -84,6 +89,20 @@ pub async fn cleanup(node: &str, auth: &Auth, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `START:END`, tokens in decimal: the ring's `(START, END]`.
+fn parse_range(s: &str) -> Result<starling_wire::repair::TokenRange> {
+    let bad = || {
+        ClientError::BadInput(format!(
+            "--range {s:?}: expected START:END, tokens from 0 to {} (the range (START, END])",
+            u64::MAX
+        ))
+    };
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    let start = a.trim().parse().map_err(|_| bad())?;
+    let end = b.trim().parse().map_err(|_| bad())?;
+    Ok(starling_wire::repair::TokenRange { start, end })
 }
 
 fn bytes(n: u64) -> String {

@@ -254,7 +254,7 @@ fn repair_requests() -> Vec<Request> {
         RepairStep(RepairRequest::Push(vec![record(b"p", 4, Some(b"v"))])).into_request(),
         RepairStep(RepairRequest::Repaired { ranges: vec![range], since_ms: 1_750_000_000_000 })
             .into_request(),
-        RunRepair { peer: Some("4a2bec66".into()) }.into_request(),
+        RunRepair { peer: Some("4a2bec66".into()), range: Some(range) }.into_request(),
         starling_wire::repair::RunCleanup {}.into_request(),
     ]
 }

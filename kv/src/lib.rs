@@ -65,8 +65,11 @@ pub struct KvConfig {
     pub write_timeout: Duration,
     /// How long a coordinator waits for read answers (read repair included).
     pub read_timeout: Duration,
-    /// Hints are kept for a replica down at most this long, and dropped when older.
+    /// No hints are stored for a replica down longer than this.
     pub hint_window: Duration,
+    /// Deletes are kept at least this long. A hint older than it is dropped, never delivered: its
+    /// write may be older than a tombstone already purged, and would bring the key back.
+    pub tombstone_grace: Duration,
     /// A read that lacks answers this long after it was sent also asks the next replica.
     pub speculative_retry: Duration,
     /// Sloppy quorum: a write whose replicas gossip shows down is handed to the next healthy
@@ -89,6 +92,7 @@ impl Default for KvConfig {
             write_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
             hint_window: Duration::from_secs(3 * 3600),
+            tombstone_grace: Duration::from_secs(10 * 86400),
             speculative_retry: Duration::from_millis(100),
             sloppy_quorum: true,
             max_clock_offset: Duration::from_millis(500),

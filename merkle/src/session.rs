@@ -20,10 +20,13 @@ const MAX_DESCEND_NODES: usize = 2048;
 const MAX_LEAVES: usize = 1024;
 /// Entry hashes in one [`RepairRequest::Entries`] (512 KiB).
 const MAX_ENTRY_HASHES: usize = 65_536;
-/// Bytes of records in one answer or push (at least one leaf's, or one record, always goes).
+/// Bytes of records in one answer or push (at least one record always goes).
 pub const RECORD_BUDGET: usize = 2 << 20;
-/// Times a session asks again for leaves the responder did not get to, before it gives up.
-const MAX_UNFINISHED_ROUNDS: u32 = 10_000;
+/// An `Entries` request covers leaves holding at most this many bytes of the initiator's own
+/// records (at least one leaf): what it may have to push back, held in memory meanwhile.
+const ENTRIES_OWN_BYTES: usize = 8 << 20;
+/// Answers in a row that moved nothing, before a session gives up.
+const MAX_STALLED_ROUNDS: u32 = 100;
 
 /// Why a session failed. A failed session changed nothing it should not have (records applied
 /// are merged by version); the next one starts over.
@@ -81,7 +84,7 @@ pub struct Session {
     leaves: VecDeque<(TokenRange, u32)>,
     outbox: VecDeque<Record>,
     in_flight: Option<InFlight>,
-    unfinished_rounds: u32,
+    stalled_rounds: u32,
     stats: SessionStats,
 }
 
@@ -98,7 +101,7 @@ impl Session {
             leaves: VecDeque::new(),
             outbox: VecDeque::new(),
             in_flight: None,
-            unfinished_rounds: 0,
+            stalled_rounds: 0,
             stats: SessionStats::default(),
         }
     }
@@ -148,21 +151,25 @@ impl Session {
             let mut items: Vec<LeafEntries> = Vec::new();
             let mut asked = Vec::new();
             let mut hashes = 0;
+            let mut own_bytes = 0;
             while let Some(&(range, leaf)) = self.leaves.front() {
                 let tree = self.tree(range)?;
                 let piece = *tree.pieces.get(leaf as usize).ok_or_else(|| {
                     RepairError::Protocol(format!("no leaf {leaf} in range {range:?}"))
                 })?;
-                let mine = entries(replica, &piece)?;
+                let (mine, bytes) = entries(replica, &piece)?;
                 if !asked.is_empty()
-                    && (asked.len() >= MAX_LEAVES || hashes + mine.len() > MAX_ENTRY_HASHES)
+                    && (asked.len() >= MAX_LEAVES
+                        || hashes + mine.len() > MAX_ENTRY_HASHES
+                        || own_bytes + bytes > ENTRIES_OWN_BYTES)
                 {
                     break;
                 }
                 self.leaves.pop_front();
                 hashes += mine.len();
+                own_bytes += bytes;
                 asked.push((range, leaf));
-                let leaf_hashes = (leaf, Hashes(mine.into_iter().map(|(h, _)| h).collect()));
+                let leaf_hashes = (leaf, Hashes(mine));
                 match items.last_mut() {
                     Some(last) if last.range == range => last.leaves.push(leaf_hashes),
                     _ => items.push(LeafEntries { range, leaves: vec![leaf_hashes] }),
@@ -335,13 +342,19 @@ impl Session {
                 }
             }
         }
+        // Progress: some record moved, or some leaf was answered in full.
+        let moved = !answer.records.is_empty() || answer.unfinished.len() < asked.len();
+        if moved {
+            self.stalled_rounds = 0;
+        } else {
+            self.stalled_rounds += 1;
+            if self.stalled_rounds > MAX_STALLED_ROUNDS {
+                return Err(RepairError::Protocol("the peer makes no progress".into()));
+            }
+        }
         for (range, leaf) in answer.unfinished {
             if !asked_set.contains(&(range, leaf)) {
                 return Err(RepairError::Protocol(format!("leaf {leaf} unfinished but not asked")));
-            }
-            self.unfinished_rounds += 1;
-            if self.unfinished_rounds > MAX_UNFINISHED_ROUNDS {
-                return Err(RepairError::Protocol("the peer makes no progress".into()));
             }
             self.leaves.push_back((range, leaf));
         }
@@ -386,12 +399,23 @@ fn record_bytes(r: &Record) -> usize {
     r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 48
 }
 
-/// The entry hashes of `piece` (of the records that take part in repair), in storage order.
+/// The entry hashes of `piece` (of the records that take part in repair), in storage order, and
+/// what those records count toward [`RECORD_BUDGET`].
 fn entries<R: Replica + ?Sized>(
     replica: &R,
     piece: &Piece,
-) -> Result<Vec<(u64, Option<Record>)>, RepairError> {
-    entry_records(replica, piece, false)
+) -> Result<(Vec<u64>, usize), RepairError> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    replica
+        .scan(piece.lo, piece.hi, &mut |r| {
+            if replica.counts(r) {
+                out.push(entry_hash(&r.key, &r.version));
+                bytes += record_bytes(r);
+            }
+        })
+        .map_err(RepairError::Storage)?;
+    Ok((out, bytes))
 }
 
 /// Like [`entries`], with each record when `keep`.
@@ -529,20 +553,26 @@ fn respond_inner<R: Replica + ?Sized>(
                 let theirs: HashSet<u64> = their_hashes.0.iter().copied().collect();
                 let mine = entry_records(replica, &piece, true).map_err(|e| e.to_string())?;
                 let mine_set: HashSet<u64> = mine.iter().map(|(h, _)| *h).collect();
-                let send: Vec<Record> = mine
-                    .into_iter()
-                    .filter(|(h, _)| !theirs.contains(h))
-                    .filter_map(|(_, r)| r)
-                    .collect();
-                let leaf_bytes: usize = send.iter().map(record_bytes).sum();
-                let first = answer.records.is_empty() && answer.want.is_empty();
-                if !first && bytes + leaf_bytes > RECORD_BUDGET {
+                // Record by record within the budget (the first record of an answer always
+                // goes, so every answer moves something): a leaf whose records do not all fit
+                // sends what fits and is asked again; its wants wait for then.
+                let mut complete = true;
+                for r in
+                    mine.into_iter().filter(|(h, _)| !theirs.contains(h)).filter_map(|(_, r)| r)
+                {
+                    let b = record_bytes(&r);
+                    if !answer.records.is_empty() && bytes + b > RECORD_BUDGET {
+                        complete = false;
+                        break;
+                    }
+                    bytes += b;
+                    answer.records.push(r);
+                }
+                if !complete {
                     full = true;
                     answer.unfinished.push((range, leaf));
                     continue;
                 }
-                bytes += leaf_bytes;
-                answer.records.extend(send);
                 let want: Vec<u64> =
                     their_hashes.0.iter().copied().filter(|h| !mine_set.contains(h)).collect();
                 if !want.is_empty() {

@@ -387,6 +387,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let kv_cfg = KvConfig {
         replication: cfg.replication,
         hint_window: cfg.hint_window,
+        tombstone_grace: cfg.tombstone_grace,
         sloppy_quorum: cfg.sloppy_quorum,
         max_clock_offset: cfg.max_clock_offset,
         max_hint_bytes_per_target: cfg.max_hints_per_node,

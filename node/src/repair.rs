@@ -41,6 +41,11 @@ const META_REPAIRED: &str = "repaired";
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Records per storage scan page.
 const SCAN_PAGE: usize = 4096;
+/// A complete run covers the writes stamped this long before it started, not up to its start:
+/// a write still in flight to some replica when the run started (within its timeout), or stamped
+/// by a clock up to the allowed offset ahead, may have missed the sessions. Well above the write
+/// timeout (2 s) plus the clock bound (500 ms).
+const SINCE_MARGIN_MS: u64 = 60_000;
 
 /// Anti-entropy settings.
 #[derive(Debug, Clone)]
@@ -265,8 +270,11 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         Ok(())
     }
 
-    /// Records that a complete repair of `ranges` started at `since_ms`.
+    /// Records that a complete repair of `ranges` covered the writes before `since_ms` (never
+    /// later than this node's own clock: an initiator whose clock runs ahead makes no tombstone
+    /// purgeable early here).
     fn record_repaired(&self, ranges: &[TokenRange], since_ms: u64) {
+        let since_ms = since_ms.min(crate::kv::wall_millis());
         let view = self.inner.view.borrow().clone();
         let current: HashSet<TokenRange> = my_ranges(&view, self.inner.me, false)
             .into_iter()
@@ -324,12 +332,14 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         let ranges: Vec<(Range, Vec<NodeId>)> = my_ranges(&view, self.inner.me, false)
             .into_iter()
             .filter(|(_, replicas)| peer.is_none_or(|p| replicas.contains(&p)))
+            .filter(|(r, _)| call.range.is_none_or(|q| overlaps(ring_range(q), *r)))
             .collect();
         if ranges.is_empty() {
-            return Response::error(
-                ErrorCode::Unavailable,
-                "this node replicates no range yet (is it joining?)",
-            );
+            let why = match (&call.peer, &call.range) {
+                (None, None) => "this node replicates no range yet (is it joining?)".to_owned(),
+                _ => "no range this node replicates matches --with and --range".to_owned(),
+            };
+            return Response::error(ErrorCode::BadRequest, why);
         }
         let summary = self.run(ranges, peer, "manual").await;
         self.state().last = Some(summary.clone());
@@ -412,19 +422,25 @@ impl<T: Transport, S: Storage> Repair<T, S> {
             .map(|(r, _)| wire_range(*r))
             .collect();
         if !complete.is_empty() {
-            let req = RepairRequest::Repaired { ranges: complete.clone(), since_ms: started_ms };
+            let since_ms = started_ms.saturating_sub(SINCE_MARGIN_MS);
             let view = self.inner.view.borrow().clone();
-            let targets: BTreeSet<NodeId> = ranges
-                .iter()
-                .flat_map(|(_, replicas)| replicas.iter().copied())
-                .filter(|p| *p != me)
-                .collect();
-            for p in targets {
+            let complete_set: BTreeSet<TokenRange> = complete.iter().copied().collect();
+            // Each replica is told of the complete ranges it replicates (it refuses others).
+            let mut per_peer: BTreeMap<NodeId, Vec<TokenRange>> = BTreeMap::new();
+            for (r, replicas) in &ranges {
+                if complete_set.contains(&wire_range(*r)) {
+                    for p in replicas.iter().filter(|p| **p != me) {
+                        per_peer.entry(*p).or_default().push(wire_range(*r));
+                    }
+                }
+            }
+            for (p, theirs) in per_peer {
                 let Some(&addr) = view.addrs.get(&p) else { continue };
+                let req = RepairRequest::Repaired { ranges: theirs, since_ms };
                 let resp = self
                     .inner
                     .transport
-                    .request_within(addr, RepairStep(req.clone()).into_request(), STEP_TIMEOUT)
+                    .request_within(addr, RepairStep(req).into_request(), STEP_TIMEOUT)
                     .await;
                 if !matches!(&resp, Ok(Response::Repair(r)) if matches!(**r, RepairResponse::Done))
                 {
@@ -432,7 +448,7 @@ impl<T: Transport, S: Storage> Repair<T, S> {
                     warn!(peer = %p.short(), "could not tell a replica that its ranges were repaired");
                 }
             }
-            self.record_repaired(&complete, started_ms);
+            self.record_repaired(&complete, since_ms);
         }
         summary.ranges = ranges.len() as u64;
         summary.ranges_differing = differing.len() as u64;
@@ -709,6 +725,12 @@ impl<T: Transport, S: Storage> Repair<T, S> {
     }
 }
 
+/// Whether two token ranges share a token: arcs `(s, e]` of a circle meet exactly when one holds
+/// the other's end.
+fn overlaps(a: Range, b: Range) -> bool {
+    a.contains(b.end) || b.contains(a.end)
+}
+
 /// The ring's ranges `me` holds no replica of, now or pending: what cleanup drops.
 fn foreign_ranges(view: &RingView, me: NodeId) -> Vec<Range> {
     view.placement
@@ -719,19 +741,18 @@ fn foreign_ranges(view: &RingView, me: NodeId) -> Vec<Range> {
 }
 
 /// The ring's ranges (one per vnode position) that `me` replicates now, each with its replicas;
-/// with `led`, only those `me` is first in the preference list of.
+/// with `led`, only those `me` leads: it is the first replica in preference order that is up (so
+/// a range whose first replica is down is still repaired among the others, if not completely).
 fn my_ranges(view: &RingView, me: NodeId, led: bool) -> Vec<(Range, Vec<NodeId>)> {
     view.placement
         .segments()
-        .filter(
-            |(_, natural, _)| {
-                if led {
-                    natural.first() == Some(&me)
-                } else {
-                    natural.contains(&me)
-                }
-            },
-        )
+        .filter(|(_, natural, _)| {
+            if led {
+                natural.iter().find(|p| **p == me || view.is_up(**p)) == Some(&me)
+            } else {
+                natural.contains(&me)
+            }
+        })
         .map(|(r, natural, _)| (r, natural.to_vec()))
         .collect()
 }
@@ -766,6 +787,18 @@ fn parse_repaired(bytes: &[u8]) -> BTreeMap<TokenRange, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_overlap_when_one_holds_the_others_end() {
+        let r = |start, end| Range { start, end };
+        assert!(overlaps(r(10, 20), r(15, 30)));
+        assert!(overlaps(r(10, 20), r(12, 14)));
+        assert!(!overlaps(r(10, 20), r(20, 30)), "(10, 20] and (20, 30] share no token");
+        assert!(overlaps(r(u64::MAX - 5, 5), r(2, 3)), "a wrapping range");
+        assert!(overlaps(r(u64::MAX - 5, 5), r(u64::MAX - 2, u64::MAX)));
+        assert!(!overlaps(r(u64::MAX - 5, 5), r(5, 100)));
+        assert!(overlaps(Range::FULL, r(7, 8)));
+    }
 
     #[test]
     fn repaired_ranges_survive_a_round_trip_and_garbage_is_skipped() {

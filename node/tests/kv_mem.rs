@@ -850,6 +850,31 @@ async fn hints_past_the_window_are_handed_to_a_replica_not_dropped() {
     }
 }
 
+/// A hint older than the tombstone grace period is dropped, never delivered: its write may be
+/// older than a tombstone already purged, and would bring the key back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_older_than_the_tombstone_grace_are_dropped_not_delivered() {
+    let cfg = KvConfig { tombstone_grace: Duration::from_millis(800), ..test_cfg() };
+    let mut c = Cluster::with_config(3, 1, cfg).await;
+    let d = 3;
+    for i in 0..3 {
+        c.down[d].insert(c.nodes[i].id);
+    }
+    c.publish();
+    c.kv(d).put(b"k".to_vec(), Some(b"v".to_vec()), Consistency::Any).await.expect("any");
+    eventually(PATIENCE, "a hint for each replica", || async { c.nodes[d].hints_pending() == 3 })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.down[d].clear();
+    c.publish();
+    eventually(PATIENCE, "the hints gone", || async { c.nodes[d].hints_pending() == 0 }).await;
+    assert_eq!(c.kv(d).status().hints_past_grace, 3);
+    assert_eq!(c.kv(d).status().hints_replayed, 0);
+    for i in 0..3 {
+        assert_eq!(stored(&c.nodes[i], b"k"), None, "not delivered");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_to_one_key_converge_on_every_replica() {
     let c = Cluster::new(3, 0).await;

@@ -49,7 +49,7 @@ async fn repair_brings_back_what_a_replica_missed_past_the_hint_window() {
     let missing = c.replica_read(2, b"while-down-0000").await.expect("replica read");
     assert_eq!(missing, None, "node3 should have missed the writes (no hint kept)");
 
-    let summary = c.call(2, RunRepair { peer: None }).await.expect("repair");
+    let summary = c.call(2, RunRepair { peer: None, range: None }).await.expect("repair");
     assert!(summary.failed.is_empty(), "{summary:?}");
     assert_eq!(summary.ranges_completed, summary.ranges, "{summary:?}");
     assert!(summary.ranges_differing > 0, "{summary:?}");
@@ -59,14 +59,14 @@ async fn repair_brings_back_what_a_replica_missed_past_the_hint_window() {
     c.check_replica(2, &all).await;
 
     // Nothing left to do: one root per range per peer.
-    let again = c.call(2, RunRepair { peer: None }).await.expect("repair");
+    let again = c.call(2, RunRepair { peer: None, range: None }).await.expect("repair");
     assert_eq!((again.ranges_differing, again.keys_received, again.keys_sent), (0, 0, 0));
 
     // A peer killed with -9: its sessions fail, the other's still run, nothing completes.
     c.nodes[0].kill9();
     c.wait_seen_down(&[1, 2], &[0]).await;
     c.write_all(&[1, 2], keys("after-kill", 40), &mut acked).await;
-    let partial = c.call(2, RunRepair { peer: None }).await.expect("repair");
+    let partial = c.call(2, RunRepair { peer: None, range: None }).await.expect("repair");
     assert_eq!(partial.failed.len(), 1, "{partial:?}");
     assert_eq!(partial.ranges_completed, 0, "{partial:?}");
     c.restart(0).await;
@@ -75,7 +75,7 @@ async fn repair_brings_back_what_a_replica_missed_past_the_hint_window() {
         "a complete repair after the restart",
         || c.logs(),
         || async {
-            c.call(2, RunRepair { peer: None })
+            c.call(2, RunRepair { peer: None, range: None })
                 .await
                 .is_ok_and(|s| s.failed.is_empty() && s.ranges_completed == s.ranges)
         },

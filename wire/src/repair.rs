@@ -134,6 +134,9 @@ pub struct RunRepair {
     /// Only the ranges shared with this node (a node id, or a prefix of one).
     #[serde(default)]
     pub peer: Option<String>,
+    /// Only the ranges that overlap these tokens.
+    #[serde(default)]
+    pub range: Option<TokenRange>,
 }
 
 /// One peer RPC of a repair session (the initiator's request; the answer is the responder's).

@@ -374,6 +374,10 @@ pub struct KvStatus {
     /// gone): each handed to another replica of its key first, never just deleted, so
     /// anti-entropy carries its write on.
     pub hints_dropped: u64,
+    /// Hints dropped undelivered: older than the tombstone grace period (their write could
+    /// bring back a key whose tombstone was purged).
+    #[serde(default)]
+    pub hints_past_grace: u64,
     pub read_repairs: u64,
     pub replica_writes: u64,
     pub replica_reads: u64,

@@ -170,7 +170,7 @@ impl Collector for StatusCollector {
             )?;
         }
         if let Some(kv) = &s.kv {
-            let kv_counters: [(&str, &str, u64); 15] = [
+            let kv_counters: [(&str, &str, u64); 16] = [
                 ("kv_writes", "Writes coordinated by this node that succeeded", kv.writes),
                 ("kv_reads", "Reads coordinated by this node that succeeded", kv.reads),
                 (
@@ -185,7 +185,8 @@ impl Collector for StatusCollector {
                     kv.hints_stored,
                 ),
                 ("kv_hints_replayed", "Hints delivered to their replica", kv.hints_replayed),
-                ("kv_hints_dropped", "Hints that could not reach their replica (expired, replica down past the hint window, or gone), handed to another replica of their key instead: anti-entropy carries them on", kv.hints_dropped),
+                ("kv_hints_dropped", "Hints that could not reach their replica (replica down past the hint window, or gone), handed to another replica of their key instead: anti-entropy carries them on", kv.hints_dropped),
+                ("kv_hints_past_grace", "Hints dropped undelivered because they were older than the tombstone grace period", kv.hints_past_grace),
                 ("kv_read_repairs", "Stale replicas repaired by reads", kv.read_repairs),
                 ("kv_replica_writes", "Records stored as a replica", kv.replica_writes),
                 (

@@ -338,6 +338,28 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             // their keys); one that left or stays down past the window gets none: they are
             // retired to another replica.
             let unreachable = view.left.contains(&target) || gone;
+            // Older than the tombstone grace period: the write may be older than a tombstone
+            // already purged, and would bring its key back. Dropped, never delivered.
+            let grace_ms = self.inner.cfg.tombstone_grace.as_millis() as u64;
+            let now_ms = super::wall_millis();
+            let (stale, hints): (Vec<_>, Vec<_>) = hints
+                .into_iter()
+                .partition(|h| h.record.version.millis().saturating_add(grace_ms) < now_ms);
+            if !stale.is_empty() {
+                match self.forget(target, stale.iter().map(Sent::of).collect()).await {
+                    Ok(n) => {
+                        self.inner.stats.hints_past_grace.fetch_add(n, Ordering::Relaxed);
+                        warn!(target = %target, dropped = n, "hints older than the tombstone grace period dropped");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot delete hints past the grace period");
+                        return;
+                    }
+                }
+                if hints.is_empty() {
+                    continue;
+                }
+            }
             let (expired, live): (Vec<_>, Vec<_>) = hints.into_iter().partition(|_| unreachable);
             let no_live = live.is_empty();
             if !expired.is_empty() {

@@ -100,6 +100,8 @@ pub struct KvStats {
     pub hints_stored: AtomicU64,
     pub hints_replayed: AtomicU64,
     pub hints_dropped: AtomicU64,
+    /// Hints dropped undelivered because they were older than the tombstone grace period.
+    pub hints_past_grace: AtomicU64,
     pub read_repairs: AtomicU64,
     pub replica_writes: AtomicU64,
     pub replica_reads: AtomicU64,
@@ -221,6 +223,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             hints_stored: l(&s.hints_stored),
             hints_replayed: l(&s.hints_replayed),
             hints_dropped: l(&s.hints_dropped),
+            hints_past_grace: l(&s.hints_past_grace),
             read_repairs: l(&s.read_repairs),
             replica_writes: l(&s.replica_writes),
             replica_reads: l(&s.replica_reads),
