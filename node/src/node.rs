@@ -427,6 +427,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         },
         purge_gate,
         status_rx.clone(),
+        Some({
+            let kv = kv.clone();
+            Arc::new(move |records: &[starling_wire::Record]| kv.observe_versions(records))
+        }),
     );
     let _ = repair_cell.set(repair.clone());
     let meta_path = cfg.data_dir.join("meta");
@@ -513,6 +517,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let ring_keeper = tokio::spawn(kv.clone().remember_ring());
     let continuous_repair = tokio::spawn(repair.clone().continuous());
     let auto_cleanup = tokio::spawn(repair.clone().auto_cleanup());
+    let gate_keeper = tokio::spawn(repair.clone().keep_gate());
     tokio::spawn(async move {
         match join.await {
             Ok(Ok(())) => {}
@@ -541,6 +546,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     ring_keeper.abort();
     continuous_repair.abort();
     auto_cleanup.abort();
+    gate_keeper.abort();
     let _ = http_stop_tx.send(());
     let _ = http_task.await;
     topics.shutdown().await;

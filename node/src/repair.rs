@@ -15,7 +15,7 @@
 //! - **On demand.** `starling repair` runs every range this node replicates now
 //!   ([`Repair::run_now`]); progress and the last summary are in the status.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,7 +35,8 @@ use crate::kv::view::RingView;
 use crate::storage::{PurgeGate, Storage};
 use crate::transport::Transport;
 
-/// Local metadata: when each range was last repaired completely (`start:end:ms` lines).
+/// Local metadata: when each range was last repaired completely, and by which replicas
+/// (`start:end:ms:id,id,...` lines).
 const META_REPAIRED: &str = "repaired";
 /// One request of a session waits at most this long.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -92,8 +93,10 @@ struct Inner<T, S> {
 struct State {
     running: Option<RepairProgress>,
     last: Option<RepairSummary>,
-    /// Range → wall ms its last complete repair started.
-    repaired: BTreeMap<TokenRange, u64>,
+    /// Range → what its last complete repair covered: writes before this wall ms, on these
+    /// replicas. A record counts only while the range's replicas are still those (a node that
+    /// joins or leaves changes the replica sets of ranges whose bounds stay the same).
+    repaired: BTreeMap<TokenRange, Covered>,
 }
 
 #[derive(Default)]
@@ -109,9 +112,13 @@ struct Counters {
     bytes_received: AtomicU64,
 }
 
+/// Moves the node's clock past versions repair stored ([`crate::kv::Kv::observe_versions`]).
+pub type Observe = Arc<dyn Fn(&[Record]) + Send + Sync>;
+
 /// The local store as a repair session sees it.
 struct StoreReplica<S> {
     storage: Arc<S>,
+    observe: Option<Observe>,
 }
 
 impl<S: Storage> Replica for StoreReplica<S> {
@@ -136,12 +143,35 @@ impl<S: Storage> Replica for StoreReplica<S> {
     }
 
     fn apply(&self, records: &[Record]) -> Result<(), String> {
-        self.storage.apply(records).map_err(|e| e.to_string())
+        self.storage.apply(records).map_err(|e| e.to_string())?;
+        if let Some(observe) = &self.observe {
+            observe(records);
+        }
+        Ok(())
     }
 
     fn segments(&self) -> &Segments {
         self.storage.segments()
     }
+}
+
+/// What a complete repair of a range covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Covered {
+    since_ms: u64,
+    replicas: Vec<NodeId>,
+}
+
+/// The current replicas of each range of the ring, for [`Covered::replicas`].
+fn replica_sets(view: &RingView) -> HashMap<TokenRange, Vec<NodeId>> {
+    view.placement
+        .segments()
+        .map(|(r, natural, _)| {
+            let mut set = natural.to_vec();
+            set.sort();
+            (wire_range(r), set)
+        })
+        .collect()
 }
 
 /// What one session with one peer did.
@@ -153,6 +183,7 @@ struct Outcome {
 
 impl<T: Transport, S: Storage> Repair<T, S> {
     /// The service over `storage`; loads when each range was last repaired.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: NodeId,
         storage: Arc<S>,
@@ -161,6 +192,7 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         cfg: RepairConfig,
         gate: Arc<PurgeGate>,
         status: watch::Receiver<Arc<crate::status::Status>>,
+        observe: Option<Observe>,
     ) -> Self {
         let repaired = match storage.get_meta(META_REPAIRED) {
             Ok(Some(bytes)) => parse_repaired(&bytes),
@@ -173,7 +205,7 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         let repair = Repair {
             inner: Arc::new(Inner {
                 me,
-                replica: Arc::new(StoreReplica { storage }),
+                replica: Arc::new(StoreReplica { storage, observe }),
                 transport,
                 view,
                 cfg,
@@ -280,11 +312,17 @@ impl<T: Transport, S: Storage> Repair<T, S> {
             .into_iter()
             .map(|(r, _)| wire_range(r))
             .collect();
+        let sets = replica_sets(&view);
         let bytes = {
             let mut st = self.state();
             for r in ranges {
-                let t = st.repaired.entry(*r).or_insert(0);
-                *t = (*t).max(since_ms);
+                let Some(replicas) = sets.get(r) else { continue };
+                match st.repaired.get_mut(r) {
+                    Some(c) if c.replicas == *replicas => c.since_ms = c.since_ms.max(since_ms),
+                    _ => {
+                        st.repaired.insert(*r, Covered { since_ms, replicas: replicas.clone() });
+                    }
+                }
             }
             // Ranges of an older ring are forgotten once the ring has moved on.
             if !current.is_empty() {
@@ -298,10 +336,32 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         self.update_gate();
     }
 
+    /// Hands compaction the ranges whose last complete repair was by their current replicas.
     fn update_gate(&self) {
-        let ranges =
-            self.state().repaired.iter().map(|(r, t)| (ring_range(*r), *t)).collect::<Vec<_>>();
+        let sets = replica_sets(&self.inner.view.borrow().clone());
+        let ranges = self
+            .state()
+            .repaired
+            .iter()
+            .filter(|(r, c)| sets.get(r) == Some(&c.replicas))
+            .map(|(r, c)| (ring_range(*r), c.since_ms))
+            .collect::<Vec<_>>();
         self.inner.gate.set(ranges);
+    }
+
+    /// Keeps compaction's view of repaired ranges in step with the ring: when a node joins or
+    /// leaves, ranges whose replica set changed count as never repaired until their next
+    /// complete repair.
+    pub async fn keep_gate(self) {
+        let mut last = String::new();
+        loop {
+            let digest = self.inner.view.borrow().ring.digest();
+            if digest != last {
+                self.update_gate();
+                last = digest;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Repairs now every range this node replicates (only those shared with `peer`, if given),
@@ -683,13 +743,14 @@ impl<T: Transport, S: Storage> Repair<T, S> {
     pub fn status(&self) -> RepairStatus {
         let view = self.inner.view.borrow().clone();
         let now = crate::kv::wall_millis();
+        let sets = replica_sets(&view);
         let st = self.state();
         let ranges: Vec<RangeRepair> = my_ranges(&view, self.inner.me, false)
             .into_iter()
-            .map(|(r, _)| RangeRepair {
-                start: r.start,
-                end: r.end,
-                repaired_ms: st.repaired.get(&wire_range(r)).copied(),
+            .map(|(r, _)| {
+                let r = wire_range(r);
+                let covered = st.repaired.get(&r).filter(|c| sets.get(&r) == Some(&c.replicas));
+                RangeRepair { start: r.start, end: r.end, repaired_ms: covered.map(|c| c.since_ms) }
             })
             .collect();
         let oldest = if ranges.is_empty() || ranges.iter().any(|r| r.repaired_ms.is_none()) {
@@ -761,25 +822,31 @@ fn encoded_len<T: serde::Serialize>(v: &T) -> u64 {
     rmp_serde::to_vec_named(v).map_or(0, |b| b.len() as u64)
 }
 
-fn format_repaired(m: &BTreeMap<TokenRange, u64>) -> Vec<u8> {
+fn format_repaired(m: &BTreeMap<TokenRange, Covered>) -> Vec<u8> {
     let mut out = String::new();
-    for (r, t) in m {
-        out.push_str(&format!("{}:{}:{}\n", r.start, r.end, t));
+    for (r, c) in m {
+        let ids: Vec<String> = c.replicas.iter().map(NodeId::to_string).collect();
+        out.push_str(&format!("{}:{}:{}:{}\n", r.start, r.end, c.since_ms, ids.join(",")));
     }
     out.into_bytes()
 }
 
 /// Parses [`format_repaired`]'s lines; a line that does not parse is skipped (its range then
 /// keeps its tombstones until the next complete repair: the safe side).
-fn parse_repaired(bytes: &[u8]) -> BTreeMap<TokenRange, u64> {
+fn parse_repaired(bytes: &[u8]) -> BTreeMap<TokenRange, Covered> {
     let text = String::from_utf8_lossy(bytes);
     text.lines()
         .filter_map(|l| {
             let mut it = l.split(':');
             let start = it.next()?.parse().ok()?;
             let end = it.next()?.parse().ok()?;
-            let t = it.next()?.parse().ok()?;
-            Some((TokenRange { start, end }, t))
+            let since_ms = it.next()?.parse().ok()?;
+            let replicas = it
+                .next()?
+                .split(',')
+                .map(|s| s.parse::<NodeId>().ok())
+                .collect::<Option<Vec<NodeId>>>()?;
+            Some((TokenRange { start, end }, Covered { since_ms, replicas }))
         })
         .collect()
 }
@@ -803,11 +870,16 @@ mod tests {
     #[test]
     fn repaired_ranges_survive_a_round_trip_and_garbage_is_skipped() {
         let mut m = BTreeMap::new();
-        m.insert(TokenRange { start: 5, end: 9 }, 1_700_000_000_000);
-        m.insert(TokenRange { start: u64::MAX, end: 0 }, 3);
+        let replicas = vec![NodeId(1), NodeId(u128::MAX)];
+        m.insert(
+            TokenRange { start: 5, end: 9 },
+            Covered { since_ms: 1_700_000_000_000, replicas: replicas.clone() },
+        );
+        m.insert(TokenRange { start: u64::MAX, end: 0 }, Covered { since_ms: 3, replicas });
         assert_eq!(parse_repaired(&format_repaired(&m)), m);
         let mut bytes = format_repaired(&m);
-        bytes.extend_from_slice(b"garbage\n1:2\n\xff\xfe:1:1\n");
+        // Garbage, and a line without its replicas (as written before they were recorded): skipped.
+        bytes.extend_from_slice(b"garbage\n1:2\n\xff\xfe:1:1\n7:8:9\n7:8:9:zz\n");
         assert_eq!(parse_repaired(&bytes), m);
     }
 }

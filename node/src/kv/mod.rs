@@ -352,6 +352,18 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         }
     }
 
+    /// Moves this node's clock past the versions of records it stored by other means than a
+    /// coordinator's write (anti-entropy), as reads do: a later write it coordinates then gets a
+    /// newer version than every record it holds. A version from a clock further ahead than the
+    /// maximum offset is not followed (its value still wins by version).
+    pub fn observe_versions(&self, records: &[Record]) {
+        let bound = self.inner.cfg.max_clock_offset.as_millis() as u64;
+        let now = self.cluster_millis();
+        if let Some(newest) = records.iter().map(|r| r.version.ts).max() {
+            let _ = self.inner.hlc.observe(newest, now, bound);
+        }
+    }
+
     /// Refuses records that are not valid, or whose version is further ahead of this node's
     /// clock than the maximum clock offset (a coordinator with a broken clock must not plant
     /// versions no later write can beat); otherwise moves this node's clock past them.
