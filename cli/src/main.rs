@@ -117,6 +117,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Take a dead node off the ring for good (its disk is gone, it will not come back): the
+    /// nodes that take over its ranges stream them from the surviving replicas, so every key is
+    /// back to its full number of copies. Refused while the node is up (a live node leaves with
+    /// `starling leave`). Run again to resume a removal that failed.
+    Removenode {
+        /// The dead node's id (or its first 8 hex digits), as `starling status` lists it.
+        node_id: String,
+        /// Give up waiting after this long, e.g. 2h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -316,6 +330,9 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
         }
         Cmd::Cleanup { json } => repair::cleanup(&cli.node, &auth(&cli)?, *json).await?,
+        Cmd::Removenode { node_id, timeout, json } => {
+            repair::remove_node(&cli.node, &auth(&cli)?, node_id, *timeout, *json).await?
+        }
         Cmd::Repair { with, range, timeout, json } => {
             let (with, range) = (with.clone(), range.clone());
             repair::run(&cli.node, &auth(&cli)?, with, range, *timeout, *json).await?;

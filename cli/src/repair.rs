@@ -91,6 +91,52 @@ pub async fn cleanup(node: &str, auth: &Auth, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `starling removenode`: takes a dead node off the ring; its ranges are streamed from the
+/// surviving replicas to the nodes that take them over. A spinner runs while it does.
+pub async fn remove_node(
+    node: &str,
+    auth: &Auth,
+    target: &str,
+    timeout: Duration,
+    json: bool,
+) -> Result<()> {
+    let config = ClientConfig { request_timeout: timeout, ..ClientConfig::default() };
+    let client = Client::with_config(&[node], auth, config).await.map_err(ClientError::from)?;
+    let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_message(format!("removing {target}: its ranges stream to their new replicas"));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let r = client
+        .call_node(0, starling_wire::repair::RemoveNode { node: target.to_owned() })
+        .await
+        .map_err(ClientError::from);
+    bar.finish_and_clear();
+    client.close().await;
+    let s = r?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        let records: u64 = s.streamed.iter().map(|(_, n)| n).sum();
+        println!(
+            "removed {} in {:.1} s: {} node(s) took over its ranges, {records} records streamed",
+            s.node,
+            s.duration_ms as f64 / 1000.0,
+            s.streamed.len()
+        );
+        for (id, n) in &s.streamed {
+            println!("  {}: {n} records", &id[..id.len().min(8)]);
+        }
+    }
+    Ok(())
+}
+
 /// `START:END`, tokens in decimal: the ring's `(START, END]`.
 fn parse_range(s: &str) -> Result<starling_wire::repair::TokenRange> {
     let bad = || {

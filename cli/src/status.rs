@@ -105,6 +105,15 @@ pub fn render(s: &Status) -> String {
         if let Some(why) = &kv.storage_failure {
             let _ = writeln!(out, "STORAGE FAILED, no writes taken until restarted: {why}");
         }
+        if let Some(why) = &kv.recovering {
+            let _ = writeln!(out, "RECOVERING, no replica reads answered yet: {why}");
+        } else if kv.recovered_records > 0 {
+            let _ = writeln!(
+                out,
+                "recovered {} records from other replicas after an unclean stop",
+                kv.recovered_records
+            );
+        }
     }
     if let Some(r) = &s.repair {
         let never = r.ranges.iter().filter(|x| x.repaired_ms.is_none()).count();

@@ -17,6 +17,13 @@ pub mod keys {
     pub const TOKENS: &str = "tokens";
     /// The digest of the ring this node computed (ring agreement is part of `converged`).
     pub const RING: &str = "ring";
+    /// Nodes this node is removing (`starling removenode`): comma-separated ids. Every node
+    /// treats them as leaving, so their ranges' new owners get the writes while they stream.
+    pub const REMOVING: &str = "removing";
+    /// Nodes removed for good, comma-separated ids: every node publishes every removal it has
+    /// heard of (and keeps it on disk), so the fact outlives the node that removed them. Removed
+    /// nodes are off the ring and count as left, even if one comes back.
+    pub const REMOVED: &str = "removed";
 }
 
 /// One immutable snapshot.
@@ -29,8 +36,10 @@ pub struct RingView {
     pub addrs: HashMap<NodeId, SocketAddr>,
     /// Members gossip reports `down`, with when this node first saw them down.
     pub down: HashMap<NodeId, Instant>,
-    /// Members that left for good (their hints are dropped).
+    /// Members that left for good (their hints are dropped), removed ones included.
     pub left: HashSet<NodeId>,
+    /// Members removed with `starling removenode`, as any member publishes them.
+    pub removed: HashSet<NodeId>,
     /// Fraction of the keyspace this node replicates (computed when the ring changes).
     pub my_ownership: f64,
 }
@@ -46,6 +55,9 @@ pub struct MemberRingState {
     pub tokens: Option<String>,
     pub status: Option<String>,
     pub zone: Option<String>,
+    /// Its [`keys::REMOVING`] and [`keys::REMOVED`].
+    pub removing: Option<String>,
+    pub removed: Option<String>,
 }
 
 impl RingView {
@@ -61,6 +73,7 @@ impl RingView {
             addrs: HashMap::new(),
             down: HashMap::new(),
             left: HashSet::new(),
+            removed: HashSet::new(),
             my_ownership: 0.0,
         }
     }
@@ -79,9 +92,14 @@ impl RingView {
         let mut addrs = HashMap::new();
         let mut down = HashMap::new();
         let mut left = HashSet::new();
+        let ids_of = |f: fn(&MemberRingState) -> &Option<String>| -> HashSet<NodeId> {
+            members.iter().filter_map(|m| f(m).as_deref()).flat_map(parse_ids).collect()
+        };
+        let removed = ids_of(|m| &m.removed);
+        let removing = ids_of(|m| &m.removing);
         for m in members {
             addrs.insert(m.id, m.addr);
-            if m.left {
+            if m.left || removed.contains(&m.id) {
                 left.insert(m.id);
                 continue;
             }
@@ -99,9 +117,10 @@ impl RingView {
                 continue;
             };
             let status = match m.status.as_deref() {
+                Some("left") => continue,
+                _ if removing.contains(&m.id) => NodeStatus::Leaving,
                 Some("joining") => NodeStatus::Joining,
                 Some("leaving") => NodeStatus::Leaving,
-                Some("left") => continue,
                 _ => NodeStatus::Normal,
             };
             nodes.push(RingNode { id: m.id, tokens, zone: m.zone.clone(), status });
@@ -115,13 +134,24 @@ impl RingView {
                     addrs,
                     down,
                     left,
+                    removed,
                     ..p.clone()
                 };
             }
         }
         let placement = Arc::new(ring.placement(rf));
         let my_ownership = ring.ownership(rf).get(&me).copied().unwrap_or(0.0);
-        RingView { me, rf, ring: Arc::new(ring), placement, addrs, down, left, my_ownership }
+        RingView {
+            me,
+            rf,
+            ring: Arc::new(ring),
+            placement,
+            addrs,
+            down,
+            left,
+            removed,
+            my_ownership,
+        }
     }
 
     /// Members other than this node that gossip does not report down or left.
@@ -158,6 +188,8 @@ pub fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
             tokens: get(m.node_state, keys::TOKENS),
             status: get(m.node_state, gossip_keys::STATUS),
             zone: get(m.node_state, gossip_keys::ZONE),
+            removing: get(m.node_state, keys::REMOVING),
+            removed: get(m.node_state, keys::REMOVED),
         })
         .collect();
     let local = g.local_state();
@@ -169,6 +201,8 @@ pub fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
         tokens: get(local, keys::TOKENS),
         status: get(local, gossip_keys::STATUS),
         zone: get(local, gossip_keys::ZONE),
+        removing: get(local, keys::REMOVING),
+        removed: get(local, keys::REMOVED),
     });
     out
 }
@@ -176,6 +210,18 @@ pub fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
 /// Encodes tokens for gossip.
 pub fn format_tokens(tokens: &[Token]) -> String {
     tokens.iter().map(|t| format!("{t:x}")).collect::<Vec<_>>().join(",")
+}
+
+/// Encodes node ids for gossip ([`keys::REMOVING`], [`keys::REMOVED`]), sorted.
+pub fn format_ids<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> String {
+    let mut ids: Vec<&NodeId> = ids.into_iter().collect();
+    ids.sort_unstable();
+    ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// Decodes gossiped node ids; malformed ones are skipped.
+pub fn parse_ids(s: &str) -> Vec<NodeId> {
+    s.split(',').filter_map(|id| id.trim().parse().ok()).collect()
 }
 
 /// Decodes gossiped tokens; `None` if empty or malformed (the member is then left off the ring).
@@ -196,5 +242,57 @@ mod tests {
         assert_eq!(parse_tokens(&format_tokens(&t)), Some(t));
         assert_eq!(parse_tokens(""), None);
         assert_eq!(parse_tokens("12,zz"), None);
+    }
+
+    fn member(id: u128, removing: &[u128], removed: &[u128]) -> MemberRingState {
+        let ids = |l: &[u128]| {
+            (!l.is_empty()).then(|| format_ids(&l.iter().map(|i| NodeId(*i)).collect::<Vec<_>>()))
+        };
+        MemberRingState {
+            id: NodeId(id),
+            addr: std::net::SocketAddr::from(([127, 0, 0, id as u8], 7000)),
+            down: id == 4,
+            left: false,
+            tokens: Some(format_tokens(&[id as u64 * 1000, id as u64 * 1000 + 7])),
+            status: Some("normal".into()),
+            zone: None,
+            removing: ids(removing),
+            removed: ids(removed),
+        }
+    }
+
+    /// A node any member announces as removing is leaving (its ranges have pending replicas);
+    /// one any member announces as removed is off the ring and counts as left, whoever said it.
+    #[test]
+    fn removing_is_leaving_and_removed_is_gone() {
+        let now = Instant::now();
+        let me = NodeId(1);
+        let plain: Vec<_> = (1..=4).map(|i| member(i, &[], &[])).collect();
+        let v = RingView::build(me, 3, &plain, None, now);
+        assert_eq!(v.ring.nodes().count(), 4);
+        let mut removing = plain.clone();
+        removing[1] = member(2, &[4], &[]);
+        let v = RingView::build(me, 3, &removing, None, now);
+        assert_eq!(v.ring.node(NodeId(4)).map(|n| n.status), Some(NodeStatus::Leaving));
+        assert!(
+            !v.ring.pending_ranges(NodeId(1), 3).is_empty()
+                || !v.ring.pending_ranges(NodeId(3), 3).is_empty()
+        );
+        let mut removed = plain.clone();
+        removed[2] = member(3, &[], &[4]);
+        let v = RingView::build(me, 3, &removed, None, now);
+        assert!(v.ring.node(NodeId(4)).is_none());
+        assert!(v.left.contains(&NodeId(4)) && v.removed.contains(&NodeId(4)));
+        assert_eq!(v.ring.nodes().count(), 3);
+    }
+
+    #[test]
+    fn ids_round_trip_and_skip_garbage() {
+        let ids = [NodeId(7), NodeId(u128::MAX), NodeId(1 << 100)];
+        let back = parse_ids(&format_ids(&ids));
+        assert_eq!(back.len(), 3);
+        assert!(ids.iter().all(|id| back.contains(id)));
+        assert_eq!(parse_ids(""), Vec::<NodeId>::new());
+        assert_eq!(parse_ids(&format!("zz,{}", NodeId(9))), vec![NodeId(9)]);
     }
 }

@@ -25,6 +25,8 @@ fn view(me: u128, n: u128, down: &[u128], now: Instant) -> RingView {
                 tokens: Some(format_tokens(&tokens)),
                 status: Some("normal".into()),
                 zone: None,
+                removing: None,
+                removed: None,
             }
         })
         .collect();
@@ -272,6 +274,8 @@ fn joining_view(me: u128, now: Instant) -> RingView {
                 tokens: Some(format_tokens(&tokens)),
                 status: Some(if id == 4 { "joining" } else { "normal" }.into()),
                 zone: None,
+                removing: None,
+                removed: None,
             }
         })
         .collect();

@@ -590,5 +590,8 @@ fn respond_inner<R: Replica + ?Sized>(
             Ok(RepairResponse::Done)
         }
         RepairRequest::Repaired { .. } => Ok(RepairResponse::Done),
+        RepairRequest::StreamPending => {
+            Ok(RepairResponse::Refused("a stream request is not part of a sync session".into()))
+        }
     }
 }

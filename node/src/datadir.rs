@@ -126,6 +126,25 @@ impl DataDir {
     }
 }
 
+/// The file a clean stop leaves beside the store (see [`take_clean_stop`]).
+pub const CLEAN_STOP: &str = "kv-clean-stop";
+
+/// Whether the store in `dir` stopped cleanly: `Some(true)` if the marker a clean stop writes
+/// (once the store is synced) was there, `Some(false)` if the store exists without it (the
+/// process was killed, or the machine lost power: the store may lack writes it acknowledged),
+/// `None` for a new store. The marker is removed (durably) before anything is written.
+pub fn take_clean_stop(dir: &Path, store: &Path) -> Result<Option<bool>> {
+    let marker = dir.join(CLEAN_STOP);
+    let clean = marker.exists();
+    if clean {
+        fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
+    }
+    Ok(store.join("CURRENT").exists().then_some(clean))
+}
+
 /// Write-then-rename so a crash leaves either the old or the new file, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use starling_gossip::{Config as GossipConfig, Gossip};
+use starling_wire::repair::{RemoveNode, RepairRequest, RepairResponse};
 use starling_wire::{
     answer_of, Call, ClientRequest, Clock, Consistency, Echo, ErrorCode, Get, GetStatus, KvRequest,
     PeerRequest, Put, Request, Response,
@@ -155,6 +156,16 @@ impl NodeService {
                 Some(repair) => repair.cleanup_now().await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
+            ClientRequest::RemoveNode(r) => match self.kv.get() {
+                Some(kv) => {
+                    let (commands, status) = (self.commands.clone(), self.status.clone());
+                    match bootstrap::remove_node(kv.clone(), &r.node, commands, status).await {
+                        Ok(summary) => RemoveNode::respond(summary),
+                        Err(e) => e,
+                    }
+                }
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
         }
     }
 
@@ -176,6 +187,13 @@ impl NodeService {
             },
             PeerRequest::Topic(t) => match self.topics.get() {
                 Some(topics) => topics.handle_peer(t).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
+            PeerRequest::Repair(RepairRequest::StreamPending) => match self.kv.get() {
+                Some(kv) => match bootstrap::stream_pending(kv).await {
+                    Ok(n) => Response::Repair(Box::new(RepairResponse::Streamed(n))),
+                    Err(e) => Response::error(ErrorCode::Unavailable, format!("{e:#}")),
+                },
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
             PeerRequest::Repair(r) => match self.repair.get() {
@@ -285,6 +303,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         segment_bits: cfg.repair_segment_bits,
     };
     let db_path = cfg.data_dir.join("db");
+    let clean_stop = crate::datadir::take_clean_stop(&cfg.data_dir, &db_path)?;
     let storage = Arc::new(
         tokio::task::spawn_blocking(move || RocksStorage::open(&db_path, &rocks_cfg))
             .await
@@ -415,6 +434,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let repair_view = ring_rx.clone();
     let kv = Kv::new(data.node_id, kv_cfg, storage, transport.clone(), ring_rx)
         .context("cannot start the storage threads")?;
+    if clean_stop == Some(false) {
+        warn!("the store did not stop cleanly (killed, or a power loss): writes it acknowledged may be missing from it, so it answers no replica reads until it has compared its ranges with their other replicas");
+        kv.start_recovery(
+            "the store did not stop cleanly: comparing its ranges with the other replicas".into(),
+        );
+    }
     let _ = kv_cell.set(kv.clone());
     let repair = crate::repair::Repair::new(
         data.node_id,
@@ -433,6 +458,18 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         }),
     );
     let _ = repair_cell.set(repair.clone());
+    if kv.is_recovering() {
+        let (kv, repair) = (kv.clone(), repair.clone());
+        tokio::spawn(async move {
+            let records = repair.recover().await;
+            if records > 0 {
+                warn!(records, "recovered: records this node's store lacked (lost in the unclean stop, or written while it was down) came back from other replicas; it answers reads again");
+            } else {
+                info!("recovered: nothing was missing from the store; it answers reads again");
+            }
+            kv.recovered(records);
+        });
+    }
     let meta_path = cfg.data_dir.join("meta");
     let meta_store = Arc::new(
         tokio::task::spawn_blocking(move || ZabStore::open(&meta_path))
@@ -515,6 +552,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let replay = tokio::spawn(kv.clone().replay_hints());
     let clocks = tokio::spawn(kv.clone().monitor_clocks());
     let ring_keeper = tokio::spawn(kv.clone().remember_ring());
+    let removals = tokio::spawn(bootstrap::keep_removals(kv.clone(), cmd_tx.clone()));
     let continuous_repair = tokio::spawn(repair.clone().continuous());
     let auto_cleanup = tokio::spawn(repair.clone().auto_cleanup());
     let gate_keeper = tokio::spawn(repair.clone().keep_gate());
@@ -544,6 +582,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     replay.abort();
     clocks.abort();
     ring_keeper.abort();
+    removals.abort();
     continuous_repair.abort();
     auto_cleanup.abort();
     gate_keeper.abort();
@@ -551,6 +590,22 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let _ = http_task.await;
     topics.shutdown().await;
     transport.close().await;
+    let store = kv.storage().clone();
+    let synced = tokio::task::spawn_blocking(move || store.sync_all()).await;
+    match synced {
+        Ok(Ok(())) => {
+            if let Err(e) = crate::datadir::write_atomic(
+                &cfg.data_dir.join(crate::datadir::CLEAN_STOP),
+                b"the store was synced at a clean stop\n",
+            ) {
+                warn!(error = %format!("{e:#}"), "cannot mark the stop clean: the next start compares the store with its replicas first");
+            }
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot sync the store at stop: the next start compares it with its replicas first")
+        }
+        Err(e) => warn!(error = %e, "store sync task failed"),
+    }
     drop(cmd_tx);
     info!("stopped");
     Ok(())

@@ -265,6 +265,9 @@ impl<T: Transport, S: Storage> Repair<T, S> {
             RepairRequest::Entries { items, .. } => {
                 return self.check_ranges(view, items.iter().map(|i| i.range));
             }
+            RepairRequest::StreamPending => {
+                return Err("a stream request is not part of a sync session".into());
+            }
             RepairRequest::Push(records) => {
                 return match records.iter().find(|r| {
                     let (natural, pending) = view.placement.write_set(token_of(&r.key));
@@ -736,6 +739,41 @@ impl<T: Transport, S: Storage> Repair<T, S> {
                 }
                 tokio::time::sleep_until(next.into()).await;
             }
+        }
+    }
+
+    /// Recovery after an unclean stop (see `Kv::start_recovery`): once gossip has converged and
+    /// this node is `normal` on the ring, compares every range it replicates with every other
+    /// replica, again while a replica that is up could not be reached. Replicas that are down
+    /// are left out (writes only they and this node held come back with continuous repair, or
+    /// hints, once they return). Returns the records received.
+    pub async fn recover(&self) -> u64 {
+        let me = self.inner.me;
+        let mut status = self.inner.status.clone();
+        let mut received = 0;
+        loop {
+            let converged = status.borrow_and_update().converged;
+            let view = self.inner.view.borrow().clone();
+            let normal =
+                view.ring.node(me).is_some_and(|n| n.status == starling_ring::NodeStatus::Normal);
+            if !converged || !normal {
+                let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
+                continue;
+            }
+            let ranges = my_ranges(&view, me, false);
+            let summary = self.run(ranges, None, "recovery").await;
+            received += summary.keys_received;
+            let view = self.inner.view.borrow().clone();
+            let id_of = |s: &str| view.ring.nodes().map(|n| n.id).find(|id| id.to_string() == s);
+            let (up, down): (Vec<_>, Vec<_>) =
+                summary.failed.iter().partition(|(p, _)| id_of(p).is_some_and(|id| view.is_up(id)));
+            if up.is_empty() {
+                for (p, why) in down {
+                    warn!(peer = %p, error = %why, "recovery could not compare this node's ranges with a replica that is down: writes only it and this node held may be missing here until it is back and repaired");
+                }
+                return received;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 

@@ -146,6 +146,8 @@ impl Cluster {
                 tokens,
                 status: Some("normal".into()),
                 zone: None,
+                removing: None,
+                removed: None,
             });
             cluster.nodes.push(node);
             cluster.down.push(HashSet::new());

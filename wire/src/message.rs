@@ -87,6 +87,7 @@ impl Request {
             Request::Peer(PeerRequest::Topic(t)) => t.kind(),
             Request::Client(ClientRequest::Repair(_)) => "repair",
             Request::Client(ClientRequest::Cleanup(_)) => "cleanup",
+            Request::Client(ClientRequest::RemoveNode(_)) => "removenode",
             Request::Peer(PeerRequest::Gossip(_)) => "gossip",
             Request::Peer(PeerRequest::Leave) => "leave",
             Request::Peer(PeerRequest::Clock) => "clock",
@@ -96,6 +97,7 @@ impl Request {
                 RepairRequest::Entries { .. } => "repair_entries",
                 RepairRequest::Push(_) => "repair_push",
                 RepairRequest::Repaired { .. } => "repair_repaired",
+                RepairRequest::StreamPending => "repair_stream_pending",
             },
             Request::Peer(PeerRequest::Replica(r)) => match r {
                 ReplicaRequest::Write(_) => "replica_write",
@@ -126,6 +128,8 @@ pub enum ClientRequest {
     Repair(crate::repair::RunRepair),
     /// Drop the ranges the receiving node no longer replicates ([`crate::repair::RunCleanup`]).
     Cleanup(crate::repair::RunCleanup),
+    /// Take a dead node off the ring ([`crate::repair::RemoveNode`]).
+    RemoveNode(crate::repair::RemoveNode),
 }
 
 /// The key-value store's client calls.
@@ -467,45 +471,34 @@ call!(peer ReplicaScan => Page,
     |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::Scan(self))),
     |a| Response::Replica(ReplicaResponse::Page(a)),
     Response::Replica(ReplicaResponse::Page(p)) => p);
-impl Call for crate::repair::RunCleanup {
-    type Answer = crate::repair::CleanupSummary;
-    const PEER: bool = false;
-    fn into_request(self) -> Request {
-        Request::Client(ClientRequest::Cleanup(self))
-    }
-    fn answer(response: Response) -> Result<Self::Answer, Response> {
-        match response {
-            Response::Repair(r) => match *r {
-                RepairResponse::Cleaned(s) => Ok(s),
-                other => Err(Response::Repair(Box::new(other))),
-            },
-            other => Err(other),
+/// [`Call`] for a client call answered with one [`RepairResponse`] variant (boxed in
+/// [`Response::Repair`]).
+macro_rules! repair_call {
+    ($request:ident($call:ident) => $answer:ident, $variant:ident) => {
+        impl Call for crate::repair::$call {
+            type Answer = crate::repair::$answer;
+            const PEER: bool = false;
+            fn into_request(self) -> Request {
+                Request::Client(ClientRequest::$request(self))
+            }
+            fn answer(response: Response) -> Result<Self::Answer, Response> {
+                match response {
+                    Response::Repair(r) => match *r {
+                        RepairResponse::$variant(s) => Ok(s),
+                        other => Err(Response::Repair(Box::new(other))),
+                    },
+                    other => Err(other),
+                }
+            }
+            fn respond(answer: Self::Answer) -> Response {
+                Response::Repair(Box::new(RepairResponse::$variant(answer)))
+            }
         }
-    }
-    fn respond(answer: Self::Answer) -> Response {
-        Response::Repair(Box::new(RepairResponse::Cleaned(answer)))
-    }
+    };
 }
-
-impl Call for crate::repair::RunRepair {
-    type Answer = crate::repair::RepairSummary;
-    const PEER: bool = false;
-    fn into_request(self) -> Request {
-        Request::Client(ClientRequest::Repair(self))
-    }
-    fn answer(response: Response) -> Result<Self::Answer, Response> {
-        match response {
-            Response::Repair(r) => match *r {
-                RepairResponse::Summary(s) => Ok(s),
-                other => Err(Response::Repair(Box::new(other))),
-            },
-            other => Err(other),
-        }
-    }
-    fn respond(answer: Self::Answer) -> Response {
-        Response::Repair(Box::new(RepairResponse::Summary(answer)))
-    }
-}
+repair_call!(Cleanup(RunCleanup) => CleanupSummary, Cleaned);
+repair_call!(Repair(RunRepair) => RepairSummary, Summary);
+repair_call!(RemoveNode(RemoveNode) => RemoveSummary, Removed);
 call!(peer crate::repair::RepairStep => RepairResponse,
     |self| Request::Peer(PeerRequest::Repair(self.0)),
     |a| Response::Repair(Box::new(a)),

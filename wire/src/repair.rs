@@ -12,6 +12,9 @@
 //! Push     (records)                    -> ok                    the records the responder wanted
 //! Repaired (ranges, since)              -> ok                    a round covered these ranges
 //! ```
+//!
+//! Also here: `starling repair`, `starling cleanup` and `starling removenode`, and the stream a
+//! removal asks of each node that takes over some of the removed node's ranges.
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +76,10 @@ pub enum RepairRequest {
     /// every write any of them held at `since_ms` (wall clock, ms since the Unix epoch). Tombstones
     /// older than that may be purged once their grace period has passed too.
     Repaired { ranges: Vec<TokenRange>, since_ms: u64 },
+    /// From the node running a [`RemoveNode`]: stream now every range the receiver gains (its
+    /// pending ranges, the removed node's share) from their current replicas. Answered with
+    /// [`RepairResponse::Streamed`] once done.
+    StreamPending,
 }
 
 /// Nodes of one range's tree whose children the initiator wants.
@@ -111,6 +118,29 @@ pub enum RepairResponse {
     Summary(RepairSummary),
     /// What a [`RunCleanup`] did.
     Cleaned(CleanupSummary),
+    /// Records a [`RepairRequest::StreamPending`] received.
+    Streamed(u64),
+    /// What a [`RemoveNode`] did.
+    Removed(RemoveSummary),
+}
+
+/// Client: take a dead node off the ring (`starling removenode`): its ranges move to the nodes
+/// next on the ring, which stream them from the surviving replicas, so every range is back to
+/// `N` copies. Refused while the node is up. Answered when done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveNode {
+    /// The node's id, or a prefix of it.
+    pub node: String,
+}
+
+/// What a [`RemoveNode`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveSummary {
+    /// The removed node's id.
+    pub node: String,
+    /// Each node that took over some of its ranges, with the records it streamed.
+    pub streamed: Vec<(String, u64)>,
+    pub duration_ms: u64,
 }
 
 /// Client: drop now the records of ranges the receiving node no longer replicates (they moved

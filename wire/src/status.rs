@@ -423,4 +423,12 @@ pub struct KvStatus {
     /// Why the local store refuses writes (a failed write or WAL sync), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_failure: Option<String>,
+    /// Why this node answers no replica reads yet (after an unclean stop its store may lack
+    /// writes it had acknowledged: it first compares its ranges with their other replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovering: Option<String>,
+    /// Records the last recovery received from other replicas: writes this node had lost (or
+    /// had not received before it stopped).
+    #[serde(default)]
+    pub recovered_records: u64,
 }

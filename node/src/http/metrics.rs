@@ -221,7 +221,7 @@ impl Collector for StatusCollector {
                 ),
             ];
             encode_counters(&mut encoder, &kv_counters)?;
-            let kv_gauges: [(&str, &str, i64); 8] = [
+            let kv_gauges: [(&str, &str, i64); 10] = [
                 ("kv_hints_bytes", "Bytes of hints kept for other replicas", kv.hints_bytes as i64),
                 (
                     "clock_offset_ms",
@@ -253,6 +253,16 @@ impl Collector for StatusCollector {
                     "kv_storage_failed",
                     "1 once a write or WAL sync failed: the node takes no more writes until restarted",
                     i64::from(kv.storage_failure.is_some()),
+                ),
+                (
+                    "kv_recovering",
+                    "1 while the store, after an unclean stop, is compared with its replicas (no replica reads answered)",
+                    i64::from(kv.recovering.is_some()),
+                ),
+                (
+                    "kv_recovered_records",
+                    "Records the last recovery after an unclean stop received from other replicas",
+                    kv.recovered_records as i64,
                 ),
             ];
             encode_gauges(&mut encoder, &kv_gauges)?;

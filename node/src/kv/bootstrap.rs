@@ -26,11 +26,12 @@ use std::time::Duration;
 use anyhow::Context;
 
 use starling_ring::{token_of, NodeId, NodeStatus, Range};
-use starling_wire::{Page, Record, ReplicaScan, ReplicaWrite};
+use starling_wire::repair::{RemoveSummary, RepairRequest, RepairResponse, RepairStep};
+use starling_wire::{Call, ErrorCode, Page, Record, ReplicaScan, ReplicaWrite, Response};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::view::{format_tokens, keys};
+use super::view::{format_ids, format_tokens, keys, parse_ids};
 use super::Kv;
 use crate::driver::DriverCommand;
 use crate::status::Status;
@@ -38,6 +39,15 @@ use crate::storage::Storage;
 use crate::transport::Transport;
 
 const META_TOKENS: &str = "tokens";
+/// Local metadata: the nodes removed with `starling removenode` this node knows of (ids).
+const META_REMOVED: &str = "removed";
+/// Local metadata: the nodes this node is removing (a removal cut short goes on being announced
+/// after a restart, until `starling removenode` is run again).
+const META_REMOVING: &str = "removing";
+/// How long a removal waits for every live node to agree on the ring.
+const REMOVE_AGREEMENT: Duration = Duration::from_secs(60);
+/// How long a removal waits for one node to stream the ranges it takes over.
+const REMOVE_STREAM: Duration = Duration::from_secs(3600);
 /// Local metadata: this node's ring status (`joining`, `normal`, `leaving`, `left`).
 pub const META_STATUS: &str = "ring-status";
 /// Attempts to hand one batch over to a new replica during a leave.
@@ -206,7 +216,7 @@ async fn wait_for_agreement<T: Transport, S: Storage>(
 }
 
 /// Streams every pending range of this node from the current replicas into local storage.
-async fn stream_pending<T: Transport, S: Storage>(kv: &Kv<T, S>) -> anyhow::Result<u64> {
+pub async fn stream_pending<T: Transport, S: Storage>(kv: &Kv<T, S>) -> anyhow::Result<u64> {
     let view = kv.view();
     let mut total = 0;
     for (range, sources) in view.ring.pending_ranges(view.me, view.rf) {
@@ -343,4 +353,192 @@ pub async fn decommission<T: Transport, S: Storage>(
     info!(records = sent, "decommission: data handed over");
     kv.hand_over_hints().await.context("handing over the hints kept for other nodes")?;
     Ok(sent)
+}
+
+fn load_ids<S: Storage + ?Sized>(storage: &S, name: &str) -> std::collections::BTreeSet<NodeId> {
+    match storage.get_meta(name) {
+        Ok(Some(b)) => parse_ids(&String::from_utf8_lossy(&b)).into_iter().collect(),
+        _ => Default::default(),
+    }
+}
+
+/// Stores `ids` under `name` in the local metadata and publishes them under `key` in gossip.
+async fn keep_ids<S: Storage + ?Sized>(
+    storage: &S,
+    commands: &mpsc::Sender<DriverCommand>,
+    name: &str,
+    key: &str,
+    ids: &std::collections::BTreeSet<NodeId>,
+) -> anyhow::Result<()> {
+    let value = format_ids(ids);
+    storage.put_meta(name, value.as_bytes())?;
+    commands
+        .send(DriverCommand::Set { key: key.into(), value })
+        .await
+        .map_err(|_| anyhow::anyhow!("gossip driver stopped"))
+}
+
+/// Forever (spawn it): keeps every removal this node has heard of, on disk and in its own gossip
+/// state ([`keys::REMOVED`]), so it outlives the node that made it; and takes this node off the
+/// ring for good if it finds itself removed (it was down when `starling removenode` ran).
+pub async fn keep_removals<T: Transport, S: Storage>(
+    kv: Kv<T, S>,
+    commands: mpsc::Sender<DriverCommand>,
+) {
+    let storage = kv.storage().clone();
+    let me = kv.view().me;
+    let mut removed = load_ids(&*storage, META_REMOVED);
+    let removing = load_ids(&*storage, META_REMOVING);
+    if !removed.is_empty() {
+        let _ = keep_ids(&*storage, &commands, META_REMOVED, keys::REMOVED, &removed).await;
+    }
+    if !removing.is_empty() {
+        warn!(nodes = %format_ids(&removing), "a removal this node started did not finish: the nodes stay announced as leaving; run `starling removenode` again");
+        let _ = keep_ids(&*storage, &commands, META_REMOVING, keys::REMOVING, &removing).await;
+    }
+    let mut view = kv.inner.view.clone();
+    let mut said = false;
+    loop {
+        let v = view.borrow_and_update().clone();
+        let fresh: Vec<NodeId> =
+            v.removed.iter().filter(|id| !removed.contains(id)).copied().collect();
+        if !fresh.is_empty() {
+            removed.extend(fresh);
+            if let Err(e) =
+                keep_ids(&*storage, &commands, META_REMOVED, keys::REMOVED, &removed).await
+            {
+                warn!(error = %e, "cannot keep the removed nodes");
+            }
+        }
+        if v.removed.contains(&me) && !said {
+            said = true;
+            error!("this node was removed from the cluster with `starling removenode` while it was down: it takes no place on the ring and serves no data; stop it, remove its data dir, and start it again to join as a new node");
+            if let Err(e) = storage.put_meta(META_STATUS, b"left") {
+                warn!(error = %e, "cannot record the removal");
+            }
+            let _ = commands
+                .send(DriverCommand::Set { key: "status".into(), value: "left".into() })
+                .await;
+        }
+        if view.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `starling removenode`: takes the dead node `node` (an id or a prefix of one) off the ring.
+/// It is announced as leaving (its ranges' new owners get the writes from then on), every node
+/// that takes over some of its ranges streams them from the surviving replicas, and only then is
+/// it announced removed. An error leaves it announced as leaving; running the removal again
+/// resumes it (streaming again moves only what is missing: records are applied by version).
+pub async fn remove_node<T: Transport, S: Storage>(
+    kv: Kv<T, S>,
+    node: &str,
+    commands: mpsc::Sender<DriverCommand>,
+    mut status: watch::Receiver<Arc<Status>>,
+) -> Result<RemoveSummary, Response> {
+    let started = tokio::time::Instant::now();
+    let bad = |why: String| Response::error(ErrorCode::BadRequest, why);
+    let failed = |why: String| Response::error(ErrorCode::Unavailable, why);
+    let view = kv.view();
+    let me = view.me;
+    let named = |id: &NodeId| !node.is_empty() && id.to_string().starts_with(&node.to_lowercase());
+    let matches: Vec<NodeId> = view.ring.nodes().map(|n| n.id).filter(named).collect();
+    let target = match matches.as_slice() {
+        [one] => *one,
+        [] if view.removed.iter().any(named) => {
+            return Err(bad(format!("node {node} was removed already")))
+        }
+        [] => return Err(bad(format!("no node {node} on the ring"))),
+        _ => return Err(bad(format!("{node} names {} nodes: give more of the id", matches.len()))),
+    };
+    if target == me {
+        return Err(bad(format!(
+            "{target} is the node asked to remove it, and it is up: ask another node, or make it leave with `starling leave`"
+        )));
+    }
+    if !view.down.contains_key(&target) {
+        return Err(bad(format!(
+            "{target} is up (gossip does not report it down): only a dead node is removed; a live one leaves with `starling leave`"
+        )));
+    }
+    let staying =
+        view.ring.nodes().filter(|n| n.id != target && n.status != NodeStatus::Leaving).count();
+    if staying < view.rf {
+        return Err(bad(format!(
+            "only {staying} nodes would stay on the ring, fewer than the {} copies of every key",
+            view.rf
+        )));
+    }
+    let storage = kv.storage().clone();
+    let mut removing = load_ids(&*storage, META_REMOVING);
+    removing.insert(target);
+    keep_ids(&*storage, &commands, META_REMOVING, keys::REMOVING, &removing)
+        .await
+        .map_err(|e| failed(format!("cannot announce the removal: {e}")))?;
+    info!(node = %target, "removing a dead node: its ranges move to the next nodes on the ring");
+    let announced = async {
+        while kv.view().ring.node(target).map(|n| n.status) != Some(NodeStatus::Leaving) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_for_agreement(&kv, &mut status).await;
+    };
+    if tokio::time::timeout(REMOVE_AGREEMENT, announced).await.is_err() {
+        return Err(failed(format!(
+            "the live nodes did not agree on the ring within {} s (is one of them unreachable?); {target} stays announced as leaving: run the removal again",
+            REMOVE_AGREEMENT.as_secs()
+        )));
+    }
+    // Writes coordinated before every node saw the move have finished.
+    tokio::time::sleep(kv.inner.cfg.write_timeout).await;
+    let view = kv.view();
+    let gainers: Vec<NodeId> = view
+        .ring
+        .nodes()
+        .map(|n| n.id)
+        .filter(|id| !view.ring.pending_ranges(*id, view.rf).is_empty())
+        .collect();
+    let mut streamed = Vec::new();
+    for g in gainers {
+        let n = if g == me {
+            stream_pending(&kv).await.map_err(|e| format!("{e:#}"))
+        } else if let (true, Some(addr)) = (view.is_up(g), view.addrs.get(&g)) {
+            let req = RepairStep(RepairRequest::StreamPending).into_request();
+            match kv.inner.transport.request_within(*addr, req, REMOVE_STREAM).await {
+                Ok(Response::Repair(r)) => match *r {
+                    RepairResponse::Streamed(n) => Ok(n),
+                    other => Err(format!("unexpected answer {other:?}")),
+                },
+                Ok(Response::Error { message, .. }) => Err(message),
+                Ok(other) => Err(format!("unexpected answer {}", other.kind())),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            Err("it is down".to_string())
+        };
+        match n {
+            Ok(n) => streamed.push((g.to_string(), n)),
+            Err(why) => {
+                return Err(failed(format!(
+                    "{g} could not take over its share of {target}'s ranges ({why}); {target} stays announced as leaving: run the removal again once {g} is up"
+                )))
+            }
+        }
+    }
+    let mut removed = load_ids(&*storage, META_REMOVED);
+    removed.insert(target);
+    keep_ids(&*storage, &commands, META_REMOVED, keys::REMOVED, &removed)
+        .await
+        .map_err(|e| failed(format!("cannot announce the removal: {e}")))?;
+    removing.remove(&target);
+    keep_ids(&*storage, &commands, META_REMOVING, keys::REMOVING, &removing)
+        .await
+        .map_err(|e| failed(format!("cannot announce the removal: {e}")))?;
+    let records: u64 = streamed.iter().map(|(_, n)| n).sum();
+    info!(node = %target, records, "removed: every range it held is back to its full copies");
+    Ok(RemoveSummary {
+        node: target.to_string(),
+        streamed,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
 }

@@ -153,6 +153,10 @@ struct Inner<T, S> {
     ring_gate: std::sync::Mutex<Option<std::collections::HashSet<NodeId>>>,
     /// Set once the gate is open, so requests skip its lock.
     ring_ready: std::sync::atomic::AtomicBool,
+    /// Why replica reads are refused (see [`Kv::start_recovery`]), and a flag to check it fast.
+    recovering: std::sync::Mutex<Option<String>>,
+    recovering_now: std::sync::atomic::AtomicBool,
+    recovered_records: AtomicU64,
 }
 
 impl<T: Transport, S: Storage> Kv<T, S> {
@@ -192,8 +196,39 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 stats: KvStats::default(),
                 hints,
                 batcher,
+                recovering: std::sync::Mutex::new(None),
+                recovering_now: std::sync::atomic::AtomicBool::new(false),
+                recovered_records: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// From now until [`Kv::recovered`], this node answers no replica reads, digests or scans
+    /// (coordinators ask other replicas; its own reads go to them too); it still takes writes.
+    /// For a store that may lack writes it acknowledged: after an unclean stop, the newest part
+    /// of its write-ahead log may be gone (a power loss inside the sync interval, a torn log).
+    pub fn start_recovery(&self, why: String) {
+        *self.inner.recovering.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.inner.recovering_now.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends [`Kv::start_recovery`]: `records` came back from other replicas.
+    pub fn recovered(&self, records: u64) {
+        self.inner.recovered_records.fetch_add(records, Ordering::Relaxed);
+        *self.inner.recovering.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.inner.recovering_now.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether replica reads are refused now.
+    pub fn is_recovering(&self) -> bool {
+        self.inner.recovering_now.load(Ordering::SeqCst)
+    }
+
+    fn refuse_recovering(&self) -> Response {
+        Response::error(
+            ErrorCode::Unavailable,
+            "this replica is recovering its store after an unclean stop (it may lack recent writes): ask another replica",
+        )
     }
 
     /// The local store.
@@ -240,6 +275,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             version_cache_keys: cache.0,
             version_cache_capacity: cache.1,
             storage_failure: self.inner.storage.failure(),
+            recovering: self.inner.recovering.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            recovered_records: l(&self.inner.recovered_records),
         }
     }
 
@@ -270,6 +307,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             ReplicaRequest::Write(records) => self.replica_write(records).await,
             ReplicaRequest::Hint(ReplicaHint { target, records }) => {
                 self.keep_for(target, records).await
+            }
+            ReplicaRequest::Read(_)
+            | ReplicaRequest::ReadMany(_)
+            | ReplicaRequest::Versions(_)
+            | ReplicaRequest::Scan(_)
+                if self.is_recovering() =>
+            {
+                self.refuse_recovering()
             }
             ReplicaRequest::Read(key) => {
                 self.inner.stats.replica_reads.fetch_add(1, Ordering::Relaxed);
@@ -729,7 +774,9 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 Send::Hint { target, record } => self.keep_hint(&view, target, record).await,
                 Send::Read { to, key, digest } => {
                     let answer =
-                        if to == me {
+                        if to == me && self.is_recovering() {
+                            Answer::Failed
+                        } else if to == me {
                             let local =
                                 if digest {
                                     self.inner.io.versions(vec![key]).await.map(|v| {

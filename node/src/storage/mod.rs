@@ -155,6 +155,10 @@ pub trait Storage: Send + Sync + 'static {
     fn failure(&self) -> Option<String> {
         None
     }
+    /// Makes every write so far durable (the write-ahead log synced), for a clean stop.
+    fn sync_all(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// A scan page ends once its keys and values reach this size (plus one record), so a page sent

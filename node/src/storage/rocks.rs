@@ -773,6 +773,13 @@ impl Storage for RocksStorage {
         self.failed.get().cloned()
     }
 
+    fn sync_all(&self) -> Result<(), StorageError> {
+        if let Some(why) = self.failed.get() {
+            return Err(StorageError::Engine(format!("the store failed earlier: {why}")));
+        }
+        self.db.flush_wal(true).map_err(engine)
+    }
+
     fn approximate_keys(&self) -> u64 {
         self.cf(CF_DATA)
             .ok()

@@ -227,7 +227,8 @@ impl Cluster {
     }
 
     /// Every running node: converged, sees every running node alive, `ring` nodes on the ring,
-    /// and itself `normal`.
+    /// itself `normal`, and not recovering its store (after a kill -9 it first compares its
+    /// ranges with their other replicas, answering no replica reads).
     pub async fn ready(&self, ring: usize) -> bool {
         let live = self.live().len();
         self.statuses().await.iter().all(|s| {
@@ -236,6 +237,7 @@ impl Cluster {
                     && s.count("alive") == live
                     && s.ring.nodes == ring
                     && s.ring.status.as_deref() == Some("normal")
+                    && s.kv.as_ref().is_none_or(|k| k.recovering.is_none())
             })
         })
     }

@@ -182,6 +182,7 @@ impl KvProc {
             }
             RepairRequest::Children { items, .. } => owned(&mut items.iter().map(|d| d.range)),
             RepairRequest::Entries { items, .. } => owned(&mut items.iter().map(|i| i.range)),
+            RepairRequest::StreamPending => false,
             RepairRequest::Push(records) => records.iter().all(|r| {
                 let (natural, pending) = view.placement.write_set(token_of(&r.key));
                 natural.contains(&me) || pending.contains(&me)
