@@ -256,6 +256,8 @@ fn repair_requests() -> Vec<Request> {
             .into_request(),
         RunRepair { peer: Some("4a2bec66".into()), range: Some(range) }.into_request(),
         starling_wire::repair::RunCleanup {}.into_request(),
+        RepairStep(RepairRequest::StreamPending).into_request(),
+        starling_wire::repair::RemoveNode { node: "4a2bec66".into() }.into_request(),
     ]
 }
 
@@ -333,6 +335,12 @@ fn repair_responses() -> Vec<Response> {
             ranges: 16,
             records: 1234,
         }),
+        RepairStep::respond(RepairResponse::Streamed(4321)),
+        starling_wire::repair::RemoveNode::respond(starling_wire::repair::RemoveSummary {
+            node: "4a2bec66".into(),
+            streamed: vec![("77aa0b1c".into(), 300)],
+            duration_ms: 5210,
+        }),
     ]
 }
 
@@ -379,7 +387,12 @@ fn status() -> Status {
             arcs: vec![vec![(0, 1), (2, 3)]],
             ..RingStatus::default()
         },
-        kv: Some(Default::default()),
+        kv: Some(starling_wire::status::KvStatus {
+            storage_failure: Some("WAL fsync: No space left on device".into()),
+            recovering: Some("the store did not stop cleanly".into()),
+            recovered_records: 19,
+            ..Default::default()
+        }),
         transport: Some(Default::default()),
         ..Status::default()
     }
