@@ -416,6 +416,16 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         only: Option<NodeId>,
         kind: &str,
     ) -> RepairSummary {
+        self.run_ranges(ranges, only, kind).await.0
+    }
+
+    /// [`Repair::run`], and the ranges it completed (every replica took part).
+    async fn run_ranges(
+        &self,
+        ranges: Vec<(Range, Vec<NodeId>)>,
+        only: Option<NodeId>,
+        kind: &str,
+    ) -> (RepairSummary, Vec<TokenRange>) {
         let _busy = self.inner.busy.lock().await;
         let started = Instant::now();
         let started_ms = crate::kv::wall_millis();
@@ -533,7 +543,7 @@ impl<T: Transport, S: Storage> Repair<T, S> {
                 "repair"
             );
         }
-        summary
+        (summary, complete)
     }
 
     fn progress(&self, f: impl FnOnce(&mut RepairProgress)) {
@@ -744,13 +754,17 @@ impl<T: Transport, S: Storage> Repair<T, S> {
 
     /// Recovery after an unclean stop (see `Kv::start_recovery`): once gossip has converged and
     /// this node is `normal` on the ring, compares every range it replicates with every other
-    /// replica, again while a replica that is up could not be reached. Replicas that are down
-    /// are left out (writes only they and this node held come back with continuous repair, or
-    /// hints, once they return). Returns the records received.
-    pub async fn recover(&self) -> u64 {
+    /// replica, and again every few seconds the ranges a replica was missing from (down, or
+    /// unreachable), until each range has been compared with all of its replicas. `pending` is
+    /// told the token ranges still to do after each pass (reads of the others are answered
+    /// again). Returns the records received.
+    pub async fn recover(&self, pending: impl Fn(Vec<Range>)) -> u64 {
         let me = self.inner.me;
         let mut status = self.inner.status.clone();
         let mut received = 0;
+        // Token ranges still to compare (`None`: all of this node's).
+        let mut left: Option<Vec<Range>> = None;
+        let mut warned: BTreeSet<String> = BTreeSet::new();
         loop {
             let converged = status.borrow_and_update().converged;
             let view = self.inner.view.borrow().clone();
@@ -760,20 +774,30 @@ impl<T: Transport, S: Storage> Repair<T, S> {
                 let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
                 continue;
             }
-            let ranges = my_ranges(&view, me, false);
-            let summary = self.run(ranges, None, "recovery").await;
+            // This node's ranges (as the ring is now) that overlap what is still to do.
+            let ranges: Vec<(Range, Vec<NodeId>)> = my_ranges(&view, me, false)
+                .into_iter()
+                .filter(|(r, _)| left.as_ref().is_none_or(|l| l.iter().any(|x| overlaps(*x, *r))))
+                .collect();
+            let (summary, complete) = self.run_ranges(ranges.clone(), None, "recovery").await;
             received += summary.keys_received;
-            let view = self.inner.view.borrow().clone();
-            let id_of = |s: &str| view.ring.nodes().map(|n| n.id).find(|id| id.to_string() == s);
-            let (up, down): (Vec<_>, Vec<_>) =
-                summary.failed.iter().partition(|(p, _)| id_of(p).is_some_and(|id| view.is_up(id)));
-            if up.is_empty() {
-                for (p, why) in down {
-                    warn!(peer = %p, error = %why, "recovery could not compare this node's ranges with a replica that is down: writes only it and this node held may be missing here until it is back and repaired");
-                }
+            let done: BTreeSet<TokenRange> = complete.into_iter().collect();
+            let rest: Vec<Range> = ranges
+                .iter()
+                .map(|(r, _)| *r)
+                .filter(|r| !done.contains(&wire_range(*r)))
+                .collect();
+            if rest.is_empty() {
                 return received;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (p, why) in &summary.failed {
+                if warned.insert(p.clone()) {
+                    warn!(peer = %p, error = %why, ranges = rest.len(), "recovery could not compare some ranges with this replica: this node answers no reads of them until it can (a dead node is taken off the ring with `starling removenode`)");
+                }
+            }
+            pending(rest.clone());
+            left = Some(rest);
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 

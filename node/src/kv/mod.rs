@@ -90,6 +90,14 @@ pub fn wall_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A recovery in progress (see [`Kv::start_recovery`]).
+#[derive(Debug, Clone)]
+struct Recovery {
+    why: String,
+    /// The token ranges not yet compared with every replica (`None`: all of them).
+    pending: Option<Vec<starling_ring::Range>>,
+}
+
 /// Counters since start (shown in `/status` and `/metrics`).
 #[derive(Debug, Default)]
 pub struct KvStats {
@@ -154,7 +162,7 @@ struct Inner<T, S> {
     /// Set once the gate is open, so requests skip its lock.
     ring_ready: std::sync::atomic::AtomicBool,
     /// Why replica reads are refused (see [`Kv::start_recovery`]), and a flag to check it fast.
-    recovering: std::sync::Mutex<Option<String>>,
+    recovering: std::sync::Mutex<Option<Recovery>>,
     recovering_now: std::sync::atomic::AtomicBool,
     recovered_records: AtomicU64,
 }
@@ -204,24 +212,47 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     }
 
     /// From now until [`Kv::recovered`], this node answers no replica reads, digests or scans
-    /// (coordinators ask other replicas; its own reads go to them too); it still takes writes.
+    /// (coordinators ask other replicas; its own reads go to them too) of the ranges it has not
+    /// yet compared with every other replica ([`Kv::still_recovering`]); it still takes writes.
     /// For a store that may lack writes it acknowledged: after an unclean stop, the newest part
     /// of its write-ahead log may be gone (a power loss inside the sync interval, a torn log).
     pub fn start_recovery(&self, why: String) {
-        *self.inner.recovering.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        *self.recovery() = Some(Recovery { why, pending: None });
         self.inner.recovering_now.store(true, Ordering::SeqCst);
+    }
+
+    /// The ranges still to compare: reads of the others are answered again.
+    pub fn still_recovering(&self, pending: Vec<starling_ring::Range>) {
+        if let Some(r) = self.recovery().as_mut() {
+            r.pending = Some(pending);
+        }
     }
 
     /// Ends [`Kv::start_recovery`]: `records` came back from other replicas.
     pub fn recovered(&self, records: u64) {
         self.inner.recovered_records.fetch_add(records, Ordering::Relaxed);
-        *self.inner.recovering.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.recovery() = None;
         self.inner.recovering_now.store(false, Ordering::SeqCst);
     }
 
-    /// Whether replica reads are refused now.
+    /// Whether a recovery is in progress.
     pub fn is_recovering(&self) -> bool {
         self.inner.recovering_now.load(Ordering::SeqCst)
+    }
+
+    /// Whether replica reads of `key` are refused now (see [`Kv::start_recovery`]).
+    fn unrecovered(&self, key: &[u8]) -> bool {
+        if !self.is_recovering() {
+            return false;
+        }
+        let token = starling_ring::token_of(key);
+        self.recovery()
+            .as_ref()
+            .is_some_and(|r| r.pending.as_ref().is_none_or(|p| p.iter().any(|r| r.contains(token))))
+    }
+
+    fn recovery(&self) -> std::sync::MutexGuard<'_, Option<Recovery>> {
+        self.inner.recovering.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn refuse_recovering(&self) -> Response {
@@ -275,7 +306,10 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             version_cache_keys: cache.0,
             version_cache_capacity: cache.1,
             storage_failure: self.inner.storage.failure(),
-            recovering: self.inner.recovering.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            recovering: self.recovery().as_ref().map(|r| match &r.pending {
+                None => r.why.clone(),
+                Some(p) => format!("{} ({} ranges left)", r.why, p.len()),
+            }),
             recovered_records: l(&self.inner.recovered_records),
         }
     }
@@ -308,14 +342,15 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             ReplicaRequest::Hint(ReplicaHint { target, records }) => {
                 self.keep_for(target, records).await
             }
-            ReplicaRequest::Read(_)
-            | ReplicaRequest::ReadMany(_)
-            | ReplicaRequest::Versions(_)
-            | ReplicaRequest::Scan(_)
-                if self.is_recovering() =>
-            {
+            ReplicaRequest::Read(key) if self.unrecovered(&key) => self.refuse_recovering(),
+            ReplicaRequest::ReadMany(keys) if keys.iter().any(|k| self.unrecovered(&k.0)) => {
                 self.refuse_recovering()
             }
+            ReplicaRequest::Versions(keys) if keys.iter().any(|k| self.unrecovered(&k.0)) => {
+                self.refuse_recovering()
+            }
+            // A scan streams a whole range to a joining node: none while recovering.
+            ReplicaRequest::Scan(_) if self.is_recovering() => self.refuse_recovering(),
             ReplicaRequest::Read(key) => {
                 self.inner.stats.replica_reads.fetch_add(1, Ordering::Relaxed);
                 match self.inner.io.get_each(vec![key]).await.map(|mut r| r.pop()) {
@@ -774,7 +809,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 Send::Hint { target, record } => self.keep_hint(&view, target, record).await,
                 Send::Read { to, key, digest } => {
                     let answer =
-                        if to == me && self.is_recovering() {
+                        if to == me && self.unrecovered(&key) {
                             Answer::Failed
                         } else if to == me {
                             let local =
