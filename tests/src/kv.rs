@@ -104,6 +104,13 @@ pub struct NodeSpec {
     pub clock_wait: bool,
     /// Run anti-entropy sessions between replicas, as `starlingd` does ([`repair`]).
     pub repair: bool,
+    /// After a restart (every restart here is unclean: a kill or a power loss), answer no
+    /// replica read of a key until a repair session has run with each other replica of it, as
+    /// `starlingd` does (`Kv::start_recovery`). Needs [`NodeSpec::repair`].
+    pub recovery: bool,
+    /// The write-ahead log's sync interval ([`SYNC_INTERVAL`] as `starlingd` runs it; longer
+    /// ones make a power loss lose more).
+    pub sync_interval: Duration,
 }
 
 /// How often peers' clocks are sampled (as `node/src/kv/mod.rs`).
@@ -234,6 +241,8 @@ pub struct KvStats {
     /// `ReplicaWritten`; `node/src/kv/hints.rs` treats that answer as a refusal).
     pub hints_replayed_superseded: u64,
     pub hints_dropped: u64,
+    /// Recoveries after a restart that finished ([`NodeSpec::recovery`]).
+    pub recoveries: u64,
     pub write_failures_full: u64,
     pub requests_timed_out: u64,
     pub late_responses: u64,
@@ -484,6 +493,9 @@ pub struct KvProc {
     repair: Option<repair::RepairRun>,
     next_repair: Instant,
     repair_cursor: usize,
+    /// Recovering after a restart ([`NodeSpec::recovery`]): the peers a session has completed
+    /// with since (`None`: not recovering).
+    pub(crate) recovering: Option<BTreeSet<NodeId>>,
 }
 
 impl KvProc {
@@ -561,7 +573,12 @@ impl KvProc {
             repair: None,
             next_repair: now + repair::REPAIR_EVERY,
             repair_cursor: 0,
+            recovering: None,
         };
+        // A node that had taken tokens is restarting (a kill or a power loss).
+        if p.spec.recovery && p.spec.repair && generation > 1 && tokens.is_some() {
+            p.recovering = Some(BTreeSet::new());
+        }
         p.rebuild_view(now);
         p.after_gossip(now);
         p.ready = !p.spec.wait_for_ring;
@@ -589,6 +606,13 @@ impl KvProc {
                 .all(|id| ring.node(*id).is_some() || left.contains(id));
             self.ready =
                 self.g.members().next().is_some() && self.g.converged() && all_placed && all_back;
+            // `Kv::remember_ring` stores the ring's members as soon as the gate is open, not
+            // only at the next ring change: a node killed before that change would restart
+            // with nothing to wait for, and coordinate on the first members it hears of.
+            if self.ready && self.spec.wait_for_ring {
+                let ids: Vec<NodeId> = ring.nodes().map(|n| n.id).collect();
+                self.disk.ring_members.extend(ids);
+            }
         }
     }
 
@@ -737,7 +761,7 @@ impl KvProc {
     /// When what is written at `now` is fsynced.
     fn synced_at(&self, now: Instant) -> Instant {
         let since = now.saturating_duration_since(self.spec.epoch).as_nanos();
-        let every = SYNC_INTERVAL.as_nanos();
+        let every = self.spec.sync_interval.as_nanos().max(1);
         let next = (since / every + 1) * every;
         self.spec.epoch + Duration::from_nanos(next as u64)
     }
@@ -795,6 +819,9 @@ impl KvProc {
             Send::Hint { target, record } => {
                 let a = self.keep_hint(view, target, record, now);
                 self.local(op, id, a, now)
+            }
+            Send::Read { to, key, .. } if to == me && self.unrecovered(&key) => {
+                self.local(op, id, Answer::Failed, now)
             }
             Send::Read { to, key, digest } if to == me => {
                 let held = self.disk.data.get(&key).cloned();
@@ -951,6 +978,18 @@ impl KvProc {
         Resp::Ok
     }
 
+    /// Whether replica reads of `key` are refused: recovering, and some other replica of it has
+    /// not completed a session with this node since its restart.
+    fn unrecovered(&self, key: &[u8]) -> bool {
+        let Some(compared) = &self.recovering else { return false };
+        let me = self.spec.id;
+        self.view
+            .placement
+            .replicas(starling_ring::token_of(key))
+            .iter()
+            .any(|p| *p != me && !compared.contains(p))
+    }
+
     fn serve(&mut self, from: SocketAddr, id: u64, body: Req, now: Instant) {
         if body == Req::Clock {
             // Answered by the service, not the store: a stalled store does not delay it.
@@ -962,6 +1001,12 @@ impl KvProc {
             Req::Clock => unreachable!("answered above"),
             Req::Write(records) => self.replica_write(records, now),
             Req::Hint { target, records } => self.keep_for(target, records, now),
+            Req::Scan { .. } if self.recovering.is_some() => {
+                Resp::Error { code: ErrCode::Unavailable, message: "recovering its store".into() }
+            }
+            Req::Read { ref key, .. } if self.unrecovered(key) => {
+                Resp::Error { code: ErrCode::Unavailable, message: "recovering its store".into() }
+            }
             Req::Scan { range, after, limit } => {
                 let (records, cursor) =
                     membership::scan(&self.disk.data, range, after.as_ref(), limit.clamp(1, 4096));

@@ -477,3 +477,44 @@ fn a_replica_down_past_the_hint_window_is_repaired_without_reads() {
     let (_, done, _, moved) = c.repair_stats();
     assert!(done > 0 && moved >= 40, "{done} sessions, {moved} records moved");
 }
+
+/// A quorum write acknowledged by `a` (coordinating) and `b`, never reaching `c`; `b` loses
+/// power before its log is synced, `a` is killed, `b` restarts: a quorum read through `c` asks
+/// `b` and `c`, the only replicas up. Returns what it got, and what `b` holds.
+fn read_after_a_power_loss(recovery: bool) -> (Outcome, Option<String>) {
+    let seed = seed_from_env(31);
+    let _g = SeedGuard(seed);
+    let mut c = cluster(seed, 3, false, |cfg| {
+        cfg.recovery = recovery;
+        // A long sync interval: the power loss surely takes the write's tail with it.
+        cfg.sync_interval = Duration::from_secs(5);
+    });
+    measure_clocks(&mut c);
+    let (a, b, third) = (0, 1, 2);
+    assert_eq!(c.call(0, a, put("k", "c0-1"), All), Outcome::Written { superseded: false });
+    c.run_for(Duration::from_secs(6));
+    let blocked = c.block(vec![(a, third)]);
+    assert_eq!(c.call(1, a, put("k", "c1-2"), Quorum), Outcome::Written { superseded: false });
+    c.power_loss(b);
+    c.kill(a);
+    c.unblock(blocked);
+    c.restart(b);
+    c.run_until(ms(50), Duration::from_secs(10), |c| c.sim.node(b).is_some_and(|p| p.ready));
+    c.run_for(Duration::from_secs(3));
+    let held = c.stored(b, "k").and_then(|r| r.value).map(|v| String::from_utf8_lossy(&v).into());
+    (c.call(2, third, get("k"), Quorum), held)
+}
+
+#[test]
+fn a_node_that_lost_power_answers_no_read_before_it_has_compared_its_ranges() {
+    // Without recovery, the restarted node answers with what its store kept: the acknowledged
+    // write is missed.
+    let (read, held) = read_after_a_power_loss(false);
+    assert_eq!(held.as_deref(), Some("c0-1"), "the power loss should have lost c1-2");
+    assert_eq!(read, Outcome::Read(Some("c0-1".into())), "without recovery the read is stale");
+    // With it, the node refuses to answer while the replica it cannot compare with is down:
+    // the read fails rather than miss the write.
+    let (read, held) = read_after_a_power_loss(true);
+    assert_eq!(held.as_deref(), Some("c0-1"));
+    assert!(matches!(read, Outcome::Fail(_) | Outcome::Unknown(_)), "{read:?}");
+}

@@ -69,6 +69,19 @@ struct Args {
     /// Run nodes without anti-entropy (as `starlingd --repair-interval off`).
     #[arg(long)]
     no_repair: bool,
+    /// Restarted nodes answer reads at once, without recovering first (as `starlingd` did
+    /// before it recovered after an unclean stop).
+    #[arg(long)]
+    no_recovery: bool,
+    /// Check recency (a quorum read returns every write acknowledged before it began, or
+    /// newer) in every seed whose reads and writes are all `quorum`, with clocks within the
+    /// bound and strict quorums, whatever its faults (default: `calm` seeds only).
+    #[arg(long)]
+    check_recency: bool,
+    /// The nodes' write-ahead log sync interval in ms (default 10, as `starlingd`): longer ones
+    /// make a power loss lose more of what a node acknowledged.
+    #[arg(long, default_value_t = 10)]
+    sync_interval_ms: u64,
     /// The hint window in milliseconds (default 3 h): a short one leaves replicas that were down
     /// longer to anti-entropy.
     #[arg(long)]
@@ -107,6 +120,9 @@ fn main() -> Result<()> {
         clock_monitor: !args.no_clock_monitor,
         clock_wait: !args.no_clock_wait,
         repair: !args.no_repair,
+        recovery: !args.no_recovery,
+        check_recency: args.check_recency,
+        sync_interval: Duration::from_millis(args.sync_interval_ms),
         hint_window: args.hint_window_ms.map(Duration::from_millis),
         ..Scenario::default()
     };

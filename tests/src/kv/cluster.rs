@@ -40,6 +40,10 @@ pub struct ClusterConfig {
     pub clock_wait: bool,
     /// See [`NodeSpec::repair`].
     pub repair: bool,
+    /// See [`NodeSpec::recovery`].
+    pub recovery: bool,
+    /// See [`NodeSpec::sync_interval`].
+    pub sync_interval: Duration,
 }
 
 impl ClusterConfig {
@@ -55,6 +59,8 @@ impl ClusterConfig {
             clock_monitor: true,
             clock_wait: true,
             repair: true,
+            recovery: true,
+            sync_interval: super::SYNC_INTERVAL,
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct Cluster {
     added: usize,
     /// Leaves aborted by nodes since stopped (their counters die with them).
     aborted_leaves: u64,
+    /// When a node last lost power.
+    pub last_power_loss: Option<Instant>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -171,6 +179,8 @@ impl Cluster {
                 clock_monitor: cfg.clock_monitor,
                 clock_wait: cfg.clock_wait,
                 repair: cfg.repair,
+                recovery: cfg.recovery,
+                sync_interval: cfg.sync_interval,
             });
         }
         for spec in &specs {
@@ -194,6 +204,7 @@ impl Cluster {
             gone: vec![false; cfg.nodes],
             added: 0,
             aborted_leaves: 0,
+            last_power_loss: None,
         }
     }
 
@@ -501,6 +512,7 @@ impl Cluster {
     pub fn power_loss(&mut self, i: usize) {
         self.drain();
         let now = self.sim.now();
+        self.last_power_loss = Some(now);
         let Some(p) = self.sim.node(i) else { return };
         self.saved[i] = Some(p.disk.clone().after_power_loss(now));
         self.count_stopped(i);
@@ -740,6 +752,11 @@ impl Cluster {
 
     /// Anti-entropy counters summed over the nodes that are up: sessions started, finished,
     /// failed, and records received.
+    /// Nodes up and still recovering after a restart ([`NodeSpec::recovery`]).
+    pub fn recovering(&self) -> usize {
+        self.sim.up().filter(|(_, p)| p.recovering.is_some()).count()
+    }
+
     pub fn repair_stats(&self) -> (u64, u64, u64, u64) {
         self.sim.up().fold((0, 0, 0, 0), |(a, b, c, d), (_, p)| {
             (

@@ -79,6 +79,26 @@ impl Replica for SimReplica<'_> {
 }
 
 impl KvProc {
+    /// A session with the peer at `addr` completed: while recovering, it counts as compared;
+    /// once every other replica of this node's ranges is, the recovery is over.
+    fn compared(&mut self, addr: SocketAddr) {
+        let me = self.spec.id;
+        let view = self.view.clone();
+        let Some(compared) = self.recovering.as_mut() else { return };
+        if let Some((id, _)) = view.addrs.iter().find(|(_, a)| **a == addr) {
+            compared.insert(*id);
+        }
+        let all = view
+            .placement
+            .segments()
+            .filter(|(_, natural, _)| natural.contains(&me))
+            .all(|(_, natural, _)| natural.iter().all(|p| *p == me || compared.contains(p)));
+        if all {
+            self.recovering = None;
+            self.stats.recoveries += 1;
+        }
+    }
+
     /// Starts a session with the next peer, if one is due.
     pub(crate) fn maybe_start_repair(&mut self, now: Instant) {
         if !self.spec.repair || now < self.next_repair {
@@ -130,6 +150,7 @@ impl KvProc {
             Ok(None) => {
                 let s = run.session.stats();
                 self.stats.repair_sessions_done += 1;
+                self.compared(run.addr);
                 self.stats.repair_keys_received += s.records_received;
                 self.stats.repair_keys_sent += s.records_sent;
             }
