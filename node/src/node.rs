@@ -458,6 +458,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         }),
     );
     let _ = repair_cell.set(repair.clone());
+    {
+        let repair = repair.clone();
+        kv.set_streamer(Arc::new(move |peer, ranges| {
+            let repair = repair.clone();
+            Box::pin(async move { repair.stream_from(peer, ranges).await })
+        }));
+    }
     if kv.is_recovering() {
         let (kv, repair) = (kv.clone(), repair.clone());
         tokio::spawn(async move {

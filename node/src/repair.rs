@@ -565,6 +565,14 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         });
     }
 
+    /// Streams `ranges` from `peer` into this node's store (a join, a removal): one sync session,
+    /// which moves only what this node lacks, so streaming again after an interruption resumes
+    /// where it stopped. Returns the records received.
+    pub async fn stream_from(&self, peer: NodeId, ranges: Vec<Range>) -> Result<u64, String> {
+        let ranges = ranges.into_iter().map(wire_range).collect();
+        self.session_with(peer, ranges).await.map(|o| o.stats.records_received)
+    }
+
     /// One session with `peer` over `ranges`.
     async fn session_with(&self, peer: NodeId, ranges: Vec<TokenRange>) -> Result<Outcome, String> {
         let c = &self.inner.counters;

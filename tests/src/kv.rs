@@ -495,7 +495,7 @@ pub struct KvProc {
     repair_cursor: usize,
     /// Recovering after a restart ([`NodeSpec::recovery`]): the peers a session has completed
     /// with since (`None`: not recovering).
-    pub(crate) recovering: Option<BTreeSet<NodeId>>,
+    pub recovering: Option<BTreeSet<NodeId>>,
 }
 
 impl KvProc {
@@ -599,19 +599,20 @@ impl KvProc {
                 .members()
                 .filter(|m| m.state != MemberState::Left && !left.contains(&m.id))
                 .all(|m| ring.node(m.id).is_some());
-            let all_back = self
-                .disk
-                .ring_members
-                .iter()
-                .all(|id| ring.node(*id).is_some() || left.contains(id));
+            // As `Kv::ready_view`: every node it had on its ring is back or known to have left,
+            // or the ring holds a strict majority of them (those that left while this node was
+            // down are not on it, and nobody gossips them any more).
+            let stored = &self.disk.ring_members;
+            let back = stored.iter().filter(|id| ring.node(**id).is_some()).count();
+            let all_back = stored.iter().all(|id| ring.node(*id).is_some() || left.contains(id))
+                || back * 2 > stored.len();
             self.ready =
                 self.g.members().next().is_some() && self.g.converged() && all_placed && all_back;
             // `Kv::remember_ring` stores the ring's members as soon as the gate is open, not
             // only at the next ring change: a node killed before that change would restart
             // with nothing to wait for, and coordinate on the first members it hears of.
             if self.ready && self.spec.wait_for_ring {
-                let ids: Vec<NodeId> = ring.nodes().map(|n| n.id).collect();
-                self.disk.ring_members.extend(ids);
+                self.disk.ring_members = ring.nodes().map(|n| n.id).collect();
             }
         }
     }
@@ -1179,8 +1180,8 @@ impl KvProc {
             && self.g.local_state().get(view::keys::RING) != Some(digest.as_str());
         self.view = next;
         if self.spec.wait_for_ring && self.ready {
-            let ids: Vec<NodeId> = self.view.ring.nodes().map(|n| n.id).collect();
-            self.disk.ring_members.extend(ids);
+            // As `Kv::remember_ring`: the ring's members now (a node that left is not waited for).
+            self.disk.ring_members = self.view.ring.nodes().map(|n| n.id).collect();
         }
         if publish {
             self.g

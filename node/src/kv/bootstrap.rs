@@ -12,7 +12,12 @@
 //! every alive member reports the same ring digest, and one write timeout later (writes that were
 //! in flight before have finished), it streams each pending range from the current replicas — all
 //! that are up, at least a quorum, merged by version, so every acknowledged write is among them —
-//! and then announces `normal`. A restart during the join resumes it (the status is stored).
+//! and then announces `normal`. The streams are anti-entropy sessions, which move only what this
+//! node lacks: a restart during the join (the status is stored) or a failed source resumes it.
+//!
+//! **Removal** (`starling removenode`, [`remove_node`]): a dead node is announced leaving by
+//! another, the nodes that gain its ranges stream them the same way, then it is announced
+//! removed; every node keeps and gossips the removals ([`keep_removals`]).
 //!
 //! **Leave** (`starling leave`): refused if fewer than `N` other nodes would stay. Status
 //! `leaving`; once the ring is agreed, the node counts again (other nodes may have been told to
@@ -216,8 +221,50 @@ async fn wait_for_agreement<T: Transport, S: Storage>(
 }
 
 /// Streams every pending range of this node from the current replicas into local storage.
+///
+/// With the node's [`super::Streamer`] (anti-entropy sessions), one session per source over the
+/// ring segments it shares with this node's pending ones: a session moves only what this node
+/// lacks, so a join (or removal) interrupted by a restart or a failed source resumes where it
+/// stopped. Without it (tests of the KV layer alone), pages of a scan.
 pub async fn stream_pending<T: Transport, S: Storage>(kv: &Kv<T, S>) -> anyhow::Result<u64> {
     let view = kv.view();
+    if let Some(streamer) = kv.inner.streamer.get() {
+        let me = view.me;
+        let segments: Vec<(Range, Vec<NodeId>)> = view
+            .placement
+            .segments()
+            .filter(|(_, _, pending)| pending.contains(&me))
+            .map(|(r, natural, _)| (r, natural.to_vec()))
+            .collect();
+        let mut by_source: std::collections::BTreeMap<NodeId, Vec<Range>> = Default::default();
+        for (r, natural) in &segments {
+            for s in natural.iter().filter(|s| **s != me && view.is_up(**s)) {
+                by_source.entry(*s).or_default().push(*r);
+            }
+        }
+        let mut total = 0;
+        let mut streamed = std::collections::HashSet::new();
+        for (src, ranges) in by_source {
+            match streamer(src, ranges).await {
+                Ok(n) => {
+                    total += n;
+                    streamed.insert(src);
+                }
+                Err(e) => warn!(source = %src, error = %e, "range stream failed"),
+            }
+        }
+        for (r, natural) in &segments {
+            let need = (natural.len() / 2 + 1).min(natural.len());
+            let ok = natural.iter().filter(|s| streamed.contains(*s)).count();
+            if ok < need {
+                anyhow::bail!(
+                    "range {r:?}: {ok} of {} replicas streamed, {need} needed",
+                    natural.len()
+                );
+            }
+        }
+        return Ok(total);
+    }
     let mut total = 0;
     for (range, sources) in view.ring.pending_ranges(view.me, view.rf) {
         let up: Vec<NodeId> =

@@ -90,6 +90,17 @@ pub fn wall_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Streams token ranges from a peer into the local store, returning the records received: the
+/// node sets anti-entropy sessions ([`Kv::set_streamer`]); without one, joins scan.
+pub type Streamer = Arc<
+    dyn Fn(
+            NodeId,
+            Vec<starling_ring::Range>,
+        ) -> futures_util::future::BoxFuture<'static, Result<u64, String>>
+        + std::marker::Send
+        + Sync,
+>;
+
 /// A recovery in progress (see [`Kv::start_recovery`]).
 #[derive(Debug, Clone)]
 struct Recovery {
@@ -165,6 +176,7 @@ struct Inner<T, S> {
     recovering: std::sync::Mutex<Option<Recovery>>,
     recovering_now: std::sync::atomic::AtomicBool,
     recovered_records: AtomicU64,
+    streamer: std::sync::OnceLock<Streamer>,
 }
 
 impl<T: Transport, S: Storage> Kv<T, S> {
@@ -207,8 +219,14 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 recovering: std::sync::Mutex::new(None),
                 recovering_now: std::sync::atomic::AtomicBool::new(false),
                 recovered_records: AtomicU64::new(0),
+                streamer: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// How a join or a removal streams ranges from a replica (see [`Streamer`]).
+    pub fn set_streamer(&self, streamer: Streamer) {
+        let _ = self.inner.streamer.set(streamer);
     }
 
     /// From now until [`Kv::recovered`], this node answers no replica reads, digests or scans
@@ -610,7 +628,11 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 .iter()
                 .filter(|id| view.ring.node(**id).is_none() && !view.left.contains(id))
                 .count();
-            if missing > 0 {
+            // Nodes that left while this one was down are on nobody's ring and nobody gossips
+            // them any more: once a strict majority of the nodes it knew is back on its ring, it
+            // stops waiting for the rest. (Two of five restarted behind a partition still wait.)
+            let back = expected.iter().filter(|id| view.ring.node(**id).is_some()).count();
+            if missing > 0 && back * 2 <= expected.len() {
                 return Err(KvError::Unavailable(format!(
                     "this node restarted and has not yet learned the ring again ({missing} of \
                      the {} nodes it knew are not back on it); try again in a moment",
