@@ -137,6 +137,20 @@ async fn ranges_that_moved_away_are_cleaned_up_and_nothing_is_lost() {
     c.check_reads(&[0, 1, 2, 3], &acked, Consistency::All).await;
 }
 
+/// Waits until every running node has `n` nodes on its ring.
+async fn wait_ring_of(c: &Cluster, n: usize) {
+    let what = format!("{n} nodes on the ring");
+    wait_until(
+        PATIENCE,
+        &what,
+        || c.logs(),
+        || async {
+            c.statuses().await.iter().all(|s| s.as_ref().is_some_and(|s| s.ring.nodes == n))
+        },
+    )
+    .await;
+}
+
 /// The newest write-ahead log file of a node's store.
 fn newest_wal(data: &std::path::Path) -> std::path::PathBuf {
     let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(data.join("db"))
@@ -232,15 +246,7 @@ async fn a_dead_node_is_removed_and_its_ranges_are_copied_back() {
     assert_eq!(summary.node, dead);
     let streamed: u64 = summary.streamed.iter().map(|(_, n)| n).sum();
     assert!(streamed > 0, "{summary:?}");
-    wait_until(
-        PATIENCE,
-        "three nodes on the ring",
-        || c.logs(),
-        || async {
-            c.statuses().await.iter().all(|s| s.as_ref().is_some_and(|s| s.ring.nodes == 3))
-        },
-    )
-    .await;
+    wait_ring_of(&c, 3).await;
     let again = c.call(1, RemoveNode { node: dead.clone() }).await;
     assert!(again.as_ref().is_err_and(|e| e.contains("removed already")), "{again:?}");
     // Three nodes, three copies: each holds every key.
@@ -298,15 +304,7 @@ async fn a_join_then_deletes_then_a_leave_brings_nothing_back() {
     c.call(joined, Leave).await.expect("leave");
     let exit = c.nodes[joined].wait_exit(PATIENCE).await;
     assert!(exit.success(), "node4 exited with {exit}\n{}", c.logs());
-    wait_until(
-        PATIENCE,
-        "three nodes on the ring",
-        || c.logs(),
-        || async {
-            c.statuses().await.iter().all(|s| s.as_ref().is_some_and(|s| s.ring.nodes == 3))
-        },
-    )
-    .await;
+    wait_ring_of(&c, 3).await;
     let all: Vec<&Record> = acked.values().collect();
     for i in 0..3 {
         c.check_replica(i, &all).await;
