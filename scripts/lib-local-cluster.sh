@@ -18,7 +18,7 @@ ready() {
   for _ in $(seq 1 150); do
     local n=0
     for i in 0 1 2; do
-      status "$i" | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["converged"] and s["ring"]["nodes"]==3 and s["ring"]["status"]=="normal" and all(m["state"]=="alive" for m in s["members"]) else 1)' 2>/dev/null && n=$((n + 1))
+      status "$i" | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["converged"] and s["ring"]["nodes"]==3 and s["ring"]["status"]=="normal" and all(m["state"]=="alive" for m in s["members"]) and not (s.get("kv") or {}).get("recovering") else 1)' 2>/dev/null && n=$((n + 1))
     done
     [[ $n == 3 ]] && return 0
     sleep 0.2
