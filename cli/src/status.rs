@@ -31,7 +31,7 @@ pub fn render(s: &Status) -> String {
         s.digest,
         if s.insecure { "  [INSECURE]" } else { "" }
     );
-    let counts: Vec<String> = ["alive", "suspect", "down", "left"]
+    let counts: Vec<String> = ["alive", "suspect", "down", "left", "removed"]
         .iter()
         .map(|st| (st, s.count(st)))
         .filter(|(_, n)| *n > 0)

@@ -421,7 +421,13 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView, picture: &RingPictur
         .map(|m| MemberStatus {
             node_id: m.id.to_string(),
             addr: m.addr.to_string(),
-            state: m.state.as_str().to_owned(),
+            // A dead node taken off the ring with `starling removenode` stays a gossip member
+            // that never answers: say what it is.
+            state: if rv.removed.contains(&m.id) && m.state != MemberState::Alive {
+                "removed".to_owned()
+            } else {
+                m.state.as_str().to_owned()
+            },
             phi: (m.phi * 100.0).round() / 100.0,
             incarnation: m.incarnation,
             generation: m.generation,

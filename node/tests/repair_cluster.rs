@@ -247,6 +247,19 @@ async fn a_dead_node_is_removed_and_its_ranges_are_copied_back() {
     let streamed: u64 = summary.streamed.iter().map(|(_, n)| n).sum();
     assert!(streamed > 0, "{summary:?}");
     wait_ring_of(&c, 3).await;
+    wait_until(
+        PATIENCE,
+        "the dead node shown as removed",
+        || c.logs(),
+        || async {
+            c.statuses().await.iter().all(|s| {
+                s.as_ref().is_some_and(|s| {
+                    s.members.iter().any(|m| m.node_id == dead && m.state == "removed")
+                })
+            })
+        },
+    )
+    .await;
     let again = c.call(1, RemoveNode { node: dead.clone() }).await;
     assert!(again.as_ref().is_err_and(|e| e.contains("removed already")), "{again:?}");
     // Three nodes, three copies: each holds every key.

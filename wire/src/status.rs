@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct MemberStatus {
     pub node_id: String,
     pub addr: String,
-    /// `alive`, `suspect`, `down` or `left`.
+    /// `alive`, `suspect`, `down`, `left`, or `removed` (a dead node taken off the ring with `starling removenode`).
     pub state: String,
     /// Phi-accrual suspicion level of this member's heartbeats (0 for this node itself).
     pub phi: f64,
