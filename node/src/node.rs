@@ -468,7 +468,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     if kv.is_recovering() {
         let (kv, repair) = (kv.clone(), repair.clone());
         tokio::spawn(async move {
-            let records = repair.recover(|left| kv.still_recovering(left)).await;
+            let records =
+                repair.recover(|| kv.ring_known(), |left| kv.still_recovering(left)).await;
             if records > 0 {
                 warn!(records, "recovered: records this node's store lacked (lost in the unclean stop, or written while it was down) came back from other replicas; it answers reads again");
             } else {

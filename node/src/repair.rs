@@ -766,7 +766,11 @@ impl<T: Transport, S: Storage> Repair<T, S> {
     /// unreachable), until each range has been compared with all of its replicas. `pending` is
     /// told the token ranges still to do after each pass (reads of the others are answered
     /// again). Returns the records received.
-    pub async fn recover(&self, pending: impl Fn(Vec<Range>)) -> u64 {
+    pub async fn recover(
+        &self,
+        ring_known: impl Fn() -> bool,
+        pending: impl Fn(Vec<Range>),
+    ) -> u64 {
         let me = self.inner.me;
         let mut status = self.inner.status.clone();
         let mut received = 0;
@@ -778,7 +782,9 @@ impl<T: Transport, S: Storage> Repair<T, S> {
             let view = self.inner.view.borrow().clone();
             let normal =
                 view.ring.node(me).is_some_and(|n| n.status == starling_ring::NodeStatus::Normal);
-            if !converged || !normal {
+            // A ring learned only in part (some nodes it knew not heard of yet) places ranges on
+            // the wrong replicas: comparing with those would complete nothing real.
+            if !converged || !normal || !ring_known() {
                 let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
                 continue;
             }

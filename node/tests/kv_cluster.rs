@@ -134,9 +134,13 @@ async fn two_replicas_killed_writes_go_to_fallback_nodes_and_reach_them_later() 
     .await;
     let handed = c.kv_sum(&[0, 1, 2], |k| k.fallback_writes).await.expect("status");
 
+    // Both back before waiting: a restarted node answers replica reads of a range only once it
+    // has compared it with every other replica (after a kill -9 it recovers first).
     for &i in &dead {
-        c.restart(i).await;
+        let old = c.respawn(i).await;
+        old.close().await;
     }
+    c.wait_ready(5).await;
     c.wait_hints_delivered().await;
     // Checked before any read could repair them: the fallbacks' hints alone brought these.
     for (&i, id) in dead.iter().zip(&dead_ids) {

@@ -599,13 +599,11 @@ impl KvProc {
                 .members()
                 .filter(|m| m.state != MemberState::Left && !left.contains(&m.id))
                 .all(|m| ring.node(m.id).is_some());
-            // As `Kv::ready_view`: every node it had on its ring is back or known to have left,
-            // or the ring holds a strict majority of them (those that left while this node was
-            // down are not on it, and nobody gossips them any more).
-            let stored = &self.disk.ring_members;
-            let back = stored.iter().filter(|id| ring.node(**id).is_some()).count();
-            let all_back = stored.iter().all(|id| ring.node(*id).is_some() || left.contains(id))
-                || back * 2 > stored.len();
+            let all_back = self
+                .disk
+                .ring_members
+                .iter()
+                .all(|id| ring.node(*id).is_some() || left.contains(id));
             self.ready =
                 self.g.members().next().is_some() && self.g.converged() && all_placed && all_back;
             // `Kv::remember_ring` stores the ring's members as soon as the gate is open, not

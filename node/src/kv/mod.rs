@@ -258,6 +258,12 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         self.inner.recovering_now.load(Ordering::SeqCst)
     }
 
+    /// Whether this node knows the ring again after a restart (every node it had on its ring is
+    /// back on it, or left): until then it coordinates nothing, and does not recover.
+    pub fn ring_known(&self) -> bool {
+        self.ready_view().is_ok()
+    }
+
     /// Whether replica reads of `key` are refused now (see [`Kv::start_recovery`]).
     fn unrecovered(&self, key: &[u8]) -> bool {
         if !self.is_recovering() {
@@ -628,11 +634,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 .iter()
                 .filter(|id| view.ring.node(**id).is_none() && !view.left.contains(id))
                 .count();
-            // Nodes that left while this one was down are on nobody's ring and nobody gossips
-            // them any more: once a strict majority of the nodes it knew is back on its ring, it
-            // stops waiting for the rest. (Two of five restarted behind a partition still wait.)
-            let back = expected.iter().filter(|id| view.ring.node(**id).is_some()).count();
-            if missing > 0 && back * 2 <= expected.len() {
+            if missing > 0 {
                 return Err(KvError::Unavailable(format!(
                     "this node restarted and has not yet learned the ring again ({missing} of \
                      the {} nodes it knew are not back on it); try again in a moment",
