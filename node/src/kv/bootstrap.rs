@@ -22,8 +22,10 @@
 //! **Leave** (`starling leave`): refused if fewer than `N` other nodes would stay. Status
 //! `leaving`; once the ring is agreed, the node counts again (other nodes may have been told to
 //! leave at the same time) and aborts if fewer than `N` others stay; otherwise it pushes every
-//! record of its ranges to the replicas that gain them, then announces `left` through gossip; if
-//! that handover fails the leave is aborted and the node stays `normal`.
+//! record of its ranges to the replicas that gain them (in `starlingd`, each of them pulls its
+//! share over sync sessions instead, so a leave asked again after a failure resumes), then
+//! announces `left` through gossip; if that handover fails the leave is aborted and the node
+//! stays `normal`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -348,6 +350,21 @@ pub async fn decommission<T: Transport, S: Storage>(
         );
     }
     tokio::time::sleep(kv.inner.cfg.write_timeout).await;
+    if kv.inner.streamer.get().is_some() {
+        // Each node that gains ranges pulls them over sync sessions, from every replica up
+        // (this one included): a leave asked again after a failure moves only what is missing.
+        let streamed = gainers_stream(&kv).await.map_err(|(g, why)| {
+            anyhow::anyhow!("{g} did not take its share of the ranges: {why}")
+        })?;
+        let sent = streamed.iter().map(|(_, n)| n).sum();
+        info!(
+            records = sent,
+            nodes = streamed.len(),
+            "decommission: data handed over (each node taking over pulled its ranges)"
+        );
+        kv.hand_over_hints().await.context("handing over the hints kept for other nodes")?;
+        return Ok(sent);
+    }
     let view = kv.view();
     let future = view.ring.future().placement(view.rf);
     let mut sent = 0u64;
@@ -400,6 +417,46 @@ pub async fn decommission<T: Transport, S: Storage>(
     info!(records = sent, "decommission: data handed over");
     kv.hand_over_hints().await.context("handing over the hints kept for other nodes")?;
     Ok(sent)
+}
+
+/// Asks every node that gains ranges in the ring as this node sees it (a leave or a removal in
+/// progress) to stream them from their current replicas ([`RepairRequest::StreamPending`]; this
+/// node streams its own directly). Each node's records streamed, or the first node that could
+/// not, and why.
+async fn gainers_stream<T: Transport, S: Storage>(
+    kv: &Kv<T, S>,
+) -> Result<Vec<(String, u64)>, (NodeId, String)> {
+    let view = kv.view();
+    let gainers: Vec<NodeId> = view
+        .ring
+        .nodes()
+        .map(|n| n.id)
+        .filter(|id| !view.ring.pending_ranges(*id, view.rf).is_empty())
+        .collect();
+    let mut streamed = Vec::new();
+    for g in gainers {
+        let n = if g == view.me {
+            stream_pending(kv).await.map_err(|e| format!("{e:#}"))
+        } else if let (true, Some(addr)) = (view.is_up(g), view.addrs.get(&g)) {
+            let req = RepairStep(RepairRequest::StreamPending).into_request();
+            match kv.inner.transport.request_within(*addr, req, REMOVE_STREAM).await {
+                Ok(Response::Repair(r)) => match *r {
+                    RepairResponse::Streamed(n) => Ok(n),
+                    other => Err(format!("unexpected answer {other:?}")),
+                },
+                Ok(Response::Error { message, .. }) => Err(message),
+                Ok(other) => Err(format!("unexpected answer {}", other.kind())),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            Err("it is down".to_string())
+        };
+        match n {
+            Ok(n) => streamed.push((g.to_string(), n)),
+            Err(why) => return Err((g, why)),
+        }
+    }
+    Ok(streamed)
 }
 
 fn load_ids<S: Storage + ?Sized>(storage: &S, name: &str) -> std::collections::BTreeSet<NodeId> {
@@ -538,40 +595,14 @@ pub async fn remove_node<T: Transport, S: Storage>(
     }
     // Writes coordinated before every node saw the move have finished.
     tokio::time::sleep(kv.inner.cfg.write_timeout).await;
-    let view = kv.view();
-    let gainers: Vec<NodeId> = view
-        .ring
-        .nodes()
-        .map(|n| n.id)
-        .filter(|id| !view.ring.pending_ranges(*id, view.rf).is_empty())
-        .collect();
-    let mut streamed = Vec::new();
-    for g in gainers {
-        let n = if g == me {
-            stream_pending(&kv).await.map_err(|e| format!("{e:#}"))
-        } else if let (true, Some(addr)) = (view.is_up(g), view.addrs.get(&g)) {
-            let req = RepairStep(RepairRequest::StreamPending).into_request();
-            match kv.inner.transport.request_within(*addr, req, REMOVE_STREAM).await {
-                Ok(Response::Repair(r)) => match *r {
-                    RepairResponse::Streamed(n) => Ok(n),
-                    other => Err(format!("unexpected answer {other:?}")),
-                },
-                Ok(Response::Error { message, .. }) => Err(message),
-                Ok(other) => Err(format!("unexpected answer {}", other.kind())),
-                Err(e) => Err(e.to_string()),
-            }
-        } else {
-            Err("it is down".to_string())
-        };
-        match n {
-            Ok(n) => streamed.push((g.to_string(), n)),
-            Err(why) => {
-                return Err(failed(format!(
-                    "{g} could not take over its share of {target}'s ranges ({why}); {target} stays announced as leaving: run the removal again once {g} is up"
-                )))
-            }
+    let streamed = match gainers_stream(&kv).await {
+        Ok(s) => s,
+        Err((g, why)) => {
+            return Err(failed(format!(
+                "{g} could not take over its share of {target}'s ranges ({why}); {target} stays announced as leaving: run the removal again once {g} is up"
+            )))
         }
-    }
+    };
     let mut removed = load_ids(&*storage, META_REMOVED);
     removed.insert(target);
     keep_ids(&*storage, &commands, META_REMOVED, keys::REMOVED, &removed)
