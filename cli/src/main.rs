@@ -120,7 +120,8 @@ enum Cmd {
     /// Take a dead node off the ring for good (its disk is gone, it will not come back): the
     /// nodes that take over its ranges stream them from the surviving replicas, so every key is
     /// back to its full number of copies. Refused while the node is up (a live node leaves with
-    /// `starling leave`). Run again to resume a removal that failed.
+    /// `starling leave`). Run again to resume a removal that failed. An operator action: run it
+    /// with a node certificate, as `starling leave`.
     Removenode {
         /// The dead node's id (or its first 8 hex digits), as `starling status` lists it.
         node_id: String,

@@ -156,16 +156,6 @@ impl NodeService {
                 Some(repair) => repair.cleanup_now().await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
-            ClientRequest::RemoveNode(r) => match self.kv.get() {
-                Some(kv) => {
-                    let (commands, status) = (self.commands.clone(), self.status.clone());
-                    match bootstrap::remove_node(kv.clone(), &r.node, commands, status).await {
-                        Ok(summary) => RemoveNode::respond(summary),
-                        Err(e) => e,
-                    }
-                }
-                None => Response::error(ErrorCode::Unavailable, "node is starting"),
-            },
         }
     }
 
@@ -187,6 +177,16 @@ impl NodeService {
             },
             PeerRequest::Topic(t) => match self.topics.get() {
                 Some(topics) => topics.handle_peer(t).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
+            PeerRequest::RemoveNode(r) => match self.kv.get() {
+                Some(kv) => {
+                    let (commands, status) = (self.commands.clone(), self.status.clone());
+                    match bootstrap::remove_node(kv.clone(), &r.node, commands, status).await {
+                        Ok(summary) => RemoveNode::respond(summary),
+                        Err(e) => e,
+                    }
+                }
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
             PeerRequest::Repair(RepairRequest::StreamPending) => match self.kv.get() {

@@ -376,7 +376,7 @@ async fn a_leave_that_would_leave_fewer_than_n_copies_is_refused() {
 
 /// Every peer RPC, as an attacker holding a client certificate would send it: a replica write of
 /// `victim` ten years ahead (read repair would spread it and no later write could beat it), a
-/// hint for a made-up node, reads, scans, gossip, a clock probe, a leave.
+/// hint for a made-up node, reads, scans, gossip, a clock probe, a leave, a removal, a stream.
 fn peer_rpcs() -> Vec<Request> {
     let ten_years_ms = 10 * 365 * 86_400_000u64;
     let now_ms = std::time::SystemTime::now()
@@ -398,6 +398,9 @@ fn peer_rpcs() -> Vec<Request> {
         Request::Peer(PeerRequest::Gossip(vec![1, 2, 3])),
         Clock.into_request(),
         Leave.into_request(),
+        starling_wire::repair::RemoveNode { node: "00".into() }.into_request(),
+        starling_wire::repair::RepairStep(starling_wire::repair::RepairRequest::StreamPending)
+            .into_request(),
     ]
 }
 

@@ -87,7 +87,7 @@ impl Request {
             Request::Peer(PeerRequest::Topic(t)) => t.kind(),
             Request::Client(ClientRequest::Repair(_)) => "repair",
             Request::Client(ClientRequest::Cleanup(_)) => "cleanup",
-            Request::Client(ClientRequest::RemoveNode(_)) => "removenode",
+            Request::Peer(PeerRequest::RemoveNode(_)) => "removenode",
             Request::Peer(PeerRequest::Gossip(_)) => "gossip",
             Request::Peer(PeerRequest::Leave) => "leave",
             Request::Peer(PeerRequest::Clock) => "clock",
@@ -128,8 +128,6 @@ pub enum ClientRequest {
     Repair(crate::repair::RunRepair),
     /// Drop the ranges the receiving node no longer replicates ([`crate::repair::RunCleanup`]).
     Cleanup(crate::repair::RunCleanup),
-    /// Take a dead node off the ring ([`crate::repair::RemoveNode`]).
-    RemoveNode(crate::repair::RemoveNode),
 }
 
 /// The key-value store's client calls.
@@ -149,6 +147,8 @@ pub enum PeerRequest {
     Gossip(#[serde(with = "crate::bin")] Vec<u8>),
     /// Leave the cluster gracefully (hand the data over first).
     Leave,
+    /// Take a dead node off the ring ([`crate::repair::RemoveNode`]): an operator action.
+    RemoveNode(crate::repair::RemoveNode),
     /// This node's wall clock (clock-offset monitoring: a node too far off the cluster refuses
     /// to coordinate writes).
     Clock,
@@ -471,15 +471,15 @@ call!(peer ReplicaScan => Page,
     |self| Request::Peer(PeerRequest::Replica(ReplicaRequest::Scan(self))),
     |a| Response::Replica(ReplicaResponse::Page(a)),
     Response::Replica(ReplicaResponse::Page(p)) => p);
-/// [`Call`] for a client call answered with one [`RepairResponse`] variant (boxed in
+/// [`Call`] for a client or peer call answered with one [`RepairResponse`] variant (boxed in
 /// [`Response::Repair`]).
 macro_rules! repair_call {
-    ($request:ident($call:ident) => $answer:ident, $variant:ident) => {
+    ($api:ident $request:ident($call:ident) => $answer:ident, $variant:ident) => {
         impl Call for crate::repair::$call {
             type Answer = crate::repair::$answer;
-            const PEER: bool = false;
+            const PEER: bool = call!(@peer $api);
             fn into_request(self) -> Request {
-                Request::Client(ClientRequest::$request(self))
+                repair_call!(@request $api $request self)
             }
             fn answer(response: Response) -> Result<Self::Answer, Response> {
                 match response {
@@ -495,10 +495,17 @@ macro_rules! repair_call {
             }
         }
     };
+    (@request client $request:ident $s:ident) => {
+        Request::Client(ClientRequest::$request($s))
+    };
+    (@request peer $request:ident $s:ident) => {
+        Request::Peer(PeerRequest::$request($s))
+    };
 }
-repair_call!(Cleanup(RunCleanup) => CleanupSummary, Cleaned);
-repair_call!(Repair(RunRepair) => RepairSummary, Summary);
-repair_call!(RemoveNode(RemoveNode) => RemoveSummary, Removed);
+repair_call!(client Cleanup(RunCleanup) => CleanupSummary, Cleaned);
+repair_call!(client Repair(RunRepair) => RepairSummary, Summary);
+// Destructive and for operators, as `Leave` is: a node certificate only.
+repair_call!(peer RemoveNode(RemoveNode) => RemoveSummary, Removed);
 call!(peer crate::repair::RepairStep => RepairResponse,
     |self| Request::Peer(PeerRequest::Repair(self.0)),
     |a| Response::Repair(Box::new(a)),
