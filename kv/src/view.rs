@@ -162,6 +162,12 @@ impl RingView {
             .filter(|id| *id != self.me && !self.down.contains_key(id) && !self.left.contains(id))
     }
 
+    /// The ring's nodes whose id `prefix` names (see [`names`]), as operators type them
+    /// (`starling repair --with`, `starling removenode`).
+    pub fn ring_nodes_named(&self, prefix: &str) -> Vec<NodeId> {
+        self.ring.nodes().map(|n| n.id).filter(|id| names(id, prefix)).collect()
+    }
+
     /// Whether requests should be sent to `id` (this node always; others unless gossip says down).
     pub fn is_up(&self, id: NodeId) -> bool {
         id == self.me || (!self.down.contains_key(&id) && self.addrs.contains_key(&id))
@@ -210,6 +216,12 @@ pub fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
 /// Encodes tokens for gossip.
 pub fn format_tokens(tokens: &[Token]) -> String {
     tokens.iter().map(|t| format!("{t:x}")).collect::<Vec<_>>().join(",")
+}
+
+/// Whether `prefix` (hex, any case; at least one digit) names `id`: its full id or a prefix of it,
+/// such as the 8 digits `starling status` shows.
+pub fn names(id: &NodeId, prefix: &str) -> bool {
+    !prefix.is_empty() && id.to_string().starts_with(&prefix.to_ascii_lowercase())
 }
 
 /// Encodes node ids for gossip ([`keys::REMOVING`], [`keys::REMOVED`]), sorted.
@@ -284,6 +296,13 @@ mod tests {
         assert!(v.ring.node(NodeId(4)).is_none());
         assert!(v.left.contains(&NodeId(4)) && v.removed.contains(&NodeId(4)));
         assert_eq!(v.ring.nodes().count(), 3);
+    }
+
+    #[test]
+    fn a_prefix_names_a_node_in_any_case() {
+        let id = NodeId(0xab12 << 112);
+        assert!(names(&id, "AB12") && names(&id, "ab1") && names(&id, &id.to_string()));
+        assert!(!names(&id, "") && !names(&id, "ab13"));
     }
 
     #[test]

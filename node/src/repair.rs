@@ -373,10 +373,7 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         let view = self.inner.view.borrow().clone();
         let peer = match call.peer.as_deref() {
             None => None,
-            Some(p) => match view.ring.nodes().map(|n| n.id).find(|id| {
-                let s = id.to_string();
-                s.starts_with(p) || id.short() == p
-            }) {
+            Some(p) => match view.ring_nodes_named(p).first().copied() {
                 Some(id) if id == self.inner.me => {
                     return Response::error(
                         ErrorCode::BadRequest,

@@ -256,7 +256,7 @@ pub async fn stream_pending<T: Transport, S: Storage>(kv: &Kv<T, S>) -> anyhow::
             }
         }
         for (r, natural) in &segments {
-            let need = (natural.len() / 2 + 1).min(natural.len());
+            let need = starling_kv::quorum(natural.len()).min(natural.len());
             let ok = natural.iter().filter(|s| streamed.contains(*s)).count();
             if ok < need {
                 anyhow::bail!(
@@ -271,7 +271,7 @@ pub async fn stream_pending<T: Transport, S: Storage>(kv: &Kv<T, S>) -> anyhow::
     for (range, sources) in view.ring.pending_ranges(view.me, view.rf) {
         let up: Vec<NodeId> =
             sources.iter().copied().filter(|s| view.is_up(*s) && *s != view.me).collect();
-        let need = (sources.len() / 2 + 1).min(sources.len());
+        let need = starling_kv::quorum(sources.len()).min(sources.len());
         let mut ok = 0;
         for src in &up {
             match stream_range(kv, *src, range).await {
@@ -546,11 +546,10 @@ pub async fn remove_node<T: Transport, S: Storage>(
     let failed = |why: String| Response::error(ErrorCode::Unavailable, why);
     let view = kv.view();
     let me = view.me;
-    let named = |id: &NodeId| !node.is_empty() && id.to_string().starts_with(&node.to_lowercase());
-    let matches: Vec<NodeId> = view.ring.nodes().map(|n| n.id).filter(named).collect();
+    let matches = view.ring_nodes_named(node);
     let target = match matches.as_slice() {
         [one] => *one,
-        [] if view.removed.iter().any(named) => {
+        [] if view.removed.iter().any(|id| super::view::names(id, node)) => {
             return Err(bad(format!("node {node} was removed already")))
         }
         [] => return Err(bad(format!("no node {node} on the ring"))),
