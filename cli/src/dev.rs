@@ -18,6 +18,8 @@ pub struct DevOptions {
     pub dir: PathBuf,
     pub base_port: u16,
     pub http_base_port: u16,
+    /// 0: no Kafka listeners.
+    pub kafka_base_port: u16,
     pub insecure: bool,
 }
 
@@ -25,6 +27,7 @@ struct Node {
     child: Child,
     listen: String,
     http: String,
+    kafka: Option<String>,
     exited: bool,
 }
 
@@ -66,11 +69,14 @@ pub async fn run(opts: DevOptions) -> Result<()> {
             .with_context(|| format!("cannot create log in {}", data.display()))?;
         let listen = format!("127.0.0.1:{}", opts.base_port + i as u16);
         let http = format!("127.0.0.1:{}", opts.http_base_port + i as u16);
+        let kafka = (opts.kafka_base_port != 0)
+            .then(|| format!("127.0.0.1:{}", opts.kafka_base_port + i as u16));
         let mut cmd = Command::new(&starlingd);
         cmd.arg("--data-dir")
             .arg(&data)
             .args(["--listen", &listen, "--http", &http, "--seeds", &seeds.join(",")])
             .args(["--zone", &format!("z{}", i % 3 + 1)])
+            .args(kafka.iter().flat_map(|k| ["--kafka", k.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -83,7 +89,7 @@ pub async fn run(opts: DevOptions) -> Result<()> {
         // which then stops the nodes in order.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().with_context(|| format!("cannot start {}", starlingd.display()))?;
-        nodes.push(Node { child, listen, http, exited: false });
+        nodes.push(Node { child, listen, http, kafka, exited: false });
     }
     let auth = if opts.insecure { Auth::Insecure } else { Auth::Certs(certs.join("client")) };
     let started = Instant::now();
@@ -107,10 +113,11 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     println!();
     for (i, n) in nodes.iter().enumerate() {
         println!(
-            "  node{}  quic {}  status http://{}/  (pid {})",
+            "  node{}  quic {}  status http://{}/{}  (pid {})",
             i + 1,
             n.listen,
             n.http,
+            n.kafka.as_ref().map_or(String::new(), |k| format!("  kafka {k}")),
             n.child.id()
         );
     }
@@ -136,6 +143,24 @@ pub async fn run(opts: DevOptions) -> Result<()> {
         "  starling bench kv --nodes {}   # ops/s and latency",
         nodes.iter().map(|n| n.listen.as_str()).collect::<Vec<_>>().join(",")
     );
+    if let Some(k) = &nodes[0].kafka {
+        println!(
+            "  starling topic create events --partitions 3 --replication {}",
+            opts.nodes.min(3)
+        );
+        println!(
+            "  # Kafka clients: bootstrap.servers={k}{}",
+            if opts.insecure {
+                String::new()
+            } else {
+                let c = certs.join("client");
+                format!(
+                    " security.protocol=ssl ssl.ca.location={0}/ca.pem ssl.certificate.location={0}/node.pem ssl.key.location={0}/node.key",
+                    c.display()
+                )
+            }
+        );
+    }
     if let Some(last) = nodes.last() {
         println!(
             "  kill -9 {}                            # watch the others mark it down",

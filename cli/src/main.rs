@@ -84,6 +84,9 @@ enum Cmd {
         base_port: u16,
         #[arg(long, default_value_t = 7480)]
         http_base_port: u16,
+        /// First node's Kafka port (node i listens on this + i - 1); 0 turns Kafka off.
+        #[arg(long, default_value_t = 9092)]
+        kafka_base_port: u16,
     },
     /// Read and write the key-value store.
     #[command(subcommand)]
@@ -353,12 +356,13 @@ async fn run(cli: Cli) -> Result<()> {
             }
             CertCmd::Bootstrap { out, names, clients } => cert_cmd::bootstrap(out, names, clients)?,
         },
-        Cmd::Dev { nodes, dir, base_port, http_base_port } => {
+        Cmd::Dev { nodes, dir, base_port, http_base_port, kafka_base_port } => {
             dev::run(dev::DevOptions {
                 nodes: *nodes,
                 dir: dir.clone(),
                 base_port: *base_port,
                 http_base_port: *http_base_port,
+                kafka_base_port: *kafka_base_port,
                 insecure: cli.insecure,
             })
             .await?

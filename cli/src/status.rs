@@ -287,6 +287,7 @@ mod tests {
             generation: 9,
             zone: Some("z1".into()),
             digest: Some("d".into()),
+            kafka: None,
             is_self: me,
         };
         let s = Status {

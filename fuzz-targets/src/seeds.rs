@@ -355,6 +355,7 @@ fn status() -> Status {
         generation: 1_750_000_000,
         zone: Some("zone-a".into()),
         digest: Some("0f0f".into()),
+        kafka: None,
         is_self,
     };
     Status {

@@ -54,7 +54,9 @@ pub enum Verdict {
 }
 
 /// Why a batch is refused (Kafka's error names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
 pub enum SequenceError {
     /// The sequence does not continue the producer's last batch.
     #[error("out of order sequence: expected {expected}, got {got}")]

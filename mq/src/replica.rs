@@ -152,7 +152,7 @@ pub enum ProduceError {
     /// An idempotent producer's batch does not continue its sequence, or comes from a fenced
     /// producer epoch (nothing written).
     #[error("{0}")]
-    Sequence(String),
+    Sequence(producer::SequenceError),
 }
 
 impl ProduceError {
@@ -849,7 +849,7 @@ impl<L: ReplicaLog> Replica<L> {
                 Ok(Verdict::Duplicate { first_offset, last_offset }) => {
                     dup = Some((dup.map_or(first_offset, |d| d.0), last_offset));
                 }
-                Err(e) => return Err(ProduceError::Sequence(e.to_string())),
+                Err(e) => return Err(ProduceError::Sequence(e)),
             }
         }
         match (dup, fresh) {

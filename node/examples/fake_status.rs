@@ -59,6 +59,7 @@ fn snapshot(n: u64, elapsed: Duration, insecure: bool) -> Status {
                 } else {
                     format!("{:x}", 0xa0 + i)
                 }),
+                kafka: None,
                 is_self: i == 0,
             }
         })

@@ -34,6 +34,14 @@ pub struct Args {
     /// HTTP status address [default: 127.0.0.1:7480].
     #[arg(long, env = "STARLING_HTTP")]
     pub http: Option<String>,
+    /// Serve Kafka's wire protocol on this TCP address (Kafka clients use any node as a
+    /// bootstrap server); off when not given. TLS with the cluster's CA unless --insecure.
+    #[arg(long, env = "STARLING_KAFKA")]
+    pub kafka: Option<String>,
+    /// The address Kafka clients reach this node's Kafka listener at [default: --kafka, or
+    /// the --advertise host with --kafka's port when --kafka is a wildcard address].
+    #[arg(long, env = "STARLING_KAFKA_ADVERTISE")]
+    pub kafka_advertise: Option<String>,
     /// Seed peers, comma-separated host:port (DNS names allowed).
     #[arg(long, env = "STARLING_SEEDS", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
@@ -118,6 +126,8 @@ struct FileConfig {
     listen: Option<String>,
     advertise: Option<String>,
     http: Option<String>,
+    kafka: Option<String>,
+    kafka_advertise: Option<String>,
     seeds: Option<Vec<String>>,
     meta_voters: Option<Vec<String>>,
     zone: Option<String>,
@@ -155,6 +165,10 @@ pub struct NodeConfig {
     /// `host:port` as given; resolved when the node starts.
     pub advertise: Option<String>,
     pub http: SocketAddr,
+    /// The Kafka listener's address (`None`: no Kafka listener).
+    pub kafka: Option<SocketAddr>,
+    /// `host:port` Kafka clients are told to use, as given (default worked out at start).
+    pub kafka_advertise: Option<String>,
     pub seeds: Vec<String>,
     /// The metadata service's voters as given (resolved to node ids through gossip).
     pub meta_voters: Vec<String>,
@@ -200,6 +214,17 @@ impl NodeConfig {
         let listen = parse_socket_addr("--listen", &listen_s)?;
         let http_s = args.http.or(file.http).unwrap_or(format!("127.0.0.1:{DEFAULT_HTTP_PORT}"));
         let http = parse_socket_addr("--http", &http_s)?;
+        let kafka = match args.kafka.or(file.kafka) {
+            Some(k) => Some(parse_socket_addr("--kafka", &k)?),
+            None => None,
+        };
+        let kafka_advertise = args.kafka_advertise.or(file.kafka_advertise);
+        if let Some(a) = &kafka_advertise {
+            if kafka.is_none() {
+                bail!("--kafka-advertise {a} needs --kafka HOST:PORT (the listener it advertises)");
+            }
+            check_host_port("--kafka-advertise", a)?;
+        }
         let advertise = args.advertise.or(file.advertise);
         if let Some(a) = &advertise {
             check_host_port("--advertise", a)?;
@@ -337,6 +362,8 @@ impl NodeConfig {
             listen,
             advertise,
             http,
+            kafka,
+            kafka_advertise,
             seeds,
             meta_voters,
             zone: args.zone.or(file.zone),

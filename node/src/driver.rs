@@ -111,6 +111,8 @@ pub struct NodeInfo {
     /// This node's certificate (`None` with `--insecure`).
     pub tls: Option<TlsInfo>,
     pub zone: Option<String>,
+    /// The Kafka listener's advertised address (`--kafka`), published in gossip.
+    pub kafka: Option<String>,
     pub started: Instant,
     /// Replicas per key.
     pub replication: usize,
@@ -162,6 +164,12 @@ pub async fn run<T: Transport>(
         gossip.handle_command(
             Instant::now(),
             Command::Set { key: keys::ZONE.into(), value: zone.clone() },
+        );
+    }
+    if let Some(kafka) = &info.kafka {
+        gossip.handle_command(
+            Instant::now(),
+            Command::Set { key: crate::kafka::GOSSIP_KEY.into(), value: kafka.clone() },
         );
     }
     let (seed_tx, mut seed_rx) = mpsc::channel::<Vec<SocketAddr>>(1);
@@ -433,6 +441,7 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView, picture: &RingPictur
             generation: m.generation,
             zone: m.node_state.get(keys::ZONE).map(str::to_owned),
             digest: m.node_state.get(keys::DIGEST).map(str::to_owned),
+            kafka: m.node_state.get(crate::kafka::GOSSIP_KEY).map(str::to_owned),
             is_self: false,
         })
         .collect();
@@ -449,6 +458,7 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView, picture: &RingPictur
         generation: g.generation(),
         zone: info.zone.clone(),
         digest: g.local_state().get(keys::DIGEST).map(str::to_owned),
+        kafka: info.kafka.clone(),
         is_self: true,
     });
     members.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.node_id.cmp(&b.node_id)));

@@ -37,6 +37,7 @@ pub mod datadir;
 pub mod driver;
 pub mod groups;
 pub mod http;
+pub mod kafka;
 pub mod kv;
 pub mod meta;
 pub mod node;

@@ -375,6 +375,29 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     })?;
     let http_addr = http_listener.local_addr().context("HTTP local address")?;
     let advertise = resolve_advertise(cfg.advertise.as_deref(), listen).await?;
+    let kafka_listener = match cfg.kafka {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen for Kafka clients on {addr} (is another process using this port?)"
+            )
+        })?),
+        None => None,
+    };
+    // What Kafka clients are told: --kafka-advertise, else the listener's address, else (a
+    // wildcard listener) the node's advertised host with the listener's port.
+    let kafka_advertise = match &kafka_listener {
+        Some(l) => {
+            let bound = l.local_addr().context("Kafka local address")?;
+            Some(match &cfg.kafka_advertise {
+                Some(a) => a.clone(),
+                None if bound.ip().is_unspecified() => {
+                    SocketAddr::new(advertise.ip(), bound.port()).to_string()
+                }
+                None => bound.to_string(),
+            })
+        }
+        None => None,
+    };
     data.write_addresses(&Addresses {
         listen,
         advertise,
@@ -522,6 +545,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         insecure,
         tls: tls_info,
         zone: cfg.zone.clone(),
+        kafka: kafka_advertise.clone(),
         started,
         replication: cfg.replication,
         kv_status: Some(kv_status),
@@ -571,6 +595,24 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             Err(e) => tracing::error!(error = %e, "join task failed"),
         }
     });
+    let (kafka_stop_tx, kafka_stop_rx) = oneshot::channel::<()>();
+    let kafka_task = kafka_listener.map(|listener| {
+        let acceptor = (!insecure).then(|| {
+            // Kafka clients offer no ALPN protocol: the same certificates, without Starling's.
+            let mut server = (*tls.server).clone();
+            server.alpn_protocols.clear();
+            tokio_rustls::TlsAcceptor::from(Arc::new(server))
+        });
+        let backend = Arc::new(crate::kafka::KafkaBackend {
+            topics: topics.clone(),
+            status: status_rx.clone(),
+            me: data.node_id,
+        });
+        info!(advertise = ?kafka_advertise, tls = acceptor.is_some(), "serving Kafka clients");
+        tokio::spawn(crate::kafka::serve(listener, acceptor, backend, async move {
+            let _ = kafka_stop_rx.await;
+        }))
+    });
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let http_state = HttpState { status: status_rx, metrics };
     let http_task = tokio::spawn(http::serve(http_listener, http_state, async move {
@@ -596,6 +638,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     gate_keeper.abort();
     let _ = http_stop_tx.send(());
     let _ = http_task.await;
+    let _ = kafka_stop_tx.send(());
+    if let Some(task) = kafka_task {
+        let _ = task.await;
+    }
     topics.shutdown().await;
     transport.close().await;
     let store = kv.storage().clone();

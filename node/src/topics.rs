@@ -30,6 +30,7 @@ use futures_util::future::{join_all, BoxFuture};
 use serde::Serialize;
 use starling_meta::{MetaError, Op, OpResult};
 use starling_mq::log::{Log, LogConfig, LogError};
+use starling_mq::producer::SequenceError;
 use starling_mq::replica::{
     self, Event, Msg, Output, PartitionState, ProduceError, Replica, ReplicaConfig, Role,
 };
@@ -166,7 +167,13 @@ fn produce_error(e: ProduceError) -> TopicError {
         ProduceError::NotEnoughReplicas { isr, min } => {
             TopicError::NotEnoughReplicas { isr: isr as u32, min: min as u32 }
         }
-        ProduceError::Invalid(m) | ProduceError::Sequence(m) => TopicError::Invalid(m),
+        ProduceError::Invalid(m) => TopicError::Invalid(m),
+        ProduceError::Sequence(e @ SequenceError::InvalidProducerEpoch { .. }) => {
+            TopicError::ProducerFenced(e.to_string())
+        }
+        ProduceError::Sequence(e @ SequenceError::OutOfOrderSequence { .. }) => {
+            TopicError::OutOfOrderSequence(e.to_string())
+        }
         ProduceError::Storage(m) => TopicError::Storage(m),
         e @ (ProduceError::NotEnoughReplicasAfterAppend
         | ProduceError::LeaderChanged

@@ -20,6 +20,7 @@ fn member(n: u8, state: &str, is_self: bool) -> MemberStatus {
         generation: 1_700_000_000 + u64::from(n),
         zone: Some(format!("z{}", n % 2)),
         digest: Some("d1ge57".to_owned()),
+        kafka: None,
         is_self,
     }
 }

@@ -19,6 +19,9 @@ pub struct MemberStatus {
     pub zone: Option<String>,
     /// The membership digest this member last reported.
     pub digest: Option<String>,
+    /// The address Kafka clients reach this member's Kafka listener at (`--kafka`), if it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<String>,
     /// True for the node answering.
     #[serde(rename = "self")]
     pub is_self: bool,

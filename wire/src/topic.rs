@@ -339,6 +339,14 @@ pub enum TopicError {
     /// partition moved): re-join with a heartbeat.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// An idempotent producer's batch does not continue its sequence (a batch in between was
+    /// lost; nothing written). Kafka's `OUT_OF_ORDER_SEQUENCE_NUMBER`.
+    #[error("{0}")]
+    OutOfOrderSequence(String),
+    /// An idempotent producer's batch comes from an older epoch of its id than the partition
+    /// has seen (that producer was replaced; nothing written). Kafka's `INVALID_PRODUCER_EPOCH`.
+    #[error("{0}")]
+    ProducerFenced(String),
 }
 
 impl TopicError {

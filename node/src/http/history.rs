@@ -326,6 +326,7 @@ mod tests {
             generation: 1,
             zone: None,
             digest: Some(digest.to_owned()),
+            kafka: None,
             is_self: n == 1,
         }
     }

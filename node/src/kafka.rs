@@ -1,0 +1,247 @@
+//! The Kafka listener (`--kafka HOST:PORT`): Kafka's wire protocol over TCP in front of this
+//! node's topics, so Kafka clients work unchanged (`starling-kafka` decodes and answers each
+//! request; this module owns the sockets).
+//!
+//! - **TLS** with the cluster's CA when the node has certificates: clients present a certificate
+//!   the CA issued (a client's or a node's, as on the native API); plain TCP only with
+//!   `--insecure`.
+//! - **Pipelining**: a client may send up to [`MAX_IN_FLIGHT`] requests before reading answers;
+//!   they are served concurrently and answered in the order they came, as Kafka does.
+//! - **Limits**: [`MAX_CONNECTIONS`] connections (more are closed at once, with a log line);
+//!   a request larger than [`starling_kafka::frame::MAX_FRAME`] closes its connection; a
+//!   connection idle for [`IDLE_TIMEOUT`] is closed (Kafka's `connections.max.idle.ms`), and one
+//!   that starts a request and does not finish it within [`REQUEST_TIMEOUT`] too.
+//! - **Bad requests** (an unknown API key, a version not served, a body that does not decode)
+//!   close the connection, as Kafka closes it, after the answers already due are written; the
+//!   reason is logged (at most a line a second).
+//!
+//! Each node publishes its listener's advertised address in gossip ([`GOSSIP_KEY`]), so any node
+//! lists every live broker in Metadata.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use starling_kafka::codec::{self, Decoded};
+use starling_kafka::frame::FrameReader;
+use starling_kafka::serve::{self, Backend, Broker};
+use starling_wire::status::Status;
+use starling_wire::{ClientRequest, ErrorCode, NodeId, Request, Response};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::logging::RateLimitedLog;
+use crate::topics::Topics;
+use crate::transport::quic::QuicTransport;
+
+/// The gossip key under which a node publishes its Kafka listener's advertised `host:port`.
+pub const GOSSIP_KEY: &str = "kafka";
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Requests of one connection served (and waiting to be answered) at once.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// A connection with no request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A request begun must arrive whole within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The node as the Kafka front sees it.
+#[derive(Debug)]
+pub struct KafkaBackend {
+    pub topics: Topics<QuicTransport>,
+    pub status: watch::Receiver<Arc<Status>>,
+    pub me: NodeId,
+}
+
+impl Backend for KafkaBackend {
+    fn call(&self, req: Request) -> BoxFuture<'static, Response> {
+        let topics = self.topics.clone();
+        Box::pin(async move {
+            match req {
+                Request::Client(ClientRequest::Topic(t)) => topics.handle_client(t).await,
+                other => Response::error(
+                    ErrorCode::BadRequest,
+                    format!("{} is not a topic call", other.kind()),
+                ),
+            }
+        })
+    }
+
+    fn brokers(&self) -> Vec<Broker> {
+        let status = self.status.borrow().clone();
+        status
+            .members
+            .iter()
+            .filter(|m| m.state == "alive" || m.state == "suspect")
+            .filter_map(|m| {
+                let id: NodeId = m.node_id.parse().ok()?;
+                let (host, port) = split_host_port(m.kafka.as_deref()?)?;
+                Some(Broker { id, host, port, rack: m.zone.clone() })
+            })
+            .collect()
+    }
+
+    fn me(&self) -> NodeId {
+        self.me
+    }
+
+    fn cluster_id(&self) -> String {
+        "starling".to_string()
+    }
+
+    fn new_producer_id(&self) -> i64 {
+        (rand::random::<u64>() >> 1) as i64
+    }
+}
+
+/// `host:port` (an IPv6 host in brackets) into its parts.
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// Serves Kafka clients on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    backend: Arc<KafkaBackend>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let log = Arc::new(RateLimitedLog::default());
+    tokio::pin!(stop);
+    loop {
+        let (sock, peer) = tokio::select! {
+            _ = &mut stop => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    if let Some(suppressed) = log.allow() {
+                        warn!(error = %e, suppressed, "cannot accept a Kafka connection");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(suppressed) = log.allow() {
+                warn!(%peer, limit = MAX_CONNECTIONS, suppressed, "Kafka connection refused: at the connection limit");
+            }
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let (backend, tls, log) = (backend.clone(), tls.clone(), log.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                None => connection(sock, peer, backend, log).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                        Ok(Ok(stream)) => connection(stream, peer, backend, log).await,
+                        Ok(Err(e)) => {
+                            if let Some(suppressed) = log.allow() {
+                                warn!(%peer, error = %e, suppressed, "Kafka TLS handshake failed");
+                            }
+                        }
+                        Err(_) => debug!(%peer, "Kafka TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    info!("Kafka listener stopped");
+}
+
+/// One answer slot, in request order: the bytes to write, nothing (`acks=0`), or close.
+type Answer = tokio::task::JoinHandle<Result<Option<Bytes>, ()>>;
+
+async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    backend: Arc<KafkaBackend>,
+    log: Arc<RateLimitedLog>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(answer) = rx.recv().await {
+            match answer.await {
+                Ok(Ok(Some(bytes))) => {
+                    if wr.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Ok(None)) => {}
+                _ => break,
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut frames = FrameReader::new();
+    let refuse = |why: String| {
+        if let Some(suppressed) = log.allow() {
+            warn!(%peer, reason = %why, suppressed, "Kafka connection closed: a request Starling does not serve");
+        }
+    };
+    'conn: loop {
+        let frame = loop {
+            match frames.next_frame() {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => {
+                    refuse(e.to_string());
+                    break 'conn;
+                }
+            }
+            let limit = if frames.pending() == 0 { IDLE_TIMEOUT } else { REQUEST_TIMEOUT };
+            match tokio::time::timeout(limit, rd.read_buf(frames.buffer())).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => break 'conn,
+                Err(_) => {
+                    debug!(%peer, pending = frames.pending(), "Kafka connection closed: idle, or a request not finished in time");
+                    break 'conn;
+                }
+            }
+        };
+        let answer: Answer = match codec::decode_request(frame) {
+            Ok(Decoded::ApiVersionsTooNew(h)) => {
+                let bytes = codec::unsupported_api_versions(&h);
+                tokio::spawn(async move { bytes.map(Some).map_err(|_| ()) })
+            }
+            Ok(Decoded::Request(h, req)) => {
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    match serve::answer(&*backend, &h, *req).await {
+                        Ok(Some(body)) => codec::encode_response(&h, &body).map(Some).map_err(|e| {
+                            warn!(%peer, error = %e, "cannot encode a Kafka answer; closing the connection");
+                        }),
+                        Ok(None) => Ok(None),
+                        Err(e) => {
+                            warn!(%peer, error = %e, "Kafka request not served; closing the connection");
+                            Err(())
+                        }
+                    }
+                })
+            }
+            Err(e) => {
+                refuse(e.to_string());
+                break 'conn;
+            }
+        };
+        if tx.send(answer).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
