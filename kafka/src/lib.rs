@@ -15,6 +15,8 @@
 
 pub mod codec;
 pub mod frame;
+pub mod group;
+mod groups_api;
 pub mod serve;
 pub mod versions;
 

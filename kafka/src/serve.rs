@@ -9,8 +9,9 @@
 //!   (retriable). The controller is the answering node: any node creates and deletes topics.
 //!   Topics are never created by Metadata (Kafka's `auto.create.topics.enable=false`): create them
 //!   with CreateTopics or `starling topic create`.
-//! - **Produce**: the record batches go to the partition leader as they are (a node that does not
-//!   lead forwards them). `acks` 0, 1 and -1 are the native levels; `acks=0` gets no answer, as
+//! - **Produce**: the record batches go to the partition's log as they are, on its leader: a
+//!   node that does not lead answers `NOT_LEADER_OR_FOLLOWER` (as do Fetch and ListOffsets), and
+//!   the client asks Metadata for the new leader. `acks` 0, 1 and -1 are the native levels; `acks=0` gets no answer, as
 //!   in Kafka. Idempotent producers' sequence checks are the partition leader's: a retried batch
 //!   is answered with the offsets it got the first time. Transactions are not supported.
 //! - **Fetch**: no fetch sessions (the answer's session id is 0, which tells the client to send
@@ -85,6 +86,16 @@ pub trait Backend: Send + Sync {
     fn cluster_id(&self) -> String;
     /// A fresh producer id (random, non-negative).
     fn new_producer_id(&self) -> i64;
+    /// The node that coordinates `group` (Kafka's group coordinator), as the native groups'.
+    fn coordinator_of(&self, group: &str) -> Option<NodeId>;
+    /// The consumer groups this node coordinates.
+    fn groups(&self) -> &crate::group::Coordinator;
+    /// Milliseconds of a monotonic clock (for group sessions).
+    fn now_ms(&self) -> u64;
+    /// Stores a committed offset (at quorum in the key-value store).
+    fn offset_put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'static, Result<(), String>>;
+    /// Reads a committed offset.
+    fn offset_get(&self, key: Vec<u8>) -> BoxFuture<'static, Result<Option<Vec<u8>>, String>>;
 }
 
 /// Answers one request; `Ok(None)` when Kafka sends no answer (a produce with `acks=0`), `Err`
@@ -92,8 +103,10 @@ pub trait Backend: Send + Sync {
 pub async fn answer<B: Backend + ?Sized>(
     b: &B,
     h: &Header,
+    client_host: &str,
     req: RequestKind,
 ) -> Result<Option<ResponseKind>, String> {
+    use crate::groups_api as g;
     Ok(Some(match req {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::api_versions(0)),
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata(b, h.version, r).await),
@@ -110,13 +123,28 @@ pub async fn answer<B: Backend + ?Sized>(
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(b, r).await),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(b, r).await),
         RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(init_producer_id(b, r)),
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(g::find_coordinator(b, h.version, r))
+        }
+        RequestKind::JoinGroup(r) => {
+            ResponseKind::JoinGroup(g::join_group(b, h, client_host, r).await)
+        }
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(g::sync_group(b, h.version, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(g::heartbeat(b, r)),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(g::leave_group(b, h.version, r)),
+        RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(g::offset_commit(b, r).await),
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(g::offset_fetch(b, h.version, r).await)
+        }
+        RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(g::describe_groups(b, r)),
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(g::list_groups(b, r)),
         _ => return Err(format!("{:?} v{} is not served", h.api_key, h.version)),
     }))
 }
 
 /// A native call's answer, with the node's own refusals (a node starting, a call timed out)
 /// as topic errors.
-async fn call<B, C, T>(b: &B, c: C) -> Result<T, TopicError>
+pub(crate) async fn call<B, C, T>(b: &B, c: C) -> Result<T, TopicError>
 where
     B: Backend + ?Sized,
     C: Call<Answer = Result<T, TopicError>>,
@@ -161,16 +189,16 @@ pub fn error_kind(e: &TopicError) -> ResponseError {
     }
 }
 
-fn str_bytes(s: impl Into<String>) -> StrBytes {
+pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
-fn topic_name(s: &str) -> TopicName {
+pub(crate) fn topic_name(s: &str) -> TopicName {
     TopicName(str_bytes(s))
 }
 
 /// Groups per-partition answers by topic, topics in first-seen order.
-fn by_topic<P>(items: Vec<(String, P)>) -> Vec<(String, Vec<P>)> {
+pub(crate) fn by_topic<P>(items: Vec<(String, P)>) -> Vec<(String, Vec<P>)> {
     let mut out: Vec<(String, Vec<P>)> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
     for (t, p) in items {

@@ -31,10 +31,7 @@ use starling_wire::NodeId;
 pub const SESSION_MIN: Duration = Duration::from_secs(1);
 pub const SESSION_MAX: Duration = Duration::from_secs(60);
 
-/// The key-value key of a group's committed offset for one partition.
-pub fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
-    format!("__starling/groups/{group}/{topic}/{partition}").into_bytes()
-}
+pub use starling_wire::topic::offset_key;
 
 #[derive(Debug)]
 struct Member {

@@ -28,6 +28,7 @@ use starling_kafka::codec::{self, Decoded};
 use starling_kafka::frame::FrameReader;
 use starling_kafka::serve::{self, Backend, Broker};
 use starling_wire::status::Status;
+use starling_wire::topic::{TopicPeerRequest, TopicRequest};
 use starling_wire::{ClientRequest, ErrorCode, NodeId, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -35,8 +36,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::logging::RateLimitedLog;
-use crate::topics::Topics;
+use crate::topics::{OffsetStore, Topics};
 use crate::transport::quic::QuicTransport;
+use starling_kafka::group::Coordinator;
 
 /// The gossip key under which a node publishes its Kafka listener's advertised `host:port`.
 pub const GOSSIP_KEY: &str = "kafka";
@@ -52,11 +54,33 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The node as the Kafka front sees it.
-#[derive(Debug)]
 pub struct KafkaBackend {
     pub topics: Topics<QuicTransport>,
     pub status: watch::Receiver<Arc<Status>>,
     pub me: NodeId,
+    /// Committed offsets (the key-value store at quorum).
+    pub offsets: Arc<dyn OffsetStore>,
+    /// The Kafka consumer groups this node coordinates.
+    pub groups: Coordinator,
+    /// The groups' clock starts here.
+    pub started: std::time::Instant,
+}
+
+impl std::fmt::Debug for KafkaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBackend").field("me", &self.me).finish()
+    }
+}
+
+impl KafkaBackend {
+    /// Expires silent group members and overdue rebalances, a few times a second, forever.
+    pub async fn keep_groups(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            every.tick().await;
+            self.groups.tick(self.now_ms());
+        }
+    }
 }
 
 impl Backend for KafkaBackend {
@@ -64,6 +88,14 @@ impl Backend for KafkaBackend {
         let topics = self.topics.clone();
         Box::pin(async move {
             match req {
+                // As a Kafka broker: a partition's produce, fetch and offsets are served by its
+                // leader only; any other node answers NOT_LEADER_OR_FOLLOWER and the client
+                // refreshes its metadata (no forwarding: the data would cross twice).
+                Request::Client(ClientRequest::Topic(
+                    t @ (TopicRequest::Produce(_)
+                    | TopicRequest::Fetch(_)
+                    | TopicRequest::Offsets(_)),
+                )) => topics.handle_peer(TopicPeerRequest::Leader(t)).await,
                 Request::Client(ClientRequest::Topic(t)) => topics.handle_client(t).await,
                 other => Response::error(
                     ErrorCode::BadRequest,
@@ -97,6 +129,26 @@ impl Backend for KafkaBackend {
 
     fn new_producer_id(&self) -> i64 {
         (rand::random::<u64>() >> 1) as i64
+    }
+
+    fn coordinator_of(&self, group: &str) -> Option<NodeId> {
+        self.topics.group_coordinator(group)
+    }
+
+    fn groups(&self) -> &Coordinator {
+        &self.groups
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn offset_put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'static, Result<(), String>> {
+        self.offsets.put(key, value)
+    }
+
+    fn offset_get(&self, key: Vec<u8>) -> BoxFuture<'static, Result<Option<Vec<u8>>, String>> {
+        self.offsets.get(key)
     }
 }
 
@@ -221,7 +273,8 @@ async fn connection<S>(
             Ok(Decoded::Request(h, req)) => {
                 let backend = backend.clone();
                 tokio::spawn(async move {
-                    match serve::answer(&*backend, &h, *req).await {
+                    let host = format!("/{}", peer.ip());
+                    match serve::answer(&*backend, &h, &host, *req).await {
                         Ok(Some(body)) => codec::encode_response(&h, &body).map(Some).map_err(|e| {
                             warn!(%peer, error = %e, "cannot encode a Kafka answer; closing the connection");
                         }),

@@ -607,10 +607,15 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             topics: topics.clone(),
             status: status_rx.clone(),
             me: data.node_id,
+            offsets: Arc::new(KvOffsets(kv.clone())),
+            groups: starling_kafka::group::Coordinator::new(),
+            started: Instant::now(),
         });
+        let keeper = tokio::spawn(backend.clone().keep_groups());
         info!(advertise = ?kafka_advertise, tls = acceptor.is_some(), "serving Kafka clients");
         tokio::spawn(crate::kafka::serve(listener, acceptor, backend, async move {
             let _ = kafka_stop_rx.await;
+            keeper.abort();
         }))
     });
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();

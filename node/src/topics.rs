@@ -55,6 +55,7 @@ use crate::kv::RingView;
 use crate::meta::{Meta, MetaUnavailable};
 use crate::storage::rocks::SyncMode;
 use crate::transport::{Transport, TransportError};
+use starling_wire::topic::CommittedOffset;
 
 /// How often the manager reads the topic tree (new partitions start within this).
 pub const SCAN_EVERY: Duration = Duration::from_millis(250);
@@ -321,6 +322,12 @@ impl<T: Transport> Topics<T> {
         }
     }
 
+    /// The node coordinating `group` (native groups here, Kafka consumer groups in
+    /// `crate::kafka`).
+    pub fn group_coordinator(&self, group: &str) -> Option<NodeId> {
+        self.coordinator_of(group).map(|(id, _)| id)
+    }
+
     /// The node coordinating `group`: the first live node of the ring's preference list for
     /// `"group/<name>"`.
     fn coordinator_of(&self, group: &str) -> Option<(NodeId, Option<std::net::SocketAddr>)> {
@@ -448,7 +455,7 @@ impl<T: Transport> Topics<T> {
                     match r {
                         Ok(v) => out.push((
                             p as u32,
-                            v.and_then(|b| b.try_into().ok()).map(i64::from_be_bytes),
+                            v.and_then(|b| CommittedOffset::decode(&b)).map(|c| c.offset),
                         )),
                         Err(e) => {
                             return GroupCommitted::respond(Err(TopicError::Unavailable(format!(

@@ -15,6 +15,43 @@ use serde::{Deserialize, Serialize};
 use crate::message::{Call, ClientRequest, PeerRequest, Request, Response};
 use crate::NodeId;
 
+/// The key-value key of a group's committed offset for one partition (native groups and Kafka
+/// consumer groups of the same name share it).
+pub fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
+    format!("__starling/groups/{group}/{topic}/{partition}").into_bytes()
+}
+
+/// A committed offset as stored under [`offset_key`]: the offset (8 bytes, big-endian), then,
+/// when a Kafka consumer committed it, the leader epoch (4 bytes) and the metadata string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    /// -1: not given.
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+impl CommittedOffset {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.offset.to_be_bytes().to_vec();
+        if self.leader_epoch != -1 || !self.metadata.is_empty() {
+            v.extend_from_slice(&self.leader_epoch.to_be_bytes());
+            v.extend_from_slice(self.metadata.as_bytes());
+        }
+        v
+    }
+
+    /// `None` for a value too short to hold an offset.
+    pub fn decode(b: &[u8]) -> Option<CommittedOffset> {
+        let offset = i64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+        let leader_epoch =
+            b.get(8..12).and_then(|e| e.try_into().ok()).map_or(-1, i32::from_be_bytes);
+        let metadata =
+            b.get(12..).map_or(String::new(), |m| String::from_utf8_lossy(m).into_owned());
+        Some(CommittedOffset { offset, leader_epoch, metadata })
+    }
+}
+
 /// Topics' client calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TopicRequest {
@@ -550,6 +587,16 @@ mod tests {
         // The wrong shape is an error, never a panic.
         assert!(TopicFetch::answer(Response::Ok).is_err());
         assert!(TopicFetch::answer(TopicDelete::respond(Ok(()))).is_err());
+    }
+
+    #[test]
+    fn committed_offsets_read_back_in_both_layouts() {
+        let plain = CommittedOffset { offset: 42, leader_epoch: -1, metadata: String::new() };
+        assert_eq!(plain.encode(), 42i64.to_be_bytes().to_vec(), "a native commit is 8 bytes");
+        assert_eq!(CommittedOffset::decode(&plain.encode()), Some(plain));
+        let full = CommittedOffset { offset: 7, leader_epoch: 3, metadata: "m".into() };
+        assert_eq!(CommittedOffset::decode(&full.encode()), Some(full));
+        assert_eq!(CommittedOffset::decode(&[1, 2, 3]), None);
     }
 
     #[test]

@@ -1,0 +1,462 @@
+//! Kafka's group requests: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
+//! OffsetCommit, OffsetFetch, DescribeGroups and ListGroups, served by the group's coordinator
+//! (the node the native groups use: the first live node of the ring for `group/<name>`). Any
+//! other node answers `NOT_COORDINATOR`, and the client asks FindCoordinator again.
+//!
+//! Committed offsets are stored in the key-value store at quorum under the same key as the
+//! native groups' ([`starling_wire::topic::offset_key`]), so a group's progress is one whether
+//! Kafka consumers or `starling topic consume --group` made it. Membership is not shared: a
+//! group is used either by Kafka consumers or by native ones at a time (each kind has its own
+//! coordinator state; running both at once under one name would let each read the partitions
+//! the other holds).
+
+use futures_util::future::join_all;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as FoundCoordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+};
+use starling_wire::topic::{offset_key, CommittedOffset, TopicDescribe, TopicList};
+
+use crate::broker_id;
+use crate::codec::Header;
+use crate::group::JoinArgs;
+use crate::serve::{by_topic, call, str_bytes, topic_name, Backend};
+
+/// Kafka's bounds on a member's session timeout (`group.min.session.timeout.ms`,
+/// `group.max.session.timeout.ms`).
+pub const SESSION_MIN_MS: i32 = 6_000;
+pub const SESSION_MAX_MS: i32 = 1_800_000;
+
+/// Whether this node coordinates `group` (else the error to answer).
+fn coordinates<B: Backend + ?Sized>(b: &B, group: &str) -> Result<(), ResponseError> {
+    if starling_mq::topic::check_name(group).is_err() {
+        return Err(ResponseError::InvalidGroupId);
+    }
+    match b.coordinator_of(group) {
+        Some(c) if c == b.me() => Ok(()),
+        Some(_) => Err(ResponseError::NotCoordinator),
+        None => Err(ResponseError::CoordinatorNotAvailable),
+    }
+}
+
+pub(crate) fn find_coordinator<B: Backend + ?Sized>(
+    b: &B,
+    version: i16,
+    r: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
+    let keys: Vec<String> = if version >= 4 {
+        r.coordinator_keys.iter().map(|k| k.to_string()).collect()
+    } else {
+        vec![r.key.to_string()]
+    };
+    let brokers = b.brokers();
+    let found: Vec<FoundCoordinator> = keys
+        .into_iter()
+        .map(|key| {
+            let mut c = FoundCoordinator::default();
+            c.key = str_bytes(key.clone());
+            c.node_id = BrokerId(-1);
+            c.port = -1;
+            let fail = |mut c: FoundCoordinator, e: ResponseError, m: &str| {
+                c.error_code = e.code();
+                c.error_message = Some(str_bytes(m));
+                c
+            };
+            if r.key_type != 0 {
+                return fail(
+                    c,
+                    ResponseError::CoordinatorNotAvailable,
+                    "transactions are not supported by Starling",
+                );
+            }
+            if starling_mq::topic::check_name(&key).is_err() {
+                return fail(
+                    c,
+                    ResponseError::InvalidGroupId,
+                    "group ids are 1 to 249 letters, digits, '.', '_' and '-'",
+                );
+            }
+            let node = b.coordinator_of(&key);
+            match node.and_then(|n| brokers.iter().find(|x| x.id == n)) {
+                Some(x) => {
+                    c.node_id = BrokerId(broker_id(x.id));
+                    c.host = str_bytes(x.host.clone());
+                    c.port = i32::from(x.port);
+                    c
+                }
+                None => fail(
+                    c,
+                    ResponseError::CoordinatorNotAvailable,
+                    "the group's coordinator has no Kafka listener up; retry",
+                ),
+            }
+        })
+        .collect();
+    let mut resp = FindCoordinatorResponse::default();
+    if version < 4 {
+        if let Some(c) = found.into_iter().next() {
+            resp.error_code = c.error_code;
+            resp.error_message = c.error_message;
+            resp.node_id = c.node_id;
+            resp.host = c.host;
+            resp.port = c.port;
+        }
+    } else {
+        resp.coordinators = found;
+    }
+    resp
+}
+
+pub(crate) async fn join_group<B: Backend + ?Sized>(
+    b: &B,
+    h: &Header,
+    client_host: &str,
+    r: JoinGroupRequest,
+) -> JoinGroupResponse {
+    let mut resp = JoinGroupResponse::default();
+    resp.generation_id = -1;
+    resp.member_id = r.member_id.clone();
+    let group = r.group_id.0.to_string();
+    if let Err(e) = coordinates(b, &group) {
+        resp.error_code = e.code();
+        return resp;
+    }
+    if !(SESSION_MIN_MS..=SESSION_MAX_MS).contains(&r.session_timeout_ms) {
+        resp.error_code = ResponseError::InvalidSessionTimeout.code();
+        return resp;
+    }
+    // Version 0 has no rebalance timeout: the session timeout is used.
+    let rebalance = if h.version == 0 || r.rebalance_timeout_ms <= 0 {
+        r.session_timeout_ms
+    } else {
+        r.rebalance_timeout_ms.min(SESSION_MAX_MS)
+    };
+    let args = JoinArgs {
+        group,
+        member_id: r.member_id.to_string(),
+        client_id: h.client_id.clone().unwrap_or_default(),
+        client_host: client_host.to_string(),
+        session_timeout_ms: r.session_timeout_ms as u64,
+        rebalance_timeout_ms: rebalance as u64,
+        protocol_type: r.protocol_type.to_string(),
+        protocols: r.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect(),
+        require_known_member_id: h.version >= 4,
+    };
+    let a = b.groups().join(b.now_ms(), args).await;
+    resp.error_code = a.error;
+    resp.generation_id = a.generation;
+    resp.protocol_type = a.protocol_type.map(str_bytes);
+    resp.protocol_name = a.protocol.map(str_bytes);
+    resp.leader = str_bytes(a.leader);
+    resp.member_id = str_bytes(a.member_id);
+    resp.members = a
+        .members
+        .into_iter()
+        .map(|(id, meta)| {
+            let mut m = JoinGroupResponseMember::default();
+            m.member_id = str_bytes(id);
+            m.metadata = meta;
+            m
+        })
+        .collect();
+    resp
+}
+
+pub(crate) async fn sync_group<B: Backend + ?Sized>(
+    b: &B,
+    _version: i16,
+    r: SyncGroupRequest,
+) -> SyncGroupResponse {
+    let mut resp = SyncGroupResponse::default();
+    let group = r.group_id.0.to_string();
+    if let Err(e) = coordinates(b, &group) {
+        resp.error_code = e.code();
+        return resp;
+    }
+    let assignments =
+        r.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect();
+    let a = b
+        .groups()
+        .sync(b.now_ms(), &group, r.generation_id, r.member_id.as_str(), assignments)
+        .await;
+    resp.error_code = a.error;
+    resp.protocol_type = a.protocol_type.map(str_bytes);
+    resp.protocol_name = a.protocol.map(str_bytes);
+    resp.assignment = a.assignment;
+    resp
+}
+
+pub(crate) fn heartbeat<B: Backend + ?Sized>(b: &B, r: HeartbeatRequest) -> HeartbeatResponse {
+    let mut resp = HeartbeatResponse::default();
+    let group = r.group_id.0.to_string();
+    resp.error_code = match coordinates(b, &group) {
+        Err(e) => e.code(),
+        Ok(()) => {
+            let now = b.now_ms();
+            b.groups().with(|g| {
+                (g.heartbeat(now, &group, r.generation_id, r.member_id.as_str()), Vec::new())
+            })
+        }
+    };
+    resp
+}
+
+pub(crate) fn leave_group<B: Backend + ?Sized>(
+    b: &B,
+    version: i16,
+    r: LeaveGroupRequest,
+) -> LeaveGroupResponse {
+    let mut resp = LeaveGroupResponse::default();
+    let group = r.group_id.0.to_string();
+    if let Err(e) = coordinates(b, &group) {
+        resp.error_code = e.code();
+        return resp;
+    }
+    let ids: Vec<String> = if version >= 3 {
+        r.members.iter().map(|m| m.member_id.to_string()).collect()
+    } else {
+        vec![r.member_id.to_string()]
+    };
+    let now = b.now_ms();
+    let codes = b.groups().with(|g| g.leave(now, &group, &ids));
+    if version >= 3 {
+        resp.members = ids
+            .into_iter()
+            .zip(codes)
+            .map(|(id, code)| {
+                let mut m = MemberResponse::default();
+                m.member_id = str_bytes(id);
+                m.error_code = code;
+                m
+            })
+            .collect();
+    } else {
+        resp.error_code = codes.first().copied().unwrap_or(0);
+    }
+    resp
+}
+
+pub(crate) async fn offset_commit<B: Backend + ?Sized>(
+    b: &B,
+    r: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let group = r.group_id.0.to_string();
+    let verdict = match coordinates(b, &group) {
+        Err(e) => e.code(),
+        Ok(()) => {
+            let now = b.now_ms();
+            let generation = r.generation_id_or_member_epoch;
+            b.groups().with(|g| {
+                (g.check_commit(now, &group, generation, r.member_id.as_str()), Vec::new())
+            })
+        }
+    };
+    let mut jobs = Vec::new();
+    for t in r.topics {
+        let name = t.name.0.to_string();
+        for p in t.partitions {
+            let (name, group) = (name.clone(), group.clone());
+            jobs.push(async move {
+                let mut out = OffsetCommitResponsePartition::default();
+                out.partition_index = p.partition_index;
+                out.error_code = verdict;
+                if verdict == 0 {
+                    out.error_code = match u32::try_from(p.partition_index) {
+                        Err(_) => ResponseError::UnknownTopicOrPartition.code(),
+                        Ok(part) => {
+                            let value = CommittedOffset {
+                                offset: p.committed_offset,
+                                leader_epoch: p.committed_leader_epoch,
+                                metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
+                            };
+                            match b
+                                .offset_put(offset_key(&group, &name, part), value.encode())
+                                .await
+                            {
+                                Ok(()) => 0,
+                                Err(_) => ResponseError::CoordinatorNotAvailable.code(),
+                            }
+                        }
+                    };
+                }
+                (name, out)
+            });
+        }
+    }
+    let mut resp = OffsetCommitResponse::default();
+    resp.topics = by_topic(join_all(jobs).await)
+        .into_iter()
+        .map(|(name, parts)| {
+            let mut t = OffsetCommitResponseTopic::default();
+            t.name = topic_name(&name);
+            t.partitions = parts;
+            t
+        })
+        .collect();
+    resp
+}
+
+pub(crate) async fn offset_fetch<B: Backend + ?Sized>(
+    b: &B,
+    version: i16,
+    r: OffsetFetchRequest,
+) -> OffsetFetchResponse {
+    let mut resp = OffsetFetchResponse::default();
+    let group = r.group_id.0.to_string();
+    if let Err(e) = coordinates(b, &group) {
+        resp.error_code = e.code();
+        return resp;
+    }
+    // Which partitions: the ones asked for, or every partition of every topic (only those with
+    // a commit are answered then).
+    let (asked, all): (Vec<(String, i32)>, bool) = match r.topics {
+        Some(topics) => (
+            topics
+                .into_iter()
+                .flat_map(|t| {
+                    let name = t.name.0.to_string();
+                    t.partition_indexes.into_iter().map(move |p| (name.clone(), p))
+                })
+                .collect(),
+            false,
+        ),
+        None => {
+            let names = call(b, TopicList).await.unwrap_or_default();
+            let infos = join_all(
+                names.iter().map(|n| call(b, TopicDescribe { name: n.clone(), offsets: false })),
+            )
+            .await;
+            let mut v = Vec::new();
+            for (n, info) in names.iter().zip(infos) {
+                if let Ok(info) = info {
+                    v.extend((0..info.partitions).map(|p| (n.clone(), p as i32)));
+                }
+            }
+            (v, true)
+        }
+    };
+    let group = &group;
+    let fetched = join_all(asked.into_iter().map(|(name, p)| async move {
+        let mut out = OffsetFetchResponsePartition::default();
+        out.partition_index = p;
+        out.committed_offset = -1;
+        out.committed_leader_epoch = -1;
+        out.metadata = Some(str_bytes(""));
+        let Ok(part) = u32::try_from(p) else {
+            out.error_code = ResponseError::UnknownTopicOrPartition.code();
+            return (name, Some(out));
+        };
+        match b.offset_get(offset_key(group, &name, part)).await {
+            Ok(Some(v)) => match CommittedOffset::decode(&v) {
+                Some(c) => {
+                    out.committed_offset = c.offset;
+                    out.committed_leader_epoch = c.leader_epoch;
+                    out.metadata = Some(str_bytes(c.metadata));
+                }
+                None => out.error_code = ResponseError::UnknownServerError.code(),
+            },
+            Ok(None) if all => return (name, None),
+            Ok(None) => {}
+            Err(_) => {
+                // Version 1 has no group-level error: say it per partition.
+                if version < 2 {
+                    out.error_code = ResponseError::CoordinatorNotAvailable.code();
+                } else {
+                    out.error_code = ResponseError::UnstableOffsetCommit.code();
+                }
+            }
+        }
+        (name, Some(out))
+    }))
+    .await;
+    let kept: Vec<(String, OffsetFetchResponsePartition)> =
+        fetched.into_iter().filter_map(|(n, p)| p.map(|p| (n, p))).collect();
+    resp.topics = by_topic(kept)
+        .into_iter()
+        .map(|(name, parts)| {
+            let mut t = OffsetFetchResponseTopic::default();
+            t.name = topic_name(&name);
+            t.partitions = parts;
+            t
+        })
+        .collect();
+    resp
+}
+
+pub(crate) fn describe_groups<B: Backend + ?Sized>(
+    b: &B,
+    r: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
+    let mut resp = DescribeGroupsResponse::default();
+    resp.groups = r
+        .groups
+        .into_iter()
+        .map(|gid| {
+            let group = gid.0.to_string();
+            let mut d = DescribedGroup::default();
+            d.group_id = gid;
+            if let Err(e) = coordinates(b, &group) {
+                d.error_code = e.code();
+                return d;
+            }
+            match b.groups().with(|g| (g.describe(&group), Vec::new())) {
+                None => d.group_state = str_bytes("Dead"),
+                Some(v) => {
+                    d.group_state = str_bytes(v.state);
+                    d.protocol_type = str_bytes(v.protocol_type);
+                    d.protocol_data = str_bytes(v.protocol);
+                    d.members = v
+                        .members
+                        .into_iter()
+                        .map(|(id, client, host, sub, assignment)| {
+                            let mut m = DescribedGroupMember::default();
+                            m.member_id = str_bytes(id);
+                            m.client_id = str_bytes(client);
+                            m.client_host = str_bytes(host);
+                            m.member_metadata = sub;
+                            m.member_assignment = assignment;
+                            m
+                        })
+                        .collect();
+                }
+            }
+            d
+        })
+        .collect();
+    resp
+}
+
+pub(crate) fn list_groups<B: Backend + ?Sized>(b: &B, r: ListGroupsRequest) -> ListGroupsResponse {
+    let mut resp = ListGroupsResponse::default();
+    let states: Vec<String> = r.states_filter.iter().map(|s| s.to_string()).collect();
+    resp.groups = b
+        .groups()
+        .with(|g| (g.list(), Vec::new()))
+        .into_iter()
+        .filter(|v| states.is_empty() || states.iter().any(|s| s == v.state))
+        .map(|v| {
+            let mut l = ListedGroup::default();
+            l.group_id = GroupId(str_bytes(v.group));
+            l.protocol_type = str_bytes(v.protocol_type);
+            l.group_state = str_bytes(v.state);
+            l.group_type = str_bytes("classic");
+            l
+        })
+        .collect();
+    resp
+}
