@@ -25,12 +25,14 @@
 //! | [`mq_message`] | replication messages between partition replicas, fed to a follower and a leader |
 //! | [`mq_segment`] | a partition directory opened, recovered, read and appended to (`starling_mq::Log`) |
 //! | [`repair_message`] | anti-entropy requests and answers (`starling_wire::repair`), to a responder and an initiator |
+//! | [`kafka_request`] | a Kafka client's stream: frames, requests (kafka-protocol), each answered (`starling_kafka`) and the answer encoded |
 //! | [`tls_pem`] | the CA, certificate and key PEM files, and a peer's DER certificate (`starling-net`) |
 
 mod datadir;
 mod frame;
 mod gossip;
 mod input;
+mod kafka;
 mod message;
 mod meta;
 mod mq;
@@ -42,6 +44,7 @@ mod tls;
 pub use datadir::datadir;
 pub use frame::frame;
 pub use gossip::{gossip_core, gossip_message};
+pub use kafka::kafka_request;
 pub use message::{status_json, wire_message};
 pub use meta::{meta_snapshot, meta_txn, zab_message};
 pub use mq::{mq_batch, mq_index, mq_message, mq_segment};
@@ -70,4 +73,5 @@ pub const TARGETS: &[Target] = &[
     ("mq_segment", mq_segment),
     ("mq_message", mq_message),
     ("repair_message", repair_message),
+    ("kafka_request", kafka_request),
 ];

@@ -124,6 +124,7 @@ pub fn all() -> Vec<Seed> {
         .into_iter()
         .chain(crate::mq::message_seeds())
         .chain(crate::repair::seeds())
+        .chain(crate::kafka::seeds())
     {
         add(target, &name, bytes);
     }

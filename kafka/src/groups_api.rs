@@ -313,7 +313,6 @@ pub(crate) async fn offset_commit<B: Backend + ?Sized>(
 
 pub(crate) async fn offset_fetch<B: Backend + ?Sized>(
     b: &B,
-    version: i16,
     r: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
     let mut resp = OffsetFetchResponse::default();
@@ -372,14 +371,8 @@ pub(crate) async fn offset_fetch<B: Backend + ?Sized>(
             },
             Ok(None) if all => return (name, None),
             Ok(None) => {}
-            Err(_) => {
-                // Version 1 has no group-level error: say it per partition.
-                if version < 2 {
-                    out.error_code = ResponseError::CoordinatorNotAvailable.code();
-                } else {
-                    out.error_code = ResponseError::UnstableOffsetCommit.code();
-                }
-            }
+            // The store did not answer: retriable, the client asks again.
+            Err(_) => out.error_code = ResponseError::CoordinatorNotAvailable.code(),
         }
         (name, Some(out))
     }))

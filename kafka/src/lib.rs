@@ -14,6 +14,7 @@
 //! the same on every node.
 
 pub mod codec;
+pub mod fake;
 pub mod frame;
 pub mod group;
 mod groups_api;

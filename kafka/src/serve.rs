@@ -119,7 +119,9 @@ pub async fn answer<B: Backend + ?Sized>(
             ResponseKind::Produce(resp)
         }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch(b, r).await),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets(b, r).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(list_offsets(b, h.version, r).await)
+        }
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(b, r).await),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(b, r).await),
         RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(init_producer_id(b, r)),
@@ -133,9 +135,7 @@ pub async fn answer<B: Backend + ?Sized>(
         RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(g::heartbeat(b, r)),
         RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(g::leave_group(b, h.version, r)),
         RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(g::offset_commit(b, r).await),
-        RequestKind::OffsetFetch(r) => {
-            ResponseKind::OffsetFetch(g::offset_fetch(b, h.version, r).await)
-        }
+        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(g::offset_fetch(b, r).await),
         RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(g::describe_groups(b, r)),
         RequestKind::ListGroups(r) => ResponseKind::ListGroups(g::list_groups(b, r)),
         _ => return Err(format!("{:?} v{} is not served", h.api_key, h.version)),
@@ -486,14 +486,22 @@ async fn fetch_partition<B: Backend + ?Sized>(b: &B, ask: &FetchAsk, wait: u32) 
     p
 }
 
-async fn list_offsets<B: Backend + ?Sized>(b: &B, r: ListOffsetsRequest) -> ListOffsetsResponse {
+async fn list_offsets<B: Backend + ?Sized>(
+    b: &B,
+    version: i16,
+    r: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let mut jobs = Vec::new();
     for t in r.topics {
         let name = t.name.0.to_string();
         for p in t.partitions {
             let name = name.clone();
             jobs.push(async move {
-                let answer = list_partition(b, &name, p.partition_index, p.timestamp).await;
+                let mut answer = list_partition(b, &name, p.partition_index, p.timestamp).await;
+                if version < 4 {
+                    // The leader epoch is in the answer from version 4 on.
+                    answer.leader_epoch = -1;
+                }
                 (name, answer)
             });
         }
