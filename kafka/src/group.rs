@@ -18,8 +18,9 @@
 //! A join with an empty member id (JoinGroup v4 and later) is answered `MEMBER_ID_REQUIRED` with
 //! the id to use, which the member must join with within its session timeout (KIP-394).
 //!
-//! What Starling does not do: static membership (`group.instance.id` is accepted and ignored:
-//! such members are dynamic), the initial rebalance delay (the first join completes as soon as
+//! What Starling does not do: static membership (JoinGroup is served up to version 4, so a
+//! client configured with `group.instance.id` says the broker does not support it), the
+//! initial rebalance delay (the first join completes as soon as
 //! every member known has joined), and the incremental protocol of KIP-848. Group state lives
 //! in the coordinating node's memory; committed offsets are in the key-value store (see
 //! [`crate::serve`]), so a group whose coordinator moves rejoins at the new one and continues
@@ -342,11 +343,11 @@ impl Groups {
             return code(ResponseError::UnknownMemberId);
         };
         m.last_seen = now;
-        if g.state == State::PreparingRebalance {
-            return code(ResponseError::RebalanceInProgress);
-        }
         if generation != g.generation {
             return code(ResponseError::IllegalGeneration);
+        }
+        if g.state == State::PreparingRebalance {
+            return code(ResponseError::RebalanceInProgress);
         }
         0
     }
@@ -395,7 +396,9 @@ impl Groups {
         if generation != g.generation {
             return code(ResponseError::IllegalGeneration);
         }
-        if g.state != State::Stable {
+        // Kafka takes commits while a rebalance is being prepared (members commit what they
+        // read before they rejoin) and refuses them only while the new assignment is pending.
+        if g.state == State::CompletingRebalance {
             return code(ResponseError::RebalanceInProgress);
         }
         0
@@ -403,16 +406,34 @@ impl Groups {
 
     /// Time passes: members silent past their session timeout are dropped, rebalances whose
     /// timeout passed complete without the members that did not rejoin, unused member ids and
-    /// empty groups are forgotten.
-    pub fn tick(&mut self, now: u64) -> Vec<Reply> {
+    /// empty groups are forgotten, and so are groups `coordinated` says this node no longer
+    /// coordinates (their waiting members are told `NOT_COORDINATOR` and look it up again).
+    pub fn tick(&mut self, now: u64, coordinated: impl Fn(&str) -> bool) -> Vec<Reply> {
         let mut out = Vec::new();
+        let moved: Vec<String> =
+            self.groups.keys().filter(|name| !coordinated(name)).cloned().collect();
+        for name in moved {
+            if let Some(g) = self.groups.remove(&name) {
+                for (id, m) in g.members {
+                    if let Some(t) = m.join_waiter {
+                        out.push(Reply::Join(t, join_error(ResponseError::NotCoordinator, &id)));
+                    }
+                    if let Some(t) = m.sync_waiter {
+                        out.push(Reply::Sync(t, sync_error(ResponseError::NotCoordinator)));
+                    }
+                }
+            }
+        }
         for g in self.groups.values_mut() {
             g.pending.retain(|_, until| *until > now);
             let expired: Vec<String> = g
                 .members
                 .iter()
                 .filter(|(_, m)| {
+                    // Members waiting for a join or a sync answer are not expired (Kafka's
+                    // `hasSatisfiedHeartbeat`): the rebalance timeout bounds those waits.
                     m.join_waiter.is_none()
+                        && m.sync_waiter.is_none()
                         && g.state != State::PreparingRebalance
                         && now.saturating_sub(m.last_seen) > m.session_timeout_ms
                 })
@@ -627,8 +648,8 @@ impl Coordinator {
     }
 
     /// Time passes (see [`Groups::tick`]); call it a few times a second.
-    pub fn tick(&self, now: u64) {
-        self.with(|g| ((), g.tick(now)));
+    pub fn tick(&self, now: u64, coordinated: impl Fn(&str) -> bool) {
+        self.with(|g| ((), g.tick(now, coordinated)));
     }
 
     fn park(&self) -> (Token, futures_channel::oneshot::Receiver<Reply>) {
@@ -751,8 +772,8 @@ mod tests {
         g.sync(0, 12, "g", 1, &a, vec![]);
         let (b, _) = join_new(&mut g, 100, 20);
         // `a` never rejoins: after its rebalance timeout (5 s) the join completes without it.
-        assert!(g.tick(4_000).is_empty());
-        let r = g.tick(5_200);
+        assert!(g.tick(4_000, |_| true).is_empty());
+        let r = g.tick(5_200, |_| true);
         let jb = join_of(&r, 21);
         assert_eq!((jb.error, jb.generation, jb.leader.as_str()), (0, 2, b.as_str()));
         assert_eq!(g.heartbeat(5_300, "g", 1, &a), code(ResponseError::UnknownMemberId));
@@ -760,7 +781,7 @@ mod tests {
         assert_eq!(join_of(&r, 30).error, code(ResponseError::UnknownMemberId));
         // `b` goes silent past its session timeout: dropped, the group is empty.
         g.sync(5_500, 22, "g", 2, &b, vec![]);
-        assert!(g.tick(16_000).is_empty());
+        assert!(g.tick(16_000, |_| true).is_empty());
         assert_eq!(g.heartbeat(16_001, "g", 2, &b), code(ResponseError::UnknownMemberId));
         assert_eq!(g.check_commit(16_002, "g", -1, ""), 0, "an empty group takes simple commits");
     }
@@ -785,7 +806,7 @@ mod tests {
         assert_eq!(join_of(&r, 1).error, code(ResponseError::UnknownMemberId));
         let r = g.join(0, 2, args(""));
         let id = join_of(&r, 2).member_id;
-        g.tick(20_000);
+        g.tick(20_000, |_| true);
         let r = g.join(20_001, 3, args(&id));
         assert_eq!(join_of(&r, 3).error, code(ResponseError::UnknownMemberId));
     }

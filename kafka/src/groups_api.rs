@@ -42,9 +42,16 @@ use crate::serve::{by_topic, call, str_bytes, topic_name, Backend};
 pub const SESSION_MIN_MS: i32 = 6_000;
 pub const SESSION_MAX_MS: i32 = 1_800_000;
 
+/// The longest group id taken (Kafka takes any non-empty string).
+pub const MAX_GROUP_ID: usize = 255;
+
+fn valid_group(group: &str) -> bool {
+    !group.is_empty() && group.len() <= MAX_GROUP_ID
+}
+
 /// Whether this node coordinates `group` (else the error to answer).
 fn coordinates<B: Backend + ?Sized>(b: &B, group: &str) -> Result<(), ResponseError> {
-    if starling_mq::topic::check_name(group).is_err() {
+    if !valid_group(group) {
         return Err(ResponseError::InvalidGroupId);
     }
     match b.coordinator_of(group) {
@@ -78,18 +85,15 @@ pub(crate) fn find_coordinator<B: Backend + ?Sized>(
                 c
             };
             if r.key_type != 0 {
+                // Not retriable: a transactional producer stops at once with the reason.
                 return fail(
                     c,
-                    ResponseError::CoordinatorNotAvailable,
+                    ResponseError::InvalidRequest,
                     "transactions are not supported by Starling",
                 );
             }
-            if starling_mq::topic::check_name(&key).is_err() {
-                return fail(
-                    c,
-                    ResponseError::InvalidGroupId,
-                    "group ids are 1 to 249 letters, digits, '.', '_' and '-'",
-                );
+            if !valid_group(&key) {
+                return fail(c, ResponseError::InvalidGroupId, "a group id is 1 to 255 bytes");
             }
             let node = b.coordinator_of(&key);
             match node.and_then(|n| brokers.iter().find(|x| x.id == n)) {
@@ -161,7 +165,12 @@ pub(crate) async fn join_group<B: Backend + ?Sized>(
     resp.error_code = a.error;
     resp.generation_id = a.generation;
     resp.protocol_type = a.protocol_type.map(str_bytes);
-    resp.protocol_name = a.protocol.map(str_bytes);
+    // The protocol name may be null only from version 7 on (Java's parser refuses it before).
+    resp.protocol_name = match a.protocol {
+        Some(p) => Some(str_bytes(p)),
+        None if h.version < 7 => Some(str_bytes("")),
+        None => None,
+    };
     resp.leader = str_bytes(a.leader);
     resp.member_id = str_bytes(a.member_id);
     resp.members = a

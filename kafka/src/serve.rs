@@ -18,6 +18,7 @@
 //!   full requests). Each partition is read below its high watermark, which is also the last
 //!   stable offset (no transactions). When the first read finds fewer than `min_bytes`, every
 //!   partition long-polls its leader until one has data or `max_wait_ms` (at most 30 s) passes.
+//!   The answer stays within the request's `max_bytes` but for its first batch (KIP-74).
 //! - **ListOffsets**: earliest (-2) is the log start, latest (-1) the high watermark, a
 //!   timestamp the first offset whose batch's max timestamp is at or after it (the answer's
 //!   timestamp is the one asked for: the time index keeps no per-record time).
@@ -114,6 +115,15 @@ pub async fn answer<B: Backend + ?Sized>(
             let silent = r.acks == 0;
             let resp = produce(b, r).await;
             if silent {
+                // Kafka answers nothing to acks=0, and closes the connection when a partition
+                // failed, so that the client refreshes its metadata (a moved leader).
+                let failed = resp.responses.iter().flat_map(|t| &t.partition_responses);
+                if let Some(p) = failed.into_iter().find(|p| p.error_code != 0) {
+                    return Err(format!(
+                        "an acks=0 produce failed (error {}): closing the connection",
+                        p.error_code
+                    ));
+                }
                 return Ok(None);
             }
             ResponseKind::Produce(resp)
@@ -435,6 +445,17 @@ async fn fetch<B: Backend + ?Sized>(b: &B, r: FetchRequest) -> FetchResponse {
             if done {
                 break;
             }
+        }
+    }
+    // The answer as a whole stays within the request's max_bytes, except its first batch (KIP-74):
+    // partitions past the limit answer no records, and the client fetches them again.
+    let mut total = 0usize;
+    for p in &mut out {
+        let n = record_bytes(p);
+        if total > 0 && total + n > cap as usize {
+            p.records = Some(Bytes::new());
+        } else {
+            total += n;
         }
     }
     let named: Vec<(String, PartitionData)> = asks.into_iter().map(|a| a.0).zip(out).collect();

@@ -4,7 +4,8 @@
 //! that the client retries at a version both sides know.
 //!
 //! Why these ranges: Produce from 3 (record batch v2 only), Fetch 4 to 12 (13 would address
-//! topics by id), ListOffsets to 6 (7 adds the max-timestamp query).
+//! topics by id), ListOffsets to 6 (7 adds the max-timestamp query), JoinGroup to 4 (5 brings
+//! static membership, which Starling does not do).
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -20,7 +21,7 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::FindCoordinator, 0, 4),
-    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::JoinGroup, 0, 4),
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 4),

@@ -330,3 +330,37 @@ fn produce_with_acks_zero_gets_no_answer_and_the_records_are_written() {
     };
     assert_eq!(o.topics[0].partitions[0].offset, 1, "the acks=0 batch is in partition 1");
 }
+
+#[test]
+fn a_fetch_answer_stays_within_max_bytes_but_for_its_first_batch() {
+    let (b, _, _) = backend();
+    // A batch in partition 1 too: both partitions have one.
+    let h = Header { api_key: ApiKey::Produce, version: 9, correlation_id: 1, client_id: None };
+    let produced = answer(&b, &h, "", request(ApiKey::Produce, 9, "", 0)).now_or_never();
+    assert!(matches!(produced, Some(Ok(Some(_)))));
+    let fetch = |max_bytes: i32| {
+        let RequestKind::Fetch(mut r) = request(ApiKey::Fetch, 12, "", 0) else { unreachable!() };
+        let mut p1 = FetchPartition::default();
+        p1.partition = 1;
+        p1.partition_max_bytes = 1 << 20;
+        r.topics[0].partitions = vec![r.topics[0].partitions[0].clone(), p1];
+        r.max_bytes = max_bytes;
+        let h = Header { api_key: ApiKey::Fetch, version: 12, correlation_id: 2, client_id: None };
+        let Some(Ok(Some(ResponseKind::Fetch(f)))) =
+            answer(&b, &h, "", RequestKind::Fetch(r)).now_or_never()
+        else {
+            panic!("no fetch answer")
+        };
+        f.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.as_ref().map_or(0, Bytes::len))
+            .collect::<Vec<_>>()
+    };
+    let both = fetch(1 << 20);
+    assert!(both[0] > 0 && both[1] > 0, "{both:?}");
+    let one = fetch(both[0] as i32 + 1);
+    assert_eq!(one, vec![both[0], 0], "the second partition's batch would pass max_bytes");
+    let tiny = fetch(1);
+    assert_eq!(tiny, vec![both[0], 0], "the first batch is returned even past max_bytes");
+}

@@ -78,7 +78,8 @@ impl KafkaBackend {
         let mut every = tokio::time::interval(Duration::from_millis(200));
         loop {
             every.tick().await;
-            self.groups.tick(self.now_ms());
+            let (topics, me) = (&self.topics, self.me);
+            self.groups.tick(self.now_ms(), |g| topics.group_coordinator(g) == Some(me));
         }
     }
 }
@@ -212,8 +213,12 @@ pub async fn serve(
     info!("Kafka listener stopped");
 }
 
-/// One answer slot, in request order: the bytes to write, nothing (`acks=0`), or close.
-type Answer = tokio::task::JoinHandle<Result<Option<Bytes>, ()>>;
+/// A request read from a connection, waiting its turn.
+enum Job {
+    Serve(codec::Header, Box<codec::RequestKind>),
+    /// An answer made already (ApiVersions at a version not served).
+    Ready(Bytes),
+}
 
 async fn connection<S>(
     stream: S,
@@ -224,17 +229,32 @@ async fn connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(async move {
-        while let Some(answer) = rx.recv().await {
-            match answer.await {
-                Ok(Ok(Some(bytes))) => {
-                    if wr.write_all(&bytes).await.is_err() {
+    // Requests are served one at a time, in the order they came, as a Kafka broker serves a
+    // connection (two produces of one partition must be appended in order; two commits must
+    // land in order); reading runs ahead by up to MAX_IN_FLIGHT requests.
+    let (tx, mut rx) = mpsc::channel::<Job>(MAX_IN_FLIGHT);
+    let server = tokio::spawn(async move {
+        let host = format!("/{}", peer.ip());
+        while let Some(job) = rx.recv().await {
+            let bytes = match job {
+                Job::Ready(b) => b,
+                Job::Serve(h, req) => match serve::answer(&*backend, &h, &host, *req).await {
+                    Ok(Some(body)) => match codec::encode_response(&h, &body) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            warn!(%peer, error = %e, "cannot encode a Kafka answer; closing the connection");
+                            break;
+                        }
+                    },
+                    Ok(None) => continue,
+                    Err(e) => {
+                        debug!(%peer, reason = %e, "closing the Kafka connection");
                         break;
                     }
-                }
-                Ok(Ok(None)) => {}
-                _ => break,
+                },
+            };
+            if wr.write_all(&bytes).await.is_err() {
+                break;
             }
         }
         let _ = wr.shutdown().await;
@@ -265,36 +285,24 @@ async fn connection<S>(
                 }
             }
         };
-        let answer: Answer = match codec::decode_request(frame) {
-            Ok(Decoded::ApiVersionsTooNew(h)) => {
-                let bytes = codec::unsupported_api_versions(&h);
-                tokio::spawn(async move { bytes.map(Some).map_err(|_| ()) })
-            }
-            Ok(Decoded::Request(h, req)) => {
-                let backend = backend.clone();
-                tokio::spawn(async move {
-                    let host = format!("/{}", peer.ip());
-                    match serve::answer(&*backend, &h, &host, *req).await {
-                        Ok(Some(body)) => codec::encode_response(&h, &body).map(Some).map_err(|e| {
-                            warn!(%peer, error = %e, "cannot encode a Kafka answer; closing the connection");
-                        }),
-                        Ok(None) => Ok(None),
-                        Err(e) => {
-                            warn!(%peer, error = %e, "Kafka request not served; closing the connection");
-                            Err(())
-                        }
-                    }
-                })
-            }
+        let job = match codec::decode_request(frame) {
+            Ok(Decoded::ApiVersionsTooNew(h)) => match codec::unsupported_api_versions(&h) {
+                Ok(b) => Job::Ready(b),
+                Err(e) => {
+                    refuse(e);
+                    break;
+                }
+            },
+            Ok(Decoded::Request(h, req)) => Job::Serve(h, req),
             Err(e) => {
                 refuse(e.to_string());
-                break 'conn;
+                break;
             }
         };
-        if tx.send(answer).await.is_err() {
+        if tx.send(job).await.is_err() {
             break;
         }
     }
     drop(tx);
-    let _ = writer.await;
+    let _ = server.await;
 }

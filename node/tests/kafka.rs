@@ -425,6 +425,25 @@ async fn kafka_clients_get_the_answers_they_act_on_and_bad_frames_close_only_the
         }
     }
 
+    // Pipelined produces to one partition are appended in the order they were sent: their base
+    // offsets grow with the request order.
+    let leader1 = e.by_broker(leader_of(&m, "orders", 1).unwrap());
+    let mut at_leader1 = Conn::open(e.kafka[leader1], &e.certs).await;
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        let value = format!("p{i}");
+        let req = produce_request("orders", 1, 1, batch(&[value.as_str()]));
+        sent.push(at_leader1.send(9, &req).await);
+    }
+    let mut bases = Vec::new();
+    for id in sent {
+        let r = at_leader1.recv::<ProduceRequest>(9, id).await;
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 0);
+        bases.push(p.base_offset);
+    }
+    assert!(bases.windows(2).all(|w| w[1] == w[0] + 1), "appended out of request order: {bases:?}");
+
     // Hostile frames: each closes its own connection; the node goes on serving.
     let mut truncated = header(ApiKey::Metadata as i16, 4);
     truncated.extend_from_slice(&1000i32.to_be_bytes()); // 1000 topics, none sent
