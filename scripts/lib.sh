@@ -30,6 +30,24 @@ install_build_deps() {
   apt_install gcc g++ libc6-dev pkg-config curl python3 ca-certificates clang libclang-dev librocksdb-dev
 }
 
+# kafka_venv: a virtualenv with the Kafka clients the tests and benches drive (confluent-kafka,
+# which bundles librdkafka, and kafka-python), pinned, from PyPI; made once under
+# ~/.cache/starling. Prints its python.
+kafka_venv() {
+  local venv="${STARLING_KAFKA_VENV:-$HOME/.cache/starling/kafka-venv}"
+  local packages=("confluent-kafka==2.16.1" "kafka-python==3.0.12")
+  if ! "$venv/bin/python" -c 'import confluent_kafka, kafka' 2>/dev/null; then
+    step "Kafka clients: a virtualenv with ${packages[*]} (from PyPI)" >&2
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      apt_install python3-venv >&2
+      rm -rf "$venv"
+      python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "${packages[@]}" >&2
+  fi
+  echo "$venv/bin/python"
+}
+
 build_release() {
   step "build (release): starlingd and starling"
   cargo build --release --locked -p starling-node -p starling-cli

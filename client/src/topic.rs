@@ -147,7 +147,12 @@ impl Client {
         topic: &str,
         partition: u32,
     ) -> Result<Result<PartitionOffsets, TopicError>, Error> {
-        let call = TopicOffsets { topic: topic.to_string(), partition, timestamp_ms: None };
+        let call = TopicOffsets {
+            topic: topic.to_string(),
+            partition,
+            timestamp_ms: None,
+            for_epoch: None,
+        };
         retry_refusals(|| self.call(call.clone())).await
     }
 
@@ -159,8 +164,12 @@ impl Client {
         partition: u32,
         timestamp_ms: i64,
     ) -> Result<Result<i64, TopicError>, Error> {
-        let call =
-            TopicOffsets { topic: topic.to_string(), partition, timestamp_ms: Some(timestamp_ms) };
+        let call = TopicOffsets {
+            topic: topic.to_string(),
+            partition,
+            timestamp_ms: Some(timestamp_ms),
+            for_epoch: None,
+        };
         Ok(retry_refusals(|| self.call(call.clone()))
             .await?
             .map(|o| o.offset_for_time.unwrap_or(o.high_watermark)))

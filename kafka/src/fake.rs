@@ -156,6 +156,13 @@ impl FakeBackend {
                             high_watermark: part.end,
                             leader_epoch: 3,
                             offset_for_time: o.timestamp_ms.map(|_| 0),
+                            // Epochs 1 (offsets 0 to 0) and 3 (from 0): one epoch boundary.
+                            epoch_end: o.for_epoch.map(|e| match e {
+                                e if e < 1 => (-1, -1),
+                                1 | 2 => (1, 0),
+                                _ if e == 3 => (3, part.end),
+                                _ => (-1, -1),
+                            }),
                         }),
                     },
                 };

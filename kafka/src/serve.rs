@@ -40,12 +40,16 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
     FetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    ProducerId, RequestKind, ResponseKind, TopicName,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, ProducerId, RequestKind,
+    ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use starling_id::NodeId;
@@ -131,6 +135,9 @@ pub async fn answer<B: Backend + ?Sized>(
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch(b, r).await),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets(b, h.version, r).await)
+        }
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch(b, r).await)
         }
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(b, r).await),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(b, r).await),
@@ -567,6 +574,7 @@ async fn list_partition<B: Backend + ?Sized>(
         topic: topic.to_string(),
         partition: part,
         timestamp_ms: (timestamp >= 0).then_some(timestamp),
+        for_epoch: None,
     };
     match call(b, req).await {
         Ok(PartitionOffsets {
@@ -587,6 +595,69 @@ async fn list_partition<B: Backend + ?Sized>(
         Err(e) => p.error_code = error_code(&e),
     }
     p
+}
+
+async fn offset_for_leader_epoch<B: Backend + ?Sized>(
+    b: &B,
+    r: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let mut jobs = Vec::new();
+    for t in r.topics {
+        let name = t.topic.0.to_string();
+        for p in t.partitions {
+            let name = name.clone();
+            jobs.push(async move {
+                let mut out = EpochEndOffset::default();
+                out.partition = p.partition;
+                out.leader_epoch = -1;
+                out.end_offset = -1;
+                let Ok(partition) = u32::try_from(p.partition) else {
+                    out.error_code = ResponseError::UnknownTopicOrPartition.code();
+                    return (name, out);
+                };
+                let req = TopicOffsets {
+                    topic: name.clone(),
+                    partition,
+                    timestamp_ms: None,
+                    for_epoch: Some(p.leader_epoch),
+                };
+                match call(b, req).await {
+                    // KIP-320: a client that knows a newer leader epoch than this leader's is
+                    // ahead of it; one that knows an older one is fenced.
+                    Ok(o)
+                        if p.current_leader_epoch >= 0
+                            && p.current_leader_epoch > o.leader_epoch =>
+                    {
+                        out.error_code = ResponseError::UnknownLeaderEpoch.code();
+                    }
+                    Ok(o)
+                        if p.current_leader_epoch >= 0
+                            && p.current_leader_epoch < o.leader_epoch =>
+                    {
+                        out.error_code = ResponseError::FencedLeaderEpoch.code();
+                    }
+                    Ok(o) => {
+                        let (epoch, end) = o.epoch_end.unwrap_or((-1, -1));
+                        out.leader_epoch = epoch;
+                        out.end_offset = end;
+                    }
+                    Err(e) => out.error_code = error_code(&e),
+                }
+                (name, out)
+            });
+        }
+    }
+    let mut resp = OffsetForLeaderEpochResponse::default();
+    resp.topics = by_topic(join_all(jobs).await)
+        .into_iter()
+        .map(|(name, parts)| {
+            let mut t = OffsetForLeaderTopicResult::default();
+            t.topic = topic_name(&name);
+            t.partitions = parts;
+            t
+        })
+        .collect();
+    resp
 }
 
 /// Topic settings CreateTopics accepts, as Kafka names them.

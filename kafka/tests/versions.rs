@@ -6,6 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -16,6 +17,9 @@ use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
@@ -257,6 +261,24 @@ fn request(api: ApiKey, version: i16, member: &str, generation: i32) -> RequestK
             RequestKind::DescribeGroups(r)
         }
         ApiKey::ListGroups => RequestKind::ListGroups(ListGroupsRequest::default()),
+        ApiKey::OffsetForLeaderEpoch => {
+            let parts = [(-1, 1), (3, 3), (2, 9), (5, 0)]
+                .iter()
+                .map(|(current, asked)| {
+                    let mut p = OffsetForLeaderPartition::default();
+                    p.current_leader_epoch = *current;
+                    p.leader_epoch = *asked;
+                    p
+                })
+                .collect();
+            let mut t = OffsetForLeaderTopic::default();
+            t.topic = topic("t");
+            t.partitions = parts;
+            let mut r = OffsetForLeaderEpochRequest::default();
+            r.replica_id = BrokerId(-1);
+            r.topics = vec![t];
+            RequestKind::OffsetForLeaderEpoch(r)
+        }
         other => panic!("no request written for {other:?}: add one"),
     }
 }
@@ -363,4 +385,37 @@ fn a_fetch_answer_stays_within_max_bytes_but_for_its_first_batch() {
     assert_eq!(one, vec![both[0], 0], "the second partition's batch would pass max_bytes");
     let tiny = fetch(1);
     assert_eq!(tiny, vec![both[0], 0], "the first batch is returned even past max_bytes");
+}
+
+#[test]
+fn offset_for_leader_epoch_answers_where_an_epoch_ends_and_fences_stale_leader_epochs() {
+    let (b, _, _) = backend();
+    let h = Header {
+        api_key: ApiKey::OffsetForLeaderEpoch,
+        version: 4,
+        correlation_id: 1,
+        client_id: None,
+    };
+    let Some(Ok(Some(ResponseKind::OffsetForLeaderEpoch(r)))) =
+        answer(&b, &h, "", request(ApiKey::OffsetForLeaderEpoch, 4, "", 0)).now_or_never()
+    else {
+        panic!("no answer")
+    };
+    let got: Vec<(i16, i32, i64)> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.error_code, p.leader_epoch, p.end_offset))
+        .collect();
+    // The fake's partition 0 has epochs 1 (ending at 0) and 3 (the leader's, ending at the log
+    // end, 1). Asked: epoch 1 with no current epoch; 3 as the current one; a client at epoch 2
+    // (older than the leader's 3: fenced); at epoch 5 (newer: unknown to this leader).
+    assert_eq!(
+        got,
+        vec![
+            (0, 1, 0),
+            (0, 3, 1),
+            (ResponseError::FencedLeaderEpoch.code(), -1, -1),
+            (ResponseError::UnknownLeaderEpoch.code(), -1, -1)
+        ]
+    );
 }

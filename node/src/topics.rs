@@ -99,9 +99,25 @@ impl PartView {
 enum PCmd {
     Msg(NodeId, Msg),
     State(PartitionState, u64),
-    Produce { batches: Vec<u8>, acks: Acks, reply: oneshot::Sender<Result<Produced, TopicError>> },
-    Read { offset: i64, max_bytes: usize, reply: oneshot::Sender<Result<Fetched, TopicError>> },
-    OffsetForTime { ts: i64, reply: oneshot::Sender<Result<i64, TopicError>> },
+    Produce {
+        batches: Vec<u8>,
+        acks: Acks,
+        reply: oneshot::Sender<Result<Produced, TopicError>>,
+    },
+    Read {
+        offset: i64,
+        max_bytes: usize,
+        reply: oneshot::Sender<Result<Fetched, TopicError>>,
+    },
+    OffsetForTime {
+        ts: i64,
+        reply: oneshot::Sender<Result<i64, TopicError>>,
+    },
+    /// Where a leader epoch ends in this (leading) replica's log.
+    EpochEnd {
+        epoch: i32,
+        reply: oneshot::Sender<Result<(i32, i64), TopicError>>,
+    },
     Stop(oneshot::Sender<()>),
 }
 
@@ -802,6 +818,7 @@ impl<T: Transport> Topics<T> {
                         topic: name.to_string(),
                         partition: p.partition,
                         timestamp_ms: None,
+                        for_epoch: None,
                     });
                     self.at_leader(req, false)
                 })
@@ -1117,8 +1134,23 @@ fn failed(req: &TopicRequest, e: TopicError) -> Response {
 }
 
 /// Serves a partition call on the leader's driver.
+/// Sends the partition's task a command carrying a reply channel, and waits for the reply.
+async fn ask<T>(
+    p: &Part,
+    cmd: impl FnOnce(oneshot::Sender<Result<T, TopicError>>) -> PCmd,
+) -> Result<T, TopicError> {
+    let (tx, rx) = oneshot::channel();
+    if p.cmds.send(cmd(tx)).await.is_err() {
+        return Err(stopped());
+    }
+    rx.await.unwrap_or_else(|_| Err(stopped()))
+}
+
+fn stopped() -> TopicError {
+    TopicError::Unavailable("the partition's replica stopped; retry".into())
+}
+
 async fn serve(p: &Part, req: TopicRequest) -> Response {
-    let stopped = || TopicError::Unavailable("the partition's replica stopped; retry".into());
     match req {
         TopicRequest::Produce(pr) => {
             let (tx, rx) = oneshot::channel();
@@ -1136,14 +1168,10 @@ async fn serve(p: &Part, req: TopicRequest) -> Response {
             let deadline = Instant::now() + wait;
             let mut view = p.view.clone();
             loop {
-                let (tx, rx) = oneshot::channel();
                 let max_bytes =
                     (f.max_bytes as usize).clamp(1, starling_wire::MAX_RESPONSE_BODY / 2);
-                let cmd = PCmd::Read { offset: f.offset, max_bytes, reply: tx };
-                if p.cmds.send(cmd).await.is_err() {
-                    return TopicFetch::respond(Err(stopped()));
-                }
-                let answer = rx.await.unwrap_or_else(|_| Err(stopped()));
+                let answer =
+                    ask(p, |reply| PCmd::Read { offset: f.offset, max_bytes, reply }).await;
                 let empty = matches!(&answer, Ok(a) if a.batches.is_empty());
                 if !empty || Instant::now() >= deadline {
                     return TopicFetch::respond(answer);
@@ -1159,16 +1187,17 @@ async fn serve(p: &Part, req: TopicRequest) -> Response {
             let v = p.view.borrow().clone();
             let offset_for_time = match o.timestamp_ms {
                 None => None,
-                Some(ts) => {
-                    let (tx, rx) = oneshot::channel();
-                    if p.cmds.send(PCmd::OffsetForTime { ts, reply: tx }).await.is_err() {
-                        return TopicOffsets::respond(Err(stopped()));
-                    }
-                    match rx.await.unwrap_or_else(|_| Err(stopped())) {
-                        Ok(o) => Some(o),
-                        Err(e) => return TopicOffsets::respond(Err(e)),
-                    }
-                }
+                Some(ts) => match ask(p, |reply| PCmd::OffsetForTime { ts, reply }).await {
+                    Ok(o) => Some(o),
+                    Err(e) => return TopicOffsets::respond(Err(e)),
+                },
+            };
+            let epoch_end = match o.for_epoch {
+                None => None,
+                Some(epoch) => match ask(p, |reply| PCmd::EpochEnd { epoch, reply }).await {
+                    Ok(e) => Some(e),
+                    Err(e) => return TopicOffsets::respond(Err(e)),
+                },
             };
             TopicOffsets::respond(Ok(PartitionOffsets {
                 log_start: v.log_start,
@@ -1176,6 +1205,7 @@ async fn serve(p: &Part, req: TopicRequest) -> Response {
                 high_watermark: v.high_watermark,
                 leader_epoch: v.leader_epoch,
                 offset_for_time,
+                epoch_end,
             }))
         }
         _ => Response::error(starling_wire::ErrorCode::BadRequest, "not a partition call"),
@@ -1359,6 +1389,15 @@ impl<T: Transport> Driver<T> {
                         Ok(None) => Ok(hw),
                         Err(e) => Err(TopicError::Storage(e.to_string())),
                     }
+                };
+                let _ = reply.send(answer);
+            }
+            PCmd::EpochEnd { epoch, reply } => {
+                let answer = if self.core.role() != Role::Leader {
+                    let leader = self.core.state().and_then(|(s, _)| s.leader);
+                    Err(TopicError::NotLeader { leader, epoch: self.core.epoch() })
+                } else {
+                    Ok(self.core.log().end_offset_for_epoch(epoch))
                 };
                 let _ = reply.send(answer);
             }

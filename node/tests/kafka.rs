@@ -15,11 +15,14 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableT
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, FetchRequest,
-    ListOffsetsRequest, MetadataRequest, MetadataResponse, ProduceRequest, RequestHeader,
-    ResponseHeader, TopicName,
+    ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest,
+    ProduceRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use starling_mq::batch::{encode_batch, NewRecord};
@@ -351,6 +354,16 @@ async fn kafka_clients_get_the_answers_they_act_on_and_bad_frames_close_only_the
     assert_eq!(missing.expect("answered").error_code, 3);
     let leader = e.by_broker(leader_of(&m, "orders", 0).unwrap());
     let follower = all.iter().copied().find(|i| *i != leader).unwrap();
+    let first_epoch = m
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().unwrap().0.as_str() == "orders")
+        .unwrap()
+        .partitions
+        .iter()
+        .find(|p| p.partition_index == 0)
+        .unwrap()
+        .leader_epoch;
 
     // Produce: at the leader it is written; at a follower NOT_LEADER_OR_FOLLOWER (nothing
     // written); to an unknown topic UNKNOWN_TOPIC_OR_PARTITION; over 1 MiB MESSAGE_TOO_LARGE.
@@ -510,15 +523,35 @@ async fn kafka_clients_get_the_answers_they_act_on_and_bad_frames_close_only_the
     assert_eq!(err, 6, "NOT_LEADER_OR_FOLLOWER from a node that does not lead");
     let mut at_new = Conn::open(e.kafka[new_leader], &e.certs).await;
     let start = tokio::time::Instant::now();
-    loop {
+    let after = loop {
         let (err, base) = produce(&mut at_new, "orders", 0, 1, batch(&["after"])).await;
         if err == 0 {
             assert!(base >= 2, "the new leader continues the log (base {base})");
-            break;
+            break base;
         }
         assert!(start.elapsed() < PATIENCE, "the new leader never took a write ({err})");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    // OffsetForLeaderEpoch (KIP-320): the first leader's epoch ends where the new leader's first
+    // write went; a consumer still at the first epoch is fenced.
+    let epoch_end = |current: i32, asked: i32| {
+        let mut p = OffsetForLeaderPartition::default();
+        p.partition = 0;
+        p.current_leader_epoch = current;
+        p.leader_epoch = asked;
+        let mut t = OffsetForLeaderTopic::default();
+        t.topic = TopicName(StrBytes::from_static_str("orders"));
+        t.partitions = vec![p];
+        let mut r = OffsetForLeaderEpochRequest::default();
+        r.replica_id = BrokerId(-1);
+        r.topics = vec![t];
+        r
+    };
+    let r = at_new.call(4, &epoch_end(-1, first_epoch)).await;
+    let p = &r.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.leader_epoch, p.end_offset), (0, first_epoch, after));
+    let r = at_new.call(4, &epoch_end(first_epoch, first_epoch)).await;
+    assert_eq!(r.topics[0].partitions[0].error_code, 74, "FENCED_LEADER_EPOCH");
     let fetched = at_new.call(12, &f).await;
     let mut first = fetched.responses[0].partitions[0].records.clone().expect("records");
     let decoded = kafka_protocol::records::RecordBatchDecoder::decode(&mut first).expect("batch");

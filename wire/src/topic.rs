@@ -216,6 +216,10 @@ pub struct TopicOffsets {
     /// since the Unix epoch; Kafka's `ListOffsets` by time).
     #[serde(default)]
     pub timestamp_ms: Option<i64>,
+    /// Also find where this leader epoch ends in the leader's log (Kafka's
+    /// `OffsetForLeaderEpoch`, KIP-101/KIP-320).
+    #[serde(default)]
+    pub for_epoch: Option<i32>,
 }
 
 /// A partition's offsets as its leader has them.
@@ -229,6 +233,11 @@ pub struct PartitionOffsets {
     /// no record is that new).
     #[serde(default)]
     pub offset_for_time: Option<i64>,
+    /// For a call with an epoch: the largest epoch at or below it in the leader's log and the
+    /// offset where that epoch ends (the start of the next one, or the log end for the
+    /// latest); `(-1, -1)` when the log has no such epoch.
+    #[serde(default)]
+    pub epoch_end: Option<(i32, i64)>,
 }
 
 /// How a group's partitions are spread over its members (Kafka's assignors).
