@@ -151,9 +151,10 @@ impl Group {
         }
     }
 
-    /// Protocols every member supports (`None`: no member yet).
-    fn common_protocols(&self) -> Option<Vec<String>> {
-        let mut it = self.members.values();
+    /// Protocols every member but `except` supports (`None`: no such member).
+    fn common_protocols(&self, except: Option<&str>) -> Option<Vec<String>> {
+        let mut it =
+            self.members.iter().filter(|(id, _)| Some(id.as_str()) != except).map(|(_, m)| m);
         let first = it.next()?;
         let mut common: Vec<String> = first.protocols.iter().map(|(n, _)| n.clone()).collect();
         for m in it {
@@ -226,17 +227,7 @@ impl Groups {
             )];
         }
         // The group's protocol type and a protocol in common must hold with this member.
-        let others_common: Option<Vec<String>> = {
-            let mut it = g.members.iter().filter(|(id, _)| **id != member_id).map(|(_, m)| m);
-            it.next().map(|first| {
-                let mut c: Vec<String> = first.protocols.iter().map(|(n, _)| n.clone()).collect();
-                for m in it {
-                    c.retain(|n| m.protocols.iter().any(|(p, _)| p == n));
-                }
-                c
-            })
-        };
-        if let Some(common) = others_common {
+        if let Some(common) = g.common_protocols(Some(&member_id)) {
             let shares = a.protocols.iter().any(|(n, _)| common.contains(n));
             if a.protocol_type != g.protocol_type || !shares {
                 let e = join_error(ResponseError::InconsistentGroupProtocol, &member_id);
@@ -563,7 +554,7 @@ fn maybe_complete_join(g: &mut Group, now: u64, timed_out: bool, out: &mut Vec<R
         g.leader = g.members.keys().next().cloned();
     }
     let leader = g.leader.clone().unwrap_or_default();
-    let common = g.common_protocols().unwrap_or_default();
+    let common = g.common_protocols(None).unwrap_or_default();
     // The leader's most preferred protocol that every member supports.
     g.protocol = g
         .members

@@ -188,7 +188,6 @@ pub(crate) async fn join_group<B: Backend + ?Sized>(
 
 pub(crate) async fn sync_group<B: Backend + ?Sized>(
     b: &B,
-    _version: i16,
     r: SyncGroupRequest,
 ) -> SyncGroupResponse {
     let mut resp = SyncGroupResponse::default();

@@ -148,7 +148,7 @@ pub async fn answer<B: Backend + ?Sized>(
         RequestKind::JoinGroup(r) => {
             ResponseKind::JoinGroup(g::join_group(b, h, client_host, r).await)
         }
-        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(g::sync_group(b, h.version, r).await),
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(g::sync_group(b, r).await),
         RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(g::heartbeat(b, r)),
         RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(g::leave_group(b, h.version, r)),
         RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(g::offset_commit(b, r).await),
