@@ -115,6 +115,24 @@ pub fn render(s: &Status) -> String {
             );
         }
     }
+    if let Some(k) = &s.kafka {
+        let total: u64 = k.requests.values().sum();
+        let _ = writeln!(
+            out,
+            "kafka: {} ({}); {} of {} connections open, {} accepted, {} refused at the limit, {} timed out, {} failed handshakes; {total} requests served, {} refused; {} groups coordinated ({} members)",
+            k.advertise,
+            if k.tls { "TLS" } else { "plain" },
+            k.connections,
+            k.max_connections,
+            k.connections_accepted,
+            k.connections_refused,
+            k.connections_timed_out,
+            k.handshakes_failed,
+            k.requests_refused,
+            k.groups,
+            k.group_members,
+        );
+    }
     if let Some(r) = &s.repair {
         let never = r.ranges.iter().filter(|x| x.repaired_ms.is_none()).count();
         let oldest = match r.oldest_repair_age_secs {

@@ -47,7 +47,7 @@ impl FakeBackend {
             me: NodeId(0x0000_0042_0000_0000_0000_0000_0000_0001),
             topics: Mutex::new(BTreeMap::new()),
             offsets: Mutex::new(HashMap::new()),
-            groups: Coordinator::new(),
+            groups: Coordinator::new(1),
             clock: AtomicU64::new(0),
         }
     }

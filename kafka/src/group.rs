@@ -168,6 +168,9 @@ impl Group {
 #[derive(Debug, Default)]
 pub struct Groups {
     groups: HashMap<String, Group>,
+    /// Part of every member id this coordinator hands out, so ids from another coordinator, or
+    /// from this one before a restart, never match one of its members (Kafka uses a UUID).
+    instance: u64,
     next_member: u64,
 }
 
@@ -192,8 +195,10 @@ fn sync_error(e: ResponseError) -> SyncAnswer {
 }
 
 impl Groups {
-    pub fn new() -> Groups {
-        Groups::default()
+    /// `instance` must differ between coordinators and between restarts of one (a random
+    /// number): it is part of every member id handed out.
+    pub fn new(instance: u64) -> Groups {
+        Groups { instance, ..Groups::default() }
     }
 
     /// A join. The answer is in the replies, now (an error, a rebalance that completes with
@@ -207,7 +212,7 @@ impl Groups {
         let fresh = a.member_id.is_empty();
         let member_id = if fresh {
             self.next_member += 1;
-            let id = format!("{}-{}-{}", a.client_id, self.next_member, now);
+            let id = format!("{}-{:016x}-{}", a.client_id, self.instance, self.next_member);
             if a.require_known_member_id {
                 let g = self.groups.entry(a.group.clone()).or_insert_with(Group::new);
                 g.pending.insert(id.clone(), now + a.session_timeout_ms);
@@ -451,6 +456,11 @@ impl Groups {
         self.groups.get(group).map(|g| view(group, g))
     }
 
+    /// Groups coordinated here, and their members.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.groups.len(), self.groups.values().map(|g| g.members.len()).sum())
+    }
+
     /// Every group this node coordinates.
     pub fn list(&self) -> Vec<GroupView> {
         let mut v: Vec<GroupView> = self.groups.iter().map(|(n, g)| view(n, g)).collect();
@@ -599,8 +609,12 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new() -> Coordinator {
-        Coordinator::default()
+    /// See [`Groups::new`] for `instance`.
+    pub fn new(instance: u64) -> Coordinator {
+        Coordinator {
+            groups: std::sync::Mutex::new(Groups::new(instance)),
+            ..Coordinator::default()
+        }
     }
 
     /// Runs `f` on the groups; the replies it returns are sent to their waiters.
@@ -636,6 +650,11 @@ impl Coordinator {
             Ok(Reply::Sync(_, a)) => a,
             _ => sync_error(ResponseError::CoordinatorNotAvailable),
         }
+    }
+
+    /// Groups coordinated here, and their members.
+    pub fn counts(&self) -> (usize, usize) {
+        lock(&self.groups).counts()
     }
 
     /// Time passes (see [`Groups::tick`]); call it a few times a second.
@@ -718,7 +737,7 @@ mod tests {
 
     #[test]
     fn two_members_join_sync_and_a_leave_rebalances_the_other() {
-        let mut g = Groups::new();
+        let mut g = Groups::new(7);
         let (a, r) = join_new(&mut g, 0, 10);
         // Alone: the join completes at once, generation 1, it leads.
         let ja = join_of(&r, 11);
@@ -758,7 +777,7 @@ mod tests {
 
     #[test]
     fn a_silent_member_is_dropped_and_a_late_rejoiner_misses_the_generation() {
-        let mut g = Groups::new();
+        let mut g = Groups::new(7);
         let (a, _) = join_new(&mut g, 0, 10);
         g.sync(0, 12, "g", 1, &a, vec![]);
         let (b, _) = join_new(&mut g, 100, 20);
@@ -779,7 +798,7 @@ mod tests {
 
     #[test]
     fn members_with_no_protocol_in_common_are_refused() {
-        let mut g = Groups::new();
+        let mut g = Groups::new(7);
         let (_a, _) = join_new(&mut g, 0, 10);
         let mut other = args("");
         other.require_known_member_id = false;
@@ -791,8 +810,20 @@ mod tests {
     }
 
     #[test]
+    fn member_ids_of_two_coordinators_never_match() {
+        // Two coordinators (or one before and after a restart) see the same join at the same
+        // time: the ids they hand out differ, so a member of one is unknown to the other.
+        let (mut one, mut two) = (Groups::new(1), Groups::new(2));
+        let a = join_of(&one.join(5, 1, args("")), 1).member_id;
+        let b = join_of(&two.join(5, 1, args("")), 1).member_id;
+        assert_ne!(a, b);
+        let r = two.join(6, 2, args(&a));
+        assert_eq!(join_of(&r, 2).error, code(ResponseError::UnknownMemberId));
+    }
+
+    #[test]
     fn an_unknown_member_id_is_refused_and_handed_out_ids_expire() {
-        let mut g = Groups::new();
+        let mut g = Groups::new(7);
         let r = g.join(0, 1, args("made-up"));
         assert_eq!(join_of(&r, 1).error, code(ResponseError::UnknownMemberId));
         let r = g.join(0, 2, args(""));

@@ -98,6 +98,7 @@ fn snapshot(n: u64, elapsed: Duration, insecure: bool) -> Status {
         meta: None,
         topics: Vec::new(),
         repair: None,
+        kafka: None,
         history: None,
     }
 }

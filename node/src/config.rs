@@ -42,6 +42,12 @@ pub struct Args {
     /// the --advertise host with --kafka's port when --kafka is a wildcard address].
     #[arg(long, env = "STARLING_KAFKA_ADVERTISE")]
     pub kafka_advertise: Option<String>,
+    /// Kafka connections served at once; more are closed as they come [default: 1024].
+    #[arg(long, env = "STARLING_KAFKA_MAX_CONNECTIONS")]
+    pub kafka_max_connections: Option<usize>,
+    /// A Kafka connection that sends nothing for this long is closed, e.g. 10m [default: 10m].
+    #[arg(long, env = "STARLING_KAFKA_IDLE_TIMEOUT")]
+    pub kafka_idle_timeout: Option<String>,
     /// Seed peers, comma-separated host:port (DNS names allowed).
     #[arg(long, env = "STARLING_SEEDS", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
@@ -128,6 +134,8 @@ struct FileConfig {
     http: Option<String>,
     kafka: Option<String>,
     kafka_advertise: Option<String>,
+    kafka_max_connections: Option<usize>,
+    kafka_idle_timeout: Option<String>,
     seeds: Option<Vec<String>>,
     meta_voters: Option<Vec<String>>,
     zone: Option<String>,
@@ -169,6 +177,10 @@ pub struct NodeConfig {
     pub kafka: Option<SocketAddr>,
     /// `host:port` Kafka clients are told to use, as given (default worked out at start).
     pub kafka_advertise: Option<String>,
+    /// Kafka connections served at once.
+    pub kafka_max_connections: usize,
+    /// An idle Kafka connection is closed after this.
+    pub kafka_idle_timeout: Duration,
     pub seeds: Vec<String>,
     /// The metadata service's voters as given (resolved to node ids through gossip).
     pub meta_voters: Vec<String>,
@@ -224,6 +236,20 @@ impl NodeConfig {
                 bail!("--kafka-advertise {a} needs --kafka HOST:PORT (the listener it advertises)");
             }
             check_host_port("--kafka-advertise", a)?;
+        }
+        let kafka_max_connections = args
+            .kafka_max_connections
+            .or(file.kafka_max_connections)
+            .unwrap_or(crate::kafka::MAX_CONNECTIONS);
+        if kafka_max_connections == 0 {
+            bail!("--kafka-max-connections must be at least 1");
+        }
+        let kafka_idle_timeout = match args.kafka_idle_timeout.or(file.kafka_idle_timeout) {
+            Some(s) => parse_duration("--kafka-idle-timeout", &s)?,
+            None => crate::kafka::IDLE_TIMEOUT,
+        };
+        if kafka_idle_timeout < Duration::from_secs(1) {
+            bail!("--kafka-idle-timeout must be at least 1s");
         }
         let advertise = args.advertise.or(file.advertise);
         if let Some(a) = &advertise {
@@ -364,6 +390,8 @@ impl NodeConfig {
             http,
             kafka,
             kafka_advertise,
+            kafka_max_connections,
+            kafka_idle_timeout,
             seeds,
             meta_voters,
             zone: args.zone.or(file.zone),

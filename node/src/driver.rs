@@ -104,6 +104,16 @@ impl std::fmt::Debug for RepairStatusFn {
     }
 }
 
+/// Reads the Kafka listener's counters for the status snapshot.
+#[derive(Clone)]
+pub struct KafkaStatusFn(pub Arc<dyn Fn() -> starling_wire::status::KafkaStatus + Send + Sync>);
+
+impl std::fmt::Debug for KafkaStatusFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KafkaStatusFn")
+    }
+}
+
 /// What the status snapshot needs besides the core.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -121,6 +131,7 @@ pub struct NodeInfo {
     pub meta_status: Option<MetaStatusFn>,
     pub topics_status: Option<TopicsStatusFn>,
     pub repair_status: Option<RepairStatusFn>,
+    pub kafka_status: Option<KafkaStatusFn>,
 }
 
 /// Channels to a running driver.
@@ -519,6 +530,7 @@ pub fn snapshot(g: &Gossip, info: &NodeInfo, rv: &RingView, picture: &RingPictur
         meta: info.meta_status.as_ref().and_then(|f| (f.0)()),
         topics: info.topics_status.as_ref().map(|f| (f.0)()).unwrap_or_default(),
         repair: info.repair_status.as_ref().map(|f| (f.0)()),
+        kafka: info.kafka_status.as_ref().map(|f| (f.0)()),
         // Added to the `Status` RPC's answer only; `GET /history` serves it over HTTP.
         history: None,
         gossip: GossipStatus {

@@ -6,11 +6,14 @@
 //!   the CA issued (a client's or a node's, as on the native API); plain TCP only with
 //!   `--insecure`.
 //! - **Pipelining**: a client may send up to [`MAX_IN_FLIGHT`] requests before reading answers;
-//!   they are served concurrently and answered in the order they came, as Kafka does.
-//! - **Limits**: [`MAX_CONNECTIONS`] connections (more are closed at once, with a log line);
-//!   a request larger than [`starling_kafka::frame::MAX_FRAME`] closes its connection; a
-//!   connection idle for [`IDLE_TIMEOUT`] is closed (Kafka's `connections.max.idle.ms`), and one
-//!   that starts a request and does not finish it within [`REQUEST_TIMEOUT`] too.
+//!   they are served one at a time and answered in the order they came, as Kafka does.
+//! - **Limits** ([`Limits`]): `--kafka-max-connections` connections (default
+//!   [`MAX_CONNECTIONS`]; more are closed at once, with a log line); a request larger than
+//!   [`starling_kafka::frame::MAX_FRAME`] closes its connection; a connection idle for
+//!   `--kafka-idle-timeout` (default [`IDLE_TIMEOUT`], Kafka's `connections.max.idle.ms`) is
+//!   closed, and one that starts a request and does not finish it within [`REQUEST_TIMEOUT`] too.
+//! - **Counters** ([`KafkaStats`]): connections, refusals, timeouts and requests per API, in
+//!   `/status` (`kafka`), `/metrics` (`starling_kafka_*`) and `starling status`.
 //! - **Bad requests** (an unknown API key, a version not served, a body that does not decode)
 //!   close the connection, as Kafka closes it, after the answers already due are written; the
 //!   reason is logged (at most a line a second).
@@ -19,6 +22,7 @@
 //! lists every live broker in Metadata.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +31,7 @@ use futures_util::future::BoxFuture;
 use starling_kafka::codec::{self, Decoded};
 use starling_kafka::frame::FrameReader;
 use starling_kafka::serve::{self, Backend, Broker};
-use starling_wire::status::Status;
+use starling_wire::status::{KafkaStatus, Status};
 use starling_wire::topic::{TopicPeerRequest, TopicRequest};
 use starling_wire::{ClientRequest, ErrorCode, NodeId, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -53,6 +57,99 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A TLS handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The listener's limits (`--kafka-max-connections`, `--kafka-idle-timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+/// API keys counted one by one (Kafka's are below 100).
+const API_SLOTS: usize = 128;
+
+/// The listener's counters.
+#[derive(Debug)]
+pub struct KafkaStats {
+    open: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    handshakes_failed: AtomicU64,
+    timed_out: AtomicU64,
+    requests_refused: AtomicU64,
+    requests: [AtomicU64; API_SLOTS],
+}
+
+impl Default for KafkaStats {
+    fn default() -> Self {
+        KafkaStats {
+            open: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            handshakes_failed: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            requests_refused: AtomicU64::new(0),
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl KafkaStats {
+    fn served(&self, api: codec::ApiKey) {
+        if let Some(c) = self.requests.get(api as i16 as usize) {
+            bump(c);
+        }
+    }
+
+    /// The listener as `/status` shows it.
+    pub fn status(
+        &self,
+        advertise: &str,
+        tls: bool,
+        limits: Limits,
+        groups: &Coordinator,
+    ) -> KafkaStatus {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let requests = starling_kafka::versions::SERVED
+            .iter()
+            .filter_map(|&(api, _, _)| {
+                let n = self.requests.get(api as i16 as usize).map_or(0, get);
+                (n > 0).then(|| (format!("{api:?}"), n))
+            })
+            .collect();
+        let (g, members) = groups.counts();
+        KafkaStatus {
+            advertise: advertise.to_string(),
+            tls,
+            connections: get(&self.open),
+            max_connections: limits.max_connections as u64,
+            connections_accepted: get(&self.accepted),
+            connections_refused: get(&self.refused),
+            handshakes_failed: get(&self.handshakes_failed),
+            connections_timed_out: get(&self.timed_out),
+            requests,
+            requests_refused: get(&self.requests_refused),
+            groups: g as u64,
+            group_members: members as u64,
+        }
+    }
+}
+
+/// An open connection: its slot, and its place in the `open` count.
+struct Open {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    stats: Arc<KafkaStats>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The node as the Kafka front sees it.
 pub struct KafkaBackend {
     pub topics: Topics<QuicTransport>,
@@ -61,7 +158,9 @@ pub struct KafkaBackend {
     /// Committed offsets (the key-value store at quorum).
     pub offsets: Arc<dyn OffsetStore>,
     /// The Kafka consumer groups this node coordinates.
-    pub groups: Coordinator,
+    pub groups: Arc<Coordinator>,
+    pub stats: Arc<KafkaStats>,
+    pub limits: Limits,
     /// The groups' clock starts here.
     pub started: std::time::Instant,
 }
@@ -167,7 +266,9 @@ pub async fn serve(
     backend: Arc<KafkaBackend>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = backend.limits;
+    let stats = backend.stats.clone();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let log = Arc::new(RateLimitedLog::default());
     tokio::pin!(stop);
     loop {
@@ -185,26 +286,34 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            bump(&stats.refused);
             if let Some(suppressed) = log.allow() {
-                warn!(%peer, limit = MAX_CONNECTIONS, suppressed, "Kafka connection refused: at the connection limit");
+                warn!(%peer, limit = limits.max_connections, suppressed, "Kafka connection refused: at the connection limit (--kafka-max-connections)");
             }
             continue;
         };
+        bump(&stats.accepted);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let open = Open { _slot: slot, stats: stats.clone() };
         let _ = sock.set_nodelay(true);
         let (backend, tls, log) = (backend.clone(), tls.clone(), log.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let _open = open;
             match tls {
                 None => connection(sock, peer, backend, log).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
                         Ok(Ok(stream)) => connection(stream, peer, backend, log).await,
                         Ok(Err(e)) => {
+                            bump(&backend.stats.handshakes_failed);
                             if let Some(suppressed) = log.allow() {
                                 warn!(%peer, error = %e, suppressed, "Kafka TLS handshake failed");
                             }
                         }
-                        Err(_) => debug!(%peer, "Kafka TLS handshake timed out"),
+                        Err(_) => {
+                            bump(&backend.stats.handshakes_failed);
+                            debug!(%peer, "Kafka TLS handshake timed out");
+                        }
                     }
                 }
             }
@@ -229,6 +338,8 @@ async fn connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
+    let stats = backend.stats.clone();
+    let idle = backend.limits.idle_timeout;
     // Requests are served one at a time, in the order they came, as a Kafka broker serves a
     // connection (two produces of one partition must be appended in order; two commits must
     // land in order); reading runs ahead by up to MAX_IN_FLIGHT requests.
@@ -237,16 +348,25 @@ async fn connection<S>(
         let host = format!("/{}", peer.ip());
         while let Some(job) = rx.recv().await {
             let bytes = match job {
-                Job::Ready(b) => b,
+                Job::Ready(b) => {
+                    backend.stats.served(codec::ApiKey::ApiVersions);
+                    b
+                }
                 Job::Serve(h, req) => match serve::answer(&*backend, &h, &host, *req).await {
                     Ok(Some(body)) => match codec::encode_response(&h, &body) {
-                        Ok(b) => b,
+                        Ok(b) => {
+                            backend.stats.served(h.api_key);
+                            b
+                        }
                         Err(e) => {
                             warn!(%peer, error = %e, "cannot encode a Kafka answer; closing the connection");
                             break;
                         }
                     },
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        backend.stats.served(h.api_key);
+                        continue;
+                    }
                     Err(e) => {
                         debug!(%peer, reason = %e, "closing the Kafka connection");
                         break;
@@ -261,6 +381,7 @@ async fn connection<S>(
     });
     let mut frames = FrameReader::new();
     let refuse = |why: String| {
+        bump(&stats.requests_refused);
         if let Some(suppressed) = log.allow() {
             warn!(%peer, reason = %why, suppressed, "Kafka connection closed: a request Starling does not serve");
         }
@@ -275,11 +396,12 @@ async fn connection<S>(
                     break 'conn;
                 }
             }
-            let limit = if frames.pending() == 0 { IDLE_TIMEOUT } else { REQUEST_TIMEOUT };
+            let limit = if frames.pending() == 0 { idle } else { REQUEST_TIMEOUT };
             match tokio::time::timeout(limit, rd.read_buf(frames.buffer())).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => break 'conn,
                 Err(_) => {
+                    bump(&stats.timed_out);
                     debug!(%peer, pending = frames.pending(), "Kafka connection closed: idle, or a request not finished in time");
                     break 'conn;
                 }

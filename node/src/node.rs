@@ -19,8 +19,8 @@ use tracing::{error, info, warn};
 use crate::config::{NodeConfig, Security};
 use crate::datadir::{Addresses, DataDir};
 use crate::driver::{
-    self, DriverCommand, KvStatusFn, MetaStatusFn, NodeInfo, RepairStatusFn, TopicsStatusFn,
-    TransportStatusFn, INBOUND_QUEUE,
+    self, DriverCommand, KafkaStatusFn, KvStatusFn, MetaStatusFn, NodeInfo, RepairStatusFn,
+    TopicsStatusFn, TransportStatusFn, INBOUND_QUEUE,
 };
 use crate::http::{self, HttpState, Metrics};
 use crate::kv::view::RingView;
@@ -541,6 +541,16 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         KvStatusFn(Arc::new(move || kv.status()))
     };
     info!(sync = %cfg.sync, replication = cfg.replication, "store open");
+    let kafka_limits = crate::kafka::Limits {
+        max_connections: cfg.kafka_max_connections,
+        idle_timeout: cfg.kafka_idle_timeout,
+    };
+    let kafka_stats = Arc::new(crate::kafka::KafkaStats::default());
+    let kafka_groups = Arc::new(starling_kafka::group::Coordinator::new(rand::random()));
+    let kafka_status = kafka_advertise.clone().map(|advertise| {
+        let (stats, groups) = (kafka_stats.clone(), kafka_groups.clone());
+        KafkaStatusFn(Arc::new(move || stats.status(&advertise, !insecure, kafka_limits, &groups)))
+    });
     let info = NodeInfo {
         insecure,
         tls: tls_info,
@@ -562,6 +572,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             let transport = transport.clone();
             TransportStatusFn(Arc::new(move || transport.status()))
         }),
+        kafka_status,
     };
     let addressing =
         driver::Addressing { seeds: cfg.seeds.clone(), advertise: cfg.advertise.clone() };
@@ -608,7 +619,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             status: status_rx.clone(),
             me: data.node_id,
             offsets: Arc::new(KvOffsets(kv.clone())),
-            groups: starling_kafka::group::Coordinator::new(),
+            groups: kafka_groups,
+            stats: kafka_stats,
+            limits: kafka_limits,
             started: Instant::now(),
         });
         let keeper = tokio::spawn(backend.clone().keep_groups());

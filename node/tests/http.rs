@@ -85,6 +85,7 @@ fn three_alive() -> Status {
             ..Default::default()
         }],
         repair: None,
+        kafka: None,
         history: None,
     }
 }

@@ -111,17 +111,31 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: SocketAddr, certs: &Path) -> Conn {
+        Conn::try_open(addr, certs).await.expect("TLS handshake")
+    }
+
+    /// A connection, or the handshake's error (the node closed it at once).
+    async fn try_open(addr: SocketAddr, certs: &Path) -> std::io::Result<Conn> {
         let material = starling_net::tls::TlsMaterial::load(&certs.join("client")).expect("certs");
         let configs = starling_net::tls::mutual(&material).expect("tls");
         let connector = tokio_rustls::TlsConnector::from(configs.client);
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-        let stream = connector.connect(name, tcp).await.expect("TLS handshake");
-        Conn { stream, next: 1 }
+        // TLS 1.3: a close by the server may only show after the client's handshake is done;
+        // a request then shows whether the connection is served.
+        let stream = connector.connect(name, tcp).await?;
+        Ok(Conn { stream, next: 1 })
     }
 
     /// Sends a request without reading its answer; its correlation id.
     async fn send<R: Request>(&mut self, version: i16, req: &R) -> i32 {
+        let (id, buf) = self.encode(version, req);
+        self.write_raw(&buf).await;
+        id
+    }
+
+    /// A request's frame, and its correlation id.
+    fn encode<R: Request>(&mut self, version: i16, req: &R) -> (i32, BytesMut) {
         let id = self.next;
         self.next += 1;
         let mut buf = BytesMut::new();
@@ -135,8 +149,7 @@ impl Conn {
         req.encode(&mut buf, version).expect("body");
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
-        self.write_raw(&buf).await;
-        id
+        (id, buf)
     }
 
     async fn write_raw(&mut self, bytes: &[u8]) {
@@ -168,6 +181,18 @@ impl Conn {
     async fn call<R: Request>(&mut self, version: i16, req: &R) -> R::Response {
         let id = self.send(version, req).await;
         self.recv::<R>(version, id).await
+    }
+
+    /// Whether an ApiVersions request is answered (not: the connection is closed).
+    async fn served(&mut self) -> bool {
+        let (id, buf) = self.encode(3, &ApiVersionsRequest::default());
+        if self.stream.write_all(&buf).await.is_err() || self.stream.flush().await.is_err() {
+            return false;
+        }
+        match self.read_frame().await {
+            Some(mut f) => ResponseHeader::decode(&mut f, 0).expect("header").correlation_id == id,
+            None => false,
+        }
     }
 
     /// True once the node has closed the connection (reads EOF or an error).
@@ -556,4 +581,82 @@ async fn kafka_clients_get_the_answers_they_act_on_and_bad_frames_close_only_the
     let mut first = fetched.responses[0].partitions[0].records.clone().expect("records");
     let decoded = kafka_protocol::records::RecordBatchDecoder::decode(&mut first).expect("batch");
     assert_eq!(decoded.records[0].value, Some(Bytes::from_static(b"a")), "offset 0 survived");
+}
+
+/// The listener's limits and counters, on one node started with `--kafka-max-connections 2`
+/// and `--kafka-idle-timeout 2s`: a third connection is closed at once and counted; once one
+/// closes, a new one is served; connections idle past the timeout are closed and counted; and
+/// `/status` and `/metrics` show it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_and_the_idle_timeout_hold_and_are_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = process::certs(&dir.path().join("certs"), &["node1", "client"]);
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse().unwrap();
+    let kafka: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse().unwrap();
+    let env: Vec<(String, String)> = [
+        ("STARLING_META_VOTERS", listen.to_string()),
+        ("STARLING_KAFKA", kafka.to_string()),
+        ("STARLING_KAFKA_MAX_CONNECTIONS", "2".to_string()),
+        ("STARLING_KAFKA_IDLE_TIMEOUT", "2s".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let bin = Path::new(env!("CARGO_BIN_EXE_starlingd"));
+    let node = tokio::task::block_in_place(|| {
+        let data = dir.path().join("node1");
+        process::Node::start_with_env(
+            bin,
+            &data,
+            &certs.join("node1"),
+            &listen.to_string(),
+            &[],
+            &env,
+        )
+    });
+    let mut a = Conn::open(kafka, &certs).await;
+    let mut b = Conn::open(kafka, &certs).await;
+    assert!(a.served().await && b.served().await, "two connections are served");
+    // A third is closed as it comes: its handshake fails, or its first request finds the
+    // connection closed.
+    let third = match Conn::try_open(kafka, &certs).await {
+        Ok(mut c) => c.served().await,
+        Err(_) => false,
+    };
+    assert!(!third, "a third connection was served with --kafka-max-connections 2");
+    // One closes: a new one is served again.
+    drop(b);
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(mut c) = Conn::try_open(kafka, &certs).await {
+            if c.served().await {
+                again = Some(c);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = again.expect("no connection served after one of the two closed");
+    // Idle past 2 s: closed by the node.
+    assert!(a.closed().await, "an idle connection stayed open past --kafka-idle-timeout");
+    assert!(c.closed().await, "an idle connection stayed open past --kafka-idle-timeout");
+    let status = process::wait_for(PATIENCE, || {
+        node.status().and_then(|s| s.kafka).filter(|k| k.connections == 0)
+    })
+    .expect("the node's status never showed its Kafka connections all closed");
+    assert_eq!(status.max_connections, 2);
+    assert!(status.connections_refused >= 1, "{status:?}");
+    assert!(status.connections_timed_out >= 2, "{status:?}");
+    assert!(status.connections_accepted >= 3, "{status:?}");
+    assert!(status.requests.get("ApiVersions").is_some_and(|n| *n >= 3), "{status:?}");
+    assert!(status.tls, "{status:?}");
+    let metrics = process::http_get(node.addrs.http, "/metrics").expect("metrics");
+    for line in [
+        "starling_kafka_connections_refused_total ",
+        "starling_kafka_connections_timed_out_total ",
+        "starling_kafka_requests_total{api=\"ApiVersions\"} ",
+        "starling_kafka_connections 0",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in /metrics:\n{metrics}");
+    }
 }

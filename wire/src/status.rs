@@ -174,6 +174,9 @@ pub struct Status {
     /// The topic partitions this node replicates, sorted by topic and partition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<PartitionStatus>,
+    /// The Kafka listener (absent without `--kafka`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaStatus>,
     /// The last minutes of this node, as `GET /history` has them: in the `Status` RPC's answer
     /// (`starling status`), absent from `GET /status` and from nodes that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -229,6 +232,36 @@ pub struct HistoryMember {
     pub node_id: String,
     pub addr: String,
     pub runs: Vec<(u64, u64, usize)>,
+}
+
+/// The Kafka listener of this node (`--kafka`): connections, requests, and the consumer groups
+/// it coordinates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KafkaStatus {
+    /// The address Kafka clients are told to reach this node at.
+    pub advertise: String,
+    pub tls: bool,
+    /// Connections open now, and the most served at once.
+    pub connections: u64,
+    pub max_connections: u64,
+    /// Connections accepted since the node started.
+    pub connections_accepted: u64,
+    /// Connections refused because `max_connections` were open.
+    pub connections_refused: u64,
+    /// TLS handshakes that failed or timed out.
+    pub handshakes_failed: u64,
+    /// Connections closed for having sent nothing for the idle timeout, or for a request not
+    /// finished within the request timeout.
+    pub connections_timed_out: u64,
+    /// Requests answered (or, `acks=0`, served), by API name.
+    pub requests: BTreeMap<String, u64>,
+    /// Requests refused with the connection closed: malformed, oversized, an API or version not
+    /// served.
+    pub requests_refused: u64,
+    /// Consumer groups this node coordinates, and their members.
+    pub groups: u64,
+    pub group_members: u64,
 }
 
 /// Anti-entropy (Merkle-tree repair) on this node.

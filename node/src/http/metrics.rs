@@ -454,6 +454,48 @@ impl Collector for StatusCollector {
             ];
             encode_gauges(&mut encoder, &transport_gauges)?;
         }
+        if let Some(k) = &s.kafka {
+            let kafka_counters: [(&str, &str, u64); 5] = [
+                ("kafka_connections_accepted", "Kafka client connections accepted", k.connections_accepted),
+                (
+                    "kafka_connections_refused",
+                    "Kafka client connections closed at once because --kafka-max-connections were open",
+                    k.connections_refused,
+                ),
+                ("kafka_handshakes_failed", "Kafka client TLS handshakes that failed or timed out", k.handshakes_failed),
+                (
+                    "kafka_connections_timed_out",
+                    "Kafka client connections closed idle (--kafka-idle-timeout) or with a request not finished in time",
+                    k.connections_timed_out,
+                ),
+                (
+                    "kafka_requests_refused",
+                    "Kafka requests refused with their connection closed: malformed, oversized, or an API or version not served",
+                    k.requests_refused,
+                ),
+            ];
+            encode_counters(&mut encoder, &kafka_counters)?;
+            let requests = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(
+                "kafka_requests",
+                "Kafka requests served, by API",
+                None,
+                requests.metric_type(),
+            )?;
+            for (api, n) in &k.requests {
+                ConstCounter::new(*n).encode(family.encode_family(&[("api", api.as_str())])?)?;
+            }
+            let kafka_gauges: [(&str, &str, i64); 3] = [
+                ("kafka_connections", "Kafka client connections open", k.connections as i64),
+                ("kafka_groups", "Kafka consumer groups this node coordinates", k.groups as i64),
+                (
+                    "kafka_group_members",
+                    "Members of the Kafka consumer groups this node coordinates",
+                    k.group_members as i64,
+                ),
+            ];
+            encode_gauges(&mut encoder, &kafka_gauges)?;
+        }
         let ring_agreed = ConstGauge::new(i64::from(s.ring.agreed));
         ring_agreed.encode(encoder.encode_descriptor(
             "ring_agreed",

@@ -12,12 +12,11 @@
 //! Replay one seed with `--seed N` (`MQ_TRACE=1` prints every replica's events). Exits 1 if any
 //! seed shows a violation.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use starling_tests::mq::{failover_run, random_run};
+use starling_tests::sweep::{self, Sweep};
 
 #[derive(Parser, Debug)]
 #[command(about = "Topic partition replication simulation sweep with a history checker")]
@@ -54,25 +53,12 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let a = Args::parse();
-    let seeds: Vec<u64> = match a.seed {
-        Some(s) => vec![s],
-        None => (a.start..a.start + a.seeds).collect(),
-    };
-    let bar = if a.quiet || a.json || seeds.len() < 2 {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(seeds.len() as u64).with_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed} (eta {eta}) {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        )
-    };
+    let seeds = sweep::seeds(a.seed, a.start, a.seeds);
+    let mut sweep = Sweep::new(seeds.len(), a.quiet || a.json);
     let started = Instant::now();
-    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut bad: Vec<(u64, Vec<String>)> = Vec::new();
     for &seed in &seeds {
         let r = random_run(seed, a.secs, a.power_loss);
-        for (k, v) in [
+        let figures = [
             ("produced", r.produced),
             ("acked", r.acked),
             ("unknown", r.unknown),
@@ -82,23 +68,12 @@ fn main() {
             ("leader_changes", r.leader_changes),
             ("truncations", r.truncations),
             ("isr_changes", r.isr_changes),
-        ] {
-            *totals.entry(k).or_default() += v;
-        }
-        for (k, v) in r.faults {
-            *faults.entry(k).or_default() += v;
-        }
-        if !r.violations.is_empty() {
-            bar.suspend(|| {
-                eprintln!("seed {seed}: {} violations: {:#?}", r.violations.len(), r.violations)
-            });
-            bad.push((seed, r.violations));
-            bar.set_message(format!("{} seeds with violations", bad.len()));
-        }
-        bar.inc(1);
+        ];
+        sweep.add(seed, &figures, r.faults, r.violations);
     }
-    bar.finish_and_clear();
+    sweep.bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    let (totals, faults, bad) = (&sweep.totals, &sweep.faults, &sweep.bad);
     let mut clean: Vec<Duration> = Vec::new();
     let mut stuck = 0u64;
     for &seed in seeds.iter().take(1000) {
@@ -109,7 +84,7 @@ fn main() {
     }
     clean.sort();
     let cl = |p| pct(&clean, p).as_millis();
-    let violations: usize = bad.iter().map(|(_, v)| v.len()).sum();
+    let violations = sweep.violations();
     if a.json {
         let v = serde_json::json!({
             "seeds": seeds.len(), "secs": secs, "seeds_per_min": seeds.len() as f64 / secs * 60.0,

@@ -9,11 +9,10 @@
 //! Replay one seed with `--seed N` (or `SEED=N`; `ZAB_TRACE=1` prints every server's events).
 //! Exits 1 if any seed shows a violation.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
+use starling_tests::sweep::{self, Sweep};
 use starling_tests::zab::{failover_run, random_run};
 
 #[derive(Parser, Debug)]
@@ -51,44 +50,26 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let a = Args::parse();
-    let seeds: Vec<u64> = match a.seed {
-        Some(s) => vec![s],
-        None => (a.start..a.start + a.seeds).collect(),
-    };
-    let bar = if a.quiet || a.json || seeds.len() < 2 {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(seeds.len() as u64).with_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed} (eta {eta}) {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        )
-    };
+    let seeds = sweep::seeds(a.seed, a.start, a.seeds);
+    let mut sweep = Sweep::new(seeds.len(), a.quiet || a.json);
     let started = Instant::now();
-    let (mut proposals, mut committed, mut unknown, mut elections) = (0u64, 0u64, 0u64, 0u64);
-    let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
     let mut failovers: Vec<Duration> = Vec::new();
-    let mut bad: Vec<(u64, Vec<String>)> = Vec::new();
     for &seed in &seeds {
         let r = random_run(seed, a.voters, a.secs);
-        proposals += r.proposals;
-        committed += r.committed;
-        unknown += r.unknown;
-        elections += r.elections;
-        for (k, v) in r.faults {
-            *faults.entry(k).or_default() += v;
-        }
+        let figures = [
+            ("proposals", r.proposals),
+            ("committed", r.committed),
+            ("unknown", r.unknown),
+            ("elections", r.elections),
+        ];
         failovers.extend(r.failovers);
-        if !r.violations.is_empty() {
-            bar.println(format!(
-                "seed {seed}: {} violations: {:#?}",
-                r.violations.len(),
-                r.violations
-            ));
-            bad.push((seed, r.violations));
-            bar.set_message(format!("{} seeds with violations", bad.len()));
-        }
-        bar.inc(1);
+        sweep.add(seed, &figures, r.faults, r.violations);
     }
+    let (faults, bad) = (&sweep.faults, &sweep.bad);
+    let total = |k: &str| sweep.totals.get(k).copied().unwrap_or(0);
+    let (proposals, committed, unknown, elections) =
+        (total("proposals"), total("committed"), total("unknown"), total("elections"));
+    let bar = &sweep.bar;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     // Failover on its own: a calm ensemble, a steady client, the leader killed.
