@@ -30,9 +30,13 @@ struct Part {
 pub struct FakeBackend {
     pub me: NodeId,
     topics: Mutex<BTreeMap<String, Vec<Part>>>,
+    /// Each topic's incarnation (a counter of creations).
+    incarnations: Mutex<HashMap<String, u64>>,
     offsets: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
     groups: Coordinator,
     clock: AtomicU64,
+    /// Topics created so far.
+    created: AtomicU64,
 }
 
 impl Default for FakeBackend {
@@ -46,9 +50,11 @@ impl FakeBackend {
         FakeBackend {
             me: NodeId(0x0000_0042_0000_0000_0000_0000_0000_0001),
             topics: Mutex::new(BTreeMap::new()),
+            incarnations: Mutex::new(HashMap::new()),
             offsets: Mutex::new(HashMap::new()),
             groups: Coordinator::new(1),
             clock: AtomicU64::new(0),
+            created: AtomicU64::new(0),
         }
     }
 
@@ -88,6 +94,8 @@ impl FakeBackend {
                 Err(TopicError::Invalid("1 to 64 partitions, replication 1".into()))
             } else {
                 topics.insert(c.name.clone(), (0..c.partitions).map(|_| Part::default()).collect());
+                let created = self.created.fetch_add(1, Ordering::Relaxed) + 1;
+                lock(&self.incarnations).insert(c.name.clone(), created);
                 Ok(self.info(&c.name, c.partitions as usize))
             }),
             TopicRequest::List => TopicList::respond(Ok(topics.keys().cloned().collect())),
@@ -96,7 +104,10 @@ impl FakeBackend {
                 None => Err(TopicError::NoTopic(d.name)),
             }),
             TopicRequest::Delete(d) => TopicDelete::respond(match topics.remove(&d.name) {
-                Some(_) => Ok(()),
+                Some(_) => {
+                    lock(&self.incarnations).remove(&d.name);
+                    Ok(())
+                }
                 None => Err(TopicError::NoTopic(d.name)),
             }),
             TopicRequest::Alter(a) => TopicAlter::respond(match topics.get(&a.name) {
@@ -210,6 +221,11 @@ impl Backend for FakeBackend {
         self.clock.load(Ordering::Relaxed)
     }
 
+    fn topic_incarnation(&self, topic: &str) -> BoxFuture<'static, Result<Option<u64>, String>> {
+        let found = lock(&self.incarnations).get(topic).copied();
+        Box::pin(async move { Ok(found) })
+    }
+
     fn offset_put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'static, Result<(), String>> {
         self.offsets.lock().unwrap_or_else(|e| e.into_inner()).insert(key, value);
         Box::pin(async { Ok(()) })
@@ -219,4 +235,8 @@ impl Backend for FakeBackend {
         let v = self.offsets.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         Box::pin(async move { Ok(v) })
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -4,11 +4,14 @@
 //! other node answers `NOT_COORDINATOR`, and the client asks FindCoordinator again.
 //!
 //! Committed offsets are stored in the key-value store at quorum under the same key as the
-//! native groups' ([`starling_wire::topic::offset_key`]), so a group's progress is one whether
+//! native groups' ([`starling_wire::topic::offset_key`], which names the topic's incarnation: a
+//! topic deleted and created again starts with none), so a group's progress is one whether
 //! Kafka consumers or `starling topic consume --group` made it. Membership is not shared: a
 //! group is used either by Kafka consumers or by native ones at a time (each kind has its own
 //! coordinator state; running both at once under one name would let each read the partitions
 //! the other holds).
+
+use std::collections::HashMap;
 
 use futures_util::future::join_all;
 use kafka_protocol::error::ResponseError;
@@ -44,6 +47,18 @@ pub const SESSION_MAX_MS: i32 = 1_800_000;
 
 /// The longest group id taken (Kafka takes any non-empty string).
 pub const MAX_GROUP_ID: usize = 255;
+
+/// The incarnation of each topic named (see [`Backend::topic_incarnation`]), looked up once.
+async fn incarnations<B: Backend + ?Sized>(
+    b: &B,
+    names: impl Iterator<Item = String>,
+) -> HashMap<String, Result<Option<u64>, String>> {
+    let mut names: Vec<String> = names.collect();
+    names.sort();
+    names.dedup();
+    let found = join_all(names.iter().map(|n| b.topic_incarnation(n))).await;
+    names.into_iter().zip(found).collect()
+}
 
 fn valid_group(group: &str) -> bool {
     !group.is_empty() && group.len() <= MAX_GROUP_ID
@@ -274,6 +289,12 @@ pub(crate) async fn offset_commit<B: Backend + ?Sized>(
             })
         }
     };
+    let found = if verdict == 0 {
+        incarnations(b, r.topics.iter().map(|t| t.name.0.to_string())).await
+    } else {
+        HashMap::new()
+    };
+    let found = &found;
     let mut jobs = Vec::new();
     for t in r.topics {
         let name = t.name.0.to_string();
@@ -284,16 +305,21 @@ pub(crate) async fn offset_commit<B: Backend + ?Sized>(
                 out.partition_index = p.partition_index;
                 out.error_code = verdict;
                 if verdict == 0 {
-                    out.error_code = match u32::try_from(p.partition_index) {
-                        Err(_) => ResponseError::UnknownTopicOrPartition.code(),
-                        Ok(part) => {
+                    let incarnation = found.get(&name).cloned().unwrap_or(Ok(None));
+                    out.error_code = match (u32::try_from(p.partition_index), incarnation) {
+                        (Err(_), _) | (_, Ok(None)) => {
+                            ResponseError::UnknownTopicOrPartition.code()
+                        }
+                        // The metadata service did not answer: retriable.
+                        (_, Err(_)) => ResponseError::CoordinatorNotAvailable.code(),
+                        (Ok(part), Ok(Some(inc))) => {
                             let value = CommittedOffset {
                                 offset: p.committed_offset,
                                 leader_epoch: p.committed_leader_epoch,
                                 metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
                             };
                             match b
-                                .offset_put(offset_key(&group, &name, part), value.encode())
+                                .offset_put(offset_key(&group, &name, inc, part), value.encode())
                                 .await
                             {
                                 Ok(()) => 0,
@@ -357,7 +383,8 @@ pub(crate) async fn offset_fetch<B: Backend + ?Sized>(
             (v, true)
         }
     };
-    let group = &group;
+    let found = incarnations(b, asked.iter().map(|(n, _)| n.clone())).await;
+    let (group, found) = (&group, &found);
     let fetched = join_all(asked.into_iter().map(|(name, p)| async move {
         let mut out = OffsetFetchResponsePartition::default();
         out.partition_index = p;
@@ -368,7 +395,17 @@ pub(crate) async fn offset_fetch<B: Backend + ?Sized>(
             out.error_code = ResponseError::UnknownTopicOrPartition.code();
             return (name, Some(out));
         };
-        match b.offset_get(offset_key(group, &name, part)).await {
+        let inc = match found.get(&name).cloned().unwrap_or(Ok(None)) {
+            Ok(Some(inc)) => inc,
+            // No such topic: nothing committed.
+            Ok(None) if all => return (name, None),
+            Ok(None) => return (name, Some(out)),
+            Err(_) => {
+                out.error_code = ResponseError::CoordinatorNotAvailable.code();
+                return (name, Some(out));
+            }
+        };
+        match b.offset_get(offset_key(group, &name, inc, part)).await {
             Ok(Some(v)) => match CommittedOffset::decode(&v) {
                 Some(c) => {
                     out.committed_offset = c.offset;

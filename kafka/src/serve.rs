@@ -97,6 +97,9 @@ pub trait Backend: Send + Sync {
     fn groups(&self) -> &crate::group::Coordinator;
     /// Milliseconds of a monotonic clock (for group sessions).
     fn now_ms(&self) -> u64;
+    /// A topic's incarnation (the zxid that created it; `None`: no such topic), for
+    /// [`starling_wire::topic::offset_key`]; `Err` when the metadata service did not answer.
+    fn topic_incarnation(&self, topic: &str) -> BoxFuture<'static, Result<Option<u64>, String>>;
     /// Stores a committed offset (at quorum in the key-value store).
     fn offset_put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'static, Result<(), String>>;
     /// Reads a committed offset.
@@ -202,6 +205,7 @@ pub fn error_kind(e: &TopicError) -> ResponseError {
         TopicError::Storage(_) => ResponseError::KafkaStorageError,
         TopicError::Fenced(_) => ResponseError::IllegalGeneration,
         TopicError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
+        TopicError::UnknownProducer(_) => ResponseError::UnknownProducerId,
         TopicError::ProducerFenced(_) => ResponseError::InvalidProducerEpoch,
     }
 }

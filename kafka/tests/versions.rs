@@ -30,7 +30,7 @@ use starling_kafka::group::JoinArgs;
 use starling_kafka::serve::{answer, Backend};
 use starling_kafka::versions::SERVED;
 use starling_mq::batch::{encode_batch, NewRecord};
-use starling_wire::topic::{TopicCreate, TopicProduce};
+use starling_wire::topic::{TopicCreate, TopicDelete, TopicProduce};
 use starling_wire::{Call, Request as WireRequest};
 
 fn s(v: &str) -> StrBytes {
@@ -418,4 +418,40 @@ fn offset_for_leader_epoch_answers_where_an_epoch_ends_and_fences_stale_leader_e
             (ResponseError::UnknownLeaderEpoch.code(), -1, -1)
         ]
     );
+}
+
+#[test]
+fn a_topic_deleted_and_created_again_starts_with_no_committed_offsets() {
+    let (b, member, generation) = backend();
+    let serve = |api: ApiKey, version: i16, req: RequestKind| {
+        let h = Header { api_key: api, version, correlation_id: 1, client_id: None };
+        answer(&b, &h, "", req).now_or_never().expect("at once").expect("served").expect("answer")
+    };
+    let committed = || {
+        let ResponseKind::OffsetFetch(f) =
+            serve(ApiKey::OffsetFetch, 6, request(ApiKey::OffsetFetch, 6, &member, generation))
+        else {
+            panic!("not an OffsetFetch answer")
+        };
+        f.topics[0].partitions[0].committed_offset
+    };
+    serve(ApiKey::OffsetCommit, 5, request(ApiKey::OffsetCommit, 5, &member, generation));
+    assert_eq!(committed(), 1, "the commit is read back");
+    let call = |r: WireRequest| b.call(r).now_or_never().expect("the fake answers at once");
+    let deleted = call(TopicDelete { name: "t".into() }.into_request());
+    assert!(TopicDelete::answer(deleted).expect("answer").is_ok());
+    // Committing to a topic that does not exist: UNKNOWN_TOPIC_OR_PARTITION, as Kafka.
+    let ResponseKind::OffsetCommit(c) =
+        serve(ApiKey::OffsetCommit, 5, request(ApiKey::OffsetCommit, 5, &member, generation))
+    else {
+        panic!("not an OffsetCommit answer")
+    };
+    assert_eq!(c.topics[0].partitions[0].error_code, ResponseError::UnknownTopicOrPartition.code());
+    assert_eq!(committed(), -1, "no offsets for a topic that does not exist");
+    let created = call(
+        TopicCreate { name: "t".into(), partitions: 2, replication: 1, min_insync: 0 }
+            .into_request(),
+    );
+    assert!(TopicCreate::answer(created).expect("answer").is_ok());
+    assert_eq!(committed(), -1, "the new topic of the same name starts with no commits");
 }

@@ -66,6 +66,14 @@ pub enum SequenceError {
         /// The batch's.
         got: i32,
     },
+    /// The partition has no state for this producer id (never seen here, or its batches were
+    /// removed by retention) and the batch does not start a sequence: Kafka's
+    /// `UNKNOWN_PRODUCER_ID`, after which a producer bumps its epoch and starts again at 0.
+    #[error("unknown producer id: no state for it here (retention removed it, or it never wrote here); start again at sequence 0 (got {got})")]
+    UnknownProducer {
+        /// The batch's first sequence.
+        got: i32,
+    },
     /// The producer epoch is older than the one this partition has seen: that producer was
     /// replaced (fenced).
     #[error("producer epoch {got} is older than {current} (fenced)")]
@@ -132,7 +140,7 @@ impl Producers {
             return if first_seq == 0 {
                 Ok(Verdict::Append)
             } else {
-                Err(SequenceError::OutOfOrderSequence { expected: 0, got: first_seq })
+                Err(SequenceError::UnknownProducer { got: first_seq })
             };
         };
         let last = batches.back().expect("no producer is kept without a batch");
@@ -212,7 +220,11 @@ mod tests {
     fn sequences_continue_retries_are_duplicates_gaps_and_old_epochs_are_refused() {
         let mut p = Producers::new();
         assert_eq!(p.check(7, 0, 0, 2), Ok(Verdict::Append));
-        assert!(p.check(7, 0, 3, 5).is_err(), "an unknown producer starts at 0");
+        assert_eq!(
+            p.check(7, 0, 3, 5),
+            Err(SequenceError::UnknownProducer { got: 3 }),
+            "an unknown producer starts at 0"
+        );
         p.record(7, meta(0, 0, 3, 100));
         assert_eq!(p.check(7, 0, 3, 4), Ok(Verdict::Append));
         p.record(7, meta(0, 3, 2, 103));

@@ -243,6 +243,11 @@ impl Backend for KafkaBackend {
         self.started.elapsed().as_millis() as u64
     }
 
+    fn topic_incarnation(&self, topic: &str) -> BoxFuture<'static, Result<Option<u64>, String>> {
+        let (topics, topic) = (self.topics.clone(), topic.to_string());
+        Box::pin(async move { topics.incarnation(&topic).await.map_err(|e| e.to_string()) })
+    }
+
     fn offset_put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'static, Result<(), String>> {
         self.offsets.put(key, value)
     }

@@ -191,6 +191,9 @@ fn produce_error(e: ProduceError) -> TopicError {
         ProduceError::Sequence(e @ SequenceError::OutOfOrderSequence { .. }) => {
             TopicError::OutOfOrderSequence(e.to_string())
         }
+        ProduceError::Sequence(e @ SequenceError::UnknownProducer { .. }) => {
+            TopicError::UnknownProducer(e.to_string())
+        }
         ProduceError::Storage(m) => TopicError::Storage(m),
         e @ (ProduceError::NotEnoughReplicasAfterAppend
         | ProduceError::LeaderChanged
@@ -448,10 +451,13 @@ impl<T: Transport> Topics<T> {
                 if let Err(e) = groups.check_commit(&c.group, &c.member, &c.topic, &parts, now) {
                     return GroupCommit::respond(Err(e));
                 }
+                let incarnation = match self.topic_config_and_id(&c.topic).await {
+                    Ok((_, id)) => id,
+                    Err(e) => return GroupCommit::respond(Err(e)),
+                };
                 let puts = c.offsets.iter().map(|(p, off)| {
-                    self.inner
-                        .offsets
-                        .put(offset_key(&c.group, &c.topic, *p), off.to_be_bytes().to_vec())
+                    let key = offset_key(&c.group, &c.topic, incarnation, *p);
+                    self.inner.offsets.put(key, off.to_be_bytes().to_vec())
                 });
                 let failed = join_all(puts).await.into_iter().find_map(Result::err);
                 GroupCommit::respond(match failed {
@@ -460,12 +466,13 @@ impl<T: Transport> Topics<T> {
                 })
             }
             TopicRequest::GroupCommitted(c) => {
-                let cfg = match self.topic_config(&c.topic).await {
-                    Ok(cfg) => cfg,
+                let (cfg, incarnation) = match self.topic_config_and_id(&c.topic).await {
+                    Ok(found) => found,
                     Err(e) => return GroupCommitted::respond(Err(e)),
                 };
-                let gets = (0..cfg.partitions)
-                    .map(|p| self.inner.offsets.get(offset_key(&c.group, &c.topic, p)));
+                let gets = (0..cfg.partitions).map(|p| {
+                    self.inner.offsets.get(offset_key(&c.group, &c.topic, incarnation, p))
+                });
                 let mut out = Vec::new();
                 for (p, r) in join_all(gets).await.into_iter().enumerate() {
                     match r {
@@ -607,6 +614,15 @@ impl<T: Transport> Topics<T> {
 
     async fn topic_config(&self, name: &str) -> Result<TopicConfig, TopicError> {
         Ok(self.topic_config_and_id(name).await?.0)
+    }
+
+    /// A topic's incarnation (the zxid that created it), `None` for no such topic.
+    pub async fn incarnation(&self, name: &str) -> Result<Option<u64>, TopicError> {
+        match self.topic_config_and_id(name).await {
+            Ok((_, id)) => Ok(Some(id)),
+            Err(TopicError::NoTopic(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// A topic's settings and incarnation (the zxid that created it).

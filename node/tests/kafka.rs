@@ -25,7 +25,7 @@ use kafka_protocol::messages::{
     ProduceRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use starling_mq::batch::{encode_batch, NewRecord};
+use starling_mq::batch::{encode_batch, NewRecord, ProducerStamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -403,7 +403,6 @@ async fn kafka_clients_get_the_answers_they_act_on_and_bad_frames_close_only_the
     let big = "z".repeat(1_200_000);
     let (err, _) = produce(&mut at_leader, "orders", 0, -1, batch(&[big.as_str()])).await;
     assert_eq!(err, 10, "MESSAGE_TOO_LARGE");
-
     // Fetch and ListOffsets read it back at the leader.
     let mut f = FetchRequest::default();
     f.max_wait_ms = 100;
@@ -444,6 +443,26 @@ async fn kafka_clients_get_the_answers_they_act_on_and_bad_frames_close_only_the
     let latest = at_leader.call(6, &list(-1)).await;
     assert_eq!(earliest.topics[0].partitions[0].offset, 0);
     assert_eq!(latest.topics[0].partitions[0].offset, 2);
+
+    // An idempotent batch continuing a sequence this partition never saw: UNKNOWN_PRODUCER_ID
+    // (the producer starts again at 0); at sequence 0 it is written, then a gap is
+    // OUT_OF_ORDER_SEQUENCE_NUMBER.
+    let stamped = |seq: i32| {
+        let r = NewRecord {
+            key: None,
+            value: Some(b"i".to_vec()),
+            headers: Vec::new(),
+            timestamp_ms: 1_800_000_000_000,
+        };
+        let stamp = ProducerStamp { id: 4242, epoch: 0, base_sequence: seq };
+        Bytes::from(encode_batch(&[r], Some(stamp)).expect("batch"))
+    };
+    let (err, _) = produce(&mut at_leader, "orders", 0, -1, stamped(5)).await;
+    assert_eq!(err, 59, "UNKNOWN_PRODUCER_ID");
+    let (err, base) = produce(&mut at_leader, "orders", 0, -1, stamped(0)).await;
+    assert_eq!((err, base), (0, 2));
+    let (err, _) = produce(&mut at_leader, "orders", 0, -1, stamped(7)).await;
+    assert_eq!(err, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
 
     // Pipelining: ten requests sent before any answer is read come back in order.
     let mut p = Conn::open(e.kafka[2], &e.certs).await;

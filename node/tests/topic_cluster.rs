@@ -362,4 +362,25 @@ async fn a_group_reads_each_record_once_across_rebalances() {
         assert!(read.contains_key(v), "{v} was never read");
     }
     println!("read {} records once each, over {round} rounds", read.len());
+
+    // The group's commits belong to this topic: deleted and created again under the same name,
+    // it starts with none (the offsets are keyed by the topic's incarnation, as in Kafka).
+    let before = c.committed_offsets("readers", GROUP_TOPIC).await.expect("call").expect("read");
+    assert!(before.iter().any(|(_, o)| o.is_some()), "the group committed: {before:?}");
+    for m in members.into_iter().flatten() {
+        m.leave().await.expect("call").expect("leave");
+    }
+    c.delete_topic(GROUP_TOPIC).await.expect("call").expect("delete");
+    let start = Instant::now();
+    loop {
+        match c.create_topic(GROUP_TOPIC, PARTS, 3, 2).await {
+            Ok(Ok(_)) => break,
+            other => {
+                assert!(start.elapsed() < PATIENCE, "cannot create again: {other:?}\n{}", e.logs());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let after = c.committed_offsets("readers", GROUP_TOPIC).await.expect("call").expect("read");
+    assert!(after.iter().all(|(_, o)| o.is_none()), "the new topic has old commits: {after:?}");
 }

@@ -16,9 +16,11 @@ use crate::message::{Call, ClientRequest, PeerRequest, Request, Response};
 use crate::NodeId;
 
 /// The key-value key of a group's committed offset for one partition (native groups and Kafka
-/// consumer groups of the same name share it).
-pub fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
-    format!("__starling/groups/{group}/{topic}/{partition}").into_bytes()
+/// consumer groups of the same name share it). `incarnation` tells topics of one name apart (the
+/// metadata service's zxid that created the topic): a topic deleted and created again starts
+/// with no committed offsets, as in Kafka.
+pub fn offset_key(group: &str, topic: &str, incarnation: u64, partition: u32) -> Vec<u8> {
+    format!("__starling/groups/{group}/{topic}/{incarnation:016x}/{partition}").into_bytes()
 }
 
 /// A committed offset as stored under [`offset_key`]: the offset (8 bytes, big-endian), then,
@@ -393,6 +395,11 @@ pub enum TopicError {
     /// has seen (that producer was replaced; nothing written). Kafka's `INVALID_PRODUCER_EPOCH`.
     #[error("{0}")]
     ProducerFenced(String),
+    /// An idempotent producer's batch continues a sequence the partition has no state for
+    /// (retention removed it, or the producer never wrote here; nothing written): start again at
+    /// sequence 0 with a new epoch. Kafka's `UNKNOWN_PRODUCER_ID`.
+    #[error("{0}")]
+    UnknownProducer(String),
 }
 
 impl TopicError {
