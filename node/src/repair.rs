@@ -144,6 +144,11 @@ impl<S: Storage> Replica for StoreReplica<S> {
 
     fn apply(&self, records: &[Record]) -> Result<(), String> {
         self.storage.apply(records).map_err(|e| e.to_string())?;
+        // Durable before the session goes on: a pushed record is acknowledged to a sender that
+        // may then drop its copy (a leave, a removal, a cleanup), and a range is recorded as
+        // repaired (its tombstones then purgeable) once what it fetched is in. With `--sync
+        // periodic` a power loss would otherwise take the last interval's repaired records.
+        self.storage.sync_all().map_err(|e| e.to_string())?;
         if let Some(observe) = &self.observe {
             observe(records);
         }
@@ -938,6 +943,20 @@ mod tests {
         assert!(overlaps(r(u64::MAX - 5, 5), r(u64::MAX - 2, u64::MAX)));
         assert!(!overlaps(r(u64::MAX - 5, 5), r(5, 100)));
         assert!(overlaps(Range::FULL, r(7, 8)));
+    }
+
+    #[test]
+    fn records_repair_applies_are_made_durable_before_it_goes_on() {
+        let storage = Arc::new(crate::storage::mem::MemStorage::new());
+        let replica = StoreReplica { storage: storage.clone(), observe: None };
+        let record = Record {
+            key: b"k".to_vec(),
+            version: starling_wire::Version { ts: 7, node: NodeId(1) },
+            value: Some(b"v".to_vec()),
+        };
+        replica.apply(std::slice::from_ref(&record)).expect("apply");
+        assert_eq!(storage.syncs(), 1, "a pushed or fetched record is acknowledged unsynced");
+        assert_eq!(storage.get(b"k").expect("get"), Some(record));
     }
 
     #[test]

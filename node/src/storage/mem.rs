@@ -26,6 +26,8 @@ struct Inner {
 pub struct MemStorage {
     inner: Mutex<Inner>,
     segments: std::sync::Arc<starling_merkle::Segments>,
+    /// [`Storage::sync_all`] calls (nothing to sync in memory; tests check who asks).
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl MemStorage {
@@ -44,6 +46,11 @@ impl MemStorage {
             }
             None => false,
         }
+    }
+
+    /// How many times [`Storage::sync_all`] was called.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -199,5 +206,10 @@ impl Storage for MemStorage {
 
     fn approximate_keys(&self) -> u64 {
         self.lock().data.len() as u64
+    }
+
+    fn sync_all(&self) -> Result<(), StorageError> {
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
