@@ -495,6 +495,17 @@ impl Consumer {
         self.away_until = Some(until);
     }
 
+    /// Its group coordinator is now `to` (FindCoordinator answered another node): it sends its
+    /// next join there, with the member id it has (which `to` does not know).
+    pub fn redirect(&mut self, now: Instant, to: SocketAddr) {
+        if to != self.coordinator {
+            self.coordinator = to;
+            if self.away_until.is_none() {
+                self.rejoin(now, false);
+            }
+        }
+    }
+
     /// Comes back early from a leave.
     pub fn come_back(&mut self, now: Instant) {
         if self.away_until.take().is_some() {
@@ -767,7 +778,9 @@ pub struct GroupSim {
 }
 
 impl GroupSim {
-    pub fn new(seed: u64, consumers: usize, partitions: u32) -> GroupSim {
+    /// `split`: a second coordinator (the last slot) that consumers can be sent to, as when two
+    /// nodes' ring views disagree on who coordinates the group.
+    pub fn new(seed: u64, consumers: usize, partitions: u32, split: bool) -> GroupSim {
         let mut sim = Sim::new(seed, NetConfig::default());
         let shared: Shared = Rc::default();
         for p in 0..partitions {
@@ -790,7 +803,25 @@ impl GroupSim {
                 )))
             });
         }
+        if split {
+            let s = shared.clone();
+            sim.add(|_| {
+                Node::Coordinator(Box::new(Coordinator::new((seed << 8) | 0x80, start, start, s)))
+            });
+        }
         GroupSim { sim, shared, consumers, partitions, instances: 1, restarts: 0 }
+    }
+
+    /// Sends consumers `which` to coordinator `to` (a slot).
+    pub fn redirect(&mut self, which: &[usize], to: usize) {
+        let addr = self.sim.addr(to);
+        for &i in which {
+            self.sim.with_node(i, |n, now| {
+                if let Node::Consumer(c) = n {
+                    c.redirect(now, addr);
+                }
+            });
+        }
     }
 
     /// Kills the coordinator: its groups (in memory) are lost, committed offsets stay.
@@ -826,10 +857,19 @@ impl GroupSim {
 /// One seed: `secs` simulated seconds of records arriving and faults, then everything healed
 /// and restarted, a quiet period, and the checks.
 pub fn group_run(seed: u64, secs: u64) -> GroupReport {
+    group_run_with(seed, secs, false)
+}
+
+/// [`group_run`], and with `split` also periods in which some consumers are sent to a second
+/// coordinator (two nodes' ring views disagree on who coordinates the group). Starling does not
+/// fence that case: the checker is expected to find records committed twice (re-delivered).
+pub fn group_run_with(seed: u64, secs: u64, split: bool) -> GroupReport {
     let mut rng = Sim::<Node>::new(seed, NetConfig::default()).rng();
     let consumers = rng.gen_range(2..=4);
     let partitions = rng.gen_range(consumers as u32 - 1..=6);
-    let mut g = GroupSim::new(seed, consumers, partitions);
+    let mut g = GroupSim::new(seed, consumers, partitions, split);
+    let second = consumers + 1;
+    let mut merge_at: Option<Instant> = None;
     let mut rng = g.sim.rng();
     let mut report = GroupReport { seed, ..GroupReport::default() };
     let end = g.sim.now() + Duration::from_secs(secs);
@@ -838,6 +878,18 @@ pub fn group_run(seed: u64, secs: u64) -> GroupReport {
     let mut heal_at: Option<Instant> = None;
     while g.sim.now() < end {
         let now = g.sim.now();
+        if merge_at.is_some_and(|t| now >= t) {
+            let all: Vec<usize> = (1..=g.consumers).collect();
+            g.redirect(&all, 0);
+            merge_at = None;
+        }
+        if split && merge_at.is_none() && now >= next_fault && rng.gen_bool(0.3) {
+            next_fault = now + Duration::from_millis(rng.gen_range(500..3000));
+            let some: Vec<usize> = (1..=g.consumers).filter(|_| rng.gen_bool(0.5)).collect();
+            g.redirect(&some, second);
+            merge_at = Some(now + Duration::from_millis(rng.gen_range(1000..6000)));
+            *report.faults.entry("split-coordinators").or_default() += 1;
+        }
         if now >= next_fault {
             next_fault = now + Duration::from_millis(rng.gen_range(500..3000));
             let i = rng.gen_range(1..=g.consumers);
@@ -920,6 +972,10 @@ pub fn group_run(seed: u64, secs: u64) -> GroupReport {
         g.sim.run_until(t);
     }
     // Heal everything and let the group settle: every record must end up committed.
+    if split {
+        let all: Vec<usize> = (1..=g.consumers).collect();
+        g.redirect(&all, 0);
+    }
     g.sim.heal();
     g.sim.clog(0, Duration::ZERO);
     g.sim.net = NetConfig::default();

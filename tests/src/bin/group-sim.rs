@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use starling_tests::kgroup::group_run;
+use starling_tests::kgroup::group_run_with;
 use starling_tests::sweep::{self, Sweep};
 
 #[derive(Parser, Debug)]
@@ -30,6 +30,11 @@ struct Args {
     /// Simulated seconds of faults and traffic per seed.
     #[arg(long, default_value_t = 30)]
     secs: u64,
+    /// Also send some consumers to a second coordinator for a while, as when two nodes' ring
+    /// views disagree on who coordinates the group: a case Starling does not fence yet, so this
+    /// shows the re-deliveries it causes (violations expected).
+    #[arg(long)]
+    split: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -44,7 +49,7 @@ fn main() {
     let mut sweep = Sweep::new(seeds.len(), a.quiet || a.json);
     let started = Instant::now();
     for &seed in &seeds {
-        let r = group_run(seed, a.secs);
+        let r = group_run_with(seed, a.secs, a.split);
         let figures = [
             ("records", r.records),
             ("reads", r.reads),
