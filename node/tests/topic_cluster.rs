@@ -64,6 +64,25 @@ impl Ensemble {
         Ensemble { _dir: dir, certs, nodes, listens }
     }
 
+    /// Creates a topic (RF 3, min in-sync 2), retrying while the cluster settles; a retry that
+    /// finds the topic made by an earlier attempt counts.
+    async fn create_topic(&self, c: &Client, name: &str, partitions: u32) {
+        let start = Instant::now();
+        loop {
+            match c.create_topic(name, partitions, 3, 2).await {
+                Ok(Ok(_)) | Ok(Err(TopicError::Exists(_))) => return,
+                other => {
+                    assert!(
+                        start.elapsed() < PATIENCE,
+                        "cannot create {name}: {other:?}\n{}",
+                        self.logs()
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
     fn logs(&self) -> String {
         self.nodes
             .iter()
@@ -140,16 +159,7 @@ async fn read_all(c: &Client, p: u32) -> BTreeMap<i64, String> {
 async fn acked_records_survive_leader_kills_and_a_restart() {
     let mut e = tokio::task::block_in_place(Ensemble::start);
     let admin = e.client(&[0, 1, 2]).await;
-    let start = Instant::now();
-    loop {
-        match admin.create_topic(TOPIC, PARTITIONS, 3, 2).await {
-            Ok(Ok(_)) | Ok(Err(TopicError::Exists(_))) => break,
-            other => {
-                assert!(start.elapsed() < PATIENCE, "cannot create: {other:?}\n{}", e.logs());
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    e.create_topic(&admin, TOPIC, PARTITIONS).await;
     let t = wait_topic(&e, &admin, "every partition led", |t| {
         t.partition_info.iter().all(|p| p.leader.is_some() && p.isr.len() == 3)
     })
@@ -278,16 +288,7 @@ async fn a_group_reads_each_record_once_across_rebalances() {
     const PARTS: u32 = 4;
     let e = tokio::task::block_in_place(Ensemble::start);
     let c = e.client(&[0, 1, 2]).await;
-    let start = Instant::now();
-    loop {
-        match c.create_topic(GROUP_TOPIC, PARTS, 3, 2).await {
-            Ok(Ok(_)) => break,
-            other => {
-                assert!(start.elapsed() < PATIENCE, "cannot create: {other:?}\n{}", e.logs());
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    e.create_topic(&c, GROUP_TOPIC, PARTS).await;
     let mut produced: Vec<String> = Vec::new();
     let produce = |c: Client, from: usize, to: usize| async move {
         let mut out = Vec::new();
@@ -371,16 +372,7 @@ async fn a_group_reads_each_record_once_across_rebalances() {
         m.leave().await.expect("call").expect("leave");
     }
     c.delete_topic(GROUP_TOPIC).await.expect("call").expect("delete");
-    let start = Instant::now();
-    loop {
-        match c.create_topic(GROUP_TOPIC, PARTS, 3, 2).await {
-            Ok(Ok(_)) => break,
-            other => {
-                assert!(start.elapsed() < PATIENCE, "cannot create again: {other:?}\n{}", e.logs());
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    e.create_topic(&c, GROUP_TOPIC, PARTS).await;
     let after = c.committed_offsets("readers", GROUP_TOPIC).await.expect("call").expect("read");
     assert!(after.iter().all(|(_, o)| o.is_none()), "the new topic has old commits: {after:?}");
 }

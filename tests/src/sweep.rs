@@ -2,15 +2,51 @@
 //! progress bar, and the tally of figures, faults and seeds with violations.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// `--seed N` alone, else `count` seeds from `start`.
-pub fn seeds(one: Option<u64>, start: u64, count: u64) -> Vec<u64> {
-    match one {
-        Some(s) => vec![s],
-        None => (start..start + count).collect(),
+/// The flags every sweep takes (`#[command(flatten)]` them into a binary's own).
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    /// Seeds to run.
+    #[arg(long, default_value_t = 500)]
+    pub seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    pub start: u64,
+    /// Run this one seed only.
+    #[arg(long, env = "SEED")]
+    pub seed: Option<u64>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl SweepArgs {
+    /// `--seed N` alone, else `--seeds` seeds from `--start`.
+    pub fn seeds(&self) -> Vec<u64> {
+        match self.seed {
+            Some(s) => vec![s],
+            None => (self.start..self.start + self.seeds).collect(),
+        }
     }
+
+    /// The tally, with a progress bar unless `--quiet` or `--json`.
+    pub fn sweep(&self, seeds: usize) -> Sweep {
+        Sweep::new(seeds, self.quiet || self.json)
+    }
+}
+
+/// The `p` quantile of sorted durations (zero when there are none).
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// The tally of a sweep, with its progress bar (hidden when `quiet` or for a single seed).

@@ -13,20 +13,13 @@ use std::time::Instant;
 
 use clap::Parser;
 use starling_tests::kgroup::group_run_with;
-use starling_tests::sweep::{self, Sweep};
+use starling_tests::sweep::SweepArgs;
 
 #[derive(Parser, Debug)]
 #[command(about = "Consumer-group simulation sweep with a checker")]
 struct Args {
-    /// Seeds to run.
-    #[arg(long, default_value_t = 500)]
-    seeds: u64,
-    /// First seed.
-    #[arg(long, default_value_t = 0)]
-    start: u64,
-    /// Run this one seed only.
-    #[arg(long, env = "SEED")]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sweep: SweepArgs,
     /// Simulated seconds of faults and traffic per seed.
     #[arg(long, default_value_t = 30)]
     secs: u64,
@@ -35,18 +28,12 @@ struct Args {
     /// shows the re-deliveries it causes (violations expected).
     #[arg(long)]
     split: bool,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
 }
 
 fn main() {
     let a = Args::parse();
-    let seeds = sweep::seeds(a.seed, a.start, a.seeds);
-    let mut sweep = Sweep::new(seeds.len(), a.quiet || a.json);
+    let seeds = a.sweep.seeds();
+    let mut sweep = a.sweep.sweep(seeds.len());
     let started = Instant::now();
     for &seed in &seeds {
         let r = group_run_with(seed, a.secs, a.split);
@@ -64,7 +51,7 @@ fn main() {
     sweep.bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let violations = sweep.violations();
-    if a.json {
+    if a.sweep.json {
         let v = serde_json::json!({
             "seeds": seeds.len(), "secs": secs, "seeds_per_min": seeds.len() as f64 / secs * 60.0,
             "totals": sweep.totals, "faults": sweep.faults, "violations": violations,

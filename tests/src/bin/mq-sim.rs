@@ -16,45 +16,25 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use starling_tests::mq::{failover_run, random_run};
-use starling_tests::sweep::{self, Sweep};
+use starling_tests::sweep::{pct, SweepArgs};
 
 #[derive(Parser, Debug)]
 #[command(about = "Topic partition replication simulation sweep with a history checker")]
 struct Args {
-    /// Seeds to run.
-    #[arg(long, default_value_t = 500)]
-    seeds: u64,
-    /// First seed.
-    #[arg(long, default_value_t = 0)]
-    start: u64,
-    /// Run this one seed only.
-    #[arg(long, env = "SEED")]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sweep: SweepArgs,
     /// Simulated seconds of faults and traffic per seed.
     #[arg(long, default_value_t = 20)]
     secs: u64,
     /// Crashes are power losses (only flushed data survives; replicas fsync before acking).
     #[arg(long)]
     power_loss: bool,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn main() {
     let a = Args::parse();
-    let seeds = sweep::seeds(a.seed, a.start, a.seeds);
-    let mut sweep = Sweep::new(seeds.len(), a.quiet || a.json);
+    let seeds = a.sweep.seeds();
+    let mut sweep = a.sweep.sweep(seeds.len());
     let started = Instant::now();
     for &seed in &seeds {
         let r = random_run(seed, a.secs, a.power_loss);
@@ -85,7 +65,7 @@ fn main() {
     clean.sort();
     let cl = |p| pct(&clean, p).as_millis();
     let violations = sweep.violations();
-    if a.json {
+    if a.sweep.json {
         let v = serde_json::json!({
             "seeds": seeds.len(), "secs": secs, "seeds_per_min": seeds.len() as f64 / secs * 60.0,
             "power_loss": a.power_loss, "totals": totals, "faults": faults,

@@ -12,46 +12,26 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use starling_tests::sweep::{self, Sweep};
+use starling_tests::sweep::{pct, SweepArgs};
 use starling_tests::zab::{failover_run, random_run};
 
 #[derive(Parser, Debug)]
 #[command(about = "ZAB simulation sweep with an invariant checker")]
 struct Args {
-    /// Seeds to run.
-    #[arg(long, default_value_t = 500)]
-    seeds: u64,
-    /// First seed.
-    #[arg(long, default_value_t = 0)]
-    start: u64,
-    /// Run this one seed only.
-    #[arg(long, env = "SEED")]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sweep: SweepArgs,
     /// Voters (one observer is added).
     #[arg(long, default_value_t = 3)]
     voters: usize,
     /// Simulated seconds of faults and proposals per seed.
     #[arg(long, default_value_t = 15)]
     secs: u64,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn main() {
     let a = Args::parse();
-    let seeds = sweep::seeds(a.seed, a.start, a.seeds);
-    let mut sweep = Sweep::new(seeds.len(), a.quiet || a.json);
+    let seeds = a.sweep.seeds();
+    let mut sweep = a.sweep.sweep(seeds.len());
     let started = Instant::now();
     let mut failovers: Vec<Duration> = Vec::new();
     for &seed in &seeds {
@@ -85,7 +65,7 @@ fn main() {
     let cl = |p| pct(&clean, p).as_millis();
     failovers.sort();
     let fo = |p| pct(&failovers, p).as_millis();
-    if a.json {
+    if a.sweep.json {
         let v = serde_json::json!({
             "seeds": seeds.len(), "secs": secs, "seeds_per_min": seeds.len() as f64 / secs * 60.0,
             "voters": a.voters, "proposals": proposals, "committed": committed, "unknown": unknown,
