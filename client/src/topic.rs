@@ -237,6 +237,8 @@ pub struct GroupConsumer {
     /// Partition -> next offset to read.
     positions: BTreeMap<u32, i64>,
     generation: u64,
+    /// The incarnation of the coordinator's group state this member last heard from (0: none).
+    incarnation: u64,
     last_heartbeat: Option<tokio::time::Instant>,
     next_heartbeat: tokio::time::Instant,
     /// Heartbeats sent.
@@ -266,6 +268,7 @@ impl GroupConsumer {
             start,
             positions: BTreeMap::new(),
             generation: 0,
+            incarnation: 0,
             last_heartbeat: None,
             next_heartbeat: tokio::time::Instant::now(),
             seq: 0,
@@ -336,6 +339,14 @@ impl GroupConsumer {
         };
         self.last_heartbeat = Some(now);
         self.generation = answer.generation;
+        if answer.incarnation != self.incarnation {
+            // Another coordinator took the group up: other members may have committed past
+            // where this one got to, so every partition starts again from the committed offset.
+            if self.incarnation != 0 {
+                self.positions.clear();
+            }
+            self.incarnation = answer.incarnation;
+        }
         let keep: std::collections::BTreeSet<u32> = answer.partitions.iter().copied().collect();
         let revoked: Vec<(u32, i64)> = self
             .positions
@@ -457,7 +468,14 @@ impl GroupConsumer {
             topic: self.topic.clone(),
             offsets: self.positions.iter().map(|(p, o)| (*p, *o)).collect(),
         };
-        self.client.call(commit).await
+        let r = self.client.call(commit).await?;
+        if let Err(TopicError::Fenced(_)) = &r {
+            // Not this member's partitions any more (it was expelled, they moved, or another
+            // coordinator took the group up): stop reading them; the next heartbeat rejoins.
+            self.positions.clear();
+            self.next_heartbeat = tokio::time::Instant::now();
+        }
+        Ok(r)
     }
 
     /// Commits, then leaves the group (its partitions go to the other members at once).

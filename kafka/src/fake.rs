@@ -15,8 +15,12 @@ use starling_wire::topic::{
 };
 use starling_wire::{Call, ClientRequest, ErrorCode, Request, Response};
 
+use starling_mq::fence::{
+    Claimant, Committed, FenceError, Held, Job, MemRecords, OffsetKey, Outcome,
+};
+
 use crate::group::Coordinator;
-use crate::serve::{Backend, Broker};
+use crate::serve::{Backend, Broker, CommitCheck};
 
 /// One partition: its batches, each with the offset it starts at and its record count.
 #[derive(Debug, Default)]
@@ -32,7 +36,8 @@ pub struct FakeBackend {
     topics: Mutex<BTreeMap<String, Vec<Part>>>,
     /// Each topic's incarnation (a counter of creations).
     incarnations: Mutex<HashMap<String, u64>>,
-    offsets: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+    /// The groups' records (the metadata service), and this node's claims on them.
+    offsets: Mutex<(MemRecords, HashMap<String, Option<Held>>)>,
     groups: Coordinator,
     clock: AtomicU64,
     /// Topics created so far.
@@ -51,7 +56,7 @@ impl FakeBackend {
             me: NodeId(0x0000_0042_0000_0000_0000_0000_0000_0001),
             topics: Mutex::new(BTreeMap::new()),
             incarnations: Mutex::new(HashMap::new()),
-            offsets: Mutex::new(HashMap::new()),
+            offsets: Mutex::new((MemRecords::default(), HashMap::new())),
             groups: Coordinator::new(1),
             clock: AtomicU64::new(0),
             created: AtomicU64::new(0),
@@ -226,14 +231,49 @@ impl Backend for FakeBackend {
         Box::pin(async move { Ok(found) })
     }
 
-    fn offset_put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'static, Result<(), String>> {
-        self.offsets.lock().unwrap_or_else(|e| e.into_inner()).insert(key, value);
-        Box::pin(async { Ok(()) })
+    fn offsets_fetch(
+        &self,
+        group: &str,
+        keys: Vec<OffsetKey>,
+    ) -> BoxFuture<'static, Result<Vec<Option<Committed>>, FenceError>> {
+        let r = self.run(group, Job::fetch(group, Self::ME, keys)).map(|o| match o {
+            Outcome::Fetched(v) => v,
+            Outcome::Committed => Vec::new(),
+        });
+        Box::pin(async move { r })
     }
 
-    fn offset_get(&self, key: Vec<u8>) -> BoxFuture<'static, Result<Option<Vec<u8>>, String>> {
-        let v = self.offsets.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
-        Box::pin(async move { Ok(v) })
+    fn offsets_commit(
+        &self,
+        group: &str,
+        commits: Vec<(OffsetKey, Committed)>,
+        check: CommitCheck,
+    ) -> BoxFuture<'static, Result<Result<(), FenceError>, i16>> {
+        let r = match check(&self.groups) {
+            0 => Ok(self.run(group, Job::commit(group, Self::ME, commits)).map(|_| ())),
+            refused => Err(refused),
+        };
+        Box::pin(async move { r })
+    }
+}
+
+impl FakeBackend {
+    /// This node as a claimant of groups.
+    const ME: Claimant = Claimant { node: 0x42, instance: 1 };
+
+    fn run(&self, group: &str, job: Job) -> Result<Outcome, FenceError> {
+        let mut o = lock(&self.offsets);
+        let (records, held) = &mut *o;
+        records.run(job, held.entry(group.to_string()).or_default())
+    }
+
+    /// Another node claims `group` (as when two ring views disagree): this one's next offsets
+    /// call for it is fenced.
+    pub fn claim_elsewhere(&self, group: &str) {
+        let other = Claimant { node: 0x43, instance: 2 };
+        let mut o = lock(&self.offsets);
+        let mut theirs = None;
+        let _ = o.0.run(Job::fetch(group, other, Vec::new()), &mut theirs);
     }
 }
 

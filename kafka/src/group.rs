@@ -409,16 +409,7 @@ impl Groups {
         let moved: Vec<String> =
             self.groups.keys().filter(|name| !coordinated(name)).cloned().collect();
         for name in moved {
-            if let Some(g) = self.groups.remove(&name) {
-                for (id, m) in g.members {
-                    if let Some(t) = m.join_waiter {
-                        out.push(Reply::Join(t, join_error(ResponseError::NotCoordinator, &id)));
-                    }
-                    if let Some(t) = m.sync_waiter {
-                        out.push(Reply::Sync(t, sync_error(ResponseError::NotCoordinator)));
-                    }
-                }
-            }
+            out.extend(self.forget(&name));
         }
         for g in self.groups.values_mut() {
             g.pending.retain(|_, until| *until > now);
@@ -448,6 +439,25 @@ impl Groups {
             }
         }
         self.groups.retain(|_, g| g.state != State::Empty || !g.pending.is_empty());
+        out
+    }
+
+    /// Drops a group this node no longer coordinates (the ring moved it, or another node's
+    /// claim on its offsets fenced this one): members waiting for a join or sync answer are
+    /// told `NOT_COORDINATOR`; the others learn it from their next call (an unknown member id)
+    /// and look the coordinator up again.
+    pub fn forget(&mut self, group: &str) -> Vec<Reply> {
+        let mut out = Vec::new();
+        if let Some(g) = self.groups.remove(group) {
+            for (id, m) in g.members {
+                if let Some(t) = m.join_waiter {
+                    out.push(Reply::Join(t, join_error(ResponseError::NotCoordinator, &id)));
+                }
+                if let Some(t) = m.sync_waiter {
+                    out.push(Reply::Sync(t, sync_error(ResponseError::NotCoordinator)));
+                }
+            }
+        }
         out
     }
 

@@ -3,10 +3,12 @@
 //! (the node the native groups use: the first live node of the ring for `group/<name>`). Any
 //! other node answers `NOT_COORDINATOR`, and the client asks FindCoordinator again.
 //!
-//! Committed offsets are stored in the key-value store at quorum under the same key as the
-//! native groups' ([`starling_wire::topic::offset_key`], which names the topic's incarnation: a
-//! topic deleted and created again starts with none), so a group's progress is one whether
-//! Kafka consumers or `starling topic consume --group` made it. Membership is not shared: a
+//! Committed offsets are kept in the group's record in the metadata service, as the native
+//! groups' are ([`starling_mq::fence`]: keyed by the topic's incarnation, so a topic deleted and
+//! created again starts with none), so a group's progress is one whether Kafka consumers or
+//! `starling topic consume --group` made it. Every commit and fetch is fenced by this node's
+//! claim on the group: if another node claimed it (two ring views disagreed), this one answers
+//! `NOT_COORDINATOR` and drops the group, and its members look the coordinator up again. Membership is not shared: a
 //! group is used either by Kafka consumers or by native ones at a time (each kind has its own
 //! coordinator state; running both at once under one name would let each read the partitions
 //! the other holds).
@@ -33,12 +35,14 @@ use kafka_protocol::messages::{
     ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
 };
-use starling_wire::topic::{offset_key, CommittedOffset, TopicDescribe, TopicList};
+use starling_mq::fence::{Committed, FenceError, OffsetKey};
+use starling_wire::topic::{TopicDescribe, TopicList};
 
 use crate::broker_id;
 use crate::codec::Header;
+use crate::group::Coordinator;
 use crate::group::JoinArgs;
-use crate::serve::{by_topic, call, str_bytes, topic_name, Backend};
+use crate::serve::{by_topic, call, str_bytes, topic_name, Backend, CommitCheck};
 
 /// Kafka's bounds on a member's session timeout (`group.min.session.timeout.ms`,
 /// `group.max.session.timeout.ms`).
@@ -274,66 +278,102 @@ pub(crate) fn leave_group<B: Backend + ?Sized>(
     resp
 }
 
+/// Kafka's `offset.metadata.max.bytes` default: a commit's metadata string longer than this is
+/// refused with `OFFSET_METADATA_TOO_LARGE`.
+pub const MAX_OFFSET_METADATA: usize = 4096;
+
+/// The Kafka error for a failed offsets call; a fenced coordinator drops the group first (its
+/// members look the coordinator up again and rejoin).
+fn offsets_error<B: Backend + ?Sized>(b: &B, group: &str, e: &FenceError) -> ResponseError {
+    match e {
+        FenceError::Fenced { .. } => {
+            b.groups().with(|g| ((), g.forget(group)));
+            ResponseError::NotCoordinator
+        }
+        FenceError::Unavailable(_) | FenceError::Unknown(_) => {
+            ResponseError::CoordinatorNotAvailable
+        }
+        FenceError::Refused(_) => ResponseError::UnknownServerError,
+    }
+}
+
 pub(crate) async fn offset_commit<B: Backend + ?Sized>(
     b: &B,
     r: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let group = r.group_id.0.to_string();
+    let (now, generation) = (b.now_ms(), r.generation_id_or_member_epoch);
+    let member = r.member_id.to_string();
+    let check = move |g: &Coordinator, group: &str| {
+        g.with(|g| (g.check_commit(now, group, generation, &member), Vec::new()))
+    };
+    // Checked now, and again when the commit's turn comes (a fence in between drops the group).
     let verdict = match coordinates(b, &group) {
         Err(e) => e.code(),
-        Ok(()) => {
-            let now = b.now_ms();
-            let generation = r.generation_id_or_member_epoch;
-            b.groups().with(|g| {
-                (g.check_commit(now, &group, generation, r.member_id.as_str()), Vec::new())
-            })
-        }
+        Ok(()) => check(b.groups(), &group),
     };
     let found = if verdict == 0 {
         incarnations(b, r.topics.iter().map(|t| t.name.0.to_string())).await
     } else {
         HashMap::new()
     };
-    let found = &found;
-    let mut jobs = Vec::new();
+    // Each partition's answer, and the commits that go into the one fenced write.
+    let mut answers: Vec<(String, OffsetCommitResponsePartition, bool)> = Vec::new();
+    let mut commits = Vec::new();
     for t in r.topics {
         let name = t.name.0.to_string();
         for p in t.partitions {
-            let (name, group) = (name.clone(), group.clone());
-            jobs.push(async move {
-                let mut out = OffsetCommitResponsePartition::default();
-                out.partition_index = p.partition_index;
-                out.error_code = verdict;
-                if verdict == 0 {
-                    let incarnation = found.get(&name).cloned().unwrap_or(Ok(None));
-                    out.error_code = match (u32::try_from(p.partition_index), incarnation) {
-                        (Err(_), _) | (_, Ok(None)) => {
-                            ResponseError::UnknownTopicOrPartition.code()
-                        }
-                        // The metadata service did not answer: retriable.
-                        (_, Err(_)) => ResponseError::CoordinatorNotAvailable.code(),
-                        (Ok(part), Ok(Some(inc))) => {
-                            let value = CommittedOffset {
-                                offset: p.committed_offset,
-                                leader_epoch: p.committed_leader_epoch,
-                                metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
-                            };
-                            match b
-                                .offset_put(offset_key(&group, &name, inc, part), value.encode())
-                                .await
-                            {
-                                Ok(()) => 0,
-                                Err(_) => ResponseError::CoordinatorNotAvailable.code(),
-                            }
-                        }
-                    };
+            let mut out = OffsetCommitResponsePartition::default();
+            out.partition_index = p.partition_index;
+            out.error_code = verdict;
+            let metadata = p.committed_metadata.as_deref().unwrap_or("").to_string();
+            let mut written = false;
+            if verdict == 0 {
+                let incarnation = found.get(&name).cloned().unwrap_or(Ok(None));
+                match (u32::try_from(p.partition_index), incarnation) {
+                    (Err(_), _) | (_, Ok(None)) => {
+                        out.error_code = ResponseError::UnknownTopicOrPartition.code()
+                    }
+                    // The metadata service did not answer: retriable.
+                    (_, Err(_)) => out.error_code = ResponseError::CoordinatorNotAvailable.code(),
+                    _ if metadata.len() > MAX_OFFSET_METADATA => {
+                        out.error_code = ResponseError::OffsetMetadataTooLarge.code()
+                    }
+                    (Ok(part), Ok(Some(inc))) => {
+                        let key =
+                            OffsetKey { topic: name.clone(), incarnation: inc, partition: part };
+                        let value = Committed {
+                            offset: p.committed_offset,
+                            leader_epoch: p.committed_leader_epoch,
+                            metadata,
+                        };
+                        commits.push((key, value));
+                        written = true;
+                    }
                 }
-                (name, out)
-            });
+            }
+            answers.push((name.clone(), out, written));
         }
     }
+    let code = if commits.is_empty() {
+        0
+    } else {
+        let name = group.clone();
+        let check: CommitCheck = Box::new(move |g| check(g, &name));
+        match b.offsets_commit(&group, commits, check).await {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) => offsets_error(b, &group, &e).code(),
+            Err(refused) => refused,
+        }
+    };
+    let parts = answers.into_iter().map(|(name, mut out, written)| {
+        if written {
+            out.error_code = code;
+        }
+        (name, out)
+    });
     let mut resp = OffsetCommitResponse::default();
-    resp.topics = by_topic(join_all(jobs).await)
+    resp.topics = by_topic(parts.collect())
         .into_iter()
         .map(|(name, parts)| {
             let mut t = OffsetCommitResponseTopic::default();
@@ -384,8 +424,11 @@ pub(crate) async fn offset_fetch<B: Backend + ?Sized>(
         }
     };
     let found = incarnations(b, asked.iter().map(|(n, _)| n.clone())).await;
-    let (group, found) = (&group, &found);
-    let fetched = join_all(asked.into_iter().map(|(name, p)| async move {
+    // Each partition's answer so far, and the index into the fetch of those it reads.
+    let mut answers: Vec<(String, Option<OffsetFetchResponsePartition>, Option<usize>)> =
+        Vec::new();
+    let mut keys = Vec::new();
+    for (name, p) in asked {
         let mut out = OffsetFetchResponsePartition::default();
         out.partition_index = p;
         out.committed_offset = -1;
@@ -393,37 +436,52 @@ pub(crate) async fn offset_fetch<B: Backend + ?Sized>(
         out.metadata = Some(str_bytes(""));
         let Ok(part) = u32::try_from(p) else {
             out.error_code = ResponseError::UnknownTopicOrPartition.code();
-            return (name, Some(out));
+            answers.push((name, Some(out), None));
+            continue;
         };
-        let inc = match found.get(&name).cloned().unwrap_or(Ok(None)) {
-            Ok(Some(inc)) => inc,
+        match found.get(&name).cloned().unwrap_or(Ok(None)) {
+            Ok(Some(inc)) => {
+                keys.push(OffsetKey { topic: name.clone(), incarnation: inc, partition: part });
+                answers.push((name, Some(out), Some(keys.len() - 1)));
+            }
             // No such topic: nothing committed.
-            Ok(None) if all => return (name, None),
-            Ok(None) => return (name, Some(out)),
+            Ok(None) if all => {}
+            Ok(None) => answers.push((name, Some(out), None)),
             Err(_) => {
                 out.error_code = ResponseError::CoordinatorNotAvailable.code();
-                return (name, Some(out));
+                answers.push((name, Some(out), None));
             }
-        };
-        match b.offset_get(offset_key(group, &name, inc, part)).await {
-            Ok(Some(v)) => match CommittedOffset::decode(&v) {
-                Some(c) => {
-                    out.committed_offset = c.offset;
-                    out.committed_leader_epoch = c.leader_epoch;
-                    out.metadata = Some(str_bytes(c.metadata));
-                }
-                None => out.error_code = ResponseError::UnknownServerError.code(),
-            },
-            Ok(None) if all => return (name, None),
-            Ok(None) => {}
-            // The store did not answer: retriable, the client asks again.
-            Err(_) => out.error_code = ResponseError::CoordinatorNotAvailable.code(),
         }
-        (name, Some(out))
-    }))
-    .await;
-    let kept: Vec<(String, OffsetFetchResponsePartition)> =
-        fetched.into_iter().filter_map(|(n, p)| p.map(|p| (n, p))).collect();
+    }
+    let fetched = if keys.is_empty() {
+        Ok(Vec::new())
+    } else {
+        b.offsets_fetch(&group, keys).await.map_err(|e| offsets_error(b, &group, &e))
+    };
+    if let Err(e) = &fetched {
+        resp.error_code = e.code();
+    }
+    let kept: Vec<(String, OffsetFetchResponsePartition)> = answers
+        .into_iter()
+        .filter_map(|(name, out, at)| {
+            let mut out = out?;
+            if let Some(i) = at {
+                match &fetched {
+                    Ok(v) => match v.get(i).cloned().flatten() {
+                        Some(c) => {
+                            out.committed_offset = c.offset;
+                            out.committed_leader_epoch = c.leader_epoch;
+                            out.metadata = Some(str_bytes(c.metadata));
+                        }
+                        None if all => return None,
+                        None => {}
+                    },
+                    Err(e) => out.error_code = e.code(),
+                }
+            }
+            Some((name, out))
+        })
+        .collect();
     resp.topics = by_topic(kept)
         .into_iter()
         .map(|(name, parts)| {

@@ -62,6 +62,7 @@ use starling_wire::{Call, ErrorCode, Request, Response};
 use crate::broker_id;
 use crate::codec::Header;
 use crate::versions;
+use starling_mq::fence::{Committed, FenceError, OffsetKey};
 
 /// The largest record batches accepted for one partition in one Produce request (Kafka's
 /// default `message.max.bytes`); larger ones are refused with `MESSAGE_TOO_LARGE`.
@@ -78,6 +79,9 @@ pub struct Broker {
     pub port: u16,
     pub rack: Option<String>,
 }
+
+/// Validates a commit against the group's state when its turn comes: 0, or Kafka's error code.
+pub type CommitCheck = Box<dyn FnOnce(&crate::group::Coordinator) -> i16 + Send>;
 
 /// What the Kafka front needs of the node it runs in.
 pub trait Backend: Send + Sync {
@@ -97,13 +101,25 @@ pub trait Backend: Send + Sync {
     fn groups(&self) -> &crate::group::Coordinator;
     /// Milliseconds of a monotonic clock (for group sessions).
     fn now_ms(&self) -> u64;
-    /// A topic's incarnation (the zxid that created it; `None`: no such topic), for
-    /// [`starling_wire::topic::offset_key`]; `Err` when the metadata service did not answer.
+    /// A topic's incarnation (the zxid that created it; `None`: no such topic), which keys
+    /// committed offsets; `Err` when the metadata service did not answer.
     fn topic_incarnation(&self, topic: &str) -> BoxFuture<'static, Result<Option<u64>, String>>;
-    /// Stores a committed offset (at quorum in the key-value store).
-    fn offset_put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'static, Result<(), String>>;
-    /// Reads a committed offset.
-    fn offset_get(&self, key: Vec<u8>) -> BoxFuture<'static, Result<Option<Vec<u8>>, String>>;
+    /// A group's committed offsets, in the order asked, fenced by this node's claim on the
+    /// group ([`starling_mq::fence`]).
+    fn offsets_fetch(
+        &self,
+        group: &str,
+        keys: Vec<OffsetKey>,
+    ) -> BoxFuture<'static, Result<Vec<Option<Committed>>, FenceError>>;
+    /// Commits a group's offsets, all or none, fenced by this node's claim on the group, if
+    /// `check` — run on [`Backend::groups`] once the group's earlier offsets calls are done —
+    /// answers 0; else its error code, and nothing is written.
+    fn offsets_commit(
+        &self,
+        group: &str,
+        commits: Vec<(OffsetKey, Committed)>,
+        check: CommitCheck,
+    ) -> BoxFuture<'static, Result<Result<(), FenceError>, i16>>;
 }
 
 /// Answers one request; `Ok(None)` when Kafka sends no answer (a produce with `acks=0`), `Err`

@@ -455,3 +455,31 @@ fn a_topic_deleted_and_created_again_starts_with_no_committed_offsets() {
     assert!(TopicCreate::answer(created).expect("answer").is_ok());
     assert_eq!(committed(), -1, "the new topic of the same name starts with no commits");
 }
+
+#[test]
+fn a_coordinator_another_node_claimed_the_group_from_commits_nothing_and_drops_the_group() {
+    let (b, member, generation) = backend();
+    let serve = |api: ApiKey, version: i16, req: RequestKind| {
+        let h = Header { api_key: api, version, correlation_id: 1, client_id: None };
+        answer(&b, &h, "", req).now_or_never().expect("at once").expect("served").expect("answer")
+    };
+    let commit = || {
+        let ResponseKind::OffsetCommit(c) =
+            serve(ApiKey::OffsetCommit, 5, request(ApiKey::OffsetCommit, 5, &member, generation))
+        else {
+            panic!("not an OffsetCommit answer")
+        };
+        c.topics[0].partitions[0].error_code
+    };
+    assert_eq!(commit(), 0);
+    assert!(b.groups().with(|g| (g.describe("g").is_some(), Vec::new())));
+    // Two ring views disagreed and another node claimed the group's offsets.
+    b.claim_elsewhere("g");
+    assert_eq!(commit(), ResponseError::NotCoordinator.code(), "the commit is fenced");
+    assert!(
+        b.groups().with(|g| (g.describe("g").is_none(), Vec::new())),
+        "the fenced coordinator dropped the group: its members rejoin"
+    );
+    // The member's id means nothing here now: it must join again.
+    assert_eq!(commit(), ResponseError::UnknownMemberId.code());
+}

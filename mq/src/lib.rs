@@ -12,6 +12,8 @@
 //!   epoch and sequence); not yet consulted by the replica's produce path.
 //! - [`topic`]: topics and partition states as the metadata service keeps them; Kafka's key
 //!   partitioner (murmur2).
+//! - [`fence`]: consumer groups' committed offsets, fenced by the group's record in the
+//!   metadata service (a coordinator claims a group; a second claim fences the first).
 //! - [`mem`]: the log interface the replica uses, and an in-memory log for the simulator.
 //!
 //! Nothing here reads a clock or touches the network: time is an argument, and the caller
@@ -19,6 +21,7 @@
 
 pub mod batch;
 pub mod epoch;
+pub mod fence;
 pub mod index;
 pub mod log;
 pub mod mem;

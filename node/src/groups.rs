@@ -17,8 +17,10 @@
 //! The state is in memory: a coordinator that restarts, or a new coordinator after a ring
 //! change, learns the members again from their heartbeats, each of which reports what the member
 //! reads; a partition two members both report is kept by the first to report it and revoked from
-//! the other. Committed offsets are durable: the key-value store at quorum, under
-//! [`offset_key`].
+//! the other. Committed offsets are durable and fenced: in the metadata service, in the group's
+//! record, which this node claims before it serves the group's offsets
+//! ([`starling_mq::fence`]); when another node claims it (two ring views disagreed), this
+//! node's next offsets call for the group fails, and it drops the group ([`Groups::forget`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -31,8 +33,6 @@ use starling_wire::NodeId;
 pub const SESSION_MIN: Duration = Duration::from_secs(1);
 pub const SESSION_MAX: Duration = Duration::from_secs(60);
 
-pub use starling_wire::topic::offset_key;
-
 #[derive(Debug)]
 struct Member {
     deadline: Instant,
@@ -43,6 +43,8 @@ struct Member {
 
 #[derive(Debug)]
 struct Group {
+    /// Random, new whenever this node takes the group up ([`GroupAssignment::incarnation`]).
+    incarnation: u64,
     topic: String,
     assignor: Assignor,
     generation: u64,
@@ -144,6 +146,7 @@ impl Groups {
         }
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let g = groups.entry(hb.group.clone()).or_insert_with(|| Group {
+            incarnation: rand::random::<u64>() | 1,
             topic: hb.topic.clone(),
             assignor: hb.assignor,
             generation: 0,
@@ -180,6 +183,7 @@ impl Groups {
                     partitions: m.held.iter().copied().collect(),
                     members: g.members.len() as u32,
                     stale: true,
+                    incarnation: g.incarnation,
                 });
             }
             Some(_) => {}
@@ -210,7 +214,7 @@ impl Groups {
             .copied()
             .filter(|p| reported.contains(p) || (!adopting && !held_by_others.contains(p)))
             .collect();
-        let generation = g.generation;
+        let (generation, incarnation) = (g.generation, g.incarnation);
         let members = g.members.len() as u32;
         if let Some(m) = g.members.get_mut(&hb.member) {
             m.deadline = now + timeout;
@@ -224,6 +228,7 @@ impl Groups {
             partitions: grant.into_iter().collect(),
             members,
             stale: false,
+            incarnation,
         })
     }
 
@@ -253,6 +258,13 @@ impl Groups {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Drops a group (another node claimed it): its members learn it from their next call and
+    /// rejoin as new members wherever the ring sends them.
+    pub fn forget(&self, group: &str) {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups.remove(group);
     }
 
     /// A member leaves now.

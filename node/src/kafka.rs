@@ -40,9 +40,11 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::logging::RateLimitedLog;
-use crate::topics::{OffsetStore, Topics};
+use crate::topics::Topics;
 use crate::transport::quic::QuicTransport;
 use starling_kafka::group::Coordinator;
+use starling_kafka::serve::CommitCheck;
+use starling_mq::fence::{Committed, FenceError, OffsetKey};
 
 /// The gossip key under which a node publishes its Kafka listener's advertised `host:port`.
 pub const GOSSIP_KEY: &str = "kafka";
@@ -155,8 +157,6 @@ pub struct KafkaBackend {
     pub topics: Topics<QuicTransport>,
     pub status: watch::Receiver<Arc<Status>>,
     pub me: NodeId,
-    /// Committed offsets (the key-value store at quorum).
-    pub offsets: Arc<dyn OffsetStore>,
     /// The Kafka consumer groups this node coordinates.
     pub groups: Arc<Coordinator>,
     pub stats: Arc<KafkaStats>,
@@ -248,12 +248,30 @@ impl Backend for KafkaBackend {
         Box::pin(async move { topics.incarnation(&topic).await.map_err(|e| e.to_string()) })
     }
 
-    fn offset_put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'static, Result<(), String>> {
-        self.offsets.put(key, value)
+    fn offsets_fetch(
+        &self,
+        group: &str,
+        keys: Vec<OffsetKey>,
+    ) -> BoxFuture<'static, Result<Vec<Option<Committed>>, FenceError>> {
+        let (offsets, group) = (self.topics.group_offsets().clone(), group.to_string());
+        Box::pin(async move { offsets.fetch(&group, keys).await })
     }
 
-    fn offset_get(&self, key: Vec<u8>) -> BoxFuture<'static, Result<Option<Vec<u8>>, String>> {
-        self.offsets.get(key)
+    fn offsets_commit(
+        &self,
+        group: &str,
+        commits: Vec<(OffsetKey, Committed)>,
+        check: CommitCheck,
+    ) -> BoxFuture<'static, Result<Result<(), FenceError>, i16>> {
+        let (offsets, group) = (self.topics.group_offsets().clone(), group.to_string());
+        let groups = self.groups.clone();
+        Box::pin(async move {
+            let check = move || match check(&groups) {
+                0 => Ok(commits),
+                refused => Err(refused),
+            };
+            offsets.commit(&group, check).await
+        })
     }
 }
 

@@ -35,6 +35,7 @@
 pub mod config;
 pub mod datadir;
 pub mod driver;
+pub mod group_offsets;
 pub mod groups;
 pub mod http;
 pub mod kafka;

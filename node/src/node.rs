@@ -10,8 +10,7 @@ use anyhow::{bail, Context, Result};
 use starling_gossip::{Config as GossipConfig, Gossip};
 use starling_wire::repair::{RemoveNode, RepairRequest, RepairResponse};
 use starling_wire::{
-    answer_of, Call, ClientRequest, Clock, Consistency, Echo, ErrorCode, Get, GetStatus, KvRequest,
-    PeerRequest, Put, Request, Response,
+    Call, ClientRequest, Clock, Echo, ErrorCode, GetStatus, PeerRequest, Request, Response,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -41,39 +40,6 @@ pub type NodeKv = Kv<QuicTransport, RocksStorage>;
 
 /// The node's anti-entropy over QUIC and RocksDB.
 pub type NodeRepair = crate::repair::Repair<QuicTransport, RocksStorage>;
-
-/// Consumer groups' committed offsets in the key-value store, at quorum.
-struct KvOffsets(NodeKv);
-
-impl crate::topics::OffsetStore for KvOffsets {
-    fn put(
-        &self,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
-        let kv = self.0.clone();
-        Box::pin(async move {
-            let put = Put { key, value: Some(value), consistency: Consistency::Quorum };
-            let resp = kv.handle_client(KvRequest::Put(put)).await;
-            answer_of::<Put>(resp).map(|_| ()).map_err(|e| e.to_string())
-        })
-    }
-
-    fn get(
-        &self,
-        key: Vec<u8>,
-    ) -> futures_util::future::BoxFuture<'static, Result<Option<Vec<u8>>, String>> {
-        let kv = self.0.clone();
-        Box::pin(async move {
-            let resp = kv
-                .handle_client(KvRequest::Get(Get { key, consistency: Consistency::Quorum }))
-                .await;
-            answer_of::<Get>(resp)
-                .map(|v| v.record.and_then(|r| r.value))
-                .map_err(|e| e.to_string())
-        })
-    }
-}
 
 /// Answers peers and clients over QUIC.
 #[derive(Debug, Clone)]
@@ -533,7 +499,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         meta.clone(),
         topics_view,
         cfg.sync,
-        Arc::new(KvOffsets(kv.clone())),
+        rand::random(),
     );
     let _ = topics_cell.set(topics.clone());
     let kv_status = {
@@ -618,7 +584,6 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             topics: topics.clone(),
             status: status_rx.clone(),
             me: data.node_id,
-            offsets: Arc::new(KvOffsets(kv.clone())),
             groups: kafka_groups,
             stats: kafka_stats,
             limits: kafka_limits,

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::{join_all, BoxFuture};
+use futures_util::future::join_all;
 use serde::Serialize;
 use starling_meta::{MetaError, Op, OpResult};
 use starling_mq::log::{Log, LogConfig, LogError};
@@ -50,12 +50,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::groups::{offset_key, Groups};
+use crate::group_offsets::GroupOffsets;
+use crate::groups::Groups;
 use crate::kv::RingView;
 use crate::meta::{Meta, MetaUnavailable};
 use crate::storage::rocks::SyncMode;
 use crate::transport::{Transport, TransportError};
-use starling_wire::topic::CommittedOffset;
+use starling_mq::fence::{Committed, FenceError, OffsetKey};
 
 /// How often the manager reads the topic tree (new partitions start within this).
 pub const SCAN_EVERY: Duration = Duration::from_millis(250);
@@ -131,18 +132,11 @@ struct Part {
     view: watch::Receiver<PartView>,
 }
 
-/// Where committed group offsets are kept (the key-value store at quorum, on a node).
-pub trait OffsetStore: Send + Sync + 'static {
-    /// Stores `value` under `key` durably (a quorum of replicas).
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'static, Result<(), String>>;
-    /// The value under `key` (a quorum read).
-    fn get(&self, key: Vec<u8>) -> BoxFuture<'static, Result<Option<Vec<u8>>, String>>;
-}
-
 struct Inner<T> {
     me: NodeId,
     groups: Groups,
-    offsets: Arc<dyn OffsetStore>,
+    /// Committed offsets, in the metadata service, fenced by each group's claim.
+    offsets: Arc<GroupOffsets<T>>,
     dir: PathBuf,
     transport: Arc<T>,
     meta: Meta<T>,
@@ -210,8 +204,9 @@ impl<T: Transport> Topics<T> {
         meta: Meta<T>,
         view: watch::Receiver<Arc<RingView>>,
         sync: SyncMode,
-        offsets: Arc<dyn OffsetStore>,
+        instance: u64,
     ) -> Topics<T> {
+        let offsets = Arc::new(GroupOffsets::new(meta.clone(), me.0, instance));
         let inner = Arc::new(Inner {
             me,
             groups: Groups::default(),
@@ -447,22 +442,30 @@ impl<T: Transport> Topics<T> {
                 GroupHeartbeat::respond(answer)
             }
             TopicRequest::GroupCommit(c) => {
-                let parts: Vec<u32> = c.offsets.iter().map(|(p, _)| *p).collect();
-                if let Err(e) = groups.check_commit(&c.group, &c.member, &c.topic, &parts, now) {
-                    return GroupCommit::respond(Err(e));
-                }
                 let incarnation = match self.topic_config_and_id(&c.topic).await {
                     Ok((_, id)) => id,
                     Err(e) => return GroupCommit::respond(Err(e)),
                 };
-                let puts = c.offsets.iter().map(|(p, off)| {
-                    let key = offset_key(&c.group, &c.topic, incarnation, *p);
-                    self.inner.offsets.put(key, off.to_be_bytes().to_vec())
-                });
-                let failed = join_all(puts).await.into_iter().find_map(Result::err);
-                GroupCommit::respond(match failed {
-                    None => Ok(()),
-                    Some(e) => Err(TopicError::OutcomeUnknown(format!("committing offsets: {e}"))),
+                let check = || {
+                    let parts: Vec<u32> = c.offsets.iter().map(|(p, _)| *p).collect();
+                    groups.check_commit(&c.group, &c.member, &c.topic, &parts, now)?;
+                    Ok(c.offsets
+                        .iter()
+                        .map(|(p, off)| {
+                            let key =
+                                OffsetKey { topic: c.topic.clone(), incarnation, partition: *p };
+                            let at = Committed {
+                                offset: *off,
+                                leader_epoch: -1,
+                                metadata: String::new(),
+                            };
+                            (key, at)
+                        })
+                        .collect())
+                };
+                GroupCommit::respond(match self.inner.offsets.commit(&c.group, check).await {
+                    Ok(done) => done.map_err(|e| self.fenced(&c.group, e)),
+                    Err(refused) => Err(refused),
                 })
             }
             TopicRequest::GroupCommitted(c) => {
@@ -470,24 +473,20 @@ impl<T: Transport> Topics<T> {
                     Ok(found) => found,
                     Err(e) => return GroupCommitted::respond(Err(e)),
                 };
-                let gets = (0..cfg.partitions).map(|p| {
-                    self.inner.offsets.get(offset_key(&c.group, &c.topic, incarnation, p))
-                });
-                let mut out = Vec::new();
-                for (p, r) in join_all(gets).await.into_iter().enumerate() {
-                    match r {
-                        Ok(v) => out.push((
-                            p as u32,
-                            v.and_then(|b| CommittedOffset::decode(&b)).map(|c| c.offset),
-                        )),
-                        Err(e) => {
-                            return GroupCommitted::respond(Err(TopicError::Unavailable(format!(
-                                "reading committed offsets: {e}"
-                            ))))
-                        }
-                    }
-                }
-                GroupCommitted::respond(Ok(out))
+                let keys = (0..cfg.partitions)
+                    .map(|p| OffsetKey { topic: c.topic.clone(), incarnation, partition: p })
+                    .collect();
+                let found = self.inner.offsets.fetch(&c.group, keys).await;
+                GroupCommitted::respond(
+                    found
+                        .map(|v| {
+                            v.into_iter()
+                                .enumerate()
+                                .map(|(p, c)| (p as u32, c.map(|c| c.offset)))
+                                .collect()
+                        })
+                        .map_err(|e| self.fenced(&c.group, e)),
+                )
             }
             TopicRequest::GroupLeave(l) => {
                 groups.leave(&l.group, &l.member);
@@ -497,6 +496,20 @@ impl<T: Transport> Topics<T> {
                 GroupDescribe::respond(Ok(groups.describe(d.group.as_deref(), self.inner.me, now)))
             }
             _ => Response::error(starling_wire::ErrorCode::BadRequest, "not a group call"),
+        }
+    }
+
+    /// A group's offsets call failed: if another node claimed the group, this node drops it
+    /// (its members must rejoin, wherever the ring sends them).
+    fn fenced(&self, group: &str, e: FenceError) -> TopicError {
+        match e {
+            FenceError::Fenced { .. } => {
+                self.inner.groups.forget(group);
+                TopicError::Fenced(e.to_string())
+            }
+            FenceError::Unavailable(m) => TopicError::Unavailable(format!("group offsets: {m}")),
+            FenceError::Unknown(m) => TopicError::OutcomeUnknown(format!("group offsets: {m}")),
+            FenceError::Refused(m) => TopicError::Invalid(m),
         }
     }
 
@@ -614,6 +627,11 @@ impl<T: Transport> Topics<T> {
 
     async fn topic_config(&self, name: &str) -> Result<TopicConfig, TopicError> {
         Ok(self.topic_config_and_id(name).await?.0)
+    }
+
+    /// Consumer groups' committed offsets (the Kafka groups use them too).
+    pub fn group_offsets(&self) -> &Arc<GroupOffsets<T>> {
+        &self.inner.offsets
     }
 
     /// A topic's incarnation (the zxid that created it), `None` for no such topic.

@@ -15,45 +15,6 @@ use serde::{Deserialize, Serialize};
 use crate::message::{Call, ClientRequest, PeerRequest, Request, Response};
 use crate::NodeId;
 
-/// The key-value key of a group's committed offset for one partition (native groups and Kafka
-/// consumer groups of the same name share it). `incarnation` tells topics of one name apart (the
-/// metadata service's zxid that created the topic): a topic deleted and created again starts
-/// with no committed offsets, as in Kafka.
-pub fn offset_key(group: &str, topic: &str, incarnation: u64, partition: u32) -> Vec<u8> {
-    format!("__starling/groups/{group}/{topic}/{incarnation:016x}/{partition}").into_bytes()
-}
-
-/// A committed offset as stored under [`offset_key`]: the offset (8 bytes, big-endian), then,
-/// when a Kafka consumer committed it, the leader epoch (4 bytes) and the metadata string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommittedOffset {
-    pub offset: i64,
-    /// -1: not given.
-    pub leader_epoch: i32,
-    pub metadata: String,
-}
-
-impl CommittedOffset {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = self.offset.to_be_bytes().to_vec();
-        if self.leader_epoch != -1 || !self.metadata.is_empty() {
-            v.extend_from_slice(&self.leader_epoch.to_be_bytes());
-            v.extend_from_slice(self.metadata.as_bytes());
-        }
-        v
-    }
-
-    /// `None` for a value too short to hold an offset.
-    pub fn decode(b: &[u8]) -> Option<CommittedOffset> {
-        let offset = i64::from_be_bytes(b.get(..8)?.try_into().ok()?);
-        let leader_epoch =
-            b.get(8..12).and_then(|e| e.try_into().ok()).map_or(-1, i32::from_be_bytes);
-        let metadata =
-            b.get(12..).map_or(String::new(), |m| String::from_utf8_lossy(m).into_owned());
-        Some(CommittedOffset { offset, leader_epoch, metadata })
-    }
-}
-
 /// Topics' client calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TopicRequest {
@@ -286,6 +247,13 @@ pub struct GroupAssignment {
     /// The answer to a late copy of an older heartbeat (nothing changed): ignore it.
     #[serde(default)]
     pub stale: bool,
+    /// Which incarnation of the group's state answered (random; a new one when a coordinator
+    /// takes the group up: it restarted, the ring moved the group, or another node's claim
+    /// fenced it). A member seeing a new one drops its positions and starts every partition
+    /// it is granted from the committed offsets: what it read under the old coordinator may
+    /// be behind what other members committed since.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// Client: record where the member got to in its partitions (the offsets of the next records
@@ -603,16 +571,6 @@ mod tests {
         // The wrong shape is an error, never a panic.
         assert!(TopicFetch::answer(Response::Ok).is_err());
         assert!(TopicFetch::answer(TopicDelete::respond(Ok(()))).is_err());
-    }
-
-    #[test]
-    fn committed_offsets_read_back_in_both_layouts() {
-        let plain = CommittedOffset { offset: 42, leader_epoch: -1, metadata: String::new() };
-        assert_eq!(plain.encode(), 42i64.to_be_bytes().to_vec(), "a native commit is 8 bytes");
-        assert_eq!(CommittedOffset::decode(&plain.encode()), Some(plain));
-        let full = CommittedOffset { offset: 7, leader_epoch: 3, metadata: "m".into() };
-        assert_eq!(CommittedOffset::decode(&full.encode()), Some(full));
-        assert_eq!(CommittedOffset::decode(&[1, 2, 3]), None);
     }
 
     #[test]
