@@ -22,9 +22,13 @@
 //! - **Fetch** first writes the record back unchanged, conditional on the version held: so a
 //!   coordinator that was fenced learns it before its members start from offsets that are no
 //!   longer the newest; then it answers from the record, which is the newest.
-//! - A write whose outcome is unknown (a timeout, a leader change) forgets the record: the next
-//!   call claims again, and that claim, conditional on the version read, either follows the
-//!   write in doubt (which then shows in what it read) or fences it for good.
+//! - A write whose outcome is unknown (a timeout, a leader change) leaves the record in doubt:
+//!   the next call reads it first and carries on only if the claim is still this
+//!   coordinator's; its write, conditional on the version read, either follows the write in
+//!   doubt (which then shows in what it read) or makes it never applicable.
+//! - A coordinator's group state (members, generations, what they read) is only good with the
+//!   claim it was built under: a fenced coordinator drops the group, and never claims again
+//!   for members that read under the old claim (they rejoin, and read the committed offsets).
 //!
 //! Commits of one group go one at a time, in the order the coordinator accepted them (the
 //! caller holds a per-group lock across a [`Job`]): so a commit cannot overtake an older one
@@ -146,6 +150,9 @@ pub struct OffsetKey {
 pub struct Held {
     pub version: u32,
     pub record: GroupRecord,
+    /// A write of this coordinator's may or may not have been applied since: the next job reads
+    /// the record first, and carries on from it if the claim is still this coordinator's.
+    pub in_doubt: bool,
 }
 
 /// What a job ended with.
@@ -223,6 +230,8 @@ enum Phase {
     Committing(GroupRecord),
     /// The commit conflicted: reading whose write was in between.
     Rechecking,
+    /// A write of this coordinator's is in doubt: reading whether the claim still stands.
+    Resuming,
     Done,
 }
 
@@ -257,6 +266,10 @@ impl Job {
         match held {
             None => {
                 self.phase = Phase::Loading;
+                Next::Read { again: false }
+            }
+            Some(h) if h.in_doubt => {
+                self.phase = Phase::Resuming;
                 Next::Read { again: false }
             }
             Some(h) => self.act(h),
@@ -327,18 +340,18 @@ impl Job {
                 self.phase = Phase::Claiming(rec);
                 Next::Write { version, data }
             }
-            Phase::Rechecking => {
+            phase @ (Phase::Rechecking | Phase::Resuming) => {
                 let Some(h) = held.as_ref() else {
                     self.phase = Phase::Loading;
                     return self.on_read(held, found);
                 };
-                if version.is_some_and(|v| v != h.version)
+                let mine = version.is_some()
                     && record.claimant == Some(self.me)
-                    && record.claims == h.record.claims
-                {
-                    // The conflicting write was this coordinator's own (an earlier one whose
-                    // answer was lost): carry on from it.
-                    let h = Held { version: version.unwrap_or(0), record };
+                    && record.claims == h.record.claims;
+                if mine && (matches!(phase, Phase::Resuming) || version != Some(h.version)) {
+                    // The claim is still this coordinator's; a write in between was its own (one
+                    // whose answer was lost): carry on from the record as it is.
+                    let h = Held { version: version.unwrap_or(0), record, in_doubt: false };
                     let next = self.act(&h);
                     *held = Some(h);
                     next
@@ -369,7 +382,7 @@ impl Job {
         match (std::mem::replace(&mut self.phase, Phase::Done), w) {
             (Phase::Claiming(record), Written::Ok(version)) => {
                 self.confirmed = true;
-                let h = Held { version, record };
+                let h = Held { version, record, in_doubt: false };
                 let next = self.act(&h);
                 *held = Some(h);
                 next
@@ -380,7 +393,7 @@ impl Job {
                 Next::Read { again: true }
             }
             (Phase::Committing(record), Written::Ok(version)) => {
-                let h = Held { version, record };
+                let h = Held { version, record, in_doubt: false };
                 let next = match self.work {
                     Work::Fetch(_) => self.act(&h),
                     Work::Commit(_) => Next::Done(Ok(Outcome::Committed)),
@@ -393,9 +406,13 @@ impl Job {
                 Next::Read { again: false }
             }
             (_, Written::Unknown(m)) => {
-                // The write may land later: forget the record, so that the next job claims
-                // again, which orders that write before it or fences it.
-                *held = None;
+                // The write may land later. The next job reads the record first: if the claim
+                // is still this coordinator's, it carries on from whatever is there, and its
+                // own write, conditional on the version it read, either follows the one in
+                // doubt or leaves it never applicable.
+                if let Some(h) = held.as_mut() {
+                    h.in_doubt = true;
+                }
                 Next::Done(Err(FenceError::Unknown(m)))
             }
             (_, Written::Unavailable(m)) => Next::Done(Err(FenceError::Unavailable(m))),
@@ -545,60 +562,49 @@ mod tests {
     }
 
     #[test]
-    fn a_write_in_doubt_is_ordered_before_the_next_claim_or_fenced_by_it() {
-        // The commit's answer is lost, and it lands later: the next job's claim, conditional on
-        // the version it read, fails, reads again, and sees the commit.
-        let mut z = Znode::default();
-        let mut held = None;
-        z.run(Job::commit("g", A, vec![(key(0), at(1))]), &mut held).unwrap();
-        let mut job = Job::commit("g", A, vec![(key(0), at(2))]);
-        let Next::Write { version, data } = job.start(&mut held) else { panic!() };
-        assert!(matches!(
-            job.on_written(&mut held, Written::Unknown("timeout".into())),
-            Next::Done(Err(FenceError::Unknown(_)))
-        ));
-        assert_eq!(held, None);
-        let mut next = Job::fetch("g", A, vec![key(0)]);
-        let Next::Read { .. } = next.start(&mut held) else { panic!() };
-        let before = z.get().unwrap();
-        let Next::Write { version: claim_v, data: claim } =
-            next.on_read(&mut held, Some((before.0, &before.1)))
-        else {
-            panic!()
-        };
-        // The doubtful write lands first; the claim conflicts, reads again, and claims.
-        assert_eq!(z.write(version, data), Written::Ok(2));
-        assert_eq!(z.write(claim_v, claim), Written::Conflict);
-        let r = {
-            let mut n = next.on_written(&mut held, Written::Conflict);
-            loop {
-                n = match n {
-                    Next::Read { .. } => {
-                        let f = z.get();
-                        next.on_read(&mut held, f.as_ref().map(|(v, d)| (*v, d.as_slice())))
-                    }
-                    Next::Write { version, data } => {
-                        let w = z.write(version, data);
-                        next.on_written(&mut held, w)
-                    }
-                    Next::Done(r) => break r,
-                }
+    fn a_write_in_doubt_is_ordered_before_the_next_write_or_never_applies() {
+        for lands_first in [true, false] {
+            let mut z = Znode::default();
+            let mut held = None;
+            z.run(Job::commit("g", A, vec![(key(0), at(1))]), &mut held).unwrap();
+            // A commit's answer is lost: it is in doubt, and the claim is kept.
+            let mut job = Job::commit("g", A, vec![(key(0), at(2))]);
+            let Next::Write { version, data } = job.start(&mut held) else { panic!() };
+            let lost = job.on_written(&mut held, Written::Unknown("timeout".into()));
+            assert!(matches!(lost, Next::Done(Err(FenceError::Unknown(_)))));
+            assert!(held.as_ref().is_some_and(|h| h.in_doubt));
+            if lands_first {
+                assert!(matches!(z.write(version, data.clone()), Written::Ok(_)));
             }
-        };
-        assert_eq!(r, Ok(Outcome::Fetched(vec![Some(at(2))])));
-        // The other order: the claim first; the doubtful write, conditional on an older
-        // version, can never apply.
-        let mut z2 = Znode::default();
-        let mut h2 = None;
-        z2.run(Job::commit("g", A, vec![(key(0), at(1))]), &mut h2).unwrap();
+            // The next call reads first, finds the claim still A's, and carries on from it.
+            let fetched = z.run(Job::fetch("g", A, vec![key(0)]), &mut held);
+            let want = if lands_first { 2 } else { 1 };
+            assert_eq!(
+                fetched,
+                Ok(Outcome::Fetched(vec![Some(at(want))])),
+                "lands first: {lands_first}"
+            );
+            assert!(held.as_ref().is_some_and(|h| !h.in_doubt));
+            // Landing late, the write in doubt is never applied: the version moved on.
+            assert_eq!(z.write(version, data), Written::Conflict);
+            assert_eq!(z.record().committed(&key(0)), Some(&at(want)));
+        }
+    }
+
+    #[test]
+    fn a_coordinator_whose_write_was_in_doubt_is_fenced_if_another_claimed_meanwhile() {
+        let mut z = Znode::default();
+        let (mut a, mut b) = (None, None);
+        z.run(Job::commit("g", A, vec![(key(0), at(1))]), &mut a).unwrap();
         let mut job = Job::commit("g", A, vec![(key(0), at(2))]);
-        let Next::Write { version, data } = job.start(&mut h2) else { panic!() };
-        job.on_written(&mut h2, Written::Unknown("timeout".into()));
-        assert_eq!(
-            z2.run(Job::fetch("g", A, vec![key(0)]), &mut h2),
-            Ok(Outcome::Fetched(vec![Some(at(1))]))
-        );
-        assert_eq!(z2.write(version, data), Written::Conflict);
+        let Next::Write { .. } = job.start(&mut a) else { panic!() };
+        job.on_written(&mut a, Written::Unknown("timeout".into()));
+        z.run(Job::commit("g", B, vec![(key(0), at(5))]), &mut b).unwrap();
+        // A must not claim again for members that read under its old claim: it is fenced.
+        let r = z.run(Job::commit("g", A, vec![(key(0), at(3))]), &mut a);
+        assert!(matches!(r, Err(FenceError::Fenced { .. })), "{r:?}");
+        assert_eq!(a, None);
+        assert_eq!(z.record().committed(&key(0)), Some(&at(5)));
     }
 
     #[test]

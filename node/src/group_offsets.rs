@@ -67,14 +67,6 @@ impl<T: Transport> GroupOffsets<T> {
         Ok(self.run(group, &mut held, job).await.map(|_| ()))
     }
 
-    /// Forgets every claim this node holds whose group `keep` says is not coordinated here any
-    /// more (each claim is checked again by a write before it is used, so this only saves that
-    /// write from failing).
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.retain(|g, slot| keep(g) || Arc::strong_count(slot) > 1);
-    }
-
     fn slot(&self, group: &str) -> Arc<tokio::sync::Mutex<Option<Held>>> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         held.entry(group.to_string()).or_default().clone()

@@ -1,7 +1,8 @@
 //! Sweeps seeds of the consumer-group simulation (Kafka's group protocol as Starling coordinates
 //! it: 2-4 consumers, 1-6 partitions, records arriving throughout, under consumer crashes, pauses
 //! past the session timeout, leaves, coordinator crashes and pauses, partitions, loss and
-//! reordering) and checks every run: no partition assigned to two members of one generation,
+//! reordering, a metadata service that is slow or cut off; with `--split`, two coordinators at
+//! once) and checks every run: no partition assigned to two members of one generation,
 //! commits accepted only from the partition's holder in the current generation, every record
 //! committed exactly once and in order, and every record committed once the faults end.
 //!
@@ -24,8 +25,8 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     secs: u64,
     /// Also send some consumers to a second coordinator for a while, as when two nodes' ring
-    /// views disagree on who coordinates the group: a case Starling does not fence yet, so this
-    /// shows the re-deliveries it causes (violations expected).
+    /// views disagree on who coordinates the group: each one's claim on the group's record in
+    /// the metadata service fences the other's commits, so the same rules must hold.
     #[arg(long)]
     split: bool,
 }
@@ -44,6 +45,7 @@ fn main() {
             ("commits_accepted", r.commits_accepted),
             ("commits_refused", r.commits_refused),
             ("joins", r.joins),
+            ("fenced", r.fenced),
             ("generations", r.generations),
         ];
         sweep.add(seed, &figures, r.faults, r.violations);
