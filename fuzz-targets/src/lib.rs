@@ -23,6 +23,7 @@
 //! | [`mq_batch`] | a record batch (`starling_mq::BatchView`) and its records (Kafka's codec) |
 //! | [`mq_index`] | a segment's `.index` / `.timeindex` and the leader-epoch checkpoint |
 //! | [`mq_message`] | replication messages between partition replicas, fed to a follower and a leader |
+//! | [`group_record`] | a consumer group's record in the metadata service (`starling_mq::fence`), claimed and committed to |
 //! | [`mq_segment`] | a partition directory opened, recovered, read and appended to (`starling_mq::Log`) |
 //! | [`repair_message`] | anti-entropy requests and answers (`starling_wire::repair`), to a responder and an initiator |
 //! | [`kafka_request`] | a Kafka client's stream: frames, requests (kafka-protocol), each answered (`starling_kafka`) and the answer encoded |
@@ -47,7 +48,7 @@ pub use gossip::{gossip_core, gossip_message};
 pub use kafka::kafka_request;
 pub use message::{status_json, wire_message};
 pub use meta::{meta_snapshot, meta_txn, zab_message};
-pub use mq::{mq_batch, mq_index, mq_message, mq_segment};
+pub use mq::{group_record, mq_batch, mq_index, mq_message, mq_segment};
 pub use repair::repair_message;
 pub use store::stored_record;
 pub use tls::tls_pem;
@@ -72,6 +73,7 @@ pub const TARGETS: &[Target] = &[
     ("mq_index", mq_index),
     ("mq_segment", mq_segment),
     ("mq_message", mq_message),
+    ("group_record", group_record),
     ("repair_message", repair_message),
     ("kafka_request", kafka_request),
 ];

@@ -123,6 +123,7 @@ pub fn all() -> Vec<Seed> {
     for (target, name, bytes) in crate::mq::seeds()
         .into_iter()
         .chain(crate::mq::message_seeds())
+        .chain(crate::mq::group_seeds())
         .chain(crate::repair::seeds())
         .chain(crate::kafka::seeds())
     {
