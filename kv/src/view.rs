@@ -24,6 +24,10 @@ pub mod keys {
     /// heard of (and keeps it on disk), so the fact outlives the node that removed them. Removed
     /// nodes are off the ring and count as left, even if one comes back.
     pub const REMOVED: &str = "removed";
+    /// `1` once this node's KV layer coordinates (after a restart: once its ring is whole again)
+    /// and its gossip has converged: its ring is the cluster's, and a restarted node that
+    /// computes the same ring may trust it ([`RingView::vouched`]).
+    pub const KV_READY: &str = "kv-ready";
 }
 
 /// One immutable snapshot.
@@ -42,6 +46,10 @@ pub struct RingView {
     pub removed: HashSet<NodeId>,
     /// Fraction of the keyspace this node replicates (computed when the ring changes).
     pub my_ownership: f64,
+    /// An up member whose KV layer is ready ([`keys::KV_READY`]) computed this same ring: it is
+    /// the cluster's ring, whole, even if nodes this one knew before are gone from it (they
+    /// left, and their departure was forgotten, while this node was down).
+    pub vouched: bool,
 }
 
 /// A member as the view builder sees it.
@@ -58,6 +66,10 @@ pub struct MemberRingState {
     /// Its [`keys::REMOVING`] and [`keys::REMOVED`].
     pub removing: Option<String>,
     pub removed: Option<String>,
+    /// The digest of the ring it computed ([`keys::RING`]).
+    pub ring_digest: Option<String>,
+    /// Its KV layer is ready ([`keys::KV_READY`]).
+    pub kv_ready: bool,
 }
 
 impl RingView {
@@ -75,6 +87,7 @@ impl RingView {
             left: HashSet::new(),
             removed: HashSet::new(),
             my_ownership: 0.0,
+            vouched: false,
         }
     }
 
@@ -126,8 +139,17 @@ impl RingView {
             nodes.push(RingNode { id: m.id, tokens, zone: m.zone.clone(), status });
         }
         let ring = Ring::new(nodes);
+        let digest = ring.digest();
+        let vouched = !ring.is_empty()
+            && members.iter().any(|m| {
+                m.id != me
+                    && m.kv_ready
+                    && !m.down
+                    && !left.contains(&m.id)
+                    && m.ring_digest.as_deref() == Some(digest.as_str())
+            });
         if let Some(p) = previous {
-            if p.ring.digest() == ring.digest() {
+            if p.ring.digest() == digest {
                 return RingView {
                     ring: p.ring.clone(),
                     placement: p.placement.clone(),
@@ -135,6 +157,7 @@ impl RingView {
                     down,
                     left,
                     removed,
+                    vouched,
                     ..p.clone()
                 };
             }
@@ -151,6 +174,7 @@ impl RingView {
             left,
             removed,
             my_ownership,
+            vouched,
         }
     }
 
@@ -196,6 +220,8 @@ pub fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
             zone: get(m.node_state, gossip_keys::ZONE),
             removing: get(m.node_state, keys::REMOVING),
             removed: get(m.node_state, keys::REMOVED),
+            ring_digest: get(m.node_state, keys::RING),
+            kv_ready: m.node_state.get(keys::KV_READY) == Some("1"),
         })
         .collect();
     let local = g.local_state();
@@ -209,6 +235,8 @@ pub fn ring_members(g: &Gossip) -> Vec<MemberRingState> {
         zone: get(local, gossip_keys::ZONE),
         removing: get(local, keys::REMOVING),
         removed: get(local, keys::REMOVED),
+        ring_digest: get(local, keys::RING),
+        kv_ready: local.get(keys::KV_READY) == Some("1"),
     });
     out
 }
@@ -270,6 +298,8 @@ mod tests {
             zone: None,
             removing: ids(removing),
             removed: ids(removed),
+            ring_digest: None,
+            kv_ready: false,
         }
     }
 
@@ -296,6 +326,29 @@ mod tests {
         assert!(v.ring.node(NodeId(4)).is_none());
         assert!(v.left.contains(&NodeId(4)) && v.removed.contains(&NodeId(4)));
         assert_eq!(v.ring.nodes().count(), 3);
+    }
+
+    /// Only an up member other than this node, ready, with the same ring digest vouches.
+    #[test]
+    fn a_ring_is_vouched_for_only_by_a_ready_up_member_that_computed_the_same_ring() {
+        let now = Instant::now();
+        let mut ms: Vec<MemberRingState> = (1..=3).map(|i| member(i, &[], &[])).collect();
+        let digest = RingView::build(NodeId(1), 3, &ms, None, now).ring.digest();
+        let vouched = |ms: &[MemberRingState]| RingView::build(NodeId(1), 3, ms, None, now).vouched;
+        assert!(!vouched(&ms), "nobody ready");
+        ms[0].kv_ready = true;
+        ms[0].ring_digest = Some(digest.clone());
+        assert!(!vouched(&ms), "this node's own word does not count");
+        ms[1].kv_ready = true;
+        ms[1].ring_digest = Some("other".into());
+        assert!(!vouched(&ms), "a different ring");
+        ms[1].ring_digest = Some(digest.clone());
+        ms[1].down = true;
+        assert!(!vouched(&ms), "a member seen down");
+        ms[1].down = false;
+        assert!(vouched(&ms));
+        ms[1].kv_ready = false;
+        assert!(!vouched(&ms), "not ready");
     }
 
     #[test]

@@ -27,6 +27,8 @@ fn view(me: u128, n: u128, down: &[u128], now: Instant) -> RingView {
                 zone: None,
                 removing: None,
                 removed: None,
+                ring_digest: None,
+                kv_ready: false,
             }
         })
         .collect();
@@ -276,6 +278,8 @@ fn joining_view(me: u128, now: Instant) -> RingView {
                 zone: None,
                 removing: None,
                 removed: None,
+                ring_digest: None,
+                kv_ready: false,
             }
         })
         .collect();

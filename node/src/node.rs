@@ -560,7 +560,17 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     ));
     let replay = tokio::spawn(kv.clone().replay_hints());
     let clocks = tokio::spawn(kv.clone().monitor_clocks());
-    let ring_keeper = tokio::spawn(kv.clone().remember_ring());
+    let ring_keeper = {
+        let (commands, status) = (cmd_tx.clone(), status_rx.clone());
+        let publish = move |key: &'static str, value: String| {
+            commands.try_send(DriverCommand::Set { key: key.into(), value }).is_ok()
+        };
+        let converged = move || {
+            let s = status.borrow();
+            s.converged && s.ring.agreed
+        };
+        tokio::spawn(kv.clone().remember_ring(publish, converged))
+    };
     let removals = tokio::spawn(bootstrap::keep_removals(kv.clone(), cmd_tx.clone()));
     let continuous_repair = tokio::spawn(repair.clone().continuous());
     let auto_cleanup = tokio::spawn(repair.clone().auto_cleanup());

@@ -604,8 +604,12 @@ impl KvProc {
                 .ring_members
                 .iter()
                 .all(|id| ring.node(*id).is_some() || left.contains(id));
-            self.ready =
-                self.g.members().next().is_some() && self.g.converged() && all_placed && all_back;
+            // Or a ready member computed the same ring: nodes not back on it left while this
+            // one was down (their departure forgotten since).
+            self.ready = self.g.members().next().is_some()
+                && self.g.converged()
+                && all_placed
+                && (all_back || self.view.vouched);
             // `Kv::remember_ring` stores the ring's members as soon as the gate is open, not
             // only at the next ring change: a node killed before that change would restart
             // with nothing to wait for, and coordinate on the first members it hears of.
@@ -1184,6 +1188,15 @@ impl KvProc {
         if publish {
             self.g
                 .handle_command(now, Command::Set { key: view::keys::RING.into(), value: digest });
+        }
+        // As `Kv::remember_ring`: ready, converged, and the ring non-empty: vouch for it.
+        if self.ready
+            && !self.view.ring.is_empty()
+            && self.g.converged()
+            && self.g.local_state().get(view::keys::KV_READY) != Some("1")
+        {
+            let set = Command::Set { key: view::keys::KV_READY.into(), value: "1".into() };
+            self.g.handle_command(now, set);
         }
     }
 

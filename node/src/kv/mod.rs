@@ -634,12 +634,21 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 .iter()
                 .filter(|id| view.ring.node(**id).is_none() && !view.left.contains(id))
                 .count();
-            if missing > 0 {
+            if missing > 0 && !view.vouched {
                 return Err(KvError::Unavailable(format!(
                     "this node restarted and has not yet learned the ring again ({missing} of \
                      the {} nodes it knew are not back on it); try again in a moment",
                     expected.len()
                 )));
+            }
+            if missing > 0 {
+                // A ready member computed the same ring: the missing nodes left while this one
+                // was down, and their departure was forgotten since (after gossip's left TTL).
+                tracing::warn!(
+                    missing,
+                    "ring whole again: a ready member agrees on it; the nodes this one knew \
+                     before and cannot find left the cluster while it was down"
+                );
             }
             *gate = None;
         }
@@ -648,10 +657,19 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     }
 
     /// Forever (spawn it): keeps the ring's members in the local metadata, so a restart knows
-    /// whom to wait for before it coordinates ([`Kv::ready_view`]).
-    pub async fn remember_ring(self) {
+    /// whom to wait for before it coordinates ([`Kv::ready_view`]); and once the gate is open
+    /// and `converged` (gossip converged and the ring agreed) says so, publishes
+    /// [`starling_kv::view::keys::KV_READY`] through `publish` (which says whether it could;
+    /// if not, it is tried again), so that a restarted node that computes the same ring may
+    /// trust it.
+    pub async fn remember_ring(
+        self,
+        publish: impl Fn(&'static str, String) -> bool + std::marker::Send,
+        converged: impl Fn() -> bool + std::marker::Send,
+    ) {
         let mut view = self.inner.view.clone();
         let mut stored: Vec<NodeId> = Vec::new();
+        let mut published = false;
         loop {
             let ids: Vec<NodeId> = {
                 let v = view.borrow_and_update();
@@ -661,6 +679,9 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             };
             // Opens the gate once the ring is whole again, even with no request to coordinate.
             let gated = self.ready_view().is_err();
+            if !gated && !published && !ids.is_empty() && converged() {
+                published = publish(starling_kv::view::keys::KV_READY, "1".into());
+            }
             if !ids.is_empty() && !gated && ids != stored {
                 let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
                 let storage = self.inner.storage.clone();
