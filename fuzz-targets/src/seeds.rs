@@ -238,11 +238,13 @@ fn requests(gossip: Vec<u8>) -> Vec<Request> {
 /// One request of each anti-entropy kind.
 fn repair_requests() -> Vec<Request> {
     use starling_wire::repair::{
-        Descend, Hashes, LeafEntries, RepairRequest, RepairStep, RunRepair,
+        Descend, Hashes, LeafEntries, RepairRequest, RepairStep, RepairStreamStep, RunRepair,
     };
     let range = starling_wire::repair::TokenRange { start: u64::MAX - 9, end: 77 };
     vec![
         RepairStep(RepairRequest::Roots { segment_bits: 16, ranges: vec![range] }).into_request(),
+        RepairStreamStep(RepairRequest::Roots { segment_bits: 16, ranges: vec![range] })
+            .into_request(),
         RepairStep(RepairRequest::Children {
             segment_bits: 16,
             items: vec![Descend { range, level: 2, nodes: vec![0, 3] }],

@@ -166,6 +166,22 @@ impl NodeService {
                 Some(repair) => repair.handle_peer(r).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
+            PeerRequest::RepairStream(r) => match (self.repair.get(), self.kv.get()) {
+                (Some(repair), Some(kv)) => {
+                    let ranges: Vec<starling_ring::Range> =
+                        r.ranges().into_iter().map(starling_merkle::ring_range).collect();
+                    if kv.recovering_any(&ranges) {
+                        let why = format!(
+                            "node {} is recovering its store after an unclean stop (it may lack \
+                             writes it acknowledged in this range): stream from another replica",
+                            kv.view().me.short()
+                        );
+                        return Response::Repair(Box::new(RepairResponse::Refused(why)));
+                    }
+                    repair.handle_peer(r).await
+                }
+                _ => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
             PeerRequest::Leave => {
                 match self.kv.get() {
                     Some(kv) if leave_would_lose_copies(&kv.view()).is_some() => {

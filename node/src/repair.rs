@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use starling_merkle::{respond, ring_range, wire_range, Replica, Segments, Session};
 use starling_ring::{token_of, NodeId, Range, Token};
 use starling_wire::repair::{
-    CleanupSummary, RepairRequest, RepairResponse, RepairStep, RepairSummary, RunCleanup,
-    RunRepair, TokenRange,
+    CleanupSummary, RepairRequest, RepairResponse, RepairStep, RepairStreamStep, RepairSummary,
+    RunCleanup, RunRepair, TokenRange,
 };
 use starling_wire::status::{RangeRepair, RepairProgress, RepairStatus};
 use starling_wire::{Call, ErrorCode, Record, Response};
@@ -572,14 +572,25 @@ impl<T: Transport, S: Storage> Repair<T, S> {
     /// where it stopped. Returns the records received.
     pub async fn stream_from(&self, peer: NodeId, ranges: Vec<Range>) -> Result<u64, String> {
         let ranges = ranges.into_iter().map(wire_range).collect();
-        self.session_with(peer, ranges).await.map(|o| o.stats.records_received)
+        self.session(peer, ranges, true).await.map(|o| o.stats.records_received)
     }
 
     /// One session with `peer` over `ranges`.
     async fn session_with(&self, peer: NodeId, ranges: Vec<TokenRange>) -> Result<Outcome, String> {
+        self.session(peer, ranges, false).await
+    }
+
+    /// One session with `peer` over `ranges`; `stream`: to take the ranges over (a peer still
+    /// recovering one of them refuses: it is no source).
+    async fn session(
+        &self,
+        peer: NodeId,
+        ranges: Vec<TokenRange>,
+        stream: bool,
+    ) -> Result<Outcome, String> {
         let c = &self.inner.counters;
         c.sessions.fetch_add(1, Ordering::Relaxed);
-        let r = self.session_inner(peer, ranges).await;
+        let r = self.session_inner(peer, ranges, stream).await;
         match &r {
             Ok(o) => {
                 c.keys_received.fetch_add(o.stats.records_received, Ordering::Relaxed);
@@ -597,6 +608,7 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         &self,
         peer: NodeId,
         ranges: Vec<TokenRange>,
+        stream: bool,
     ) -> Result<Outcome, String> {
         let addr = {
             let view = self.inner.view.borrow();
@@ -622,10 +634,15 @@ impl<T: Transport, S: Storage> Repair<T, S> {
             let sent = encoded_len(&req);
             out.bytes_sent += sent;
             c.bytes_sent.fetch_add(sent, Ordering::Relaxed);
+            let step = if stream {
+                RepairStreamStep(req).into_request()
+            } else {
+                RepairStep(req).into_request()
+            };
             let resp = self
                 .inner
                 .transport
-                .request_within(addr, RepairStep(req).into_request(), STEP_TIMEOUT)
+                .request_within(addr, step, STEP_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())?;
             let resp = match resp {

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use starling_node::transport::Transport;
-use starling_wire::repair::{RemoveNode, RunCleanup, RunRepair};
+use starling_wire::repair::{
+    RemoveNode, RepairRequest, RepairResponse, RepairStep, RepairStreamStep, RunCleanup, RunRepair,
+};
 use starling_wire::{Consistency, Leave, Record};
 
 #[path = "common/process.rs"]
@@ -218,6 +220,23 @@ async fn a_torn_log_tail_is_recovered_from_the_replicas_before_reads() {
     .await;
     let refused = c.replica_read(2, b"last-0001").await;
     assert!(refused.as_ref().is_err_and(|e| e.contains("recovering")), "{refused:?}");
+    // Nor is it a source for a node taking its ranges over (a join, a removal): a streaming
+    // session's steps are refused, while repair sessions (which need it, and which another
+    // recovering node runs too) are answered.
+    let roots = RepairRequest::Roots {
+        segment_bits: 16,
+        ranges: vec![starling_wire::repair::TokenRange { start: 0, end: 0 }],
+    };
+    let streamed = c.call(2, RepairStreamStep(roots.clone())).await;
+    assert!(
+        matches!(&streamed, Ok(RepairResponse::Refused(m)) if m.contains("recovering")),
+        "{streamed:?}"
+    );
+    let repaired = c.call(2, RepairStep(roots)).await;
+    assert!(
+        !matches!(&repaired, Ok(RepairResponse::Refused(m)) if m.contains("recovering")),
+        "{repaired:?}"
+    );
     let some: BTreeMap<Vec<u8>, Record> =
         acked.iter().take(20).map(|(k, r)| (k.clone(), r.clone())).collect();
     c.check_reads(&[2], &some, Consistency::One).await;

@@ -35,6 +35,12 @@ impl Range {
         }
     }
 
+    /// Whether some token lies in both (on the circle, two arcs share a token exactly when one
+    /// holds the other's last token).
+    pub fn overlaps(&self, other: &Range) -> bool {
+        self.contains(other.end) || other.contains(self.end)
+    }
+
     /// How many tokens it holds: `2^64` for the whole ring.
     pub fn width(&self) -> u128 {
         match self.end.wrapping_sub(self.start) {
@@ -109,6 +115,18 @@ mod tests {
         assert!(full.contains(7) && full.contains(0) && full.is_full());
         assert_eq!(full.width(), 1 << 64);
         assert_eq!(wrap.width(), u128::from(u64::MAX) - 9);
+    }
+
+    #[test]
+    fn ranges_overlap_when_they_share_a_token() {
+        let r = |start, end| Range { start, end };
+        assert!(r(0, 10).overlaps(&r(5, 20)) && r(5, 20).overlaps(&r(0, 10)));
+        assert!(r(0, 10).overlaps(&r(2, 8)) && r(2, 8).overlaps(&r(0, 10)));
+        assert!(!r(0, 10).overlaps(&r(10, 20)) && !r(10, 20).overlaps(&r(0, 10)));
+        // Wrapping past the top, and the whole ring.
+        assert!(r(u64::MAX - 5, 3).overlaps(&r(1, 2)));
+        assert!(!r(u64::MAX - 5, 3).overlaps(&r(3, 100)));
+        assert!(Range::FULL.overlaps(&r(7, 8)) && r(7, 8).overlaps(&Range::FULL));
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl Request {
                 RepairRequest::Repaired { .. } => "repair_repaired",
                 RepairRequest::StreamPending => "repair_stream_pending",
             },
+            Request::Peer(PeerRequest::RepairStream(_)) => "repair_stream",
             Request::Peer(PeerRequest::Replica(r)) => match r {
                 ReplicaRequest::Write(_) => "replica_write",
                 ReplicaRequest::Read(_) => "replica_read",
@@ -160,6 +161,11 @@ pub enum PeerRequest {
     Topic(TopicPeerRequest),
     /// Anti-entropy: one step of a Merkle-tree sync session.
     Repair(RepairRequest),
+    /// One step of a sync session that streams ranges to a node taking them over (a join, a
+    /// leave's hand-over, a removal): answered as [`PeerRequest::Repair`], except that a replica
+    /// still recovering a range asked (after an unclean stop it may lack writes it
+    /// acknowledged) refuses, so the streaming node does not count it as a source.
+    RepairStream(RepairRequest),
 }
 
 /// What a coordinator (or a joining, leaving or hint-holding node) asks a replica.
@@ -508,6 +514,10 @@ repair_call!(client Repair(RunRepair) => RepairSummary, Summary);
 repair_call!(peer RemoveNode(RemoveNode) => RemoveSummary, Removed);
 call!(peer crate::repair::RepairStep => RepairResponse,
     |self| Request::Peer(PeerRequest::Repair(self.0)),
+    |a| Response::Repair(Box::new(a)),
+    Response::Repair(r) => *r);
+call!(peer crate::repair::RepairStreamStep => RepairResponse,
+    |self| Request::Peer(PeerRequest::RepairStream(self.0)),
     |a| Response::Repair(Box::new(a)),
     Response::Repair(r) => *r);
 call!(peer ReplicaHint => (),

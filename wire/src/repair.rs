@@ -173,6 +173,26 @@ pub struct RunRepair {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepairStep(pub RepairRequest);
 
+/// One peer RPC of a session that streams ranges to a node taking them over
+/// ([`crate::PeerRequest::RepairStream`]): a replica still recovering a range asked refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairStreamStep(pub RepairRequest);
+
+impl RepairRequest {
+    /// The ranges a step reads or records (none for a push, whose records are checked one by
+    /// one, or a stream request).
+    pub fn ranges(&self) -> Vec<TokenRange> {
+        match self {
+            RepairRequest::Roots { ranges, .. } | RepairRequest::Repaired { ranges, .. } => {
+                ranges.clone()
+            }
+            RepairRequest::Children { items, .. } => items.iter().map(|d| d.range).collect(),
+            RepairRequest::Entries { items, .. } => items.iter().map(|i| i.range).collect(),
+            RepairRequest::Push(_) | RepairRequest::StreamPending => Vec::new(),
+        }
+    }
+}
+
 /// What one repair run did (a `starling repair`, or one step of continuous repair).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepairSummary {

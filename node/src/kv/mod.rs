@@ -264,6 +264,18 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         self.ready_view().is_ok()
     }
 
+    /// Whether this node is still recovering any of `ranges` (see [`Kv::start_recovery`]): it
+    /// is then no source for a node streaming them.
+    pub fn recovering_any(&self, ranges: &[starling_ring::Range]) -> bool {
+        if !self.is_recovering() {
+            return false;
+        }
+        self.recovery().as_ref().is_some_and(|r| match &r.pending {
+            None => true,
+            Some(p) => ranges.iter().any(|a| p.iter().any(|b| a.overlaps(b))),
+        })
+    }
+
     /// Whether replica reads of `key` are refused now (see [`Kv::start_recovery`]).
     fn unrecovered(&self, key: &[u8]) -> bool {
         if !self.is_recovering() {
