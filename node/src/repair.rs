@@ -700,12 +700,31 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         let ranges = foreign_ranges(&view, self.inner.me);
         let storage = self.inner.replica.storage.clone();
         let list = ranges.clone();
-        let records = tokio::task::spawn_blocking(move || {
-            list.into_iter().try_fold(0u64, |n, r| storage.drop_range(r).map(|d| n + d))
+        // Asked before every batch of deletes: the ring this cleanup was planned on still
+        // stands (a view rebuilt without a ring change shares its ring). Once it moved, a range
+        // planned as foreign may be this node's again, and writes to it may arrive.
+        let (now, planned) = (self.inner.view.clone(), view.ring.clone());
+        let go_on = move || Arc::ptr_eq(&now.borrow().ring, &planned);
+        let (records, stopped) = tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            for r in list {
+                n += storage.drop_range(r, &go_on)?;
+                if !go_on() {
+                    return Ok((n, true));
+                }
+            }
+            Ok((n, false))
         })
         .await
         .map_err(|e| format!("cleanup task: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e: crate::storage::StorageError| e.to_string())?;
+        if stopped {
+            warn!(records, "cleanup stopped: the ring changed while it ran; it runs again once the ring settles");
+            return Err(format!(
+                "the ring changed during cleanup: stopped after dropping {records} records; \
+                 what may be this node's again is kept (run it again once the ring settles)"
+            ));
+        }
         if records > 0 {
             info!(
                 ranges = ranges.len(),

@@ -165,8 +165,11 @@ impl Storage for MemStorage {
         super::hint_bytes_of(g.hints.iter().map(Ok::<_, StorageError>))
     }
 
-    fn drop_range(&self, range: Range) -> Result<u64, StorageError> {
+    fn drop_range(&self, range: Range, go_on: &dyn Fn() -> bool) -> Result<u64, StorageError> {
         let mut g = self.lock();
+        if !go_on() {
+            return Ok(0);
+        }
         let before = g.data.len();
         g.data.retain(|k, _| !super::key_token(k).is_some_and(|t| range.contains(t)));
         let n = (before - g.data.len()) as u64;

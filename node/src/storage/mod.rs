@@ -114,8 +114,10 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<ScanPage, StorageError>;
     /// Deletes every record whose token is in `range` (one this node no longer replicates:
-    /// cleanup after its ranges moved), durably; returns how many. Hints are kept.
-    fn drop_range(&self, range: Range) -> Result<u64, StorageError>;
+    /// cleanup after its ranges moved), durably; returns how many. Hints are kept. `go_on` is
+    /// asked before each batch of deletes is written: once it says no (the ring moved, and the
+    /// range may be this node's again), the rest is kept.
+    fn drop_range(&self, range: Range, go_on: &dyn Fn() -> bool) -> Result<u64, StorageError>;
     /// Stores hints (one batch, durable like [`Storage::apply`]), at most one per target and key:
     /// a hint replaces the one kept for its target and key only if its version is newer (last
     /// write wins, as for data; within `hints` too). Says for each hint what it did, in order.

@@ -680,7 +680,7 @@ impl Storage for RocksStorage {
         super::hint_bytes_of(self.db.iterator_cf(cf, IteratorMode::Start)).map_err(engine)
     }
 
-    fn drop_range(&self, range: Range) -> Result<u64, StorageError> {
+    fn drop_range(&self, range: Range, go_on: &dyn Fn() -> bool) -> Result<u64, StorageError> {
         let cf = self.cf(CF_DATA)?;
         // Under the apply lock: the version cache forgets each key as it is deleted, so a later
         // write of an older version (the range streamed back one day) is stored, not dropped on
@@ -706,15 +706,22 @@ impl Storage for RocksStorage {
                     cache.bump(hash);
                 }
                 in_batch += 1;
-                n += 1;
                 if in_batch == MIGRATE_BATCH {
+                    if !go_on() {
+                        return Ok(n);
+                    }
                     self.write(std::mem::take(&mut batch))?;
+                    n += in_batch as u64;
                     in_batch = 0;
                 }
                 it.next();
             }
             it.status().map_err(engine)?;
+            if !go_on() {
+                return Ok(n);
+            }
             self.write(batch)?;
+            n += in_batch as u64;
         }
         self.segments.touch_all();
         Ok(n)
