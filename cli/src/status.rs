@@ -145,13 +145,15 @@ pub fn render(s: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "repair: {every}; {oldest}; {} sessions ({} failed), {} ranges compared ({} differed), {} keys received, {} sent{}",
+            "repair: {every}; {oldest}; {} sessions ({} failed), {} ranges compared ({} differed), {} keys received, {} sent; tombstones past grace: {} purged, {} held for repair{}",
             r.sessions,
             r.sessions_failed,
             r.ranges_compared,
             r.ranges_differing,
             r.keys_received,
             r.keys_sent,
+            r.tombstones_purged,
+            r.tombstones_held,
             match &r.running {
                 Some(p) => format!("; running ({}, {}/{} sessions)", p.kind, p.sessions_done, p.sessions_total),
                 None => String::new(),

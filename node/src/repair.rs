@@ -397,7 +397,7 @@ impl<T: Transport, S: Storage> Repair<T, S> {
         let ranges: Vec<(Range, Vec<NodeId>)> = my_ranges(&view, self.inner.me, false)
             .into_iter()
             .filter(|(_, replicas)| peer.is_none_or(|p| replicas.contains(&p)))
-            .filter(|(r, _)| call.range.is_none_or(|q| overlaps(ring_range(q), *r)))
+            .filter(|(r, _)| call.range.is_none_or(|q| ring_range(q).overlaps(r)))
             .collect();
         if ranges.is_empty() {
             let why = match (&call.peer, &call.range) {
@@ -829,7 +829,7 @@ impl<T: Transport, S: Storage> Repair<T, S> {
             // This node's ranges (as the ring is now) that overlap what is still to do.
             let ranges: Vec<(Range, Vec<NodeId>)> = my_ranges(&view, me, false)
                 .into_iter()
-                .filter(|(r, _)| left.as_ref().is_none_or(|l| l.iter().any(|x| overlaps(*x, *r))))
+                .filter(|(r, _)| left.as_ref().is_none_or(|l| l.iter().any(|x| x.overlaps(r))))
                 .collect();
             let (summary, complete) = self.run_ranges(ranges.clone(), None, "recovery").await;
             received += summary.keys_received;
@@ -896,14 +896,10 @@ impl<T: Transport, S: Storage> Repair<T, S> {
             last: st.last.clone(),
             ranges,
             oldest_repair_age_secs: oldest,
+            tombstones_purged: self.inner.gate.counts().0,
+            tombstones_held: self.inner.gate.counts().1,
         }
     }
-}
-
-/// Whether two token ranges share a token: arcs `(s, e]` of a circle meet exactly when one holds
-/// the other's end.
-fn overlaps(a: Range, b: Range) -> bool {
-    a.contains(b.end) || b.contains(a.end)
 }
 
 /// The ring's ranges `me` holds no replica of, now or pending: what cleanup drops.
@@ -968,18 +964,6 @@ fn parse_repaired(bytes: &[u8]) -> BTreeMap<TokenRange, Covered> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_overlap_when_one_holds_the_others_end() {
-        let r = |start, end| Range { start, end };
-        assert!(overlaps(r(10, 20), r(15, 30)));
-        assert!(overlaps(r(10, 20), r(12, 14)));
-        assert!(!overlaps(r(10, 20), r(20, 30)), "(10, 20] and (20, 30] share no token");
-        assert!(overlaps(r(u64::MAX - 5, 5), r(2, 3)), "a wrapping range");
-        assert!(overlaps(r(u64::MAX - 5, 5), r(u64::MAX - 2, u64::MAX)));
-        assert!(!overlaps(r(u64::MAX - 5, 5), r(5, 100)));
-        assert!(overlaps(Range::FULL, r(7, 8)));
-    }
 
     #[test]
     fn records_repair_applies_are_made_durable_before_it_goes_on() {

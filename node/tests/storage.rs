@@ -972,10 +972,14 @@ fn rocks_compaction_keeps_tombstones_until_a_complete_repair_covered_them() {
     gate.set(vec![(elsewhere, (old_ts >> 16) + 1000)]);
     s.compact().expect("compact");
     assert_eq!(get(&s, b"deleted"), Some(tomb));
+    let (purged, held) = gate.counts();
+    assert_eq!(purged, 0);
+    assert!(held >= 3, "held {held}: each compaction that kept it counts it");
     // A complete repair of its range that started after it: purged.
     gate.set(vec![(around, (old_ts >> 16) + 1)]);
     s.compact().expect("compact");
     assert_eq!(get(&s, b"deleted"), None);
+    assert_eq!(gate.counts(), (1, held), "one tombstone purged");
 }
 
 #[test]

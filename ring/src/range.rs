@@ -125,6 +125,7 @@ mod tests {
         assert!(!r(0, 10).overlaps(&r(10, 20)) && !r(10, 20).overlaps(&r(0, 10)));
         // Wrapping past the top, and the whole ring.
         assert!(r(u64::MAX - 5, 3).overlaps(&r(1, 2)));
+        assert!(r(u64::MAX - 5, 3).overlaps(&r(u64::MAX - 2, u64::MAX)));
         assert!(!r(u64::MAX - 5, 3).overlaps(&r(3, 100)));
         assert!(Range::FULL.overlaps(&r(7, 8)) && r(7, 8).overlaps(&Range::FULL));
     }

@@ -294,6 +294,13 @@ pub struct RepairStatus {
     pub ranges: Vec<RangeRepair>,
     /// Age of the least recently repaired range, in seconds (`None`: some range never was).
     pub oldest_repair_age_secs: Option<f64>,
+    /// Tombstones past their grace period that compaction dropped since start (a complete
+    /// repair of their range started after them), and those it kept because none had (each
+    /// compaction that met one counts it).
+    #[serde(default)]
+    pub tombstones_purged: u64,
+    #[serde(default)]
+    pub tombstones_held: u64,
 }
 
 /// A repair in progress.

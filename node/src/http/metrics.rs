@@ -367,7 +367,17 @@ impl Collector for StatusCollector {
             encode_gauges(&mut encoder, &topic_gauges)?;
         }
         if let Some(r) = &s.repair {
-            let repair_counters: [(&str, &str, u64); 9] = [
+            let repair_counters: [(&str, &str, u64); 11] = [
+                (
+                    "repair_tombstones_purged",
+                    "Tombstones past their grace period that compaction dropped (a complete repair of their range started after them)",
+                    r.tombstones_purged,
+                ),
+                (
+                    "repair_tombstones_held",
+                    "Tombstones past their grace period that compaction kept because no complete repair of their range started after them (counted per compaction)",
+                    r.tombstones_held,
+                ),
                 ("repair_sessions", "Anti-entropy sessions this node started", r.sessions),
                 (
                     "repair_sessions_failed",

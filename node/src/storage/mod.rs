@@ -214,6 +214,10 @@ pub(crate) fn hint_bytes_of<K: AsRef<[u8]>, V: AsRef<[u8]>, E>(
 pub struct PurgeGate {
     /// `(range, wall ms the last complete repair of it started)`.
     repaired: std::sync::RwLock<Vec<(Range, u64)>>,
+    /// Tombstones compaction dropped (grace past, a complete repair since), and those past
+    /// their grace that it kept because no complete repair of their range started after them.
+    purged: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
 }
 
 impl PurgeGate {
@@ -228,9 +232,21 @@ impl PurgeGate {
         ranges.iter().filter(|(r, _)| r.contains(token)).map(|(_, t)| *t).max()
     }
 
-    /// Whether a tombstone of `token` written at `millis` may be dropped, its grace period past.
+    /// Whether a tombstone of `token` written at `millis` may be dropped, its grace period past
+    /// (counted: see [`PurgeGate::counts`]).
     pub fn may_purge(&self, token: Token, millis: u64) -> bool {
-        self.repaired_since(token).is_some_and(|since| millis < since)
+        let ok = self.repaired_since(token).is_some_and(|since| millis < since);
+        let n = if ok { &self.purged } else { &self.held };
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ok
+    }
+
+    /// `(purged, held)` since start: tombstones past their grace that compaction dropped, and
+    /// those it kept because no complete repair of their range started after them (each time
+    /// a compaction met one: a tombstone kept through several compactions counts several times).
+    pub fn counts(&self) -> (u64, u64) {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        (load(&self.purged), load(&self.held))
     }
 }
 
