@@ -206,7 +206,14 @@ struct Inner {
     config: ClientConfig,
     /// The highest metadata zxid this client has seen.
     meta_seen: std::sync::atomic::AtomicU64,
+    /// Per topic: when its partitions' leaders were learned, and for each partition the index
+    /// of the node (of those given) that leads it, if known.
+    leaders: Mutex<std::collections::HashMap<String, Leaders>>,
 }
+
+/// When a topic's partition leaders were learned, and per partition the index of the node (of
+/// those given) that leads it, if known.
+type Leaders = (Instant, Vec<Option<usize>>);
 
 /// A connection-reusing client of one or more nodes. Cheap to clone; clones share connections.
 #[derive(Debug, Clone)]
@@ -282,6 +289,7 @@ impl Client {
                 next: AtomicUsize::new(0),
                 config,
                 meta_seen: Default::default(),
+                leaders: Mutex::default(),
             }),
         })
     }

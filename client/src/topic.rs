@@ -21,7 +21,9 @@
 //!
 //! Records travel as Kafka RecordBatch v2, built here ([`starling_mq::batch::encode_batch`]) and
 //! stored by the partition leader as they are. Any node takes any call (it forwards produce and
-//! fetch to the partition's leader). A produce refused without being written (no leader yet,
+//! fetch to the partition's leader); the client sends them to the leader itself when it is one of
+//! the nodes it was given (learned with a describe, refreshed every [`LEADERS_REFRESH`]), so the
+//! records cross the network once. A produce refused without being written (no leader yet,
 //! an election, too few in-sync replicas) is retried for up to [`PRODUCE_RETRY_FOR`]; one whose
 //! outcome is unknown is not.
 
@@ -35,7 +37,15 @@ pub use starling_wire::topic::{
     TopicDescribe, TopicError, TopicFetch, TopicInfo, TopicList, TopicOffsets, TopicProduce,
 };
 
+use std::net::SocketAddr;
+
+use starling_wire::Call;
+
 use crate::{Client, Error};
+
+/// How long a client trusts what it learned of a topic's partition leaders (calls go to the
+/// leader directly; one that moved forwards them, so a stale answer costs only a hop).
+pub const LEADERS_REFRESH: Duration = Duration::from_secs(10);
 
 /// How long a produce refused without being written is retried.
 pub const PRODUCE_RETRY_FOR: Duration = Duration::from_secs(10);
@@ -107,7 +117,70 @@ impl Client {
         batches: Vec<u8>,
     ) -> Result<Result<Produced, TopicError>, Error> {
         let call = TopicProduce { topic: topic.to_string(), partition, acks, batches };
-        retry_refusals(|| self.call(call.clone())).await
+        retry_refusals(|| self.call_partition(topic, partition, call.clone())).await
+    }
+
+    /// A call about one partition, sent to the node that leads it when this client knows which
+    /// of its nodes that is (learned with a describe, again at most every
+    /// [`LEADERS_REFRESH`]), else to any node: any node serves it, forwarding to the leader,
+    /// but the data then crosses twice. A leader that moved forwards too; one that cannot be
+    /// reached is forgotten and the call goes to any node.
+    pub(crate) async fn call_partition<C>(
+        &self,
+        topic: &str,
+        partition: u32,
+        c: C,
+    ) -> Result<C::Answer, Error>
+    where
+        C: Call + Clone + Send,
+        C::Answer: Send,
+    {
+        if let Some(i) = self.leader_of(topic, partition).await {
+            match self.call_node(i, c.clone()).await {
+                Err(Error::Unreachable { .. }) => self.forget_leaders(topic),
+                other => return other,
+            }
+        }
+        self.call(c).await
+    }
+
+    /// The index of the node leading `topic`/`partition`, learning the topic's leaders first
+    /// if they were not learned within [`LEADERS_REFRESH`].
+    async fn leader_of(&self, topic: &str, partition: u32) -> Option<usize> {
+        let known = {
+            let leaders = self.inner.leaders.lock().unwrap_or_else(|p| p.into_inner());
+            leaders
+                .get(topic)
+                .filter(|(at, _)| at.elapsed() < LEADERS_REFRESH)
+                .map(|(_, ps)| ps.get(partition as usize).copied().flatten())
+        };
+        if let Some(found) = known {
+            return found;
+        }
+        // Learned once per period even when it fails (a topic being created, a node down):
+        // until then calls go to any node.
+        let mut found = Vec::new();
+        if let Ok(Ok(info)) =
+            self.call(TopicDescribe { name: topic.to_string(), offsets: false }).await
+        {
+            found = vec![None; info.partitions as usize];
+            for p in &info.partition_info {
+                let addr = p.leader_addr.as_deref().and_then(|a| a.parse::<SocketAddr>().ok());
+                let i = addr.and_then(|a| self.inner.nodes.iter().position(|n| n.addr == a));
+                if let Some(slot) = found.get_mut(p.partition as usize) {
+                    *slot = i;
+                }
+            }
+        }
+        let at = found.get(partition as usize).copied().flatten();
+        let mut leaders = self.inner.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        leaders.insert(topic.to_string(), (tokio::time::Instant::now(), found));
+        at
+    }
+
+    fn forget_leaders(&self, topic: &str) {
+        let mut leaders = self.inner.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        leaders.remove(topic);
     }
 
     /// Reads records of one partition from `offset` (below its high watermark), waiting up to
@@ -125,7 +198,8 @@ impl Client {
         let max_wait_ms = max_wait.min(cap).as_millis() as u32;
         let call =
             TopicFetch { topic: topic.to_string(), partition, offset, max_bytes, max_wait_ms };
-        let f = match retry_refusals(|| self.call(call.clone())).await? {
+        let f = match retry_refusals(|| self.call_partition(topic, partition, call.clone())).await?
+        {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
         };
@@ -540,7 +614,7 @@ impl IdempotentProducer {
         // "nothing written" any more.
         let mut maybe_written = false;
         loop {
-            let r = self.client.call(call.clone()).await;
+            let r = self.client.call_partition(topic, partition, call.clone()).await;
             maybe_written |=
                 matches!(&r, Ok(Err(TopicError::OutcomeUnknown(_))) | Err(Error::NoAnswer { .. }));
             let again = match &r {
