@@ -420,13 +420,16 @@ fn offset_for_leader_epoch_answers_where_an_epoch_ends_and_fences_stale_leader_e
     );
 }
 
+/// The fake backend's answer to one request, which it gives at once.
+fn serve(b: &FakeBackend, api: ApiKey, version: i16, req: RequestKind) -> ResponseKind {
+    let h = Header { api_key: api, version, correlation_id: 1, client_id: None };
+    answer(b, &h, "", req).now_or_never().expect("at once").expect("served").expect("answer")
+}
+
 #[test]
 fn a_topic_deleted_and_created_again_starts_with_no_committed_offsets() {
     let (b, member, generation) = backend();
-    let serve = |api: ApiKey, version: i16, req: RequestKind| {
-        let h = Header { api_key: api, version, correlation_id: 1, client_id: None };
-        answer(&b, &h, "", req).now_or_never().expect("at once").expect("served").expect("answer")
-    };
+    let serve = |api: ApiKey, version: i16, req: RequestKind| serve(&b, api, version, req);
     let committed = || {
         let ResponseKind::OffsetFetch(f) =
             serve(ApiKey::OffsetFetch, 6, request(ApiKey::OffsetFetch, 6, &member, generation))
@@ -459,10 +462,7 @@ fn a_topic_deleted_and_created_again_starts_with_no_committed_offsets() {
 #[test]
 fn a_coordinator_another_node_claimed_the_group_from_commits_nothing_and_drops_the_group() {
     let (b, member, generation) = backend();
-    let serve = |api: ApiKey, version: i16, req: RequestKind| {
-        let h = Header { api_key: api, version, correlation_id: 1, client_id: None };
-        answer(&b, &h, "", req).now_or_never().expect("at once").expect("served").expect("answer")
-    };
+    let serve = |api: ApiKey, version: i16, req: RequestKind| serve(&b, api, version, req);
     let commit = || {
         let ResponseKind::OffsetCommit(c) =
             serve(ApiKey::OffsetCommit, 5, request(ApiKey::OffsetCommit, 5, &member, generation))
