@@ -108,10 +108,9 @@ impl<T: Transport> GroupOffsets<T> {
         let op = match version {
             Some(v) => Op::SetData { path: path.to_string(), data, version: Some(v) },
             None => {
-                for parent in [starling_meta::RESERVED, GROUPS_PATH] {
-                    if let Err(w) = self.create(parent, Vec::new()).await {
-                        return w;
-                    }
+                let parents = [starling_meta::RESERVED, GROUPS_PATH];
+                if let Err(e) = self.meta.create_parents(&parents).await {
+                    return Written::Unavailable(e.message);
                 }
                 Op::Create { path: path.to_string(), data, ephemeral: false, sequential: false }
             }
@@ -130,20 +129,6 @@ impl<T: Transport> GroupOffsets<T> {
             )) => Written::Conflict,
             Some(OpResult::Failed(e)) => Written::Refused(e.to_string()),
             other => Written::Refused(format!("unexpected answer {other:?}")),
-        }
-    }
-
-    /// Creates a parent znode unless it exists.
-    async fn create(&self, path: &str, data: Vec<u8>) -> Result<(), Written> {
-        let op = Op::Create { path: path.to_string(), data, ephemeral: false, sequential: false };
-        match self.meta.write_internal(vec![op], false).await {
-            Ok(w) => match w.results.first() {
-                Some(OpResult::Created { .. })
-                | Some(OpResult::Failed(MetaError::NodeExists(_))) => Ok(()),
-                other => Err(Written::Refused(format!("cannot create {path}: {other:?}"))),
-            },
-            // Creating a parent that may exist changes nothing a reader depends on.
-            Err(e) => Err(Written::Unavailable(e.message)),
         }
     }
 }

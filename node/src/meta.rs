@@ -494,6 +494,32 @@ impl<T: Transport> Meta<T> {
         self.write(op).await.map_err(Fail::unavailable)
     }
 
+    /// Creates each of `paths` (empty, persistent) that does not exist yet, in order: the
+    /// parents of Starling's own znodes. `Err` names what failed; an outcome in doubt is an
+    /// error too (creating it again later is harmless).
+    pub async fn create_parents(&self, paths: &[&str]) -> Result<(), MetaUnavailable> {
+        for path in paths {
+            let op = starling_meta::Op::Create {
+                path: path.to_string(),
+                data: Vec::new(),
+                ephemeral: false,
+                sequential: false,
+            };
+            let w = self.write_internal(vec![op], false).await?;
+            match w.results.first() {
+                Some(starling_meta::OpResult::Created { .. })
+                | Some(starling_meta::OpResult::Failed(MetaError::NodeExists(_))) => {}
+                other => {
+                    return Err(MetaUnavailable {
+                        message: format!("cannot create {path}: {other:?}"),
+                        unknown: false,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a znode from this node's copy (which may lag the leader by a few milliseconds).
     pub async fn read_local(
         &self,

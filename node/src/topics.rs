@@ -686,24 +686,11 @@ impl<T: Transport> Topics<T> {
             retention_bytes: None,
         };
         cfg.check(nodes).map_err(|e| TopicError::Invalid(e.to_string()))?;
-        for parent in [starling_meta::RESERVED, TOPICS_PATH] {
-            let op = Op::Create {
-                path: parent.to_string(),
-                data: Vec::new(),
-                ephemeral: false,
-                sequential: false,
-            };
-            let w = self.inner.meta.write_internal(vec![op], false).await.map_err(unavailable)?;
-            match w.results.first() {
-                Some(OpResult::Created { .. })
-                | Some(OpResult::Failed(MetaError::NodeExists(_))) => {}
-                other => {
-                    return Err(TopicError::Unavailable(format!(
-                        "cannot create {parent}: {other:?}"
-                    )))
-                }
-            }
-        }
+        self.inner
+            .meta
+            .create_parents(&[starling_meta::RESERVED, TOPICS_PATH])
+            .await
+            .map_err(unavailable)?;
         let mut ops = vec![Op::Create {
             path: topic_path(&c.name),
             data: encode_config(&cfg),

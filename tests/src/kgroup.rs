@@ -409,12 +409,12 @@ impl Coordinator {
                     .collect();
                 Resp::Offsets { error: 0, committed }
             }
-            (Work::Fetch { .. }, _) => Resp::Offsets { error: error.max(1), committed: Vec::new() },
+            (Work::Fetch { .. }, _) => Resp::Offsets { error, committed: Vec::new() },
             (Work::Commit { .. }, r) => {
                 if r.is_err() {
                     self.shared.borrow_mut().commits_refused += 1;
                 }
-                Resp::Commit { error: if r.is_ok() { 0 } else { error.max(1) } }
+                Resp::Commit { error }
             }
         };
         self.reply(call.to, call.id, resp);

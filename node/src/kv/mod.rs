@@ -278,13 +278,8 @@ impl<T: Transport, S: Storage> Kv<T, S> {
 
     /// Whether replica reads of `key` are refused now (see [`Kv::start_recovery`]).
     fn unrecovered(&self, key: &[u8]) -> bool {
-        if !self.is_recovering() {
-            return false;
-        }
         let token = starling_ring::token_of(key);
-        self.recovery()
-            .as_ref()
-            .is_some_and(|r| r.pending.as_ref().is_none_or(|p| p.iter().any(|r| r.contains(token))))
+        self.recovering_any(&[starling_ring::Range { start: token.wrapping_sub(1), end: token }])
     }
 
     fn recovery(&self) -> std::sync::MutexGuard<'_, Option<Recovery>> {
