@@ -15,7 +15,9 @@ exits non-zero with the reason and the nodes' log tails.
   failover  an idempotent confluent-kafka producer (acks=all) streams while the leader of a
             partition is killed with -9 and later restarted; a group consumer reads along: every
             acknowledged record is committed exactly once, in offset order per partition, and no
-            offset holds two records.
+            offset holds two records. A commit answered with an error may still have landed
+            (the coordinator died between its write and its answer): the consumer asks the
+            group's committed offset before it reads the record again.
   tls       `starling dev` with certificates: both clients produce and consume over TLS with the
             client certificate; a client without one writes nothing.
 """
@@ -252,6 +254,11 @@ class Ledger:
         self.lock = threading.Lock()
         self.commits = []
         self.retried = 0
+        self.events = []  # (time, who, partition, offset, what): commits that failed, seeks
+
+    def note(self, who, m, what):
+        with self.lock:
+            self.events.append((time.time(), who, m.partition(), m.offset(), what))
 
     def add(self, who, m):
         with self.lock:
@@ -271,7 +278,7 @@ class Ledger:
         return by_value
 
 
-def commit_or_drop(cons, m):
+def commit_or_drop(cons, m, note=lambda what: None):
     """Commits m; True once committed. False if the commit failed for good (the group moved on,
     or the coordinator stayed away): the record does not count as consumed, and the consumer
     goes back to it so that whoever owns its partition reads it again (this consumer, if the
@@ -282,16 +289,39 @@ def commit_or_drop(cons, m):
             return True
         except KafkaException as e:
             err = e.args[0]
+            note(f"commit: {err.name()}")
             if err.code() in (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
                               KafkaError.UNKNOWN_MEMBER_ID, KafkaError._NO_OFFSET,
                               KafkaError._STATE, KafkaError._ASSIGNMENT_LOST):
                 break
             time.sleep(0.1)
+    # An error does not say the commit was lost: a coordinator killed after its write and before
+    # its answer leaves the commit in doubt (Kafka's too). The group's committed offset says.
+    committed = committed_offset(cons, m)
+    if committed is not None and committed > m.offset():
+        note(f"commit: landed after all (the group's committed offset is {committed})")
+        return True
     try:
         cons.seek(CTopicPartition(m.topic(), m.partition(), m.offset()))
-    except KafkaException:
-        pass  # no longer assigned here: its new owner starts from the committed offset
+        note("seek back")
+    except KafkaException as e:
+        # No longer assigned here: its new owner starts from the committed offset.
+        note(f"seek back: {e.args[0].name()}")
     return False
+
+
+def committed_offset(cons, m):
+    """The group's committed offset for m's partition, asked of the coordinator (None if it
+    would not say within about 10 s)."""
+    for _ in range(10):
+        try:
+            [tp] = cons.committed([CTopicPartition(m.topic(), m.partition())], timeout=5)
+            if tp.error is None:
+                return tp.offset
+        except KafkaException:
+            pass
+        time.sleep(0.5)
+    return None
 
 
 def group_consumer(c, group, topic, who, ledger, stop, extra=None):
@@ -306,7 +336,7 @@ def group_consumer(c, group, topic, who, ledger, stop, extra=None):
         m = cons.poll(0.2)
         if m is None or m.error():
             continue
-        if commit_or_drop(cons, m):
+        if commit_or_drop(cons, m, lambda what: ledger.note(who, m, what)):
             ledger.add(who, m)
             mine += 1
         else:
@@ -345,6 +375,35 @@ def scenario_group(c):
     check(len(ledger.commits) == n, f"{len(ledger.commits)} commits for {n} records")
     check(counts.get("c1", 0) >= 500 and counts.get("c2", 0) > 0, f"per consumer {counts}")
     print(f"group: {n} records committed exactly once in offset order per partition; c1 {counts['c1']} then left, c2 {counts['c2']}")
+
+
+def explain_missing(c, topic, acked, ledger):
+    """For a failed run: where each acknowledged record that was never committed sits now (read
+    back from its acknowledged offset), and what the consumer committed around it."""
+    with ledger.lock:
+        have = {v for (_, _, _, v) in ledger.commits}
+        commits = list(ledger.commits)
+        events = list(ledger.events)
+    missing = [v for v in acked if v not in have]
+    for v in missing[:3]:
+        p, off = acked[v]
+        around = [(who, o, val) for (who, q, o, val) in commits if q == p and off - 3 <= o <= off + 3]
+        print(f"  {v!r} acknowledged at {p}@{off}; committed near it: {around}", file=sys.stderr)
+        for (t, who, q, o, what) in events:
+            if q == p and off - 3 <= o <= off + 3:
+                print(f"  {time.strftime('%H:%M:%S', time.gmtime(t))}.{int(t * 1000) % 1000:03d} {who} "
+                      f"{p}@{o}: {what}", file=sys.stderr)
+        cons = KafkaConsumer(bootstrap_servers=c.bootstrap(), consumer_timeout_ms=5000)
+        tp = TopicPartition(topic, p)
+        cons.assign([tp])
+        cons.seek(tp, max(0, off - 2))
+        stored = []
+        for m in cons:
+            stored.append((m.offset, m.value))
+            if len(stored) >= 5:
+                break
+        cons.close()
+        print(f"  partition {p} now holds, from {max(0, off - 2)}: {stored}", file=sys.stderr)
 
 
 def scenario_failover(c):
@@ -402,6 +461,7 @@ def scenario_failover(c):
         time.sleep(0.3)
     stop_consumer.set()
     consumer.join(PATIENCE)
+    explain_missing(c, "ha", acked, ledger)
     by_value = ledger.check(expected, "failover")
     for v, (p, off) in acked.items():
         check(by_value[v][1:] == (p, off), f"{v!r} acknowledged at {p}@{off}, read at {by_value[v][1:]}")
@@ -416,7 +476,8 @@ def scenario_failover(c):
           f"(node {victim}) killed at 4 s, restarted at 9 s; its first acknowledgement after the kill "
           f"{first_after * 1000:.0f} ms later, its longest pause between acknowledgements "
           f"{max(gaps) * 1000:.0f} ms; every acknowledged record committed exactly once, in order "
-          f"({ledger.retried} commits refused or unanswered and their records read again)")
+          f"({ledger.retried} commits refused or unanswered and their records read again, "
+          f"{sum(1 for e in ledger.events if 'landed' in e[4])} answered with an error that had landed)")
     c.wait_ready()
 
 
