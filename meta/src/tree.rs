@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 use starling_zab::{StateMachine, Zxid};
 
@@ -39,20 +40,21 @@ struct Znode {
     #[serde(with = "serde_bytes")]
     data: Vec<u8>,
     stat: Stat,
-    children: BTreeSet<String>,
+    children: OrdSet<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Session {
     timeout_ms: u32,
-    ephemerals: BTreeSet<String>,
+    ephemerals: OrdSet<String>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Image {
+/// The tree as a snapshot holds it (also the frozen copy a snapshot is encoded from).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Image {
     format: u8,
-    nodes: BTreeMap<String, Znode>,
-    sessions: BTreeMap<u64, Session>,
+    nodes: OrdMap<String, Znode>,
+    sessions: OrdMap<u64, Session>,
 }
 
 /// Who registered a watch (a client connection of this server).
@@ -92,8 +94,10 @@ enum Undo {
 /// ZooKeeper's data tree (see the crate docs).
 #[derive(Debug)]
 pub struct Tree {
-    nodes: BTreeMap<String, Znode>,
-    sessions: BTreeMap<u64, Session>,
+    // Persistent maps: a snapshot takes a copy in O(1) and encodes it off the ZAB loop while
+    // transactions go on being applied here (a write copies only the path it changes).
+    nodes: OrdMap<String, Znode>,
+    sessions: OrdMap<u64, Session>,
     last: Zxid,
     outcomes: VecDeque<(Zxid, Outcome)>,
     watches: BTreeMap<(WatchKind, String), BTreeSet<WatcherId>>,
@@ -119,7 +123,7 @@ impl Default for Tree {
 }
 
 fn root() -> Znode {
-    Znode { data: Vec::new(), stat: Stat::default(), children: BTreeSet::new() }
+    Znode { data: Vec::new(), stat: Stat::default(), children: OrdSet::new() }
 }
 
 fn check_version(path: &str, stat: &Stat, version: Option<u32>) -> Result<(), MetaError> {
@@ -134,11 +138,11 @@ fn check_version(path: &str, stat: &Stat, version: Option<u32>) -> Result<(), Me
 impl Tree {
     /// A tree with only the root.
     pub fn new() -> Tree {
-        let mut nodes = BTreeMap::new();
+        let mut nodes = OrdMap::new();
         nodes.insert("/".to_string(), root());
         Tree {
             nodes,
-            sessions: BTreeMap::new(),
+            sessions: OrdMap::new(),
             last: Zxid::ZERO,
             outcomes: VecDeque::new(),
             watches: BTreeMap::new(),
@@ -318,7 +322,7 @@ impl Tree {
         self.save_node(&full);
         self.save_node(&parent_path);
         self.nodes
-            .insert(full.clone(), Znode { data: data.to_vec(), stat, children: BTreeSet::new() });
+            .insert(full.clone(), Znode { data: data.to_vec(), stat, children: OrdSet::new() });
         if let Some(p) = self.nodes.get_mut(&parent_path) {
             p.children.insert(path::name(&full).to_string());
             p.stat.cversion = p.stat.cversion.wrapping_add(1);
@@ -543,15 +547,19 @@ impl StateMachine for Tree {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct ImageRef<'a> {
-            format: u8,
-            nodes: &'a BTreeMap<String, Znode>,
-            sessions: &'a BTreeMap<u64, Session>,
+    type Image = Image;
+
+    fn image(&self) -> Image {
+        Image { format: FORMAT, nodes: self.nodes.clone(), sessions: self.sessions.clone() }
+    }
+
+    fn encode(image: Image, size_hint: usize) -> Vec<u8> {
+        // Room for a little growth over the last snapshot: one allocation, no copies.
+        let mut out = Vec::with_capacity(size_hint + size_hint / 8);
+        match rmp_serde::encode::write_named(&mut out, &image) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
         }
-        let image = ImageRef { format: FORMAT, nodes: &self.nodes, sessions: &self.sessions };
-        rmp_serde::to_vec_named(&image).unwrap_or_default()
     }
 
     /// Replaces the tree. Watches registered here stay, but what changed between the old state

@@ -56,6 +56,10 @@ pub struct Args {
     /// of a cluster must be given the same list; the others are observers.
     #[arg(long, env = "STARLING_META_VOTERS", value_delimiter = ',')]
     pub meta_voters: Option<Vec<String>>,
+    /// Committed metadata transactions between snapshots of the metadata tree (ZooKeeper's
+    /// `snapCount`); fewer keep a shorter log, more write snapshots less often [default: 10000].
+    #[arg(long, env = "STARLING_META_SNAPSHOT_EVERY")]
+    pub meta_snapshot_every: Option<u64>,
     /// Failure zone (rack, availability zone).
     #[arg(long, env = "STARLING_ZONE")]
     pub zone: Option<String>,
@@ -152,6 +156,7 @@ struct FileConfig {
     repair_segment_bits: Option<u8>,
     cleanup_after: Option<String>,
     version_cache: Option<usize>,
+    meta_snapshot_every: Option<u64>,
     quorum: Option<String>,
     max_clock_offset: Option<String>,
     max_hints_per_node: Option<String>,
@@ -184,6 +189,8 @@ pub struct NodeConfig {
     pub seeds: Vec<String>,
     /// The metadata service's voters as given (resolved to node ids through gossip).
     pub meta_voters: Vec<String>,
+    /// Metadata transactions between snapshots.
+    pub meta_snapshot_every: u64,
     pub zone: Option<String>,
     pub security: Security,
     pub log_json: bool,
@@ -350,6 +357,15 @@ impl NodeConfig {
         if version_cache > 1 << 30 {
             bail!("--version-cache {version_cache}: expected at most {} keys", 1u64 << 30);
         }
+        let meta_snapshot_every = args
+            .meta_snapshot_every
+            .or(file.meta_snapshot_every)
+            .unwrap_or(starling_zab::Config::default().snapshot_every);
+        if !(10..=10_000_000).contains(&meta_snapshot_every) {
+            bail!(
+                "--meta-snapshot-every {meta_snapshot_every}: expected 10 to 10000000 transactions"
+            );
+        }
         let sloppy_quorum = match args.quorum.or(file.quorum).as_deref() {
             None | Some("sloppy") => true,
             Some("strict") => false,
@@ -394,6 +410,7 @@ impl NodeConfig {
             kafka_idle_timeout,
             seeds,
             meta_voters,
+            meta_snapshot_every,
             zone: args.zone.or(file.zone),
             security,
             log_json,

@@ -35,9 +35,9 @@ use starling_wire::meta::{
 };
 use starling_wire::status::MetaStatus;
 use starling_wire::{Call, ErrorCode, NodeId, Response, MAX_REQUEST_BODY};
-use starling_zab::{Config as ZabConfig, Event, Msg, Role, Zab, Zxid};
+use starling_zab::{Config as ZabConfig, Event, Msg, Role, StateMachine, Zab, Zxid};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::kv::RingView;
 use crate::transport::{CallError, Transport, TransportError};
@@ -648,6 +648,8 @@ struct Driver<T> {
     /// The last round of work took longer than `stall_grace` (a stall of this node's own).
     stalled: bool,
     stall_grace: Duration,
+    /// Snapshots encoded on a blocking thread come back here (ticket, bytes, encoding time).
+    encoded_tx: mpsc::UnboundedSender<(u64, Vec<u8>, Duration)>,
 }
 
 async fn drive<T: Transport>(
@@ -714,6 +716,7 @@ async fn drive<T: Transport>(
         applied = %zab.applied(),
         "metadata service started"
     );
+    let (encoded_tx, mut encoded_rx) = mpsc::unbounded_channel();
     let mut d = Driver {
         handle,
         zab,
@@ -735,6 +738,7 @@ async fn drive<T: Transport>(
         stats: MetaStatus::default(),
         stalled: false,
         stall_grace: opts.zab.heartbeat,
+        encoded_tx,
     };
     d.pump().await?;
     loop {
@@ -744,6 +748,10 @@ async fn drive<T: Transport>(
                 None => return Ok(()),
                 Some(c) => d.handle(c),
             },
+            Some((ticket, data, took)) = encoded_rx.recv() => {
+                debug!(bytes = data.len(), encode_ms = took.as_millis() as u64, "metadata snapshot encoded");
+                d.zab.snapshot_encoded(ticket, data);
+            }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
         }
         let round = Instant::now();
@@ -1026,6 +1034,16 @@ impl<T: Transport> Driver<T> {
     /// reads and watches that became possible.
     async fn pump(&mut self) -> Result<(), String> {
         loop {
+            if let Some(job) = self.zab.snapshot_job() {
+                // Encoded on a blocking thread while transactions go on (the image is a
+                // frozen copy); the bytes come back through `encoded_tx`.
+                let tx = self.encoded_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    let data = Tree::encode(job.image, job.size_hint);
+                    let _ = tx.send((job.ticket, data, started.elapsed()));
+                });
+            }
             let r = self.zab.ready();
             if r.is_empty() {
                 break;

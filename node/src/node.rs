@@ -500,6 +500,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             // hundred milliseconds, and must not set off an election each time.
             zab: starling_zab::Config {
                 leader_timeout: std::time::Duration::from_secs(1),
+                snapshot_every: cfg.meta_snapshot_every,
                 ..starling_zab::Config::default()
             },
         },

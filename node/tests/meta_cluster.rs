@@ -39,13 +39,19 @@ struct Ensemble {
 impl Ensemble {
     /// Three voters and one observer.
     async fn start() -> Ensemble {
+        Ensemble::start_with(&[]).await
+    }
+
+    /// The same, with more environment for every node.
+    async fn start_with(extra: &[(&str, &str)]) -> Ensemble {
         let dir = tempfile::tempdir().expect("tempdir");
         let names = ["node1", "node2", "node3", "node4", "client"];
         let certs = process::certs(&dir.path().join("certs"), &names);
         let listens: Vec<SocketAddr> =
             (0..3).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
         let voters = listens.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-        let env = vec![("STARLING_META_VOTERS".to_string(), voters)];
+        let mut env = vec![("STARLING_META_VOTERS".to_string(), voters)];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut nodes = Vec::new();
         for (i, name) in names[..4].iter().enumerate() {
             let listen = listens.get(i).map_or("127.0.0.1:0".to_string(), |a| a.to_string());
@@ -143,7 +149,9 @@ impl Ensemble {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_leader_during_writes_loses_no_acknowledged_write() {
-    let mut e = Ensemble::start().await;
+    // A snapshot every 200 transactions: several are encoded (off the ZAB loop) and written
+    // during the writes, and the killed leader restarts from its latest.
+    let mut e = Ensemble::start_with(&[("STARLING_META_SNAPSHOT_EVERY", "200")]).await;
     assert!(e.create(3, 0, "/t", false).await.is_some(), "create /t\n{}", e.logs());
     let leader = e.leader().await;
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
@@ -238,6 +246,14 @@ async fn kill9_of_the_leader_during_writes_loses_no_acknowledged_write() {
     for i in 1..4 {
         assert_eq!(e.children(i, "/t").await, reference, "node{} differs from node1", i + 1);
     }
+    // Snapshots were taken along the way, the restarted leader's among them.
+    let m = e.nodes[leader].status().await.and_then(|s| s.meta).expect("meta status");
+    assert!(m.snapshot_bytes > 0, "the restarted leader has no snapshot: {m:?}\n{}", e.logs());
+    assert!(
+        process::tail(&e.nodes[leader].data, usize::MAX).contains("metadata snapshot written"),
+        "no snapshot written by the old leader\n{}",
+        e.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

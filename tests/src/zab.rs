@@ -14,9 +14,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use starling_zab::disk::MemDisk;
-use starling_zab::{Config, Event, Msg, NodeId, Role, StateMachine, Zab, Zxid};
+use starling_zab::{Config, Event, Msg, NodeId, Role, SnapshotJob, StateMachine, Zab, Zxid};
 
 use crate::sim::{sim_addr, NetConfig, Process, Sim};
 
@@ -53,6 +54,8 @@ pub struct Checker {
     pub errors: u64,
     /// Snapshots servers took from their leader (SNAP syncs).
     pub restores: u64,
+    /// Snapshot jobs handed back to their core (encoded "off its loop").
+    pub snapshots: u64,
     /// Simulated time of the step being checked.
     pub now: Option<Instant>,
 }
@@ -134,8 +137,10 @@ impl Checker {
 pub struct Nothing;
 
 impl StateMachine for Nothing {
+    type Image = ();
     fn apply(&mut self, _: Zxid, _: &[u8]) {}
-    fn snapshot(&self) -> Vec<u8> {
+    fn image(&self) {}
+    fn encode(_: (), _: usize) -> Vec<u8> {
         Vec::new()
     }
     fn restore(&mut self, _: Zxid, _: &[u8]) -> Result<(), String> {
@@ -178,12 +183,18 @@ impl<S: StateMachine> StateMachine for Checked<S> {
         self.inner.apply(zxid, txn);
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    type Image = (Zxid, u64, [u8; 32], S::Image);
+
+    fn image(&self) -> Self::Image {
+        (self.last, self.count, self.state, self.inner.image())
+    }
+
+    fn encode((last, count, state, inner): Self::Image, size_hint: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(48);
-        out.extend_from_slice(&self.last.0.to_be_bytes());
-        out.extend_from_slice(&self.count.to_be_bytes());
-        out.extend_from_slice(&self.state);
-        out.extend_from_slice(&self.inner.snapshot());
+        out.extend_from_slice(&last.0.to_be_bytes());
+        out.extend_from_slice(&count.to_be_bytes());
+        out.extend_from_slice(&state);
+        out.extend_from_slice(&S::encode(inner, size_hint.saturating_sub(48)));
         out
     }
 
@@ -206,12 +217,27 @@ impl<S: StateMachine> StateMachine for Checked<S> {
 
 /// One simulated server: the core, its disk (which outlives crashes) and its outbox.
 #[derive(Debug)]
-pub struct ZabProc<S = Nothing> {
+pub struct ZabProc<S: StateMachine = Nothing> {
     pub zab: Zab<Checked<S>>,
     pub disk: Rc<RefCell<MemDisk>>,
     checker: Rc<RefCell<Checker>>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     pub decode_errors: u64,
+    /// A snapshot being encoded "on another thread": handed back when its time comes (up to
+    /// 200 ms later, one in eight up to 3 s, so transactions, elections and SNAPs happen
+    /// meanwhile); lost in a crash.
+    encoding: Option<(Instant, Encoding<S>)>,
+    rng: ChaCha8Rng,
+}
+
+/// A snapshot job in flight (a type of its own: `derive(Debug)` would ask the image to be
+/// `Debug`).
+pub struct Encoding<S: StateMachine>(SnapshotJob<<Checked<S> as StateMachine>::Image>);
+
+impl<S: StateMachine> std::fmt::Debug for Encoding<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// Makes a server's (empty) state machine.
@@ -235,14 +261,44 @@ impl<S: StateMachine> ZabProc<S> {
             Ok(z) => z,
             Err(e) => panic!("server {id:?} cannot start from its disk: {e}"),
         };
-        let mut p = ZabProc { zab, disk, checker, out: VecDeque::new(), decode_errors: 0 };
+        let mut p = ZabProc {
+            zab,
+            disk,
+            checker,
+            out: VecDeque::new(),
+            decode_errors: 0,
+            encoding: None,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5a9_5eed),
+        };
         p.pump(now);
         p
     }
 
+    /// Hands back the snapshot being encoded, once its time has come.
+    fn encoded(&mut self, now: Instant) {
+        if self.encoding.as_ref().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, Encoding(job))) = self.encoding.take() {
+                let data = <Checked<S> as StateMachine>::encode(job.image, job.size_hint);
+                self.zab.snapshot_encoded(job.ticket, data);
+                self.checker.borrow_mut().snapshots += 1;
+            }
+        }
+    }
+
     /// Persists, sends and reports until the core has nothing more to say.
     fn pump(&mut self, now: Instant) {
+        self.encoded(now);
         loop {
+            if let Some(job) = self.zab.snapshot_job() {
+                // Mostly quick; one in eight slow enough for elections and SNAPs to pass it.
+                let ms = if self.rng.gen_ratio(1, 8) {
+                    self.rng.gen_range(200..3000)
+                } else {
+                    self.rng.gen_range(0..200)
+                };
+                let at = now + Duration::from_millis(ms);
+                self.encoding = Some((at, Encoding(job)));
+            }
             let r = self.zab.ready();
             if r.is_empty() {
                 break;
@@ -294,7 +350,11 @@ impl<S: StateMachine> Process for ZabProc<S> {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.zab.poll_timeout()
+        let core = self.zab.poll_timeout();
+        match (core, self.encoding.as_ref().map(|(at, _)| *at)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -530,6 +590,9 @@ pub struct RunReport {
     /// Time from a leader's crash to the next commit by a new leader, per crash of a leader.
     pub failovers: Vec<Duration>,
     pub elections: u64,
+    /// Snapshots encoded off the cores' loops; states replaced by a leader's SNAP.
+    pub snapshots: u64,
+    pub restores: u64,
 }
 
 /// A randomized run: `voters` voters and one observer, a client proposing every few
@@ -661,6 +724,8 @@ pub fn random_run(seed: u64, voters: usize, secs: u64) -> RunReport {
     report.committed = c.acked.len() as u64;
     report.unknown = c.unknown;
     report.elections = c.established.len() as u64;
+    report.snapshots = c.snapshots;
+    report.restores = c.restores;
     report
 }
 

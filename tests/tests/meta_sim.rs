@@ -225,6 +225,11 @@ fn session_closed_while_a_follower_was_away(seed: u64, busy: bool) {
     if busy {
         for i in 0..60 {
             create(&mut e, 0, &format!("/keep/n{i}"), b"", false, false);
+            if i % 20 == 19 {
+                // Snapshots are encoded off the core's loop: let each come back (and the log
+                // be compacted) before the next is due.
+                e.sim.run_for(Duration::from_millis(250));
+            }
         }
     }
     let restores = e.checker.borrow().restores;

@@ -156,7 +156,9 @@ mod zookeeper_bugs {
         e.sim.partition(&[vec![c], vec![a, b]]);
         e.sim.run_for(Duration::from_millis(400));
         assert_eq!(e.propose_n(a, 30), 30);
-        e.sim.run_for(Duration::from_millis(50));
+        // Long enough for the snapshots (encoded off the core's loop) to come back and the
+        // log to be compacted: c, away for all 30, then needs a SNAP.
+        e.sim.run_for(Duration::from_millis(500));
         e.crash(a);
         e.sim.heal();
         // b leads (it holds the 30 transactions); c synchronizes from it.

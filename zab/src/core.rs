@@ -12,13 +12,13 @@ use crate::link::Inbox;
 use crate::message::{PeerState, ToLeader, ToLearner, Vote};
 use crate::sync::{self, Plan, Summary};
 use crate::{
-    Config, Entry, Event, Msg, NodeId, NotLeader, Persist, Persisted, Ready, Role, StateMachine,
-    Status, Zxid,
+    Config, Entry, Event, Msg, NodeId, NotLeader, Persist, Persisted, Ready, Role, SnapshotJob,
+    StateMachine, Status, Zxid,
 };
 
 /// One server of a ZAB ensemble (see the crate docs for how to drive it).
 #[derive(Debug)]
-pub struct Zab<S> {
+pub struct Zab<S: StateMachine> {
     s: Shared<S>,
     role: RoleState,
 }
@@ -26,7 +26,7 @@ pub struct Zab<S> {
 /// Everything but the role: the durable state as this server last persisted it, the state
 /// machine, and the batch being built for the caller.
 #[derive(Debug)]
-struct Shared<S> {
+struct Shared<S: StateMachine> {
     cfg: Config,
     me: NodeId,
     voter: bool,
@@ -46,10 +46,25 @@ struct Shared<S> {
     since_snapshot: u64,
     /// Bytes of transactions applied since the last snapshot.
     bytes_since_snapshot: u64,
+    /// The snapshot being encoded by the caller (ticket, zxid), and the last ticket given.
+    snapshot_job: Option<(u64, Zxid)>,
+    tickets: u64,
+    /// A job not yet taken by the caller.
+    job_out: JobOut<S>,
     /// Last log zxid on disk (as of the last [`Zab::advance`]).
     durable: Zxid,
     round: u64,
     out: Ready,
+}
+
+/// A snapshot job not yet taken (a type of its own: `derive(Debug)` would ask the image to be
+/// `Debug`).
+struct JobOut<S: StateMachine>(Option<SnapshotJob<S::Image>>);
+
+impl<S: StateMachine> std::fmt::Debug for JobOut<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 #[derive(Debug)]
@@ -201,6 +216,9 @@ impl<S: StateMachine> Zab<S> {
             applied,
             since_snapshot: 0,
             bytes_since_snapshot: 0,
+            snapshot_job: None,
+            tickets: 0,
+            job_out: JobOut(None),
             round: 0,
             out: Ready::default(),
             cfg,
@@ -235,6 +253,18 @@ impl<S: StateMachine> Zab<S> {
             RoleState::Looking(_) => {}
         }
         std::mem::take(&mut self.s.out)
+    }
+
+    /// A snapshot for the caller to encode, if one is due (see [`SnapshotJob`]); ask after
+    /// each [`Zab::ready`].
+    pub fn snapshot_job(&mut self) -> Option<SnapshotJob<S::Image>> {
+        self.s.job_out.0.take()
+    }
+
+    /// The bytes of a [`SnapshotJob`]'s image: persisted with the next [`Zab::ready`], and the
+    /// log before the previous snapshot let go of (a stale ticket is ignored).
+    pub fn snapshot_encoded(&mut self, ticket: u64, data: Vec<u8>) {
+        self.s.finish_snapshot(ticket, data);
     }
 
     /// Everything in the batches taken so far is on disk (and their messages are sent).
@@ -567,7 +597,7 @@ impl Looking {
     }
 
     /// The leader a quorum of this round's votes agrees on, if any.
-    fn decision<S>(&self, s: &Shared<S>) -> Option<NodeId> {
+    fn decision<S: StateMachine>(&self, s: &Shared<S>) -> Option<NodeId> {
         if !s.voter {
             return None;
         }
@@ -581,7 +611,7 @@ impl Looking {
 
     /// A leader that says it leads and that a quorum of voters follows (ZooKeeper's
     /// out-of-election check: a server that restarts joins the ensemble that formed without it).
-    fn joinable<S>(&self, s: &Shared<S>) -> Option<NodeId> {
+    fn joinable<S: StateMachine>(&self, s: &Shared<S>) -> Option<NodeId> {
         let (leader, _) = self.settled.iter().find(|(id, v)| {
             v.state == PeerState::Leading && v.leader == **id && s.cfg.voters.contains(id)
         })?;
@@ -599,7 +629,7 @@ impl Looking {
 }
 
 impl Learner {
-    fn role<S>(&self, s: &Shared<S>) -> Role {
+    fn role<S: StateMachine>(&self, s: &Shared<S>) -> Role {
         let synced = self.phase == LearnerPhase::Synced;
         if s.voter {
             Role::Following { leader: self.leader, epoch: self.epoch, synced }
@@ -608,7 +638,7 @@ impl Learner {
         }
     }
 
-    fn send<S>(&mut self, s: &mut Shared<S>, body: ToLeader) {
+    fn send<S: StateMachine>(&mut self, s: &mut Shared<S>, body: ToLeader) {
         if let ToLeader::Ack(z) = body {
             self.ack_pending = Some(self.ack_pending.map_or(z, |p| p.max(z)));
             return;
@@ -618,19 +648,19 @@ impl Learner {
     }
 
     /// Sends the pending ACK, if any.
-    fn flush<S>(&mut self, s: &mut Shared<S>) {
+    fn flush<S: StateMachine>(&mut self, s: &mut Shared<S>) {
         if let Some(z) = self.ack_pending.take() {
             self.send_now(s, ToLeader::Ack(z));
         }
     }
 
-    fn send_now<S>(&mut self, s: &mut Shared<S>, body: ToLeader) {
+    fn send_now<S: StateMachine>(&mut self, s: &mut Shared<S>, body: ToLeader) {
         let seq = self.seq;
         self.seq += 1;
         s.send(self.leader, Msg::ToLeader { session: self.session, seq, body });
     }
 
-    fn deadline<S>(&self, s: &Shared<S>) -> Instant {
+    fn deadline<S: StateMachine>(&self, s: &Shared<S>) -> Instant {
         match self.phase {
             LearnerPhase::Connecting => self.connect_at.min(self.started + s.cfg.leader_timeout),
             LearnerPhase::Syncing => self.started + s.cfg.init_limit,
@@ -638,7 +668,7 @@ impl Learner {
         }
     }
 
-    fn on_timeout<S>(&mut self, s: &mut Shared<S>, now: Instant) -> Next {
+    fn on_timeout<S: StateMachine>(&mut self, s: &mut Shared<S>, now: Instant) -> Next {
         match self.phase {
             LearnerPhase::Connecting | LearnerPhase::Syncing => {
                 // A leader that does not answer within the leader timeout is not there (a vote
@@ -762,6 +792,7 @@ impl Learner {
                 s.applied = zxid;
                 s.since_snapshot = 0;
                 s.bytes_since_snapshot = 0;
+                s.drop_snapshot_job();
                 s.log.clear();
                 s.log_base = zxid;
                 s.snapshot = Some((zxid, data.clone()));
@@ -857,7 +888,7 @@ impl Learner {
 }
 
 impl Leader {
-    fn send<S>(&mut self, s: &mut Shared<S>, to: NodeId, body: ToLearner) {
+    fn send<S: StateMachine>(&mut self, s: &mut Shared<S>, to: NodeId, body: ToLearner) {
         if let Some(p) = self.peers.get_mut(&to) {
             if let ToLearner::Commit(z) = body {
                 p.commit_pending = Some(p.commit_pending.map_or(z, |c| c.max(z)));
@@ -870,14 +901,14 @@ impl Leader {
         }
     }
 
-    fn send_now<S>(s: &mut Shared<S>, to: NodeId, p: &mut Peer, body: ToLearner) {
+    fn send_now<S: StateMachine>(s: &mut Shared<S>, to: NodeId, p: &mut Peer, body: ToLearner) {
         let seq = p.seq;
         p.seq += 1;
         s.send(to, Msg::ToLearner { session: p.session, seq, body });
     }
 
     /// Sends every pending COMMIT.
-    fn flush<S>(&mut self, s: &mut Shared<S>) {
+    fn flush<S: StateMachine>(&mut self, s: &mut Shared<S>) {
         for (to, p) in self.peers.iter_mut() {
             if let Some(z) = p.commit_pending.take() {
                 Leader::send_now(s, *to, p, ToLearner::Commit(z));
@@ -885,7 +916,7 @@ impl Leader {
         }
     }
 
-    fn deadline<S>(&self, s: &Shared<S>) -> Instant {
+    fn deadline<S: StateMachine>(&self, s: &Shared<S>) -> Instant {
         let t = self.ping_at;
         if self.phase == LeaderPhase::Broadcasting {
             t
@@ -1265,7 +1296,7 @@ impl Leader {
     }
 }
 
-impl<S> Shared<S> {
+impl<S: StateMachine> Shared<S> {
     fn last_zxid(&self) -> Zxid {
         let snap = self.snapshot.as_ref().map_or(Zxid::ZERO, |(z, _)| *z);
         self.log.back().map_or(Zxid::ZERO, |e| e.zxid).max(snap).max(self.log_base)
@@ -1369,33 +1400,64 @@ impl<S: StateMachine> Shared<S> {
             if let Some(tag) = tags.as_deref_mut().and_then(|t| t.remove(&zxid)) {
                 self.out.events.push(Event::Committed { tag, zxid });
             }
-            // Every `snapshot_every` transactions, and not before the log since the last
-            // snapshot is half its size: writing a snapshot costs its whole size, so a large
-            // state is snapshotted less often (at most two bytes of snapshot per byte logged).
-            let last_size = self.snapshot.as_ref().map_or(0, |(_, d)| d.len() as u64);
-            if self.since_snapshot >= self.cfg.snapshot_every
-                && self.bytes_since_snapshot >= last_size / 2
-            {
-                self.take_snapshot();
+            if self.snapshot_due() {
+                self.start_snapshot();
             }
         }
     }
 
-    /// Snapshots the state machine and lets go of the log before the previous snapshot (one
-    /// interval of log stays, so a learner a little behind still gets a DIFF).
-    fn take_snapshot(&mut self) {
-        let data = Arc::new(self.sm.snapshot());
-        let prev = self.snapshot.as_ref().map(|(z, _)| *z);
-        self.snapshot = Some((self.applied, data.clone()));
-        self.persist(Persist::Snapshot { zxid: self.applied, data });
+    /// Every `snapshot_every` transactions, and not before the log since the last snapshot is
+    /// half its size: writing a snapshot costs its whole size, so a large state is snapshotted
+    /// less often (at most two bytes of snapshot per byte logged). One at a time.
+    fn snapshot_due(&self) -> bool {
+        let last_size = self.snapshot.as_ref().map_or(0, |(_, d)| d.len() as u64);
+        self.since_snapshot >= self.cfg.snapshot_every
+            && self.bytes_since_snapshot >= last_size / 2
+            && self.snapshot_job.is_none()
+    }
+
+    /// Takes an image of the state machine for the caller to encode (a [`SnapshotJob`]).
+    fn start_snapshot(&mut self) {
+        self.tickets += 1;
+        self.snapshot_job = Some((self.tickets, self.applied));
+        self.job_out.0 = Some(SnapshotJob {
+            ticket: self.tickets,
+            zxid: self.applied,
+            image: self.sm.image(),
+            size_hint: self.snapshot.as_ref().map_or(0, |(_, d)| d.len()),
+        });
         self.since_snapshot = 0;
         self.bytes_since_snapshot = 0;
+    }
+
+    /// Forgets the snapshot being encoded: the state it was taken from was replaced.
+    fn drop_snapshot_job(&mut self) {
+        self.snapshot_job = None;
+        self.job_out.0 = None;
+    }
+
+    /// Keeps an encoded snapshot and lets go of the log before the previous snapshot (one
+    /// interval of log stays, so a learner a little behind still gets a DIFF).
+    fn finish_snapshot(&mut self, ticket: u64, data: Vec<u8>) {
+        let Some((t, zxid)) = self.snapshot_job else { return };
+        if t != ticket {
+            return;
+        }
+        self.snapshot_job = None;
+        let data = Arc::new(data);
+        let prev = self.snapshot.as_ref().map(|(z, _)| *z);
+        self.snapshot = Some((zxid, data.clone()));
+        self.persist(Persist::Snapshot { zxid, data });
         if let Some(prev) = prev.filter(|p| *p > self.log_base) {
             while self.log.front().is_some_and(|e| e.zxid <= prev) {
                 self.log.pop_front();
             }
             self.log_base = prev;
             self.persist(Persist::CompactThrough(prev));
+        }
+        // Transactions applied while it was encoded may already call for the next one.
+        if self.snapshot_due() {
+            self.start_snapshot();
         }
     }
 }

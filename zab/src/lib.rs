@@ -29,7 +29,10 @@
 //!
 //! The replicated state is any [`StateMachine`]: the core applies committed transactions to it in
 //! zxid order, snapshots it every [`Config::snapshot_every`] transactions (so the log does not
-//! grow forever) and restores it from a snapshot sent by a leader.
+//! grow forever) and restores it from a snapshot sent by a leader. A snapshot is a
+//! [`SnapshotJob`]: the core takes a frozen image of the state between two transactions, the
+//! caller encodes it wherever it likes (a thread of its own) and hands the bytes back; the core
+//! then persists it and compacts the log, while transactions went on being applied.
 
 mod core;
 pub mod disk;
@@ -112,8 +115,18 @@ pub trait StateMachine {
     /// machine cannot decode must be applied as a no-op (it is committed: refusing it would make
     /// this server diverge), and reported by the state machine its own way.
     fn apply(&mut self, zxid: Zxid, txn: &[u8]);
+    /// A frozen copy of the state as of the last transaction applied, encoded later with
+    /// [`StateMachine::encode`] away from the core's loop (see [`SnapshotJob`]). Taking it must
+    /// be cheap: the core takes it between two transactions (a persistent map's O(1) clone,
+    /// not a deep copy).
+    type Image: Send + 'static;
+    fn image(&self) -> Self::Image;
+    /// Serializes an image; `size_hint` is the size of the last snapshot (to allocate once).
+    fn encode(image: Self::Image, size_hint: usize) -> Vec<u8>;
     /// The state, serialized, as of the last transaction applied.
-    fn snapshot(&self) -> Vec<u8>;
+    fn snapshot(&self) -> Vec<u8> {
+        Self::encode(self.image(), 0)
+    }
     /// Replaces the state with a snapshot taken at `zxid` (by this server or sent by a leader).
     fn restore(&mut self, zxid: Zxid, snapshot: &[u8]) -> Result<(), String>;
 }
@@ -221,6 +234,30 @@ pub enum Role {
     Observing { leader: NodeId, epoch: u32, synced: bool },
     /// Leading `epoch` (`established` once a quorum acknowledged NEWLEADER).
     Leading { epoch: u32, established: bool },
+}
+
+/// A snapshot to encode, from [`Zab::snapshot_job`]: encode `image` with
+/// [`StateMachine::encode`] (off the loop that drives the core) and give the bytes to
+/// [`Zab::snapshot_encoded`] with this `ticket`. The snapshot is of the state after `zxid`.
+/// Until it comes back the core takes no other; one that comes back after the core replaced
+/// its state (a SNAP from a leader) is dropped. A job never handed back only means no
+/// snapshot: the log keeps everything since the last one.
+pub struct SnapshotJob<I> {
+    pub ticket: u64,
+    pub zxid: Zxid,
+    pub image: I,
+    /// The size of the last snapshot (to allocate once).
+    pub size_hint: usize,
+}
+
+impl<I> std::fmt::Debug for SnapshotJob<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotJob")
+            .field("ticket", &self.ticket)
+            .field("zxid", &self.zxid)
+            .field("size_hint", &self.size_hint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One input's worth of work for the caller: persist, then send, then [`Zab::advance`].

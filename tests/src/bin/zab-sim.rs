@@ -41,6 +41,8 @@ fn main() {
             ("committed", r.committed),
             ("unknown", r.unknown),
             ("elections", r.elections),
+            ("snapshots", r.snapshots),
+            ("restores", r.restores),
         ];
         failovers.extend(r.failovers);
         sweep.add(seed, &figures, r.faults, r.violations);
@@ -49,6 +51,7 @@ fn main() {
     let total = |k: &str| sweep.totals.get(k).copied().unwrap_or(0);
     let (proposals, committed, unknown, elections) =
         (total("proposals"), total("committed"), total("unknown"), total("elections"));
+    let (snapshots, restores) = (total("snapshots"), total("restores"));
     let bar = &sweep.bar;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
@@ -69,7 +72,7 @@ fn main() {
         let v = serde_json::json!({
             "seeds": seeds.len(), "secs": secs, "seeds_per_min": seeds.len() as f64 / secs * 60.0,
             "voters": a.voters, "proposals": proposals, "committed": committed, "unknown": unknown,
-            "elections": elections, "faults": faults,
+            "elections": elections, "snapshots": snapshots, "restores": restores, "faults": faults,
             "failover_ms": {"n": clean.len(), "p50": cl(0.5), "p90": cl(0.9), "p99": cl(0.99), "max": cl(1.0), "stuck": stuck},
             "failover_under_faults_ms": {"n": failovers.len(), "p50": fo(0.5), "p90": fo(0.9), "p99": fo(0.99), "max": fo(1.0)},
             "violations": bad.iter().map(|(_, v)| v.len()).sum::<usize>(),
@@ -86,6 +89,7 @@ fn main() {
             seeds.len() as f64 / secs * 60.0
         );
         println!("  proposals {proposals}, committed and acknowledged {committed}, outcome unknown {unknown}; leaders established {elections}");
+        println!("  snapshots encoded off the core's loop {snapshots}; states replaced by a leader's SNAP {restores}");
         println!("  faults injected: {faults:?}");
         println!(
             "  leader killed -> next commit by a new leader (calm network): n={} p50 {} ms, p90 {} ms, p99 {} ms, max {} ms; none within 10 s: {stuck}",
