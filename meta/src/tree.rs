@@ -40,12 +40,14 @@ struct Znode {
     #[serde(with = "serde_bytes")]
     data: Vec<u8>,
     stat: Stat,
+    #[serde(deserialize_with = "de_set")]
     children: OrdSet<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Session {
     timeout_ms: u32,
+    #[serde(deserialize_with = "de_set")]
     ephemerals: OrdSet<String>,
 }
 
@@ -53,8 +55,26 @@ struct Session {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Image {
     format: u8,
+    #[serde(deserialize_with = "de_map")]
     nodes: OrdMap<String, Znode>,
+    #[serde(deserialize_with = "de_map")]
     sessions: OrdMap<u64, Session>,
+}
+
+// imbl's own deserializers size a vector by the length the input claims (a snapshot from the
+// network or a damaged disk claiming billions of entries would abort the process): read into
+// the standard collections, which grow as entries actually arrive, then convert.
+fn de_set<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OrdSet<String>, D::Error> {
+    Ok(BTreeSet::<String>::deserialize(d)?.into_iter().collect())
+}
+
+fn de_map<'de, D, K, V>(d: D) -> Result<OrdMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Ord + Clone,
+    V: Deserialize<'de> + Clone,
+{
+    Ok(BTreeMap::<K, V>::deserialize(d)?.into_iter().collect())
 }
 
 /// Who registered a watch (a client connection of this server).

@@ -242,6 +242,28 @@ fn snapshots_round_trip_and_corrupt_ones_are_refused() {
     assert!(v.restore(Zxid::new(1, 3), &snap[..snap.len() / 2]).is_err());
     assert!(v.restore(Zxid::new(1, 3), b"").is_err());
     assert_eq!(v.counts().0, 1, "a refused snapshot leaves the tree as it was");
+    // Collections that claim billions of entries and hold none are an error, not an attempt to
+    // allocate for them: the nodes map, a znode's children, a session's ephemerals.
+    let nodes =
+        [&[0x83, 0xa6][..], b"format", &[0x01, 0xa5], b"nodes", &[0xdf, 0xff, 0xff, 0xff, 0xff]];
+    assert!(v.restore(Zxid::new(1, 3), &nodes.concat()).is_err());
+    let children = [
+        &[0x83, 0xa6][..],
+        b"format",
+        &[0x01, 0xa5],
+        b"nodes",
+        &[0x81, 0xa1],
+        b"/",
+        &[0x83, 0xa4],
+        b"data",
+        &[0xc4, 0x00, 0xa4],
+        b"stat",
+        &[0x9a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa8],
+        b"children",
+        &[0xdd, 0xff, 0xff, 0xff, 0xff],
+    ];
+    assert!(v.restore(Zxid::new(1, 3), &children.concat()).is_err());
+    assert_eq!(v.counts().0, 1);
 }
 
 /// The seeds' lock recipe: ephemeral sequential children; each waiter watches only its
