@@ -37,7 +37,7 @@ use starling_wire::status::MetaStatus;
 use starling_wire::{Call, ErrorCode, NodeId, Response, MAX_REQUEST_BODY};
 use starling_zab::{Config as ZabConfig, Event, Msg, Role, StateMachine, Zab, Zxid};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::kv::RingView;
 use crate::transport::{CallError, Transport, TransportError};
@@ -648,8 +648,8 @@ struct Driver<T> {
     /// The last round of work took longer than `stall_grace` (a stall of this node's own).
     stalled: bool,
     stall_grace: Duration,
-    /// Snapshots encoded on a blocking thread come back here (ticket, bytes, encoding time).
-    encoded_tx: mpsc::UnboundedSender<(u64, Vec<u8>, Duration)>,
+    /// Snapshots taken on a blocking thread report here (ticket, the bytes if saved).
+    encoded_tx: mpsc::UnboundedSender<(u64, Option<Vec<u8>>)>,
 }
 
 async fn drive<T: Transport>(
@@ -748,10 +748,10 @@ async fn drive<T: Transport>(
                 None => return Ok(()),
                 Some(c) => d.handle(c),
             },
-            Some((ticket, data, took)) = encoded_rx.recv() => {
-                debug!(bytes = data.len(), encode_ms = took.as_millis() as u64, "metadata snapshot encoded");
-                d.zab.snapshot_encoded(ticket, data);
-            }
+            Some((ticket, saved)) = encoded_rx.recv() => match saved {
+                Some(data) => d.zab.snapshot_saved(ticket, data),
+                None => d.zab.snapshot_failed(ticket),
+            },
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
         }
         let round = Instant::now();
@@ -1035,13 +1035,33 @@ impl<T: Transport> Driver<T> {
     async fn pump(&mut self) -> Result<(), String> {
         loop {
             if let Some(job) = self.zab.snapshot_job() {
-                // Encoded on a blocking thread while transactions go on (the image is a
-                // frozen copy); the bytes come back through `encoded_tx`.
-                let tx = self.encoded_tx.clone();
+                // Encoded and written to a file of its own on a blocking thread while
+                // transactions go on (the image is a frozen copy); the outcome comes back
+                // through `encoded_tx`.
+                let (tx, store) = (self.encoded_tx.clone(), self.store.clone());
+                let gen = store.snapshot_gen();
                 tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
                     let data = Tree::encode(job.image, job.size_hint);
-                    let _ = tx.send((job.ticket, data, started.elapsed()));
+                    let encode_ms = started.elapsed().as_millis() as u64;
+                    let saved = match store.save_snapshot(gen, job.zxid, &data) {
+                        Ok(true) => {
+                            info!(
+                                bytes = data.len(),
+                                zxid = %job.zxid,
+                                encode_ms,
+                                write_ms = started.elapsed().as_millis() as u64 - encode_ms,
+                                "metadata snapshot written"
+                            );
+                            Some(data)
+                        }
+                        Ok(false) => None,
+                        Err(e) => {
+                            error!("cannot save a metadata snapshot (the log is kept whole): {e}");
+                            None
+                        }
+                    };
+                    let _ = tx.send((job.ticket, saved));
                 });
             }
             let r = self.zab.ready();
@@ -1071,7 +1091,7 @@ impl<T: Transport> Driver<T> {
                 info!(
                     bytes = snapshot_bytes,
                     write_ms = started.elapsed().as_millis() as u64,
-                    "metadata snapshot written"
+                    "the leader's metadata snapshot written"
                 );
             }
             for (to, msg) in r.messages {

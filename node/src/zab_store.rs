@@ -10,14 +10,25 @@
 //!   voters' node ids (16 bytes each);
 //! - `l/` ‖ zxid (8, BE) → a transaction (so the log reads back in zxid order);
 //! - `p/zxid` → the snapshot's zxid; `p/n` → its chunk count (4, BE) ‖ blake3 of the whole
-//!   snapshot (32); `p/c/` ‖ index (4, BE) → 1 MiB chunks.
+//!   snapshot (32); `p/c/` ‖ index (4, BE) → 1 MiB chunks: a snapshot sent by a leader (a
+//!   SNAP), persisted with the log's reset in the same batch.
+//!
+//! The snapshots a server takes itself are files in `snapshots/` beside the database
+//! ([`ZabStore::save_snapshot`], called off the ZAB loop: a large tree's snapshot does not hold
+//! up the log's group commits behind it). `snap-<zxid, 16 hex digits>` holds `STRLSNP1`, the
+//! zxid (8, BE), the length (8, BE), blake3 of the snapshot (32), then the snapshot; written to a
+//! `.tmp`, fsynced, renamed, the directory fsynced. The two newest are kept: if the newer is
+//! damaged, the older still covers the log's start (the log is compacted only through the
+//! snapshot before the newest). A restart loads the newest readable snapshot of either kind.
 //!
 //! [`ZabStore::load`] checks what it reads (field sizes, the snapshot's hash) and refuses a
 //! damaged store with an error that names the damage: a voter that lost what it acknowledged
 //! must not rejoin as if it had not (it could let a quorum forget a committed transaction).
 
-use std::path::Path;
-use std::sync::Arc;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use starling_zab::{Entry, NodeId, Persist, Persisted, Zxid};
@@ -31,6 +42,10 @@ const SNAP_ZXID: &[u8] = b"p/zxid";
 const SNAP_META: &[u8] = b"p/n";
 const SNAP_CHUNK: &[u8] = b"p/c/";
 const CHUNK: usize = 1 << 20;
+const SNAP_MAGIC: &[u8; 8] = b"STRLSNP1";
+const SNAP_HEADER: usize = 56;
+/// Snapshot files kept.
+const SNAP_FILES: usize = 2;
 
 fn log_key(z: Zxid) -> Vec<u8> {
     let mut k = LOG.to_vec();
@@ -57,6 +72,18 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub struct ZabStore {
     db: DB,
     sync: WriteOptions,
+    /// Where the snapshots this server takes go.
+    snap_dir: PathBuf,
+    /// Bumped by every snapshot or log reset [`ZabStore::apply`] writes (a leader's SNAP), and
+    /// held while a snapshot file is written: a snapshot taken before a SNAP is not saved after
+    /// it.
+    snap_gen: Mutex<u64>,
+}
+
+/// An I/O error as "cannot WHAT PATH: ERROR".
+fn io(what: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> String + use<> {
+    let p = p.display().to_string();
+    move |e| format!("cannot {what} {p}: {e}")
 }
 
 impl std::fmt::Debug for ZabStore {
@@ -75,7 +102,94 @@ impl ZabStore {
             .map_err(|e| format!("cannot open the metadata store {}: {e}", dir.display()))?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        Ok(ZabStore { db, sync })
+        let snap_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snap_dir).map_err(io("create", &snap_dir))?;
+        // A snapshot file cut short by a crash is only ever a `.tmp`.
+        for e in std::fs::read_dir(&snap_dir).map_err(io("list", &snap_dir))?.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(ZabStore { db, sync, snap_dir, snap_gen: Mutex::new(0) })
+    }
+
+    /// The generation a [`SnapshotJob`](starling_zab::SnapshotJob) is saved under: take it
+    /// when the job is handed out.
+    pub fn snapshot_gen(&self) -> u64 {
+        self.snap_gen.lock().map_or(0, |g| *g)
+    }
+
+    /// Saves a snapshot this server took, unless a snapshot was persisted through
+    /// [`ZabStore::apply`] since `gen` (then `Ok(false)`: it is stale), and keeps the two
+    /// newest files.
+    pub fn save_snapshot(&self, gen: u64, zxid: Zxid, data: &[u8]) -> Result<bool, String> {
+        let g = self.snap_gen.lock().map_err(|_| "the snapshot lock is poisoned")?;
+        if *g != gen {
+            return Ok(false);
+        }
+        let name = format!("snap-{:016x}", zxid.0);
+        let tmp = self.snap_dir.join(format!("{name}.tmp"));
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        let mut head = Vec::with_capacity(SNAP_HEADER);
+        head.extend_from_slice(SNAP_MAGIC);
+        head.extend_from_slice(&zxid.0.to_be_bytes());
+        head.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        head.extend_from_slice(blake3::hash(data).as_bytes());
+        f.write_all(&head).map_err(io("write", &tmp))?;
+        f.write_all(data).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("sync", &tmp))?;
+        drop(f);
+        let path = self.snap_dir.join(&name);
+        std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+        File::open(&self.snap_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync", &self.snap_dir))?;
+        let files = self.snapshot_files()?;
+        for (_, p) in files.iter().take(files.len().saturating_sub(SNAP_FILES)) {
+            let _ = std::fs::remove_file(p);
+        }
+        drop(g);
+        Ok(true)
+    }
+
+    /// The snapshot files, oldest first.
+    fn snapshot_files(&self) -> Result<Vec<(Zxid, PathBuf)>, String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.snap_dir).map_err(io("list", &self.snap_dir))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(z) = name.strip_prefix("snap-").filter(|z| z.len() == 16) {
+                if let Ok(z) = u64::from_str_radix(z, 16) {
+                    out.push((Zxid(z), e.path()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A snapshot file's contents, checked against its header.
+    fn read_snapshot_file(zxid: Zxid, path: &Path) -> Result<Vec<u8>, String> {
+        let mut f = File::open(path).map_err(io("open", path))?;
+        let mut head = [0u8; SNAP_HEADER];
+        f.read_exact(&mut head).map_err(|_| "shorter than its header".to_string())?;
+        if &head[..8] != SNAP_MAGIC {
+            return Err("not a snapshot file (bad magic)".into());
+        }
+        let z = u64::from_be_bytes(head[8..16].try_into().map_err(|_| "zxid")?);
+        if z != zxid.0 {
+            return Err(format!("holds the snapshot at {:?}", Zxid(z)));
+        }
+        let len = u64::from_be_bytes(head[16..24].try_into().map_err(|_| "length")?);
+        let on_disk = f.metadata().map_err(io("stat", path))?.len();
+        if on_disk != SNAP_HEADER as u64 + len {
+            return Err(format!("{on_disk} bytes, its header says {}", SNAP_HEADER as u64 + len));
+        }
+        let mut data = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut data).map_err(io("read", path))?;
+        if blake3::hash(&data).as_bytes() != &head[24..56] {
+            return Err("corrupt (its hash does not match)".into());
+        }
+        Ok(data)
     }
 
     /// Writes one batch durably (one fsync).
@@ -83,6 +197,13 @@ impl ZabStore {
         if ops.is_empty() {
             return Ok(());
         }
+        // A leader's snapshot: no snapshot taken before it is saved after it.
+        let mut gen =
+            if ops.iter().any(|op| matches!(op, Persist::Snapshot { .. } | Persist::ResetLog(_))) {
+                Some(self.snap_gen.lock().map_err(|_| "the snapshot lock is poisoned")?)
+            } else {
+                None
+            };
         let mut b = WriteBatch::default();
         let mut base = match self.get(LOG_BASE)? {
             Some(v) => Zxid(u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))),
@@ -132,7 +253,16 @@ impl ZabStore {
                 }
             }
         }
-        self.db.write_opt(b, &self.sync).map_err(|e| format!("cannot persist: {e}"))
+        self.db.write_opt(b, &self.sync).map_err(|e| format!("cannot persist: {e}"))?;
+        if let Some(g) = gen.as_mut() {
+            **g += 1;
+            // The leader's snapshot replaces this server's own (were one left by a crash
+            // here, it would be committed history too, and loaded only if newer).
+            for (_, p) in self.snapshot_files()? {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(())
     }
 
     /// The voters this server was started with the first time (`None`: not yet recorded).
@@ -202,6 +332,23 @@ impl ZabStore {
             }
             p.snapshot = Some((zxid, Arc::new(data)));
         }
+        // The newest readable snapshot file, if newer.
+        let held = p.snapshot.as_ref().map(|(z, _)| *z);
+        for (zxid, path) in self.snapshot_files()?.into_iter().rev() {
+            if held.is_some_and(|h| h >= zxid) {
+                break;
+            }
+            match Self::read_snapshot_file(zxid, &path) {
+                Ok(data) => {
+                    p.snapshot = Some((zxid, Arc::new(data)));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "metadata snapshot file skipped: {e}")
+                }
+            }
+        }
+
         let iter = self.db.iterator(IteratorMode::From(LOG, Direction::Forward));
         for item in iter {
             let (k, v) = item.map_err(|e| format!("cannot read the log: {e}"))?;
@@ -280,6 +427,63 @@ mod tests {
             let s = ZabStore::open(dir.path()).unwrap();
             same(&s.load().unwrap(), &model.load());
         }
+    }
+
+    /// Snapshots a server takes go to files: the newest readable one of either kind is loaded
+    /// (as the model says), a damaged newest file falls back to the one before, a leader's SNAP
+    /// replaces them and a snapshot taken before it is not saved after it, two files are kept,
+    /// and a torn `.tmp` is cleared.
+    #[test]
+    fn snapshot_files_load_newest_first_and_fall_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ZabStore::open(dir.path()).unwrap();
+        let mut model = MemDisk::default();
+        let snap = |n: u8| Arc::new(vec![n; 3000]);
+        let save = |s: &ZabStore, model: &mut MemDisk, gen: u64, c: u32, n: u8| {
+            let a = s.save_snapshot(gen, Zxid::new(1, c), &snap(n)).unwrap();
+            assert_eq!(a, model.save_snapshot(gen, Zxid::new(1, c), snap(n)));
+            same(&s.load().unwrap(), &model.load());
+            a
+        };
+        for (i, c) in [5u32, 9, 14].into_iter().enumerate() {
+            assert_eq!(s.snapshot_gen(), model.snapshot_gen);
+            assert!(save(&s, &mut model, s.snapshot_gen(), c, i as u8));
+        }
+        assert_eq!(s.snapshot_files().unwrap().len(), 2, "the two newest are kept");
+        // The newest file damaged, or cut short: the one before it is loaded.
+        let newest = s.snapshot_files().unwrap().last().unwrap().1.clone();
+        let good = std::fs::read(&newest).unwrap();
+        let mut bad = good.clone();
+        bad[SNAP_HEADER + 10] ^= 1;
+        std::fs::write(&newest, &bad).unwrap();
+        assert_eq!(s.load().unwrap().snapshot.unwrap().0, Zxid::new(1, 9));
+        std::fs::write(&newest, &good[..SNAP_HEADER + 5]).unwrap();
+        assert_eq!(s.load().unwrap().snapshot.unwrap().0, Zxid::new(1, 9));
+        std::fs::write(&newest, &good).unwrap();
+        assert_eq!(s.load().unwrap().snapshot.unwrap().0, Zxid::new(1, 14));
+        // A leader's SNAP replaces them; a snapshot taken before it is stale.
+        let gen = s.snapshot_gen();
+        let snap_op = [
+            Persist::Snapshot { zxid: Zxid::new(1, 12), data: snap(7) },
+            Persist::ResetLog(Zxid::new(1, 12)),
+        ];
+        s.apply(&snap_op).unwrap();
+        model.apply_all(&snap_op);
+        same(&s.load().unwrap(), &model.load());
+        assert!(!save(&s, &mut model, gen, 20, 8), "a stale snapshot was saved");
+        assert!(save(&s, &mut model, s.snapshot_gen(), 20, 9));
+        assert_eq!(s.load().unwrap().snapshot.unwrap().0, Zxid::new(1, 20));
+        // Its file damaged: the SNAP's snapshot is loaded.
+        let newest = s.snapshot_files().unwrap().last().unwrap().1.clone();
+        std::fs::write(&newest, b"STRLSNP1").unwrap();
+        assert_eq!(s.load().unwrap().snapshot.unwrap().0, Zxid::new(1, 12));
+        // A torn write is only ever a .tmp, and goes at the next open.
+        let tmp = s.snap_dir.join("snap-0000000100000063.tmp");
+        std::fs::write(&tmp, b"torn").unwrap();
+        drop(s);
+        let s = ZabStore::open(dir.path()).unwrap();
+        assert!(!tmp.exists());
+        assert_eq!(s.load().unwrap().snapshot.unwrap().0, Zxid::new(1, 12));
     }
 
     #[test]

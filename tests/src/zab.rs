@@ -232,11 +232,11 @@ pub struct ZabProc<S: StateMachine = Nothing> {
 
 /// A snapshot job in flight (a type of its own: `derive(Debug)` would ask the image to be
 /// `Debug`).
-pub struct Encoding<S: StateMachine>(SnapshotJob<<Checked<S> as StateMachine>::Image>);
+pub struct Encoding<S: StateMachine>(u64, SnapshotJob<<Checked<S> as StateMachine>::Image>);
 
 impl<S: StateMachine> std::fmt::Debug for Encoding<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.1.fmt(f)
     }
 }
 
@@ -274,13 +274,24 @@ impl<S: StateMachine> ZabProc<S> {
         p
     }
 
-    /// Hands back the snapshot being encoded, once its time has come.
+    /// Saves the snapshot being taken and tells the core, once its time has come (one save in
+    /// fifty fails, as on a full disk).
     fn encoded(&mut self, now: Instant) {
         if self.encoding.as_ref().is_some_and(|(at, _)| *at <= now) {
-            if let Some((_, Encoding(job))) = self.encoding.take() {
+            if let Some((_, Encoding(gen, job))) = self.encoding.take() {
                 let data = <Checked<S> as StateMachine>::encode(job.image, job.size_hint);
-                self.zab.snapshot_encoded(job.ticket, data);
-                self.checker.borrow_mut().snapshots += 1;
+                let saved = !self.rng.gen_ratio(1, 50)
+                    && self.disk.borrow_mut().save_snapshot(
+                        gen,
+                        job.zxid,
+                        std::sync::Arc::new(data.clone()),
+                    );
+                if saved {
+                    self.zab.snapshot_saved(job.ticket, data);
+                    self.checker.borrow_mut().snapshots += 1;
+                } else {
+                    self.zab.snapshot_failed(job.ticket);
+                }
             }
         }
     }
@@ -297,7 +308,8 @@ impl<S: StateMachine> ZabProc<S> {
                     self.rng.gen_range(0..200)
                 };
                 let at = now + Duration::from_millis(ms);
-                self.encoding = Some((at, Encoding(job)));
+                let gen = self.disk.borrow().snapshot_gen;
+                self.encoding = Some((at, Encoding(gen, job)));
             }
             let r = self.zab.ready();
             if r.is_empty() {

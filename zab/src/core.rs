@@ -194,6 +194,12 @@ impl<S: StateMachine> Zab<S> {
             sm.restore(*z, data).map_err(|e| format!("cannot restore the snapshot at {z}: {e}"))?;
             applied = *z;
         }
+        if applied < persisted.log_base {
+            return Err(format!(
+                "the log starts after {}, but the snapshot is at {applied}: the transactions between are lost",
+                persisted.log_base
+            ));
+        }
         let log: VecDeque<Entry> =
             persisted.log.into_iter().filter(|e| e.zxid > persisted.log_base).collect();
         if log.iter().zip(log.iter().skip(1)).any(|(a, b)| a.zxid >= b.zxid) {
@@ -261,10 +267,19 @@ impl<S: StateMachine> Zab<S> {
         self.s.job_out.0.take()
     }
 
-    /// The bytes of a [`SnapshotJob`]'s image: persisted with the next [`Zab::ready`], and the
-    /// log before the previous snapshot let go of (a stale ticket is ignored).
-    pub fn snapshot_encoded(&mut self, ticket: u64, data: Vec<u8>) {
+    /// A [`SnapshotJob`]'s snapshot is saved (`data`, its bytes, are what a learner that needs
+    /// a SNAP is sent): the log before the previous snapshot is let go of with the next
+    /// [`Zab::ready`]. A stale ticket is ignored.
+    pub fn snapshot_saved(&mut self, ticket: u64, data: Vec<u8>) {
         self.s.finish_snapshot(ticket, data);
+    }
+
+    /// A [`SnapshotJob`] could not be saved (a full disk, or a leader's SNAP came first): the
+    /// log is kept whole, and the next snapshot is taken after another interval.
+    pub fn snapshot_failed(&mut self, ticket: u64) {
+        if self.s.snapshot_job.is_some_and(|(t, _)| t == ticket) {
+            self.s.snapshot_job = None;
+        }
     }
 
     /// Everything in the batches taken so far is on disk (and their messages are sent).
@@ -1436,7 +1451,7 @@ impl<S: StateMachine> Shared<S> {
         self.job_out.0 = None;
     }
 
-    /// Keeps an encoded snapshot and lets go of the log before the previous snapshot (one
+    /// Keeps a saved snapshot and lets go of the log before the previous snapshot (one
     /// interval of log stays, so a learner a little behind still gets a DIFF).
     fn finish_snapshot(&mut self, ticket: u64, data: Vec<u8>) {
         let Some((t, zxid)) = self.snapshot_job else { return };
@@ -1444,10 +1459,8 @@ impl<S: StateMachine> Shared<S> {
             return;
         }
         self.snapshot_job = None;
-        let data = Arc::new(data);
         let prev = self.snapshot.as_ref().map(|(z, _)| *z);
-        self.snapshot = Some((zxid, data.clone()));
-        self.persist(Persist::Snapshot { zxid, data });
+        self.snapshot = Some((zxid, Arc::new(data)));
         if let Some(prev) = prev.filter(|p| *p > self.log_base) {
             while self.log.front().is_some_and(|e| e.zxid <= prev) {
                 self.log.pop_front();

@@ -1,6 +1,8 @@
 //! A model of what a server keeps on disk, built by applying [`Persist`] operations in order.
 //! The simulator keeps one per server across crashes; `starlingd`'s files follow the same rules.
 
+use std::sync::Arc;
+
 use crate::{Entry, Persist, Persisted, Zxid};
 
 /// The durable state of one server.
@@ -10,6 +12,8 @@ pub struct MemDisk {
     /// Operations applied, and `fsync`s (one per [`MemDisk::apply_all`] with anything in it).
     pub writes: u64,
     pub syncs: u64,
+    /// Bumped by every batch that persists a snapshot or resets the log (a leader's SNAP).
+    pub snapshot_gen: u64,
 }
 
 impl MemDisk {
@@ -22,7 +26,24 @@ impl MemDisk {
             apply(&mut self.state, op);
             self.writes += 1;
         }
+        if ops.iter().any(|op| matches!(op, Persist::Snapshot { .. } | Persist::ResetLog(_))) {
+            self.snapshot_gen += 1;
+        }
         self.syncs += 1;
+    }
+
+    /// Saves the snapshot of a [`SnapshotJob`](crate::SnapshotJob) taken when the generation
+    /// was `gen`: not if a SNAP was persisted since (false); kept if it is newer than the
+    /// snapshot held (a restart loads the newest snapshot saved either way).
+    pub fn save_snapshot(&mut self, gen: u64, zxid: Zxid, data: Arc<Vec<u8>>) -> bool {
+        if gen != self.snapshot_gen {
+            return false;
+        }
+        if self.state.snapshot.as_ref().is_none_or(|(z, _)| *z < zxid) {
+            self.state.snapshot = Some((zxid, data));
+        }
+        self.syncs += 1;
+        true
     }
 
     /// What a server restarted on this disk loads.

@@ -31,8 +31,8 @@
 //! zxid order, snapshots it every [`Config::snapshot_every`] transactions (so the log does not
 //! grow forever) and restores it from a snapshot sent by a leader. A snapshot is a
 //! [`SnapshotJob`]: the core takes a frozen image of the state between two transactions, the
-//! caller encodes it wherever it likes (a thread of its own) and hands the bytes back; the core
-//! then persists it and compacts the log, while transactions went on being applied.
+//! caller encodes and saves it wherever it likes (a thread and a file of its own) and says so;
+//! the core then compacts the log, while transactions went on being applied.
 
 mod core;
 pub mod disk;
@@ -236,12 +236,15 @@ pub enum Role {
     Leading { epoch: u32, established: bool },
 }
 
-/// A snapshot to encode, from [`Zab::snapshot_job`]: encode `image` with
-/// [`StateMachine::encode`] (off the loop that drives the core) and give the bytes to
-/// [`Zab::snapshot_encoded`] with this `ticket`. The snapshot is of the state after `zxid`.
-/// Until it comes back the core takes no other; one that comes back after the core replaced
-/// its state (a SNAP from a leader) is dropped. A job never handed back only means no
-/// snapshot: the log keeps everything since the last one.
+/// A snapshot to take, from [`Zab::snapshot_job`]: encode `image` with
+/// [`StateMachine::encode`] and save it durably, both off the loop that drives the core, then
+/// tell the core with [`Zab::snapshot_saved`] (or [`Zab::snapshot_failed`]) and this `ticket`.
+/// The snapshot is of the state after `zxid`. It is saved beside what [`Persist`] writes, never
+/// over a snapshot persisted after the job was handed out (a leader's SNAP): what a restart
+/// loads is the newest snapshot saved either way ([`disk::MemDisk`] is the model). Until the
+/// job comes back the core takes no other; one that comes back after a SNAP replaced the state
+/// is ignored. A job never handed back only means no snapshot: the log keeps everything since
+/// the last one.
 pub struct SnapshotJob<I> {
     pub ticket: u64,
     pub zxid: Zxid,
