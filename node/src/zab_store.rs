@@ -129,16 +129,21 @@ impl ZabStore {
         }
         let name = format!("snap-{:016x}", zxid.0);
         let tmp = self.snap_dir.join(format!("{name}.tmp"));
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
         let mut head = Vec::with_capacity(SNAP_HEADER);
         head.extend_from_slice(SNAP_MAGIC);
         head.extend_from_slice(&zxid.0.to_be_bytes());
         head.extend_from_slice(&(data.len() as u64).to_be_bytes());
         head.extend_from_slice(blake3::hash(data).as_bytes());
-        f.write_all(&head).map_err(io("write", &tmp))?;
-        f.write_all(data).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("sync", &tmp))?;
-        drop(f);
+        let written = File::create(&tmp).and_then(|mut f| {
+            f.write_all(&head)?;
+            f.write_all(data)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // A full disk: what was written of it goes now, not at the next restart.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io("write", &tmp)(e));
+        }
         let path = self.snap_dir.join(&name);
         std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
         File::open(&self.snap_dir)
