@@ -167,6 +167,11 @@ impl ProduceError {
     }
 }
 
+/// Whether two replica lists hold the same nodes (in any order).
+fn same_members(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.len() == b.len() && a.iter().all(|n| b.contains(n))
+}
+
 /// What the replica asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -337,6 +342,8 @@ pub struct Replica<L: ReplicaLog> {
     unclean: bool,
     /// Idempotent producers' recent batches (leader and followers alike).
     producers: Producers,
+    /// The replica list the partition should have (see [`Replica::handle_target`]).
+    target: Option<Vec<NodeId>>,
 }
 
 impl<L: ReplicaLog> Replica<L> {
@@ -373,6 +380,7 @@ impl<L: ReplicaLog> Replica<L> {
             proposed_leader: None,
             unclean: false,
             producers: Producers::new(),
+            target: None,
         };
         r.rebuild_producers();
         r.out.push_back(Output::RefreshState);
@@ -474,7 +482,9 @@ impl<L: ReplicaLog> Replica<L> {
                 if isr_changed {
                     self.event(Event::IsrChanged(state.isr.clone()));
                 }
+                self.track_replicas(now);
                 self.advance_hw(now);
+                self.maybe_reassign(now);
             } else if self.proposed_leader == Some(state.leader_epoch)
                 && self.log.latest_epoch() < Some(state.leader_epoch)
             {
@@ -613,6 +623,90 @@ impl<L: ReplicaLog> Replica<L> {
 
     fn replicas(&self) -> Vec<NodeId> {
         self.state.as_ref().map(|s| s.replicas.clone()).unwrap_or_default()
+    }
+
+    /// The leader follows the recorded replica list: a replica added by a reassignment gets a
+    /// progress entry (it fetches, and joins the ISR once caught up, like any follower coming
+    /// back); a removed one loses its entry (its fetches are refused from then on).
+    fn track_replicas(&mut self, now: Instant) {
+        let replicas = self.replicas();
+        self.progress.retain(|n, _| replicas.contains(n));
+        for n in replicas {
+            if n != self.me {
+                self.progress.entry(n).or_insert(Progress {
+                    leo: None,
+                    caught_up_at: now,
+                    leo_at_answer: -1,
+                    answered_at: now,
+                });
+            }
+        }
+        self.parked.retain(|p| self.progress.contains_key(&p.from));
+    }
+
+    /// The replica list the partition should have: the ring's preference list for it, which
+    /// changes when nodes join, leave or are removed. Only the leader acts on it
+    /// ([`Replica::maybe_reassign`]); the driver passes it whatever the role, whenever it may
+    /// have changed.
+    pub fn handle_target(&mut self, now: Instant, target: Vec<NodeId>) {
+        self.last_now = self.last_now.max(now);
+        if target.is_empty() || self.target.as_ref() == Some(&target) {
+            return;
+        }
+        self.target = Some(target);
+        self.maybe_reassign(now);
+    }
+
+    /// The replica list the leader is moving the partition to, if it differs from the recorded
+    /// one.
+    pub fn reassigning_to(&self) -> Option<&[NodeId]> {
+        let (s, t) = (self.state.as_ref()?, self.target.as_deref()?);
+        (!same_members(&s.replicas, t)).then_some(t)
+    }
+
+    /// A reassignment, as Kafka's (KIP-455) in two recorded steps, each a compare-and-set of
+    /// the partition state by its leader:
+    /// 1. the replicas the target adds join the replica list, outside the ISR: they fetch from
+    ///    the leader like any follower;
+    /// 2. once every target replica is in the recorded ISR, the list becomes the target and the
+    ///    ISR its members (all of them in sync: rule 3 holds, the high watermark was computed
+    ///    over a superset). If the leader itself is not in the target, the same write ends its
+    ///    leadership (no leader, next epoch): the first live ISR member in ring order takes
+    ///    over (rule 4: it holds every committed record).
+    ///
+    /// A target that changes midway (another node joins or leaves) is followed from where the
+    /// list is: step 1 adds what is new, step 2 drops whatever the final target lacks.
+    fn maybe_reassign(&mut self, now: Instant) {
+        if self.role != Role::Leader || self.failed || self.throttled(now) {
+            return;
+        }
+        let (Some(s), Some(t)) = (self.state.clone(), self.target.clone()) else { return };
+        if s.leader != Some(self.me)
+            || s.leader_epoch != self.epoch
+            || same_members(&s.replicas, &t)
+        {
+            return;
+        }
+        let missing: Vec<NodeId> = t.iter().copied().filter(|n| !s.replicas.contains(n)).collect();
+        if !missing.is_empty() {
+            let mut replicas = s.replicas.clone();
+            replicas.extend(missing);
+            self.propose(now, PartitionState { replicas, ..s });
+            return;
+        }
+        if !t.iter().all(|n| s.isr.contains(n)) {
+            return;
+        }
+        let stays = t.contains(&self.me);
+        self.propose(
+            now,
+            PartitionState {
+                replicas: t.clone(),
+                leader: if stays { Some(self.me) } else { None },
+                leader_epoch: if stays { s.leader_epoch } else { s.leader_epoch + 1 },
+                isr: t,
+            },
+        );
     }
 
     fn committed_isr(&self) -> Vec<NodeId> {
@@ -1203,6 +1297,7 @@ impl<L: ReplicaLog> Replica<L> {
                     self.event(Event::ProduceFailed { id: p.id, error: ProduceError::Timeout });
                 }
                 self.maintain_isr(now);
+                self.maybe_reassign(now);
             }
             Role::Follower(_) => {
                 if self

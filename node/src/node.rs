@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use starling_gossip::{Config as GossipConfig, Gossip};
@@ -190,11 +190,28 @@ impl NodeService {
                     }
                     Some(kv) => {
                         // Hand the data over first, then leave the gossip cluster.
-                        let (kv, commands, status) =
-                            (kv.clone(), self.commands.clone(), self.status.clone());
+                        let (kv, commands, status, topics) = (
+                            kv.clone(),
+                            self.commands.clone(),
+                            self.status.clone(),
+                            self.topics.clone(),
+                        );
                         tokio::spawn(async move {
                             let storage = kv.storage().clone();
-                            match bootstrap::decommission(kv, commands.clone(), status).await {
+                            let left = async {
+                                let n =
+                                    bootstrap::decommission(kv, commands.clone(), status).await?;
+                                // The ring without this node is agreed (status `leaving`): each
+                                // partition's leader moves it to its new replicas.
+                                if let Some(topics) = topics.get() {
+                                    topics
+                                        .hand_over(LEAVE_TOPICS_TIMEOUT)
+                                        .await
+                                        .map_err(|why| anyhow::anyhow!("topics: {why}"))?;
+                                }
+                                anyhow::Ok(n)
+                            };
+                            match left.await {
                                 Ok(n) => info!(records = n, "decommissioned"),
                                 Err(e) => {
                                     // Leaving now could leave ranges with fewer than N copies:
@@ -239,6 +256,10 @@ impl NodeService {
         }
     }
 }
+
+/// How long a leave waits for the topic partitions this node replicates to move to other
+/// nodes (each new replica copies the partition's log) before it gives up and stays.
+const LEAVE_TOPICS_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Most bytes of the `Status` RPC's answer: half a response frame, a wide margin over any status
 /// document without a history.

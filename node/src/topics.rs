@@ -119,7 +119,11 @@ enum PCmd {
         epoch: i32,
         reply: oneshot::Sender<Result<(i32, i64), TopicError>>,
     },
-    Stop(oneshot::Sender<()>),
+    /// The partition's target replica list (the ring's preference list for it).
+    Target(Vec<NodeId>),
+    /// Stop; the answer says whether the partition state the driver knows still lists this
+    /// node (if not, its folder may go).
+    Stop(oneshot::Sender<bool>),
 }
 
 #[derive(Clone)]
@@ -280,7 +284,7 @@ impl<T: Transport> Topics<T> {
             Err(_) => return,
         };
         let stops = parts.into_iter().map(|p| async move {
-            let (tx, rx) = oneshot::channel();
+            let (tx, rx) = oneshot::channel::<bool>();
             if p.cmds.send(PCmd::Stop(tx)).await.is_ok() {
                 let _ = rx.await;
             }
@@ -891,11 +895,12 @@ impl<T: Transport> Topics<T> {
     }
 
     /// Every [`SCAN_EVERY`]: start drivers for the partitions this node replicates, hand every
-    /// driver its partition's latest state, stop the ones no longer wanted.
+    /// driver its partition's latest state and target replica list, stop the ones no longer
+    /// wanted, and remove the data of partitions moved away from this node.
     async fn manage(self) {
-        let mut seen_topics: HashMap<String, u64> = HashMap::new();
+        let mut st = ScanState::default();
         loop {
-            if let Err(e) = self.scan(&mut seen_topics).await {
+            if let Err(e) = self.scan(&mut st).await {
                 tracing::debug!(error = %e, "topic scan skipped");
             }
             tokio::time::sleep(SCAN_EVERY).await;
@@ -905,7 +910,7 @@ impl<T: Transport> Topics<T> {
     /// One pass of [`Topics::manage`]. A topic is known by its name and its incarnation (the
     /// zxid that created its znode, as Kafka's topic ids): a topic deleted and created again
     /// under the same name is a new topic, whose replicas start from empty logs.
-    async fn scan(&self, seen_topics: &mut HashMap<String, u64>) -> Result<(), TopicError> {
+    async fn scan(&self, st: &mut ScanState) -> Result<(), TopicError> {
         if self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
@@ -913,6 +918,8 @@ impl<T: Transport> Topics<T> {
         let mut current: HashMap<String, u64> = HashMap::new();
         let mut wanted: BTreeMap<PartKey, (PartitionState, u32, TopicConfig, u64)> =
             BTreeMap::new();
+        // Partitions whose recorded replicas do not include this node.
+        let mut not_mine: Vec<(PartKey, u64)> = Vec::new();
         for name in &names {
             let (cfg, topic_id) = match self.topic_config_and_id(name).await {
                 Ok(c) => c,
@@ -927,14 +934,15 @@ impl<T: Transport> Topics<T> {
                     Ok((s, v, incarnation)) if s.replicas.contains(&self.inner.me) => {
                         wanted.insert((name.clone(), p), (s, v, cfg.clone(), incarnation));
                     }
-                    Ok(_) => {}
+                    Ok((_, _, incarnation)) => not_mine.push(((name.clone(), p), incarnation)),
                     Err(TopicError::NoTopic(_) | TopicError::NoPartition { .. }) => {}
                     Err(e) => return Err(e),
                 }
             }
         }
         // Topics seen before that are gone now (or were created again).
-        let gone: Vec<String> = seen_topics
+        let gone: Vec<String> = st
+            .seen_topics
             .iter()
             .filter(|(t, id)| current.get(*t) != Some(*id))
             .map(|(t, _)| t.clone())
@@ -957,28 +965,112 @@ impl<T: Transport> Topics<T> {
             }
             Err(_) => Vec::new(),
         };
+        // Drivers that stopped still listed in the state they knew (a newer state than the
+        // one read here may have added this node back): their data stays.
+        let mut still_member: Vec<PartKey> = Vec::new();
         for ((topic, p), part) in stale {
             let (tx, rx) = oneshot::channel();
-            if part.cmds.send(PCmd::Stop(tx)).await.is_ok() {
-                let _ = rx.await;
+            if part.cmds.send(PCmd::Stop(tx)).await.is_ok() && rx.await.unwrap_or(true) {
+                still_member.push((topic.clone(), p));
             }
             info!(topic = %topic, partition = p, "stopped replicating the partition");
         }
         for t in gone {
-            seen_topics.remove(&t);
+            st.seen_topics.remove(&t);
+            st.cleaned.retain(|(k, _)| k.0 != t);
             let this = self.clone();
             let _ = tokio::task::spawn_blocking(move || this.remove_topic_data(&t)).await;
         }
-        seen_topics.extend(current);
+        st.seen_topics.extend(current);
+        // A partition moved away (a reassignment dropped this node, or it was dropped while
+        // this node was down): its folder goes. No driver runs for it, and none knew of a
+        // state listing this node, so this copy is in no ISR.
+        for (key, incarnation) in not_mine {
+            if still_member.contains(&key) || !st.cleaned.insert((key.clone(), incarnation)) {
+                continue;
+            }
+            let dir = self.inner.dir.join(format!("{}-{}", key.0, key.1));
+            let removed =
+                tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(e),
+                })
+                .await;
+            match removed {
+                Ok(Ok(true)) => {
+                    info!(topic = %key.0, partition = key.1, "removed the data of a partition this node no longer replicates")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    st.cleaned.remove(&(key.clone(), incarnation));
+                    warn!(topic = %key.0, partition = key.1, error = %e, "cannot remove the data of a partition moved away")
+                }
+                Err(e) => warn!(error = %e, "partition removal task failed"),
+            }
+        }
+        let targets = st.targets(&self.inner.view.borrow());
         for (key, (state, version, cfg, incarnation)) in wanted {
+            st.cleaned.remove(&(key.clone(), incarnation));
             match self.part(&key) {
                 Some(p) => {
                     let _ = p.cmds.try_send(PCmd::State(state, u64::from(version)));
+                    if let Some(t) = targets.as_ref().and_then(|t| t.target(&key, cfg.replication))
+                    {
+                        let _ = p.cmds.try_send(PCmd::Target(t));
+                    }
                 }
                 None => self.start_partition(key, state, version, &cfg, incarnation).await,
             }
         }
         Ok(())
+    }
+
+    /// Waits until this node replicates no partition (a leave: each partition's leader moves it
+    /// to the ring without this node, see [`Replica::handle_target`]). Fails at once if a
+    /// partition cannot move (the ring would have fewer nodes than its replication), or after
+    /// `timeout`.
+    pub async fn hand_over(&self, timeout: Duration) -> Result<(), String> {
+        let give_up = Instant::now() + timeout;
+        let mut said = Instant::now();
+        loop {
+            let keys: Vec<PartKey> = match self.inner.parts.lock() {
+                Ok(p) => p.keys().cloned().collect(),
+                Err(_) => return Err("the topic manager failed".into()),
+            };
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let future = self.inner.view.borrow().ring.future();
+            let nodes = future.nodes().count();
+            for key in &keys {
+                if let Ok(Ok(a)) = self.read_meta(&topic_path(&key.0), ReadKind::Data).await {
+                    if let Ok(cfg) = decode_config(&a.data) {
+                        if (cfg.replication as usize) > nodes {
+                            return Err(format!(
+                                "topic {} has {} replicas per partition; {nodes} nodes would stay on the ring",
+                                key.0, cfg.replication
+                            ));
+                        }
+                    }
+                }
+            }
+            if Instant::now() >= give_up {
+                return Err(format!(
+                    "{} partitions did not move off this node within {}s (their new replicas must catch up and join the ISR)",
+                    keys.len(),
+                    timeout.as_secs()
+                ));
+            }
+            if said.elapsed() >= Duration::from_secs(10) {
+                said = Instant::now();
+                info!(
+                    partitions = keys.len(),
+                    "leave: waiting for the partitions to move off this node"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Removes a deleted topic's partition folders.
@@ -1127,6 +1219,55 @@ impl<T: Transport> Topics<T> {
             incarnation,
         };
         tokio::spawn(driver.run(rx));
+    }
+}
+
+/// What the topic manager keeps between scans.
+#[derive(Default)]
+struct ScanState {
+    /// Topics seen, with their incarnation.
+    seen_topics: HashMap<String, u64>,
+    /// Partitions not on this node whose folder is known gone.
+    cleaned: std::collections::HashSet<(PartKey, u64)>,
+    /// The ring the targets come from (the future ring: joining nodes in, leaving ones out),
+    /// by the current ring's digest, and since when the ring has had that digest.
+    future: Option<(String, Arc<starling_ring::Ring>, Instant)>,
+}
+
+/// How long the ring must stay unchanged before partitions move to match it (a node coming
+/// and going within it moves nothing).
+const RING_SETTLE: Duration = Duration::from_secs(5);
+
+struct Targets {
+    future: Arc<starling_ring::Ring>,
+}
+
+impl Targets {
+    /// A partition's target replicas: the future ring's preference list for it, if the ring
+    /// has enough nodes.
+    fn target(&self, key: &PartKey, replication: u32) -> Option<Vec<NodeId>> {
+        let token = starling_ring::token_of(placement_key(&key.0, key.1).as_bytes());
+        let t = self.future.replicas(token, replication as usize);
+        (t.len() == replication as usize).then_some(t)
+    }
+}
+
+impl ScanState {
+    /// The targets of this scan: only from a ring another up node computed too (a node that
+    /// just started and sees part of the cluster moves nothing), unchanged for [`RING_SETTLE`].
+    fn targets(&mut self, view: &RingView) -> Option<Targets> {
+        let digest = view.ring.digest();
+        if self.future.as_ref().is_none_or(|(d, _, _)| *d != digest) {
+            self.future = Some((digest, Arc::new(view.ring.future()), Instant::now()));
+        }
+        let (_, future, since) = self.future.as_ref()?;
+        if !view.vouched || since.elapsed() < RING_SETTLE {
+            return None;
+        }
+        if future.nodes().any(|n| view.left.contains(&n.id)) {
+            return None;
+        }
+        Some(Targets { future: future.clone() })
     }
 }
 
@@ -1351,7 +1492,9 @@ impl<T: Transport> Driver<T> {
                 }
                 Err(e) => error!(error = %e, "cannot flush the partition's log on stop"),
             }
-            let _ = done.send(());
+            let me = self.inner.me;
+            let member = self.core.state().is_none_or(|(s, _)| s.replicas.contains(&me));
+            let _ = done.send(member);
         }
     }
 
@@ -1370,7 +1513,7 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Returns the stop's reply channel when told to stop.
-    fn handle(&mut self, cmd: PCmd) -> Option<oneshot::Sender<()>> {
+    fn handle(&mut self, cmd: PCmd) -> Option<oneshot::Sender<bool>> {
         let now = std::time::Instant::now();
         match cmd {
             PCmd::Msg(from, msg) => self.core.handle_message(now, from, msg),
@@ -1422,6 +1565,7 @@ impl<T: Transport> Driver<T> {
                 };
                 let _ = reply.send(answer);
             }
+            PCmd::Target(t) => self.core.handle_target(now, t),
             PCmd::Stop(done) => return Some(done),
         }
         None

@@ -39,7 +39,7 @@ struct Ensemble {
 impl Ensemble {
     fn start() -> Ensemble {
         let dir = tempfile::tempdir().expect("tempdir");
-        let names = ["node1", "node2", "node3", "client"];
+        let names = ["node1", "node2", "node3", "node4", "node5", "operator", "client"];
         let certs = process::certs(&dir.path().join("certs"), &names);
         let listens: Vec<SocketAddr> =
             (0..3).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
@@ -62,6 +62,25 @@ impl Ensemble {
             })
             .collect();
         Ensemble { _dir: dir, certs, nodes, listens }
+    }
+
+    /// Starts a fourth node (not a metadata voter), seeded with the first.
+    fn add_node(&mut self) {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let voters = self.listens.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        let env = vec![("STARLING_META_VOTERS".to_string(), voters)];
+        let dir = self.nodes[0].data.parent().expect("parent").to_owned();
+        let bin = Path::new(env!("CARGO_BIN_EXE_starlingd"));
+        let name = format!("node{}", self.nodes.len() + 1);
+        self.nodes.push(process::Node::start_with_env(
+            bin,
+            &dir.join(&name),
+            &self.certs.join(&name),
+            &listen.to_string(),
+            &[self.listens[0]],
+            &env,
+        ));
+        self.listens.push(listen);
     }
 
     /// Creates a topic (RF 3, min in-sync 2), retrying while the cluster settles; a retry that
@@ -155,6 +174,74 @@ async fn read_all(c: &Client, p: u32) -> BTreeMap<i64, String> {
     out
 }
 
+/// Produces with an idempotent producer (a produce whose leader died with it in flight is
+/// sent again, and must not be written twice) until `stop`, round-robin over the partitions,
+/// recording every outcome.
+fn keep_producing(
+    client: &Client,
+    partitions: u32,
+    history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut producer = IdempotentProducer::new(client);
+    tokio::spawn(async move {
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let value = format!("v{i}");
+            let p = (i % u64::from(partitions)) as u32;
+            i += 1;
+            let r = producer.send(TOPIC, p, Acks::All, &[record(&value)]).await;
+            let mut h = history.lock().unwrap();
+            match r {
+                Ok(Ok(at)) => {
+                    h.acked.insert(value, (p, at.base_offset, Instant::now()));
+                }
+                Ok(Err(TopicError::OutcomeUnknown(_))) | Err(_) => h.unknown.push(value),
+                Ok(Err(e)) => h.refused.push((value, e.to_string())),
+            }
+        }
+    })
+}
+
+/// Reads every partition through `reader` and checks it against the history: every
+/// acknowledged record at the offset it was acknowledged with, no record twice, nothing in the
+/// log that was never sent or was refused.
+async fn check_history(e: &Ensemble, reader: &Client, partitions: u32, h: &History) {
+    let mut logs = BTreeMap::new();
+    for p in 0..partitions {
+        logs.insert(p, read_all(reader, p).await);
+    }
+    let mut seen: HashMap<&str, (u32, i64)> = HashMap::new();
+    for (p, log) in &logs {
+        for (off, v) in log {
+            if let Some(first) = seen.insert(v.as_str(), (*p, *off)) {
+                panic!("{v} is in the log twice: {first:?} and {:?}", (p, off));
+            }
+        }
+    }
+    for (v, (p, off, _)) in &h.acked {
+        assert_eq!(
+            logs[p].get(off).map(String::as_str),
+            Some(v.as_str()),
+            "acknowledged {v} at {p}/{off} is not there\n{}",
+            e.logs()
+        );
+    }
+    let sent: std::collections::HashSet<&str> = h
+        .acked
+        .keys()
+        .map(String::as_str)
+        .chain(h.unknown.iter().map(String::as_str))
+        .chain(h.refused.iter().map(|(v, _)| v.as_str()))
+        .collect();
+    for v in seen.keys() {
+        assert!(sent.contains(v), "{v} is in the log but was never sent");
+    }
+    for (v, why) in &h.refused {
+        assert!(!seen.contains_key(v.as_str()), "{v} was refused ({why}) yet is in the log");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_records_survive_leader_kills_and_a_restart() {
     let mut e = tokio::task::block_in_place(Ensemble::start);
@@ -171,29 +258,7 @@ async fn acked_records_survive_leader_kills_and_a_restart() {
 
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let task = {
-        let (history, stop) = (history.clone(), stop.clone());
-        // Idempotent: a produce whose leader died with it in flight is sent again, and must
-        // not be written twice.
-        let mut producer = IdempotentProducer::new(&producer);
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let value = format!("v{i}");
-                let p = (i % u64::from(PARTITIONS)) as u32;
-                i += 1;
-                let r = producer.send(TOPIC, p, Acks::All, &[record(&value)]).await;
-                let mut h = history.lock().unwrap();
-                match r {
-                    Ok(Ok(at)) => {
-                        h.acked.insert(value, (p, at.base_offset, Instant::now()));
-                    }
-                    Ok(Err(TopicError::OutcomeUnknown(_))) | Err(_) => h.unknown.push(value),
-                    Ok(Err(e)) => h.refused.push((value, e.to_string())),
-                }
-            }
-        })
-    };
+    let task = keep_producing(&producer, PARTITIONS, history.clone(), stop.clone());
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed_at = Instant::now();
@@ -227,40 +292,8 @@ async fn acked_records_survive_leader_kills_and_a_restart() {
     })
     .await;
 
-    let mut logs = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        logs.insert(p, read_all(&reader, p).await);
-    }
     let h = std::mem::take(&mut *history.lock().unwrap());
-    let mut seen: HashMap<&str, (u32, i64)> = HashMap::new();
-    for (p, log) in &logs {
-        for (off, v) in log {
-            if let Some(first) = seen.insert(v.as_str(), (*p, *off)) {
-                panic!("{v} is in the log twice: {first:?} and {:?}", (p, off));
-            }
-        }
-    }
-    for (v, (p, off, _)) in &h.acked {
-        assert_eq!(
-            logs[p].get(off).map(String::as_str),
-            Some(v.as_str()),
-            "acknowledged {v} at {p}/{off} is not there\n{}",
-            e.logs()
-        );
-    }
-    let sent: std::collections::HashSet<&str> = h
-        .acked
-        .keys()
-        .map(String::as_str)
-        .chain(h.unknown.iter().map(String::as_str))
-        .chain(h.refused.iter().map(|(v, _)| v.as_str()))
-        .collect();
-    for v in seen.keys() {
-        assert!(sent.contains(v), "{v} is in the log but was never sent");
-    }
-    for (v, why) in &h.refused {
-        assert!(!seen.contains_key(v.as_str()), "{v} was refused ({why}) yet is in the log");
-    }
+    check_history(&e, &reader, PARTITIONS, &h).await;
     let after: Vec<Instant> = h
         .acked
         .values()
@@ -375,4 +408,119 @@ async fn a_group_reads_each_record_once_across_rebalances() {
     e.create_topic(&c, GROUP_TOPIC, PARTS).await;
     let after = c.committed_offsets("readers", GROUP_TOPIC).await.expect("call").expect("read");
     assert!(after.iter().all(|(_, o)| o.is_none()), "the new topic has old commits: {after:?}");
+}
+
+/// Every partition's replicas match, the ISR is all of them, and a leader leads.
+fn settled(t: &TopicInfo) -> bool {
+    t.partition_info.iter().all(|p| {
+        p.leader.is_some()
+            && p.replicas.len() == 3
+            && p.isr.len() == 3
+            && p.isr.iter().all(|n| p.replicas.contains(n))
+    })
+}
+
+/// Partitions follow the ring. A fourth node joins: the partitions whose preference list now
+/// names it move (it copies the log, joins the ISR, then the replica it replaces leaves the
+/// list and deletes its copy). It leaves (`starling leave`): they move back before it exits.
+/// A fifth node joins, takes partitions, is killed with -9 and removed with `starling
+/// removenode`: its partitions move back to the three others. An idempotent producer at
+/// `acks=all` runs throughout; nothing acknowledged is lost, nothing is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_follow_the_ring_through_joins_a_leave_and_a_removal() {
+    const PARTS: u32 = 6;
+    let mut e = tokio::task::block_in_place(Ensemble::start);
+    let admin = e.client(&[0, 1, 2]).await;
+    e.create_topic(&admin, TOPIC, PARTS).await;
+    wait_topic(&e, &admin, "every partition led", settled).await;
+    let producer = e.client(&[0]).await;
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = keep_producing(&producer, PARTS, history.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A peer call (an operator's node certificate).
+    let op_certs = e.certs.join("operator");
+    let operator = |at: SocketAddr| {
+        let certs = op_certs.clone();
+        async move { Client::connect(&[at.to_string()], &Auth::certs(certs)).await.expect("op") }
+    };
+    let mut figures = Vec::new();
+
+    let (moved_to_4, join4) = join_and_wait_for_partitions(&mut e, &admin).await;
+    let node4 = e.nodes[3].id();
+    let left_at = Instant::now();
+    operator(e.listens[3]).await.call_node(0, starling_wire::Leave).await.expect("leave");
+    let mut child = e.nodes[3].child.take().expect("node4 runs");
+    let exited = tokio::task::block_in_place(|| {
+        process::wait_for(PATIENCE, || child.try_wait().ok().flatten())
+    });
+    assert!(exited.is_some_and(|s| s.success()), "node4 did not stop after leave\n{}", e.logs());
+    let t = admin.describe_topic(TOPIC, false).await.expect("call").expect("describe");
+    assert!(
+        t.partition_info.iter().all(|p| !p.replicas.contains(&node4)) && settled(&t),
+        "node4 left before its partitions moved: {t:?}"
+    );
+    figures.push(format!(
+        "node4 took {moved_to_4} partitions within {join4:.1} s of its start and handed them over in a leave of {:.1} s",
+        left_at.elapsed().as_secs_f64()
+    ));
+
+    let (moved_to_5, join5) = join_and_wait_for_partitions(&mut e, &admin).await;
+    let node5 = e.nodes[4].id();
+    tokio::task::block_in_place(|| e.nodes[4].kill9());
+    let removed_at = Instant::now();
+    let op = operator(e.listens[0]).await;
+    // Refused until gossip sees the node down.
+    while let Err(err) =
+        op.call_node(0, starling_wire::repair::RemoveNode { node: node5.to_string() }).await
+    {
+        assert!(removed_at.elapsed() < PATIENCE, "removenode: {err}\n{}", e.logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_topic(&e, &admin, "the removed node in no replica list", |t| {
+        t.partition_info.iter().all(|p| !p.replicas.contains(&node5)) && settled(t)
+    })
+    .await;
+    figures.push(format!(
+        "node5 took {moved_to_5} partitions within {join5:.1} s of its start; they were back on the others {:.1} s after its kill -9",
+        removed_at.elapsed().as_secs_f64()
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.expect("producer");
+
+    let h = std::mem::take(&mut *history.lock().unwrap());
+    check_history(&e, &admin, PARTS, &h).await;
+    println!(
+        "acked {}, unknown {}, refused {}; {}",
+        h.acked.len(),
+        h.unknown.len(),
+        h.refused.len(),
+        figures.join("; ")
+    );
+}
+
+/// Starts the next node and waits until some partitions moved to it and every partition is
+/// settled again; checks that each replaced replica deleted its copy. Returns how many
+/// partitions it took and how long that took.
+async fn join_and_wait_for_partitions(e: &mut Ensemble, admin: &Client) -> (usize, f64) {
+    let started = Instant::now();
+    tokio::task::block_in_place(|| e.add_node());
+    let new = e.nodes.last().expect("node").id();
+    let moved = wait_topic(e, admin, "partitions moved to the new node", |t| {
+        t.partition_info.iter().any(|p| p.replicas.contains(&new)) && settled(t)
+    })
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    for n in e.nodes.iter().filter(|n| n.child.is_some()) {
+        let id = n.id();
+        for p in moved.partition_info.iter().filter(|p| !p.replicas.contains(&id)) {
+            let dir = n.data.join(format!("topics/{TOPIC}-{}", p.partition));
+            let gone = tokio::task::block_in_place(|| {
+                process::wait_for(PATIENCE, || (!dir.exists()).then_some(()))
+            });
+            assert!(gone.is_some(), "{} kept after its replica left the list", dir.display());
+        }
+    }
+    (moved.partition_info.iter().filter(|p| p.replicas.contains(&new)).count(), secs)
 }

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use starling_mq::batch::{decode_records, encode_batch, NewRecord, ProducerStamp};
@@ -82,6 +83,8 @@ pub struct Checker {
     pub ack_times: Vec<Instant>,
     pub truncations: u64,
     pub isr_changes: u64,
+    /// Recorded changes of the replica list (reassignment steps).
+    pub replica_changes: u64,
     pub violations: Vec<String>,
     pub now: Option<Instant>,
     /// The highest high watermark any leader of each epoch reported (across restarts).
@@ -170,6 +173,9 @@ impl Process for MetaProc {
             Wire::Propose { expected, state } => {
                 if expected == self.version {
                     self.version += 1;
+                    if state.replicas != self.state.replicas {
+                        self.checker.borrow_mut().replica_changes += 1;
+                    }
                     self.state = state;
                     self.checker.borrow_mut().isr = self.state.isr.clone();
                     let msg =
@@ -307,6 +313,21 @@ impl ReplicaProc {
                 self.hw_seen.insert(epoch, prev);
             }
         }
+    }
+
+    /// The driver hands the core the partition's target replica list (the ring's preference
+    /// list, as `starlingd`'s topic manager computes it on every scan).
+    pub fn target(&mut self, now: Instant, target: &[usize]) {
+        self.replica.handle_target(now, target.iter().map(|&i| mq_id(i)).collect());
+        self.pump(now);
+    }
+
+    /// Whether the recorded state no longer lists this replica while its log still holds
+    /// data: `starlingd` then stops the partition's driver and deletes its folder.
+    pub fn dropped_with_data(&self) -> bool {
+        let log = self.replica.log();
+        self.replica.state().is_some_and(|(s, _)| !s.replicas.contains(&self.replica.id()))
+            && (log.end_offset() > 0 || log.start_offset() > 0)
     }
 
     /// A producer's message, if this replica leads.
@@ -451,7 +472,14 @@ pub struct Partition {
     pub sim: Sim<Node>,
     pub checker: Rc<RefCell<Checker>>,
     pub cfg: ReplicaConfig,
+    /// The replication: replicas 1..=n hold the partition at the start.
     pub n: usize,
+    /// Replica processes, spares included (slots 1..=slots).
+    pub slots: usize,
+    /// The target replica list the drivers hand their cores (`None`: none yet).
+    pub target: Option<Vec<usize>>,
+    /// Replicas dropped from the list whose data was deleted.
+    pub wiped: u64,
     /// Logs of crashed replicas, kept for their restart.
     disks: HashMap<usize, MemLog>,
     next_id: u64,
@@ -479,10 +507,21 @@ pub struct SimProducer {
 
 impl Partition {
     pub fn new(seed: u64, net: NetConfig, n: usize, cfg: ReplicaConfig) -> Partition {
+        Partition::with_spares(seed, net, n, 0, cfg)
+    }
+
+    /// `n` replicas and `spares` more replica processes outside the list (for reassignment).
+    pub fn with_spares(
+        seed: u64,
+        net: NetConfig,
+        n: usize,
+        spares: usize,
+        cfg: ReplicaConfig,
+    ) -> Partition {
         let mut sim = Sim::new(seed, net);
         let checker = Rc::new(RefCell::new(Checker::default()));
-        let replicas: Vec<usize> = (1..=n).collect();
-        let ids: Vec<NodeId> = replicas.iter().map(|&i| mq_id(i)).collect();
+        let replicas: Vec<usize> = (1..=n + spares).collect();
+        let ids: Vec<NodeId> = (1..=n).map(mq_id).collect();
         let state =
             PartitionState { replicas: ids.clone(), leader: None, leader_epoch: 0, isr: ids };
         checker.borrow_mut().isr = state.isr.clone();
@@ -518,6 +557,9 @@ impl Partition {
             checker,
             cfg,
             n,
+            slots: n + spares,
+            target: None,
+            wiped: 0,
             disks: HashMap::new(),
             next_id: 0,
             producer: None,
@@ -536,7 +578,7 @@ impl Partition {
 
     /// The replica that currently leads the newest epoch, if any.
     pub fn leader(&self) -> Option<usize> {
-        (1..=self.n)
+        (1..=self.slots)
             .filter_map(|i| self.replica(i).map(|r| (i, r)))
             .filter(|(_, r)| r.replica.role() == Role::Leader)
             .max_by_key(|(_, r)| r.replica.epoch())
@@ -673,12 +715,47 @@ impl Partition {
             return;
         }
         let log = self.disks.remove(&i).unwrap_or_default();
-        let peers: Vec<usize> = (1..=self.n).filter(|&p| p != i).collect();
+        self.start_replica(i, log, true);
+    }
+
+    fn start_replica(&mut self, i: usize, log: MemLog, restarted: bool) {
+        let peers: Vec<usize> = (1..=self.slots).filter(|&p| p != i).collect();
         let (c, cfg, start, now) =
             (self.checker.clone(), self.cfg.clone(), self.sim.start(), self.sim.now());
+        let target = self.target.clone();
         self.sim.restart(i, move |_| {
-            Node::Replica(ReplicaProc::start(i, peers, log, cfg, c, start, now, true))
+            let mut r = ReplicaProc::start(i, peers, log, cfg, c, start, now, restarted);
+            if let Some(t) = target {
+                r.target(now, &t);
+            }
+            Node::Replica(r)
         });
+    }
+
+    /// A new target replica list, handed to every running replica's core.
+    pub fn set_target(&mut self, target: Vec<usize>) {
+        for i in 1..=self.slots {
+            self.sim.with_node(i, |n, now| {
+                if let Node::Replica(r) = n {
+                    r.target(now, &target);
+                }
+            });
+        }
+        self.target = Some(target);
+    }
+
+    /// What `starlingd`'s topic manager does for a replica the recorded list dropped: it stops
+    /// the driver and deletes the partition's folder (a later reassignment back starts it
+    /// empty).
+    pub fn wipe_dropped(&mut self) {
+        for i in 1..=self.slots {
+            if self.replica(i).is_some_and(|r| r.dropped_with_data()) {
+                self.sim.crash(i);
+                self.disks.remove(&i);
+                self.start_replica(i, MemLog::new(), false);
+                self.wiped += 1;
+            }
+        }
     }
 
     /// Heals everything, restarts every replica, lets the partition settle, and checks the
@@ -687,7 +764,7 @@ impl Partition {
         self.sim.heal();
         self.sim.clog(0, Duration::ZERO);
         self.sim.net = NetConfig::default();
-        for i in 1..=self.n {
+        for i in 1..=self.slots {
             self.restart(i);
         }
         // Keep producing a little so a new leader's high watermark moves past old epochs,
@@ -697,6 +774,7 @@ impl Partition {
             self.produce();
             let t = self.sim.now() + Duration::from_millis(20);
             self.sim.run_until(t);
+            self.wipe_dropped();
         }
         self.sim.run_for(Duration::from_secs(3));
         while self.consume() > 0 {}
@@ -773,9 +851,25 @@ impl Partition {
                 ));
             }
         }
-        let isr = leader.replica.state().map(|(s, _)| s.isr.clone()).unwrap_or_default();
-        if isr.len() != self.n {
-            v.push(format!("after healing the ISR is {isr:?}, not all {} replicas", self.n));
+        let (isr, replicas) = leader
+            .replica
+            .state()
+            .map(|(s, _)| (s.isr.clone(), s.replicas.clone()))
+            .unwrap_or_default();
+        if isr.len() != self.n || replicas.len() != self.n {
+            v.push(format!(
+                "after healing the ISR is {isr:?} and the replicas {replicas:?}, not {} replicas all in sync",
+                self.n
+            ));
+        }
+        if let Some(t) = &self.target {
+            let want: BTreeSet<NodeId> = t.iter().map(|&i| mq_id(i)).collect();
+            let have: BTreeSet<NodeId> = replicas.iter().copied().collect();
+            if want != have {
+                v.push(format!(
+                    "after healing the replicas are {replicas:?}, not the target {t:?}"
+                ));
+            }
         }
         for id in isr {
             let i = slot_of(id);
@@ -811,6 +905,9 @@ pub struct RunReport {
     pub leader_changes: u64,
     pub truncations: u64,
     pub isr_changes: u64,
+    /// Replicas dropped by a reassignment whose data was deleted.
+    pub wiped: u64,
+    pub replica_changes: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub violations: Vec<String>,
 }
@@ -824,7 +921,7 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
         flush_each_append: power_loss,
         ..ReplicaConfig::default()
     };
-    let mut p = Partition::new(seed, NetConfig::default(), 3, cfg);
+    let mut p = Partition::with_spares(seed, NetConfig::default(), 3, 1, cfg);
     p.power_loss = power_loss;
     // Every other seed produces idempotently, sending unknown outcomes again: the checker's
     // "no message twice in the log" then checks that retries never duplicate.
@@ -841,9 +938,18 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
         let now = p.sim.now();
         if now >= next_fault {
             next_fault = now + Duration::from_millis(rng.gen_range(300..2000));
-            let kind = match rng.gen_range(0..8) {
+            let kind = match rng.gen_range(0..9) {
+                8 => {
+                    // The ring changed (a join, a leave, a removal): a new target list of
+                    // `n` of the replica processes, in a random preference order.
+                    let mut t: Vec<usize> = (1..=p.slots).collect();
+                    t.shuffle(&mut rng);
+                    t.truncate(p.n);
+                    p.set_target(t);
+                    "reassign"
+                }
                 0 | 1 => {
-                    let i = rng.gen_range(1..=p.n);
+                    let i = rng.gen_range(1..=p.slots);
                     if p.sim.is_up(i) {
                         p.crash(i);
                         restarts.push((now + Duration::from_millis(rng.gen_range(200..3000)), i));
@@ -851,8 +957,8 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
                     "crash"
                 }
                 2 => {
-                    let a = rng.gen_range(0..=p.n);
-                    let mut groups = vec![vec![a], (0..=p.n).filter(|&x| x != a).collect()];
+                    let a = rng.gen_range(0..=p.slots);
+                    let mut groups = vec![vec![a], (0..=p.slots).filter(|&x| x != a).collect()];
                     if rng.gen_bool(0.5) {
                         groups.swap(0, 1);
                     }
@@ -871,7 +977,7 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
                     "slow-metadata"
                 }
                 7 => {
-                    let i = rng.gen_range(1..=p.n);
+                    let i = rng.gen_range(1..=p.slots);
                     if p.sim.is_up(i) {
                         p.sim.stall(i, Duration::from_millis(rng.gen_range(200..2500)));
                     }
@@ -889,8 +995,8 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
                     "duplicate-reorder"
                 }
                 _ => {
-                    let a = rng.gen_range(1..=p.n);
-                    let b = rng.gen_range(0..=p.n);
+                    let a = rng.gen_range(1..=p.slots);
+                    let b = rng.gen_range(0..=p.slots);
                     if a != b {
                         p.sim.block(a, b);
                     }
@@ -928,6 +1034,7 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
         }
         let t = p.sim.now() + Duration::from_millis(rng.gen_range(2..10));
         p.sim.run_until(t);
+        p.wipe_dropped();
     }
     report.violations = p.settle_and_check(Duration::from_secs(2));
     let c = p.checker.borrow();
@@ -938,6 +1045,8 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
     report.leader_changes = c.leader_changes.len() as u64;
     report.truncations = c.truncations;
     report.isr_changes = c.isr_changes;
+    report.wiped = p.wiped;
+    report.replica_changes = c.replica_changes;
     report
 }
 

@@ -11,13 +11,17 @@ use starling_tests::sim::seed_from_env;
 #[test]
 fn random_runs_lose_nothing_acknowledged() {
     let first = seed_from_env(0);
-    let mut acked = 0;
+    let (mut acked, mut moves, mut wiped) = (0, 0, 0);
     for seed in first..first + 100 {
         let r = random_run(seed, 20, false);
         assert!(r.violations.is_empty(), "seed {seed}: {:#?}", r);
         acked += r.acked;
+        moves += r.replica_changes;
+        wiped += r.wiped;
     }
     assert!(acked > 1000, "only {acked} writes acknowledged in 100 runs");
+    // Reassignments ran, and replicas they dropped lost their copies (and came back empty).
+    assert!(moves > 50 && wiped > 20, "{moves} replica list changes, {wiped} copies deleted");
 }
 
 #[test]

@@ -55,9 +55,15 @@ pub struct Cluster<L: ReplicaLog> {
 
 impl<L: ReplicaLog> Cluster<L> {
     pub fn new(logs: Vec<L>, cfg: ReplicaConfig) -> Cluster<L> {
-        let now = Instant::now();
         let n = logs.len();
-        let ids: Vec<NodeId> = (0..n).map(id).collect();
+        Cluster::with_replicas(logs, n, cfg)
+    }
+
+    /// `logs.len()` nodes, of which the first `replicas` replicate the partition (the others
+    /// are spares a reassignment can move it to).
+    pub fn with_replicas(logs: Vec<L>, replicas: usize, cfg: ReplicaConfig) -> Cluster<L> {
+        let now = Instant::now();
+        let ids: Vec<NodeId> = (0..replicas).map(id).collect();
         let mut c = Cluster {
             now,
             nodes: logs
@@ -112,6 +118,15 @@ impl<L: ReplicaLog> Cluster<L> {
         } else if let Some(r) = self.nodes[i].as_mut() {
             r.handle_state(self.now, self.state.clone(), self.version);
         }
+    }
+
+    /// Hands every live replica the partition's target replica list.
+    pub fn target(&mut self, target: &[usize]) {
+        let (t, now): (Vec<NodeId>, _) = (target.iter().map(|&i| id(i)).collect(), self.now);
+        for r in self.nodes.iter_mut().flatten() {
+            r.handle_target(now, t.clone());
+        }
+        self.settle();
     }
 
     /// Delivers the k-th held proposal (of node `i`) now.

@@ -1,5 +1,5 @@
-//! Sweeps seeds of the topic-partition simulation (3 replicas and the metadata service under
-//! replica crashes, partitions — also from the metadata service —, one-way cuts, loss,
+//! Sweeps seeds of the topic-partition simulation (3 replicas and a spare, and the metadata
+//! service, under reassignments to a random 3 of the 4, replica crashes, partitions — also from the metadata service —, one-way cuts, loss,
 //! duplication and reordering, with a producer at `acks=all` and a consumer throughout) and
 //! checks every run: every acknowledged write in the final log once at its offset, no offset read
 //! as two messages, everything consumed survives, in-sync replicas identical below the high
@@ -48,6 +48,8 @@ fn main() {
             ("leader_changes", r.leader_changes),
             ("truncations", r.truncations),
             ("isr_changes", r.isr_changes),
+            ("replica_list_changes", r.replica_changes),
+            ("dropped_replicas_wiped", r.wiped),
         ];
         sweep.add(seed, &figures, r.faults, r.violations);
     }
@@ -76,7 +78,7 @@ fn main() {
         println!("{v}");
     } else {
         println!(
-            "mq-sim: {} seeds from {} (3 replicas, {} s each{}) in {secs:.1} s: {:.0} seeds/min",
+            "mq-sim: {} seeds from {} (3 replicas and a spare, {} s each{}) in {secs:.1} s: {:.0} seeds/min",
             seeds.len(),
             seeds[0],
             a.secs,
