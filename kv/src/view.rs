@@ -44,6 +44,10 @@ pub struct RingView {
     pub left: HashSet<NodeId>,
     /// Members removed with `starling removenode`, as any member publishes them.
     pub removed: HashSet<NodeId>,
+    /// Members a `starling removenode` is removing (announced dead, on the ring as leaving
+    /// until their ranges are copied back): a restarted node's recovery does not wait to
+    /// compare with them.
+    pub removing: HashSet<NodeId>,
     /// Fraction of the keyspace this node replicates (computed when the ring changes).
     pub my_ownership: f64,
     /// An up member whose KV layer is ready ([`keys::KV_READY`]) computed this same ring: it is
@@ -86,6 +90,7 @@ impl RingView {
             down: HashMap::new(),
             left: HashSet::new(),
             removed: HashSet::new(),
+            removing: HashSet::new(),
             my_ownership: 0.0,
             vouched: false,
         }
@@ -109,7 +114,8 @@ impl RingView {
             members.iter().filter_map(|m| f(m).as_deref()).flat_map(parse_ids).collect()
         };
         let removed = ids_of(|m| &m.removed);
-        let removing = ids_of(|m| &m.removing);
+        let removing: HashSet<NodeId> =
+            ids_of(|m| &m.removing).into_iter().filter(|id| !removed.contains(id)).collect();
         for m in members {
             addrs.insert(m.id, m.addr);
             if m.left || removed.contains(&m.id) {
@@ -124,8 +130,13 @@ impl RingView {
                 // A member restarting shows a new generation before its state arrives: until its
                 // tokens are gossiped again it keeps its place (dropping it would move its ranges
                 // to nodes that do not hold them, and send its writes there without a hint).
+                // A node being removed is leaving whatever its place was.
                 if let Some(kept) = previous.and_then(|p| p.ring.node(m.id)) {
-                    nodes.push(kept.clone());
+                    let mut kept = kept.clone();
+                    if removing.contains(&m.id) {
+                        kept.status = NodeStatus::Leaving;
+                    }
+                    nodes.push(kept);
                 }
                 continue;
             };
@@ -157,6 +168,7 @@ impl RingView {
                     down,
                     left,
                     removed,
+                    removing,
                     vouched,
                     ..p.clone()
                 };
@@ -173,6 +185,7 @@ impl RingView {
             down,
             left,
             removed,
+            removing,
             my_ownership,
             vouched,
         }
@@ -319,6 +332,19 @@ mod tests {
         assert!(
             !v.ring.pending_ranges(NodeId(1), 3).is_empty()
                 || !v.ring.pending_ranges(NodeId(3), 3).is_empty()
+        );
+        // A member whose tokens this node no longer has (its state not gossiped again yet)
+        // keeps its place, but as leaving once announced removing: otherwise this node's ring
+        // differs from the others' and the removal never sees the ring agreed.
+        let mut stateless = removing.clone();
+        stateless[3].tokens = None;
+        let before = RingView::build(me, 3, &plain, None, now);
+        let v = RingView::build(me, 3, &stateless, Some(&before), now);
+        assert_eq!(v.ring.node(NodeId(4)).map(|n| n.status), Some(NodeStatus::Leaving));
+        assert_eq!(
+            v.ring.digest(),
+            RingView::build(me, 3, &removing, None, now).ring.digest(),
+            "the same ring as a node that has the tokens"
         );
         let mut removed = plain.clone();
         removed[2] = member(3, &[], &[4]);

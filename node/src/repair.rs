@@ -826,10 +826,16 @@ impl<T: Transport, S: Storage> Repair<T, S> {
                 let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
                 continue;
             }
-            // This node's ranges (as the ring is now) that overlap what is still to do.
+            // This node's ranges (as the ring is now) that overlap what is still to do, each
+            // with the replicas to compare it with: not a node being removed (announced dead
+            // by `starling removenode`: it will never answer, and the removal's streams need
+            // this node as a source once it has compared with the others).
             let ranges: Vec<(Range, Vec<NodeId>)> = my_ranges(&view, me, false)
                 .into_iter()
                 .filter(|(r, _)| left.as_ref().is_none_or(|l| l.iter().any(|x| x.overlaps(r))))
+                .map(|(r, replicas)| {
+                    (r, replicas.into_iter().filter(|p| !view.removing.contains(p)).collect())
+                })
                 .collect();
             let (summary, complete) = self.run_ranges(ranges.clone(), None, "recovery").await;
             received += summary.keys_received;

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod membership;
+pub mod removal;
 pub mod repair;
 pub mod scenario;
 
@@ -147,6 +148,9 @@ pub struct Disk {
     pub tokens: Option<Vec<Token>>,
     /// This node's ring status: `joining`, `normal`, `leaving`, `left` (`meta`, fsynced).
     pub ring_status: Option<String>,
+    /// Nodes this node is removing, and every removal it heard of (`meta`, fsynced).
+    pub removing: BTreeSet<NodeId>,
+    pub removed: BTreeSet<NodeId>,
 }
 
 /// Stores `r` unless a record of at least its version is held. True if it was stored.
@@ -209,6 +213,8 @@ impl Disk {
             ring_members: self.ring_members,
             tokens: self.tokens,
             ring_status: self.ring_status,
+            removing: self.removing,
+            removed: self.removed,
         }
     }
 
@@ -265,6 +271,14 @@ pub struct KvStats {
     pub repair_sessions_failed: u64,
     pub repair_keys_received: u64,
     pub repair_keys_sent: u64,
+    /// `removenode` runs this node started, finished and gave up (see [`removal`]).
+    pub removals_started: u64,
+    pub removals_done: u64,
+    pub removals_failed: u64,
+    /// Records the gainers streamed for this node's finished removals.
+    pub records_streamed_for_removals: u64,
+    /// Why removals gave up, counted.
+    pub removal_failures: BTreeMap<&'static str, u64>,
 }
 
 /// Replica requests (one per `Send` the coordinator carries; the real node batches them, which
@@ -284,6 +298,9 @@ pub enum Req {
     Scan { range: Range, after: Option<Cursor>, limit: usize },
     /// One step of an anti-entropy session ([`repair`]).
     Repair(starling_wire::repair::RepairRequest),
+    /// `RepairRequest::StreamPending`: stream this node's pending ranges (a removal); answered
+    /// when done.
+    StreamPending,
 }
 
 /// Answers to [`Req`].
@@ -304,6 +321,8 @@ pub enum Resp {
     },
     /// The answer to a [`Req::Repair`].
     Repair(starling_wire::repair::RepairResponse),
+    /// The answer to [`Req::StreamPending`]: records received.
+    Streamed(u64),
     Error {
         code: ErrCode,
         message: String,
@@ -432,9 +451,14 @@ enum Pending {
         sent_ms: u64,
         sent_at: Instant,
     },
-    /// A page of a join's stream task.
+    /// A page of a stream task (a join's, or a removal's on a gainer).
     Scan {
         task: usize,
+        removal: bool,
+    },
+    /// A gainer asked to stream its pending ranges for this node's removal.
+    RemovalAsk {
+        gainer: NodeId,
     },
     /// A batch of records a leaving node hands over.
     Handover {
@@ -496,6 +520,9 @@ pub struct KvProc {
     /// Recovering after a restart ([`NodeSpec::recovery`]): the peers a session has completed
     /// with since (`None`: not recovering).
     pub recovering: Option<BTreeSet<NodeId>>,
+    /// A `removenode` this node runs, and the streams it runs for removals ([`removal`]).
+    removal: Option<removal::Removal>,
+    gainer_streams: Option<removal::GainerStreams>,
 }
 
 impl KvProc {
@@ -574,7 +601,10 @@ impl KvProc {
             next_repair: now + repair::REPAIR_EVERY,
             repair_cursor: 0,
             recovering: None,
+            removal: None,
+            gainer_streams: None,
         };
+        p.republish_removals(now);
         // A node that had taken tokens is restarting (a kill or a power loss).
         if p.spec.recovery && p.spec.repair && generation > 1 && tokens.is_some() {
             p.recovering = Some(BTreeSet::new());
@@ -990,7 +1020,7 @@ impl KvProc {
             .placement
             .replicas(starling_ring::token_of(key))
             .iter()
-            .any(|p| *p != me && !compared.contains(p))
+            .any(|p| *p != me && !compared.contains(p) && !self.view.removing.contains(p))
     }
 
     fn serve(&mut self, from: SocketAddr, id: u64, body: Req, now: Instant) {
@@ -1000,8 +1030,12 @@ impl KvProc {
             self.outbox.push_back((from, Msg::Response { id, body }.encode()));
             return;
         }
+        if body == Req::StreamPending {
+            // Answered once the streams finish.
+            return self.start_gainer_streams(Some((from, id)), now);
+        }
         let resp = match body {
-            Req::Clock => unreachable!("answered above"),
+            Req::Clock | Req::StreamPending => unreachable!("answered above"),
             Req::Write(records) => self.replica_write(records, now),
             Req::Hint { target, records } => self.keep_for(target, records, now),
             Req::Scan { .. } if self.recovering.is_some() => {
@@ -1075,7 +1109,14 @@ impl KvProc {
                     self.clock_offset_ms = self.clock.health(now).offset_ms;
                 }
             }
-            Pending::Scan { task } => self.on_scan(task, body, now),
+            Pending::Scan { task, removal } => self.on_scan(task, removal, body, now),
+            Pending::RemovalAsk { gainer } => {
+                let n = match body {
+                    Some(Resp::Streamed(n)) => Some(n),
+                    _ => None,
+                };
+                self.on_gainer_done(gainer, n, now)
+            }
             Pending::Handover { batch } => self.on_handover(batch, body, now),
             Pending::HintHandover { target, hints } => {
                 self.on_hint_handover(target, hints, body, now)
@@ -1216,6 +1257,7 @@ impl KvProc {
             }
             self.rebuild_view(now);
         }
+        self.keep_removals(now);
         while let Some(t) = self.g.poll_transmit() {
             self.outbox.push_back((t.to, Msg::Gossip(t.payload).encode()));
         }

@@ -440,6 +440,83 @@ fn nodes_told_to_leave_at_once_leave_at_least_n_behind() {
     assert!(state.values().all(Option::is_some), "every key reads back: {state:?}");
 }
 
+/// Asks node `via` to remove dead node `dead` until it accepts (gossip must see it down first),
+/// then runs quorum traffic until the removal is recorded.
+fn remove_under_traffic(c: &mut Cluster, n: &mut usize, via: usize, dead: usize) {
+    let until = c.now() + Duration::from_secs(30);
+    while let Err(why) = c.remove_node(via, dead) {
+        assert!(c.now() < until, "removal of {dead} refused: {why:?}");
+        traffic_until(c, n, ms(200), |_| false);
+    }
+    traffic_until(c, n, Duration::from_secs(60), |c| c.unremoved().is_empty());
+    assert!(c.unremoved().is_empty(), "not removed: {:?}", c.removals());
+}
+
+/// `starling removenode`: refused while the node is up; once it is dead (killed for good, its
+/// store gone), every range it held is streamed back to three copies under quorum traffic, no
+/// acknowledged write is lost and quorum reads stay recent.
+#[test]
+fn a_dead_node_is_removed_and_its_ranges_are_back_to_n_copies() {
+    let seed = seed_from_env(23);
+    let _g = SeedGuard(seed);
+    let mut c = cluster(seed, 5, false, |_| {});
+    measure_clocks(&mut c);
+    let mut n = 0;
+    traffic_until(&mut c, &mut n, Duration::from_secs(2), |_| false);
+    let dead = 2;
+    let alive = c.id(1);
+    assert_eq!(
+        c.sim.with_node(0, |p, now| p.remove_node(alive, now)),
+        Some(Err(starling_tests::kv::removal::RemoveRefused::Up))
+    );
+    c.kill_for_good(dead);
+    remove_under_traffic(&mut c, &mut n, 0, dead);
+    let (_, done, _) = c.removals();
+    assert_eq!(done, 1);
+    let streamed: u64 = c.sim.up().map(|(_, p)| p.stats.records_streamed_for_removals).sum();
+    assert!(streamed > 0, "the gainers streamed nothing");
+    // The four left each learn it was removed, and take it off their ring.
+    let gone = c.id(dead);
+    let all_see = |c: &Cluster| {
+        c.sim.up().all(|(_, p)| p.view.removed.contains(&gone) && p.view.ring.node(gone).is_none())
+    };
+    traffic_until(&mut c, &mut n, Duration::from_secs(10), all_see);
+    assert!(all_see(&c), "a node still has the removed node on its ring");
+    let keys: Vec<String> = (0..6).map(|k| format!("k{k}")).collect();
+    let (report, state) = settle_and_check(&mut c, 0, &keys, true);
+    assert!(report.is_ok(), "{report}\n{}", c.explain(&report));
+    assert!(state.values().all(Option::is_some), "every key reads back: {state:?}");
+}
+
+/// A node that lost power recovers by comparing its ranges with every other replica, and a
+/// removal streams each range from a quorum of complete sources. With a dead replica the two
+/// would wait for each other forever: the recovery would wait to compare with the dead node,
+/// the removal for the recovering node. Recovery skips nodes being removed, so both finish.
+#[test]
+fn a_removal_finishes_while_a_node_recovers_from_a_power_loss() {
+    let seed = seed_from_env(24);
+    let _g = SeedGuard(seed);
+    let mut c = cluster(seed, 5, false, |_| {});
+    measure_clocks(&mut c);
+    let mut n = 0;
+    traffic_until(&mut c, &mut n, Duration::from_secs(2), |_| false);
+    let (dead, lost_power) = (2, 1);
+    c.kill_for_good(dead);
+    c.power_loss(lost_power);
+    c.restart(lost_power);
+    traffic_until(&mut c, &mut n, Duration::from_secs(5), |_| false);
+    assert!(
+        c.sim.node(lost_power).is_some_and(|p| p.recovering.is_some()),
+        "it cannot finish its recovery while a replica of its ranges is dead"
+    );
+    remove_under_traffic(&mut c, &mut n, 0, dead);
+    traffic_until(&mut c, &mut n, Duration::from_secs(30), |c| c.recovering() == 0);
+    assert_eq!(c.recovering(), 0, "the recovery finished");
+    let keys: Vec<String> = (0..6).map(|k| format!("k{k}")).collect();
+    let (report, _) = settle_and_check(&mut c, 0, &keys, true);
+    assert!(report.is_ok(), "{report}\n{}", c.explain(&report));
+}
+
 // ----- anti-entropy ---------------------------------------------------------------------------
 
 /// A replica down longer than the hint window gets no hints; anti-entropy alone brings it every

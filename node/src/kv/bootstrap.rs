@@ -126,7 +126,11 @@ pub async fn join<T: Transport, S: Storage>(
                     // Only a founder starts the ring.
                     false
                 } else if heard {
-                    s.gossip_converged
+                    // Joining a ring: only one a ready member computed too (`vouched`). A seed
+                    // that restarted and knows part of the cluster hands a partial ring; tokens
+                    // taken against it place keys where no replica is, and writes this node
+                    // acknowledged there would be lost.
+                    s.gossip_converged && (view.ring.is_empty() || view.vouched)
                 } else {
                     may_found && started.elapsed() >= ALONE_AFTER
                 };

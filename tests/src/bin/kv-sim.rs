@@ -171,6 +171,8 @@ fn main() -> Result<()> {
     let (mut diverged, mut repair) = (0usize, (0u64, 0u64, 0u64, 0u64));
     let mut diverged_before = 0usize;
     let (mut joined, mut left, mut aborted, mut moving) = (0usize, 0usize, 0u64, 0usize);
+    let (mut dead, mut removals, mut unremoved) = (0usize, (0u64, 0u64, 0u64), 0usize);
+    let mut removal_failures: BTreeMap<&str, u64> = BTreeMap::new();
     for &seed in &seeds {
         let r = run_seed(seed, &sc);
         ops += r.ops;
@@ -201,6 +203,14 @@ fn main() -> Result<()> {
         left += r.ring_changes.1;
         aborted += r.ring_changes.2;
         moving += r.moving_left;
+        dead += r.removals.0;
+        removals.0 += r.removals.1 .0;
+        removals.1 += r.removals.1 .1;
+        removals.2 += r.removals.1 .2;
+        unremoved += r.removals.2;
+        for (k, v) in &r.removal_failures {
+            *removal_failures.entry(k).or_default() += v;
+        }
         for v in r.failures() {
             *kinds.entry(format!("{:?}", v.kind)).or_default() += 1;
         }
@@ -214,6 +224,7 @@ fn main() -> Result<()> {
             || !r.final_state.stranded.is_empty()
             || r.hints_left > 0
             || r.moving_left > 0
+            || r.removals.2 > 0
             || !r.converged;
         if (args.seed.is_some() || (args.verbose && odd)) && !args.json {
             println!(
@@ -246,7 +257,8 @@ fn main() -> Result<()> {
     let per_min = seeds.len() as f64 / secs * 60.0;
     let violations: usize = kinds.values().sum();
     let allowed: usize = allowed_kinds.values().sum();
-    let failed = violations > 0 || diverged > 0 || (args.fail_on_allowed && allowed > 0);
+    let failed =
+        violations > 0 || diverged > 0 || unremoved > 0 || (args.fail_on_allowed && allowed > 0);
     if args.json {
         let v = serde_json::json!({
             "seeds": seeds.len(),
@@ -283,6 +295,12 @@ fn main() -> Result<()> {
             "nodes_left": left,
             "leaves_aborted": aborted,
             "nodes_still_moving": moving,
+            "nodes_killed_for_good": dead,
+            "removals_started": removals.0,
+            "removals_done": removals.1,
+            "removals_failed": removals.2,
+            "removal_failures": removal_failures,
+            "dead_nodes_not_removed": unremoved,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -304,6 +322,12 @@ fn main() -> Result<()> {
         println!(
             "  ring changes: {joined} nodes joined, {left} left, {aborted} leaves aborted; \
              {moving} still joining or leaving at the end"
+        );
+        println!(
+            "  removenode: {dead} nodes killed for good; removals {} started, {} finished, {} \
+             gave up (asked again) {removal_failures:?}; {unremoved} dead nodes not removed \
+             at the end",
+            removals.0, removals.1, removals.2
         );
         if args.verbose {
             let mut rs: Vec<_> = reasons.iter().collect();

@@ -14,6 +14,7 @@ use starling_ring::{token_of, Token};
 use starling_wire::{Consistency, Record, Version};
 
 use super::membership::{LeaveRefused, Phase};
+use super::removal::RemoveRefused;
 use super::{ClockSpec, Completed, Disk, KvProc, NodeSpec, OpOutput, TOKENS_PER_NODE};
 use crate::gossip::node_id;
 use crate::history::{check, Call, CheckOptions, History, OpId, Outcome, Report};
@@ -120,6 +121,8 @@ pub struct Cluster {
     aborted_leaves: u64,
     /// When a node last lost power.
     pub last_power_loss: Option<Instant>,
+    /// Nodes killed for good ([`Cluster::kill_for_good`]).
+    pub dead: Vec<usize>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -205,6 +208,7 @@ impl Cluster {
             added: 0,
             aborted_leaves: 0,
             last_power_loss: None,
+            dead: Vec::new(),
         }
     }
 
@@ -270,7 +274,7 @@ impl Cluster {
                 self.gone[i] || self.sim.node(i).is_some_and(|p| matches!(p.phase(), Phase::Normal))
             })
             .count();
-        let left = self.gone.iter().filter(|g| **g).count();
+        let left = (0..self.len()).filter(|i| self.gone[*i] && !self.dead.contains(i)).count();
         let aborted =
             self.aborted_leaves + self.sim.up().map(|(_, p)| p.stats.leaves_aborted).sum::<u64>();
         (joined, left, aborted)
@@ -506,6 +510,59 @@ impl Cluster {
         self.count_stopped(i);
         self.sim.crash(i);
         self.lose_inflight(i, "coordinator killed");
+    }
+
+    /// Kills node `i` for good: its machine and store are gone (it never restarts); the
+    /// cluster gets its ranges back to `N` copies with [`Cluster::remove_node`].
+    pub fn kill_for_good(&mut self, i: usize) {
+        self.kill(i);
+        self.saved[i] = None;
+        self.gone[i] = true;
+        self.restarts.retain(|r| r.1 != i);
+        self.dead.push(i);
+    }
+
+    /// `starling removenode` of dead node `target`, asked of node `via`.
+    pub fn remove_node(&mut self, via: usize, target: usize) -> Result<(), RemoveRefused> {
+        let id = self.id(target);
+        self.sim
+            .with_node(via, |p, now| p.remove_node(id, now))
+            .unwrap_or(Err(RemoveRefused::NotReady))
+    }
+
+    /// Dead nodes whose removal no live node has recorded yet.
+    pub fn unremoved(&self) -> Vec<usize> {
+        self.dead
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let id = self.id(i);
+                !self.sim.up().any(|(_, p)| p.disk.removed.contains(&id))
+            })
+            .collect()
+    }
+
+    /// Whether a live node runs a removal.
+    pub fn removal_running(&self) -> bool {
+        self.sim.up().any(|(_, p)| p.removing().is_some())
+    }
+
+    /// Why removals gave up, over the nodes up now.
+    pub fn removal_failures(&self) -> BTreeMap<&'static str, u64> {
+        let mut out = BTreeMap::new();
+        for (_, p) in self.sim.up() {
+            for (k, v) in &p.stats.removal_failures {
+                *out.entry(*k).or_default() += v;
+            }
+        }
+        out
+    }
+
+    /// `(started, done, failed)` removals over the nodes up now.
+    pub fn removals(&self) -> (u64, u64, u64) {
+        self.sim.up().fold((0, 0, 0), |(a, b, c), (_, p)| {
+            (a + p.stats.removals_started, b + p.stats.removals_done, c + p.stats.removals_failed)
+        })
     }
 
     /// Power loss: what was written since the last periodic sync is lost.

@@ -2,8 +2,8 @@
 //! `node/src/node.rs` do them.
 //!
 //! **Join.** A node started without tokens waits until it has heard of another member, gossip has
-//! converged, the ring exists, every alive member with a lower id is on it, and half a second
-//! has passed; then it allocates its tokens against the future ring, stores them with status
+//! converged, the ring exists and a ready member computed the same ring (`vouched`), every
+//! alive member with a lower id is on it, and half a second has passed; then it allocates its tokens against the future ring, stores them with status
 //! `joining` (fsynced), and announces both. Coordinators then send it the writes of its pending
 //! ranges. Once every alive member reports its ring digest, and one write timeout later, it
 //! streams each pending range from every up current replica (`ReplicaScan` pages), at least a
@@ -94,6 +94,22 @@ pub struct Streams {
     /// Each pending range with the number of its current replicas that must stream it.
     ranges: Vec<(Range, usize)>,
     tasks: Vec<StreamTask>,
+    /// For a removal's streams (answered to the remover) rather than this node's join.
+    removal: bool,
+    /// Records received.
+    pub received: u64,
+}
+
+impl Streams {
+    /// `None` while a task runs; then whether every range was streamed by enough replicas.
+    pub fn outcome(&self) -> Option<bool> {
+        if self.tasks.iter().any(|t| t.done.is_none()) {
+            return None;
+        }
+        Some(self.ranges.iter().enumerate().all(|(r, (_, need))| {
+            self.tasks.iter().filter(|t| t.range == r && t.done == Some(true)).count() >= *need
+        }))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -174,7 +190,7 @@ impl KvProc {
 
     /// Every alive member reports the ring digest this node computed, and gossip converged
     /// (`status.converged` with the ring part, as `bootstrap::wait_for_agreement` waits for).
-    fn ring_agreed(&self) -> bool {
+    pub(super) fn ring_agreed(&self) -> bool {
         if self.view.ring.is_empty() || !self.g.converged() {
             return false;
         }
@@ -224,6 +240,7 @@ impl KvProc {
     /// The ring-change state machine's timer.
     pub(super) fn change_timeout(&self) -> Option<Instant> {
         match self.phase {
+            _ if self.removal.is_some() => Some(self.next_change),
             Phase::Normal | Phase::Left { .. } => None,
             _ => Some(self.next_change),
         }
@@ -277,14 +294,19 @@ impl KvProc {
             Phase::Handover(batches) => self.handover_progress(batches, now),
             Phase::Hints(h) => self.hints_progress(h, now),
         }
+        self.removal_progress(now);
     }
 
     fn maybe_take_tokens(&mut self, since: Instant, now: Instant) {
         let view = self.view.clone();
         let me = self.spec.id;
         let others: Vec<NodeId> = view.others_up().collect();
+        // The ring must be one a ready member computed too (`vouched`): a seed that restarted
+        // and knows only part of the cluster would hand a partial ring, and tokens taken
+        // against it place keys where no replica is (writes acknowledged there are lost).
         let ready = !others.is_empty()
             && !view.ring.is_empty()
+            && view.vouched
             && self.g.converged()
             && others.iter().all(|id| *id > me || view.ring.node(*id).is_some())
             && now.saturating_duration_since(since) >= Duration::from_millis(500);
@@ -303,8 +325,15 @@ impl KvProc {
     }
 
     fn start_streams(&mut self, now: Instant) -> Phase {
+        let s = self.new_streams(false, now);
+        self.streams_progress(s, now)
+    }
+
+    /// Streams of this node's pending ranges, each from every up current replica (at least a
+    /// quorum of them must finish), with their first scans sent.
+    pub(super) fn new_streams(&mut self, removal: bool, now: Instant) -> Streams {
         let view = self.view.clone();
-        let mut s = Streams::default();
+        let mut s = Streams { removal, ..Streams::default() };
         for (range, sources) in view.ring.pending_ranges(view.me, view.rf) {
             let need = (sources.len() / 2 + 1).min(sources.len());
             let r = s.ranges.len();
@@ -316,7 +345,7 @@ impl KvProc {
         for t in 0..s.tasks.len() {
             self.send_scan(&mut s, t, now);
         }
-        self.streams_progress(s, now)
+        s
     }
 
     fn send_scan(&mut self, s: &mut Streams, t: usize, now: Instant) {
@@ -331,19 +360,33 @@ impl KvProc {
             limit: SCAN_PAGE,
         };
         let deadline = now + self.spec.kv.read_timeout;
-        self.send_request(addr, req, Pending::Scan { task: t }, deadline);
+        self.send_request(addr, req, Pending::Scan { task: t, removal: s.removal }, deadline);
     }
 
-    /// A scan page (or its failure) for stream task `task`.
-    pub(super) fn on_scan(&mut self, task: usize, body: Option<Resp>, now: Instant) {
-        let Phase::Streaming(mut s) = std::mem::take(&mut self.phase) else {
-            return; // a page of streams given up since
+    /// A scan page (or its failure) for stream task `task` (of a join, or of a removal's
+    /// streams).
+    pub(super) fn on_scan(&mut self, task: usize, removal: bool, body: Option<Resp>, now: Instant) {
+        let s = if removal {
+            match self.gainer_streams.as_mut() {
+                Some(g) => std::mem::take(&mut g.streams),
+                None => return, // given up since
+            }
+        } else {
+            match std::mem::take(&mut self.phase) {
+                Phase::Streaming(s) => s,
+                other => {
+                    self.phase = other;
+                    return; // a page of streams given up since
+                }
+            }
         };
+        let mut s = s;
         if task < s.tasks.len() && s.tasks[task].done.is_none() {
             match body {
                 Some(Resp::Records { records, cursor }) if !self.store.full => {
                     let at = self.synced_at(now);
                     self.stats.records_streamed += records.len() as u64;
+                    s.received += records.len() as u64;
                     for r in records {
                         let token = starling_ring::token_of(&r.key);
                         self.disk.put(at, r);
@@ -360,23 +403,29 @@ impl KvProc {
                 _ => s.tasks[task].done = Some(false),
             }
         }
-        self.phase = self.streams_progress(s, now);
+        if removal {
+            if let Some(g) = self.gainer_streams.as_mut() {
+                g.streams = s;
+            }
+            self.gainer_progress(now);
+        } else {
+            self.phase = self.streams_progress(s, now);
+        }
     }
 
     fn streams_progress(&mut self, s: Streams, now: Instant) -> Phase {
-        if s.tasks.iter().any(|t| t.done.is_none()) {
-            return Phase::Streaming(s);
+        match s.outcome() {
+            None => Phase::Streaming(s),
+            Some(false) => {
+                self.stats.stream_retries += 1;
+                Phase::JoinRetry { at: now + STREAM_RETRY }
+            }
+            Some(true) => {
+                self.stats.joins_done += 1;
+                self.announce("normal", now);
+                Phase::Normal
+            }
         }
-        let short = s.ranges.iter().enumerate().any(|(r, (_, need))| {
-            s.tasks.iter().filter(|t| t.range == r && t.done == Some(true)).count() < *need
-        });
-        if short {
-            self.stats.stream_retries += 1;
-            return Phase::JoinRetry { at: now + STREAM_RETRY };
-        }
-        self.stats.joins_done += 1;
-        self.announce("normal", now);
-        Phase::Normal
     }
 
     /// Every record of this node's ranges, by future replica that does not hold its range now,

@@ -88,11 +88,13 @@ impl KvProc {
         if let Some((id, _)) = view.addrs.iter().find(|(_, a)| **a == addr) {
             compared.insert(*id);
         }
-        let all = view
-            .placement
-            .segments()
-            .filter(|(_, natural, _)| natural.contains(&me))
-            .all(|(_, natural, _)| natural.iter().all(|p| *p == me || compared.contains(p)));
+        let all = view.placement.segments().filter(|(_, natural, _)| natural.contains(&me)).all(
+            |(_, natural, _)| {
+                natural
+                    .iter()
+                    .all(|p| *p == me || compared.contains(p) || view.removing.contains(p))
+            },
+        );
         if all {
             self.recovering = None;
             self.stats.recoveries += 1;

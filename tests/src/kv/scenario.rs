@@ -128,8 +128,10 @@ impl Default for Scenario {
 }
 
 /// Every fault kind, as counted in [`SeedReport::faults`]. `join` starts a new node (empty
-/// store) that joins the ring; `leave` asks a node to leave it (decommission).
-pub const FAULT_KINDS: [&str; 13] = [
+/// store) that joins the ring; `leave` asks a node to leave it (decommission); `remove` kills a
+/// node for good (its store gone) and removes it with `removenode` a few seconds later (asked
+/// again until a removal finishes).
+pub const FAULT_KINDS: [&str; 14] = [
     "kill",
     "power-loss",
     "partition",
@@ -143,6 +145,7 @@ pub const FAULT_KINDS: [&str; 13] = [
     "clock-skew",
     "join",
     "leave",
+    "remove",
 ];
 
 /// Faults that do not break recency (no crash, no partition, no clock beyond the bound). Ring
@@ -184,6 +187,11 @@ pub struct SeedReport {
     pub moving_nodes: Vec<(usize, &'static str)>,
     /// `(joined, left, leaves aborted)` ([`Cluster::ring_changes`]).
     pub ring_changes: (usize, usize, u64),
+    /// Nodes killed for good, and `removenode` runs `(started, done, failed)` over the nodes up
+    /// at the end; dead nodes no removal finished for.
+    pub removals: (usize, (u64, u64, u64), usize),
+    /// Why removals gave up (they are asked again), counted.
+    pub removal_failures: BTreeMap<&'static str, u64>,
     pub decode_errors: u64,
     pub refused_ahead: u64,
     pub sim_time: Duration,
@@ -360,6 +368,8 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
     let mut next_fault = start + dur(&mut rng, 200, 2 * sc.fault_every.as_millis() as u64);
     let mut undo: Vec<(Instant, Undo)> = Vec::new();
 
+    let mut next_removal = start;
+
     let mut clients: Vec<Client> = (0..sc.clients as u64)
         .map(|id| Client { id, busy: None, next_at: start + dur(&mut rng, 0, 20), n: 0 })
         .collect();
@@ -372,6 +382,10 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
         while undo.first().is_some_and(|u| u.0 <= now) {
             let (_, u) = undo.remove(0);
             apply_undo(&mut c, u);
+        }
+        if now >= next_removal && !c.unremoved().is_empty() {
+            next_removal = now + dur(&mut rng, 1000, 3000);
+            try_removal(&mut c, &mut rng);
         }
         if now < end && now >= next_fault && !allowed.is_empty() {
             let kind = *allowed.choose(&mut rng).expect("non-empty");
@@ -429,6 +443,12 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
     }
     // Joins and leaves in progress finish (or, for a leave, give up).
     c.run_until(Duration::from_millis(100), Duration::from_secs(40), |c| c.moving() == 0);
+    // Dead nodes are removed (asked again until a removal finishes).
+    let give_up = c.now() + Duration::from_secs(120);
+    while !c.unremoved().is_empty() && c.now() < give_up {
+        try_removal(&mut c, &mut rng);
+        c.run_for(Duration::from_secs(1));
+    }
     let converged =
         c.run_until(Duration::from_millis(100), Duration::from_secs(20), Cluster::converged);
     c.run_for(Duration::from_secs(3));
@@ -453,6 +473,7 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
     let moving_nodes: Vec<(usize, &'static str)> =
         c.sim.up().map(|(i, p)| (i, p.phase().name())).filter(|(_, ph)| *ph != "normal").collect();
     let ring_changes = c.ring_changes();
+    let removals = (c.dead.len(), c.removals(), c.unremoved().len());
     let up: Vec<usize> = c.members().into_iter().filter(|&i| c.is_up(i)).collect();
     let via = *up.choose(&mut rng).unwrap_or(&0);
     let final_state = c.final_state(via, &keys);
@@ -501,12 +522,40 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
         moving_left,
         moving_nodes,
         ring_changes,
+        removals,
+        removal_failures: c.removal_failures(),
         decode_errors,
         refused_ahead,
         sim_time: c.sim.elapsed(),
         diverged,
         diverged_before,
         repair,
+    }
+}
+
+/// Asks a random live member to remove a dead node no removal finished for, unless a removal
+/// is running (a refusal, e.g. before gossip reports the node down, is asked again later).
+fn try_removal(c: &mut Cluster, rng: &mut ChaCha8Rng) {
+    let Some(&dead) = c.unremoved().first() else { return };
+    if c.removal_running() {
+        if std::env::var("KV_TRACE_REMOVE").is_ok() {
+            for (i, p) in c.sim.up() {
+                if p.removing().is_some() {
+                    eprintln!("{:?} node {i} runs {:?}", c.now(), p.removal_state());
+                }
+                let ring: Vec<String> =
+                    p.view.ring.nodes().map(|n| format!("{}:{:?}", n.id, n.status)).collect();
+                eprintln!("  node {i} {} ring {ring:?} removing {:?}", p.id(), p.view.removing);
+            }
+        }
+        return;
+    }
+    let up: Vec<usize> = c.members().into_iter().filter(|&i| c.is_up(i)).collect();
+    if let Some(&via) = up.choose(rng) {
+        let r = c.remove_node(via, dead);
+        if std::env::var("KV_TRACE_REMOVE").is_ok() {
+            eprintln!("{:?} remove {dead} via {via}: {r:?}", c.now());
+        }
     }
 }
 
@@ -574,6 +623,29 @@ fn inject(
             };
             c.add_node(clock);
         }
+        "remove" => {
+            // One dead node at a time, none down otherwise, no ring change in progress, and
+            // enough nodes that N stay and one more may leave later.
+            let pending = undo.iter().filter(|u| matches!(u.1, Undo::Restart(_))).count();
+            if down > 0
+                || pending > 0
+                || !c.unremoved().is_empty()
+                || c.moving() > 0
+                || n < sc.replication + 2
+            {
+                return false;
+            }
+            // A lost store is a power loss that keeps nothing: keep power losses apart from it.
+            if profile == Profile::Durable
+                && c.last_power_loss
+                    .is_some_and(|t| now.saturating_duration_since(t) < 10 * sc.sync_interval)
+            {
+                return false;
+            }
+            c.last_power_loss = Some(now);
+            c.kill_for_good(node);
+        }
+        "leave" if !c.unremoved().is_empty() => return false,
         "leave" => {
             let normal: Vec<usize> = up
                 .iter()
