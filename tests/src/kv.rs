@@ -456,13 +456,9 @@ enum Pending {
         task: usize,
         removal: bool,
     },
-    /// A gainer asked to stream its pending ranges for this node's removal.
-    RemovalAsk {
+    /// A gainer asked to stream its pending ranges for this node's leave or removal.
+    GainerAsk {
         gainer: NodeId,
-    },
-    /// A batch of records a leaving node hands over.
-    Handover {
-        batch: usize,
     },
     /// A page of hints a leaving node hands over.
     HintHandover {
@@ -1032,7 +1028,7 @@ impl KvProc {
         }
         if body == Req::StreamPending {
             // Answered once the streams finish.
-            return self.start_gainer_streams(Some((from, id)), now);
+            return self.start_gainer_streams((from, id), now);
         }
         let resp = match body {
             Req::Clock | Req::StreamPending => unreachable!("answered above"),
@@ -1110,14 +1106,13 @@ impl KvProc {
                 }
             }
             Pending::Scan { task, removal } => self.on_scan(task, removal, body, now),
-            Pending::RemovalAsk { gainer } => {
+            Pending::GainerAsk { gainer } => {
                 let n = match body {
                     Some(Resp::Streamed(n)) => Some(n),
                     _ => None,
                 };
                 self.on_gainer_done(gainer, n, now)
             }
-            Pending::Handover { batch } => self.on_handover(batch, body, now),
             Pending::HintHandover { target, hints } => {
                 self.on_hint_handover(target, hints, body, now)
             }

@@ -319,6 +319,10 @@ async fn stream_range<T: Transport, S: Storage>(
     }
 }
 
+/// How many times a leave asks the nodes taking over its ranges to stream them before it gives
+/// up (1 s apart).
+pub const LEAVE_STREAM_ATTEMPTS: u32 = 10;
+
 /// Hands this node's data to the nodes that take over its ranges (status `leaving` first).
 pub async fn decommission<T: Transport, S: Storage>(
     kv: Kv<T, S>,
@@ -354,12 +358,38 @@ pub async fn decommission<T: Transport, S: Storage>(
         );
     }
     tokio::time::sleep(kv.inner.cfg.write_timeout).await;
+    // And once more: a leave announced just before the agreement may not have reached this node
+    // then (the other's old ring digest matched this one's), so two nodes leaving together could
+    // each count the other as staying. One write timeout later each sees the other leaving.
+    let view = kv.view();
+    let staying =
+        view.ring.nodes().filter(|n| n.id != me && n.status != NodeStatus::Leaving).count();
+    if staying < view.rf {
+        anyhow::bail!(
+            "only {staying} other nodes would stay on the ring (another node is leaving at the \
+             same time), fewer than the {} copies of every key",
+            view.rf
+        );
+    }
     if kv.inner.streamer.get().is_some() {
         // Each node that gains ranges pulls them over sync sessions, from every replica up
         // (this one included): a leave asked again after a failure moves only what is missing.
-        let streamed = gainers_stream(&kv).await.map_err(|(g, why)| {
-            anyhow::anyhow!("{g} did not take its share of the ranges: {why}")
-        })?;
+        // Asked again (all gainers, from the ring as it is then: one may have left meanwhile)
+        // after a failure: a source recovering a range, a gainer restarting.
+        let mut attempt = 1;
+        let streamed = loop {
+            match gainers_stream(&kv).await {
+                Ok(s) => break s,
+                Err((g, why)) if attempt < LEAVE_STREAM_ATTEMPTS => {
+                    warn!(gainer = %g, error = %why, attempt, "decommission: a node taking over ranges could not stream them; asking again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err((g, why)) => {
+                    anyhow::bail!("{g} did not take its share of the ranges: {why}")
+                }
+            }
+        };
         let sent = streamed.iter().map(|(_, n)| n).sum();
         info!(
             records = sent,

@@ -1,11 +1,14 @@
 //! Sweeps seeds of the KV simulation (a whole cluster of coordinators and replicas under
-//! crashes, power loss, partitions, stalls, clock skew and a lossy network) and checks every
-//! history for lost writes, resurrected deletes and stale reads.
+//! crashes, power loss, partitions, stalls, clock skew, a lossy network, joins, leaves and
+//! nodes killed for good then removed) and checks every history for lost writes, resurrected
+//! deletes and stale reads.
 //!
 //! `cargo run --release -p starling-tests --bin kv-sim -- --seeds 500 [--start S] [--nodes 5] [--json]`
 //!
 //! Replay one seed with `--seed N` (or `SEED=N`); `--verbose` prints its history check in full.
-//! Exits 1 if any seed shows a violation.
+//! `KV_TRACE_REMOVE=1` prints every removal attempt and every node's ring while one runs;
+//! `KV_TRACE_MOVING=1` prints, at the end, the nodes still joining or leaving and where they are.
+//! Exits 1 if any seed shows a violation, or a dead node was never removed.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

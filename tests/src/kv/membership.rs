@@ -11,13 +11,14 @@
 //! later. Then it stores and announces `normal`. A restart during the join resumes it.
 //!
 //! **Leave.** Refused unless at least `N` other nodes stay on the ring (not leaving). Status
-//! `leaving` (stored, announced); once the ring is agreed and one write timeout has passed, every
-//! record of its ranges goes to the future replicas that do not hold the range now (20 attempts
-//! per batch, 500 ms apart), then its hints go to their target if it is up, otherwise to a node
-//! that stays and is `normal`, which keeps them as a stand-in would. Then it stores `left`,
+//! `leaving` (stored, announced); once the ring is agreed and one write timeout has passed, each
+//! node that gains ranges is asked in turn to stream them from their current replicas (this one
+//! included), as `bootstrap::decommission` does over sync sessions (the removal's
+//! [`super::removal::GainerAsk`]); then its hints go to their target if it is up, otherwise to a
+//! node that stays and is `normal`, which keeps them as a stand-in would. Then it stores `left`,
 //! announces it, leaves the gossip cluster and stops once the members confirmed they heard
-//! (`Gossip::leave_done`, as `starlingd`'s driver). If a batch or a page of hints finds no taker, the leave is aborted: status
-//! `normal` again, stored and announced. A restart while leaving comes back `normal`.
+//! (`Gossip::leave_done`, as `starlingd`'s driver). If a gainer is down or its streams fail, or a page of hints finds no taker,
+//! the leave is aborted: status `normal` again, stored and announced. A restart while leaving comes back `normal`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ use starling_kv::view;
 use starling_ring::{token_of, NodeId, NodeStatus, Range, Token};
 use starling_wire::Record;
 
+use super::removal::{AskState, GainerAsk};
 use super::{HintKey, KvProc, Pending, Req, Resp, HINT_PAGE, TOKENS_PER_NODE};
 
 /// Records per scan page (`bootstrap::PAGE`).
@@ -36,6 +38,9 @@ pub const SCAN_PAGE: usize = 1024;
 pub const HANDOVER_ATTEMPTS: u32 = 20;
 /// Pause between two handover attempts.
 pub const HANDOVER_RETRY: Duration = Duration::from_millis(500);
+/// A leave asks a gainer whose streams failed again this many times, [`super::removal::ASK_RETRY`] apart,
+/// before it gives up (`bootstrap::LEAVE_STREAM_ATTEMPTS`).
+pub const LEAVE_ASK_RETRIES: u32 = 9;
 /// A join whose streams fell short tries again after this.
 pub const STREAM_RETRY: Duration = Duration::from_secs(1);
 /// How often the ring-change state machine looks at the view when it waits.
@@ -57,8 +62,8 @@ pub enum Phase {
     JoinRetry { at: Instant },
     /// Announced `leaving`; waits for the ring to be agreed, then one write timeout.
     LeaveAgree { settled_at: Option<Instant> },
-    /// Pushing its records to the replicas that gain its ranges.
-    Handover(Vec<Batch>),
+    /// Asking the nodes that gain its ranges to stream them.
+    LeaveAsk(GainerAsk),
     /// Handing its hints over.
     Hints(HintHandover),
     /// Recorded `left` then: it stops once the members confirmed it.
@@ -71,7 +76,7 @@ impl Phase {
             Phase::Normal => "normal",
             Phase::Waiting { .. } => "waiting",
             Phase::JoinAgree { .. } | Phase::Streaming(_) | Phase::JoinRetry { .. } => "joining",
-            Phase::LeaveAgree { .. } | Phase::Handover(_) | Phase::Hints(_) => "leaving",
+            Phase::LeaveAgree { .. } | Phase::LeaveAsk(_) | Phase::Hints(_) => "leaving",
             Phase::Left { .. } => "left",
         }
     }
@@ -110,16 +115,6 @@ impl Streams {
             self.tasks.iter().filter(|t| t.range == r && t.done == Some(true)).count() >= *need
         }))
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct Batch {
-    target: NodeId,
-    records: Vec<Record>,
-    attempts: u32,
-    /// Send again at (`None`: in flight or done).
-    next_at: Option<Instant>,
-    done: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -283,15 +278,27 @@ impl KvProc {
                     None if self.ring_agreed() => {
                         Phase::LeaveAgree { settled_at: Some(now + self.spec.kv.write_timeout) }
                     }
-                    Some(at) if now >= at => Phase::Handover(self.handover_batches()),
+                    // And once more one write timeout later: a leave announced just before the
+                    // agreement may not have reached this node then (its old ring digest
+                    // matched), and two nodes leaving together would each count the other.
+                    Some(at) if now >= at && self.staying() < self.view.rf => {
+                        self.phase = Phase::LeaveAgree { settled_at: Some(at) };
+                        return self.abort_leave(now);
+                    }
+                    Some(at) if now >= at => {
+                        Phase::LeaveAsk(GainerAsk::new(&self.view, LEAVE_ASK_RETRIES))
+                    }
                     s => Phase::LeaveAgree { settled_at: s },
                 };
-                if matches!(self.phase, Phase::Handover(_)) {
+                if matches!(self.phase, Phase::LeaveAsk(_)) {
                     self.next_change = now;
                     self.advance(now);
                 }
             }
-            Phase::Handover(batches) => self.handover_progress(batches, now),
+            Phase::LeaveAsk(ask) => {
+                self.phase = Phase::LeaveAsk(ask);
+                self.leave_ask_progress(AskState::Running, now);
+            }
             Phase::Hints(h) => self.hints_progress(h, now),
         }
         self.removal_progress(now);
@@ -407,7 +414,7 @@ impl KvProc {
             if let Some(g) = self.gainer_streams.as_mut() {
                 g.streams = s;
             }
-            self.gainer_progress(now);
+            self.gainer_progress();
         } else {
             self.phase = self.streams_progress(s, now);
         }
@@ -428,81 +435,35 @@ impl KvProc {
         }
     }
 
-    /// Every record of this node's ranges, by future replica that does not hold its range now,
-    /// in batches of [`SCAN_PAGE`].
-    fn handover_batches(&self) -> Vec<Batch> {
-        let view = &self.view;
-        let future = view.ring.future().placement(view.rf);
-        let mine = view.ring.ranges_of(view.me, view.rf);
-        let mut by_target: BTreeMap<NodeId, Vec<Record>> = BTreeMap::new();
-        for range in mine {
-            let (records, _) = scan(&self.disk.data, range, None, usize::MAX);
-            for r in records {
-                let token = token_of(&r.key);
-                let now = view.placement.replicas(token);
-                for t in future.replicas(token) {
-                    if !now.contains(t) {
-                        by_target.entry(*t).or_default().push(r.clone());
-                    }
-                }
-            }
+    /// The leave's gainer asking, if it is there.
+    pub(super) fn leave_ask_mut(&mut self) -> Option<&mut GainerAsk> {
+        match &mut self.phase {
+            Phase::LeaveAsk(a) => Some(a),
+            _ => None,
         }
-        let mut out = Vec::new();
-        for (target, records) in by_target {
-            for chunk in records.chunks(SCAN_PAGE) {
-                out.push(Batch {
-                    target,
-                    records: chunk.to_vec(),
-                    attempts: 0,
-                    next_at: Some(self.spec.epoch),
-                    done: false,
-                });
-            }
-        }
-        out
     }
 
-    fn handover_progress(&mut self, mut batches: Vec<Batch>, now: Instant) {
-        for (b, batch) in batches.iter_mut().enumerate() {
-            if batch.done || batch.next_at.is_none_or(|at| at > now) {
-                continue;
+    /// Moves the leave on from where its gainer asking is: after an answer the next gainer is
+    /// asked.
+    pub(super) fn leave_ask_progress(&mut self, state: AskState, now: Instant) {
+        let state = match state {
+            AskState::Running => {
+                let Phase::LeaveAsk(mut ask) = std::mem::take(&mut self.phase) else { return };
+                let s = self.ask_gainers(&mut ask, now);
+                self.phase = Phase::LeaveAsk(ask);
+                s
             }
-            batch.next_at = None;
-            let Some(addr) = self.view.addrs.get(&batch.target).copied() else {
-                batch.attempts = HANDOVER_ATTEMPTS;
-                continue;
-            };
-            let req = Req::Write(batch.records.clone());
-            let deadline = now + self.spec.kv.write_timeout;
-            self.send_request(addr, req, Pending::Handover { batch: b }, deadline);
-        }
-        if batches.iter().any(|b| b.attempts >= HANDOVER_ATTEMPTS) {
-            self.phase = Phase::Handover(batches);
-            return self.abort_leave(now);
-        }
-        if batches.iter().all(|b| b.done) {
-            self.stats.records_handed +=
-                batches.iter().map(|b| b.records.len() as u64).sum::<u64>();
-            self.phase = Phase::Hints(HintHandover::default());
-            return self.hints_progress(HintHandover::default(), now);
-        }
-        self.phase = Phase::Handover(batches);
-    }
-
-    /// The answer to handover batch `batch`.
-    pub(super) fn on_handover(&mut self, batch: usize, body: Option<Resp>, now: Instant) {
-        let Phase::Handover(mut batches) = std::mem::take(&mut self.phase) else { return };
-        if let Some(b) = batches.get_mut(batch) {
-            match body {
-                Some(Resp::Ok | Resp::Written(_)) => b.done = true,
-                _ => {
-                    b.attempts += 1;
-                    b.next_at = Some(now + HANDOVER_RETRY);
-                }
+            s => s,
+        };
+        match state {
+            AskState::Running => {}
+            AskState::Done(n) => {
+                self.stats.records_handed += n;
+                self.phase = Phase::Hints(HintHandover::default());
+                self.hints_progress(HintHandover::default(), now);
             }
+            AskState::Failed(_) => self.abort_leave(now),
         }
-        self.next_change = now;
-        self.handover_progress(batches, now);
     }
 
     /// `Kv::hand_over_hints`: each target's hints to the target if it is up, otherwise to a node

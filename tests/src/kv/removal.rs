@@ -58,16 +58,55 @@ pub struct Removal {
 enum Step {
     /// Waiting for the ring to show the node leaving, agreed; then one write timeout.
     Agree { give_up: Instant, settled_at: Option<Instant> },
-    /// Asking the gainers one by one (`next` is the one asked, `None` before the first ask).
-    Asking { gainers: Vec<NodeId>, next: usize, asked: bool, streamed: u64 },
+    /// Asking the gainers one by one.
+    Asking(GainerAsk),
 }
 
-/// The streams a gainer runs for removals, and who waits for their outcome (`None`: this
-/// node's own removal).
+/// `gainers_stream`: each node that gains ranges (in the ring as it is now) is asked in turn to
+/// stream them (`StreamPending`), this node included. A removal and a leave both run it.
+#[derive(Debug, Clone)]
+pub struct GainerAsk {
+    gainers: Vec<NodeId>,
+    /// The gainer asked now (or next).
+    next: usize,
+    asked: bool,
+    /// Records the gainers received.
+    pub streamed: u64,
+    /// Failed asks still allowed before giving up, and when the next ask may go (all gainers
+    /// are asked again then, from the ring as it is).
+    retries: u32,
+    not_before: Option<Instant>,
+}
+
+/// Pause before a failed gainer is asked again (a leave: `bootstrap::decommission`).
+pub const ASK_RETRY: Duration = Duration::from_secs(1);
+
+/// Where a [`GainerAsk`] is.
+#[derive(Debug)]
+pub enum AskState {
+    Running,
+    Done(u64),
+    Failed(&'static str),
+}
+
+impl GainerAsk {
+    /// The gainers of the ring `view` has now; a failed ask is repeated `retries` times.
+    pub fn new(view: &starling_kv::RingView, retries: u32) -> GainerAsk {
+        let gainers = view
+            .ring
+            .nodes()
+            .map(|n| n.id)
+            .filter(|id| !view.ring.pending_ranges(*id, view.rf).is_empty())
+            .collect();
+        GainerAsk { gainers, next: 0, asked: false, streamed: 0, retries, not_before: None }
+    }
+}
+
+/// The streams a gainer runs for leaves and removals, and who waits for their outcome.
 #[derive(Debug, Clone, Default)]
 pub struct GainerStreams {
     pub streams: Streams,
-    pub waiting: Vec<Option<(SocketAddr, u64)>>,
+    pub waiting: Vec<(SocketAddr, u64)>,
 }
 
 impl KvProc {
@@ -188,67 +227,109 @@ impl KvProc {
                     }
                     None if now >= *give_up => return self.removal_failed("ring not agreed"),
                     Some(at) if now >= *at => {
-                        let view = &self.view;
-                        let gainers: Vec<NodeId> = view
-                            .ring
-                            .nodes()
-                            .map(|n| n.id)
-                            .filter(|id| !view.ring.pending_ranges(*id, view.rf).is_empty())
-                            .collect();
-                        r.step = Step::Asking { gainers, next: 0, asked: false, streamed: 0 };
+                        r.step = Step::Asking(GainerAsk::new(&self.view, 0));
                         self.removal = Some(r);
                         return self.removal_progress(now);
                     }
                     _ => {}
                 }
             }
-            Step::Asking { gainers, next, asked, streamed } => {
-                if *asked {
-                    self.removal = Some(r);
-                    return;
-                }
-                let Some(&g) = gainers.get(*next) else {
-                    let n = *streamed;
-                    return self.removal_done(r.target, n, now);
-                };
-                *asked = true;
-                if g == self.spec.id {
-                    self.removal = Some(r);
-                    return self.start_gainer_streams(None, now);
-                }
-                match self.view.addrs.get(&g).copied().filter(|_| self.view.is_up(g)) {
-                    Some(addr) => {
-                        let deadline = now + REMOVE_STREAM;
-                        self.send_request(
-                            addr,
-                            Req::StreamPending,
-                            Pending::RemovalAsk { gainer: g },
-                            deadline,
-                        );
-                    }
-                    None => return self.removal_failed("a gainer is down"),
+            Step::Asking(ask) => {
+                let mut ask = ask.clone();
+                let state = self.ask_gainers(&mut ask, now);
+                match state {
+                    AskState::Running => r.step = Step::Asking(ask),
+                    AskState::Done(n) => return self.removal_done(r.target, n, now),
+                    AskState::Failed(why) => return self.removal_failed(why),
                 }
             }
         }
         self.removal = Some(r);
     }
 
-    /// A gainer's answer (or its failure) for this node's removal.
-    pub(super) fn on_gainer_done(&mut self, gainer: NodeId, result: Option<u64>, now: Instant) {
-        let Some(r) = self.removal.as_mut() else { return };
-        let Step::Asking { gainers, next, asked, streamed } = &mut r.step else { return };
-        if gainers.get(*next) != Some(&gainer) || !*asked {
-            return;
+    /// Asks the next gainer, unless one is being asked; says where the asking is.
+    pub(super) fn ask_gainers(&mut self, ask: &mut GainerAsk, now: Instant) -> AskState {
+        if ask.asked || ask.not_before.is_some_and(|t| now < t) {
+            return AskState::Running;
         }
-        match result {
+        if ask.not_before.take().is_some() {
+            // Asked again from the start, with the gainers of the ring as it is now (one may
+            // have left since); those that have their ranges already stream nothing.
+            let fresh = GainerAsk::new(&self.view, ask.retries);
+            ask.gainers = fresh.gainers;
+            ask.next = 0;
+        }
+        let Some(&g) = ask.gainers.get(ask.next) else {
+            return AskState::Done(ask.streamed);
+        };
+        ask.asked = true;
+        // This node too is asked over the network (`starlingd` calls `stream_pending` itself;
+        // an answer that comes back later keeps the steps in order here).
+        match self.view.addrs.get(&g).copied().filter(|_| self.view.is_up(g)) {
+            Some(addr) => {
+                let deadline = now + REMOVE_STREAM;
+                self.send_request(
+                    addr,
+                    Req::StreamPending,
+                    Pending::GainerAsk { gainer: g },
+                    deadline,
+                );
+                AskState::Running
+            }
+            None if ask.retries > 0 => {
+                ask.retries -= 1;
+                ask.asked = false;
+                ask.not_before = Some(now + ASK_RETRY);
+                AskState::Running
+            }
+            None => AskState::Failed("a gainer is down"),
+        }
+    }
+
+    /// Records a gainer's answer (`None`: it failed or timed out) in `ask`.
+    fn gainer_answered(
+        ask: &mut GainerAsk,
+        gainer: NodeId,
+        result: Option<u64>,
+        now: Instant,
+    ) -> Option<AskState> {
+        if ask.gainers.get(ask.next) != Some(&gainer) || !ask.asked {
+            return None; // a late answer
+        }
+        Some(match result {
             Some(n) => {
-                *streamed += n;
-                *next += 1;
-                *asked = false;
+                ask.streamed += n;
+                ask.next += 1;
+                ask.asked = false;
+                AskState::Running
+            }
+            None if ask.retries > 0 => {
+                ask.retries -= 1;
+                ask.asked = false;
+                ask.not_before = Some(now + ASK_RETRY);
+                AskState::Running
+            }
+            None => AskState::Failed("a gainer's streams failed"),
+        })
+    }
+
+    /// A gainer's answer (or its failure) for this node's leave or removal.
+    pub(super) fn on_gainer_done(&mut self, gainer: NodeId, result: Option<u64>, now: Instant) {
+        if let Some(state) =
+            self.leave_ask_mut().and_then(|a| Self::gainer_answered(a, gainer, result, now))
+        {
+            self.next_change = now;
+            return self.leave_ask_progress(state, now);
+        }
+        let Some(r) = self.removal.as_mut() else { return };
+        let Step::Asking(ask) = &mut r.step else { return };
+        match Self::gainer_answered(ask, gainer, result, now) {
+            None => {}
+            Some(AskState::Failed(why)) => self.removal_failed(why),
+            Some(_) => {
                 self.next_change = now;
                 self.removal_progress(now);
             }
-            None => self.removal_failed("a gainer's streams failed"),
         }
     }
 
@@ -272,50 +353,37 @@ impl KvProc {
         self.publish_ids(view::keys::REMOVING, &removing, now);
     }
 
-    /// `StreamPending` (from a remover, or this node's own removal): streams this node's pending
-    /// ranges; the answer goes out when they finish.
-    pub(super) fn start_gainer_streams(&mut self, reply: Option<(SocketAddr, u64)>, now: Instant) {
+    /// `StreamPending` (from a leaving or removing node, this one included): streams this
+    /// node's pending ranges; the answer goes out when they finish.
+    pub(super) fn start_gainer_streams(&mut self, reply: (SocketAddr, u64), now: Instant) {
         if let Some(g) = self.gainer_streams.as_mut() {
             g.waiting.push(reply);
             return;
         }
         let streams = self.new_streams(true, now);
         self.gainer_streams = Some(GainerStreams { streams, waiting: vec![reply] });
-        self.gainer_progress(now);
+        self.gainer_progress();
     }
 
     /// Finishes the gainer's streams once every task is done.
-    pub(super) fn gainer_progress(&mut self, now: Instant) {
+    pub(super) fn gainer_progress(&mut self) {
         let Some(g) = self.gainer_streams.as_ref() else { return };
         let Some(ok) = g.streams.outcome() else { return };
         let g = self.gainer_streams.take().expect("present");
         let n = g.streams.received;
         for reply in g.waiting {
-            self.answer_gainer(reply, ok.then_some(n), now);
+            self.answer_gainer(reply, ok.then_some(n));
         }
     }
 
-    fn answer_gainer(
-        &mut self,
-        reply: Option<(SocketAddr, u64)>,
-        result: Option<u64>,
-        now: Instant,
-    ) {
-        match reply {
-            None => {
-                let me = self.spec.id;
-                self.on_gainer_done(me, result, now)
-            }
-            Some((to, id)) => {
-                let body = match result {
-                    Some(n) => Resp::Streamed(n),
-                    None => Resp::Error {
-                        code: ErrCode::Unavailable,
-                        message: "too few replicas streamed a pending range".into(),
-                    },
-                };
-                self.outbox.push_back((to, Msg::Response { id, body }.encode()));
-            }
-        }
+    fn answer_gainer(&mut self, (to, id): (SocketAddr, u64), result: Option<u64>) {
+        let body = match result {
+            Some(n) => Resp::Streamed(n),
+            None => Resp::Error {
+                code: ErrCode::Unavailable,
+                message: "too few replicas streamed a pending range".into(),
+            },
+        };
+        self.outbox.push_back((to, Msg::Response { id, body }.encode()));
     }
 }

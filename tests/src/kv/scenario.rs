@@ -470,6 +470,14 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
     let repair = c.repair_stats();
     let hints_left = c.hints_pending();
     let moving_left = c.moving();
+    if std::env::var("KV_TRACE_MOVING").is_ok() {
+        for (i, p) in c.sim.up() {
+            if p.phase().name() != "normal" {
+                eprintln!("node {i} {:?}", p.phase());
+            }
+            eprintln!("node {i} {} removal state {}", p.id(), p.removal_state());
+        }
+    }
     let moving_nodes: Vec<(usize, &'static str)> =
         c.sim.up().map(|(i, p)| (i, p.phase().name())).filter(|(_, ph)| *ph != "normal").collect();
     let ring_changes = c.ring_changes();
@@ -657,6 +665,7 @@ fn inject(
                 return false;
             }
         }
+        "partition" if n < 3 => return false,
         "partition" => {
             let mut nodes: Vec<usize> = members.clone();
             nodes.shuffle(rng);
