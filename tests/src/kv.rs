@@ -632,10 +632,17 @@ impl KvProc {
                 .all(|id| ring.node(*id).is_some() || left.contains(id));
             // Or a ready member computed the same ring: nodes not back on it left while this
             // one was down (their departure forgotten since).
+            // A node not yet normal on the ring (joining, or restarted during its join) has no
+            // ring of its own to wait for: it coordinates only on a ring a ready member vouches
+            // for (a restarted seed that knows part of the cluster hands a partial one).
+            let normal = ring
+                .node(self.spec.id)
+                .is_some_and(|n| n.status == starling_ring::NodeStatus::Normal);
             self.ready = self.g.members().next().is_some()
                 && self.g.converged()
                 && all_placed
-                && (all_back || self.view.vouched);
+                && (all_back || self.view.vouched)
+                && (normal || self.view.vouched);
             // `Kv::remember_ring` stores the ring's members as soon as the gate is open, not
             // only at the next ring change: a node killed before that change would restart
             // with nothing to wait for, and coordinate on the first members it hears of.

@@ -659,6 +659,19 @@ impl<T: Transport, S: Storage> Kv<T, S> {
             }
             *gate = None;
         }
+        // A node not yet normal on the ring (joining, or restarted during its join) has no ring
+        // of its own to wait for: it coordinates only on a ring a ready member vouches for (a
+        // restarted seed that knows part of the cluster hands out a partial one, and a write
+        // acknowledged on it can miss every real replica; the simulator found it).
+        let normal =
+            view.ring.node(view.me).is_some_and(|n| n.status == starling_ring::NodeStatus::Normal);
+        if !normal && !view.vouched {
+            return Err(KvError::Unavailable(
+                "this node is joining the ring and has not yet seen a ring a ready member agrees \
+                 on; try again in a moment"
+                    .into(),
+            ));
+        }
         self.inner.ring_ready.store(true, Ordering::Release);
         Ok(view)
     }
