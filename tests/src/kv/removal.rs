@@ -100,6 +100,17 @@ impl GainerAsk {
             .collect();
         GainerAsk { gainers, next: 0, asked: false, streamed: 0, retries, not_before: None }
     }
+
+    /// An ask failed: asked again after [`ASK_RETRY`] while retries are left.
+    fn failed(&mut self, now: Instant, why: &'static str) -> AskState {
+        if self.retries == 0 {
+            return AskState::Failed(why);
+        }
+        self.retries -= 1;
+        self.asked = false;
+        self.not_before = Some(now + ASK_RETRY);
+        AskState::Running
+    }
 }
 
 /// The streams a gainer runs for leaves and removals, and who waits for their outcome.
@@ -276,13 +287,7 @@ impl KvProc {
                 );
                 AskState::Running
             }
-            None if ask.retries > 0 => {
-                ask.retries -= 1;
-                ask.asked = false;
-                ask.not_before = Some(now + ASK_RETRY);
-                AskState::Running
-            }
-            None => AskState::Failed("a gainer is down"),
+            None => ask.failed(now, "a gainer is down"),
         }
     }
 
@@ -303,13 +308,7 @@ impl KvProc {
                 ask.asked = false;
                 AskState::Running
             }
-            None if ask.retries > 0 => {
-                ask.retries -= 1;
-                ask.asked = false;
-                ask.not_before = Some(now + ASK_RETRY);
-                AskState::Running
-            }
-            None => AskState::Failed("a gainer's streams failed"),
+            None => ask.failed(now, "a gainer's streams failed"),
         })
     }
 
