@@ -657,13 +657,6 @@ impl<L: ReplicaLog> Replica<L> {
         self.maybe_reassign(now);
     }
 
-    /// The replica list the leader is moving the partition to, if it differs from the recorded
-    /// one.
-    pub fn reassigning_to(&self) -> Option<&[NodeId]> {
-        let (s, t) = (self.state.as_ref()?, self.target.as_deref()?);
-        (!same_members(&s.replicas, t)).then_some(t)
-    }
-
     /// A reassignment, as Kafka's (KIP-455) in two recorded steps, each a compare-and-set of
     /// the partition state by its leader:
     /// 1. the replicas the target adds join the replica list, outside the ISR: they fetch from
