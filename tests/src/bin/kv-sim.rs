@@ -1,13 +1,15 @@
 //! Sweeps seeds of the KV simulation (a whole cluster of coordinators and replicas under
-//! crashes, power loss, partitions, stalls, clock skew, a lossy network, joins, leaves and
-//! nodes killed for good then removed) and checks every history for lost writes, resurrected
+//! crashes, power loss, partitions, stalls, clock skew, a lossy network, joins, leaves, and
+//! nodes killed for good then removed, half of whose machines come back wiped as new nodes at
+//! the same address) and checks every history for lost writes, resurrected
 //! deletes and stale reads.
 //!
 //! `cargo run --release -p starling-tests --bin kv-sim -- --seeds 500 [--start S] [--nodes 5] [--json]`
 //!
 //! Replay one seed with `--seed N` (or `SEED=N`); `--verbose` prints its history check in full.
 //! `KV_TRACE_REMOVE=1` prints every removal attempt and every node's ring while one runs;
-//! `KV_TRACE_MOVING=1` prints, at the end, the nodes still joining or leaving and where they are.
+//! `KV_TRACE_MOVING=1` prints, at the end, the nodes still joining or leaving and where they are;
+//! `KV_TRACE_FINAL=1` prints why a final read at `all` failed, with the ring and each node's state.
 //! Exits 1 if any seed shows a violation, or a dead node was never removed.
 
 use std::collections::BTreeMap;
@@ -176,6 +178,7 @@ fn main() -> Result<()> {
     let (mut joined, mut left, mut aborted, mut moving) = (0usize, 0usize, 0u64, 0usize);
     let (mut dead, mut removals, mut unremoved) = (0usize, (0u64, 0u64, 0u64), 0usize);
     let mut removal_failures: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut reborn = 0u64;
     for &seed in &seeds {
         let r = run_seed(seed, &sc);
         ops += r.ops;
@@ -211,6 +214,7 @@ fn main() -> Result<()> {
         removals.1 += r.removals.1 .1;
         removals.2 += r.removals.1 .2;
         unremoved += r.removals.2;
+        reborn += r.reborn;
         for (k, v) in &r.removal_failures {
             *removal_failures.entry(k).or_default() += v;
         }
@@ -304,6 +308,7 @@ fn main() -> Result<()> {
             "removals_failed": removals.2,
             "removal_failures": removal_failures,
             "dead_nodes_not_removed": unremoved,
+            "wiped_machines_back_as_new_nodes": reborn,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -329,7 +334,7 @@ fn main() -> Result<()> {
         println!(
             "  removenode: {dead} nodes killed for good; removals {} started, {} finished, {} \
              gave up (asked again) {removal_failures:?}; {unremoved} dead nodes not removed \
-             at the end",
+             at the end; {reborn} machines came back wiped as new nodes",
             removals.0, removals.1, removals.2
         );
         if args.verbose {

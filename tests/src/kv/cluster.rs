@@ -123,6 +123,8 @@ pub struct Cluster {
     pub last_power_loss: Option<Instant>,
     /// Nodes killed for good ([`Cluster::kill_for_good`]).
     pub dead: Vec<usize>,
+    /// Machines that came back wiped, as new nodes ([`Cluster::rebirth`]).
+    pub reborn: u64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -209,6 +211,7 @@ impl Cluster {
             aborted_leaves: 0,
             last_power_loss: None,
             dead: Vec::new(),
+            reborn: 0,
         }
     }
 
@@ -520,6 +523,28 @@ impl Cluster {
         self.gone[i] = true;
         self.restarts.retain(|r| r.1 != i);
         self.dead.push(i);
+    }
+
+    /// The machine of dead, removed node `i` comes back with an empty data dir: a new node (a new
+    /// id, no tokens) at the same address, which joins the ring.
+    pub fn rebirth(&mut self, i: usize) {
+        self.reborn += 1;
+        let seed = self.sim.seed;
+        let n = 100_000 + self.reborn as usize;
+        let spec = NodeSpec {
+            id: node_id(seed, n),
+            tokens: Vec::new(),
+            seeds: self.seeds(),
+            rng_seed: mix(seed, n as u64),
+            ..self.specs[i].clone()
+        };
+        self.specs[i] = spec.clone();
+        self.generations[i] = 1;
+        self.saved[i] = None;
+        self.gone[i] = false;
+        self.dead.retain(|d| *d != i);
+        let now = self.sim.now();
+        self.sim.restart(i, move |addr| KvProc::new(spec, 1, Disk::default(), addr, now));
     }
 
     /// `starling removenode` of dead node `target`, asked of node `via`.
@@ -842,7 +867,37 @@ impl Cluster {
                         read = Some(r.record);
                         break;
                     }
-                    _ => self.run_for(Duration::from_millis(500)),
+                    other => {
+                        if std::env::var("KV_TRACE_FINAL").is_ok() {
+                            let ring: Vec<String> = self
+                                .sim
+                                .node(via)
+                                .map(|p| {
+                                    p.view
+                                        .ring
+                                        .nodes()
+                                        .map(|n| format!("{}:{:?}", n.id, n.status))
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            let ups: Vec<String> = self
+                                .sim
+                                .up()
+                                .map(|(i, p)| {
+                                    format!(
+                                        "{i}:{}:ready={}:rec={}",
+                                        p.id(),
+                                        p.ready,
+                                        p.recovering.is_some()
+                                    )
+                                })
+                                .collect();
+                            eprintln!(
+                                "final read {key} via {via}: {other:?}; ring {ring:?}; up {ups:?}"
+                            );
+                        }
+                        self.run_for(Duration::from_millis(500))
+                    }
                 }
             }
             let newest = self.newest(via, key);

@@ -23,6 +23,9 @@ pub const REPAIR_SEGMENT_BITS: u8 = 8;
 /// A session this node runs.
 #[derive(Debug)]
 pub(crate) struct RepairRun {
+    /// The peer, and its address (a machine that came back wiped has a new id at the old
+    /// address: the session is the new id's).
+    peer: NodeId,
     addr: SocketAddr,
     session: Session,
 }
@@ -79,15 +82,13 @@ impl Replica for SimReplica<'_> {
 }
 
 impl KvProc {
-    /// A session with the peer at `addr` completed: while recovering, it counts as compared;
+    /// A session with `peer` completed: while recovering, it counts as compared;
     /// once every other replica of this node's ranges is, the recovery is over.
-    fn compared(&mut self, addr: SocketAddr) {
+    fn compared(&mut self, peer: NodeId) {
         let me = self.spec.id;
         let view = self.view.clone();
         let Some(compared) = self.recovering.as_mut() else { return };
-        if let Some((id, _)) = view.addrs.iter().find(|(_, a)| **a == addr) {
-            compared.insert(*id);
-        }
+        compared.insert(peer);
         let all = view.placement.segments().filter(|(_, natural, _)| natural.contains(&me)).all(
             |(_, natural, _)| {
                 natural
@@ -131,7 +132,7 @@ impl KvProc {
         let Some(addr) = view.addrs.get(&peer).copied() else { return };
         self.stats.repair_sessions += 1;
         let session = Session::new(REPAIR_SEGMENT_BITS, ranges);
-        self.repair = Some(RepairRun { addr, session });
+        self.repair = Some(RepairRun { peer, addr, session });
         self.repair_step(now);
     }
 
@@ -152,7 +153,7 @@ impl KvProc {
             Ok(None) => {
                 let s = run.session.stats();
                 self.stats.repair_sessions_done += 1;
-                self.compared(run.addr);
+                self.compared(run.peer);
                 self.stats.repair_keys_received += s.records_received;
                 self.stats.repair_keys_sent += s.records_sent;
             }

@@ -192,6 +192,8 @@ pub struct SeedReport {
     pub removals: (usize, (u64, u64, u64), usize),
     /// Why removals gave up (they are asked again), counted.
     pub removal_failures: BTreeMap<&'static str, u64>,
+    /// Machines killed for good that came back wiped, as new nodes.
+    pub reborn: u64,
     pub decode_errors: u64,
     pub refused_ahead: u64,
     pub sim_time: Duration,
@@ -232,6 +234,8 @@ impl SeedReport {
 #[derive(Debug)]
 enum Undo {
     Restart(usize),
+    /// A machine killed for good comes back wiped, once its node is removed.
+    Rebirth(usize),
     Unblock(BlockId),
     Loss,
     Duplicate,
@@ -380,8 +384,14 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
         // Undo faults whose time came.
         undo.sort_by_key(|u| u.0);
         while undo.first().is_some_and(|u| u.0 <= now) {
-            let (_, u) = undo.remove(0);
-            apply_undo(&mut c, u);
+            let (at, u) = undo.remove(0);
+            match u {
+                // Not removed yet: later.
+                Undo::Rebirth(i) if c.unremoved().contains(&i) => {
+                    undo.push((at + Duration::from_secs(1), u));
+                }
+                u => apply_undo(&mut c, u),
+            }
         }
         if now >= next_removal && !c.unremoved().is_empty() {
             next_removal = now + dur(&mut rng, 1000, 3000);
@@ -429,8 +439,12 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
 
     // Heal everything, restart everyone that is down or has a full disk, let the ops still in
     // flight finish (late replicas turn into hints at the write deadline), let hints go out.
+    let mut rebirths = Vec::new();
     for (_, u) in undo.drain(..) {
-        apply_undo(&mut c, u);
+        match u {
+            Undo::Rebirth(i) => rebirths.push(i),
+            u => apply_undo(&mut c, u),
+        }
     }
     c.heal();
     c.sim.net = NetConfig::default();
@@ -449,6 +463,13 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
         try_removal(&mut c, &mut rng);
         c.run_for(Duration::from_secs(1));
     }
+    // Machines that come back wiped join as new nodes.
+    for i in rebirths {
+        if !c.unremoved().contains(&i) {
+            c.rebirth(i);
+        }
+    }
+    c.run_until(Duration::from_millis(100), Duration::from_secs(40), |c| c.moving() == 0);
     let converged =
         c.run_until(Duration::from_millis(100), Duration::from_secs(20), Cluster::converged);
     c.run_for(Duration::from_secs(3));
@@ -481,7 +502,8 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
     let moving_nodes: Vec<(usize, &'static str)> =
         c.sim.up().map(|(i, p)| (i, p.phase().name())).filter(|(_, ph)| *ph != "normal").collect();
     let ring_changes = c.ring_changes();
-    let removals = (c.dead.len(), c.removals(), c.unremoved().len());
+    let removals = (c.dead.len() + c.reborn as usize, c.removals(), c.unremoved().len());
+    let reborn = c.reborn;
     let up: Vec<usize> = c.members().into_iter().filter(|&i| c.is_up(i)).collect();
     let via = *up.choose(&mut rng).unwrap_or(&0);
     let final_state = c.final_state(via, &keys);
@@ -532,6 +554,7 @@ pub fn run_seed(seed: u64, sc: &Scenario) -> SeedReport {
         ring_changes,
         removals,
         removal_failures: c.removal_failures(),
+        reborn,
         decode_errors,
         refused_ahead,
         sim_time: c.sim.elapsed(),
@@ -570,6 +593,7 @@ fn try_removal(c: &mut Cluster, rng: &mut ChaCha8Rng) {
 fn apply_undo(c: &mut Cluster, u: Undo) {
     match u {
         Undo::Restart(i) => c.restart(i),
+        Undo::Rebirth(i) => c.rebirth(i),
         Undo::Unblock(b) => c.unblock(b),
         Undo::Loss => c.sim.net.loss = 0.0,
         Undo::Duplicate => c.sim.net.duplicate = 0.0,
@@ -652,6 +676,11 @@ fn inject(
             }
             c.last_power_loss = Some(now);
             c.kill_for_good(node);
+            // Half the time the machine comes back with an empty data dir once the node is
+            // removed: a new node at the same address.
+            if rng.gen_bool(0.5) {
+                undo.push((now + dur(rng, 3000, 8000), Undo::Rebirth(node)));
+            }
         }
         "leave" if !c.unremoved().is_empty() => return false,
         "leave" => {
