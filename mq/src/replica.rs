@@ -608,14 +608,8 @@ impl<L: ReplicaLog> Replica<L> {
         self.epoch_start = self.log.end_offset();
         self.fetch_sent = None;
         self.next_fetch = None;
-        let followers: Vec<NodeId> =
-            self.replicas().into_iter().filter(|&n| n != self.me).collect();
-        self.progress = followers
-            .into_iter()
-            .map(|n| {
-                (n, Progress { leo: None, caught_up_at: now, leo_at_answer: -1, answered_at: now })
-            })
-            .collect();
+        self.progress.clear();
+        self.track_replicas(now);
         // The high watermark carries over from following; it moves once the ISR reports.
         self.hw = self.hw.min(self.log.end_offset()).max(self.log.start_offset());
         self.advance_hw(now);

@@ -1264,9 +1264,6 @@ impl ScanState {
         if !view.vouched || since.elapsed() < RING_SETTLE {
             return None;
         }
-        if future.nodes().any(|n| view.left.contains(&n.id)) {
-            return None;
-        }
         Some(Targets { future: future.clone() })
     }
 }
