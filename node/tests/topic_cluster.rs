@@ -501,26 +501,46 @@ async fn partitions_follow_the_ring_through_joins_a_leave_and_a_removal() {
 }
 
 /// Starts the next node and waits until some partitions moved to it and every partition is
-/// settled again; checks that each replaced replica deleted its copy. Returns how many
-/// partitions it took and how long that took.
+/// settled again; then until, on every running node, a partition has a folder exactly when its
+/// replica list names the node (each replaced replica deleted its copy). Other partitions may
+/// still start their move after the first one settled (each leader sees the ring settle on its
+/// own clock), so the folders are compared with a fresh description each time. Returns how many
+/// partitions the new node holds and how long until the first one had moved.
 async fn join_and_wait_for_partitions(e: &mut Ensemble, admin: &Client) -> (usize, f64) {
     let started = Instant::now();
     tokio::task::block_in_place(|| e.add_node());
     let new = e.nodes.last().expect("node").id();
-    let moved = wait_topic(e, admin, "partitions moved to the new node", |t| {
+    wait_topic(e, admin, "partitions moved to the new node", |t| {
         t.partition_info.iter().any(|p| p.replicas.contains(&new)) && settled(t)
     })
     .await;
     let secs = started.elapsed().as_secs_f64();
-    for n in e.nodes.iter().filter(|n| n.child.is_some()) {
-        let id = n.id();
-        for p in moved.partition_info.iter().filter(|p| !p.replicas.contains(&id)) {
-            let dir = n.data.join(format!("topics/{TOPIC}-{}", p.partition));
-            let gone = tokio::task::block_in_place(|| {
-                process::wait_for(PATIENCE, || (!dir.exists()).then_some(()))
-            });
-            assert!(gone.is_some(), "{} kept after its replica left the list", dir.display());
+    let running: Vec<_> =
+        e.nodes.iter().filter(|n| n.child.is_some()).map(|n| (n.id(), n.data.clone())).collect();
+    let mut mismatch = String::new();
+    let folders_match = |t: &TopicInfo, mismatch: &mut String| {
+        mismatch.clear();
+        for (id, data) in &running {
+            for p in &t.partition_info {
+                let dir = data.join(format!("topics/{TOPIC}-{}", p.partition));
+                if dir.exists() != p.replicas.contains(id) {
+                    let what = if dir.exists() { "kept after its replica left" } else { "missing" };
+                    *mismatch = format!("{} {what} (replicas {:?})", dir.display(), p.replicas);
+                    return false;
+                }
+            }
         }
-    }
-    (moved.partition_info.iter().filter(|p| p.replicas.contains(&new)).count(), secs)
+        true
+    };
+    let start = Instant::now();
+    let last = loop {
+        if let Ok(Ok(t)) = admin.describe_topic(TOPIC, true).await {
+            if settled(&t) && folders_match(&t, &mut mismatch) {
+                break t;
+            }
+        }
+        assert!(start.elapsed() < PATIENCE, "folders never matched the replica lists: {mismatch}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    (last.partition_info.iter().filter(|p| p.replicas.contains(&new)).count(), secs)
 }
