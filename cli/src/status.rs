@@ -66,6 +66,10 @@ pub fn render(s: &Status) -> String {
             leads.join(", "),
             follows
         );
+        for p in s.topics.iter() {
+            let Some(m) = &p.moving else { continue };
+            let _ = writeln!(out, "  {}", describe_move(p, m));
+        }
     }
     if let Some(kv) = &s.kv {
         let _ = writeln!(
@@ -291,6 +295,30 @@ fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
+/// One line for a partition move this node leads: who is added (and how far it has copied the
+/// log), who is dropped once they are in sync.
+fn describe_move(
+    p: &starling_wire::status::PartitionStatus,
+    m: &starling_wire::status::PartitionMove,
+) -> String {
+    let adding: Vec<String> = m
+        .adding
+        .iter()
+        .map(|r| match r.log_end {
+            Some(end) => format!("{} (at offset {end} of {})", short(&r.node), p.log_end),
+            None => format!("{} (not fetching yet)", short(&r.node)),
+        })
+        .collect();
+    let removing: Vec<String> = m.removing.iter().map(|n| short(n).to_string()).collect();
+    format!(
+        "moving {}/{}: adding {}; then dropping {}",
+        p.topic,
+        p.partition,
+        if adding.is_empty() { "none (all in sync)".to_string() } else { adding.join(", ") },
+        if removing.is_empty() { "none".to_string() } else { removing.join(", ") }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,5 +413,33 @@ mod tests {
         let unsorted =
             History { t: vec![5, u64::MAX, 3], interval_ms: u64::MAX, ..History::default() };
         assert!(summarize(&unsorted).contains("0 of 3 samples"), "{}", summarize(&unsorted));
+    }
+
+    #[test]
+    fn a_move_reads_as_who_is_added_how_far_and_who_is_dropped() {
+        use starling_wire::status::{MovingReplica, PartitionMove, PartitionStatus};
+        let p = PartitionStatus {
+            topic: "orders".into(),
+            partition: 3,
+            log_end: 900,
+            ..Default::default()
+        };
+        let m = PartitionMove {
+            adding: vec![
+                MovingReplica { node: "aaaaaaaaaaaaaaaaaaaa".into(), log_end: Some(450) },
+                MovingReplica { node: "bbbbbbbbbbbbbbbbbbbb".into(), log_end: None },
+            ],
+            removing: vec!["cccccccccccccccccccc".into()],
+        };
+        let line = describe_move(&p, &m);
+        assert_eq!(
+            line,
+            format!(
+                "moving orders/3: adding {} (at offset 450 of 900), {} (not fetching yet); then dropping {}",
+                short("aaaaaaaaaaaaaaaaaaaa"),
+                short("bbbbbbbbbbbbbbbbbbbb"),
+                short("cccccccccccccccccccc")
+            )
+        );
     }
 }

@@ -172,6 +172,15 @@ fn same_members(a: &[NodeId], b: &[NodeId]) -> bool {
     a.len() == b.len() && a.iter().all(|n| b.contains(n))
 }
 
+/// A replica-list move in progress (see [`Replica::moving`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Move {
+    /// Replicas being added, each with its log end as of its last fetch (`None` before one).
+    pub adding: Vec<(NodeId, Option<i64>)>,
+    /// Replicas the move drops once every added one is in sync.
+    pub removing: Vec<NodeId>,
+}
+
 /// What the replica asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -649,6 +658,24 @@ impl<L: ReplicaLog> Replica<L> {
         }
         self.target = Some(target);
         self.maybe_reassign(now);
+    }
+
+    /// The move this replica carries out as leader, if one is in progress: the target's
+    /// members not yet in the recorded ISR (each with its log end as of its last fetch, `None`
+    /// before one), and the listed replicas the target drops. `None` on a follower, without a
+    /// target, or once the list is the target.
+    pub fn moving(&self) -> Option<Move> {
+        let (Some(s), Some(t)) = (self.state.as_ref(), self.target.as_ref()) else { return None };
+        if self.role != Role::Leader || same_members(&s.replicas, t) {
+            return None;
+        }
+        let adding = t
+            .iter()
+            .filter(|n| !s.isr.contains(n))
+            .map(|&n| (n, self.progress.get(&n).and_then(|p| p.leo)))
+            .collect();
+        let removing = s.replicas.iter().copied().filter(|n| !t.contains(n)).collect();
+        Some(Move { adding, removing })
     }
 
     /// A reassignment, as Kafka's (KIP-455) in two recorded steps, each a compare-and-set of

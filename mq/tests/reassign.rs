@@ -34,6 +34,11 @@ fn a_new_replica_catches_up_joins_the_isr_and_the_replaced_one_leaves() {
     c.run(Duration::from_millis(300));
     assert_eq!(c.state.replicas, ids(&[0, 1, 2, 3]));
     assert_eq!(c.state.isr, ids(&[0, 1, 2]));
+    // The leader reports the move; node 3 never fetched.
+    let moving = c.nodes[0].as_ref().unwrap().moving().expect("a move in progress");
+    assert_eq!(moving.adding, vec![(id(3), None)]);
+    assert_eq!(moving.removing, ids(&[2]));
+    assert_eq!(c.nodes[1].as_ref().unwrap().moving(), None, "a follower carries out no move");
     // Writes go on while it moves.
     c.produce_at(0, "m4", Acks::All).unwrap();
     c.run(Duration::from_millis(50));
@@ -45,6 +50,7 @@ fn a_new_replica_catches_up_joins_the_isr_and_the_replaced_one_leaves() {
     assert_eq!(c.state.isr, ids(&[0, 1, 3]));
     assert_eq!(c.state.leader, Some(id(0)));
     assert_eq!(c.state.leader_epoch, 1, "the leader stayed: no new epoch");
+    assert_eq!(c.nodes[0].as_ref().unwrap().moving(), None, "the move is over");
     assert_eq!(c.acked.len(), 4);
     assert_eq!(c.values(3), vec!["m1", "m2", "m3", "m4"]);
     // The removed replica is no follower any more; the new set takes acks=all writes.

@@ -126,6 +126,11 @@ pub struct Args {
     /// Bytes of hints kept for all replicas together, e.g. 1GiB [default: 1GiB].
     #[arg(long, env = "STARLING_MAX_HINTS")]
     pub max_hints: Option<String>,
+    /// Bytes per second this node, as partition leader, sends to the replicas a partition move
+    /// adds (after a join, a leave or a removal), all partitions together, e.g. 32MiB; `off`:
+    /// no limit [default: 64MiB]. Followers already in the ISR are never held back.
+    #[arg(long, env = "STARLING_TOPIC_MOVE_RATE")]
+    pub topic_move_rate: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -161,6 +166,7 @@ struct FileConfig {
     max_clock_offset: Option<String>,
     max_hints_per_node: Option<String>,
     max_hints: Option<String>,
+    topic_move_rate: Option<String>,
 }
 
 /// How the node authenticates.
@@ -215,6 +221,8 @@ pub struct NodeConfig {
     pub max_clock_offset: Duration,
     /// Hint store caps in bytes: per replica, and in all (`--max-hints-per-node`, `--max-hints`).
     pub max_hints_per_node: u64,
+    /// Bytes per second for partition moves (`None`: no limit).
+    pub topic_move_rate: Option<u64>,
     pub max_hints: u64,
 }
 
@@ -386,7 +394,16 @@ impl NodeConfig {
             Some(s) => parse_size("--max-hints", &s)?,
             None => 1 << 30,
         };
+        let topic_move_rate = match args.topic_move_rate.or(file.topic_move_rate).as_deref() {
+            Some("off") => None,
+            Some(s) => Some(parse_size("--topic-move-rate", s)?),
+            None => Some(64 << 20),
+        };
+        if topic_move_rate.is_some_and(|r| r < 64 << 10) {
+            bail!("--topic-move-rate must be at least 64KiB (or `off`)");
+        }
         Ok(NodeConfig {
+            topic_move_rate,
             max_hints_per_node,
             max_hints,
             max_clock_offset,

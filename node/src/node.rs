@@ -536,7 +536,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         transport.clone(),
         meta.clone(),
         topics_view,
-        cfg.sync,
+        crate::topics::TopicsSettings { sync: cfg.sync, move_rate: cfg.topic_move_rate },
         rand::random(),
     );
     let _ = topics_cell.set(topics.clone());

@@ -32,7 +32,8 @@ use starling_meta::{MetaError, Op, OpResult};
 use starling_mq::log::{Log, LogConfig, LogError};
 use starling_mq::producer::SequenceError;
 use starling_mq::replica::{
-    self, Event, Msg, Output, PartitionState, ProduceError, Replica, ReplicaConfig, Role,
+    self, Event, FetchAnswer, Move, Msg, Output, PartitionState, ProduceError, Replica,
+    ReplicaConfig, Role,
 };
 use starling_mq::topic::{
     check_name, decode_config, decode_state, encode_config, encode_state, partition_path,
@@ -76,6 +77,62 @@ const FORWARD_TIMEOUT: Duration = Duration::from_millis(4500);
 
 type PartKey = (String, u32);
 
+/// Longest a fetch from a replica a move adds waits for the move budget (below the follower's
+/// 2 s fetch timeout, so a throttled fetch is not sent again).
+const MOVE_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// The node's budget for partition moves (`--topic-move-rate`): a token bucket of bytes shared
+/// by every partition this node leads, filled at the rate, holding at most an eighth of a
+/// second of it. A fetch from a replica a move adds reserves the bytes it may be answered
+/// with and waits until the bucket covers them; its answer gives back what it did not use.
+/// So a new replica copies the log at the rate, however many partitions move at once (up to
+/// eight waiting at a time; beyond, each still gets an answer every [`MOVE_WAIT_MAX`]), while
+/// followers in the ISR are never held back.
+#[derive(Debug)]
+struct MoveBudget {
+    /// Bytes per second.
+    rate: f64,
+    /// Most tokens held.
+    burst: f64,
+    /// Tokens (negative: reserved ahead) and when last filled.
+    state: Mutex<(f64, Option<std::time::Instant>)>,
+}
+
+impl MoveBudget {
+    fn new(rate: u64) -> MoveBudget {
+        let rate = rate.max(1) as f64;
+        MoveBudget { rate, burst: rate / 8.0, state: Mutex::new((rate / 8.0, None)) }
+    }
+
+    /// Most bytes one throttled fetch may ask for: an eighth of a second's worth (at least
+    /// 16 KiB, so a batch of ordinary size fits).
+    fn per_fetch(&self) -> u32 {
+        (self.rate / 8.0).clamp(16384.0, f64::from(u32::MAX)) as u32
+    }
+
+    /// Takes `bytes`; says how long until the bucket covers them.
+    fn reserve(&self, now: std::time::Instant, bytes: u64) -> Duration {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, at) = &mut *st;
+        if let Some(at) = at {
+            *tokens += now.saturating_duration_since(*at).as_secs_f64() * self.rate;
+        }
+        *tokens = tokens.min(self.burst) - bytes as f64;
+        *at = Some((*at).map_or(now, |a| a.max(now)));
+        if *tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-*tokens / self.rate)
+        }
+    }
+
+    /// Gives back reserved bytes that were not sent.
+    fn refund(&self, bytes: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 = (st.0 + bytes as f64).min(self.burst);
+    }
+}
+
 /// What a partition driver publishes about its replica.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PartView {
@@ -89,6 +146,11 @@ pub struct PartView {
     pub log_end: i64,
     pub high_watermark: i64,
     pub size_bytes: u64,
+    /// The recorded replica list.
+    pub replicas: Vec<NodeId>,
+    /// The move this replica carries out as leader, if any.
+    #[serde(skip)]
+    pub moving: Option<Move>,
 }
 
 impl PartView {
@@ -99,6 +161,9 @@ impl PartView {
 
 enum PCmd {
     Msg(NodeId, Msg),
+    /// A fetch from a replica a move adds, with the bytes it reserved of the node's move
+    /// budget (what its answer does not use goes back).
+    MoveFetch(NodeId, Msg, u64),
     State(PartitionState, u64),
     Produce {
         batches: Vec<u8>,
@@ -147,8 +212,20 @@ struct Inner<T> {
     view: watch::Receiver<Arc<RingView>>,
     sync: SyncMode,
     parts: Mutex<HashMap<PartKey, Part>>,
+    /// What moves may send (`--topic-move-rate`; `None`: no limit).
+    move_budget: Option<MoveBudget>,
     /// Set by [`Topics::shutdown`]: no partition starts any more.
     stopping: std::sync::atomic::AtomicBool,
+}
+
+/// The node's settings for its partitions.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicsSettings {
+    /// When appends reach the disk (`--sync`).
+    pub sync: SyncMode,
+    /// Bytes per second a leader sends to the replicas moves add (`--topic-move-rate`;
+    /// `None`: no limit).
+    pub move_rate: Option<u64>,
 }
 
 /// The node's topics: cheap to clone.
@@ -207,7 +284,7 @@ impl<T: Transport> Topics<T> {
         transport: Arc<T>,
         meta: Meta<T>,
         view: watch::Receiver<Arc<RingView>>,
-        sync: SyncMode,
+        settings: TopicsSettings,
         instance: u64,
     ) -> Topics<T> {
         let offsets = Arc::new(GroupOffsets::new(meta.clone(), me.0, instance));
@@ -219,8 +296,9 @@ impl<T: Transport> Topics<T> {
             transport,
             meta,
             view,
-            sync,
+            sync: settings.sync,
             parts: Mutex::default(),
+            move_budget: settings.move_rate.map(MoveBudget::new),
             stopping: Default::default(),
         });
         let topics = Topics { inner };
@@ -272,6 +350,18 @@ impl<T: Transport> Topics<T> {
                 log_end: v.log_end,
                 high_watermark: v.high_watermark,
                 size_bytes: v.size_bytes,
+                replicas: v.replicas.iter().map(ToString::to_string).collect(),
+                moving: v.moving.map(|m| starling_wire::status::PartitionMove {
+                    adding: m
+                        .adding
+                        .into_iter()
+                        .map(|(n, log_end)| starling_wire::status::MovingReplica {
+                            node: n.to_string(),
+                            log_end,
+                        })
+                        .collect(),
+                    removing: m.removing.iter().map(ToString::to_string).collect(),
+                }),
             })
             .collect()
     }
@@ -330,13 +420,56 @@ impl<T: Transport> Topics<T> {
                     *max_bytes = (*max_bytes).min(starling_wire::MAX_REQUEST_BODY as u32 / 4);
                 }
                 if let Some(p) = self.part(&(topic, partition)) {
-                    // Full queue: drop, as a lossy network would; the follower fetches again.
-                    let _ = p.cmds.try_send(PCmd::Msg(from, msg));
+                    self.deliver(&p, from, msg);
                 }
                 Response::Ok
             }
             TopicPeerRequest::Leader(req) => self.at_leader(req, true).await,
             TopicPeerRequest::Coordinator(req) => self.at_coordinator(req, true).await,
+        }
+    }
+
+    /// Hands a replication message to its partition's driver. A fetch from a replica that a
+    /// move adds asks for at most an eighth of a second of the move budget, reserves it, and
+    /// reaches the driver once the budget covers it (at most [`MOVE_WAIT_MAX`] later, within
+    /// the follower's fetch timeout). A full queue drops the message, as a lossy network
+    /// would; the follower fetches again.
+    fn deliver(&self, p: &Part, from: NodeId, mut msg: Msg) {
+        let adding = || {
+            p.view
+                .borrow()
+                .moving
+                .as_ref()
+                .is_some_and(|m| m.adding.iter().any(|(n, _)| *n == from))
+        };
+        let (Some(budget), Msg::Fetch { max_bytes, .. }) = (&self.inner.move_budget, &mut msg)
+        else {
+            let _ = p.cmds.try_send(PCmd::Msg(from, msg));
+            return;
+        };
+        if !adding() {
+            let _ = p.cmds.try_send(PCmd::Msg(from, msg));
+            return;
+        }
+        *max_bytes = (*max_bytes).min(budget.per_fetch());
+        let reserved = u64::from(*max_bytes);
+        let wait = budget.reserve(std::time::Instant::now(), reserved).min(MOVE_WAIT_MAX);
+        let cmds = p.cmds.clone();
+        let inner = self.inner.clone();
+        let send = move || {
+            if cmds.try_send(PCmd::MoveFetch(from, msg, reserved)).is_err() {
+                if let Some(b) = &inner.move_budget {
+                    b.refund(reserved);
+                }
+            }
+        };
+        if wait.is_zero() {
+            send();
+        } else {
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                send();
+            });
         }
     }
 
@@ -1165,6 +1298,8 @@ impl<T: Transport> Topics<T> {
             log_end: log.end_offset(),
             high_watermark: log.start_offset(),
             size_bytes: log.size_bytes(),
+            replicas: state.replicas.clone(),
+            moving: None,
         };
         let (view_tx, view_rx) = watch::channel(view);
         let rcfg = ReplicaConfig {
@@ -1217,6 +1352,7 @@ impl<T: Transport> Topics<T> {
             liveness: HashMap::new(),
             sync_failed: false,
             incarnation,
+            move_reserved: HashMap::new(),
         };
         tokio::spawn(driver.run(rx));
     }
@@ -1386,6 +1522,8 @@ struct Driver<T> {
     sync_failed: bool,
     /// The zxid that created the partition's znode (states of another znode are not its).
     incarnation: u64,
+    /// Move budget reserved by each added replica's pending fetch.
+    move_reserved: HashMap<NodeId, u64>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -1514,6 +1652,13 @@ impl<T: Transport> Driver<T> {
         let now = std::time::Instant::now();
         match cmd {
             PCmd::Msg(from, msg) => self.core.handle_message(now, from, msg),
+            PCmd::MoveFetch(from, msg, reserved) => {
+                // A fetch sent again (the first timed out) replaces the one reserved before.
+                if let Some(old) = self.move_reserved.insert(from, reserved) {
+                    self.refund_move(old);
+                }
+                self.core.handle_message(now, from, msg);
+            }
             PCmd::State(s, v) => self.core.handle_state(now, s, v),
             PCmd::Produce { batches, acks, reply } => {
                 let id = self.next_id;
@@ -1607,7 +1752,18 @@ impl<T: Transport> Driver<T> {
     fn pump(&mut self) {
         while let Some(out) = self.core.poll_output() {
             match out {
-                Output::Send(to, msg) => self.send(to, msg),
+                Output::Send(to, msg) => {
+                    if let Some(reserved) = self.move_reserved.remove(&to) {
+                        let used = match &msg {
+                            Msg::Fetched { answer: FetchAnswer::Records { bytes, .. }, .. } => {
+                                bytes.len() as u64
+                            }
+                            _ => 0,
+                        };
+                        self.refund_move(reserved.saturating_sub(used));
+                    }
+                    self.send(to, msg)
+                }
                 Output::ProposeState { expected_version, state } => {
                     self.propose(expected_version, state)
                 }
@@ -1631,11 +1787,13 @@ impl<T: Transport> Driver<T> {
             },
             leader: state.as_ref().and_then(|s| s.leader),
             leader_epoch: self.core.epoch(),
-            isr: state.map(|s| s.isr).unwrap_or_default(),
+            isr: state.as_ref().map(|s| s.isr.clone()).unwrap_or_default(),
             log_start: log.start_offset(),
             log_end: log.end_offset(),
             high_watermark: self.core.high_watermark(),
             size_bytes: log.size_bytes(),
+            replicas: state.map(|s| s.replicas).unwrap_or_default(),
+            moving: self.core.moving(),
         };
         self.view_tx.send_if_modified(|v| {
             let changed = *v != next;
@@ -1644,6 +1802,12 @@ impl<T: Transport> Driver<T> {
             }
             changed
         });
+    }
+
+    fn refund_move(&self, bytes: u64) {
+        if let Some(b) = &self.inner.move_budget {
+            b.refund(bytes);
+        }
     }
 
     fn send(&self, to: NodeId, msg: Msg) {
@@ -1747,5 +1911,36 @@ async fn refresh_state<T: Transport>(
             }
             let _ = cmds.send(PCmd::State(s, u64::from(stat.version))).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_move_budget_paces_reservations_at_its_rate_and_takes_back_what_was_not_sent() {
+        // 8 MiB/s: 1 MiB of burst, fetches of at most 1 MiB.
+        let b = MoveBudget::new(8 << 20);
+        assert_eq!(b.per_fetch(), 1 << 20);
+        let t0 = Instant::now();
+        assert_eq!(b.reserve(t0, 1 << 20), Duration::ZERO, "the burst covers the first");
+        // The next three wait their turn: an eighth of a second each.
+        for i in 1..4u32 {
+            let wait = b.reserve(t0, 1 << 20);
+            assert_eq!(wait, Duration::from_millis(125) * i, "fetch {i}");
+        }
+        // An answer that sent nothing gives its bytes back: the next waits one turn less.
+        b.refund(1 << 20);
+        assert_eq!(b.reserve(t0, 1 << 20), Duration::from_millis(375));
+        // Time fills the bucket; it never holds more than the burst.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(b.reserve(later, 1 << 20), Duration::ZERO);
+        assert_eq!(b.reserve(later, 1 << 20), Duration::from_millis(125));
+        b.refund(u64::MAX >> 1);
+        assert_eq!(b.reserve(later, 2 << 20), Duration::from_millis(125), "burst capped");
+        // A slow rate still lets a 16 KiB batch through.
+        assert_eq!(MoveBudget::new(64 << 10).per_fetch(), 16384);
     }
 }

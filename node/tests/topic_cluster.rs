@@ -38,13 +38,19 @@ struct Ensemble {
 
 impl Ensemble {
     fn start() -> Ensemble {
+        Ensemble::start_with(&[])
+    }
+
+    /// Three nodes, each started with `extra` in its environment (so are nodes added later).
+    fn start_with(extra: &[(&str, &str)]) -> Ensemble {
         let dir = tempfile::tempdir().expect("tempdir");
         let names = ["node1", "node2", "node3", "node4", "node5", "operator", "client"];
         let certs = process::certs(&dir.path().join("certs"), &names);
         let listens: Vec<SocketAddr> =
             (0..3).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
         let voters = listens.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-        let env = vec![("STARLING_META_VOTERS".to_string(), voters)];
+        let mut env = vec![("STARLING_META_VOTERS".to_string(), voters)];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let bin = Path::new(env!("CARGO_BIN_EXE_starlingd"));
         let nodes = names[..3]
             .iter()
@@ -67,8 +73,8 @@ impl Ensemble {
     /// Starts a fourth node (not a metadata voter), seeded with the first.
     fn add_node(&mut self) {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let voters = self.listens.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-        let env = vec![("STARLING_META_VOTERS".to_string(), voters)];
+        // The voters and whatever else the first nodes were started with.
+        let env = self.nodes[0].env.clone();
         let dir = self.nodes[0].data.parent().expect("parent").to_owned();
         let bin = Path::new(env!("CARGO_BIN_EXE_starlingd"));
         let name = format!("node{}", self.nodes.len() + 1);
@@ -543,4 +549,101 @@ async fn join_and_wait_for_partitions(e: &mut Ensemble, admin: &Client) -> (usiz
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     (last.partition_info.iter().filter(|p| p.replicas.contains(&new)).count(), secs)
+}
+
+/// A partition move copies the log to the new replica no faster than `--topic-move-rate`
+/// (here 256 KiB/s) allows each leader, and the leaders' status shows the move while it runs:
+/// the replica being added, how far it has copied, and the one dropped after. Nothing
+/// acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_copies_at_the_move_rate_and_the_leaders_status_shows_it() {
+    const PARTS: u32 = 4;
+    const RATE: f64 = 256.0 * 1024.0;
+    let mut e = tokio::task::block_in_place(|| {
+        Ensemble::start_with(&[("STARLING_TOPIC_MOVE_RATE", "256KiB")])
+    });
+    let admin = e.client(&[0, 1, 2]).await;
+    e.create_topic(&admin, TOPIC, PARTS).await;
+    wait_topic(&e, &admin, "every partition led", settled).await;
+    // About 3.2 MiB: 800 records of 1 KiB per partition, 20 to a batch.
+    let mut producer = IdempotentProducer::new(&admin);
+    let value = "x".repeat(1024);
+    for p in 0..PARTS {
+        for _ in 0..40 {
+            let batch: Vec<NewRecord> = (0..20).map(|_| record(&value)).collect();
+            let r = producer.send(TOPIC, p, Acks::All, &batch).await.expect("call");
+            r.expect("produce");
+        }
+    }
+    tokio::task::block_in_place(|| e.add_node());
+    let new = e.nodes[3].id();
+    let https: Vec<SocketAddr> = e.nodes.iter().map(|n| n.addrs.http).collect();
+    let start = Instant::now();
+    let mut first_seen: Option<Instant> = None;
+    let mut seen_copying = false;
+    // Which node led each partition's move.
+    let mut leader_of: HashMap<u32, usize> = HashMap::new();
+    let moved = loop {
+        for (i, &http) in https[..3].iter().enumerate() {
+            let Some(st) = tokio::task::block_in_place(|| process::http_status(http)) else {
+                continue;
+            };
+            for p in st.topics.iter().filter(|p| p.role == "leader") {
+                let Some(m) = &p.moving else { continue };
+                first_seen.get_or_insert_with(Instant::now);
+                leader_of.insert(p.partition, i);
+                assert!(
+                    m.adding.iter().all(|r| r.node == new.to_string()),
+                    "only the new node is added: {m:?}"
+                );
+                assert_eq!(m.removing.len(), 1, "one replica leaves: {m:?}");
+                assert_eq!(p.replicas.len(), 4, "the new replica is listed: {p:?}");
+                seen_copying |= m.adding.iter().any(|r| r.log_end.is_some_and(|e| e < p.log_end));
+            }
+        }
+        if let Ok(Ok(t)) = admin.describe_topic(TOPIC, true).await {
+            if t.partition_info.iter().any(|p| p.replicas.contains(&new)) && settled(&t) {
+                break t;
+            }
+        }
+        assert!(start.elapsed() < PATIENCE * 2, "the move did not finish\n{}", e.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let window = first_seen.expect("a leader showed the move").elapsed().as_secs_f64();
+    assert!(seen_copying, "a leader showed the new replica partway through the log");
+    // What the new node copied: the partitions it now replicates, as its own status sizes them.
+    let mine: Vec<u32> = moved
+        .partition_info
+        .iter()
+        .filter(|p| p.replicas.contains(&new))
+        .map(|p| p.partition)
+        .collect();
+    let st = tokio::task::block_in_place(|| process::http_status(https[3])).expect("status");
+    let sizes: HashMap<u32, u64> = st
+        .topics
+        .iter()
+        .filter(|p| p.topic == TOPIC && mine.contains(&p.partition))
+        .map(|p| (p.partition, p.size_bytes))
+        .collect();
+    let copied: u64 = sizes.values().sum();
+    // The budget is each leader's: the leader that sent the most sets the least time.
+    let mut sent_by: HashMap<usize, u64> = HashMap::new();
+    for p in &mine {
+        let leader = *leader_of.get(p).expect("a leader showed each partition's move");
+        *sent_by.entry(leader).or_default() += sizes.get(p).copied().unwrap_or_default();
+    }
+    let most = sent_by.values().copied().max().unwrap_or_default();
+    let least = most as f64 / RATE;
+    println!(
+        "node4 copied {copied} bytes of {} partitions from {} leaders in a move shown for {window:.1} s; the busiest leader sent {most} bytes, {least:.1} s at the rate",
+        mine.len(),
+        sent_by.len()
+    );
+    // The first fetch may take an eighth of a second's burst at once; polling may see the
+    // move late by a fraction of a second. Without the throttle it takes well under a second.
+    assert!(most > 700_000, "a leader sent a whole partition: {most} bytes");
+    assert!(window >= least * 0.7, "the move took {window:.1} s, faster than the rate allows");
+    for p in 0..PARTS {
+        assert_eq!(read_all(&admin, p).await.len(), 800, "partition {p} lost records");
+    }
 }

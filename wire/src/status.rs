@@ -341,6 +341,30 @@ pub struct PartitionStatus {
     pub log_end: i64,
     pub high_watermark: i64,
     pub size_bytes: u64,
+    /// The replica list as recorded (node ids, ring order).
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    /// On the leader, a move to the ring's new preference list in progress: the replicas
+    /// being added (catching up) and those dropped once they are in sync.
+    #[serde(default)]
+    pub moving: Option<PartitionMove>,
+}
+
+/// A partition's replica-list move, as its leader carries it out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMove {
+    /// Replicas being added, not yet in sync.
+    pub adding: Vec<MovingReplica>,
+    /// Replicas dropped once every added one is in sync (node ids).
+    pub removing: Vec<String>,
+}
+
+/// A replica a move adds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovingReplica {
+    pub node: String,
+    /// Its log end as of its last fetch (`None` before its first).
+    pub log_end: Option<i64>,
 }
 
 /// The metadata service as this node runs it.

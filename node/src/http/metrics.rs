@@ -346,7 +346,7 @@ impl Collector for StatusCollector {
         }
         if !s.topics.is_empty() {
             let count = |r: &str| s.topics.iter().filter(|p| p.role == r).count() as i64;
-            let topic_gauges: [(&str, &str, i64); 4] = [
+            let topic_gauges: [(&str, &str, i64); 5] = [
                 ("topic_partitions_leading", "Topic partitions this node leads", count("leader")),
                 (
                     "topic_partitions_following",
@@ -362,6 +362,11 @@ impl Collector for StatusCollector {
                     "topic_log_bytes",
                     "Bytes of topic partition logs on this node",
                     s.topics.iter().map(|p| p.size_bytes as i64).sum(),
+                ),
+                (
+                    "topic_partitions_moving",
+                    "Partitions this node leads that are moving to a new replica list (a node joined, left or was removed)",
+                    s.topics.iter().filter(|p| p.moving.is_some()).count() as i64,
                 ),
             ];
             encode_gauges(&mut encoder, &topic_gauges)?;
