@@ -118,6 +118,15 @@ pub fn all() -> Vec<Seed> {
     }
     let (txns, snapshot) = meta_seeds();
     add("meta_txn", "recipe", txns);
+    let file = starling_store_format::snapshot_file::encode(0x1_0000_0009, &snapshot)
+        .expect("a snapshot file encodes");
+    add("meta_snapshot_file", "tree", file);
+    let mut raw = starling_store_format::snapshot_file::MAGIC_RAW.to_vec();
+    raw.extend_from_slice(&0x1_0000_0009u64.to_be_bytes());
+    raw.extend_from_slice(&(snapshot.len() as u64).to_be_bytes());
+    raw.extend_from_slice(blake3::hash(&snapshot).as_bytes());
+    raw.extend_from_slice(&snapshot);
+    add("meta_snapshot_file", "tree-uncompressed", raw);
     add("meta_snapshot", "tree", snapshot);
 
     for (target, name, bytes) in crate::mq::seeds()

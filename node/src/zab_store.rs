@@ -15,18 +15,25 @@
 //!
 //! The snapshots a server takes itself are files in `snapshots/` beside the database
 //! ([`ZabStore::save_snapshot`], called off the ZAB loop: a large tree's snapshot does not hold
-//! up the log's group commits behind it). `snap-<zxid, 16 hex digits>` holds `STRLSNP1`, the
-//! zxid (8, BE), the length (8, BE), blake3 of the snapshot (32), then the snapshot; written to a
-//! `.tmp`, fsynced, renamed, the directory fsynced. The two newest are kept: if the newer is
-//! damaged, the older still covers the log's start (the log is compacted only through the
-//! snapshot before the newest). A restart loads the newest readable snapshot of either kind.
+//! up the log's group commits behind it). `snap-<zxid, 16 hex digits>` holds the snapshot in
+//! the format of [`starling_store_format::snapshot_file`] (zstd-compressed, with its zxid,
+//! length and hash; the earlier uncompressed files are still read); written to a `.tmp`,
+//! fsynced, renamed, the directory fsynced. The two newest are kept: if the newer is damaged,
+//! the older still covers the log's start (the log is compacted only through the snapshot
+//! before the newest). A restart loads the newest readable snapshot of either kind. A
+//! leader's snapshot in the database older than both files covers nothing the files do not,
+//! and is deleted when the second of them is saved (a node upgraded from a version that kept
+//! its own snapshots in the database, or that got a SNAP long ago, would otherwise keep it for
+//! good).
 //!
 //! [`ZabStore::load`] checks what it reads (field sizes, the snapshot's hash) and refuses a
 //! damaged store with an error that names the damage: a voter that lost what it acknowledged
 //! must not rejoin as if it had not (it could let a quorum forget a committed transaction).
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
+
+use starling_store_format::snapshot_file;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -42,8 +49,8 @@ const SNAP_ZXID: &[u8] = b"p/zxid";
 const SNAP_META: &[u8] = b"p/n";
 const SNAP_CHUNK: &[u8] = b"p/c/";
 const CHUNK: usize = 1 << 20;
-const SNAP_MAGIC: &[u8; 8] = b"STRLSNP1";
-const SNAP_HEADER: usize = 56;
+#[cfg(test)]
+use starling_store_format::snapshot_file::{HEADER as SNAP_HEADER, MAGIC_RAW as SNAP_MAGIC_RAW};
 /// Snapshot files kept.
 const SNAP_FILES: usize = 2;
 
@@ -129,14 +136,9 @@ impl ZabStore {
         }
         let name = format!("snap-{:016x}", zxid.0);
         let tmp = self.snap_dir.join(format!("{name}.tmp"));
-        let mut head = Vec::with_capacity(SNAP_HEADER);
-        head.extend_from_slice(SNAP_MAGIC);
-        head.extend_from_slice(&zxid.0.to_be_bytes());
-        head.extend_from_slice(&(data.len() as u64).to_be_bytes());
-        head.extend_from_slice(blake3::hash(data).as_bytes());
+        let file = snapshot_file::encode(zxid.0, data).map_err(io("compress", &tmp))?;
         let written = File::create(&tmp).and_then(|mut f| {
-            f.write_all(&head)?;
-            f.write_all(data)?;
+            f.write_all(&file)?;
             f.sync_all()
         });
         if let Err(e) = written {
@@ -150,10 +152,32 @@ impl ZabStore {
             .and_then(|d| d.sync_all())
             .map_err(io("sync", &self.snap_dir))?;
         let files = self.snapshot_files()?;
-        for (_, p) in files.iter().take(files.len().saturating_sub(SNAP_FILES)) {
+        let old = files.len().saturating_sub(SNAP_FILES);
+        for (_, p) in files.iter().take(old) {
             let _ = std::fs::remove_file(p);
         }
+        let dropped = files.len() >= SNAP_FILES && self.drop_superseded_snap(files[old].0)?;
         drop(g);
+        if dropped {
+            self.db.compact_range(Some(b"p/".as_slice()), Some(prefix_end(b"p/").as_slice()));
+        }
+        Ok(true)
+    }
+
+    /// Deletes the leader's snapshot kept in the database if it is older than `oldest_file`
+    /// (the older of the two snapshot files kept): it covers nothing they do not. Says whether
+    /// it did.
+    fn drop_superseded_snap(&self, oldest_file: Zxid) -> Result<bool, String> {
+        let Some(z) = self.get(SNAP_ZXID)? else { return Ok(false) };
+        let Ok(z) = <[u8; 8]>::try_from(z.as_slice()) else { return Ok(false) };
+        if Zxid(u64::from_be_bytes(z)) >= oldest_file {
+            return Ok(false);
+        }
+        let mut b = WriteBatch::default();
+        b.delete_range(SNAP_CHUNK.to_vec(), prefix_end(SNAP_CHUNK));
+        b.delete(SNAP_META);
+        b.delete(SNAP_ZXID);
+        self.db.write_opt(b, &self.sync).map_err(|e| format!("cannot persist: {e}"))?;
         Ok(true)
     }
 
@@ -172,27 +196,13 @@ impl ZabStore {
         Ok(out)
     }
 
-    /// A snapshot file's contents, checked against its header.
+    /// A snapshot file's contents, checked against its header (see
+    /// [`starling_store_format::snapshot_file`]).
     fn read_snapshot_file(zxid: Zxid, path: &Path) -> Result<Vec<u8>, String> {
-        let mut f = File::open(path).map_err(io("open", path))?;
-        let mut head = [0u8; SNAP_HEADER];
-        f.read_exact(&mut head).map_err(|_| "shorter than its header".to_string())?;
-        if &head[..8] != SNAP_MAGIC {
-            return Err("not a snapshot file (bad magic)".into());
-        }
-        let z = u64::from_be_bytes(head[8..16].try_into().map_err(|_| "zxid")?);
+        let file = std::fs::read(path).map_err(io("read", path))?;
+        let (z, data) = snapshot_file::decode(file, u64::MAX)?;
         if z != zxid.0 {
             return Err(format!("holds the snapshot at {:?}", Zxid(z)));
-        }
-        let len = u64::from_be_bytes(head[16..24].try_into().map_err(|_| "length")?);
-        let on_disk = f.metadata().map_err(io("stat", path))?.len();
-        if on_disk != SNAP_HEADER as u64 + len {
-            return Err(format!("{on_disk} bytes, its header says {}", SNAP_HEADER as u64 + len));
-        }
-        let mut data = Vec::with_capacity(len as usize);
-        f.read_to_end(&mut data).map_err(io("read", path))?;
-        if blake3::hash(&data).as_bytes() != &head[24..56] {
-            return Err("corrupt (its hash does not match)".into());
         }
         Ok(data)
     }
@@ -489,6 +499,71 @@ mod tests {
         let s = ZabStore::open(dir.path()).unwrap();
         assert!(!tmp.exists());
         assert_eq!(s.load().unwrap().snapshot.unwrap().0, Zxid::new(1, 12));
+    }
+
+    /// Snapshot files are compressed (a tree's snapshot repeats itself), files of the earlier
+    /// uncompressed format still load, a file whose compressed body is damaged or decompresses
+    /// to another length is skipped, and a leader's snapshot in the database is deleted once
+    /// two newer files cover it (not before).
+    #[test]
+    fn snapshot_files_are_compressed_old_ones_read_and_a_superseded_snap_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ZabStore::open(dir.path()).unwrap();
+        let tree = |n: u32| -> Arc<Vec<u8>> {
+            Arc::new(
+                (0..20_000)
+                    .flat_map(|i| format!("/app/config/{n}/node-{i:010}=v\n").into_bytes())
+                    .collect(),
+            )
+        };
+        // A leader's SNAP at (1, 3), then this server's own snapshots.
+        s.apply(&[Persist::Snapshot { zxid: Zxid::new(1, 3), data: tree(3) }]).unwrap();
+        assert!(s.save_snapshot(s.snapshot_gen(), Zxid::new(1, 5), &tree(5)).unwrap());
+        let file = s.snapshot_files().unwrap()[0].1.clone();
+        let size = std::fs::metadata(&file).unwrap().len();
+        assert!(size * 5 < tree(5).len() as u64, "{size} bytes on disk for {}", tree(5).len());
+        assert_eq!(s.load().unwrap().snapshot.unwrap(), (Zxid::new(1, 5), tree(5)));
+        // One file only: the SNAP is still the fallback, and kept.
+        assert!(s.get(SNAP_ZXID).unwrap().is_some());
+        // A second file, newer than the SNAP: both files cover what the SNAP held.
+        assert!(s.save_snapshot(s.snapshot_gen(), Zxid::new(1, 8), &tree(8)).unwrap());
+        assert!(s.get(SNAP_ZXID).unwrap().is_none(), "the superseded SNAP was kept");
+        assert!(s.get(&chunk_key(0)).unwrap().is_none());
+        assert_eq!(s.load().unwrap().snapshot.unwrap(), (Zxid::new(1, 8), tree(8)));
+        // A later SNAP replaces the files; it goes again once two newer files are saved.
+        s.apply(&[Persist::Snapshot { zxid: Zxid::new(1, 9), data: tree(9) }]).unwrap();
+        assert!(s.snapshot_files().unwrap().is_empty());
+        assert!(s.save_snapshot(s.snapshot_gen(), Zxid::new(1, 10), &tree(10)).unwrap());
+        assert!(s.get(SNAP_ZXID).unwrap().is_some(), "the SNAP went with one file to cover it");
+        assert!(s.save_snapshot(s.snapshot_gen(), Zxid::new(1, 11), &tree(11)).unwrap());
+        assert!(s.get(SNAP_ZXID).unwrap().is_none());
+        // The earlier format, written by hand, still loads.
+        let data = tree(12);
+        let mut raw = SNAP_MAGIC_RAW.to_vec();
+        raw.extend_from_slice(&Zxid::new(1, 12).0.to_be_bytes());
+        raw.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        raw.extend_from_slice(blake3::hash(&data).as_bytes());
+        raw.extend_from_slice(&data);
+        let old = s.snap_dir.join(format!("snap-{:016x}", Zxid::new(1, 12).0));
+        std::fs::write(&old, &raw).unwrap();
+        assert_eq!(s.load().unwrap().snapshot.unwrap(), (Zxid::new(1, 12), tree(12)));
+        // A compressed file whose header claims another length, or whose body is damaged, is
+        // skipped for the one before it.
+        std::fs::remove_file(&old).unwrap();
+        let newest = s.snapshot_files().unwrap().last().unwrap().1.clone();
+        let good = std::fs::read(&newest).unwrap();
+        let mut longer = good.clone();
+        longer[16..24].copy_from_slice(&(tree(11).len() as u64 + 1).to_be_bytes());
+        std::fs::write(&newest, &longer).unwrap();
+        let e = ZabStore::read_snapshot_file(Zxid::new(1, 11), &newest).unwrap_err();
+        assert!(e.contains("decompresses to"), "{e}");
+        assert_eq!(s.load().unwrap().snapshot.unwrap().0, Zxid::new(1, 10));
+        let mut bad = good.clone();
+        let mid = SNAP_HEADER + (good.len() - SNAP_HEADER) / 2;
+        bad[mid] ^= 0x55;
+        std::fs::write(&newest, &bad).unwrap();
+        assert!(ZabStore::read_snapshot_file(Zxid::new(1, 11), &newest).is_err());
+        assert_eq!(s.load().unwrap().snapshot.unwrap().0, Zxid::new(1, 10));
     }
 
     #[test]

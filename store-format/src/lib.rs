@@ -1,6 +1,6 @@
 //! The bytes a Starling node keeps on disk, and how they are read back: the stored form of a
 //! record and the layout of data and hint keys ([`record`]), and the small files of a node's data
-//! directory ([`datadir`]).
+//! directory ([`datadir`]), the metadata service's snapshot files ([`snapshot_file`]).
 //!
 //! IO contract: this crate does no IO. `starlingd` reads and writes the bytes (RocksDB, files);
 //! every function here that takes bytes from disk checks them and refuses what is not valid with
@@ -9,3 +9,4 @@
 
 pub mod datadir;
 pub mod record;
+pub mod snapshot_file;
