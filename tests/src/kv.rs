@@ -1014,16 +1014,31 @@ impl KvProc {
         Resp::Ok
     }
 
+    /// Whether a recovering node still has to compare with some replica of `replicas` other
+    /// than itself (one being removed never answers: it is not waited for).
+    fn awaits_comparison(&self, replicas: &[NodeId]) -> bool {
+        let Some(compared) = &self.recovering else { return false };
+        let me = self.spec.id;
+        replicas
+            .iter()
+            .any(|p| *p != me && !compared.contains(p) && !self.view.removing.contains(p))
+    }
+
     /// Whether replica reads of `key` are refused: recovering, and some other replica of it has
     /// not completed a session with this node since its restart.
     fn unrecovered(&self, key: &[u8]) -> bool {
-        let Some(compared) = &self.recovering else { return false };
+        self.awaits_comparison(self.view.placement.replicas(starling_ring::token_of(key)))
+    }
+
+    /// Whether scans of `range` are refused: recovering, and some range overlapping it that this
+    /// node replicates has another replica that has not completed a session with it since its
+    /// restart (`starlingd` refuses streams from the ranges it has not compared yet, and serves
+    /// the rest: `Kv::recovering_any`).
+    fn unrecovered_range(&self, range: &Range) -> bool {
         let me = self.spec.id;
-        self.view
-            .placement
-            .replicas(starling_ring::token_of(key))
-            .iter()
-            .any(|p| *p != me && !compared.contains(p) && !self.view.removing.contains(p))
+        self.view.placement.segments().any(|(seg, natural, _)| {
+            seg.overlaps(range) && natural.contains(&me) && self.awaits_comparison(natural)
+        })
     }
 
     fn serve(&mut self, from: SocketAddr, id: u64, body: Req, now: Instant) {
@@ -1041,7 +1056,7 @@ impl KvProc {
             Req::Clock | Req::StreamPending => unreachable!("answered above"),
             Req::Write(records) => self.replica_write(records, now),
             Req::Hint { target, records } => self.keep_for(target, records, now),
-            Req::Scan { .. } if self.recovering.is_some() => {
+            Req::Scan { ref range, .. } if self.unrecovered_range(range) => {
                 Resp::Error { code: ErrCode::Unavailable, message: "recovering its store".into() }
             }
             Req::Read { ref key, .. } if self.unrecovered(key) => {
