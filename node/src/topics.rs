@@ -87,7 +87,9 @@ const MOVE_WAIT_MAX: Duration = Duration::from_secs(1);
 /// with and waits until the bucket covers them; its answer gives back what it did not use.
 /// So a new replica copies the log at the rate, however many partitions move at once (up to
 /// eight waiting at a time; beyond, each still gets an answer every [`MOVE_WAIT_MAX`]), while
-/// followers in the ISR are never held back.
+/// followers in the ISR are never held back. Nothing is reserved further ahead than
+/// [`MOVE_WAIT_MAX`]: a burst of more moving partitions than the rate serves leaves no debt
+/// that would slow the moves after it.
 #[derive(Debug)]
 struct MoveBudget {
     /// Bytes per second.
@@ -117,7 +119,8 @@ impl MoveBudget {
         if let Some(at) = at {
             *tokens += now.saturating_duration_since(*at).as_secs_f64() * self.rate;
         }
-        *tokens = tokens.min(self.burst) - bytes as f64;
+        let most_debt = -self.rate * MOVE_WAIT_MAX.as_secs_f64();
+        *tokens = (tokens.min(self.burst) - bytes as f64).max(most_debt);
         *at = Some((*at).map_or(now, |a| a.max(now)));
         if *tokens >= 0.0 {
             Duration::ZERO
@@ -1940,6 +1943,13 @@ mod tests {
         assert_eq!(b.reserve(later, 1 << 20), Duration::from_millis(125));
         b.refund(u64::MAX >> 1);
         assert_eq!(b.reserve(later, 2 << 20), Duration::from_millis(125), "burst capped");
+        // Many more fetches than the rate serves: none waits past the cap, and no debt is
+        // left behind once the cap's worth of time has passed.
+        for _ in 0..100 {
+            assert!(b.reserve(later, 1 << 20) <= MOVE_WAIT_MAX);
+        }
+        let after = later + MOVE_WAIT_MAX + Duration::from_millis(125);
+        assert_eq!(b.reserve(after, 1 << 20), Duration::ZERO);
         // A slow rate still lets a 16 KiB batch through.
         assert_eq!(MoveBudget::new(64 << 10).per_fetch(), 16384);
     }
