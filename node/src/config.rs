@@ -221,9 +221,9 @@ pub struct NodeConfig {
     pub max_clock_offset: Duration,
     /// Hint store caps in bytes: per replica, and in all (`--max-hints-per-node`, `--max-hints`).
     pub max_hints_per_node: u64,
+    pub max_hints: u64,
     /// Bytes per second for partition moves (`None`: no limit).
     pub topic_move_rate: Option<u64>,
-    pub max_hints: u64,
 }
 
 impl NodeConfig {
@@ -587,6 +587,22 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(flag), "{flag}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_topic_move_rate_parses_defaults_and_refuses_what_is_too_small() {
+        let rate = |v: &[&str]| {
+            let mut a = vec!["--data-dir", "d", "--insecure"];
+            a.extend_from_slice(v);
+            NodeConfig::from_args(args(&a)).map(|c| c.topic_move_rate)
+        };
+        assert_eq!(rate(&[]).unwrap(), Some(64 << 20));
+        assert_eq!(rate(&["--topic-move-rate", "32MiB"]).unwrap(), Some(32 << 20));
+        assert_eq!(rate(&["--topic-move-rate", "off"]).unwrap(), None);
+        for bad in ["1KiB", "fast"] {
+            let e = rate(&["--topic-move-rate", bad]).unwrap_err().to_string();
+            assert!(e.contains("--topic-move-rate"), "{bad}: {e}");
         }
     }
 
