@@ -445,15 +445,15 @@ impl<T: Transport> Topics<T> {
                 .as_ref()
                 .is_some_and(|m| m.adding.iter().any(|(n, _)| *n == from))
         };
-        let (Some(budget), Msg::Fetch { max_bytes, .. }) = (&self.inner.move_budget, &mut msg)
-        else {
+        let budget = self
+            .inner
+            .move_budget
+            .as_ref()
+            .filter(|_| matches!(msg, Msg::Fetch { .. }) && adding());
+        let (Some(budget), Msg::Fetch { max_bytes, .. }) = (budget, &mut msg) else {
             let _ = p.cmds.try_send(PCmd::Msg(from, msg));
             return;
         };
-        if !adding() {
-            let _ = p.cmds.try_send(PCmd::Msg(from, msg));
-            return;
-        }
         *max_bytes = (*max_bytes).min(budget.per_fetch());
         let reserved = u64::from(*max_bytes);
         let wait = budget.reserve(std::time::Instant::now(), reserved).min(MOVE_WAIT_MAX);

@@ -323,6 +323,21 @@ async fn stream_range<T: Transport, S: Storage>(
 /// up (1 s apart).
 pub const LEAVE_STREAM_ATTEMPTS: u32 = 10;
 
+/// Fails a leave that would leave fewer than `rf` nodes on the ring (counting every node
+/// leaving, this one too).
+fn enough_stay(view: &starling_kv::view::RingView) -> anyhow::Result<()> {
+    let staying =
+        view.ring.nodes().filter(|n| n.id != view.me && n.status != NodeStatus::Leaving).count();
+    if staying < view.rf {
+        anyhow::bail!(
+            "only {staying} other nodes would stay on the ring (other nodes are leaving at the \
+             same time), fewer than the {} copies of every key",
+            view.rf
+        );
+    }
+    Ok(())
+}
+
 /// Hands this node's data to the nodes that take over its ranges (status `leaving` first).
 pub async fn decommission<T: Transport, S: Storage>(
     kv: Kv<T, S>,
@@ -347,30 +362,12 @@ pub async fn decommission<T: Transport, S: Storage>(
     // Nodes told to leave at about the same time each saw enough others stay when they were
     // asked; once the ring is agreed, every leave announced before is on it. Count again: three
     // of five nodes leaving at once would leave their keys on two.
-    let view = kv.view();
-    let staying =
-        view.ring.nodes().filter(|n| n.id != me && n.status != NodeStatus::Leaving).count();
-    if staying < view.rf {
-        anyhow::bail!(
-            "only {staying} other nodes would stay on the ring (other nodes are leaving too), \
-             fewer than the {} copies of every key",
-            view.rf
-        );
-    }
+    enough_stay(&kv.view())?;
     tokio::time::sleep(kv.inner.cfg.write_timeout).await;
     // And once more: a leave announced just before the agreement may not have reached this node
     // then (the other's old ring digest matched this one's), so two nodes leaving together could
     // each count the other as staying. One write timeout later each sees the other leaving.
-    let view = kv.view();
-    let staying =
-        view.ring.nodes().filter(|n| n.id != me && n.status != NodeStatus::Leaving).count();
-    if staying < view.rf {
-        anyhow::bail!(
-            "only {staying} other nodes would stay on the ring (another node is leaving at the \
-             same time), fewer than the {} copies of every key",
-            view.rf
-        );
-    }
+    enough_stay(&kv.view())?;
     if kv.inner.streamer.get().is_some() {
         // Each node that gains ranges pulls them over sync sessions, from every replica up
         // (this one included): a leave asked again after a failure moves only what is missing.
