@@ -32,6 +32,10 @@ use crate::transport::Transport;
 const PAGE: usize = 256;
 /// Attempts to hand one page of hints to a node that stays, during a leave.
 const HANDOVER_ATTEMPTS: u32 = 20;
+/// How long a leave waits for a hint being stored (the pause, and how many), so that it is
+/// handed over with the others.
+const STORE_WAIT: Duration = Duration::from_millis(10);
+const STORE_WAITS: u32 = 1000;
 /// How often targets with hints are checked.
 const EVERY: Duration = Duration::from_millis(500);
 
@@ -41,15 +45,67 @@ const EVERY: Duration = Duration::from_millis(500);
 /// equal or newer one is kept, its own reservation is given back ([`HintPut`]); a delivered or
 /// expired hint is taken out only if it was deleted (not when a newer one replaced it
 /// meanwhile). So the counts match what is stored, except while a store is under way (its
-/// reservation is counted whole) and when a pass that found no hint for a target clears the
-/// target while a hint for it is being stored (that hint is then counted, and replayed, from
-/// the next hint for the target or the next start). The byte counts enforce the caps
+/// reservation is counted whole). A target stays listed while a store for it is under way, even
+/// when a pass found none of its hints stored yet: the next pass replays that hint, and a leave
+/// waits for it before handing the hints over. The byte counts enforce the caps
 /// (Cassandra's `max_hints_size_per_host`, [`KvConfig::max_hint_bytes_per_target`] and
 /// [`KvConfig::max_hint_bytes`]): a hint past either is not kept; the write it carried is left to
 /// read repair and anti-entropy, and counted.
 #[derive(Debug, Default)]
 pub struct HintIndex {
-    targets: Mutex<BTreeMap<NodeId, (u64, u64)>>,
+    targets: Mutex<BTreeMap<NodeId, Counts>>,
+}
+
+/// One target's entry in the [`HintIndex`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    /// Hints kept (and reserved).
+    hints: u64,
+    /// Their bytes.
+    bytes: u64,
+    /// Stores of hints under way.
+    storing: u64,
+}
+
+/// Room reserved in the [`HintIndex`] for one store of hints.
+pub(crate) struct Reservation<'a> {
+    index: &'a HintIndex,
+    target: NodeId,
+    n: u64,
+    bytes: u64,
+    settled: bool,
+}
+
+impl Reservation<'_> {
+    /// Settles the reservation of hints of `sizes` ([`hint_bytes`]) by what storing them did: a
+    /// hint that replaced an older one takes that one out, a hint not stored (an equal or newer
+    /// one is kept) gives back its own.
+    pub(crate) fn stored(mut self, sizes: &[u64], puts: &[HintPut]) {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for (size, put) in sizes.iter().zip(puts) {
+            match put {
+                HintPut::Added => {}
+                HintPut::Replaced { bytes: old } => {
+                    n += 1;
+                    bytes += old;
+                }
+                HintPut::Kept => {
+                    n += 1;
+                    bytes += size;
+                }
+            }
+        }
+        self.settled = true;
+        self.index.settle(self.target, n, bytes);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.index.settle(self.target, self.n, self.bytes);
+        }
+    }
 }
 
 /// What one hint of `record` counts toward the caps (as stored: key, version, value, target):
@@ -74,14 +130,14 @@ impl Sent {
 impl HintIndex {
     /// Reads the targets from storage (once, at start).
     pub fn load<S: Storage + ?Sized>(storage: &S) -> Self {
-        let mut targets: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
+        let mut targets: BTreeMap<NodeId, Counts> = BTreeMap::new();
         match (storage.hint_targets(), storage.hint_bytes()) {
             (Ok(counts), Ok(bytes)) => {
                 for (t, n) in counts {
-                    targets.entry(t).or_default().0 = n as u64;
+                    targets.entry(t).or_default().hints = n as u64;
                 }
                 for (t, b) in bytes {
-                    targets.entry(t).or_default().1 = b;
+                    targets.entry(t).or_default().bytes = b;
                 }
             }
             (Err(e), _) | (_, Err(e)) => warn!(error = %e, "cannot list stored hints"),
@@ -89,71 +145,71 @@ impl HintIndex {
         HintIndex { targets: Mutex::new(targets) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, (u64, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Counts>> {
         self.targets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reserves room for `n` hints of `bytes` for `target`: false (nothing reserved) if that
-    /// would pass a cap.
-    pub(crate) fn reserve(&self, cfg: &KvConfig, target: NodeId, n: u64, bytes: u64) -> bool {
+    /// Reserves room for `n` hints of `bytes` for `target`, for one store: `None` (nothing
+    /// reserved) if that would pass a cap. The store is then settled by
+    /// [`Reservation::stored`]; a reservation dropped unsettled (the store failed or was given
+    /// up) gives back what it took.
+    pub(crate) fn reserve(
+        &self,
+        cfg: &KvConfig,
+        target: NodeId,
+        n: u64,
+        bytes: u64,
+    ) -> Option<Reservation<'_>> {
         let mut g = self.lock();
-        let total: u64 = g.values().map(|c| c.1).sum();
-        let mine = g.get(&target).map_or(0, |c| c.1);
+        let total: u64 = g.values().map(|c| c.bytes).sum();
+        let mine = g.get(&target).map_or(0, |c| c.bytes);
         if mine + bytes > cfg.max_hint_bytes_per_target || total + bytes > cfg.max_hint_bytes {
-            return false;
+            return None;
         }
         let c = g.entry(target).or_default();
-        c.0 += n;
-        c.1 += bytes;
-        true
+        c.hints += n;
+        c.bytes += bytes;
+        c.storing += 1;
+        Some(Reservation { index: self, target, n, bytes, settled: false })
     }
 
-    /// Gives back what [`HintIndex::reserve`] took for hints that were not stored after all.
-    pub(crate) fn unreserve(&self, target: NodeId, n: u64, bytes: u64) {
-        self.sub(target, n, bytes);
-    }
-
-    /// Settles the reservation of hints for `target` of `sizes` ([`hint_bytes`]) by what storing
-    /// them did: a hint that replaced an older one takes that one out, a hint not stored (an
-    /// equal or newer one is kept) gives back its own.
-    pub(crate) fn stored(&self, target: NodeId, sizes: &[u64], puts: &[HintPut]) {
-        let (mut n, mut bytes) = (0u64, 0u64);
-        for (size, put) in sizes.iter().zip(puts) {
-            match put {
-                HintPut::Added => {}
-                HintPut::Replaced { bytes: old } => {
-                    n += 1;
-                    bytes += old;
-                }
-                HintPut::Kept => {
-                    n += 1;
-                    bytes += size;
-                }
-            }
+    /// Ends one store for `target`, taking out `n` hints of `bytes`.
+    fn settle(&self, target: NodeId, n: u64, bytes: u64) {
+        let mut g = self.lock();
+        if let Some(c) = g.get_mut(&target) {
+            c.storing = c.storing.saturating_sub(1);
+            c.hints = c.hints.saturating_sub(n);
+            c.bytes = c.bytes.saturating_sub(bytes);
         }
-        self.sub(target, n, bytes);
     }
 
     fn sub(&self, target: NodeId, n: u64, bytes: u64) {
         let mut g = self.lock();
         if let Some(c) = g.get_mut(&target) {
-            c.0 = c.0.saturating_sub(n);
-            c.1 = c.1.saturating_sub(bytes);
+            c.hints = c.hints.saturating_sub(n);
+            c.bytes = c.bytes.saturating_sub(bytes);
         }
     }
 
     /// Bytes of hints kept, all targets together.
     pub fn bytes(&self) -> u64 {
-        self.lock().values().map(|c| c.1).sum()
+        self.lock().values().map(|c| c.bytes).sum()
     }
 
-    fn clear(&self, target: NodeId) {
-        self.lock().remove(&target);
+    /// Takes `target` out, once a pass found none of its hints stored: false (it stays) while
+    /// a store of hints for it is under way.
+    fn clear(&self, target: NodeId) -> bool {
+        let mut g = self.lock();
+        if g.get(&target).is_some_and(|c| c.storing > 0) {
+            return false;
+        }
+        g.remove(&target);
+        true
     }
 
     /// Hints waiting, all targets together.
     pub fn pending(&self) -> u64 {
-        self.lock().values().map(|c| c.0).sum()
+        self.lock().values().map(|c| c.hints).sum()
     }
 
     fn targets(&self) -> Vec<NodeId> {
@@ -189,12 +245,20 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         let mut handed = 0u64;
         for target in self.inner.hints.targets() {
             self.replay_to(target).await;
-            let mut attempt = 0;
+            let (mut attempt, mut waited) = (0, 0);
             loop {
                 let page = self.hint_page(target).await?;
                 if page.is_empty() {
-                    self.inner.hints.clear(target);
-                    break;
+                    if self.inner.hints.clear(target) {
+                        break;
+                    }
+                    // A hint for the target is being stored: it leaves with the others.
+                    waited += 1;
+                    if waited > STORE_WAITS {
+                        anyhow::bail!("a hint for {target} is still being stored");
+                    }
+                    tokio::time::sleep(STORE_WAIT).await;
+                    continue;
                 }
                 let view = self.view();
                 // A stand-in: a node on the ring that stays (neither the target nor leaving).
@@ -331,6 +395,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
                 }
             };
             if hints.is_empty() {
+                // Kept while a hint for it is being stored: the next pass replays that one.
                 self.inner.hints.clear(target);
                 break;
             }
@@ -409,5 +474,43 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         if delivered > 0 {
             info!(target = %target, delivered, "hints replayed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_stays_listed_while_a_hint_for_it_is_being_stored() {
+        let index = HintIndex::default();
+        let cfg = KvConfig::default();
+        let t = NodeId(7);
+        let r = index.reserve(&cfg, t, 1, 100).expect("room");
+        assert_eq!((index.pending(), index.bytes()), (1, 100));
+        // A pass that finds none of its hints stored yet keeps the target.
+        assert!(!index.clear(t));
+        assert_eq!(index.targets(), vec![t]);
+        r.stored(&[100], &[HintPut::Added]);
+        assert_eq!((index.pending(), index.bytes()), (1, 100), "the stored hint counts");
+        assert!(index.clear(t));
+        assert!(index.targets().is_empty());
+    }
+
+    #[test]
+    fn a_reservation_given_up_gives_back_what_it_took() {
+        let index = HintIndex::default();
+        let cfg = KvConfig { max_hint_bytes_per_target: 150, ..KvConfig::default() };
+        let t = NodeId(7);
+        let kept = index.reserve(&cfg, t, 1, 100).expect("room");
+        kept.stored(&[100], &[HintPut::Added]);
+        assert!(index.reserve(&cfg, t, 1, 100).is_none(), "past the cap for the target");
+        drop(index.reserve(&cfg, t, 1, 50).expect("room"));
+        assert_eq!((index.pending(), index.bytes()), (1, 100));
+        // A newer hint replacing the kept one takes the old one out.
+        let r = index.reserve(&cfg, t, 1, 40).expect("room");
+        r.stored(&[40], &[HintPut::Replaced { bytes: 100 }]);
+        assert_eq!((index.pending(), index.bytes()), (1, 40));
+        assert!(index.clear(t), "no store under way");
     }
 }

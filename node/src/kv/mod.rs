@@ -519,27 +519,25 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         let n = records.len() as u64;
         let sizes: Vec<u64> = records.iter().map(hints::hint_bytes).collect();
         let bytes: u64 = sizes.iter().sum();
-        if !self.inner.hints.reserve(&self.inner.cfg, target, n, bytes) {
+        let Some(reserved) = self.inner.hints.reserve(&self.inner.cfg, target, n, bytes) else {
             self.inner.stats.hints_over_cap.fetch_add(n, Ordering::Relaxed);
             return Err(format!(
                 "the hint store is full ({} bytes for {target} at most, {} in all): the \
                  write is left to read repair and anti-entropy",
                 self.inner.cfg.max_hint_bytes_per_target, self.inner.cfg.max_hint_bytes
             ));
-        }
+        };
         match self.inner.io.put_hints(records.into_iter().map(|r| (target, r)).collect()).await {
             Ok(puts) => {
                 // One hint per key and target: a hint that replaced one, or lost to one, is
                 // counted once in the index. Every write kept counts as stored, including one a
                 // newer hint for its key already covers.
-                self.inner.hints.stored(target, &sizes, &puts);
+                reserved.stored(&sizes, &puts);
                 self.inner.stats.hints_stored.fetch_add(n, Ordering::Relaxed);
                 Ok(())
             }
-            Err(e) => {
-                self.inner.hints.unreserve(target, n, bytes);
-                Err(format!("cannot keep hints: {e}"))
-            }
+            // The reservation is given back as it is dropped.
+            Err(e) => Err(format!("cannot keep hints: {e}")),
         }
     }
 
