@@ -1077,6 +1077,14 @@ impl<T: Transport> Driver<T> {
                 })
                 .sum();
             let started = Instant::now();
+            // An established leader's proposals leave while it writes them (its own
+            // acknowledgement counts only at `advance`, after the write).
+            let mut messages = r.messages;
+            if r.send_first {
+                for (to, msg) in messages.drain(..) {
+                    self.send(to, msg.encode());
+                }
+            }
             if !r.persist.is_empty() {
                 self.stats.persist_batches += 1;
                 self.stats.persist_ops += r.persist.len() as u64;
@@ -1094,7 +1102,7 @@ impl<T: Transport> Driver<T> {
                     "the leader's metadata snapshot written"
                 );
             }
-            for (to, msg) in r.messages {
+            for (to, msg) in messages {
                 self.send(to, msg.encode());
             }
             for e in r.events {

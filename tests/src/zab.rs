@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use starling_zab::disk::MemDisk;
-use starling_zab::{Config, Event, Msg, NodeId, Role, SnapshotJob, StateMachine, Zab, Zxid};
+use starling_zab::{
+    Config, Event, Msg, NodeId, Persist, Role, SnapshotJob, StateMachine, Zab, Zxid,
+};
 
 use crate::sim::{sim_addr, NetConfig, Process, Sim};
 
@@ -227,7 +229,30 @@ pub struct ZabProc<S: StateMachine = Nothing> {
     /// 200 ms later, one in eight up to 3 s, so transactions, elections and SNAPs happen
     /// meanwhile); lost in a crash.
     encoding: Option<(Instant, Encoding<S>)>,
+    /// A leader's batch being written while its proposals are already out
+    /// ([`starling_zab::Ready::send_first`]): on disk only at its time (up to 2 ms later), lost
+    /// in a crash. Messages and proposals that arrive meanwhile wait in `held`, as they wait in
+    /// `starlingd`'s channel.
+    writing: Option<Writing>,
+    held: VecDeque<Held>,
+    /// How long such a write takes (`None`: up to 2 ms, at random); a test sets it.
+    pub write_time: Option<Duration>,
     rng: ChaCha8Rng,
+}
+
+/// A batch the leader is writing: what to persist, and the events to report after.
+#[derive(Debug)]
+struct Writing {
+    at: Instant,
+    persist: Vec<Persist>,
+    events: Vec<Event>,
+}
+
+/// Input held while the leader writes.
+#[derive(Debug)]
+enum Held {
+    Message(SocketAddr, Vec<u8>),
+    Propose(u64, Vec<u8>),
 }
 
 /// A snapshot job in flight (a type of its own: `derive(Debug)` would ask the image to be
@@ -268,6 +293,9 @@ impl<S: StateMachine> ZabProc<S> {
             out: VecDeque::new(),
             decode_errors: 0,
             encoding: None,
+            writing: None,
+            held: VecDeque::new(),
+            write_time: None,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5a9_5eed),
         };
         p.pump(now);
@@ -296,8 +324,12 @@ impl<S: StateMachine> ZabProc<S> {
         }
     }
 
-    /// Persists, sends and reports until the core has nothing more to say.
+    /// Persists, sends and reports until the core has nothing more to say (or a leader's batch
+    /// is being written).
     fn pump(&mut self, now: Instant) {
+        if self.writing.is_some() {
+            return;
+        }
         self.encoded(now);
         loop {
             if let Some(job) = self.zab.snapshot_job() {
@@ -315,32 +347,75 @@ impl<S: StateMachine> ZabProc<S> {
             if r.is_empty() {
                 break;
             }
-            self.disk.borrow_mut().apply_all(&r.persist);
             for (to, msg) in r.messages {
                 self.out.push_back((sim_addr(slot_of(to)), msg.encode()));
             }
-            let me = self.zab.id();
-            for e in r.events {
-                if trace() {
-                    eprintln!("{now:?} {me:?} {e:?}");
-                }
-                self.checker.borrow_mut().event(now, me, e);
+            if r.send_first && !r.persist.is_empty() {
+                let took = match self.write_time {
+                    Some(t) => t,
+                    None => Duration::from_micros(self.rng.gen_range(0..2000)),
+                };
+                let at = now + took;
+                self.writing = Some(Writing { at, persist: r.persist, events: r.events });
+                return;
             }
-            self.zab.advance(now);
+            self.persisted(now, &r.persist, r.events);
         }
     }
 
-    /// A client's proposal, if this server leads.
+    /// `persist` is on disk: reports `events` and tells the core.
+    fn persisted(&mut self, now: Instant, persist: &[Persist], events: Vec<Event>) {
+        self.disk.borrow_mut().apply_all(persist);
+        let me = self.zab.id();
+        for e in events {
+            if trace() {
+                eprintln!("{now:?} {me:?} {e:?}");
+            }
+            self.checker.borrow_mut().event(now, me, e);
+        }
+        self.zab.advance(now);
+    }
+
+    /// Whether a leader's batch is being written (its proposals already sent).
+    pub fn writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    /// Finishes the leader's write once its time has come, then takes the input held
+    /// meanwhile, until the next write.
+    fn finish_writing(&mut self, now: Instant) {
+        if !self.writing.as_ref().is_some_and(|w| w.at <= now) {
+            return;
+        }
+        if let Some(w) = self.writing.take() {
+            self.persisted(now, &w.persist, w.events);
+        }
+        self.pump(now);
+        while self.writing.is_none() {
+            match self.held.pop_front() {
+                Some(Held::Message(from, bytes)) => self.message(now, from, &bytes),
+                Some(Held::Propose(tag, txn)) => {
+                    let _ = self.zab.propose(now, tag, txn);
+                }
+                None => break,
+            }
+            self.pump(now);
+        }
+    }
+
+    /// A client's proposal, if this server leads. While the leader writes its last batch, the
+    /// proposal waits for it (and is accepted then, unless the leader stepped down).
     pub fn propose(&mut self, now: Instant, tag: u64, txn: Vec<u8>) -> bool {
+        if self.writing.is_some() {
+            self.held.push_back(Held::Propose(tag, txn));
+            return true;
+        }
         let ok = self.zab.propose(now, tag, txn).is_ok();
         self.pump(now);
         ok
     }
-}
 
-impl<S: StateMachine> Process for ZabProc<S> {
-    fn handle_message(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        self.checker.borrow_mut().now = Some(now);
+    fn message(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         let SocketAddr::V4(a) = from else { return };
         let o = a.ip().octets();
         let slot = ((o[1] as usize - 1) << 16) | ((o[2] as usize) << 8) | o[3] as usize;
@@ -348,11 +423,27 @@ impl<S: StateMachine> Process for ZabProc<S> {
             Ok(m) => self.zab.handle_message(now, zab_id(slot), m),
             Err(_) => self.decode_errors += 1,
         }
+    }
+}
+
+impl<S: StateMachine> Process for ZabProc<S> {
+    fn handle_message(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.checker.borrow_mut().now = Some(now);
+        self.finish_writing(now);
+        if self.writing.is_some() {
+            self.held.push_back(Held::Message(from, bytes.to_vec()));
+            return;
+        }
+        self.message(now, from, bytes);
         self.pump(now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.checker.borrow_mut().now = Some(now);
+        self.finish_writing(now);
+        if self.writing.is_some() {
+            return;
+        }
         self.zab.handle_timeout(now);
         self.pump(now);
     }
@@ -362,6 +453,9 @@ impl<S: StateMachine> Process for ZabProc<S> {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(w) = &self.writing {
+            return Some(w.at);
+        }
         let core = self.zab.poll_timeout();
         match (core, self.encoding.as_ref().map(|(at, _)| *at)) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -94,6 +94,49 @@ fn random_faults_break_no_invariant() {
     }
 }
 
+/// The leader sends its proposals while it writes them (`Ready::send_first`). It crashes before
+/// its write is done, after both followers acknowledged: its disk lacks the transactions, the
+/// followers' quorum holds them, the next leader commits them, and the old leader gets them
+/// back when it returns. Nothing is committed twice or lost.
+#[test]
+fn a_leader_that_crashes_while_writing_what_its_followers_acked_loses_nothing() {
+    let mut e = Ensemble::new(21, calm(), 3, 0, Config::default());
+    let sec = Duration::from_secs(1);
+    let l = e.wait_leader(sec).expect("leader");
+    assert_eq!(e.propose_n(l, 5), 5);
+    e.sim.run_for(Duration::from_millis(20));
+    let before = e.checker.borrow().acked.len();
+    e.sim.node_mut(l).unwrap().write_time = Some(Duration::from_millis(50));
+    assert!(e.propose_at(l));
+    let last = e.sim.node(l).unwrap().zab.last_zxid();
+    e.sim.run_for(Duration::from_millis(20));
+    let leader = e.sim.node(l).unwrap();
+    assert!(leader.writing(), "the leader's write takes 50 ms");
+    assert!(leader.disk.borrow().load().log.iter().all(|x| x.zxid < last), "not on its disk yet");
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    for &i in &others {
+        assert_eq!(e.sim.node(i).unwrap().zab.last_zxid(), last, "follower {i} has it");
+    }
+    assert_eq!(e.checker.borrow().acked.len(), before, "no commit before the leader's write");
+    e.crash(l);
+    let n = e.wait_leader(2 * sec).expect("a new leader");
+    assert!(others.contains(&n));
+    e.restart(l);
+    e.sim.run_for(sec);
+    let v = e.settle_and_check(sec);
+    assert!(v.is_empty(), "{v:#?}");
+    let lasts: Vec<_> = (0..3).map(|i| e.sim.node(i).unwrap().zab.last_zxid()).collect();
+    assert!(lasts.iter().all(|z| *z == lasts[0] && *z > last), "{lasts:?}");
+    let logs: Vec<bool> = (0..3)
+        .map(|i| {
+            let d = e.sim.node(i).unwrap().disk.borrow().load();
+            d.log.iter().any(|x| x.zxid == last)
+                || d.snapshot.as_ref().is_some_and(|(z, _)| *z >= last)
+        })
+        .collect();
+    assert_eq!(logs, vec![true; 3], "every server holds the transaction");
+}
+
 /// Scenario tests for ZooKeeper's sync bugs (see `zab/ALGORITHM.md`). Each ends with the
 /// checker's settle: one final write makes any phantom transaction surface.
 mod zookeeper_bugs {

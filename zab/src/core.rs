@@ -250,15 +250,30 @@ impl<S: StateMachine> Zab<S> {
     }
 
     /// The batch to persist, send and act on. Persist `persist` durably first, then send
-    /// `messages`, then call [`Zab::advance`]; no other input in between.
+    /// `messages` (or send them first, or while persisting, when [`Ready::send_first`] says
+    /// so), then call [`Zab::advance`]; no other input in between.
     pub fn ready(&mut self) -> Ready {
         // Merged ACKs and COMMITs leave at the end of the batch.
-        match &mut self.role {
-            RoleState::Leader(l) => l.flush(&mut self.s),
-            RoleState::Learner(f) => f.flush(&mut self.s),
-            RoleState::Looking(_) => {}
-        }
-        std::mem::take(&mut self.s.out)
+        let broadcasting = match &mut self.role {
+            RoleState::Leader(l) => {
+                l.flush(&mut self.s);
+                l.phase == LeaderPhase::Broadcasting
+            }
+            RoleState::Learner(f) => {
+                f.flush(&mut self.s);
+                false
+            }
+            RoleState::Looking(_) => false,
+        };
+        let mut r = std::mem::take(&mut self.s.out);
+        // The leader's own acknowledgement is `durable`, moved only by `advance`: what it sends
+        // claims nothing about its own disk. A learner's ACK does, and an epoch change must be
+        // on disk before anyone hears of it.
+        r.send_first = broadcasting
+            && r.persist
+                .iter()
+                .all(|p| matches!(p, Persist::Append(_) | Persist::CompactThrough(_)));
+        r
     }
 
     /// A snapshot for the caller to encode, if one is due (see [`SnapshotJob`]); ask after
