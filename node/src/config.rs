@@ -101,8 +101,8 @@ pub struct Args {
     #[arg(long, env = "STARLING_REPAIR_SEGMENT_BITS")]
     pub repair_segment_bits: Option<u8>,
     /// Once the ring has stayed the same this long, this node drops the records of ranges it no
-    /// longer replicates (they moved to other nodes), e.g. 10m; `off` leaves it to `starling
-    /// cleanup` [default: 10m].
+    /// longer replicates (they moved to other nodes), and again each such period while the ring
+    /// stays so, e.g. 10m; `off` leaves it to `starling cleanup` [default: 10m].
     #[arg(long, env = "STARLING_CLEANUP_AFTER")]
     pub cleanup_after: Option<String>,
     /// Keys whose stored version is kept in memory (about 60 bytes each) so digest reads and

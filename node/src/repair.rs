@@ -743,11 +743,15 @@ impl<T: Transport, S: Storage> Repair<T, S> {
     }
 
     /// Automatic cleanup: once the ring has not changed for `--cleanup-after` (and is settled),
-    /// the ranges this node no longer replicates are dropped. Returns at once when it is off.
+    /// the ranges this node no longer replicates are dropped, and again every `--cleanup-after`
+    /// while the ring stays so: a record a coordinator with an older ring wrote here after the
+    /// last cleanup (a write that lost its race with the ring change) goes with the next, before
+    /// a later ring change could make this node a replica of it again. Returns at once when it
+    /// is off.
     pub async fn auto_cleanup(self) {
         let Some(after) = self.inner.cfg.cleanup_after else { return };
         let mut last: Option<(String, Instant)> = None;
-        let mut cleaned: Option<String> = None;
+        let mut cleaned: Option<(String, Instant)> = None;
         loop {
             tokio::time::sleep(Duration::from_secs(1).min(after)).await;
             let view = self.inner.view.borrow().clone();
@@ -757,14 +761,15 @@ impl<T: Transport, S: Storage> Repair<T, S> {
                 _ => last = Some((digest.clone(), Instant::now())),
             }
             let stable = last.as_ref().is_some_and(|(_, since)| since.elapsed() >= after);
-            if !stable || cleaned.as_deref() == Some(digest.as_str()) || view.ring.is_empty() {
+            let due = cleaned.as_ref().is_none_or(|(d, at)| *d != digest || at.elapsed() >= after);
+            if !stable || !due || view.ring.is_empty() {
                 continue;
             }
             if self.cleanup_blocked(&view).is_some() {
                 continue;
             }
             match self.cleanup().await {
-                Ok(_) => cleaned = Some(digest),
+                Ok(_) => cleaned = Some((digest, Instant::now())),
                 Err(e) => warn!(error = %e, "automatic cleanup failed; tried again later"),
             }
         }

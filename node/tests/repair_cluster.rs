@@ -14,7 +14,7 @@ use starling_node::transport::Transport;
 use starling_wire::repair::{
     RemoveNode, RepairRequest, RepairResponse, RepairStep, RepairStreamStep, RunCleanup, RunRepair,
 };
-use starling_wire::{Consistency, Leave, Record};
+use starling_wire::{Consistency, Leave, NodeId, Record, ReplicaWrite, Version};
 
 #[path = "common/process.rs"]
 mod process;
@@ -98,7 +98,8 @@ async fn repair_brings_back_what_a_replica_missed_past_the_hint_window() {
 
 /// After a node joins, the nodes whose ranges moved to it drop their old copies once the ring
 /// has been stable for `--cleanup-after` (here 2 s), and `starling cleanup` finds nothing left;
-/// every acknowledged write is still read back at `all`.
+/// a write that reaches an old owner later goes with its next automatic cleanup; every
+/// acknowledged write is still read back at `all`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_that_moved_away_are_cleaned_up_and_nothing_is_lost() {
     let mut c = Cluster::start_with_env(
@@ -136,6 +137,37 @@ async fn ranges_that_moved_away_are_cleaned_up_and_nothing_is_lost() {
         }
     }
     assert!(dropped > 0 && dropped < all_keys.len(), "node1 dropped {dropped} keys");
+
+    // A write that reaches node1 after its cleanup, from a coordinator that had not seen the
+    // ring change yet (never acknowledged: too few replicas took it): node1 stores it, out of
+    // every read's reach, and the next automatic cleanup drops it though the ring has not
+    // changed since, before a later ring change could make node1 a replica of it again.
+    let mut foreign = None;
+    for k in &all_keys {
+        if c.replica_read(0, k.as_bytes()).await.expect("replica read").is_none() {
+            foreign = Some(k.as_bytes().to_vec());
+            break;
+        }
+    }
+    let key = foreign.expect("a key node1 dropped");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let late = Record {
+        key: key.clone(),
+        version: Version { ts: now_ms << 16, node: NodeId(7) },
+        value: Some(b"late".to_vec()),
+    };
+    c.call(0, ReplicaWrite(vec![late.clone()])).await.expect("the late write");
+    assert_eq!(c.replica_read(0, &key).await.expect("replica read"), Some(late));
+    wait_until(
+        PATIENCE,
+        "node1 dropped the late write with its next cleanup",
+        || c.logs(),
+        || async { c.replica_read(0, &key).await.ok() == Some(None) },
+    )
+    .await;
     c.check_reads(&[0, 1, 2, 3], &acked, Consistency::All).await;
 }
 
