@@ -384,7 +384,7 @@ impl<S: StateMachine> ZabProc<S> {
     /// Finishes the leader's write once its time has come, then takes the input held
     /// meanwhile, until the next write.
     fn finish_writing(&mut self, now: Instant) {
-        if !self.writing.as_ref().is_some_and(|w| w.at <= now) {
+        if self.writing.as_ref().is_none_or(|w| w.at > now) {
             return;
         }
         if let Some(w) = self.writing.take() {
