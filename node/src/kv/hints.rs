@@ -32,9 +32,10 @@ use crate::transport::Transport;
 const PAGE: usize = 256;
 /// Attempts to hand one page of hints to a node that stays, during a leave.
 const HANDOVER_ATTEMPTS: u32 = 20;
-/// How long a leave waits for a hint being stored (the pause, and how many), so that it is
-/// handed over with the others.
+/// A leave waits for a hint being stored, so that it is handed over with the others: checking
+/// this often ...
 const STORE_WAIT: Duration = Duration::from_millis(10);
+/// ... this many times (10 s) before the leave fails.
 const STORE_WAITS: u32 = 1000;
 /// How often targets with hints are checked.
 const EVERY: Duration = Duration::from_millis(500);
@@ -65,6 +66,13 @@ struct Counts {
     bytes: u64,
     /// Stores of hints under way.
     storing: u64,
+}
+
+impl Counts {
+    fn take(&mut self, n: u64, bytes: u64) {
+        self.hints = self.hints.saturating_sub(n);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
 }
 
 /// Room reserved in the [`HintIndex`] for one store of hints.
@@ -178,16 +186,14 @@ impl HintIndex {
         let mut g = self.lock();
         if let Some(c) = g.get_mut(&target) {
             c.storing = c.storing.saturating_sub(1);
-            c.hints = c.hints.saturating_sub(n);
-            c.bytes = c.bytes.saturating_sub(bytes);
+            c.take(n, bytes);
         }
     }
 
     fn sub(&self, target: NodeId, n: u64, bytes: u64) {
         let mut g = self.lock();
         if let Some(c) = g.get_mut(&target) {
-            c.hints = c.hints.saturating_sub(n);
-            c.bytes = c.bytes.saturating_sub(bytes);
+            c.take(n, bytes);
         }
     }
 
