@@ -460,6 +460,23 @@ impl RocksStorage {
         self.write_with(batch, &self.write_opts)
     }
 
+    /// An iterator over the data of one piece of a range (`range_pieces`), at its first record.
+    fn piece_iter(
+        &self,
+        cf: &ColumnFamily,
+        start: Option<starling_ring::Token>,
+        end: starling_ring::Token,
+    ) -> rocksdb::DBRawIterator<'_> {
+        let (lower, upper) = token_bounds(start, end);
+        let mut opts = ReadOptions::default();
+        if let Some(u) = upper {
+            opts.set_iterate_upper_bound(u);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(cf, opts);
+        it.seek(&lower);
+        it
+    }
+
     /// Every write goes through here. The first failure (a full disk, an I/O error) fails the
     /// store: later writes are refused without touching RocksDB, whose log writer is not to be
     /// used again after an error, and the WAL is no longer synced. Reads go on. Cassandra's
@@ -686,13 +703,7 @@ impl Storage for RocksStorage {
         // so writes do not wait while the iterator skips the deletes of the last run.
         let mut held = false;
         for (start, end) in range_pieces(range) {
-            let (lower, upper) = token_bounds(start, end);
-            let mut opts = ReadOptions::default();
-            if let Some(u) = &upper {
-                opts.set_iterate_upper_bound(u.clone());
-            }
-            let mut it = self.db.raw_iterator_cf_opt(cf, opts);
-            it.seek(&lower);
+            let it = self.piece_iter(cf, start, end);
             it.status().map_err(engine)?;
             if it.valid() {
                 held = true;
@@ -708,13 +719,7 @@ impl Storage for RocksStorage {
         let _guard = lock(&self.apply_lock);
         let mut n = 0u64;
         for (start, end) in range_pieces(range) {
-            let (lower, upper) = token_bounds(start, end);
-            let mut opts = ReadOptions::default();
-            if let Some(u) = &upper {
-                opts.set_iterate_upper_bound(u.clone());
-            }
-            let mut it = self.db.raw_iterator_cf_opt(cf, opts);
-            it.seek(&lower);
+            let mut it = self.piece_iter(cf, start, end);
             let mut batch = WriteBatch::default();
             let mut in_batch = 0;
             while it.valid() {
