@@ -83,7 +83,14 @@ impl Service for NodeService {
         let resp = match req {
             Request::Client(c) => self.client_call(c).await,
             Request::Peer(_) if peer.role != Role::Node => self.refuse_peer_rpc(peer, kind),
-            Request::Peer(p) => self.peer_call(p).await,
+            // A replica's requests are the data path's; every other peer RPC is boxed, so that
+            // the future of each request this node serves stays small (it is moved into a
+            // task per request).
+            Request::Peer(PeerRequest::Replica(r)) => match self.kv.get() {
+                Some(kv) => kv.handle_replica(r).await,
+                None => Response::error(ErrorCode::Unavailable, "node is starting"),
+            },
+            Request::Peer(p) => Box::pin(self.peer_call(p)).await,
         };
         self.metrics.observe_rpc(kind, started.elapsed());
         resp
@@ -92,6 +99,7 @@ impl Service for NodeService {
 
 impl NodeService {
     async fn client_call(&self, req: ClientRequest) -> Response {
+        // Only the key-value calls run unboxed (see `call`).
         match req {
             ClientRequest::Status => {
                 let mut status = Status::clone(&self.status.borrow());
@@ -107,19 +115,19 @@ impl NodeService {
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
             ClientRequest::Meta(m) => match self.meta.get() {
-                Some(meta) => meta.handle_client(m).await,
+                Some(meta) => Box::pin(meta.handle_client(m)).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
             ClientRequest::Topic(t) => match self.topics.get() {
-                Some(topics) => topics.handle_client(t).await,
+                Some(topics) => Box::pin(topics.handle_client(t)).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
             ClientRequest::Repair(r) => match self.repair.get() {
-                Some(repair) => repair.run_now(r).await,
+                Some(repair) => Box::pin(repair.run_now(r)).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
             ClientRequest::Cleanup(_) => match self.repair.get() {
-                Some(repair) => repair.cleanup_now().await,
+                Some(repair) => Box::pin(repair.cleanup_now()).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
             },
         }

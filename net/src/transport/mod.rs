@@ -63,11 +63,10 @@ pub trait Service: Send + Sync + 'static {
     fn call(&self, peer: PeerInfo, req: Request) -> impl Future<Output = Response> + Send;
 
     /// Receives one one-way message. The default calls [`Service::call`] and drops the response.
+    /// (A combinator, not an `async` block around the call's future: such a block stores that
+    /// future twice, and every request's future is moved into a task.)
     fn one_way(&self, peer: PeerInfo, req: Request) -> impl Future<Output = ()> + Send {
-        let fut = self.call(peer, req);
-        async move {
-            fut.await;
-        }
+        futures_util::FutureExt::map(self.call(peer, req), drop)
     }
 }
 

@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use starling_kv::clock::{ClockHealth, ClockMonitor};
 use starling_kv::{hlc::Hlc, replica, Answer, Op, Outgoing, ReadOp, Send, SendId, WriteOp};
 use starling_ring::NodeId;
@@ -371,7 +370,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
         match req {
             ReplicaRequest::Write(records) => self.replica_write(records).await,
             ReplicaRequest::Hint(ReplicaHint { target, records }) => {
-                self.keep_for(target, records).await
+                Box::pin(self.keep_for(target, records)).await
             }
             ReplicaRequest::Read(key) if self.unrecovered(&key) => self.refuse_recovering(),
             ReplicaRequest::ReadMany(keys) if keys.iter().any(|k| self.unrecovered(&k.0)) => {
@@ -817,7 +816,7 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     where
         O: Op + std::marker::Send + 'static,
     {
-        let mut inflight = FuturesUnordered::new();
+        let mut inflight = InFlight::default();
         let mut timer = Timer::default();
         loop {
             while let Some(out) = op.poll_send() {
@@ -848,82 +847,85 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     /// Carries one send out: over the network, or to this node's own store.
     async fn carry(self, view: Arc<RingView>, out: Outgoing) -> (SendId, Answer) {
         let me = self.inner.me;
-        let answer =
-            match out.send {
-                Send::Write { to, record } if to == me => self.store_local(record).await,
-                Send::Write { to, record } => match view.addrs.get(&to) {
-                    Some(addr) => match self.inner.batcher.write(*addr, record).await {
-                        Some(newer) => Answer::Stored { newer },
-                        None => Answer::Failed,
-                    },
+        let answer = match out.send {
+            Send::Write { to, record } if to == me => self.store_local(record).await,
+            Send::Write { to, record } => match view.addrs.get(&to) {
+                Some(addr) => match self.inner.batcher.write(*addr, record).await {
+                    Some(newer) => Answer::Stored { newer },
                     None => Answer::Failed,
                 },
-                Send::HandOff { via, target, record } => {
-                    let answer = if via == me {
-                        self.keep_hint(&view, target, record).await
+                None => Answer::Failed,
+            },
+            // Stand-ins and hints are off the common path: boxed, so that every send's
+            // future stays as small as a replica write's (each is moved into a task).
+            Send::HandOff { via, target, record } => {
+                let answer = if via == me {
+                    Box::pin(self.keep_hint(&view, target, record)).await
+                } else {
+                    Box::pin(self.hand_off(&view, via, target, record)).await
+                };
+                if matches!(answer, Answer::Stored { .. }) {
+                    self.inner.stats.fallback_writes.fetch_add(1, Ordering::Relaxed);
+                }
+                answer
+            }
+            Send::Hint { target, record } => Box::pin(self.keep_hint(&view, target, record)).await,
+            Send::Read { to, key, digest } => {
+                let answer = if to == me && self.unrecovered(&key) {
+                    Answer::Failed
+                } else if to == me {
+                    let local = if digest {
+                        self.inner
+                            .io
+                            .versions(vec![key])
+                            .await
+                            .map(|v| v.map(|v| Answer::Digest(v.first().copied().flatten())))
                     } else {
-                        self.hand_off(&view, via, target, record).await
+                        self.inner
+                            .io
+                            .get_each(vec![key])
+                            .await
+                            .map(|mut r| r.pop().unwrap_or(Ok(None)).map(Answer::Record))
                     };
-                    if matches!(answer, Answer::Stored { .. }) {
-                        self.inner.stats.fallback_writes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    answer
-                }
-                Send::Hint { target, record } => self.keep_hint(&view, target, record).await,
-                Send::Read { to, key, digest } => {
-                    let answer =
-                        if to == me && self.unrecovered(&key) {
+                    let local = match local {
+                        Ok(local) => local,
+                        Err(_) => return (out.id, Answer::Failed),
+                    };
+                    local.unwrap_or_else(|e| {
+                        self.unreadable(&e);
+                        if digest {
                             Answer::Failed
-                        } else if to == me {
-                            let local =
-                                if digest {
-                                    self.inner.io.versions(vec![key]).await.map(|v| {
-                                        v.map(|v| Answer::Digest(v.first().copied().flatten()))
-                                    })
-                                } else {
-                                    self.inner.io.get_each(vec![key]).await.map(|mut r| {
-                                        r.pop().unwrap_or(Ok(None)).map(Answer::Record)
-                                    })
-                                };
-                            let local = match local {
-                                Ok(local) => local,
-                                Err(_) => return (out.id, Answer::Failed),
-                            };
-                            local.unwrap_or_else(|e| {
-                                self.unreadable(&e);
-                                if digest {
-                                    Answer::Failed
-                                } else {
-                                    Answer::Unreadable
-                                }
-                            })
-                        } else if let Some(addr) = view.addrs.get(&to) {
-                            let read = if digest {
-                                self.inner.batcher.version(*addr, key).await.map(Answer::Digest)
-                            } else {
-                                self.inner.batcher.read(*addr, key).await.map(|r| match r {
-                                    batch::Got::Record(r) => Answer::Record(r),
-                                    batch::Got::Unreadable => Answer::Unreadable,
-                                })
-                            };
-                            read.unwrap_or(Answer::Failed)
                         } else {
-                            Answer::Failed
-                        };
-                    let seen = match &answer {
-                        Answer::Record(Some(r)) => Some(r.version),
-                        Answer::Digest(v) => *v,
-                        _ => None,
+                            Answer::Unreadable
+                        }
+                    })
+                } else if let Some(addr) = view.addrs.get(&to) {
+                    let read = if digest {
+                        self.inner.batcher.version(*addr, key).await.map(Answer::Digest)
+                    } else {
+                        self.inner.batcher.read(*addr, key).await.map(|r| match r {
+                            batch::Got::Record(r) => Answer::Record(r),
+                            batch::Got::Unreadable => Answer::Unreadable,
+                        })
                     };
-                    if let Some(v) = seen {
-                        // A version from a clock too far ahead is not followed (its value still
-                        // wins by version).
-                        let bound = self.inner.cfg.max_clock_offset.as_millis() as u64;
-                        let _ = self.inner.hlc.observe(v.ts, self.cluster_millis(), bound);
-                    }
-                    answer
+                    read.unwrap_or(Answer::Failed)
+                } else {
+                    Answer::Failed
+                };
+                let seen = match &answer {
+                    Answer::Record(Some(r)) => Some(r.version),
+                    Answer::Digest(v) => *v,
+                    _ => None,
+                };
+                if let Some(v) = seen {
+                    // A version from a clock too far ahead is not followed (its value still
+                    // wins by version).
+                    let bound = self.inner.cfg.max_clock_offset.as_millis() as u64;
+                    let _ = self.inner.hlc.observe(v.ts, self.cluster_millis(), bound);
                 }
-            };
+                answer
+            }
+        };
         (out.id, answer)
     }
 
@@ -976,6 +978,42 @@ impl<T: Transport, S: Storage> Kv<T, S> {
     }
 }
 
+/// The sends of one op in flight. An op has a handful (its replicas, perhaps a stand-in or a
+/// repair), so every wake-up polls each of them: cheaper, for so few, than `FuturesUnordered`,
+/// which allocates a ready queue per op and a waker per send.
+struct InFlight<F> {
+    sends: Vec<std::pin::Pin<Box<F>>>,
+}
+
+impl<F> Default for InFlight<F> {
+    fn default() -> Self {
+        InFlight { sends: Vec::new() }
+    }
+}
+
+impl<F: std::future::Future> InFlight<F> {
+    fn push(&mut self, send: F) {
+        self.sends.push(Box::pin(send));
+    }
+
+    /// The next send to finish; `None` when none is in flight.
+    async fn next(&mut self) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            if self.sends.is_empty() {
+                return std::task::Poll::Ready(None);
+            }
+            for i in 0..self.sends.len() {
+                if let std::task::Poll::Ready(out) = self.sends[i].as_mut().poll(cx) {
+                    drop(self.sends.swap_remove(i));
+                    return std::task::Poll::Ready(Some(out));
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
 /// A replica's refusal as the answer to its caller.
 fn refusal(e: replica::Refusal) -> Response {
     let code = if e.is_unavailable() { ErrorCode::Unavailable } else { ErrorCode::BadRequest };
@@ -994,7 +1032,7 @@ struct Timer {
 /// awaits nothing and has no timer (it cannot make progress).
 async fn step<O: Op>(
     op: &mut O,
-    inflight: &mut FuturesUnordered<impl std::future::Future<Output = (SendId, Answer)>>,
+    inflight: &mut InFlight<impl std::future::Future<Output = (SendId, Answer)>>,
     timer: &mut Timer,
 ) -> bool {
     let at = op.poll_timeout();
