@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use starling_gossip::{Config as GossipConfig, Gossip};
 use starling_wire::repair::{RemoveNode, RepairRequest, RepairResponse};
 use starling_wire::{
-    Call, ClientRequest, Clock, Echo, ErrorCode, GetStatus, PeerRequest, Request, Response,
+    Call, ClientRequest, Clock, Echo, ErrorCode, GetStatus, PeerRequest, ReplicaRequest, Request,
+    Response,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -86,10 +87,7 @@ impl Service for NodeService {
             // A replica's requests are the data path's; every other peer RPC is boxed, so that
             // the future of each request this node serves stays small (it is moved into a
             // task per request).
-            Request::Peer(PeerRequest::Replica(r)) => match self.kv.get() {
-                Some(kv) => kv.handle_replica(r).await,
-                None => Response::error(ErrorCode::Unavailable, "node is starting"),
-            },
+            Request::Peer(PeerRequest::Replica(r)) => self.replica_call(r).await,
             Request::Peer(p) => Box::pin(self.peer_call(p)).await,
         };
         self.metrics.observe_rpc(kind, started.elapsed());
@@ -99,7 +97,7 @@ impl Service for NodeService {
 
 impl NodeService {
     async fn client_call(&self, req: ClientRequest) -> Response {
-        // Only the key-value calls run unboxed (see `call`).
+        // The key-value calls run unboxed, the other services' boxed (see `call`).
         match req {
             ClientRequest::Status => {
                 let mut status = Status::clone(&self.status.borrow());
@@ -133,6 +131,13 @@ impl NodeService {
         }
     }
 
+    async fn replica_call(&self, req: ReplicaRequest) -> Response {
+        match self.kv.get() {
+            Some(kv) => kv.handle_replica(req).await,
+            None => Response::error(ErrorCode::Unavailable, "node is starting"),
+        }
+    }
+
     async fn peer_call(&self, req: PeerRequest) -> Response {
         match req {
             PeerRequest::Gossip(bytes) => {
@@ -141,10 +146,7 @@ impl NodeService {
                 Response::Ok
             }
             PeerRequest::Clock => Clock::respond(crate::kv::wall_millis()),
-            PeerRequest::Replica(r) => match self.kv.get() {
-                Some(kv) => kv.handle_replica(r).await,
-                None => Response::error(ErrorCode::Unavailable, "node is starting"),
-            },
+            PeerRequest::Replica(r) => self.replica_call(r).await,
             PeerRequest::Meta(m) => match self.meta.get() {
                 Some(meta) => meta.handle_peer(m).await,
                 None => Response::error(ErrorCode::Unavailable, "node is starting"),
