@@ -116,6 +116,12 @@ pub struct RocksStorage {
     hints_lock: Mutex<()>,
     /// Set by the first failed write or WAL sync (see [`RocksStorage::write_with`]).
     failed: Arc<OnceLock<String>>,
+    /// Held by every write and WAL sync across its check of `failed`, the call into RocksDB and
+    /// the marking of a failure: once the log's writer has failed, RocksDB must not be asked to
+    /// append to it or sync it again (Debian's build aborts on an assertion), and without the
+    /// lock a second write or the sync thread could pass the check before the first failure is
+    /// marked.
+    wal: Arc<Mutex<()>>,
     /// Anti-entropy segment hashes; rebuilt after every start (see `merkle/ALGORITHM.md`).
     segments: Arc<starling_merkle::Segments>,
 }
@@ -233,12 +239,13 @@ impl RocksStorage {
         write_opts.set_sync(cfg.sync == SyncMode::Always);
         let dirty = Arc::new(AtomicBool::new(false));
         let failed: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+        let wal = Arc::new(Mutex::new(()));
         let syncer = match cfg.sync {
             SyncMode::Always => None,
             SyncMode::Periodic(every) => {
                 let stop = Arc::new(AtomicBool::new(false));
                 let (db, dirty, stop2) = (db.clone(), dirty.clone(), stop.clone());
-                let failed = failed.clone();
+                let (failed, wal) = (failed.clone(), wal.clone());
                 let handle = std::thread::Builder::new()
                     .name("wal-sync".into())
                     .spawn(move || {
@@ -246,6 +253,7 @@ impl RocksStorage {
                             std::thread::sleep(every);
                             // Never sync a log after a failed write: RocksDB does not expect it
                             // (its debug builds abort).
+                            let _wal = lock(&wal);
                             if failed.get().is_none() && dirty.swap(false, Ordering::AcqRel) {
                                 if let Err(e) = db.flush_wal(true) {
                                     // What the failed fsync covered may be gone from the page
@@ -281,6 +289,7 @@ impl RocksStorage {
             apply_lock: Mutex::new(()),
             hints_lock: Mutex::new(()),
             failed,
+            wal,
             segments: Arc::new(starling_merkle::Segments::new(cfg.segment_bits)),
         };
         store.migrate_hints()?;
@@ -482,6 +491,7 @@ impl RocksStorage {
     /// used again after an error, and the WAL is no longer synced. Reads go on. Cassandra's
     /// `disk_failure_policy: stop` does the same for the node as a whole.
     fn write_with(&self, batch: WriteBatch, opts: &WriteOptions) -> Result<(), StorageError> {
+        let _wal = lock(&self.wal);
         if let Some(why) = self.failed.get() {
             return Err(StorageError::Failed(why.clone()));
         }
@@ -518,6 +528,7 @@ impl Drop for RocksStorage {
             stop.store(true, Ordering::Relaxed);
             let _ = handle.join();
         }
+        let _wal = lock(&self.wal);
         if self.failed.get().is_none() {
             let _ = self.db.flush_wal(true);
         }
@@ -806,6 +817,7 @@ impl Storage for RocksStorage {
     }
 
     fn sync_all(&self) -> Result<(), StorageError> {
+        let _wal = lock(&self.wal);
         if let Some(why) = self.failed.get() {
             return Err(StorageError::Engine(format!("the store failed earlier: {why}")));
         }
