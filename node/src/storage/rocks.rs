@@ -251,8 +251,7 @@ impl RocksStorage {
                     .spawn(move || {
                         while !stop2.load(Ordering::Relaxed) {
                             std::thread::sleep(every);
-                            // Never sync a log after a failed write: RocksDB does not expect it
-                            // (its debug builds abort).
+                            // Never sync a log after a failed write (see `RocksStorage::wal`).
                             let _wal = lock(&wal);
                             if failed.get().is_none() && dirty.swap(false, Ordering::AcqRel) {
                                 if let Err(e) = db.flush_wal(true) {
