@@ -229,30 +229,24 @@ pub struct ZabProc<S: StateMachine = Nothing> {
     /// 200 ms later, one in eight up to 3 s, so transactions, elections and SNAPs happen
     /// meanwhile); lost in a crash.
     encoding: Option<(Instant, Encoding<S>)>,
-    /// A leader's batch being written while its proposals are already out
-    /// ([`starling_zab::Ready::send_first`]): on disk only at its time (up to 2 ms later), lost
-    /// in a crash. Messages and proposals that arrive meanwhile wait in `held`, as they wait in
-    /// `starlingd`'s channel.
-    writing: Option<Writing>,
-    held: VecDeque<Held>,
-    /// How long such a write takes (`None`: up to 2 ms, at random); a test sets it.
+    /// Batches being written, oldest first (pipelined, see [`starling_zab::Ready`]): each is on
+    /// disk only at its time (up to 2 ms after the one before), lost in a crash with every
+    /// later one. Input goes on meanwhile, as in `starlingd`; a batch's messages wait for its
+    /// write (a leader's proposals leave at once, [`starling_zab::Ready::send_first`]).
+    writes: VecDeque<Writing>,
+    /// How long each write takes (`None`: up to 2 ms, at random); a test sets it.
     pub write_time: Option<Duration>,
     rng: ChaCha8Rng,
 }
 
-/// A batch the leader is writing: what to persist, and the events to report after.
+/// A batch being written: what to persist, the messages that wait for it, and what the disk
+/// holds after it.
 #[derive(Debug)]
 struct Writing {
     at: Instant,
     persist: Vec<Persist>,
-    events: Vec<Event>,
-}
-
-/// Input held while the leader writes.
-#[derive(Debug)]
-enum Held {
-    Message(SocketAddr, Vec<u8>),
-    Propose(u64, Vec<u8>),
+    held: Vec<(NodeId, starling_zab::Msg)>,
+    durable: starling_zab::Durable,
 }
 
 /// A snapshot job in flight (a type of its own: `derive(Debug)` would ask the image to be
@@ -293,8 +287,7 @@ impl<S: StateMachine> ZabProc<S> {
             out: VecDeque::new(),
             decode_errors: 0,
             encoding: None,
-            writing: None,
-            held: VecDeque::new(),
+            writes: VecDeque::new(),
             write_time: None,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5a9_5eed),
         };
@@ -324,12 +317,9 @@ impl<S: StateMachine> ZabProc<S> {
         }
     }
 
-    /// Persists, sends and reports until the core has nothing more to say (or a leader's batch
-    /// is being written).
+    /// Takes the core's batches until it has nothing more to say: reports their events, sends
+    /// what may leave now, and queues their writes.
     fn pump(&mut self, now: Instant) {
-        if self.writing.is_some() {
-            return;
-        }
         self.encoded(now);
         loop {
             if let Some(job) = self.zab.snapshot_job() {
@@ -347,69 +337,69 @@ impl<S: StateMachine> ZabProc<S> {
             if r.is_empty() {
                 break;
             }
-            for (to, msg) in r.messages {
+            let me = self.zab.id();
+            for e in r.events {
+                if trace() {
+                    eprintln!("{now:?} {me:?} {e:?}");
+                }
+                self.checker.borrow_mut().event(now, me, e);
+            }
+            let held_before = self.writes.iter().any(|w| !w.held.is_empty());
+            let (now_out, held) = if r.send_first && !held_before {
+                (r.messages, Vec::new())
+            } else {
+                (Vec::new(), r.messages)
+            };
+            for (to, msg) in now_out {
                 self.out.push_back((sim_addr(slot_of(to)), msg.encode()));
             }
-            if r.send_first && !r.persist.is_empty() {
+            if !r.persist.is_empty() {
                 let took = match self.write_time {
                     Some(t) => t,
                     None => Duration::from_micros(self.rng.gen_range(0..2000)),
                 };
-                let at = now + took;
-                self.writing = Some(Writing { at, persist: r.persist, events: r.events });
-                return;
-            }
-            self.persisted(now, &r.persist, r.events);
-        }
-    }
-
-    /// `persist` is on disk: reports `events` and tells the core.
-    fn persisted(&mut self, now: Instant, persist: &[Persist], events: Vec<Event>) {
-        self.disk.borrow_mut().apply_all(persist);
-        let me = self.zab.id();
-        for e in events {
-            if trace() {
-                eprintln!("{now:?} {me:?} {e:?}");
-            }
-            self.checker.borrow_mut().event(now, me, e);
-        }
-        self.zab.advance(now);
-    }
-
-    /// Whether a leader's batch is being written (its proposals already sent).
-    pub fn writing(&self) -> bool {
-        self.writing.is_some()
-    }
-
-    /// Finishes the leader's write once its time has come, then takes the input held
-    /// meanwhile, until the next write.
-    fn finish_writing(&mut self, now: Instant) {
-        if self.writing.as_ref().is_none_or(|w| w.at > now) {
-            return;
-        }
-        if let Some(w) = self.writing.take() {
-            self.persisted(now, &w.persist, w.events);
-        }
-        self.pump(now);
-        while self.writing.is_none() {
-            match self.held.pop_front() {
-                Some(Held::Message(from, bytes)) => self.message(now, from, &bytes),
-                Some(Held::Propose(tag, txn)) => {
-                    let _ = self.zab.propose(now, tag, txn);
+                let after = self.writes.back().map_or(now, |w| w.at.max(now));
+                let w = Writing { at: after + took, persist: r.persist, held, durable: r.durable };
+                self.writes.push_back(w);
+            } else if let Some(last) = self.writes.back_mut() {
+                // Nothing new to write: it is all durable once the last write is.
+                last.held.extend(held);
+                last.durable = r.durable;
+            } else {
+                for (to, msg) in held {
+                    self.out.push_back((sim_addr(slot_of(to)), msg.encode()));
                 }
-                None => break,
+                self.zab.advance_to(now, r.durable);
             }
+        }
+    }
+
+    /// Whether a batch is being written.
+    pub fn writing(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    /// Finishes the writes whose time has come, in order: on disk, their messages out, the core
+    /// told.
+    fn finish_writing(&mut self, now: Instant) {
+        let mut done = false;
+        while self.writes.front().is_some_and(|w| w.at <= now) {
+            let Some(w) = self.writes.pop_front() else { break };
+            self.disk.borrow_mut().apply_all(&w.persist);
+            for (to, msg) in w.held {
+                self.out.push_back((sim_addr(slot_of(to)), msg.encode()));
+            }
+            self.zab.advance_to(now, w.durable);
+            done = true;
+        }
+        if done {
             self.pump(now);
         }
     }
 
-    /// A client's proposal, if this server leads. While the leader writes its last batch, the
-    /// proposal waits for it (and is accepted then, unless the leader stepped down).
+    /// A client's proposal, if this server leads.
     pub fn propose(&mut self, now: Instant, tag: u64, txn: Vec<u8>) -> bool {
-        if self.writing.is_some() {
-            self.held.push_back(Held::Propose(tag, txn));
-            return true;
-        }
+        self.finish_writing(now);
         let ok = self.zab.propose(now, tag, txn).is_ok();
         self.pump(now);
         ok
@@ -430,10 +420,6 @@ impl<S: StateMachine> Process for ZabProc<S> {
     fn handle_message(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.checker.borrow_mut().now = Some(now);
         self.finish_writing(now);
-        if self.writing.is_some() {
-            self.held.push_back(Held::Message(from, bytes.to_vec()));
-            return;
-        }
         self.message(now, from, bytes);
         self.pump(now);
     }
@@ -441,9 +427,6 @@ impl<S: StateMachine> Process for ZabProc<S> {
     fn handle_timeout(&mut self, now: Instant) {
         self.checker.borrow_mut().now = Some(now);
         self.finish_writing(now);
-        if self.writing.is_some() {
-            return;
-        }
         self.zab.handle_timeout(now);
         self.pump(now);
     }
@@ -453,14 +436,14 @@ impl<S: StateMachine> Process for ZabProc<S> {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        if let Some(w) = &self.writing {
-            return Some(w.at);
-        }
-        let core = self.zab.poll_timeout();
-        match (core, self.encoding.as_ref().map(|(at, _)| *at)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.zab.poll_timeout(),
+            self.encoding.as_ref().map(|(at, _)| *at),
+            self.writes.front().map(|w| w.at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 

@@ -223,13 +223,20 @@ fn session_closed_while_a_follower_was_away(seed: u64, busy: bool) {
     e.crash(f);
     assert_eq!(run(&mut e, TxnOp::CloseSession { session: 7 }), Outcome::Session(Ok(())));
     if busy {
-        for i in 0..60 {
-            create(&mut e, 0, &format!("/keep/n{i}"), b"", false, false);
-            if i % 20 == 19 {
-                // Snapshots are encoded off the core's loop: let each come back (and the log
-                // be compacted) before the next is due.
-                e.sim.run_for(Duration::from_millis(250));
+        // Until the leader's log no longer reaches back to what the follower holds. Snapshots
+        // are encoded off the core's loop (one in eight slowly): let each come back (and the
+        // log be compacted) before the next is due.
+        let p = e.disks[f].borrow().load();
+        let away =
+            p.log.last().map(|x| x.zxid).or(p.snapshot.map(|(z, _)| z)).unwrap_or(p.log_base);
+        let mut i = 0;
+        while e.disks[l].borrow().load().log_base < away {
+            assert!(i < 400, "the leader's log was never compacted past {away:?}");
+            for _ in 0..20 {
+                create(&mut e, 0, &format!("/keep/n{i}"), b"", false, false);
+                i += 1;
             }
+            e.sim.run_for(Duration::from_millis(250));
         }
     }
     let restores = e.checker.borrow().restores;

@@ -12,8 +12,8 @@ use crate::link::Inbox;
 use crate::message::{PeerState, ToLeader, ToLearner, Vote};
 use crate::sync::{self, Plan, Summary};
 use crate::{
-    Config, Entry, Event, Msg, NodeId, NotLeader, Persist, Persisted, Ready, Role, SnapshotJob,
-    StateMachine, Status, Zxid,
+    Config, Durable, Entry, Event, Msg, NodeId, NotLeader, Persist, Persisted, Ready, Role,
+    SnapshotJob, StateMachine, Status, Zxid,
 };
 
 /// One server of a ZAB ensemble (see the crate docs for how to drive it).
@@ -273,6 +273,7 @@ impl<S: StateMachine> Zab<S> {
             && r.persist
                 .iter()
                 .all(|p| matches!(p, Persist::Append(_) | Persist::CompactThrough(_)));
+        r.durable = Durable { zxid: self.s.last_zxid(), epoch: self.s.current_epoch };
         r
     }
 
@@ -299,8 +300,17 @@ impl<S: StateMachine> Zab<S> {
 
     /// Everything in the batches taken so far is on disk (and their messages are sent).
     pub fn advance(&mut self, now: Instant) {
-        self.s.durable = self.s.last_zxid();
-        self.s.durable_epoch = self.s.current_epoch;
+        let d = Durable { zxid: self.s.last_zxid(), epoch: self.s.current_epoch };
+        self.advance_to(now, d);
+    }
+
+    /// A batch taken earlier is on disk, with every batch before it (pipelined, see [`Ready`]):
+    /// `durable` is its [`Ready::durable`]. Marks come in the order the batches were taken; each
+    /// says what the disk held at some moment, so the leader's own acknowledgement never runs
+    /// ahead of its disk (it may lag behind it until the next mark).
+    pub fn advance_to(&mut self, now: Instant, durable: Durable) {
+        self.s.durable = durable.zxid;
+        self.s.durable_epoch = durable.epoch;
         if let RoleState::Leader(l) = &mut self.role {
             let next = l.progress(&mut self.s);
             self.transition(now, next);

@@ -266,6 +266,17 @@ impl<I> std::fmt::Debug for SnapshotJob<I> {
 /// One input's worth of work for the caller: persist, then send, then [`Zab::advance`]. When
 /// `send_first` is set, the messages may leave before `persist` is durable (and the two may
 /// overlap); [`Zab::advance`] still waits for it.
+///
+/// **Pipelined**, the caller need not wait for a batch's write before it feeds the core more
+/// input and takes the next batch (one disk write in flight while the next batch gathers, as
+/// ZooKeeper's `SyncRequestProcessor` runs beside its leader and learners), provided that:
+/// - batches are written in the order they were taken (a crash keeps a prefix of them);
+/// - a batch's messages leave once it and every batch before it are durable, and after every
+///   message of an earlier batch (`send_first` messages leave at once when no earlier batch's
+///   messages are still held);
+/// - [`Zab::advance_to`] is called with each batch's [`Ready::durable`], in order, once that
+///   batch is durable. Events may be acted on when the batch is taken: what they report
+///   (a commit, a role) does not depend on this server's disk.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub persist: Vec<Persist>,
@@ -276,6 +287,16 @@ pub struct Ready {
     /// does and Raft allows (§10.2.1), since it counts its own acknowledgement only at
     /// [`Zab::advance`]. The write then costs one disk write on the way to a quorum, not two.
     pub send_first: bool,
+    /// What is on this server's disk once this batch and every one before it are: pass it to
+    /// [`Zab::advance_to`] then.
+    pub durable: Durable,
+}
+
+/// How far this server's disk goes: its last log zxid and its current epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    pub zxid: Zxid,
+    pub epoch: u32,
 }
 
 impl Ready {
