@@ -1,11 +1,12 @@
 //! The metadata service: ZooKeeper's data model ([`starling_meta::Tree`]) replicated with ZAB
 //! ([`starling_zab::Zab`]) among the voters of `--meta-voters`; every other node is an observer.
 //!
-//! One task (the driver) owns the ZAB core and its durable store ([`ZabStore`]) and is the only
-//! one that touches them: received ZAB messages, client proposals, reads and watches reach it
-//! through a channel, and it runs the core's "persist, then send" loop. Everything queued while
-//! one batch is being written joins the next batch: one fsync for all of it (group commit), and
-//! always before the acknowledgements the batch carries leave the node.
+//! One task (the driver) owns the ZAB core and is the only one that touches it: received ZAB
+//! messages, client proposals, reads and watches reach it through a channel, and it runs the
+//! core's "persist, then send" loop, pipelined: a thread of its own (the log writer) writes the
+//! batches to the durable store ([`ZabStore`]) in order while the driver goes on. Every batch
+//! handed over while one is being written joins the next write: one fsync for all of it (group
+//! commit), and always before the acknowledgements those batches carry leave the node.
 //!
 //! - **Writes** are proposed by the leader. A node that does not lead forwards the write to the
 //!   leader ([`MetaPropose`]) and answers its client once it has applied the write itself, so
@@ -650,6 +651,62 @@ struct Driver<T> {
     stall_grace: Duration,
     /// Snapshots taken on a blocking thread report here (ticket, the bytes if saved).
     encoded_tx: mpsc::UnboundedSender<(u64, Option<Vec<u8>>)>,
+    /// The log writer's thread: batches to write, in order ([`log_writer`]).
+    writer: std::sync::mpsc::Sender<(u64, Vec<starling_zab::Persist>)>,
+    /// Batches handed to the writer and not yet durable, oldest first.
+    writes: std::collections::VecDeque<Pending>,
+    next_write: u64,
+}
+
+/// A batch being written: the messages that wait for it and what the disk holds after it.
+struct Pending {
+    seq: u64,
+    held: Vec<(NodeId, starling_zab::Msg)>,
+    durable: starling_zab::Durable,
+}
+
+/// What the log writer reports: every batch up to `seq` is durable.
+struct Written {
+    seq: u64,
+    /// Operations in that one write (one fsync).
+    ops: u64,
+}
+
+/// The log writer: writes the batches it is handed in order, each group of those waiting at
+/// once in one `WriteBatch` with one fsync (group commit), and reports each group done. It
+/// runs beside the driver (ZooKeeper's `SyncRequestProcessor`): the driver goes on taking
+/// messages and proposals while a write is on its way to the disk.
+fn log_writer(
+    store: Arc<ZabStore>,
+    rx: std::sync::mpsc::Receiver<(u64, Vec<starling_zab::Persist>)>,
+    done: mpsc::UnboundedSender<Result<Written, String>>,
+) {
+    while let Ok((mut seq, mut ops)) = rx.recv() {
+        while let Ok((s, more)) = rx.try_recv() {
+            seq = s;
+            ops.extend(more);
+        }
+        let snapshot_bytes: usize = ops
+            .iter()
+            .map(|p| match p {
+                starling_zab::Persist::Snapshot { data, .. } => data.len(),
+                _ => 0,
+            })
+            .sum();
+        let started = Instant::now();
+        let r = store.apply(&ops).map_err(|e| format!("cannot write the metadata log, stopping the service (ZAB must not acknowledge what is not durable): {e}"));
+        if snapshot_bytes > 0 {
+            info!(
+                bytes = snapshot_bytes,
+                write_ms = started.elapsed().as_millis() as u64,
+                "the leader's metadata snapshot written"
+            );
+        }
+        let failed = r.is_err();
+        if done.send(r.map(|()| Written { seq, ops: ops.len() as u64 })).is_err() || failed {
+            return;
+        }
+    }
 }
 
 async fn drive<T: Transport>(
@@ -717,6 +774,15 @@ async fn drive<T: Transport>(
         "metadata service started"
     );
     let (encoded_tx, mut encoded_rx) = mpsc::unbounded_channel();
+    let (writer, writer_rx) = std::sync::mpsc::channel();
+    let (written_tx, mut written_rx) = mpsc::unbounded_channel();
+    {
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("meta-log".into())
+            .spawn(move || log_writer(store, writer_rx, written_tx))
+            .map_err(|e| format!("cannot start the metadata log writer: {e}"))?;
+    }
     let mut d = Driver {
         handle,
         zab,
@@ -739,8 +805,11 @@ async fn drive<T: Transport>(
         stalled: false,
         stall_grace: opts.zab.heartbeat,
         encoded_tx,
+        writer,
+        writes: std::collections::VecDeque::new(),
+        next_write: 1,
     };
-    d.pump().await?;
+    d.pump();
     loop {
         let wake = d.zab.poll_timeout().map_or(d.next_touch, |t| t.min(d.next_touch));
         tokio::select! {
@@ -751,6 +820,10 @@ async fn drive<T: Transport>(
             Some((ticket, saved)) = encoded_rx.recv() => match saved {
                 Some(data) => d.zab.snapshot_saved(ticket, data),
                 None => d.zab.snapshot_failed(ticket),
+            },
+            w = written_rx.recv() => match w {
+                Some(w) => d.written(w?),
+                None => return Err("the metadata log writer stopped".into()),
             },
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
         }
@@ -781,7 +854,11 @@ async fn drive<T: Transport>(
         if now >= d.next_touch {
             d.tick(now);
         }
-        d.pump().await?;
+        // Writes finished meanwhile release their messages first.
+        while let Ok(w) = written_rx.try_recv() {
+            d.written(w?);
+        }
+        d.pump();
         if round.elapsed() > Duration::from_millis(200) {
             warn!(
                 ms = round.elapsed().as_millis() as u64,
@@ -1030,9 +1107,10 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// Persist, send, report, advance — until the core has nothing more to say; then answer the
-    /// reads and watches that became possible.
-    async fn pump(&mut self) -> Result<(), String> {
+    /// Takes the core's batches until it has nothing more to say — reports their events, sends
+    /// what may leave now, hands their writes to the log writer (pipelined: see
+    /// [`starling_zab::Ready`]) — then answers the reads and watches that became possible.
+    fn pump(&mut self) {
         loop {
             if let Some(job) = self.zab.snapshot_job() {
                 // Encoded and written to a file of its own on a blocking thread while
@@ -1068,47 +1146,38 @@ impl<T: Transport> Driver<T> {
             if r.is_empty() {
                 break;
             }
-            let snapshot_bytes: usize = r
-                .persist
-                .iter()
-                .map(|p| match p {
-                    starling_zab::Persist::Snapshot { data, .. } => data.len(),
-                    _ => 0,
-                })
-                .sum();
-            let started = Instant::now();
-            // An established leader's proposals leave while it writes them (its own
-            // acknowledgement counts only at `advance`, after the write).
-            let mut messages = r.messages;
-            if r.send_first {
-                for (to, msg) in messages.drain(..) {
-                    self.send(to, msg.encode());
-                }
-            }
-            if !r.persist.is_empty() {
-                self.stats.persist_batches += 1;
-                self.stats.persist_ops += r.persist.len() as u64;
-                let store = self.store.clone();
-                let ops = r.persist;
-                tokio::task::spawn_blocking(move || store.apply(&ops))
-                    .await
-                    .map_err(|e| format!("persist task: {e}"))?
-                    .map_err(|e| format!("cannot write the metadata log, stopping the service (ZAB must not acknowledge what is not durable): {e}"))?;
-            }
-            if snapshot_bytes > 0 {
-                info!(
-                    bytes = snapshot_bytes,
-                    write_ms = started.elapsed().as_millis() as u64,
-                    "the leader's metadata snapshot written"
-                );
-            }
-            for (to, msg) in messages {
-                self.send(to, msg.encode());
-            }
             for e in r.events {
                 self.event(e);
             }
-            self.zab.advance(Instant::now());
+            // A leader's proposals leave while it writes them, unless messages of an earlier
+            // batch still wait for their write (the order to each peer is kept).
+            let held_before = self.writes.iter().any(|w| !w.held.is_empty());
+            let held = if r.send_first && !held_before {
+                for (to, msg) in r.messages {
+                    self.send(to, msg.encode());
+                }
+                Vec::new()
+            } else {
+                r.messages
+            };
+            if !r.persist.is_empty() {
+                let seq = self.next_write;
+                self.next_write += 1;
+                if self.writer.send((seq, r.persist)).is_err() {
+                    // The writer stopped on an error, reported through `written`.
+                    return;
+                }
+                self.writes.push_back(Pending { seq, held, durable: r.durable });
+            } else if let Some(last) = self.writes.back_mut() {
+                // Nothing new to write: all of it is durable once the last write is.
+                last.held.extend(held);
+                last.durable = r.durable;
+            } else {
+                for (to, msg) in held {
+                    self.send(to, msg.encode());
+                }
+                self.zab.advance_to(Instant::now(), r.durable);
+            }
         }
         let leader = self.zab.leader();
         self.handle.leader_tx.send_if_modified(|l| {
@@ -1139,7 +1208,20 @@ impl<T: Transport> Driver<T> {
                 let _ = reply.send(Ok(MetaWatched { event: Some(fired.event), zxid: fired.zxid }));
             }
         }
-        Ok(())
+    }
+
+    /// The log writer finished every batch up to `w.seq`: their messages leave, in order, and
+    /// the core learns what its disk holds.
+    fn written(&mut self, w: Written) {
+        self.stats.persist_batches += 1;
+        self.stats.persist_ops += w.ops;
+        while self.writes.front().is_some_and(|p| p.seq <= w.seq) {
+            let Some(p) = self.writes.pop_front() else { break };
+            for (to, msg) in p.held {
+                self.send(to, msg.encode());
+            }
+            self.zab.advance_to(Instant::now(), p.durable);
+        }
     }
 
     fn event(&mut self, e: Event) {
