@@ -19,9 +19,9 @@
 //!   rule: a leader change does not expire sessions).
 //! - **Watches** are long polls ([`MetaWatch`]) compared against zxids, so a client that moves
 //!   to another node misses no event.
-//! - ZAB messages travel as [`MetaPeerRequest::Zab`] requests, one sender task per peer: the next
-//!   request leaves when the previous one was answered (FIFO), carrying everything queued
-//!   meanwhile.
+//! - ZAB messages travel as [`MetaPeerRequest::Zab`] requests, one sender task per peer, a few
+//!   requests in flight, each carrying everything queued meanwhile (the receiving core puts each
+//!   session's messages back in order).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use starling_meta::{MetaError, Outcome, Tree, Txn, TxnOp, WatchKind, WatchedEvent};
 use starling_wire::meta::{
     MetaLeaderZxid, MetaPeerRequest, MetaPropose, MetaReadAnswer, MetaRequest, MetaSession,
@@ -57,6 +58,8 @@ const WATCH_MAX: Duration = Duration::from_secs(60);
 const PEER_QUEUE: usize = 8192;
 /// Bytes of ZAB messages per request to a peer.
 const PEER_BATCH_BYTES: usize = MAX_REQUEST_BODY / 2;
+/// Requests of ZAB messages in flight to one peer.
+const PEER_IN_FLIGHT: usize = 8;
 
 /// Why a call could not be served.
 #[derive(Debug)]
@@ -345,9 +348,15 @@ impl<T: Transport> Meta<T> {
     async fn write(&self, op: TxnOp) -> Result<MetaWritten, Fail> {
         let deadline = Instant::now() + CALL_DEADLINE;
         loop {
-            let leader = match self.propose_here(op.clone()).await {
-                Err(Fail::NotLeader(l)) => l,
-                other => return other,
+            // A node that knows another leader forwards at once (that leader refuses, and the
+            // write is tried again, if it no longer leads).
+            let known = (*self.leader.borrow()).filter(|l| *l != self.me);
+            let leader = match known {
+                Some(l) => Some(l),
+                None => match self.propose_here(op.clone()).await {
+                    Err(Fail::NotLeader(l)) => l,
+                    other => return other,
+                },
             };
             if let Some(leader) = leader {
                 let addr = self.view.borrow().addrs.get(&leader).copied();
@@ -1287,42 +1296,59 @@ impl<T: Transport> Driver<T> {
     }
 }
 
-/// Sends one peer its ZAB messages in order: one request at a time, each carrying everything
-/// queued meanwhile.
+/// Sends one peer its ZAB messages: up to [`PEER_IN_FLIGHT`] requests at a time, each carrying
+/// everything queued meanwhile. Requests may overtake each other on the way; the receiver puts
+/// a session's messages back in order (ZAB's sessions are FIFO over any network), so a message
+/// never waits for the answer to the one before it.
 async fn peer_sender<T: Transport>(meta: Meta<T>, to: NodeId, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut failures = 0u32;
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.len();
-        let mut msgs = vec![first];
-        while bytes < PEER_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(m) => {
-                    bytes += m.len();
-                    msgs.push(m);
+    let mut flying = futures_util::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some((n, answer)) = flying.next(), if !flying.is_empty() => {
+                let answer: Result<Response, TransportError> = answer;
+                match answer {
+                    Ok(Response::Ok) => {
+                        failures = 0;
+                        meta.counters.messages_sent.fetch_add(n, Ordering::Relaxed);
+                    }
+                    other => {
+                        meta.counters.messages_dropped.fetch_add(n, Ordering::Relaxed);
+                        failures += 1;
+                        if failures == 1 || failures.is_multiple_of(100) {
+                            let addr = meta.view.borrow().addrs.get(&to).copied();
+                            warn!(peer = %to.short(), ?addr, failures, answer = ?other.map(|r| r.kind()), "cannot send ZAB messages");
+                        }
+                        // Do not spin on a peer that is down; ZAB resends what matters.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
-                Err(_) => break,
             }
-        }
-        let n = msgs.len() as u64;
-        let addr = meta.view.borrow().addrs.get(&to).copied();
-        let Some(addr) = addr else {
-            meta.counters.messages_dropped.fetch_add(n, Ordering::Relaxed);
-            continue;
-        };
-        let req = starling_wire::PeerRequest::Meta(MetaPeerRequest::Zab { from: meta.me, msgs });
-        match meta.transport.request_within(addr, req.into(), Duration::from_secs(2)).await {
-            Ok(Response::Ok) => {
-                failures = 0;
-                meta.counters.messages_sent.fetch_add(n, Ordering::Relaxed);
-            }
-            other => {
-                meta.counters.messages_dropped.fetch_add(n, Ordering::Relaxed);
-                failures += 1;
-                if failures == 1 || failures.is_multiple_of(100) {
-                    warn!(peer = %to.short(), %addr, failures, answer = ?other.map(|r| r.kind()), "cannot send ZAB messages");
+            first = rx.recv(), if flying.len() < PEER_IN_FLIGHT => {
+                let Some(first) = first else { return };
+                let mut bytes = first.len();
+                let mut msgs = vec![first];
+                while bytes < PEER_BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(m) => {
+                            bytes += m.len();
+                            msgs.push(m);
+                        }
+                        Err(_) => break,
+                    }
                 }
-                // Do not spin on a peer that is down; ZAB resends what matters.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let n = msgs.len() as u64;
+                let addr = meta.view.borrow().addrs.get(&to).copied();
+                let Some(addr) = addr else {
+                    meta.counters.messages_dropped.fetch_add(n, Ordering::Relaxed);
+                    continue;
+                };
+                let req = starling_wire::PeerRequest::Meta(MetaPeerRequest::Zab { from: meta.me, msgs });
+                let transport = meta.transport.clone();
+                flying.push(async move {
+                    (n, transport.request_within(addr, req.into(), Duration::from_secs(2)).await)
+                });
             }
         }
     }
