@@ -665,6 +665,19 @@ struct Driver<T> {
     /// Batches handed to the writer and not yet durable, oldest first.
     writes: std::collections::VecDeque<Pending>,
     next_write: u64,
+    /// Joined when the driver ends: the store is closed before the process exits, never
+    /// by a thread the exit races with.
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<T> Drop for Driver<T> {
+    fn drop(&mut self) {
+        // The writer ends once its channel closes, after the write in progress.
+        self.writer = std::sync::mpsc::channel().0;
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A batch being written: the messages that wait for it and what the disk holds after it.
@@ -785,13 +798,13 @@ async fn drive<T: Transport>(
     let (encoded_tx, mut encoded_rx) = mpsc::unbounded_channel();
     let (writer, writer_rx) = std::sync::mpsc::channel();
     let (written_tx, mut written_rx) = mpsc::unbounded_channel();
-    {
+    let writer_thread = {
         let store = store.clone();
         std::thread::Builder::new()
             .name("meta-log".into())
             .spawn(move || log_writer(store, writer_rx, written_tx))
-            .map_err(|e| format!("cannot start the metadata log writer: {e}"))?;
-    }
+            .map_err(|e| format!("cannot start the metadata log writer: {e}"))?
+    };
     let mut d = Driver {
         handle,
         zab,
@@ -817,6 +830,7 @@ async fn drive<T: Transport>(
         writer,
         writes: std::collections::VecDeque::new(),
         next_write: 1,
+        writer_thread: Some(writer_thread),
     };
     d.pump();
     loop {
