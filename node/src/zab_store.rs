@@ -2,9 +2,10 @@
 //! fsyncs follow ZAB's rule (every batch durable before its acknowledgements leave), whatever the
 //! key-value store's `--sync` mode.
 //!
-//! Each [`Ready`](starling_zab::Ready) batch of [`Persist`] operations is one `WriteBatch`
-//! written with `sync = true`: one fsync for every proposal and acknowledgement in it (group
-//! commit), and atomic, so a crash leaves the whole batch or none of it. Keys:
+//! Each [`ZabStore::apply`] — one [`Ready`](starling_zab::Ready) batch of [`Persist`]
+//! operations, or every batch the log writer was handed during its last write — is one
+//! `WriteBatch` written with `sync = true`: one fsync for every proposal and acknowledgement in
+//! it (group commit), and atomic, so a crash leaves all of it or none of it. Keys:
 //! - `s/accepted` → accepted epoch (4, BE) ‖ the leader it was accepted from (16);
 //!   `s/current` → current epoch (4, BE); `s/log_base` → zxid (8, BE); `s/voters` → the
 //!   voters' node ids (16 bytes each);
