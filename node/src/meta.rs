@@ -662,9 +662,8 @@ struct Driver<T> {
     encoded_tx: mpsc::UnboundedSender<(u64, Option<Vec<u8>>)>,
     /// The log writer's thread: batches to write, in order ([`log_writer`]).
     writer: std::sync::mpsc::Sender<(u64, Vec<starling_zab::Persist>)>,
-    /// Batches handed to the writer and not yet durable, oldest first.
-    writes: std::collections::VecDeque<Pending>,
-    next_write: u64,
+    /// Which messages wait for which write.
+    pipeline: starling_zab::Pipeline,
     /// Joined when the driver ends: the store is closed before the process exits, never
     /// by a thread the exit races with.
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -678,13 +677,6 @@ impl<T> Drop for Driver<T> {
             let _ = t.join();
         }
     }
-}
-
-/// A batch being written: the messages that wait for it and what the disk holds after it.
-struct Pending {
-    seq: u64,
-    held: Vec<(NodeId, starling_zab::Msg)>,
-    durable: starling_zab::Durable,
 }
 
 /// What the log writer reports: every batch up to `seq` is durable.
@@ -828,8 +820,7 @@ async fn drive<T: Transport>(
         stall_grace: opts.zab.heartbeat,
         encoded_tx,
         writer,
-        writes: std::collections::VecDeque::new(),
-        next_write: 1,
+        pipeline: starling_zab::Pipeline::default(),
         writer_thread: Some(writer_thread),
     };
     d.pump();
@@ -1169,37 +1160,21 @@ impl<T: Transport> Driver<T> {
             if r.is_empty() {
                 break;
             }
-            for e in r.events {
+            let t = self.pipeline.take(r);
+            for e in t.events {
                 self.event(e);
             }
-            // A leader's proposals leave while it writes them, unless messages of an earlier
-            // batch still wait for their write (the order to each peer is kept).
-            let held_before = self.writes.iter().any(|w| !w.held.is_empty());
-            let held = if r.send_first && !held_before {
-                for (to, msg) in r.messages {
-                    self.send(to, msg.encode());
-                }
-                Vec::new()
-            } else {
-                r.messages
-            };
-            if !r.persist.is_empty() {
-                let seq = self.next_write;
-                self.next_write += 1;
-                if self.writer.send((seq, r.persist)).is_err() {
+            for (to, msg) in t.send {
+                self.send(to, msg.encode());
+            }
+            if let Some(write) = t.write {
+                if self.writer.send(write).is_err() {
                     // The writer stopped on an error, reported through `written`.
                     return;
                 }
-                self.writes.push_back(Pending { seq, held, durable: r.durable });
-            } else if let Some(last) = self.writes.back_mut() {
-                // Nothing new to write: all of it is durable once the last write is.
-                last.held.extend(held);
-                last.durable = r.durable;
-            } else {
-                for (to, msg) in held {
-                    self.send(to, msg.encode());
-                }
-                self.zab.advance_to(Instant::now(), r.durable);
+            }
+            if let Some(d) = t.durable {
+                self.zab.advance_to(Instant::now(), d);
             }
         }
         let leader = self.zab.leader();
@@ -1238,12 +1213,12 @@ impl<T: Transport> Driver<T> {
     fn written(&mut self, w: Written) {
         self.stats.persist_batches += 1;
         self.stats.persist_ops += w.ops;
-        while self.writes.front().is_some_and(|p| p.seq <= w.seq) {
-            let Some(p) = self.writes.pop_front() else { break };
-            for (to, msg) in p.held {
-                self.send(to, msg.encode());
-            }
-            self.zab.advance_to(Instant::now(), p.durable);
+        let r = self.pipeline.written(w.seq);
+        for (to, msg) in r.send {
+            self.send(to, msg.encode());
+        }
+        if let Some(d) = r.durable {
+            self.zab.advance_to(Instant::now(), d);
         }
     }
 

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use starling_zab::disk::MemDisk;
 use starling_zab::{
-    Config, Event, Msg, NodeId, Persist, Role, SnapshotJob, StateMachine, Zab, Zxid,
+    Config, Event, Msg, NodeId, Persist, Pipeline, Role, SnapshotJob, StateMachine, Zab, Zxid,
 };
 
 use crate::sim::{sim_addr, NetConfig, Process, Sim};
@@ -229,24 +229,23 @@ pub struct ZabProc<S: StateMachine = Nothing> {
     /// 200 ms later, one in eight up to 3 s, so transactions, elections and SNAPs happen
     /// meanwhile); lost in a crash.
     encoding: Option<(Instant, Encoding<S>)>,
-    /// Batches being written, oldest first (pipelined, see [`starling_zab::Ready`]): each is on
-    /// disk only at its time (up to 2 ms after the one before), lost in a crash with every
-    /// later one. Input goes on meanwhile, as in `starlingd`; a batch's messages wait for its
-    /// write (a leader's proposals leave at once, [`starling_zab::Ready::send_first`]).
+    /// Batches being written (see [`starling_zab::Ready`]): each is on disk only at its time
+    /// (up to 2 ms after the one before), lost in a crash with every later one. Input goes on
+    /// meanwhile, as in `starlingd`; which messages wait for which write is the
+    /// [`Pipeline`]'s.
+    pipeline: Pipeline,
     writes: VecDeque<Writing>,
     /// How long each write takes (`None`: up to 2 ms, at random); a test sets it.
     pub write_time: Option<Duration>,
     rng: ChaCha8Rng,
 }
 
-/// A batch being written: what to persist, the messages that wait for it, and what the disk
-/// holds after it.
+/// A write in progress: when it is done, its sequence number and what it persists.
 #[derive(Debug)]
 struct Writing {
     at: Instant,
+    seq: u64,
     persist: Vec<Persist>,
-    held: Vec<(NodeId, starling_zab::Msg)>,
-    durable: starling_zab::Durable,
 }
 
 /// A snapshot job in flight (a type of its own: `derive(Debug)` would ask the image to be
@@ -287,6 +286,7 @@ impl<S: StateMachine> ZabProc<S> {
             out: VecDeque::new(),
             decode_errors: 0,
             encoding: None,
+            pipeline: Pipeline::default(),
             writes: VecDeque::new(),
             write_time: None,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5a9_5eed),
@@ -337,62 +337,55 @@ impl<S: StateMachine> ZabProc<S> {
             if r.is_empty() {
                 break;
             }
+            let t = self.pipeline.take(r);
             let me = self.zab.id();
-            for e in r.events {
+            for e in t.events {
                 if trace() {
                     eprintln!("{now:?} {me:?} {e:?}");
                 }
                 self.checker.borrow_mut().event(now, me, e);
             }
-            let held_before = self.writes.iter().any(|w| !w.held.is_empty());
-            let (now_out, held) = if r.send_first && !held_before {
-                (r.messages, Vec::new())
-            } else {
-                (Vec::new(), r.messages)
-            };
-            for (to, msg) in now_out {
-                self.out.push_back((sim_addr(slot_of(to)), msg.encode()));
-            }
-            if !r.persist.is_empty() {
+            self.send(t.send);
+            if let Some((seq, persist)) = t.write {
                 let took = match self.write_time {
                     Some(t) => t,
                     None => Duration::from_micros(self.rng.gen_range(0..2000)),
                 };
                 let after = self.writes.back().map_or(now, |w| w.at.max(now));
-                let w = Writing { at: after + took, persist: r.persist, held, durable: r.durable };
-                self.writes.push_back(w);
-            } else if let Some(last) = self.writes.back_mut() {
-                // Nothing new to write: it is all durable once the last write is.
-                last.held.extend(held);
-                last.durable = r.durable;
-            } else {
-                for (to, msg) in held {
-                    self.out.push_back((sim_addr(slot_of(to)), msg.encode()));
-                }
-                self.zab.advance_to(now, r.durable);
+                self.writes.push_back(Writing { at: after + took, seq, persist });
             }
+            if let Some(d) = t.durable {
+                self.zab.advance_to(now, d);
+            }
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<(NodeId, Msg)>) {
+        for (to, msg) in msgs {
+            self.out.push_back((sim_addr(slot_of(to)), msg.encode()));
         }
     }
 
     /// Whether a batch is being written.
     pub fn writing(&self) -> bool {
-        !self.writes.is_empty()
+        self.pipeline.writing()
     }
 
     /// Finishes the writes whose time has come, in order: on disk, their messages out, the core
     /// told.
     fn finish_writing(&mut self, now: Instant) {
-        let mut done = false;
+        let mut done = None;
         while self.writes.front().is_some_and(|w| w.at <= now) {
             let Some(w) = self.writes.pop_front() else { break };
             self.disk.borrow_mut().apply_all(&w.persist);
-            for (to, msg) in w.held {
-                self.out.push_back((sim_addr(slot_of(to)), msg.encode()));
-            }
-            self.zab.advance_to(now, w.durable);
-            done = true;
+            done = Some(w.seq);
         }
-        if done {
+        if let Some(seq) = done {
+            let r = self.pipeline.written(seq);
+            self.send(r.send);
+            if let Some(d) = r.durable {
+                self.zab.advance_to(now, d);
+            }
             self.pump(now);
         }
     }

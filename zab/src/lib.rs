@@ -38,10 +38,12 @@ mod core;
 pub mod disk;
 mod link;
 pub mod message;
+pub mod pipeline;
 pub mod sync;
 
 pub use crate::core::Zab;
 pub use message::{Msg, ToLeader, ToLearner, Vote};
+pub use pipeline::Pipeline;
 pub use starling_id::NodeId;
 
 use std::sync::Arc;
@@ -275,7 +277,8 @@ impl<I> std::fmt::Debug for SnapshotJob<I> {
 ///   message of an earlier batch (`send_first` messages leave at once when no earlier batch's
 ///   messages are still held);
 /// - [`Zab::advance_to`] is called with each batch's [`Ready::durable`], in order, once that
-///   batch is durable. Events may be acted on when the batch is taken: what they report
+///   batch is durable (or with the last of several finished at once). [`Pipeline`] keeps these
+///   rules for the caller. Events may be acted on when the batch is taken: what they report
 ///   (a commit, a role) does not depend on this server's disk.
 #[derive(Debug, Default)]
 pub struct Ready {
