@@ -44,6 +44,9 @@ struct Shared<S: StateMachine> {
     /// Last transaction applied to the state machine.
     applied: Zxid,
     since_snapshot: u64,
+    /// Transactions after which the next snapshot is due: drawn anew for each snapshot, so the
+    /// servers of an ensemble do not all encode theirs at once.
+    snapshot_after: u64,
     /// Bytes of transactions applied since the last snapshot.
     bytes_since_snapshot: u64,
     /// The snapshot being encoded by the caller (ticket, zxid), and the last ticket given.
@@ -221,6 +224,7 @@ impl<S: StateMachine> Zab<S> {
             snapshot: persisted.snapshot,
             applied,
             since_snapshot: 0,
+            snapshot_after: 0,
             bytes_since_snapshot: 0,
             snapshot_job: None,
             tickets: 0,
@@ -230,6 +234,7 @@ impl<S: StateMachine> Zab<S> {
             cfg,
         };
         s.durable = s.last_zxid();
+        s.draw_snapshot_after();
         let role = s.looking(now);
         Ok(Zab { s, role })
     }
@@ -832,6 +837,7 @@ impl Learner {
                 s.applied = zxid;
                 s.since_snapshot = 0;
                 s.bytes_since_snapshot = 0;
+                s.draw_snapshot_after();
                 s.drop_snapshot_job();
                 s.log.clear();
                 s.log_base = zxid;
@@ -1446,12 +1452,13 @@ impl<S: StateMachine> Shared<S> {
         }
     }
 
-    /// Every `snapshot_every` transactions, and not before the log since the last snapshot is
+    /// Every `snapshot_every` transactions on average (each time after a number drawn between
+    /// half and one and a half times it), and not before the log since the last snapshot is
     /// half its size: writing a snapshot costs its whole size, so a large state is snapshotted
     /// less often (at most two bytes of snapshot per byte logged). One at a time.
     fn snapshot_due(&self) -> bool {
         let last_size = self.snapshot.as_ref().map_or(0, |(_, d)| d.len() as u64);
-        self.since_snapshot >= self.cfg.snapshot_every
+        self.since_snapshot >= self.snapshot_after
             && self.bytes_since_snapshot >= last_size / 2
             && self.snapshot_job.is_none()
     }
@@ -1468,6 +1475,16 @@ impl<S: StateMachine> Shared<S> {
         });
         self.since_snapshot = 0;
         self.bytes_since_snapshot = 0;
+        self.draw_snapshot_after();
+    }
+
+    /// Draws the count of transactions after which the next snapshot is due: uniform between
+    /// half and one and a half times `snapshot_every`. Servers that applied the same
+    /// transactions then encode their snapshots at different times, so a quorum is never slowed
+    /// by all of its members encoding at once (ZooKeeper randomizes `snapCount` the same way).
+    fn draw_snapshot_after(&mut self) {
+        let every = self.cfg.snapshot_every.max(1);
+        self.snapshot_after = (every / 2 + self.rng.gen_range(0..=every)).max(1);
     }
 
     /// Forgets the snapshot being encoded: the state it was taken from was replaced.

@@ -150,7 +150,8 @@ pub struct Config {
     /// Once a quorum agrees on a vote, how long to wait for a better one before deciding
     /// (ZooKeeper's `finalizeWait`).
     pub finalize_wait: Duration,
-    /// Committed transactions between snapshots (at least; and not before the transactions
+    /// Committed transactions between snapshots, on average (each interval is drawn between
+    /// half and one and a half times this; and not before the transactions
     /// since the last snapshot add up to half its size); the log keeps one interval more for
     /// DIFFs.
     pub snapshot_every: u64,
