@@ -180,6 +180,18 @@ impl<'a> BatchView<'a> {
         Ok((view, rest))
     }
 
+    /// The batch at the start of `bytes` whose checks (CRC included) already passed in this
+    /// process: only its length is read, so walking the batches of a request once more costs
+    /// no second CRC pass over their bytes. Lengths are still bounds-checked (never a panic).
+    pub fn checked(bytes: &'a [u8]) -> Result<(BatchView<'a>, &'a [u8]), BatchError> {
+        let size = batch_size(bytes)?;
+        if bytes.len() < size {
+            return Err(BatchError::Truncated { have: bytes.len(), need: size });
+        }
+        let (this, rest) = bytes.split_at(size);
+        Ok((BatchView { bytes: this }, rest))
+    }
+
     /// The whole batch.
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
@@ -256,12 +268,20 @@ pub struct Batches<'a> {
     rest: &'a [u8],
     max: usize,
     failed: bool,
+    /// Read lengths only ([`BatchView::checked`]).
+    checked: bool,
 }
 
 impl<'a> Batches<'a> {
-    /// Batches of `bytes`, each at most `max` bytes.
+    /// Batches of `bytes`, each at most `max` bytes, each validated ([`BatchView::parse`]).
     pub fn new(bytes: &'a [u8], max: usize) -> Self {
-        Batches { rest: bytes, max, failed: false }
+        Batches { rest: bytes, max, failed: false, checked: false }
+    }
+
+    /// Batches of `bytes` that were validated earlier in this process (by [`Batches::new`]),
+    /// walked by their lengths alone ([`BatchView::checked`]).
+    pub fn checked(bytes: &'a [u8]) -> Self {
+        Batches { rest: bytes, max: usize::MAX, failed: false, checked: true }
     }
 }
 
@@ -271,7 +291,12 @@ impl<'a> Iterator for Batches<'a> {
         if self.rest.is_empty() || self.failed {
             return None;
         }
-        match BatchView::parse(self.rest, self.max) {
+        let parsed = if self.checked {
+            BatchView::checked(self.rest)
+        } else {
+            BatchView::parse(self.rest, self.max)
+        };
+        match parsed {
             Ok((view, rest)) => {
                 self.rest = rest;
                 Some(Ok(view))

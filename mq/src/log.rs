@@ -442,7 +442,8 @@ impl Log {
         let base_offset = self.end_offset();
         let mut last_offset = base_offset;
         let mut max_timestamp = -1;
-        for v in batch::Batches::new(bytes, usize::MAX).flatten() {
+        // Checked by the append that called this.
+        for v in batch::Batches::checked(bytes).flatten() {
             last_offset = v.last_offset();
             max_timestamp = max_timestamp.max(v.max_timestamp());
         }

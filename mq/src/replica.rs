@@ -941,9 +941,21 @@ impl<L: ReplicaLog> Replica<L> {
     /// batch is a retry of one already appended (the first's base and the last's last offset),
     /// `None` if they are all to be appended.
     fn check_producers(&self, bytes: &[u8]) -> Result<Option<(i64, i64)>, ProduceError> {
+        // Most produces carry only new batches, which the append then checks whole: their
+        // headers are read here without a CRC pass of their own. Any other verdict trusts the
+        // producer fields of the headers, so it stands only if every batch's CRC is right
+        // (else the append refuses the request with the reason).
+        match self.producer_verdict(bytes) {
+            Ok(None) => Ok(None),
+            _ if Batches::new(bytes, usize::MAX).any(|v| v.is_err()) => Ok(None),
+            verdict => verdict,
+        }
+    }
+
+    fn producer_verdict(&self, bytes: &[u8]) -> Result<Option<(i64, i64)>, ProduceError> {
         let mut dup: Option<(i64, i64)> = None;
         let mut fresh = false;
-        for view in Batches::new(bytes, usize::MAX) {
+        for view in Batches::checked(bytes) {
             let Ok(v) = view else { return Ok(None) }; // the append refuses it with the reason
             let id = v.producer_id();
             if id < 0 {
@@ -971,7 +983,8 @@ impl<L: ReplicaLog> Replica<L> {
     /// Remembers the idempotent producers' batches just appended (`bytes` as stored, with
     /// their offsets).
     fn record_producers(&mut self, bytes: &[u8]) {
-        for v in Batches::new(bytes, usize::MAX).flatten() {
+        // Always batches the log just appended or read back, so checked already.
+        for v in Batches::checked(bytes).flatten() {
             if v.producer_id() < 0 {
                 continue;
             }
@@ -1165,8 +1178,9 @@ impl<L: ReplicaLog> Replica<L> {
             FetchAnswer::Records { bytes, high_watermark, log_start: _ } => {
                 if !bytes.is_empty() {
                     // A duplicated or late answer does not continue the log: ignore it.
-                    let first = crate::batch::BatchView::parse(&bytes, usize::MAX)
-                        .map(|(v, _)| v.base_offset());
+                    // Only the first base offset is read here; the append checks it all.
+                    let first =
+                        crate::batch::BatchView::checked(&bytes).map(|(v, _)| v.base_offset());
                     if first.ok() != Some(self.log.end_offset()) {
                         self.maybe_fetch(now);
                         return;
@@ -1369,5 +1383,68 @@ impl<L: ReplicaLog> Replica<L> {
             Role::None => {}
         }
         Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{encode_batch, NewRecord, ProducerStamp};
+    use crate::mem::MemLog;
+
+    fn produced(r: &mut Replica<MemLog>) -> Vec<(u64, i64, i64)> {
+        let mut out = Vec::new();
+        while let Some(o) = r.poll_output() {
+            if let Output::Event(Event::Produced { id, base_offset, last_offset }) = o {
+                out.push((id, base_offset, last_offset));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_retried_batch_is_answered_once_stored_but_a_damaged_copy_is_refused() {
+        let (me, now) = (NodeId(1 << 96), Instant::now());
+        let mut r = Replica::new(me, MemLog::new(), ReplicaConfig::default(), now);
+        // No leader yet: the replica proposes itself, and the metadata service agrees.
+        let state =
+            PartitionState { replicas: vec![me], leader: None, leader_epoch: 0, isr: vec![me] };
+        r.handle_state(now, state, 1);
+        let mut proposed = None;
+        while let Some(o) = r.poll_output() {
+            if let Output::ProposeState { state, .. } = o {
+                proposed = Some(state);
+            }
+        }
+        let proposed = proposed.expect("a leadership proposal");
+        assert_eq!(proposed.leader, Some(me));
+        r.handle_state(now, proposed, 2);
+        produced(&mut r);
+        let record = NewRecord {
+            key: None,
+            value: Some(b"v".to_vec()),
+            headers: Vec::new(),
+            timestamp_ms: 1,
+        };
+        let stamp = ProducerStamp { id: 7, epoch: 0, base_sequence: 0 };
+        let batch = encode_batch(&[record], Some(stamp)).expect("batch");
+        r.produce(now, 1, batch.clone(), Acks::Leader).expect("first produce");
+        assert_eq!(produced(&mut r), vec![(1, 0, 0)]);
+        // The same batch again (a retry): the offsets it got, nothing appended.
+        r.produce(now, 2, batch.clone(), Acks::Leader).expect("retry");
+        assert_eq!(produced(&mut r), vec![(2, 0, 0)]);
+        assert_eq!(r.log().end_offset(), 1);
+        // A copy damaged past its header: its producer fields still read as a retry, but its
+        // CRC is wrong, so it is refused rather than answered as stored.
+        let mut damaged = batch;
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        let refused = r.produce(now, 3, damaged, Acks::Leader);
+        assert!(
+            matches!(&refused, Err(ProduceError::Invalid(why)) if why.contains("CRC")),
+            "{refused:?}"
+        );
+        assert_eq!(produced(&mut r), vec![]);
+        assert_eq!(r.log().end_offset(), 1);
     }
 }

@@ -263,7 +263,7 @@ impl Segment {
             return Err(e);
         }
         let mut at = 0usize;
-        for view in batch::Batches::new(bytes, usize::MAX) {
+        for view in batch::Batches::checked(bytes) {
             let Ok(view) = view else { break };
             let h = HeaderAt::of(&view, start + at as u64);
             self.note_batch(&h, interval);
