@@ -209,6 +209,9 @@ struct Inner {
     /// Per topic: when its partitions' leaders were learned, and for each partition the index
     /// of the node (of those given) that leads it, if known.
     leaders: Mutex<std::collections::HashMap<String, Leaders>>,
+    /// Until when what this client learned of the metadata service's leader holds, and the
+    /// index of the node (of those given) that leads it, if known.
+    meta_leader: Mutex<Option<(Instant, Option<usize>)>>,
 }
 
 /// When a topic's partition leaders were learned, and per partition the index of the node (of
@@ -290,6 +293,7 @@ impl Client {
                 config,
                 meta_seen: Default::default(),
                 leaders: Mutex::default(),
+                meta_leader: Mutex::default(),
             }),
         })
     }
@@ -387,6 +391,41 @@ impl Client {
             Some(Error::Unreachable { .. }) | None => self.call_node(start % n, c).await,
             Some(e) => Err(e),
         }
+    }
+
+    /// Sends `c` to node `preferred` when given (the node that leads what `c` is about), else to
+    /// any node ([`Client::call`]). Any node serves such a call by forwarding it, so going to
+    /// the leader directly saves a hop, and a leader learned stale costs one. When `preferred`
+    /// does not answer, `forget` is called (the next call learns the leader again); if it
+    /// could not be reached at all the call goes to any node (it was not sent), else the error
+    /// is returned (it may have been carried out).
+    pub(crate) async fn call_preferring<C>(
+        &self,
+        preferred: Option<usize>,
+        c: C,
+        forget: impl FnOnce(),
+    ) -> Result<C::Answer, Error>
+    where
+        C: Call + Clone + Send,
+        C::Answer: Send,
+    {
+        if let Some(i) = preferred {
+            match self.call_node(i, c.clone()).await {
+                Err(Error::Unreachable { .. }) => forget(),
+                Err(e @ Error::NoAnswer { .. }) => {
+                    forget();
+                    return Err(e);
+                }
+                other => return other,
+            }
+        }
+        self.call(c).await
+    }
+
+    /// The index of the node (of those given) at `addr`, if it is one of them.
+    pub(crate) fn node_at(&self, addr: Option<&str>) -> Option<usize> {
+        let addr = addr?.parse::<SocketAddr>().ok()?;
+        self.inner.nodes.iter().position(|n| n.addr == addr)
     }
 
     /// Sends `c` to node `i` (in the order given to [`Client::connect`]), whether or not it is

@@ -27,19 +27,61 @@ pub use starling_wire::meta::{
 
 use crate::{Client, Error};
 
+/// How long a client trusts what it learned of the metadata service's leader (writes go to the
+/// leader directly; a node that no longer leads forwards them, so a stale answer costs a hop).
+pub const META_LEADER_REFRESH: Duration = Duration::from_secs(10);
+/// How soon a client asks again when no node it was given was known to lead.
+const META_LEADER_RETRY: Duration = Duration::from_secs(1);
+
 impl Client {
-    /// One operation, or a `multi` (all or nothing), on behalf of `session` (0: none).
+    /// One operation, or a `multi` (all or nothing), on behalf of `session` (0: none). Sent to
+    /// the leader when it is one of this client's nodes (learned from a node's status, again at
+    /// most every [`META_LEADER_REFRESH`]), else to any node, which forwards it to the leader:
+    /// either way it is answered once the node asked has applied it. Reads still go to any
+    /// node, and see the write ([`Client::meta_read`] waits for the zxid the write returned).
     pub async fn meta_write(
         &self,
         session: u64,
         ops: Vec<Op>,
         multi: bool,
     ) -> Result<Result<MetaWritten, MetaError>, Error> {
-        let w = self.call(MetaWrite { session, ops, multi }).await?;
+        let leader = self.meta_leader().await;
+        let call = MetaWrite { session, ops, multi };
+        let w = self.call_preferring(leader, call, || self.forget_meta_leader()).await?;
         if let Ok(w) = &w {
             self.saw(w.zxid);
         }
         Ok(w)
+    }
+
+    /// The index of the node leading the metadata service, if it is one of this client's nodes,
+    /// learned from a node's status when what was learned has expired. One caller learns at a
+    /// time: the others meanwhile send to any node.
+    async fn meta_leader(&self) -> Option<usize> {
+        {
+            let mut known = self.inner.meta_leader.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            match *known {
+                Some((until, at)) if now < until => return at,
+                _ => *known = Some((now + META_LEADER_RETRY, None)),
+            }
+        }
+        let at = match self.call(crate::GetStatus).await {
+            Ok(json) => serde_json::from_slice::<crate::Status>(&json).ok().and_then(|s| {
+                let leader = s.meta?.leader?;
+                let m = s.members.iter().find(|m| m.node_id == leader)?;
+                self.node_at(Some(&m.addr))
+            }),
+            Err(_) => None,
+        };
+        let good_for = if at.is_some() { META_LEADER_REFRESH } else { META_LEADER_RETRY };
+        let mut known = self.inner.meta_leader.lock().unwrap_or_else(|p| p.into_inner());
+        *known = Some((tokio::time::Instant::now() + good_for, at));
+        at
+    }
+
+    fn forget_meta_leader(&self) {
+        *self.inner.meta_leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Reads a znode from the node asked, once that node has applied everything this client

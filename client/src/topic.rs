@@ -37,8 +37,6 @@ pub use starling_wire::topic::{
     TopicDescribe, TopicError, TopicFetch, TopicInfo, TopicList, TopicOffsets, TopicProduce,
 };
 
-use std::net::SocketAddr;
-
 use starling_wire::Call;
 
 use crate::{Client, Error};
@@ -135,13 +133,8 @@ impl Client {
         C: Call + Clone + Send,
         C::Answer: Send,
     {
-        if let Some(i) = self.leader_of(topic, partition).await {
-            match self.call_node(i, c.clone()).await {
-                Err(Error::Unreachable { .. }) => self.forget_leaders(topic),
-                other => return other,
-            }
-        }
-        self.call(c).await
+        let leader = self.leader_of(topic, partition).await;
+        self.call_preferring(leader, c, || self.forget_leaders(topic)).await
     }
 
     /// The index of the node leading `topic`/`partition`, learning the topic's leaders first
@@ -165,10 +158,8 @@ impl Client {
         {
             found = vec![None; info.partitions as usize];
             for p in &info.partition_info {
-                let addr = p.leader_addr.as_deref().and_then(|a| a.parse::<SocketAddr>().ok());
-                let i = addr.and_then(|a| self.inner.nodes.iter().position(|n| n.addr == a));
                 if let Some(slot) = found.get_mut(p.partition as usize) {
-                    *slot = i;
+                    *slot = self.node_at(p.leader_addr.as_deref());
                 }
             }
         }
