@@ -135,7 +135,7 @@ impl Txn {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Txn, MetaError> {
-        let mut de = rmp_serde::Deserializer::new(bytes);
+        let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
         // Transactions nest a few levels; deeper nesting would only recurse.
         de.set_max_depth(MAX_DEPTH);
         Txn::deserialize(&mut de).map_err(|e| MetaError::BadTxn(e.to_string()))

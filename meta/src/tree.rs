@@ -586,7 +586,7 @@ impl StateMachine for Tree {
     /// and the snapshot fires none of them: after a restore (`Event::Restored`) the server
     /// re-checks each watch with [`Tree::changed_since`].
     fn restore(&mut self, zxid: Zxid, snapshot: &[u8]) -> Result<(), String> {
-        let mut de = rmp_serde::Deserializer::new(snapshot);
+        let mut de = rmp_serde::Deserializer::from_read_ref(snapshot);
         de.set_max_depth(crate::MAX_DEPTH);
         let image = Image::deserialize(&mut de).map_err(|e| e.to_string())?;
         if image.format != FORMAT {
