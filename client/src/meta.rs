@@ -56,14 +56,15 @@ impl Client {
 
     /// The index of the node leading the metadata service, if it is one of this client's nodes,
     /// learned from a node's status when what was learned has expired. One caller learns at a
-    /// time: the others meanwhile send to any node.
+    /// time: the others meanwhile keep to the leader learned before, if any, else send to any
+    /// node.
     async fn meta_leader(&self) -> Option<usize> {
         {
             let mut known = self.inner.meta_leader.lock().unwrap_or_else(|p| p.into_inner());
             let now = tokio::time::Instant::now();
             match *known {
                 Some((until, at)) if now < until => return at,
-                _ => *known = Some((now + META_LEADER_RETRY, None)),
+                before => *known = Some((now + META_LEADER_RETRY, before.and_then(|(_, at)| at))),
             }
         }
         let at = match self.call(crate::GetStatus).await {
