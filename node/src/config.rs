@@ -57,7 +57,8 @@ pub struct Args {
     #[arg(long, env = "STARLING_META_VOTERS", value_delimiter = ',')]
     pub meta_voters: Option<Vec<String>>,
     /// Committed metadata transactions between snapshots of the metadata tree (ZooKeeper's
-    /// `snapCount`); fewer keep a shorter log, more write snapshots less often [default: 10000].
+    /// `snapCount`); fewer keep a shorter log, more write snapshots less often; a snapshot also
+    /// comes after about 64 MiB of transactions, whichever is first [default: 100000].
     #[arg(long, env = "STARLING_META_SNAPSHOT_EVERY")]
     pub meta_snapshot_every: Option<u64>,
     /// Failure zone (rack, availability zone).

@@ -86,6 +86,9 @@ pub struct ZabStore {
     /// held while a snapshot file is written: a snapshot taken before a SNAP is not saved after
     /// it.
     snap_gen: Mutex<u64>,
+    /// `s/log_base` as last written (`None`: not read yet, or a write failed), so a batch of
+    /// appends does not read it back each time.
+    log_base: Mutex<Option<Zxid>>,
 }
 
 /// An I/O error as "cannot WHAT PATH: ERROR".
@@ -106,6 +109,9 @@ impl ZabStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_max_total_wal_size(64 << 20);
+        // Log entries live one or two snapshot intervals: compressing them on each flush costs
+        // more than the disk it saves.
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
         let db = DB::open(&opts, dir)
             .map_err(|e| format!("cannot open the metadata store {}: {e}", dir.display()))?;
         let mut sync = WriteOptions::default();
@@ -118,7 +124,7 @@ impl ZabStore {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(ZabStore { db, sync, snap_dir, snap_gen: Mutex::new(0) })
+        Ok(ZabStore { db, sync, snap_dir, snap_gen: Mutex::new(0), log_base: Mutex::new(None) })
     }
 
     /// The generation a [`SnapshotJob`](starling_zab::SnapshotJob) is saved under: take it
@@ -221,9 +227,13 @@ impl ZabStore {
                 None
             };
         let mut b = WriteBatch::default();
-        let mut base = match self.get(LOG_BASE)? {
-            Some(v) => Zxid(u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))),
-            None => Zxid::ZERO,
+        let mut cached = self.log_base.lock().map_err(|_| "the log base lock is poisoned")?;
+        let mut base = match *cached {
+            Some(z) => z,
+            None => match self.get(LOG_BASE)? {
+                Some(v) => Zxid(u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))),
+                None => Zxid::ZERO,
+            },
         };
         for op in ops {
             match op {
@@ -269,7 +279,11 @@ impl ZabStore {
                 }
             }
         }
+        // Unknown again if the write fails (it may or may not have reached the disk).
+        *cached = None;
         self.db.write_opt(b, &self.sync).map_err(|e| format!("cannot persist: {e}"))?;
+        *cached = Some(base);
+        drop(cached);
         if let Some(g) = gen.as_mut() {
             **g += 1;
             // The leader's snapshot replaces this server's own (were one left by a crash

@@ -41,6 +41,35 @@ fn three_voters_elect_one_leader_and_commit_in_order() {
     assert!(obs.zab.status().snapshot_zxid > starling_zab::Zxid::ZERO);
 }
 
+/// Large transactions bring a snapshot before the count does (`snapshot_log_bytes`): the
+/// log the core keeps in memory is bounded in bytes, not only in transactions.
+#[test]
+fn large_transactions_are_snapshotted_by_their_bytes_before_their_count() {
+    let seed = seed_from_env(11);
+    let _g = SeedGuard(seed);
+    let cfg = |bytes| Config {
+        snapshot_every: 1_000_000,
+        snapshot_log_bytes: bytes,
+        ..Config::default()
+    };
+    let run = |cfg: Config| {
+        let mut e = Ensemble::new(seed, calm(), 3, 0, cfg);
+        let leader = e.wait_leader(Duration::from_secs(2)).expect("a leader");
+        for _ in 0..60 {
+            assert!(e.propose_txn(leader, vec![7; 4096]).is_some());
+            e.sim.run_for(Duration::from_millis(2));
+        }
+        let v = e.settle_and_check(Duration::from_secs(1));
+        assert!(v.is_empty(), "{v:#?}");
+        let snapshots = e.checker.borrow().snapshots;
+        snapshots
+    };
+    // 60 transactions of 4 KiB: 240 KiB, at least two snapshots' worth of 64 KiB on each voter.
+    assert!(run(cfg(64 << 10)) >= 3 * 2, "the byte bound took no snapshots");
+    // The same with the default bound (64 MiB): none.
+    assert_eq!(run(cfg(Config::default().snapshot_log_bytes)), 0);
+}
+
 #[test]
 fn a_single_voter_leads_alone() {
     let mut e = Ensemble::new(7, calm(), 1, 0, Config::default());

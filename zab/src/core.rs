@@ -49,6 +49,8 @@ struct Shared<S: StateMachine> {
     snapshot_after: u64,
     /// Bytes of transactions applied since the last snapshot.
     bytes_since_snapshot: u64,
+    /// Bytes after which the next snapshot is due (drawn with `snapshot_after`).
+    snapshot_after_bytes: u64,
     /// The snapshot being encoded by the caller (ticket, zxid), and the last ticket given.
     snapshot_job: Option<(u64, Zxid)>,
     tickets: u64,
@@ -226,6 +228,7 @@ impl<S: StateMachine> Zab<S> {
             since_snapshot: 0,
             snapshot_after: 0,
             bytes_since_snapshot: 0,
+            snapshot_after_bytes: 0,
             snapshot_job: None,
             tickets: 0,
             job_out: JobOut(None),
@@ -1452,13 +1455,15 @@ impl<S: StateMachine> Shared<S> {
         }
     }
 
-    /// Every `snapshot_every` transactions on average (each time after a number drawn between
-    /// half and one and a half times it), and not before the log since the last snapshot is
-    /// half its size: writing a snapshot costs its whole size, so a large state is snapshotted
-    /// less often (at most two bytes of snapshot per byte logged). One at a time.
+    /// Every `snapshot_every` transactions or `snapshot_log_bytes` bytes of them on average,
+    /// whichever comes first (each time after a number drawn between half and one and a half
+    /// times it), and not before the log since the last snapshot is half its size: writing a
+    /// snapshot costs its whole size, so a large state is snapshotted less often (at most two
+    /// bytes of snapshot per byte logged). One at a time.
     fn snapshot_due(&self) -> bool {
         let last_size = self.snapshot.as_ref().map_or(0, |(_, d)| d.len() as u64);
-        self.since_snapshot >= self.snapshot_after
+        (self.since_snapshot >= self.snapshot_after
+            || self.bytes_since_snapshot >= self.snapshot_after_bytes)
             && self.bytes_since_snapshot >= last_size / 2
             && self.snapshot_job.is_none()
     }
@@ -1478,13 +1483,16 @@ impl<S: StateMachine> Shared<S> {
         self.draw_snapshot_after();
     }
 
-    /// Draws the count of transactions after which the next snapshot is due: uniform between
-    /// half and one and a half times `snapshot_every`. Servers that applied the same
+    /// Draws the count of transactions, and of their bytes, after which the next snapshot is
+    /// due: uniform between half and one and a half times `snapshot_every` (and
+    /// `snapshot_log_bytes`). Servers that applied the same
     /// transactions then encode their snapshots at different times, so a quorum is never slowed
     /// by all of its members encoding at once (ZooKeeper randomizes `snapCount` the same way).
     fn draw_snapshot_after(&mut self) {
         let every = self.cfg.snapshot_every.max(1);
         self.snapshot_after = (every / 2 + self.rng.gen_range(0..=every)).max(1);
+        let bytes = self.cfg.snapshot_log_bytes.max(1);
+        self.snapshot_after_bytes = (bytes / 2 + self.rng.gen_range(0..=bytes)).max(1);
     }
 
     /// Forgets the snapshot being encoded: the state it was taken from was replaced.

@@ -155,6 +155,11 @@ pub struct Config {
     /// since the last snapshot add up to half its size); the log keeps one interval more for
     /// DIFFs.
     pub snapshot_every: u64,
+    /// Bytes of committed transactions after which a snapshot is due even before
+    /// `snapshot_every` transactions (drawn the same way; ZooKeeper's `snapSizeLimitInKb`). The
+    /// core keeps its log since the snapshot before the last in memory, so this bounds that
+    /// memory whatever the transactions' size.
+    pub snapshot_log_bytes: u64,
     /// Most entries per DIFF message.
     pub diff_chunk: usize,
     /// Most bytes of snapshot or of DIFF transactions per message (a DIFF holds at least one
@@ -171,7 +176,8 @@ impl Default for Config {
             init_limit: Duration::from_secs(2),
             vote_resend: Duration::from_millis(100),
             finalize_wait: Duration::from_millis(30),
-            snapshot_every: 10_000,
+            snapshot_every: 100_000,
+            snapshot_log_bytes: 64 << 20,
             diff_chunk: 256,
             chunk_bytes: 1 << 20,
         }
