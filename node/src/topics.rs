@@ -1815,7 +1815,15 @@ impl<T: Transport> Driver<T> {
 
     fn send(&self, to: NodeId, msg: Msg) {
         let Some(addr) = self.inner.view.borrow().addrs.get(&to).copied() else { return };
-        let Ok(bytes) = rmp_serde::to_vec(&msg) else { return };
+        // Sized for the batches it carries: growing the buffer would copy them again.
+        let hint = match &msg {
+            Msg::Fetched { answer: FetchAnswer::Records { bytes, .. }, .. } => bytes.len() + 64,
+            _ => 64,
+        };
+        let mut bytes = Vec::with_capacity(hint);
+        if rmp_serde::encode::write(&mut bytes, &msg).is_err() {
+            return;
+        }
         let call = TopicReplicate {
             topic: self.key.0.clone(),
             partition: self.key.1,
