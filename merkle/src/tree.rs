@@ -131,8 +131,14 @@ impl RangeTree {
             let (lo, hi) = (run[0].lo, run[run.len() - 1].hi);
             replica.scan(lo, hi, &mut |r| {
                 if replica.counts(r) {
-                    let t = token_of(&r.key);
-                    if let Some(h) = out.get_mut(run.partition_point(|p| p.hi < t)) {
+                    // A run of one piece needs no token to place a record.
+                    let at = if run.len() == 1 {
+                        0
+                    } else {
+                        let t = token_of(&r.key);
+                        run.partition_point(|p| p.hi < t)
+                    };
+                    if let Some(h) = out.get_mut(at) {
                         *h ^= entry_hash(&r.key, &r.version);
                     }
                 }

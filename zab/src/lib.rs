@@ -158,7 +158,8 @@ pub struct Config {
     /// Bytes of committed transactions after which a snapshot is due even before
     /// `snapshot_every` transactions (drawn the same way; ZooKeeper's `snapSizeLimitInKb`). The
     /// core keeps its log since the snapshot before the last in memory, so this bounds that
-    /// memory whatever the transactions' size.
+    /// memory whatever the transactions' size (to this, or half the state's size when that is
+    /// larger: see `snapshot_every`).
     pub snapshot_log_bytes: u64,
     /// Most entries per DIFF message.
     pub diff_chunk: usize,
