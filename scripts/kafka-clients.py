@@ -549,7 +549,7 @@ def main():
     ap.add_argument("--base-port", type=int, default=0)
     ap.add_argument("scenarios", nargs="*", default=list(SCENARIOS))
     a = ap.parse_args()
-    base = a.base_port or 30000 + (os.getpid() % 2000) * 10
+    base = a.base_port or 10000 + (os.getpid() % 2000) * 10
     c = Cluster(a.bin, base)
     try:
         for i in range(3):

@@ -1,9 +1,9 @@
 # Three local starlingd processes for the disk fault scripts (test-disk-full, test-disk-stall).
 # Source it after setting: name (the script's name, for messages), dir (a scratch directory) and
 # data_dir N (a function: node N's data directory). It sets base (the first QUIC port) and pids.
-BIN=${CARGO_TARGET_DIR:-$HOME/.cache/starling/target}/release
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ -x $BIN/starlingd && -x $BIN/starling ]] || { echo "$name: build first: cargo build --release -p starling-node -p starling-cli" >&2; exit 1; }
-base=$(( 30000 + RANDOM % 20000 ))
+base=$(free_base_port)
 pids=(0 0 0)
 fail() { echo "$name: FAILED: $*" >&2; for i in 0 1 2; do echo "--- node $i log (tail)" >&2; tail -5 "$dir/n$i.log" >&2; done; exit 1; }
 kill_nodes() { for p in "${pids[@]}"; do [[ $p != 0 ]] && kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

@@ -48,6 +48,27 @@ kafka_venv() {
   echo "$venv/bin/python"
 }
 
+# free_base_port [N]: a first port P such that P .. P+N-1 (default 300: the QUIC, HTTP and Kafka
+# listeners of a local cluster at P+i, P+100+i, P+200+i) are below the kernel's ephemeral range,
+# so no outgoing connection (or one lingering in TIME_WAIT) can hold one of them, and none is
+# bound right now.
+free_base_port() {
+  local n=${1:-300} low=32768 base hex p
+  local -A used=()
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  # Every local port bound now (column 2 of /proc/net/{tcp,udp}{,6} is ADDR:PORT in hex).
+  for hex in $(awk 'FNR > 1 { n = split($2, a, ":"); print a[n] }' \
+    /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null | sort -u); do
+    used[$((16#$hex))]=1
+  done
+  for _ in $(seq 50); do
+    base=$(( 10000 + RANDOM % (low - 10000 - n) ))
+    for ((p = base; p < base + n; p++)); do [ -n "${used[$p]:-}" ] && continue 2; done
+    echo "$base"; return 0
+  done
+  die "no free range of $n ports below $low"
+}
+
 build_release() {
   step "build (release): starlingd and starling"
   cargo build --release --locked -p starling-node -p starling-cli
