@@ -21,6 +21,7 @@
 //! | [`meta_txn`] | the metadata tree's transactions (`starling_meta::Txn`), applied in order |
 //! | [`meta_snapshot`] | a metadata tree's snapshot, restored |
 //! | [`meta_snapshot_file`] | a metadata snapshot file (`starling_store_format::snapshot_file`), both formats |
+//! | [`meta_journal`] | a metadata journal segment and its records' operations (`starling_store_format::meta_journal`) |
 //! | [`mq_batch`] | a record batch (`starling_mq::BatchView`) and its records (Kafka's codec) |
 //! | [`mq_index`] | a segment's `.index` / `.timeindex` and the leader-epoch checkpoint |
 //! | [`mq_message`] | replication messages between partition replicas, fed to a follower and a leader |
@@ -52,7 +53,7 @@ pub use message::{status_json, wire_message};
 pub use meta::{meta_snapshot, meta_txn, zab_message};
 pub use mq::{group_record, mq_batch, mq_index, mq_message, mq_segment};
 pub use repair::repair_message;
-pub use snapshot_file::meta_snapshot_file;
+pub use snapshot_file::{meta_journal, meta_snapshot_file};
 pub use store::stored_record;
 pub use tls::tls_pem;
 
@@ -73,6 +74,7 @@ pub const TARGETS: &[Target] = &[
     ("meta_txn", meta_txn),
     ("meta_snapshot", meta_snapshot),
     ("meta_snapshot_file", meta_snapshot_file),
+    ("meta_journal", meta_journal),
     ("mq_batch", mq_batch),
     ("mq_index", mq_index),
     ("mq_segment", mq_segment),

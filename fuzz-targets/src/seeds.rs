@@ -128,6 +128,7 @@ pub fn all() -> Vec<Seed> {
     raw.extend_from_slice(&snapshot);
     add("meta_snapshot_file", "tree-uncompressed", raw);
     add("meta_snapshot", "tree", snapshot);
+    add("meta_journal", "segment", crate::snapshot_file::meta_journal_seed());
 
     for (target, name, bytes) in crate::mq::seeds()
         .into_iter()

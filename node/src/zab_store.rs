@@ -1,94 +1,117 @@
-//! The metadata service's durable ZAB state, in a RocksDB of its own (`<data-dir>/meta`): its
-//! fsyncs follow ZAB's rule (every batch durable before its acknowledgements leave), whatever the
-//! key-value store's `--sync` mode.
+//! The metadata service's durable ZAB state (`<data-dir>/meta`): its fsyncs follow ZAB's rule
+//! (every batch durable before its acknowledgements leave), whatever the key-value store's
+//! `--sync` mode.
 //!
-//! Each [`ZabStore::apply`] — one [`Ready`](starling_zab::Ready) batch of [`Persist`]
-//! operations, or every batch the log writer was handed during its last write — is one
-//! `WriteBatch` written with `sync = true`: one fsync for every proposal and acknowledgement in
-//! it (group commit), and atomic, so a crash leaves all of it or none of it. Keys:
-//! - `s/accepted` → accepted epoch (4, BE) ‖ the leader it was accepted from (16);
-//!   `s/current` → current epoch (4, BE); `s/log_base` → zxid (8, BE); `s/voters` → the
-//!   voters' node ids (16 bytes each);
-//! - `l/` ‖ zxid (8, BE) → a transaction (so the log reads back in zxid order);
-//! - `p/zxid` → the snapshot's zxid; `p/n` → its chunk count (4, BE) ‖ blake3 of the whole
-//!   snapshot (32); `p/c/` ‖ index (4, BE) → 1 MiB chunks: a snapshot sent by a leader (a
-//!   SNAP), persisted with the log's reset in the same batch.
+//! **The journal** (`journal/<seq, 16 hex digits>.log`, the format in
+//! [`starling_store_format::meta_journal`]). Each [`ZabStore::apply`] — one
+//! [`Ready`](starling_zab::Ready) batch of [`Persist`] operations, or every batch the log writer
+//! was handed during its last write — is one record written with one `fdatasync` (group
+//! commit). A record either checks whole or ends the journal, so a crash leaves all of a batch
+//! or none of it. Segments are [`SEGMENT_BYTES`] and written into space allocated before (zeros,
+//! or a retired segment renamed; the next one is allocated on a thread of its own while the
+//! current one fills): an `fdatasync` then writes the data blocks alone, never the
+//! inode nor a file-system journal commit — on this kind of disk about half the time of an
+//! `fdatasync` that grows the file, which is what a RocksDB write-ahead log does. Every segment
+//! opens with a checkpoint record (the epochs, the log's base, the leader's snapshot, the voters)
+//! so that once every log entry of the segments before it is compacted away, they are retired:
+//! the two newest retired are kept for reuse, the others deleted. A restart replays the
+//! segments in order; the first record that does not check ends the last segment (a write cut
+//! short by a crash: never acknowledged) and writing goes on from there. A record that does not
+//! check in a segment before the last is damage, and the store refuses to open: a voter that
+//! lost what it acknowledged must not rejoin as if it had not (it could let a quorum forget a
+//! committed transaction).
 //!
-//! The snapshots a server takes itself are files in `snapshots/` beside the database
-//! ([`ZabStore::save_snapshot`], called off the ZAB loop: a large tree's snapshot does not hold
-//! up the log's group commits behind it). `snap-<zxid, 16 hex digits>` holds the snapshot in
-//! the format of [`starling_store_format::snapshot_file`] (zstd-compressed, with its zxid,
-//! length and hash; the earlier uncompressed files are still read); written to a `.tmp`,
-//! fsynced, renamed, the directory fsynced. The two newest are kept: if the newer is damaged,
-//! the older still covers the log's start (the log is compacted only through the snapshot
-//! before the newest). A restart loads the newest readable snapshot of either kind. A
-//! leader's snapshot in the database older than both files covers nothing the files do not,
-//! and is deleted when the second of them is saved (a node upgraded from a version that kept
-//! its own snapshots in the database, or that got a SNAP long ago, would otherwise keep it for
-//! good).
+//! **Snapshots** are files in `snapshots/`, written to a `.tmp`, fsynced, renamed, the
+//! directory fsynced, in the format of [`starling_store_format::snapshot_file`]
+//! (zstd-compressed, with its zxid, length and hash; the earlier uncompressed files are still
+//! read). `snap-<zxid>`: those this server takes itself ([`ZabStore::save_snapshot`], called off
+//! the ZAB loop: a large tree's snapshot does not hold up the log's group commits behind it);
+//! the two newest are kept (if the newer is damaged, the older still covers the log's start: the
+//! log is compacted only through the snapshot before the newest). `leader-<zxid>`: a snapshot
+//! sent by a leader (a SNAP), written before the journal record that names it and resets the
+//! log, so the two take effect together. A restart loads the newest readable snapshot of either
+//! kind. A leader's snapshot older than both `snap-` files covers nothing they do not, and is
+//! dropped when the second of them is saved.
 //!
-//! [`ZabStore::load`] checks what it reads (field sizes, the snapshot's hash) and refuses a
-//! damaged store with an error that names the damage: a voter that lost what it acknowledged
-//! must not rejoin as if it had not (it could let a quorum forget a committed transaction).
+//! A data directory from a version that kept this state in a RocksDB database (`meta/CURRENT`
+//! and its files) is moved into the journal the first time it opens, then the database's files
+//! are deleted.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
-
-use starling_store_format::snapshot_file;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use starling_store_format::meta_journal::{self as journal, Op, Writer};
+use starling_store_format::snapshot_file;
 use starling_zab::{Entry, NodeId, Persist, Persisted, Zxid};
 
-const ACCEPTED: &[u8] = b"s/accepted";
-const CURRENT: &[u8] = b"s/current";
-const LOG_BASE: &[u8] = b"s/log_base";
-const VOTERS: &[u8] = b"s/voters";
-const LOG: &[u8] = b"l/";
-const SNAP_ZXID: &[u8] = b"p/zxid";
-const SNAP_META: &[u8] = b"p/n";
-const SNAP_CHUNK: &[u8] = b"p/c/";
-const CHUNK: usize = 1 << 20;
-#[cfg(test)]
-use starling_store_format::snapshot_file::{HEADER as SNAP_HEADER, MAGIC_RAW as SNAP_MAGIC_RAW};
+/// Bytes a journal segment is allocated with (a batch larger than this gets a segment of its
+/// own, as large as it needs).
+pub const SEGMENT_BYTES: u64 = 4 << 20;
 /// Snapshot files kept.
 const SNAP_FILES: usize = 2;
-
-fn log_key(z: Zxid) -> Vec<u8> {
-    let mut k = LOG.to_vec();
-    k.extend_from_slice(&z.0.to_be_bytes());
-    k
-}
-
-fn chunk_key(i: u32) -> Vec<u8> {
-    let mut k = SNAP_CHUNK.to_vec();
-    k.extend_from_slice(&i.to_be_bytes());
-    k
-}
-
-/// Past every key of a prefix (the prefix with its last byte incremented).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut e = prefix.to_vec();
-    if let Some(last) = e.last_mut() {
-        *last += 1;
-    }
-    e
-}
+/// Retired segments kept for reuse.
+const SPARES: usize = 2;
+/// The record that ends a segment.
+const END_RECORD: u64 = journal::HEADER as u64 + 1;
 
 /// A server's durable ZAB state.
 pub struct ZabStore {
-    db: DB,
-    sync: WriteOptions,
-    /// Where the snapshots this server takes go.
+    journal_dir: PathBuf,
+    /// Where the snapshot files go.
     snap_dir: PathBuf,
     /// Bumped by every snapshot or log reset [`ZabStore::apply`] writes (a leader's SNAP), and
     /// held while a snapshot file is written: a snapshot taken before a SNAP is not saved after
     /// it.
     snap_gen: Mutex<u64>,
-    /// `s/log_base` as last written (`None`: not read yet, or a write failed), so a batch of
-    /// appends does not read it back each time.
-    log_base: Mutex<Option<Zxid>>,
+    journal: Mutex<Journal>,
+    /// A spare segment is being allocated.
+    preparing: Arc<AtomicBool>,
+}
+
+/// One operation of the journal: a [`Persist`] (never a `Snapshot`: its data goes to a file,
+/// and the journal names it), the leader's snapshot file, or the voters.
+#[derive(Clone, Debug)]
+enum JOp {
+    P(Persist),
+    LeaderSnapshot(Option<Zxid>),
+    Voters(Vec<NodeId>),
+}
+
+/// What the journal's records add up to, but the log entries (a restart's replay keeps those).
+#[derive(Clone, Debug, Default)]
+struct State {
+    accepted: (u32, NodeId),
+    current: u32,
+    base: Zxid,
+    leader_snapshot: Option<Zxid>,
+    voters: Option<Vec<NodeId>>,
+}
+
+/// A segment in use.
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    /// The highest zxid appended to it that may still be in the log.
+    top: Zxid,
+}
+
+/// The segment being written, and those before it still needed.
+struct Journal {
+    segments: VecDeque<Segment>,
+    file: File,
+    /// The current segment's size, and where its next record goes.
+    size: u64,
+    at: u64,
+    state: State,
+    segment_bytes: u64,
+    /// Set by the first failed write: what the journal holds past its last good record is then
+    /// unknown, and nothing more is written.
+    failed: Option<String>,
 }
 
 /// An I/O error as "cannot WHAT PATH: ERROR".
@@ -97,34 +120,444 @@ fn io(what: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> String + u
     move |e| format!("cannot {what} {p}: {e}")
 }
 
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync", dir))
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, String> {
+    m.lock().map_err(|_| "the metadata store's lock is poisoned".to_string())
+}
+
 impl std::fmt::Debug for ZabStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ZabStore")
     }
 }
 
+fn segment_name(seq: u64) -> String {
+    format!("{seq:016x}.log")
+}
+
+/// The files of `dir` named `<prefix><16 hex digits><suffix>`, by that number, ascending.
+fn numbered(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)>, String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io("list", dir))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let n = name.strip_prefix(prefix).and_then(|n| n.strip_suffix(suffix));
+        if let Some(n) = n.filter(|n| n.len() == 16) {
+            if let Ok(n) = u64::from_str_radix(n, 16) {
+                out.push((n, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Writes `bytes` to `dir/name` durably: a `.tmp` written and fsynced, renamed, the directory
+/// fsynced. A failed write leaves nothing behind.
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // A full disk: what was written of it goes now, not at the next restart.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("write", &tmp)(e));
+    }
+    std::fs::rename(&tmp, dir.join(name)).map_err(io("rename", &tmp))?;
+    sync_dir(dir)
+}
+
+/// Writes `dir/name` as `size` zeros, durably: the blocks are allocated and initialized, so
+/// later writes into it and their fdatasync leave the inode alone. (Through a `.tmp`: a
+/// crash leaves no file of that name half allocated.)
+fn zeros(dir: &Path, name: &str, size: u64) -> Result<(), String> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    // Synced a piece at a time: the log's own syncs, queued behind, never wait for a whole
+    // segment's worth of zeros to reach the disk.
+    let zeros = vec![0u8; 256 << 10];
+    let filled = File::create(&tmp).and_then(|mut f| {
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n])?;
+            f.sync_data()?;
+            left -= n as u64;
+        }
+        f.sync_all()
+    });
+    if let Err(e) = filled {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("allocate", &tmp)(e));
+    }
+    std::fs::rename(&tmp, dir.join(name)).map_err(io("rename", &tmp))
+}
+
+/// A record's body holding `ops`.
+fn encode(ops: &[JOp]) -> Vec<u8> {
+    let mut w = Writer::default();
+    for op in ops {
+        match op {
+            JOp::P(Persist::AcceptedEpoch { epoch, leader }) => w.accepted(*epoch, leader.0),
+            JOp::P(Persist::CurrentEpoch(e)) => w.current(*e),
+            JOp::P(Persist::Append(entries)) => {
+                w.append(entries.iter().map(|e| (e.zxid.0, e.txn.as_slice())))
+            }
+            JOp::P(Persist::TruncateAfter(z)) => w.truncate_after(z.0),
+            JOp::P(Persist::CompactThrough(z)) => w.compact_through(z.0),
+            JOp::P(Persist::ResetLog(z)) => w.reset_log(z.0),
+            // Never built (`ZabStore::apply` writes the data to a file, and names it).
+            JOp::P(Persist::Snapshot { zxid, .. }) => w.leader_snapshot(Some(zxid.0)),
+            JOp::LeaderSnapshot(z) => w.leader_snapshot(z.map(|z| z.0)),
+            JOp::Voters(v) => w.voters(&v.iter().map(|n| n.0).collect::<Vec<_>>()),
+        }
+    }
+    w.body
+}
+
+/// What a decoded operation is (`None`: the end of a segment).
+fn jop(op: Op) -> Option<JOp> {
+    Some(match op {
+        Op::Accepted { epoch, leader } => {
+            JOp::P(Persist::AcceptedEpoch { epoch, leader: NodeId(leader) })
+        }
+        Op::Current(e) => JOp::P(Persist::CurrentEpoch(e)),
+        Op::Append(entries) => JOp::P(Persist::Append(
+            entries.into_iter().map(|(z, t)| Entry { zxid: Zxid(z), txn: Arc::new(t) }).collect(),
+        )),
+        Op::TruncateAfter(z) => JOp::P(Persist::TruncateAfter(Zxid(z))),
+        Op::CompactThrough(z) => JOp::P(Persist::CompactThrough(Zxid(z))),
+        Op::ResetLog(z) => JOp::P(Persist::ResetLog(Zxid(z))),
+        Op::LeaderSnapshot(z) => JOp::LeaderSnapshot(z.map(Zxid)),
+        Op::Voters(v) => JOp::Voters(v.into_iter().map(NodeId).collect()),
+        Op::EndOfSegment => return None,
+    })
+}
+
+impl State {
+    /// The checkpoint that opens a segment: this state as operations.
+    fn checkpoint(&self) -> Vec<JOp> {
+        let mut ops = vec![
+            JOp::P(Persist::AcceptedEpoch { epoch: self.accepted.0, leader: self.accepted.1 }),
+            JOp::P(Persist::CurrentEpoch(self.current)),
+            JOp::P(Persist::CompactThrough(self.base)),
+            JOp::LeaderSnapshot(self.leader_snapshot),
+        ];
+        if let Some(v) = &self.voters {
+            ops.push(JOp::Voters(v.clone()));
+        }
+        ops
+    }
+
+    /// Takes in one operation written (`segments`' last is the one it went to).
+    fn note(&mut self, op: &JOp, segments: &mut VecDeque<Segment>) {
+        match op {
+            JOp::P(Persist::AcceptedEpoch { epoch, leader }) => self.accepted = (*epoch, *leader),
+            JOp::P(Persist::CurrentEpoch(e)) => self.current = *e,
+            JOp::P(Persist::Append(entries)) => {
+                if let (Some(last), Some(seg)) = (entries.last(), segments.back_mut()) {
+                    seg.top = seg.top.max(last.zxid);
+                }
+            }
+            JOp::P(Persist::TruncateAfter(_)) => {}
+            JOp::P(Persist::CompactThrough(z)) => self.base = self.base.max(*z),
+            JOp::P(Persist::ResetLog(z)) => {
+                self.base = *z;
+                for s in segments.iter_mut() {
+                    s.top = Zxid::ZERO;
+                }
+            }
+            JOp::P(Persist::Snapshot { zxid, .. }) => self.leader_snapshot = Some(*zxid),
+            JOp::LeaderSnapshot(z) => self.leader_snapshot = *z,
+            JOp::Voters(v) => self.voters = Some(v.clone()),
+        }
+    }
+}
+
+/// What replaying the journal gives.
+struct Replayed {
+    state: State,
+    /// The log (if asked for).
+    log: Persisted,
+    segments: VecDeque<Segment>,
+    /// Where the last segment's next record goes, and whether it was ended (writing moves on
+    /// to a new segment).
+    tail: u64,
+    sealed: bool,
+}
+
+/// Reads every segment of `dir` in order.
+fn replay(dir: &Path, keep_log: bool) -> Result<Replayed, String> {
+    let files = numbered(dir, "", ".log")?;
+    let mut r = Replayed {
+        state: State::default(),
+        log: Persisted::default(),
+        segments: VecDeque::new(),
+        tail: 0,
+        sealed: false,
+    };
+    let last = files.len().saturating_sub(1);
+    for (i, (seq, path)) in files.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(io("read", path))?;
+        r.segments.push_back(Segment { seq: *seq, top: Zxid::ZERO });
+        let (mut at, mut sealed) = (0usize, false);
+        while let Some(body) =
+            bytes.get(at..).and_then(|rest| journal::read_record(rest, *seq, at as u64))
+        {
+            let ops = journal::decode(body)
+                .map_err(|e| format!("{} at byte {at}: {e}", path.display()))?;
+            at += journal::HEADER + body.len();
+            for op in ops {
+                let Some(op) = jop(op) else {
+                    sealed = true;
+                    break;
+                };
+                r.state.note(&op, &mut r.segments);
+                if let (true, JOp::P(p)) = (keep_log, &op) {
+                    // The model the simulator checks the core against: replay means what it
+                    // means there.
+                    starling_zab::disk::apply(&mut r.log, p);
+                }
+            }
+            if sealed {
+                break;
+            }
+        }
+        if i != last && !sealed {
+            // Writing moved on to the next segment only once this one was ended, durably: a
+            // record here that does not check is damage, and what followed it is lost.
+            return Err(format!(
+                "{}: the record at byte {at} is damaged; the metadata journal's acknowledged history after it would be lost",
+                path.display()
+            ));
+        }
+        r.tail = at as u64;
+        r.sealed = sealed;
+    }
+    Ok(r)
+}
+
+/// Where a leader's snapshot (a SNAP) is kept.
+fn leader_file(zxid: Zxid) -> String {
+    format!("leader-{:016x}", zxid.0)
+}
+
 impl ZabStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<ZabStore, String> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_max_total_wal_size(64 << 20);
-        // Log entries live one or two snapshot intervals: compressing them on each flush costs
-        // more than the disk it saves.
-        opts.set_compression_type(rocksdb::DBCompressionType::None);
-        let db = DB::open(&opts, dir)
-            .map_err(|e| format!("cannot open the metadata store {}: {e}", dir.display()))?;
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
+        Self::open_with(dir, SEGMENT_BYTES)
+    }
+
+    fn open_with(dir: &Path, segment_bytes: u64) -> Result<ZabStore, String> {
+        let journal_dir = dir.join("journal");
         let snap_dir = dir.join("snapshots");
-        std::fs::create_dir_all(&snap_dir).map_err(io("create", &snap_dir))?;
-        // A snapshot file cut short by a crash is only ever a `.tmp`.
-        for e in std::fs::read_dir(&snap_dir).map_err(io("list", &snap_dir))?.flatten() {
-            if e.file_name().to_string_lossy().ends_with(".tmp") {
-                let _ = std::fs::remove_file(e.path());
+        for d in [&journal_dir, &snap_dir] {
+            std::fs::create_dir_all(d).map_err(io("create", d))?;
+            // A file cut short by a crash is only ever a `.tmp`.
+            for e in std::fs::read_dir(d).map_err(io("list", d))?.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
-        Ok(ZabStore { db, sync, snap_dir, snap_gen: Mutex::new(0), log_base: Mutex::new(None) })
+        // While the database of an earlier version is there, it is the truth: the journal is
+        // made from it anew (a crash may have cut the last try short), and the database goes
+        // only once the journal holds its state, durably.
+        let legacy = dir.join("CURRENT").exists();
+        if legacy {
+            for e in std::fs::read_dir(&journal_dir).map_err(io("list", &journal_dir))?.flatten() {
+                std::fs::remove_file(e.path()).map_err(io("remove", &e.path()))?;
+            }
+        }
+        let r = replay(&journal_dir, false)?;
+        let fresh = r.segments.is_empty();
+        let file = match r.segments.back() {
+            Some(s) => {
+                let p = journal_dir.join(segment_name(s.seq));
+                std::fs::OpenOptions::new().write(true).open(&p).map_err(io("open", &p))?
+            }
+            // Replaced by the first segment, below.
+            None => File::open(&journal_dir).map_err(io("open", &journal_dir))?,
+        };
+        let size = if fresh { 0 } else { file.metadata().map_err(io("read", &journal_dir))?.len() };
+        let journal = Journal {
+            segments: r.segments,
+            file,
+            size,
+            at: r.tail,
+            state: r.state,
+            segment_bytes,
+            failed: None,
+        };
+        let store = ZabStore {
+            journal_dir,
+            snap_dir,
+            snap_gen: Mutex::new(0),
+            journal: Mutex::new(journal),
+            preparing: Arc::new(AtomicBool::new(false)),
+        };
+        {
+            let mut j = lock(&store.journal)?;
+            if fresh || r.sealed {
+                // (A sealed segment already ends in its end record: none is written again.)
+                j.size = 0;
+                store.roll(&mut j, 0)?;
+            } else if j.at == 0 {
+                // A segment made just before a crash: its checkpoint may not have reached the disk.
+                let seq = j.segments.back().map_or(0, |s| s.seq);
+                let mut buf = Vec::new();
+                journal::record(&mut buf, seq, 0, &encode(&j.state.checkpoint()))?;
+                j.file.write_all_at(&buf, 0).map_err(io("write", &store.journal_dir))?;
+                j.at = buf.len() as u64;
+            }
+            j.file.sync_data().map_err(io("sync", &store.journal_dir))?;
+            if fresh && legacy {
+                let ops = legacy::load(dir, &store.snap_dir)?;
+                store.write(&mut j, &ops)?;
+            }
+        }
+        if legacy {
+            // Its state is in the journal (synced above): the database goes.
+            legacy::remove(dir)?;
+        }
+        // A leader's snapshot no record names (a crash between the file and its record).
+        store.drop_unnamed_leader_files()?;
+        if numbered(&store.journal_dir, "spare-", "")?.is_empty() {
+            let next = lock(&store.journal)?.segments.back().map_or(1, |s| s.seq + 1);
+            store.prepare_spare(next, segment_bytes);
+        }
+        Ok(store)
+    }
+
+    fn drop_unnamed_leader_files(&self) -> Result<(), String> {
+        let named = lock(&self.journal)?.state.leader_snapshot;
+        for (z, p) in numbered(&self.snap_dir, "leader-", "")? {
+            if named != Some(Zxid(z)) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves writing on to a new segment with room for a record of `need` bytes after its
+    /// checkpoint: a retired segment if one is large enough, else a new file of zeros. The
+    /// segment before is ended first, durably.
+    fn roll(&self, j: &mut Journal, need: u64) -> Result<(), String> {
+        let r = self.try_roll(j, need);
+        if let Err(e) = &r {
+            j.failed.get_or_insert_with(|| e.clone());
+        }
+        r
+    }
+
+    fn try_roll(&self, j: &mut Journal, need: u64) -> Result<(), String> {
+        let dir = &self.journal_dir;
+        if let Some(s) = j.segments.back() {
+            if j.size > 0 {
+                let mut w = Writer::default();
+                w.end_of_segment();
+                let mut buf = Vec::new();
+                journal::record(&mut buf, s.seq, j.at, &w.body)?;
+                j.file.write_all_at(&buf, j.at).map_err(io("write", dir))?;
+                j.file.sync_data().map_err(io("sync", dir))?;
+            }
+        }
+        let seq = j.segments.back().map_or(1, |s| s.seq + 1);
+        let cp = encode(&j.state.checkpoint());
+        let size =
+            j.segment_bytes.max(journal::HEADER as u64 + cp.len() as u64 + need + END_RECORD);
+        let path = dir.join(segment_name(seq));
+        let spare = numbered(dir, "spare-", "")?
+            .into_iter()
+            .find(|(_, p)| std::fs::metadata(p).is_ok_and(|m| m.len() >= size));
+        let size = match spare {
+            Some((_, p)) => {
+                std::fs::rename(&p, &path).map_err(io("rename", &p))?;
+                std::fs::metadata(&path).map_err(io("read", &path))?.len()
+            }
+            None => {
+                zeros(dir, &segment_name(seq), size)?;
+                size
+            }
+        };
+        sync_dir(dir)?;
+        // The next segment is allocated while this one fills, not when writing reaches it.
+        if numbered(dir, "spare-", "")?.is_empty() {
+            self.prepare_spare(seq + 1, j.segment_bytes);
+        }
+        let file =
+            std::fs::OpenOptions::new().write(true).open(&path).map_err(io("open", &path))?;
+        let mut buf = Vec::new();
+        journal::record(&mut buf, seq, 0, &cp)?;
+        file.write_all_at(&buf, 0).map_err(io("write", &path))?;
+        j.file = file;
+        j.size = size;
+        j.at = buf.len() as u64;
+        j.segments.push_back(Segment { seq, top: Zxid::ZERO });
+        Ok(())
+    }
+
+    /// Allocates a spare segment on a thread of its own (one at a time; a failure, a full disk,
+    /// only means the next segment is allocated when writing reaches it).
+    fn prepare_spare(&self, name: u64, size: u64) {
+        if self.preparing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (dir, preparing) = (self.journal_dir.clone(), self.preparing.clone());
+        let spawned =
+            std::thread::Builder::new().name("meta-journal-alloc".into()).spawn(move || {
+                if let Err(e) = zeros(&dir, &format!("spare-{name:016x}"), size) {
+                    tracing::warn!(
+                        "the metadata journal's next segment was not allocated ahead: {e}"
+                    );
+                }
+                preparing.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.preparing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Writes `ops` as one record, durably (one fdatasync), then retires the segments nothing
+    /// needs any more.
+    fn write(&self, j: &mut Journal, ops: &[JOp]) -> Result<(), String> {
+        if let Some(why) = &j.failed {
+            return Err(format!("an earlier write failed: {why}"));
+        }
+        let body = encode(ops);
+        let len = journal::HEADER as u64 + body.len() as u64;
+        if j.at + len + END_RECORD > j.size {
+            self.roll(j, len)?;
+        }
+        let seq = j.segments.back().map_or(0, |s| s.seq);
+        let mut buf = Vec::with_capacity(len as usize);
+        journal::record(&mut buf, seq, j.at, &body)?;
+        let written = j.file.write_all_at(&buf, j.at).and_then(|()| j.file.sync_data());
+        if let Err(e) = written {
+            let e = io("write", &self.journal_dir.join(segment_name(seq)))(e);
+            j.failed = Some(e.clone());
+            return Err(e);
+        }
+        j.at += len;
+        for op in ops {
+            j.state.note(op, &mut j.segments);
+        }
+        // A segment whose entries are all compacted away goes (the checkpoints after it hold
+        // the rest of what it said); the newest retired are kept to be reused.
+        while j.segments.len() > 1 && j.segments.front().is_some_and(|s| s.top <= j.state.base) {
+            let Some(s) = j.segments.pop_front() else { break };
+            let p = self.journal_dir.join(segment_name(s.seq));
+            let spares = numbered(&self.journal_dir, "spare-", "")?;
+            if spares.len() < SPARES {
+                let _ = std::fs::rename(&p, self.journal_dir.join(format!("spare-{:016x}", s.seq)));
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        Ok(())
     }
 
     /// The generation a [`SnapshotJob`](starling_zab::SnapshotJob) is saved under: take it
@@ -137,70 +570,33 @@ impl ZabStore {
     /// [`ZabStore::apply`] since `gen` (then `Ok(false)`: it is stale), and keeps the two
     /// newest files.
     pub fn save_snapshot(&self, gen: u64, zxid: Zxid, data: &[u8]) -> Result<bool, String> {
-        let g = self.snap_gen.lock().map_err(|_| "the snapshot lock is poisoned")?;
+        let g = lock(&self.snap_gen)?;
         if *g != gen {
             return Ok(false);
         }
         let name = format!("snap-{:016x}", zxid.0);
-        let tmp = self.snap_dir.join(format!("{name}.tmp"));
-        let file = snapshot_file::encode(zxid.0, data).map_err(io("compress", &tmp))?;
-        let written = File::create(&tmp).and_then(|mut f| {
-            f.write_all(&file)?;
-            f.sync_all()
-        });
-        if let Err(e) = written {
-            // A full disk: what was written of it goes now, not at the next restart.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io("write", &tmp)(e));
-        }
-        let path = self.snap_dir.join(&name);
-        std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
-        File::open(&self.snap_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync", &self.snap_dir))?;
+        let file = snapshot_file::encode(zxid.0, data).map_err(io("compress", &self.snap_dir))?;
+        write_file(&self.snap_dir, &name, &file)?;
         let files = self.snapshot_files()?;
         let old = files.len().saturating_sub(SNAP_FILES);
         for (_, p) in files.iter().take(old) {
             let _ = std::fs::remove_file(p);
         }
-        let dropped = files.len() >= SNAP_FILES && self.drop_superseded_snap(files[old].0)?;
-        drop(g);
-        if dropped {
-            self.db.compact_range(Some(b"p/".as_slice()), Some(prefix_end(b"p/").as_slice()));
-        }
-        Ok(true)
-    }
-
-    /// Deletes the leader's snapshot kept in the database if it is older than `oldest_file`
-    /// (the older of the two snapshot files kept): it covers nothing they do not. Says whether
-    /// it did.
-    fn drop_superseded_snap(&self, oldest_file: Zxid) -> Result<bool, String> {
-        let Some(z) = self.get(SNAP_ZXID)? else { return Ok(false) };
-        let Ok(z) = <[u8; 8]>::try_from(z.as_slice()) else { return Ok(false) };
-        if Zxid(u64::from_be_bytes(z)) >= oldest_file {
-            return Ok(false);
-        }
-        let mut b = WriteBatch::default();
-        b.delete_range(SNAP_CHUNK.to_vec(), prefix_end(SNAP_CHUNK));
-        b.delete(SNAP_META);
-        b.delete(SNAP_ZXID);
-        self.db.write_opt(b, &self.sync).map_err(|e| format!("cannot persist: {e}"))?;
-        Ok(true)
-    }
-
-    /// The snapshot files, oldest first.
-    fn snapshot_files(&self) -> Result<Vec<(Zxid, PathBuf)>, String> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.snap_dir).map_err(io("list", &self.snap_dir))?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(z) = name.strip_prefix("snap-").filter(|z| z.len() == 16) {
-                if let Ok(z) = u64::from_str_radix(z, 16) {
-                    out.push((Zxid(z), e.path()));
-                }
+        if files.len() >= SNAP_FILES {
+            // A leader's snapshot older than both files covers nothing they do not.
+            let mut j = lock(&self.journal)?;
+            if let Some(z) = j.state.leader_snapshot.filter(|z| *z < files[old].0) {
+                self.write(&mut j, &[JOp::LeaderSnapshot(None)])?;
+                let _ = std::fs::remove_file(self.snap_dir.join(leader_file(z)));
             }
         }
-        out.sort();
-        Ok(out)
+        drop(g);
+        Ok(true)
+    }
+
+    /// The snapshot files this server took, oldest first.
+    fn snapshot_files(&self) -> Result<Vec<(Zxid, PathBuf)>, String> {
+        Ok(numbered(&self.snap_dir, "snap-", "")?.into_iter().map(|(z, p)| (Zxid(z), p)).collect())
     }
 
     /// A snapshot file's contents, checked against its header (see
@@ -220,70 +616,23 @@ impl ZabStore {
             return Ok(());
         }
         // A leader's snapshot: no snapshot taken before it is saved after it.
-        let mut gen =
-            if ops.iter().any(|op| matches!(op, Persist::Snapshot { .. } | Persist::ResetLog(_))) {
-                Some(self.snap_gen.lock().map_err(|_| "the snapshot lock is poisoned")?)
-            } else {
-                None
-            };
-        let mut b = WriteBatch::default();
-        let mut cached = self.log_base.lock().map_err(|_| "the log base lock is poisoned")?;
-        let mut base = match *cached {
-            Some(z) => z,
-            None => match self.get(LOG_BASE)? {
-                Some(v) => Zxid(u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))),
-                None => Zxid::ZERO,
-            },
-        };
+        let snap =
+            ops.iter().any(|op| matches!(op, Persist::Snapshot { .. } | Persist::ResetLog(_)));
+        let mut gen = if snap { Some(lock(&self.snap_gen)?) } else { None };
+        let mut jops = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
-                Persist::AcceptedEpoch { epoch, leader } => {
-                    let mut v = epoch.to_be_bytes().to_vec();
-                    v.extend_from_slice(&leader.to_be_bytes());
-                    b.put(ACCEPTED, v);
-                }
-                Persist::CurrentEpoch(e) => b.put(CURRENT, e.to_be_bytes()),
-                Persist::Append(entries) => {
-                    for e in entries {
-                        b.put(log_key(e.zxid), e.txn.as_slice());
-                    }
-                }
-                Persist::TruncateAfter(z) => {
-                    if let Some(next) = z.0.checked_add(1) {
-                        b.delete_range(log_key(Zxid(next)), prefix_end(LOG));
-                    }
-                }
+                // Its file first: the record that names it makes it the leader's snapshot.
                 Persist::Snapshot { zxid, data } => {
-                    b.delete_range(SNAP_CHUNK.to_vec(), prefix_end(SNAP_CHUNK));
-                    let mut n = 0u32;
-                    for (i, c) in data.chunks(CHUNK).enumerate() {
-                        b.put(chunk_key(i as u32), c);
-                        n += 1;
-                    }
-                    let mut meta = n.to_be_bytes().to_vec();
-                    meta.extend_from_slice(blake3::hash(data).as_bytes());
-                    b.put(SNAP_META, meta);
-                    b.put(SNAP_ZXID, zxid.0.to_be_bytes());
+                    let file = snapshot_file::encode(zxid.0, data)
+                        .map_err(io("compress", &self.snap_dir))?;
+                    write_file(&self.snap_dir, &leader_file(*zxid), &file)?;
+                    jops.push(JOp::LeaderSnapshot(Some(*zxid)));
                 }
-                Persist::CompactThrough(z) => {
-                    if let Some(next) = z.0.checked_add(1) {
-                        b.delete_range(log_key(Zxid::ZERO), log_key(Zxid(next)));
-                    }
-                    base = base.max(*z);
-                    b.put(LOG_BASE, base.0.to_be_bytes());
-                }
-                Persist::ResetLog(z) => {
-                    b.delete_range(LOG.to_vec(), prefix_end(LOG));
-                    base = *z;
-                    b.put(LOG_BASE, base.0.to_be_bytes());
-                }
+                op => jops.push(JOp::P(op.clone())),
             }
         }
-        // Unknown again if the write fails (it may or may not have reached the disk).
-        *cached = None;
-        self.db.write_opt(b, &self.sync).map_err(|e| format!("cannot persist: {e}"))?;
-        *cached = Some(base);
-        drop(cached);
+        self.write(&mut *lock(&self.journal)?, &jops)?;
         if let Some(g) = gen.as_mut() {
             **g += 1;
             // The leader's snapshot replaces this server's own (were one left by a crash
@@ -291,6 +640,7 @@ impl ZabStore {
             for (_, p) in self.snapshot_files()? {
                 let _ = std::fs::remove_file(p);
             }
+            self.drop_unnamed_leader_files()?;
         }
         Ok(())
     }
@@ -298,69 +648,28 @@ impl ZabStore {
     /// The voters this server was started with the first time (`None`: not yet recorded).
     /// Kept, so a restarted voter rejoins the same ensemble without waiting for gossip.
     pub fn voters(&self) -> Result<Option<Vec<NodeId>>, String> {
-        let Some(v) = self.get(VOTERS)? else { return Ok(None) };
-        if v.is_empty() || v.len() % 16 != 0 {
-            return Err(format!("the voter list is {} bytes, not a multiple of 16", v.len()));
-        }
-        Ok(Some(
-            v.chunks_exact(16)
-                .map(|c| NodeId::from_be_bytes(c.try_into().unwrap_or([0; 16])))
-                .collect(),
-        ))
+        Ok(lock(&self.journal)?.state.voters.clone())
     }
 
     /// Records the voters (durably).
     pub fn set_voters(&self, voters: &[NodeId]) -> Result<(), String> {
-        let v: Vec<u8> = voters.iter().flat_map(|n| n.to_be_bytes()).collect();
-        self.db.put_opt(VOTERS, v, &self.sync).map_err(|e| format!("cannot persist: {e}"))
-    }
-
-    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        self.db.get(k).map_err(|e| format!("cannot read the metadata store: {e}"))
+        self.write(&mut *lock(&self.journal)?, &[JOp::Voters(voters.to_vec())])
     }
 
     /// What a server restarts from.
     pub fn load(&self) -> Result<Persisted, String> {
-        let mut p = Persisted::default();
-        if let Some(v) = self.get(ACCEPTED)? {
-            let (e, l) = v.split_at_checked(4).ok_or("accepted epoch record too short")?;
-            p.accepted_epoch = u32::from_be_bytes(e.try_into().map_err(|_| "accepted epoch")?);
-            let l: [u8; 16] =
-                l.try_into().map_err(|_| "accepted epoch's leader is not 16 bytes")?;
-            p.accepted_leader = NodeId::from_be_bytes(l);
-        }
-        if let Some(v) = self.get(CURRENT)? {
-            p.current_epoch = u32::from_be_bytes(
-                v.as_slice().try_into().map_err(|_| "current epoch is not 4 bytes")?,
-            );
-        }
-        if let Some(v) = self.get(LOG_BASE)? {
-            p.log_base = Zxid(u64::from_be_bytes(
-                v.as_slice().try_into().map_err(|_| "log base is not 8 bytes")?,
-            ));
-        }
-        if let Some(z) = self.get(SNAP_ZXID)? {
-            let zxid = Zxid(u64::from_be_bytes(
-                z.as_slice().try_into().map_err(|_| "snapshot zxid is not 8 bytes")?,
-            ));
-            let meta = self.get(SNAP_META)?.ok_or("snapshot without its chunk count")?;
-            if meta.len() != 36 {
-                return Err("snapshot chunk record is not 36 bytes".into());
-            }
-            let n = u32::from_be_bytes(meta[..4].try_into().map_err(|_| "chunk count")?);
-            let mut data = Vec::new();
-            for i in 0..n {
-                let c = self
-                    .get(&chunk_key(i))?
-                    .ok_or_else(|| format!("snapshot chunk {i} of {n} is missing"))?;
-                data.extend_from_slice(&c);
-            }
-            if blake3::hash(&data).as_bytes() != &meta[4..] {
-                return Err(format!(
-                    "the snapshot at {zxid:?} is corrupt (its hash does not match)"
-                ));
-            }
-            p.snapshot = Some((zxid, Arc::new(data)));
+        let r = {
+            let _j = lock(&self.journal)?;
+            replay(&self.journal_dir, true)?
+        };
+        let mut p = r.log;
+        p.snapshot = None;
+        if let Some(z) = r.state.leader_snapshot {
+            let path = self.snap_dir.join(leader_file(z));
+            let data = Self::read_snapshot_file(z, &path).map_err(|e| {
+                format!("the leader's snapshot at {z:?} ({}) is corrupt: {e}", path.display())
+            })?;
+            p.snapshot = Some((z, Arc::new(data)));
         }
         // The newest readable snapshot file, if newer.
         let held = p.snapshot.as_ref().map(|(z, _)| *z);
@@ -378,17 +687,149 @@ impl ZabStore {
                 }
             }
         }
+        Ok(p)
+    }
+}
 
-        let iter = self.db.iterator(IteratorMode::From(LOG, Direction::Forward));
-        for item in iter {
+/// A metadata store of an earlier version: ZAB's state in a RocksDB database in `meta/`,
+/// read once to move it into the journal.
+mod legacy {
+    use super::*;
+    use rocksdb::{Direction, IteratorMode, Options, DB};
+
+    const ACCEPTED: &[u8] = b"s/accepted";
+    const CURRENT: &[u8] = b"s/current";
+    const LOG_BASE: &[u8] = b"s/log_base";
+    const VOTERS: &[u8] = b"s/voters";
+    const LOG: &[u8] = b"l/";
+    const SNAP_ZXID: &[u8] = b"p/zxid";
+    const SNAP_META: &[u8] = b"p/n";
+    const SNAP_CHUNK: &[u8] = b"p/c/";
+
+    fn chunk_key(i: u32) -> Vec<u8> {
+        let mut k = SNAP_CHUNK.to_vec();
+        k.extend_from_slice(&i.to_be_bytes());
+        k
+    }
+
+    fn get(db: &DB, k: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        db.get(k).map_err(|e| format!("cannot read the metadata database: {e}"))
+    }
+
+    fn be<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], String> {
+        v.try_into().map_err(|_| format!("the metadata database's {what} is not {N} bytes"))
+    }
+
+    /// The database's state as journal operations (a leader's snapshot it holds is written to
+    /// its file first).
+    pub(super) fn load(dir: &Path, snap_dir: &Path) -> Result<Vec<JOp>, String> {
+        let db = DB::open(&Options::default(), dir)
+            .map_err(|e| format!("cannot open the metadata database {}: {e}", dir.display()))?;
+        let mut ops = Vec::new();
+        if let Some(v) = get(&db, ACCEPTED)? {
+            let (e, l) = v.split_at_checked(4).ok_or("accepted epoch record too short")?;
+            ops.push(JOp::P(Persist::AcceptedEpoch {
+                epoch: u32::from_be_bytes(be(e, "accepted epoch")?),
+                leader: NodeId::from_be_bytes(be(l, "accepted epoch's leader")?),
+            }));
+        }
+        if let Some(v) = get(&db, CURRENT)? {
+            ops.push(JOp::P(Persist::CurrentEpoch(u32::from_be_bytes(be(&v, "current epoch")?))));
+        }
+        let base = match get(&db, LOG_BASE)? {
+            Some(v) => Zxid(u64::from_be_bytes(be(&v, "log base")?)),
+            None => Zxid::ZERO,
+        };
+        ops.push(JOp::P(Persist::ResetLog(base)));
+        if let Some(v) = get(&db, VOTERS)? {
+            if v.is_empty() || v.len() % 16 != 0 {
+                return Err(format!("the voter list is {} bytes, not a multiple of 16", v.len()));
+            }
+            let ids = v.chunks_exact(16).map(|c| be(c, "voter").map(NodeId::from_be_bytes));
+            ops.push(JOp::Voters(ids.collect::<Result<_, _>>()?));
+        }
+        if let Some(z) = get(&db, SNAP_ZXID)? {
+            let zxid = Zxid(u64::from_be_bytes(be(&z, "snapshot zxid")?));
+            let meta = get(&db, SNAP_META)?.ok_or("snapshot without its chunk count")?;
+            if meta.len() != 36 {
+                return Err("snapshot chunk record is not 36 bytes".into());
+            }
+            let n = u32::from_be_bytes(be(&meta[..4], "chunk count")?);
+            let mut data = Vec::new();
+            for i in 0..n {
+                let c = get(&db, &chunk_key(i))?
+                    .ok_or_else(|| format!("snapshot chunk {i} of {n} is missing"))?;
+                data.extend_from_slice(&c);
+            }
+            if blake3::hash(&data).as_bytes() != &meta[4..] {
+                return Err(format!(
+                    "the snapshot at {zxid:?} is corrupt (its hash does not match)"
+                ));
+            }
+            let file = snapshot_file::encode(zxid.0, &data).map_err(io("compress", snap_dir))?;
+            write_file(snap_dir, &leader_file(zxid), &file)?;
+            ops.push(JOp::LeaderSnapshot(Some(zxid)));
+        }
+        let mut log = Vec::new();
+        for item in db.iterator(IteratorMode::From(LOG, Direction::Forward)) {
             let (k, v) = item.map_err(|e| format!("cannot read the log: {e}"))?;
             if !k.starts_with(LOG) {
                 break;
             }
-            let z: [u8; 8] = k[LOG.len()..].try_into().map_err(|_| "a log key is not 8 bytes")?;
-            p.log.push(Entry { zxid: Zxid(u64::from_be_bytes(z)), txn: Arc::new(v.to_vec()) });
+            let z = u64::from_be_bytes(be(&k[LOG.len()..], "log key")?);
+            log.push(Entry { zxid: Zxid(z), txn: Arc::new(v.to_vec()) });
         }
-        Ok(p)
+        if !log.is_empty() {
+            ops.push(JOp::P(Persist::Append(log)));
+        }
+        Ok(ops)
+    }
+
+    /// Deletes the database's files (`CURRENT` first: without it the directory is no longer
+    /// a database).
+    pub(super) fn remove(dir: &Path) -> Result<(), String> {
+        let current = dir.join("CURRENT");
+        std::fs::remove_file(&current).map_err(io("remove", &current))?;
+        sync_dir(dir)?;
+        for e in std::fs::read_dir(dir).map_err(io("list", dir))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rocks = ["IDENTITY", "LOCK"].contains(&name.as_str())
+                || ["LOG", "MANIFEST-", "OPTIONS-"].iter().any(|p| name.starts_with(p))
+                || [".log", ".sst", ".blob", ".dbtmp"].iter().any(|s| name.ends_with(s));
+            if rocks && e.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// A database as the earlier version wrote it (tests).
+    #[cfg(test)]
+    pub(super) fn write(dir: &Path, p: &Persisted, voters: &[NodeId]) {
+        let mut o = Options::default();
+        o.create_if_missing(true);
+        let db = DB::open(&o, dir).unwrap();
+        let mut acc = p.accepted_epoch.to_be_bytes().to_vec();
+        acc.extend_from_slice(&p.accepted_leader.to_be_bytes());
+        db.put(ACCEPTED, acc).unwrap();
+        db.put(CURRENT, p.current_epoch.to_be_bytes()).unwrap();
+        db.put(LOG_BASE, p.log_base.0.to_be_bytes()).unwrap();
+        db.put(VOTERS, voters.iter().flat_map(|n| n.to_be_bytes()).collect::<Vec<u8>>()).unwrap();
+        for e in &p.log {
+            let mut k = LOG.to_vec();
+            k.extend_from_slice(&e.zxid.0.to_be_bytes());
+            db.put(k, e.txn.as_slice()).unwrap();
+        }
+        if let Some((z, data)) = &p.snapshot {
+            let chunks: Vec<&[u8]> = data.chunks(1 << 20).collect();
+            for (i, c) in chunks.iter().enumerate() {
+                db.put(chunk_key(i as u32), c).unwrap();
+            }
+            let mut meta = (chunks.len() as u32).to_be_bytes().to_vec();
+            meta.extend_from_slice(blake3::hash(data).as_bytes());
+            db.put(SNAP_META, meta).unwrap();
+            db.put(SNAP_ZXID, z.0.to_be_bytes()).unwrap();
+        }
     }
 }
 
@@ -396,6 +837,9 @@ impl ZabStore {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use starling_store_format::snapshot_file::{
+        HEADER as SNAP_HEADER, MAGIC_RAW as SNAP_MAGIC_RAW,
+    };
     use starling_zab::disk::MemDisk;
 
     fn same(a: &Persisted, b: &Persisted) {
@@ -432,17 +876,23 @@ mod tests {
         /// also after a reopen (a restart).
         #[test]
         fn the_store_reads_back_what_the_model_holds(batches in proptest::collection::vec(proptest::collection::vec(op(), 0..5), 1..12)) {
+          // Segments of the default size, and so small that most batches start a new one
+          // (checkpoints, ends, retiring and reusing segments all run).
+          for segment in [SEGMENT_BYTES, 200] {
             let dir = tempfile::tempdir().unwrap();
             let mut model = MemDisk::default();
             {
-                let s = ZabStore::open(dir.path()).unwrap();
+                let s = ZabStore::open_with(dir.path(), segment).unwrap();
                 for b in &batches {
-                    // Appends only ever extend the log (the core's rule): drop the others.
+                    // Appends only ever extend the log, past its base (the core's rules: the
+                    // history up to the base is in snapshots only): drop the others.
                     let mut scratch = model.clone();
                     let mut kept = Vec::new();
                     for op in b {
                         if let Persist::Append(e) = op {
-                            if e.first().map(|e| e.zxid) <= scratch.state.log.last().map(|e| e.zxid) {
+                            let end = scratch.state.log.last().map(|e| e.zxid);
+                            let first = e.first().map(|e| e.zxid);
+                            if first <= end || first <= Some(scratch.state.log_base) {
                                 continue;
                             }
                         }
@@ -454,8 +904,12 @@ mod tests {
                 }
                 same(&s.load().unwrap(), &model.load());
             }
-            let s = ZabStore::open(dir.path()).unwrap();
+            let s = ZabStore::open_with(dir.path(), segment).unwrap();
             same(&s.load().unwrap(), &model.load());
+            // The retired kept, and one allocated ahead.
+            let spares = numbered(&s.journal_dir, "spare-", "").unwrap().len();
+            prop_assert!(spares <= SPARES + 1, "{spares} spare segments");
+          }
         }
     }
 
@@ -531,6 +985,10 @@ mod tests {
                     .collect(),
             )
         };
+        let leader_files = |s: &ZabStore| -> Vec<u32> {
+            let files = numbered(&s.snap_dir, "leader-", "").unwrap();
+            files.into_iter().map(|(z, _)| z as u32).collect()
+        };
         // A leader's SNAP at (1, 3), then this server's own snapshots.
         s.apply(&[Persist::Snapshot { zxid: Zxid::new(1, 3), data: tree(3) }]).unwrap();
         assert!(s.save_snapshot(s.snapshot_gen(), Zxid::new(1, 5), &tree(5)).unwrap());
@@ -539,19 +997,22 @@ mod tests {
         assert!(size * 5 < tree(5).len() as u64, "{size} bytes on disk for {}", tree(5).len());
         assert_eq!(s.load().unwrap().snapshot.unwrap(), (Zxid::new(1, 5), tree(5)));
         // One file only: the SNAP is still the fallback, and kept.
-        assert!(s.get(SNAP_ZXID).unwrap().is_some());
+        assert_eq!(leader_files(&s), [3]);
         // A second file, newer than the SNAP: both files cover what the SNAP held.
         assert!(s.save_snapshot(s.snapshot_gen(), Zxid::new(1, 8), &tree(8)).unwrap());
-        assert!(s.get(SNAP_ZXID).unwrap().is_none(), "the superseded SNAP was kept");
-        assert!(s.get(&chunk_key(0)).unwrap().is_none());
+        assert!(leader_files(&s).is_empty(), "the superseded SNAP was kept");
+        assert_eq!(
+            ZabStore::open(dir.path()).unwrap().load().unwrap().snapshot.unwrap().0,
+            Zxid::new(1, 8)
+        );
         assert_eq!(s.load().unwrap().snapshot.unwrap(), (Zxid::new(1, 8), tree(8)));
         // A later SNAP replaces the files; it goes again once two newer files are saved.
         s.apply(&[Persist::Snapshot { zxid: Zxid::new(1, 9), data: tree(9) }]).unwrap();
         assert!(s.snapshot_files().unwrap().is_empty());
         assert!(s.save_snapshot(s.snapshot_gen(), Zxid::new(1, 10), &tree(10)).unwrap());
-        assert!(s.get(SNAP_ZXID).unwrap().is_some(), "the SNAP went with one file to cover it");
+        assert_eq!(leader_files(&s), [9], "the SNAP went with one file to cover it");
         assert!(s.save_snapshot(s.snapshot_gen(), Zxid::new(1, 11), &tree(11)).unwrap());
-        assert!(s.get(SNAP_ZXID).unwrap().is_none());
+        assert!(leader_files(&s).is_empty());
         // The earlier format, written by hand, still loads.
         let data = tree(12);
         let mut raw = SNAP_MAGIC_RAW.to_vec();
@@ -585,16 +1046,146 @@ mod tests {
     fn a_damaged_snapshot_is_refused_with_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let s = ZabStore::open(dir.path()).unwrap();
-        let data = Arc::new(vec![7u8; CHUNK + 10]);
+        let data = Arc::new(vec![7u8; (1 << 20) + 10]);
         s.apply(&[Persist::Snapshot { zxid: Zxid::new(2, 9), data }]).unwrap();
-        assert_eq!(s.load().unwrap().snapshot.unwrap().1.len(), CHUNK + 10);
-        s.db.put(chunk_key(1), b"flipped").unwrap();
+        assert_eq!(s.load().unwrap().snapshot.unwrap().1.len(), (1 << 20) + 10);
+        let file = s.snap_dir.join(leader_file(Zxid::new(2, 9)));
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&file, &bytes).unwrap();
         let e = s.load().unwrap_err();
         assert!(e.contains("corrupt"), "{e}");
-        s.db.delete(chunk_key(1)).unwrap();
+        std::fs::remove_file(&file).unwrap();
         let e = s.load().unwrap_err();
-        assert!(e.contains("chunk 1 of 2 is missing"), "{e}");
-        s.db.put(ACCEPTED, b"xy").unwrap();
-        assert!(s.load().unwrap_err().contains("too short"));
+        assert!(e.contains("cannot read"), "{e}");
+    }
+
+    fn entries(from: u32, n: u32, size: usize) -> Persist {
+        Persist::Append(
+            (from..from + n)
+                .map(|c| Entry { zxid: Zxid::new(1, c), txn: Arc::new(vec![c as u8; size]) })
+                .collect(),
+        )
+    }
+
+    /// A record cut short by a crash (never acknowledged: its fdatasync did not return) ends
+    /// the journal; writing goes on from there, and what follows reads back.
+    #[test]
+    fn a_torn_last_record_is_dropped_and_writing_goes_on_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = MemDisk::default();
+        let at;
+        {
+            let s = ZabStore::open(dir.path()).unwrap();
+            for b in [
+                vec![Persist::AcceptedEpoch { epoch: 1, leader: NodeId(5) }],
+                vec![entries(1, 3, 100)],
+            ] {
+                s.apply(&b).unwrap();
+                model.apply_all(&b);
+            }
+            at = lock(&s.journal).unwrap().at;
+            s.apply(&[entries(4, 2, 100)]).unwrap();
+        }
+        // The last record half written: its second half is what the file held before.
+        let seg = numbered(&dir.path().join("journal"), "", ".log").unwrap()[0].1.clone();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[at as usize + 100..at as usize + 300].fill(0);
+        std::fs::write(&seg, &bytes).unwrap();
+        let s = ZabStore::open(dir.path()).unwrap();
+        same(&s.load().unwrap(), &model.load());
+        let b = [entries(4, 1, 10), Persist::CurrentEpoch(1)];
+        s.apply(&b).unwrap();
+        model.apply_all(&b);
+        drop(s);
+        same(&ZabStore::open(dir.path()).unwrap().load().unwrap(), &model.load());
+    }
+
+    /// Damage in a segment the journal had moved on from is refused (what it held was
+    /// acknowledged), with the file and the byte named.
+    #[test]
+    fn damage_before_the_last_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = ZabStore::open_with(dir.path(), 4096).unwrap();
+            for c in 0..20 {
+                s.apply(&[entries(1 + c * 10, 10, 50)]).unwrap();
+            }
+            assert!(lock(&s.journal).unwrap().segments.len() > 2);
+        }
+        let segs = numbered(&dir.path().join("journal"), "", ".log").unwrap();
+        let mut bytes = std::fs::read(&segs[0].1).unwrap();
+        bytes[600] ^= 1;
+        std::fs::write(&segs[0].1, &bytes).unwrap();
+        let e = ZabStore::open_with(dir.path(), 4096).unwrap_err();
+        assert!(e.contains("damaged") && e.contains(&segment_name(segs[0].0)), "{e}");
+    }
+
+    /// Once a snapshot covers a segment's entries it is retired: the newest two retired are
+    /// reused (renamed: no new file is allocated), the rest deleted; the state survives in the
+    /// checkpoints of the segments after.
+    #[test]
+    fn compacted_segments_are_retired_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join("journal");
+        let mut model = MemDisk::default();
+        let s = ZabStore::open_with(dir.path(), 4096).unwrap();
+        let first =
+            [Persist::AcceptedEpoch { epoch: 3, leader: NodeId(9) }, Persist::CurrentEpoch(3)];
+        s.apply(&first).unwrap();
+        model.apply_all(&first);
+        s.set_voters(&[NodeId(1), NodeId(2)]).unwrap();
+        for c in 0..60u32 {
+            let mut b = vec![entries(1 + c * 10, 10, 60)];
+            if c % 5 == 4 {
+                b.push(Persist::CompactThrough(Zxid::new(1, c * 10)));
+            }
+            s.apply(&b).unwrap();
+            model.apply_all(&b);
+            let spares = numbered(&jdir, "spare-", "").unwrap().len();
+            assert!(spares <= SPARES + 1);
+        }
+        let segs = numbered(&jdir, "", ".log").unwrap();
+        assert!(segs.len() <= 6, "{} segments in use", segs.len());
+        assert!(segs[0].0 >= 10, "the first segments were never retired: {segs:?}");
+        let spares = numbered(&jdir, "spare-", "").unwrap().len();
+        assert!((1..=SPARES + 1).contains(&spares), "{spares} spare segments");
+        same(&s.load().unwrap(), &model.load());
+        drop(s);
+        let s = ZabStore::open_with(dir.path(), 4096).unwrap();
+        same(&s.load().unwrap(), &model.load());
+        assert_eq!(s.voters().unwrap(), Some(vec![NodeId(1), NodeId(2)]));
+    }
+
+    /// A metadata store of the earlier kind (a RocksDB database) is moved into the journal on
+    /// its first open, its leader's snapshot to its file, and the database's files go.
+    #[test]
+    fn a_database_of_the_earlier_version_moves_into_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = MemDisk::default();
+        model.apply_all(&[
+            Persist::AcceptedEpoch { epoch: 4, leader: NodeId(7) },
+            Persist::CurrentEpoch(3),
+            Persist::Snapshot { zxid: Zxid::new(1, 10), data: Arc::new(vec![1; 5000]) },
+            Persist::ResetLog(Zxid::new(1, 10)),
+            entries(11, 5, 20),
+        ]);
+        legacy::write(dir.path(), &model.load(), &[NodeId(1), NodeId(2), NodeId(3)]);
+        // A first try cut short by a crash left a journal behind: it is made again.
+        std::fs::create_dir_all(dir.path().join("journal")).unwrap();
+        std::fs::write(dir.path().join("journal").join(segment_name(1)), vec![0; 100]).unwrap();
+        let s = ZabStore::open(dir.path()).unwrap();
+        same(&s.load().unwrap(), &model.load());
+        assert_eq!(s.voters().unwrap(), Some(vec![NodeId(1), NodeId(2), NodeId(3)]));
+        assert!(!dir.path().join("CURRENT").exists());
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.iter().all(|n| n == "journal" || n == "snapshots"), "{left:?}");
+        drop(s);
+        let s = ZabStore::open(dir.path()).unwrap();
+        same(&s.load().unwrap(), &model.load());
     }
 }
