@@ -12,14 +12,22 @@
 //! current one fills): an `fdatasync` then writes the data blocks alone, never the
 //! inode nor a file-system journal commit — on this kind of disk about half the time of an
 //! `fdatasync` that grows the file, which is what a RocksDB write-ahead log does. Every segment
-//! opens with a checkpoint record (the epochs, the log's base, the leader's snapshot, the voters)
-//! so that once every log entry of the segments before it is compacted away, they are retired:
-//! the two newest retired are kept for reuse, the others deleted. A restart replays the
-//! segments in order; the first record that does not check ends the last segment (a write cut
-//! short by a crash: never acknowledged) and writing goes on from there. A record that does not
-//! check in a segment before the last is damage, and the store refuses to open: a voter that
-//! lost what it acknowledged must not rejoin as if it had not (it could let a quorum forget a
-//! committed transaction).
+//! opens with a checkpoint record (the epochs, the log's base, the leader's snapshot, the
+//! voters, and the salt its records are checked with, drawn at random) so that once every log
+//! entry of the segments before it is compacted away, they are retired: the two newest retired
+//! are kept for reuse, the others deleted. Moving on to a new segment: its checkpoint is written
+//! and synced, then the segment before is ended (an end record, synced), then the directory is
+//! synced.
+//!
+//! A restart first syncs every segment and the directories (a process that stopped may have
+//! left writes in the page cache only), then replays the segments in order. The first record
+//! that does not check ends the last segment (a write cut short by a crash: never
+//! acknowledged) and writing goes on from there; a last segment whose segment before was not
+//! ended was being made (nothing was written to it) and is set aside. Everything else is damage,
+//! and the store refuses to open, naming the file and the byte: a record that does not check in
+//! a segment before the last, or in the last with a record that checks after it, a checkpoint
+//! that does not check, a segment missing. A voter that lost what it acknowledged must not
+//! rejoin as if it had not (it could let a quorum forget a committed transaction).
 //!
 //! **Snapshots** are files in `snapshots/`, written to a `.tmp`, fsynced, renamed, the
 //! directory fsynced, in the format of [`starling_store_format::snapshot_file`]
@@ -69,8 +77,17 @@ pub struct ZabStore {
     /// it.
     snap_gen: Mutex<u64>,
     journal: Mutex<Journal>,
-    /// A spare segment is being allocated.
+    /// A spare segment is being allocated, and the thread that does it (joined on drop).
     preparing: Arc<AtomicBool>,
+    allocator: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for ZabStore {
+    fn drop(&mut self) {
+        if let Some(h) = self.allocator.get_mut().ok().and_then(|a| a.take()) {
+            let _ = h.join();
+        }
+    }
 }
 
 /// One operation of the journal: a [`Persist`] (never a `Snapshot`: its data goes to a file,
@@ -104,8 +121,9 @@ struct Segment {
 struct Journal {
     segments: VecDeque<Segment>,
     file: File,
-    /// The current segment's size, and where its next record goes.
+    /// The current segment's size, its salt, and where its next record goes.
     size: u64,
+    salt: u64,
     at: u64,
     state: State,
     segment_bytes: u64,
@@ -218,7 +236,7 @@ fn encode(ops: &[JOp]) -> Vec<u8> {
     w.body
 }
 
-/// What a decoded operation is (`None`: the end of a segment).
+/// What a decoded operation is (`None`: one about the segment itself, not the state).
 fn jop(op: Op) -> Option<JOp> {
     Some(match op {
         Op::Accepted { epoch, leader } => {
@@ -233,7 +251,8 @@ fn jop(op: Op) -> Option<JOp> {
         Op::ResetLog(z) => JOp::P(Persist::ResetLog(Zxid(z))),
         Op::LeaderSnapshot(z) => JOp::LeaderSnapshot(z.map(Zxid)),
         Op::Voters(v) => JOp::Voters(v.into_iter().map(NodeId).collect()),
-        Op::EndOfSegment => return None,
+        // Read by `read_segment` itself.
+        Op::EndOfSegment | Op::Salt(_) => return None,
     })
 }
 
@@ -283,59 +302,129 @@ struct Replayed {
     /// The log (if asked for).
     log: Persisted,
     segments: VecDeque<Segment>,
-    /// Where the last segment's next record goes, and whether it was ended (writing moves on
-    /// to a new segment).
+    /// The last segment's salt, where its next record goes, and whether it was ended (writing
+    /// moves on to a new segment).
+    salt: u64,
     tail: u64,
     sealed: bool,
+    /// A segment being made when the process stopped: nothing in it was acknowledged.
+    half_made: Option<PathBuf>,
+}
+
+/// One segment's records, read.
+struct Read {
+    ops: Vec<JOp>,
+    salt: u64,
+    /// Past its last record; whether that was the end record.
+    at: usize,
+    sealed: bool,
+}
+
+/// Reads the records of segment `seq`, `bytes`.
+fn read_segment(seq: u64, bytes: &[u8], path: &Path) -> Result<Read, String> {
+    let mut r = Read { ops: Vec::new(), salt: 0, at: 0, sealed: false };
+    while let Some(body) =
+        bytes.get(r.at..).and_then(|rest| journal::read_record(rest, seq, r.salt, r.at as u64))
+    {
+        let ops = journal::decode(body)
+            .map_err(|e| format!("{} at byte {}: {e}", path.display(), r.at))?;
+        let first = r.at == 0;
+        r.at += journal::HEADER + body.len();
+        for op in ops {
+            match op {
+                Op::EndOfSegment => {
+                    r.sealed = true;
+                    return Ok(r);
+                }
+                Op::Salt(salt) if first => r.salt = salt,
+                op => r.ops.extend(jop(op)),
+            }
+        }
+    }
+    // A crash cuts short only the last record written. One that does not check but is followed
+    // by one that does was damaged after it was written (and acknowledged).
+    let len = bytes
+        .get(r.at..r.at + 4)
+        .map_or(0, |l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize);
+    let next = r.at + journal::HEADER + len;
+    if r.at > 0
+        && len > 0
+        && bytes
+            .get(next..)
+            .and_then(|rest| journal::read_record(rest, seq, r.salt, next as u64))
+            .is_some()
+    {
+        return Err(format!(
+            "{}: the record at byte {} is damaged and records follow it; the metadata journal's acknowledged history would be lost",
+            path.display(),
+            r.at
+        ));
+    }
+    Ok(r)
 }
 
 /// Reads every segment of `dir` in order.
 fn replay(dir: &Path, keep_log: bool) -> Result<Replayed, String> {
-    let files = numbered(dir, "", ".log")?;
+    let mut files = numbered(dir, "", ".log")?;
+    let mut reads = Vec::with_capacity(files.len());
+    for (seq, path) in &files {
+        let bytes = std::fs::read(path).map_err(io("read", path))?;
+        reads.push(read_segment(*seq, &bytes, path)?);
+    }
+    // A segment is made (checkpoint synced) before the one before it is ended: while that end
+    // is not on disk, nothing was written to the new one.
+    let mut half_made = None;
+    if reads.len() >= 2 && !reads[reads.len() - 2].sealed {
+        reads.pop();
+        half_made = files.pop().map(|(_, p)| p);
+    }
     let mut r = Replayed {
         state: State::default(),
         log: Persisted::default(),
         segments: VecDeque::new(),
+        salt: 0,
         tail: 0,
         sealed: false,
+        half_made,
     };
     let last = files.len().saturating_sub(1);
-    for (i, (seq, path)) in files.iter().enumerate() {
-        let bytes = std::fs::read(path).map_err(io("read", path))?;
-        r.segments.push_back(Segment { seq: *seq, top: Zxid::ZERO });
-        let (mut at, mut sealed) = (0usize, false);
-        while let Some(body) =
-            bytes.get(at..).and_then(|rest| journal::read_record(rest, *seq, at as u64))
-        {
-            let ops = journal::decode(body)
-                .map_err(|e| format!("{} at byte {at}: {e}", path.display()))?;
-            at += journal::HEADER + body.len();
-            for op in ops {
-                let Some(op) = jop(op) else {
-                    sealed = true;
-                    break;
-                };
-                r.state.note(&op, &mut r.segments);
-                if let (true, JOp::P(p)) = (keep_log, &op) {
-                    // The model the simulator checks the core against: replay means what it
-                    // means there.
-                    starling_zab::disk::apply(&mut r.log, p);
-                }
-            }
-            if sealed {
-                break;
+    for (i, ((seq, path), read)) in files.iter().zip(reads).enumerate() {
+        if let Some(prev) = r.segments.back() {
+            if prev.seq.checked_add(1) != Some(*seq) {
+                return Err(format!(
+                    "the metadata journal lacks segment {} (before {})",
+                    segment_name(prev.seq.wrapping_add(1)),
+                    path.display()
+                ));
             }
         }
-        if i != last && !sealed {
+        if i != last && !read.sealed {
             // Writing moved on to the next segment only once this one was ended, durably: a
             // record here that does not check is damage, and what followed it is lost.
             return Err(format!(
-                "{}: the record at byte {at} is damaged; the metadata journal's acknowledged history after it would be lost",
+                "{}: the record at byte {} is damaged; the metadata journal's acknowledged history after it would be lost",
+                path.display(),
+                read.at
+            ));
+        }
+        if read.at == 0 && (i > 0 || *seq != 1) {
+            // Its checkpoint was synced before the segment before it was ended (or, with the
+            // segments before it retired, before anything after it was written).
+            return Err(format!(
+                "{}: its checkpoint is damaged; the metadata journal's state would be lost",
                 path.display()
             ));
         }
-        r.tail = at as u64;
-        r.sealed = sealed;
+        r.segments.push_back(Segment { seq: *seq, top: Zxid::ZERO });
+        for op in read.ops {
+            r.state.note(&op, &mut r.segments);
+            if let (true, JOp::P(p)) = (keep_log, &op) {
+                // The model the simulator checks the core against: replay means what it means
+                // there.
+                starling_zab::disk::apply(&mut r.log, p);
+            }
+        }
+        (r.salt, r.tail, r.sealed) = (read.salt, read.at as u64, read.sealed);
     }
     Ok(r)
 }
@@ -372,21 +461,34 @@ impl ZabStore {
                 std::fs::remove_file(e.path()).map_err(io("remove", &e.path()))?;
             }
         }
+        // What a process that stopped left may still be in the page cache only: on disk before
+        // anything is built on it.
+        for (_, p) in numbered(&journal_dir, "", ".log")? {
+            File::open(&p).and_then(|f| f.sync_all()).map_err(io("sync", &p))?;
+        }
+        sync_dir(&journal_dir)?;
+        sync_dir(&snap_dir)?;
         let r = replay(&journal_dir, false)?;
-        let fresh = r.segments.is_empty();
+        if let Some(p) = &r.half_made {
+            let spare = journal_dir.join(format!("spare-{:016x}", u64::MAX));
+            std::fs::rename(p, &spare).map_err(io("rename", p))?;
+            sync_dir(&journal_dir)?;
+        }
+        let fresh = r.segments.is_empty() || (r.segments.len() == 1 && r.tail == 0);
         let file = match r.segments.back() {
-            Some(s) => {
+            Some(s) if !fresh => {
                 let p = journal_dir.join(segment_name(s.seq));
                 std::fs::OpenOptions::new().write(true).open(&p).map_err(io("open", &p))?
             }
             // Replaced by the first segment, below.
-            None => File::open(&journal_dir).map_err(io("open", &journal_dir))?,
+            _ => File::open(&journal_dir).map_err(io("open", &journal_dir))?,
         };
         let size = if fresh { 0 } else { file.metadata().map_err(io("read", &journal_dir))?.len() };
         let journal = Journal {
-            segments: r.segments,
+            segments: if fresh { VecDeque::new() } else { r.segments },
             file,
             size,
+            salt: r.salt,
             at: r.tail,
             state: r.state,
             segment_bytes,
@@ -398,22 +500,14 @@ impl ZabStore {
             snap_gen: Mutex::new(0),
             journal: Mutex::new(journal),
             preparing: Arc::new(AtomicBool::new(false)),
+            allocator: Mutex::new(None),
         };
         {
             let mut j = lock(&store.journal)?;
             if fresh || r.sealed {
-                // (A sealed segment already ends in its end record: none is written again.)
-                j.size = 0;
-                store.roll(&mut j, 0)?;
-            } else if j.at == 0 {
-                // A segment made just before a crash: its checkpoint may not have reached the disk.
-                let seq = j.segments.back().map_or(0, |s| s.seq);
-                let mut buf = Vec::new();
-                journal::record(&mut buf, seq, 0, &encode(&j.state.checkpoint()))?;
-                j.file.write_all_at(&buf, 0).map_err(io("write", &store.journal_dir))?;
-                j.at = buf.len() as u64;
+                // (A sealed segment already ends in its end record.)
+                store.roll(&mut j, 0, false)?;
             }
-            j.file.sync_data().map_err(io("sync", &store.journal_dir))?;
             if fresh && legacy {
                 let ops = legacy::load(dir, &store.snap_dir)?;
                 store.write(&mut j, &ops)?;
@@ -443,32 +537,32 @@ impl ZabStore {
     }
 
     /// Moves writing on to a new segment with room for a record of `need` bytes after its
-    /// checkpoint: a retired segment if one is large enough, else a new file of zeros. The
-    /// segment before is ended first, durably.
-    fn roll(&self, j: &mut Journal, need: u64) -> Result<(), String> {
-        let r = self.try_roll(j, need);
+    /// checkpoint: a retired segment if one is large enough, else a new file of zeros. The new
+    /// segment's checkpoint is synced before the segment before it is ended (`seal`), so a
+    /// restart tells a segment half made (the one before not ended: nothing was written to
+    /// it) from one whose checkpoint was damaged.
+    fn roll(&self, j: &mut Journal, need: u64, seal: bool) -> Result<(), String> {
+        let r = self.try_roll(j, need, seal);
         if let Err(e) = &r {
             j.failed.get_or_insert_with(|| e.clone());
         }
         r
     }
 
-    fn try_roll(&self, j: &mut Journal, need: u64) -> Result<(), String> {
+    fn try_roll(&self, j: &mut Journal, need: u64, seal: bool) -> Result<(), String> {
         let dir = &self.journal_dir;
-        if let Some(s) = j.segments.back() {
-            if j.size > 0 {
-                let mut w = Writer::default();
-                w.end_of_segment();
-                let mut buf = Vec::new();
-                journal::record(&mut buf, s.seq, j.at, &w.body)?;
-                j.file.write_all_at(&buf, j.at).map_err(io("write", dir))?;
-                j.file.sync_data().map_err(io("sync", dir))?;
+        let seq = match j.segments.back() {
+            Some(s) => {
+                s.seq.checked_add(1).ok_or("the metadata journal ran out of segment numbers")?
             }
-        }
-        let seq = j.segments.back().map_or(1, |s| s.seq + 1);
-        let cp = encode(&j.state.checkpoint());
+            None => 1,
+        };
+        let salt: u64 = rand::random();
+        let mut w = Writer::default();
+        w.salt(salt);
+        w.body.extend_from_slice(&encode(&j.state.checkpoint()));
         let size =
-            j.segment_bytes.max(journal::HEADER as u64 + cp.len() as u64 + need + END_RECORD);
+            j.segment_bytes.max(journal::HEADER as u64 + w.body.len() as u64 + need + END_RECORD);
         let path = dir.join(segment_name(seq));
         let spare = numbered(dir, "spare-", "")?
             .into_iter()
@@ -483,20 +577,31 @@ impl ZabStore {
                 size
             }
         };
+        let file =
+            std::fs::OpenOptions::new().write(true).open(&path).map_err(io("open", &path))?;
+        let mut cp = Vec::new();
+        journal::record(&mut cp, seq, 0, 0, &w.body)?;
+        file.write_all_at(&cp, 0).and_then(|()| file.sync_data()).map_err(io("write", &path))?;
+        if let (true, Some(s)) = (seal, j.segments.back()) {
+            let mut w = Writer::default();
+            w.end_of_segment();
+            let mut buf = Vec::new();
+            journal::record(&mut buf, s.seq, j.salt, j.at, &w.body)?;
+            j.file
+                .write_all_at(&buf, j.at)
+                .and_then(|()| j.file.sync_data())
+                .map_err(io("write", dir))?;
+        }
         sync_dir(dir)?;
+        j.file = file;
+        j.size = size;
+        j.salt = salt;
+        j.at = cp.len() as u64;
+        j.segments.push_back(Segment { seq, top: Zxid::ZERO });
         // The next segment is allocated while this one fills, not when writing reaches it.
         if numbered(dir, "spare-", "")?.is_empty() {
             self.prepare_spare(seq + 1, j.segment_bytes);
         }
-        let file =
-            std::fs::OpenOptions::new().write(true).open(&path).map_err(io("open", &path))?;
-        let mut buf = Vec::new();
-        journal::record(&mut buf, seq, 0, &cp)?;
-        file.write_all_at(&buf, 0).map_err(io("write", &path))?;
-        j.file = file;
-        j.size = size;
-        j.at = buf.len() as u64;
-        j.segments.push_back(Segment { seq, top: Zxid::ZERO });
         Ok(())
     }
 
@@ -516,8 +621,15 @@ impl ZabStore {
                 }
                 preparing.store(false, Ordering::Release);
             });
-        if spawned.is_err() {
-            self.preparing.store(false, Ordering::Release);
+        match spawned {
+            Ok(h) => {
+                if let Ok(mut a) = self.allocator.lock() {
+                    if let Some(done) = a.replace(h) {
+                        let _ = done.join();
+                    }
+                }
+            }
+            Err(_) => self.preparing.store(false, Ordering::Release),
         }
     }
 
@@ -530,11 +642,11 @@ impl ZabStore {
         let body = encode(ops);
         let len = journal::HEADER as u64 + body.len() as u64;
         if j.at + len + END_RECORD > j.size {
-            self.roll(j, len)?;
+            self.roll(j, len, true)?;
         }
         let seq = j.segments.back().map_or(0, |s| s.seq);
         let mut buf = Vec::with_capacity(len as usize);
-        journal::record(&mut buf, seq, j.at, &body)?;
+        journal::record(&mut buf, seq, j.salt, j.at, &body)?;
         let written = j.file.write_all_at(&buf, j.at).and_then(|()| j.file.sync_data());
         if let Err(e) = written {
             let e = io("write", &self.journal_dir.join(segment_name(seq)))(e);
@@ -546,12 +658,13 @@ impl ZabStore {
             j.state.note(op, &mut j.segments);
         }
         // A segment whose entries are all compacted away goes (the checkpoints after it hold
-        // the rest of what it said); the newest retired are kept to be reused.
+        // the rest of what it said); the newest retired are kept to be reused. Best effort:
+        // the batch is durable whatever happens here.
         while j.segments.len() > 1 && j.segments.front().is_some_and(|s| s.top <= j.state.base) {
             let Some(s) = j.segments.pop_front() else { break };
             let p = self.journal_dir.join(segment_name(s.seq));
-            let spares = numbered(&self.journal_dir, "spare-", "")?;
-            if spares.len() < SPARES {
+            let spares = numbered(&self.journal_dir, "spare-", "").map_or(SPARES, |s| s.len());
+            if spares < SPARES {
                 let _ = std::fs::rename(&p, self.journal_dir.join(format!("spare-{:016x}", s.seq)));
             } else {
                 let _ = std::fs::remove_file(&p);
@@ -1120,6 +1233,69 @@ mod tests {
         std::fs::write(&segs[0].1, &bytes).unwrap();
         let e = ZabStore::open_with(dir.path(), 4096).unwrap_err();
         assert!(e.contains("damaged") && e.contains(&segment_name(segs[0].0)), "{e}");
+    }
+
+    /// A crash while a segment was being made (its checkpoint synced, the segment before not
+    /// yet ended: nothing was written to the new one) leaves it aside; writing goes on where it
+    /// was. Once the segment before was ended, a new segment's checkpoint that does not check is
+    /// damage, refused; so is a damaged record with records after it in the last segment.
+    #[test]
+    fn a_half_made_segment_is_set_aside_and_damage_in_the_last_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join("journal");
+        let mut model = MemDisk::default();
+        let (last, salt) = {
+            let s = ZabStore::open(dir.path()).unwrap();
+            for c in 0..3 {
+                let b = [entries(1 + c * 10, 10, 50)];
+                s.apply(&b).unwrap();
+                model.apply_all(&b);
+            }
+            let j = lock(&s.journal).unwrap();
+            (j.segments.back().unwrap().seq, j.salt)
+        };
+        // The next segment, its checkpoint written and synced, a batch in it not yet.
+        let mut w = Writer::default();
+        w.salt(42);
+        w.current(9);
+        let mut cp = Vec::new();
+        journal::record(&mut cp, last + 1, 0, 0, &w.body).unwrap();
+        cp.resize(8192, 0);
+        std::fs::write(jdir.join(segment_name(last + 1)), &cp).unwrap();
+        {
+            let s = ZabStore::open(dir.path()).unwrap();
+            same(&s.load().unwrap(), &model.load());
+            assert!(!jdir.join(segment_name(last + 1)).exists());
+            let b = [entries(31, 2, 50)];
+            s.apply(&b).unwrap();
+            model.apply_all(&b);
+            assert_eq!(lock(&s.journal).unwrap().segments.back().unwrap().seq, last);
+        }
+        same(&ZabStore::open(dir.path()).unwrap().load().unwrap(), &model.load());
+        // A damaged record with records after it.
+        let seg = jdir.join(segment_name(last));
+        let good = std::fs::read(&seg).unwrap();
+        let mut bad = good.clone();
+        let second = journal::HEADER + journal::read_record(&good, last, 0, 0).unwrap().len();
+        let first = journal::read_record(&good[second..], last, salt, second as u64).unwrap();
+        bad[second + journal::HEADER + first.len() / 2] ^= 1;
+        std::fs::write(&seg, &bad).unwrap();
+        let e = ZabStore::open(dir.path()).unwrap_err();
+        assert!(e.contains("records follow it"), "{e}");
+        // The segment before ended, the new one's checkpoint damaged.
+        std::fs::write(&seg, &good).unwrap();
+        let s = ZabStore::open(dir.path()).unwrap();
+        // Larger than the room left: a new segment.
+        s.apply(&[entries(40, 60, 80_000)]).unwrap();
+        assert_eq!(lock(&s.journal).unwrap().segments.back().unwrap().seq, last + 1);
+        let newest = lock(&s.journal).unwrap().segments.back().unwrap().seq;
+        drop(s);
+        let newest = jdir.join(segment_name(newest));
+        let mut bytes = std::fs::read(&newest).unwrap();
+        bytes[journal::HEADER + 2] ^= 1;
+        std::fs::write(&newest, &bytes).unwrap();
+        let e = ZabStore::open(dir.path()).unwrap_err();
+        assert!(e.contains("checkpoint is damaged"), "{e}");
     }
 
     /// Once a snapshot covers a segment's entries it is retired: the newest two retired are

@@ -8,10 +8,13 @@
 //! way.
 //!
 //! A record is `len` (4, LE, not 0) ‖ `check` (8, LE) ‖ `len` bytes of operations. `check` is
-//! the first 8 bytes of blake3 over the segment's number (8, LE), the record's offset in the
-//! segment (8, LE) and the operations: bytes left by an earlier use of the file, or a record
-//! cut short by a crash, never check. The first record that does not check (or a `len` of 0:
-//! the zeros past the last record) ends the segment.
+//! the first 8 bytes of blake3 over the segment's number (8, LE), its salt (8, LE), the record's
+//! offset in the segment (8, LE) and the operations. The first record of a segment, its
+//! checkpoint, is checked with salt 0 and holds the segment's salt, drawn at random when the
+//! segment was made; every later record is checked with it. So bytes left by an earlier use of
+//! the file, or by a record cut short by a crash, never check — not even where a client chose
+//! them (a transaction's data): nobody outside knows the salt. The first record that does not
+//! check (or a `len` of 0: the zeros past the last record) ends the segment.
 //!
 //! Operations, one after another, each a tag byte then its fields (integers LE; node ids 16
 //! bytes BE, as everywhere on disk):
@@ -28,6 +31,7 @@
 //! | 8 | reset the log | zxid (8) |
 //! | 9 | voters | count (4), then node ids (16 each) |
 //! | 10 | the segment ends here (writing moved on to the next) | |
+//! | 11 | the segment's salt (in its checkpoint) | salt (8) |
 
 /// Bytes before a record's operations.
 pub const HEADER: usize = 12;
@@ -46,6 +50,7 @@ pub enum Op {
     ResetLog(u64),
     Voters(Vec<u128>),
     EndOfSegment,
+    Salt(u64),
 }
 
 /// Appends operations to a record's body.
@@ -99,15 +104,19 @@ impl Writer {
     pub fn end_of_segment(&mut self) {
         self.body.push(10);
     }
+    pub fn salt(&mut self, salt: u64) {
+        self.zxid(11, salt);
+    }
     fn zxid(&mut self, tag: u8, zxid: u64) {
         self.body.push(tag);
         self.body.extend_from_slice(&zxid.to_le_bytes());
     }
 }
 
-fn check(seq: u64, offset: u64, body: &[u8]) -> u64 {
+fn check(seq: u64, salt: u64, offset: u64, body: &[u8]) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(&seq.to_le_bytes());
+    h.update(&salt.to_le_bytes());
     h.update(&offset.to_le_bytes());
     h.update(body);
     let mut c = [0u8; 8];
@@ -115,29 +124,36 @@ fn check(seq: u64, offset: u64, body: &[u8]) -> u64 {
     u64::from_le_bytes(c)
 }
 
-/// Appends to `out` the record holding `body`, at `offset` of segment `seq`. `body` must not be
-/// empty nor over [`MAX_RECORD`] (an error otherwise).
-pub fn record(out: &mut Vec<u8>, seq: u64, offset: u64, body: &[u8]) -> Result<(), String> {
+/// Appends to `out` the record holding `body`, at `offset` of segment `seq` with salt `salt`
+/// (0 for the checkpoint at offset 0). `body` must not be empty nor over [`MAX_RECORD`] (an
+/// error otherwise).
+pub fn record(
+    out: &mut Vec<u8>,
+    seq: u64,
+    salt: u64,
+    offset: u64,
+    body: &[u8],
+) -> Result<(), String> {
     if body.is_empty() || body.len() > MAX_RECORD {
         return Err(format!("a journal record of {} bytes", body.len()));
     }
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&check(seq, offset, body).to_le_bytes());
+    out.extend_from_slice(&check(seq, salt, offset, body).to_le_bytes());
     out.extend_from_slice(body);
     Ok(())
 }
 
-/// The body of the record at `offset` of segment `seq`, whose bytes from `offset` on are
-/// `rest`; `None` where the segment ends (zeros, a record cut short, or bytes that do not
-/// check).
-pub fn read_record(rest: &[u8], seq: u64, offset: u64) -> Option<&[u8]> {
+/// The body of the record at `offset` of segment `seq` with salt `salt`, whose bytes from
+/// `offset` on are `rest`; `None` where the segment ends (zeros, a record cut short, or bytes
+/// that do not check).
+pub fn read_record(rest: &[u8], seq: u64, salt: u64, offset: u64) -> Option<&[u8]> {
     let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
     if len == 0 || len > MAX_RECORD {
         return None;
     }
     let c = u64::from_le_bytes(rest.get(4..HEADER)?.try_into().ok()?);
     let body = rest.get(HEADER..HEADER.checked_add(len)?)?;
-    (check(seq, offset, body) == c).then_some(body)
+    (check(seq, salt, offset, body) == c).then_some(body)
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -209,6 +225,7 @@ pub fn decode(body: &[u8]) -> Result<Vec<Op>, String> {
                 Op::Voters(v)
             }
             10 => Op::EndOfSegment,
+            11 => Op::Salt(c.u64("a salt")?),
             t => return Err(format!("unknown journal operation {t}")),
         });
     }
@@ -229,6 +246,7 @@ pub fn encode(ops: &[Op]) -> Vec<u8> {
             Op::ResetLog(z) => w.reset_log(*z),
             Op::Voters(v) => w.voters(v),
             Op::EndOfSegment => w.end_of_segment(),
+            Op::Salt(salt) => w.salt(*salt),
         }
     }
     w.body
@@ -251,26 +269,28 @@ mod tests {
             Op::ResetLog(9),
             Op::Voters(vec![1, 2, u128::MAX]),
             Op::EndOfSegment,
+            Op::Salt(u64::MAX - 1),
         ];
         let body = encode(&ops);
         assert_eq!(decode(&body).unwrap(), ops);
         let mut seg = Vec::new();
-        record(&mut seg, 4, 0, &body).unwrap();
+        record(&mut seg, 4, 0, 0, &body).unwrap();
         let second = seg.len() as u64;
-        record(&mut seg, 4, second, &body[..10]).unwrap();
+        record(&mut seg, 4, 77, second, &body[..10]).unwrap();
         seg.extend_from_slice(&[0; 64]);
-        assert_eq!(read_record(&seg, 4, 0), Some(body.as_slice()));
-        assert_eq!(read_record(&seg[second as usize..], 4, second), Some(&body[..10]));
-        // Another segment, another offset, a flipped bit, a record cut short, the zeros after.
-        assert_eq!(read_record(&seg, 5, 0), None);
-        assert_eq!(read_record(&seg[second as usize..], 4, 0), None);
+        assert_eq!(read_record(&seg, 4, 0, 0), Some(body.as_slice()));
+        assert_eq!(read_record(&seg[second as usize..], 4, 77, second), Some(&body[..10]));
+        // Another segment, salt or offset, a flipped bit, a record cut short, the zeros after.
+        assert_eq!(read_record(&seg, 5, 0, 0), None);
+        assert_eq!(read_record(&seg[second as usize..], 4, 78, second), None);
+        assert_eq!(read_record(&seg[second as usize..], 4, 77, 0), None);
         let mut bad = seg.clone();
         bad[HEADER + 3] ^= 1;
-        assert_eq!(read_record(&bad, 4, 0), None);
-        assert_eq!(read_record(&seg[..HEADER + body.len() - 1], 4, 0), None);
+        assert_eq!(read_record(&bad, 4, 0, 0), None);
+        assert_eq!(read_record(&seg[..HEADER + body.len() - 1], 4, 0, 0), None);
         let end = second as usize + HEADER + 10;
-        assert_eq!(read_record(&seg[end..], 4, end as u64), None);
-        assert!(record(&mut Vec::new(), 1, 0, &[]).is_err());
+        assert_eq!(read_record(&seg[end..], 4, 77, end as u64), None);
+        assert!(record(&mut Vec::new(), 1, 0, 0, &[]).is_err());
         // Damage inside a record that checks is an error, not a panic.
         assert!(decode(&[3, 255, 255, 255, 255]).unwrap_err().contains("claims"));
         assert!(decode(&[1, 0]).unwrap_err().contains("ends inside"));
