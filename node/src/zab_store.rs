@@ -520,7 +520,7 @@ impl ZabStore {
         // A leader's snapshot no record names (a crash between the file and its record).
         store.drop_unnamed_leader_files()?;
         if numbered(&store.journal_dir, "spare-", "")?.is_empty() {
-            let next = lock(&store.journal)?.segments.back().map_or(1, |s| s.seq + 1);
+            let next = lock(&store.journal)?.segments.back().map_or(1, |s| s.seq.wrapping_add(1));
             store.prepare_spare(next, segment_bytes);
         }
         Ok(store)
@@ -600,7 +600,7 @@ impl ZabStore {
         j.segments.push_back(Segment { seq, top: Zxid::ZERO });
         // The next segment is allocated while this one fills, not when writing reaches it.
         if numbered(dir, "spare-", "")?.is_empty() {
-            self.prepare_spare(seq + 1, j.segment_bytes);
+            self.prepare_spare(seq.wrapping_add(1), j.segment_bytes);
         }
         Ok(())
     }
