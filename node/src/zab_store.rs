@@ -50,7 +50,6 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use starling_store_format::meta_journal::{self as journal, Op, Writer};
@@ -77,9 +76,10 @@ pub struct ZabStore {
     /// it.
     snap_gen: Mutex<u64>,
     journal: Mutex<Journal>,
-    /// A spare segment is being allocated, and the thread that does it (joined on drop).
-    preparing: Arc<AtomicBool>,
+    /// The thread allocating a spare segment, if one was started (joined on drop).
     allocator: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// What `open` replayed, for the first [`ZabStore::load`] (dropped by the first write).
+    opened: Mutex<Option<Persisted>>,
 }
 
 impl Drop for ZabStore {
@@ -299,7 +299,7 @@ impl State {
 /// What replaying the journal gives.
 struct Replayed {
     state: State,
-    /// The log (if asked for).
+    /// The log and the epochs, as the model holds them.
     log: Persisted,
     segments: VecDeque<Segment>,
     /// The last segment's salt, where its next record goes, and whether it was ended (writing
@@ -364,7 +364,7 @@ fn read_segment(seq: u64, bytes: &[u8], path: &Path) -> Result<Read, String> {
 }
 
 /// Reads every segment of `dir` in order.
-fn replay(dir: &Path, keep_log: bool) -> Result<Replayed, String> {
+fn replay(dir: &Path) -> Result<Replayed, String> {
     let mut files = numbered(dir, "", ".log")?;
     let mut reads = Vec::with_capacity(files.len());
     for (seq, path) in &files {
@@ -418,7 +418,7 @@ fn replay(dir: &Path, keep_log: bool) -> Result<Replayed, String> {
         r.segments.push_back(Segment { seq: *seq, top: Zxid::ZERO });
         for op in read.ops {
             r.state.note(&op, &mut r.segments);
-            if let (true, JOp::P(p)) = (keep_log, &op) {
+            if let JOp::P(p) = &op {
                 // The model the simulator checks the core against: replay means what it means
                 // there.
                 starling_zab::disk::apply(&mut r.log, p);
@@ -468,7 +468,7 @@ impl ZabStore {
         }
         sync_dir(&journal_dir)?;
         sync_dir(&snap_dir)?;
-        let r = replay(&journal_dir, false)?;
+        let r = replay(&journal_dir)?;
         if let Some(p) = &r.half_made {
             let spare = journal_dir.join(format!("spare-{:016x}", u64::MAX));
             std::fs::rename(p, &spare).map_err(io("rename", p))?;
@@ -490,7 +490,7 @@ impl ZabStore {
             size,
             salt: r.salt,
             at: r.tail,
-            state: r.state,
+            state: r.state.clone(),
             segment_bytes,
             failed: None,
         };
@@ -499,8 +499,8 @@ impl ZabStore {
             snap_dir,
             snap_gen: Mutex::new(0),
             journal: Mutex::new(journal),
-            preparing: Arc::new(AtomicBool::new(false)),
             allocator: Mutex::new(None),
+            opened: Mutex::new(None),
         };
         {
             let mut j = lock(&store.journal)?;
@@ -511,6 +511,8 @@ impl ZabStore {
             if fresh && legacy {
                 let ops = legacy::load(dir, &store.snap_dir)?;
                 store.write(&mut j, &ops)?;
+            } else {
+                *lock(&store.opened)? = Some(r.log);
             }
         }
         if legacy {
@@ -608,10 +610,11 @@ impl ZabStore {
     /// Allocates a spare segment on a thread of its own (one at a time; a failure, a full disk,
     /// only means the next segment is allocated when writing reaches it).
     fn prepare_spare(&self, name: u64, size: u64) {
-        if self.preparing.swap(true, Ordering::AcqRel) {
+        let Ok(mut allocator) = self.allocator.lock() else { return };
+        if allocator.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
-        let (dir, preparing) = (self.journal_dir.clone(), self.preparing.clone());
+        let dir = self.journal_dir.clone();
         let spawned =
             std::thread::Builder::new().name("meta-journal-alloc".into()).spawn(move || {
                 if let Err(e) = zeros(&dir, &format!("spare-{name:016x}"), size) {
@@ -619,17 +622,11 @@ impl ZabStore {
                         "the metadata journal's next segment was not allocated ahead: {e}"
                     );
                 }
-                preparing.store(false, Ordering::Release);
             });
-        match spawned {
-            Ok(h) => {
-                if let Ok(mut a) = self.allocator.lock() {
-                    if let Some(done) = a.replace(h) {
-                        let _ = done.join();
-                    }
-                }
+        if let Ok(h) = spawned {
+            if let Some(done) = allocator.replace(h) {
+                let _ = done.join();
             }
-            Err(_) => self.preparing.store(false, Ordering::Release),
         }
     }
 
@@ -638,6 +635,10 @@ impl ZabStore {
     fn write(&self, j: &mut Journal, ops: &[JOp]) -> Result<(), String> {
         if let Some(why) = &j.failed {
             return Err(format!("an earlier write failed: {why}"));
+        }
+        // What `open` replayed is no longer what a load would read.
+        if let Ok(mut opened) = self.opened.lock() {
+            opened.take();
         }
         let body = encode(ops);
         let len = journal::HEADER as u64 + body.len() as u64;
@@ -771,13 +772,18 @@ impl ZabStore {
 
     /// What a server restarts from.
     pub fn load(&self) -> Result<Persisted, String> {
-        let r = {
-            let _j = lock(&self.journal)?;
-            replay(&self.journal_dir, true)?
+        let (mut p, leader_snapshot) = {
+            let j = lock(&self.journal)?;
+            match lock(&self.opened)?.take() {
+                Some(p) => (p, j.state.leader_snapshot),
+                None => {
+                    let r = replay(&self.journal_dir)?;
+                    (r.log, r.state.leader_snapshot)
+                }
+            }
         };
-        let mut p = r.log;
         p.snapshot = None;
-        if let Some(z) = r.state.leader_snapshot {
+        if let Some(z) = leader_snapshot {
             let path = self.snap_dir.join(leader_file(z));
             let data = Self::read_snapshot_file(z, &path).map_err(|e| {
                 format!("the leader's snapshot at {z:?} ({}) is corrupt: {e}", path.display())
