@@ -225,6 +225,39 @@ async fn suite<H: Harness>(mut h: H) {
     peer_restart(&mut h).await;
 }
 
+/// Path MTU discovery grows a loopback connection's datagrams past Ethernet's 1,452 bytes, up to
+/// the configured payload, and a large transfer works at that size (ten datagrams of it fit in
+/// one GSO send); a transport told to stay at 1,452 does.
+async fn datagrams_grow_on_loopback(max_udp_payload: u16, expect: std::ops::RangeInclusive<u16>) {
+    let mut h = quic();
+    let (svc, _) = TestService::new();
+    let cfg = TransportConfig { max_udp_payload, ..config() };
+    let server = h.node(svc, cfg.clone()).await;
+    let (svc, _) = TestService::new();
+    let client = h.node(svc, cfg).await;
+    let to = server.local_addr();
+    let big = vec![5u8; (1 << 20).min(MAX_RESPONSE_BODY - 64)];
+    let mut mtu = 0;
+    for _ in 0..50 {
+        let back = client.request(to, Echo(big.clone()).into_request()).await.unwrap();
+        assert_eq!(back, Response::Echo(big.clone()));
+        mtu = client.path_mtu(to).unwrap();
+        if mtu >= *expect.start() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(expect.contains(&mtu), "path MTU {mtu}, expected within {expect:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn quic_datagrams_grow_to_the_configured_payload() {
+    let default = TransportConfig::default().max_udp_payload;
+    assert!(default > 1452 && default <= starling_node::transport::MAX_UDP_PAYLOAD);
+    datagrams_grow_on_loopback(default, default - 100..=default).await;
+    datagrams_grow_on_loopback(1452, 1400..=1452).await;
+}
+
 fn quic() -> Quic {
     Quic { dir: tempfile::tempdir().unwrap(), n: 0 }
 }

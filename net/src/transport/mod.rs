@@ -93,6 +93,13 @@ where
     }
 }
 
+/// The largest [`TransportConfig::max_udp_payload`] that works: quinn sends up to 10 datagrams
+/// in one GSO call, and the kernel refuses a call larger than one UDP datagram may be (65,507
+/// bytes over IPv4), so ten of them must fit. Past it every full-size send fails with EMSGSIZE,
+/// which quinn takes for a lost probe: bulk transfers then crawl through losses and
+/// retransmissions (`docs/CEILINGS.md`).
+pub const MAX_UDP_PAYLOAD: u16 = 6_500;
+
 /// Limits and timers of a transport. Every queue and every wait is bounded by one of these.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -133,6 +140,12 @@ pub struct TransportConfig {
     pub keep_alive: Duration,
     /// UDP socket receive buffer; 4 MiB removed bulk packet loss in `docs/CEILINGS.md`.
     pub socket_recv_buffer: usize,
+    /// Largest UDP payload a connection may grow to: the upper bound of QUIC's path MTU discovery
+    /// and the `max_udp_payload_size` this endpoint advertises. Connections start at 1,200 bytes
+    /// and probe upwards, so a path that carries only Ethernet's 1,500-byte frames settles at
+    /// 1,452 whatever this says; loopback and jumbo-frame networks use the larger size, and
+    /// bulk transfers cost fewer datagrams. Clamped to 1,200 ..= [`MAX_UDP_PAYLOAD`].
+    pub max_udp_payload: u16,
     /// Stateless-reset secret (QUIC): the same across restarts lets a restarted node reset peers'
     /// connections to its previous process. `None`: a random one per endpoint.
     pub reset_key: Option<[u8; 32]>,
@@ -153,6 +166,7 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
             socket_recv_buffer: 4 << 20,
+            max_udp_payload: 4096,
             reset_key: None,
         }
     }

@@ -274,6 +274,10 @@ fn quinn_transport_config(config: &TransportConfig) -> Result<quinn::TransportCo
     let mut ack = AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD));
     t.ack_frequency_config(Some(ack));
+    // Path MTU discovery up to the configured payload (from quinn's 1,200-byte start).
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(udp_payload(config));
+    t.mtu_discovery_config(Some(mtu));
     Ok(t)
 }
 
@@ -350,6 +354,10 @@ impl QuicTransport {
             }
             None => EndpointConfig::default(),
         };
+        let mut endpoint_config = endpoint_config;
+        endpoint_config
+            .max_udp_payload_size(udp_payload(&config))
+            .map_err(|e| bind_err(std::io::Error::other(format!("max UDP payload: {e}"))))?;
         let mut endpoint =
             Endpoint::new(endpoint_config, listen.then_some(server), socket, runtime)
                 .map_err(bind_err)?;
@@ -385,6 +393,12 @@ impl QuicTransport {
         self.inner.endpoint.open_connections()
     }
 
+    /// The largest UDP payload the connection to `peer` now uses (path MTU discovery's current
+    /// size), if one is open.
+    pub fn path_mtu(&self, peer: SocketAddr) -> Option<u16> {
+        lock(&self.inner.conns).get(&peer).map(|c| c.conn.stats().path.current_mtu)
+    }
+
     /// Connections, handshakes in progress and what was turned away, for `/status` and
     /// `/metrics`.
     pub fn status(&self) -> TransportStatus {
@@ -400,6 +414,11 @@ impl QuicTransport {
             handshake_timeouts: i.counters.handshake_timeouts.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The configured largest UDP payload, within what QUIC and GSO allow.
+fn udp_payload(config: &TransportConfig) -> u16 {
+    config.max_udp_payload.clamp(1200, super::MAX_UDP_PAYLOAD)
 }
 
 /// Asks for a bigger UDP receive buffer; the kernel may cap it (`net.core.rmem_max`), which is
