@@ -188,28 +188,18 @@ impl<S: Storage> StorageIo<S> {
     }
 }
 
-/// For each record, the newer version `storage` already holds for its key, if any. A key whose
-/// stored record cannot be read holds nothing that can win: the record replaces it.
-fn newer_held<S: Storage + ?Sized>(storage: &S, records: &[Record]) -> Vec<Option<Version>> {
-    let keys: Vec<&[u8]> = records.iter().map(|r| r.key.as_slice()).collect();
-    let held: Vec<Option<Version>> = match storage.versions(&keys) {
-        Ok(v) => v,
-        Err(_) => keys.iter().map(|k| storage.versions(&[k]).ok().and_then(|v| v[0])).collect(),
-    };
-    starling_kv::replica::newer_held(records, &held)
-}
-
 fn run_batch<S: Storage + ?Sized>(storage: &S, jobs: &mut Vec<Job>) {
     let mut records = Vec::new();
+    let mut checks = Vec::new();
     let mut hints = Vec::new();
     let mut deletes = Vec::new();
-    let mut newer = Vec::with_capacity(jobs.len());
-    // How many hints (or deletions) each hint job brought, to split the answers.
+    // How many records, hints or deletions each job brought, to split the answers.
     let mut counts = Vec::new();
     for j in jobs.iter_mut() {
         match j {
             Job::Apply { records: r, check, .. } => {
-                newer.push(if *check { newer_held(storage, r) } else { Vec::new() });
+                counts.push(r.len());
+                checks.resize(checks.len() + r.len(), *check);
                 records.append(r);
             }
             Job::Hints(h, _) => {
@@ -222,18 +212,19 @@ fn run_batch<S: Storage + ?Sized>(storage: &S, jobs: &mut Vec<Job>) {
             }
         }
     }
-    let data = if records.is_empty() { Ok(()) } else { storage.apply(&records) };
+    let data =
+        if records.is_empty() { Ok(Vec::new()) } else { storage.apply_checked(&records, &checks) };
+    let mut data = data.map(Vec::into_iter).map_err(|e| e.to_string());
     let hinted = if hints.is_empty() { Ok(Vec::new()) } else { storage.put_hints(&hints) };
     let deleted = if deletes.is_empty() { Ok(Vec::new()) } else { storage.delete_hints(&deletes) };
     let mut hinted = hinted.map(Vec::into_iter).map_err(|e| e.to_string());
     let mut deleted = deleted.map(Vec::into_iter).map_err(|e| e.to_string());
-    let mut newer = newer.into_iter();
     let mut counts = counts.into_iter();
     for j in jobs.drain(..) {
         match j {
             Job::Apply { done, .. } => {
-                let newer = newer.next().unwrap_or_default();
-                let _ = done.send(data.as_ref().map(|()| newer).map_err(ToString::to_string));
+                let n = counts.next().unwrap_or_default();
+                let _ = done.send(take(&mut data, n));
             }
             Job::Hints(_, done) => {
                 let n = counts.next().unwrap_or_default();

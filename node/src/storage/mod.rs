@@ -81,6 +81,34 @@ pub trait Storage: Send + Sync + 'static {
     /// stored. Durable in the write-ahead log when it returns (fsynced too in `sync = always`).
     /// Then marks their anti-entropy segments changed ([`Storage::segments`]).
     fn apply(&self, records: &[Record]) -> Result<(), StorageError>;
+    /// [`Storage::apply`], and for each record whose `check` is set, the newer version the store
+    /// already held for its key if there was one (the record lost to it: acknowledged but
+    /// superseded); `None` for the others. A key whose stored record cannot be read holds
+    /// nothing that can win: the record replaces it.
+    fn apply_checked(
+        &self,
+        records: &[Record],
+        check: &[bool],
+    ) -> Result<Vec<Option<Version>>, StorageError> {
+        let keys: Vec<&[u8]> =
+            records.iter().zip(check).filter(|(_, c)| **c).map(|(r, _)| r.key.as_slice()).collect();
+        let held = match self.versions(&keys) {
+            Ok(held) => held,
+            // One unreadable record fails the batched look-up: ask key by key.
+            Err(_) => keys
+                .iter()
+                .map(|k| self.versions(&[k]).ok().and_then(|v| v.first().copied().flatten()))
+                .collect(),
+        };
+        let mut held = held.into_iter();
+        let newer = records
+            .iter()
+            .zip(check)
+            .map(|(r, c)| if *c { held.next().flatten().filter(|h| *h > r.version) } else { None })
+            .collect();
+        self.apply(records)?;
+        Ok(newer)
+    }
     /// The stored record of `key` (a tombstone included), if any.
     fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError>;
     /// The stored records of several keys, in order (one batched lookup where the engine has one).

@@ -415,30 +415,66 @@ impl RocksStorage {
             .ok_or_else(|| StorageError::Engine(format!("no column family {name}")))
     }
 
-    /// [`Storage::apply`] without the segment marks.
-    fn apply_records(&self, records: &[Record]) -> Result<(), StorageError> {
+    /// [`Storage::apply_checked`]; `check` empty checks nothing. Returns, besides, each record's
+    /// token (its anti-entropy segment), from the one hash that also gives its storage key.
+    fn apply_records(
+        &self,
+        records: &[Record],
+        check: &[bool],
+    ) -> Result<(Vec<Option<Version>>, Vec<starling_ring::Token>), StorageError> {
         let cf = self.cf(CF_DATA)?;
+        let checks = |i: usize| check.get(i).copied().unwrap_or(false);
         let mut batch = WriteBatch::default();
+        let mut tokens = Vec::with_capacity(records.len());
         let Some(cache) = &self.versions else {
-            for r in records {
-                batch.merge_cf(cf, data_key(&r.key), encode_value(r.version, r.value.as_deref()));
+            let keys: Vec<&[u8]> = records
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| checks(*i))
+                .map(|(_, r)| r.key.as_slice())
+                .collect();
+            let mut held =
+                self.versions(&keys).unwrap_or_else(|_| vec![None; keys.len()]).into_iter();
+            let mut newer = Vec::with_capacity(records.len());
+            for (i, r) in records.iter().enumerate() {
+                let (key, _, token) = keyed(&r.key);
+                newer.push(if checks(i) {
+                    held.next().flatten().filter(|h| *h > r.version)
+                } else {
+                    None
+                });
+                batch.merge_cf(cf, key, encode_value(r.version, r.value.as_deref()));
+                tokens.push(token);
             }
-            return self.write(batch);
+            self.write(batch)?;
+            return Ok((newer, tokens));
         };
         let _guard = lock(&self.apply_lock);
         // What each key of this batch will hold once it is written: `Some((version, tombstone))`,
         // or `None` when it was merged without knowing what was stored.
         let mut after: HashMap<KeyHash, Option<(Version, bool)>> =
             HashMap::with_capacity(records.len());
-        for r in records {
-            let (key, hash) = keyed(&r.key);
+        let mut newer = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let (key, hash, token) = keyed(&r.key);
+            tokens.push(token);
             let known: Option<Known> = match after.get(&hash) {
                 Some(k) => k.map(|(v, _)| Some(v)),
-                None => cache.get(hash).or_else(|| {
-                    // Bloom filters and memtables only, no disk read: "surely absent" or "maybe".
-                    (!self.db.key_may_exist_cf(cf, &key)).then_some(None)
-                }),
+                None => cache
+                    .get(hash)
+                    .or_else(|| {
+                        // Bloom filters and memtables only, no disk read: "surely absent" or "maybe".
+                        (!self.db.key_may_exist_cf(cf, &key)).then_some(None)
+                    })
+                    // A write that asks what it lost to reads the stored version. Under the
+                    // apply lock, with no record of this key earlier in the batch, that is what
+                    // the key holds until this batch is written.
+                    .or_else(|| checks(i).then(|| self.stored_version(cf, &r.key, &key)).flatten()),
             };
+            newer.push(match known {
+                Some(Some(stored)) if checks(i) && stored > r.version => Some(stored),
+                _ => None,
+            });
             let value = encode_value(r.version, r.value.as_deref());
             match known {
                 // The stored version is at least as new: last write wins, nothing to write.
@@ -461,7 +497,18 @@ impl RocksStorage {
             }
             cache.bump(hash);
         }
-        Ok(())
+        Ok((newer, tokens))
+    }
+
+    /// What `key` (storage key `data_key`) holds, read from RocksDB: `Some(None)` nothing,
+    /// `None` when it cannot be told (a read error, a record that does not decode: such a
+    /// record holds nothing that can win, and a merge keeps whichever is readable).
+    fn stored_version(&self, cf: &ColumnFamily, key: &[u8], data_key: &[u8]) -> Option<Known> {
+        match self.db.get_pinned_cf(cf, data_key) {
+            Ok(None) => Some(None),
+            Ok(Some(v)) => decode_value(key, &v).ok().map(|r| Some(r.version)),
+            Err(_) => None,
+        }
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
@@ -536,9 +583,19 @@ impl Drop for RocksStorage {
 
 impl Storage for RocksStorage {
     fn apply(&self, records: &[Record]) -> Result<(), StorageError> {
-        self.apply_records(records)?;
-        super::touch_segments(&self.segments, records);
-        Ok(())
+        self.apply_checked(records, &[]).map(drop)
+    }
+
+    fn apply_checked(
+        &self,
+        records: &[Record],
+        check: &[bool],
+    ) -> Result<Vec<Option<Version>>, StorageError> {
+        let (newer, tokens) = self.apply_records(records, check)?;
+        for token in tokens {
+            self.segments.touched(token);
+        }
+        Ok(newer)
     }
 
     fn segments(&self) -> &Arc<starling_merkle::Segments> {
@@ -559,7 +616,7 @@ impl Storage for RocksStorage {
         for k in keys {
             match &self.versions {
                 Some(cache) => {
-                    let (data_key, hash) = keyed(k);
+                    let (data_key, hash, _) = keyed(k);
                     data_keys.push(data_key);
                     before.push((hash, cache.epoch(hash)));
                 }

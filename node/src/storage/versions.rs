@@ -46,12 +46,13 @@ pub(crate) fn key_hash(key: &[u8]) -> KeyHash {
     keyed(key).1
 }
 
-/// A key's storage key (`token ‖ key`) and cache index, from one blake3 hash.
-pub(crate) fn keyed(key: &[u8]) -> (Vec<u8>, KeyHash) {
+/// A key's storage key (`token ‖ key`), cache index and token, from one blake3 hash.
+pub(crate) fn keyed(key: &[u8]) -> (Vec<u8>, KeyHash, starling_ring::Token) {
     let h = blake3::hash(key);
     let b = h.as_bytes();
     let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
-    (super::data_key_with(starling_ring::token_of_hash(b), key), (word(8), word(16)))
+    let token = starling_ring::token_of_hash(b);
+    (super::data_key_with(token, key), (word(8), word(16)), token)
 }
 
 /// A stored version packed small: `node` indexes the node table; `ABSENT` marks a key with
