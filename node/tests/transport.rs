@@ -225,9 +225,10 @@ async fn suite<H: Harness>(mut h: H) {
     peer_restart(&mut h).await;
 }
 
-/// Path MTU discovery grows a loopback connection's datagrams past Ethernet's 1,452 bytes, up to
-/// the configured payload, and a large transfer works at that size (ten datagrams of it fit in
-/// one GSO send); a transport told to stay at 1,452 does.
+/// A new connection starts with the configured congestion window; path MTU discovery grows a
+/// loopback connection's datagrams past Ethernet's 1,452 bytes, up to the configured payload, and
+/// a large transfer works at that size (ten datagrams of it fit in one GSO send); a transport
+/// told to stay at 1,452 does.
 async fn datagrams_grow_on_loopback(max_udp_payload: u16, expect: std::ops::RangeInclusive<u16>) {
     let mut h = quic();
     let (svc, _) = TestService::new();
@@ -236,6 +237,11 @@ async fn datagrams_grow_on_loopback(max_udp_payload: u16, expect: std::ops::Rang
     let (svc, _) = TestService::new();
     let client = h.node(svc, cfg).await;
     let to = server.local_addr();
+    // A new connection starts with the configured congestion window.
+    let hello = client.request(to, Echo(b"hello".to_vec()).into_request()).await.unwrap();
+    assert_eq!(hello, Response::Echo(b"hello".to_vec()));
+    let window = client.congestion_window(to).unwrap();
+    assert!(window >= config().initial_congestion_window, "congestion window {window}");
     let big = vec![5u8; (1 << 20).min(MAX_RESPONSE_BODY - 64)];
     let mut mtu = 0;
     for _ in 0..50 {
@@ -252,6 +258,7 @@ async fn datagrams_grow_on_loopback(max_udp_payload: u16, expect: std::ops::Rang
 
 #[tokio::test(flavor = "current_thread")]
 async fn quic_datagrams_grow_to_the_configured_payload() {
+    assert!(config().initial_congestion_window > 12_000);
     let default = TransportConfig::default().max_udp_payload;
     assert!(default > 1452 && default <= starling_node::transport::MAX_UDP_PAYLOAD);
     datagrams_grow_on_loopback(default, default - 100..=default).await;

@@ -146,6 +146,13 @@ pub struct TransportConfig {
     /// 1,452 whatever this says; loopback and jumbo-frame networks use the larger size, and
     /// bulk transfers cost fewer datagrams. Clamped to 1,200 ..= [`MAX_UDP_PAYLOAD`].
     pub max_udp_payload: u16,
+    /// Bytes a new connection may have in flight before its first acknowledgements (Cubic's
+    /// initial window; at least quinn's 12,000). Nodes of a cluster share a fast network, and a
+    /// client's first requests to a node (a produce batch of 64 KiB, say) would otherwise wait
+    /// for several round trips of slow start; the window is paced over the round trip and
+    /// shrinks at the first loss as before. On loopback TCP's own initial window is ten 64 KiB
+    /// segments.
+    pub initial_congestion_window: u64,
     /// Stateless-reset secret (QUIC): the same across restarts lets a restarted node reset peers'
     /// connections to its previous process. `None`: a random one per endpoint.
     pub reset_key: Option<[u8; 32]>,
@@ -167,6 +174,7 @@ impl Default for TransportConfig {
             keep_alive: Duration::from_secs(2),
             socket_recv_buffer: 4 << 20,
             max_udp_payload: 4096,
+            initial_congestion_window: 256 << 10,
             reset_key: None,
         }
     }
