@@ -469,7 +469,7 @@ impl RocksStorage {
                     // A write that asks what it lost to reads the stored version. Under the
                     // apply lock, with no record of this key earlier in the batch, that is what
                     // the key holds until this batch is written.
-                    .or_else(|| checks(i).then(|| self.stored_version(cf, &r.key, &key)).flatten()),
+                    .or_else(|| checks(i).then(|| self.stored_version(cf, &key)).flatten()),
             };
             newer.push(match known {
                 Some(Some(stored)) if checks(i) && stored > r.version => Some(stored),
@@ -500,13 +500,13 @@ impl RocksStorage {
         Ok((newer, tokens))
     }
 
-    /// What `key` (storage key `data_key`) holds, read from RocksDB: `Some(None)` nothing,
+    /// What the key stored at `data_key` holds, read from RocksDB: `Some(None)` nothing,
     /// `None` when it cannot be told (a read error, a record that does not decode: such a
     /// record holds nothing that can win, and a merge keeps whichever is readable).
-    fn stored_version(&self, cf: &ColumnFamily, key: &[u8], data_key: &[u8]) -> Option<Known> {
+    fn stored_version(&self, cf: &ColumnFamily, data_key: &[u8]) -> Option<Known> {
         match self.db.get_pinned_cf(cf, data_key) {
             Ok(None) => Some(None),
-            Ok(Some(v)) => decode_value(key, &v).ok().map(|r| Some(r.version)),
+            Ok(Some(v)) => decode_version(&v).ok().map(|(version, _)| Some(version)),
             Err(_) => None,
         }
     }
