@@ -53,6 +53,13 @@ fn rocks() -> Fixture<RocksStorage> {
     Fixture { store, _dir: Some(dir) }
 }
 
+fn rocks_without_version_cache() -> Fixture<RocksStorage> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = RocksConfig { version_cache: 0, ..RocksConfig::default() };
+    let store = RocksStorage::open(&dir.path().join("db"), &cfg).expect("open");
+    Fixture { store, _dir: Some(dir) }
+}
+
 fn get<S: Storage>(s: &S, key: &[u8]) -> Option<Record> {
     s.get(key).expect("get")
 }
@@ -606,6 +613,7 @@ macro_rules! conformance {
 
 conformance!(mem_storage, mem());
 conformance!(rocks_storage, rocks());
+conformance!(rocks_storage_without_version_cache, rocks_without_version_cache());
 
 // ---------------------------------------------------------------------------------------------
 // RocksDB only.

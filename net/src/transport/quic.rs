@@ -343,7 +343,7 @@ impl QuicTransport {
         let runtime = quinn::default_runtime().ok_or_else(|| {
             bind_err(std::io::Error::other("no async runtime (call inside tokio)"))
         })?;
-        let endpoint_config = match &config.reset_key {
+        let mut endpoint_config = match &config.reset_key {
             Some(key) => {
                 // Both the reset tokens and the connection-id check derive from the kept secret:
                 // a restarted process must accept its predecessor's connection ids as its own
@@ -362,7 +362,6 @@ impl QuicTransport {
             }
             None => EndpointConfig::default(),
         };
-        let mut endpoint_config = endpoint_config;
         endpoint_config
             .max_udp_payload_size(udp_payload(&config))
             .map_err(|e| bind_err(std::io::Error::other(format!("max UDP payload: {e}"))))?;

@@ -90,22 +90,7 @@ pub trait Storage: Send + Sync + 'static {
         records: &[Record],
         check: &[bool],
     ) -> Result<Vec<Option<Version>>, StorageError> {
-        let keys: Vec<&[u8]> =
-            records.iter().zip(check).filter(|(_, c)| **c).map(|(r, _)| r.key.as_slice()).collect();
-        let held = match self.versions(&keys) {
-            Ok(held) => held,
-            // One unreadable record fails the batched look-up: ask key by key.
-            Err(_) => keys
-                .iter()
-                .map(|k| self.versions(&[k]).ok().and_then(|v| v.first().copied().flatten()))
-                .collect(),
-        };
-        let mut held = held.into_iter();
-        let newer = records
-            .iter()
-            .zip(check)
-            .map(|(r, c)| if *c { held.next().flatten().filter(|h| *h > r.version) } else { None })
-            .collect();
+        let newer = newer_held(self, records, check);
         self.apply(records)?;
         Ok(newer)
     }
@@ -280,6 +265,35 @@ impl PurgeGate {
 
 /// Marks the anti-entropy segments of `records` changed: called by [`Storage::apply`] once they
 /// are readable.
+/// For each record whose `check` is set, the newer version `storage` holds for its key now, if
+/// any (`None` for the others): one batched look-up, key by key if one unreadable record fails
+/// it (such a key holds nothing that can win).
+pub(crate) fn newer_held<S: Storage + ?Sized>(
+    storage: &S,
+    records: &[Record],
+    check: &[bool],
+) -> Vec<Option<Version>> {
+    let asked = |i: usize| check.get(i).copied().unwrap_or(false);
+    let keys: Vec<&[u8]> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| asked(*i))
+        .map(|(_, r)| r.key.as_slice())
+        .collect();
+    if keys.is_empty() {
+        return vec![None; records.len()];
+    }
+    let held = storage.versions(&keys).unwrap_or_else(|_| {
+        keys.iter()
+            .map(|k| storage.versions(&[k]).ok().and_then(|v| v.first().copied().flatten()))
+            .collect()
+    });
+    let mut held = held.into_iter();
+    let held: Vec<Option<Version>> =
+        (0..records.len()).map(|i| if asked(i) { held.next().flatten() } else { None }).collect();
+    starling_kv::replica::newer_held(records, &held)
+}
+
 pub(crate) fn touch_segments(segments: &starling_merkle::Segments, records: &[Record]) {
     for r in records {
         segments.touched(starling_ring::token_of(&r.key));

@@ -427,22 +427,9 @@ impl RocksStorage {
         let mut batch = WriteBatch::default();
         let mut tokens = Vec::with_capacity(records.len());
         let Some(cache) = &self.versions else {
-            let keys: Vec<&[u8]> = records
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| checks(*i))
-                .map(|(_, r)| r.key.as_slice())
-                .collect();
-            let mut held =
-                self.versions(&keys).unwrap_or_else(|_| vec![None; keys.len()]).into_iter();
-            let mut newer = Vec::with_capacity(records.len());
-            for (i, r) in records.iter().enumerate() {
+            let newer = super::newer_held(self, records, check);
+            for r in records {
                 let (key, _, token) = keyed(&r.key);
-                newer.push(if checks(i) {
-                    held.next().flatten().filter(|h| *h > r.version)
-                } else {
-                    None
-                });
                 batch.merge_cf(cf, key, encode_value(r.version, r.value.as_deref()));
                 tokens.push(token);
             }
