@@ -581,15 +581,25 @@ impl Log {
         Ok(ReadResult { bytes: Vec::new(), next_offset: offset })
     }
 
-    /// The base offset of the first batch whose largest timestamp is at or after `ts`, if any
-    /// (`ListOffsets` by time, `--from-time`; the consumer skips earlier records in that batch).
+    /// The offset of the first record whose timestamp is at or after `ts`, if any (`ListOffsets`
+    /// by time, `--from-time`), as Kafka answers it: the time index finds the first batch whose
+    /// largest timestamp is at or after `ts`, then the batch's records are looked through. A
+    /// batch this build cannot decode (a compression codec it lacks) answers its base offset.
     pub fn offset_for_time(&self, ts: i64) -> Result<Option<i64>, LogError> {
         for (&base, seg) in &self.segments {
             if seg.max_timestamp < ts {
                 continue;
             }
-            if let Some(h) = seg.find_time(ts).map_err(io_err(format!("reading segment {base}")))? {
-                return Ok(Some(h.base_offset));
+            let reading = || format!("reading segment {base}");
+            if let Some(h) = seg.find_time(ts).map_err(io_err(reading()))? {
+                // The header was read and checked; its size is bounded by the batch limit.
+                let mut buf = vec![0u8; h.size as usize];
+                seg.log.read_exact_at(&mut buf, h.position).map_err(io_err(reading()))?;
+                let first = batch::decode_records(&buf)
+                    .ok()
+                    .and_then(|records| records.into_iter().find(|r| r.timestamp_ms >= ts))
+                    .map(|r| r.offset);
+                return Ok(Some(first.unwrap_or(h.base_offset)));
             }
         }
         Ok(None)

@@ -94,6 +94,10 @@ fn appends_read_back_across_segments_and_restarts() {
     assert_eq!(log.epochs().end_offset_for(1, 43), (1, 3));
     assert_eq!(log.offset_for_time(120).unwrap(), Some(23));
     assert_eq!(log.offset_for_time(1000).unwrap(), None);
+    // Inside a batch, the first record at or after the time (Kafka's answer), not the batch.
+    assert_eq!(log.offset_for_time(2).unwrap(), Some(1));
+    assert_eq!(log.offset_for_time(3).unwrap(), Some(2));
+    assert_eq!(log.offset_for_time(i64::MIN).unwrap(), Some(0));
     log.flush().unwrap();
     let segs = log.segment_count();
     drop(log);
@@ -106,6 +110,7 @@ fn appends_read_back_across_segments_and_restarts() {
     assert!(!rec1.rebuilt_epochs);
     assert_eq!(values(&log, 0), all);
     assert_eq!(log.offset_for_time(120).unwrap(), Some(23));
+    assert_eq!(log.offset_for_time(2).unwrap(), Some(1));
     assert_eq!(log.end_offset_for_epoch(1), (1, 3));
     assert_eq!(log.end_offset_for_epoch(2), (2, 43));
 }
@@ -457,4 +462,20 @@ fn the_recent_part_of_a_log_is_its_last_two_segments() {
         .collect();
     assert!(bases.len() >= 3, "{bases:?}");
     assert_eq!(log.recent_base(), bases[bases.len() - 2]);
+}
+
+#[test]
+fn a_time_look_up_names_the_first_record_at_or_after_the_time_even_inside_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), small()).unwrap();
+    fill(&mut log, "early", 2, 1, 5);
+    // Producers' own timestamps need not rise within a batch (CreateTime).
+    let mut b = encode_batch(&[rec("a", 10), rec("b", 30), rec("c", 20)], None).unwrap();
+    log.append_as_leader(&mut b, 1, 30).unwrap();
+    assert_eq!(log.offset_for_time(7).unwrap(), Some(2));
+    assert_eq!(log.offset_for_time(10).unwrap(), Some(2));
+    assert_eq!(log.offset_for_time(11).unwrap(), Some(3));
+    assert_eq!(log.offset_for_time(25).unwrap(), Some(3));
+    assert_eq!(log.offset_for_time(30).unwrap(), Some(3));
+    assert_eq!(log.offset_for_time(31).unwrap(), None);
 }
