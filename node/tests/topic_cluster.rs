@@ -317,6 +317,163 @@ async fn acked_records_survive_leader_kills_and_a_restart() {
     );
 }
 
+/// What a group member read while a partition leader was killed and restarted.
+#[derive(Default)]
+struct Consumed {
+    /// value -> every (partition, offset) it was read at.
+    reads: HashMap<String, Vec<(u32, i64)>>,
+    /// Commits (or polls) that failed: the records read since the last good commit may come
+    /// again after the member rejoins (at least once).
+    failed: u64,
+    /// Per partition, the next offset to read as of the last poll.
+    positions: BTreeMap<u32, i64>,
+}
+
+/// A group member reads the topic while an idempotent producer writes it and the leader of
+/// partition 0 is killed with -9, then restarted: every acknowledged record is read by the group,
+/// at the offset it was acknowledged with; within a generation a partition's reads only go
+/// forward; a record is read twice only if a commit failed in between (the at-least-once of
+/// Kafka's consumers), and then at the same offset; nothing is read that was not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_reads_every_acknowledged_record_while_a_leader_is_killed() {
+    use starling_client::topic::{Assignor, GroupConsumer, StartFrom};
+    let mut e = tokio::task::block_in_place(Ensemble::start);
+    let admin = e.client(&[0, 1, 2]).await;
+    e.create_topic(&admin, TOPIC, PARTITIONS).await;
+    let t = wait_topic(&e, &admin, "every partition led", |t| {
+        t.partition_info.iter().all(|p| p.leader.is_some() && p.isr.len() == 3)
+    })
+    .await;
+    let victim = e.index_of(t.partition_info[0].leader.expect("leader"));
+    // Producer and consumer talk to a node that stays up.
+    let entry = (0..3).find(|&i| i != victim).expect("another node");
+    let producer = e.client(&[entry]).await;
+    let reader = e.client(&[entry]).await;
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = keep_producing(&producer, PARTITIONS, history.clone(), stop.clone());
+
+    let consumed = Arc::new(Mutex::new(Consumed::default()));
+    let reading = Arc::new(AtomicBool::new(true));
+    let mut member = GroupConsumer::join(
+        &reader,
+        "auditors",
+        TOPIC,
+        StartFrom::Beginning,
+        Assignor::Range,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("join");
+    let consumer = {
+        let (consumed, reading) = (consumed.clone(), reading.clone());
+        tokio::spawn(async move {
+            // (generation, partition) -> last offset read
+            let mut last: HashMap<(u64, u32), i64> = HashMap::new();
+            while reading.load(Ordering::Relaxed) {
+                let got = member.poll(Duration::from_millis(100)).await;
+                let committed = member.commit().await;
+                let mut c = consumed.lock().unwrap();
+                let got = match got {
+                    Ok(Ok(got)) => got,
+                    _ => {
+                        c.failed += 1;
+                        continue;
+                    }
+                };
+                let generation = member.generation();
+                for (p, r) in got {
+                    let v = String::from_utf8(r.value.expect("value").to_vec()).expect("utf-8");
+                    if let Some(prev) = last.insert((generation, p), r.offset) {
+                        assert!(
+                            r.offset > prev,
+                            "read {p}/{} after {prev} in generation {generation}",
+                            r.offset
+                        );
+                    }
+                    c.reads.entry(v).or_default().push((p, r.offset));
+                }
+                if !matches!(committed, Ok(Ok(()))) {
+                    c.failed += 1;
+                }
+                c.positions =
+                    (0..PARTITIONS).filter_map(|p| Some((p, member.position(p)?))).collect();
+            }
+            member.leave().await.ok();
+        })
+    };
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| e.nodes[victim].kill9());
+    wait_topic(&e, &admin, "a new leader for partition 0", |t| {
+        t.partition_info[0].leader.is_some_and(|l| l != e.nodes[victim].id())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seeds = [e.listens[entry]];
+    tokio::task::block_in_place(|| e.nodes[victim].restart(&seeds));
+    wait_topic(&e, &admin, "the restarted replica back in every ISR", |t| {
+        t.partition_info.iter().all(|p| p.isr.len() == 3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.expect("producer");
+
+    // The member reads on until it has every partition up to its high watermark.
+    let mut ends = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let o = reader.partition_offsets(TOPIC, p).await.expect("call").expect("offsets");
+        ends.insert(p, o.high_watermark);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let caught_up = {
+            let c = consumed.lock().unwrap();
+            ends.iter().all(|(p, end)| c.positions.get(p).is_some_and(|at| at >= end))
+        };
+        if caught_up {
+            break;
+        }
+        let at = consumed.lock().unwrap().positions.clone();
+        assert!(Instant::now() < deadline, "the member reached {at:?} of {ends:?}\n{}", e.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    reading.store(false, Ordering::Relaxed);
+    consumer.await.expect("consumer");
+
+    let h = std::mem::take(&mut *history.lock().unwrap());
+    let c = std::mem::take(&mut *consumed.lock().unwrap());
+    let mut again = 0;
+    for (v, at) in &c.reads {
+        assert!(at.iter().all(|x| *x == at[0]), "{v} was read at two different offsets: {at:?}");
+        if at.len() > 1 {
+            assert!(c.failed > 0, "{v} was read {} times with every commit answered", at.len());
+            again += 1;
+        }
+        assert!(
+            h.acked.contains_key(v) || h.unknown.contains(v),
+            "{v} was read but never acknowledged or left unknown"
+        );
+    }
+    for (v, (p, off, _)) in &h.acked {
+        let at = c.reads.get(v).map(|a| a[0]);
+        assert_eq!(
+            at,
+            Some((*p, *off)),
+            "acknowledged {v} at {p}/{off}, read at {at:?}\n{}",
+            e.logs()
+        );
+    }
+    println!(
+        "acked {}, unknown {}; the group read {} records, {again} of them again after {} failed polls or commits",
+        h.acked.len(),
+        h.unknown.len(),
+        c.reads.len(),
+        c.failed
+    );
+}
+
 /// Two members of a group read a topic while records keep coming; one joins late (a
 /// rebalance), the first leaves (another). Each record is read exactly once by the group, no
 /// partition is ever read by both members at once, and each member reads a partition in order.
