@@ -704,23 +704,44 @@ async fn consume_group(
 async fn groups(client: &Client, group: Option<&str>, json: bool) -> Result<()> {
     let list =
         client.describe_groups(group).await.map_err(ClientError::from)?.map_err(topic_err)?;
-    if let (Some(g), true) = (group, list.is_empty()) {
-        return Err(ClientError::NotFound(format!("group {g} has no members")).into());
+    // Groups with committed offsets but no members now (Kafka's `Empty` groups): their lag
+    // still counts.
+    let committed = client
+        .committed_groups()
+        .await
+        .map_err(ClientError::from)?
+        .map_err(|e| anyhow!("reading the groups' committed offsets: {e}"))?;
+    let mut entries: Vec<(String, String, Option<&starling_client::topic::GroupInfo>)> =
+        list.iter().map(|g| (g.group.clone(), g.topic.clone(), Some(g))).collect();
+    for (name, topics) in committed {
+        if group.is_some_and(|g| g != name) {
+            continue;
+        }
+        for topic in topics {
+            if !entries.iter().any(|(g, t, _)| *g == name && *t == topic) {
+                entries.push((name.clone(), topic, None));
+            }
+        }
     }
+    entries.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     let mut out = Vec::new();
-    for g in &list {
-        let committed = client
-            .committed_offsets(&g.group, &g.topic)
-            .await
-            .map_err(ClientError::from)?
-            .map_err(topic_err)?;
+    for (name, topic, live) in &entries {
+        let committed =
+            match client.committed_offsets(name, topic).await.map_err(ClientError::from)? {
+                Ok(c) => c,
+                // A topic deleted since the group committed in it.
+                Err(TopicError::NoTopic(_)) if live.is_none() => continue,
+                Err(e) => return Err(topic_err(e)),
+            };
         let mut parts = Vec::new();
         for (p, c) in committed {
-            let hw = match client.partition_offsets(&g.topic, p).await.map_err(ClientError::from)? {
+            let hw = match client.partition_offsets(topic, p).await.map_err(ClientError::from)? {
                 Ok(o) => Some(o.high_watermark),
                 Err(_) => None,
             };
-            let member = g.members.iter().find(|(_, ps)| ps.contains(&p)).map(|(m, _)| m.clone());
+            let member = live
+                .and_then(|g| g.members.iter().find(|(_, ps)| ps.contains(&p)))
+                .map(|(m, _)| m.clone());
             let lag = match (c, hw) {
                 (Some(c), Some(hw)) => Some((hw - c).max(0)),
                 (None, Some(hw)) => Some(hw),
@@ -730,30 +751,50 @@ async fn groups(client: &Client, group: Option<&str>, json: bool) -> Result<()> 
                 "partition": p, "member": member, "committed": c, "high_watermark": hw, "lag": lag,
             }));
         }
-        out.push(serde_json::json!({
-            "group": g.group, "topic": g.topic, "generation": g.generation,
-            "assignor": format!("{:?}", g.assignor), "coordinator": g.coordinator.to_string(),
-            "members": g.members.iter().map(|(m, ps)| serde_json::json!({"member": m, "partitions": ps})).collect::<Vec<_>>(),
-            "partitions": parts,
-        }));
+        out.push(match live {
+            Some(g) => serde_json::json!({
+                "group": g.group, "topic": g.topic, "state": "active", "generation": g.generation,
+                "assignor": format!("{:?}", g.assignor), "coordinator": g.coordinator.to_string(),
+                "members": g.members.iter().map(|(m, ps)| serde_json::json!({"member": m, "partitions": ps})).collect::<Vec<_>>(),
+                "partitions": parts,
+            }),
+            None => serde_json::json!({
+                "group": name, "topic": topic, "state": "empty", "generation": null,
+                "assignor": null, "coordinator": null, "members": [], "partitions": parts,
+            }),
+        });
+    }
+    if let (Some(g), true) = (group, out.is_empty()) {
+        return Err(ClientError::NotFound(format!(
+            "group {g} has no members and no committed offsets in a topic that exists"
+        ))
+        .into());
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     if out.is_empty() {
-        println!("no consumer groups with members");
+        println!("no consumer groups");
     }
     for g in &out {
-        println!(
-            "group {}  topic {}  generation {}  {} member(s)  coordinator {}",
-            g["group"].as_str().unwrap_or(""),
-            g["topic"].as_str().unwrap_or(""),
-            g["generation"],
-            g["members"].as_array().map_or(0, Vec::len),
-            &g["coordinator"].as_str().unwrap_or("")
-                [..8.min(g["coordinator"].as_str().unwrap_or("").len())],
-        );
+        let coordinator = g["coordinator"].as_str().unwrap_or("-");
+        if g["state"] == "empty" {
+            println!(
+                "group {}  topic {}  no members (committed offsets only)",
+                g["group"].as_str().unwrap_or(""),
+                g["topic"].as_str().unwrap_or(""),
+            );
+        } else {
+            println!(
+                "group {}  topic {}  generation {}  {} member(s)  coordinator {}",
+                g["group"].as_str().unwrap_or(""),
+                g["topic"].as_str().unwrap_or(""),
+                g["generation"],
+                g["members"].as_array().map_or(0, Vec::len),
+                &coordinator[..8.min(coordinator.len())],
+            );
+        }
         println!(
             "  {:>9}  {:<28}  {:>10}  {:>10}  {:>8}",
             "partition", "member", "committed", "high wm", "lag"

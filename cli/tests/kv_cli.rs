@@ -418,6 +418,29 @@ fn topic_commands_produce_consume_and_exit_with_documented_codes() {
     assert_eq!(p["batches"][0]["partition"], 2);
     assert_eq!(p["batches"][0]["base_offset"], 0);
 
+    // The group has no members any more, yet it is listed with its committed offsets and lag
+    // (Kafka's `Empty` groups): 5 records committed, the one in the new partition owed.
+    let out = c.starling(1, &["topic", "groups", "--json"], None);
+    expect_exit(&out, 0, "topic groups");
+    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let billing = groups
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|g| g["group"] == "billing" && g["topic"] == "orders")
+        .unwrap_or_else(|| panic!("billing is not listed: {groups}"));
+    assert_eq!(billing["state"], "empty", "{billing}");
+    let parts = billing["partitions"].as_array().expect("partitions");
+    assert_eq!(parts.len(), 3, "{billing}");
+    let sum = |k: &str| parts.iter().map(|p| p[k].as_i64().unwrap_or(0)).sum::<i64>();
+    assert_eq!((sum("committed"), sum("lag")), (5, 1), "{billing}");
+    let out = c.starling(2, &["topic", "groups", "billing"], None);
+    expect_exit(&out, 0, "topic groups billing");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("billing") && text.contains("no members"), "{text}");
+    let out = c.starling(2, &["topic", "groups", "nobody", "--json"], None);
+    expect_exit(&out, 4, "topic groups of a group that never committed");
+
     let out = c.starling(2, &["topic", "list"], None);
     expect_exit(&out, 0, "topic list");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "orders");
@@ -425,4 +448,6 @@ fn topic_commands_produce_consume_and_exit_with_documented_codes() {
     expect_exit(&out, 0, "topic delete");
     let out = c.starling(0, &["topic", "describe", "orders"], None);
     expect_exit(&out, 4, "describe a deleted topic");
+    let out = c.starling(0, &["topic", "groups", "billing"], None);
+    expect_exit(&out, 4, "the groups of a deleted topic");
 }

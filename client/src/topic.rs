@@ -663,6 +663,36 @@ impl Client {
         self.call(GroupDescribe { group: group.map(str::to_string) }).await
     }
 
+    /// Every group with a record of committed offsets, whether or not it has members now
+    /// (Kafka lists such groups as `Empty`), and for each the topics it committed in; sorted.
+    /// A group whose record cannot be read or decoded is listed with no topics.
+    pub async fn committed_groups(
+        &self,
+    ) -> Result<Result<Vec<(String, Vec<String>)>, starling_wire::meta::MetaError>, Error> {
+        use starling_mq::fence::{GroupRecord, GROUPS_PATH};
+        use starling_wire::meta::{MetaError, ReadKind};
+        let children = match self.meta_read(GROUPS_PATH, ReadKind::Children).await? {
+            Ok(a) => a.children,
+            // No group has committed yet.
+            Err(MetaError::NoNode(_)) => return Ok(Ok(Vec::new())),
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut out = Vec::new();
+        for child in children {
+            let Some(name) = group_of_znode(&child) else { continue };
+            let path = format!("{GROUPS_PATH}/{child}");
+            let topics = match self.meta_read(&path, ReadKind::Data).await? {
+                Ok(a) => GroupRecord::decode(&a.data)
+                    .map(|r| r.topics.into_keys().collect())
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            out.push((name, topics));
+        }
+        out.sort();
+        Ok(Ok(out))
+    }
+
     /// A group's committed offsets for a topic, per partition.
     pub async fn committed_offsets(
         &self,
@@ -671,6 +701,20 @@ impl Client {
     ) -> Result<Result<Vec<(u32, Option<i64>)>, TopicError>, Error> {
         self.call(GroupCommitted { group: group.to_string(), topic: topic.to_string() }).await
     }
+}
+
+/// The group a znode under the groups' path stands for (the inverse of
+/// [`starling_mq::fence::group_path`]: a plain name, or `%` and the name's bytes in hex).
+fn group_of_znode(child: &str) -> Option<String> {
+    let Some(hex) = child.strip_prefix('%') else { return Some(child.to_string()) };
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
 }
 
 /// A random number for member ids (no extra dependency: the std hasher's random keys).
