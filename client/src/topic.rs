@@ -728,3 +728,20 @@ fn rand_u64() -> u64 {
     );
     h.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use starling_mq::fence::{group_path, GROUPS_PATH};
+
+    #[test]
+    fn a_group_znode_names_its_group() {
+        for g in ["billing", "a.b_c-d", "with/slash", "ümlaut", "%x", ".", ""] {
+            let path = group_path(g);
+            let child = path.strip_prefix(&format!("{GROUPS_PATH}/")).expect("under the path");
+            assert_eq!(super::group_of_znode(child).as_deref(), Some(g), "{path}");
+        }
+        assert_eq!(super::group_of_znode("%4"), None);
+        assert_eq!(super::group_of_znode("%zz"), None);
+        assert_eq!(super::group_of_znode("%ff"), None);
+    }
+}
