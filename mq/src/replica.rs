@@ -353,6 +353,14 @@ pub struct Replica<L: ReplicaLog> {
     producers: Producers,
     /// The replica list the partition should have (see [`Replica::handle_target`]).
     target: Option<Vec<NodeId>>,
+    /// Group commit (see [`Replica::defer_flushes`]): appends wait for [`Replica::flush_owed`].
+    defer_flushes: bool,
+    /// Appended since the last flush, in `flush_each_append` mode with flushes deferred.
+    flush_owed: bool,
+    /// The log end that is durable while a flush is owed.
+    flushed_end: i64,
+    /// `acks=1` answers waiting for the owed flush: (id, base, last).
+    held: Vec<(u64, i64, i64)>,
 }
 
 impl<L: ReplicaLog> Replica<L> {
@@ -390,6 +398,10 @@ impl<L: ReplicaLog> Replica<L> {
             unclean: false,
             producers: Producers::new(),
             target: None,
+            defer_flushes: false,
+            flush_owed: false,
+            flushed_end: 0,
+            held: Vec::new(),
         };
         r.rebuild_producers();
         r.out.push_back(Output::RefreshState);
@@ -779,7 +791,7 @@ impl<L: ReplicaLog> Replica<L> {
         if self.role != Role::Leader {
             return;
         }
-        let end = self.log.end_offset();
+        let end = self.durable_end();
         let mut candidate = end;
         for n in self.hw_set() {
             if n == self.me {
@@ -891,13 +903,15 @@ impl<L: ReplicaLog> Replica<L> {
                         });
                     }
                 }
-                Acks::All | Acks::Leader => {
+                Acks::All => {
                     self.event(Event::Produced { id, base_offset: base, last_offset: last })
                 }
+                Acks::Leader => self.answer_leader_ack(id, base, last),
                 Acks::None => {}
             }
             return Ok(());
         }
+        let end_before = self.log.end_offset();
         let info = match self.log.append_as_leader(&mut bytes, self.epoch, self.wall_ms) {
             Ok(i) => i,
             Err(e @ LogError::Io { .. }) => {
@@ -908,7 +922,9 @@ impl<L: ReplicaLog> Replica<L> {
         };
         self.record_producers(&bytes);
         if self.cfg.flush_each_append {
-            if let Err(e) = self.log.flush() {
+            if self.defer_flushes {
+                self.owe_flush(end_before);
+            } else if let Err(e) = self.log.flush() {
                 // The batch is in the log but not durable: its outcome is unknown.
                 self.storage_failed(e);
                 return Err(ProduceError::LeaderChanged);
@@ -925,11 +941,7 @@ impl<L: ReplicaLog> Replica<L> {
                     },
                 );
             }
-            Acks::Leader => self.event(Event::Produced {
-                id,
-                base_offset: info.base_offset,
-                last_offset: info.last_offset,
-            }),
+            Acks::Leader => self.answer_leader_ack(id, info.base_offset, info.last_offset),
             Acks::None => {}
         }
         self.answer_parked(now, true);
@@ -1185,6 +1197,7 @@ impl<L: ReplicaLog> Replica<L> {
                         self.maybe_fetch(now);
                         return;
                     }
+                    let end_before = self.log.end_offset();
                     let appended = self.log.append_as_follower(&bytes, self.wall_ms);
                     if appended.is_ok() {
                         self.record_producers(&bytes);
@@ -1205,7 +1218,9 @@ impl<L: ReplicaLog> Replica<L> {
                         }
                     }
                     if self.cfg.flush_each_append {
-                        if let Err(e) = self.log.flush() {
+                        if self.defer_flushes {
+                            self.owe_flush(end_before);
+                        } else if let Err(e) = self.log.flush() {
                             self.storage_failed(e);
                             return;
                         }
@@ -1262,6 +1277,72 @@ impl<L: ReplicaLog> Replica<L> {
         }
     }
 
+    /// Group commit, for `flush_each_append` mode: while on, an append does not flush at once;
+    /// it counts (towards the high watermark, an `acks=1` answer, the follower's next fetch)
+    /// only once the driver calls [`Replica::flush_owed`], which makes everything appended
+    /// since durable with one flush. A driver turns it on, hands the core every request that
+    /// queued up meanwhile, then flushes once for all of them.
+    pub fn defer_flushes(&mut self, on: bool) {
+        self.defer_flushes = on;
+    }
+
+    /// Whether an append waits for [`Replica::flush_owed`].
+    pub fn owes_flush(&self) -> bool {
+        self.flush_owed
+    }
+
+    /// Flushes what was appended since the last flush (see [`Replica::defer_flushes`]); then
+    /// what waited for it counts. A failed flush fails the replica's log: the `acks=1`
+    /// answers that waited get an unknown outcome.
+    pub fn flush_owed(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        if !self.flush_owed {
+            return;
+        }
+        self.flush_owed = false;
+        let held = std::mem::take(&mut self.held);
+        if let Err(e) = self.log.flush() {
+            for (id, _, _) in held {
+                self.event(Event::ProduceFailed { id, error: ProduceError::LeaderChanged });
+            }
+            self.storage_failed(e);
+            return;
+        }
+        for (id, base, last) in held {
+            self.event(Event::Produced { id, base_offset: base, last_offset: last });
+        }
+        self.advance_hw(now);
+        self.maybe_fetch(now);
+    }
+
+    /// Notes an append that a later flush must make durable; `end_before`: the log end before
+    /// it (durable, if nothing was owed yet).
+    fn owe_flush(&mut self, end_before: i64) {
+        if !self.flush_owed {
+            self.flush_owed = true;
+            self.flushed_end = end_before;
+        }
+    }
+
+    /// The log end that counts: all of it, unless a flush is owed.
+    fn durable_end(&self) -> i64 {
+        let end = self.log.end_offset();
+        if self.flush_owed {
+            self.flushed_end.min(end)
+        } else {
+            end
+        }
+    }
+
+    /// An `acks=1` answer: at once, or after the owed flush if the records are not durable yet.
+    fn answer_leader_ack(&mut self, id: u64, base: i64, last: i64) {
+        if self.flush_owed && last >= self.durable_end() {
+            self.held.push((id, base, last));
+        } else {
+            self.event(Event::Produced { id, base_offset: base, last_offset: last });
+        }
+    }
+
     fn storage_failed(&mut self, e: LogError) {
         self.failed = true;
         let epoch = self.epoch;
@@ -1281,6 +1362,11 @@ impl<L: ReplicaLog> Replica<L> {
     fn maybe_fetch(&mut self, now: Instant) {
         let Role::Follower(leader) = self.role else { return };
         if self.fetch_sent.is_some() || self.next_fetch.is_none_or(|t| t > now) {
+            return;
+        }
+        // The fetch's offset tells the leader this replica holds the log up to there, which
+        // in `flush_each_append` mode means durably: not before the owed flush.
+        if self.flush_owed {
             return;
         }
         self.fetch_sent = Some(now);

@@ -340,3 +340,95 @@ fn a_lost_isr_addition_does_not_stall_the_high_watermark() {
     );
     assert!(c.is_acked(m2), "A and C (the whole ISR) have m2, yet it is not acknowledged");
 }
+
+/// `always` mode with group commit (flushes deferred to the driver's round): nothing counts
+/// before the owed flush, neither an `acks=1` answer, nor the leader's own copy towards the high
+/// watermark, nor a follower's copy (its next fetch waits); a power loss before the flush loses
+/// only what nobody was told; after it, everything counts and survives a power loss.
+#[test]
+fn group_commit_counts_nothing_before_the_owed_flush() {
+    let mut c = Cluster::mem(3, ReplicaConfig { flush_each_append: true, ..cfg(2) });
+    for r in c.nodes.iter_mut().flatten() {
+        r.defer_flushes(true);
+    }
+    let flush_all = |c: &mut Cluster<MemLog>| {
+        let now = c.now;
+        for r in c.nodes.iter_mut().flatten() {
+            r.flush_owed(now);
+        }
+        c.settle();
+    };
+    let leader = c.leader().expect("a leader");
+    let one = c.produce_at(leader, "one", Acks::Leader).unwrap();
+    let all = c.produce_at(leader, "all", Acks::All).unwrap();
+    c.run(Duration::from_millis(50));
+    assert!(c.acked.is_empty(), "answered before any flush: {:?}", c.acked);
+    assert!(c.nodes[leader].as_ref().unwrap().owes_flush());
+    assert_eq!(c.nodes[leader].as_ref().unwrap().high_watermark(), 0);
+    // Lost before the flush: the leader's log is empty again, and nobody was told.
+    let lost = c.nodes[leader].as_ref().unwrap().log().after_power_loss();
+    assert_eq!(lost.end_offset(), 0);
+
+    // The followers flush and fetch again: they now hold both records durably, the leader
+    // does not, so its own copy still does not count and nothing is answered.
+    for _ in 0..5 {
+        let now = c.now;
+        for (i, r) in c.nodes.iter_mut().enumerate() {
+            if i != leader {
+                if let Some(r) = r.as_mut() {
+                    r.flush_owed(now);
+                }
+            }
+        }
+        c.run(Duration::from_millis(50));
+    }
+    assert!(c.acked.is_empty(), "answered before the leader flushed: {:?}", c.acked);
+    assert_eq!(c.nodes[leader].as_ref().unwrap().high_watermark(), 0);
+    // The leader flushes: both are answered.
+    let now = c.now;
+    c.nodes[leader].as_mut().unwrap().flush_owed(now);
+    c.run(Duration::from_millis(50));
+    for _ in 0..3 {
+        flush_all(&mut c);
+        c.run(Duration::from_millis(50));
+    }
+    assert!(c.is_acked(one), "acks=1 never answered: {:?}", c.failed);
+    assert!(c.is_acked(all), "acks=all never answered: {:?}", c.failed);
+    for i in 0..3 {
+        let after = c.nodes[i].as_ref().unwrap().log().after_power_loss();
+        assert_eq!(after.end_offset(), 2, "replica {i} lost an acknowledged record");
+    }
+}
+
+/// Group commit on a follower: a follower's fetch tells the leader what it holds, so it waits
+/// for the follower's owed flush; until then the follower's copy does not count (a power loss
+/// would take it), even with the leader's own copy durable.
+#[test]
+fn group_commit_a_follower_reports_only_what_it_flushed() {
+    let mut c = Cluster::mem(3, ReplicaConfig { flush_each_append: true, ..cfg(2) });
+    for r in c.nodes.iter_mut().flatten() {
+        r.defer_flushes(true);
+    }
+    let leader = c.leader().expect("a leader");
+    let all = c.produce_at(leader, "all", Acks::All).unwrap();
+    for _ in 0..5 {
+        let now = c.now;
+        c.nodes[leader].as_mut().unwrap().flush_owed(now);
+        c.run(Duration::from_millis(50));
+    }
+    for (i, r) in c.nodes.iter().enumerate() {
+        if i != leader {
+            let r = r.as_ref().unwrap();
+            assert_eq!(r.log().end_offset(), 1, "follower {i} did not fetch the record");
+            assert!(r.owes_flush(), "follower {i}");
+        }
+    }
+    assert!(!c.is_acked(all), "acknowledged while only the leader's copy was durable");
+    assert_eq!(c.nodes[leader].as_ref().unwrap().high_watermark(), 0);
+    let now = c.now;
+    for r in c.nodes.iter_mut().flatten() {
+        r.flush_owed(now);
+    }
+    c.run(Duration::from_millis(100));
+    assert!(c.is_acked(all), "never acknowledged: {:?}", c.failed);
+}
