@@ -1325,6 +1325,9 @@ impl<T: Transport> Topics<T> {
             error!(topic = %key.0, partition = key.1, "partition start task failed");
             return;
         };
+        // `always`: group commit. The driver hands the core every request queued up, then
+        // flushes once for all of them before any answer goes out (`Driver::run`).
+        core.defer_flushes(matches!(self.inner.sync, SyncMode::Always));
         if unclean {
             warn!(topic = %key.0, partition = key.1, "the partition's replica did not stop cleanly: it stays out of leadership until it has caught up");
             core.mark_unclean_start();
@@ -1542,6 +1545,7 @@ impl<T: Transport> Driver<T> {
         let mut syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
         self.report_liveness();
         let stop = loop {
+            self.flush_owed();
             self.pump();
             let deadline = self
                 .core
@@ -1607,6 +1611,7 @@ impl<T: Transport> Driver<T> {
                 }
             }
         };
+        self.flush_owed();
         self.pump();
         for (_, w) in self.waiting.drain() {
             let _ = w.send(Err(TopicError::OutcomeUnknown(
@@ -1633,6 +1638,14 @@ impl<T: Transport> Driver<T> {
             let me = self.inner.me;
             let member = self.core.state().is_none_or(|(s, _)| s.replicas.contains(&me));
             let _ = done.send(member);
+        }
+    }
+
+    /// `always` mode's group commit: one flush for everything the requests of this round
+    /// appended (on this thread, as a lone `always` append's flush was), before their answers.
+    fn flush_owed(&mut self) {
+        if self.core.owes_flush() {
+            self.core.flush_owed(std::time::Instant::now());
         }
     }
 
