@@ -260,11 +260,11 @@ async fn acked_records_survive_leader_kills_and_a_restart_in_always_mode() {
     leader_kills_and_a_restart(&[("STARLING_SYNC", "always")]).await;
 }
 
-/// An idempotent producer writes while the leader of partition 0 is killed with -9, then
-/// restarted, then the next leader killed: every acknowledged record is in the log at its
-/// offset, none twice, nothing that was refused or never sent.
-async fn leader_kills_and_a_restart(extra: &[(&str, &str)]) {
-    let mut e = tokio::task::block_in_place(|| Ensemble::start_with(extra));
+/// Three nodes (`extra` in their environment) and the topic, every partition led with all
+/// three in its ISR: the ensemble, a client of all three, the index of partition 0's leader and
+/// of another node.
+async fn kill_setup(extra: &[(&str, &str)]) -> (Ensemble, Client, usize, usize) {
+    let e = tokio::task::block_in_place(|| Ensemble::start_with(extra));
     let admin = e.client(&[0, 1, 2]).await;
     e.create_topic(&admin, TOPIC, PARTITIONS).await;
     let t = wait_topic(&e, &admin, "every partition led", |t| {
@@ -272,8 +272,40 @@ async fn leader_kills_and_a_restart(extra: &[(&str, &str)]) {
     })
     .await;
     let victim = e.index_of(t.partition_info[0].leader.expect("leader"));
-    // The producer talks to one node that stays up; it forwards to the leaders.
     let entry = (0..3).find(|&i| i != victim).expect("another node");
+    (e, admin, victim, entry)
+}
+
+/// Kills node `victim` with -9, waits for partition 0's new leader, restarts it (seeded with
+/// `entry`) 3 s later and waits until it is back in every ISR; the topic then.
+async fn kill_and_restart(
+    e: &mut Ensemble,
+    admin: &Client,
+    victim: usize,
+    entry: usize,
+) -> TopicInfo {
+    tokio::task::block_in_place(|| e.nodes[victim].kill9());
+    wait_topic(e, admin, "a new leader for partition 0", |t| {
+        t.partition_info[0].leader.is_some_and(|l| l != e.nodes[victim].id())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seeds = [e.listens[entry]];
+    tokio::task::block_in_place(|| e.nodes[victim].restart(&seeds));
+    let t = wait_topic(e, admin, "the restarted replica back in every ISR", |t| {
+        t.partition_info.iter().all(|p| p.isr.len() == 3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    t
+}
+
+/// An idempotent producer writes while the leader of partition 0 is killed with -9, then
+/// restarted, then the next leader killed: every acknowledged record is in the log at its
+/// offset, none twice, nothing that was refused or never sent.
+async fn leader_kills_and_a_restart(extra: &[(&str, &str)]) {
+    let (mut e, admin, victim, entry) = kill_setup(extra).await;
+    // The producer talks to one node that stays up; it forwards to the leaders.
     let producer = e.client(&[entry]).await;
 
     let history = Arc::new(Mutex::new(History::default()));
@@ -282,19 +314,7 @@ async fn leader_kills_and_a_restart(extra: &[(&str, &str)]) {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed_at = Instant::now();
-    tokio::task::block_in_place(|| e.nodes[victim].kill9());
-    wait_topic(&e, &admin, "a new leader for partition 0", |t| {
-        t.partition_info[0].leader.is_some_and(|l| l != e.nodes[victim].id())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let seeds = [e.listens[entry]];
-    tokio::task::block_in_place(|| e.nodes[victim].restart(&seeds));
-    let t = wait_topic(&e, &admin, "the restarted replica back in every ISR", |t| {
-        t.partition_info.iter().all(|p| p.isr.len() == 3)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = kill_and_restart(&mut e, &admin, victim, entry).await;
     stop.store(true, Ordering::Relaxed);
     task.await.expect("producer");
 
@@ -351,16 +371,8 @@ struct Consumed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_reads_every_acknowledged_record_while_a_leader_is_killed() {
     use starling_client::topic::{Assignor, GroupConsumer, StartFrom};
-    let mut e = tokio::task::block_in_place(Ensemble::start);
-    let admin = e.client(&[0, 1, 2]).await;
-    e.create_topic(&admin, TOPIC, PARTITIONS).await;
-    let t = wait_topic(&e, &admin, "every partition led", |t| {
-        t.partition_info.iter().all(|p| p.leader.is_some() && p.isr.len() == 3)
-    })
-    .await;
-    let victim = e.index_of(t.partition_info[0].leader.expect("leader"));
+    let (mut e, admin, victim, entry) = kill_setup(&[]).await;
     // Producer and consumer talk to a node that stays up.
-    let entry = (0..3).find(|&i| i != victim).expect("another node");
     let producer = e.client(&[entry]).await;
     let reader = e.client(&[entry]).await;
     let history = Arc::new(Mutex::new(History::default()));
@@ -418,19 +430,7 @@ async fn a_group_reads_every_acknowledged_record_while_a_leader_is_killed() {
     };
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::block_in_place(|| e.nodes[victim].kill9());
-    wait_topic(&e, &admin, "a new leader for partition 0", |t| {
-        t.partition_info[0].leader.is_some_and(|l| l != e.nodes[victim].id())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let seeds = [e.listens[entry]];
-    tokio::task::block_in_place(|| e.nodes[victim].restart(&seeds));
-    wait_topic(&e, &admin, "the restarted replica back in every ISR", |t| {
-        t.partition_info.iter().all(|p| p.isr.len() == 3)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    kill_and_restart(&mut e, &admin, victim, entry).await;
     stop.store(true, Ordering::Relaxed);
     task.await.expect("producer");
 
