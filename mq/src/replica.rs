@@ -1252,6 +1252,7 @@ impl<L: ReplicaLog> Replica<L> {
                     }
                     self.producers = Producers::new();
                     self.hw = log_start;
+                    self.flushed_end = self.flushed_end.min(log_start);
                     self.event(Event::Truncated(log_start));
                 }
             }
@@ -1271,6 +1272,8 @@ impl<L: ReplicaLog> Replica<L> {
                 // still find. Rebuilt from the log (a truncation follows a leader change).
                 self.rebuild_producers();
                 self.hw = self.hw.min(end);
+                // What a later append adds past `end` is not durable, whatever was before.
+                self.flushed_end = self.flushed_end.min(end);
                 self.event(Event::Truncated(end));
             }
             Err(e) => self.storage_failed(e),
