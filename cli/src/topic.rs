@@ -707,16 +707,13 @@ async fn groups(client: &Client, group: Option<&str>, json: bool) -> Result<()> 
     // Groups with committed offsets but no members now (Kafka's `Empty` groups): their lag
     // still counts.
     let committed = client
-        .committed_groups()
+        .committed_groups(group)
         .await
         .map_err(ClientError::from)?
         .map_err(|e| anyhow!("reading the groups' committed offsets: {e}"))?;
     let mut entries: Vec<(String, String, Option<&starling_client::topic::GroupInfo>)> =
         list.iter().map(|g| (g.group.clone(), g.topic.clone(), Some(g))).collect();
     for (name, topics) in committed {
-        if group.is_some_and(|g| g != name) {
-            continue;
-        }
         for topic in topics {
             if !entries.iter().any(|(g, t, _)| *g == name && *t == topic) {
                 entries.push((name.clone(), topic, None));

@@ -663,28 +663,31 @@ impl Client {
         self.call(GroupDescribe { group: group.map(str::to_string) }).await
     }
 
-    /// Every group with a record of committed offsets, whether or not it has members now
-    /// (Kafka lists such groups as `Empty`), and for each the topics it committed in; sorted.
-    /// A group whose record cannot be read or decoded is listed with no topics.
+    /// Every group with a record of committed offsets (or only `only`), whether or not it has
+    /// members now (Kafka lists such groups as `Empty`), and for each the topics it committed
+    /// in; sorted. A group whose record cannot be read or decoded is listed with no topics.
     pub async fn committed_groups(
         &self,
+        only: Option<&str>,
     ) -> Result<Result<Vec<(String, Vec<String>)>, starling_wire::meta::MetaError>, Error> {
-        use starling_mq::fence::{GroupRecord, GROUPS_PATH};
+        use starling_mq::fence::{group_of_znode, group_path, GroupRecord, GROUPS_PATH};
         use starling_wire::meta::{MetaError, ReadKind};
-        let children = match self.meta_read(GROUPS_PATH, ReadKind::Children).await? {
-            Ok(a) => a.children,
-            // No group has committed yet.
-            Err(MetaError::NoNode(_)) => return Ok(Ok(Vec::new())),
-            Err(e) => return Ok(Err(e)),
+        let names = match only {
+            Some(g) => vec![g.to_string()],
+            None => match self.meta_read(GROUPS_PATH, ReadKind::Children).await? {
+                Ok(a) => a.children.iter().filter_map(|c| group_of_znode(c)).collect(),
+                // No group has committed yet.
+                Err(MetaError::NoNode(_)) => return Ok(Ok(Vec::new())),
+                Err(e) => return Ok(Err(e)),
+            },
         };
         let mut out = Vec::new();
-        for child in children {
-            let Some(name) = group_of_znode(&child) else { continue };
-            let path = format!("{GROUPS_PATH}/{child}");
-            let topics = match self.meta_read(&path, ReadKind::Data).await? {
+        for name in names {
+            let topics = match self.meta_read(&group_path(&name), ReadKind::Data).await? {
                 Ok(a) => GroupRecord::decode(&a.data)
                     .map(|r| r.topics.into_keys().collect())
                     .unwrap_or_default(),
+                Err(MetaError::NoNode(_)) => continue,
                 Err(_) => Vec::new(),
             };
             out.push((name, topics));
@@ -703,20 +706,6 @@ impl Client {
     }
 }
 
-/// The group a znode under the groups' path stands for (the inverse of
-/// [`starling_mq::fence::group_path`]: a plain name, or `%` and the name's bytes in hex).
-fn group_of_znode(child: &str) -> Option<String> {
-    let Some(hex) = child.strip_prefix('%') else { return Some(child.to_string()) };
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
-}
-
 /// A random number for member ids (no extra dependency: the std hasher's random keys).
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -727,21 +716,4 @@ fn rand_u64() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use starling_mq::fence::{group_path, GROUPS_PATH};
-
-    #[test]
-    fn a_group_znode_names_its_group() {
-        for g in ["billing", "a.b_c-d", "with/slash", "ümlaut", "%x", ".", ""] {
-            let path = group_path(g);
-            let child = path.strip_prefix(&format!("{GROUPS_PATH}/")).expect("under the path");
-            assert_eq!(super::group_of_znode(child).as_deref(), Some(g), "{path}");
-        }
-        assert_eq!(super::group_of_znode("%4"), None);
-        assert_eq!(super::group_of_znode("%zz"), None);
-        assert_eq!(super::group_of_znode("%ff"), None);
-    }
 }

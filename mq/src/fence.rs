@@ -66,6 +66,20 @@ pub fn group_path(group: &str) -> String {
     }
 }
 
+/// The group a znode under [`GROUPS_PATH`] stands for: the inverse of [`group_path`] (`None`
+/// for a name it never makes).
+pub fn group_of_znode(child: &str) -> Option<String> {
+    let Some(hex) = child.strip_prefix('%') else { return Some(child.to_string()) };
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
 /// Who claimed a group: a node and its process instance (random per start, so a node that
 /// restarted is a new claimant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -482,6 +496,18 @@ impl MemRecords {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_znode_names_its_group() {
+        for g in ["billing", "a.b_c-d", "with/slash", "ümlaut", "%x", ".", ""] {
+            let path = group_path(g);
+            let child = path.strip_prefix(&format!("{GROUPS_PATH}/")).expect("under the path");
+            assert_eq!(group_of_znode(child).as_deref(), Some(g), "{path}");
+        }
+        assert_eq!(group_of_znode("%4"), None);
+        assert_eq!(group_of_znode("%zz"), None);
+        assert_eq!(group_of_znode("%ff"), None);
+    }
 
     /// One group's znode.
     #[derive(Default)]

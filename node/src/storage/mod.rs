@@ -263,8 +263,6 @@ impl PurgeGate {
     }
 }
 
-/// Marks the anti-entropy segments of `records` changed: called by [`Storage::apply`] once they
-/// are readable.
 /// For each record whose `check` is set, the newer version `storage` holds for its key now, if
 /// any (`None` for the others): one batched look-up, key by key if one unreadable record fails
 /// it (such a key holds nothing that can win).
@@ -294,6 +292,8 @@ pub(crate) fn newer_held<S: Storage + ?Sized>(
     starling_kv::replica::newer_held(records, &held)
 }
 
+/// Marks the anti-entropy segments of `records` changed: called by [`Storage::apply`] once they
+/// are readable.
 pub(crate) fn touch_segments(segments: &starling_merkle::Segments, records: &[Record]) {
     for r in records {
         segments.touched(starling_ring::token_of(&r.key));
