@@ -41,6 +41,13 @@ pub trait ReplicaLog {
     }
     /// Makes everything appended durable.
     fn flush(&mut self) -> Result<(), LogError>;
+    /// What completes a detached flush, away from the replica's task.
+    type Detached;
+    /// Starts making everything appended so far durable without waiting for the disk: the
+    /// caller completes it with the handle it gets back (none if nothing needs syncing), and
+    /// until then what it covers may not survive a power loss. Appends may go on meanwhile;
+    /// they are not covered. One at a time.
+    fn flush_detached(&mut self) -> Result<Option<Self::Detached>, LogError>;
 }
 
 impl ReplicaLog for Log {
@@ -85,6 +92,11 @@ impl ReplicaLog for Log {
     fn flush(&mut self) -> Result<(), LogError> {
         Log::flush(self)
     }
+    /// The active segment's file, to `sync_data` on a blocking thread.
+    type Detached = std::fs::File;
+    fn flush_detached(&mut self) -> Result<Option<std::fs::File>, LogError> {
+        Log::flush_detached(self)
+    }
 }
 
 /// An in-memory log with the on-disk log's rules, for the simulator.
@@ -97,7 +109,14 @@ pub struct MemLog {
     /// Offsets below this were flushed (what survives a power loss). Truncations and epoch
     /// changes are durable at once, as the on-disk log makes them.
     durable_end: i64,
+    /// The end a detached flush in flight makes durable when it completes (lowered by a
+    /// truncation meanwhile: what a later append adds past the cut is not covered).
+    syncing: Option<i64>,
 }
+
+/// A [`MemLog`]'s detached flush: complete it with [`MemLog::complete_flush`].
+#[derive(Debug)]
+pub struct MemFlush;
 
 impl MemLog {
     /// An empty log.
@@ -108,11 +127,19 @@ impl MemLog {
     /// What a power loss leaves: the log as of its last flush.
     pub fn after_power_loss(&self) -> MemLog {
         let mut copy = self.clone();
+        copy.syncing = None;
         let i = copy.batches.partition_point(|b| b.1 < copy.durable_end);
         copy.batches.truncate(i);
         let end = copy.end_offset();
         copy.epochs.truncate_from_end(end);
         copy
+    }
+
+    /// The detached flush in flight reached the disk (see [`ReplicaLog::flush_detached`]).
+    pub fn complete_flush(&mut self, _flush: MemFlush) {
+        if let Some(end) = self.syncing.take() {
+            self.durable_end = self.durable_end.max(end);
+        }
     }
 
     fn check(&self, bytes: &[u8]) -> Result<Vec<(i64, i64, i32, usize)>, LogError> {
@@ -243,12 +270,14 @@ impl ReplicaLog for MemLog {
         let end = self.end_offset();
         self.epochs.truncate_from_end(end);
         self.durable_end = self.durable_end.min(end);
+        self.syncing = self.syncing.map(|s| s.min(end));
         Ok(end)
     }
     fn reset_to(&mut self, offset: i64) -> Result<(), LogError> {
         self.batches.clear();
         self.start = offset;
         self.durable_end = offset;
+        self.syncing = self.syncing.map(|_| offset);
         self.epochs = EpochCache::default();
         Ok(())
     }
@@ -268,5 +297,13 @@ impl ReplicaLog for MemLog {
     fn flush(&mut self) -> Result<(), LogError> {
         self.durable_end = self.end_offset();
         Ok(())
+    }
+    type Detached = MemFlush;
+    fn flush_detached(&mut self) -> Result<Option<MemFlush>, LogError> {
+        if self.end_offset() <= self.durable_end {
+            return Ok(None);
+        }
+        self.syncing = Some(self.end_offset());
+        Ok(Some(MemFlush))
     }
 }

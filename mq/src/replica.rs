@@ -353,12 +353,12 @@ pub struct Replica<L: ReplicaLog> {
     producers: Producers,
     /// The replica list the partition should have (see [`Replica::handle_target`]).
     target: Option<Vec<NodeId>>,
-    /// Group commit (see [`Replica::defer_flushes`]): appends wait for [`Replica::flush_owed`].
+    /// Group commit (see [`Replica::defer_flushes`]): appends count only once flushed.
     defer_flushes: bool,
-    /// Appended since the last flush, in `flush_each_append` mode with flushes deferred.
-    flush_owed: bool,
-    /// The log end that is durable while a flush is owed.
+    /// The log end that is durable, while flushes are deferred.
     flushed_end: i64,
+    /// The log end a detached flush in flight makes durable (see [`Replica::start_flush`]).
+    flushing: Option<i64>,
     /// `acks=1` answers waiting for the owed flush: (id, base, last).
     held: Vec<(u64, i64, i64)>,
 }
@@ -399,8 +399,8 @@ impl<L: ReplicaLog> Replica<L> {
             producers: Producers::new(),
             target: None,
             defer_flushes: false,
-            flush_owed: false,
             flushed_end: 0,
+            flushing: None,
             held: Vec::new(),
         };
         r.rebuild_producers();
@@ -911,7 +911,6 @@ impl<L: ReplicaLog> Replica<L> {
             }
             return Ok(());
         }
-        let end_before = self.log.end_offset();
         let info = match self.log.append_as_leader(&mut bytes, self.epoch, self.wall_ms) {
             Ok(i) => i,
             Err(e @ LogError::Io { .. }) => {
@@ -921,10 +920,8 @@ impl<L: ReplicaLog> Replica<L> {
             Err(e) => return Err(ProduceError::Invalid(e.to_string())),
         };
         self.record_producers(&bytes);
-        if self.cfg.flush_each_append {
-            if self.defer_flushes {
-                self.owe_flush(end_before);
-            } else if let Err(e) = self.log.flush() {
+        if self.cfg.flush_each_append && !self.defer_flushes {
+            if let Err(e) = self.log.flush() {
                 // The batch is in the log but not durable: its outcome is unknown.
                 self.storage_failed(e);
                 return Err(ProduceError::LeaderChanged);
@@ -1197,7 +1194,6 @@ impl<L: ReplicaLog> Replica<L> {
                         self.maybe_fetch(now);
                         return;
                     }
-                    let end_before = self.log.end_offset();
                     let appended = self.log.append_as_follower(&bytes, self.wall_ms);
                     if appended.is_ok() {
                         self.record_producers(&bytes);
@@ -1217,10 +1213,8 @@ impl<L: ReplicaLog> Replica<L> {
                             }
                         }
                     }
-                    if self.cfg.flush_each_append {
-                        if self.defer_flushes {
-                            self.owe_flush(end_before);
-                        } else if let Err(e) = self.log.flush() {
+                    if self.cfg.flush_each_append && !self.defer_flushes {
+                        if let Err(e) = self.log.flush() {
                             self.storage_failed(e);
                             return;
                         }
@@ -1252,7 +1246,7 @@ impl<L: ReplicaLog> Replica<L> {
                     }
                     self.producers = Producers::new();
                     self.hw = log_start;
-                    self.flushed_end = self.flushed_end.min(log_start);
+                    self.cut_unflushed(log_start);
                     self.event(Event::Truncated(log_start));
                 }
             }
@@ -1272,8 +1266,7 @@ impl<L: ReplicaLog> Replica<L> {
                 // still find. Rebuilt from the log (a truncation follows a leader change).
                 self.rebuild_producers();
                 self.hw = self.hw.min(end);
-                // What a later append adds past `end` is not durable, whatever was before.
-                self.flushed_end = self.flushed_end.min(end);
+                self.cut_unflushed(end);
                 self.event(Event::Truncated(end));
             }
             Err(e) => self.storage_failed(e),
@@ -1282,64 +1275,138 @@ impl<L: ReplicaLog> Replica<L> {
 
     /// Group commit, for `flush_each_append` mode: while on, an append does not flush at once;
     /// it counts (towards the high watermark, an `acks=1` answer, the follower's next fetch)
-    /// only once the driver calls [`Replica::flush_owed`], which makes everything appended
-    /// since durable with one flush. A driver turns it on, hands the core every request that
-    /// queued up meanwhile, then flushes once for all of them.
+    /// only once a flush covers it. The driver makes those flushes: [`Replica::flush_owed`]
+    /// on its own task, or [`Replica::start_flush`] and [`Replica::finish_flush`] with the
+    /// disk's wait elsewhere, while later appends go on and wait for the next one. Either way
+    /// one flush covers everything appended since the last. Turned on before the first append.
     pub fn defer_flushes(&mut self, on: bool) {
+        if on && !self.defer_flushes {
+            self.flushed_end = self.log.end_offset();
+        }
         self.defer_flushes = on;
     }
 
-    /// Whether an append waits for [`Replica::flush_owed`].
-    pub fn owes_flush(&self) -> bool {
-        self.flush_owed
+    fn deferring(&self) -> bool {
+        self.defer_flushes && self.cfg.flush_each_append
     }
 
-    /// Flushes what was appended since the last flush (see [`Replica::defer_flushes`]); then
-    /// what waited for it counts. A failed flush fails the replica's log: the `acks=1`
-    /// answers that waited get an unknown outcome.
+    /// Whether something appended still waits for a flush (one in flight, or one to make).
+    pub fn owes_flush(&self) -> bool {
+        self.deferring() && self.log.end_offset() > self.flushed_end
+    }
+
+    /// Whether a detached flush is in flight.
+    pub fn flush_in_flight(&self) -> bool {
+        self.flushing.is_some()
+    }
+
+    /// Flushes what was appended since the last flush (see [`Replica::defer_flushes`]), on
+    /// the caller's thread; then what waited for it counts. A failed flush fails the
+    /// replica's log: the `acks=1` answers that waited get an unknown outcome. Does nothing
+    /// while a detached flush is in flight: that one finishes first.
     pub fn flush_owed(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
-        if !self.flush_owed {
+        if !self.owes_flush() || self.flushing.is_some() || self.failed {
             return;
         }
-        self.flush_owed = false;
-        let held = std::mem::take(&mut self.held);
+        let end = self.log.end_offset();
         if let Err(e) = self.log.flush() {
-            for (id, _, _) in held {
-                self.event(Event::ProduceFailed { id, error: ProduceError::LeaderChanged });
-            }
-            self.storage_failed(e);
+            self.flush_failed(e);
             return;
         }
-        for (id, base, last) in held {
+        self.flushed_end = end;
+        self.flushed(now);
+    }
+
+    /// Starts a flush of what was appended since the last one without waiting for the disk
+    /// (see [`ReplicaLog::flush_detached`]): the driver completes the handle it gets back
+    /// away from this task and reports with [`Replica::finish_flush`]; appends made meanwhile
+    /// wait for the next flush. `None` if nothing is owed, a flush is already in flight, or
+    /// nothing needed the disk (what was owed counts at once).
+    pub fn start_flush(&mut self, now: Instant) -> Option<L::Detached> {
+        self.last_now = self.last_now.max(now);
+        if !self.owes_flush() || self.flushing.is_some() || self.failed {
+            return None;
+        }
+        let end = self.log.end_offset();
+        match self.log.flush_detached() {
+            Ok(Some(handle)) => {
+                self.flushing = Some(end);
+                Some(handle)
+            }
+            Ok(None) => {
+                self.flushed_end = end;
+                self.flushed(now);
+                None
+            }
+            Err(e) => {
+                self.flush_failed(e);
+                None
+            }
+        }
+    }
+
+    /// The detached flush in flight completed (`Ok`) or failed; what it covered counts, or
+    /// the log fails as in [`Replica::flush_owed`].
+    pub fn finish_flush(&mut self, now: Instant, result: Result<(), LogError>) {
+        self.last_now = self.last_now.max(now);
+        let Some(end) = self.flushing.take() else { return };
+        if let Err(e) = result {
+            self.flush_failed(e);
+            return;
+        }
+        self.flushed_end = self.flushed_end.max(end);
+        self.flushed(now);
+    }
+
+    fn flush_failed(&mut self, e: LogError) {
+        for (id, _, _) in std::mem::take(&mut self.held) {
+            self.event(Event::ProduceFailed { id, error: ProduceError::LeaderChanged });
+        }
+        self.storage_failed(e);
+    }
+
+    /// A flush moved the durable end: the `acks=1` answers it covers go out, the high
+    /// watermark and a follower's next fetch may move.
+    fn flushed(&mut self, now: Instant) {
+        let durable = self.durable_end();
+        let (done, wait): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.held).into_iter().partition(|h| h.2 < durable);
+        self.held = wait;
+        for (id, base, last) in done {
             self.event(Event::Produced { id, base_offset: base, last_offset: last });
         }
         self.advance_hw(now);
         self.maybe_fetch(now);
     }
 
-    /// Notes an append that a later flush must make durable; `end_before`: the log end before
-    /// it (durable, if nothing was owed yet).
-    fn owe_flush(&mut self, end_before: i64) {
-        if !self.flush_owed {
-            self.flush_owed = true;
-            self.flushed_end = end_before;
+    /// A truncation to `end`: what a later append adds past it is not durable, whatever was
+    /// there before, nor covered by a flush in flight; `acks=1` answers waiting for a flush
+    /// of records cut here fail.
+    fn cut_unflushed(&mut self, end: i64) {
+        self.flushed_end = self.flushed_end.min(end);
+        self.flushing = self.flushing.map(|f| f.min(end));
+        let (cut, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.held).into_iter().partition(|h| h.2 >= end);
+        self.held = keep;
+        for (id, _, _) in cut {
+            self.event(Event::ProduceFailed { id, error: ProduceError::LeaderChanged });
         }
     }
 
-    /// The log end that counts: all of it, unless a flush is owed.
+    /// The log end that counts: all of it, unless flushes are deferred.
     fn durable_end(&self) -> i64 {
         let end = self.log.end_offset();
-        if self.flush_owed {
+        if self.deferring() {
             self.flushed_end.min(end)
         } else {
             end
         }
     }
 
-    /// An `acks=1` answer: at once, or after the owed flush if the records are not durable yet.
+    /// An `acks=1` answer: at once, or after a flush if the records are not durable yet.
     fn answer_leader_ack(&mut self, id: u64, base: i64, last: i64) {
-        if self.flush_owed && last >= self.durable_end() {
+        if last >= self.durable_end() {
             self.held.push((id, base, last));
         } else {
             self.event(Event::Produced { id, base_offset: base, last_offset: last });
@@ -1369,7 +1436,7 @@ impl<L: ReplicaLog> Replica<L> {
         }
         // The fetch's offset tells the leader this replica holds the log up to there, which
         // in `flush_each_append` mode means durably: not before the owed flush.
-        if self.flush_owed {
+        if self.owes_flush() {
             return;
         }
         self.fetch_sent = Some(now);

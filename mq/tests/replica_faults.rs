@@ -261,6 +261,10 @@ impl ReplicaLog for Flaky {
         }
         self.inner.flush()
     }
+    type Detached = starling_mq::mem::MemFlush;
+    fn flush_detached(&mut self) -> Result<Option<Self::Detached>, LogError> {
+        self.inner.flush_detached()
+    }
 }
 
 /// A leader whose storage fails leaves leadership and the ISR, retrying until the metadata
@@ -341,16 +345,38 @@ fn a_lost_isr_addition_does_not_stall_the_high_watermark() {
     assert!(c.is_acked(m2), "A and C (the whole ISR) have m2, yet it is not acknowledged");
 }
 
+/// Three replicas in `always` mode with group commit (flushes deferred to their driver).
+fn group_commit_cluster() -> Cluster<MemLog> {
+    let mut c = Cluster::mem(3, ReplicaConfig { flush_each_append: true, ..cfg(2) });
+    for r in c.nodes.iter_mut().flatten() {
+        r.defer_flushes(true);
+    }
+    c
+}
+
+/// Five rounds of the followers flushing what they owe and fetching again; the leader
+/// flushes nothing.
+fn flush_followers(c: &mut Cluster<MemLog>, leader: usize) {
+    for _ in 0..5 {
+        let now = c.now;
+        for (i, r) in c.nodes.iter_mut().enumerate() {
+            if i != leader {
+                if let Some(r) = r.as_mut() {
+                    r.flush_owed(now);
+                }
+            }
+        }
+        c.run(Duration::from_millis(50));
+    }
+}
+
 /// `always` mode with group commit (flushes deferred to the driver's round): nothing counts
 /// before the owed flush, neither an `acks=1` answer, nor the leader's own copy towards the high
 /// watermark, nor a follower's copy (its next fetch waits); a power loss before the flush loses
 /// only what nobody was told; after it, everything counts and survives a power loss.
 #[test]
 fn group_commit_counts_nothing_before_the_owed_flush() {
-    let mut c = Cluster::mem(3, ReplicaConfig { flush_each_append: true, ..cfg(2) });
-    for r in c.nodes.iter_mut().flatten() {
-        r.defer_flushes(true);
-    }
+    let mut c = group_commit_cluster();
     let flush_all = |c: &mut Cluster<MemLog>| {
         let now = c.now;
         for r in c.nodes.iter_mut().flatten() {
@@ -371,17 +397,7 @@ fn group_commit_counts_nothing_before_the_owed_flush() {
 
     // The followers flush and fetch again: they now hold both records durably, the leader
     // does not, so its own copy still does not count and nothing is answered.
-    for _ in 0..5 {
-        let now = c.now;
-        for (i, r) in c.nodes.iter_mut().enumerate() {
-            if i != leader {
-                if let Some(r) = r.as_mut() {
-                    r.flush_owed(now);
-                }
-            }
-        }
-        c.run(Duration::from_millis(50));
-    }
+    flush_followers(&mut c, leader);
     assert!(c.acked.is_empty(), "answered before the leader flushed: {:?}", c.acked);
     assert_eq!(c.nodes[leader].as_ref().unwrap().high_watermark(), 0);
     // The leader flushes: both are answered.
@@ -405,10 +421,7 @@ fn group_commit_counts_nothing_before_the_owed_flush() {
 /// would take it), even with the leader's own copy durable.
 #[test]
 fn group_commit_a_follower_reports_only_what_it_flushed() {
-    let mut c = Cluster::mem(3, ReplicaConfig { flush_each_append: true, ..cfg(2) });
-    for r in c.nodes.iter_mut().flatten() {
-        r.defer_flushes(true);
-    }
+    let mut c = group_commit_cluster();
     let leader = c.leader().expect("a leader");
     let all = c.produce_at(leader, "all", Acks::All).unwrap();
     for _ in 0..5 {
@@ -431,4 +444,87 @@ fn group_commit_a_follower_reports_only_what_it_flushed() {
     }
     c.run(Duration::from_millis(100));
     assert!(c.is_acked(all), "never acknowledged: {:?}", c.failed);
+}
+
+/// Group commit with the disk's wait off the replica's task (a detached flush): appends made
+/// while it is in flight are not covered by it. When it completes, only what it covered
+/// counts (an `acks=1` answer, the leader's copy towards the high watermark); a power loss
+/// while it is in flight keeps none of it.
+#[test]
+fn a_detached_flush_counts_only_what_it_covered() {
+    let mut c = group_commit_cluster();
+    let leader = c.leader().expect("a leader");
+    let first = c.produce_at(leader, "first", Acks::Leader).unwrap();
+    let all = c.produce_at(leader, "all", Acks::All).unwrap();
+    let now = c.now;
+    let flush = c.nodes[leader].as_mut().unwrap().start_flush(now).expect("a flush to make");
+    let r = c.nodes[leader].as_mut().unwrap();
+    assert!(r.flush_in_flight());
+    assert!(r.start_flush(now).is_none(), "a second flush while one is in flight");
+    // Appended while the flush is in flight: not covered by it.
+    let late = c.produce_at(leader, "late", Acks::Leader).unwrap();
+    // The followers fetch and flush everything meanwhile.
+    flush_followers(&mut c, leader);
+    assert!(c.acked.is_empty(), "answered before the leader's flush completed: {:?}", c.acked);
+    let r = c.nodes[leader].as_ref().unwrap();
+    assert_eq!(r.high_watermark(), 0);
+    assert_eq!(r.log().after_power_loss().end_offset(), 0, "lost in flight");
+    // The flush completes: it covered `first` and `all`, not `late`.
+    let now = c.now;
+    let r = c.nodes[leader].as_mut().unwrap();
+    r.log_mut().complete_flush(flush);
+    r.finish_flush(now, Ok(()));
+    c.settle();
+    c.run(Duration::from_millis(50));
+    assert!(c.is_acked(first) && c.is_acked(all), "{:?} {:?}", c.acked, c.failed);
+    assert!(!c.is_acked(late), "answered though no completed flush covered it");
+    let r = c.nodes[leader].as_ref().unwrap();
+    assert_eq!(r.high_watermark(), 2, "the high watermark counts the leader's unflushed copy");
+    assert!(r.owes_flush());
+    assert_eq!(r.log().after_power_loss().end_offset(), 2);
+    // The next flush covers `late`.
+    let now = c.now;
+    let r = c.nodes[leader].as_mut().unwrap();
+    let flush = r.start_flush(now).expect("`late` is owed");
+    r.log_mut().complete_flush(flush);
+    r.finish_flush(now, Ok(()));
+    c.settle();
+    assert!(c.is_acked(late));
+    assert!(!c.nodes[leader].as_ref().unwrap().owes_flush());
+}
+
+/// A detached flush that fails fails the log as a flush on the task does: the `acks=1`
+/// answers that waited for it get an unknown outcome, and the replica leaves leadership.
+#[test]
+fn a_failed_detached_flush_answers_unknown_and_the_leader_steps_aside() {
+    let mut c = group_commit_cluster();
+    let leader = c.leader().expect("a leader");
+    let one = c.produce_at(leader, "one", Acks::Leader).unwrap();
+    let now = c.now;
+    let r = c.nodes[leader].as_mut().unwrap();
+    let _flush = r.start_flush(now).expect("a flush to make");
+    let failure = LogError::Io { what: "fsync".into(), source: std::io::Error::other("EIO") };
+    r.finish_flush(now, Err(failure));
+    c.settle();
+    assert!(!c.is_acked(one));
+    let (_, e) = c.failed.iter().find(|f| f.0 == one).expect("an answer for the write");
+    assert!(e.outcome_unknown(), "{e:?}");
+    assert_ne!(c.nodes[leader].as_ref().unwrap().role(), starling_mq::replica::Role::Leader);
+}
+
+/// The simulator's in-memory log: a flush in flight covers what was appended when it started,
+/// nothing a truncation cut meanwhile, and nothing appended after the cut.
+#[test]
+fn a_mem_log_flush_in_flight_covers_nothing_cut_while_it_ran() {
+    let mut log = MemLog::new();
+    for v in ["a", "b", "c"] {
+        log.append_as_leader(&mut batch_of(v, None), 1, 0).unwrap();
+    }
+    let flush = log.flush_detached().unwrap().expect("three records to flush");
+    assert_eq!(log.after_power_loss().end_offset(), 0);
+    log.truncate_to(1).unwrap();
+    log.append_as_leader(&mut batch_of("d", None), 2, 0).unwrap();
+    log.complete_flush(flush);
+    assert_eq!(log.after_power_loss().end_offset(), 1);
+    assert!(log.flush_detached().unwrap().is_some(), "d is still owed");
 }

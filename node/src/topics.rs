@@ -1542,10 +1542,20 @@ impl<T: Transport> Driver<T> {
         let mut flush = tokio::time::interval(flush_every);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retention = tokio::time::interval(Duration::from_secs(60));
-        let mut syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+        // The fsync in flight, on a blocking thread (one at a time), and whether the core
+        // started it (`always` mode's group commit) or the periodic timer did.
+        let always = matches!(self.inner.sync, SyncMode::Always);
+        let mut syncing: Option<(tokio::task::JoinHandle<std::io::Result<()>>, bool)> = None;
         self.report_liveness();
         let stop = loop {
-            self.flush_owed();
+            // `always`: group commit. Everything appended since the last flush waits for the
+            // next one; it starts as soon as none is in flight, and requests arriving while it
+            // runs are appended meanwhile and wait for the one after.
+            if always && syncing.is_none() {
+                if let Some(file) = self.core.start_flush(std::time::Instant::now()) {
+                    syncing = Some((tokio::task::spawn_blocking(move || file.sync_data()), true));
+                }
+            }
             self.pump();
             let deadline = self
                 .core
@@ -1582,17 +1592,18 @@ impl<T: Transport> Driver<T> {
                     }
                     self.report_liveness();
                 }
+                done = async { (&mut syncing.as_mut().expect("guarded").0).await }, if syncing.is_some() => {
+                    let core_flush = syncing.take().is_some_and(|(_, core)| core);
+                    self.synced(done, core_flush);
+                }
                 _ = flush.tick() => {
                     self.core.set_wall_ms(crate::kv::wall_millis() as i64);
-                    // The fsync runs on a blocking thread, so appends and fetches never wait
-                    // for the disk (`periodic` acknowledges before it anyway); one at a time.
-                    if syncing.as_ref().is_none_or(|h| h.is_finished()) {
-                        if let Some(done) = syncing.take() {
-                            self.report_sync(done.await);
-                        }
+                    // `periodic`: the fsync runs on a blocking thread, so appends and fetches
+                    // never wait for the disk (acknowledged before it anyway).
+                    if !always && syncing.is_none() {
                         match self.core.log_mut().flush_detached() {
                             Ok(Some(file)) => {
-                                syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+                                syncing = Some((tokio::task::spawn_blocking(move || file.sync_data()), false));
                             }
                             Ok(None) => {}
                             Err(e) => error!(topic = %self.key.0, partition = self.key.1, error = %e, "cannot flush the partition's log"),
@@ -1611,15 +1622,15 @@ impl<T: Transport> Driver<T> {
                 }
             }
         };
+        if let Some((done, core_flush)) = syncing.take() {
+            self.synced(done.await, core_flush);
+        }
         self.flush_owed();
         self.pump();
         for (_, w) in self.waiting.drain() {
             let _ = w.send(Err(TopicError::OutcomeUnknown(
                 "the partition's replica stopped before the write was replicated".into(),
             )));
-        }
-        if let Some(done) = syncing.take() {
-            self.report_sync(done.await);
         }
         let flushed = self.core.log_mut().flush();
         if let Some(done) = stop {
@@ -1641,18 +1652,32 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// `always` mode's group commit: one flush for everything the requests of this round
-    /// appended (on this thread, as a lone `always` append's flush was), before their answers.
+    /// `always` mode on stop: what is still owed, flushed on this thread.
     fn flush_owed(&mut self) {
         if self.core.owes_flush() {
             self.core.flush_owed(std::time::Instant::now());
         }
     }
 
-    fn report_sync(&mut self, r: Result<std::io::Result<()>, tokio::task::JoinError>) {
+    /// An fsync on a blocking thread finished: reported to the core if it started it (what it
+    /// covered counts now, or the log failed), else logged.
+    fn synced(&mut self, r: Result<std::io::Result<()>, tokio::task::JoinError>, core_flush: bool) {
         if !matches!(r, Ok(Ok(()))) {
             // What was appended may not be on disk: the next start is not a clean one.
             self.sync_failed = true;
+        }
+        if core_flush {
+            let result = match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(source)) => Err(source),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let result = result.map_err(|source| LogError::Io {
+                what: "syncing the partition's log".into(),
+                source,
+            });
+            self.core.finish_flush(std::time::Instant::now(), result);
+            return;
         }
         match r {
             Ok(Ok(())) => {}

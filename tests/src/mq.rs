@@ -23,7 +23,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use starling_mq::batch::{decode_records, encode_batch, NewRecord, ProducerStamp};
-use starling_mq::mem::{MemLog, ReplicaLog};
+use starling_mq::mem::{MemFlush, MemLog, ReplicaLog};
 use starling_mq::replica::{
     Acks, Event, Msg, NodeId, Output, PartitionState, ProduceError, Replica, ReplicaConfig, Role,
 };
@@ -224,10 +224,23 @@ pub struct ReplicaProc {
     start: Instant,
     /// Highest high watermark this process saw while leading, per epoch.
     hw_seen: BTreeMap<i32, i64>,
-    /// Group commit (`flush_each_append` with flushes deferred, as `starlingd` runs `always`):
-    /// the owed flush comes after every this many inputs, and on every tick; 0: off.
-    flush_every: u32,
+    /// Group commit (`flush_each_append` with flushes deferred, as `starlingd` runs `always`).
+    group: GroupCommit,
     inputs: u32,
+    /// A detached flush in flight, and the inputs left until it completes.
+    in_flight: Option<(MemFlush, u32)>,
+}
+
+/// How a simulated replica makes its group commit's flushes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommit {
+    /// On the replica's task: the owed flush after every this many inputs and on every tick.
+    /// Detached: a flush completes this many inputs (ticks count) after it started, and the
+    /// next starts as soon as one is owed and none is in flight. 0: off.
+    pub every: u32,
+    /// The disk's wait away from the replica's task, as `starlingd` runs `always`: appends go
+    /// on while a flush is in flight and wait for the next one.
+    pub detached: bool,
 }
 
 impl ReplicaProc {
@@ -258,29 +271,46 @@ impl ReplicaProc {
             out: VecDeque::new(),
             start,
             hw_seen: BTreeMap::new(),
-            flush_every: 0,
+            group: GroupCommit::default(),
             inputs: 0,
+            in_flight: None,
         };
         p.pump(now);
         p
     }
 
-    /// Turns group commit on: the core's flushes wait for the owed flush, made after every
-    /// `every` inputs (a driver's round of queued requests) and on every tick.
-    pub fn group_commit(&mut self, now: Instant, every: u32) {
-        self.flush_every = every.max(1);
+    /// Turns group commit on: what the core appends counts once flushed (see
+    /// [`GroupCommit`]).
+    pub fn group_commit(&mut self, now: Instant, group: GroupCommit) {
+        self.group = GroupCommit { every: group.every.max(1), ..group };
         self.replica.defer_flushes(true);
         self.pump(now);
     }
 
-    /// One input handled: the owed flush, if this input ends a round.
+    /// One input handled (or a tick): the flushes due.
     fn round(&mut self, now: Instant) {
-        if self.flush_every == 0 {
+        if self.group.every == 0 {
             return;
         }
         self.inputs += 1;
-        if self.inputs.is_multiple_of(self.flush_every) {
-            self.replica.flush_owed(now);
+        if !self.group.detached {
+            if self.inputs.is_multiple_of(self.group.every) {
+                self.replica.flush_owed(now);
+            }
+            return;
+        }
+        if let Some((_, left)) = self.in_flight.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                let (flush, _) = self.in_flight.take().expect("in flight");
+                self.replica.log_mut().complete_flush(flush);
+                self.replica.finish_flush(now, Ok(()));
+            }
+        }
+        if self.in_flight.is_none() {
+            if let Some(flush) = self.replica.start_flush(now) {
+                self.in_flight = Some((flush, self.group.every));
+            }
         }
     }
 
@@ -443,7 +473,9 @@ impl Process for ReplicaProc {
             }
         }
         self.replica.handle_timeout(now);
-        if self.flush_every > 0 {
+        if self.group.detached {
+            self.round(now);
+        } else if self.group.every > 0 {
             self.replica.flush_owed(now);
         }
         self.pump(now);
@@ -517,9 +549,8 @@ pub struct Partition {
     pub cursor: i64,
     /// Power loss instead of a process crash (only flushed data survives).
     pub power_loss: bool,
-    /// Group commit in every replica: the owed flush after every this many inputs (0: off;
-    /// only with `flush_each_append`).
-    pub group_commit: u32,
+    /// Group commit in every replica (only with `flush_each_append`).
+    pub group_commit: GroupCommit,
     /// An idempotent producer that retries unknown outcomes (`None`: a plain producer).
     pub producer: Option<SimProducer>,
     /// Messages sent again by the idempotent producer.
@@ -599,7 +630,7 @@ impl Partition {
             retried: 0,
             cursor: 0,
             power_loss: false,
-            group_commit: 0,
+            group_commit: GroupCommit::default(),
         }
     }
 
@@ -760,7 +791,7 @@ impl Partition {
         let group_commit = self.group_commit;
         self.sim.restart(i, move |_| {
             let mut r = ReplicaProc::start(i, peers, log, cfg, c, start, now, restarted);
-            if group_commit > 0 {
+            if group_commit.every > 0 {
                 r.group_commit(now, group_commit);
             }
             if let Some(t) = target {
@@ -771,12 +802,12 @@ impl Partition {
     }
 
     /// Group commit in every replica, running and restarted (see [`ReplicaProc::group_commit`]).
-    pub fn set_group_commit(&mut self, every: u32) {
-        self.group_commit = every;
+    pub fn set_group_commit(&mut self, group: GroupCommit) {
+        self.group_commit = group;
         for i in 1..=self.slots {
             self.sim.with_node(i, |n, now| {
                 if let Node::Replica(r) = n {
-                    r.group_commit(now, every);
+                    r.group_commit(now, group);
                 }
             });
         }
@@ -973,10 +1004,14 @@ pub fn random_run(seed: u64, secs: u64, power_loss: bool) -> RunReport {
     };
     let mut p = Partition::with_spares(seed, NetConfig::default(), 3, 1, cfg);
     p.power_loss = power_loss;
-    // Half the power-loss seeds flush as `starlingd` does in `always` mode: once per round of
-    // inputs (1 to 4 of them), not after every append.
+    // Half the power-loss seeds use group commit: a flush per round of inputs (1 to 4 of
+    // them), not per append; half of those, as `starlingd` does in `always` mode, detached:
+    // the next appends go on while it is in flight (completing 1 to 4 inputs later).
     if power_loss && (seed / 2) % 2 == 1 {
-        p.set_group_commit(1 + (seed / 4 % 4) as u32);
+        p.set_group_commit(GroupCommit {
+            every: 1 + (seed / 4 % 4) as u32,
+            detached: (seed / 16) % 2 == 1,
+        });
     }
     // Every other seed produces idempotently, sending unknown outcomes again: the checker's
     // "no message twice in the log" then checks that retries never duplicate.
