@@ -33,7 +33,12 @@ fn main() -> ExitCode {
     }
     // One current-thread runtime: on 2 cores it costs about a quarter of the CPU per request of
     // a multi-threaded one (docs/CEILINGS.md); blocking work goes to the blocking pool.
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    starling_node::storage::quiet_store_thread();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_start(starling_node::storage::quiet_store_thread)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("starlingd: cannot start the runtime: {e}");

@@ -80,6 +80,7 @@ impl<S: Storage> StorageIo<S> {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         let writer = storage.clone();
         std::thread::Builder::new().name("storage-writer".into()).spawn(move || {
+            crate::storage::quiet_store_thread();
             let mut jobs = Vec::with_capacity(MAX_BATCH);
             while let Some(first) = rx.blocking_recv() {
                 jobs.push(first);
@@ -96,6 +97,7 @@ impl<S: Storage> StorageIo<S> {
         for i in 0..READERS {
             let rx = read_rx.clone();
             std::thread::Builder::new().name(format!("storage-reader-{i}")).spawn(move || {
+                crate::storage::quiet_store_thread();
                 while let Ok(job) = rx.recv() {
                     job();
                 }
