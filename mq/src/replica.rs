@@ -1247,6 +1247,8 @@ impl<L: ReplicaLog> Replica<L> {
                     self.producers = Producers::new();
                     self.hw = log_start;
                     self.cut_unflushed(log_start);
+                    // An empty log, durable at once: nothing owed.
+                    self.flushed_end = log_start;
                     self.event(Event::Truncated(log_start));
                 }
             }
@@ -1295,6 +1297,11 @@ impl<L: ReplicaLog> Replica<L> {
         self.deferring() && self.log.end_offset() > self.flushed_end
     }
 
+    /// Whether a flush is to be made now: something owed, none in flight, the log not failed.
+    fn flush_due(&self) -> bool {
+        self.owes_flush() && self.flushing.is_none() && !self.failed
+    }
+
     /// Whether a detached flush is in flight.
     pub fn flush_in_flight(&self) -> bool {
         self.flushing.is_some()
@@ -1306,7 +1313,7 @@ impl<L: ReplicaLog> Replica<L> {
     /// while a detached flush is in flight: that one finishes first.
     pub fn flush_owed(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
-        if !self.owes_flush() || self.flushing.is_some() || self.failed {
+        if !self.flush_due() {
             return;
         }
         let end = self.log.end_offset();
@@ -1325,7 +1332,7 @@ impl<L: ReplicaLog> Replica<L> {
     /// nothing needed the disk (what was owed counts at once).
     pub fn start_flush(&mut self, now: Instant) -> Option<L::Detached> {
         self.last_now = self.last_now.max(now);
-        if !self.owes_flush() || self.flushing.is_some() || self.failed {
+        if !self.flush_due() {
             return None;
         }
         let end = self.log.end_offset();
