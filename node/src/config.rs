@@ -106,7 +106,7 @@ pub struct Args {
     /// stays so, e.g. 10m; `off` leaves it to `starling cleanup` [default: 10m].
     #[arg(long, env = "STARLING_CLEANUP_AFTER")]
     pub cleanup_after: Option<String>,
-    /// Keys whose stored version is kept in memory (about 60 bytes each) so digest reads and
+    /// Keys whose stored version is kept in memory (about 26 bytes each) so digest reads and
     /// overwrites skip the disk; 0 turns the cache off [default: 1000000].
     #[arg(long, env = "STARLING_VERSION_CACHE")]
     pub version_cache: Option<usize>,

@@ -34,6 +34,13 @@ pub enum HintPut {
 /// Encodes the stored form of a record (the key is stored separately).
 pub fn encode_value(version: Version, value: Option<&[u8]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + value.map_or(0, <[u8]>::len));
+    encode_value_into(&mut out, version, value);
+    out
+}
+
+/// [`encode_value`] into `out` (cleared first), so that a batch of writes reuses one buffer.
+pub fn encode_value_into(out: &mut Vec<u8>, version: Version, value: Option<&[u8]>) {
+    out.clear();
     out.push(FORMAT);
     out.push(u8::from(value.is_none()));
     out.extend_from_slice(&version.ts.to_be_bytes());
@@ -41,7 +48,6 @@ pub fn encode_value(version: Version, value: Option<&[u8]>) -> Vec<u8> {
     if let Some(v) = value {
         out.extend_from_slice(v);
     }
-    out
 }
 
 /// The version of a stored value and whether it is a tombstone, without copying the value.

@@ -32,8 +32,8 @@ pub fn quiet_store_thread() {
 /// The stored form of records and the layout of data and hint keys live in
 /// `starling-store-format`, with no IO, so they can be fuzzed on their own.
 pub use starling_store_format::record::{
-    data_key, decode_value, decode_version, encode_value, hint_key, hint_size, key_token,
-    parse_hint_key, user_key, HintPut,
+    data_key, decode_value, decode_version, encode_value, encode_value_into, hint_key, hint_size,
+    key_token, parse_hint_key, user_key, HintPut,
 };
 pub(crate) use starling_store_format::record::{
     data_key_with, hint_is, hint_put, incoming_wins, stored_hint_size,

@@ -36,8 +36,8 @@ use starling_wire::{Record, Version};
 
 use super::versions::{key_hash, keyed, KeyHash, Known, VersionCache};
 use super::{
-    corrupt, data_key, decode_value, decode_version, encode_value, hint_is, hint_key, hint_put,
-    range_pieces, token_bounds, Hint, HintPut, ScanPage, Storage, StorageError,
+    corrupt, data_key, decode_value, decode_version, encode_value, encode_value_into, hint_is,
+    hint_key, hint_put, range_pieces, token_bounds, Hint, HintPut, ScanPage, Storage, StorageError,
 };
 
 const CF_DATA: &str = "data";
@@ -72,7 +72,7 @@ impl std::fmt::Display for SyncMode {
     }
 }
 
-/// Default size of the version cache, in keys (about 60 bytes each).
+/// Default size of the version cache, in keys (about 26 bytes each).
 pub const DEFAULT_VERSION_CACHE: usize = 1_000_000;
 
 /// Settings of the RocksDB store.
@@ -442,9 +442,19 @@ impl RocksStorage {
         let mut after: HashMap<KeyHash, Option<(Version, bool)>> =
             HashMap::with_capacity(records.len());
         let mut newer = Vec::with_capacity(records.len());
-        for (i, r) in records.iter().enumerate() {
-            let (key, hash, token) = keyed(&r.key);
-            tokens.push(token);
+        // Every key's hash first, touching its cache set: the sets' memory arrives while the
+        // next keys are hashed, instead of one fetch at a time in the loop below.
+        let keys: Vec<(Vec<u8>, KeyHash)> = records
+            .iter()
+            .map(|r| {
+                let (key, hash, token) = keyed(&r.key);
+                cache.touch(hash);
+                tokens.push(token);
+                (key, hash)
+            })
+            .collect();
+        let mut value = Vec::new();
+        for (i, (r, (key, hash))) in records.iter().zip(keys).enumerate() {
             let known: Option<Known> = match after.get(&hash) {
                 Some(k) => k.map(|(v, _)| Some(v)),
                 None => cache
@@ -462,16 +472,16 @@ impl RocksStorage {
                 Some(Some(stored)) if checks(i) && stored > r.version => Some(stored),
                 _ => None,
             });
-            let value = encode_value(r.version, r.value.as_deref());
+            encode_value_into(&mut value, r.version, r.value.as_deref());
             match known {
                 // The stored version is at least as new: last write wins, nothing to write.
                 Some(Some(stored)) if stored >= r.version => {}
                 Some(_) => {
-                    batch.put_cf(cf, key, value);
+                    batch.put_cf(cf, key, &value);
                     after.insert(hash, Some((r.version, r.value.is_none())));
                 }
                 None => {
-                    batch.merge_cf(cf, key, value);
+                    batch.merge_cf(cf, key, &value);
                     after.insert(hash, None);
                 }
             }
