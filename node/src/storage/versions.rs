@@ -33,7 +33,8 @@
 //!   stays complete, so a miss in it still means "absent". Entries that say "absent" go first.
 //! - **Concurrency**: one writer at a time (the store's apply lock), readers never block. Each set
 //!   is a sequence lock: the writer makes its counter odd, changes the entries, and makes it even
-//!   again; a reader that saw it odd, or changed, reads again.
+//!   again; a reader that saw it odd, or changed, reads again, and after a few tries answers
+//!   "unknown" (the store is asked) rather than wait for a writer that may have been preempted.
 //! - **Memory** is taken a chunk of sets at a time, as keys first land in it.
 
 use starling_wire::NodeId;
@@ -66,6 +67,8 @@ pub(crate) fn keyed(key: &[u8]) -> (Vec<u8>, KeyHash, starling_ring::Token) {
 
 /// Entries per set: with the set's 8-byte header, exactly two cache lines.
 pub(crate) const WAYS: usize = 5;
+/// Attempts at a consistent read of a set before the look-up answers "unknown".
+const READ_TRIES: usize = 4;
 /// Sets allocated together, on the first write that lands in one of them.
 const CHUNK: usize = 1024;
 /// Distinct node ids the table holds; versions from further nodes are not cached.
@@ -143,9 +146,11 @@ fn holds((meta, h1): (u64, u64), hash: KeyHash) -> bool {
 }
 
 impl Set {
-    /// The entry for `hash` and the set's state, read consistently.
-    fn read(&self, hash: KeyHash) -> (Option<Entry>, u32) {
-        loop {
+    /// The entry for `hash` and the set's state, read consistently; `None` when the writer was
+    /// changing the set (a reader never waits for it: the writer may have been preempted in the
+    /// middle, and the caller can always ask the store instead).
+    fn read(&self, hash: KeyHash) -> Option<(Option<Entry>, u32)> {
+        for _ in 0..READ_TRIES {
             let before = self.seq.load(Ordering::Acquire);
             if before & 1 == 1 {
                 std::hint::spin_loop();
@@ -162,9 +167,10 @@ impl Set {
             }
             fence(Ordering::Acquire);
             if self.seq.load(Ordering::Relaxed) == before {
-                return (found, state);
+                return Some((found, state));
             }
         }
+        None
     }
 
     /// Changes the set (the caller is the only writer): `f` gets the ways' `(meta, h1)` and the
@@ -231,7 +237,7 @@ impl VersionCache {
     /// What the cache knows of the key, if anything.
     pub(crate) fn get(&self, hash: KeyHash) -> Option<Known> {
         let (found, state) = match self.set_of(hash) {
-            Some(set) => set.read(hash),
+            Some(set) => set.read(hash)?,
             None => (None, 0),
         };
         match found {
