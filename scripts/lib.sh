@@ -4,6 +4,8 @@
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/starling/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 BIN="$CARGO_TARGET_DIR/release"
+# The simulators `scripts/test` runs, built with the quicker-to-link `sim` profile (Cargo.toml).
+SIM_BIN="$CARGO_TARGET_DIR/sim"
 
 step() { printf '\n== %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
