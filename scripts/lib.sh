@@ -71,6 +71,22 @@ free_base_port() {
   die "no free range of $n ports below $low"
 }
 
+# cluster_ready BASE [TRIES] [PAUSE]: waits until the 3 local nodes whose HTTP ports are
+# BASE+100..BASE+102 each report a converged ring of 3 nodes in state normal; false if they do
+# not within TRIES polls PAUSE seconds apart (150, 0.2).
+cluster_ready() {
+  local base=$1 tries=${2:-150} pause=${3:-0.2} n i
+  for _ in $(seq 1 "$tries"); do
+    n=0
+    for i in 0 1 2; do
+      curl -sf -m 2 "127.0.0.1:$((base + 100 + i))/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["converged"] and s["ring"]["nodes"]==3 and s["ring"]["status"]=="normal" else 1)' 2>/dev/null && n=$((n + 1))
+    done
+    [[ $n == 3 ]] && return 0
+    sleep "$pause"
+  done
+  return 1
+}
+
 build_release() {
   step "build (release): starlingd and starling"
   cargo build --release --locked -p starling-node -p starling-cli
